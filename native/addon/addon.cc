@@ -1,0 +1,493 @@
+// N-API glue only: converts JS values to TensorRefs, calls runtime and ops, turns Status into JS
+// exceptions (with `code`, e.g. "E_SHAPE"). C++ exceptions never cross into Node: every entry point
+// catches. Blocking work (synchronize, device-to-host copies) runs in AsyncWorkers.
+#include <napi.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ops/ops.h"
+#include "runtime/device.h"
+#include "runtime/threadpool.h"
+
+namespace gemma3 {
+namespace {
+
+Napi::Error status_error(Napi::Env env, const Status& st) {
+  Napi::Error e = Napi::Error::New(env, st.message);
+  e.Set("code", Napi::String::New(env, status_code_name(st.code)));
+  return e;
+}
+
+void throw_if(Napi::Env env, const Status& st) {
+  if (!st.ok()) throw status_error(env, st);
+}
+
+Status arg_error(const std::string& msg) { return Status(StatusCode::kInvalidArgument, msg); }
+
+int64_t to_i64(const Napi::Value& v, const char* what) {
+  if (!v.IsNumber()) throw arg_error(std::string(what) + " must be a number").message;
+  return v.As<Napi::Number>().Int64Value();
+}
+
+// ---- NativeBuffer: a JS handle on a shared_ptr<Buffer> ----
+class NativeBuffer : public Napi::ObjectWrap<NativeBuffer> {
+ public:
+  static Napi::FunctionReference* ctor;
+  static Napi::Function Init(Napi::Env env) {
+    Napi::Function f = DefineClass(env, "NativeBuffer",
+                                   {InstanceAccessor<&NativeBuffer::ByteLength>("byteLength"),
+                                    InstanceAccessor<&NativeBuffer::Device>("device"),
+                                    InstanceAccessor<&NativeBuffer::Freed>("freed"),
+                                    InstanceMethod<&NativeBuffer::Free>("free")});
+    ctor = new Napi::FunctionReference(Napi::Persistent(f));
+    return f;
+  }
+  explicit NativeBuffer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeBuffer>(info) {}
+
+  std::shared_ptr<Buffer> buf;
+  int64_t bytes = 0;
+  int device = kCpu;
+
+ private:
+  Napi::Value ByteLength(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), double(bytes));
+  }
+  Napi::Value Device(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), device); }
+  Napi::Value Freed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), !buf); }
+  void Free(const Napi::CallbackInfo&) { buf.reset(); }
+};
+Napi::FunctionReference* NativeBuffer::ctor = nullptr;
+
+std::shared_ptr<Buffer> unwrap_buffer(const Napi::Value& v, const char* what) {
+  if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(NativeBuffer::ctor->Value()))
+    throw arg_error(std::string(what) + " is not a NativeBuffer");
+  NativeBuffer* nb = NativeBuffer::Unwrap(v.As<Napi::Object>());
+  if (!nb->buf)
+    throw Status(StatusCode::kInvalidArgument, std::string(what) + " was disposed");
+  return nb->buf;
+}
+
+// A JS tensor: { storage: NativeBuffer, byteOffset: number, dtype: number, shape: number[] }.
+TensorRef to_tensor(const Napi::Value& v, const char* what) {
+  if (!v.IsObject()) throw arg_error(std::string(what) + " must be a Tensor");
+  Napi::Object o = v.As<Napi::Object>();
+  Napi::Value shape_v = o.Get("shape");
+  if (!shape_v.IsArray()) throw arg_error(std::string(what) + ".shape must be an array");
+  Napi::Array arr = shape_v.As<Napi::Array>();
+  std::vector<int64_t> shape(arr.Length());
+  for (uint32_t i = 0; i < arr.Length(); ++i) shape[i] = to_i64(arr.Get(i), "shape entry");
+  TensorRef t;
+  Status st = make_tensor_ref(unwrap_buffer(o.Get("storage"), what),
+                              to_i64(o.Get("byteOffset"), "byteOffset"),
+                              DType(int(to_i64(o.Get("dtype"), "dtype"))), std::move(shape), &t);
+  if (!st.ok()) throw Status(st.code, std::string(what) + ": " + st.message);
+  return t;
+}
+
+// Optional tensor: null/undefined -> nullptr.
+struct OptTensor {
+  TensorRef t;
+  bool has = false;
+  const TensorRef* get() const { return has ? &t : nullptr; }
+};
+OptTensor to_opt_tensor(const Napi::Value& v, const char* what) {
+  OptTensor o;
+  if (!v.IsNull() && !v.IsUndefined()) {
+    o.t = to_tensor(v, what);
+    o.has = true;
+  }
+  return o;
+}
+
+// Wraps an entry point: Status thrown as value or returned → JS error; other C++ exceptions too.
+template <class F>
+Napi::Value guarded(const Napi::CallbackInfo& info, F&& f) {
+  Napi::Env env = info.Env();
+  try {
+    return f(env);
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (const Status& st) {
+    throw status_error(env, st);
+  } catch (const std::string& msg) {
+    throw status_error(env, Status(StatusCode::kInvalidArgument, msg));
+  } catch (const std::bad_alloc&) {
+    throw status_error(env, Status(StatusCode::kOutOfMemory, "host allocation failed"));
+  } catch (const std::exception& e) {
+    throw status_error(env, Status(StatusCode::kInternal, e.what()));
+  }
+}
+
+#define G3_ENTRY(name) Napi::Value name(const Napi::CallbackInfo& info)
+#define G3_BODY return guarded(info, [&](Napi::Env env) -> Napi::Value
+#define G3_END );
+
+// ---- async: a worker that runs a Status-returning function off the JS thread ----
+class StatusWorker : public Napi::AsyncWorker {
+ public:
+  StatusWorker(Napi::Env env, std::function<Status()> fn, Napi::Reference<Napi::Value> keep)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), fn_(std::move(fn)),
+        keep_(std::move(keep)) {}
+  Napi::Promise promise() { return deferred_.Promise(); }
+  void Execute() override {
+    try {
+      st_ = fn_();
+    } catch (const std::exception& e) {
+      st_ = Status(StatusCode::kInternal, e.what());
+    }
+  }
+  void OnOK() override {
+    if (st_.ok()) {
+      deferred_.Resolve(Env().Undefined());
+    } else {
+      deferred_.Reject(status_error(Env(), st_).Value());
+    }
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::function<Status()> fn_;
+  Status st_;
+  Napi::Reference<Napi::Value> keep_;
+};
+
+Napi::Value run_async(Napi::Env env, std::function<Status()> fn, Napi::Value keep) {
+  Napi::Reference<Napi::Value> ref;
+  if (!keep.IsUndefined()) ref = Napi::Persistent(keep);
+  auto* w = new StatusWorker(env, std::move(fn), std::move(ref));
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
+}
+
+// ---- devices ----
+G3_ENTRY(BuildInfo) {
+  G3_BODY {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("cuda", cuda_built());
+    o.Set("cpuThreads", num_threads());
+#ifdef GEMMA3_WITH_CUBLAS
+    o.Set("cublas", true);
+#else
+    o.Set("cublas", false);
+#endif
+    return o;
+  } G3_END
+}
+
+G3_ENTRY(DeviceCount) {
+  G3_BODY { return Napi::Number::New(env, cuda_device_count()); } G3_END
+}
+
+G3_ENTRY(DeviceInfoJs) {
+  G3_BODY {
+    DeviceInfo d;
+    throw_if(env, device_info(int(to_i64(info[0], "device")), &d));
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("name", d.name);
+    o.Set("totalMemory", double(d.total_memory));
+    o.Set("smCount", d.sm_count);
+    o.Set("computeCapability", std::to_string(d.cc_major) + "." + std::to_string(d.cc_minor));
+    o.Set("l2Bytes", double(d.l2_bytes));
+    return o;
+  } G3_END
+}
+
+G3_ENTRY(MemoryInfo) {
+  G3_BODY {
+    int64_t f = 0, t = 0;
+    throw_if(env, memory_info(int(to_i64(info[0], "device")), &f, &t));
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("free", double(f));
+    o.Set("total", double(t));
+    return o;
+  } G3_END
+}
+
+G3_ENTRY(Alloc) {
+  G3_BODY {
+    int device = int(to_i64(info[0], "device"));
+    int64_t bytes = to_i64(info[1], "bytes");
+    std::shared_ptr<Buffer> b;
+    throw_if(env, Buffer::create(device, bytes, &b));
+    Napi::Object o = NativeBuffer::ctor->New({});
+    NativeBuffer* nb = NativeBuffer::Unwrap(o);
+    nb->buf = std::move(b);
+    nb->bytes = bytes;
+    nb->device = device;
+    return o;
+  } G3_END
+}
+
+std::pair<char*, int64_t> typed_bytes(const Napi::Value& v) {
+  if (!v.IsTypedArray()) throw arg_error("expected a TypedArray");
+  Napi::TypedArray ta = v.As<Napi::TypedArray>();
+  char* p = static_cast<char*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+  return {p, int64_t(ta.ByteLength())};
+}
+
+G3_ENTRY(CopyFromHost) {
+  G3_BODY {
+    auto buf = unwrap_buffer(info[0], "dst");
+    auto [p, n] = typed_bytes(info[2]);
+    throw_if(env, copy_from_host(buf, to_i64(info[1], "offset"), p, n));
+    return env.Undefined();
+  } G3_END
+}
+
+G3_ENTRY(CopyToHost) {
+  G3_BODY {
+    auto buf = unwrap_buffer(info[0], "src");
+    int64_t off = to_i64(info[1], "offset");
+    auto [p, n] = typed_bytes(info[2]);
+    return run_async(env, [buf, off, p = p, n = n] { return copy_to_host(buf, off, p, n); },
+                     info[2]);
+  } G3_END
+}
+
+G3_ENTRY(CopyBuffer) {
+  G3_BODY {
+    throw_if(env, copy_buffer(unwrap_buffer(info[0], "dst"), to_i64(info[1], "dstOffset"),
+                              unwrap_buffer(info[2], "src"), to_i64(info[3], "srcOffset"),
+                              to_i64(info[4], "bytes")));
+    return env.Undefined();
+  } G3_END
+}
+
+G3_ENTRY(Fill) {
+  G3_BODY {
+    throw_if(env, fill_bytes(unwrap_buffer(info[0], "dst"), to_i64(info[1], "offset"),
+                             to_i64(info[2], "bytes"), uint8_t(to_i64(info[3], "value"))));
+    return env.Undefined();
+  } G3_END
+}
+
+G3_ENTRY(Synchronize) {
+  G3_BODY {
+    int device = int(to_i64(info[0], "device"));
+    throw_if(env, check_device(device));
+    return run_async(env, [device] { return synchronize(device); }, env.Undefined());
+  } G3_END
+}
+
+// ---- graphs ----
+class NativeGraph : public Napi::ObjectWrap<NativeGraph> {
+ public:
+  static Napi::FunctionReference* ctor;
+  static Napi::Function Init(Napi::Env env) {
+    Napi::Function f = DefineClass(env, "NativeGraph",
+                                   {InstanceMethod<&NativeGraph::Launch>("launch"),
+                                    InstanceMethod<&NativeGraph::Dispose>("dispose"),
+                                    InstanceAccessor<&NativeGraph::Nodes>("nodes")});
+    ctor = new Napi::FunctionReference(Napi::Persistent(f));
+    return f;
+  }
+  explicit NativeGraph(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeGraph>(info) {}
+  std::unique_ptr<Graph> graph;
+
+ private:
+  Napi::Value Launch(const Napi::CallbackInfo& info) {
+    G3_BODY {
+      if (!graph) throw arg_error("graph was disposed");
+      throw_if(env, graph->launch());
+      return env.Undefined();
+    } G3_END
+  }
+  void Dispose(const Napi::CallbackInfo&) { graph.reset(); }
+  Napi::Value Nodes(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), graph ? double(graph->num_nodes()) : 0.0);
+  }
+};
+Napi::FunctionReference* NativeGraph::ctor = nullptr;
+
+G3_ENTRY(GraphBegin) {
+  G3_BODY {
+    throw_if(env, graph_begin_capture(int(to_i64(info[0], "device"))));
+    return env.Undefined();
+  } G3_END
+}
+
+G3_ENTRY(GraphEnd) {
+  G3_BODY {
+    std::unique_ptr<Graph> g;
+    throw_if(env, graph_end_capture(int(to_i64(info[0], "device")), &g));
+    Napi::Object o = NativeGraph::ctor->New({});
+    NativeGraph::Unwrap(o)->graph = std::move(g);
+    return o;
+  } G3_END
+}
+
+// ---- ops ----
+Napi::Object to_obj(const Napi::Value& v, const char* what) {
+  if (!v.IsObject()) throw arg_error(std::string(what) + " must be an object").message;
+  return v.As<Napi::Object>();
+}
+
+float to_f32(const Napi::Value& v, const char* what) {
+  if (!v.IsNumber()) throw arg_error(std::string(what) + " must be a number");
+  return v.As<Napi::Number>().FloatValue();
+}
+
+#define T(i, name) to_tensor(info[i], name)
+#define OPT(i, name) to_opt_tensor(info[i], name)
+#define OP_RESULT(expr)       \
+  throw_if(env, (expr));      \
+  return env.Undefined();
+
+G3_ENTRY(Matmul) {
+  G3_BODY {
+    auto s = OPT(2, "w_scale");
+    OP_RESULT(ops::matmul(T(0, "x"), T(1, "w"), s.get(), T(3, "y")));
+  } G3_END
+}
+G3_ENTRY(RmsNorm) {
+  G3_BODY { OP_RESULT(ops::rmsnorm(T(0, "x"), T(1, "w"), T(2, "out"), to_f32(info[3], "eps"))); }
+  G3_END
+}
+G3_ENTRY(RmsNormAdd) {
+  G3_BODY {
+    OP_RESULT(ops::rmsnorm_add(T(0, "x"), T(1, "w"), T(2, "residual"), to_f32(info[3], "eps")));
+  } G3_END
+}
+G3_ENTRY(LayerNorm) {
+  G3_BODY {
+    OP_RESULT(ops::layernorm(T(0, "x"), T(1, "w"), T(2, "b"), T(3, "out"), to_f32(info[4], "eps")));
+  } G3_END
+}
+G3_ENTRY(GeluMul) {
+  G3_BODY {
+    auto up = OPT(1, "up");
+    OP_RESULT(ops::gelu_mul(T(0, "gate"), up.get(), T(2, "out")));
+  } G3_END
+}
+G3_ENTRY(Add) {
+  G3_BODY { OP_RESULT(ops::add(T(0, "a"), T(1, "b"), T(2, "out"))); } G3_END
+}
+G3_ENTRY(Scale) {
+  G3_BODY { OP_RESULT(ops::scale(T(0, "x"), T(1, "out"), to_f32(info[2], "s"))); } G3_END
+}
+G3_ENTRY(Embedding) {
+  G3_BODY {
+    OP_RESULT(ops::embedding(T(0, "ids"), T(1, "table"), T(2, "out"), to_f32(info[3], "scale")));
+  } G3_END
+}
+G3_ENTRY(Softmax) {
+  G3_BODY { OP_RESULT(ops::softmax(T(0, "x"), T(1, "out"))); } G3_END
+}
+G3_ENTRY(Argmax) {
+  G3_BODY { OP_RESULT(ops::argmax(T(0, "x"), T(1, "out"))); } G3_END
+}
+G3_ENTRY(Topk) {
+  G3_BODY { OP_RESULT(ops::topk(T(0, "x"), T(1, "values"), T(2, "indices"))); } G3_END
+}
+G3_ENTRY(Rope) {
+  G3_BODY {
+    OP_RESULT(ops::rope(T(0, "x"), T(1, "positions"), to_f32(info[2], "base"),
+                        to_f32(info[3], "scale")));
+  } G3_END
+}
+// (q, k, v, out, qo_indptr, kv_indptr, kv_last|null, {maxQLen, smScale, window, causal})
+G3_ENTRY(AttentionPrefill) {
+  G3_BODY {
+    auto last = OPT(6, "kv_last");
+    Napi::Object o = to_obj(info[7], "params");
+    ops::PrefillParams p;
+    p.max_q_len = to_i64(o.Get("maxQLen"), "maxQLen");
+    p.sm_scale = to_f32(o.Get("smScale"), "smScale");
+    p.window = int32_t(to_i64(o.Get("window"), "window"));
+    p.causal = o.Get("causal").ToBoolean();
+    OP_RESULT(ops::attention_prefill(T(0, "q"), T(1, "k"), T(2, "v"), T(3, "out"),
+                                     T(4, "qo_indptr"), T(5, "kv_indptr"), last.get(), p));
+  } G3_END
+}
+// (q, k_cache, v_cache, out, kv_indptr, kv_indices, kv_len, workspace|null, {maxKvLen, smScale, window})
+G3_ENTRY(AttentionDecode) {
+  G3_BODY {
+    auto ws = OPT(7, "workspace");
+    Napi::Object o = to_obj(info[8], "params");
+    ops::DecodeParams p;
+    p.max_kv_len = to_i64(o.Get("maxKvLen"), "maxKvLen");
+    p.sm_scale = to_f32(o.Get("smScale"), "smScale");
+    p.window = int32_t(to_i64(o.Get("window"), "window"));
+    OP_RESULT(ops::attention_decode(T(0, "q"), T(1, "k_cache"), T(2, "v_cache"), T(3, "out"),
+                                    T(4, "kv_indptr"), T(5, "kv_indices"), T(6, "kv_len"),
+                                    ws.get(), p));
+  } G3_END
+}
+G3_ENTRY(AttentionDecodeWorkspaceFloats) {
+  G3_BODY {
+    return Napi::Number::New(
+        env, double(ops::attention_decode_workspace_floats(
+                 int(to_i64(info[0], "device")), to_i64(info[1], "batch"),
+                 to_i64(info[2], "numQoHeads"), to_i64(info[3], "headDim"),
+                 to_i64(info[4], "maxKvLen"))));
+  } G3_END
+}
+G3_ENTRY(Cast) {
+  G3_BODY { OP_RESULT(ops::cast(T(0, "src"), T(1, "dst"))); } G3_END
+}
+G3_ENTRY(Quantize) {
+  G3_BODY {
+    auto s = OPT(2, "scale");
+    OP_RESULT(ops::quantize(T(0, "src"), T(1, "dst"), s.get()));
+  } G3_END
+}
+G3_ENTRY(Dequantize) {
+  G3_BODY {
+    auto s = OPT(1, "scale");
+    OP_RESULT(ops::dequantize(T(0, "src"), s.get(), T(2, "dst")));
+  } G3_END
+}
+G3_ENTRY(CopyRows) {
+  G3_BODY { OP_RESULT(ops::copy_rows(T(0, "src"), T(1, "dst"), T(2, "dst_rows"))); } G3_END
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("NativeBuffer", NativeBuffer::Init(env));
+  exports.Set("NativeGraph", NativeGraph::Init(env));
+#define EXPORT(name, fn) exports.Set(name, Napi::Function::New(env, fn, name))
+  EXPORT("buildInfo", BuildInfo);
+  EXPORT("deviceCount", DeviceCount);
+  EXPORT("deviceInfo", DeviceInfoJs);
+  EXPORT("memoryInfo", MemoryInfo);
+  EXPORT("alloc", Alloc);
+  EXPORT("copyFromHost", CopyFromHost);
+  EXPORT("copyToHost", CopyToHost);
+  EXPORT("copyBuffer", CopyBuffer);
+  EXPORT("fill", Fill);
+  EXPORT("synchronize", Synchronize);
+  EXPORT("graphBegin", GraphBegin);
+  EXPORT("graphEnd", GraphEnd);
+  EXPORT("matmul", Matmul);
+  EXPORT("rmsnorm", RmsNorm);
+  EXPORT("rmsnormAdd", RmsNormAdd);
+  EXPORT("layernorm", LayerNorm);
+  EXPORT("geluMul", GeluMul);
+  EXPORT("add", Add);
+  EXPORT("scale", Scale);
+  EXPORT("embedding", Embedding);
+  EXPORT("softmax", Softmax);
+  EXPORT("argmax", Argmax);
+  EXPORT("topk", Topk);
+  EXPORT("rope", Rope);
+  EXPORT("attentionPrefill", AttentionPrefill);
+  EXPORT("attentionDecode", AttentionDecode);
+  EXPORT("attentionDecodeWorkspaceFloats", AttentionDecodeWorkspaceFloats);
+  EXPORT("cast", Cast);
+  EXPORT("quantize", Quantize);
+  EXPORT("dequantize", Dequantize);
+  EXPORT("copyRows", CopyRows);
+#undef EXPORT
+  return exports;
+}
+
+}  // namespace
+}  // namespace gemma3
+
+static Napi::Object InitAddon(Napi::Env env, Napi::Object exports) {
+  return gemma3::Init(env, exports);
+}
+NODE_API_MODULE(gemma3, InitAddon)

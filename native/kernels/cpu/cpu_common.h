@@ -1,0 +1,218 @@
+// Helpers private to the CPU kernels: argument checks, row decode/encode between storage types and
+// float32, grow-only thread-local scratch, and an AVX2 dispatch switch.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runtime/dtype.h"
+#include "runtime/status.h"
+
+// Hot loops are written as plain fixed-width lane loops that the compiler vectorizes; on x86 a
+// second copy is compiled for AVX2+FMA and picked at run time (kept portable elsewhere).
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define G3_CPU_X86_DISPATCH 1
+#define G3_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define G3_CPU_X86_DISPATCH 0
+#define G3_TARGET_AVX2
+#endif
+#define G3_ALWAYS_INLINE inline __attribute__((always_inline))
+
+namespace gemma3::cpu::detail {
+
+inline bool cpu_has_avx2() {
+#if G3_CPU_X86_DISPATCH
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+#else
+  return false;
+#endif
+}
+
+// "kernel: message" as kInvalidArgument / kUnsupported.
+inline Status invalid(const char* kernel, const std::string& msg) {
+  return Status(StatusCode::kInvalidArgument, std::string(kernel) + ": " + msg);
+}
+inline Status unsupported(const char* kernel, const std::string& msg) {
+  return Status(StatusCode::kUnsupported, std::string(kernel) + ": " + msg);
+}
+inline std::string kv(const char* name, int64_t v) {
+  return std::string(name) + "=" + std::to_string(v);
+}
+
+// Storage-type traits used by the checks and the row codecs.
+template <typename T>
+struct TypeInfo;
+template <>
+struct TypeInfo<float> {
+  static constexpr const char* name = "f32";
+  static constexpr bool block = false;
+};
+template <>
+struct TypeInfo<bf16> {
+  static constexpr const char* name = "bf16";
+  static constexpr bool block = false;
+};
+template <>
+struct TypeInfo<f16> {
+  static constexpr const char* name = "f16";
+  static constexpr bool block = false;
+};
+template <>
+struct TypeInfo<fp8e4m3> {
+  static constexpr const char* name = "fp8_e4m3";
+  static constexpr bool block = false;
+};
+template <>
+struct TypeInfo<block_q8_0> {
+  static constexpr const char* name = "q8_0";
+  static constexpr bool block = true;
+};
+template <>
+struct TypeInfo<block_q4_0> {
+  static constexpr const char* name = "q4_0";
+  static constexpr bool block = true;
+};
+
+// Storage units per row of `cols` elements (blocks for q8_0/q4_0).
+template <typename T>
+constexpr int64_t row_units(int64_t cols) {
+  return TypeInfo<T>::block ? cols / kQK : cols;
+}
+
+// All 256 e4m3 values, so decoding a byte is one table load.
+struct Fp8Table {
+  float v[256];
+  Fp8Table() {
+    for (int i = 0; i < 256; ++i) v[i] = fp8e4m3_to_f32(fp8e4m3{uint8_t(i)});
+  }
+};
+inline const float* fp8_table() {
+  static const Fp8Table t;
+  return t.v;
+}
+
+// 8 float lanes as a GCC/Clang vector type: plain C++ arithmetic on it compiles to one AVX op
+// (or two SSE/NEON ops), without intrinsics and without relying on -ffast-math reassociation.
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef uint32_t u32x8 __attribute__((vector_size(32)));
+typedef uint16_t u16x8 __attribute__((vector_size(16)));
+typedef uint8_t u8x16 __attribute__((vector_size(16)));
+// By reference, not by value: a vector return would change the ABI between ISA variants.
+G3_ALWAYS_INLINE void load8(f32x8& v, const float* p) { memcpy(&v, p, sizeof v); }
+G3_ALWAYS_INLINE float hsum8(const f32x8& v) {
+  return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+}
+
+G3_ALWAYS_INLINE void store8(float* p, const f32x8& v) { memcpy(p, &v, sizeof v); }
+
+// Element-type decode of n elements starting at element e0 of a row (block formats: e0 and n are
+// multiples of 32). bf16 is a shift, so this loop vectorizes.
+G3_ALWAYS_INLINE void decode(const float* src, int64_t e0, int64_t n, float* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = src[e0 + i];
+}
+G3_ALWAYS_INLINE void decode(const bf16* src, int64_t e0, int64_t n, float* dst) {
+  const uint16_t* s = reinterpret_cast<const uint16_t*>(src) + e0;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    u16x8 h;
+    memcpy(&h, s + i, sizeof h);
+    u32x8 u = __builtin_convertvector(h, u32x8) << 16;
+    memcpy(dst + i, &u, sizeof u);
+  }
+  for (; i < n; ++i) dst[i] = bits_to_f32(uint32_t(s[i]) << 16);
+}
+G3_ALWAYS_INLINE void decode(const f16* src, int64_t e0, int64_t n, float* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(src[e0 + i]);
+}
+G3_ALWAYS_INLINE void decode(const fp8e4m3* src, int64_t e0, int64_t n, float* dst) {
+  const float* lut = fp8_table();
+  for (int64_t i = 0; i < n; ++i) dst[i] = lut[src[e0 + i].bits];
+}
+// q8_0: x = q * d. (Plain loops: GCC's loop vectorizer widens int8 well, its vector-extension
+// conversions do not.)
+G3_ALWAYS_INLINE void decode(const block_q8_0* src, int64_t e0, int64_t n, float* dst) {
+  const block_q8_0* b = src + e0 / kQK;
+  for (int64_t blk = 0; blk < n / kQK; ++blk, ++b, dst += kQK) {
+    const float d = f16_to_f32(b->d);
+    for (int j = 0; j < kQK; ++j) dst[j] = float(b->qs[j]) * d;
+  }
+}
+// q4_0: x = (q - 8) * d; low nibble of byte j is element j, high nibble element j + 16 (GGUF).
+G3_ALWAYS_INLINE void decode(const block_q4_0* src, int64_t e0, int64_t n, float* dst) {
+  const block_q4_0* b = src + e0 / kQK;
+  for (int64_t blk = 0; blk < n / kQK; ++blk, ++b, dst += kQK) {
+    const float d = f16_to_f32(b->d);
+    u8x16 v;
+    memcpy(&v, b->qs, sizeof v);
+    const u8x16 lo = (v & 0x0f) - 8, hi = (v >> 4) - 8;  // two's complement of q - 8
+    int8_t q[kQK];
+    memcpy(q, &lo, sizeof lo);
+    memcpy(q + kQK / 2, &hi, sizeof hi);
+    for (int j = 0; j < kQK; ++j) dst[j] = float(q[j]) * d;
+  }
+}
+
+// Round-to-nearest-even store of n floats.
+template <typename T>
+G3_ALWAYS_INLINE void encode(const float* src, int64_t n, T* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = from_f32<T>(src[i]);
+}
+
+// Grow-only per-thread float scratch; distinct slots may be live at the same time (the calling
+// thread is also a parallel_for worker, so caller-side and worker-side buffers use other slots).
+enum ScratchSlot { kScratchCaller = 0, kScratchA = 1, kScratchB = 2, kScratchC = 3, kNumSlots = 4 };
+inline float* scratch(ScratchSlot slot, size_t n) {
+  thread_local std::vector<float> bufs[kNumSlots];
+  std::vector<float>& b = bufs[slot];
+  if (b.size() < n) b.resize(n);
+  return b.data();
+}
+
+// Rows per parallel_for chunk so one chunk holds about `work` element-operations.
+inline int64_t grain_for(int64_t per_item, int64_t work = 1 << 15) {
+  if (per_item <= 0) return 1;
+  int64_t g = work / per_item;
+  return g < 1 ? 1 : g;
+}
+
+// Dot product in float32 over 16 lanes plus a scalar tail; the lane order is fixed, so results
+// are deterministic for a given ISA path.
+G3_ALWAYS_INLINE float dot(const float* a, const float* b, int64_t n) {
+  f32x8 acc0 = {}, acc1 = {}, va, vb;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    load8(va, a + i);
+    load8(vb, b + i);
+    acc0 += va * vb;
+    load8(va, a + i + 8);
+    load8(vb, b + i + 8);
+    acc1 += va * vb;
+  }
+  for (; i + 8 <= n; i += 8) {
+    load8(va, a + i);
+    load8(vb, b + i);
+    acc0 += va * vb;
+  }
+  float tail = 0.f;
+  for (; i < n; ++i) tail += a[i] * b[i];
+  acc0 += acc1;
+  return hsum8(acc0) + tail;
+}
+
+// y[i] += s * x[i] over n elements.
+G3_ALWAYS_INLINE void axpy(float s, const float* x, float* y, int64_t n) {
+  int64_t i = 0;
+  f32x8 vx, vy;
+  for (; i + 8 <= n; i += 8) {
+    load8(vx, x + i);
+    load8(vy, y + i);
+    vy += s * vx;
+    memcpy(y + i, &vy, sizeof vy);
+  }
+  for (; i < n; ++i) y[i] += s * x[i];
+}
+
+}  // namespace gemma3::cpu::detail

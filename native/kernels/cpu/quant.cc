@@ -1,0 +1,130 @@
+// quantize / dequantize on CPU, one row per work item. q8_0 and q4_0 follow llama.cpp's
+// quantize_row_q8_0_ref / quantize_row_q4_0_ref (ggml-quants.c) operation for operation, so the
+// bytes match GGUF files quantized by llama.cpp from the same float32 values.
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+
+#include "kernels/cpu/cpu_common.h"
+#include "kernels/cpu/cpu_kernels.h"
+#include "runtime/threadpool.h"
+
+namespace gemma3::cpu {
+namespace {
+using namespace detail;
+
+// x: [cols] float; y: [cols / 32] blocks.
+void quantize_row(const float* x, block_q8_0* y, int64_t cols, float*) {
+  for (int64_t i = 0; i < cols / kQK; ++i, x += kQK) {
+    float amax = 0.0f;
+    for (int j = 0; j < kQK; ++j) {
+      const float a = std::fabs(x[j]);
+      amax = amax > a ? amax : a;  // llama.cpp's MAX(amax, a), NaN included
+    }
+    const float d = amax / ((1 << 7) - 1);
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;  // llama.cpp multiplies by 1/d, not x / d
+    y[i].d = f32_to_f16(d);
+    for (int j = 0; j < kQK; ++j) y[i].qs[j] = int8_t(std::roundf(x[j] * id));
+  }
+}
+
+void quantize_row(const float* x, block_q4_0* y, int64_t cols, float*) {
+  for (int64_t i = 0; i < cols / kQK; ++i, x += kQK) {
+    float amax = 0.0f, max = 0.0f;  // max keeps the sign of the largest-magnitude element
+    for (int j = 0; j < kQK; ++j) {
+      if (amax < std::fabs(x[j])) {
+        amax = std::fabs(x[j]);
+        max = x[j];
+      }
+    }
+    const float d = max / -8;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    y[i].d = f32_to_f16(d);
+    for (int j = 0; j < kQK / 2; ++j) {
+      const float x0 = x[j] * id, x1 = x[kQK / 2 + j] * id;
+      // int8 truncation of (x + 8.5) as in llama.cpp; x*id lies in [-8, 8] so it never overflows.
+      const uint8_t q0 = uint8_t(std::min(15, int(int8_t(x0 + 8.5f))));
+      const uint8_t q1 = uint8_t(std::min(15, int(int8_t(x1 + 8.5f))));
+      y[i].qs[j] = uint8_t(q0 | (q1 << 4));
+    }
+  }
+}
+
+// fp8: per-row scale = amax / 448 (1 when the row is all zeros), q = e4m3(x / scale).
+void quantize_row(const float* x, fp8e4m3* y, int64_t cols, float* scale) {
+  float amax = 0.0f;
+  for (int64_t j = 0; j < cols; ++j) amax = std::max(amax, std::fabs(x[j]));
+  const float s = amax > 0.0f ? amax / 448.0f : 1.0f;
+  *scale = s;
+  for (int64_t j = 0; j < cols; ++j) y[j] = f32_to_fp8e4m3(x[j] / s);
+}
+
+}  // namespace
+
+template <typename TS, typename TQ>
+Status quantize(const TS* src, TQ* dst, float* scale, int64_t rows, int64_t cols) {
+  constexpr bool kFp8 = std::is_same_v<TQ, fp8e4m3>;
+  if (rows < 0 || cols <= 0)
+    return invalid("quantize",
+                   kv("rows", rows) + ", " + kv("cols", cols) + " (need rows >= 0, cols > 0)");
+  if (TypeInfo<TQ>::block && cols % kQK != 0)
+    return invalid("quantize",
+                   kv("cols", cols) + " must be a multiple of 32 for " + TypeInfo<TQ>::name);
+  if (rows == 0) return Status::Ok();
+  if (src == nullptr || dst == nullptr) return invalid("quantize", "null pointer");
+  if (kFp8 && scale == nullptr) return invalid("quantize", "fp8_e4m3 needs a scale array");
+  parallel_for(rows, grain_for(cols * 4), [&](int64_t b, int64_t e) {
+    float* row = scratch(kScratchA, size_t(cols));
+    for (int64_t r = b; r < e; ++r) {
+      decode(src + r * cols, 0, cols, row);
+      quantize_row(row, dst + r * row_units<TQ>(cols), cols, kFp8 ? scale + r : nullptr);
+    }
+  });
+  return Status::Ok();
+}
+
+template <typename TQ, typename TD>
+Status dequantize(const TQ* src, const float* scale, TD* dst, int64_t rows, int64_t cols) {
+  constexpr bool kFp8 = std::is_same_v<TQ, fp8e4m3>;
+  if (rows < 0 || cols <= 0)
+    return invalid("dequantize",
+                   kv("rows", rows) + ", " + kv("cols", cols) + " (need rows >= 0, cols > 0)");
+  if (TypeInfo<TQ>::block && cols % kQK != 0)
+    return invalid("dequantize",
+                   kv("cols", cols) + " must be a multiple of 32 for " + TypeInfo<TQ>::name);
+  if (rows == 0) return Status::Ok();
+  if (src == nullptr || dst == nullptr) return invalid("dequantize", "null pointer");
+  if (kFp8 && scale == nullptr) return invalid("dequantize", "fp8_e4m3 needs a scale array");
+  parallel_for(rows, grain_for(cols), [&](int64_t b, int64_t e) {
+    float* row = scratch(kScratchA, size_t(cols));
+    for (int64_t r = b; r < e; ++r) {
+      decode(src + r * row_units<TQ>(cols), 0, cols, row);
+      if (kFp8) {
+        const float s = scale[r];
+        for (int64_t j = 0; j < cols; ++j) row[j] *= s;
+      }
+      encode(row, cols, dst + r * cols);
+    }
+  });
+  return Status::Ok();
+}
+
+#define G3_QUANT(TS, TQ) template Status quantize<TS, TQ>(const TS*, TQ*, float*, int64_t, int64_t);
+#define G3_DEQUANT(TQ, TD) \
+  template Status dequantize<TQ, TD>(const TQ*, const float*, TD*, int64_t, int64_t);
+G3_QUANT(float, block_q8_0)
+G3_QUANT(float, block_q4_0)
+G3_QUANT(float, fp8e4m3)
+G3_QUANT(bf16, block_q8_0)
+G3_QUANT(bf16, block_q4_0)
+G3_QUANT(bf16, fp8e4m3)
+G3_DEQUANT(block_q8_0, float)
+G3_DEQUANT(block_q4_0, float)
+G3_DEQUANT(fp8e4m3, float)
+G3_DEQUANT(block_q8_0, bf16)
+G3_DEQUANT(block_q4_0, bf16)
+G3_DEQUANT(fp8e4m3, bf16)
+#undef G3_QUANT
+#undef G3_DEQUANT
+
+}  // namespace gemma3::cpu

@@ -1,0 +1,456 @@
+// Decode attention over a paged NHD KV cache (contract: kernels/kernels.inc, attention_decode).
+//
+// Flash-decoding: grid (split, kv head x head chunk, sequence). A CTA covers one chunk of a
+// sequence's visible keys for up to kGh qo heads of one GQA group, so K/V rows are read once for
+// the group. Threads form key groups of kTpk lanes; a key group reads one K and one V row with
+// 16-byte loads (kVec elements per lane), kU keys in flight per lane, and keeps its own online
+// softmax state; the key groups merge through shared memory. With a workspace the CTA writes an
+// unnormalized partial (o, max, sum) per split and a combine kernel merges the splits; without one
+// there is a single split and the CTA writes the output directly.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <type_traits>
+
+#include "kernels/cuda/attention_decode.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/cuda_kernels.h"
+
+namespace gemma3::cuda {
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kNegInf = -__builtin_huge_valf();
+constexpr int kThreads = 128;
+// Split planning; attention_decode_workspace_floats uses the same constants.
+constexpr int64_t kMinChunk = 64;    // keys per split at least
+constexpr int64_t kMaxSplits = 128;  // splits per sequence at most
+constexpr int64_t kMaxCtas = 2048;   // split CTAs at most (bounds the workspace by batch)
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+int64_t max_splits(int64_t batch, int64_t kv_len) {
+  if (batch <= 0 || kv_len <= 0) return 1;
+  return std::max<int64_t>(
+      1, std::min({ceil_div(kv_len, kMinChunk), kMaxSplits, ceil_div(kMaxCtas, batch)}));
+}
+
+__device__ __forceinline__ float fast_exp2(float x) {  // ex2(-inf) = +0
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// 16 bytes of T to floats.
+__device__ __forceinline__ void unpack(const uint4& u, float* f, bf16) {
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    f[2 * i] = __uint_as_float(w[i] << 16);
+    f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+  }
+}
+__device__ __forceinline__ void unpack(const uint4& u, float* f, float) {
+  f[0] = __uint_as_float(u.x);
+  f[1] = __uint_as_float(u.y);
+  f[2] = __uint_as_float(u.z);
+  f[3] = __uint_as_float(u.w);
+}
+
+template <typename T, int D, int kGh>
+struct DecodeCfg {
+  static constexpr int kPer16 = 16 / int(sizeof(T));              // elements per 16-byte load
+  static constexpr int kVec = D / 32 > kPer16 ? D / 32 : kPer16;  // elements per lane per row
+  static constexpr int kNv = kVec / kPer16;                       // 16-byte loads per lane per row
+  static constexpr int kTpk = D / kVec;                           // lanes per key (<= 32)
+  static constexpr int kGroups = kThreads / kTpk;                 // key groups per CTA
+  static constexpr int kU = (kGh <= 4 ? 8 : 4) / kNv;             // keys in flight per lane
+  static_assert(kTpk >= 1 && kTpk <= 32 && (kTpk & (kTpk - 1)) == 0, "bad key group");
+  static_assert(kU >= 1, "bad unroll");
+};
+
+struct DecodeParams {
+  const void* q;
+  const void* k_cache;
+  const void* v_cache;
+  void* out;
+  const int32_t* kv_indptr;
+  const int32_t* kv_indices;
+  const int32_t* kv_len;
+  float* ws_o;   // [batch, num_qo_heads, splits, head_dim] or null (no split)
+  float* ws_ml;  // [batch, num_qo_heads, splits, 2] (max in log2 units, sum)
+  int num_qo_heads, num_kv_heads, group, head_chunks;
+  int page_size;
+  int chunk, splits;  // keys per split (of the visible range), number of splits
+  float scale_log2;
+  int window;
+};
+
+// grid: (splits, num_kv_heads * head_chunks, batch); block: kThreads.
+template <typename T, int D, int kGh>
+__global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p) {
+  using Cfg = DecodeCfg<T, D, kGh>;
+  constexpr int kVec = Cfg::kVec, kNv = Cfg::kNv, kTpk = Cfg::kTpk, kGroups = Cfg::kGroups,
+                kU = Cfg::kU, kPer16 = Cfg::kPer16;
+  __shared__ __align__(16) float s_o[kGroups][kGh][D];
+  __shared__ float s_m[kGroups][kGh], s_l[kGroups][kGh];
+  __shared__ float s_w[kGroups][kGh], s_sum[kGh];
+
+  const int split = blockIdx.x;
+  const int kvh = blockIdx.y / p.head_chunks, hc = blockIdx.y % p.head_chunks;
+  const int b = blockIdx.z;
+  const int h0 = kvh * p.group + hc * kGh;
+  const int nh = min(kGh, p.group - hc * kGh);
+  const int tid = threadIdx.x, grp = tid / kTpk, tig = tid % kTpk;
+
+  // Sequence b's tokens: at most its pages hold; window keeps the last `window` of them.
+  const int64_t pg0 = max(p.kv_indptr[b], 0);
+  const int64_t npages = max(int64_t(p.kv_indptr[b + 1]) - pg0, int64_t(0));
+  const int len = int(min(int64_t(max(p.kv_len[b], 0)), npages * p.page_size));
+  const int start = p.window > 0 ? max(0, len - p.window) : 0;
+  const int64_t sb = int64_t(start) + int64_t(split) * p.chunk;
+  const int beg = int(sb < len ? sb : int64_t(len));
+  // The last split also takes keys past max_kv_len, so a kv_len above the bound still counts.
+  const int end =
+      split == p.splits - 1 ? len : int(sb + p.chunk < len ? sb + p.chunk : int64_t(len));
+
+  const T* qb = static_cast<const T*>(p.q) + (int64_t(b) * p.num_qo_heads + h0) * D + tig * kVec;
+  float q[kGh][kVec];
+#pragma unroll
+  for (int hh = 0; hh < kGh; ++hh) {
+#pragma unroll
+    for (int n = 0; n < kNv; ++n) {
+      uint4 u = make_uint4(0, 0, 0, 0);
+      if (hh < nh) u = *reinterpret_cast<const uint4*>(qb + hh * D + n * kPer16);
+      unpack(u, &q[hh][n * kPer16], T());
+    }
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) q[hh][e] *= p.scale_log2;
+  }
+
+  float m[kGh], l[kGh], o[kGh][kVec];
+#pragma unroll
+  for (int hh = 0; hh < kGh; ++hh) {
+    m[hh] = kNegInf;
+    l[hh] = 0.f;
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) o[hh][e] = 0.f;
+  }
+
+  const int64_t row_stride = int64_t(p.num_kv_heads) * D;  // elements per token slot
+  const T* kc = static_cast<const T*>(p.k_cache) + int64_t(kvh) * D + tig * kVec;
+  const T* vc = static_cast<const T*>(p.v_cache) + int64_t(kvh) * D + tig * kVec;
+  const int32_t* pages = p.kv_indices + pg0;
+
+  for (int base = beg; base < end; base += kGroups * kU) {
+    uint4 kr[kU][kNv], vr[kU][kNv];
+    bool valid[kU];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int t = base + u * kGroups + grp;
+      bool ok = t < end;
+      int64_t off = 0;
+      if (ok) {
+        const int page = t / p.page_size;
+        const int32_t pidx = pages[page];
+        ok = pidx >= 0;  // a negative page index is treated as masked
+        off = (int64_t(pidx) * p.page_size + (t - page * p.page_size)) * row_stride;
+      }
+      valid[u] = ok;
+#pragma unroll
+      for (int n = 0; n < kNv; ++n) {
+        kr[u][n] = make_uint4(0, 0, 0, 0);
+        vr[u][n] = make_uint4(0, 0, 0, 0);
+        if (ok) {
+          kr[u][n] = __ldg(reinterpret_cast<const uint4*>(kc + off + n * kPer16));
+          vr[u][n] = __ldg(reinterpret_cast<const uint4*>(vc + off + n * kPer16));
+        }
+      }
+    }
+
+    // Scores for kU keys x kGh heads, reduced over the key group's lanes.
+    float s[kU][kGh];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      float kf[kVec];
+#pragma unroll
+      for (int n = 0; n < kNv; ++n) unpack(kr[u][n], &kf[n * kPer16], T());
+#pragma unroll
+      for (int hh = 0; hh < kGh; ++hh) {
+        float acc = 0.f;
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) acc = fmaf(q[hh][e], kf[e], acc);
+        s[u][hh] = acc;
+      }
+    }
+#pragma unroll
+    for (int off = kTpk / 2; off > 0; off >>= 1) {
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+#pragma unroll
+        for (int hh = 0; hh < kGh; ++hh) s[u][hh] += __shfl_xor_sync(0xffffffffu, s[u][hh], off);
+      }
+    }
+
+    // One online-softmax rescale per kU keys.
+#pragma unroll
+    for (int hh = 0; hh < kGh; ++hh) {
+      float mx = m[hh];
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        if (!valid[u]) s[u][hh] = kNegInf;
+        mx = fmaxf(mx, s[u][hh]);
+      }
+      const float base_m = mx == kNegInf ? 0.f : mx;
+      const float alpha = fast_exp2(m[hh] - base_m);
+      m[hh] = mx;
+      l[hh] *= alpha;
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) o[hh][e] *= alpha;
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        const float pu = fast_exp2(s[u][hh] - base_m);
+        l[hh] += pu;
+        float vf[kVec];
+#pragma unroll
+        for (int n = 0; n < kNv; ++n) unpack(vr[u][n], &vf[n * kPer16], T());
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) o[hh][e] = fmaf(pu, vf[e], o[hh][e]);
+      }
+    }
+  }
+
+  // Merge the key groups: weights exp2(m_g - M) per (group, head), then a column sum over groups.
+#pragma unroll
+  for (int hh = 0; hh < kGh; ++hh) {
+#pragma unroll
+    for (int e = 0; e < kVec; e += 4) {
+      *reinterpret_cast<float4*>(&s_o[grp][hh][tig * kVec + e]) =
+          make_float4(o[hh][e], o[hh][e + 1], o[hh][e + 2], o[hh][e + 3]);
+    }
+    if (tig == 0) {
+      s_m[grp][hh] = m[hh];
+      s_l[grp][hh] = l[hh];
+    }
+  }
+  __syncthreads();
+  if (tid < kGh) {
+    float mx = kNegInf;
+    for (int g = 0; g < kGroups; ++g) mx = fmaxf(mx, s_m[g][tid]);
+    float sum = 0.f;
+    for (int g = 0; g < kGroups; ++g) {
+      const float w = mx == kNegInf ? 0.f : fast_exp2(s_m[g][tid] - mx);
+      s_w[g][tid] = w;
+      sum += w * s_l[g][tid];
+    }
+    s_sum[tid] = sum;
+    if (p.ws_o != nullptr && tid < nh) {
+      const int64_t slot = (int64_t(b) * p.num_qo_heads + h0 + tid) * p.splits + split;
+      p.ws_ml[slot * 2] = mx;
+      p.ws_ml[slot * 2 + 1] = sum;
+    }
+  }
+  __syncthreads();
+  for (int idx = tid; idx < nh * D; idx += kThreads) {
+    const int hh = idx / D, d = idx % D;
+    float acc = 0.f;
+#pragma unroll 8
+    for (int g = 0; g < kGroups; ++g) acc = fmaf(s_w[g][hh], s_o[g][hh][d], acc);
+    const int64_t bh = int64_t(b) * p.num_qo_heads + h0 + hh;
+    if (p.ws_o != nullptr) {
+      p.ws_o[(bh * p.splits + split) * D + d] = acc;
+    } else {
+      const float sum = s_sum[hh];
+      static_cast<T*>(p.out)[bh * D + d] = from_f32<T>(sum > 0.f ? acc / sum : 0.f);
+    }
+  }
+}
+
+// Merges the splits of one (sequence, qo head): out = sum_s w_s o_s / sum_s w_s l_s with
+// w_s = exp2(m_s - max m). grid: batch * num_qo_heads; block: head_dim threads.
+template <typename T>
+__global__ void decode_combine_kernel(const float* ws_o, const float* ws_ml, T* out, int splits,
+                                      int head_dim) {
+  const int64_t bh = blockIdx.x;
+  const float* ml = ws_ml + bh * splits * 2;
+  const float* os = ws_o + bh * splits * head_dim;
+  float mx = kNegInf;
+  for (int s = 0; s < splits; ++s) mx = fmaxf(mx, ml[2 * s]);
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    float acc = 0.f, sum = 0.f;
+    if (mx != kNegInf) {
+      for (int s = 0; s < splits; ++s) {
+        const float w = fast_exp2(ml[2 * s] - mx);
+        acc = fmaf(w, os[int64_t(s) * head_dim + d], acc);
+        sum = fmaf(w, ml[2 * s + 1], sum);
+      }
+    }
+    out[bh * head_dim + d] = from_f32<T>(sum > 0.f ? acc / sum : 0.f);
+  }
+}
+
+template <typename T, int D, int kGh>
+Status launch_decode(const DecodeParams& p, int64_t batch, cudaStream_t stream) {
+  const dim3 grid(unsigned(p.splits), unsigned(p.num_kv_heads * p.head_chunks), unsigned(batch));
+  decode_kernel<T, D, kGh><<<grid, kThreads, 0, stream>>>(p);
+  return check_launch("attention_decode");
+}
+
+template <typename T, int D>
+Status launch_decode_d(const DecodeParams& p, int64_t batch, int gh, cudaStream_t stream) {
+  switch (gh) {
+    case 1:
+      return launch_decode<T, D, 1>(p, batch, stream);
+    case 2:
+      return launch_decode<T, D, 2>(p, batch, stream);
+    case 4:
+      return launch_decode<T, D, 4>(p, batch, stream);
+    default:
+      return launch_decode<T, D, 8>(p, batch, stream);
+  }
+}
+
+bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
+
+Status invalid(const std::string& msg) {
+  return Status(StatusCode::kInvalidArgument, "attention_decode: " + msg);
+}
+
+}  // namespace
+
+int64_t attention_decode_workspace_floats(int64_t batch, int64_t num_qo_heads, int64_t head_dim,
+                                          int64_t max_kv_len) {
+  const int64_t splits = max_splits(batch, max_kv_len);
+  if (splits <= 1 || num_qo_heads <= 0 || head_dim <= 0) return 0;
+  return batch * num_qo_heads * splits * (head_dim + 2);
+}
+
+template <typename T>
+Status attention_decode(const T* q, const T* k_cache, const T* v_cache, T* out,
+                        const int32_t* kv_indptr, const int32_t* kv_indices, const int32_t* kv_len,
+                        int64_t batch, int64_t num_qo_heads, int64_t num_kv_heads, int64_t head_dim,
+                        int64_t page_size, int64_t max_kv_len, float sm_scale, int32_t window,
+                        float* workspace, int64_t workspace_floats, cudaStream_t stream) {
+  const int64_t D = head_dim;
+  if (D != 16 && D != 32 && D != 64 && D != 128 && D != 256) {
+    return Status(StatusCode::kUnsupported,
+                  "attention_decode: Unsupported head_dim: " + std::to_string(D));
+  }
+  if (batch < 0 || batch > 65535) {
+    return invalid("batch " + std::to_string(batch) + " must be in [0, 65535]");
+  }
+  if (num_qo_heads <= 0 || num_kv_heads <= 0 || num_qo_heads % num_kv_heads != 0 ||
+      num_qo_heads > 65535) {
+    return invalid("num_qo_heads " + std::to_string(num_qo_heads) +
+                   " must be a positive multiple of num_kv_heads " + std::to_string(num_kv_heads) +
+                   " (at most 65535)");
+  }
+  if (page_size <= 0 || page_size > INT_MAX) {
+    return invalid("page_size " + std::to_string(page_size) + " must be in [1, 2^31)");
+  }
+  if (max_kv_len < 0 || max_kv_len > INT_MAX) {
+    return invalid("max_kv_len " + std::to_string(max_kv_len) + " must be in [0, 2^31)");
+  }
+  if (window < 0) return invalid("window " + std::to_string(window) + " must be >= 0");
+  if (workspace_floats < 0 || (workspace == nullptr && workspace_floats != 0)) {
+    return invalid("workspace_floats " + std::to_string(workspace_floats) +
+                   " must be >= 0 and 0 without a workspace");
+  }
+  if (!std::isfinite(sm_scale)) {
+    return invalid("sm_scale " + std::to_string(sm_scale) + " must be finite");
+  }
+  if (batch == 0) return Status::Ok();
+  if (q == nullptr || k_cache == nullptr || v_cache == nullptr || out == nullptr ||
+      kv_indptr == nullptr || kv_indices == nullptr || kv_len == nullptr) {
+    return invalid("null pointer argument");
+  }
+  if (!aligned16(q) || !aligned16(k_cache) || !aligned16(v_cache)) {
+    return invalid("q, k_cache and v_cache must be 16-byte aligned (vector loads)");
+  }
+
+  const int group = int(num_qo_heads / num_kv_heads);
+  const int gh = group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;
+  const int head_chunks = int(ceil_div(group, gh));
+  if (num_kv_heads * head_chunks > 65535) {
+    return invalid("num_kv_heads " + std::to_string(num_kv_heads) + " too large");
+  }
+
+  // Splits: enough CTAs to fill the GPU, chunks of >= kMinChunk visible keys, within the workspace.
+  const int64_t visible = window > 0 ? std::min<int64_t>(max_kv_len, window) : max_kv_len;
+  int64_t splits = 1;
+  const int64_t per_split = batch * num_qo_heads * (D + 2);
+  if (workspace != nullptr && visible > kMinChunk) {
+    int dev = 0, sms = 0;
+    G3_CUDA_RETURN(cudaGetDevice(&dev));
+    G3_CUDA_RETURN(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    const int64_t base_ctas = batch * num_kv_heads * head_chunks;
+    const int64_t target = std::min<int64_t>(kMaxCtas, 4 * int64_t(sms));
+    splits = std::min(
+        {max_splits(batch, visible), ceil_div(target, base_ctas), workspace_floats / per_split});
+    splits = std::max<int64_t>(splits, 1);
+  }
+  int64_t chunk = std::max<int64_t>(ceil_div(std::max<int64_t>(visible, 1), splits), 1);
+  if (splits > 1) splits = ceil_div(visible, chunk);  // no split starts past the visible range
+  const bool split_kv = splits > 1;
+
+  DecodeParams p{};
+  p.q = q;
+  p.k_cache = k_cache;
+  p.v_cache = v_cache;
+  p.out = out;
+  p.kv_indptr = kv_indptr;
+  p.kv_indices = kv_indices;
+  p.kv_len = kv_len;
+  p.ws_o = split_kv ? workspace : nullptr;
+  p.ws_ml = split_kv ? workspace + batch * num_qo_heads * splits * D : nullptr;
+  p.num_qo_heads = int(num_qo_heads);
+  p.num_kv_heads = int(num_kv_heads);
+  p.group = group;
+  p.head_chunks = head_chunks;
+  p.page_size = int(page_size);
+  p.chunk = int(chunk);
+  p.splits = int(splits);
+  p.scale_log2 = sm_scale * kLog2e;
+  p.window = window;
+
+  Status st;
+  switch (D) {
+    case 16:
+      st = launch_decode_d<T, 16>(p, batch, gh, stream);
+      break;
+    case 32:
+      st = launch_decode_d<T, 32>(p, batch, gh, stream);
+      break;
+    case 64:
+      st = launch_decode_d<T, 64>(p, batch, gh, stream);
+      break;
+    case 128:
+      st = launch_decode_d<T, 128>(p, batch, gh, stream);
+      break;
+    default:
+      st = launch_decode_d<T, 256>(p, batch, gh, stream);
+      break;
+  }
+  G3_RETURN_IF_ERROR(st);
+  if (split_kv) {
+    decode_combine_kernel<T><<<unsigned(batch * num_qo_heads), unsigned(D), 0, stream>>>(
+        p.ws_o, p.ws_ml, out, p.splits, int(D));
+    G3_RETURN_IF_ERROR(check_launch("attention_decode (combine)"));
+  }
+  return Status::Ok();
+}
+
+template Status attention_decode<float>(const float*, const float*, const float*, float*,
+                                        const int32_t*, const int32_t*, const int32_t*, int64_t,
+                                        int64_t, int64_t, int64_t, int64_t, int64_t, float, int32_t,
+                                        float*, int64_t, cudaStream_t);
+template Status attention_decode<bf16>(const bf16*, const bf16*, const bf16*, bf16*, const int32_t*,
+                                       const int32_t*, const int32_t*, int64_t, int64_t, int64_t,
+                                       int64_t, int64_t, int64_t, float, int32_t, float*, int64_t,
+                                       cudaStream_t);
+
+}  // namespace gemma3::cuda

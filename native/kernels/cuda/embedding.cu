@@ -1,0 +1,180 @@
+// CUDA embedding gather with scale: one CTA per token id, each thread converting 8-element chunks
+// (16-byte loads/stores for float/bf16; one q8_0/q4_0 quarter block per chunk). Ids outside
+// [0, vocab) write a NaN row and read nothing.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+#include <type_traits>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/cuda_kernels.h"
+
+namespace gemma3::cuda {
+namespace {
+
+constexpr int kChunk = 8;  // elements per thread step in the vector path
+constexpr int kMaxThreads = 256;
+constexpr int64_t kMaxGrid = 1 << 30;
+
+__device__ __forceinline__ void unpack_bf16x2(uint32_t w, float& lo, float& hi) {
+  lo = __uint_as_float(w << 16);
+  hi = __uint_as_float(w & 0xffff0000u);
+}
+
+// Elements [8c, 8c + 8) of a table row as float. row points at the row's first element (or block).
+template <typename TW>
+__device__ __forceinline__ void load_chunk(const TW* row, int64_t c, float (&f)[kChunk]) {
+  if constexpr (std::is_same_v<TW, float>) {
+    const uint4* p = reinterpret_cast<const uint4*>(row + c * kChunk);
+    const uint4 a = p[0], b = p[1];
+    f[0] = __uint_as_float(a.x), f[1] = __uint_as_float(a.y), f[2] = __uint_as_float(a.z);
+    f[3] = __uint_as_float(a.w), f[4] = __uint_as_float(b.x), f[5] = __uint_as_float(b.y);
+    f[6] = __uint_as_float(b.z), f[7] = __uint_as_float(b.w);
+  } else if constexpr (std::is_same_v<TW, bf16>) {
+    const uint4 a = *reinterpret_cast<const uint4*>(row + c * kChunk);
+    unpack_bf16x2(a.x, f[0], f[1]);
+    unpack_bf16x2(a.y, f[2], f[3]);
+    unpack_bf16x2(a.z, f[4], f[5]);
+    unpack_bf16x2(a.w, f[6], f[7]);
+  } else if constexpr (std::is_same_v<TW, block_q8_0>) {
+    // A 34-byte block is only 2-byte aligned: read its quarter as four 16-bit words.
+    const TW& blk = row[c >> 2];
+    const float d = f16_to_f32(blk.d);
+    const uint16_t* q = reinterpret_cast<const uint16_t*>(blk.qs + (c & 3) * kChunk);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const uint16_t w = q[i];
+      f[2 * i] = float(int8_t(w & 0xff)) * d;
+      f[2 * i + 1] = float(int8_t(w >> 8)) * d;
+    }
+  } else {  // block_q4_0: byte j holds element j (low nibble) and j + 16 (high nibble)
+    const TW& blk = row[c >> 2];
+    const float d = f16_to_f32(blk.d);
+    const int part = int(c & 3);
+    const uint16_t* q = reinterpret_cast<const uint16_t*>(blk.qs + (part & 1) * kChunk);
+    const int shift = (part >> 1) * 4;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const uint32_t w = q[i];
+      f[2 * i] = float(int((w >> shift) & 0xf) - 8) * d;
+      f[2 * i + 1] = float(int((w >> (8 + shift)) & 0xf) - 8) * d;
+    }
+  }
+}
+
+// Element j of a table row as float.
+template <typename TW>
+__device__ __forceinline__ float load_one(const TW* row, int64_t j) {
+  if constexpr (std::is_same_v<TW, float> || std::is_same_v<TW, bf16>) {
+    return to_f32(row[j]);
+  } else if constexpr (std::is_same_v<TW, block_q8_0>) {
+    const TW& blk = row[j / kQK];
+    return float(blk.qs[j % kQK]) * f16_to_f32(blk.d);
+  } else {
+    const TW& blk = row[j / kQK];
+    const int k = int(j % kQK);
+    const int q = k < 16 ? (blk.qs[k] & 0xf) : (blk.qs[k - 16] >> 4);
+    return float(q - 8) * f16_to_f32(blk.d);
+  }
+}
+
+template <typename TY>
+__device__ __forceinline__ void store_chunk(TY* p, const float (&f)[kChunk]) {
+  if constexpr (std::is_same_v<TY, float>) {
+    uint4* q = reinterpret_cast<uint4*>(p);
+    q[0] = make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]),
+                      __float_as_uint(f[3]));
+    q[1] = make_uint4(__float_as_uint(f[4]), __float_as_uint(f[5]), __float_as_uint(f[6]),
+                      __float_as_uint(f[7]));
+  } else {
+    uint32_t w[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      w[i] = uint32_t(from_f32<bf16>(f[2 * i]).bits) |
+             (uint32_t(from_f32<bf16>(f[2 * i + 1]).bits) << 16);
+    }
+    *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+  }
+}
+
+// ids: [n] int32; table: [vocab, row_elems] (row_elems = dim, or dim / 32 blocks); out: [n, dim].
+template <typename TW, typename TY, bool kVec>
+__global__ void __launch_bounds__(kMaxThreads)
+    embedding_kernel(const int32_t* ids, const TW* table, TY* out, int64_t n, int64_t dim,
+                     int64_t vocab, int64_t row_elems, float s) {
+  for (int64_t t = blockIdx.x; t < n; t += gridDim.x) {
+    const int32_t id = ids[t];
+    TY* o = out + t * dim;
+    if (id < 0 || int64_t(id) >= vocab) {
+      const TY nan = from_f32<TY>(__uint_as_float(0x7fc00000u));
+      for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) o[j] = nan;
+      continue;
+    }
+    const TW* row = table + int64_t(id) * row_elems;
+    if constexpr (kVec) {
+      for (int64_t c = threadIdx.x; c < dim / kChunk; c += blockDim.x) {
+        float f[kChunk];
+        load_chunk<TW>(row, c, f);
+#pragma unroll
+        for (int i = 0; i < kChunk; ++i) f[i] *= s;
+        store_chunk<TY>(o + c * kChunk, f);
+      }
+    } else {
+      for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
+        o[j] = from_f32<TY>(load_one<TW>(row, j) * s);
+      }
+    }
+  }
+}
+
+inline bool aligned(const void* p, uintptr_t a) {
+  return (reinterpret_cast<uintptr_t>(p) & (a - 1)) == 0;
+}
+
+}  // namespace
+
+template <typename TW, typename TY>
+Status embedding(const int32_t* ids, const TW* table, TY* out, int64_t n, int64_t dim,
+                 int64_t vocab, float s, cudaStream_t stream) {
+  constexpr bool kBlock = std::is_same_v<TW, block_q8_0> || std::is_same_v<TW, block_q4_0>;
+  if (n < 0 || dim <= 0 || vocab <= 0 || (kBlock && dim % kQK != 0)) {
+    return Status(StatusCode::kInvalidArgument,
+                  "embedding: need n >= 0, dim > 0, vocab > 0" +
+                      std::string(kBlock ? ", dim % 32 == 0 for block tables" : "") +
+                      " (n=" + std::to_string(n) + ", dim=" + std::to_string(dim) +
+                      ", vocab=" + std::to_string(vocab) + ")");
+  }
+  if (n == 0) return Status::Ok();
+  if (!ids || !table || !out)
+    return Status(StatusCode::kInvalidArgument, "embedding: null pointer");
+  const int64_t row_elems = kBlock ? dim / kQK : dim;
+  // Block tables need 2-byte alignment for the 16-bit reads; dense ones 16 for the vectors.
+  const bool vec = dim % kChunk == 0 && aligned(out, 16) && aligned(table, kBlock ? 2 : 16);
+  const int64_t work = vec ? dim / kChunk : dim;
+  int threads = int(work < kMaxThreads ? (work + 31) / 32 * 32 : kMaxThreads);
+  const unsigned grid = unsigned(n < kMaxGrid ? n : kMaxGrid);
+  if (vec) {
+    embedding_kernel<TW, TY, true>
+        <<<grid, threads, 0, stream>>>(ids, table, out, n, dim, vocab, row_elems, s);
+  } else {
+    embedding_kernel<TW, TY, false>
+        <<<grid, threads, 0, stream>>>(ids, table, out, n, dim, vocab, row_elems, s);
+  }
+  return check_launch("embedding");
+}
+
+#define G3_INSTANTIATE(TW, TY)                                                                 \
+  template Status embedding<TW, TY>(const int32_t*, const TW*, TY*, int64_t, int64_t, int64_t, \
+                                    float, cudaStream_t);
+G3_INSTANTIATE(float, float)
+G3_INSTANTIATE(float, bf16)
+G3_INSTANTIATE(bf16, float)
+G3_INSTANTIATE(bf16, bf16)
+G3_INSTANTIATE(block_q8_0, float)
+G3_INSTANTIATE(block_q8_0, bf16)
+G3_INSTANTIATE(block_q4_0, float)
+G3_INSTANTIATE(block_q4_0, bf16)
+#undef G3_INSTANTIATE
+
+}  // namespace gemma3::cuda

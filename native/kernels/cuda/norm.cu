@@ -1,0 +1,251 @@
+// CUDA RMSNorm (Gemma), fused RMSNorm + residual add, and LayerNorm (SigLIP).
+// Short rows (per-head q/k norms, 128/256) take one warp per row, several rows per CTA; longer rows
+// (hidden 1152..5376) one CTA per row. Rows are read with 16-byte vectors when dim and the pointers
+// allow (scalar otherwise), summed in float32 with warp shuffles, and the first kCache vectors of
+// each thread stay in registers between the reduction and the write.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/cuda_kernels.h"
+
+namespace gemma3::cuda {
+namespace {
+
+constexpr int kCache = 4;          // vectors per thread kept in registers between the passes
+constexpr int kWarpsPerCta = 4;    // rows per CTA in the warp-per-row form
+constexpr int kMaxGrid = 1 << 30;  // grid cap; kernels loop over the remaining rows
+
+enum class NormKind { kRms, kRmsAdd, kLayer };
+
+// Loads/stores V elements as float: one 16-byte access when V * sizeof(T) == 16, else scalar.
+template <typename T, int V>
+__device__ __forceinline__ void load_f32(const T* p, float (&f)[V]) {
+  if constexpr (V == 1) {
+    f[0] = to_f32(p[0]);
+  } else {
+    static_assert(V * sizeof(T) == 16, "vector loads are 16 bytes");
+    const uint4 u = *reinterpret_cast<const uint4*>(p);
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      if constexpr (sizeof(T) == 4) {
+        f[i] = __uint_as_float(w[i]);
+      } else {  // bf16: element 2i in the low half (little endian)
+        f[2 * i] = __uint_as_float(w[i] << 16);
+        f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+      }
+    }
+  }
+}
+
+template <typename T, int V>
+__device__ __forceinline__ void store_f32(T* p, const float (&f)[V]) {
+  if constexpr (V == 1) {
+    p[0] = from_f32<T>(f[0]);
+  } else {
+    uint32_t w[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      if constexpr (sizeof(T) == 4) {
+        w[i] = __float_as_uint(f[i]);
+      } else {
+        w[i] = uint32_t(from_f32<bf16>(f[2 * i]).bits) |
+               (uint32_t(from_f32<bf16>(f[2 * i + 1]).bits) << 16);
+      }
+    }
+    *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+  }
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Sum over the row's threads (a warp, or the whole CTA); every thread gets the total.
+template <bool kWarpRow>
+__device__ __forceinline__ float row_sum(float v, float* red) {
+  v = warp_sum(v);
+  if constexpr (kWarpRow) {
+    return v;
+  } else {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    __syncthreads();  // red may still be read by the previous reduction
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    v = lane < int(blockDim.x >> 5) ? red[lane] : 0.0f;
+    return warp_sum(v);
+  }
+}
+
+// x, out: [rows, dim] (out may alias x; for kRmsAdd out is the residual, read then written);
+// w, b: [dim] (b only for kLayer). nvec = dim / V.
+template <typename T, int V, bool kWarpRow, NormKind kKind>
+__global__ void __launch_bounds__(kWarpRow ? 32 * kWarpsPerCta : 1024)
+    norm_kernel(const T* x, const T* w, const T* b, T* out, int64_t rows, int dim, int nvec,
+                float eps) {
+  __shared__ float red[32];
+  const int tid = kWarpRow ? (threadIdx.x & 31) : threadIdx.x;
+  const int nthr = kWarpRow ? 32 : blockDim.x;
+  const int64_t row0 =
+      kWarpRow ? int64_t(blockIdx.x) * kWarpsPerCta + (threadIdx.x >> 5) : int64_t(blockIdx.x);
+  const int64_t row_step = kWarpRow ? int64_t(gridDim.x) * kWarpsPerCta : int64_t(gridDim.x);
+
+  for (int64_t r = row0; r < rows; r += row_step) {
+    const T* xr = x + r * dim;
+    T* outr = out + r * dim;
+    float c[kCache][V];
+    float acc = 0.0f;
+#pragma unroll
+    for (int it = 0; it < kCache; ++it) {
+      const int i = tid + it * nthr;
+      if (i < nvec) {
+        load_f32<T, V>(xr + i * V, c[it]);
+#pragma unroll
+        for (int j = 0; j < V; ++j)
+          acc += kKind == NormKind::kLayer ? c[it][j] : c[it][j] * c[it][j];
+      }
+    }
+    for (int i = tid + kCache * nthr; i < nvec; i += nthr) {  // rows past the register cache
+      float t[V];
+      load_f32<T, V>(xr + i * V, t);
+#pragma unroll
+      for (int j = 0; j < V; ++j) acc += kKind == NormKind::kLayer ? t[j] : t[j] * t[j];
+    }
+    float total = row_sum<kWarpRow>(acc, red);
+
+    float mean = 0.0f, inv;
+    if constexpr (kKind == NormKind::kLayer) {
+      // Biased variance from the centred values (two-pass; steadier than E[x^2] - mean^2).
+      mean = total / float(dim);
+      float acc2 = 0.0f;
+#pragma unroll
+      for (int it = 0; it < kCache; ++it) {
+        if (tid + it * nthr < nvec) {
+#pragma unroll
+          for (int j = 0; j < V; ++j) acc2 += (c[it][j] - mean) * (c[it][j] - mean);
+        }
+      }
+      for (int i = tid + kCache * nthr; i < nvec; i += nthr) {
+        float t[V];
+        load_f32<T, V>(xr + i * V, t);
+#pragma unroll
+        for (int j = 0; j < V; ++j) acc2 += (t[j] - mean) * (t[j] - mean);
+      }
+      total = row_sum<kWarpRow>(acc2, red);
+    }
+    inv = 1.0f / sqrtf(total / float(dim) + eps);
+
+    auto write = [&](int i, const float(&v)[V]) {
+      float wv[V], y[V];
+      load_f32<T, V>(w + i * V, wv);
+      if constexpr (kKind == NormKind::kRms) {
+        // HF Gemma3RMSNorm: (x * rsqrt(ms + eps)) * (1 + w) in float32, one cast.
+#pragma unroll
+        for (int j = 0; j < V; ++j) y[j] = (v[j] * inv) * (1.0f + wv[j]);
+      } else if constexpr (kKind == NormKind::kRmsAdd) {
+        // HF adds in T: the norm output is rounded to T before the residual add (__fadd_rn keeps
+        // the float32 path from fusing the two ops into an FMA).
+        float res[V];
+        load_f32<T, V>(outr + i * V, res);
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          y[j] = __fadd_rn(res[j], to_f32(from_f32<T>((v[j] * inv) * (1.0f + wv[j]))));
+        }
+      } else {
+        float bv[V];
+        load_f32<T, V>(b + i * V, bv);
+#pragma unroll
+        for (int j = 0; j < V; ++j) y[j] = (v[j] - mean) * inv * wv[j] + bv[j];
+      }
+      store_f32<T, V>(outr + i * V, y);
+    };
+#pragma unroll
+    for (int it = 0; it < kCache; ++it) {
+      const int i = tid + it * nthr;
+      if (i < nvec) write(i, c[it]);
+    }
+    for (int i = tid + kCache * nthr; i < nvec; i += nthr) {
+      float t[V];
+      load_f32<T, V>(xr + i * V, t);
+      write(i, t);
+    }
+  }
+}
+
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+template <typename T, int V, NormKind kKind>
+Status launch_norm_v(const T* x, const T* w, const T* b, T* out, int64_t rows, int64_t dim,
+                     float eps, cudaStream_t stream, const char* name) {
+  const int nvec = int(dim / V);
+  if (nvec <= 32 * kCache) {  // one warp per row
+    const int64_t grid = (rows + kWarpsPerCta - 1) / kWarpsPerCta;
+    norm_kernel<T, V, true, kKind>
+        <<<unsigned(grid < kMaxGrid ? grid : kMaxGrid), 32 * kWarpsPerCta, 0, stream>>>(
+            x, w, b, out, rows, int(dim), nvec, eps);
+  } else {  // one CTA per row; ~2 vectors per thread leaves loads in flight for short grids
+    int threads = ((nvec + 1) / 2 + 31) / 32 * 32;
+    threads = threads < 64 ? 64 : (threads > 1024 ? 1024 : threads);
+    norm_kernel<T, V, false, kKind>
+        <<<unsigned(rows < kMaxGrid ? rows : kMaxGrid), threads, 0, stream>>>(x, w, b, out, rows,
+                                                                              int(dim), nvec, eps);
+  }
+  return check_launch(name);
+}
+
+template <typename T, NormKind kKind>
+Status launch_norm(const T* x, const T* w, const T* b, T* out, int64_t rows, int64_t dim, float eps,
+                   cudaStream_t stream, const char* name) {
+  if (rows < 0 || dim <= 0 || dim > (int64_t(1) << 30) || !(eps >= 0.0f)) {
+    return Status(StatusCode::kInvalidArgument,
+                  std::string(name) +
+                      ": need rows >= 0, 0 < dim <= 2^30, eps >= 0 (rows=" + std::to_string(rows) +
+                      ", dim=" + std::to_string(dim) + ", eps=" + std::to_string(eps) + ")");
+  }
+  if (rows == 0) return Status::Ok();
+  if (!x || !w || !out || (kKind == NormKind::kLayer && !b)) {
+    return Status(StatusCode::kInvalidArgument, std::string(name) + ": null pointer");
+  }
+  constexpr int V = 16 / sizeof(T);
+  const bool vec = dim % V == 0 && aligned16(x) && aligned16(w) && aligned16(out) &&
+                   (kKind != NormKind::kLayer || aligned16(b));
+  if (vec) return launch_norm_v<T, V, kKind>(x, w, b, out, rows, dim, eps, stream, name);
+  return launch_norm_v<T, 1, kKind>(x, w, b, out, rows, dim, eps, stream, name);
+}
+
+}  // namespace
+
+template <typename T>
+Status rmsnorm(const T* x, const T* w, T* out, int64_t rows, int64_t dim, float eps,
+               cudaStream_t stream) {
+  return launch_norm<T, NormKind::kRms>(x, w, nullptr, out, rows, dim, eps, stream, "rmsnorm");
+}
+
+template <typename T>
+Status rmsnorm_add(const T* x, const T* w, T* residual, int64_t rows, int64_t dim, float eps,
+                   cudaStream_t stream) {
+  return launch_norm<T, NormKind::kRmsAdd>(x, w, nullptr, residual, rows, dim, eps, stream,
+                                           "rmsnorm_add");
+}
+
+template <typename T>
+Status layernorm(const T* x, const T* w, const T* b, T* out, int64_t rows, int64_t dim, float eps,
+                 cudaStream_t stream) {
+  return launch_norm<T, NormKind::kLayer>(x, w, b, out, rows, dim, eps, stream, "layernorm");
+}
+
+#define G3_INSTANTIATE(T)                                                                        \
+  template Status rmsnorm<T>(const T*, const T*, T*, int64_t, int64_t, float, cudaStream_t);     \
+  template Status rmsnorm_add<T>(const T*, const T*, T*, int64_t, int64_t, float, cudaStream_t); \
+  template Status layernorm<T>(const T*, const T*, const T*, T*, int64_t, int64_t, float,        \
+                               cudaStream_t);
+G3_INSTANTIATE(float)
+G3_INSTANTIATE(bf16)
+#undef G3_INSTANTIATE
+
+}  // namespace gemma3::cuda

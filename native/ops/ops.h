@@ -1,0 +1,76 @@
+// Ops: validate tensors (shape, dtype, device), then enqueue the kernel of the tensors' device on
+// its stream. Errors name the op and the shapes. Semantics of each op: kernels/kernels.inc.
+// Outputs are passed in (no hidden allocation); "rows" = product of all dims but the last.
+#pragma once
+#include "ops/tensor_ref.h"
+
+namespace gemma3::ops {
+
+// y = x·Wᵀ. x: [..., K] f32|bf16; w: [N, K] f32|bf16|q8_0|q4_0|fp8_e4m3; w_scale: [N] f32 (fp8
+// only, required there); y: [..., N] same dtype as x.
+Status matmul(const TensorRef& x, const TensorRef& w, const TensorRef* w_scale, const TensorRef& y);
+
+// x, out: [..., D]; w: [D]; same dtype (f32|bf16). out may be x.
+Status rmsnorm(const TensorRef& x, const TensorRef& w, const TensorRef& out, float eps);
+// residual += rmsnorm(x) with HF's rounding. x, residual: [..., D]; w: [D].
+Status rmsnorm_add(const TensorRef& x, const TensorRef& w, const TensorRef& residual, float eps);
+Status layernorm(const TensorRef& x, const TensorRef& w, const TensorRef& b, const TensorRef& out,
+                 float eps);
+
+// out = gelu_tanh(gate) * up. gate, up, out: [..., F]; or up == nullptr and gate: [..., 2F] holding
+// [gate | up] per row (a fused projection).
+Status gelu_mul(const TensorRef& gate, const TensorRef* up, const TensorRef& out);
+Status add(const TensorRef& a, const TensorRef& b, const TensorRef& out);
+Status scale(const TensorRef& x, const TensorRef& out, float s);
+
+// ids: [n] i32; table: [V, D] f32|bf16|q8_0|q4_0; out: [n, D] f32|bf16.
+Status embedding(const TensorRef& ids, const TensorRef& table, const TensorRef& out, float s);
+
+Status softmax(const TensorRef& x, const TensorRef& out);
+// out: [rows] i32.
+Status argmax(const TensorRef& x, const TensorRef& out);
+// values: [rows, k] f32; indices: [rows, k] i32.
+Status topk(const TensorRef& x, const TensorRef& values, const TensorRef& indices);
+
+// In place. x: [tokens, heads, head_dim]; positions: [tokens] i32.
+Status rope(const TensorRef& x, const TensorRef& positions, float base, float scale);
+
+struct PrefillParams {
+  int64_t max_q_len = 0;  // upper bound of any sequence's query count
+  float sm_scale = 1.0f;
+  int32_t window = 0;
+  bool causal = true;
+};
+// q, out: [total_q, Hq, D]; k, v: [total_kv, Hkv, D]; qo_indptr, kv_indptr: [batch + 1] i32;
+// kv_last: [total_q] i32 or null.
+Status attention_prefill(const TensorRef& q, const TensorRef& k, const TensorRef& v,
+                         const TensorRef& out, const TensorRef& qo_indptr,
+                         const TensorRef& kv_indptr, const TensorRef* kv_last,
+                         const PrefillParams& p);
+
+struct DecodeParams {
+  int64_t max_kv_len = 0;
+  float sm_scale = 1.0f;
+  int32_t window = 0;
+};
+// q, out: [batch, Hq, D]; k_cache, v_cache: [pages, page_size, Hkv, D]; kv_indptr: [batch + 1],
+// kv_indices: [nnz_pages], kv_len: [batch] i32; workspace: f32 scratch or null.
+Status attention_decode(const TensorRef& q, const TensorRef& k_cache, const TensorRef& v_cache,
+                        const TensorRef& out, const TensorRef& kv_indptr,
+                        const TensorRef& kv_indices, const TensorRef& kv_len,
+                        const TensorRef* workspace, const DecodeParams& p);
+// Floats of workspace attention_decode can use to split long sequences (0 on CPU).
+int64_t attention_decode_workspace_floats(int device, int64_t batch, int64_t num_qo_heads,
+                                          int64_t head_dim, int64_t max_kv_len);
+
+Status cast(const TensorRef& src, const TensorRef& dst);
+// src: [..., C] f32|bf16 -> dst q8_0|q4_0|fp8 (scale: [rows] f32 for fp8).
+Status quantize(const TensorRef& src, const TensorRef& dst, const TensorRef* scale);
+Status dequantize(const TensorRef& src, const TensorRef* scale, const TensorRef& dst);
+
+// dst rows (first dim) dst_rows[i] <- src row i. src: [n, ...]; dst: [capacity, ...] with the same
+// trailing shape and dtype; dst_rows: [n] i32 (negative = skip; >= capacity is an error on CPU and
+// skipped on CUDA).
+Status copy_rows(const TensorRef& src, const TensorRef& dst, const TensorRef& dst_rows);
+
+}  // namespace gemma3::ops

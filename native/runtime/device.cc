@@ -1,0 +1,523 @@
+#include "runtime/device.h"
+
+#include <sys/sysinfo.h>
+
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+#ifdef GEMMA3_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include "kernels/cuda/cuda_check.h"
+#endif
+
+namespace gemma3 {
+
+std::string device_name(int device) {
+  return device == kCpu ? std::string("cpu") : "cuda:" + std::to_string(device);
+}
+
+bool cuda_built() {
+#ifdef GEMMA3_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+int cuda_device_count() {
+#ifdef GEMMA3_WITH_CUDA
+  static int count = [] {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+      cudaGetLastError();  // no driver / no GPU: not an error for a CPU user
+      return 0;
+    }
+    return n;
+  }();
+  return count;
+#else
+  return 0;
+#endif
+}
+
+Status check_device(int device) {
+  if (device == kCpu) return Status::Ok();
+  if (device < 0 || device >= cuda_device_count()) {
+    std::string why = cuda_built() ? std::to_string(cuda_device_count()) + " CUDA device(s) visible"
+                                   : "this build has no CUDA backend";
+    return Status(StatusCode::kDevice, "no such device " + device_name(device) + " (" + why + ")");
+  }
+  return Status::Ok();
+}
+
+#ifdef GEMMA3_WITH_CUDA
+namespace {
+Status set_device(int device) { return cuda::cuda_status(cudaSetDevice(device), "cudaSetDevice"); }
+}  // namespace
+#endif
+
+Status device_info(int device, DeviceInfo* out) {
+  G3_RETURN_IF_ERROR(check_device(device));
+  if (device == kCpu) {
+    out->name = "cpu (" + std::to_string(std::thread::hardware_concurrency()) + " threads)";
+    int64_t free_b = 0;
+    return memory_info(kCpu, &free_b, &out->total_memory);
+  }
+#ifdef GEMMA3_WITH_CUDA
+  cudaDeviceProp p;
+  G3_CUDA_RETURN(cudaGetDeviceProperties(&p, device));
+  out->name = p.name;
+  out->total_memory = int64_t(p.totalGlobalMem);
+  out->sm_count = p.multiProcessorCount;
+  out->cc_major = p.major;
+  out->cc_minor = p.minor;
+  out->l2_bytes = p.l2CacheSize;
+#endif
+  return Status::Ok();
+}
+
+Status memory_info(int device, int64_t* free_bytes, int64_t* total_bytes) {
+  G3_RETURN_IF_ERROR(check_device(device));
+  if (device == kCpu) {
+    struct sysinfo si;
+    if (sysinfo(&si) != 0) return Status(StatusCode::kInternal, "sysinfo failed");
+    *total_bytes = int64_t(si.totalram) * si.mem_unit;
+    *free_bytes = int64_t(si.freeram + si.bufferram) * si.mem_unit;
+    return Status::Ok();
+  }
+#ifdef GEMMA3_WITH_CUDA
+  G3_RETURN_IF_ERROR(set_device(device));
+  size_t f = 0, t = 0;
+  G3_CUDA_RETURN(cudaMemGetInfo(&f, &t));
+  *free_bytes = int64_t(f);
+  *total_bytes = int64_t(t);
+#endif
+  return Status::Ok();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Buffers
+
+static std::string human_bytes(int64_t b) {
+  char s[64];
+  snprintf(s, sizeof(s), "%.2f GiB", double(b) / (1024.0 * 1024.0 * 1024.0));
+  return s;
+}
+
+Status Buffer::create(int device, int64_t bytes, std::shared_ptr<Buffer>* out) {
+  G3_RETURN_IF_ERROR(check_device(device));
+  if (bytes < 0) return Status(StatusCode::kInvalidArgument, "negative allocation size");
+  int64_t alloc = bytes == 0 ? 64 : (bytes + 63) / 64 * 64;  // never a null pointer
+  int64_t free_b = 0, total_b = 0;
+  G3_RETURN_IF_ERROR(memory_info(device, &free_b, &total_b));
+  auto oom = [&](const char* why) {
+    return Status(StatusCode::kOutOfMemory,
+                  "out of memory on " + device_name(device) + ": asked for " + human_bytes(bytes) +
+                      ", " + human_bytes(free_b) + " free of " + human_bytes(total_b) + why);
+  };
+  if (device == kCpu) {
+    // Linux overcommits: refuse what can never fit instead of dying later on first touch.
+    if (alloc > total_b) return oom("");
+    void* p = nullptr;
+    if (posix_memalign(&p, 64, size_t(alloc)) != 0 || p == nullptr) return oom("");
+    out->reset(new Buffer(device, p, bytes));
+    return Status::Ok();
+  }
+#ifdef GEMMA3_WITH_CUDA
+  G3_RETURN_IF_ERROR(set_device(device));
+  void* p = nullptr;
+  cudaError_t e = cudaMalloc(&p, size_t(alloc));
+  if (e != cudaSuccess) {
+    cudaGetLastError();  // allocation errors are not sticky; clear so later calls see success
+    if (e == cudaErrorMemoryAllocation) return oom(" (cudaMalloc)");
+    return cuda::cuda_status(e, "cudaMalloc");
+  }
+  out->reset(new Buffer(device, p, bytes));
+  return Status::Ok();
+#else
+  return Status(StatusCode::kDevice, "CUDA backend not built");
+#endif
+}
+
+Buffer::~Buffer() {
+  if (device_ == kCpu) {
+    std::free(data_);
+    return;
+  }
+#ifdef GEMMA3_WITH_CUDA
+  cudaSetDevice(device_);
+  cudaFree(data_);  // synchronizes the device: no queued kernel can still read this memory
+  cudaGetLastError();
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// The CPU stream: one worker thread running tasks in order.
+
+namespace {
+
+class CpuStream {
+ public:
+  CpuStream() { std::thread([this] { loop(); }).detach(); }
+
+  Status submit(Task t) {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (capturing_) {
+      captured_.push_back(std::move(t));
+      return Status::Ok();
+    }
+    queue_.push_back(std::move(t));
+    cv_.notify_one();
+    return Status::Ok();
+  }
+
+  Status synchronize() {
+    std::unique_lock<std::mutex> lk(mu_);
+    idle_cv_.wait(lk, [this] { return queue_.empty() && !running_; });
+    Status st = error_;
+    error_ = Status::Ok();
+    return st;
+  }
+
+  Status begin_capture() {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (capturing_) return Status(StatusCode::kInvalidArgument, "cpu: a capture is already active");
+    capturing_ = true;
+    captured_.clear();
+    return Status::Ok();
+  }
+  Status end_capture(std::vector<Task>* out) {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (!capturing_) return Status(StatusCode::kInvalidArgument, "cpu: no capture is active");
+    capturing_ = false;
+    *out = std::move(captured_);
+    captured_.clear();
+    return Status::Ok();
+  }
+  bool capturing() {
+    std::lock_guard<std::mutex> lk(mu_);
+    return capturing_;
+  }
+
+ private:
+  void loop() {
+    for (;;) {
+      Task t;
+      {
+        std::unique_lock<std::mutex> lk(mu_);
+        cv_.wait(lk, [this] { return !queue_.empty(); });
+        t = std::move(queue_.front());
+        queue_.pop_front();
+        running_ = true;
+      }
+      Status st;
+      try {
+        st = t();
+      } catch (const std::bad_alloc&) {
+        st = Status(StatusCode::kOutOfMemory, "cpu: out of host memory in a queued op");
+      } catch (const std::exception& e) {
+        st = Status(StatusCode::kInternal, std::string("cpu: queued op threw: ") + e.what());
+      }
+      t = nullptr;  // drop captured buffers before reporting idle
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        if (!st.ok() && error_.ok()) error_ = st;
+        running_ = false;
+        if (queue_.empty()) idle_cv_.notify_all();
+      }
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_, idle_cv_;
+  std::deque<Task> queue_;
+  bool running_ = false;
+  Status error_;
+  bool capturing_ = false;
+  std::vector<Task> captured_;
+};
+
+CpuStream& cpu_stream() {
+  static CpuStream* s = new CpuStream();  // leaked on purpose: its thread lives as long as the process
+  return *s;
+}
+
+}  // namespace
+
+Status cpu_submit(Task task) { return cpu_stream().submit(std::move(task)); }
+
+#ifdef GEMMA3_WITH_CUDA
+namespace {
+struct CudaState {
+  cudaStream_t stream = nullptr;
+  bool capturing = false;
+};
+std::mutex cuda_mu;
+std::vector<CudaState>& cuda_states() {
+  static auto* v = new std::vector<CudaState>(size_t(std::max(cuda_device_count(), 0)));
+  return *v;
+}
+}  // namespace
+
+Status cuda_stream(int device, void** stream) {
+  G3_RETURN_IF_ERROR(check_device(device));
+  G3_RETURN_IF_ERROR(set_device(device));
+  std::lock_guard<std::mutex> lk(cuda_mu);
+  CudaState& s = cuda_states()[size_t(device)];
+  if (s.stream == nullptr) {
+    G3_CUDA_RETURN(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking));
+  }
+  *stream = s.stream;
+  return Status::Ok();
+}
+
+static Status get_stream(int device, cudaStream_t* s) {
+  void* p = nullptr;
+  G3_RETURN_IF_ERROR(cuda_stream(device, &p));
+  *s = static_cast<cudaStream_t>(p);
+  return Status::Ok();
+}
+#endif
+
+Status synchronize(int device) {
+  G3_RETURN_IF_ERROR(check_device(device));
+  if (device == kCpu) return cpu_stream().synchronize();
+#ifdef GEMMA3_WITH_CUDA
+  cudaStream_t s;
+  G3_RETURN_IF_ERROR(get_stream(device, &s));
+  G3_CUDA_RETURN(cudaStreamSynchronize(s));
+#endif
+  return Status::Ok();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Copies
+
+static Status check_range(const Buffer& b, int64_t offset, int64_t bytes, const char* what) {
+  if (offset < 0 || bytes < 0 || offset > b.size() || bytes > b.size() - offset) {
+    return Status(StatusCode::kOutOfRange, std::string(what) + ": range [" +
+                                               std::to_string(offset) + ", +" +
+                                               std::to_string(bytes) + ") is outside a buffer of " +
+                                               std::to_string(b.size()) + " bytes");
+  }
+  return Status::Ok();
+}
+
+Status copy_from_host(const std::shared_ptr<Buffer>& dst, int64_t dst_offset, const void* src,
+                      int64_t bytes) {
+  G3_RETURN_IF_ERROR(check_range(*dst, dst_offset, bytes, "copy_from_host"));
+  if (bytes == 0) return Status::Ok();
+  char* d = static_cast<char*>(dst->data()) + dst_offset;
+  if (dst->device() == kCpu) {
+    // The JS memory may go away after we return: the queued copy owns a snapshot.
+    auto snap = std::make_shared<std::vector<char>>(static_cast<const char*>(src),
+                                                    static_cast<const char*>(src) + bytes);
+    return cpu_submit([dst, d, snap] {
+      std::memcpy(d, snap->data(), snap->size());
+      return Status::Ok();
+    });
+  }
+#ifdef GEMMA3_WITH_CUDA
+  cudaStream_t s;
+  G3_RETURN_IF_ERROR(get_stream(dst->device(), &s));
+  // From pageable memory this returns once the bytes are staged, so `src` may be released.
+  G3_CUDA_RETURN(cudaMemcpyAsync(d, src, size_t(bytes), cudaMemcpyHostToDevice, s));
+#endif
+  return Status::Ok();
+}
+
+Status copy_to_host(const std::shared_ptr<Buffer>& src, int64_t src_offset, void* dst,
+                    int64_t bytes) {
+  G3_RETURN_IF_ERROR(check_range(*src, src_offset, bytes, "copy_to_host"));
+  const char* p = static_cast<const char*>(src->data()) + src_offset;
+  if (src->device() == kCpu) {
+    if (cpu_stream().capturing())
+      return Status(StatusCode::kInvalidArgument, "copy_to_host: not allowed during graph capture");
+    G3_RETURN_IF_ERROR(cpu_submit([src, p, dst, bytes] {
+      std::memcpy(dst, p, size_t(bytes));
+      return Status::Ok();
+    }));
+    return cpu_stream().synchronize();
+  }
+#ifdef GEMMA3_WITH_CUDA
+  cudaStream_t s;
+  G3_RETURN_IF_ERROR(get_stream(src->device(), &s));
+  if (bytes > 0) G3_CUDA_RETURN(cudaMemcpyAsync(dst, p, size_t(bytes), cudaMemcpyDeviceToHost, s));
+  G3_CUDA_RETURN(cudaStreamSynchronize(s));
+#endif
+  return Status::Ok();
+}
+
+Status copy_buffer(const std::shared_ptr<Buffer>& dst, int64_t dst_offset,
+                   const std::shared_ptr<Buffer>& src, int64_t src_offset, int64_t bytes) {
+  G3_RETURN_IF_ERROR(check_range(*dst, dst_offset, bytes, "copy"));
+  G3_RETURN_IF_ERROR(check_range(*src, src_offset, bytes, "copy"));
+  if (dst->device() != src->device()) {
+    return Status(StatusCode::kDevice, "copy: buffers on " + device_name(src->device()) + " and " +
+                                           device_name(dst->device()) +
+                                           " (copy across devices through the host)");
+  }
+  if (bytes == 0) return Status::Ok();
+  char* d = static_cast<char*>(dst->data()) + dst_offset;
+  const char* s = static_cast<const char*>(src->data()) + src_offset;
+  if (dst->device() == kCpu) {
+    return cpu_submit([dst, src, d, s, bytes] {
+      std::memmove(d, s, size_t(bytes));
+      return Status::Ok();
+    });
+  }
+#ifdef GEMMA3_WITH_CUDA
+  cudaStream_t st;
+  G3_RETURN_IF_ERROR(get_stream(dst->device(), &st));
+  G3_CUDA_RETURN(cudaMemcpyAsync(d, s, size_t(bytes), cudaMemcpyDeviceToDevice, st));
+#endif
+  return Status::Ok();
+}
+
+Status fill_bytes(const std::shared_ptr<Buffer>& dst, int64_t offset, int64_t bytes,
+                  uint8_t value) {
+  G3_RETURN_IF_ERROR(check_range(*dst, offset, bytes, "fill"));
+  if (bytes == 0) return Status::Ok();
+  char* d = static_cast<char*>(dst->data()) + offset;
+  if (dst->device() == kCpu) {
+    return cpu_submit([dst, d, bytes, value] {
+      std::memset(d, value, size_t(bytes));
+      return Status::Ok();
+    });
+  }
+#ifdef GEMMA3_WITH_CUDA
+  cudaStream_t st;
+  G3_RETURN_IF_ERROR(get_stream(dst->device(), &st));
+  G3_CUDA_RETURN(cudaMemsetAsync(d, value, size_t(bytes), st));
+#endif
+  return Status::Ok();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Graphs
+
+namespace {
+
+class CpuGraph : public Graph {
+ public:
+  explicit CpuGraph(std::vector<Task> tasks)
+      : tasks_(std::make_shared<std::vector<Task>>(std::move(tasks))) {}
+  Status launch() override {
+    if (cpu_stream().capturing())
+      return Status(StatusCode::kInvalidArgument, "graph launch during a capture");
+    auto tasks = tasks_;
+    return cpu_submit([tasks] {
+      for (auto& t : *tasks) G3_RETURN_IF_ERROR(t());
+      return Status::Ok();
+    });
+  }
+  int device() const override { return kCpu; }
+  int64_t num_nodes() const override { return int64_t(tasks_->size()); }
+
+ private:
+  std::shared_ptr<std::vector<Task>> tasks_;
+};
+
+#ifdef GEMMA3_WITH_CUDA
+class CudaGraph : public Graph {
+ public:
+  CudaGraph(int device, cudaGraph_t g, cudaGraphExec_t e, int64_t nodes)
+      : device_(device), graph_(g), exec_(e), nodes_(nodes) {}
+  ~CudaGraph() override {
+    cudaSetDevice(device_);
+    cudaGraphExecDestroy(exec_);
+    cudaGraphDestroy(graph_);
+    cudaGetLastError();
+  }
+  Status launch() override {
+    cudaStream_t s;
+    G3_RETURN_IF_ERROR(get_stream(device_, &s));
+    G3_CUDA_RETURN(cudaGraphLaunch(exec_, s));
+    return Status::Ok();
+  }
+  int device() const override { return device_; }
+  int64_t num_nodes() const override { return nodes_; }
+
+ private:
+  int device_;
+  cudaGraph_t graph_;
+  cudaGraphExec_t exec_;
+  int64_t nodes_;
+};
+#endif
+
+}  // namespace
+
+Status graph_begin_capture(int device) {
+  G3_RETURN_IF_ERROR(check_device(device));
+  if (device == kCpu) return cpu_stream().begin_capture();
+#ifdef GEMMA3_WITH_CUDA
+  cudaStream_t s;
+  G3_RETURN_IF_ERROR(get_stream(device, &s));
+  {
+    std::lock_guard<std::mutex> lk(cuda_mu);
+    if (cuda_states()[size_t(device)].capturing)
+      return Status(StatusCode::kInvalidArgument, device_name(device) + ": a capture is active");
+  }
+  G3_CUDA_RETURN(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  std::lock_guard<std::mutex> lk(cuda_mu);
+  cuda_states()[size_t(device)].capturing = true;
+#endif
+  return Status::Ok();
+}
+
+Status graph_end_capture(int device, std::unique_ptr<Graph>* out) {
+  G3_RETURN_IF_ERROR(check_device(device));
+  if (device == kCpu) {
+    std::vector<Task> tasks;
+    G3_RETURN_IF_ERROR(cpu_stream().end_capture(&tasks));
+    out->reset(new CpuGraph(std::move(tasks)));
+    return Status::Ok();
+  }
+#ifdef GEMMA3_WITH_CUDA
+  cudaStream_t s;
+  G3_RETURN_IF_ERROR(get_stream(device, &s));
+  {
+    std::lock_guard<std::mutex> lk(cuda_mu);
+    if (!cuda_states()[size_t(device)].capturing)
+      return Status(StatusCode::kInvalidArgument, device_name(device) + ": no capture is active");
+    cuda_states()[size_t(device)].capturing = false;
+  }
+  cudaGraph_t g = nullptr;
+  cudaError_t e = cudaStreamEndCapture(s, &g);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    if (g) cudaGraphDestroy(g);
+    return cuda::cuda_status(e, "cudaStreamEndCapture (an op in the capture was not capturable)");
+  }
+  size_t nodes = 0;
+  cudaGraphGetNodes(g, nullptr, &nodes);
+  cudaGraphExec_t exec = nullptr;
+  e = cudaGraphInstantiate(&exec, g, 0);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    cudaGraphDestroy(g);
+    return cuda::cuda_status(e, "cudaGraphInstantiate");
+  }
+  out->reset(new CudaGraph(device, g, exec, int64_t(nodes)));
+#endif
+  return Status::Ok();
+}
+
+bool graph_capturing(int device) {
+  if (device == kCpu) return cpu_stream().capturing();
+#ifdef GEMMA3_WITH_CUDA
+  if (device >= 0 && device < cuda_device_count()) {
+    std::lock_guard<std::mutex> lk(cuda_mu);
+    return cuda_states()[size_t(device)].capturing;
+  }
+#endif
+  return false;
+}
+
+}  // namespace gemma3

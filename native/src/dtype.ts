@@ -1,0 +1,48 @@
+/** Element types; the numeric values are native/runtime/dtype.h's DType. */
+export const DType = {
+  f32: 0,
+  bf16: 1,
+  f16: 2,
+  fp8_e4m3: 3,
+  q8_0: 4,
+  q4_0: 5,
+  i32: 6,
+} as const;
+export type DTypeName = keyof typeof DType;
+
+const names = Object.keys(DType) as DTypeName[];
+
+export function dtypeCode(name: DTypeName): number {
+  const c = DType[name];
+  if (c === undefined) throw new TypeError(`Unknown dtype: ${String(name)}`);
+  return c;
+}
+export function dtypeName(code: number): DTypeName {
+  const n = names.find((k) => DType[k] === code);
+  if (!n) throw new TypeError(`Unknown dtype code: ${code}`);
+  return n;
+}
+/** Elements per block: 32 for the GGUF block formats, else 1. */
+export function blockSize(d: DTypeName): number {
+  return d === "q8_0" || d === "q4_0" ? 32 : 1;
+}
+/** Bytes of `n` elements laid out along a row (n % 32 == 0 for block formats). */
+export function rowBytes(d: DTypeName, n: number): number {
+  switch (d) {
+    case "f32":
+    case "i32":
+      return n * 4;
+    case "bf16":
+    case "f16":
+      return n * 2;
+    case "fp8_e4m3":
+      return n;
+    case "q8_0":
+      return (n / 32) * 34;
+    case "q4_0":
+      return (n / 32) * 18;
+  }
+}
+export function isQuantized(d: DTypeName): boolean {
+  return d === "q8_0" || d === "q4_0" || d === "fp8_e4m3";
+}

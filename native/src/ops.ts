@@ -1,0 +1,217 @@
+// The ops API: each function validates in native code (errors name the op and shapes, typed by
+// errors.ts), enqueues on the tensors' device and returns at once. Outputs are passed in with
+// `out` (no allocation on hot paths) or allocated here when omitted.
+import { addon } from "./addon.js";
+import { native } from "./errors.js";
+import { Tensor, type Shape } from "./tensor.js";
+import type { DTypeName } from "./dtype.js";
+
+const outOr = (out: Tensor | undefined, shape: Shape, dtype: DTypeName, like: Tensor): Tensor =>
+  out ?? Tensor.empty(shape, dtype, like.device);
+const lead = (t: Tensor): number[] => t.shape.slice(0, -1) as number[];
+const lastDim = (t: Tensor): number => t.shape[t.shape.length - 1] ?? 1;
+const rowCount = (t: Tensor): number => lead(t).reduce((a, b) => a * b, 1);
+
+/**
+ * y = x·Wᵀ (float32 accumulate).
+ * @param x [..., K] f32|bf16
+ * @param w [N, K] f32|bf16|q8_0|q4_0|fp8_e4m3
+ * @param opts.scale [N] f32, required for fp8_e4m3 weights (per-row scale)
+ * @returns y [..., N] with x's dtype
+ */
+export function matmul(x: Tensor, w: Tensor, opts: { scale?: Tensor; out?: Tensor } = {}): Tensor {
+  const y = outOr(opts.out, [...lead(x), w.shape[0] ?? 0], x.dtypeName, x);
+  native(() => addon().matmul(x, w, opts.scale ?? null, y));
+  return y;
+}
+
+/** Gemma RMSNorm: x·rsqrt(mean(x²)+eps)·(1+w). x, out: [..., D]; w: [D]. `out` may be x. */
+export function rmsnorm(x: Tensor, w: Tensor, eps: number, out?: Tensor): Tensor {
+  const y = outOr(out, x.shape, x.dtypeName, x);
+  native(() => addon().rmsnorm(x, w, y, eps));
+  return y;
+}
+
+/** residual += rmsnorm(x, w) with HF's rounding (Gemma's `h = h + post_norm(r)`). Returns residual. */
+export function rmsnormAdd(x: Tensor, w: Tensor, residual: Tensor, eps: number): Tensor {
+  native(() => addon().rmsnormAdd(x, w, residual, eps));
+  return residual;
+}
+
+/** LayerNorm with bias (biased variance). x, out: [..., D]; w, b: [D]. */
+export function layernorm(x: Tensor, w: Tensor, b: Tensor, eps: number, out?: Tensor): Tensor {
+  const y = outOr(out, x.shape, x.dtypeName, x);
+  native(() => addon().layernorm(x, w, b, y, eps));
+  return y;
+}
+
+/**
+ * gelu_tanh(gate) · up. gate, up: [..., F]; or `up` null and gate [..., 2F] = [gate | up] per row.
+ * @returns [..., F]
+ */
+export function geluMul(gate: Tensor, up: Tensor | null, out?: Tensor): Tensor {
+  const F = up ? lastDim(gate) : lastDim(gate) / 2;
+  const y = outOr(out, [...lead(gate), F], gate.dtypeName, gate);
+  native(() => addon().geluMul(gate, up, y));
+  return y;
+}
+
+/** a + b elementwise (same shape and dtype). `out` may be a or b. */
+export function add(a: Tensor, b: Tensor, out?: Tensor): Tensor {
+  const y = outOr(out, a.shape, a.dtypeName, a);
+  native(() => addon().add(a, b, y));
+  return y;
+}
+
+/** x · s elementwise. */
+export function scale(x: Tensor, s: number, out?: Tensor): Tensor {
+  const y = outOr(out, x.shape, x.dtypeName, x);
+  native(() => addon().scale(x, y, s));
+  return y;
+}
+
+/**
+ * Embedding gather with scale: out[t] = table[ids[t]] · s. Ids outside [0, V) give NaN rows.
+ * @param ids [n] i32
+ * @param table [V, D] f32|bf16|q8_0|q4_0
+ * @returns [n, D] of `dtype` (default bf16 for bf16/quantized tables, else f32)
+ */
+export function embedding(ids: Tensor, table: Tensor, s: number, opts: { out?: Tensor; dtype?: DTypeName } = {}): Tensor {
+  const dtype = opts.dtype ?? (table.dtypeName === "f32" ? "f32" : "bf16");
+  const y = outOr(opts.out, [ids.numel, table.shape[1] ?? 0], dtype, ids);
+  native(() => addon().embedding(ids, table, y, s));
+  return y;
+}
+
+/** Row softmax in float32. x, out: [..., C]. */
+export function softmax(x: Tensor, out?: Tensor): Tensor {
+  const y = outOr(out, x.shape, x.dtypeName, x);
+  native(() => addon().softmax(x, y));
+  return y;
+}
+
+/** First index of the row maximum. x: [..., C] → [...] i32. */
+export function argmax(x: Tensor, out?: Tensor): Tensor {
+  const y = outOr(out, [rowCount(x)], "i32", x);
+  native(() => addon().argmax(x, y));
+  return y;
+}
+
+/** Row top-k sorted descending (ties → lower index). x: [..., C] → values [rows, k] f32, indices [rows, k] i32. */
+export function topk(x: Tensor, k: number, out?: { values: Tensor; indices: Tensor }): { values: Tensor; indices: Tensor } {
+  const values = out?.values ?? Tensor.empty([rowCount(x), k], "f32", x.device);
+  const indices = out?.indices ?? Tensor.empty([rowCount(x), k], "i32", x.device);
+  native(() => addon().topk(x, values, indices));
+  return { values, indices };
+}
+
+/**
+ * RoPE in place, rotate-half layout over the full head_dim; positions read from device memory.
+ * @param x [tokens, heads, head_dim] f32|bf16
+ * @param positions [tokens] i32
+ * @param scale linear scaling factor (inv_freq / scale); 1 = none
+ */
+export function rope(x: Tensor, positions: Tensor, base: number, scale = 1): Tensor {
+  native(() => addon().rope(x, positions, base, scale));
+  return x;
+}
+
+export interface PrefillOptions {
+  /** Softmax scale (Gemma: query_pre_attn_scalar ** -0.5). */
+  smScale: number;
+  /** Causal (default) or full bidirectional attention within each sequence. */
+  causal?: boolean;
+  /** Sliding window: key j visible to query position p iff j > p - window (0 = none). */
+  window?: number;
+  /** [total_q] i32: the last key each query may see beyond causality (image blocks); -1 = none. */
+  kvLast?: Tensor | null;
+  /** Upper bound of any sequence's query count (defaults to total_q). */
+  maxQLen?: number;
+  out?: Tensor;
+}
+
+/**
+ * Prefill attention over a ragged batch ("append": each sequence's queries are its last keys).
+ * @param q [total_q, num_qo_heads, head_dim]
+ * @param k [total_kv, num_kv_heads, head_dim]
+ * @param v [total_kv, num_kv_heads, head_dim]
+ * @param qoIndptr [batch + 1] i32; kvIndptr [batch + 1] i32
+ * @returns out [total_q, num_qo_heads, head_dim]
+ */
+export function attentionPrefill(q: Tensor, k: Tensor, v: Tensor, qoIndptr: Tensor, kvIndptr: Tensor, o: PrefillOptions): Tensor {
+  const y = outOr(o.out, q.shape, q.dtypeName, q);
+  const p = { maxQLen: o.maxQLen ?? 0, smScale: o.smScale, window: o.window ?? 0, causal: o.causal ?? true };
+  native(() => addon().attentionPrefill(q, k, v, y, qoIndptr, kvIndptr, o.kvLast ?? null, p));
+  return y;
+}
+
+export interface DecodeOptions {
+  smScale: number;
+  /** Only the last `window` tokens of each sequence are visible (0 = all). */
+  window?: number;
+  /** Upper bound of kv_len (sizes split-KV); defaults to the cache's capacity. */
+  maxKvLen?: number;
+  /** f32 scratch for split-KV (see attentionDecodeWorkspaceFloats); null = no split. */
+  workspace?: Tensor | null;
+  out?: Tensor;
+}
+
+/**
+ * Decode attention: one query per sequence over a paged NHD cache. A ring buffer of W slots is
+ * one page of page_size W with kvLen = min(n, W).
+ * @param q [batch, num_qo_heads, head_dim]
+ * @param kCache [num_pages, page_size, num_kv_heads, head_dim] (vCache the same)
+ * @param kvIndptr [batch + 1] i32; kvIndices [nnz_pages] i32; kvLen [batch] i32
+ */
+export function attentionDecode(
+  q: Tensor,
+  kCache: Tensor,
+  vCache: Tensor,
+  kvIndptr: Tensor,
+  kvIndices: Tensor,
+  kvLen: Tensor,
+  o: DecodeOptions,
+): Tensor {
+  const y = outOr(o.out, q.shape, q.dtypeName, q);
+  const p = { maxKvLen: o.maxKvLen ?? 0, smScale: o.smScale, window: o.window ?? 0 };
+  native(() => addon().attentionDecode(q, kCache, vCache, y, kvIndptr, kvIndices, kvLen, o.workspace ?? null, p));
+  return y;
+}
+
+/** Floats of workspace attentionDecode can use to split long sequences on `device` (0 on CPU). */
+export function attentionDecodeWorkspaceFloats(q: Tensor, maxKvLen: number): number {
+  const [batch = 0, heads = 0, dim = 0] = q.shape;
+  return native(() => addon().attentionDecodeWorkspaceFloats(q.device.index, batch, heads, dim, maxKvLen));
+}
+
+/** Converts between f32, bf16 and f16 (round to nearest even). */
+export function cast(src: Tensor, dtype: DTypeName, out?: Tensor): Tensor {
+  const y = outOr(out, src.shape, dtype, src);
+  native(() => addon().cast(src, y));
+  return y;
+}
+
+/**
+ * Row-wise quantization (llama.cpp reference rules for q8_0/q4_0; fp8 e4m3 with a per-row scale).
+ * @param src [..., C] f32|bf16 (C % 32 == 0 for q8_0/q4_0)
+ * @returns data [..., C] of `dtype`, and scale [rows] f32 for fp8_e4m3
+ */
+export function quantize(src: Tensor, dtype: "q8_0" | "q4_0" | "fp8_e4m3", out?: { data: Tensor; scale?: Tensor }): { data: Tensor; scale?: Tensor } {
+  const data = out?.data ?? Tensor.empty(src.shape, dtype, src.device);
+  const scale = dtype === "fp8_e4m3" ? (out?.scale ?? Tensor.empty([rowCount(src)], "f32", src.device)) : undefined;
+  native(() => addon().quantize(src, data, scale ?? null));
+  return scale ? { data, scale } : { data };
+}
+
+/** Inverse of quantize. src [..., C] q8_0|q4_0|fp8_e4m3 → [..., C] of `dtype` (f32|bf16). */
+export function dequantize(src: Tensor, dtype: "f32" | "bf16" = "f32", opts: { scale?: Tensor; out?: Tensor } = {}): Tensor {
+  const y = outOr(opts.out, src.shape, dtype, src);
+  native(() => addon().dequantize(src, opts.scale ?? null, y));
+  return y;
+}
+
+/** dst[dstRows[i]] = src[i] along the first dim (KV cache writes); negative rows are skipped. */
+export function copyRows(src: Tensor, dst: Tensor, dstRows: Tensor): Tensor {
+  native(() => addon().copyRows(src, dst, dstRows));
+  return dst;
+}

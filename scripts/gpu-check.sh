@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One call on the GPU machine (../shared/device): unpack the carried Node + node_modules, build the
+# addon with CUDA for sm_90a (and the kernel benchmarks), run every test with CUDA required (the
+# CUDA tests compare each kernel with the CPU reference), time our kernels, then time torch's peers
+# at the same shapes in the same call. Results land in $OUT; a short table prints last.
+#   device run, carry [".device"]:  bash scripts/gpu-check.sh [--tests-only|--bench-only]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-/tmp/gpu-check}"
+mkdir -p "$OUT"
+mode="${1:-all}"
+
+if ! command -v node >/dev/null; then
+  mkdir -p /tmp/bin && xz -dc .device/node.xz >/tmp/bin/node && chmod +x /tmp/bin/node
+  export PATH=/tmp/bin:$PATH
+fi
+[ -d node_modules/vitest ] || tar -xJf .device/node_modules.tar.xz
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+
+echo "== build (sm_90a, CUDA + benchmarks)"
+export CMAKE_CUDA_ARCHITECTURES=90a GEMMA3_BENCH=1
+(cd native && node scripts/build.mjs) >"$OUT/build.log" 2>&1 || { tail -60 "$OUT/build.log"; exit 1; }
+grep -E "gemma3:" "$OUT/build.log"
+
+status=0
+if [ "$mode" != "--bench-only" ]; then
+  echo "== tests (GEMMA3_TEST_CUDA=1: a missing GPU fails instead of skipping)"
+  GEMMA3_TEST_CUDA=1 node node_modules/vitest/vitest.mjs run --reporter=verbose >"$OUT/tests.log" 2>&1
+  status=$?
+  grep -E "✓|✗|×|FAIL|Test Files|Tests " "$OUT/tests.log" | tail -80
+fi
+
+if [ "$mode" != "--tests-only" ]; then
+  bench=$(find native/build -name bench_kernels -type f -perm -u+x | head -1)
+  echo "== our kernels ($bench)"
+  "$bench" --commit "$commit" --json "$OUT/bench.json" --md "$OUT/bench.md" >"$OUT/bench.log" 2>&1 || status=1
+  echo "== torch peers"
+  PYTHONUNBUFFERED=1 python3 tools/peers/torch_peers.py --json "$OUT/torch.json" --md "$OUT/torch.md" \
+    >"$OUT/torch.log" 2>&1 || status=1
+  python3 tools/peers/merge_bench.py "$OUT/bench.json" "$OUT/torch.json" >"$OUT/merged.md" 2>&1 || true
+  tail -5 "$OUT/torch.log"
+  cat "$OUT/bench.md"
+  cat "$OUT/merged.md"
+fi
+exit $status
