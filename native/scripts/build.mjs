@@ -13,12 +13,16 @@ const require = createRequire(import.meta.url);
 const cmakeJs = join(dirname(require.resolve("cmake-js/package.json")), "bin", "cmake-js");
 
 const on = (v) => v === "1" || v === "true" || v === "ON";
-const args = [cmakeJs, "compile", "--directory", here, "--parallel", String(cpus().length)];
-if (on(process.env.GEMMA3_CPU_ONLY)) args.push("--CDGEMMA3_CUDA=OFF");
-if (on(process.env.GEMMA3_BENCH)) args.push("--CDGEMMA3_BENCH=ON");
+const args = ["--directory", here, "--parallel", String(cpus().length)];
+// Always explicit: a cached CMake value from an earlier build must not decide.
+args.push(`--CDGEMMA3_CUDA=${on(process.env.GEMMA3_CPU_ONLY) ? "OFF" : "ON"}`);
+args.push(`--CDGEMMA3_BENCH=${on(process.env.GEMMA3_BENCH) ? "ON" : "OFF"}`);
 if (process.env.CMAKE_CUDA_ARCHITECTURES)
   args.push(`--CDCMAKE_CUDA_ARCHITECTURES=${process.env.CMAKE_CUDA_ARCHITECTURES}`);
 if (process.env.GEMMA3_MARCH) args.push(`--CDGEMMA3_MARCH=${process.env.GEMMA3_MARCH}`);
 
-const r = spawnSync(process.execPath, args, { stdio: "inherit", cwd: here });
-process.exit(r.status ?? 1);
+// Configure every time (cheap) so the options above always apply, then build.
+for (const cmd of ["configure", "build"]) {
+  const r = spawnSync(process.execPath, [cmakeJs, cmd, ...args], { stdio: "inherit", cwd: here });
+  if (r.status !== 0) process.exit(r.status ?? 1);
+}

@@ -1,0 +1,611 @@
+// Op cases shared by the CPU test (CPU kernel vs the plain TS reference) and the CUDA test (CUDA
+// kernel vs the CPU kernel). A case builds host inputs from a seed, runs the op on a device, and
+// knows its reference. Sizes are awkward on purpose (1, 19, 99, 989, ragged batches, offsets) so
+// remainder paths run (STYLE 8).
+import { Tensor, ops, type DTypeName } from "../src/index.js";
+import * as ref from "./reference.js";
+import { randn, rng } from "./helpers.js";
+
+export type FloatDType = "f32" | "bf16";
+export type Outputs = (Float32Array | Int32Array)[];
+
+/**
+ * Tolerance of one comparison, with its reason (STYLE 9). "elementwise": |a−b| <= atol + rtol·|b|
+ * per element; "norm": ‖a−b‖/‖b‖ <= rel.
+ */
+export type Tol =
+  | { kind: "exact"; why: string }
+  | { kind: "elementwise"; atol: number; rtol: number; why: string }
+  | { kind: "norm"; rel: number; why: string };
+
+export interface Case {
+  name: string;
+  /** Runs the op on `device`, returns host copies of the outputs. */
+  run(device: string): Promise<Outputs>;
+  /** The plain TS reference outputs. */
+  reference(): Outputs;
+  /** Tolerance vs the TS reference (CPU test). */
+  refTol: Tol;
+  /** Tolerance of CUDA vs CPU (CUDA test). */
+  cudaTol: Tol;
+}
+
+const roundOf = (d: FloatDType): ref.Round => (d === "bf16" ? ref.roundBf16 : ref.roundF32);
+/** Values representable in `d` (what the device will actually hold). */
+const inDType = (x: Float32Array, d: FloatDType): Float32Array => Float32Array.from(x, roundOf(d));
+
+// One output rounding in T: kernel and reference differ only when their float32/float64 sums fall
+// on opposite sides of a rounding boundary, i.e. by one ulp of T (2^-23 f32, 2^-8 bf16, relative).
+const ULP_TOL: Record<FloatDType, Tol> = {
+  f32: { kind: "elementwise", atol: 1e-6, rtol: 2e-5, why: "float32 sums in a different order" },
+  bf16: { kind: "elementwise", atol: 1e-5, rtol: 2 ** -7, why: "one bf16 rounding (2^-8) of the same sum, either side" },
+};
+// Sums over K terms: float32 accumulation error grows ~ sqrt(K)·2^-24 relative to ‖terms‖.
+const SUM_TOL: Record<FloatDType, Tol> = {
+  f32: { kind: "norm", rel: 1e-5, why: "float32 accumulation over K <= 989 terms" },
+  bf16: { kind: "norm", rel: 4e-3, why: "output rounded to bf16 (2^-9 average relative error)" },
+};
+
+async function host(t: Tensor): Promise<Float32Array | Int32Array> {
+  return t.toArray();
+}
+
+function up(values: ArrayLike<number>, shape: number[], dtype: DTypeName, device: string): Tensor {
+  return Tensor.from(values, shape, dtype, device);
+}
+
+function disposeAll(...ts: (Tensor | undefined)[]): void {
+  for (const t of ts) t?.dispose();
+}
+
+// ---------------------------------------------------------------------------------------------
+// matmul
+
+type WFormat = "f32" | "bf16" | "q8_0" | "q4_0" | "fp8_e4m3";
+
+function matmulCase(xd: FloatDType, wd: WFormat, M: number, N: number, K: number, seed: number): Case {
+  const x = inDType(randn(M * K, seed), xd);
+  const wRaw = randn(N * K, seed + 1, 1 / Math.sqrt(K));
+  // The weight as the device holds it (bytes), and its decoded values for the reference.
+  let wBytes: Uint8Array | undefined;
+  let wVals: Float32Array;
+  let scale: Float32Array | undefined;
+  if (wd === "q8_0") {
+    wBytes = ref.quantizeQ8_0(wRaw, N, K);
+    wVals = ref.dequantizeQ8_0(wBytes, N, K);
+  } else if (wd === "q4_0") {
+    wBytes = ref.quantizeQ4_0(wRaw, N, K);
+    wVals = ref.dequantizeQ4_0(wBytes, N, K);
+  } else if (wd === "fp8_e4m3") {
+    const q = ref.quantizeFp8e4m3(wRaw, N, K);
+    wBytes = q.q;
+    scale = q.scale;
+    wVals = ref.decodeFp8e4m3(q.q);
+  } else {
+    wVals = inDType(wRaw, wd);
+  }
+  const tol = K > 1 ? SUM_TOL[xd] : ULP_TOL[xd];
+  return {
+    name: `matmul x=${xd} w=${wd} M=${M} N=${N} K=${K}`,
+    async run(dev) {
+      const xt = up(x, [M, K], xd, dev);
+      const wt = wBytes ? up(wBytes, [N, K], wd, dev) : up(wVals, [N, K], wd, dev);
+      const st = scale ? up(scale, [N], "f32", dev) : undefined;
+      const y = Tensor.empty([M, N], xd, dev);
+      y.fillBytes(0xff); // poison: every element must be written
+      ops.matmul(xt, wt, { out: y, ...(st ? { scale: st } : {}) });
+      const out = [await host(y)];
+      disposeAll(xt, wt, st, y);
+      return out;
+    },
+    reference: () => [ref.matmul(x, wVals, M, N, K, scale ?? null, roundOf(xd))],
+    refTol: tol,
+    cudaTol: xd === "bf16" && K > 1 ? { kind: "norm", rel: 6e-3, why: "both sides round to bf16 once; float32 sums in different orders" } : tol,
+  };
+}
+
+export function matmulCases(): Case[] {
+  const cases: Case[] = [];
+  let seed = 100;
+  const shapes: [number, number, number][] = [
+    [1, 1, 1],
+    [1, 19, 19],
+    [3, 99, 989],
+    [19, 19, 99],
+    [99, 37, 128],
+    [130, 129, 64],
+  ];
+  for (const xd of ["f32", "bf16"] as const)
+    for (const wd of ["f32", "bf16"] as const)
+      for (const [M, N, K] of shapes) cases.push(matmulCase(xd, wd, M, N, K, seed++));
+  const qshapes: [number, number, number][] = [
+    [1, 1, 32],
+    [1, 19, 96],
+    [2, 99, 992],
+    [5, 37, 256],
+    [19, 99, 64],
+    [130, 65, 160],
+  ];
+  for (const xd of ["f32", "bf16"] as const)
+    for (const wd of ["q8_0", "q4_0", "fp8_e4m3"] as const)
+      for (const [M, N, K] of qshapes) cases.push(matmulCase(xd, wd, M, N, K, seed++));
+  return cases;
+}
+
+// ---------------------------------------------------------------------------------------------
+// norms, elementwise
+
+export function normCases(): Case[] {
+  const cases: Case[] = [];
+  let seed = 300;
+  const eps = 1e-6;
+  for (const d of ["f32", "bf16"] as const)
+    for (const [rows, dim] of [
+      [1, 1],
+      [19, 19],
+      [3, 256],
+      [2, 989],
+      [99, 99],
+      [4, 2560],
+    ] as [number, number][]) {
+      const x = inDType(randn(rows * dim, seed++, 2), d);
+      const w = inDType(randn(dim, seed++, 0.5), d);
+      const b = inDType(randn(dim, seed++, 0.5), d);
+      const res = inDType(randn(rows * dim, seed++, 4), d);
+      const round = roundOf(d);
+      const shape = [rows, dim];
+      cases.push({
+        name: `rmsnorm ${d} [${rows}, ${dim}]`,
+        async run(dev) {
+          const xt = up(x, shape, d, dev);
+          const wt = up(w, [dim], d, dev);
+          const y = ops.rmsnorm(xt, wt, eps);
+          const out = [await host(y)];
+          disposeAll(xt, wt, y);
+          return out;
+        },
+        reference: () => [ref.rmsnorm(x, w, rows, dim, eps, round)],
+        refTol: ULP_TOL[d],
+        cudaTol: ULP_TOL[d],
+      });
+      cases.push({
+        name: `rmsnormAdd ${d} [${rows}, ${dim}]`,
+        async run(dev) {
+          const xt = up(x, shape, d, dev);
+          const wt = up(w, [dim], d, dev);
+          const r = up(res, shape, d, dev);
+          ops.rmsnormAdd(xt, wt, r, eps);
+          const out = [await host(r)];
+          disposeAll(xt, wt, r);
+          return out;
+        },
+        reference: () => [ref.rmsnormAdd(x, w, res, rows, dim, eps, round)],
+        // The inner rounding of norm(x) to T can flip by one ulp, then the sum rounds again.
+        refTol: d === "bf16" ? { kind: "elementwise", atol: 2e-2, rtol: 2 ** -7, why: "inner bf16 rounding of norm(x) may flip (1 ulp of |norm| ≤ 2^-8·8), then the sum rounds" } : ULP_TOL.f32,
+        cudaTol: d === "bf16" ? { kind: "elementwise", atol: 2e-2, rtol: 2 ** -7, why: "as against the reference" } : ULP_TOL.f32,
+      });
+      cases.push({
+        name: `layernorm ${d} [${rows}, ${dim}]`,
+        async run(dev) {
+          const xt = up(x, shape, d, dev);
+          const wt = up(w, [dim], d, dev);
+          const bt = up(b, [dim], d, dev);
+          const y = ops.layernorm(xt, wt, bt, eps);
+          const out = [await host(y)];
+          disposeAll(xt, wt, bt, y);
+          return out;
+        },
+        reference: () => [ref.layernorm(x, w, b, rows, dim, eps, round)],
+        refTol: d === "f32" ? { kind: "elementwise", atol: 1e-5, rtol: 1e-5, why: "float32 mean/variance vs float64" } : ULP_TOL.bf16,
+        cudaTol: d === "f32" ? { kind: "elementwise", atol: 1e-5, rtol: 1e-5, why: "float32 reductions in different orders" } : ULP_TOL.bf16,
+      });
+    }
+  return cases;
+}
+
+export function elementwiseCases(): Case[] {
+  const cases: Case[] = [];
+  let seed = 500;
+  for (const d of ["f32", "bf16"] as const)
+    for (const [rows, cols] of [
+      [1, 1],
+      [19, 19],
+      [7, 989],
+      [3, 1024],
+    ] as [number, number][]) {
+      const round = roundOf(d);
+      const g = inDType(randn(rows * cols, seed++, 2), d);
+      const u = inDType(randn(rows * cols, seed++, 2), d);
+      // gelu_tanh: tanhf vs Math.tanh differ by an ulp or two of float32 before the T rounding.
+      const geluTol: Tol = d === "f32" ? { kind: "elementwise", atol: 1e-6, rtol: 1e-5, why: "tanhf vs float64 tanh, then two float32 roundings" } : ULP_TOL.bf16;
+      cases.push({
+        name: `geluMul ${d} [${rows}, ${cols}]`,
+        async run(dev) {
+          const gt = up(g, [rows, cols], d, dev);
+          const ut = up(u, [rows, cols], d, dev);
+          const y = ops.geluMul(gt, ut);
+          const out = [await host(y)];
+          disposeAll(gt, ut, y);
+          return out;
+        },
+        reference: () => [ref.geluMul(g, u, rows, cols, cols, cols, round)],
+        refTol: geluTol,
+        cudaTol: geluTol,
+      });
+      // Fused [gate | up] rows: the strided path.
+      const fused = new Float32Array(rows * 2 * cols);
+      for (let r = 0; r < rows; r++) {
+        fused.set(g.subarray(r * cols, (r + 1) * cols), r * 2 * cols);
+        fused.set(u.subarray(r * cols, (r + 1) * cols), r * 2 * cols + cols);
+      }
+      cases.push({
+        name: `geluMul fused ${d} [${rows}, 2x${cols}]`,
+        async run(dev) {
+          const ft = up(fused, [rows, 2 * cols], d, dev);
+          const y = ops.geluMul(ft, null);
+          const out = [await host(y)];
+          disposeAll(ft, y);
+          return out;
+        },
+        reference: () => [ref.geluMul(g, u, rows, cols, cols, cols, round)],
+        refTol: geluTol,
+        cudaTol: geluTol,
+      });
+      cases.push({
+        name: `add+scale ${d} [${rows}, ${cols}]`,
+        async run(dev) {
+          const a = up(g, [rows, cols], d, dev);
+          const b = up(u, [rows, cols], d, dev);
+          const s = ops.add(a, b);
+          const t = ops.scale(s, 0.37);
+          const out = [await host(s), await host(t)];
+          disposeAll(a, b, s, t);
+          return out;
+        },
+        reference: () => {
+          const s = ref.add(g, u, round);
+          return [s, ref.scale(s, Math.fround(0.37), round)];
+        },
+        refTol: { kind: "exact", why: "one float op and one rounding: both sides are exact" },
+        cudaTol: { kind: "exact", why: "one float op and one rounding" },
+      });
+    }
+  return cases;
+}
+
+// ---------------------------------------------------------------------------------------------
+// casts and quantization (bit-exact: same rules on both sides)
+
+export function quantCases(): Case[] {
+  const cases: Case[] = [];
+  let seed = 700;
+  const exact: Tol = { kind: "exact", why: "integer rounding rules, reproduced operation for operation" };
+  for (const [rows, cols] of [
+    [1, 32],
+    [19, 96],
+    [3, 992],
+  ] as [number, number][])
+    for (const src of ["f32", "bf16"] as const) {
+      const x = inDType(randn(rows * cols, seed++, 3), src);
+      x[5 % x.length] = 0; // exact zeros and an all-zero block
+      if (rows > 1) x.fill(0, cols, cols + 32);
+      for (const q of ["q8_0", "q4_0", "fp8_e4m3"] as const) {
+        cases.push({
+          name: `quantize+dequantize ${src}->${q} [${rows}, ${cols}]`,
+          async run(dev) {
+            const xt = up(x, [rows, cols], src, dev);
+            const { data, scale } = ops.quantize(xt, q);
+            const bytes = await data.bytes();
+            const back = ops.dequantize(data, "f32", scale ? { scale } : {});
+            const out: Outputs = [Int32Array.from(bytes), await host(back)];
+            if (scale) out.push(await host(scale));
+            disposeAll(xt, data, scale, back);
+            return out;
+          },
+          reference() {
+            if (q === "fp8_e4m3") {
+              const r = ref.quantizeFp8e4m3(x, rows, cols);
+              return [Int32Array.from(r.q), ref.dequantizeFp8e4m3(r.q, r.scale, rows, cols), r.scale];
+            }
+            const bytes = q === "q8_0" ? ref.quantizeQ8_0(x, rows, cols) : ref.quantizeQ4_0(x, rows, cols);
+            const back = q === "q8_0" ? ref.dequantizeQ8_0(bytes, rows, cols) : ref.dequantizeQ4_0(bytes, rows, cols);
+            return [Int32Array.from(bytes), back];
+          },
+          refTol: exact,
+          cudaTol: exact,
+        });
+      }
+    }
+  const vals = randn(989, seed++, 100);
+  vals[0] = 65504.0; // f16 max
+  vals[1] = 1e-7; // f16 subnormal
+  vals[2] = -0;
+  vals[3] = 70000; // f16 overflow → inf
+  for (const [from, to] of [
+    ["f32", "bf16"],
+    ["bf16", "f32"],
+    ["f32", "f16"],
+    ["f16", "f32"],
+    ["bf16", "f16"],
+  ] as [DTypeName, DTypeName][]) {
+    const src = from === "bf16" ? inDType(vals, "bf16") : from === "f16" ? Float32Array.from(vals, ref.roundF16) : vals;
+    const roundTo = to === "bf16" ? ref.roundBf16 : to === "f16" ? ref.roundF16 : ref.roundF32;
+    cases.push({
+      name: `cast ${from}->${to} [989]`,
+      async run(dev) {
+        const s = up(src, [989], from, dev);
+        const d = ops.cast(s, to);
+        const f32 = to === "f32" ? d : ops.cast(d, "f32");
+        const out = [await host(f32)];
+        disposeAll(s, d, to === "f32" ? undefined : f32);
+        return out;
+      },
+      reference: () => [Float32Array.from(src, roundTo)],
+      refTol: exact,
+      cudaTol: exact,
+    });
+  }
+  return cases;
+}
+
+// ---------------------------------------------------------------------------------------------
+// embedding, softmax, argmax, topk, rope, copy_rows
+
+export function miscCases(): Case[] {
+  const cases: Case[] = [];
+  let seed = 900;
+  for (const td of ["f32", "bf16", "q8_0", "q4_0"] as const)
+    for (const outD of ["f32", "bf16"] as const) {
+      const V = 37;
+      const D = td === "q8_0" || td === "q4_0" ? 96 : 19;
+      const raw = randn(V * D, seed++);
+      const bytes = td === "q8_0" ? ref.quantizeQ8_0(raw, V, D) : td === "q4_0" ? ref.quantizeQ4_0(raw, V, D) : undefined;
+      const vals = td === "q8_0" ? ref.dequantizeQ8_0(bytes!, V, D) : td === "q4_0" ? ref.dequantizeQ4_0(bytes!, V, D) : inDType(raw, td);
+      const ids = [0, 36, 5, 5, -1, 37, 12]; // repeats and two out-of-range ids (NaN rows)
+      const s = Math.fround(ref.roundBf16(Math.sqrt(2560)));
+      cases.push({
+        name: `embedding table=${td} out=${outD}`,
+        async run(dev) {
+          const it = up(ids, [ids.length], "i32", dev);
+          const tt = bytes ? up(bytes, [V, D], td, dev) : up(vals, [V, D], td, dev);
+          const y = ops.embedding(it, tt, s, { dtype: outD });
+          const out = [await host(y)];
+          disposeAll(it, tt, y);
+          return out;
+        },
+        reference: () => [ref.embedding(ids, vals, ids.length, D, V, s, roundOf(outD))],
+        refTol: ULP_TOL[outD],
+        cudaTol: ULP_TOL[outD],
+      });
+    }
+  for (const d of ["f32", "bf16"] as const)
+    for (const [rows, cols] of [
+      [1, 1],
+      [3, 19],
+      [2, 989],
+      [2, 40000],
+    ] as [number, number][]) {
+      const x = inDType(randn(rows * cols, seed++, 3), d);
+      if (cols > 10) {
+        x[3] = x[7] = 50; // ties at the max: the lower index wins
+        x[cols + 1] = 50;
+      }
+      const k = Math.min(cols, cols > 100 ? 64 : 5);
+      cases.push({
+        name: `softmax/argmax/topk ${d} [${rows}, ${cols}] k=${k}`,
+        async run(dev) {
+          const xt = up(x, [rows, cols], d, dev);
+          const sm = ops.softmax(xt);
+          const am = ops.argmax(xt);
+          const tk = ops.topk(xt, k);
+          const out = [await host(sm), await host(am), await host(tk.values), await host(tk.indices)];
+          disposeAll(xt, sm, am, tk.values, tk.indices);
+          return out;
+        },
+        reference() {
+          const t = ref.topk(x, rows, cols, k);
+          return [ref.softmax(x, rows, cols, roundOf(d)), ref.argmax(x, rows, cols), t.values, t.indices];
+        },
+        refTol: d === "f32" ? { kind: "elementwise", atol: 1e-7, rtol: 2e-5, why: "expf vs exp and a float32 sum over up to 40000 terms" } : ULP_TOL.bf16,
+        cudaTol: d === "f32" ? { kind: "elementwise", atol: 1e-7, rtol: 2e-5, why: "expf and sums in different orders" } : ULP_TOL.bf16,
+      });
+    }
+  for (const d of ["f32", "bf16"] as const)
+    for (const [tokens, heads, hd, base, sc] of [
+      [1, 1, 16, 1e4, 1],
+      [19, 3, 128, 1e6, 8],
+      [5, 4, 256, 1e4, 1],
+    ] as [number, number, number, number, number][]) {
+      const x = inDType(randn(tokens * heads * hd, seed++), d);
+      const r = rng(seed++);
+      const pos = Array.from({ length: tokens }, (_, i) => (i === 0 ? 0 : Math.floor(r() * 100000)));
+      // cos/sin of angles up to ~1e5 rad: float32 angle, float64 cos vs cosf — same angle, so only
+      // the final rounding differs; bf16 rounds cos/sin and each product (several roundings).
+      const tol: Tol = d === "f32" ? { kind: "elementwise", atol: 2e-6, rtol: 2e-5, why: "cosf/sinf vs float64 of the same float32 angle, 3 float32 roundings" } : { kind: "elementwise", atol: 1e-2, rtol: 2 ** -7, why: "bf16 cos/sin and each product rounded; one flip propagates" };
+      cases.push({
+        name: `rope ${d} tokens=${tokens} heads=${heads} head_dim=${hd} base=${base} scale=${sc}`,
+        async run(dev) {
+          const xt = up(x, [tokens, heads, hd], d, dev);
+          const pt = up(pos, [tokens], "i32", dev);
+          ops.rope(xt, pt, base, sc);
+          const out = [await host(xt)];
+          disposeAll(xt, pt);
+          return out;
+        },
+        reference: () => [ref.rope(x, pos, tokens, heads, hd, heads * hd, base, sc, roundOf(d))],
+        refTol: tol,
+        cudaTol: tol,
+      });
+    }
+  {
+    const src = randn(5 * 3 * 8, seed++);
+    const dst0 = randn(9 * 3 * 8, seed++);
+    const rows = [4, -1, 0, 8, 2];
+    cases.push({
+      name: "copyRows f32 [5, 3, 8] into [9, 3, 8]",
+      async run(dev) {
+        const s = up(src, [5, 3, 8], "f32", dev);
+        const dt = up(dst0, [9, 3, 8], "f32", dev);
+        const r = up(rows, [5], "i32", dev);
+        ops.copyRows(s, dt, r);
+        const out = [await host(dt)];
+        disposeAll(s, dt, r);
+        return out;
+      },
+      reference() {
+        const out = new Uint8Array(Float32Array.from(dst0).buffer);
+        ref.copyRows(new Uint8Array(src.buffer), out, rows, 5, 3 * 8 * 4, 3 * 8 * 4);
+        return [new Float32Array(out.buffer)];
+      },
+      refTol: { kind: "exact", why: "a byte copy" },
+      cudaTol: { kind: "exact", why: "a byte copy" },
+    });
+  }
+  return cases;
+}
+
+// ---------------------------------------------------------------------------------------------
+// attention
+
+interface Seq {
+  q: number;
+  kv: number;
+}
+
+function prefillCase(
+  d: FloatDType,
+  seqs: Seq[],
+  Hq: number,
+  Hkv: number,
+  D: number,
+  opts: { window?: number; causal?: boolean; spans?: boolean },
+  seed: number,
+): Case {
+  const totalQ = seqs.reduce((a, s) => a + s.q, 0);
+  const totalKv = seqs.reduce((a, s) => a + s.kv, 0);
+  const q = inDType(randn(totalQ * Hq * D, seed), d);
+  const k = inDType(randn(totalKv * Hkv * D, seed + 1), d);
+  const v = inDType(randn(totalKv * Hkv * D, seed + 2), d);
+  const qoIndptr = [0];
+  const kvIndptr = [0];
+  for (const s of seqs) {
+    qoIndptr.push(qoIndptr[qoIndptr.length - 1]! + s.q);
+    kvIndptr.push(kvIndptr[kvIndptr.length - 1]! + s.kv);
+  }
+  // Bidirectional spans: a block of 5 positions in each sequence long enough (like an image).
+  let kvLast: number[] | null = null;
+  if (opts.spans) {
+    kvLast = new Array<number>(totalQ).fill(-1);
+    seqs.forEach((s, b) => {
+      const start = 3;
+      const end = 8; // keys [3, 8) form a block
+      for (let i = 0; i < s.q; i++) {
+        const p = s.kv - s.q + i;
+        if (p >= start && p < end && end <= s.kv) kvLast![qoIndptr[b]! + i] = end - 1;
+      }
+    });
+  }
+  const window = opts.window ?? 0;
+  const causal = opts.causal ?? true;
+  const smScale = 1 / Math.sqrt(D);
+  const maxQ = Math.max(...seqs.map((s) => s.q));
+  return {
+    name: `attentionPrefill ${d} seqs=${seqs.map((s) => `${s.q}/${s.kv}`).join(",")} Hq=${Hq} Hkv=${Hkv} D=${D} window=${window}${causal ? "" : " non-causal"}${opts.spans ? " spans" : ""}`,
+    async run(dev) {
+      const qt = up(q, [totalQ, Hq, D], d, dev);
+      const kt = up(k, [totalKv, Hkv, D], d, dev);
+      const vt = up(v, [totalKv, Hkv, D], d, dev);
+      const qi = up(qoIndptr, [seqs.length + 1], "i32", dev);
+      const ki = up(kvIndptr, [seqs.length + 1], "i32", dev);
+      const kl = kvLast ? up(kvLast, [totalQ], "i32", dev) : null;
+      const out = Tensor.empty([totalQ, Hq, D], d, dev);
+      out.fillBytes(0xff);
+      ops.attentionPrefill(qt, kt, vt, qi, ki, { smScale, window, causal, kvLast: kl, maxQLen: maxQ, out });
+      const res = [await host(out)];
+      disposeAll(qt, kt, vt, qi, ki, kl ?? undefined, out);
+      return res;
+    },
+    reference: () => [
+      ref.attentionPrefill({ q, k, v, qoIndptr, kvIndptr, kvLast, batch: seqs.length, numQoHeads: Hq, numKvHeads: Hkv, headDim: D, ldQ: Hq * D, ldK: Hkv * D, ldV: Hkv * D, smScale, window, causal, round: roundOf(d) }),
+    ],
+    refTol: d === "f32" ? { kind: "elementwise", atol: 2e-5, rtol: 1e-4, why: "expf and float32 online softmax over <= 300 keys" } : { kind: "elementwise", atol: 1e-2, rtol: 2 ** -7, why: "output rounded to bf16 once (values ~N(0,1/n))" },
+    cudaTol: d === "f32" ? { kind: "elementwise", atol: 2e-5, rtol: 1e-4, why: "float32 softmax in different orders" } : { kind: "norm", rel: 1e-2, why: "tensor-core path rounds P to bf16 before P·V (as FlashAttention), ~2^-9 per weight" },
+  };
+}
+
+function decodeCase(d: FloatDType, lens: number[], Hq: number, Hkv: number, D: number, pageSize: number, window: number, withWorkspace: boolean, seed: number): Case {
+  const batch = lens.length;
+  const pagesPer = lens.map((l) => Math.max(1, Math.ceil(l / pageSize)));
+  const numPages = pagesPer.reduce((a, b) => a + b, 0) + 2; // two unused pages
+  // Pages handed out in a scrambled order (a real pool is fragmented).
+  const order = Array.from({ length: numPages }, (_, i) => i);
+  const r = rng(seed);
+  for (let i = order.length - 1; i > 0; i--) {
+    const j = Math.floor(r() * (i + 1));
+    [order[i], order[j]] = [order[j]!, order[i]!];
+  }
+  const kvIndptr = [0];
+  const kvIndices: number[] = [];
+  pagesPer.forEach((n) => {
+    for (let i = 0; i < n; i++) kvIndices.push(order[kvIndices.length]!);
+    kvIndptr.push(kvIndices.length);
+  });
+  const q = inDType(randn(batch * Hq * D, seed + 1), d);
+  const kc = inDType(randn(numPages * pageSize * Hkv * D, seed + 2), d);
+  const vc = inDType(randn(numPages * pageSize * Hkv * D, seed + 3), d);
+  const smScale = 1 / Math.sqrt(D);
+  const maxKv = Math.max(...lens);
+  return {
+    name: `attentionDecode ${d} lens=${lens.join(",")} Hq=${Hq} Hkv=${Hkv} D=${D} page=${pageSize} window=${window}${withWorkspace ? " split" : ""}`,
+    async run(dev) {
+      const qt = up(q, [batch, Hq, D], d, dev);
+      const kt = up(kc, [numPages, pageSize, Hkv, D], d, dev);
+      const vt = up(vc, [numPages, pageSize, Hkv, D], d, dev);
+      const ip = up(kvIndptr, [batch + 1], "i32", dev);
+      const ix = up(kvIndices, [kvIndices.length], "i32", dev);
+      const ln = up(lens, [batch], "i32", dev);
+      const wsFloats = withWorkspace ? ops.attentionDecodeWorkspaceFloats(qt, maxKv) : 0;
+      const ws = wsFloats > 0 ? Tensor.empty([wsFloats], "f32", dev) : null;
+      const out = Tensor.empty([batch, Hq, D], d, dev);
+      out.fillBytes(0xff);
+      ops.attentionDecode(qt, kt, vt, ip, ix, ln, { smScale, window, maxKvLen: maxKv, workspace: ws, out });
+      const res = [await host(out)];
+      disposeAll(qt, kt, vt, ip, ix, ln, ws ?? undefined, out);
+      return res;
+    },
+    reference: () => [ref.attentionDecode({ q, kCache: kc, vCache: vc, kvIndptr, kvIndices, kvLen: lens, batch, numQoHeads: Hq, numKvHeads: Hkv, headDim: D, pageSize, smScale, window, round: roundOf(d) })],
+    refTol: d === "f32" ? { kind: "elementwise", atol: 2e-5, rtol: 1e-4, why: "expf and float32 softmax" } : { kind: "elementwise", atol: 1e-2, rtol: 2 ** -7, why: "output rounded to bf16 once" },
+    cudaTol: d === "f32" ? { kind: "elementwise", atol: 2e-5, rtol: 1e-4, why: "float32 softmax in different orders / splits" } : { kind: "norm", rel: 1e-2, why: "bf16 output, split partials combined in float32" },
+  };
+}
+
+export function attentionCases(): Case[] {
+  const cases: Case[] = [];
+  let seed = 2000;
+  const ragged: Seq[] = [
+    { q: 19, kv: 19 },
+    { q: 1, kv: 99 },
+    { q: 7, kv: 30 },
+  ];
+  for (const d of ["f32", "bf16"] as const) {
+    for (const D of [16, 64, 128, 256]) {
+      cases.push(prefillCase(d, ragged, 4, 2, D, {}, seed++));
+      cases.push(prefillCase(d, [{ q: 130, kv: 150 }], 2, 1, D, { window: 40 }, seed++));
+    }
+    cases.push(prefillCase(d, ragged, 8, 1, 32, { window: 8 }, seed++));
+    cases.push(prefillCase(d, [{ q: 12, kv: 12 }, { q: 9, kv: 20 }], 2, 2, 64, { spans: true }, seed++));
+    cases.push(prefillCase(d, [{ q: 70, kv: 70 }, { q: 5, kv: 5 }], 4, 4, 128, { causal: false }, seed++));
+    cases.push(prefillCase(d, [{ q: 1, kv: 1 }], 1, 1, 256, {}, seed++));
+    for (const D of [32, 128, 256]) {
+      cases.push(decodeCase(d, [1, 19, 99], 4, 2, D, 16, 0, false, seed++));
+      cases.push(decodeCase(d, [300, 7], 8, 2, D, 16, 0, true, seed++));
+    }
+    cases.push(decodeCase(d, [250, 40], 2, 1, 64, 16, 32, true, seed++)); // sliding window
+    cases.push(decodeCase(d, [24, 24], 4, 4, 128, 24, 0, false, seed++)); // ring: one page of W slots
+  }
+  return cases;
+}
+
+export function allCases(): Case[] {
+  return [...matmulCases(), ...normCases(), ...elementwiseCases(), ...quantCases(), ...miscCases(), ...attentionCases()];
+}

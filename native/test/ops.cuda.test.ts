@@ -1,0 +1,64 @@
+// Every CUDA kernel against the CPU kernel on the same inputs (skips without a GPU unless
+// GEMMA3_TEST_CUDA=1), plus CUDA-only runtime behaviour: out of memory, graphs, async errors.
+import { describe, expect, it } from "vitest";
+import { Device, Graph, OutOfMemoryError, Tensor, ops } from "../src/index.js";
+import { allCases } from "./cases.js";
+import { expectOutputs } from "./compare.js";
+import { cudaTestsEnabled } from "./helpers.js";
+
+const enabled = cudaTestsEnabled();
+
+describe.skipIf(!enabled)("CUDA kernels vs CPU kernels", () => {
+  for (const c of allCases()) {
+    it(c.name, async () => {
+      const cpu = await c.run("cpu");
+      const cuda = await c.run("cuda");
+      expectOutputs(cuda, cpu, c.cudaTol, c.name);
+    });
+  }
+});
+
+describe.skipIf(!enabled)("CUDA runtime", () => {
+  it("asking for more memory than the card has throws, and the device keeps working", async () => {
+    const dev = Device.of("cuda");
+    const { total } = dev.memoryInfo();
+    expect(() => Tensor.empty([total + 2 ** 30], "fp8_e4m3", dev)).toThrow(OutOfMemoryError);
+    expect(() => Tensor.empty([total + 2 ** 30], "fp8_e4m3", dev)).toThrow(/out of memory on cuda:0/);
+    const t = Tensor.from([1, 2, 3], [3], "f32", dev);
+    ops.scale(t, 2, t);
+    expect(Array.from(await t.toArray())).toEqual([2, 4, 6]);
+    t.dispose();
+  });
+
+  it("captures a CUDA graph and replays it on new inputs", async () => {
+    const dev = Device.of("cuda");
+    const x = Tensor.from([1, 2, 3], [3], "f32", dev);
+    const y = Tensor.zeros([3], "f32", dev);
+    await dev.synchronize();
+    const g = Graph.capture(dev, () => {
+      ops.scale(x, 2, y);
+      ops.add(y, x, y);
+    });
+    expect(g.nodes).toBeGreaterThanOrEqual(2);
+    g.launch();
+    expect(Array.from(await y.toArray())).toEqual([3, 6, 9]);
+    x.write([10, 20, 30]);
+    g.launch();
+    expect(Array.from(await y.toArray())).toEqual([30, 60, 90]);
+    g.dispose();
+  });
+
+  it("a host copy during capture fails the capture cleanly", async () => {
+    const dev = Device.of("cuda");
+    const x = Tensor.from([1, 2, 3], [3], "f32", dev);
+    expect(() => Graph.capture(dev, () => x.write([4, 5, 6]))).toThrow();
+    ops.scale(x, 2, x); // the stream still works after the failed capture
+    expect(Array.from(await x.toArray())).toEqual([2, 4, 6]);
+  });
+
+  it("copies across devices go through the host", async () => {
+    const a = Tensor.from([1, 2], [2], "f32", "cuda");
+    const b = Tensor.zeros([2], "f32", "cpu");
+    expect(() => b.copyFrom(a)).toThrow(/across devices/);
+  });
+});
