@@ -16,7 +16,7 @@ if ! command -v node >/dev/null; then
 fi
 [ -d node_modules/vitest ] || tar -xJf .device/node_modules.tar.xz
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+commit=${GEMMA3_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 
 echo "== build (sm_90a, CUDA + benchmarks)"
 export CMAKE_CUDA_ARCHITECTURES=90a GEMMA3_BENCH=1

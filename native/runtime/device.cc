@@ -311,6 +311,11 @@ static Status check_range(const Buffer& b, int64_t offset, int64_t bytes, const 
 Status copy_from_host(const std::shared_ptr<Buffer>& dst, int64_t dst_offset, const void* src,
                       int64_t bytes) {
   G3_RETURN_IF_ERROR(check_range(*dst, dst_offset, bytes, "copy_from_host"));
+  // A capture would record the host address (CUDA) or a stale snapshot (CPU), and a replay would
+  // read memory JS may have freed or data that is no longer current: refuse instead.
+  if (graph_capturing(dst->device()))
+    return Status(StatusCode::kInvalidArgument,
+                  "copy_from_host: not allowed during graph capture (write inputs before launch)");
   if (bytes == 0) return Status::Ok();
   char* d = static_cast<char*>(dst->data()) + dst_offset;
   if (dst->device() == kCpu) {
@@ -335,9 +340,9 @@ Status copy_to_host(const std::shared_ptr<Buffer>& src, int64_t src_offset, void
                     int64_t bytes) {
   G3_RETURN_IF_ERROR(check_range(*src, src_offset, bytes, "copy_to_host"));
   const char* p = static_cast<const char*>(src->data()) + src_offset;
+  if (graph_capturing(src->device()))
+    return Status(StatusCode::kInvalidArgument, "copy_to_host: not allowed during graph capture");
   if (src->device() == kCpu) {
-    if (cpu_stream().capturing())
-      return Status(StatusCode::kInvalidArgument, "copy_to_host: not allowed during graph capture");
     G3_RETURN_IF_ERROR(cpu_submit([src, p, dst, bytes] {
       std::memcpy(dst, p, size_t(bytes));
       return Status::Ok();

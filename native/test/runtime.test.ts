@@ -130,6 +130,13 @@ describe("graphs (CPU task lists)", () => {
     expect(() => g.launch()).toThrow(DisposedError);
   });
 
+  it("refuses host copies during a capture (a replay would read stale or freed host memory)", async () => {
+    const x = Tensor.from([1, 2, 3], [3], "f32");
+    expect(() => Graph.capture("cpu", () => x.write([4, 5, 6]))).toThrow(/not allowed during graph capture/);
+    ops.scale(x, 2, x); // the stream still works after the failed capture
+    expect(Array.from(await x.toArray())).toEqual([2, 4, 6]);
+  });
+
   it("ends the capture when the recorded function throws", () => {
     expect(() =>
       Graph.capture("cpu", () => {

@@ -10,8 +10,8 @@
 #include "runtime/dtype.h"
 #include "runtime/status.h"
 
-// Hot loops are written as plain fixed-width lane loops that the compiler vectorizes; on x86 a
-// second copy is compiled for AVX2+FMA and picked at run time (kept portable elsewhere).
+// Hot loops use plain loops and GCC/Clang vector types (no intrinsics); on x86 the matmul tiles are
+// compiled a second time for AVX2+FMA and picked at run time (the baseline copy stays portable).
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define G3_CPU_X86_DISPATCH 1
 #define G3_TARGET_AVX2 __attribute__((target("avx2,fma")))
