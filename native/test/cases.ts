@@ -2,7 +2,7 @@
 // kernel vs the CPU kernel). A case builds host inputs from a seed, runs the op on a device, and
 // knows its reference. Sizes are awkward on purpose (1, 19, 99, 989, ragged batches, offsets) so
 // remainder paths run (STYLE 8).
-import { Tensor, ops, type DTypeName } from "../src/index.js";
+import { Tensor, byteSize, ops, type DTypeName } from "../src/index.js";
 import * as ref from "./reference.js";
 import { randn, rng } from "./helpers.js";
 
@@ -50,12 +50,36 @@ async function host(t: Tensor): Promise<Float32Array | Int32Array> {
   return t.toArray();
 }
 
-function up(values: ArrayLike<number>, shape: number[], dtype: DTypeName, device: string): Tensor {
-  return Tensor.from(values, shape, dtype, device);
+/**
+ * Where tensors live inside their allocation. "packed": a fresh allocation each (256-byte aligned).
+ * "offset": a view 16 bytes plus one element (one block for q8_0/q4_0) into a larger allocation, so
+ * kernels see unaligned pointers and their scalar fallbacks run; "offset16" keeps 16-byte alignment
+ * (for kernels that require it, such as decode attention).
+ */
+export type Layout = "packed" | "offset" | "offset16";
+let layout: Layout = "packed";
+/** Sets the layout used by every case's `run` until changed. */
+export function setLayout(l: Layout): void {
+  layout = l;
 }
 
-function disposeAll(...ts: (Tensor | undefined)[]): void {
-  for (const t of ts) t?.dispose();
+function alloc(shape: number[], dtype: DTypeName, device: string, l: Layout = layout): Tensor {
+  if (l === "packed") return Tensor.empty(shape, dtype, device);
+  const elem = dtype === "q8_0" ? 34 : dtype === "q4_0" ? 18 : dtype === "f32" || dtype === "i32" ? 4 : dtype === "fp8_e4m3" ? 1 : 2;
+  const pad = 16 + (l === "offset" ? elem : 0);
+  const owner = Tensor.empty([byteSize(shape, dtype) + pad], "fp8_e4m3", device);
+  return Tensor.viewAt(owner, pad, shape, dtype);
+}
+
+function up(values: ArrayLike<number>, shape: number[], dtype: DTypeName, device: string, l: Layout = layout): Tensor {
+  const t = alloc(shape, dtype, device, l);
+  t.write(values);
+  return t;
+}
+
+/** Disposes tensors made by `up`/`alloc` (their owner when they are views) or by ops. */
+function disposeAll(...ts: (Tensor | null | undefined)[]): void {
+  for (const t of ts) (t?.base ?? t)?.dispose();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -91,7 +115,7 @@ function matmulCase(xd: FloatDType, wd: WFormat, M: number, N: number, K: number
       const xt = up(x, [M, K], xd, dev);
       const wt = wBytes ? up(wBytes, [N, K], wd, dev) : up(wVals, [N, K], wd, dev);
       const st = scale ? up(scale, [N], "f32", dev) : undefined;
-      const y = Tensor.empty([M, N], xd, dev);
+      const y = alloc([M, N], xd, dev);
       y.fillBytes(0xff); // poison: every element must be written
       ops.matmul(xt, wt, { out: y, ...(st ? { scale: st } : {}) });
       const out = [await host(y)];
@@ -518,11 +542,11 @@ function prefillCase(
       const qi = up(qoIndptr, [seqs.length + 1], "i32", dev);
       const ki = up(kvIndptr, [seqs.length + 1], "i32", dev);
       const kl = kvLast ? up(kvLast, [totalQ], "i32", dev) : null;
-      const out = Tensor.empty([totalQ, Hq, D], d, dev);
+      const out = alloc([totalQ, Hq, D], d, dev);
       out.fillBytes(0xff);
       ops.attentionPrefill(qt, kt, vt, qi, ki, { smScale, window, causal, kvLast: kl, maxQLen: maxQ, out });
       const res = [await host(out)];
-      disposeAll(qt, kt, vt, qi, ki, kl ?? undefined, out);
+      disposeAll(qt, kt, vt, qi, ki, kl, out);
       return res;
     },
     reference: () => [
@@ -558,19 +582,21 @@ function decodeCase(d: FloatDType, lens: number[], Hq: number, Hkv: number, D: n
   return {
     name: `attentionDecode ${d} lens=${lens.join(",")} Hq=${Hq} Hkv=${Hkv} D=${D} page=${pageSize} window=${window}${withWorkspace ? " split" : ""}`,
     async run(dev) {
-      const qt = up(q, [batch, Hq, D], d, dev);
-      const kt = up(kc, [numPages, pageSize, Hkv, D], d, dev);
-      const vt = up(vc, [numPages, pageSize, Hkv, D], d, dev);
+      // Decode requires 16-byte-aligned q/k/v (16-byte vector loads): offset them by 16 only.
+      const l16: Layout = layout === "packed" ? "packed" : "offset16";
+      const qt = up(q, [batch, Hq, D], d, dev, l16);
+      const kt = up(kc, [numPages, pageSize, Hkv, D], d, dev, l16);
+      const vt = up(vc, [numPages, pageSize, Hkv, D], d, dev, l16);
       const ip = up(kvIndptr, [batch + 1], "i32", dev);
       const ix = up(kvIndices, [kvIndices.length], "i32", dev);
       const ln = up(lens, [batch], "i32", dev);
       const wsFloats = withWorkspace ? ops.attentionDecodeWorkspaceFloats(qt, maxKv) : 0;
       const ws = wsFloats > 0 ? Tensor.empty([wsFloats], "f32", dev) : null;
-      const out = Tensor.empty([batch, Hq, D], d, dev);
+      const out = alloc([batch, Hq, D], d, dev, l16);
       out.fillBytes(0xff);
       ops.attentionDecode(qt, kt, vt, ip, ix, ln, { smScale, window, maxKvLen: maxKv, workspace: ws, out });
       const res = [await host(out)];
-      disposeAll(qt, kt, vt, ip, ix, ln, ws ?? undefined, out);
+      disposeAll(qt, kt, vt, ip, ix, ln, ws, out);
       return res;
     },
     reference: () => [ref.attentionDecode({ q, kCache: kc, vCache: vc, kvIndptr, kvIndices, kvLen: lens, batch, numQoHeads: Hq, numKvHeads: Hkv, headDim: D, pageSize, smScale, window, round: roundOf(d) })],

@@ -2,21 +2,24 @@
 // GEMMA3_TEST_CUDA=1), plus CUDA-only runtime behaviour: out of memory, graphs, async errors.
 import { describe, expect, it } from "vitest";
 import { Device, Graph, OutOfMemoryError, Tensor, ops } from "../src/index.js";
-import { allCases } from "./cases.js";
+import { allCases, setLayout, type Layout } from "./cases.js";
 import { expectOutputs } from "./compare.js";
 import { cudaTestsEnabled } from "./helpers.js";
 
 const enabled = cudaTestsEnabled();
 
-describe.skipIf(!enabled)("CUDA kernels vs CPU kernels", () => {
-  for (const c of allCases()) {
-    it(c.name, async () => {
-      const cpu = await c.run("cpu");
-      const cuda = await c.run("cuda");
-      expectOutputs(cuda, cpu, c.cudaTol, c.name);
-    });
-  }
-});
+for (const layout of ["packed", "offset"] as Layout[]) {
+  describe.skipIf(!enabled)(`CUDA kernels vs CPU kernels (${layout})`, () => {
+    for (const c of allCases()) {
+      it(c.name, async () => {
+        setLayout(layout);
+        const cpu = await c.run("cpu");
+        const cuda = await c.run("cuda");
+        expectOutputs(cuda, cpu, c.cudaTol, c.name);
+      });
+    }
+  });
+}
 
 describe.skipIf(!enabled)("CUDA runtime", () => {
   it("asking for more memory than the card has throws, and the device keeps working", async () => {
