@@ -483,8 +483,8 @@ void run_prefill(Ctx& c, Row& r, int64_t h, int64_t kv, int64_t d, int64_t seq) 
   Timing t = time_launches(
       [&](int64_t) {
         check_status(gk::attention_prefill<bf16>(q.p, k.p, v.p, out.p, qo_indptr.p, kv_indptr.p,
-                                                 nullptr, 1, seq, h, kv, d, h * d, kv * d, kv * d,
-                                                 sm_scale, 0, true, s));
+                                                 nullptr, 1, seq, seq, seq, h, kv, d, h * d, kv * d,
+                                                 kv * d, sm_scale, 0, true, s));
       },
       1, c.opt, s);
   finish(r, t, c.opt);
@@ -524,9 +524,9 @@ void run_decode(Ctx& c, Row& r, int64_t batch, int64_t h, int64_t kv, int64_t d,
   Timing t = time_launches(
       [&](int64_t i) {
         size_t j = size_t(i % copies);
-        check_status(gk::attention_decode<bf16>(q.p, kc[j].p, vc[j].p, out.p, d_indptr.p,
-                                                d_indices.p, d_len.p, batch, h, kv, d, page, kv_len,
-                                                sm_scale, 0, ws.p, int64_t(ws.n), s));
+        check_status(gk::attention_decode<bf16>(
+            q.p, kc[j].p, vc[j].p, out.p, d_indptr.p, d_indices.p, d_len.p, batch, h, kv, d, page,
+            pages, pages, kv_len, sm_scale, 0, ws.p, int64_t(ws.n), s));
       },
       copies, c.opt, s);
   finish(r, t, c.opt);

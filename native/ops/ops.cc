@@ -313,7 +313,8 @@ Status attention_prefill(const TensorRef& q, const TensorRef& k, const TensorRef
     return fail(StatusCode::kInvalidArgument, op, "window and max_q_len must be >= 0");
   if (q.numel() == 0) return Status::Ok();
   const int64_t Hq = q.dim(1), Hkv = k.dim(1), D = q.dim(2);
-  const int64_t max_q = p.max_q_len > 0 ? p.max_q_len : q.dim(0);
+  const int64_t total_q = q.dim(0), total_kv = k.dim(0);  // bound every indptr entry (kernels.inc)
+  const int64_t max_q = p.max_q_len > 0 ? p.max_q_len : total_q;
   return dispatch_float(op, q, [&](auto t) {
     using T = typename decltype(t)::type;
     const int32_t* last = kv_last ? static_cast<const int32_t*>(kv_last->data()) : nullptr;
@@ -321,8 +322,8 @@ Status attention_prefill(const TensorRef& q, const TensorRef& k, const TensorRef
                      attention_prefill<T>, static_cast<const T*>(q.data()),
                      static_cast<const T*>(k.data()), static_cast<const T*>(v.data()),
                      static_cast<T*>(out.data()), static_cast<const int32_t*>(qo_indptr.data()),
-                     static_cast<const int32_t*>(kv_indptr.data()), last, batch, max_q, Hq, Hkv, D,
-                     Hq * D, Hkv * D, Hkv * D, p.sm_scale, p.window, p.causal);
+                     static_cast<const int32_t*>(kv_indptr.data()), last, batch, total_q, total_kv,
+                     max_q, Hq, Hkv, D, Hq * D, Hkv * D, Hkv * D, p.sm_scale, p.window, p.causal);
   });
 }
 
@@ -366,19 +367,20 @@ Status attention_decode(const TensorRef& q, const TensorRef& k_cache, const Tens
     return fail(StatusCode::kInvalidArgument, op, "window and max_kv_len must be >= 0");
   if (q.numel() == 0) return Status::Ok();
   const int64_t Hq = q.dim(1), Hkv = k_cache.dim(2), D = q.dim(2), page = k_cache.dim(1);
+  // Bounds for data-dependent page indices and kv_indptr entries (kernels.inc).
+  const int64_t num_pages = k_cache.dim(0), num_indices = kv_indices.numel();
   const int64_t max_kv = p.max_kv_len > 0 ? p.max_kv_len : k_cache.dim(0) * page;
   float* ws = workspace ? static_cast<float*>(workspace->data()) : nullptr;
   const int64_t ws_n = workspace ? workspace->numel() : 0;
   return dispatch_float(op, q, [&](auto t) {
     using T = typename decltype(t)::type;
-    return G3_LAUNCH(dev, keep({&q, &k_cache, &v_cache, &out, &kv_indptr, &kv_indices, &kv_len,
-                                workspace}),
-                     attention_decode<T>, static_cast<const T*>(q.data()),
-                     static_cast<const T*>(k_cache.data()), static_cast<const T*>(v_cache.data()),
-                     static_cast<T*>(out.data()), static_cast<const int32_t*>(kv_indptr.data()),
-                     static_cast<const int32_t*>(kv_indices.data()),
-                     static_cast<const int32_t*>(kv_len.data()), batch, Hq, Hkv, D, page, max_kv,
-                     p.sm_scale, p.window, ws, ws_n);
+    return G3_LAUNCH(
+        dev, keep({&q, &k_cache, &v_cache, &out, &kv_indptr, &kv_indices, &kv_len, workspace}),
+        attention_decode<T>, static_cast<const T*>(q.data()), static_cast<const T*>(k_cache.data()),
+        static_cast<const T*>(v_cache.data()), static_cast<T*>(out.data()),
+        static_cast<const int32_t*>(kv_indptr.data()),
+        static_cast<const int32_t*>(kv_indices.data()), static_cast<const int32_t*>(kv_len.data()),
+        batch, Hq, Hkv, D, page, num_pages, num_indices, max_kv, p.sm_scale, p.window, ws, ws_n);
   });
 }
 
@@ -478,11 +480,12 @@ Status copy_rows(const TensorRef& src, const TensorRef& dst, const TensorRef& ds
           return Status(StatusCode::kOutOfRange, "copy_rows: dst_rows[" + std::to_string(i) +
                                                      "] = " + std::to_string(rows[i]) +
                                                      " >= capacity " + std::to_string(capacity));
-      return cpu::copy_rows(s, d, rows, n, row_bytes, row_bytes);
+      return cpu::copy_rows(s, d, rows, n, capacity, row_bytes, row_bytes);
     });
   }
+  // CUDA cannot report bad indices from the device; the kernel skips rows >= capacity instead.
   return G3_LAUNCH(dev, keep({&src, &dst, &dst_rows}), copy_rows, src.data(), dst.data(), rows, n,
-                   row_bytes, row_bytes);
+                   capacity, row_bytes, row_bytes);
 }
 
 }  // namespace gemma3::ops

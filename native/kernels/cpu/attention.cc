@@ -86,13 +86,21 @@ Status check_heads(const char* kernel, int64_t num_qo_heads, int64_t num_kv_head
   return Status::Ok();
 }
 
-// indptr: [batch + 1], non-negative and non-decreasing (host memory on this backend).
-Status check_indptr(const char* kernel, const char* name, const int32_t* indptr, int64_t batch) {
+// indptr: [batch + 1], non-negative, non-decreasing and at most `total` (the rows it indexes).
+// Host memory on this backend, so bad data is reported rather than clamped as on CUDA.
+Status check_indptr(const char* kernel, const char* name, const int32_t* indptr, int64_t batch,
+                    int64_t total, const char* total_name) {
   if (indptr == nullptr) return invalid(kernel, std::string(name) + " is null");
-  if (indptr[0] < 0) return invalid(kernel, std::string(name) + "[0] < 0");
+  if (indptr[0] < 0)
+    return invalid(kernel, std::string(name) + "[0] = " + std::to_string(indptr[0]) + " < 0");
   for (int64_t b = 0; b < batch; ++b)
     if (indptr[b + 1] < indptr[b])
-      return invalid(kernel, std::string(name) + " decreases at " + kv("b", b));
+      return invalid(kernel, std::string(name) + " decreases at " + kv("b", b) + " (" +
+                                 std::to_string(indptr[b]) + " -> " +
+                                 std::to_string(indptr[b + 1]) + ")");
+  if (indptr[batch] > total)
+    return invalid(kernel, std::string(name) + "[" + std::to_string(batch) + "] = " +
+                               std::to_string(indptr[batch]) + " exceeds " + kv(total_name, total));
   return Status::Ok();
 }
 
@@ -101,12 +109,14 @@ Status check_indptr(const char* kernel, const char* name, const int32_t* indptr,
 template <typename T>
 Status attention_prefill(const T* q, const T* k, const T* v, T* out, const int32_t* qo_indptr,
                          const int32_t* kv_indptr, const int32_t* kv_last, int64_t batch,
-                         int64_t max_q_len, int64_t num_qo_heads, int64_t num_kv_heads,
-                         int64_t head_dim, int64_t ld_q, int64_t ld_k, int64_t ld_v, float sm_scale,
-                         int32_t window, bool causal) {
+                         int64_t total_q, int64_t total_kv, int64_t max_q_len, int64_t num_qo_heads,
+                         int64_t num_kv_heads, int64_t head_dim, int64_t ld_q, int64_t ld_k,
+                         int64_t ld_v, float sm_scale, int32_t window, bool causal) {
   const char* kName = "attention_prefill";
-  if (batch < 0 || max_q_len < 0)
-    return invalid(kName, kv("batch", batch) + ", " + kv("max_q_len", max_q_len) + " must be >= 0");
+  if (batch < 0 || total_q < 0 || total_kv < 0 || max_q_len < 0)
+    return invalid(kName, kv("batch", batch) + ", " + kv("total_q", total_q) + ", " +
+                              kv("total_kv", total_kv) + ", " + kv("max_q_len", max_q_len) +
+                              " must be >= 0");
   G3_RETURN_IF_ERROR(check_heads(kName, num_qo_heads, num_kv_heads, head_dim));
   if (ld_q < num_qo_heads * head_dim || ld_k < num_kv_heads * head_dim ||
       ld_v < num_kv_heads * head_dim)
@@ -116,8 +126,10 @@ Status attention_prefill(const T* q, const T* k, const T* v, T* out, const int32
   if (!causal && (window != 0 || kv_last != nullptr))
     return invalid(kName, "non-causal attention takes window=0 and no kv_last");
   if (batch == 0 || max_q_len == 0) return Status::Ok();
-  G3_RETURN_IF_ERROR(check_indptr(kName, "qo_indptr", qo_indptr, batch));
-  G3_RETURN_IF_ERROR(check_indptr(kName, "kv_indptr", kv_indptr, batch));
+  // After these checks every q/out row touched is in [0, total_q) and every k/v row in
+  // [0, total_kv); kv_last only narrows a range already inside its sequence.
+  G3_RETURN_IF_ERROR(check_indptr(kName, "qo_indptr", qo_indptr, batch, total_q, "total_q"));
+  G3_RETURN_IF_ERROR(check_indptr(kName, "kv_indptr", kv_indptr, batch, total_kv, "total_kv"));
   for (int64_t b = 0; b < batch; ++b)
     if (qo_indptr[b + 1] - qo_indptr[b] > max_q_len)
       return invalid(kName, "q_len " + std::to_string(qo_indptr[b + 1] - qo_indptr[b]) + " of " +
@@ -126,8 +138,8 @@ Status attention_prefill(const T* q, const T* k, const T* v, T* out, const int32
     return invalid(kName, "null pointer");
 
   const int64_t group = num_qo_heads / num_kv_heads, D = head_dim;
-  const int64_t q0 = qo_indptr[0], total_q = qo_indptr[batch] - q0;
-  const int64_t items = total_q * num_kv_heads;
+  const int64_t q0 = qo_indptr[0], tokens = qo_indptr[batch] - q0;
+  const int64_t items = tokens * num_kv_heads;
   const int64_t max_kv = kv_indptr[batch] - kv_indptr[0];
   parallel_for(
       items, grain_for(group * D * std::max<int64_t>(max_kv, 1) * 2, 1 << 16),
@@ -163,19 +175,22 @@ template <typename T>
 Status attention_decode(const T* q, const T* k_cache, const T* v_cache, T* out,
                         const int32_t* kv_indptr, const int32_t* kv_indices, const int32_t* kv_len,
                         int64_t batch, int64_t num_qo_heads, int64_t num_kv_heads, int64_t head_dim,
-                        int64_t page_size, int64_t max_kv_len, float sm_scale, int32_t window,
-                        float* workspace, int64_t workspace_floats) {
+                        int64_t page_size, int64_t num_pages, int64_t num_indices,
+                        int64_t max_kv_len, float sm_scale, int32_t window, float* workspace,
+                        int64_t workspace_floats) {
   const char* kName = "attention_decode";
   (void)workspace;  // the CPU kernel does not split KV
   (void)workspace_floats;
-  if (batch < 0 || page_size <= 0 || max_kv_len < 0)
+  if (batch < 0 || page_size <= 0 || num_pages < 0 || num_indices < 0 || max_kv_len < 0)
     return invalid(kName, kv("batch", batch) + ", " + kv("page_size", page_size) + ", " +
-                              kv("max_kv_len", max_kv_len) +
-                              " (need batch >= 0, page_size > 0, max_kv_len >= 0)");
+                              kv("num_pages", num_pages) + ", " + kv("num_indices", num_indices) +
+                              ", " + kv("max_kv_len", max_kv_len) +
+                              " (need page_size > 0, the others >= 0)");
   G3_RETURN_IF_ERROR(check_heads(kName, num_qo_heads, num_kv_heads, head_dim));
   if (window < 0) return invalid(kName, kv("window", window) + " must be >= 0");
   if (batch == 0) return Status::Ok();
-  G3_RETURN_IF_ERROR(check_indptr(kName, "kv_indptr", kv_indptr, batch));
+  G3_RETURN_IF_ERROR(
+      check_indptr(kName, "kv_indptr", kv_indptr, batch, num_indices, "num_indices"));
   if (q == nullptr || k_cache == nullptr || v_cache == nullptr || out == nullptr ||
       kv_indices == nullptr || kv_len == nullptr)
     return invalid(kName, "null pointer");
@@ -201,7 +216,8 @@ Status attention_decode(const T* q, const T* k_cache, const T* v_cache, T* out,
                    auto slot = [&](const T* cache, int64_t j) -> const T* {
                      const int64_t s = lo + j;
                      const int64_t page = pages[s / page_size];
-                     if (page < 0) return nullptr;  // an invalid page index is skipped, not read
+                     // A page index outside the cache masks its slot: skipped, never read.
+                     if (page < 0 || page >= num_pages) return nullptr;
                      return cache + ((page * page_size + s % page_size) * token_stride) + hk * D;
                    };
                    const int64_t h0 = hk * group + g0;
@@ -215,13 +231,15 @@ Status attention_decode(const T* q, const T* k_cache, const T* v_cache, T* out,
   return Status::Ok();
 }
 
-#define G3_ATTENTION(T)                                                                          \
-  template Status attention_prefill<T>(                                                          \
-      const T*, const T*, const T*, T*, const int32_t*, const int32_t*, const int32_t*, int64_t, \
-      int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float, int32_t, bool);      \
-  template Status attention_decode<T>(const T*, const T*, const T*, T*, const int32_t*,          \
-                                      const int32_t*, const int32_t*, int64_t, int64_t, int64_t, \
-                                      int64_t, int64_t, int64_t, float, int32_t, float*, int64_t);
+#define G3_ATTENTION(T)                                                                            \
+  template Status attention_prefill<T>(const T*, const T*, const T*, T*, const int32_t*,           \
+                                       const int32_t*, const int32_t*, int64_t, int64_t, int64_t,  \
+                                       int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,       \
+                                       int64_t, float, int32_t, bool);                             \
+  template Status attention_decode<T>(const T*, const T*, const T*, T*, const int32_t*,            \
+                                      const int32_t*, const int32_t*, int64_t, int64_t, int64_t,   \
+                                      int64_t, int64_t, int64_t, int64_t, int64_t, float, int32_t, \
+                                      float*, int64_t);
 G3_ATTENTION(float)
 G3_ATTENTION(bf16)
 #undef G3_ATTENTION

@@ -85,7 +85,9 @@ struct DecodeParams {
   float* ws_ml;  // [batch, num_qo_heads, splits, 2] (max in log2 units, sum)
   int num_qo_heads, num_kv_heads, group, head_chunks;
   int page_size;
-  int chunk, splits;  // keys per split (of the visible range), number of splits
+  uint32_t num_pages;  // min(num_pages, 2^31): uint32_t(page) < num_pages rejects negatives too
+  int num_indices;     // entries of kv_indices (clamped to INT_MAX, as kv_indptr is int32)
+  int chunk, splits;   // keys per split (of the visible range), number of splits
   float scale_log2;
   int window;
 };
@@ -107,9 +109,10 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p) 
   const int nh = min(kGh, p.group - hc * kGh);
   const int tid = threadIdx.x, grp = tid / kTpk, tig = tid % kTpk;
 
-  // Sequence b's tokens: at most its pages hold; window keeps the last `window` of them.
-  const int64_t pg0 = max(p.kv_indptr[b], 0);
-  const int64_t npages = max(int64_t(p.kv_indptr[b + 1]) - pg0, int64_t(0));
+  // Sequence b's tokens: at most its pages hold; window keeps the last `window` of them. Both
+  // kv_indptr entries are clamped into [0, num_indices], so the page list stays inside kv_indices.
+  const int pg0 = min(max(p.kv_indptr[b], 0), p.num_indices);
+  const int64_t npages = max(min(max(p.kv_indptr[b + 1], 0), p.num_indices) - pg0, 0);
   const int len = int(min(int64_t(max(p.kv_len[b], 0)), npages * p.page_size));
   const int start = p.window > 0 ? max(0, len - p.window) : 0;
   const int64_t sb = int64_t(start) + int64_t(split) * p.chunk;
@@ -157,7 +160,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p) 
       if (ok) {
         const int page = t / p.page_size;
         const int32_t pidx = pages[page];
-        ok = pidx >= 0;  // a negative page index is treated as masked
+        ok = uint32_t(pidx) < p.num_pages;  // a page outside the cache is masked, never read
         off = (int64_t(pidx) * p.page_size + (t - page * p.page_size)) * row_stride;
       }
       valid[u] = ok;
@@ -333,8 +336,9 @@ template <typename T>
 Status attention_decode(const T* q, const T* k_cache, const T* v_cache, T* out,
                         const int32_t* kv_indptr, const int32_t* kv_indices, const int32_t* kv_len,
                         int64_t batch, int64_t num_qo_heads, int64_t num_kv_heads, int64_t head_dim,
-                        int64_t page_size, int64_t max_kv_len, float sm_scale, int32_t window,
-                        float* workspace, int64_t workspace_floats, cudaStream_t stream) {
+                        int64_t page_size, int64_t num_pages, int64_t num_indices,
+                        int64_t max_kv_len, float sm_scale, int32_t window, float* workspace,
+                        int64_t workspace_floats, cudaStream_t stream) {
   const int64_t D = head_dim;
   if (D != 16 && D != 32 && D != 64 && D != 128 && D != 256) {
     return Status(StatusCode::kUnsupported,
@@ -351,6 +355,10 @@ Status attention_decode(const T* q, const T* k_cache, const T* v_cache, T* out,
   }
   if (page_size <= 0 || page_size > INT_MAX) {
     return invalid("page_size " + std::to_string(page_size) + " must be in [1, 2^31)");
+  }
+  if (num_pages < 0 || num_indices < 0) {
+    return invalid("num_pages " + std::to_string(num_pages) + " and num_indices " +
+                   std::to_string(num_indices) + " must be >= 0");
   }
   if (max_kv_len < 0 || max_kv_len > INT_MAX) {
     return invalid("max_kv_len " + std::to_string(max_kv_len) + " must be in [0, 2^31)");
@@ -412,6 +420,8 @@ Status attention_decode(const T* q, const T* k_cache, const T* v_cache, T* out,
   p.group = group;
   p.head_chunks = head_chunks;
   p.page_size = int(page_size);
+  p.num_pages = uint32_t(std::min<int64_t>(num_pages, int64_t(1) << 31));
+  p.num_indices = int(std::min<int64_t>(num_indices, INT_MAX));
   p.chunk = int(chunk);
   p.splits = int(splits);
   p.scale_log2 = sm_scale * kLog2e;
@@ -446,11 +456,11 @@ Status attention_decode(const T* q, const T* k_cache, const T* v_cache, T* out,
 
 template Status attention_decode<float>(const float*, const float*, const float*, float*,
                                         const int32_t*, const int32_t*, const int32_t*, int64_t,
-                                        int64_t, int64_t, int64_t, int64_t, int64_t, float, int32_t,
-                                        float*, int64_t, cudaStream_t);
+                                        int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                        int64_t, float, int32_t, float*, int64_t, cudaStream_t);
 template Status attention_decode<bf16>(const bf16*, const bf16*, const bf16*, bf16*, const int32_t*,
                                        const int32_t*, const int32_t*, int64_t, int64_t, int64_t,
-                                       int64_t, int64_t, int64_t, float, int32_t, float*, int64_t,
-                                       cudaStream_t);
+                                       int64_t, int64_t, int64_t, int64_t, int64_t, float, int32_t,
+                                       float*, int64_t, cudaStream_t);
 
 }  // namespace gemma3::cuda

@@ -10,6 +10,7 @@
 // (reference-grade).
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -55,14 +56,17 @@ struct SeqBounds {
   int q_len, kv_len;
 };
 
-// indptr differences are clamped so garbage cannot produce negative lengths or offsets.
+// Every indptr entry is clamped into [0, total] (the rows of q/out or k/v), and an inverted range
+// is empty, so no garbage index can reach a row outside the tensors.
 __device__ __forceinline__ SeqBounds load_seq(const int32_t* qo_indptr, const int32_t* kv_indptr,
-                                              int b) {
+                                              int b, int total_q, int total_kv) {
   SeqBounds s;
-  s.q0 = max(qo_indptr[b], 0);
-  s.kv0 = max(kv_indptr[b], 0);
-  s.q_len = int(max64(int64_t(qo_indptr[b + 1]) - s.q0, 0));
-  s.kv_len = int(max64(int64_t(kv_indptr[b + 1]) - s.kv0, 0));
+  const int q0 = min(max(qo_indptr[b], 0), total_q), q1 = min(max(qo_indptr[b + 1], 0), total_q);
+  const int k0 = min(max(kv_indptr[b], 0), total_kv), k1 = min(max(kv_indptr[b + 1], 0), total_kv);
+  s.q0 = q0;
+  s.kv0 = k0;
+  s.q_len = max(q1 - q0, 0);
+  s.kv_len = max(k1 - k0, 0);
   return s;
 }
 
@@ -153,6 +157,7 @@ struct PrefillParams {
   const int32_t* kv_indptr;
   const int32_t* kv_last;
   int64_t ld_q, ld_k, ld_v;
+  int total_q, total_kv;    // rows of q/out and k/v (clamped to INT_MAX, as indptr is int32)
   int num_qo_heads, group;  // group = num_qo_heads / num_kv_heads
   float scale_log2;         // sm_scale * log2(e)
   int window;
@@ -175,7 +180,7 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks)
   const int h = blockIdx.x;
   const int qt = gridDim.y - 1 - blockIdx.y;
   const int b = blockIdx.z;
-  const SeqBounds sb = load_seq(p.qo_indptr, p.kv_indptr, b);
+  const SeqBounds sb = load_seq(p.qo_indptr, p.kv_indptr, b, p.total_q, p.total_kv);
   const int q_begin = qt * kBr;
   if (q_begin >= sb.q_len) return;
   const int q_rows = min(kBr, sb.q_len - q_begin);
@@ -404,6 +409,7 @@ struct SimpleParams {
   const int32_t* kv_indptr;
   const int32_t* kv_last;
   int64_t ld_q, ld_k, ld_v;
+  int total_q, total_kv;
   int num_qo_heads, group;
   float scale_log2;
   int window;
@@ -421,7 +427,7 @@ __global__ void __launch_bounds__(kSimpleWarps * 32)
   const int h = blockIdx.x, b = blockIdx.z;
   const int lane = threadIdx.x & 31;
   const int i = blockIdx.y * kSimpleWarps + (threadIdx.x >> 5);
-  const SeqBounds sb = load_seq(p.qo_indptr, p.kv_indptr, b);
+  const SeqBounds sb = load_seq(p.qo_indptr, p.kv_indptr, b, p.total_q, p.total_kv);
   if (i >= sb.q_len) return;
   const int kvh = h / p.group;
   const int64_t pos = int64_t(sb.kv_len) - sb.q_len + i;
@@ -534,16 +540,18 @@ Status invalid(const std::string& msg) {
 template <typename T>
 Status attention_prefill(const T* q, const T* k, const T* v, T* out, const int32_t* qo_indptr,
                          const int32_t* kv_indptr, const int32_t* kv_last, int64_t batch,
-                         int64_t max_q_len, int64_t num_qo_heads, int64_t num_kv_heads,
-                         int64_t head_dim, int64_t ld_q, int64_t ld_k, int64_t ld_v, float sm_scale,
-                         int32_t window, bool causal, cudaStream_t stream) {
+                         int64_t total_q, int64_t total_kv, int64_t max_q_len, int64_t num_qo_heads,
+                         int64_t num_kv_heads, int64_t head_dim, int64_t ld_q, int64_t ld_k,
+                         int64_t ld_v, float sm_scale, int32_t window, bool causal,
+                         cudaStream_t stream) {
   const int64_t D = head_dim;
   if (D != 16 && D != 32 && D != 64 && D != 128 && D != 256) {
     return Status(StatusCode::kUnsupported,
                   "attention_prefill: Unsupported head_dim: " + std::to_string(D));
   }
-  if (batch < 0 || max_q_len < 0) {
-    return invalid("batch " + std::to_string(batch) + " and max_q_len " +
+  if (batch < 0 || total_q < 0 || total_kv < 0 || max_q_len < 0) {
+    return invalid("batch " + std::to_string(batch) + ", total_q " + std::to_string(total_q) +
+                   ", total_kv " + std::to_string(total_kv) + " and max_q_len " +
                    std::to_string(max_q_len) + " must be >= 0");
   }
   if (num_qo_heads <= 0 || num_kv_heads <= 0 || num_qo_heads % num_kv_heads != 0 ||
@@ -564,21 +572,25 @@ Status attention_prefill(const T* q, const T* k, const T* v, T* out, const int32
     return invalid("sm_scale " + std::to_string(sm_scale) + " must be finite");
   }
   if (batch > 65535) return invalid("batch " + std::to_string(batch) + " exceeds 65535");
-  if (batch == 0 || max_q_len == 0) return Status::Ok();
+  if (batch == 0 || total_q == 0 || max_q_len == 0) return Status::Ok();  // no row to write
   if (q == nullptr || k == nullptr || v == nullptr || out == nullptr || qo_indptr == nullptr ||
       kv_indptr == nullptr) {
     return invalid("null pointer argument");
   }
   const int group = int(num_qo_heads / num_kv_heads);
   const float scale_log2 = sm_scale * kLog2e;
+  // indptr entries are int32, so clamping them to INT_MAX rows loses nothing.
+  const int tq = int(std::min<int64_t>(total_q, INT_MAX));
+  const int tkv = int(std::min<int64_t>(total_kv, INT_MAX));
 
   if constexpr (std::is_same_v<T, bf16>) {
     const bool vec_ok = aligned16(q) && aligned16(k) && aligned16(v) && aligned16(out) &&
                         ld_q % 8 == 0 && ld_k % 8 == 0 && ld_v % 8 == 0;
     if (vec_ok && D >= 64) {
-      const PrefillParams p{q,          k,           v,     out,  qo_indptr,         kv_indptr,
-                            kv_last,    ld_q,        ld_k,  ld_v, int(num_qo_heads), group,
-                            scale_log2, int(window), causal};
+      const PrefillParams p{
+          q,          k,           v,     out, qo_indptr, kv_indptr,         kv_last,
+          ld_q,       ld_k,        ld_v,  tq,  tkv,       int(num_qo_heads), group,
+          scale_log2, int(window), causal};
       // D 256: 64-row tiles, 4 warps, 96 KB smem, 2 CTAs/SM (O alone is 128 f32 regs/thread).
       // D 128 / 64: 64-row tiles, 4 warps, 48 / 24 KB smem, 3-4 CTAs/SM.
       constexpr int kBr = 64;
@@ -591,9 +603,10 @@ Status attention_prefill(const T* q, const T* k, const T* v, T* out, const int32
       return launch_mma<64, 4, 4>(p, batch, tiles, stream);
     }
   }
-  const SimpleParams<T> p{q,          k,           v,     out,  qo_indptr,         kv_indptr,
-                          kv_last,    ld_q,        ld_k,  ld_v, int(num_qo_heads), group,
-                          scale_log2, int(window), causal};
+  const SimpleParams<T> p{
+      q,          k,           v,     out, qo_indptr, kv_indptr,         kv_last,
+      ld_q,       ld_k,        ld_v,  tq,  tkv,       int(num_qo_heads), group,
+      scale_log2, int(window), causal};
   switch (D) {
     case 16:
       return launch_simple<T, 16>(p, batch, max_q_len, stream);
@@ -611,10 +624,12 @@ Status attention_prefill(const T* q, const T* k, const T* v, T* out, const int32
 template Status attention_prefill<float>(const float*, const float*, const float*, float*,
                                          const int32_t*, const int32_t*, const int32_t*, int64_t,
                                          int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                                         int64_t, float, int32_t, bool, cudaStream_t);
+                                         int64_t, int64_t, int64_t, float, int32_t, bool,
+                                         cudaStream_t);
 template Status attention_prefill<bf16>(const bf16*, const bf16*, const bf16*, bf16*,
                                         const int32_t*, const int32_t*, const int32_t*, int64_t,
                                         int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                                        int64_t, float, int32_t, bool, cudaStream_t);
+                                        int64_t, int64_t, int64_t, float, int32_t, bool,
+                                        cudaStream_t);
 
 }  // namespace gemma3::cuda

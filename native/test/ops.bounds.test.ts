@@ -1,0 +1,417 @@
+// Bounds regressions (kernels.inc, "Bounds" of attention_prefill / attention_decode / copy_rows):
+// hostile index data must never make a kernel touch memory outside its tensors. The CPU reads the
+// indices on the host, so it reports bad indptr / dst rows as typed errors at synchronize; CUDA
+// cannot report from the device, so it clamps indptr and skips bad pages / rows. Either way the
+// process keeps working: each case ends with a normal op that must give the right answer.
+import { describe, expect, it } from "vitest";
+import { Device, InvalidArgumentError, OutOfRangeError, Tensor, ops } from "../src/index.js";
+import type { FloatDType, Tol } from "./cases.js";
+import { expectOutputs } from "./compare.js";
+import { cudaTestsEnabled, randn, rng } from "./helpers.js";
+import * as ref from "./reference.js";
+
+const DEVICES = ["cpu", ...(cudaTestsEnabled() ? ["cuda"] : [])];
+const I32_MAX = 2147483647;
+const I32_MIN = -2147483648;
+
+const roundOf = (d: FloatDType): ref.Round => (d === "bf16" ? ref.roundBf16 : ref.roundF32);
+const inDType = (x: Float32Array, d: FloatDType): Float32Array => Float32Array.from(x, roundOf(d));
+
+// f32 keeps the CUDA scalar paths (prefill: one warp per row); bf16 with D = 64 takes the prefill
+// tensor-core path. Tolerances are those of the op cases (cases.ts) against the TS reference.
+const CONFIGS: { d: FloatDType; D: number }[] = [
+  { d: "f32", D: 16 },
+  { d: "bf16", D: 64 },
+];
+const TOL: Record<FloatDType, Tol> = {
+  f32: { kind: "elementwise", atol: 2e-5, rtol: 1e-4, why: "float32 softmax in a different order" },
+  bf16: { kind: "norm", rel: 1e-2, why: "bf16 output; CUDA rounds P to bf16 before P·V" },
+};
+
+/** Runs `launch` on `dev`, waits for the device (rejecting with its deferred error), reads `out`. */
+async function runOn(
+  dev: string,
+  out: Tensor,
+  owned: Tensor[],
+  launch: () => void,
+): Promise<Float32Array> {
+  try {
+    launch();
+    await Device.of(dev).synchronize();
+    return (await out.toArray()) as Float32Array;
+  } finally {
+    for (const t of owned) t.dispose();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// attention_prefill: q/out [6, 2, D], k/v [8, 1, D]; valid batch qo [0, 3, 6], kv [0, 4, 8].
+
+const TOTAL_Q = 6;
+const TOTAL_KV = 8;
+const HQ = 2;
+const HKV = 1;
+const QO_OK = [0, 3, 6];
+const KV_OK = [0, 4, 8];
+
+function prefillFixture(d: FloatDType, D: number, seed: number) {
+  return {
+    d,
+    D,
+    q: inDType(randn(TOTAL_Q * HQ * D, seed), d),
+    k: inDType(randn(TOTAL_KV * HKV * D, seed + 1), d),
+    v: inDType(randn(TOTAL_KV * HKV * D, seed + 2), d),
+  };
+}
+type PrefillFixture = ReturnType<typeof prefillFixture>;
+
+function prefillOn(
+  dev: string,
+  f: PrefillFixture,
+  qo: number[],
+  kv: number[],
+  kvLast?: number[],
+): Promise<Float32Array> {
+  const batch = qo.length - 1;
+  const q = Tensor.from(f.q, [TOTAL_Q, HQ, f.D], f.d, dev);
+  const k = Tensor.from(f.k, [TOTAL_KV, HKV, f.D], f.d, dev);
+  const v = Tensor.from(f.v, [TOTAL_KV, HKV, f.D], f.d, dev);
+  const qi = Tensor.from(qo, [batch + 1], "i32", dev);
+  const ki = Tensor.from(kv, [batch + 1], "i32", dev);
+  const kl = kvLast ? Tensor.from(kvLast, [TOTAL_Q], "i32", dev) : null;
+  const out = Tensor.empty([TOTAL_Q, HQ, f.D], f.d, dev);
+  out.fillBytes(0xff); // NaN: rows no sequence owns must stay untouched
+  const owned = [q, k, v, qi, ki, out, ...(kl ? [kl] : [])];
+  return runOn(dev, out, owned, () =>
+    ops.attentionPrefill(q, k, v, qi, ki, { smScale: 1 / Math.sqrt(f.D), kvLast: kl, out }),
+  );
+}
+
+/** The reference over a well-formed batch; rows outside [qo[0], qo[batch]) stay NaN. */
+function prefillRef(
+  f: PrefillFixture,
+  qo: number[],
+  kv: number[],
+  kvLast?: number[],
+): Float32Array {
+  const rows = ref.attentionPrefill({
+    q: f.q,
+    k: f.k,
+    v: f.v,
+    qoIndptr: qo,
+    kvIndptr: kv,
+    kvLast: kvLast ?? null,
+    batch: qo.length - 1,
+    numQoHeads: HQ,
+    numKvHeads: HKV,
+    headDim: f.D,
+    ldQ: HQ * f.D,
+    ldK: HKV * f.D,
+    ldV: HKV * f.D,
+    smScale: 1 / Math.sqrt(f.D),
+    window: 0,
+    causal: true,
+    round: roundOf(f.d),
+  });
+  const out = new Float32Array(TOTAL_Q * HQ * f.D).fill(NaN);
+  out.set(rows, qo[0]! * HQ * f.D);
+  return out;
+}
+
+/** A well-formed prefill after a hostile one: the device still computes the right answer. */
+async function expectPrefillWorks(dev: string, f: PrefillFixture): Promise<void> {
+  expectOutputs(
+    [await prefillOn(dev, f, QO_OK, KV_OK)],
+    [prefillRef(f, QO_OK, KV_OK)],
+    TOL[f.d],
+    `${dev} prefill after hostile input`,
+  );
+}
+
+// Hostile indptr: what the CPU must reject, and what CUDA's clamped batch is equivalent to.
+const PREFILL_HOSTILE: {
+  name: string;
+  qo: number[];
+  kv: number[];
+  cpuError: RegExp;
+  cuda: { qo: number[]; kv: number[] };
+}[] = [
+  {
+    name: "qo_indptr past total_q",
+    qo: [0, 3, 100],
+    kv: KV_OK,
+    cpuError: /qo_indptr\[2\] = 100 exceeds total_q=6/,
+    cuda: { qo: QO_OK, kv: KV_OK },
+  },
+  {
+    name: "qo_indptr at INT32_MAX",
+    qo: [0, 3, I32_MAX],
+    kv: KV_OK,
+    cpuError: /exceeds total_q/,
+    cuda: { qo: QO_OK, kv: KV_OK },
+  },
+  {
+    name: "kv_indptr past total_kv",
+    qo: QO_OK,
+    kv: [0, 4, 1000],
+    cpuError: /kv_indptr\[2\] = 1000 exceeds total_kv=8/,
+    cuda: { qo: QO_OK, kv: KV_OK },
+  },
+  {
+    name: "negative indptr entries",
+    qo: [-5, 3, 6],
+    kv: [I32_MIN, 4, 8],
+    cpuError: /qo_indptr\[0\] = -5 < 0/,
+    cuda: { qo: QO_OK, kv: KV_OK },
+  },
+  // Sequence 1's queries [5, 2) are inverted: it contributes nothing, so row 5 stays NaN.
+  {
+    name: "decreasing qo_indptr",
+    qo: [0, 5, 2],
+    kv: KV_OK,
+    cpuError: /qo_indptr decreases at b=1/,
+    cuda: { qo: [0, 5], kv: [0, 4] },
+  },
+  // Sequence 1's keys [8, 4) are inverted: its queries see no key and get zeros.
+  {
+    name: "decreasing kv_indptr",
+    qo: QO_OK,
+    kv: [0, 8, 4],
+    cpuError: /kv_indptr decreases at b=1/,
+    cuda: { qo: QO_OK, kv: [0, 8, 8] },
+  },
+];
+
+// ---------------------------------------------------------------------------------------------
+// attention_decode: caches [12 pages, 16, 1, D]; seq 0 has 7 pages (100 tokens), seq 1 has 3 (37);
+// pages handed out scrambled. The cache capacity (192) is the default max_kv_len, so CUDA splits KV.
+
+const PAGE = 16;
+const NUM_PAGES = 12;
+const LENS_OK = [100, 37];
+const INDPTR_OK = [0, 7, 10];
+
+function decodeFixture(d: FloatDType, D: number, seed: number) {
+  const order = Array.from({ length: NUM_PAGES }, (_, i) => i);
+  const r = rng(seed);
+  for (let i = order.length - 1; i > 0; i--) {
+    const j = Math.floor(r() * (i + 1));
+    [order[i], order[j]] = [order[j]!, order[i]!];
+  }
+  const cacheElems = NUM_PAGES * PAGE * HKV * D;
+  return {
+    d,
+    D,
+    indices: order.slice(0, 10),
+    q: inDType(randn(2 * HQ * D, seed + 1), d),
+    kc: inDType(randn(cacheElems, seed + 2), d),
+    vc: inDType(randn(cacheElems, seed + 3), d),
+  };
+}
+type DecodeFixture = ReturnType<typeof decodeFixture>;
+
+function decodeOn(
+  dev: string,
+  f: DecodeFixture,
+  indptr: number[],
+  indices: number[],
+  lens: number[],
+): Promise<Float32Array> {
+  const q = Tensor.from(f.q, [2, HQ, f.D], f.d, dev);
+  const kc = Tensor.from(f.kc, [NUM_PAGES, PAGE, HKV, f.D], f.d, dev);
+  const vc = Tensor.from(f.vc, [NUM_PAGES, PAGE, HKV, f.D], f.d, dev);
+  const ip = Tensor.from(indptr, [3], "i32", dev);
+  const ix = Tensor.from(indices, [indices.length], "i32", dev);
+  const ln = Tensor.from(lens, [2], "i32", dev);
+  const wsFloats = ops.attentionDecodeWorkspaceFloats(q, NUM_PAGES * PAGE);
+  const ws = wsFloats > 0 ? Tensor.empty([wsFloats], "f32", dev) : null;
+  const out = Tensor.empty([2, HQ, f.D], f.d, dev);
+  out.fillBytes(0xff);
+  const owned = [q, kc, vc, ip, ix, ln, out, ...(ws ? [ws] : [])];
+  return runOn(dev, out, owned, () =>
+    ops.attentionDecode(q, kc, vc, ip, ix, ln, { smScale: 1 / Math.sqrt(f.D), workspace: ws, out }),
+  );
+}
+
+/** The reference over the well-formed page table with these lengths (0 gives zeros). */
+function decodeRef(f: DecodeFixture, lens: number[]): Float32Array {
+  return ref.attentionDecode({
+    q: f.q,
+    kCache: f.kc,
+    vCache: f.vc,
+    kvIndptr: INDPTR_OK,
+    kvIndices: f.indices,
+    kvLen: lens,
+    batch: 2,
+    numQoHeads: HQ,
+    numKvHeads: HKV,
+    headDim: f.D,
+    pageSize: PAGE,
+    smScale: 1 / Math.sqrt(f.D),
+    window: 0,
+    round: roundOf(f.d),
+  });
+}
+
+async function expectDecodeWorks(dev: string, f: DecodeFixture): Promise<void> {
+  expectOutputs(
+    [await decodeOn(dev, f, INDPTR_OK, f.indices, LENS_OK)],
+    [decodeRef(f, LENS_OK)],
+    TOL[f.d],
+    `${dev} decode after hostile input`,
+  );
+}
+
+/** The page table with the last page of each sequence replaced (a masked page drops its slots). */
+function withLastPages(f: DecodeFixture, seq0: number, seq1: number): number[] {
+  const ix = f.indices.slice();
+  ix[6] = seq0;
+  ix[9] = seq1;
+  return ix;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+for (const dev of DEVICES) {
+  const cpu = dev === "cpu";
+
+  describe(`bounds of attention_prefill on ${dev}`, () => {
+    for (const { d, D } of CONFIGS) {
+      const f = prefillFixture(d, D, 7000 + D);
+      for (const h of PREFILL_HOSTILE) {
+        it(`${d} D=${D}: ${h.name} ${cpu ? "is rejected" : "is clamped"}`, async () => {
+          if (cpu) {
+            const err: unknown = await prefillOn(dev, f, h.qo, h.kv).catch((e: unknown) => e);
+            expect(err).toBeInstanceOf(InvalidArgumentError);
+            expect((err as Error).message).toMatch(h.cpuError);
+          } else {
+            const got = await prefillOn(dev, f, h.qo, h.kv);
+            expectOutputs(
+              [got],
+              [prefillRef(f, h.cuda.qo, h.cuda.kv)],
+              TOL[d],
+              `${dev} prefill ${h.name}`,
+            );
+          }
+          await expectPrefillWorks(dev, f);
+        });
+      }
+
+      it(`${d} D=${D}: kv_last far outside the sequence only widens the visible prefix`, async () => {
+        const kvLast = [I32_MAX, I32_MIN, 1_000_000, -1, I32_MAX, 5];
+        const got = await prefillOn(dev, f, QO_OK, KV_OK, kvLast);
+        expectOutputs(
+          [got],
+          [prefillRef(f, QO_OK, KV_OK, kvLast)],
+          TOL[d],
+          `${dev} prefill kv_last`,
+        );
+        await expectPrefillWorks(dev, f);
+      });
+    }
+  });
+
+  describe(`bounds of attention_decode on ${dev}`, () => {
+    for (const { d, D } of CONFIGS) {
+      const f = decodeFixture(d, D, 8000 + D);
+
+      // Masked last pages leave seq 0 with 6 full pages (96 tokens) and seq 1 with 2 (32).
+      for (const [name, p0, p1] of [
+        ["page indices >= num_pages", NUM_PAGES, I32_MAX],
+        ["negative page indices", -1, I32_MIN],
+      ] as const) {
+        it(`${d} D=${D}: ${name} are masked`, async () => {
+          const got = await decodeOn(dev, f, INDPTR_OK, withLastPages(f, p0, p1), LENS_OK);
+          expectOutputs([got], [decodeRef(f, [96, 32])], TOL[d], `${dev} decode ${name}`);
+          await expectDecodeWorks(dev, f);
+        });
+      }
+
+      // What the CPU must reject, and the lengths CUDA's clamped page table is equivalent to.
+      for (const h of [
+        {
+          name: "kv_indptr past kv_indices",
+          indptr: [0, 7, 50],
+          cpuError: /kv_indptr\[2\] = 50 exceeds num_indices=10/,
+          lens: LENS_OK,
+        },
+        {
+          name: "kv_indptr at INT32_MAX",
+          indptr: [0, 7, I32_MAX],
+          cpuError: /exceeds num_indices/,
+          lens: LENS_OK,
+        },
+        {
+          name: "negative kv_indptr",
+          indptr: [-3, 7, 10],
+          cpuError: /kv_indptr\[0\] = -3 < 0/,
+          lens: LENS_OK,
+        },
+        // Seq 0 keeps its 7 pages (of 9); seq 1's range [9, 7) is inverted: it sees no key.
+        {
+          name: "decreasing kv_indptr",
+          indptr: [0, 9, 7],
+          cpuError: /kv_indptr decreases at b=1/,
+          lens: [100, 0],
+        },
+      ]) {
+        it(`${d} D=${D}: ${h.name} ${cpu ? "is rejected" : "is clamped"}`, async () => {
+          if (cpu) {
+            const err: unknown = await decodeOn(dev, f, h.indptr, f.indices, LENS_OK).catch(
+              (e: unknown) => e,
+            );
+            expect(err).toBeInstanceOf(InvalidArgumentError);
+            expect((err as Error).message).toMatch(h.cpuError);
+          } else {
+            const got = await decodeOn(dev, f, h.indptr, f.indices, LENS_OK);
+            expectOutputs([got], [decodeRef(f, h.lens)], TOL[d], `${dev} decode ${h.name}`);
+          }
+          await expectDecodeWorks(dev, f);
+        });
+      }
+
+      it(`${d} D=${D}: kv_len outside [0, pages * page_size] is clamped`, async () => {
+        const got = await decodeOn(dev, f, INDPTR_OK, f.indices, [I32_MAX, -5]);
+        expectOutputs([got], [decodeRef(f, [7 * PAGE, 0])], TOL[d], `${dev} decode kv_len`);
+        await expectDecodeWorks(dev, f);
+      });
+    }
+  });
+
+  describe(`bounds of copy_rows on ${dev}`, () => {
+    const src = randn(3 * 2 * 4, 9001);
+    const dst0 = randn(5 * 2 * 4, 9002);
+    const row = (a: Float32Array, r: number) => Array.from(a.subarray(r * 8, r * 8 + 8));
+
+    for (const bad of [5, I32_MAX]) {
+      it(`dst_rows ${bad} >= capacity 5 ${cpu ? "is rejected" : "is skipped"}`, async () => {
+        const s = Tensor.from(src, [3, 2, 4], "f32", dev);
+        const dst = Tensor.from(dst0, [5, 2, 4], "f32", dev);
+        const rows = Tensor.from([1, bad, 3], [3], "i32", dev);
+        ops.copyRows(s, dst, rows);
+        if (cpu) {
+          await expect(Device.cpu.synchronize()).rejects.toThrow(OutOfRangeError);
+          // The op checks every index before copying, so nothing was written.
+          expect(Array.from(await dst.toArray())).toEqual(Array.from(dst0));
+        } else {
+          await Device.of(dev).synchronize();
+          const got = (await dst.toArray()) as Float32Array;
+          expect(row(got, 0)).toEqual(row(dst0, 0));
+          expect(row(got, 1)).toEqual(row(src, 0));
+          expect(row(got, 2)).toEqual(row(dst0, 2));
+          expect(row(got, 3)).toEqual(row(src, 2));
+          expect(row(got, 4)).toEqual(row(dst0, 4));
+        }
+        // A well-formed scatter afterwards: rows 4 and 0 written, -1 skipped.
+        rows.write([4, 0, -1]);
+        dst.write(dst0);
+        ops.copyRows(s, dst, rows);
+        const got = (await dst.toArray()) as Float32Array;
+        expect(row(got, 4)).toEqual(row(src, 0));
+        expect(row(got, 0)).toEqual(row(src, 1));
+        for (const r of [1, 2, 3]) expect(row(got, r)).toEqual(row(dst0, r));
+        for (const t of [s, dst, rows]) t.dispose();
+      });
+    }
+  });
+}
