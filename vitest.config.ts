@@ -4,7 +4,11 @@ import { defineConfig } from "vitest/config";
 // skip cleanly without a GPU unless GEMMA3_TEST_CUDA=1 demands one (the GPU machine sets it).
 export default defineConfig({
   test: {
-    include: ["native/test/**/*.test.ts", "packages/*/test/**/*.test.ts", "apps/*/test/**/*.test.ts"],
+    include: [
+      "native/test/**/*.test.ts",
+      "packages/*/test/**/*.test.ts",
+      "apps/*/test/**/*.test.ts",
+    ],
     testTimeout: 120_000,
     hookTimeout: 120_000,
     // The native CPU stream and the GPU are process-wide: test files run in one process, in order.

@@ -54,7 +54,9 @@ class NativeBuffer : public Napi::ObjectWrap<NativeBuffer> {
   Napi::Value ByteLength(const Napi::CallbackInfo& info) {
     return Napi::Number::New(info.Env(), double(bytes));
   }
-  Napi::Value Device(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), device); }
+  Napi::Value Device(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), device);
+  }
   Napi::Value Freed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), !buf); }
   void Free(const Napi::CallbackInfo&) { buf.reset(); }
 };
@@ -64,8 +66,7 @@ std::shared_ptr<Buffer> unwrap_buffer(const Napi::Value& v, const char* what) {
   if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(NativeBuffer::ctor->Value()))
     throw arg_error(std::string(what) + " is not a NativeBuffer");
   NativeBuffer* nb = NativeBuffer::Unwrap(v.As<Napi::Object>());
-  if (!nb->buf)
-    throw Status(StatusCode::kInvalidArgument, std::string(what) + " was disposed");
+  if (!nb->buf) throw Status(StatusCode::kInvalidArgument, std::string(what) + " was disposed");
   return nb->buf;
 }
 
@@ -128,7 +129,9 @@ Napi::Value guarded(const Napi::CallbackInfo& info, F&& f) {
 class StatusWorker : public Napi::AsyncWorker {
  public:
   StatusWorker(Napi::Env env, std::function<Status()> fn, Napi::Reference<Napi::Value> keep)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), fn_(std::move(fn)),
+      : Napi::AsyncWorker(env),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        fn_(std::move(fn)),
         keep_(std::move(keep)) {}
   Napi::Promise promise() { return deferred_.Promise(); }
   void Execute() override {
@@ -164,62 +167,59 @@ Napi::Value run_async(Napi::Env env, std::function<Status()> fn, Napi::Value kee
 }
 
 // ---- devices ----
-G3_ENTRY(BuildInfo) {
-  G3_BODY {
-    Napi::Object o = Napi::Object::New(env);
-    o.Set("cuda", cuda_built());
-    o.Set("cpuThreads", num_threads());
+G3_ENTRY(BuildInfo){G3_BODY{Napi::Object o = Napi::Object::New(env);
+o.Set("cuda", cuda_built());
+o.Set("cpuThreads", num_threads());
 #ifdef GEMMA3_WITH_CUBLAS
-    o.Set("cublas", true);
+o.Set("cublas", true);
 #else
-    o.Set("cublas", false);
+o.Set("cublas", false);
 #endif
-    return o;
-  } G3_END
+return o;
+}  // namespace
+G3_END
+}  // namespace gemma3
+
+G3_ENTRY(DeviceCount){G3_BODY{return Napi::Number::New(env, cuda_device_count());
+}
+G3_END
 }
 
-G3_ENTRY(DeviceCount) {
-  G3_BODY { return Napi::Number::New(env, cuda_device_count()); } G3_END
+G3_ENTRY(DeviceInfoJs){G3_BODY{DeviceInfo d;
+throw_if(env, device_info(int(to_i64(info[0], "device")), &d));
+Napi::Object o = Napi::Object::New(env);
+o.Set("name", d.name);
+o.Set("totalMemory", double(d.total_memory));
+o.Set("smCount", d.sm_count);
+o.Set("computeCapability", std::to_string(d.cc_major) + "." + std::to_string(d.cc_minor));
+o.Set("l2Bytes", double(d.l2_bytes));
+return o;
+}
+G3_END
 }
 
-G3_ENTRY(DeviceInfoJs) {
-  G3_BODY {
-    DeviceInfo d;
-    throw_if(env, device_info(int(to_i64(info[0], "device")), &d));
-    Napi::Object o = Napi::Object::New(env);
-    o.Set("name", d.name);
-    o.Set("totalMemory", double(d.total_memory));
-    o.Set("smCount", d.sm_count);
-    o.Set("computeCapability", std::to_string(d.cc_major) + "." + std::to_string(d.cc_minor));
-    o.Set("l2Bytes", double(d.l2_bytes));
-    return o;
-  } G3_END
+G3_ENTRY(MemoryInfo){G3_BODY{int64_t f = 0, t = 0;
+throw_if(env, memory_info(int(to_i64(info[0], "device")), &f, &t));
+Napi::Object o = Napi::Object::New(env);
+o.Set("free", double(f));
+o.Set("total", double(t));
+return o;
+}
+G3_END
 }
 
-G3_ENTRY(MemoryInfo) {
-  G3_BODY {
-    int64_t f = 0, t = 0;
-    throw_if(env, memory_info(int(to_i64(info[0], "device")), &f, &t));
-    Napi::Object o = Napi::Object::New(env);
-    o.Set("free", double(f));
-    o.Set("total", double(t));
-    return o;
-  } G3_END
+G3_ENTRY(Alloc){G3_BODY{int device = int(to_i64(info[0], "device"));
+int64_t bytes = to_i64(info[1], "bytes");
+std::shared_ptr<Buffer> b;
+throw_if(env, Buffer::create(device, bytes, &b));
+Napi::Object o = NativeBuffer::ctor->New({});
+NativeBuffer* nb = NativeBuffer::Unwrap(o);
+nb->buf = std::move(b);
+nb->bytes = bytes;
+nb->device = device;
+return o;
 }
-
-G3_ENTRY(Alloc) {
-  G3_BODY {
-    int device = int(to_i64(info[0], "device"));
-    int64_t bytes = to_i64(info[1], "bytes");
-    std::shared_ptr<Buffer> b;
-    throw_if(env, Buffer::create(device, bytes, &b));
-    Napi::Object o = NativeBuffer::ctor->New({});
-    NativeBuffer* nb = NativeBuffer::Unwrap(o);
-    nb->buf = std::move(b);
-    nb->bytes = bytes;
-    nb->device = device;
-    return o;
-  } G3_END
+G3_END
 }
 
 std::pair<char*, int64_t> typed_bytes(const Napi::Value& v) {
@@ -229,48 +229,48 @@ std::pair<char*, int64_t> typed_bytes(const Napi::Value& v) {
   return {p, int64_t(ta.ByteLength())};
 }
 
-G3_ENTRY(CopyFromHost) {
-  G3_BODY {
-    auto buf = unwrap_buffer(info[0], "dst");
-    auto [p, n] = typed_bytes(info[2]);
-    throw_if(env, copy_from_host(buf, to_i64(info[1], "offset"), p, n));
-    return env.Undefined();
-  } G3_END
+G3_ENTRY(CopyFromHost){G3_BODY{auto buf = unwrap_buffer(info[0], "dst");
+auto [p, n] = typed_bytes(info[2]);
+throw_if(env, copy_from_host(buf, to_i64(info[1], "offset"), p, n));
+return env.Undefined();
+}
+G3_END
 }
 
-G3_ENTRY(CopyToHost) {
-  G3_BODY {
-    auto buf = unwrap_buffer(info[0], "src");
-    int64_t off = to_i64(info[1], "offset");
-    auto [p, n] = typed_bytes(info[2]);
-    return run_async(env, [buf, off, p = p, n = n] { return copy_to_host(buf, off, p, n); },
-                     info[2]);
-  } G3_END
+G3_ENTRY(CopyToHost){G3_BODY{auto buf = unwrap_buffer(info[0], "src");
+int64_t off = to_i64(info[1], "offset");
+auto [p, n] = typed_bytes(info[2]);
+return run_async(
+    env, [buf, off, p = p, n = n] { return copy_to_host(buf, off, p, n); }, info[2]);
+}
+G3_END
 }
 
-G3_ENTRY(CopyBuffer) {
-  G3_BODY {
-    throw_if(env, copy_buffer(unwrap_buffer(info[0], "dst"), to_i64(info[1], "dstOffset"),
-                              unwrap_buffer(info[2], "src"), to_i64(info[3], "srcOffset"),
-                              to_i64(info[4], "bytes")));
-    return env.Undefined();
-  } G3_END
+G3_ENTRY(CopyBuffer){
+    G3_BODY{throw_if(env, copy_buffer(unwrap_buffer(info[0], "dst"), to_i64(info[1], "dstOffset"),
+                                      unwrap_buffer(info[2], "src"), to_i64(info[3], "srcOffset"),
+                                      to_i64(info[4], "bytes")));
+return env.Undefined();
+}
+G3_END
 }
 
-G3_ENTRY(Fill) {
-  G3_BODY {
-    throw_if(env, fill_bytes(unwrap_buffer(info[0], "dst"), to_i64(info[1], "offset"),
-                             to_i64(info[2], "bytes"), uint8_t(to_i64(info[3], "value"))));
-    return env.Undefined();
-  } G3_END
+G3_ENTRY(Fill){
+    G3_BODY{throw_if(env, fill_bytes(unwrap_buffer(info[0], "dst"), to_i64(info[1], "offset"),
+                                     to_i64(info[2], "bytes"), uint8_t(to_i64(info[3], "value"))));
+return env.Undefined();
+}
+G3_END
 }
 
 G3_ENTRY(Synchronize) {
   G3_BODY {
     int device = int(to_i64(info[0], "device"));
     throw_if(env, check_device(device));
-    return run_async(env, [device] { return synchronize(device); }, env.Undefined());
-  } G3_END
+    return run_async(
+        env, [device] { return synchronize(device); }, env.Undefined());
+  }
+  G3_END
 }
 
 // ---- graphs ----
@@ -294,7 +294,8 @@ class NativeGraph : public Napi::ObjectWrap<NativeGraph> {
       if (!graph) throw arg_error("graph was disposed");
       throw_if(env, graph->launch());
       return env.Undefined();
-    } G3_END
+    }
+    G3_END
   }
   void Dispose(const Napi::CallbackInfo&) { graph.reset(); }
   Napi::Value Nodes(const Napi::CallbackInfo& info) {
@@ -303,21 +304,19 @@ class NativeGraph : public Napi::ObjectWrap<NativeGraph> {
 };
 Napi::FunctionReference* NativeGraph::ctor = nullptr;
 
-G3_ENTRY(GraphBegin) {
-  G3_BODY {
-    throw_if(env, graph_begin_capture(int(to_i64(info[0], "device"))));
-    return env.Undefined();
-  } G3_END
+G3_ENTRY(GraphBegin){G3_BODY{throw_if(env, graph_begin_capture(int(to_i64(info[0], "device"))));
+return env.Undefined();
+}
+G3_END
 }
 
-G3_ENTRY(GraphEnd) {
-  G3_BODY {
-    std::unique_ptr<Graph> g;
-    throw_if(env, graph_end_capture(int(to_i64(info[0], "device")), &g));
-    Napi::Object o = NativeGraph::ctor->New({});
-    NativeGraph::Unwrap(o)->graph = std::move(g);
-    return o;
-  } G3_END
+G3_ENTRY(GraphEnd){G3_BODY{std::unique_ptr<Graph> g;
+throw_if(env, graph_end_capture(int(to_i64(info[0], "device")), &g));
+Napi::Object o = NativeGraph::ctor->New({});
+NativeGraph::Unwrap(o)->graph = std::move(g);
+return o;
+}
+G3_END
 }
 
 // ---- ops ----
@@ -333,116 +332,117 @@ float to_f32(const Napi::Value& v, const char* what) {
 
 #define T(i, name) to_tensor(info[i], name)
 #define OPT(i, name) to_opt_tensor(info[i], name)
-#define OP_RESULT(expr)       \
-  throw_if(env, (expr));      \
+#define OP_RESULT(expr)  \
+  throw_if(env, (expr)); \
   return env.Undefined();
 
-G3_ENTRY(Matmul) {
-  G3_BODY {
-    auto s = OPT(2, "w_scale");
-    OP_RESULT(ops::matmul(T(0, "x"), T(1, "w"), s.get(), T(3, "y")));
-  } G3_END
+G3_ENTRY(Matmul){G3_BODY{auto s = OPT(2, "w_scale");
+OP_RESULT(ops::matmul(T(0, "x"), T(1, "w"), s.get(), T(3, "y")));
 }
-G3_ENTRY(RmsNorm) {
-  G3_BODY { OP_RESULT(ops::rmsnorm(T(0, "x"), T(1, "w"), T(2, "out"), to_f32(info[3], "eps"))); }
-  G3_END
+G3_END
 }
-G3_ENTRY(RmsNormAdd) {
-  G3_BODY {
+G3_ENTRY(RmsNorm){
+    G3_BODY{OP_RESULT(ops::rmsnorm(T(0, "x"), T(1, "w"), T(2, "out"), to_f32(info[3], "eps")));
+}
+G3_END
+}
+G3_ENTRY(RmsNormAdd){G3_BODY{
     OP_RESULT(ops::rmsnorm_add(T(0, "x"), T(1, "w"), T(2, "residual"), to_f32(info[3], "eps")));
-  } G3_END
 }
-G3_ENTRY(LayerNorm) {
-  G3_BODY {
+G3_END
+}
+G3_ENTRY(LayerNorm){G3_BODY{
     OP_RESULT(ops::layernorm(T(0, "x"), T(1, "w"), T(2, "b"), T(3, "out"), to_f32(info[4], "eps")));
-  } G3_END
 }
-G3_ENTRY(GeluMul) {
-  G3_BODY {
-    auto up = OPT(1, "up");
-    OP_RESULT(ops::gelu_mul(T(0, "gate"), up.get(), T(2, "out")));
-  } G3_END
+G3_END
 }
-G3_ENTRY(Add) {
-  G3_BODY { OP_RESULT(ops::add(T(0, "a"), T(1, "b"), T(2, "out"))); } G3_END
+G3_ENTRY(GeluMul){G3_BODY{auto up = OPT(1, "up");
+OP_RESULT(ops::gelu_mul(T(0, "gate"), up.get(), T(2, "out")));
 }
-G3_ENTRY(Scale) {
-  G3_BODY { OP_RESULT(ops::scale(T(0, "x"), T(1, "out"), to_f32(info[2], "s"))); } G3_END
+G3_END
 }
-G3_ENTRY(Embedding) {
-  G3_BODY {
+G3_ENTRY(Add){G3_BODY{OP_RESULT(ops::add(T(0, "a"), T(1, "b"), T(2, "out")));
+}
+G3_END
+}
+G3_ENTRY(Scale){G3_BODY{OP_RESULT(ops::scale(T(0, "x"), T(1, "out"), to_f32(info[2], "s")));
+}
+G3_END
+}
+G3_ENTRY(Embedding){G3_BODY{
     OP_RESULT(ops::embedding(T(0, "ids"), T(1, "table"), T(2, "out"), to_f32(info[3], "scale")));
-  } G3_END
 }
-G3_ENTRY(Softmax) {
-  G3_BODY { OP_RESULT(ops::softmax(T(0, "x"), T(1, "out"))); } G3_END
+G3_END
 }
-G3_ENTRY(Argmax) {
-  G3_BODY { OP_RESULT(ops::argmax(T(0, "x"), T(1, "out"))); } G3_END
+G3_ENTRY(Softmax){G3_BODY{OP_RESULT(ops::softmax(T(0, "x"), T(1, "out")));
 }
-G3_ENTRY(Topk) {
-  G3_BODY { OP_RESULT(ops::topk(T(0, "x"), T(1, "values"), T(2, "indices"))); } G3_END
+G3_END
 }
-G3_ENTRY(Rope) {
-  G3_BODY {
-    OP_RESULT(ops::rope(T(0, "x"), T(1, "positions"), to_f32(info[2], "base"),
-                        to_f32(info[3], "scale")));
-  } G3_END
+G3_ENTRY(Argmax){G3_BODY{OP_RESULT(ops::argmax(T(0, "x"), T(1, "out")));
+}
+G3_END
+}
+G3_ENTRY(Topk){G3_BODY{OP_RESULT(ops::topk(T(0, "x"), T(1, "values"), T(2, "indices")));
+}
+G3_END
+}
+G3_ENTRY(Rope){G3_BODY{OP_RESULT(ops::rope(T(0, "x"), T(1, "positions"), to_f32(info[2], "base"),
+                                           to_f32(info[3], "scale")));
+}
+G3_END
 }
 // (q, k, v, out, qo_indptr, kv_indptr, kv_last|null, {maxQLen, smScale, window, causal})
-G3_ENTRY(AttentionPrefill) {
-  G3_BODY {
-    auto last = OPT(6, "kv_last");
-    Napi::Object o = to_obj(info[7], "params");
-    ops::PrefillParams p;
-    p.max_q_len = to_i64(o.Get("maxQLen"), "maxQLen");
-    p.sm_scale = to_f32(o.Get("smScale"), "smScale");
-    p.window = int32_t(to_i64(o.Get("window"), "window"));
-    p.causal = o.Get("causal").ToBoolean();
-    OP_RESULT(ops::attention_prefill(T(0, "q"), T(1, "k"), T(2, "v"), T(3, "out"),
-                                     T(4, "qo_indptr"), T(5, "kv_indptr"), last.get(), p));
-  } G3_END
+G3_ENTRY(AttentionPrefill){G3_BODY{auto last = OPT(6, "kv_last");
+Napi::Object o = to_obj(info[7], "params");
+ops::PrefillParams p;
+p.max_q_len = to_i64(o.Get("maxQLen"), "maxQLen");
+p.sm_scale = to_f32(o.Get("smScale"), "smScale");
+p.window = int32_t(to_i64(o.Get("window"), "window"));
+p.causal = o.Get("causal").ToBoolean();
+OP_RESULT(ops::attention_prefill(T(0, "q"), T(1, "k"), T(2, "v"), T(3, "out"), T(4, "qo_indptr"),
+                                 T(5, "kv_indptr"), last.get(), p));
 }
-// (q, k_cache, v_cache, out, kv_indptr, kv_indices, kv_len, workspace|null, {maxKvLen, smScale, window})
-G3_ENTRY(AttentionDecode) {
-  G3_BODY {
-    auto ws = OPT(7, "workspace");
-    Napi::Object o = to_obj(info[8], "params");
-    ops::DecodeParams p;
-    p.max_kv_len = to_i64(o.Get("maxKvLen"), "maxKvLen");
-    p.sm_scale = to_f32(o.Get("smScale"), "smScale");
-    p.window = int32_t(to_i64(o.Get("window"), "window"));
-    OP_RESULT(ops::attention_decode(T(0, "q"), T(1, "k_cache"), T(2, "v_cache"), T(3, "out"),
-                                    T(4, "kv_indptr"), T(5, "kv_indices"), T(6, "kv_len"),
-                                    ws.get(), p));
-  } G3_END
+G3_END
 }
-G3_ENTRY(AttentionDecodeWorkspaceFloats) {
-  G3_BODY {
-    return Napi::Number::New(
-        env, double(ops::attention_decode_workspace_floats(
-                 int(to_i64(info[0], "device")), to_i64(info[1], "batch"),
-                 to_i64(info[2], "numQoHeads"), to_i64(info[3], "headDim"),
-                 to_i64(info[4], "maxKvLen"))));
-  } G3_END
+// (q, k_cache, v_cache, out, kv_indptr, kv_indices, kv_len, workspace|null, {maxKvLen, smScale,
+// window})
+G3_ENTRY(AttentionDecode){G3_BODY{auto ws = OPT(7, "workspace");
+Napi::Object o = to_obj(info[8], "params");
+ops::DecodeParams p;
+p.max_kv_len = to_i64(o.Get("maxKvLen"), "maxKvLen");
+p.sm_scale = to_f32(o.Get("smScale"), "smScale");
+p.window = int32_t(to_i64(o.Get("window"), "window"));
+OP_RESULT(ops::attention_decode(T(0, "q"), T(1, "k_cache"), T(2, "v_cache"), T(3, "out"),
+                                T(4, "kv_indptr"), T(5, "kv_indices"), T(6, "kv_len"), ws.get(),
+                                p));
 }
-G3_ENTRY(Cast) {
-  G3_BODY { OP_RESULT(ops::cast(T(0, "src"), T(1, "dst"))); } G3_END
+G3_END
 }
-G3_ENTRY(Quantize) {
-  G3_BODY {
-    auto s = OPT(2, "scale");
-    OP_RESULT(ops::quantize(T(0, "src"), T(1, "dst"), s.get()));
-  } G3_END
+G3_ENTRY(AttentionDecodeWorkspaceFloats){G3_BODY{
+    return Napi::Number::New(env, double(ops::attention_decode_workspace_floats(
+                                      int(to_i64(info[0], "device")), to_i64(info[1], "batch"),
+                                      to_i64(info[2], "numQoHeads"), to_i64(info[3], "headDim"),
+                                      to_i64(info[4], "maxKvLen"))));
 }
-G3_ENTRY(Dequantize) {
-  G3_BODY {
-    auto s = OPT(1, "scale");
-    OP_RESULT(ops::dequantize(T(0, "src"), s.get(), T(2, "dst")));
-  } G3_END
+G3_END
 }
-G3_ENTRY(CopyRows) {
-  G3_BODY { OP_RESULT(ops::copy_rows(T(0, "src"), T(1, "dst"), T(2, "dst_rows"))); } G3_END
+G3_ENTRY(Cast){G3_BODY{OP_RESULT(ops::cast(T(0, "src"), T(1, "dst")));
+}
+G3_END
+}
+G3_ENTRY(Quantize){G3_BODY{auto s = OPT(2, "scale");
+OP_RESULT(ops::quantize(T(0, "src"), T(1, "dst"), s.get()));
+}
+G3_END
+}
+G3_ENTRY(Dequantize){G3_BODY{auto s = OPT(1, "scale");
+OP_RESULT(ops::dequantize(T(0, "src"), s.get(), T(2, "dst")));
+}
+G3_END
+}
+G3_ENTRY(CopyRows){G3_BODY{OP_RESULT(ops::copy_rows(T(0, "src"), T(1, "dst"), T(2, "dst_rows")));
+}
+G3_END
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {

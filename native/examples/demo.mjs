@@ -55,11 +55,20 @@ async function mlpStep(device, wdtype) {
 }
 
 const info = buildInfo();
-console.log(`@gemma3/native — CUDA backend built: ${info.cuda} (cuBLAS: ${info.cublas}), CPU threads: ${info.cpuThreads}`);
-const devices = [Device.cpu, ...Array.from({ length: deviceCount() }, (_, i) => Device.of(`cuda:${i}`))];
+console.log(
+  `@gemma3/native — CUDA backend built: ${info.cuda} (cuBLAS: ${info.cublas}), CPU threads: ${info.cpuThreads}`,
+);
+const devices = [
+  Device.cpu,
+  ...Array.from({ length: deviceCount() }, (_, i) => Device.of(`cuda:${i}`)),
+];
 for (const d of devices) {
   const m = d.memoryInfo();
-  console.log(`  ${d}: ${d.info().name}, ${(m.free / 2 ** 30).toFixed(1)} / ${(m.total / 2 ** 30).toFixed(1)} GiB free`);
+  console.log(
+    `  ${d}: ${d.info().name}, ${(m.free / 2 ** 30).toFixed(1)} / ${(m.total / 2 ** 30).toFixed(1)} GiB free`,
+  );
 }
-console.log(`\nOne MLP block step at Gemma 3 4B shape (hidden ${hidden}, intermediate ${inter}), batch 1, random weights:`);
+console.log(
+  `\nOne MLP block step at Gemma 3 4B shape (hidden ${hidden}, intermediate ${inter}), batch 1, random weights:`,
+);
 for (const d of devices) for (const w of ["bf16", "q8_0", "q4_0"]) await mlpStep(d, w);

@@ -55,8 +55,9 @@ inline Status expect(bool cond, const char* op, const std::string& msg) {
 inline Status expect_same_dtype(const char* op, const TensorRef& a, const char* an,
                                 const TensorRef& b, const char* bn) {
   if (a.dtype == b.dtype) return Status::Ok();
-  return fail(StatusCode::kDType, op, std::string(an) + " " + a.desc() + " and " + bn + " " +
-                                          b.desc() + " must have the same dtype");
+  return fail(StatusCode::kDType, op,
+              std::string(an) + " " + a.desc() + " and " + bn + " " + b.desc() +
+                  " must have the same dtype");
 }
 
 inline std::string named(const char* name, const TensorRef& t) {
@@ -67,8 +68,10 @@ inline std::string named(const char* name, const TensorRef& t) {
 template <class F>
 Status dispatch_float(const char* op, const TensorRef& t, F&& f) {
   switch (t.dtype) {
-    case DType::kF32: return f(Tag<float>{});
-    case DType::kBF16: return f(Tag<bf16>{});
+    case DType::kF32:
+      return f(Tag<float>{});
+    case DType::kBF16:
+      return f(Tag<bf16>{});
     default:
       return fail(StatusCode::kDType, op, "unsupported dtype " + t.desc() + " (f32|bf16)");
   }
@@ -85,10 +88,14 @@ Status dispatch_half(const char* op, const TensorRef& t, F&& f) {
 template <class F>
 Status dispatch_weight(const char* op, const TensorRef& t, bool allow_fp8, F&& f) {
   switch (t.dtype) {
-    case DType::kF32: return f(Tag<float>{});
-    case DType::kBF16: return f(Tag<bf16>{});
-    case DType::kQ8_0: return f(Tag<block_q8_0>{});
-    case DType::kQ4_0: return f(Tag<block_q4_0>{});
+    case DType::kF32:
+      return f(Tag<float>{});
+    case DType::kBF16:
+      return f(Tag<bf16>{});
+    case DType::kQ8_0:
+      return f(Tag<block_q8_0>{});
+    case DType::kQ4_0:
+      return f(Tag<block_q4_0>{});
     case DType::kFP8E4M3:
       if (allow_fp8) return f(Tag<fp8e4m3>{});
       [[fallthrough]];
@@ -100,9 +107,12 @@ Status dispatch_weight(const char* op, const TensorRef& t, bool allow_fp8, F&& f
 template <class F>
 Status dispatch_quant(const char* op, const TensorRef& t, F&& f) {
   switch (t.dtype) {
-    case DType::kQ8_0: return f(Tag<block_q8_0>{});
-    case DType::kQ4_0: return f(Tag<block_q4_0>{});
-    case DType::kFP8E4M3: return f(Tag<fp8e4m3>{});
+    case DType::kQ8_0:
+      return f(Tag<block_q8_0>{});
+    case DType::kQ4_0:
+      return f(Tag<block_q4_0>{});
+    case DType::kFP8E4M3:
+      return f(Tag<fp8e4m3>{});
     default:
       return fail(StatusCode::kDType, op, "expected a quantized dtype, got " + t.desc());
   }
@@ -138,9 +148,9 @@ Status launch(int device, std::vector<std::shared_ptr<Buffer>> bufs, CpuCall cpu
 #define G3_COMMA ,
 #ifdef GEMMA3_WITH_CUDA
 // G3_LAUNCH(device, buffers, kernel<T...>, args...): the same call on either backend.
-#define G3_LAUNCH(dev, bufs, FN, ...)                                   \
-  ::gemma3::ops::detail::launch(                                        \
-      dev, bufs, [=]() { return ::gemma3::cpu::FN(__VA_ARGS__); },      \
+#define G3_LAUNCH(dev, bufs, FN, ...)                              \
+  ::gemma3::ops::detail::launch(                                   \
+      dev, bufs, [=]() { return ::gemma3::cpu::FN(__VA_ARGS__); }, \
       [=](cudaStream_t stream_) { return ::gemma3::cuda::FN(__VA_ARGS__, stream_); })
 #else
 #define G3_LAUNCH(dev, bufs, FN, ...)                              \

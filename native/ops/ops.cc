@@ -10,7 +10,8 @@
 namespace gemma3::ops {
 using namespace detail;
 
-Status matmul(const TensorRef& x, const TensorRef& w, const TensorRef* w_scale, const TensorRef& y) {
+Status matmul(const TensorRef& x, const TensorRef& w, const TensorRef* w_scale,
+              const TensorRef& y) {
   const char* op = "matmul";
   int dev;
   G3_RETURN_IF_ERROR(same_device(op, {&x, &w, w_scale, &y}, &dev));
@@ -32,9 +33,9 @@ Status matmul(const TensorRef& x, const TensorRef& w, const TensorRef* w_scale, 
   if (fp8) {
     if (!w_scale) return fail(StatusCode::kInvalidArgument, op, "fp8_e4m3 weights need a scale");
     G3_RETURN_IF_ERROR(expect_dtype(op, "w_scale", *w_scale, {DType::kF32}));
-    G3_RETURN_IF_ERROR(expect(w_scale->numel() == N, op,
-                              named("w_scale", *w_scale) + " must have N = " + std::to_string(N) +
-                                  " elements"));
+    G3_RETURN_IF_ERROR(
+        expect(w_scale->numel() == N, op,
+               named("w_scale", *w_scale) + " must have N = " + std::to_string(N) + " elements"));
   } else if (w_scale) {
     return fail(StatusCode::kInvalidArgument, op, "w_scale is only for fp8_e4m3 weights");
   }
@@ -54,18 +55,19 @@ Status matmul(const TensorRef& x, const TensorRef& w, const TensorRef* w_scale, 
 }
 
 // Shared checks of the row-wise norms: x, out [..., D]; w (and b) [D]; one float dtype.
-static Status check_norm(const char* op, const TensorRef& x, const TensorRef& w,
-                         const TensorRef* b, const TensorRef& out, float eps, int* dev) {
+static Status check_norm(const char* op, const TensorRef& x, const TensorRef& w, const TensorRef* b,
+                         const TensorRef& out, float eps, int* dev) {
   G3_RETURN_IF_ERROR(same_device(op, {&x, &w, b, &out}, dev));
   G3_RETURN_IF_ERROR(expect_dtype(op, "x", x, {DType::kF32, DType::kBF16}));
   G3_RETURN_IF_ERROR(expect_same_dtype(op, x, "x", w, "w"));
   G3_RETURN_IF_ERROR(expect_same_dtype(op, x, "x", out, "out"));
   if (b) G3_RETURN_IF_ERROR(expect_same_dtype(op, x, "x", *b, "b"));
   G3_RETURN_IF_ERROR(expect(x.shape == out.shape, op, named("x", x) + " vs " + named("out", out)));
-  G3_RETURN_IF_ERROR(expect(w.numel() == x.last() && x.ndim() >= 1, op,
-                            named("w", w) + " must have " + std::to_string(x.last()) +
-                                " elements for " + named("x", x)));
-  if (b) G3_RETURN_IF_ERROR(expect(b->numel() == x.last(), op, named("b", *b) + " vs " + named("x", x)));
+  G3_RETURN_IF_ERROR(expect(
+      w.numel() == x.last() && x.ndim() >= 1, op,
+      named("w", w) + " must have " + std::to_string(x.last()) + " elements for " + named("x", x)));
+  if (b)
+    G3_RETURN_IF_ERROR(expect(b->numel() == x.last(), op, named("b", *b) + " vs " + named("x", x)));
   if (!(eps >= 0.0f)) return fail(StatusCode::kInvalidArgument, op, "eps must be >= 0");
   return Status::Ok();
 }
@@ -101,10 +103,9 @@ Status layernorm(const TensorRef& x, const TensorRef& w, const TensorRef& b, con
   if (x.numel() == 0) return Status::Ok();
   return dispatch_float("layernorm", x, [&](auto t) {
     using T = typename decltype(t)::type;
-    return G3_LAUNCH(dev, keep({&x, &w, &b, &out}), layernorm<T>,
-                     static_cast<const T*>(x.data()), static_cast<const T*>(w.data()),
-                     static_cast<const T*>(b.data()), static_cast<T*>(out.data()), x.rows(),
-                     x.last(), eps);
+    return G3_LAUNCH(dev, keep({&x, &w, &b, &out}), layernorm<T>, static_cast<const T*>(x.data()),
+                     static_cast<const T*>(w.data()), static_cast<const T*>(b.data()),
+                     static_cast<T*>(out.data()), x.rows(), x.last(), eps);
   });
 }
 
@@ -126,17 +127,18 @@ Status gelu_mul(const TensorRef& gate, const TensorRef* up, const TensorRef& out
     up_ptr = static_cast<const char*>(up->data());
   } else {
     bool ok = gate.ndim() == out.ndim() && gate.last() == 2 * F && gate.rows() == rows;
-    G3_RETURN_IF_ERROR(expect(ok, op, "fused " + named("gate", gate) + " must be " +
-                                          named("out", out) + " with a doubled last dim"));
+    G3_RETURN_IF_ERROR(expect(ok, op,
+                              "fused " + named("gate", gate) + " must be " + named("out", out) +
+                                  " with a doubled last dim"));
     ld_gate = ld_up = 2 * F;
     up_ptr = static_cast<const char*>(gate.data()) + dtype_row_bytes(gate.dtype, F);
   }
   if (out.numel() == 0) return Status::Ok();
   return dispatch_float(op, gate, [&](auto t) {
     using T = typename decltype(t)::type;
-    return G3_LAUNCH(dev, keep({&gate, up, &out}), gelu_mul<T>,
-                     static_cast<const T*>(gate.data()), reinterpret_cast<const T*>(up_ptr),
-                     static_cast<T*>(out.data()), rows, F, ld_gate, ld_up);
+    return G3_LAUNCH(dev, keep({&gate, up, &out}), gelu_mul<T>, static_cast<const T*>(gate.data()),
+                     reinterpret_cast<const T*>(up_ptr), static_cast<T*>(out.data()), rows, F,
+                     ld_gate, ld_up);
   });
 }
 
@@ -146,9 +148,9 @@ Status add(const TensorRef& a, const TensorRef& b, const TensorRef& out) {
   G3_RETURN_IF_ERROR(same_device(op, {&a, &b, &out}, &dev));
   G3_RETURN_IF_ERROR(expect_same_dtype(op, a, "a", b, "b"));
   G3_RETURN_IF_ERROR(expect_same_dtype(op, a, "a", out, "out"));
-  G3_RETURN_IF_ERROR(expect(a.shape == b.shape && a.shape == out.shape, op,
-                            named("a", a) + ", " + named("b", b) + ", " + named("out", out) +
-                                " must match"));
+  G3_RETURN_IF_ERROR(
+      expect(a.shape == b.shape && a.shape == out.shape, op,
+             named("a", a) + ", " + named("b", b) + ", " + named("out", out) + " must match"));
   if (a.numel() == 0) return Status::Ok();
   return dispatch_float(op, a, [&](auto t) {
     using T = typename decltype(t)::type;
@@ -189,8 +191,9 @@ Status embedding(const TensorRef& ids, const TensorRef& table, const TensorRef& 
     return dispatch_float(op, out, [&](auto ty) {
       using TY = typename decltype(ty)::type;
       return G3_LAUNCH(dev, keep({&ids, &table, &out}), embedding<TW G3_COMMA TY>,
-                       static_cast<const int32_t*>(ids.data()), static_cast<const TW*>(table.data()),
-                       static_cast<TY*>(out.data()), n, D, V, s);
+                       static_cast<const int32_t*>(ids.data()),
+                       static_cast<const TW*>(table.data()), static_cast<TY*>(out.data()), n, D, V,
+                       s);
     });
   });
 }
@@ -214,9 +217,9 @@ Status argmax(const TensorRef& x, const TensorRef& out) {
   int dev;
   G3_RETURN_IF_ERROR(same_device(op, {&x, &out}, &dev));
   G3_RETURN_IF_ERROR(expect_dtype(op, "out", out, {DType::kI32}));
-  G3_RETURN_IF_ERROR(expect(x.last() > 0 && out.numel() == x.rows(), op,
-                            named("out", out) + " must have one element per row of " +
-                                named("x", x)));
+  G3_RETURN_IF_ERROR(
+      expect(x.last() > 0 && out.numel() == x.rows(), op,
+             named("out", out) + " must have one element per row of " + named("x", x)));
   if (x.rows() == 0) return Status::Ok();
   return dispatch_float(op, x, [&](auto t) {
     using T = typename decltype(t)::type;
@@ -234,8 +237,8 @@ Status topk(const TensorRef& x, const TensorRef& values, const TensorRef& indice
   const int64_t k = values.last();
   if (k < 1 || k > x.last() || k > 1024)
     return fail(StatusCode::kInvalidArgument, op,
-                "k = " + std::to_string(k) + " must be in [1, min(cols = " +
-                    std::to_string(x.last()) + ", 1024)]");
+                "k = " + std::to_string(k) +
+                    " must be in [1, min(cols = " + std::to_string(x.last()) + ", 1024)]");
   G3_RETURN_IF_ERROR(expect(values.shape == indices.shape && values.rows() == x.rows(), op,
                             named("values", values) + " and " + named("indices", indices) +
                                 " must be [rows, k] for " + named("x", x)));
@@ -253,11 +256,12 @@ Status rope(const TensorRef& x, const TensorRef& positions, float base, float sc
   int dev;
   G3_RETURN_IF_ERROR(same_device(op, {&x, &positions}, &dev));
   G3_RETURN_IF_ERROR(expect_dtype(op, "positions", positions, {DType::kI32}));
-  G3_RETURN_IF_ERROR(expect(x.ndim() == 3, op, named("x", x) + " must be [tokens, heads, head_dim]"));
+  G3_RETURN_IF_ERROR(
+      expect(x.ndim() == 3, op, named("x", x) + " must be [tokens, heads, head_dim]"));
   const int64_t T = x.dim(0), H = x.dim(1), D = x.dim(2);
-  G3_RETURN_IF_ERROR(expect(positions.numel() == T, op,
-                            named("positions", positions) + " must have one entry per token of " +
-                                named("x", x)));
+  G3_RETURN_IF_ERROR(
+      expect(positions.numel() == T, op,
+             named("positions", positions) + " must have one entry per token of " + named("x", x)));
   G3_RETURN_IF_ERROR(expect(D % 2 == 0, op, "head_dim must be even, got " + std::to_string(D)));
   if (!(base > 0.0f) || !(scale > 0.0f))
     return fail(StatusCode::kInvalidArgument, op, "base and scale must be > 0");
@@ -294,21 +298,23 @@ Status attention_prefill(const TensorRef& q, const TensorRef& k, const TensorRef
   G3_RETURN_IF_ERROR(expect_dtype(op, "kv_indptr", kv_indptr, {DType::kI32}));
   G3_RETURN_IF_ERROR(expect(q.ndim() == 3 && k.ndim() == 3 && k.shape == v.shape &&
                                 q.shape == out.shape && k.dim(2) == q.dim(2),
-                            op, named("q", q) + ", " + named("k", k) + ", " + named("v", v) + ", " +
-                                    named("out", out) +
-                                    ": expected q/out [total_q, Hq, D], k/v [total_kv, Hkv, D]"));
+                            op,
+                            named("q", q) + ", " + named("k", k) + ", " + named("v", v) + ", " +
+                                named("out", out) +
+                                ": expected q/out [total_q, Hq, D], k/v [total_kv, Hkv, D]"));
   G3_RETURN_IF_ERROR(check_heads(op, q, k.dim(1)));
   const int64_t batch = qo_indptr.numel() - 1;
   G3_RETURN_IF_ERROR(expect(batch >= 1 && kv_indptr.numel() == batch + 1, op,
-                            named("qo_indptr", qo_indptr) + " and " + named("kv_indptr", kv_indptr) +
-                                " must both be [batch + 1]"));
+                            named("qo_indptr", qo_indptr) + " and " +
+                                named("kv_indptr", kv_indptr) + " must both be [batch + 1]"));
   if (kv_last) {
     G3_RETURN_IF_ERROR(expect_dtype(op, "kv_last", *kv_last, {DType::kI32}));
     G3_RETURN_IF_ERROR(expect(kv_last->numel() == q.dim(0), op,
                               named("kv_last", *kv_last) + " must be [total_q]"));
   }
   if (!p.causal && (p.window != 0 || kv_last))
-    return fail(StatusCode::kInvalidArgument, op, "non-causal attention takes no window or kv_last");
+    return fail(StatusCode::kInvalidArgument, op,
+                "non-causal attention takes no window or kv_last");
   if (p.window < 0 || p.max_q_len < 0)
     return fail(StatusCode::kInvalidArgument, op, "window and max_q_len must be >= 0");
   if (q.numel() == 0) return Status::Ok();
@@ -353,10 +359,11 @@ Status attention_decode(const TensorRef& q, const TensorRef& k_cache, const Tens
     G3_RETURN_IF_ERROR(expect_dtype(op, "page table", *t, {DType::kI32}));
   G3_RETURN_IF_ERROR(expect(q.ndim() == 3 && q.shape == out.shape && k_cache.ndim() == 4 &&
                                 k_cache.shape == v_cache.shape && k_cache.dim(3) == q.dim(2),
-                            op, named("q", q) + ", " + named("k_cache", k_cache) + ", " +
-                                    named("v_cache", v_cache) +
-                                    ": expected q/out [batch, Hq, D], caches [pages, page_size, "
-                                    "Hkv, D]"));
+                            op,
+                            named("q", q) + ", " + named("k_cache", k_cache) + ", " +
+                                named("v_cache", v_cache) +
+                                ": expected q/out [batch, Hq, D], caches [pages, page_size, "
+                                "Hkv, D]"));
   G3_RETURN_IF_ERROR(check_heads(op, q, k_cache.dim(2)));
   const int64_t batch = q.dim(0);
   G3_RETURN_IF_ERROR(expect(kv_indptr.numel() == batch + 1 && kv_len.numel() == batch, op,
@@ -388,7 +395,8 @@ Status cast(const TensorRef& src, const TensorRef& dst) {
   const char* op = "cast";
   int dev;
   G3_RETURN_IF_ERROR(same_device(op, {&src, &dst}, &dev));
-  G3_RETURN_IF_ERROR(expect(src.shape == dst.shape, op, named("src", src) + " vs " + named("dst", dst)));
+  G3_RETURN_IF_ERROR(
+      expect(src.shape == dst.shape, op, named("src", src) + " vs " + named("dst", dst)));
   if (src.numel() == 0) return Status::Ok();
   return dispatch_half(op, src, [&](auto ts) {
     using TS = typename decltype(ts)::type;

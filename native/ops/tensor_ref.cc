@@ -40,10 +40,10 @@ Status make_tensor_ref(std::shared_ptr<Buffer> buf, int64_t offset, DType dtype,
   out->shape = std::move(shape);
   int64_t bytes = out->nbytes();
   if (offset < 0 || offset > out->buf->size() || bytes > out->buf->size() - offset)
-    return Status(StatusCode::kOutOfRange,
-                  "tensor " + out->desc() + " at byte offset " + std::to_string(offset) + " needs " +
-                      std::to_string(bytes) + " bytes; its buffer has " +
-                      std::to_string(out->buf->size()));
+    return Status(StatusCode::kOutOfRange, "tensor " + out->desc() + " at byte offset " +
+                                               std::to_string(offset) + " needs " +
+                                               std::to_string(bytes) + " bytes; its buffer has " +
+                                               std::to_string(out->buf->size()));
   return Status::Ok();
 }
 

@@ -163,7 +163,9 @@ namespace {
 
 class CpuStream {
  public:
-  CpuStream() { std::thread([this] { loop(); }).detach(); }
+  CpuStream() {
+    std::thread([this] { loop(); }).detach();
+  }
 
   Status submit(Task t) {
     std::lock_guard<std::mutex> lk(mu_);
@@ -243,7 +245,8 @@ class CpuStream {
 };
 
 CpuStream& cpu_stream() {
-  static CpuStream* s = new CpuStream();  // leaked on purpose: its thread lives as long as the process
+  static CpuStream* s =
+      new CpuStream();  // leaked on purpose: its thread lives as long as the process
   return *s;
 }
 

@@ -16,8 +16,8 @@ namespace gemma3 {
 constexpr int kCpu = -1;
 
 std::string device_name(int device);  // "cpu", "cuda:0"
-bool cuda_built();                     // compiled with the CUDA backend
-int cuda_device_count();               // 0 when not built, no driver, or no GPU
+bool cuda_built();                    // compiled with the CUDA backend
+int cuda_device_count();              // 0 when not built, no driver, or no GPU
 
 struct DeviceInfo {
   std::string name;
@@ -68,7 +68,8 @@ Status synchronize(int device);
 // thread). Buffer-to-buffer copies need both buffers on the same device.
 Status copy_from_host(const std::shared_ptr<Buffer>& dst, int64_t dst_offset, const void* src,
                       int64_t bytes);
-Status copy_to_host(const std::shared_ptr<Buffer>& src, int64_t src_offset, void* dst, int64_t bytes);
+Status copy_to_host(const std::shared_ptr<Buffer>& src, int64_t src_offset, void* dst,
+                    int64_t bytes);
 Status copy_buffer(const std::shared_ptr<Buffer>& dst, int64_t dst_offset,
                    const std::shared_ptr<Buffer>& src, int64_t src_offset, int64_t bytes);
 Status fill_bytes(const std::shared_ptr<Buffer>& dst, int64_t offset, int64_t bytes, uint8_t value);

@@ -23,44 +23,78 @@ enum class DType : int32_t {
   kI32 = 6,      // token ids, positions, page tables
 };
 
-struct bf16 { uint16_t bits; };
-struct f16 { uint16_t bits; };
-struct fp8e4m3 { uint8_t bits; };
+struct bf16 {
+  uint16_t bits;
+};
+struct f16 {
+  uint16_t bits;
+};
+struct fp8e4m3 {
+  uint8_t bits;
+};
 
 constexpr int kQK = 32;  // elements per q8_0 / q4_0 block (GGUF QK8_0 == QK4_0 == 32)
-struct block_q8_0 { f16 d; int8_t qs[kQK]; };
-struct block_q4_0 { f16 d; uint8_t qs[kQK / 2]; };
+struct block_q8_0 {
+  f16 d;
+  int8_t qs[kQK];
+};
+struct block_q4_0 {
+  f16 d;
+  uint8_t qs[kQK / 2];
+};
 static_assert(sizeof(block_q8_0) == 34, "q8_0 block is 34 bytes in GGUF");
 static_assert(sizeof(block_q4_0) == 18, "q4_0 block is 18 bytes in GGUF");
 
 // Bytes for n elements along a row (block formats need n % 32 == 0; callers check).
 inline int64_t dtype_row_bytes(DType t, int64_t n) {
   switch (t) {
-    case DType::kF32: case DType::kI32: return n * 4;
-    case DType::kBF16: case DType::kF16: return n * 2;
-    case DType::kFP8E4M3: return n;
-    case DType::kQ8_0: return n / kQK * 34;
-    case DType::kQ4_0: return n / kQK * 18;
+    case DType::kF32:
+    case DType::kI32:
+      return n * 4;
+    case DType::kBF16:
+    case DType::kF16:
+      return n * 2;
+    case DType::kFP8E4M3:
+      return n;
+    case DType::kQ8_0:
+      return n / kQK * 34;
+    case DType::kQ4_0:
+      return n / kQK * 18;
   }
   return -1;
 }
 inline bool dtype_is_block(DType t) { return t == DType::kQ8_0 || t == DType::kQ4_0; }
 inline const char* dtype_name(DType t) {
   switch (t) {
-    case DType::kF32: return "f32";
-    case DType::kBF16: return "bf16";
-    case DType::kF16: return "f16";
-    case DType::kFP8E4M3: return "fp8_e4m3";
-    case DType::kQ8_0: return "q8_0";
-    case DType::kQ4_0: return "q4_0";
-    case DType::kI32: return "i32";
+    case DType::kF32:
+      return "f32";
+    case DType::kBF16:
+      return "bf16";
+    case DType::kF16:
+      return "f16";
+    case DType::kFP8E4M3:
+      return "fp8_e4m3";
+    case DType::kQ8_0:
+      return "q8_0";
+    case DType::kQ4_0:
+      return "q4_0";
+    case DType::kI32:
+      return "i32";
   }
   return "?";
 }
 
 // ---- scalar conversions (host and device; exact, round-to-nearest-even) ----
-G3_HD float bits_to_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
-G3_HD uint32_t f32_to_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+G3_HD float bits_to_f32(uint32_t u) {
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+G3_HD uint32_t f32_to_bits(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  return u;
+}
 
 G3_HD float bf16_to_f32(bf16 h) { return bits_to_f32(uint32_t(h.bits) << 16); }
 G3_HD bf16 f32_to_bf16(float f) {
@@ -87,8 +121,8 @@ G3_HD f16 f32_to_f16(float f) {
   uint32_t a = u & 0x7fffffffu;
   if (a > 0x7f800000u) return f16{uint16_t(sign | 0x7e00u)};
   if (a >= 0x477ff000u) return f16{uint16_t(sign | 0x7c00u)};  // rounds to >= 65520: inf
-  if (a < 0x38800000u) {                                           // subnormal or zero in f16
-    float v = bits_to_f32(a) * 16777216.0f;                        // in units of 2^-24
+  if (a < 0x38800000u) {                                       // subnormal or zero in f16
+    float v = bits_to_f32(a) * 16777216.0f;                    // in units of 2^-24
     // round half to even
     uint32_t r = uint32_t(v);
     float frac = v - float(r);
@@ -117,7 +151,7 @@ G3_HD fp8e4m3 f32_to_fp8e4m3(float f) {
   if (a > 0x7f800000u) return fp8e4m3{uint8_t(sign | 0x7f)};
   float x = bits_to_f32(a);
   if (x >= 448.0f) return fp8e4m3{uint8_t(sign | 0x7e)};  // saturate (torch's cast would give NaN)
-  if (x < 0.015625f) {                                     // below 2^-6: subnormal, step 2^-9
+  if (x < 0.015625f) {                                    // below 2^-6: subnormal, step 2^-9
     float v = x * 512.0f;
     uint32_t r = uint32_t(v);
     float frac = v - float(r);
@@ -135,10 +169,23 @@ G3_HD float to_f32(float v) { return v; }
 G3_HD float to_f32(bf16 v) { return bf16_to_f32(v); }
 G3_HD float to_f32(f16 v) { return f16_to_f32(v); }
 G3_HD float to_f32(fp8e4m3 v) { return fp8e4m3_to_f32(v); }
-template <typename T> G3_HD T from_f32(float v);
-template <> G3_HD float from_f32<float>(float v) { return v; }
-template <> G3_HD bf16 from_f32<bf16>(float v) { return f32_to_bf16(v); }
-template <> G3_HD f16 from_f32<f16>(float v) { return f32_to_f16(v); }
-template <> G3_HD fp8e4m3 from_f32<fp8e4m3>(float v) { return f32_to_fp8e4m3(v); }
+template <typename T>
+G3_HD T from_f32(float v);
+template <>
+G3_HD float from_f32<float>(float v) {
+  return v;
+}
+template <>
+G3_HD bf16 from_f32<bf16>(float v) {
+  return f32_to_bf16(v);
+}
+template <>
+G3_HD f16 from_f32<f16>(float v) {
+  return f32_to_f16(v);
+}
+template <>
+G3_HD fp8e4m3 from_f32<fp8e4m3>(float v) {
+  return f32_to_fp8e4m3(v);
+}
 
 }  // namespace gemma3

@@ -31,16 +31,26 @@ struct Status {
 
 inline const char* status_code_name(StatusCode c) {
   switch (c) {
-    case StatusCode::kOk: return "OK";
-    case StatusCode::kInvalidArgument: return "E_INVALID_ARGUMENT";
-    case StatusCode::kShape: return "E_SHAPE";
-    case StatusCode::kDType: return "E_DTYPE";
-    case StatusCode::kDevice: return "E_DEVICE";
-    case StatusCode::kUnsupported: return "E_UNSUPPORTED";
-    case StatusCode::kOutOfMemory: return "E_OUT_OF_MEMORY";
-    case StatusCode::kCuda: return "E_CUDA";
-    case StatusCode::kOutOfRange: return "E_OUT_OF_RANGE";
-    case StatusCode::kInternal: return "E_INTERNAL";
+    case StatusCode::kOk:
+      return "OK";
+    case StatusCode::kInvalidArgument:
+      return "E_INVALID_ARGUMENT";
+    case StatusCode::kShape:
+      return "E_SHAPE";
+    case StatusCode::kDType:
+      return "E_DTYPE";
+    case StatusCode::kDevice:
+      return "E_DEVICE";
+    case StatusCode::kUnsupported:
+      return "E_UNSUPPORTED";
+    case StatusCode::kOutOfMemory:
+      return "E_OUT_OF_MEMORY";
+    case StatusCode::kCuda:
+      return "E_CUDA";
+    case StatusCode::kOutOfRange:
+      return "E_OUT_OF_RANGE";
+    case StatusCode::kInternal:
+      return "E_INTERNAL";
   }
   return "E_INTERNAL";
 }
@@ -48,8 +58,8 @@ inline const char* status_code_name(StatusCode c) {
 }  // namespace gemma3
 
 // Propagates a non-ok Status to the caller.
-#define G3_RETURN_IF_ERROR(expr)          \
-  do {                                    \
-    ::gemma3::Status _st = (expr);        \
-    if (!_st.ok()) return _st;            \
+#define G3_RETURN_IF_ERROR(expr)   \
+  do {                             \
+    ::gemma3::Status _st = (expr); \
+    if (!_st.ok()) return _st;     \
   } while (0)

@@ -57,7 +57,13 @@ export interface Addon {
   alloc(device: number, bytes: number): NativeBuffer;
   copyFromHost(dst: NativeBuffer, offset: number, src: ArrayBufferView): void;
   copyToHost(src: NativeBuffer, offset: number, dst: ArrayBufferView): Promise<void>;
-  copyBuffer(dst: NativeBuffer, dstOffset: number, src: NativeBuffer, srcOffset: number, bytes: number): void;
+  copyBuffer(
+    dst: NativeBuffer,
+    dstOffset: number,
+    src: NativeBuffer,
+    srcOffset: number,
+    bytes: number,
+  ): void;
   fill(dst: NativeBuffer, offset: number, bytes: number, value: number): void;
   synchronize(device: number): Promise<void>;
   graphBegin(device: number): void;
@@ -75,7 +81,16 @@ export interface Addon {
   argmax(x: T, out: T): void;
   topk(x: T, values: T, indices: T): void;
   rope(x: T, positions: T, base: number, scale: number): void;
-  attentionPrefill(q: T, k: T, v: T, out: T, qoIndptr: T, kvIndptr: T, kvLast: OptT, p: PrefillParamsArg): void;
+  attentionPrefill(
+    q: T,
+    k: T,
+    v: T,
+    out: T,
+    qoIndptr: T,
+    kvIndptr: T,
+    kvLast: OptT,
+    p: PrefillParamsArg,
+  ): void;
   attentionDecode(
     q: T,
     kCache: T,
@@ -87,7 +102,13 @@ export interface Addon {
     workspace: OptT,
     p: DecodeParamsArg,
   ): void;
-  attentionDecodeWorkspaceFloats(device: number, batch: number, numQoHeads: number, headDim: number, maxKvLen: number): number;
+  attentionDecodeWorkspaceFloats(
+    device: number,
+    batch: number,
+    numQoHeads: number,
+    headDim: number,
+    maxKvLen: number,
+  ): number;
   cast(src: T, dst: T): void;
   quantize(src: T, dst: T, scale: OptT): void;
   dequantize(src: T, scale: OptT, dst: T): void;

@@ -19,7 +19,11 @@ export class Arena {
     /** Alignment of every allocation (256 keeps 16-byte vector loads and TMA happy). */
     readonly alignment = 256,
   ) {
-    this.storage = Tensor.empty([bytes], "fp8_e4m3" /* one byte per element: shape = bytes */, device);
+    this.storage = Tensor.empty(
+      [bytes],
+      "fp8_e4m3" /* one byte per element: shape = bytes */,
+      device,
+    );
   }
 
   get capacity(): number {

@@ -16,11 +16,14 @@ export class Device {
     if (spec instanceof Device) return spec;
     if (spec === "cpu") return Device.cpu;
     const m = /^cuda(?::(\d+))?$/.exec(spec);
-    if (!m) throw new DeviceError(`Unknown device "${spec}" (expected cpu, cuda or cuda:N)`, "E_DEVICE");
+    if (!m)
+      throw new DeviceError(`Unknown device "${spec}" (expected cpu, cuda or cuda:N)`, "E_DEVICE");
     const i = Number(m[1] ?? 0);
     const n = deviceCount();
     if (i >= n) {
-      const why = addon().buildInfo().cuda ? `${n} CUDA device(s) visible` : "this build has no CUDA backend";
+      const why = addon().buildInfo().cuda
+        ? `${n} CUDA device(s) visible`
+        : "this build has no CUDA backend";
       throw new DeviceError(`No such device cuda:${i} (${why})`, "E_DEVICE");
     }
     return (Device.cuda_[i] ??= new Device(i));

@@ -3,7 +3,15 @@ export { Device, deviceCount, buildInfo, cudaAvailable } from "./device.js";
 export { Tensor, byteSize, type Shape, type HostData } from "./tensor.js";
 export { Arena } from "./arena.js";
 export { Graph } from "./graph.js";
-export { DType, dtypeCode, dtypeName, rowBytes, blockSize, isQuantized, type DTypeName } from "./dtype.js";
+export {
+  DType,
+  dtypeCode,
+  dtypeName,
+  rowBytes,
+  blockSize,
+  isQuantized,
+  type DTypeName,
+} from "./dtype.js";
 export * from "./errors.js";
 export * as ops from "./ops.js";
 export { bf16ToF32, f32ToBf16, f16ToF32, f32ToF16, fp8e4m3ToF32 } from "./numeric.js";

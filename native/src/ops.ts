@@ -76,7 +76,12 @@ export function scale(x: Tensor, s: number, out?: Tensor): Tensor {
  * @param table [V, D] f32|bf16|q8_0|q4_0
  * @returns [n, D] of `dtype` (default bf16 for bf16/quantized tables, else f32)
  */
-export function embedding(ids: Tensor, table: Tensor, s: number, opts: { out?: Tensor; dtype?: DTypeName } = {}): Tensor {
+export function embedding(
+  ids: Tensor,
+  table: Tensor,
+  s: number,
+  opts: { out?: Tensor; dtype?: DTypeName } = {},
+): Tensor {
   const dtype = opts.dtype ?? (table.dtypeName === "f32" ? "f32" : "bf16");
   const y = outOr(opts.out, [ids.numel, table.shape[1] ?? 0], dtype, ids);
   native(() => addon().embedding(ids, table, y, s));
@@ -98,7 +103,11 @@ export function argmax(x: Tensor, out?: Tensor): Tensor {
 }
 
 /** Row top-k sorted descending (ties → lower index). x: [..., C] → values [rows, k] f32, indices [rows, k] i32. */
-export function topk(x: Tensor, k: number, out?: { values: Tensor; indices: Tensor }): { values: Tensor; indices: Tensor } {
+export function topk(
+  x: Tensor,
+  k: number,
+  out?: { values: Tensor; indices: Tensor },
+): { values: Tensor; indices: Tensor } {
   const values = out?.values ?? Tensor.empty([rowCount(x), k], "f32", x.device);
   const indices = out?.indices ?? Tensor.empty([rowCount(x), k], "i32", x.device);
   native(() => addon().topk(x, values, indices));
@@ -138,9 +147,21 @@ export interface PrefillOptions {
  * @param qoIndptr [batch + 1] i32; kvIndptr [batch + 1] i32
  * @returns out [total_q, num_qo_heads, head_dim]
  */
-export function attentionPrefill(q: Tensor, k: Tensor, v: Tensor, qoIndptr: Tensor, kvIndptr: Tensor, o: PrefillOptions): Tensor {
+export function attentionPrefill(
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  qoIndptr: Tensor,
+  kvIndptr: Tensor,
+  o: PrefillOptions,
+): Tensor {
   const y = outOr(o.out, q.shape, q.dtypeName, q);
-  const p = { maxQLen: o.maxQLen ?? 0, smScale: o.smScale, window: o.window ?? 0, causal: o.causal ?? true };
+  const p = {
+    maxQLen: o.maxQLen ?? 0,
+    smScale: o.smScale,
+    window: o.window ?? 0,
+    causal: o.causal ?? true,
+  };
   native(() => addon().attentionPrefill(q, k, v, y, qoIndptr, kvIndptr, o.kvLast ?? null, p));
   return y;
 }
@@ -174,14 +195,28 @@ export function attentionDecode(
 ): Tensor {
   const y = outOr(o.out, q.shape, q.dtypeName, q);
   const p = { maxKvLen: o.maxKvLen ?? 0, smScale: o.smScale, window: o.window ?? 0 };
-  native(() => addon().attentionDecode(q, kCache, vCache, y, kvIndptr, kvIndices, kvLen, o.workspace ?? null, p));
+  native(() =>
+    addon().attentionDecode(
+      q,
+      kCache,
+      vCache,
+      y,
+      kvIndptr,
+      kvIndices,
+      kvLen,
+      o.workspace ?? null,
+      p,
+    ),
+  );
   return y;
 }
 
 /** Floats of workspace attentionDecode can use to split long sequences on `device` (0 on CPU). */
 export function attentionDecodeWorkspaceFloats(q: Tensor, maxKvLen: number): number {
   const [batch = 0, heads = 0, dim = 0] = q.shape;
-  return native(() => addon().attentionDecodeWorkspaceFloats(q.device.index, batch, heads, dim, maxKvLen));
+  return native(() =>
+    addon().attentionDecodeWorkspaceFloats(q.device.index, batch, heads, dim, maxKvLen),
+  );
 }
 
 /** Converts between f32, bf16 and f16 (round to nearest even). */
@@ -196,15 +231,26 @@ export function cast(src: Tensor, dtype: DTypeName, out?: Tensor): Tensor {
  * @param src [..., C] f32|bf16 (C % 32 == 0 for q8_0/q4_0)
  * @returns data [..., C] of `dtype`, and scale [rows] f32 for fp8_e4m3
  */
-export function quantize(src: Tensor, dtype: "q8_0" | "q4_0" | "fp8_e4m3", out?: { data: Tensor; scale?: Tensor }): { data: Tensor; scale?: Tensor } {
+export function quantize(
+  src: Tensor,
+  dtype: "q8_0" | "q4_0" | "fp8_e4m3",
+  out?: { data: Tensor; scale?: Tensor },
+): { data: Tensor; scale?: Tensor } {
   const data = out?.data ?? Tensor.empty(src.shape, dtype, src.device);
-  const scale = dtype === "fp8_e4m3" ? (out?.scale ?? Tensor.empty([rowCount(src)], "f32", src.device)) : undefined;
+  const scale =
+    dtype === "fp8_e4m3"
+      ? (out?.scale ?? Tensor.empty([rowCount(src)], "f32", src.device))
+      : undefined;
   native(() => addon().quantize(src, data, scale ?? null));
   return scale ? { data, scale } : { data };
 }
 
 /** Inverse of quantize. src [..., C] q8_0|q4_0|fp8_e4m3 → [..., C] of `dtype` (f32|bf16). */
-export function dequantize(src: Tensor, dtype: "f32" | "bf16" = "f32", opts: { scale?: Tensor; out?: Tensor } = {}): Tensor {
+export function dequantize(
+  src: Tensor,
+  dtype: "f32" | "bf16" = "f32",
+  opts: { scale?: Tensor; out?: Tensor } = {},
+): Tensor {
   const y = outOr(opts.out, src.shape, dtype, src);
   native(() => addon().dequantize(src, opts.scale ?? null, y));
   return y;

@@ -19,14 +19,20 @@ function numel(shape: Shape): number {
 export function byteSize(shape: Shape, dtype: DTypeName): number {
   const last = shape.length ? shape[shape.length - 1]! : 1;
   if (last % blockSize(dtype) !== 0)
-    throw new ShapeError(`${dtype} tensor [${shape.join(", ")}]: last dim must be a multiple of 32`, "E_SHAPE");
+    throw new ShapeError(
+      `${dtype} tensor [${shape.join(", ")}]: last dim must be a multiple of 32`,
+      "E_SHAPE",
+    );
   return last === 0 ? 0 : (numel(shape) / last) * rowBytes(dtype, last);
 }
 
 function checkShape(shape: Shape): void {
   for (const d of shape)
     if (!Number.isInteger(d) || d < 0)
-      throw new ShapeError(`Invalid shape [${shape.join(", ")}]: dims must be integers >= 0`, "E_SHAPE");
+      throw new ShapeError(
+        `Invalid shape [${shape.join(", ")}]: dims must be integers >= 0`,
+        "E_SHAPE",
+      );
 }
 
 /**
@@ -53,7 +59,8 @@ export class Tensor implements TensorArg {
     return dtypeCode(this.dtypeName);
   }
   get storage(): NativeBuffer {
-    if (this.disposed) throw new DisposedError(`Tensor [${this.shape.join(", ")}] was disposed`, "E_DISPOSED");
+    if (this.disposed)
+      throw new DisposedError(`Tensor [${this.shape.join(", ")}] was disposed`, "E_DISPOSED");
     return this.storage_;
   }
   get isView(): boolean {
@@ -93,7 +100,12 @@ export class Tensor implements TensorArg {
    * nearest even; i32 truncates); a Uint16Array for bf16/f16 or a Uint8Array for fp8/q8_0/q4_0 is
    * taken as raw storage bytes.
    */
-  static from(data: HostData, shape: Shape, dtype: DTypeName = "f32", device: string | Device = "cpu"): Tensor {
+  static from(
+    data: HostData,
+    shape: Shape,
+    dtype: DTypeName = "f32",
+    device: string | Device = "cpu",
+  ): Tensor {
     const t = Tensor.empty(shape, dtype, device);
     try {
       t.write(data);
@@ -119,7 +131,15 @@ export class Tensor implements TensorArg {
   copyFrom(src: Tensor): void {
     if (src.dtypeName !== this.dtypeName || src.byteLength !== this.byteLength)
       throw new ShapeError(`copyFrom: ${src} into ${this} (dtype and size must match)`, "E_SHAPE");
-    native(() => addon().copyBuffer(this.storage, this.byteOffset, src.storage, src.byteOffset, this.byteLength));
+    native(() =>
+      addon().copyBuffer(
+        this.storage,
+        this.byteOffset,
+        src.storage,
+        src.byteOffset,
+        this.byteLength,
+      ),
+    );
   }
 
   /** Raw storage bytes on the host (waits for queued work on the device). */
@@ -161,17 +181,38 @@ export class Tensor implements TensorArg {
     checkShape(shape);
     if (numel(shape) !== this.numel || byteSize(shape, this.dtypeName) !== this.byteLength)
       throw new ShapeError(`view: cannot view ${this} as [${shape.join(", ")}]`, "E_SHAPE");
-    return new Tensor(this.storage, this.byteOffset, [...shape], this.dtypeName, this.device, this.base ?? this);
+    return new Tensor(
+      this.storage,
+      this.byteOffset,
+      [...shape],
+      this.dtypeName,
+      this.device,
+      this.base ?? this,
+    );
   }
 
   /** Rows [start, end) of the first dimension (a view). */
   slice(start: number, end: number = this.shape[0] ?? 0): Tensor {
     const rows = this.shape[0];
-    if (rows === undefined || !Number.isInteger(start) || !Number.isInteger(end) || start < 0 || end < start || end > rows)
+    if (
+      rows === undefined ||
+      !Number.isInteger(start) ||
+      !Number.isInteger(end) ||
+      start < 0 ||
+      end < start ||
+      end > rows
+    )
       throw new ShapeError(`slice(${start}, ${end}) out of range for ${this}`, "E_SHAPE");
     const rowLen = rows === 0 ? 0 : this.byteLength / rows;
     const shape = [end - start, ...this.shape.slice(1)];
-    return new Tensor(this.storage, this.byteOffset + start * rowLen, shape, this.dtypeName, this.device, this.base ?? this);
+    return new Tensor(
+      this.storage,
+      this.byteOffset + start * rowLen,
+      shape,
+      this.dtypeName,
+      this.device,
+      this.base ?? this,
+    );
   }
 
   /** Frees an owner's memory (after queued work that uses it); a view only stops being usable. */
@@ -183,21 +224,36 @@ export class Tensor implements TensorArg {
 
   /** @internal used by Arena: a view at a byte offset of this owner. */
   static viewAt(owner: Tensor, byteOffset: number, shape: Shape, dtype: DTypeName): Tensor {
-    return new Tensor(owner.storage, owner.byteOffset + byteOffset, [...shape], dtype, owner.device, owner);
+    return new Tensor(
+      owner.storage,
+      owner.byteOffset + byteOffset,
+      [...shape],
+      dtype,
+      owner.device,
+      owner,
+    );
   }
 }
 
 function encodeHost(data: HostData, n: number, bytes: number, dtype: DTypeName): ArrayBufferView {
   const raw = (expect: number): ArrayBufferView => {
     if ((data as ArrayBufferView).byteLength !== expect)
-      throw new ShapeError(`Tensor data: ${(data as ArrayBufferView).byteLength} bytes given, ${expect} expected`, "E_SHAPE");
+      throw new ShapeError(
+        `Tensor data: ${(data as ArrayBufferView).byteLength} bytes given, ${expect} expected`,
+        "E_SHAPE",
+      );
     return data as ArrayBufferView;
   };
   if ((dtype === "bf16" || dtype === "f16") && data instanceof Uint16Array) return raw(bytes);
-  if ((dtype === "fp8_e4m3" || dtype === "q8_0" || dtype === "q4_0") && data instanceof Uint8Array) return raw(bytes);
+  if ((dtype === "fp8_e4m3" || dtype === "q8_0" || dtype === "q4_0") && data instanceof Uint8Array)
+    return raw(bytes);
   if (dtype === "q8_0" || dtype === "q4_0" || dtype === "fp8_e4m3")
-    throw new ShapeError(`Tensor data for ${dtype} must be raw bytes (Uint8Array); use quantize() for floats`, "E_DTYPE");
-  if (data.length !== n) throw new ShapeError(`Tensor data has ${data.length} elements, shape needs ${n}`, "E_SHAPE");
+    throw new ShapeError(
+      `Tensor data for ${dtype} must be raw bytes (Uint8Array); use quantize() for floats`,
+      "E_DTYPE",
+    );
+  if (data.length !== n)
+    throw new ShapeError(`Tensor data has ${data.length} elements, shape needs ${n}`, "E_SHAPE");
   switch (dtype) {
     case "f32":
       return data instanceof Float32Array ? data : Float32Array.from(data);

@@ -38,7 +38,12 @@ const inDType = (x: Float32Array, d: FloatDType): Float32Array => Float32Array.f
 // on opposite sides of a rounding boundary, i.e. by one ulp of T (2^-23 f32, 2^-8 bf16, relative).
 const ULP_TOL: Record<FloatDType, Tol> = {
   f32: { kind: "elementwise", atol: 1e-6, rtol: 2e-5, why: "float32 sums in a different order" },
-  bf16: { kind: "elementwise", atol: 1e-5, rtol: 2 ** -7, why: "one bf16 rounding (2^-8) of the same sum, either side" },
+  bf16: {
+    kind: "elementwise",
+    atol: 1e-5,
+    rtol: 2 ** -7,
+    why: "one bf16 rounding (2^-8) of the same sum, either side",
+  },
 };
 // Sums over K terms: float32 accumulation error grows ~ sqrt(K)·2^-24 relative to ‖terms‖.
 const SUM_TOL: Record<FloatDType, Tol> = {
@@ -65,13 +70,28 @@ export function setLayout(l: Layout): void {
 
 function alloc(shape: number[], dtype: DTypeName, device: string, l: Layout = layout): Tensor {
   if (l === "packed") return Tensor.empty(shape, dtype, device);
-  const elem = dtype === "q8_0" ? 34 : dtype === "q4_0" ? 18 : dtype === "f32" || dtype === "i32" ? 4 : dtype === "fp8_e4m3" ? 1 : 2;
+  const elem =
+    dtype === "q8_0"
+      ? 34
+      : dtype === "q4_0"
+        ? 18
+        : dtype === "f32" || dtype === "i32"
+          ? 4
+          : dtype === "fp8_e4m3"
+            ? 1
+            : 2;
   const pad = 16 + (l === "offset" ? elem : 0);
   const owner = Tensor.empty([byteSize(shape, dtype) + pad], "fp8_e4m3", device);
   return Tensor.viewAt(owner, pad, shape, dtype);
 }
 
-function up(values: ArrayLike<number>, shape: number[], dtype: DTypeName, device: string, l: Layout = layout): Tensor {
+function up(
+  values: ArrayLike<number>,
+  shape: number[],
+  dtype: DTypeName,
+  device: string,
+  l: Layout = layout,
+): Tensor {
   const t = alloc(shape, dtype, device, l);
   t.write(values);
   return t;
@@ -87,7 +107,14 @@ function disposeAll(...ts: (Tensor | null | undefined)[]): void {
 
 type WFormat = "f32" | "bf16" | "q8_0" | "q4_0" | "fp8_e4m3";
 
-function matmulCase(xd: FloatDType, wd: WFormat, M: number, N: number, K: number, seed: number): Case {
+function matmulCase(
+  xd: FloatDType,
+  wd: WFormat,
+  M: number,
+  N: number,
+  K: number,
+  seed: number,
+): Case {
   const x = inDType(randn(M * K, seed), xd);
   const wRaw = randn(N * K, seed + 1, 1 / Math.sqrt(K));
   // The weight as the device holds it (bytes), and its decoded values for the reference.
@@ -124,7 +151,14 @@ function matmulCase(xd: FloatDType, wd: WFormat, M: number, N: number, K: number
     },
     reference: () => [ref.matmul(x, wVals, M, N, K, scale ?? null, roundOf(xd))],
     refTol: tol,
-    cudaTol: xd === "bf16" && K > 1 ? { kind: "norm", rel: 6e-3, why: "both sides round to bf16 once; float32 sums in different orders" } : tol,
+    cudaTol:
+      xd === "bf16" && K > 1
+        ? {
+            kind: "norm",
+            rel: 6e-3,
+            why: "both sides round to bf16 once; float32 sums in different orders",
+          }
+        : tol,
   };
 }
 
@@ -205,8 +239,19 @@ export function normCases(): Case[] {
         },
         reference: () => [ref.rmsnormAdd(x, w, res, rows, dim, eps, round)],
         // The inner rounding of norm(x) to T can flip by one ulp, then the sum rounds again.
-        refTol: d === "bf16" ? { kind: "elementwise", atol: 2e-2, rtol: 2 ** -7, why: "inner bf16 rounding of norm(x) may flip (1 ulp of |norm| ≤ 2^-8·8), then the sum rounds" } : ULP_TOL.f32,
-        cudaTol: d === "bf16" ? { kind: "elementwise", atol: 2e-2, rtol: 2 ** -7, why: "as against the reference" } : ULP_TOL.f32,
+        refTol:
+          d === "bf16"
+            ? {
+                kind: "elementwise",
+                atol: 2e-2,
+                rtol: 2 ** -7,
+                why: "inner bf16 rounding of norm(x) may flip (1 ulp of |norm| ≤ 2^-8·8), then the sum rounds",
+              }
+            : ULP_TOL.f32,
+        cudaTol:
+          d === "bf16"
+            ? { kind: "elementwise", atol: 2e-2, rtol: 2 ** -7, why: "as against the reference" }
+            : ULP_TOL.f32,
       });
       cases.push({
         name: `layernorm ${d} [${rows}, ${dim}]`,
@@ -220,8 +265,24 @@ export function normCases(): Case[] {
           return out;
         },
         reference: () => [ref.layernorm(x, w, b, rows, dim, eps, round)],
-        refTol: d === "f32" ? { kind: "elementwise", atol: 1e-5, rtol: 1e-5, why: "float32 mean/variance vs float64" } : ULP_TOL.bf16,
-        cudaTol: d === "f32" ? { kind: "elementwise", atol: 1e-5, rtol: 1e-5, why: "float32 reductions in different orders" } : ULP_TOL.bf16,
+        refTol:
+          d === "f32"
+            ? {
+                kind: "elementwise",
+                atol: 1e-5,
+                rtol: 1e-5,
+                why: "float32 mean/variance vs float64",
+              }
+            : ULP_TOL.bf16,
+        cudaTol:
+          d === "f32"
+            ? {
+                kind: "elementwise",
+                atol: 1e-5,
+                rtol: 1e-5,
+                why: "float32 reductions in different orders",
+              }
+            : ULP_TOL.bf16,
       });
     }
   return cases;
@@ -241,7 +302,15 @@ export function elementwiseCases(): Case[] {
       const g = inDType(randn(rows * cols, seed++, 2), d);
       const u = inDType(randn(rows * cols, seed++, 2), d);
       // gelu_tanh: tanhf vs Math.tanh differ by an ulp or two of float32 before the T rounding.
-      const geluTol: Tol = d === "f32" ? { kind: "elementwise", atol: 1e-6, rtol: 1e-5, why: "tanhf vs float64 tanh, then two float32 roundings" } : ULP_TOL.bf16;
+      const geluTol: Tol =
+        d === "f32"
+          ? {
+              kind: "elementwise",
+              atol: 1e-6,
+              rtol: 1e-5,
+              why: "tanhf vs float64 tanh, then two float32 roundings",
+            }
+          : ULP_TOL.bf16;
       cases.push({
         name: `geluMul ${d} [${rows}, ${cols}]`,
         async run(dev) {
@@ -303,7 +372,10 @@ export function elementwiseCases(): Case[] {
 export function quantCases(): Case[] {
   const cases: Case[] = [];
   let seed = 700;
-  const exact: Tol = { kind: "exact", why: "integer rounding rules, reproduced operation for operation" };
+  const exact: Tol = {
+    kind: "exact",
+    why: "integer rounding rules, reproduced operation for operation",
+  };
   for (const [rows, cols] of [
     [1, 32],
     [19, 96],
@@ -329,10 +401,18 @@ export function quantCases(): Case[] {
           reference() {
             if (q === "fp8_e4m3") {
               const r = ref.quantizeFp8e4m3(x, rows, cols);
-              return [Int32Array.from(r.q), ref.dequantizeFp8e4m3(r.q, r.scale, rows, cols), r.scale];
+              return [
+                Int32Array.from(r.q),
+                ref.dequantizeFp8e4m3(r.q, r.scale, rows, cols),
+                r.scale,
+              ];
             }
-            const bytes = q === "q8_0" ? ref.quantizeQ8_0(x, rows, cols) : ref.quantizeQ4_0(x, rows, cols);
-            const back = q === "q8_0" ? ref.dequantizeQ8_0(bytes, rows, cols) : ref.dequantizeQ4_0(bytes, rows, cols);
+            const bytes =
+              q === "q8_0" ? ref.quantizeQ8_0(x, rows, cols) : ref.quantizeQ4_0(x, rows, cols);
+            const back =
+              q === "q8_0"
+                ? ref.dequantizeQ8_0(bytes, rows, cols)
+                : ref.dequantizeQ4_0(bytes, rows, cols);
             return [Int32Array.from(bytes), back];
           },
           refTol: exact,
@@ -352,7 +432,12 @@ export function quantCases(): Case[] {
     ["f16", "f32"],
     ["bf16", "f16"],
   ] as [DTypeName, DTypeName][]) {
-    const src = from === "bf16" ? inDType(vals, "bf16") : from === "f16" ? Float32Array.from(vals, ref.roundF16) : vals;
+    const src =
+      from === "bf16"
+        ? inDType(vals, "bf16")
+        : from === "f16"
+          ? Float32Array.from(vals, ref.roundF16)
+          : vals;
     const roundTo = to === "bf16" ? ref.roundBf16 : to === "f16" ? ref.roundF16 : ref.roundF32;
     cases.push({
       name: `cast ${from}->${to} [989]`,
@@ -383,8 +468,18 @@ export function miscCases(): Case[] {
       const V = 37;
       const D = td === "q8_0" || td === "q4_0" ? 96 : 19;
       const raw = randn(V * D, seed++);
-      const bytes = td === "q8_0" ? ref.quantizeQ8_0(raw, V, D) : td === "q4_0" ? ref.quantizeQ4_0(raw, V, D) : undefined;
-      const vals = td === "q8_0" ? ref.dequantizeQ8_0(bytes!, V, D) : td === "q4_0" ? ref.dequantizeQ4_0(bytes!, V, D) : inDType(raw, td);
+      const bytes =
+        td === "q8_0"
+          ? ref.quantizeQ8_0(raw, V, D)
+          : td === "q4_0"
+            ? ref.quantizeQ4_0(raw, V, D)
+            : undefined;
+      const vals =
+        td === "q8_0"
+          ? ref.dequantizeQ8_0(bytes!, V, D)
+          : td === "q4_0"
+            ? ref.dequantizeQ4_0(bytes!, V, D)
+            : inDType(raw, td);
       const ids = [0, 36, 5, 5, -1, 37, 12]; // repeats and two out-of-range ids (NaN rows)
       const s = Math.fround(ref.roundBf16(Math.sqrt(2560)));
       cases.push({
@@ -422,16 +517,42 @@ export function miscCases(): Case[] {
           const sm = ops.softmax(xt);
           const am = ops.argmax(xt);
           const tk = ops.topk(xt, k);
-          const out = [await host(sm), await host(am), await host(tk.values), await host(tk.indices)];
+          const out = [
+            await host(sm),
+            await host(am),
+            await host(tk.values),
+            await host(tk.indices),
+          ];
           disposeAll(xt, sm, am, tk.values, tk.indices);
           return out;
         },
         reference() {
           const t = ref.topk(x, rows, cols, k);
-          return [ref.softmax(x, rows, cols, roundOf(d)), ref.argmax(x, rows, cols), t.values, t.indices];
+          return [
+            ref.softmax(x, rows, cols, roundOf(d)),
+            ref.argmax(x, rows, cols),
+            t.values,
+            t.indices,
+          ];
         },
-        refTol: d === "f32" ? { kind: "elementwise", atol: 1e-7, rtol: 2e-5, why: "expf vs exp and a float32 sum over up to 40000 terms" } : ULP_TOL.bf16,
-        cudaTol: d === "f32" ? { kind: "elementwise", atol: 1e-7, rtol: 2e-5, why: "expf and sums in different orders" } : ULP_TOL.bf16,
+        refTol:
+          d === "f32"
+            ? {
+                kind: "elementwise",
+                atol: 1e-7,
+                rtol: 2e-5,
+                why: "expf vs exp and a float32 sum over up to 40000 terms",
+              }
+            : ULP_TOL.bf16,
+        cudaTol:
+          d === "f32"
+            ? {
+                kind: "elementwise",
+                atol: 1e-7,
+                rtol: 2e-5,
+                why: "expf and sums in different orders",
+              }
+            : ULP_TOL.bf16,
       });
     }
   for (const d of ["f32", "bf16"] as const)
@@ -442,10 +563,25 @@ export function miscCases(): Case[] {
     ] as [number, number, number, number, number][]) {
       const x = inDType(randn(tokens * heads * hd, seed++), d);
       const r = rng(seed++);
-      const pos = Array.from({ length: tokens }, (_, i) => (i === 0 ? 0 : Math.floor(r() * 100000)));
+      const pos = Array.from({ length: tokens }, (_, i) =>
+        i === 0 ? 0 : Math.floor(r() * 100000),
+      );
       // cos/sin of angles up to ~1e5 rad: float32 angle, float64 cos vs cosf — same angle, so only
       // the final rounding differs; bf16 rounds cos/sin and each product (several roundings).
-      const tol: Tol = d === "f32" ? { kind: "elementwise", atol: 2e-6, rtol: 2e-5, why: "cosf/sinf vs float64 of the same float32 angle, 3 float32 roundings" } : { kind: "elementwise", atol: 1e-2, rtol: 2 ** -7, why: "bf16 cos/sin and each product rounded; one flip propagates" };
+      const tol: Tol =
+        d === "f32"
+          ? {
+              kind: "elementwise",
+              atol: 2e-6,
+              rtol: 2e-5,
+              why: "cosf/sinf vs float64 of the same float32 angle, 3 float32 roundings",
+            }
+          : {
+              kind: "elementwise",
+              atol: 1e-2,
+              rtol: 2 ** -7,
+              why: "bf16 cos/sin and each product rounded; one flip propagates",
+            };
       cases.push({
         name: `rope ${d} tokens=${tokens} heads=${heads} head_dim=${hd} base=${base} scale=${sc}`,
         async run(dev) {
@@ -544,20 +680,80 @@ function prefillCase(
       const kl = kvLast ? up(kvLast, [totalQ], "i32", dev) : null;
       const out = alloc([totalQ, Hq, D], d, dev);
       out.fillBytes(0xff);
-      ops.attentionPrefill(qt, kt, vt, qi, ki, { smScale, window, causal, kvLast: kl, maxQLen: maxQ, out });
+      ops.attentionPrefill(qt, kt, vt, qi, ki, {
+        smScale,
+        window,
+        causal,
+        kvLast: kl,
+        maxQLen: maxQ,
+        out,
+      });
       const res = [await host(out)];
       disposeAll(qt, kt, vt, qi, ki, kl, out);
       return res;
     },
     reference: () => [
-      ref.attentionPrefill({ q, k, v, qoIndptr, kvIndptr, kvLast, batch: seqs.length, numQoHeads: Hq, numKvHeads: Hkv, headDim: D, ldQ: Hq * D, ldK: Hkv * D, ldV: Hkv * D, smScale, window, causal, round: roundOf(d) }),
+      ref.attentionPrefill({
+        q,
+        k,
+        v,
+        qoIndptr,
+        kvIndptr,
+        kvLast,
+        batch: seqs.length,
+        numQoHeads: Hq,
+        numKvHeads: Hkv,
+        headDim: D,
+        ldQ: Hq * D,
+        ldK: Hkv * D,
+        ldV: Hkv * D,
+        smScale,
+        window,
+        causal,
+        round: roundOf(d),
+      }),
     ],
-    refTol: d === "f32" ? { kind: "elementwise", atol: 2e-5, rtol: 1e-4, why: "expf and float32 online softmax over <= 300 keys" } : { kind: "elementwise", atol: 1e-2, rtol: 2 ** -7, why: "output rounded to bf16 once (values ~N(0,1/n))" },
-    cudaTol: d === "f32" ? { kind: "elementwise", atol: 2e-5, rtol: 1e-4, why: "float32 softmax in different orders" } : { kind: "norm", rel: 1e-2, why: "tensor-core path rounds P to bf16 before P·V (as FlashAttention), ~2^-9 per weight" },
+    refTol:
+      d === "f32"
+        ? {
+            kind: "elementwise",
+            atol: 2e-5,
+            rtol: 1e-4,
+            why: "expf and float32 online softmax over <= 300 keys",
+          }
+        : {
+            kind: "elementwise",
+            atol: 1e-2,
+            rtol: 2 ** -7,
+            why: "output rounded to bf16 once (values ~N(0,1/n))",
+          },
+    cudaTol:
+      d === "f32"
+        ? {
+            kind: "elementwise",
+            atol: 2e-5,
+            rtol: 1e-4,
+            why: "float32 softmax in different orders",
+          }
+        : {
+            kind: "norm",
+            rel: 1e-2,
+            why: "tensor-core path rounds P to bf16 before P·V (as FlashAttention), ~2^-9 per weight",
+          },
   };
 }
 
-function decodeCase(d: FloatDType, lens: number[], Hq: number, Hkv: number, D: number, pageSize: number, window: number, withWorkspace: boolean, seed: number): Case {
+function decodeCase(
+  d: FloatDType,
+  lens: number[],
+  Hq: number,
+  Hkv: number,
+  D: number,
+  pageSize: number,
+  window: number,
+  withWorkspace: boolean,
+  seed: number,
+): Case {
   const batch = lens.length;
   const pagesPer = lens.map((l) => Math.max(1, Math.ceil(l / pageSize)));
   const numPages = pagesPer.reduce((a, b) => a + b, 0) + 2; // two unused pages
@@ -594,14 +790,48 @@ function decodeCase(d: FloatDType, lens: number[], Hq: number, Hkv: number, D: n
       const ws = wsFloats > 0 ? Tensor.empty([wsFloats], "f32", dev) : null;
       const out = alloc([batch, Hq, D], d, dev, l16);
       out.fillBytes(0xff);
-      ops.attentionDecode(qt, kt, vt, ip, ix, ln, { smScale, window, maxKvLen: maxKv, workspace: ws, out });
+      ops.attentionDecode(qt, kt, vt, ip, ix, ln, {
+        smScale,
+        window,
+        maxKvLen: maxKv,
+        workspace: ws,
+        out,
+      });
       const res = [await host(out)];
       disposeAll(qt, kt, vt, ip, ix, ln, ws, out);
       return res;
     },
-    reference: () => [ref.attentionDecode({ q, kCache: kc, vCache: vc, kvIndptr, kvIndices, kvLen: lens, batch, numQoHeads: Hq, numKvHeads: Hkv, headDim: D, pageSize, smScale, window, round: roundOf(d) })],
-    refTol: d === "f32" ? { kind: "elementwise", atol: 2e-5, rtol: 1e-4, why: "expf and float32 softmax" } : { kind: "elementwise", atol: 1e-2, rtol: 2 ** -7, why: "output rounded to bf16 once" },
-    cudaTol: d === "f32" ? { kind: "elementwise", atol: 2e-5, rtol: 1e-4, why: "float32 softmax in different orders / splits" } : { kind: "norm", rel: 1e-2, why: "bf16 output, split partials combined in float32" },
+    reference: () => [
+      ref.attentionDecode({
+        q,
+        kCache: kc,
+        vCache: vc,
+        kvIndptr,
+        kvIndices,
+        kvLen: lens,
+        batch,
+        numQoHeads: Hq,
+        numKvHeads: Hkv,
+        headDim: D,
+        pageSize,
+        smScale,
+        window,
+        round: roundOf(d),
+      }),
+    ],
+    refTol:
+      d === "f32"
+        ? { kind: "elementwise", atol: 2e-5, rtol: 1e-4, why: "expf and float32 softmax" }
+        : { kind: "elementwise", atol: 1e-2, rtol: 2 ** -7, why: "output rounded to bf16 once" },
+    cudaTol:
+      d === "f32"
+        ? {
+            kind: "elementwise",
+            atol: 2e-5,
+            rtol: 1e-4,
+            why: "float32 softmax in different orders / splits",
+          }
+        : { kind: "norm", rel: 1e-2, why: "bf16 output, split partials combined in float32" },
   };
 }
 
@@ -619,8 +849,34 @@ export function attentionCases(): Case[] {
       cases.push(prefillCase(d, [{ q: 130, kv: 150 }], 2, 1, D, { window: 40 }, seed++));
     }
     cases.push(prefillCase(d, ragged, 8, 1, 32, { window: 8 }, seed++));
-    cases.push(prefillCase(d, [{ q: 12, kv: 12 }, { q: 9, kv: 20 }], 2, 2, 64, { spans: true }, seed++));
-    cases.push(prefillCase(d, [{ q: 70, kv: 70 }, { q: 5, kv: 5 }], 4, 4, 128, { causal: false }, seed++));
+    cases.push(
+      prefillCase(
+        d,
+        [
+          { q: 12, kv: 12 },
+          { q: 9, kv: 20 },
+        ],
+        2,
+        2,
+        64,
+        { spans: true },
+        seed++,
+      ),
+    );
+    cases.push(
+      prefillCase(
+        d,
+        [
+          { q: 70, kv: 70 },
+          { q: 5, kv: 5 },
+        ],
+        4,
+        4,
+        128,
+        { causal: false },
+        seed++,
+      ),
+    );
     cases.push(prefillCase(d, [{ q: 1, kv: 1 }], 1, 1, 256, {}, seed++));
     for (const D of [32, 128, 256]) {
       cases.push(decodeCase(d, [1, 19, 99], 4, 2, D, 16, 0, false, seed++));
@@ -633,5 +889,12 @@ export function attentionCases(): Case[] {
 }
 
 export function allCases(): Case[] {
-  return [...matmulCases(), ...normCases(), ...elementwiseCases(), ...quantCases(), ...miscCases(), ...attentionCases()];
+  return [
+    ...matmulCases(),
+    ...normCases(),
+    ...elementwiseCases(),
+    ...quantCases(),
+    ...miscCases(),
+    ...attentionCases(),
+  ];
 }

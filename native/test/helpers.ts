@@ -41,7 +41,13 @@ export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
 }
 
 /** Elementwise |a − b| <= atol + rtol·|b| (llm.c style); reports the worst element. */
-export function expectClose(a: ArrayLike<number>, b: ArrayLike<number>, atol: number, rtol: number, what = ""): void {
+export function expectClose(
+  a: ArrayLike<number>,
+  b: ArrayLike<number>,
+  atol: number,
+  rtol: number,
+  what = "",
+): void {
   expect(a.length, `${what} length`).toBe(b.length);
   let worst = -1;
   let worstExcess = 0;
@@ -56,7 +62,9 @@ export function expectClose(a: ArrayLike<number>, b: ArrayLike<number>, atol: nu
     }
   }
   if (worst >= 0) {
-    expect.fail(`${what}: element ${worst} is ${a[worst]} vs reference ${b[worst]} (atol ${atol}, rtol ${rtol})`);
+    expect.fail(
+      `${what}: element ${worst} is ${a[worst]} vs reference ${b[worst]} (atol ${atol}, rtol ${rtol})`,
+    );
   }
 }
 

@@ -26,7 +26,9 @@ describe.skipIf(!enabled)("CUDA runtime", () => {
     const dev = Device.of("cuda");
     const { total } = dev.memoryInfo();
     expect(() => Tensor.empty([total + 2 ** 30], "fp8_e4m3", dev)).toThrow(OutOfMemoryError);
-    expect(() => Tensor.empty([total + 2 ** 30], "fp8_e4m3", dev)).toThrow(/out of memory on cuda:0/);
+    expect(() => Tensor.empty([total + 2 ** 30], "fp8_e4m3", dev)).toThrow(
+      /out of memory on cuda:0/,
+    );
     const t = Tensor.from([1, 2, 3], [3], "f32", dev);
     ops.scale(t, 2, t);
     expect(Array.from(await t.toArray())).toEqual([2, 4, 6]);
@@ -54,7 +56,9 @@ describe.skipIf(!enabled)("CUDA runtime", () => {
   it("a host copy during capture fails the capture cleanly", async () => {
     const dev = Device.of("cuda");
     const x = Tensor.from([1, 2, 3], [3], "f32", dev);
-    expect(() => Graph.capture(dev, () => x.write([4, 5, 6]))).toThrow(/not allowed during graph capture/);
+    expect(() => Graph.capture(dev, () => x.write([4, 5, 6]))).toThrow(
+      /not allowed during graph capture/,
+    );
     ops.scale(x, 2, x); // the stream still works after the failed capture
     expect(Array.from(await x.toArray())).toEqual([2, 4, 6]);
   });

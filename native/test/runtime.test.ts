@@ -69,12 +69,16 @@ describe("op validation names the op and the shapes", () => {
     expect(() => ops.matmul(x, w)).toThrow(/matmul: x \[2, 19\] and w \[7, 20\] disagree on K/);
     const ids = Tensor.zeros([3], "f32");
     expect(() => ops.embedding(ids, w, 1)).toThrow(DTypeError);
-    expect(() => ops.rmsnorm(x, Tensor.zeros([18], "f32"), 1e-6)).toThrow(/rmsnorm: w \[18\] must have 19 elements/);
+    expect(() => ops.rmsnorm(x, Tensor.zeros([18], "f32"), 1e-6)).toThrow(
+      /rmsnorm: w \[18\] must have 19 elements/,
+    );
     expect(() => ops.topk(x, 0)).toThrow(/k = 0/);
     const q = Tensor.zeros([4, 3, 16], "f32");
     const k = Tensor.zeros([4, 2, 16], "f32");
     const ind = Tensor.from([0, 4], [2], "i32");
-    expect(() => ops.attentionPrefill(q, k, k, ind, ind, { smScale: 1 })).toThrow(/multiple of num_kv_heads/);
+    expect(() => ops.attentionPrefill(q, k, k, ind, ind, { smScale: 1 })).toThrow(
+      /multiple of num_kv_heads/,
+    );
     for (const t of [x, w, ids, q, k, ind]) t.dispose();
   });
 
@@ -132,7 +136,9 @@ describe("graphs (CPU task lists)", () => {
 
   it("refuses host copies during a capture (a replay would read stale or freed host memory)", async () => {
     const x = Tensor.from([1, 2, 3], [3], "f32");
-    expect(() => Graph.capture("cpu", () => x.write([4, 5, 6]))).toThrow(/not allowed during graph capture/);
+    expect(() => Graph.capture("cpu", () => x.write([4, 5, 6]))).toThrow(
+      /not allowed during graph capture/,
+    );
     ops.scale(x, 2, x); // the stream still works after the failed capture
     expect(Array.from(await x.toArray())).toEqual([2, 4, 6]);
   });

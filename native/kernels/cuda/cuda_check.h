@@ -12,8 +12,8 @@ namespace gemma3::cuda {
 inline Status cuda_status(cudaError_t e, const char* what) {
   if (e == cudaSuccess) return Status::Ok();
   StatusCode code = e == cudaErrorMemoryAllocation ? StatusCode::kOutOfMemory : StatusCode::kCuda;
-  return Status(code, std::string(what) + ": " + cudaGetErrorName(e) + " (" +
-                          cudaGetErrorString(e) + ")");
+  return Status(
+      code, std::string(what) + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
 }
 
 // After a <<<>>> launch: reports configuration errors without synchronizing.

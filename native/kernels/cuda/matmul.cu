@@ -4,7 +4,8 @@
 //  - M > 8, bf16 x bf16, no w_scale, built with GEMMA3_WITH_CUBLAS: cublasGemmEx (f32 compute,
 //    f32 split-K reductions), the fastest bf16 GEMM on the card.
 //  - M > 8 otherwise: matmul_gemm.cu. TX = bf16: tensor cores (mma.sync bf16 -> f32, 128x128x32
-//    tiles; fp8 / q8_0 / q4_0 expanded exactly to bf16 in shared memory). TX or W float: FFMA tiles.
+//    tiles; fp8 / q8_0 / q4_0 expanded exactly to bf16 in shared memory). TX or W float: FFMA
+//    tiles.
 // Why 8: the GEMV's x traffic, registers and FMAs grow with M while W bytes do not, so past ~8 rows
 // it stops being bound by W alone; a tensor-core tile reads W once per 128 rows of x instead.
 // All paths accumulate in f32, round y once, and take any M, N, K (block formats: K % 32 == 0).

@@ -257,7 +257,7 @@ template <bool kScaled>
 __device__ __forceinline__ void mma_tile(const Tile* sa, const Tile* sb, const float* sd,
                                          float (&acc)[4][4][4], int warp_m, int warp_n, int lane) {
   float tmp[4][4][4];
-  float (&dst)[4][4][4] = kScaled ? tmp : acc;
+  float(&dst)[4][4][4] = kScaled ? tmp : acc;
   if constexpr (kScaled) {
 #pragma unroll
     for (int i = 0; i < 4; ++i)
