@@ -159,12 +159,17 @@ Status add(const TensorRef& a, const TensorRef& b, const TensorRef& out) {
   });
 }
 
+// Shared checks of the x -> out ops (scale, softmax): one device, one dtype, one shape.
+static Status check_unary(const char* op, const TensorRef& x, const TensorRef& out, int* dev) {
+  G3_RETURN_IF_ERROR(same_device(op, {&x, &out}, dev));
+  G3_RETURN_IF_ERROR(expect_same_dtype(op, x, "x", out, "out"));
+  return expect(x.shape == out.shape, op, named("x", x) + " vs " + named("out", out));
+}
+
 Status scale(const TensorRef& x, const TensorRef& out, float s) {
   const char* op = "scale";
   int dev;
-  G3_RETURN_IF_ERROR(same_device(op, {&x, &out}, &dev));
-  G3_RETURN_IF_ERROR(expect_same_dtype(op, x, "x", out, "out"));
-  G3_RETURN_IF_ERROR(expect(x.shape == out.shape, op, named("x", x) + " vs " + named("out", out)));
+  G3_RETURN_IF_ERROR(check_unary(op, x, out, &dev));
   if (x.numel() == 0) return Status::Ok();
   return dispatch_float(op, x, [&](auto t) {
     using T = typename decltype(t)::type;
@@ -201,9 +206,7 @@ Status embedding(const TensorRef& ids, const TensorRef& table, const TensorRef& 
 Status softmax(const TensorRef& x, const TensorRef& out) {
   const char* op = "softmax";
   int dev;
-  G3_RETURN_IF_ERROR(same_device(op, {&x, &out}, &dev));
-  G3_RETURN_IF_ERROR(expect_same_dtype(op, x, "x", out, "out"));
-  G3_RETURN_IF_ERROR(expect(x.shape == out.shape, op, named("x", x) + " vs " + named("out", out)));
+  G3_RETURN_IF_ERROR(check_unary(op, x, out, &dev));
   if (x.numel() == 0) return Status::Ok();
   return dispatch_float(op, x, [&](auto t) {
     using T = typename decltype(t)::type;

@@ -54,6 +54,12 @@ export class Arena {
     this.used_ = 0;
   }
 
+  /** Frees everything allocated after the point where `used` was `mark` (stack discipline). */
+  rewindTo(mark: number): void {
+    if (mark < 0 || mark > this.used_) throw new RangeError(`Arena.rewindTo(${mark}): used is ${this.used_}`);
+    this.used_ = mark;
+  }
+
   dispose(): void {
     this.storage.dispose();
   }

@@ -7,6 +7,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/vec.cuh"
 
 namespace gemma3::cuda {
 namespace {
@@ -15,44 +16,9 @@ constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = 132 * 32;  // ~32 CTAs per H100 SM; grid-stride beyond
 constexpr unsigned kMaxGridY = 65535;
 
-template <typename T, int V>
-__device__ __forceinline__ void load_f32(const T* p, float (&f)[V]) {
-  if constexpr (V == 1) {
-    f[0] = to_f32(p[0]);
-  } else {
-    static_assert(V * sizeof(T) == 16, "vector loads are 16 bytes");
-    const uint4 u = *reinterpret_cast<const uint4*>(p);
-    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      if constexpr (sizeof(T) == 4) {
-        f[i] = __uint_as_float(w[i]);
-      } else {  // bf16: element 2i in the low half (little endian)
-        f[2 * i] = __uint_as_float(w[i] << 16);
-        f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-      }
-    }
-  }
-}
-
-template <typename T, int V>
-__device__ __forceinline__ void store_f32(T* p, const float (&f)[V]) {
-  if constexpr (V == 1) {
-    p[0] = from_f32<T>(f[0]);
-  } else {
-    uint32_t w[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      if constexpr (sizeof(T) == 4) {
-        w[i] = __float_as_uint(f[i]);
-      } else {
-        w[i] = uint32_t(from_f32<bf16>(f[2 * i]).bits) |
-               (uint32_t(from_f32<bf16>(f[2 * i + 1]).bits) << 16);
-      }
-    }
-    *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
-  }
-}
+using vec::aligned16;
+using vec::load_f32;
+using vec::store_f32;
 
 // torch's gelu(approximate='tanh') in float32 (the opmath of bf16), same constants and order.
 __device__ __forceinline__ float gelu_tanh(float x) {
@@ -113,8 +79,6 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
 }
-
-inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 inline Status invalid(const std::string& msg) { return Status(StatusCode::kInvalidArgument, msg); }
 

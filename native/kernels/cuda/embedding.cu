@@ -9,6 +9,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/vec.cuh"
 
 namespace gemma3::cuda {
 namespace {
@@ -17,26 +18,15 @@ constexpr int kChunk = 8;  // elements per thread step in the vector path
 constexpr int kMaxThreads = 256;
 constexpr int64_t kMaxGrid = 1 << 30;
 
-__device__ __forceinline__ void unpack_bf16x2(uint32_t w, float& lo, float& hi) {
-  lo = __uint_as_float(w << 16);
-  hi = __uint_as_float(w & 0xffff0000u);
-}
+using vec::aligned;
+using vec::load_f32;
+using vec::store_f32;
 
 // Elements [8c, 8c + 8) of a table row as float. row points at the row's first element (or block).
 template <typename TW>
 __device__ __forceinline__ void load_chunk(const TW* row, int64_t c, float (&f)[kChunk]) {
-  if constexpr (std::is_same_v<TW, float>) {
-    const uint4* p = reinterpret_cast<const uint4*>(row + c * kChunk);
-    const uint4 a = p[0], b = p[1];
-    f[0] = __uint_as_float(a.x), f[1] = __uint_as_float(a.y), f[2] = __uint_as_float(a.z);
-    f[3] = __uint_as_float(a.w), f[4] = __uint_as_float(b.x), f[5] = __uint_as_float(b.y);
-    f[6] = __uint_as_float(b.z), f[7] = __uint_as_float(b.w);
-  } else if constexpr (std::is_same_v<TW, bf16>) {
-    const uint4 a = *reinterpret_cast<const uint4*>(row + c * kChunk);
-    unpack_bf16x2(a.x, f[0], f[1]);
-    unpack_bf16x2(a.y, f[2], f[3]);
-    unpack_bf16x2(a.z, f[4], f[5]);
-    unpack_bf16x2(a.w, f[6], f[7]);
+  if constexpr (std::is_same_v<TW, float> || std::is_same_v<TW, bf16>) {
+    load_f32<TW, kChunk>(row + c * kChunk, f);
   } else if constexpr (std::is_same_v<TW, block_q8_0>) {
     // A 34-byte block is only 2-byte aligned: read its quarter as four 16-bit words.
     const TW& blk = row[c >> 2];
@@ -79,25 +69,6 @@ __device__ __forceinline__ float load_one(const TW* row, int64_t j) {
   }
 }
 
-template <typename TY>
-__device__ __forceinline__ void store_chunk(TY* p, const float (&f)[kChunk]) {
-  if constexpr (std::is_same_v<TY, float>) {
-    uint4* q = reinterpret_cast<uint4*>(p);
-    q[0] = make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]),
-                      __float_as_uint(f[3]));
-    q[1] = make_uint4(__float_as_uint(f[4]), __float_as_uint(f[5]), __float_as_uint(f[6]),
-                      __float_as_uint(f[7]));
-  } else {
-    uint32_t w[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      w[i] = uint32_t(from_f32<bf16>(f[2 * i]).bits) |
-             (uint32_t(from_f32<bf16>(f[2 * i + 1]).bits) << 16);
-    }
-    *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
-  }
-}
-
 // ids: [n] int32; table: [vocab, row_elems] (row_elems = dim, or dim / 32 blocks); out: [n, dim].
 template <typename TW, typename TY, bool kVec>
 __global__ void __launch_bounds__(kMaxThreads)
@@ -118,7 +89,7 @@ __global__ void __launch_bounds__(kMaxThreads)
         load_chunk<TW>(row, c, f);
 #pragma unroll
         for (int i = 0; i < kChunk; ++i) f[i] *= s;
-        store_chunk<TY>(o + c * kChunk, f);
+        store_f32<TY, kChunk>(o + c * kChunk, f);
       }
     } else {
       for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
@@ -126,10 +97,6 @@ __global__ void __launch_bounds__(kMaxThreads)
       }
     }
   }
-}
-
-inline bool aligned(const void* p, uintptr_t a) {
-  return (reinterpret_cast<uintptr_t>(p) & (a - 1)) == 0;
 }
 
 }  // namespace

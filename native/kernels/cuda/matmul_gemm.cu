@@ -17,6 +17,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/vec.cuh"
 
 namespace gemma3::cuda::detail {
 namespace {
@@ -145,27 +146,33 @@ struct Fp8ScalarLoader {
   static constexpr bool kScaled = false;
 };
 
+// Raw 16-bit words of the block at k-tile k0 of row r0 + tid/2 (blocks are only 2-byte aligned):
+// d = the f16 scale, q = N words of quants from word 1 + N * (tid & 1); rows past the end get fill.
+template <int N, typename TB>
+__device__ __forceinline__ void load_block_words(const TB* p, int64_t rows, int64_t K, int64_t r0,
+                                                 int64_t k0, uint32_t fill, uint32_t& d,
+                                                 uint32_t (&q)[N]) {
+  const int row = threadIdx.x >> 1, h = threadIdx.x & 1;
+  const int64_t r = r0 + row;
+  if (r < rows) {
+    const unsigned short* b = reinterpret_cast<const unsigned short*>(p + r * (K / kQK) + k0 / kQK);
+    d = __ldg(b);
+#pragma unroll
+    for (int j = 0; j < N; ++j) q[j] = __ldg(b + 1 + N * h + j);
+  } else {
+    d = 0;
+#pragma unroll
+    for (int j = 0; j < N; ++j) q[j] = fill;
+  }
+}
+
 // q8_0 W: a k-tile is one block per row; thread -> (row tid/2, half h: qs[16h .. 16h + 15]).
 // Blocks are 2-byte aligned, so u16 loads. smem gets the integers q, d goes to the scale row.
 struct Q8Loader {
   const block_q8_0* p;
   int64_t rows, K, r0;
   uint32_t d, q[8];
-  __device__ void issue(Tile*, int64_t k0) {
-    const int row = threadIdx.x >> 1, h = threadIdx.x & 1;
-    const int64_t r = r0 + row;
-    if (r < rows) {
-      const unsigned short* b =
-          reinterpret_cast<const unsigned short*>(p + r * (K / kQK) + k0 / kQK);
-      d = __ldg(b);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) q[j] = __ldg(b + 1 + 8 * h + j);
-    } else {
-      d = 0;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) q[j] = 0;
-    }
-  }
+  __device__ void issue(Tile*, int64_t k0) { load_block_words(p, rows, K, r0, k0, 0u, d, q); }
   __device__ void commit(Tile* s, float* sd) const {
     const int row = threadIdx.x >> 1, h = threadIdx.x & 1;
     if (h == 0) sd[row] = __half2float(__ushort_as_half(static_cast<unsigned short>(d)));
@@ -189,19 +196,7 @@ struct Q4Loader {
   int64_t rows, K, r0;
   uint32_t d, q[4];
   __device__ void issue(Tile*, int64_t k0) {
-    const int row = threadIdx.x >> 1, h = threadIdx.x & 1;
-    const int64_t r = r0 + row;
-    if (r < rows) {
-      const unsigned short* b =
-          reinterpret_cast<const unsigned short*>(p + r * (K / kQK) + k0 / kQK);
-      d = __ldg(b);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) q[j] = __ldg(b + 1 + 4 * h + j);
-    } else {
-      d = 0;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) q[j] = 0x8888u;  // nibbles of 8: zero weights
-    }
+    load_block_words(p, rows, K, r0, k0, 0x8888u, d, q);  // fill: nibbles of 8 = zero weights
   }
   __device__ void commit(Tile* s, float* sd) const {
     const int row = threadIdx.x >> 1, h = threadIdx.x & 1;
@@ -393,38 +388,28 @@ constexpr int kFm = 64, kFn = 64, kFk = 32, kFThreads = 256;
 template <typename TW>
 __device__ __forceinline__ void w_run8(const TW* w, int64_t n, int64_t N, int64_t K, int64_t k,
                                        float (&v)[8]) {
+  if constexpr (!std::is_same_v<TW, block_q8_0> && !std::is_same_v<TW, block_q4_0>) {
 #pragma unroll
-  for (int j = 0; j < 8; ++j) v[j] = (n < N && k + j < K) ? to_f32(w[n * K + k + j]) : 0.f;
-}
-template <>
-__device__ __forceinline__ void w_run8<block_q8_0>(const block_q8_0* w, int64_t n, int64_t N,
-                                                   int64_t K, int64_t k, float (&v)[8]) {
-  if (n >= N || k >= K) {
+    for (int j = 0; j < 8; ++j) v[j] = (n < N && k + j < K) ? to_f32(w[n * K + k + j]) : 0.f;
+  } else {
+    if (n >= N || k >= K) {
 #pragma unroll
-    for (int j = 0; j < 8; ++j) v[j] = 0.f;
-    return;
+      for (int j = 0; j < 8; ++j) v[j] = 0.f;
+      return;
+    }
+    const TW& b = w[n * (K / kQK) + k / kQK];
+    const float d = f16_to_f32(b.d);
+    const int j0 = static_cast<int>(k % kQK);  // 0, 8, 16 or 24
+    if constexpr (std::is_same_v<TW, block_q8_0>) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[j] = float(b.qs[j0 + j]) * d;
+    } else {  // q4_0: byte i holds weight i (low nibble) and i + 16 (high nibble)
+      const int shift = j0 < kQK / 2 ? 0 : 4;
+      const int byte0 = j0 % (kQK / 2);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[j] = float(int((b.qs[byte0 + j] >> shift) & 0xf) - 8) * d;
+    }
   }
-  const block_q8_0& b = w[n * (K / kQK) + k / kQK];
-  const float d = f16_to_f32(b.d);
-  const int j0 = static_cast<int>(k % kQK);
-#pragma unroll
-  for (int j = 0; j < 8; ++j) v[j] = float(b.qs[j0 + j]) * d;
-}
-template <>
-__device__ __forceinline__ void w_run8<block_q4_0>(const block_q4_0* w, int64_t n, int64_t N,
-                                                   int64_t K, int64_t k, float (&v)[8]) {
-  if (n >= N || k >= K) {
-#pragma unroll
-    for (int j = 0; j < 8; ++j) v[j] = 0.f;
-    return;
-  }
-  const block_q4_0& b = w[n * (K / kQK) + k / kQK];
-  const float d = f16_to_f32(b.d);
-  const int j0 = static_cast<int>(k % kQK);  // 0, 8, 16 or 24
-  const int shift = j0 < kQK / 2 ? 0 : 4;
-  const int byte0 = j0 % (kQK / 2);
-#pragma unroll
-  for (int j = 0; j < 8; ++j) v[j] = float(int((b.qs[byte0 + j] >> shift) & 0xf) - 8) * d;
 }
 
 // CTA = 64 x 64 outputs, thread (ty, tx) in 16 x 16 owns rows ty*4 .. +3, cols tx*4 .. +3. Tiles
@@ -486,8 +471,6 @@ __global__ void __launch_bounds__(kFThreads, 2)
   }
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-
 }  // namespace
 
 // Called by matmul<TX, TW> (matmul.cu) with M, N, K >= 1 (block formats K % 32 == 0).
@@ -504,8 +487,9 @@ Status gemm(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, in
   const dim3 grid(static_cast<unsigned>(grid_m), static_cast<unsigned>(grid_n));
   if constexpr (kTensorCores) {
     constexpr int64_t kVecK = std::is_same_v<TW, fp8e4m3> ? 16 : 8;
-    const bool w_ok = std::is_same_v<TW, bf16> || std::is_same_v<TW, fp8e4m3> ? aligned16(w) : true;
-    if (K % kVecK == 0 && aligned16(x) && w_ok) {
+    const bool w_ok =
+        std::is_same_v<TW, bf16> || std::is_same_v<TW, fp8e4m3> ? vec::aligned16(w) : true;
+    if (K % kVecK == 0 && vec::aligned16(x) && w_ok) {
       gemm_mma_kernel<TW, true><<<grid, kMmaThreads, 0, stream>>>(x, w, w_scale, y, M, N, K);
     } else {
       gemm_mma_kernel<TW, false><<<grid, kMmaThreads, 0, stream>>>(x, w, w_scale, y, M, N, K);

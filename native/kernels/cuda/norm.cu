@@ -10,6 +10,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/vec.cuh"
 
 namespace gemma3::cuda {
 namespace {
@@ -20,65 +21,18 @@ constexpr int kMaxGrid = 1 << 30;  // grid cap; kernels loop over the remaining 
 
 enum class NormKind { kRms, kRmsAdd, kLayer };
 
-// Loads/stores V elements as float: one 16-byte access when V * sizeof(T) == 16, else scalar.
-template <typename T, int V>
-__device__ __forceinline__ void load_f32(const T* p, float (&f)[V]) {
-  if constexpr (V == 1) {
-    f[0] = to_f32(p[0]);
-  } else {
-    static_assert(V * sizeof(T) == 16, "vector loads are 16 bytes");
-    const uint4 u = *reinterpret_cast<const uint4*>(p);
-    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      if constexpr (sizeof(T) == 4) {
-        f[i] = __uint_as_float(w[i]);
-      } else {  // bf16: element 2i in the low half (little endian)
-        f[2 * i] = __uint_as_float(w[i] << 16);
-        f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-      }
-    }
-  }
-}
-
-template <typename T, int V>
-__device__ __forceinline__ void store_f32(T* p, const float (&f)[V]) {
-  if constexpr (V == 1) {
-    p[0] = from_f32<T>(f[0]);
-  } else {
-    uint32_t w[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      if constexpr (sizeof(T) == 4) {
-        w[i] = __float_as_uint(f[i]);
-      } else {
-        w[i] = uint32_t(from_f32<bf16>(f[2 * i]).bits) |
-               (uint32_t(from_f32<bf16>(f[2 * i + 1]).bits) << 16);
-      }
-    }
-    *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
-  }
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
+using vec::aligned16;
+using vec::load_f32;
+using vec::store_f32;
 
 // Sum over the row's threads (a warp, or the whole CTA); every thread gets the total.
 template <bool kWarpRow>
 __device__ __forceinline__ float row_sum(float v, float* red) {
-  v = warp_sum(v);
+  const auto add = [](float a, float b) { return a + b; };
   if constexpr (kWarpRow) {
-    return v;
+    return vec::warp_reduce(v, add);
   } else {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    __syncthreads();  // red may still be read by the previous reduction
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    v = lane < int(blockDim.x >> 5) ? red[lane] : 0.0f;
-    return warp_sum(v);
+    return vec::block_reduce(v, add, 0.0f, red);
   }
 }
 
@@ -176,8 +130,6 @@ __global__ void __launch_bounds__(kWarpRow ? 32 * kWarpsPerCta : 1024)
     }
   }
 }
-
-inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 template <typename T, int V, NormKind kKind>
 Status launch_norm_v(const T* x, const T* w, const T* b, T* out, int64_t rows, int64_t dim,

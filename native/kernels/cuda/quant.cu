@@ -10,12 +10,15 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/vec.cuh"
 
 namespace gemma3::cuda {
 namespace {
 
 constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = 65536;  // grid-stride loops cover the rest
+
+using vec::aligned16;
 
 unsigned grid_for(int64_t items, int64_t items_per_block) {
   return static_cast<unsigned>(
@@ -76,9 +79,7 @@ __global__ void __launch_bounds__(kThreads)
 // ---- quantize ----
 
 __device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
+  return vec::warp_reduce(v, [](float a, float b) { return fmaxf(a, b); });
 }
 
 // One warp per 32-element block; lane j owns element j. Rows are contiguous and cols % 32 == 0, so
@@ -209,8 +210,6 @@ __global__ void __launch_bounds__(kThreads)
     dst[i] = from_f32<TD>(fp8e4m3_to_f32(src[i]) * scale[i / cols]);
   }
 }
-
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 template <typename TQ>
 constexpr bool kIsBlock = std::is_same_v<TQ, block_q8_0> || std::is_same_v<TQ, block_q4_0>;

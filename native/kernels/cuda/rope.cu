@@ -9,6 +9,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/vec.cuh"
 
 namespace gemma3::cuda {
 namespace {
@@ -16,44 +17,9 @@ namespace {
 constexpr int kMaxHeadDim = 1024;
 constexpr int64_t kMaxGrid = 1 << 30;
 
-template <typename T, int V>
-__device__ __forceinline__ void load_f32(const T* p, float (&f)[V]) {
-  if constexpr (V == 1) {
-    f[0] = to_f32(p[0]);
-  } else {
-    static_assert(V * sizeof(T) == 16, "vector loads are 16 bytes");
-    const uint4 u = *reinterpret_cast<const uint4*>(p);
-    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      if constexpr (sizeof(T) == 4) {
-        f[i] = __uint_as_float(w[i]);
-      } else {  // bf16: element 2i in the low half (little endian)
-        f[2 * i] = __uint_as_float(w[i] << 16);
-        f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-      }
-    }
-  }
-}
-
-template <typename T, int V>
-__device__ __forceinline__ void store_f32(T* p, const float (&f)[V]) {
-  if constexpr (V == 1) {
-    p[0] = from_f32<T>(f[0]);
-  } else {
-    uint32_t w[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      if constexpr (sizeof(T) == 4) {
-        w[i] = __float_as_uint(f[i]);
-      } else {
-        w[i] = uint32_t(from_f32<bf16>(f[2 * i]).bits) |
-               (uint32_t(from_f32<bf16>(f[2 * i + 1]).bits) << 16);
-      }
-    }
-    *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
-  }
-}
+using vec::aligned16;
+using vec::load_f32;
+using vec::store_f32;
 
 template <typename T>
 __device__ __forceinline__ float round_t(float v) {
@@ -144,8 +110,7 @@ Status rope(T* x, const int32_t* positions, int64_t tokens, int64_t heads, int64
   if (tokens == 0) return Status::Ok();
   if (!x || !positions) return Status(StatusCode::kInvalidArgument, "rope: null pointer");
   constexpr int V = 16 / sizeof(T);
-  const bool vec =
-      (head_dim / 2) % V == 0 && ld_token % V == 0 && (reinterpret_cast<uintptr_t>(x) & 15u) == 0;
+  const bool vec = (head_dim / 2) % V == 0 && ld_token % V == 0 && aligned16(x);
   if (vec) {
     return launch_rope<T, V>(x, positions, tokens, int(heads), int(head_dim), ld_token, base, scale,
                              stream);

@@ -12,6 +12,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/vec.cuh"
 
 namespace gemma3::cuda {
 namespace {
@@ -23,36 +24,9 @@ constexpr int kRadixBits = 11;
 constexpr int kBins = 1 << kRadixBits;  // = 2 * kTopkThreads (two bins per thread in the scan)
 constexpr int kMaxCand = 16384;         // shared-memory candidates (8 bytes each)
 
-template <typename T, int V>
-__device__ __forceinline__ void load_f32(const T* p, float (&f)[V]) {
-  static_assert(V * sizeof(T) == 16, "vector loads are 16 bytes");
-  const uint4 u = *reinterpret_cast<const uint4*>(p);
-  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    if constexpr (sizeof(T) == 4) {
-      f[i] = __uint_as_float(w[i]);
-    } else {  // bf16: element 2i in the low half (little endian)
-      f[2 * i] = __uint_as_float(w[i] << 16);
-      f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-    }
-  }
-}
-
-template <typename T, int V>
-__device__ __forceinline__ void store_f32(T* p, const float (&f)[V]) {
-  uint32_t w[4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    if constexpr (sizeof(T) == 4) {
-      w[i] = __float_as_uint(f[i]);
-    } else {
-      w[i] = uint32_t(from_f32<bf16>(f[2 * i]).bits) |
-             (uint32_t(from_f32<bf16>(f[2 * i + 1]).bits) << 16);
-    }
-  }
-  *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
-}
+using vec::block_reduce;
+using vec::load_f32;
+using vec::store_f32;
 
 // Calls f(j0, v) over this thread's share of row[0, cols), v a float[N] holding row[j0 .. j0 + N)
 // (N = 16 / sizeof(T) in the aligned body, 1 in the head and tail). kUnroll vectors are loaded
@@ -86,21 +60,6 @@ __device__ __forceinline__ void row_for_each(const T* row, int64_t cols, F&& f) 
     float v[1] = {to_f32(row[j])};
     f(j, v);
   }
-}
-
-// CTA-wide reduction; every thread gets the result. red: 32 slots of shared memory.
-template <typename R, typename Op>
-__device__ __forceinline__ R block_reduce(R v, Op op, R identity, R* red) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
-  __syncthreads();  // red may still be read by the previous reduction
-  if (lane == 0) red[warp] = v;
-  __syncthreads();
-  v = lane < int(blockDim.x >> 5) ? red[lane] : identity;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
 }
 
 // ---------------------------------------------------------------- softmax
