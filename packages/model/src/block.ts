@@ -1,0 +1,125 @@
+// One Gemma 3 decoder layer, written as the math (HF Gemma3DecoderLayer):
+//   r = o_proj(attn(input_layernorm(h)));   h += post_attention_layernorm(r)
+//   x = pre_feedforward_layernorm(h);  r = down(gelu_tanh(gate(x)) · up(x));   h += post_feedforward_layernorm(r)
+// Attention: q/k/v projections → q_norm/k_norm (RMSNorm over head_dim) → RoPE (local or global
+// base and scale) → softmax(q·kᵀ · query_pre_attn_scalar^-½) · v, sliding window on local layers.
+import { Tensor, ops } from "@gemma3/native";
+import type { Gemma3Config } from "./config.js";
+import type { KVCache, StepPlan } from "./cache.js";
+import { Scratch } from "./scratch.js";
+
+/** Weights of one layer. Linear weights are [out, in] (torch layout); norms [hidden] or [head_dim]. */
+export interface LayerWeights {
+  inputLayernorm: Tensor;
+  postAttentionLayernorm: Tensor;
+  preFeedforwardLayernorm: Tensor;
+  postFeedforwardLayernorm: Tensor;
+  qProj: Tensor;
+  kProj: Tensor;
+  vProj: Tensor;
+  oProj: Tensor;
+  qNorm: Tensor;
+  kNorm: Tensor;
+  gateProj: Tensor;
+  upProj: Tensor;
+  downProj: Tensor;
+}
+
+export class DecoderLayer {
+  readonly sliding: boolean;
+  private readonly rope: { base: number; scale: number };
+  private readonly smScale: number;
+
+  constructor(
+    readonly index: number,
+    private readonly cfg: Gemma3Config,
+    readonly w: LayerWeights,
+  ) {
+    this.sliding = cfg.layerTypes[index] === "sliding";
+    this.rope = this.sliding ? cfg.rope.local : cfg.rope.global;
+    this.smScale = cfg.queryPreAttnScalar ** -0.5;
+  }
+
+  /** Scratch bytes one call needs for n tokens (what `forward` allocates). */
+  static scratchBytes(cfg: Gemma3Config, n: number, dtype: "f32" | "bf16"): number {
+    const {
+      hiddenSize: h,
+      intermediateSize: f,
+      numAttentionHeads: hq,
+      numKeyValueHeads: hkv,
+      headDim: d,
+    } = cfg;
+    const b = (cols: number) => Scratch.bytes([n, cols], dtype);
+    return 3 * b(h) + 2 * b(hq * d) + 2 * b(hkv * d) + 3 * b(f) + b(h);
+  }
+
+  /**
+   * Runs the layer on the step's new tokens: updates `h` in place and the layer's KV cache.
+   * @param h [n, hidden] residual stream
+   */
+  forward(h: Tensor, cache: KVCache, plan: StepPlan, s: Scratch): void {
+    const eps = this.cfg.rmsNormEps;
+    const x = ops.rmsnorm(h, this.w.inputLayernorm, eps, s.alloc(h.shape, h.dtypeName));
+    const r = this.attention(x, cache, plan, s);
+    ops.rmsnormAdd(r, this.w.postAttentionLayernorm, h, eps);
+    const x2 = ops.rmsnorm(h, this.w.preFeedforwardLayernorm, eps, s.alloc(h.shape, h.dtypeName));
+    const r2 = this.mlp(x2, s);
+    ops.rmsnormAdd(r2, this.w.postFeedforwardLayernorm, h, eps);
+  }
+
+  /** x: [n, hidden] → [n, hidden] */
+  private mlp(x: Tensor, s: Scratch): Tensor {
+    const n = x.shape[0]!;
+    const dt = x.dtypeName;
+    const f = this.cfg.intermediateSize;
+    const gate = ops.matmul(x, this.w.gateProj, { out: s.alloc([n, f], dt) });
+    const up = ops.matmul(x, this.w.upProj, { out: s.alloc([n, f], dt) });
+    const act = ops.geluMul(gate, up, s.alloc([n, f], dt));
+    return ops.matmul(act, this.w.downProj, { out: s.alloc([n, this.cfg.hiddenSize], dt) });
+  }
+
+  /** x: [n, hidden] → o_proj(attention(x)) [n, hidden] */
+  private attention(x: Tensor, cache: KVCache, plan: StepPlan, s: Scratch): Tensor {
+    const { numAttentionHeads: hq, numKeyValueHeads: hkv, headDim: d, rmsNormEps: eps } = this.cfg;
+    const n = x.shape[0]!;
+    const dt = x.dtypeName;
+    const q = ops.matmul(x, this.w.qProj, { out: s.alloc([n, hq * d], dt) }).view([n, hq, d]);
+    const k = ops.matmul(x, this.w.kProj, { out: s.alloc([n, hkv * d], dt) }).view([n, hkv, d]);
+    const v = ops.matmul(x, this.w.vProj, { out: s.alloc([n, hkv * d], dt) }).view([n, hkv, d]);
+    ops.rmsnorm(q, this.w.qNorm, eps, q);
+    ops.rmsnorm(k, this.w.kNorm, eps, k);
+    ops.rope(q, plan.positions, this.rope.base, this.rope.scale);
+    ops.rope(k, plan.positions, this.rope.base, this.rope.scale);
+
+    const kv = cache.layer(this.index);
+    const slots = this.sliding ? plan.ringSlots : plan.fullSlots;
+    const cacheK = kv.k.view([kv.slots, hkv, d]);
+    const cacheV = kv.v.view([kv.slots, hkv, d]);
+    const o = s.alloc([n, hq, d], dt);
+    if (plan.decode) {
+      // One new token: write its K/V into its slot, then attend over the layer's cached slots.
+      ops.copyRows(k, cacheK, slots);
+      ops.copyRows(v, cacheV, slots);
+      const kvLen = this.sliding ? plan.ringLen : plan.fullLen;
+      ops.attentionDecode(q, kv.k, kv.v, plan.kvIndptr, plan.kvIndices, kvLen, {
+        smScale: this.smScale,
+        maxKvLen: kv.slots,
+        out: o,
+      });
+    } else {
+      // Prefill: attend within the chunk (causal; windowed on local layers), then keep what later
+      // steps read (ring layers keep only the last `window` tokens).
+      ops.attentionPrefill(q, k, v, plan.prefillIndptr, plan.prefillIndptr, {
+        smScale: this.smScale,
+        window: this.sliding ? this.cfg.slidingWindow : 0,
+        maxQLen: n,
+        out: o,
+      });
+      ops.copyRows(k, cacheK, slots);
+      ops.copyRows(v, cacheV, slots);
+    }
+    return ops.matmul(o.view([n, hq * d]), this.w.oProj, {
+      out: s.alloc([n, this.cfg.hiddenSize], dt),
+    });
+  }
+}

@@ -1,0 +1,105 @@
+// The Gemma 3 text decoder (HF Gemma3TextModel + tied LM head) on @gemma3/native ops:
+//   h = embed[ids] · √hidden        (the scale rounded to the weight dtype first, as HF does)
+//   for each layer: h = layer(h)    (block.ts)
+//   logits = norm(h) · embedᵀ       (tied; 262208 rows for 4B+)
+import { Device, Tensor, bf16ToF32, f32ToBf16, ops } from "@gemma3/native";
+import { DecoderLayer, type LayerWeights } from "./block.js";
+import { SimpleKVCache, type KVCache } from "./cache.js";
+import type { Gemma3Config } from "./config.js";
+import { Scratch } from "./scratch.js";
+
+export type ComputeDType = "f32" | "bf16";
+
+/** Weights of the text model on one device, in the compute dtype. */
+export interface TextWeights {
+  /** [vocab, hidden] */
+  embedTokens: Tensor;
+  /** [hidden] */
+  norm: Tensor;
+  layers: LayerWeights[];
+}
+
+export class Gemma3TextModel {
+  readonly layers: DecoderLayer[];
+  /** √hidden_size as HF applies it: cast to the weight dtype first (√2560 → 50.5 in bf16). */
+  readonly embedScale: number;
+  private readonly scratch: Scratch;
+
+  constructor(
+    readonly config: Gemma3Config,
+    readonly weights: TextWeights,
+    readonly device: Device,
+    readonly dtype: ComputeDType,
+  ) {
+    this.layers = weights.layers.map((w, i) => new DecoderLayer(i, config, w));
+    const s = Math.sqrt(config.hiddenSize);
+    this.embedScale = dtype === "bf16" ? bf16ToF32(f32ToBf16(s)) : Math.fround(s);
+    this.scratch = new Scratch(device);
+  }
+
+  /** A KV cache for one sequence of up to `capacity` tokens. */
+  newCache(capacity: number): SimpleKVCache {
+    return new SimpleKVCache(this.config, capacity, this.device, this.dtype);
+  }
+
+  /**
+   * Runs the step's new tokens through the model and appends them to `cache`. The first call on a
+   * cache is a prefill of any length; later calls take one token each (decode).
+   * @param ids the new token ids
+   * @param opts.allLogits logits for every new token (else only for the last)
+   * @returns logits [n or 1, vocab] f32 on the model's device (the caller disposes it)
+   */
+  forward(ids: readonly number[], cache: KVCache, opts: { allLogits?: boolean } = {}): Tensor {
+    const n = ids.length;
+    const { vocabSize: vocab, hiddenSize: hidden, rmsNormEps: eps } = this.config;
+    if (n === 0) throw new RangeError("forward: no tokens");
+    for (const id of ids)
+      if (!Number.isInteger(id) || id < 0 || id >= vocab)
+        throw new RangeError(`forward: token id ${id} outside [0, ${vocab})`);
+    const plan = cache.plan(n);
+    const rows = opts.allLogits ? n : 1;
+    const s = this.scratch;
+    const dt = this.dtype;
+    s.begin(
+      2 * Scratch.bytes([n, hidden], dt) +
+        Scratch.bytes([rows, hidden], dt) +
+        Scratch.bytes([rows, vocab], dt) +
+        DecoderLayer.scratchBytes(this.config, n, dt) +
+        4096,
+    );
+    try {
+      const idsT = s.alloc([n], "i32");
+      idsT.write(ids);
+      const h = ops.embedding(idsT, this.weights.embedTokens, this.embedScale, {
+        out: s.alloc([n, hidden], dt),
+      });
+      const mark = s.mark();
+      for (const layer of this.layers) {
+        layer.forward(h, cache, plan, s);
+        s.rewind(mark); // the layer's temporaries are dead once its ops are enqueued
+      }
+      const last = opts.allLogits ? h : h.slice(n - 1, n);
+      const x = ops.rmsnorm(last, this.weights.norm, eps, s.alloc([rows, hidden], dt));
+      const logits = Tensor.empty([rows, vocab], "f32", this.device);
+      if (dt === "f32") ops.matmul(x, this.weights.embedTokens, { out: logits });
+      else
+        ops.cast(
+          ops.matmul(x, this.weights.embedTokens, { out: s.alloc([rows, vocab], dt) }),
+          "f32",
+          logits,
+        );
+      cache.commit(plan);
+      return logits;
+    } finally {
+      plan.dispose();
+    }
+  }
+
+  dispose(): void {
+    const w = this.weights;
+    w.embedTokens.dispose();
+    w.norm.dispose();
+    for (const l of w.layers) for (const t of Object.values(l)) (t as Tensor).dispose();
+    this.scratch.dispose();
+  }
+}
