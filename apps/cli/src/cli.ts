@@ -1,0 +1,162 @@
+#!/usr/bin/env node
+// gemma3: the command line. `generate` runs a checkpoint on token ids; `inspect` describes a
+// config without weights. With no --model, generate uses the bundled demo checkpoint (random
+// weights: a plumbing demo, not a language model).
+import { existsSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { inspectConfig, loadConfig, loadTextModel } from "@gemma3/model";
+import { generate } from "./generate.js";
+
+const DEMO = join(dirname(dirname(fileURLToPath(import.meta.url))), "demo-model");
+
+const USAGE = `usage:
+  gemma3 generate [--model DIR] --prompt-ids 2,9259,1902 [--max-tokens 24] [--temperature 0]
+                  [--seed 0] [--logprobs N] [--device cpu|cuda|cuda:N] [--dtype f32|bf16]
+                  [--ignore-eos] [--json] [--stats]
+  gemma3 inspect --config FILE [--json]
+
+  --model DIR   a directory with config.json and *.safetensors (single or sharded), as on the hub;
+                without it, the bundled demo checkpoint (RANDOM weights, real vocabulary size).
+  --prompt TEXT needs the tokenizer package (a later issue); use --prompt-ids for now.`;
+
+class UsageError extends Error {}
+
+function intList(s: string, what: string): number[] {
+  const ids = s
+    .split(",")
+    .map((x) => x.trim())
+    .filter((x) => x !== "")
+    .map(Number);
+  if (ids.length === 0 || ids.some((x) => !Number.isInteger(x) || x < 0))
+    throw new UsageError(`${what}: expected comma-separated token ids, got "${s}"`);
+  return ids;
+}
+
+function num(s: string | undefined, def: number, what: string, min: number): number {
+  if (s === undefined) return def;
+  const v = Number(s);
+  if (!Number.isFinite(v) || v < min)
+    throw new UsageError(`${what}: expected a number >= ${min}, got "${s}"`);
+  return v;
+}
+
+async function cmdGenerate(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      model: { type: "string" },
+      "prompt-ids": { type: "string" },
+      prompt: { type: "string" },
+      "max-tokens": { type: "string" },
+      temperature: { type: "string" },
+      seed: { type: "string" },
+      logprobs: { type: "string" },
+      device: { type: "string" },
+      dtype: { type: "string" },
+      "ignore-eos": { type: "boolean" },
+      json: { type: "boolean" },
+      stats: { type: "boolean" },
+    },
+  });
+  if (values.prompt !== undefined)
+    throw new UsageError("--prompt needs the tokenizer, which is not built yet: pass --prompt-ids");
+  if (values["prompt-ids"] === undefined)
+    throw new UsageError("generate: --prompt-ids is required");
+  const dtype = values.dtype;
+  if (dtype !== undefined && dtype !== "f32" && dtype !== "bf16")
+    throw new UsageError(`--dtype: f32 or bf16, got "${dtype}"`);
+  const dir = values.model ?? DEMO;
+  if (!values.model && !existsSync(join(DEMO, "config.json")))
+    throw new UsageError(`the demo checkpoint is missing (${DEMO}): run \`npm run build\``);
+  if (!values.model)
+    process.stderr.write(
+      "gemma3: no --model given, using the bundled demo checkpoint (random weights)\n",
+    );
+  const promptIds = intList(values["prompt-ids"], "--prompt-ids");
+  const model = await loadTextModel(dir, {
+    device: values.device ?? "cpu",
+    ...(dtype ? { dtype } : {}),
+  });
+  try {
+    const r = await generate(model, promptIds, {
+      maxTokens: num(values["max-tokens"], 24, "--max-tokens", 1),
+      temperature: num(values.temperature, 0, "--temperature", 0),
+      seed: num(values.seed, 0, "--seed", 0),
+      logprobs: num(values.logprobs, 0, "--logprobs", 0),
+      ...(values["ignore-eos"] ? { stop: [] } : {}),
+    });
+    if (values.json) {
+      const out: Record<string, unknown> = { tokens: r.tokens };
+      if (r.logprobs) out.logprobs = r.logprobs;
+      out.finish_reason = r.finishReason;
+      process.stdout.write(JSON.stringify(out) + "\n");
+    } else {
+      process.stdout.write(r.tokens.join(",") + "\n");
+    }
+    if (values.stats) {
+      const t = r.timings;
+      process.stderr.write(
+        `prefill ${t.promptTokens} tokens in ${t.prefillMs.toFixed(1)} ms; decode ${t.decodeSteps} steps in ${t.decodeMs.toFixed(1)} ms` +
+          ` = ${t.decodeSteps ? ((t.decodeSteps * 1000) / t.decodeMs).toFixed(1) : "-"} tok/s (${model.device}, ${model.dtype})\n`,
+      );
+    }
+  } finally {
+    model.dispose();
+  }
+}
+
+async function cmdInspect(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: { config: { type: "string" }, json: { type: "boolean" } },
+  });
+  if (!values.config) throw new UsageError("inspect: --config FILE is required");
+  const cfg = await loadConfig(values.config);
+  const s = inspectConfig(cfg);
+  if (values.json) {
+    process.stdout.write(JSON.stringify({ config: cfg, summary: s }, null, 2) + "\n");
+    return;
+  }
+  const gib = (b: number) => `${(b / 2 ** 20).toFixed(2)} MiB`;
+  const lines = [
+    `${values.config}: ${cfg.architecture} (${cfg.modelType})`,
+    `layers            ${cfg.numHiddenLayers}: ${s.layerPattern}  (L = sliding window ${cfg.slidingWindow}, G = global)`,
+    `global layers     ${s.numGlobal} of ${cfg.numHiddenLayers} (${cfg.layerTypes
+      .map((t, i) => (t === "full" ? i : -1))
+      .filter((i) => i >= 0)
+      .join(", ")})`,
+    `hidden            ${cfg.hiddenSize}, intermediate ${cfg.intermediateSize}, vocab ${cfg.vocabSize}`,
+    `attention         ${cfg.numAttentionHeads} heads, ${cfg.numKeyValueHeads} kv heads, head_dim ${cfg.headDim}, query_pre_attn_scalar ${cfg.queryPreAttnScalar}`,
+    `rope              local base ${cfg.rope.local.base} scale ${cfg.rope.local.scale}; global base ${cfg.rope.global.base} scale ${cfg.rope.global.scale}`,
+    `parameters        ${s.params.total.toLocaleString("en-US")} total, ${s.params.totalWithoutEmbedding.toLocaleString("en-US")} without embedding (text only)`,
+    `KV bytes / token  ${s.kvBytesPerToken.full.toLocaleString("en-US")} with every layer caching every token (bf16)`,
+    `                  ${s.kvBytesPerToken.globalOnly.toLocaleString("en-US")} in steady state with a hybrid cache (global layers only), plus ${gib(s.kvBytesPerToken.localFixed)} fixed for the sliding-window rings`,
+  ];
+  process.stdout.write(lines.join("\n") + "\n");
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  try {
+    if (cmd === "generate") await cmdGenerate(rest);
+    else if (cmd === "inspect") await cmdInspect(rest);
+    else if (cmd === undefined || cmd === "--help" || cmd === "-h" || cmd === "help") {
+      process.stdout.write(USAGE + "\n");
+      return cmd === undefined ? 2 : 0;
+    } else throw new UsageError(`unknown command "${cmd}"`);
+    return 0;
+  } catch (e) {
+    const err = e as Error & { code?: string };
+    process.stderr.write(`gemma3: ${err.message}\n`);
+    if (
+      e instanceof UsageError ||
+      (err as { code?: string }).code === "ERR_PARSE_ARGS_UNKNOWN_OPTION"
+    )
+      process.stderr.write(USAGE + "\n");
+    return e instanceof UsageError ? 2 : 1;
+  }
+}
+
+process.exitCode = await main(process.argv.slice(2));
