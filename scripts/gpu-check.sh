@@ -3,7 +3,8 @@
 # addon with CUDA for sm_90a (and the kernel benchmarks), run every test with CUDA required (the
 # CUDA tests compare each kernel with the CPU reference), time our kernels, then time torch's peers
 # at the same shapes in the same call. Results land in $OUT; a short table prints last.
-#   device run, carry [".device"]:  bash scripts/gpu-check.sh [--tests-only|--bench-only]
+#   device run, carry [".device", "native/dist", "packages/model/dist", "apps/cli/dist"]:
+#     bash scripts/gpu-check.sh [--tests-only|--bench-only]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu-check}"
@@ -22,6 +23,7 @@ echo "== build (sm_90a, CUDA + benchmarks)"
 export CMAKE_CUDA_ARCHITECTURES=90a GEMMA3_BENCH=1
 (cd native && node scripts/build.mjs) >"$OUT/build.log" 2>&1 || { tail -60 "$OUT/build.log"; exit 1; }
 grep -E "gemma3:" "$OUT/build.log"
+node apps/cli/scripts/make-demo.mjs  # the CLI tests run the demo checkpoint (made at build time)
 
 status=0
 if [ "$mode" != "--bench-only" ]; then
