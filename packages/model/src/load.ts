@@ -68,6 +68,7 @@ export async function loadTextModel(dir: string, opts: LoadOptions = {}): Promis
     }
     const norm = await load("norm");
     const weights: TextWeights = { embedTokens, norm, layers };
+    if (!config.tieWordEmbeddings) weights.lmHead = await load("lm_head");
     return new Gemma3TextModel(config, weights, device, dtype);
   } catch (e) {
     for (const t of loaded) t.dispose();

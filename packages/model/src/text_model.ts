@@ -1,7 +1,7 @@
 // The Gemma 3 text decoder (HF Gemma3TextModel + tied LM head) on @gemma3/native ops:
 //   h = embed[ids] · √hidden        (the scale rounded to the weight dtype first, as HF does)
 //   for each layer: h = layer(h)    (block.ts)
-//   logits = norm(h) · embedᵀ       (tied; 262208 rows for 4B+)
+//   logits = norm(h) · embedᵀ       (tied, 262208 rows for 4B+; lm_head when a config unties it)
 import { Device, Tensor, bf16ToF32, f32ToBf16, ops } from "@gemma3/native";
 import { DecoderLayer, type LayerWeights } from "./block.js";
 import { SimpleKVCache, type KVCache } from "./cache.js";
@@ -17,6 +17,8 @@ export interface TextWeights {
   /** [hidden] */
   norm: Tensor;
   layers: LayerWeights[];
+  /** [vocab, hidden]; only when the config unties it (every published Gemma 3 ties it) */
+  lmHead?: Tensor;
 }
 
 export class Gemma3TextModel {
@@ -99,6 +101,7 @@ export class Gemma3TextModel {
     const w = this.weights;
     w.embedTokens.dispose();
     w.norm.dispose();
+    w.lmHead?.dispose();
     for (const l of w.layers) for (const t of Object.values(l)) (t as Tensor).dispose();
     this.scratch.dispose();
   }
