@@ -7,6 +7,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { inspectConfig, loadConfig, loadTextModel } from "@gemma3/model";
+import { estimateKV, formatBytes, type KVDType } from "@gemma3/kv-cache/estimate";
 import { generate } from "./generate.js";
 
 const DEMO = join(dirname(dirname(fileURLToPath(import.meta.url))), "demo-model");
@@ -15,7 +16,7 @@ const USAGE = `usage:
   gemma3 generate [--model DIR] --prompt-ids 2,9259,1902 [--max-tokens 24] [--temperature 0]
                   [--seed 0] [--logprobs N] [--device cpu|cuda|cuda:N] [--dtype f32|bf16]
                   [--ignore-eos] [--json] [--stats]
-  gemma3 inspect --config FILE [--json]
+  gemma3 inspect --config FILE [--context N [--batch B] [--kv-dtype bf16|f32|fp8]] [--json]
 
   --model DIR   a directory with config.json and *.safetensors (single or sharded), as on the hub;
                 without it, the bundled demo checkpoint (RANDOM weights, real vocabulary size).
@@ -110,13 +111,39 @@ async function cmdGenerate(argv: string[]): Promise<void> {
 async function cmdInspect(argv: string[]): Promise<void> {
   const { values } = parseArgs({
     args: argv,
-    options: { config: { type: "string" }, json: { type: "boolean" } },
+    options: {
+      config: { type: "string" },
+      json: { type: "boolean" },
+      context: { type: "string" },
+      batch: { type: "string" },
+      "kv-dtype": { type: "string" },
+    },
   });
   if (!values.config) throw new UsageError("inspect: --config FILE is required");
+  const kvDtype = values["kv-dtype"] ?? "bf16";
+  if (kvDtype !== "bf16" && kvDtype !== "f32" && kvDtype !== "fp8")
+    throw new UsageError(`--kv-dtype: bf16, f32 or fp8, got "${kvDtype}"`);
+  if (values.context === undefined && (values.batch !== undefined || values["kv-dtype"]))
+    throw new UsageError("inspect: --batch and --kv-dtype size a KV cache: give --context N too");
+  const intArg = (v: string, what: string) => {
+    if (!/^[1-9][0-9]*$/.test(v))
+      throw new UsageError(`${what}: expected an integer >= 1, got "${v}"`);
+    return Number(v);
+  };
   const cfg = await loadConfig(values.config);
   const s = inspectConfig(cfg);
+  const kv =
+    values.context === undefined
+      ? undefined
+      : estimateKV(cfg, {
+          context: intArg(values.context, "--context"),
+          batch: values.batch === undefined ? 1 : intArg(values.batch, "--batch"),
+          kvDtype: kvDtype as KVDType,
+        });
   if (values.json) {
-    process.stdout.write(JSON.stringify({ config: cfg, summary: s }, null, 2) + "\n");
+    process.stdout.write(
+      JSON.stringify({ config: cfg, summary: s, ...(kv ? { kv } : {}) }, null, 2) + "\n",
+    );
     return;
   }
   const gib = (b: number) => `${(b / 2 ** 20).toFixed(2)} MiB`;
@@ -134,6 +161,18 @@ async function cmdInspect(argv: string[]): Promise<void> {
     `KV bytes / token  ${s.kvBytesPerToken.full.toLocaleString("en-US")} with every layer caching every token (bf16)`,
     `                  ${s.kvBytesPerToken.globalOnly.toLocaleString("en-US")} in steady state with a hybrid cache (global layers only), plus ${gib(s.kvBytesPerToken.localFixed)} fixed for the sliding-window rings`,
   ];
+  if (kv) {
+    // The hybrid cache: 2·Hkv·d·bytes·(L_global·n + L_local·min(n, W)) per sequence.
+    const b = (x: number) => `${formatBytes(x)} (${x.toLocaleString("en-US")} bytes)`;
+    lines.push(
+      `KV cache          ${kv.context} tokens × batch ${kv.batch}, ${kv.kvDtype}: ${kv.bytesPerLayerToken.toLocaleString("en-US")} bytes per layer per token${kv.kvDtype === "fp8" ? " (fp8: estimate only; the runtime stores bf16 or f32)" : ""}`,
+      `  global layers   ${kv.numGlobal} × ${kv.context} tokens: ${b(kv.global)}`,
+      `  local layers    ${kv.numLocal} × min(${kv.context}, ${cfg.slidingWindow}) = ${kv.window} tokens: ${b(kv.local)}`,
+      `  hybrid total    ${b(kv.hybrid)}`,
+      `  global-only     ${b(kv.globalOnly)}: every layer caching every token, ${(kv.globalOnly / kv.hybrid).toFixed(2)}× the hybrid`,
+      `  page rounding   +${formatBytes(kv.pageRounding)} with pages of ${kv.pageSize} tokens (global layers hold whole pages)`,
+    );
+  }
   process.stdout.write(lines.join("\n") + "\n");
 }
 

@@ -5,7 +5,7 @@
 // base and scale) → softmax(q·kᵀ · query_pre_attn_scalar^-½) · v, sliding window on local layers.
 import { Tensor, ops } from "@gemma3/native";
 import type { Gemma3Config } from "./config.js";
-import type { KVCache, StepPlan } from "./cache.js";
+import { cachedAttention, type KVCache, type StepPlan } from "@gemma3/kv-cache";
 import { Scratch } from "./scratch.js";
 
 /** Weights of one layer. Linear weights are [out, in] (torch layout); norms [hidden] or [head_dim]. */
@@ -40,8 +40,16 @@ export class DecoderLayer {
     this.smScale = cfg.queryPreAttnScalar ** -0.5;
   }
 
-  /** Scratch bytes one call needs for n tokens (what `forward` allocates). */
-  static scratchBytes(cfg: Gemma3Config, n: number, dtype: "f32" | "bf16"): number {
+  /**
+   * Scratch bytes one call needs for n tokens (what `forward` allocates), with `contextRows` rows
+   * of gathered K and V when the step prefills over cached tokens (StepPlan.contextRows).
+   */
+  static scratchBytes(
+    cfg: Gemma3Config,
+    n: number,
+    dtype: "f32" | "bf16",
+    contextRows = 0,
+  ): number {
     const {
       hiddenSize: h,
       intermediateSize: f,
@@ -50,7 +58,8 @@ export class DecoderLayer {
       headDim: d,
     } = cfg;
     const b = (cols: number) => Scratch.bytes([n, cols], dtype);
-    return 3 * b(h) + 2 * b(hq * d) + 2 * b(hkv * d) + 3 * b(f) + b(h);
+    const ctx = contextRows > 0 ? 2 * Scratch.bytes([contextRows, hkv * d], dtype) : 0;
+    return 3 * b(h) + 2 * b(hq * d) + 2 * b(hkv * d) + 3 * b(f) + b(h) + ctx;
   }
 
   /**
@@ -91,33 +100,13 @@ export class DecoderLayer {
     ops.rope(q, plan.positions, this.rope.base, this.rope.scale);
     ops.rope(k, plan.positions, this.rope.base, this.rope.scale);
 
-    const kv = cache.layer(this.index);
-    const slots = this.sliding ? plan.ringSlots : plan.fullSlots;
-    const cacheK = kv.k.view([kv.slots, hkv, d]);
-    const cacheV = kv.v.view([kv.slots, hkv, d]);
-    const o = s.alloc([n, hq, d], dt);
-    if (plan.decode) {
-      // One new token: write its K/V into its slot, then attend over the layer's cached slots.
-      ops.copyRows(k, cacheK, slots);
-      ops.copyRows(v, cacheV, slots);
-      const kvLen = this.sliding ? plan.ringLen : plan.fullLen;
-      ops.attentionDecode(q, kv.k, kv.v, plan.kvIndptr, plan.kvIndices, kvLen, {
-        smScale: this.smScale,
-        maxKvLen: kv.slots,
-        out: o,
-      });
-    } else {
-      // Prefill: attend within the chunk (causal; windowed on local layers), then keep what later
-      // steps read (ring layers keep only the last `window` tokens).
-      ops.attentionPrefill(q, k, v, plan.prefillIndptr, plan.prefillIndptr, {
-        smScale: this.smScale,
-        window: this.sliding ? this.cfg.slidingWindow : 0,
-        maxQLen: n,
-        out: o,
-      });
-      ops.copyRows(k, cacheK, slots);
-      ops.copyRows(v, cacheV, slots);
-    }
+    // Through the cache: scatter + decode attention, or gather context + prefill + scatter
+    // (@gemma3/kv-cache cachedAttention; the window applies on sliding layers).
+    const o = cachedAttention(cache.layer(this.index), plan, q, k, v, {
+      smScale: this.smScale,
+      out: s.alloc([n, hq, d], dt),
+      alloc: (shape, dtype) => s.alloc(shape, dtype),
+    });
     return ops.matmul(o.view([n, hq * d]), this.w.oProj, {
       out: s.alloc([n, this.cfg.hiddenSize], dt),
     });

@@ -4,7 +4,7 @@
 //   logits = norm(h) · embedᵀ       (tied, 262208 rows for 4B+; lm_head when a config unties it)
 import { Device, Tensor, bf16ToF32, f32ToBf16, ops } from "@gemma3/native";
 import { DecoderLayer, type LayerWeights } from "./block.js";
-import { SimpleKVCache, type KVCache } from "./cache.js";
+import { HybridKVCache, KVSequence, type HybridKVCacheOptions } from "@gemma3/kv-cache";
 import type { Gemma3Config } from "./config.js";
 import { Scratch } from "./scratch.js";
 
@@ -39,39 +39,66 @@ export class Gemma3TextModel {
     this.scratch = new Scratch(device);
   }
 
-  /** A KV cache for one sequence of up to `capacity` tokens. */
-  newCache(capacity: number): SimpleKVCache {
-    return new SimpleKVCache(this.config, capacity, this.device, this.dtype);
+  /** A KV cache holding one sequence of up to `capacity` tokens (disposing it frees both). */
+  newCache(capacity: number): KVSequence {
+    return KVSequence.single(this.config, {
+      maxSeqLen: capacity,
+      dtype: this.dtype,
+      device: this.device,
+    });
+  }
+
+  /** A KV cache for several sequences (continuous batching, forks): add them with `sequence()`. */
+  newKVCache(o: Omit<HybridKVCacheOptions, "dtype" | "device">): HybridKVCache {
+    return new HybridKVCache(this.config, { ...o, dtype: this.dtype, device: this.device });
   }
 
   /**
-   * Runs the step's new tokens through the model and appends them to `cache`. The first call on a
-   * cache is a prefill of any length; later calls take one token each (decode).
+   * Runs new tokens of one sequence through the model and appends them to its cache: a prompt,
+   * a chunk of one, a new turn of a live session, or one decode token.
    * @param ids the new token ids
    * @param opts.allLogits logits for every new token (else only for the last)
    * @returns logits [n or 1, vocab] f32 on the model's device (the caller disposes it)
    */
-  forward(ids: readonly number[], cache: KVCache, opts: { allLogits?: boolean } = {}): Tensor {
-    const n = ids.length;
+  forward(ids: readonly number[], seq: KVSequence, opts: { allLogits?: boolean } = {}): Tensor {
+    return this.forwardBatch([{ seq, ids }], opts);
+  }
+
+  /**
+   * One step for several sequences of one cache (ragged: each brings any number of tokens).
+   * @returns logits f32: [Σ n, vocab] with allLogits (sequence after sequence), else [batch, vocab]
+   *   (each sequence's last token)
+   */
+  forwardBatch(
+    steps: readonly { seq: KVSequence; ids: readonly number[] }[],
+    opts: { allLogits?: boolean } = {},
+  ): Tensor {
     const { vocabSize: vocab, hiddenSize: hidden, rmsNormEps: eps } = this.config;
-    if (n === 0) throw new RangeError("forward: no tokens");
-    for (const id of ids)
-      if (!Number.isInteger(id) || id < 0 || id >= vocab)
-        throw new RangeError(`forward: token id ${id} outside [0, ${vocab})`);
-    const plan = cache.plan(n);
-    const rows = opts.allLogits ? n : 1;
+    const cache = steps[0]?.seq.cache;
+    if (!cache) throw new RangeError("forward: no sequences");
+    for (const { seq, ids } of steps) {
+      if (seq.cache !== cache) throw new RangeError("forwardBatch: sequences of different caches");
+      if (ids.length === 0) throw new RangeError("forward: no tokens");
+      for (const id of ids)
+        if (!Number.isInteger(id) || id < 0 || id >= vocab)
+          throw new RangeError(`forward: token id ${id} outside [0, ${vocab})`);
+    }
+    const plan = cache.plan(steps.map(({ seq, ids }) => ({ seq: seq.id, count: ids.length })));
+    const n = plan.numTokens;
+    const batch = steps.length;
+    const rows = opts.allLogits ? n : batch;
     const s = this.scratch;
     const dt = this.dtype;
     s.begin(
       2 * Scratch.bytes([n, hidden], dt) +
-        Scratch.bytes([rows, hidden], dt) +
+        2 * Scratch.bytes([rows, hidden], dt) +
         Scratch.bytes([rows, vocab], dt) +
-        DecoderLayer.scratchBytes(this.config, n, dt) +
+        DecoderLayer.scratchBytes(this.config, n, dt, plan.contextRows) +
         4096,
     );
     try {
       const idsT = s.alloc([n], "i32");
-      idsT.write(ids);
+      idsT.write(steps.flatMap((st) => st.ids));
       const h = ops.embedding(idsT, this.weights.embedTokens, this.embedScale, {
         out: s.alloc([n, hidden], dt),
       });
@@ -80,16 +107,17 @@ export class Gemma3TextModel {
         layer.forward(h, cache, plan, s);
         s.rewind(mark); // the layer's temporaries are dead once its ops are enqueued
       }
-      const last = opts.allLogits ? h : h.slice(n - 1, n);
+      // Each sequence's last row: a row gather (embedding with scale 1 is exact) for a batch.
+      const last = opts.allLogits
+        ? h
+        : batch === 1
+          ? h.slice(n - 1, n)
+          : ops.embedding(plan.lastRows, h, 1, { out: s.alloc([batch, hidden], dt) });
       const x = ops.rmsnorm(last, this.weights.norm, eps, s.alloc([rows, hidden], dt));
+      const head = this.weights.lmHead ?? this.weights.embedTokens;
       const logits = Tensor.empty([rows, vocab], "f32", this.device);
-      if (dt === "f32") ops.matmul(x, this.weights.embedTokens, { out: logits });
-      else
-        ops.cast(
-          ops.matmul(x, this.weights.embedTokens, { out: s.alloc([rows, vocab], dt) }),
-          "f32",
-          logits,
-        );
+      if (dt === "f32") ops.matmul(x, head, { out: logits });
+      else ops.cast(ops.matmul(x, head, { out: s.alloc([rows, vocab], dt) }), "f32", logits);
       cache.commit(plan);
       return logits;
     } finally {

@@ -1,0 +1,267 @@
+// Attention through the hybrid cache (CPU ops) against a naive full-cache reference: every
+// sequence keeps its whole K/V history in plain arrays and each query attends over all of it
+// (global layers) or its last `window` positions (sliding layers), in float64. Three sequences
+// share one cache through chunked prefill (chunks crossing the window, longer than it, wrapping
+// the ring, mixed with 1-token rows), > 100 decode steps, a fork and rollbacks.
+import { describe, expect, it } from "vitest";
+import { Tensor, bf16ToF32, f32ToBf16 } from "@gemma3/native";
+import { HybridKVCache } from "../src/cache.js";
+import { cachedAttention } from "../src/attention.js";
+import type { AttentionLayout } from "../src/layout.js";
+import type { StepRequest } from "../src/planner.js";
+
+const HQ = 4;
+const HKV = 2;
+const D = 8;
+const WINDOW = 5;
+const layout: AttentionLayout = {
+  layerTypes: ["sliding", "full", "sliding"],
+  numKeyValueHeads: HKV,
+  headDim: D,
+  slidingWindow: WINDOW,
+};
+const SM = 1 / Math.sqrt(D);
+
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Per sequence and layer: every K and V row written so far, in position order. */
+type History = { k: Float32Array[]; v: Float32Array[] }[];
+
+/** Naive attention of one query row at position p over hist[0..p] (window: last `w` only). */
+function reference(
+  q: Float32Array,
+  h: { k: Float32Array[]; v: Float32Array[] },
+  p: number,
+  w: number,
+): Float64Array {
+  const out = new Float64Array(HQ * D);
+  const first = w > 0 ? Math.max(0, p - w + 1) : 0;
+  for (let hq = 0; hq < HQ; hq++) {
+    const hk = Math.floor(hq / (HQ / HKV));
+    const s: number[] = [];
+    for (let j = first; j <= p; j++) {
+      let dot = 0;
+      for (let d = 0; d < D; d++) dot += q[hq * D + d]! * h.k[j]![hk * D + d]!;
+      s.push(dot * SM);
+    }
+    const m = Math.max(...s);
+    const e = s.map((x) => Math.exp(x - m));
+    const z = e.reduce((a, b) => a + b, 0);
+    for (let j = first; j <= p; j++)
+      for (let d = 0; d < D; d++) out[hq * D + d]! += (e[j - first]! / z) * h.v[j]![hk * D + d]!;
+  }
+  return out;
+}
+
+function scenario(dtype: "f32" | "bf16", rollback: number) {
+  // bf16: inputs are rounded to bf16 first (the reference sees the same values); the output
+  // rounds once to bf16 (8 mantissa bits): |err| ≤ 2^-8·|out|, and |out| ≤ max |v| < 1.
+  const tol = dtype === "f32" ? 2e-6 : 2 ** -8;
+  const round = dtype === "bf16" ? (x: number) => bf16ToF32(f32ToBf16(x)) : Math.fround;
+  const rand = rng(dtype === "f32" ? 1 : 2);
+  const cache = new HybridKVCache(layout, {
+    maxSeqLen: 160,
+    maxSeqs: 3,
+    pageSize: 4,
+    rollback,
+    dtype,
+    device: "cpu",
+  });
+  const hist = new Map<number, History>();
+  const fresh = (): History => layout.layerTypes.map(() => ({ k: [], v: [] }));
+  let worst = 0;
+  let decodeSteps = 0;
+  let wraps = 0;
+
+  async function step(req: StepRequest[]): Promise<void> {
+    const plan = cache.plan(req);
+    const n = plan.numTokens;
+    for (let l = 0; l < layout.layerTypes.length; l++) {
+      const vals = (rows: number, heads: number) =>
+        Float32Array.from({ length: rows * heads * D }, () => round(rand() * 2 - 1));
+      const q = vals(n, HQ);
+      const k = vals(n, HKV);
+      const v = vals(n, HKV);
+      const qt = Tensor.from(q, [n, HQ, D], dtype);
+      const kt = Tensor.from(k, [n, HKV, D], dtype);
+      const vt = Tensor.from(v, [n, HKV, D], dtype);
+      const out = cachedAttention(cache.layer(l), plan, qt, kt, vt, { smScale: SM });
+      const got = (await out.toArray()) as Float32Array;
+      [qt, kt, vt, out].forEach((t) => t.dispose());
+      const w = layout.layerTypes[l] === "sliding" ? WINDOW : 0;
+      let row = 0;
+      for (const { seq, start, count } of plan.seqs) {
+        const h = hist.get(seq)![l]!;
+        h.k.length = start; // rolled back rows are gone
+        h.v.length = start;
+        for (let i = 0; i < count; i++, row++) {
+          h.k.push(k.subarray(row * HKV * D, (row + 1) * HKV * D));
+          h.v.push(v.subarray(row * HKV * D, (row + 1) * HKV * D));
+        }
+        for (let i = 0; i < count; i++) {
+          const r = row - count + i;
+          const ref = reference(q.subarray(r * HQ * D, (r + 1) * HQ * D), h, start + i, w);
+          for (let x = 0; x < HQ * D; x++) {
+            const err = Math.abs(got[r * HQ * D + x]! - ref[x]!);
+            worst = Math.max(worst, err);
+            if (!(err <= tol))
+              throw new Error(
+                `seq ${seq} layer ${l} position ${start + i} (${plan.decode ? "decode" : "prefill"}): |${got[r * HQ * D + x]} - ${ref[x]}| > ${tol}`,
+              );
+          }
+        }
+      }
+    }
+    if (plan.decode) decodeSteps++;
+    // A step wraps a ring when it writes slot 0 again (a position p > 0 with p % S == 0).
+    const S = cache.planner.ringSlots;
+    for (const s of plan.seqs)
+      if (
+        Math.floor((s.start + s.count - 1) / S) > Math.floor((s.start - 1) / S) &&
+        s.start + s.count > S
+      )
+        wraps++;
+    cache.commit(plan);
+  }
+
+  const add = (maxTokens?: number) => {
+    const id = cache.add(maxTokens);
+    hist.set(id, fresh());
+    return id;
+  };
+  const fork = (parent: number) => {
+    const id = cache.fork(parent);
+    hist.set(
+      id,
+      hist.get(parent)!.map((h) => ({ k: [...h.k], v: [...h.v] })),
+    );
+    return id;
+  };
+
+  return {
+    cache,
+    add,
+    fork,
+    step,
+    stats: () => ({ worst, decodeSteps, wraps }),
+  };
+}
+
+for (const dtype of ["f32", "bf16"] as const)
+  for (const rollback of [1, 3])
+    describe(`cachedAttention vs a naive full-cache reference (cpu, ${dtype}, rollback ${rollback})`, () => {
+      it("chunked prefill, ring wrap, 3 ragged sequences, fork, rollback, 110+ decode steps", async () => {
+        const s = scenario(dtype, rollback);
+        const a = s.add();
+        const b = s.add(100); // grows past its reservation later: unreserved pages serve it
+        await s.step([{ seq: a, count: 3 }]);
+        await s.step([
+          { seq: a, count: 7 }, // crosses the window, wraps the ring, over cached context
+          { seq: b, count: 12 }, // longer than the window on an empty sequence
+        ]);
+        await s.step([
+          { seq: a, count: 1 }, // a 1-token row inside a prefill step
+          { seq: b, count: 6 },
+        ]);
+        await s.step([{ seq: a, count: 12 }]); // longer than the window, over context, wraps
+        for (let i = 0; i < 60; i++)
+          await s.step([
+            { seq: a, count: 1 },
+            { seq: b, count: 1 },
+          ]);
+        const c = s.fork(b); // shares b's pages; b's last page (78 % 4 = 2 tokens) is copied on write
+        await s.step([
+          { seq: b, count: 9 },
+          { seq: c, count: 2 },
+        ]);
+        for (let i = 0; i < 25; i++)
+          await s.step([
+            { seq: a, count: 1 },
+            { seq: b, count: 1 },
+            { seq: c, count: 1 },
+          ]);
+        // Roll back as far as the ring allows (the reference drops the same rows), then go on.
+        s.cache.trim(a, s.cache.length(a) - rollback);
+        s.cache.trim(c, s.cache.length(c) - 1);
+        expect(() => s.cache.trim(b, s.cache.length(b) - rollback - 1)).toThrow(/cannot roll back/);
+        for (let i = 0; i < 25; i++)
+          await s.step([
+            { seq: a, count: 1 },
+            { seq: b, count: 1 },
+            { seq: c, count: 1 },
+          ]);
+        await s.step([{ seq: c, count: 7 }]); // a chunk after decoding
+        s.cache.free(b);
+        await s.step([
+          { seq: a, count: 1 },
+          { seq: c, count: 1 },
+        ]);
+        const st = s.stats();
+        if (process.env.GEMMA3_KV_VERBOSE) console.log(dtype, rollback, st);
+        expect(st.decodeSteps).toBeGreaterThanOrEqual(110);
+        expect(st.wraps).toBeGreaterThan(20);
+        expect(s.cache.length(a)).toBeGreaterThan(100);
+        s.cache.free(a);
+        s.cache.free(c);
+        expect(s.cache.stats()).toMatchObject({
+          freePages: s.cache.planner.numPages,
+          sequences: 0,
+        });
+        s.cache.dispose();
+      });
+    });
+
+describe("HybridKVCache storage", () => {
+  it("allocates what hybridCacheBytes says, rings and pages per layer kind", async () => {
+    const { hybridCacheBytes } = await import("../src/estimate.js");
+    const cache = new HybridKVCache(layout, {
+      maxSeqLen: 40,
+      maxSeqs: 2,
+      pageSize: 8,
+      dtype: "bf16",
+    });
+    expect(cache.layer(0).rows).toBe(2 * WINDOW);
+    expect(cache.layer(1).rows).toBe(2 * 5 * 8);
+    expect(cache.bytes).toBe(
+      hybridCacheBytes(layout, {
+        maxSeqs: 2,
+        maxSeqLen: 40,
+        pageSize: 8,
+        numPages: 10,
+        dtype: "bf16",
+      }),
+    );
+    cache.dispose();
+  });
+
+  it("decode plans view the same device rows every step (graph-replayable)", () => {
+    const cache = new HybridKVCache(layout, { maxSeqLen: 40, maxSeqs: 2, dtype: "f32" });
+    const a = cache.add();
+    cache.commit(cache.plan([{ seq: a, count: 9 }]));
+    const at = (t: Tensor) => [t.byteOffset, t.numel];
+    const p1 = cache.plan([{ seq: a, count: 1 }]);
+    const v1 = [
+      p1.positions,
+      p1.ring.writeRows,
+      p1.global.decode!.kvIndices,
+      p1.global.decode!.kvLen,
+    ].map(at);
+    cache.commit(p1);
+    const p2 = cache.plan([{ seq: a, count: 1 }]);
+    expect(
+      [p2.positions, p2.ring.writeRows, p2.global.decode!.kvIndices, p2.global.decode!.kvLen].map(
+        at,
+      ),
+    ).toEqual(v1);
+    cache.dispose();
+  });
+});
