@@ -1,6 +1,8 @@
 // GEMV path of matmul (1 <= M <= kGemvMaxM): y[m, n] = sum_k x[m, k] * W[n, k], bound by the bytes
 // of W. A warp streams R rows of W (S warps split K when N alone cannot fill the GPU), every weight
 // byte is read once for all M rows of x, and x (small, shared by every warp) is read through L1.
+// Dense formats (f32, bf16, fp8) load W with 16-byte loads straight into registers; the GGUF block
+// formats (q8_0, q4_0) stage it through shared memory (gemv_q_kernel, see its notes).
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
@@ -8,6 +10,7 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
@@ -77,106 +80,51 @@ __device__ __forceinline__ void load_x_run(const bf16* p, float* v) {
   }
 }
 
-// ---- weight formats ----
-// A "chunk" is what one lane loads per row per step: kE weights, matched by kRuns runs of x of
-// kE / kRuns contiguous values at x_off(c, run). Lanes of a warp take consecutive chunks, so the
-// warp reads a contiguous stretch of the row. unpack() yields the exact float weights.
+// ---- dense weight formats (f32, bf16, fp8) ----
+// A "chunk" is what one lane loads per row per step: kE weights, matched by kE contiguous x values
+// at x_off(c). Lanes of a warp take consecutive chunks, so the warp reads a contiguous stretch of
+// the row. unpack() yields the exact float weights. Block formats have their own kernel below.
 template <typename TW>
 struct Fmt;
 
 template <>
 struct Fmt<float> {
-  static constexpr int kE = 4, kRuns = 1;
-  static constexpr bool kBlock = false;
+  static constexpr int kE = 4;
   using Raw = uint4;
   __device__ static Raw load(const float* row, int64_t c) { return ld_stream16(row + c * 4); }
   __device__ static void unpack(const Raw& r, float* v) {
     v[0] = __uint_as_float(r.x), v[1] = __uint_as_float(r.y);
     v[2] = __uint_as_float(r.z), v[3] = __uint_as_float(r.w);
   }
-  __device__ static int64_t x_off(int64_t c, int) { return c * 4; }
+  __device__ static int64_t x_off(int64_t c) { return c * 4; }
 };
 
 template <>
 struct Fmt<bf16> {
-  static constexpr int kE = 8, kRuns = 1;
-  static constexpr bool kBlock = false;
+  static constexpr int kE = 8;
   using Raw = uint4;
   __device__ static Raw load(const bf16* row, int64_t c) { return ld_stream16(row + c * 8); }
   __device__ static void unpack(const Raw& r, float* v) { unpack_bf16x8(r, v); }
-  __device__ static int64_t x_off(int64_t c, int) { return c * 8; }
+  __device__ static int64_t x_off(int64_t c) { return c * 8; }
 };
 
 template <>
 struct Fmt<fp8e4m3> {
-  static constexpr int kE = 16, kRuns = 1;
-  static constexpr bool kBlock = false;
+  static constexpr int kE = 16;
   using Raw = uint4;
   __device__ static Raw load(const fp8e4m3* row, int64_t c) { return ld_stream16(row + c * 16); }
   __device__ static void unpack(const Raw& r, float* v) {
     unpack_fp8x4(r.x, v), unpack_fp8x4(r.y, v + 4), unpack_fp8x4(r.z, v + 8);
     unpack_fp8x4(r.w, v + 12);
   }
-  __device__ static int64_t x_off(int64_t c, int) { return c * 16; }
-};
-
-// q8_0: 8 lanes per 34-byte block, 4 weights each. Blocks are only 2-byte aligned, so a lane reads
-// d and its 4 int8 as three u16 (L1-cached: neighbouring lanes share the lines).
-struct RawQ {
-  uint32_t d, q01, q23;
-};
-template <>
-struct Fmt<block_q8_0> {
-  static constexpr int kE = 4, kRuns = 1;
-  static constexpr bool kBlock = true;
-  using Raw = RawQ;
-  __device__ static Raw load(const block_q8_0* row, int64_t c) {
-    const unsigned short* p = reinterpret_cast<const unsigned short*>(row + (c >> 3));
-    const int sub = static_cast<int>(c & 7);
-    return Raw{__ldg(p), __ldg(p + 1 + 2 * sub), __ldg(p + 2 + 2 * sub)};
-  }
-  __device__ static void unpack(const Raw& r, float* v) {
-    const float d = f16_bits_to_f32(r.d);
-    v[0] = float(int32_t(r.q01 << 24) >> 24) * d;
-    v[1] = float(int32_t(r.q01 << 16) >> 24) * d;
-    v[2] = float(int32_t(r.q23 << 24) >> 24) * d;
-    v[3] = float(int32_t(r.q23 << 16) >> 24) * d;
-  }
-  __device__ static int64_t x_off(int64_t c, int) { return c * 4; }  // 8 chunks * 4 = 32 per block
-};
-
-// q4_0: 4 lanes per 18-byte block; lane `sub` owns qs bytes [4 sub, 4 sub + 4): weights
-// 4 sub .. 4 sub + 3 (low nibbles) and 16 + 4 sub .. (high nibbles), hence two x runs.
-template <>
-struct Fmt<block_q4_0> {
-  static constexpr int kE = 8, kRuns = 2;
-  static constexpr bool kBlock = true;
-  using Raw = RawQ;
-  __device__ static Raw load(const block_q4_0* row, int64_t c) {
-    const unsigned short* p = reinterpret_cast<const unsigned short*>(row + (c >> 2));
-    const int sub = static_cast<int>(c & 3);
-    return Raw{__ldg(p), __ldg(p + 1 + 2 * sub), __ldg(p + 2 + 2 * sub)};
-  }
-  __device__ static void unpack(const Raw& r, float* v) {
-    const float d = f16_bits_to_f32(r.d);
-    const uint32_t q = r.q01 | (r.q23 << 16);  // 4 bytes = 8 nibbles
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      v[j] = float(int32_t((q >> (8 * j)) & 0xfu) - 8) * d;
-      v[4 + j] = float(int32_t((q >> (8 * j + 4)) & 0xfu) - 8) * d;
-    }
-  }
-  __device__ static int64_t x_off(int64_t c, int run) {
-    return (c >> 2) * 32 + (c & 3) * 4 + 16 * run;
-  }
+  __device__ static int64_t x_off(int64_t c) { return c * 16; }
 };
 
 // Rows per warp (R) and chunks in flight per row (U): enough 16-byte loads in flight per lane to
-// cover DRAM latency, few enough registers at M = 8. Block formats re-read x four times per W byte
-// more than bf16, so they share each x load over 4 rows once M >= 4.
-template <typename TW, int MT>
+// cover DRAM latency, few enough registers at M = 8.
+template <int MT>
 struct Tiling {
-  static constexpr int R = (Fmt<TW>::kBlock && MT >= 4) ? 4 : 2;
+  static constexpr int R = 2;
   static constexpr int U = MT <= 2 ? 2 : 1;
 };
 
@@ -192,20 +140,18 @@ __device__ __forceinline__ float warp_sum(float v) {
 template <typename TX, typename TW, int MT>
 __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
     gemv_kernel(const TX* __restrict__ x,           // x: [M, K]
-                const TW* __restrict__ w,           // w: [N, K] (block formats: [N, K/32] blocks)
+                const TW* __restrict__ w,           // w: [N, K], 16-byte aligned
                 const float* __restrict__ w_scale,  // w_scale: [N] or null
                 TX* __restrict__ y,                 // y: [M, N]
                 int M, int64_t N, int64_t K, int S) {
   using F = Fmt<TW>;
-  constexpr int R = Tiling<TW, MT>::R, U = Tiling<TW, MT>::U, E = F::kE;
-  constexpr int kRunLen = E / F::kRuns;
+  constexpr int R = Tiling<MT>::R, U = Tiling<MT>::U, E = F::kE;
   __shared__ float partial[kWarps][MT * R];
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t group = int64_t(blockIdx.x) * (kWarps / S) + warp / S;
   const int s = warp % S;
   const int64_t n0 = group * R;
-  const int64_t row_len = F::kBlock ? K / kQK : K;
   const int64_t nchunks = K / E;
 
   float acc[MT][R];
@@ -217,7 +163,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
   if (n0 < N) {
     const TW* rows[R];
 #pragma unroll
-    for (int r = 0; r < R; ++r) rows[r] = w + (n0 + r < N ? n0 + r : N - 1) * row_len;
+    for (int r = 0; r < R; ++r) rows[r] = w + (n0 + r < N ? n0 + r : N - 1) * K;
     const int64_t step = int64_t(S) * 32 * U;
     for (int64_t c0 = int64_t(s) * 32 * U + lane; c0 < nchunks; c0 += step) {
       typename F::Raw raw[U][R];
@@ -241,9 +187,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
             if (m < M) {
               float xv[E];
               const TX* xr = x + m * K;
-#pragma unroll
-              for (int run = 0; run < F::kRuns; ++run)
-                load_x_run<kRunLen>(xr + F::x_off(c, run), xv + run * kRunLen);
+              load_x_run<E>(xr + F::x_off(c), xv);
 #pragma unroll
               for (int r = 0; r < R; ++r)
 #pragma unroll
@@ -274,6 +218,347 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
       if (w_scale != nullptr) v *= __ldg(w_scale + n);
       y[m * N + n] = from_f32<TX>(v);
     }
+  }
+}
+
+// ---- block formats (q8_0, q4_0): rows staged through shared memory with 16-byte copies ----
+//
+// GGUF blocks (34 / 18 bytes) are only 2-byte aligned and a row is 16-byte aligned only when
+// K % 256 == 0, so lanes copy whole 16-byte-aligned chunks of each row's byte range into shared
+// memory (cp.async; up to 14 head bytes of the previous row ride along and are ignored, the tail
+// chunk is zero-filled rather than over-read) and decode the blocks there with 32-bit LDS and
+// funnel shifts. A warp owns R rows; a pass covers 16 q4_0 / 8 q8_0 blocks of each row (2 / 4 lanes
+// per block, 8 qs bytes = 16 / 8 weights per lane, 288 / 272 bytes); a step is P passes and NS - 1
+// steps are in flight. A warp's steps form one stream across all its row groups, so the pipeline
+// never drains between groups. The grid is persistent (resident CTAs only); when row groups alone
+// cannot occupy every resident warp, S warps of a CTA (a "team") split K and meet on a named
+// barrier; each team takes a contiguous, balanced range of row groups.
+//
+// Prediction (H100 SXM, M = 1, bf16 x, 3 CTAs = 24 warps/SM; W bytes = N K/32 * 18 or 34):
+//   q4_0 is issue-bound: a step (2 rows x 32 blocks = 1152 B) is ~440 instructions per lane, of
+//   which 192 are the floor of exact decoding (1 PRMT + 1 FFMA per weight, then 1 FFMA per weight
+//   and x row); at 4 warp-instructions/clk/SM that caps it at ~10.5 B/clk/SM = 2.4 (1.75 GHz) to
+//   2.75 TB/s (1.98 GHz) with perfect issue, so ~2.2-2.4 TB/s in practice. q8_0 (~300 instructions
+//   per 1088 B step) stays HBM-bound. In flight: 3 steps x ~1.1 KB per warp, ~80 KB per SM, ~3x
+//   what ~3 TB/s x ~1 us of DRAM latency needs.
+//     K x N          q4_0 bytes, time, TB/s         q8_0 bytes, time, TB/s
+//     2560 x 10240   14.7 MB   ~6.5 us  ~2.25        27.9 MB   ~11 us   ~2.5
+//     5376 x 21504   65.0 MB   ~28 us   ~2.35        122.8 MB  ~44 us   ~2.8
+//     1152 x 6912     4.5 MB   ~3 us    ~1.5          8.5 MB   ~4.5 us  ~1.9  (latency + launch)
+//     2560 x 262208  377.6 MB  ~160 us  ~2.35        713.2 MB  ~245 us  ~2.9
+
+// 16-byte async copy of the first `bytes` (1..16) bytes at gmem (16-byte aligned) to smem, the rest
+// zero-filled: never reads past the valid range. L2 only (W is read once), 256-byte L2 prefetch.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
+               "r"(bytes)
+               : "memory");
+#else
+  uint8_t* d = static_cast<uint8_t*>(smem);
+  const uint8_t* g = static_cast<const uint8_t*>(gmem);
+  for (int i = 0; i < 16; ++i) d[i] = i < bytes ? g[i] : 0;
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+// Waits until at most N of this thread's copy groups are pending.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+// Barrier among the `threads` threads (whole warps) of one team, on named barrier `id` (1..15).
+__device__ __forceinline__ void team_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+// Decoders. A lane holds 8 consecutive qs bytes of one block (q[0] = bytes 0..3, q[1] = 4..7). One
+// byte permute puts each quant into the mantissa of a float constant B (0.5 or 8), giving exactly
+// v = B + q * u; then fma(v, D, C) with per-block D = d / u and C = -(B / u + off) d equals
+// (q - off) * d: v * D is exact inside the fma, C is exact (at most 9 + 11 significant bits) and so
+// is the representable result. The weights are bit-identical to the CPU's float(q - off) * d, so
+// only the float32 summation order differs.
+template <typename TW>
+struct QFmt;
+
+// q4_0: 2 lanes per block; lane h's bytes qs[8h, 8h + 8) hold weights 8h..8h+7 (low nibbles,
+// half 0) and 16+8h..16+8h+7 (high nibbles, half 1), each half matched by 8 contiguous x values.
+// Low nibble n into byte 2 of 0.5f: v = 0.5 + n / 2^8. High nibble left in place (16 n) into
+// byte 1 of 8.0f: v = 8 + n / 2^8. Hence fma(v, 2^8 d, -(128 + 8) d) and fma(v, 2^8 d,
+// -(2048 + 8) d) are both (n - 8) d, with one shared D.
+template <>
+struct QFmt<block_q4_0> {
+  static constexpr int kBytes = 18, kLanes = 2, kHalves = 2;
+  struct Scale {
+    float d, c_lo, c_hi;
+  };
+  __device__ static Scale scale(float d) { return {256.f * d, -136.f * d, -2056.f * d}; }
+  // The 4 weights of one qs word q (half 0: low nibbles, 1: high nibbles).
+  __device__ static void decode4(uint32_t q, int half, const Scale& s, float* v) {
+    if (half == 0) {
+      const uint32_t n = q & 0x0f0f0f0fu;
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {
+        const uint32_t sel = 0x7044u | (uint32_t(t) << 8);  // bytes {0, 0, n_t, 0x3f}
+        v[t] = fmaf(__uint_as_float(__byte_perm(n, 0x3f000000u, sel)), s.d, s.c_lo);
+      }
+    } else {
+      const uint32_t n = q & 0xf0f0f0f0u;
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {
+        const uint32_t sel = 0x7404u | (uint32_t(t) << 4);  // bytes {0, 16 n_t, 0, 0x41}
+        v[t] = fmaf(__uint_as_float(__byte_perm(n, 0x41000000u, sel)), s.d, s.c_hi);
+      }
+    }
+  }
+  __device__ static int x_off(int h, int half) { return 8 * h + 16 * half; }
+};
+
+// q8_0: 4 lanes per block; lane h's bytes qs[8h, 8h + 8) are weights 8h..8h+7. Flipping the sign
+// bit gives u = q + 128 in [0, 255], placed in byte 1: v = 0.5 + u / 2^16, (u - 128) d = q d.
+template <>
+struct QFmt<block_q8_0> {
+  static constexpr int kBytes = 34, kLanes = 4, kHalves = 1;
+  struct Scale {
+    float d, c;
+  };
+  __device__ static Scale scale(float d) { return {65536.f * d, -32896.f * d}; }
+  __device__ static void decode4(uint32_t q, int, const Scale& s, float* v) {
+    const uint32_t u = q ^ 0x80808080u;
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+      const uint32_t sel = 0x7404u | (uint32_t(t) << 4);  // bytes {0, u_t, 0, 0x3f}
+      v[t] = fmaf(__uint_as_float(__byte_perm(u, 0x3f000000u, sel)), s.d, s.c);
+    }
+  }
+  __device__ static int x_off(int h, int) { return 8 * h; }
+};
+
+// Rows per warp (R; 4 at M = 3..4 shares each x load over more rows, M > 4 must stay at 2 to fit
+// 128 registers), passes per step (P; a pass = 32 / kLanes blocks of each row, one per lane
+// group) and pipeline stages (NS: NS - 1 = 3 steps of ~1.1 KB in flight per warp). Shared memory
+// per CTA: kWarps * NS * R * slot bytes <= 39 KB, under the 48 KB static limit.
+template <int MT>
+struct QTiling {
+  static constexpr int R = MT == 4 ? 4 : 2;
+  static constexpr int P = MT == 4 ? 1 : 2;
+  static constexpr int NS = 4;
+};
+// Bytes of one row's step in shared memory: up to 14 misaligned head bytes + the step's blocks,
+// in whole 16-byte chunks, also covering the decoder's 3-word read at the last block.
+template <typename TW, int P>
+constexpr int slot_bytes() {
+  using Q = QFmt<TW>;
+  constexpr int blocks = P * 32 / Q::kLanes, head = 14;
+  constexpr int chunks = (head + blocks * Q::kBytes + 15) / 16;
+  constexpr int last_word = (head + (blocks - 1) * Q::kBytes + 2 + 8 * (Q::kLanes - 1)) / 4 + 2;
+  return chunks * 16 > (last_word + 1) * 4 ? chunks * 16 : (last_word + 1) * 4;
+}
+
+// Warp (team t = blockIdx.x * kWarps / S + warp / S of `teams`, slice s = warp % S) processes row
+// groups [t G / teams, (t + 1) G / teams) of R rows each (rows past N clamped to N - 1, results
+// dropped); slice s takes steps s, s + S, ... of every row. MT >= M is x's compile-time row count.
+// Host guarantees K / 32 * kBytes < 2^31 (in-row byte offsets are int).
+template <typename TX, typename TW, int MT>
+__global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
+    gemv_q_kernel(const TX* __restrict__ x,           // x: [M, K], 16-byte aligned
+                  const TW* __restrict__ w,           // w: [N, K/32] blocks, 2-byte aligned
+                  const float* __restrict__ w_scale,  // w_scale: [N] or null
+                  TX* __restrict__ y,                 // y: [M, N]
+                  int M, int64_t N, int64_t K, int S, int64_t groups) {
+  using Q = QFmt<TW>;
+  constexpr int R = QTiling<MT>::R, P = QTiling<MT>::P, NS = QTiling<MT>::NS;
+  constexpr int kPass = 32 / Q::kLanes;           // blocks per row per pass
+  constexpr int kStep = P * kPass;                // blocks per row per step
+  constexpr int kStepBytes = kStep * Q::kBytes;   // a multiple of 16: 576 / 272 / 544 / 288
+  constexpr int kSlot = slot_bytes<TW, P>() / 4;  // words
+  constexpr int kChunkIters = (kSlot * 4 / 16 + 31) / 32;
+  static_assert(kStepBytes % 16 == 0, "a step keeps a row's 16-byte phase");
+  __shared__ __align__(16) uint32_t stage[kWarps][NS][R][kSlot];
+  __shared__ float partial[2][kWarps][MT * R];
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int s = warp % S, team_in_cta = warp / S;
+  const int64_t teams = int64_t(gridDim.x) * (kWarps / S);
+  const int64_t team = int64_t(blockIdx.x) * (kWarps / S) + team_in_cta;
+  const int64_t g_begin = team * groups / teams, g_end = (team + 1) * groups / teams;
+  if (g_begin >= g_end) return;  // the whole team has no rows; no barrier is skipped
+
+  const int nb = static_cast<int>(K / kQK);    // blocks per row
+  const int steps = (nb + kStep - 1) / kStep;  // steps per row
+  const int T = (steps + S - 1) / S;           // steps per row per slice (some may be empty)
+  const int64_t row_bytes = int64_t(nb) * Q::kBytes;
+  const char* const wb = reinterpret_cast<const char*>(w);
+  // Row r of group g starts at byte `phase` of the 16-byte chunk at `base16`; since a step is a
+  // whole number of chunks, every step of the row has the same phase.
+  auto row_geom = [&](int64_t g, int r, const char** base16, int* phase) {
+    const int64_t n = g * R + r < N ? g * R + r : N - 1;
+    const char* p = wb + n * row_bytes;
+    *phase = static_cast<int>(reinterpret_cast<uintptr_t>(p) & 15);
+    *base16 = p - *phase;
+  };
+
+  // Producer: copies the step after the last one issued (cursor pg, pi) into `slot`, then commits
+  // a copy group (empty past the end) so every lane's group count stays in step with the consumer.
+  int64_t pg = g_begin;
+  int pi = 0;
+  const char* pbase[R];
+  int pphase[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) row_geom(pg, r, &pbase[r], &pphase[r]);
+  auto issue = [&](int slot) {
+    const int st = s + pi * S;
+    if (pg < g_end && st < steps) {
+      const int bytes = (nb - st * kStep < kStep ? nb - st * kStep : kStep) * Q::kBytes;
+      char* const dst = reinterpret_cast<char*>(stage[warp][slot][0]) + 16 * lane;
+      const int64_t src_off = int64_t(st) * kStepBytes + 16 * lane;
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        // Bytes from this lane's first chunk to the end of the row's step range.
+        const int left = pphase[r] + bytes - 16 * lane;
+#pragma unroll
+        for (int c = 0; c < kChunkIters; ++c) {
+          const int rem = left - 512 * c;
+          if (rem > 0)
+            cp_async16(dst + r * (kSlot * 4) + 512 * c, pbase[r] + src_off + 512 * c,
+                       rem < 16 ? rem : 16);
+        }
+      }
+    }
+    cp_async_commit();
+    if (++pi == T) {
+      pi = 0;
+      if (++pg < g_end) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) row_geom(pg, r, &pbase[r], &pphase[r]);
+      }
+    }
+  };
+
+  float acc[MT][R];
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[m][r] = 0.f;
+
+  // Consumer: the lane decodes block j of each pass, qs bytes [8h, 8h + 8), against x[xl + ...].
+  const int j = lane / Q::kLanes, h = lane % Q::kLanes;
+  const TX* const xl = x + j * kQK + Q::x_off(h, 0);
+  // Per row of the current group: byte offsets in the slot of the words holding the lane's d and
+  // its qs (pass 0), and the bit shifts that extract them (the block is 2-byte aligned, so d sits
+  // in one word at shift 0 or 16 and the qs start at the other half-word).
+  int dwb[R], qwb[R], dsh[R], qsh[R];
+  auto consumer_rows = [&](int64_t g) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const char* unused;
+      int base;
+      row_geom(g, r, &unused, &base);
+      base += j * Q::kBytes;
+      dwb[r] = base & ~3;
+      dsh[r] = (base & 2) * 8;
+      qwb[r] = (base + 2 + 8 * h) & ~3;
+      qsh[r] = 16 - dsh[r];
+    }
+  };
+
+#pragma unroll
+  for (int k = 0; k < NS - 1; ++k) issue(k);
+  int64_t g = g_begin;
+  int i = 0, slot = 0, par = 0;
+  consumer_rows(g);
+  const int64_t flat = (g_end - g_begin) * T;  // this warp's steps, all groups in one stream
+#pragma unroll 1
+  for (int64_t f = 0; f < flat; ++f) {
+    issue(slot == 0 ? NS - 1 : slot - 1);  // the slot consumed last iteration
+    cp_async_wait<NS - 1>();               // this lane's copies of step f have landed
+    __syncwarp();                          // ... and every lane's are visible
+    const int st = s + i * S;
+    const int nblk = st < steps ? nb - st * kStep : 0;  // blocks of this step (may exceed kStep)
+    const TX* xs = xl + int64_t(st) * (kStep * kQK);
+    const char* sl = reinterpret_cast<const char*>(stage[warp][slot][0]);
+#pragma unroll
+    for (int pass = 0; pass < P; ++pass) {
+      if (pass * kPass + j < nblk) {
+        constexpr int kPassBytes = kPass * Q::kBytes;  // 288 / 272: passes keep the word phase
+        static_assert(kPassBytes % 4 == 0, "a pass is whole words");
+        uint32_t q[R][2];
+        typename Q::Scale sc[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          const char* sr = sl + r * (kSlot * 4) + pass * kPassBytes;
+          const uint32_t dword = *reinterpret_cast<const uint32_t*>(sr + dwb[r]);
+          sc[r] = Q::scale(f16_bits_to_f32((dword >> dsh[r]) & 0xffffu));
+          const uint32_t* qp = reinterpret_cast<const uint32_t*>(sr + qwb[r]);
+          const uint32_t w0 = qp[0], w1 = qp[1], w2 = qp[2];
+          q[r][0] = __funnelshift_r(w0, w1, qsh[r]);
+          q[r][1] = __funnelshift_r(w1, w2, qsh[r]);
+        }
+#pragma unroll
+        for (int half = 0; half < Q::kHalves; ++half) {
+          float wv[R][8];
+#pragma unroll
+          for (int r = 0; r < R; ++r) {
+            Q::decode4(q[r][0], half, sc[r], wv[r]);
+            Q::decode4(q[r][1], half, sc[r], wv[r] + 4);
+          }
+#pragma unroll
+          for (int m = 0; m < MT; ++m) {
+            if (m == 0 || m < M) {  // M >= 1
+              float xv[8];
+              load_x_run<8>(xs + m * K + pass * kPass * kQK + (Q::x_off(h, half) - Q::x_off(h, 0)),
+                            xv);
+#pragma unroll
+              for (int r = 0; r < R; ++r)
+#pragma unroll
+                for (int e = 0; e < 8; ++e) acc[m][r] = fmaf(wv[r][e], xv[e], acc[m][r]);
+            }
+          }
+        }
+      }
+    }
+    __syncwarp();  // every lane is done with `slot` before the next iteration refills it
+    slot = slot + 1 == NS ? 0 : slot + 1;
+    if (++i < T) continue;
+
+    // Group g done: lane m * R + r ends with y[m, g R + r] (S == 1) or this slice's part of it.
+    float v = 0.f;
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const float t = warp_sum(acc[m][r]);
+        if (lane == m * R + r) v = t;
+        acc[m][r] = 0.f;
+      }
+    bool write = true;
+    if (S > 1) {
+      // Slices meet on the team's barrier; the first sums them in a fixed order (deterministic).
+      // partial is double-buffered: a slice can only refill this parity after the next barrier,
+      // which the first slice reaches after reading it.
+      if (lane < MT * R) partial[par][warp][lane] = v;
+      team_sync(1 + team_in_cta, 32 * S);
+      write = s == 0;
+      if (write && lane < MT * R) {
+        v = 0.f;
+        for (int k = 0; k < S; ++k) v += partial[par][warp + k][lane];
+      }
+      par ^= 1;
+    }
+    const int m = lane / R, r = lane % R;
+    const int64_t n = g * R + r;
+    if (write && lane < MT * R && m < M && n < N) {
+      if (w_scale != nullptr) v *= __ldg(w_scale + n);
+      y[m * N + n] = from_f32<TX>(v);
+    }
+    i = 0;
+    if (++g < g_end) consumer_rows(g);
   }
 }
 
@@ -319,9 +604,11 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---- host side ----
 
-Status sm_count(int* out) {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> cache[kMaxDevices];  // 0 = not queried yet
+constexpr int kMaxDevices = 64;
+
+// A per-device integer attribute, queried once per device: `cache` holds 0 until known.
+template <typename Query>
+Status cached_per_device(std::atomic<int>* cache, Query query, int* out) {
   int dev = 0;
   G3_CUDA_RETURN(cudaGetDevice(&dev));
   if (dev >= 0 && dev < kMaxDevices) {
@@ -329,17 +616,42 @@ Status sm_count(int* out) {
     if (c > 0) return *out = c, Status::Ok();
   }
   int c = 0;
-  G3_CUDA_RETURN(cudaDeviceGetAttribute(&c, cudaDevAttrMultiProcessorCount, dev));
+  G3_RETURN_IF_ERROR(query(dev, &c));
   if (c <= 0) c = 1;
   if (dev >= 0 && dev < kMaxDevices) cache[dev].store(c, std::memory_order_relaxed);
   *out = c;
   return Status::Ok();
 }
 
+Status sm_count(int* out) {
+  static std::atomic<int> cache[kMaxDevices];
+  return cached_per_device(
+      cache,
+      [](int dev, int* c) {
+        G3_CUDA_RETURN(cudaDeviceGetAttribute(c, cudaDevAttrMultiProcessorCount, dev));
+        return Status::Ok();
+      },
+      out);
+}
+
+// Resident CTAs per SM of gemv_q_kernel<TX, TW, MT> (sizes its persistent grid).
+template <typename TX, typename TW, int MT>
+Status q_blocks_per_sm(int* out) {
+  static std::atomic<int> cache[kMaxDevices];
+  return cached_per_device(
+      cache,
+      [](int, int* c) {
+        const auto kernel = gemv_q_kernel<TX, TW, MT>;
+        G3_CUDA_RETURN(cudaOccupancyMaxActiveBlocksPerMultiprocessor(c, kernel, kThreads, 0));
+        return Status::Ok();
+      },
+      out);
+}
+
 template <typename TX, typename TW, int MT>
 Status launch_vec(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N,
                   int64_t K, cudaStream_t stream) {
-  constexpr int R = Tiling<TW, MT>::R, U = Tiling<TW, MT>::U;
+  constexpr int R = Tiling<MT>::R, U = Tiling<MT>::U;
   int sms = 0;
   G3_RETURN_IF_ERROR(sm_count(&sms));
   // Split K over S warps per row group only when the row groups alone leave SMs idle (small N,
@@ -357,6 +669,28 @@ Status launch_vec(const TX* x, const TW* w, const float* w_scale, TX* y, int M, 
   return check_launch("matmul gemv_kernel");
 }
 
+template <typename TX, typename TW, int MT>
+Status launch_q(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N, int64_t K,
+                cudaStream_t stream) {
+  constexpr int R = QTiling<MT>::R, kStep = QTiling<MT>::P * 32 / QFmt<TW>::kLanes;
+  int sms = 0, per_sm = 0;
+  G3_RETURN_IF_ERROR(sm_count(&sms));
+  G3_RETURN_IF_ERROR((q_blocks_per_sm<TX, TW, MT>(&per_sm)));
+  const int64_t groups = (N + R - 1) / R;
+  const int64_t steps = (K / kQK + kStep - 1) / kStep;
+  const int64_t slots = int64_t(sms) * per_sm;  // resident CTAs
+  // Split K over S warps only while row groups alone leave resident warps idle (small N, long K:
+  // the down projection) and each slice keeps at least two steps per row.
+  int S = 1;
+  while (S < kWarps && groups * S < slots * kWarps && steps >= 4 * S) S *= 2;
+  const int64_t teams_per_block = kWarps / S;
+  const int64_t need = (groups + teams_per_block - 1) / teams_per_block;
+  const int64_t blocks = need < slots ? need : slots;
+  gemv_q_kernel<TX, TW, MT><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+      x, w, w_scale, y, M, N, K, S, groups);
+  return check_launch("matmul gemv_q_kernel");
+}
+
 bool aligned(const void* p, uintptr_t a) { return (reinterpret_cast<uintptr_t>(p) & (a - 1)) == 0; }
 
 }  // namespace
@@ -365,15 +699,21 @@ bool aligned(const void* p, uintptr_t a) { return (reinterpret_cast<uintptr_t>(p
 template <typename TX, typename TW>
 Status gemv(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, int64_t N, int64_t K,
             cudaStream_t stream) {
-  using F = Fmt<TW>;
+  constexpr bool kBlock = std::is_same_v<TW, block_q8_0> || std::is_same_v<TW, block_q4_0>;
   if (M < 1 || M > 8) {
     return Status(StatusCode::kInternal,
                   "matmul gemv: M = " + std::to_string(M) + " not in [1, 8]");
   }
   const int m = static_cast<int>(M);
-  // Vector path: whole chunks per row and 16-byte aligned rows (block formats: 2-byte aligned
-  // blocks, any K % 32 == 0); x is read in 8- or 16-byte runs.
-  const bool vec = K % F::kE == 0 && aligned(w, F::kBlock ? 2 : 16) && aligned(x, 16);
+  // Vector paths: x read in 16-byte runs; dense rows whole 16-byte chunks and 16-byte aligned;
+  // block formats any K % 32 == 0 with (naturally) 2-byte aligned blocks.
+  bool vec = aligned(x, 16);
+  if constexpr (kBlock) {
+    vec =
+        vec && aligned(w, 2) && K % kQK == 0 && K / kQK * int64_t(sizeof(TW)) < (int64_t(1) << 31);
+  } else {
+    vec = vec && aligned(w, 16) && K % Fmt<TW>::kE == 0;
+  }
   if (!vec) {
     const int64_t blocks = (N + kWarps - 1) / kWarps;
     if (blocks > 0x7fffffff) return Status(StatusCode::kUnsupported, "matmul gemv: N too large");
@@ -381,10 +721,17 @@ Status gemv(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, in
         <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(x, w, w_scale, y, m, N, K);
     return check_launch("matmul gemv_scalar_kernel");
   }
-  if (m == 1) return launch_vec<TX, TW, 1>(x, w, w_scale, y, m, N, K, stream);
-  if (m == 2) return launch_vec<TX, TW, 2>(x, w, w_scale, y, m, N, K, stream);
-  if (m <= 4) return launch_vec<TX, TW, 4>(x, w, w_scale, y, m, N, K, stream);
-  return launch_vec<TX, TW, 8>(x, w, w_scale, y, m, N, K, stream);
+  if constexpr (kBlock) {
+    if (m == 1) return launch_q<TX, TW, 1>(x, w, w_scale, y, m, N, K, stream);
+    if (m == 2) return launch_q<TX, TW, 2>(x, w, w_scale, y, m, N, K, stream);
+    if (m <= 4) return launch_q<TX, TW, 4>(x, w, w_scale, y, m, N, K, stream);
+    return launch_q<TX, TW, 8>(x, w, w_scale, y, m, N, K, stream);
+  } else {
+    if (m == 1) return launch_vec<TX, TW, 1>(x, w, w_scale, y, m, N, K, stream);
+    if (m == 2) return launch_vec<TX, TW, 2>(x, w, w_scale, y, m, N, K, stream);
+    if (m <= 4) return launch_vec<TX, TW, 4>(x, w, w_scale, y, m, N, K, stream);
+    return launch_vec<TX, TW, 8>(x, w, w_scale, y, m, N, K, stream);
+  }
 }
 
 #define G3_GEMV_INSTANTIATE(TX, TW)                                                                \
