@@ -1,3 +1,5 @@
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { defineConfig } from "vitest/config";
 
 // One test run for the whole monorepo. Unit tests (no GPU, no weights) run everywhere; CUDA tests
@@ -14,5 +16,7 @@ export default defineConfig({
     // The native CPU stream and the GPU are process-wide: test files run in one process, in order.
     pool: "forks",
     fileParallelism: false,
+    // The tokenizer caches its parsed form; tests keep it out of the user's home directory.
+    env: { GEMMA3_CACHE_DIR: join(tmpdir(), "gemma3-test-cache") },
   },
 });

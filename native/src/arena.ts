@@ -56,7 +56,8 @@ export class Arena {
 
   /** Frees everything allocated after the point where `used` was `mark` (stack discipline). */
   rewindTo(mark: number): void {
-    if (mark < 0 || mark > this.used_) throw new RangeError(`Arena.rewindTo(${mark}): used is ${this.used_}`);
+    if (mark < 0 || mark > this.used_)
+      throw new RangeError(`Arena.rewindTo(${mark}): used is ${this.used_}`);
     this.used_ = mark;
   }
 

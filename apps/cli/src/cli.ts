@@ -1,26 +1,43 @@
 #!/usr/bin/env node
-// gemma3: the command line. `generate` runs a checkpoint on token ids; `inspect` describes a
-// config without weights. With no --model, generate uses the bundled demo checkpoint (random
-// weights: a plumbing demo, not a language model).
-import { existsSync } from "node:fs";
-import { dirname, join } from "node:path";
+// gemma3: the command line. `generate` runs a checkpoint on a prompt (text or token ids);
+// `tokenize` shows the ids of a text or a chat; `inspect` describes a config without weights. With
+// no --model, generate and tokenize use the bundled demo checkpoint (random weights: a plumbing
+// demo, not a language model) and the real Gemma 3 tokenizer copied beside it at build.
+import { existsSync, readFileSync } from "node:fs";
+import { dirname, isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { inspectConfig, loadConfig, loadTextModel } from "@gemma3/model";
 import { estimateKV, formatBytes, type KVDType } from "@gemma3/kv-cache/estimate";
+import {
+  Gemma3Tokenizer,
+  imageTokenConfig,
+  panAndScanCrops,
+  readImageSize,
+  stopTokenIds,
+  type ChatMessage,
+} from "@gemma3/tokenizer";
 import { generate } from "./generate.js";
 
 const DEMO = join(dirname(dirname(fileURLToPath(import.meta.url))), "demo-model");
 
 const USAGE = `usage:
-  gemma3 generate [--model DIR] --prompt-ids 2,9259,1902 [--max-tokens 24] [--temperature 0]
-                  [--seed 0] [--logprobs N] [--device cpu|cuda|cuda:N] [--dtype f32|bf16]
-                  [--ignore-eos] [--json] [--stats]
+  gemma3 generate [--model DIR] (--prompt TEXT | --prompt-ids 2,9259,1902) [--max-tokens 24]
+                  [--temperature 0] [--seed 0] [--logprobs N] [--device cpu|cuda|cuda:N]
+                  [--dtype f32|bf16] [--ignore-eos] [--json] [--stats]
+  gemma3 tokenize [--model DIR] (--text TEXT | --chat FILE.json [--image PATH ...] [--pan-and-scan])
+                  [--no-special-tokens] [--json]
   gemma3 inspect --config FILE [--context N [--batch B] [--kv-dtype bf16|f32|fp8]] [--json]
 
   --model DIR   a directory with config.json and *.safetensors (single or sharded), as on the hub;
                 without it, the bundled demo checkpoint (RANDOM weights, real vocabulary size).
-  --prompt TEXT needs the tokenizer package (a later issue); use --prompt-ids for now.`;
+  --prompt TEXT encoded with the model's tokenizer.json (<bos> first); prints the generated text
+                (--json: ids plus "text", special tokens left out of the text).
+  --text TEXT   ids of TEXT (<bos> first unless --no-special-tokens); --json adds the pieces.
+  --chat FILE   a JSON conversation, [{"role": "user", "content": "…"}, …] or {"messages": […],
+                "add_generation_prompt": true}, rendered with the model's chat template; content
+                parts {"type": "image"} take the --image files in order (or their "path").
+  --pan-and-scan  count Pan & Scan crops from each image's size (needs the image files).`;
 
 class UsageError extends Error {}
 
@@ -61,10 +78,10 @@ async function cmdGenerate(argv: string[]): Promise<void> {
       stats: { type: "boolean" },
     },
   });
-  if (values.prompt !== undefined)
-    throw new UsageError("--prompt needs the tokenizer, which is not built yet: pass --prompt-ids");
-  if (values["prompt-ids"] === undefined)
-    throw new UsageError("generate: --prompt-ids is required");
+  if ((values.prompt === undefined) === (values["prompt-ids"] === undefined))
+    throw new UsageError("generate: give --prompt TEXT or --prompt-ids IDS (one of them)");
+  const givenIds =
+    values["prompt-ids"] === undefined ? undefined : intList(values["prompt-ids"], "--prompt-ids");
   const dtype = values.dtype;
   if (dtype !== undefined && dtype !== "f32" && dtype !== "bf16")
     throw new UsageError(`--dtype: f32 or bf16, got "${dtype}"`);
@@ -75,7 +92,10 @@ async function cmdGenerate(argv: string[]): Promise<void> {
     process.stderr.write(
       "gemma3: no --model given, using the bundled demo checkpoint (random weights)\n",
     );
-  const promptIds = intList(values["prompt-ids"], "--prompt-ids");
+  // With a tokenizer beside the weights, --prompt works and the output gains the text.
+  const tok = await modelTokenizer(dir, !values.model, givenIds ? undefined : "--prompt");
+  const promptIds = givenIds ?? tok!.encode(values.prompt!);
+  const generationConfig = readJsonIfExists(join(dir, "generation_config.json"));
   const model = await loadTextModel(dir, {
     device: values.device ?? "cpu",
     ...(dtype ? { dtype } : {}),
@@ -86,15 +106,22 @@ async function cmdGenerate(argv: string[]): Promise<void> {
       temperature: num(values.temperature, 0, "--temperature", 0),
       seed: num(values.seed, 0, "--seed", 0),
       logprobs: num(values.logprobs, 0, "--logprobs", 0),
-      ...(values["ignore-eos"] ? { stop: [] } : {}),
+      ...(values["ignore-eos"]
+        ? { stop: [] }
+        : generationConfig
+          ? // generation_config.json may name more stop ids than config.json ([1, 106]).
+            { stop: stopTokenIds({ eos_token_id: model.config.eosTokenIds }, generationConfig) }
+          : {}),
     });
+    const text = tok?.decode(r.tokens, { skipSpecialTokens: true });
     if (values.json) {
       const out: Record<string, unknown> = { tokens: r.tokens };
       if (r.logprobs) out.logprobs = r.logprobs;
       out.finish_reason = r.finishReason;
+      if (text !== undefined) out.text = text;
       process.stdout.write(JSON.stringify(out) + "\n");
     } else {
-      process.stdout.write(r.tokens.join(",") + "\n");
+      process.stdout.write((values.prompt !== undefined ? text : r.tokens.join(",")) + "\n");
     }
     if (values.stats) {
       const t = r.timings;
@@ -106,6 +133,144 @@ async function cmdGenerate(argv: string[]): Promise<void> {
   } finally {
     model.dispose();
   }
+}
+
+function readJsonIfExists(file: string): unknown {
+  if (!existsSync(file)) return undefined;
+  try {
+    return JSON.parse(readFileSync(file, "utf8"));
+  } catch (e) {
+    throw new Error(`${file}: ${(e as Error).message}`);
+  }
+}
+
+/** The tokenizer beside a checkpoint; undefined when there is none and `needFor` is not given. */
+async function modelTokenizer(
+  dir: string,
+  demo: boolean,
+  needFor: string | undefined,
+): Promise<Gemma3Tokenizer | undefined> {
+  const file = join(dir, "tokenizer.json");
+  if (!existsSync(file)) {
+    if (needFor === undefined) return undefined;
+    if (demo)
+      throw new UsageError(`the demo tokenizer is missing (${file}): run \`npm run build\``);
+    throw new UsageError(`${needFor} needs ${file}, which is missing`);
+  }
+  if (needFor !== undefined) return Gemma3Tokenizer.fromDir(dir);
+  // Only for the output's "text": token ids still run when the tokenizer cannot be read.
+  return Gemma3Tokenizer.fromDir(dir).catch((e: Error) => {
+    process.stderr.write(`gemma3: ${file} not used (${e.message})\n`);
+    return undefined;
+  });
+}
+
+interface ChatFile {
+  messages: ChatMessage[];
+  addGenerationPrompt: boolean;
+}
+
+/** A conversation file: an array of messages, or {messages, add_generation_prompt}. */
+function readChat(file: string): ChatFile {
+  let j: unknown;
+  try {
+    j = JSON.parse(readFileSync(file, "utf8"));
+  } catch (e) {
+    throw new Error(`--chat ${file}: ${(e as Error).message}`);
+  }
+  if (Array.isArray(j)) return { messages: j as ChatMessage[], addGenerationPrompt: true };
+  const o = j as { messages?: unknown; add_generation_prompt?: unknown };
+  if (!o || typeof o !== "object" || !Array.isArray(o.messages))
+    throw new Error(`--chat ${file}: expected [messages…] or {"messages": […]}`);
+  return {
+    messages: o.messages as ChatMessage[],
+    addGenerationPrompt: o.add_generation_prompt !== false,
+  };
+}
+
+/** Pan & Scan crops per image part, from the image files' sizes (HF processor defaults). */
+function chatImageCrops(
+  chat: ChatFile,
+  chatFile: string,
+  images: string[] | undefined,
+  panAndScan: boolean,
+  dir: string,
+): number[] {
+  const parts = chat.messages.flatMap((m) =>
+    Array.isArray(m?.content) ? m.content.filter((p) => p?.type === "image") : [],
+  );
+  if (images && images.length !== parts.length)
+    throw new UsageError(
+      `--chat has ${parts.length} image part(s) but ${images.length} --image path(s) were given`,
+    );
+  if (!panAndScan) return parts.map(() => 0);
+  const pre = (readJsonIfExists(join(dir, "preprocessor_config.json")) ?? {}) as Record<
+    string,
+    unknown
+  >;
+  const opt = (k: string) => (typeof pre[k] === "number" ? (pre[k] as number) : undefined);
+  return parts.map((p, i) => {
+    let path = images?.[i] ?? (typeof p.path === "string" ? p.path : undefined);
+    if (path === undefined)
+      throw new UsageError(`--pan-and-scan needs image ${i + 1}'s file: pass --image PATH`);
+    if (!images && !isAbsolute(path)) path = resolve(dirname(chatFile), path);
+    const { width, height } = readImageSize(readFileSync(path));
+    return panAndScanCrops(width, height, {
+      minCropSize: opt("pan_and_scan_min_crop_size"),
+      maxNumCrops: opt("pan_and_scan_max_num_crops"),
+      minRatioToActivate: opt("pan_and_scan_min_ratio_to_activate"),
+    }).length;
+  });
+}
+
+async function cmdTokenize(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      model: { type: "string" },
+      text: { type: "string" },
+      chat: { type: "string" },
+      image: { type: "string", multiple: true },
+      "pan-and-scan": { type: "boolean" },
+      "no-special-tokens": { type: "boolean" },
+      json: { type: "boolean" },
+    },
+  });
+  if ((values.text === undefined) === (values.chat === undefined))
+    throw new UsageError("tokenize: give --text TEXT or --chat FILE.json (one of them)");
+  if (values.text !== undefined && (values.image || values["pan-and-scan"]))
+    throw new UsageError("tokenize: --image and --pan-and-scan go with --chat");
+  const dir = values.model ?? DEMO;
+  const tok = (await modelTokenizer(dir, !values.model, "tokenize"))!;
+  const extra: Record<string, unknown> = {};
+  let ids: number[];
+  if (values.text !== undefined) {
+    ids = tok.encode(values.text, { addSpecialTokens: !values["no-special-tokens"] });
+  } else {
+    const chat = readChat(values.chat!);
+    const numCrops = chatImageCrops(
+      chat,
+      values.chat!,
+      values.image,
+      !!values["pan-and-scan"],
+      dir,
+    );
+    const config = readJsonIfExists(join(dir, "config.json")) as
+      Record<string, unknown> | undefined;
+    const enc = tok.encodeChat(chat.messages, {
+      addGenerationPrompt: chat.addGenerationPrompt,
+      numCrops,
+      imageTokens: imageTokenConfig(config, tok.config),
+    });
+    ids = enc.ids;
+    extra.text = enc.text;
+    if (numCrops.length > 0) extra.num_crops = numCrops;
+  }
+  if (values.json)
+    process.stdout.write(
+      JSON.stringify({ ids, pieces: ids.map((id) => tok.idToToken(id)), ...extra }) + "\n",
+    );
+  else process.stdout.write(ids.join(",") + "\n");
 }
 
 async function cmdInspect(argv: string[]): Promise<void> {
@@ -180,6 +345,7 @@ async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   try {
     if (cmd === "generate") await cmdGenerate(rest);
+    else if (cmd === "tokenize") await cmdTokenize(rest);
     else if (cmd === "inspect") await cmdInspect(rest);
     else if (cmd === undefined || cmd === "--help" || cmd === "-h" || cmd === "help") {
       process.stdout.write(USAGE + "\n");

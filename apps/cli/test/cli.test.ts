@@ -125,14 +125,30 @@ describe("gemma3 inspect", () => {
 
 describe("gemma3 inspect --context (the KV memory estimator)", () => {
   it("27B at 131072 tokens, bf16, batch 1: global-only 62.0 GiB vs hybrid 10.41 GiB", () => {
-    const r = gemma3("inspect", "--config", join(configs, "gemma-3-27b-it.config.json"), "--context", "131072");
+    const r = gemma3(
+      "inspect",
+      "--config",
+      join(configs, "gemma-3-27b-it.config.json"),
+      "--context",
+      "131072",
+    );
     expect(r.code).toBe(0);
     // 2·Hkv·d·bytes = 2·16·128·2 = 8192 bytes per layer per token
-    expect(r.out).toContain(`global-only     62.00 GiB (${(62 * 131072 * 8192).toLocaleString("en-US")} bytes)`);
-    expect(r.out).toContain(`hybrid total    10.41 GiB (${(10 * 131072 * 8192 + 52 * 1024 * 8192).toLocaleString("en-US")} bytes)`);
+    expect(r.out).toContain(
+      `global-only     62.00 GiB (${(62 * 131072 * 8192).toLocaleString("en-US")} bytes)`,
+    );
+    expect(r.out).toContain(
+      `hybrid total    10.41 GiB (${(10 * 131072 * 8192 + 52 * 1024 * 8192).toLocaleString("en-US")} bytes)`,
+    );
   });
   it("asks for --context before --batch or --kv-dtype", () => {
-    const r = gemma3("inspect", "--config", join(configs, "gemma-3-4b-it.config.json"), "--batch", "4");
+    const r = gemma3(
+      "inspect",
+      "--config",
+      join(configs, "gemma-3-4b-it.config.json"),
+      "--batch",
+      "4",
+    );
     expect(r.code).toBe(2);
     expect(r.err).toMatch(/--context/);
   });

@@ -15,7 +15,9 @@ const opt = (name, def) => {
 const contexts = opt("--context", "32768,131072").split(",").map(Number);
 const device = Device.of(opt("--device", "cuda"));
 const gib = (b) => (b / 2 ** 30).toFixed(3);
-console.log(`| config | context | estimator hybrid GiB | allocated by estimator GiB | measured GiB | measured / allocated | global-only GiB |`);
+console.log(
+  `| config | context | estimator hybrid GiB | allocated by estimator GiB | measured GiB | measured / allocated | global-only GiB |`,
+);
 console.log(`|---|---:|---:|---:|---:|---:|---:|`);
 for (const file of args) {
   const cfg = parseConfig(JSON.parse(readFileSync(file, "utf8")), file);
