@@ -23,7 +23,7 @@ echo "== build (sm_90a, CUDA + benchmarks)"
 export CMAKE_CUDA_ARCHITECTURES=90a GEMMA3_BENCH=1
 (cd native && node scripts/build.mjs) >"$OUT/build.log" 2>&1 || { tail -60 "$OUT/build.log"; exit 1; }
 grep -E "gemma3:" "$OUT/build.log"
-node apps/cli/scripts/make-demo.mjs  # the CLI tests run the demo checkpoint (made at build time)
+node apps/cli/scripts/make-demo.mjs && node apps/cli/scripts/copy-tokenizer.mjs  # the CLI tests use the demo dir
 
 status=0
 if [ "$mode" != "--bench-only" ]; then
