@@ -66,7 +66,7 @@ std::shared_ptr<Buffer> unwrap_buffer(const Napi::Value& v, const char* what) {
   if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(NativeBuffer::ctor->Value()))
     throw arg_error(std::string(what) + " is not a NativeBuffer");
   NativeBuffer* nb = NativeBuffer::Unwrap(v.As<Napi::Object>());
-  if (!nb->buf) throw Status(StatusCode::kInvalidArgument, std::string(what) + " was disposed");
+  if (!nb->buf) throw Status(StatusCode::kDisposed, std::string(what) + " was disposed");
   return nb->buf;
 }
 
@@ -291,7 +291,7 @@ class NativeGraph : public Napi::ObjectWrap<NativeGraph> {
  private:
   Napi::Value Launch(const Napi::CallbackInfo& info) {
     G3_BODY {
-      if (!graph) throw arg_error("graph was disposed");
+      if (!graph) throw Status(StatusCode::kDisposed, "graph was disposed");
       throw_if(env, graph->launch());
       return env.Undefined();
     }

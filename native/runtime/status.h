@@ -17,6 +17,7 @@ enum class StatusCode : int {
   kCuda = 7,             // any other CUDA error
   kOutOfRange = 8,       // a view or copy past the end of its buffer
   kInternal = 9,
+  kDisposed = 10,  // a buffer, tensor or graph used after dispose()
 };
 
 struct Status {
@@ -51,6 +52,8 @@ inline const char* status_code_name(StatusCode c) {
       return "E_OUT_OF_RANGE";
     case StatusCode::kInternal:
       return "E_INTERNAL";
+    case StatusCode::kDisposed:
+      return "E_DISPOSED";
   }
   return "E_INTERNAL";
 }

@@ -28,6 +28,7 @@ const byCode: Record<string, new (m: string, c: string) => Gemma3Error> = {
   E_CUDA: CudaError,
   E_OUT_OF_RANGE: OutOfRangeError,
   E_INVALID_ARGUMENT: InvalidArgumentError,
+  E_DISPOSED: DisposedError,
 };
 
 /** Turns an error thrown by the addon into its typed class (others pass through). */

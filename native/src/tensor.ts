@@ -43,6 +43,8 @@ function checkShape(shape: Shape): void {
  */
 export class Tensor implements TensorArg {
   private disposed_ = false;
+  /** Numeric dtype code (what the addon reads; a plain field: every op reads it). */
+  readonly dtype: number;
 
   protected constructor(
     private readonly storage_: NativeBuffer,
@@ -52,14 +54,16 @@ export class Tensor implements TensorArg {
     readonly device: Device,
     /** The owner this view borrows from; undefined for owners. */
     readonly base: Tensor | undefined,
-  ) {}
-
-  /** Numeric dtype code (what the addon reads). */
-  get dtype(): number {
-    return dtypeCode(this.dtypeName);
+  ) {
+    this.dtype = dtypeCode(dtypeName);
   }
+
+  /**
+   * The allocation. Read by the addon on every op, so the check is cheap: a disposed owner has
+   * freed its buffer, which the addon itself refuses (E_DISPOSED); here only this tensor's own flag.
+   */
   get storage(): NativeBuffer {
-    if (this.disposed)
+    if (this.disposed_)
       throw new DisposedError(`Tensor [${this.shape.join(", ")}] was disposed`, "E_DISPOSED");
     return this.storage_;
   }
