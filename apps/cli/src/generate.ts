@@ -2,6 +2,7 @@
 // sampling with a seed, logprobs from the model's distribution, stop at the config's eos ids.
 // (The full sampler, stop strings and batching belong to @gemma3/generation, a later issue.)
 import type { Gemma3TextModel } from "@gemma3/model";
+import { ops } from "@gemma3/native";
 
 export interface GenerateOptions {
   maxTokens: number;
@@ -92,15 +93,23 @@ export async function generate(
   try {
     let step = model.forward(promptIds, cache);
     for (let i = 0; i < o.maxTokens; i++) {
-      const logits = (await step.toArray()) as Float32Array;
+      let token: number;
+      if (o.temperature === 0 && o.logprobs === 0) {
+        // Greedy without logprobs: argmax on the device, 4 bytes to the host instead of the row.
+        const am = ops.argmax(step);
+        token = (await am.toArray())[0]!;
+        am.dispose();
+      } else {
+        const logits = (await step.toArray()) as Float32Array;
+        token = pick(logits, o.temperature, rand);
+        if (o.logprobs > 0) {
+          const lp = logSoftmax(logits);
+          logprobs.push({ token, logprob: lp[token]!, top: topK(lp, o.logprobs) });
+        }
+      }
       step.dispose();
       if (i === 0) t1 = performance.now();
-      const token = pick(logits, o.temperature, rand);
       tokens.push(token);
-      if (o.logprobs > 0) {
-        const lp = logSoftmax(logits);
-        logprobs.push({ token, logprob: lp[token]!, top: topK(lp, o.logprobs) });
-      }
       if (stop.has(token)) {
         finishReason = "stop";
         break;

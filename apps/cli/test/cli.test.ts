@@ -51,6 +51,23 @@ describe("gemma3 generate", () => {
     }
   });
 
+  it("greedy without logprobs (argmax on the device) gives the same HF greedy tokens", () => {
+    const g = JSON.parse(readFileSync(join(fixtures, "tiny-1b", "goldens.json"), "utf8"));
+    const r = gemma3(
+      "generate",
+      "--model",
+      join(fixtures, "tiny-1b"),
+      "--prompt-ids",
+      g.prompt_ids.join(","),
+      "--max-tokens",
+      "24",
+      "--json",
+      "--ignore-eos",
+    );
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.out).tokens).toEqual(g.greedy_ids);
+  });
+
   it("runs the bundled demo checkpoint without --model, and says it is random", () => {
     const r = gemma3("generate", "--prompt-ids", "2,9259,1902", "--max-tokens", "4", "--json");
     expect(r.code).toBe(0);
