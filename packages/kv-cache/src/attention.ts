@@ -3,6 +3,8 @@
 //   prefill: gather the cached context K/V (ring: the W − 1 tokens before each chunk; global: all
 //            of them) into [context + chunk] buffers, attention_prefill over them ("append"
 //            positions, window on sliding layers), then scatter the chunk into the cache.
+//   both:    sliding layers of a cache with snapshot blocks also scatter every new token's K/V
+//            into snapshot storage (what a later prefix hit restores its ring from).
 // Gathering first matters: a chunk that wraps the ring overwrites slots its own queries still read.
 import { Tensor, ops, type DTypeName, type Shape } from "@gemma3/native";
 import type { LayerKV, StepPlan } from "./types.js";
@@ -34,6 +36,10 @@ export function cachedAttention(
   const g = kv.sliding ? plan.ring : plan.global;
   const [, hkv = 0, d = 0] = k.shape;
   const out = o.out ?? Tensor.empty(q.shape, q.dtypeName, q.device);
+  if (kv.snapshot && g.snapshotRows) {
+    ops.copyRows(k, kv.snapshot.k, g.snapshotRows);
+    ops.copyRows(v, kv.snapshot.v, g.snapshotRows);
+  }
   if (plan.decode) {
     ops.copyRows(k, kv.k, g.writeRows);
     ops.copyRows(v, kv.v, g.writeRows);

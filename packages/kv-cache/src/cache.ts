@@ -3,11 +3,13 @@
 // All storage is allocated here, once; a step only writes its plan (one Int32 upload into a
 // persistent device buffer, sized at construction for the largest decode step) and runs the
 // page copies a copy-on-write needs. Bookkeeping is KVPlanner's (planner.ts, no addon).
-import { Device, Tensor } from "@gemma3/native";
+// With snapshotBlocks, each sliding layer also holds snapshot storage (prefix reuse, README).
+import { Device, Tensor, ops } from "@gemma3/native";
 import { formatBytes, hybridCacheBytes } from "./estimate.js";
 import type { AttentionLayout } from "./layout.js";
 import {
   KVPlanner,
+  type PrefixLookup,
   type HostDecodeTables,
   type HostField,
   type HostGroupPlan,
@@ -46,6 +48,7 @@ export class HybridKVCache implements KVCache {
       return t;
     };
     try {
+      const snapRows = pl.snapshotBlocks * pl.pageSize;
       this.layers = layout.layerTypes.map((type) => {
         const sliding = type === "sliding";
         const rows = sliding ? pl.maxSeqs * pl.ringSlots : pl.numPages * pl.pageSize;
@@ -55,6 +58,7 @@ export class HybridKVCache implements KVCache {
           rows,
           k: zeros(rows),
           v: zeros(rows),
+          snapshot: sliding && snapRows > 0 ? { k: zeros(snapRows), v: zeros(snapRows) } : null,
         };
       });
       this.planBuf = Tensor.empty([pl.decodePlanInts(pl.maxSeqs)], "i32", this.device);
@@ -66,6 +70,7 @@ export class HybridKVCache implements KVCache {
         pageSize: pl.pageSize,
         numPages: pl.numPages,
         rollback: pl.rollback,
+        snapshotBlocks: pl.snapshotBlocks,
         dtype: o.dtype,
       });
       const why = e instanceof Error ? e.message : String(e);
@@ -81,9 +86,16 @@ export class HybridKVCache implements KVCache {
   get numLayers(): number {
     return this.layers.length;
   }
-  /** Device bytes of K and V storage. */
+  /** Device bytes of K and V storage (snapshot storage included). */
   get bytes(): number {
-    return this.layers.reduce((a, l) => a + l.k.byteLength + l.v.byteLength, 0);
+    return this.layers.reduce(
+      (a, l) =>
+        a +
+        l.k.byteLength +
+        l.v.byteLength +
+        (l.snapshot ? l.snapshot.k.byteLength + l.snapshot.v.byteLength : 0),
+      0,
+    );
   }
   layer(i: number): LayerKV {
     const l = this.layers[i];
@@ -94,16 +106,47 @@ export class HybridKVCache implements KVCache {
   // ---- sequences (see KVPlanner for the rules) ---------------------------------------------
 
   /** Why a sequence of up to `maxTokens` tokens would be refused now, or null. */
-  admission(maxTokens?: number): string | null {
-    return this.planner.admission(maxTokens);
+  admission(maxTokens?: number, prompt?: readonly number[]): string | null {
+    return this.planner.admission(maxTokens, prompt);
   }
-  /** Admits a sequence, reserving its pages (throws KVCacheFullError). Returns its id. */
-  add(maxTokens?: number): number {
-    return this.planner.add(maxTokens);
+  /**
+   * Admits a sequence, reserving its pages (throws KVCacheFullError). Returns its id. With a
+   * `prompt` and a prefix cache it starts at the longest reusable cached prefix of the prompt
+   * (length(id) tokens: shared pages, rings restored from snapshot blocks); prefill the rest.
+   */
+  add(maxTokens?: number, prompt?: readonly number[]): number {
+    const a = this.planner.admit(maxTokens, prompt);
+    const m = a.restoreFrom.length;
+    if (m > 0) {
+      // Gather the snapshot rows, scatter them into the ring (two ops per tensor and layer).
+      const { numKeyValueHeads: hkv, headDim: d } = this.layout;
+      const from = Tensor.from(a.restoreFrom, [m], "i32", this.device);
+      const to = Tensor.from(a.restoreTo, [m], "i32", this.device);
+      const tmp = Tensor.empty([m, hkv * d], this.dtype, this.device);
+      for (const l of this.layers)
+        if (l.snapshot)
+          for (const [src, dst] of [
+            [l.snapshot.k, l.k],
+            [l.snapshot.v, l.v],
+          ] as const) {
+            ops.embedding(from, src.view([src.shape[0]!, hkv * d]), 1, { out: tmp });
+            ops.copyRows(tmp.view([m, hkv, d]), dst, to);
+          }
+      for (const t of [from, to, tmp]) t.dispose(); // freed after the queued copies
+    }
+    return a.seq;
   }
   /** add() wrapped in a handle. */
-  sequence(maxTokens?: number): KVSequence {
-    return new KVSequence(this, this.add(maxTokens));
+  sequence(maxTokens?: number, prompt?: readonly number[]): KVSequence {
+    return new KVSequence(this, this.add(maxTokens, prompt));
+  }
+  /** What add(maxTokens, prompt) would reuse from the prefix cache now. */
+  prefixLookup(prompt: readonly number[], maxTokens?: number): PrefixLookup {
+    return this.planner.prefixLookup(prompt, maxTokens);
+  }
+  /** Drops the prefix cache (pages and snapshot blocks only it held are freed). */
+  clearPrefixCache(): void {
+    this.planner.clearPrefixCache();
   }
   /** A copy of `parent` sharing its full global pages; the ring is copied here. */
   fork(parent: number, maxTokens?: number): number {
@@ -166,6 +209,7 @@ export class HybridKVCache implements KVCache {
         chunkRows: at(g.context.chunkRows),
         kvIndptr: at(g.context.kvIndptr),
       },
+      snapshotRows: g.snapshotRows && at(g.snapshotRows),
     });
     return {
       seqs: h.seqs,
@@ -191,6 +235,8 @@ export class HybridKVCache implements KVCache {
     for (const l of this.layers) {
       l.k.dispose();
       l.v.dispose();
+      l.snapshot?.k.dispose();
+      l.snapshot?.v.dispose();
     }
   }
 }

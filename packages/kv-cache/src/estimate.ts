@@ -95,15 +95,38 @@ export interface CacheSizeOptions {
   pageSize: number;
   numPages: number;
   rollback?: number;
+  /** sliding-layer snapshot blocks of pageSize tokens (prefix reuse; default 0) */
+  snapshotBlocks?: number;
   dtype: KVDType;
 }
 
-/** Device bytes a HybridKVCache with these options allocates for K and V (rings + page pool). */
+/**
+ * Device bytes a HybridKVCache with these options allocates for K and V (rings + page pool +
+ * snapshot blocks: L_local · snapshotBlocks · pageSize tokens).
+ */
 export function hybridCacheBytes(layout: AttentionLayout, o: CacheSizeOptions): number {
   const { global: lg, local: ll } = layerCounts(layout);
   const { slots } = ringGeometry(layout, o.maxSeqLen, o.rollback ?? 1);
   const per = kvBytesPerLayerToken(layout, o.dtype);
-  return (ll * o.maxSeqs * slots + lg * o.numPages * o.pageSize) * per;
+  const snap = ll * (o.snapshotBlocks ?? 0) * o.pageSize;
+  return (ll * o.maxSeqs * slots + lg * o.numPages * o.pageSize + snap) * per;
+}
+
+/**
+ * Snapshot-block bytes for prefix reuse. A boundary B = kP is reusable with snapshots of blocks
+ * ⌊(B − W + 1)/P⌋ … k − 1: ⌈(W − 1)/P⌉ blocks (fewer when B < W − 1) of L_local · P · 2·Hkv·d·bytes
+ * each, ≈ L_local · (W − 1) · 2·Hkv·d·bytes; each further boundary of the same prefix adds a block.
+ */
+export function snapshotBytes(
+  layout: AttentionLayout,
+  o: { pageSize?: number; dtype: KVDType; maxSeqLen?: number },
+): { perBlock: number; perBoundary: number; blocksPerBoundary: number } {
+  const P = checkInt(o.pageSize ?? 16, "pageSize", 1);
+  const { local: ll } = layerCounts(layout);
+  const W = Math.min(layout.slidingWindow, o.maxSeqLen ?? layout.slidingWindow);
+  const perBlock = ll * P * kvBytesPerLayerToken(layout, o.dtype);
+  const blocksPerBoundary = W <= 1 ? 0 : Math.ceil((W - 1) / P);
+  return { perBlock, perBoundary: perBlock * blocksPerBoundary, blocksPerBoundary };
 }
 
 /** 1536 → "1.50 KiB"; binary units, two decimals. */

@@ -9,3 +9,4 @@ export * from "./planner.js";
 export * from "./types.js";
 export * from "./cache.js";
 export * from "./attention.js";
+export * from "./prefix.js";

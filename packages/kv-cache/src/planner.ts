@@ -6,9 +6,31 @@
 //   sliding: maxSeqs rings of S slots; token p of the sequence in ring r lives in row r·S + p % S
 //   full:    numPages pages of P slots; token p lives in row pages[⌊p/P⌋]·P + p % P
 // A ring keeps the last S tokens; a step needs the W − 1 before its first query (W = window).
+//
+// Prefix reuse (opt-in: prefixCache, snapshotBlocks): see prefix.ts and the README. Full pages of
+// a sequence whose token ids the steps bring are registered at commit under a chained block hash;
+// they outlive the sequence (the index holds a reference) and are evicted least recently released
+// first when the pool needs pages, so admission counts them as available. add(maxTokens, prompt)
+// starts a sequence at the longest cached prefix its rings can be restored for:
+//   a sequence starting at length B needs, in every sliding layer, the K/V of positions
+//   [B − W + 1, B) in its ring. They come from snapshot blocks: while a sequence fills block b
+//   (positions [bP, bP + P)) every sliding layer also writes its K/V into a snapshot block, which
+//   goes to the block's index entry at registration. A hit is usable at B = kP only if blocks
+//   ⌊(B − W + 1)/P⌋ … k − 1 all hold snapshots; else the longest shorter prefix that has them,
+//   else none (length 0). With snapshotBlocks = 0 a layout with sliding layers (every Gemma 3)
+//   never reuses a prefix: recomputing only the last W − 1 tokens would not be exact, since the
+//   hidden state at p in layer l depends on positions back to p − l·(W − 1) through the windows
+//   of earlier sliding layers.
 import { KVCacheError, KVCacheFullError } from "./errors.js";
-import { checkInt, checkLayout, ringGeometry, type AttentionLayout } from "./layout.js";
+import {
+  checkInt,
+  checkLayout,
+  layerCounts,
+  ringGeometry,
+  type AttentionLayout,
+} from "./layout.js";
 import { PagePool } from "./pages.js";
+import { PrefixIndex, type BlockHash, type PrefixEntry } from "./prefix.js";
 
 export interface PlannerOptions {
   /** Most tokens one sequence may hold (positions 0 … maxSeqLen − 1). */
@@ -21,12 +43,32 @@ export interface PlannerOptions {
   numPages?: number;
   /** Tokens trim() can always take back exactly: ring slots S = W − 1 + rollback (default 1). */
   rollback?: number;
+  /**
+   * Keep full global pages in a prefix index (keyed by a chained hash of their token ids) after
+   * their sequence is freed, for add(maxTokens, prompt) to share. Default: snapshotBlocks > 0.
+   */
+  prefixCache?: boolean;
+  /**
+   * Sliding-layer snapshot blocks (default 0 = none): each holds pageSize tokens of K/V for every
+   * sliding layer, L_local · pageSize · 2·Hkv·d·bytes (4B bf16, pages of 16: 1.81 MiB). A prefix
+   * of B tokens is reusable only with snapshots of its last ⌈(W − 1)/pageSize⌉ blocks (4B, W 1024:
+   * 64 blocks ≈ 116 MiB = L_local · (W − 1) · 2·Hkv·d·bytes for the first boundary; each further
+   * boundary of the same prefix costs one block more). Needs prefixCache.
+   */
+  snapshotBlocks?: number;
+  /** Block hash of the prefix index (default hashBlock); a test hook to force collisions. */
+  prefixHash?: BlockHash;
 }
 
 /** One sequence's share of a step: `count` new tokens appended at its current length. */
 export interface StepRequest {
   seq: number;
   count: number;
+  /**
+   * The new tokens' ids (length `count`). With a prefix cache, the sequence's full blocks are
+   * registered at commit while every step so far brought its ids; ignored otherwise.
+   */
+  ids?: readonly number[];
 }
 
 /** A sequence in a planned step: its new tokens are positions [start, start + count). */
@@ -34,6 +76,8 @@ export interface StepSeq {
   readonly seq: number;
   readonly start: number;
   readonly count: number;
+  /** the step's token ids (prefix cache only) */
+  readonly ids?: readonly number[];
 }
 
 /** A run of the plan's Int32 data. */
@@ -74,6 +118,11 @@ export interface HostGroupPlan {
   readonly decode: HostDecodeTables | null;
   /** prefill steps where some sequence has cached tokens this group reads */
   readonly context: HostContext | null;
+  /**
+   * [numTokens]: snapshot-storage row each new token's K/V is also written to (sliding layers,
+   * snapshotBlocks > 0: row slot · pageSize + p % pageSize); −1 = none. null otherwise.
+   */
+  readonly snapshotRows: HostField | null;
 }
 
 export interface HostPlan {
@@ -109,8 +158,43 @@ interface Seq {
   length: number;
   /** 1 + the highest position ever written to the ring (ring rows below it may be overwritten) */
   ringHigh: number;
+  /** first position the ring ever held (> 0 when a prefix hit restored only part of a ring) */
+  ringLow: number;
   maxTokens: number;
   pages: number[];
+  /** prefix cache: ids of positions [0, ids.length) (ids.length < length once a step had none) */
+  ids: number[];
+  /** prefix cache: index entries of blocks 0 … chain.length − 1 */
+  chain: PrefixEntry[];
+  /** snapshot block this sequence is filling for block b, or −1 */
+  snaps: number[];
+}
+
+/** A prompt's cached prefix: every matching block, and how many of them a sequence can start with. */
+interface PrefixHit {
+  chain: PrefixEntry[];
+  blocks: number;
+  /** first ring position the snapshots restore */
+  ringLow: number;
+}
+
+/** What add() found in the prefix cache for a prompt. */
+export interface PrefixLookup {
+  /** tokens of the longest cached prefix (whole blocks, at most prompt length − 1) */
+  cached: number;
+  /** tokens a sequence would start with: the longest cached prefix whose ring can be restored */
+  reusable: number;
+}
+
+/** A sequence admitted by admit(): where it starts and the ring rows the cache must restore. */
+export interface Admission {
+  readonly seq: number;
+  /** tokens taken from the prefix cache (the sequence's length) */
+  readonly reused: number;
+  /** ring restore: snapshot-storage rows (slot · pageSize + p % pageSize), one per position */
+  readonly restoreFrom: Int32Array;
+  /** ring restore: ring rows (ring · S + p % S), positions [reused − restoreFrom.length, reused) */
+  readonly restoreTo: Int32Array;
 }
 
 export interface PlannerStats {
@@ -120,8 +204,14 @@ export interface PlannerStats {
   freePages: number;
   /** pages live sequences may still take up to their declared maxTokens */
   reservedPages: number;
-  /** free pages no sequence has reserved: what admission can hand out */
+  /** free pages (plus evictable prefix pages) no sequence has reserved: what admission can hand out */
   availablePages: number;
+  /** pages registered in the prefix index (0 without prefixCache) */
+  prefixPages: number;
+  /** prefix pages only the index holds: evicted when the pool needs them */
+  evictablePages: number;
+  snapshotBlocks: number;
+  freeSnapshotBlocks: number;
 }
 
 export class KVPlanner {
@@ -137,6 +227,12 @@ export class KVPlanner {
   /** Pages one sequence can hold: ⌈maxSeqLen / pageSize⌉ */
   readonly pagesPerSeq: number;
   readonly pool: PagePool;
+  /** The prefix index (null without prefixCache). */
+  readonly prefix: PrefixIndex | null;
+  readonly snapshotBlocks: number;
+  /** Steps write snapshot rows (prefix cache, snapshot blocks and sliding layers). */
+  private readonly capture: boolean;
+  private readonly numLocal: number;
   private readonly seqs = new Map<number, Seq>();
   private readonly freeRings: number[];
   private nextId = 0;
@@ -157,6 +253,15 @@ export class KVPlanner {
     this.window = g.window;
     this.ringSlots = g.slots;
     this.pool = new PagePool(this.numPages);
+    this.snapshotBlocks = checkInt(o.snapshotBlocks ?? 0, "snapshotBlocks", 0);
+    const prefixCache = o.prefixCache ?? this.snapshotBlocks > 0;
+    if (!prefixCache && this.snapshotBlocks > 0)
+      throw new RangeError("snapshotBlocks needs prefixCache (snapshots belong to cached blocks)");
+    this.prefix = prefixCache
+      ? new PrefixIndex(this.pool, this.pageSize, this.snapshotBlocks, o.prefixHash)
+      : null;
+    this.numLocal = layerCounts(layout).local;
+    this.capture = this.snapshotBlocks > 0 && this.numLocal > 0;
     this.freeRings = Array.from({ length: this.maxSeqs }, (_, i) => this.maxSeqs - 1 - i);
   }
 
@@ -178,35 +283,89 @@ export class KVPlanner {
     return [...this.get(seq).pages];
   }
 
-  /** Why a new sequence of up to `maxTokens` tokens cannot be admitted now, or null if it can. */
-  admission(maxTokens: number = this.maxSeqLen): string | null {
+  /**
+   * Why a new sequence of up to `maxTokens` tokens cannot be admitted now, or null if it can.
+   * With a `prompt`, the pages of its reusable cached prefix are shared, not taken.
+   */
+  admission(maxTokens: number = this.maxSeqLen, prompt?: readonly number[]): string | null {
+    return this.refusal(maxTokens, () => this.findPrefix(maxTokens, prompt));
+  }
+
+  private refusal(maxTokens: number, prefix: () => PrefixHit): string | null {
     if (!Number.isInteger(maxTokens) || maxTokens < 1 || maxTokens > this.maxSeqLen)
       return `a sequence of ${maxTokens} tokens is outside [1, maxSeqLen = ${this.maxSeqLen}]`;
     if (this.freeRings.length === 0) return `all ${this.maxSeqs} sequence slots are in use`;
-    const need = Math.ceil(maxTokens / this.pageSize);
-    const avail = this.pool.free - this.reserved();
+    const hit = prefix();
+    const shared = hit.blocks;
+    const need = Math.ceil(maxTokens / this.pageSize) - shared;
+    // Shared pages that only the index holds stop being evictable once the sequence holds them.
+    let idleShared = 0;
+    for (let b = 0; b < shared; b++) if (this.prefix!.isIdle(hit.chain[b]!.page)) idleShared++;
+    const evictable = this.evictable() - idleShared;
+    const avail = this.pool.free + evictable - this.reserved();
     if (need > avail)
-      return `a sequence of up to ${maxTokens} tokens needs ${need} pages of ${this.pageSize}; ${this.pool.free} of ${this.numPages} are free, ${this.pool.free - Math.max(avail, 0)} of them reserved by live sequences`;
+      return `a sequence of up to ${maxTokens} tokens needs ${need} pages of ${this.pageSize}${shared > 0 ? ` (${shared} more shared from the prefix cache)` : ""}; ${this.pool.free} of ${this.numPages} are free${evictable > 0 ? ` and ${evictable} evictable from the prefix cache` : ""}, ${this.pool.free + evictable - Math.max(avail, 0)} of them reserved by live sequences`;
     return null;
   }
 
   /**
    * Admits a sequence that will hold at most `maxTokens` tokens (default maxSeqLen): its pages
    * are reserved now, so its steps never run out. Throws KVCacheFullError when it does not fit.
+   * With a `prompt` and a prefix cache, the sequence starts at the longest reusable cached prefix
+   * of it (length(seq) tokens, whole pages, at most prompt.length − 1): prefill the rest. The
+   * rings must then be restored from snapshot blocks: HybridKVCache.add does it (admit()).
    */
-  add(maxTokens: number = this.maxSeqLen): number {
-    const why = this.admission(maxTokens);
-    if (why) throw new KVCacheFullError(`KV cache full: ${why}`);
+  add(maxTokens: number = this.maxSeqLen, prompt?: readonly number[]): number {
+    return this.admit(maxTokens, prompt).seq;
+  }
+
+  /** add(), also returning the ring rows to restore from snapshot storage (device copies). */
+  admit(maxTokens: number = this.maxSeqLen, prompt?: readonly number[]): Admission {
+    let hit: PrefixHit | undefined;
+    const why = this.refusal(maxTokens, () => (hit = this.findPrefix(maxTokens, prompt)));
+    if (why || !hit) throw new KVCacheFullError(`KV cache full: ${why}`);
+    const P = this.pageSize;
+    const S = this.ringSlots;
+    const chain = hit.chain.slice(0, hit.blocks);
+    const reused = hit.blocks * P;
     const s: Seq = {
       id: this.nextId++,
       ring: this.freeRings.pop()!,
-      length: 0,
-      ringHigh: 0,
+      length: reused,
+      ringHigh: reused,
+      ringLow: hit.ringLow,
       maxTokens,
-      pages: [],
+      pages: chain.map((e) => e.page),
+      ids: prompt && this.prefix ? prompt.slice(0, reused) : [],
+      chain,
+      snaps: chain.map(() => -1),
     };
+    for (const pg of s.pages) this.retain(pg);
+    const m = this.capture ? reused - hit.ringLow : 0;
+    const restoreFrom = new Int32Array(m);
+    const restoreTo = new Int32Array(m);
+    for (let i = 0; i < m; i++) {
+      const p = hit.ringLow + i;
+      const e = chain[Math.floor(p / P)]!;
+      restoreFrom[i] = e.snap * P + (p % P);
+      restoreTo[i] = s.ring * S + (p % S);
+    }
+    if (this.capture)
+      for (let b = Math.floor(hit.ringLow / P); b < hit.blocks; b++)
+        this.prefix!.touchSnapshot(chain[b]!);
     this.seqs.set(s.id, s);
-    return s.id;
+    return { seq: s.id, reused, restoreFrom, restoreTo };
+  }
+
+  /** What add(maxTokens, prompt) would take from the prefix cache now. */
+  prefixLookup(prompt: readonly number[], maxTokens: number = this.maxSeqLen): PrefixLookup {
+    const hit = this.findPrefix(maxTokens, prompt);
+    return { cached: hit.chain.length * this.pageSize, reusable: hit.blocks * this.pageSize };
+  }
+
+  /** Drops every prefix-index entry (pages only the index held are freed). */
+  clearPrefixCache(): void {
+    this.prefix?.clear();
   }
 
   /**
@@ -230,16 +389,21 @@ export class KVPlanner {
       ring: -1,
       length: p.length,
       ringHigh: p.ringHigh,
+      ringLow: p.ringLow,
       maxTokens: max,
       pages,
+      ids: [...p.ids],
+      chain: [...p.chain],
+      // The parent keeps filling its snapshot blocks; the child starts its own at its next block.
+      snaps: pages.map(() => -1),
     };
     // Sharing turns the parent's partial last page copy-on-write for both: check both reservations.
-    for (const pg of pages) this.pool.retain(pg);
+    for (const pg of pages) this.retain(pg);
     const need = this.reserved() + this.needed(child);
-    if (need > this.pool.free) {
-      for (const pg of pages) this.pool.release(pg);
+    if (need > this.pool.free + this.evictable()) {
+      for (const pg of pages) this.release(pg);
       throw new KVCacheFullError(
-        `KV cache full: fork of sequence ${parent} (up to ${max} tokens) needs ${need} reserved pages, ${this.pool.free} free`,
+        `KV cache full: fork of sequence ${parent} (up to ${max} tokens) needs ${need} reserved pages, ${this.pool.free} free${this.evictable() > 0 ? ` and ${this.evictable()} evictable` : ""}`,
       );
     }
     const s: Seq = { ...child, id: this.nextId++, ring: this.freeRings.pop()! };
@@ -258,7 +422,8 @@ export class KVPlanner {
   /**
    * Rolls a sequence back to its first `length` tokens (global pages past it are released).
    * Exact for up to `rollback` tokens, or any amount while the ring has not wrapped; otherwise
-   * throws (E_KV_ROLLBACK: the sliding layers lost the tokens; free and prefill again).
+   * throws (E_KV_ROLLBACK: the sliding layers lost the tokens; free and prefill again). A
+   * sequence started from a cached prefix holds the ring's tokens from its restore on only.
    */
   trim(seq: number, length: number): void {
     const s = this.get(seq);
@@ -270,14 +435,21 @@ export class KVPlanner {
         "E_KV_ROLLBACK",
       );
     const keep = Math.ceil(length / this.pageSize);
-    for (const pg of s.pages.splice(keep)) this.pool.release(pg);
+    // Deepest first: released prefix pages are evicted in the order they became idle.
+    for (const pg of s.pages.splice(keep).reverse()) this.release(pg);
+    for (const slot of s.snaps.splice(keep)) if (slot >= 0) this.prefix!.freeSnapshot(slot);
+    if (s.ids.length > length) s.ids.length = length;
+    if (s.chain.length > Math.floor(length / this.pageSize))
+      s.chain.length = Math.floor(length / this.pageSize);
     s.length = length;
   }
 
   /** Releases a sequence: its pages (shared ones when their last holder goes) and ring. */
   free(seq: number): void {
     const s = this.get(seq);
-    for (const pg of s.pages) this.pool.release(pg);
+    // Deepest first, so a cached prefix is evicted from its end.
+    for (let i = s.pages.length - 1; i >= 0; i--) this.release(s.pages[i]!);
+    for (const slot of s.snaps) if (slot >= 0) this.prefix!.freeSnapshot(slot);
     this.freeRings.push(s.ring);
     this.seqs.delete(seq);
   }
@@ -290,7 +462,11 @@ export class KVPlanner {
       numPages: this.numPages,
       freePages: this.pool.free,
       reservedPages: reserved,
-      availablePages: this.pool.free - reserved,
+      availablePages: this.pool.free + this.evictable() - reserved,
+      prefixPages: this.prefix?.size ?? 0,
+      evictablePages: this.evictable(),
+      snapshotBlocks: this.snapshotBlocks,
+      freeSnapshotBlocks: this.prefix?.freeSnapshotBlocks ?? 0,
     };
   }
 
@@ -317,6 +493,11 @@ export class KVPlanner {
           `plan: sequence ${st.seq}: count ${st.count} must be >= 1`,
           "E_KV_RANGE",
         );
+      if (st.ids && st.ids.length !== st.count)
+        throw new KVCacheError(
+          `plan: sequence ${st.seq}: ${st.ids.length} ids for ${st.count} tokens`,
+          "E_KV_RANGE",
+        );
       const end = s.length + st.count;
       if (end > this.maxSeqLen)
         throw new KVCacheError(
@@ -336,28 +517,37 @@ export class KVPlanner {
         Math.ceil(s.maxTokens / P) - Math.max(s.pages.length, Math.ceil(end / P)),
       );
     }
-    if (newPages + othersReserved + ownNeeds > this.pool.free)
+    const evictable = this.evictable();
+    if (newPages + othersReserved + ownNeeds > this.pool.free + evictable)
       throw new KVCacheFullError(
-        `KV cache full: the step needs ${newPages} new page${newPages === 1 ? "" : "s"} of ${P} tokens; ${this.pool.free} are free and ${othersReserved + ownNeeds} of them are reserved for live sequences`,
+        `KV cache full: the step needs ${newPages} new page${newPages === 1 ? "" : "s"} of ${P} tokens; ${this.pool.free} are free${evictable > 0 ? ` (+${evictable} evictable)` : ""} and ${othersReserved + ownNeeds} of them are reserved for live sequences`,
       );
+    this.prefix?.reclaim(newPages);
 
     // Take pages: copies of shared pages the step writes into, then fresh ones.
     const pageCopies: [number, number][] = [];
     const seqs: StepSeq[] = [];
+    const captures: boolean[] = [];
     for (let b = 0; b < list.length; b++) {
       const s = list[b]!;
-      const end = s.length + steps[b]!.count;
+      const st = steps[b]!;
+      const end = s.length + st.count;
       for (const i of this.cowPages(s, end)) {
         const fresh = this.pool.alloc();
         pageCopies.push([s.pages[i]!, fresh]);
-        this.pool.release(s.pages[i]!);
+        this.release(s.pages[i]!);
         s.pages[i] = fresh;
       }
       while (s.pages.length < Math.ceil(end / P)) s.pages.push(this.pool.alloc());
       s.ringHigh = Math.max(s.ringHigh, end);
-      seqs.push({ seq: s.id, start: s.length, count: steps[b]!.count });
+      captures.push(this.takeSnapshots(s, st));
+      seqs.push(
+        this.prefix && st.ids
+          ? { seq: s.id, start: s.length, count: st.count, ids: st.ids }
+          : { seq: s.id, start: s.length, count: st.count },
+      );
     }
-    return this.layoutPlan(list, seqs, pageCopies);
+    return this.layoutPlan(list, seqs, pageCopies, captures);
   }
 
   /** Moves each planned sequence's length on (after the step's K/V are written). */
@@ -370,14 +560,20 @@ export class KVPlanner {
           "E_KV_SEQ",
         );
     }
-    for (const st of plan.seqs) this.get(st.seq).length = st.start + st.count;
+    for (const st of plan.seqs) {
+      const s = this.get(st.seq);
+      s.length = st.start + st.count;
+      if (!this.prefix) continue;
+      if (st.ids && s.ids.length === st.start) for (const id of st.ids) s.ids.push(id);
+      this.register(s);
+    }
   }
 
   /** Int32s a decode step of `batch` sequences takes (the plan buffer's steady-state size). */
   decodePlanInts(batch: number): number {
     const ringEntries = this.ringSlots === this.window ? 1 : this.window;
     return (
-      3 * batch +
+      (this.capture ? 4 : 3) * batch +
       1 +
       2 * batch +
       (2 * batch + 1 + batch * ringEntries) +
@@ -396,7 +592,109 @@ export class KVPlanner {
   /** The ring still holds the W − 1 tokens before position `length` (what the next step reads). */
   private ringIntact(s: Seq, length: number): boolean {
     const first = length - Math.min(length, this.window - 1);
-    return first === length || first >= Math.max(0, s.ringHigh - this.ringSlots);
+    return first === length || first >= Math.max(s.ringLow, s.ringHigh - this.ringSlots);
+  }
+
+  // Page references go through these so the prefix index knows which of its pages are idle.
+  private retain(page: number): void {
+    this.pool.retain(page);
+    this.prefix?.refChanged(page);
+  }
+  private release(page: number): void {
+    this.pool.release(page);
+    this.prefix?.refChanged(page);
+  }
+  private evictable(): number {
+    return this.prefix?.evictable ?? 0;
+  }
+
+  /**
+   * The cached prefix of `prompt` (chain: every matching block) and how much of it a new
+   * sequence can start with (blocks): the longest prefix of B = blocks · P tokens whose ring can
+   * be restored, i.e. whose blocks ⌊(B − W + 1)/P⌋ … blocks − 1 hold snapshots; ringLow: the first
+   * position restored (as many of the last S as the snapshots hold).
+   */
+  private findPrefix(maxTokens: number, prompt: readonly number[] | undefined): PrefixHit {
+    const P = this.pageSize;
+    // At least the prompt's last token is computed: its logits are what the caller wants.
+    const limit = Math.min(prompt?.length ?? 0, maxTokens) - 1;
+    if (!this.prefix || !prompt || limit < P) return { chain: [], blocks: 0, ringLow: 0 };
+    const chain = this.prefix.match(prompt, Math.floor(limit / P));
+    // No sliding layers: nothing to restore, every cached block is usable.
+    if (this.numLocal === 0) return { chain, blocks: chain.length, ringLow: 0 };
+    let blocks = 0;
+    let ringLow = 0;
+    let run = 0; // first block of the current run of blocks with snapshots
+    for (let k = 1; k <= chain.length; k++) {
+      if (chain[k - 1]!.snap < 0) {
+        run = k;
+        continue;
+      }
+      const B = k * P;
+      if (run * P <= Math.max(0, B - this.window + 1)) {
+        blocks = k;
+        ringLow = Math.max(run * P, B - this.ringSlots, 0);
+      }
+    }
+    return { chain, blocks, ringLow };
+  }
+
+  /**
+   * Snapshot blocks for the blocks a step starts (it writes them from their first position):
+   * best effort, a block without one is simply never restorable. Returns whether the step
+   * writes snapshot rows for s (its ids are known from position 0 on).
+   */
+  private takeSnapshots(s: Seq, st: StepRequest): boolean {
+    if (!this.capture) return false;
+    const P = this.pageSize;
+    if (!st.ids || s.ids.length !== s.length) {
+      // The blocks being filled can never be registered: give their snapshot blocks back.
+      for (let b = 0; b < s.snaps.length; b++)
+        if (s.snaps[b]! >= 0) {
+          this.prefix!.freeSnapshot(s.snaps[b]!);
+          s.snaps[b] = -1;
+        }
+      return false;
+    }
+    const end = s.length + st.count;
+    while (s.snaps.length < Math.ceil(end / P)) s.snaps.push(-1);
+    for (let b = Math.ceil(s.length / P); b * P < end; b++)
+      if (s.snaps[b]! < 0) s.snaps[b] = this.prefix!.allocSnapshot();
+    return true;
+  }
+
+  /**
+   * Registers s's full blocks whose ids are known (at commit: their K/V are written). A block
+   * already cached under the same ids is not registered twice: s keeps its own page and chains on
+   * from the cached entry. Snapshot blocks of full blocks go to their entries (or back to the pool).
+   */
+  private register(s: Seq): void {
+    const P = this.pageSize;
+    const index = this.prefix!;
+    const full = Math.floor(s.ids.length / P);
+    for (let b = s.chain.length; b < full; b++) {
+      const parent = b === 0 ? null : s.chain[b - 1]!;
+      if (parent && !parent.alive) break; // evicted under us: the chain cannot grow
+      const ids = s.ids.slice(b * P, (b + 1) * P);
+      let e = index.find(parent, ids);
+      if (!e) {
+        // A page registered under another chain (cannot happen by construction): stop, never alias.
+        if (index.has(s.pages[b]!)) break;
+        e = index.insert(parent, ids, s.pages[b]!);
+      }
+      s.chain.push(e);
+      const slot = s.snaps[b] ?? -1;
+      if (slot >= 0) {
+        s.snaps[b] = -1;
+        index.giveSnapshot(e, slot);
+      }
+    }
+    // Full blocks that stay unregistered never need their snapshot blocks.
+    for (let b = s.chain.length; b < Math.floor(s.length / P) && b < s.snaps.length; b++)
+      if (s.snaps[b]! >= 0) {
+        index.freeSnapshot(s.snaps[b]!);
+        s.snaps[b] = -1;
+      }
   }
 
   /** Indices in s.pages of shared pages a step ending at `end` writes into. */
@@ -420,7 +718,12 @@ export class KVPlanner {
     return r;
   }
 
-  private layoutPlan(list: Seq[], seqs: StepSeq[], pageCopies: [number, number][]): HostPlan {
+  private layoutPlan(
+    list: Seq[],
+    seqs: StepSeq[],
+    pageCopies: [number, number][],
+    captures: boolean[],
+  ): HostPlan {
     const B = list.length;
     const P = this.pageSize;
     const S = this.ringSlots;
@@ -447,6 +750,8 @@ export class KVPlanner {
     const lastRows = take(B);
     const ringWrite = take(n);
     const globalWrite = take(n);
+    // Right after the write rows, so decode offsets still depend on the batch size only.
+    const snapWrite = this.capture ? take(n) : null;
     const heads = () => (decode ? { kvIndptr: take(B + 1), kvLen: take(B) } : null);
     const ringHead = heads();
     const globalHead = heads();
@@ -491,6 +796,10 @@ export class KVPlanner {
         // collide with later ones in one scatter.
         d[ringWrite.offset + row] = p >= end - S ? ringRow(s, p) : -1;
         d[globalWrite.offset + row] = pageRow(s, p);
+        if (snapWrite) {
+          const slot = captures[b] ? (s.snaps[Math.floor(p / P)] ?? -1) : -1;
+          d[snapWrite.offset + row] = slot >= 0 ? slot * P + (p % P) : -1;
+        }
       }
       d[qoIndptr.offset + b + 1] = row;
       d[lastRows.offset + b] = row - 1;
@@ -553,8 +862,18 @@ export class KVPlanner {
       positions,
       qoIndptr,
       lastRows,
-      ring: { writeRows: ringWrite, decode: ringDecode, context: ringContext },
-      global: { writeRows: globalWrite, decode: globalDecode, context: globalContext },
+      ring: {
+        writeRows: ringWrite,
+        decode: ringDecode,
+        context: ringContext,
+        snapshotRows: snapWrite,
+      },
+      global: {
+        writeRows: globalWrite,
+        decode: globalDecode,
+        context: globalContext,
+        snapshotRows: null,
+      },
       pageCopies,
     };
   }

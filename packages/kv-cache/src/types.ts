@@ -11,6 +11,11 @@ export interface LayerKV {
   readonly rows: number;
   readonly k: Tensor;
   readonly v: Tensor;
+  /**
+   * Sliding layers with snapshotBlocks > 0: snapshot storage k, v: [snapshotBlocks · pageSize,
+   * num_kv_heads, head_dim]; every new token's K/V is also written here (GroupPlan.snapshotRows).
+   */
+  readonly snapshot?: { readonly k: Tensor; readonly v: Tensor } | null;
 }
 
 /** Decode tables: storage seen as [rows / pageSize, pageSize, Hkv, D] (NHD pages). */
@@ -44,6 +49,8 @@ export interface GroupPlan {
   readonly decode: DecodeTables | null;
   /** prefill steps where some sequence has cached tokens */
   readonly context: ContextPlan | null;
+  /** [numTokens] i32: snapshot-storage row each new token's K/V is also written to; −1 = none */
+  readonly snapshotRows?: Tensor | null;
 }
 
 /**

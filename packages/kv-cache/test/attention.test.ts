@@ -243,6 +243,48 @@ describe("HybridKVCache storage", () => {
     cache.dispose();
   });
 
+  it("snapshot blocks: every sliding layer captures its K/V; a prefix hit restores the ring", async () => {
+    const { hybridCacheBytes } = await import("../src/estimate.js");
+    // window 5, rollback 1: S = 5; pages of 4; 8 snapshot blocks.
+    const o = { maxSeqLen: 40, maxSeqs: 2, pageSize: 4, snapshotBlocks: 8 } as const;
+    const cache = new HybridKVCache(layout, { ...o, dtype: "f32", device: "cpu" });
+    expect(cache.layer(0).snapshot!.k.shape).toEqual([32, HKV, D]);
+    expect(cache.layer(1).snapshot).toBeNull(); // global layers share pages instead
+    expect(cache.bytes).toBe(hybridCacheBytes(layout, { ...o, numPages: 20, dtype: "f32" }));
+    const rand = rng(7);
+    const ids = Array.from({ length: 10 }, (_, i) => 100 + i);
+    const a = cache.add();
+    const plan = cache.plan([{ seq: a, count: 10, ids }]);
+    const rowsOf = (n: number, heads: number) =>
+      Float32Array.from({ length: n * heads * D }, () => rand() * 2 - 1);
+    const written: Float32Array[] = [];
+    for (let l = 0; l < 3; l++) {
+      const k = rowsOf(10, HKV);
+      written.push(k);
+      const t = [Tensor.from(rowsOf(10, HQ), [10, HQ, D]), Tensor.from(k, [10, HKV, D])];
+      const out = cachedAttention(cache.layer(l), plan, t[0]!, t[1]!, t[1]!, { smScale: SM });
+      [...t, out].forEach((x) => x.dispose());
+    }
+    cache.commit(plan);
+    cache.free(a);
+    const b = cache.add(undefined, [...ids, 7]);
+    expect(cache.length(b)).toBe(8);
+    // Ring rows of positions 3…7 (as many of the last S = 5 as the snapshots hold).
+    const ring = cache.planner.ringOf(b) * 5;
+    for (const l of [0, 2]) {
+      const got = (await cache.layer(l).k.toArray()) as Float32Array;
+      const row = HKV * D;
+      for (let p = 3; p < 8; p++)
+        expect(got.subarray((ring + (p % 5)) * row, (ring + (p % 5) + 1) * row)).toEqual(
+          written[l]!.subarray(p * row, (p + 1) * row),
+        );
+    }
+    cache.free(b);
+    cache.clearPrefixCache();
+    expect(cache.stats()).toMatchObject({ freePages: 20, freeSnapshotBlocks: 8 });
+    cache.dispose();
+  });
+
   it("decode plans view the same device rows every step (graph-replayable)", () => {
     const cache = new HybridKVCache(layout, { maxSeqLen: 40, maxSeqs: 2, dtype: "f32" });
     const a = cache.add();

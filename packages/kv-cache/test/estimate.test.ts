@@ -6,7 +6,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 import { parseConfig } from "../../model/src/config.js";
-import { estimateKV, formatBytes, hybridCacheBytes } from "../src/estimate.js";
+import { estimateKV, formatBytes, hybridCacheBytes, snapshotBytes } from "../src/estimate.js";
 
 const configs = join(dirname(fileURLToPath(import.meta.url)), "../../model/test/fixtures/configs");
 const load = (name: string) =>
@@ -80,6 +80,24 @@ describe("estimateKV options", () => {
       dtype: "bf16",
     });
     expect(bytes).toBe(e.allocated);
+  });
+  it("snapshot blocks for prefix reuse: ≈ L_local · (W − 1) · 2·Hkv·d·bytes per reusable boundary", () => {
+    // 4B bf16, pages of 16: a block is 29 · 16 · 4096 B = 1.8125 MiB; a boundary needs the
+    // ⌈1023/16⌉ = 64 blocks under the window: 116 MiB (29 · 1023 · 4096 B = 115.9 MiB).
+    const s = snapshotBytes(cfg, { pageSize: 16, dtype: "bf16" });
+    expect(s.perBlock).toBe(29 * 16 * 4096);
+    expect(s.blocksPerBoundary).toBe(64);
+    expect(s.perBoundary).toBe(116 * MiB);
+    expect(29 * 1023 * 4096).toBeLessThanOrEqual(s.perBoundary);
+    const withSnap = hybridCacheBytes(cfg, {
+      maxSeqs: 1,
+      maxSeqLen: 4096,
+      pageSize: 16,
+      numPages: 256,
+      snapshotBlocks: 64,
+      dtype: "bf16",
+    });
+    expect(withSnap - estimateKV(cfg, { context: 4096 }).allocated).toBe(116 * MiB);
   });
   it("rejects nonsense", () => {
     expect(() => estimateKV(cfg, { context: 0 })).toThrow(/context/);

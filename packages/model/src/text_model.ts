@@ -48,7 +48,11 @@ export class Gemma3TextModel {
     });
   }
 
-  /** A KV cache for several sequences (continuous batching, forks): add them with `sequence()`. */
+  /**
+   * A KV cache for several sequences (continuous batching, forks): add them with `sequence()`.
+   * Prefix reuse (options prefixCache, snapshotBlocks): `cache.sequence(maxTokens, prompt)`
+   * starts at the longest reusable cached prefix; prefill `prompt.slice(seq.length)` only.
+   */
   newKVCache(o: Omit<HybridKVCacheOptions, "dtype" | "device">): HybridKVCache {
     return new HybridKVCache(this.config, { ...o, dtype: this.dtype, device: this.device });
   }
@@ -83,7 +87,8 @@ export class Gemma3TextModel {
         if (!Number.isInteger(id) || id < 0 || id >= vocab)
           throw new RangeError(`forward: token id ${id} outside [0, ${vocab})`);
     }
-    const plan = cache.plan(steps.map(({ seq, ids }) => ({ seq: seq.id, count: ids.length })));
+    // The ids go with the step: a cache with a prefix index registers the full pages they fill.
+    const plan = cache.plan(steps.map(({ seq, ids }) => ({ seq: seq.id, count: ids.length, ids })));
     const n = plan.numTokens;
     const batch = steps.length;
     const rows = opts.allLogits ? n : batch;
