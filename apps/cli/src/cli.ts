@@ -7,7 +7,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { dirname, isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import { inspectConfig, loadConfig, loadTextModel } from "@gemma3/model";
+import { inspectConfig, loadConfig, loadTextModel, resolveModelPath } from "@gemma3/model";
 import { estimateKV, formatBytes, type KVDType } from "@gemma3/kv-cache/estimate";
 import {
   Gemma3Tokenizer,
@@ -22,15 +22,20 @@ import { generate } from "./generate.js";
 const DEMO = join(dirname(dirname(fileURLToPath(import.meta.url))), "demo-model");
 
 const USAGE = `usage:
-  gemma3 generate [--model DIR] (--prompt TEXT | --prompt-ids 2,9259,1902) [--max-tokens 24]
-                  [--temperature 0] [--seed 0] [--logprobs N] [--device cpu|cuda|cuda:N]
-                  [--dtype f32|bf16] [--ignore-eos] [--json] [--stats]
+  gemma3 generate [--model DIR|FILE.gguf] (--prompt TEXT | --prompt-ids 2,9259,1902)
+                  [--max-tokens 24] [--temperature 0] [--seed 0] [--logprobs N]
+                  [--device cpu|cuda|cuda:N] [--dtype f32|bf16] [--quantize q8_0|q4_0|fp8_e4m3]
+                  [--ignore-eos] [--json] [--stats]
   gemma3 tokenize [--model DIR] (--text TEXT | --chat FILE.json [--image PATH ...] [--pan-and-scan])
                   [--no-special-tokens] [--json]
   gemma3 inspect --config FILE [--context N [--batch B] [--kv-dtype bf16|f32|fp8]] [--json]
 
-  --model DIR   a directory with config.json and *.safetensors (single or sharded), as on the hub;
-                without it, the bundled demo checkpoint (RANDOM weights, real vocabulary size).
+  --model DIR   a directory with config.json and *.safetensors (single or sharded), as on the hub,
+                or a llama.cpp gemma3 .gguf (F32/F16/BF16/Q8_0/Q4_0 tensors; --prompt reads the
+                tokenizer.json beside it); without it, the bundled demo checkpoint (RANDOM weights,
+                real vocabulary size).
+  --quantize Q  quantize the linear weights on load (q8_0, q4_0: GGUF blocks; fp8_e4m3: per-row
+                scale); embeddings, head and norms stay in --dtype.
   --prompt TEXT encoded with the model's tokenizer.json (<bos> first); prints the generated text
                 (--json: ids plus "text", special tokens left out of the text).
   --text TEXT   ids of TEXT (<bos> first unless --no-special-tokens); --json adds the pieces.
@@ -73,6 +78,7 @@ async function cmdGenerate(argv: string[]): Promise<void> {
       logprobs: { type: "string" },
       device: { type: "string" },
       dtype: { type: "string" },
+      quantize: { type: "string" },
       "ignore-eos": { type: "boolean" },
       json: { type: "boolean" },
       stats: { type: "boolean" },
@@ -85,7 +91,18 @@ async function cmdGenerate(argv: string[]): Promise<void> {
   const dtype = values.dtype;
   if (dtype !== undefined && dtype !== "f32" && dtype !== "bf16")
     throw new UsageError(`--dtype: f32 or bf16, got "${dtype}"`);
-  const dir = values.model ?? DEMO;
+  const quantize = values.quantize;
+  if (
+    quantize !== undefined &&
+    quantize !== "q8_0" &&
+    quantize !== "q4_0" &&
+    quantize !== "fp8_e4m3"
+  )
+    throw new UsageError(`--quantize: q8_0, q4_0 or fp8_e4m3, got "${quantize}"`);
+  const modelPath = values.model ?? DEMO;
+  // A .gguf carries no tokenizer.json or generation_config.json: those are read beside it.
+  const src = await resolveModelPath(modelPath);
+  const dir = src.format === "gguf" ? dirname(src.file) : src.dir;
   if (!values.model && !existsSync(join(DEMO, "config.json")))
     throw new UsageError(`the demo checkpoint is missing (${DEMO}): run \`npm run build\``);
   if (!values.model)
@@ -96,9 +113,10 @@ async function cmdGenerate(argv: string[]): Promise<void> {
   const tok = await modelTokenizer(dir, !values.model, givenIds ? undefined : "--prompt");
   const promptIds = givenIds ?? tok!.encode(values.prompt!);
   const generationConfig = readJsonIfExists(join(dir, "generation_config.json"));
-  const model = await loadTextModel(dir, {
+  const model = await loadTextModel(modelPath, {
     device: values.device ?? "cpu",
     ...(dtype ? { dtype } : {}),
+    ...(quantize ? { quantize } : {}),
   });
   try {
     const r = await generate(model, promptIds, {

@@ -3,7 +3,9 @@
 //   x = pre_feedforward_layernorm(h);  r = down(gelu_tanh(gate(x)) · up(x));   h += post_feedforward_layernorm(r)
 // Attention: q/k/v projections → q_norm/k_norm (RMSNorm over head_dim) → RoPE (local or global
 // base and scale) → softmax(q·kᵀ · query_pre_attn_scalar^-½) · v, sliding window on local layers.
-import { Tensor, ops } from "@gemma3/native";
+import { Tensor } from "@gemma3/native";
+// layerOps = @gemma3/native ops whose matmul applies an fp8 weight's per-row scale (quantize.ts).
+import { layerOps as ops } from "./quantize.js";
 import type { Gemma3Config } from "./config.js";
 import { cachedAttention, type KVCache, type StepPlan } from "@gemma3/kv-cache";
 import { Scratch } from "./scratch.js";
@@ -26,6 +28,9 @@ export interface LayerWeights {
 }
 
 export class DecoderLayer {
+  /** The layer passes fp8 weights' scales to matmul (loaders may hand it ScaledWeight tensors). */
+  static readonly supportsWeightScales = true;
+
   readonly sliding: boolean;
   private readonly rope: { base: number; scale: number };
   private readonly smScale: number;

@@ -7,3 +7,7 @@ export * from "./block.js";
 export * from "./scratch.js";
 export * from "./text_model.js";
 export * from "./load.js";
+export * from "./gguf.js";
+export * from "./gguf_metadata.js";
+export * from "./gguf_load.js";
+export * from "./quantize.js";

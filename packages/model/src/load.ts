@@ -1,17 +1,39 @@
-// Loading a model directory (config.json + *.safetensors, single or sharded) onto a device.
+// Loading a model onto a device: a directory of config.json + *.safetensors (single or sharded),
+// or a llama.cpp-convention gemma3 .gguf file (or a directory holding one). Linear weights can be
+// quantized on load (q8_0, q4_0, fp8_e4m3); embeddings, the head and norms stay in the compute dtype.
+import { readdir, stat } from "node:fs/promises";
 import { join } from "node:path";
-import { Device } from "@gemma3/native";
-import type { LayerWeights } from "./block.js";
-import { loadConfig } from "./config.js";
+import { Device, Tensor, UnsupportedError } from "@gemma3/native";
+import { DecoderLayer, type LayerWeights } from "./block.js";
+import { loadConfig, type Gemma3Config } from "./config.js";
+import { GGUFError, GGUFFile } from "./gguf.js";
+import {
+  checkGGUFTextWeights,
+  ggufTextConfig,
+  isLinearWeight,
+  loadGGUFTensor,
+} from "./gguf_load.js";
+import {
+  WEIGHT_QUANTIZATIONS,
+  canQuantize,
+  quantizeWeight,
+  type WeightQuantization,
+} from "./quantize.js";
 import { openCheckpoint } from "./safetensors.js";
 import { Gemma3TextModel, type ComputeDType, type TextWeights } from "./text_model.js";
-import { checkTextWeights, expectedTextWeights, loadTensor } from "./weights.js";
+import { checkTextWeights, expectedTextWeights, indexWeights, loadTensor } from "./weights.js";
 
 export interface LoadOptions {
   /** "cpu" (default), "cuda" or "cuda:N" */
   device?: string | Device;
   /** Compute and weight dtype: "f32" or "bf16" (default: f32 on cpu, bf16 on cuda). */
   dtype?: ComputeDType;
+  /**
+   * Quantize the linear weights (q/k/v/o, gate/up/down) on load, on the device: q8_0 / q4_0 (GGUF
+   * blocks, llama.cpp rules) or fp8_e4m3 (per-row f32 scale). GGUF tensors already stored as
+   * Q8_0/Q4_0 keep their blocks; a weight whose rows are not whole 32-blocks stays in `dtype`.
+   */
+  quantize?: WeightQuantization;
   /** Progress over the text weights: (tensors done, fractional, tensors total). */
   onProgress?: (done: number, total: number) => void;
 }
@@ -32,32 +54,93 @@ const LAYER_KEYS: Record<keyof LayerWeights, string> = {
   downProj: "mlp.down_proj",
 };
 
+/** Where a model path points. */
+export type ModelSource = { format: "safetensors"; dir: string } | { format: "gguf"; file: string };
+
 /**
- * Loads the text model of a Gemma 3 checkpoint directory (Gemma3ForCausalLM or the text part of
- * Gemma3ForConditionalGeneration). Every tensor is checked against the config first; a missing or
- * mis-shaped one fails before anything is uploaded, with the file and tensor named.
+ * Resolves a model path: a .gguf file; a directory with config.json (safetensors); or a directory
+ * with exactly one .gguf (mmproj-*.gguf, the vision projector, is not counted). Anything else is
+ * treated as a safetensors directory, whose loader then names what is missing.
+ * @throws GGUFError when a directory holds several candidate .gguf files
  */
-export async function loadTextModel(dir: string, opts: LoadOptions = {}): Promise<Gemma3TextModel> {
+export async function resolveModelPath(path: string): Promise<ModelSource> {
+  const st = await stat(path).catch(() => undefined);
+  // A missing *.gguf path goes to the GGUF reader too, so the error names that file.
+  if (!st?.isDirectory() && path.toLowerCase().endsWith(".gguf"))
+    return { format: "gguf", file: path };
+  if (!st?.isDirectory()) return { format: "safetensors", dir: path };
+  if (await stat(join(path, "config.json")).catch(() => undefined))
+    return { format: "safetensors", dir: path };
+  const ggufs = (await readdir(path))
+    .filter((n) => n.toLowerCase().endsWith(".gguf") && !n.toLowerCase().startsWith("mmproj"))
+    .sort();
+  if (ggufs.length === 1) return { format: "gguf", file: join(path, ggufs[0]!) };
+  if (ggufs.length > 1)
+    throw new GGUFError(
+      `${path}: ${ggufs.length} .gguf files (${ggufs.join(", ")}): pass the one to load`,
+      "E_IO",
+      path,
+    );
+  return { format: "safetensors", dir: path };
+}
+
+/**
+ * Loads the text model of a Gemma 3 checkpoint: a safetensors directory (Gemma3ForCausalLM or the
+ * text part of Gemma3ForConditionalGeneration) or a gemma3 GGUF. Every tensor is checked against
+ * the config first; a missing, mis-shaped or unloadable one fails before anything is uploaded, with
+ * the file and tensor named.
+ */
+export async function loadTextModel(
+  path: string,
+  opts: LoadOptions = {},
+): Promise<Gemma3TextModel> {
   const device = Device.of(opts.device ?? "cpu");
   const dtype: ComputeDType = opts.dtype ?? (device.isCuda ? "bf16" : "f32");
-  const config = await loadConfig(join(dir, "config.json"));
-  const ckpt = await openCheckpoint(dir);
-  const loaded: { dispose(): void }[] = [];
+  checkQuantize(opts.quantize);
+  const src = await resolveModelPath(path);
+  return src.format === "gguf"
+    ? loadFromGGUF(src.file, device, dtype, opts)
+    : loadFromSafetensors(src.dir, device, dtype, opts);
+}
+
+function checkQuantize(q: WeightQuantization | undefined): void {
+  if (q === undefined) return;
+  if (!WEIGHT_QUANTIZATIONS.includes(q))
+    throw new RangeError(
+      `quantize: "${String(q)}" is not one of ${WEIGHT_QUANTIZATIONS.join(", ")}`,
+    );
+  // fp8 weights need their per-row scale in every matmul: DecoderLayer must pass it (quantize.ts
+  // layerOps) and say so, or the model would silently run unscaled weights.
+  if (
+    q === "fp8_e4m3" &&
+    !(DecoderLayer as unknown as { supportsWeightScales?: boolean }).supportsWeightScales
+  )
+    throw new UnsupportedError(
+      "quantize fp8_e4m3: DecoderLayer does not apply per-row weight scales yet " +
+        "(block.ts must use layerOps from quantize.ts and set DecoderLayer.supportsWeightScales)",
+      "E_UNSUPPORTED",
+    );
+}
+
+/** Builds the model from a per-name tensor loader; disposes what was loaded if anything fails. */
+async function assemble(
+  config: Gemma3Config,
+  device: Device,
+  dtype: ComputeDType,
+  opts: LoadOptions,
+  loadOne: (name: string, progress: (frac: number) => void) => Promise<Tensor>,
+): Promise<Gemma3TextModel> {
+  const loaded: Tensor[] = [];
+  const total = expectedTextWeights(config).length;
+  let done = 0;
+  const load = async (name: string) => {
+    const t = await loadOne(name, (frac) => opts.onProgress?.(done + frac, total));
+    done += 1;
+    loaded.push(t);
+    opts.onProgress?.(done, total);
+    return t;
+  };
   try {
-    checkTextWeights(config, ckpt);
-    const names = expectedTextWeights(config).map((w) => w.name);
-    let done = 0;
-    const total = names.length;
-    const load = async (name: string) => {
-      const t = await loadTensor(ckpt, name, device, dtype, {
-        onProgress: opts.onProgress
-          ? (d, all) => opts.onProgress!(done + d / Math.max(all, 1), total)
-          : undefined,
-      });
-      done += 1;
-      loaded.push(t);
-      return t;
-    };
     const embedTokens = await load("embed_tokens");
     const layers: LayerWeights[] = [];
     for (let i = 0; i < config.numHiddenLayers; i++) {
@@ -73,7 +156,55 @@ export async function loadTextModel(dir: string, opts: LoadOptions = {}): Promis
   } catch (e) {
     for (const t of loaded) t.dispose();
     throw e;
+  }
+}
+
+async function loadFromSafetensors(
+  dir: string,
+  device: Device,
+  dtype: ComputeDType,
+  opts: LoadOptions,
+): Promise<Gemma3TextModel> {
+  const config = await loadConfig(join(dir, "config.json"));
+  const ckpt = await openCheckpoint(dir);
+  try {
+    checkTextWeights(config, ckpt);
+    const stored = (name: string) => ckpt.tensors.get(indexWeights(ckpt).names.get(name)!)!.info;
+    return await assemble(config, device, dtype, opts, async (name, progress) => {
+      const onProgress = (d: number, all: number) => progress(d / Math.max(all, 1));
+      const q = opts.quantize;
+      if (!q || !isLinearWeight(name) || !canQuantize(stored(name).shape, q))
+        return loadTensor(ckpt, name, device, dtype, { onProgress });
+      // Quantize from the stored precision: bf16 as bf16, anything else through f32.
+      const src = stored(name).dtype === "BF16" ? "bf16" : "f32";
+      const t = await loadTensor(ckpt, name, device, src, { onProgress });
+      try {
+        return quantizeWeight(t, q);
+      } finally {
+        t.dispose();
+      }
+    });
   } finally {
     await ckpt.close();
+  }
+}
+
+async function loadFromGGUF(
+  file: string,
+  device: Device,
+  dtype: ComputeDType,
+  opts: LoadOptions,
+): Promise<Gemma3TextModel> {
+  const f = await GGUFFile.open(file);
+  try {
+    const config = ggufTextConfig(f);
+    const infos = checkGGUFTextWeights(config, f);
+    return await assemble(config, device, dtype, opts, (name) =>
+      loadGGUFTensor(f, name, infos.get(name)!, device, dtype, {
+        quantize: isLinearWeight(name) ? opts.quantize : undefined,
+      }),
+    );
+  } finally {
+    await f.close();
   }
 }

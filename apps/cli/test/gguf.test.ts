@@ -1,0 +1,112 @@
+// `gemma3 generate` on a .gguf --model and with --quantize (built dist/cli.js in a child process).
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { afterAll, describe, expect, it } from "vitest";
+import { writeGemma3GGUF } from "../../../packages/model/test/gguf_writer.js";
+
+const root = dirname(dirname(fileURLToPath(import.meta.url)));
+const cli = join(root, "dist", "cli.js");
+const fixtures = join(root, "..", "..", "packages", "model", "test", "fixtures");
+const tmp = mkdtempSync(join(tmpdir(), "gemma3-cli-gguf-"));
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+
+function gemma3(...args: string[]) {
+  const r = spawnSync(process.execPath, [cli, ...args], { encoding: "utf8" });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+const goldens = (name: string) =>
+  JSON.parse(readFileSync(join(fixtures, name, "goldens.json"), "utf8")) as {
+    prompt_ids: number[];
+    greedy_ids: number[];
+  };
+
+const greedy = (model: string, ids: number[], ...extra: string[]) =>
+  gemma3(
+    "generate",
+    "--model",
+    model,
+    "--prompt-ids",
+    ids.join(","),
+    "--max-tokens",
+    "24",
+    "--json",
+    "--ignore-eos",
+    "--device",
+    "cpu",
+    ...extra,
+  );
+
+describe("gemma3 generate --model FILE.gguf", () => {
+  for (const name of ["tiny-1b", "tiny-27b"])
+    it(`${name} as an F32 GGUF gives HF's 24 greedy tokens`, async () => {
+      const g = goldens(name);
+      const path = await writeGemma3GGUF(join(fixtures, name), "F32", join(tmp, `${name}.gguf`));
+      const r = greedy(path, g.prompt_ids);
+      expect(r.err).toBe("");
+      expect(r.code).toBe(0);
+      expect(JSON.parse(r.out).tokens).toEqual(g.greedy_ids);
+    });
+
+  it("a directory holding one Q8_0 GGUF runs it", async () => {
+    const dir = mkdtempSync(join(tmp, "q8-"));
+    await writeGemma3GGUF(join(fixtures, "tiny-1b"), "Q8_0", join(dir, "tiny-Q8_0.gguf"));
+    const r = greedy(dir, goldens("tiny-1b").prompt_ids);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.out).tokens).toHaveLength(24);
+  });
+
+  it("a missing .gguf and a GGUF without tokenizer.json for --prompt give clear errors", async () => {
+    const missing = gemma3("generate", "--model", join(tmp, "nope.gguf"), "--prompt-ids", "2");
+    expect(missing.code).toBe(1);
+    expect(missing.err).toMatch(/nope\.gguf: file not found/);
+    const dir = mkdtempSync(join(tmp, "notok-"));
+    const path = await writeGemma3GGUF(join(fixtures, "tiny-1b"), "Q4_0", join(dir, "m.gguf"));
+    const r = gemma3("generate", "--model", path, "--prompt", "hello");
+    expect(r.code).toBe(2);
+    expect(r.err).toMatch(/--prompt needs .*tokenizer\.json/);
+  });
+});
+
+describe("gemma3 generate --quantize", () => {
+  it("q8_0 keeps most of HF's greedy tokens on tiny-27b; q4_0 runs", () => {
+    const g = goldens("tiny-27b");
+    const q8 = greedy(join(fixtures, "tiny-27b"), g.prompt_ids, "--quantize", "q8_0");
+    expect(q8.code).toBe(0);
+    const tokens = JSON.parse(q8.out).tokens as number[];
+    expect(tokens).toHaveLength(24);
+    expect(tokens[0]).toBe(g.greedy_ids[0]);
+    const q4 = greedy(
+      join(fixtures, "tiny-1b"),
+      goldens("tiny-1b").prompt_ids,
+      "--quantize",
+      "q4_0",
+    );
+    expect(q4.code).toBe(0);
+    expect(JSON.parse(q4.out).tokens).toHaveLength(24);
+  });
+
+  it("an unknown format is a usage error", () => {
+    const r = gemma3("generate", "--prompt-ids", "2", "--quantize", "q5_k");
+    expect(r.code).toBe(2);
+    expect(r.err).toMatch(/--quantize: q8_0, q4_0 or fp8_e4m3, got "q5_k"/);
+  });
+
+  it("fp8_e4m3 is refused with the reason until the layers apply weight scales", () => {
+    const r = gemma3(
+      "generate",
+      "--model",
+      join(fixtures, "tiny-1b"),
+      "--prompt-ids",
+      "2",
+      "--quantize",
+      "fp8_e4m3",
+    );
+    if (r.code === 0) return; // wired: the model package's tests check the numbers
+    expect(r.code).toBe(1);
+    expect(r.err).toMatch(/fp8_e4m3.*per-row weight scales/);
+  });
+});
