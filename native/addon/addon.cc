@@ -405,13 +405,15 @@ OP_RESULT(ops::attention_prefill(T(0, "q"), T(1, "k"), T(2, "v"), T(3, "out"), T
 G3_END
 }
 // (q, k_cache, v_cache, out, kv_indptr, kv_indices, kv_len, workspace|null, {maxKvLen, smScale,
-// window})
+// window, kScale?, vScale?})
 G3_ENTRY(AttentionDecode){G3_BODY{auto ws = OPT(7, "workspace");
 Napi::Object o = to_obj(info[8], "params");
 ops::DecodeParams p;
 p.max_kv_len = to_i64(o.Get("maxKvLen"), "maxKvLen");
 p.sm_scale = to_f32(o.Get("smScale"), "smScale");
 p.window = int32_t(to_i64(o.Get("window"), "window"));
+if (!o.Get("kScale").IsUndefined()) p.k_scale = to_f32(o.Get("kScale"), "kScale");
+if (!o.Get("vScale").IsUndefined()) p.v_scale = to_f32(o.Get("vScale"), "vScale");
 OP_RESULT(ops::attention_decode(T(0, "q"), T(1, "k_cache"), T(2, "v_cache"), T(3, "out"),
                                 T(4, "kv_indptr"), T(5, "kv_indices"), T(6, "kv_len"), ws.get(),
                                 p));

@@ -524,9 +524,9 @@ void run_decode(Ctx& c, Row& r, int64_t batch, int64_t h, int64_t kv, int64_t d,
   Timing t = time_launches(
       [&](int64_t i) {
         size_t j = size_t(i % copies);
-        check_status(gk::attention_decode<bf16>(
+        check_status(gk::attention_decode<bf16, bf16>(
             q.p, kc[j].p, vc[j].p, out.p, d_indptr.p, d_indices.p, d_len.p, batch, h, kv, d, page,
-            pages, pages, kv_len, sm_scale, 0, ws.p, int64_t(ws.n), s));
+            pages, pages, kv_len, sm_scale, 1.0f, 1.0f, 0, ws.p, int64_t(ws.n), s));
       },
       copies, c.opt, s);
   finish(r, t, c.opt);

@@ -2,6 +2,8 @@
 // the op and the shapes), then launch the kernel template that matches the dtypes.
 #include "ops/ops.h"
 
+#include <cmath>
+
 #include "ops/dispatch.h"
 #ifdef GEMMA3_WITH_CUDA
 #include "kernels/cuda/attention_decode.h"
@@ -191,7 +193,8 @@ Status embedding(const TensorRef& ids, const TensorRef& table, const TensorRef& 
                                 std::to_string(D) + "] for " + named("ids", ids) + ", " +
                                 named("table", table)));
   if (n == 0) return Status::Ok();
-  return dispatch_weight(op, table, false, [&](auto tw) {
+  // fp8 tables take the scalar s only (a row gather of an fp8 KV cache), no per-row scale.
+  return dispatch_weight(op, table, true, [&](auto tw) {
     using TW = typename decltype(tw)::type;
     return dispatch_float(op, out, [&](auto ty) {
       using TY = typename decltype(ty)::type;
@@ -355,9 +358,18 @@ Status attention_decode(const TensorRef& q, const TensorRef& k_cache, const Tens
   G3_RETURN_IF_ERROR(same_device(
       op, {&q, &k_cache, &v_cache, &out, &kv_indptr, &kv_indices, &kv_len, workspace}, &dev));
   G3_RETURN_IF_ERROR(expect_dtype(op, "q", q, {DType::kF32, DType::kBF16}));
-  G3_RETURN_IF_ERROR(expect_same_dtype(op, q, "q", k_cache, "k_cache"));
-  G3_RETURN_IF_ERROR(expect_same_dtype(op, q, "q", v_cache, "v_cache"));
+  // Caches hold q's dtype, or fp8 e4m3 with per-tensor scales (kernels.inc).
+  G3_RETURN_IF_ERROR(expect_dtype(op, "k_cache", k_cache, {q.dtype, DType::kFP8E4M3}));
+  G3_RETURN_IF_ERROR(expect_same_dtype(op, k_cache, "k_cache", v_cache, "v_cache"));
   G3_RETURN_IF_ERROR(expect_same_dtype(op, q, "q", out, "out"));
+  const bool fp8 = k_cache.dtype == DType::kFP8E4M3;
+  if (fp8 ? !(std::isfinite(p.k_scale) && p.k_scale > 0.f && std::isfinite(p.v_scale) &&
+              p.v_scale > 0.f)
+          : (p.k_scale != 1.f || p.v_scale != 1.f))
+    return fail(StatusCode::kInvalidArgument, op,
+                "k_scale " + std::to_string(p.k_scale) + " and v_scale " +
+                    std::to_string(p.v_scale) +
+                    (fp8 ? " must be finite and > 0" : " must be 1 (they scale fp8_e4m3 caches)"));
   for (const TensorRef* t : {&kv_indptr, &kv_indices, &kv_len})
     G3_RETURN_IF_ERROR(expect_dtype(op, "page table", *t, {DType::kI32}));
   G3_RETURN_IF_ERROR(expect(q.ndim() == 3 && q.shape == out.shape && k_cache.ndim() == 4 &&
@@ -382,15 +394,21 @@ Status attention_decode(const TensorRef& q, const TensorRef& k_cache, const Tens
   const int64_t max_kv = p.max_kv_len > 0 ? p.max_kv_len : k_cache.dim(0) * page;
   float* ws = workspace ? static_cast<float*>(workspace->data()) : nullptr;
   const int64_t ws_n = workspace ? workspace->numel() : 0;
-  return dispatch_float(op, q, [&](auto t) {
+  auto run = [&](auto t, auto tkv) {
     using T = typename decltype(t)::type;
+    using TKV = typename decltype(tkv)::type;
     return G3_LAUNCH(
         dev, keep({&q, &k_cache, &v_cache, &out, &kv_indptr, &kv_indices, &kv_len, workspace}),
-        attention_decode<T>, static_cast<const T*>(q.data()), static_cast<const T*>(k_cache.data()),
-        static_cast<const T*>(v_cache.data()), static_cast<T*>(out.data()),
-        static_cast<const int32_t*>(kv_indptr.data()),
+        attention_decode<T G3_COMMA TKV>, static_cast<const T*>(q.data()),
+        static_cast<const TKV*>(k_cache.data()), static_cast<const TKV*>(v_cache.data()),
+        static_cast<T*>(out.data()), static_cast<const int32_t*>(kv_indptr.data()),
         static_cast<const int32_t*>(kv_indices.data()), static_cast<const int32_t*>(kv_len.data()),
-        batch, Hq, Hkv, D, page, num_pages, num_indices, max_kv, p.sm_scale, p.window, ws, ws_n);
+        batch, Hq, Hkv, D, page, num_pages, num_indices, max_kv, p.sm_scale, p.k_scale, p.v_scale,
+        p.window, ws, ws_n);
+  };
+  return dispatch_float(op, q, [&](auto t) {
+    if (fp8) return run(t, Tag<fp8e4m3>{});
+    return run(t, t);
   });
 }
 
@@ -401,6 +419,14 @@ Status cast(const TensorRef& src, const TensorRef& dst) {
   G3_RETURN_IF_ERROR(
       expect(src.shape == dst.shape, op, named("src", src) + " vs " + named("dst", dst)));
   if (src.numel() == 0) return Status::Ok();
+  if (dst.dtype == DType::kFP8E4M3) {  // f32|bf16 -> fp8 (saturating): fp8 KV cache writes
+    return dispatch_float(op, src, [&](auto ts) {
+      using TS = typename decltype(ts)::type;
+      return G3_LAUNCH(dev, keep({&src, &dst}), cast<TS G3_COMMA fp8e4m3>,
+                       static_cast<const TS*>(src.data()), static_cast<fp8e4m3*>(dst.data()),
+                       src.numel());
+    });
+  }
   return dispatch_half(op, src, [&](auto ts) {
     using TS = typename decltype(ts)::type;
     return dispatch_half(op, dst, [&](auto td) {

@@ -23,7 +23,7 @@ Status gelu_mul(const TensorRef& gate, const TensorRef* up, const TensorRef& out
 Status add(const TensorRef& a, const TensorRef& b, const TensorRef& out);
 Status scale(const TensorRef& x, const TensorRef& out, float s);
 
-// ids: [n] i32; table: [V, D] f32|bf16|q8_0|q4_0; out: [n, D] f32|bf16.
+// ids: [n] i32; table: [V, D] f32|bf16|q8_0|q4_0|fp8_e4m3; out: [n, D] f32|bf16.
 Status embedding(const TensorRef& ids, const TensorRef& table, const TensorRef& out, float s);
 
 Status softmax(const TensorRef& x, const TensorRef& out);
@@ -52,8 +52,11 @@ struct DecodeParams {
   int64_t max_kv_len = 0;
   float sm_scale = 1.0f;
   int32_t window = 0;
+  float k_scale = 1.0f;  // fp8_e4m3 caches: key = float(e4m3) * k_scale (1 for other dtypes)
+  float v_scale = 1.0f;  // likewise for values
 };
-// q, out: [batch, Hq, D]; k_cache, v_cache: [pages, page_size, Hkv, D]; kv_indptr: [batch + 1],
+// q, out: [batch, Hq, D] f32|bf16; k_cache, v_cache: [pages, page_size, Hkv, D] of q's dtype or
+// fp8_e4m3 (with k_scale/v_scale); kv_indptr: [batch + 1],
 // kv_indices: [nnz_pages], kv_len: [batch] i32; workspace: f32 scratch or null.
 Status attention_decode(const TensorRef& q, const TensorRef& k_cache, const TensorRef& v_cache,
                         const TensorRef& out, const TensorRef& kv_indptr,
@@ -63,6 +66,7 @@ Status attention_decode(const TensorRef& q, const TensorRef& k_cache, const Tens
 int64_t attention_decode_workspace_floats(int device, int64_t batch, int64_t num_qo_heads,
                                           int64_t head_dim, int64_t max_kv_len);
 
+// f32|bf16|f16 -> f32|bf16|f16, and f32|bf16 -> fp8_e4m3 (saturating at +-448).
 Status cast(const TensorRef& src, const TensorRef& dst);
 // src: [..., C] f32|bf16 -> dst q8_0|q4_0|fp8 (scale: [rows] f32 for fp8).
 Status quantize(const TensorRef& src, const TensorRef& dst, const TensorRef* scale);

@@ -41,6 +41,9 @@ export interface DecodeParamsArg {
   maxKvLen: number;
   smScale: number;
   window: number;
+  /** fp8_e4m3 caches: key = e4m3 · kScale, value = e4m3 · vScale (default 1; must be 1 otherwise) */
+  kScale?: number;
+  vScale?: number;
 }
 
 export interface Addon {

@@ -72,8 +72,9 @@ export function scale(x: Tensor, s: number, out?: Tensor): Tensor {
 
 /**
  * Embedding gather with scale: out[t] = table[ids[t]] · s. Ids outside [0, V) give NaN rows.
+ * An fp8_e4m3 table is e4m3 · s (the dequantizing row gather of an fp8 KV cache).
  * @param ids [n] i32
- * @param table [V, D] f32|bf16|q8_0|q4_0
+ * @param table [V, D] f32|bf16|q8_0|q4_0|fp8_e4m3
  * @returns [n, D] of `dtype` (default bf16 for bf16/quantized tables, else f32)
  */
 export function embedding(
@@ -168,6 +169,12 @@ export function attentionPrefill(
 
 export interface DecodeOptions {
   smScale: number;
+  /**
+   * fp8_e4m3 caches (per-tensor scales, as vLLM's fp8 KV cache): a key element is e4m3 · kScale,
+   * a value element e4m3 · vScale. Default 1; must stay 1 for caches of q's dtype.
+   */
+  kScale?: number;
+  vScale?: number;
   /** Only the last `window` tokens of each sequence are visible (0 = all). */
   window?: number;
   /** Upper bound of kv_len (sizes split-KV); defaults to the cache's capacity. */
@@ -180,8 +187,9 @@ export interface DecodeOptions {
 /**
  * Decode attention: one query per sequence over a paged NHD cache. A ring buffer of W slots is
  * one page of page_size W with kvLen = min(n, W).
- * @param q [batch, num_qo_heads, head_dim]
- * @param kCache [num_pages, page_size, num_kv_heads, head_dim] (vCache the same)
+ * @param q [batch, num_qo_heads, head_dim] f32|bf16
+ * @param kCache [num_pages, page_size, num_kv_heads, head_dim] of q's dtype or fp8_e4m3 (vCache the
+ *   same)
  * @param kvIndptr [batch + 1] i32; kvIndices [nnz_pages] i32; kvLen [batch] i32
  */
 export function attentionDecode(
@@ -194,7 +202,13 @@ export function attentionDecode(
   o: DecodeOptions,
 ): Tensor {
   const y = outOr(o.out, q.shape, q.dtypeName, q);
-  const p = { maxKvLen: o.maxKvLen ?? 0, smScale: o.smScale, window: o.window ?? 0 };
+  const p = {
+    maxKvLen: o.maxKvLen ?? 0,
+    smScale: o.smScale,
+    window: o.window ?? 0,
+    kScale: o.kScale ?? 1,
+    vScale: o.vScale ?? 1,
+  };
   native(() =>
     addon().attentionDecode(
       q,
@@ -219,7 +233,10 @@ export function attentionDecodeWorkspaceFloats(q: Tensor, maxKvLen: number): num
   );
 }
 
-/** Converts between f32, bf16 and f16 (round to nearest even). */
+/**
+ * Converts between f32, bf16 and f16 (round to nearest even), and f32|bf16 to fp8_e4m3 (round to
+ * nearest even, saturating at ±448: KV cache writes).
+ */
 export function cast(src: Tensor, dtype: DTypeName, out?: Tensor): Tensor {
   const y = outOr(out, src.shape, dtype, src);
   native(() => addon().cast(src, y));

@@ -454,6 +454,30 @@ export function quantCases(): Case[] {
       cudaTol: exact,
     });
   }
+  // f32|bf16 -> fp8 e4m3 (KV cache writes): round to nearest even, saturating at ±448 (inf too),
+  // NaN kept; subnormals (step 2^-9) and ties on both sides of the normal range.
+  const f8 = Float32Array.from(randn(989, seed++, 40));
+  const specials = [448, 449, 464, 465, 1e6, -1e6, Infinity, -Infinity, NaN, -0, 2 ** -9, 2 ** -10];
+  specials.push(3 * 2 ** -10, 2 ** -6, 2 ** -6 - 2 ** -10, 1.0625, 1.1875, -240, 0.3);
+  specials.forEach((v, i) => (f8[i * 7] = v));
+  for (const from of ["f32", "bf16"] as const) {
+    const src = inDType(f8, from);
+    for (const n of [989, 16]) {
+      cases.push({
+        name: `cast ${from}->fp8_e4m3 [${n}]`,
+        async run(dev) {
+          const s = up(src.subarray(0, n), [n], from, dev);
+          const d = ops.cast(s, "fp8_e4m3");
+          const out = [await host(d)];
+          disposeAll(s, d);
+          return out;
+        },
+        reference: () => [Float32Array.from(src.subarray(0, n), ref.roundFp8e4m3)],
+        refTol: exact,
+        cudaTol: exact,
+      });
+    }
+  }
   return cases;
 }
 
@@ -495,6 +519,31 @@ export function miscCases(): Case[] {
         reference: () => [ref.embedding(ids, vals, ids.length, D, V, s, roundOf(outD))],
         refTol: ULP_TOL[outD],
         cudaTol: ULP_TOL[outD],
+      });
+    }
+  // fp8 e4m3 tables with a per-tensor scale: the dequantizing row gather of an fp8 KV cache.
+  // D = 40 runs CUDA's 8-byte vector path (packed layout), D = 19 its scalar path.
+  for (const D of [40, 19])
+    for (const outD of ["f32", "bf16"] as const) {
+      const V = 37;
+      const bytes = ref.encodeFp8e4m3(randn(V * D, seed++, 30));
+      bytes[3 * D + 5] = 0x7f; // a NaN element in row 3 stays NaN
+      const vals = ref.decodeFp8e4m3(bytes);
+      const ids = [0, 36, 3, 5, 5, -1, 37, 12];
+      const s = 0.0371;
+      cases.push({
+        name: `embedding table=fp8_e4m3 [${V}, ${D}] s=${s} out=${outD}`,
+        async run(dev) {
+          const it = up(ids, [ids.length], "i32", dev);
+          const tt = up(bytes, [V, D], "fp8_e4m3", dev);
+          const y = ops.embedding(it, tt, s, { dtype: outD });
+          const out = [await host(y)];
+          disposeAll(it, tt, y);
+          return out;
+        },
+        reference: () => [ref.embedding(ids, vals, ids.length, D, V, s, roundOf(outD))],
+        refTol: ULP_TOL[outD],
+        cudaTol: { kind: "exact", why: "e4m3 -> f32 is exact; one float32 product, one rounding" },
       });
     }
   for (const d of ["f32", "bf16"] as const)
@@ -753,6 +802,8 @@ function decodeCase(
   window: number,
   withWorkspace: boolean,
   seed: number,
+  /** An fp8 e4m3 cache with these per-tensor scales (else a cache of dtype d). */
+  fp8?: { kScale: number; vScale: number },
 ): Case {
   const batch = lens.length;
   const pagesPer = lens.map((l) => Math.max(1, Math.ceil(l / pageSize)));
@@ -771,18 +822,29 @@ function decodeCase(
     kvIndptr.push(kvIndices.length);
   });
   const q = inDType(randn(batch * Hq * D, seed + 1), d);
-  const kc = inDType(randn(numPages * pageSize * Hkv * D, seed + 2), d);
-  const vc = inDType(randn(numPages * pageSize * Hkv * D, seed + 3), d);
+  const cacheN = numPages * pageSize * Hkv * D;
+  // fp8: the cache holds e4m3(x / scale); its values are e4m3 · scale (float32), as the kernel reads
+  // them. V is drawn 20x wider than K, as un-normalized values are, with a scale to match.
+  const enc = (x: Float32Array, s: number) => ref.encodeFp8e4m3(x.map((e) => e / s));
+  const dec = (b: Uint8Array, s: number) => ref.decodeFp8e4m3(b).map((e) => Math.fround(e * s));
+  const kRaw = randn(cacheN, seed + 2);
+  const vRaw = randn(cacheN, seed + 3, fp8 ? 20 : 1);
+  const kBytes = fp8 ? enc(kRaw, fp8.kScale) : null;
+  const vBytes = fp8 ? enc(vRaw, fp8.vScale) : null;
+  const kc = fp8 && kBytes ? dec(kBytes, fp8.kScale) : inDType(kRaw, d);
+  const vc = fp8 && vBytes ? dec(vBytes, fp8.vScale) : inDType(vRaw, d);
+  const kvDtype: DTypeName = fp8 ? "fp8_e4m3" : d;
   const smScale = 1 / Math.sqrt(D);
   const maxKv = Math.max(...lens);
+  const fp8Name = fp8 ? ` kv=fp8_e4m3 kScale=${fp8.kScale} vScale=${fp8.vScale}` : "";
   return {
-    name: `attentionDecode ${d} lens=${lens.join(",")} Hq=${Hq} Hkv=${Hkv} D=${D} page=${pageSize} window=${window}${withWorkspace ? " split" : ""}`,
+    name: `attentionDecode ${d}${fp8Name} lens=${lens.join(",")} Hq=${Hq} Hkv=${Hkv} D=${D} page=${pageSize} window=${window}${withWorkspace ? " split" : ""}`,
     async run(dev) {
       // Decode requires 16-byte-aligned q/k/v (16-byte vector loads): offset them by 16 only.
       const l16: Layout = layout === "packed" ? "packed" : "offset16";
       const qt = up(q, [batch, Hq, D], d, dev, l16);
-      const kt = up(kc, [numPages, pageSize, Hkv, D], d, dev, l16);
-      const vt = up(vc, [numPages, pageSize, Hkv, D], d, dev, l16);
+      const kt = up(kBytes ?? kc, [numPages, pageSize, Hkv, D], kvDtype, dev, l16);
+      const vt = up(vBytes ?? vc, [numPages, pageSize, Hkv, D], kvDtype, dev, l16);
       const ip = up(kvIndptr, [batch + 1], "i32", dev);
       const ix = up(kvIndices, [kvIndices.length], "i32", dev);
       const ln = up(lens, [batch], "i32", dev);
@@ -796,6 +858,7 @@ function decodeCase(
         maxKvLen: maxKv,
         workspace: ws,
         out,
+        ...(fp8 ?? {}),
       });
       const res = [await host(out)];
       disposeAll(qt, kt, vt, ip, ix, ln, ws, out);
@@ -819,17 +882,29 @@ function decodeCase(
         round: roundOf(d),
       }),
     ],
+    // fp8 caches: the reference attends over the same dequantized values (e4m3 · scale in
+    // float32), so only the float32 arithmetic differs; V 20x wider scales the absolute error.
     refTol:
       d === "f32"
-        ? { kind: "elementwise", atol: 2e-5, rtol: 1e-4, why: "expf and float32 softmax" }
-        : { kind: "elementwise", atol: 1e-2, rtol: 2 ** -7, why: "output rounded to bf16 once" },
+        ? {
+            kind: "elementwise",
+            atol: fp8 ? 4e-4 : 2e-5,
+            rtol: 1e-4,
+            why: "expf and float32 softmax",
+          }
+        : {
+            kind: "elementwise",
+            atol: fp8 ? 0.2 : 1e-2,
+            rtol: 2 ** -7,
+            why: "output rounded to bf16 once",
+          },
     cudaTol:
       d === "f32"
         ? {
             kind: "elementwise",
-            atol: 2e-5,
+            atol: fp8 ? 4e-4 : 2e-5,
             rtol: 1e-4,
-            why: "float32 softmax in different orders / splits",
+            why: "float32 softmax in different orders / splits (fp8: k_scale folded into q)",
           }
         : { kind: "norm", rel: 1e-2, why: "bf16 output, split partials combined in float32" },
   };
@@ -884,6 +959,17 @@ export function attentionCases(): Case[] {
     }
     cases.push(decodeCase(d, [250, 40], 2, 1, 64, 16, 32, true, seed++)); // sliding window
     cases.push(decodeCase(d, [24, 24], 4, 4, 128, 24, 0, false, seed++)); // ring: one page of W slots
+    // fp8 e4m3 caches (16 elements per lane per 16-byte load): scales 1 and non-trivial ones, GQA
+    // groups 1, 2, 4 and 8 (8: two CTAs of 4 heads), split-KV, window and ring.
+    const unit = { kScale: 1, vScale: 1 };
+    const scaled = { kScale: 0.02, vScale: 0.375 };
+    for (const D of [16, 32, 128, 256]) {
+      cases.push(decodeCase(d, [1, 19, 99], 4, 2, D, 16, 0, false, seed++, unit));
+      cases.push(decodeCase(d, [300, 7], 8, 2, D, 16, 0, true, seed++, scaled));
+      cases.push(decodeCase(d, [77], 8, 1, D, 16, 0, false, seed++, scaled));
+    }
+    cases.push(decodeCase(d, [250, 40], 2, 1, 64, 16, 32, true, seed++, scaled));
+    cases.push(decodeCase(d, [24, 24], 4, 4, 128, 24, 0, false, seed++, unit));
   }
   return cases;
 }

@@ -17,32 +17,36 @@ using namespace detail;
 constexpr int64_t kMaxHeadDim = 512;
 
 // Attends G query heads over n keys. q: G rows of T (row stride q_stride); key(j) / val(j): the
-// row of key j, or nullptr for a key that must be skipped; out: G rows of D (stride out_stride).
+// row of key j (TKV elements), or nullptr for a key that must be skipped; out: G rows of D (stride
+// out_stride). An fp8 row is float(e4m3) * k_scale (v_scale for values); other rows are unscaled.
 // A query that sees no key gets zeros.
-template <typename T, typename KeyFn, typename ValFn>
+template <typename T, typename TKV, typename KeyFn, typename ValFn>
 void attend(const T* q, int64_t q_stride, int64_t G, int64_t D, int64_t n, const KeyFn& key,
-            const ValFn& val, float sm_scale, T* out, int64_t out_stride) {
+            const ValFn& val, float sm_scale, float k_scale, float v_scale, T* out,
+            int64_t out_stride) {
   float* qf = scratch(kScratchA, size_t(G * D + D + G));
   float* row = qf + G * D;
   float* inv_sum = row + D;
   float* scores = scratch(kScratchB, size_t(G * std::max<int64_t>(n, 1)));
   float* acc = scratch(kScratchC, size_t(G * D));
   for (int64_t g = 0; g < G; ++g) decode(q + g * q_stride, 0, D, qf + g * D);
-  auto row_of = [&](const T* p) -> const float* {
-    if constexpr (std::is_same_v<T, float>) {
+  auto row_of = [&](const TKV* p, float s) -> const float* {
+    if constexpr (std::is_same_v<TKV, float>) {
       return p;
     } else {
       decode(p, 0, D, row);
+      if constexpr (std::is_same_v<TKV, fp8e4m3>)
+        for (int64_t d = 0; d < D; ++d) row[d] *= s;
       return row;
     }
   };
   for (int64_t j = 0; j < n; ++j) {
-    const T* kp = key(j);
+    const TKV* kp = key(j);
     if (kp == nullptr) {
       for (int64_t g = 0; g < G; ++g) scores[g * n + j] = -INFINITY;
       continue;
     }
-    const float* kr = row_of(kp);
+    const float* kr = row_of(kp, k_scale);
     for (int64_t g = 0; g < G; ++g) scores[g * n + j] = dot(qf + g * D, kr, D) * sm_scale;
   }
   for (int64_t g = 0; g < G; ++g) {
@@ -62,12 +66,12 @@ void attend(const T* q, int64_t q_stride, int64_t G, int64_t D, int64_t n, const
     for (int64_t d = 0; d < D; ++d) acc[g * D + d] = 0.f;
   }
   for (int64_t j = 0; j < n; ++j) {
-    const T* vp = val(j);
+    const TKV* vp = val(j);
     if (vp == nullptr) continue;
     bool any = false;
     for (int64_t g = 0; g < G; ++g) any |= scores[g * n + j] != 0.f;
     if (!any) continue;
-    const float* vr = row_of(vp);
+    const float* vr = row_of(vp, v_scale);
     for (int64_t g = 0; g < G; ++g) axpy(scores[g * n + j], vr, acc + g * D, D);
   }
   for (int64_t g = 0; g < G; ++g)
@@ -84,6 +88,19 @@ Status check_heads(const char* kernel, int64_t num_qo_heads, int64_t num_kv_head
   if (head_dim <= 0 || head_dim > kMaxHeadDim)
     return unsupported(kernel, kv("head_dim", head_dim) + " (CPU supports 1..512)");
   return Status::Ok();
+}
+
+// KV dequantization scales: finite and > 0; exactly 1 for an unscaled (TKV == T) cache, so a scale
+// meant for an fp8 cache is never silently ignored.
+Status check_kv_scales(const char* kernel, bool unscaled, float k_scale, float v_scale) {
+  const bool ok = unscaled ? (k_scale == 1.0f && v_scale == 1.0f)
+                           : (std::isfinite(k_scale) && k_scale > 0.0f && std::isfinite(v_scale) &&
+                              v_scale > 0.0f);
+  if (ok) return Status::Ok();
+  return invalid(kernel, "k_scale=" + std::to_string(k_scale) +
+                             ", v_scale=" + std::to_string(v_scale) +
+                             (unscaled ? " (must be 1 for a cache of the query's dtype)"
+                                       : " (must be finite and > 0)"));
 }
 
 // indptr: [batch + 1], non-negative, non-decreasing and at most `total` (the rows it indexes).
@@ -162,22 +179,22 @@ Status attention_prefill(const T* q, const T* k, const T* v, T* out, const int32
           const int64_t n = std::max<int64_t>(0, hi - lo + 1);
           const T* kb = k + (kv_indptr[b] + lo) * ld_k + hk * D;
           const T* vb = v + (kv_indptr[b] + lo) * ld_v + hk * D;
-          attend<T>(
+          attend<T, T>(
               q + t * ld_q + hk * group * D, D, group, D, n,
               [&](int64_t j) { return kb + j * ld_k; }, [&](int64_t j) { return vb + j * ld_v; },
-              sm_scale, out + t * num_qo_heads * D + hk * group * D, D);
+              sm_scale, 1.0f, 1.0f, out + t * num_qo_heads * D + hk * group * D, D);
         }
       });
   return Status::Ok();
 }
 
-template <typename T>
-Status attention_decode(const T* q, const T* k_cache, const T* v_cache, T* out,
+template <typename T, typename TKV>
+Status attention_decode(const T* q, const TKV* k_cache, const TKV* v_cache, T* out,
                         const int32_t* kv_indptr, const int32_t* kv_indices, const int32_t* kv_len,
                         int64_t batch, int64_t num_qo_heads, int64_t num_kv_heads, int64_t head_dim,
                         int64_t page_size, int64_t num_pages, int64_t num_indices,
-                        int64_t max_kv_len, float sm_scale, int32_t window, float* workspace,
-                        int64_t workspace_floats) {
+                        int64_t max_kv_len, float sm_scale, float k_scale, float v_scale,
+                        int32_t window, float* workspace, int64_t workspace_floats) {
   const char* kName = "attention_decode";
   (void)workspace;  // the CPU kernel does not split KV
   (void)workspace_floats;
@@ -188,6 +205,7 @@ Status attention_decode(const T* q, const T* k_cache, const T* v_cache, T* out,
                               " (need page_size > 0, the others >= 0)");
   G3_RETURN_IF_ERROR(check_heads(kName, num_qo_heads, num_kv_heads, head_dim));
   if (window < 0) return invalid(kName, kv("window", window) + " must be >= 0");
+  G3_RETURN_IF_ERROR(check_kv_scales(kName, std::is_same_v<T, TKV>, k_scale, v_scale));
   if (batch == 0) return Status::Ok();
   G3_RETURN_IF_ERROR(
       check_indptr(kName, "kv_indptr", kv_indptr, batch, num_indices, "num_indices"));
@@ -213,7 +231,7 @@ Status attention_decode(const T* q, const T* k_cache, const T* v_cache, T* out,
                    const int64_t len =
                        std::min<int64_t>(std::max<int32_t>(kv_len[b], 0), num_pages_b * page_size);
                    const int64_t lo = window > 0 ? std::max<int64_t>(0, len - window) : 0;
-                   auto slot = [&](const T* cache, int64_t j) -> const T* {
+                   auto slot = [&](const TKV* cache, int64_t j) -> const TKV* {
                      const int64_t s = lo + j;
                      const int64_t page = pages[s / page_size];
                      // A page index outside the cache masks its slot: skipped, never read.
@@ -221,27 +239,33 @@ Status attention_decode(const T* q, const T* k_cache, const T* v_cache, T* out,
                      return cache + ((page * page_size + s % page_size) * token_stride) + hk * D;
                    };
                    const int64_t h0 = hk * group + g0;
-                   attend<T>(
+                   attend<T, TKV>(
                        q + (b * num_qo_heads + h0) * D, D, gs, D, len - lo,
                        [&](int64_t j) { return slot(k_cache, j); },
-                       [&](int64_t j) { return slot(v_cache, j); }, sm_scale,
+                       [&](int64_t j) { return slot(v_cache, j); }, sm_scale, k_scale, v_scale,
                        out + (b * num_qo_heads + h0) * D, D);
                  }
                });
   return Status::Ok();
 }
 
-#define G3_ATTENTION(T)                                                                            \
-  template Status attention_prefill<T>(const T*, const T*, const T*, T*, const int32_t*,           \
-                                       const int32_t*, const int32_t*, int64_t, int64_t, int64_t,  \
-                                       int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,       \
-                                       int64_t, float, int32_t, bool);                             \
-  template Status attention_decode<T>(const T*, const T*, const T*, T*, const int32_t*,            \
-                                      const int32_t*, const int32_t*, int64_t, int64_t, int64_t,   \
-                                      int64_t, int64_t, int64_t, int64_t, int64_t, float, int32_t, \
-                                      float*, int64_t);
-G3_ATTENTION(float)
-G3_ATTENTION(bf16)
-#undef G3_ATTENTION
+#define G3_PREFILL(T)                                                                             \
+  template Status attention_prefill<T>(const T*, const T*, const T*, T*, const int32_t*,          \
+                                       const int32_t*, const int32_t*, int64_t, int64_t, int64_t, \
+                                       int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,      \
+                                       int64_t, float, int32_t, bool);
+#define G3_DECODE(T, TKV)                                                                        \
+  template Status attention_decode<T, TKV>(const T*, const TKV*, const TKV*, T*, const int32_t*, \
+                                           const int32_t*, const int32_t*, int64_t, int64_t,     \
+                                           int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, \
+                                           float, float, float, int32_t, float*, int64_t);
+G3_PREFILL(float)
+G3_PREFILL(bf16)
+G3_DECODE(float, float)
+G3_DECODE(bf16, bf16)
+G3_DECODE(float, fp8e4m3)
+G3_DECODE(bf16, fp8e4m3)
+#undef G3_DECODE
+#undef G3_PREFILL
 
 }  // namespace gemma3::cpu

@@ -98,6 +98,8 @@ G3_ELEMENTWISE(bf16)
 G3_CAST_TD(float)
 G3_CAST_TD(bf16)
 G3_CAST_TD(f16)
+G3_CAST(float, fp8e4m3)  // saturating (dtype.h f32_to_fp8e4m3): fp8 KV cache writes
+G3_CAST(bf16, fp8e4m3)
 #undef G3_CAST_TD
 #undef G3_CAST
 

@@ -1,4 +1,5 @@
-// embedding gather on CPU: one token row per work item; block-format tables dequantize the row.
+// embedding gather on CPU: one token row per work item; block-format and fp8 tables dequantize the
+// row (fp8: float(e4m3) * s, a per-tensor scale).
 #include <limits>
 #include <type_traits>
 
@@ -45,6 +46,7 @@ G3_EMBEDDING_TY(float)
 G3_EMBEDDING_TY(bf16)
 G3_EMBEDDING_TY(block_q8_0)
 G3_EMBEDDING_TY(block_q4_0)
+G3_EMBEDDING_TY(fp8e4m3)
 #undef G3_EMBEDDING_TY
 #undef G3_EMBEDDING
 

@@ -7,6 +7,10 @@
 // softmax state; the key groups merge through shared memory. With a workspace the CTA writes an
 // unnormalized partial (o, max, sum) per split and a combine kernel merges the splits; without one
 // there is a single split and the CTA writes the output directly.
+// fp8 e4m3 caches: a 16-byte load carries 16 elements, so a lane takes 16 of a row (key groups of
+// D / 16 lanes); k_scale is folded into q and v_scale into the partial o, so the loop is the same.
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -60,17 +64,38 @@ __device__ __forceinline__ void unpack(const uint4& u, float* f, float) {
   f[2] = __uint_as_float(u.z);
   f[3] = __uint_as_float(u.w);
 }
+// 16 e4m3 bytes: e4m3 -> f16 (hardware cvt, sm_89+) and f16 -> f32 are both exact.
+__device__ __forceinline__ void unpack(const uint4& u, float* f, fp8e4m3) {
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(
+          static_cast<__nv_fp8x2_storage_t>((w[i] >> (16 * h)) & 0xffffu), __NV_E4M3);
+      const float2 v = __half22float2(__half2(r));
+      f[4 * i + 2 * h] = v.x;
+      f[4 * i + 2 * h + 1] = v.y;
+    }
+  }
+}
 
-template <typename T, int D, int kGh>
+// T: q/out element type; TKV: cache element type (T, or fp8e4m3).
+template <typename T, typename TKV, int D, int kGh>
 struct DecodeCfg {
-  static constexpr int kPer16 = 16 / int(sizeof(T));              // elements per 16-byte load
+  static constexpr bool kFp8 = std::is_same_v<TKV, fp8e4m3>;
+  static constexpr int kPer16 = 16 / int(sizeof(TKV));            // KV elements per 16-byte load
+  static constexpr int kPerQ = 16 / int(sizeof(T));               // q elements per 16-byte load
   static constexpr int kVec = D / 32 > kPer16 ? D / 32 : kPer16;  // elements per lane per row
   static constexpr int kNv = kVec / kPer16;                       // 16-byte loads per lane per row
+  static constexpr int kNq = kVec / kPerQ;                        // 16-byte q loads per lane
   static constexpr int kTpk = D / kVec;                           // lanes per key (<= 32)
   static constexpr int kGroups = kThreads / kTpk;                 // key groups per CTA
-  static constexpr int kU = (kGh <= 4 ? 8 : 4) / kNv;             // keys in flight per lane
+  // Keys in flight per lane. fp8 lanes hold 16 q and o floats per head, so fewer keys (registers).
+  static constexpr int kU = (kFp8 ? (kGh <= 2 ? 8 : 4) : (kGh <= 4 ? 8 : 4)) / kNv;
   static_assert(kTpk >= 1 && kTpk <= 32 && (kTpk & (kTpk - 1)) == 0, "bad key group");
   static_assert(kU >= 1, "bad unroll");
+  static_assert(!kFp8 || kGh <= 4, "fp8 caches take at most 4 heads per CTA (registers)");
 };
 
 struct DecodeParams {
@@ -88,16 +113,17 @@ struct DecodeParams {
   uint32_t num_pages;  // min(num_pages, 2^31): uint32_t(page) < num_pages rejects negatives too
   int num_indices;     // entries of kv_indices (clamped to INT_MAX, as kv_indptr is int32)
   int chunk, splits;   // keys per split (of the visible range), number of splits
-  float scale_log2;
+  float scale_log2;    // sm_scale * log2(e) * k_scale
   int window;
+  float v_scale;  // applied to the partial o (fp8 caches; 1 otherwise)
 };
 
 // grid: (splits, num_kv_heads * head_chunks, batch); block: kThreads.
-template <typename T, int D, int kGh>
+template <typename T, typename TKV, int D, int kGh>
 __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p) {
-  using Cfg = DecodeCfg<T, D, kGh>;
+  using Cfg = DecodeCfg<T, TKV, D, kGh>;
   constexpr int kVec = Cfg::kVec, kNv = Cfg::kNv, kTpk = Cfg::kTpk, kGroups = Cfg::kGroups,
-                kU = Cfg::kU, kPer16 = Cfg::kPer16;
+                kU = Cfg::kU, kPer16 = Cfg::kPer16, kNq = Cfg::kNq, kPerQ = Cfg::kPerQ;
   __shared__ __align__(16) float s_o[kGroups][kGh][D];
   __shared__ float s_m[kGroups][kGh], s_l[kGroups][kGh];
   __shared__ float s_w[kGroups][kGh], s_sum[kGh];
@@ -126,10 +152,10 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p) 
 #pragma unroll
   for (int hh = 0; hh < kGh; ++hh) {
 #pragma unroll
-    for (int n = 0; n < kNv; ++n) {
+    for (int n = 0; n < kNq; ++n) {
       uint4 u = make_uint4(0, 0, 0, 0);
-      if (hh < nh) u = *reinterpret_cast<const uint4*>(qb + hh * D + n * kPer16);
-      unpack(u, &q[hh][n * kPer16], T());
+      if (hh < nh) u = *reinterpret_cast<const uint4*>(qb + hh * D + n * kPerQ);
+      unpack(u, &q[hh][n * kPerQ], T());
     }
 #pragma unroll
     for (int e = 0; e < kVec; ++e) q[hh][e] *= p.scale_log2;
@@ -145,8 +171,8 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p) 
   }
 
   const int64_t row_stride = int64_t(p.num_kv_heads) * D;  // elements per token slot
-  const T* kc = static_cast<const T*>(p.k_cache) + int64_t(kvh) * D + tig * kVec;
-  const T* vc = static_cast<const T*>(p.v_cache) + int64_t(kvh) * D + tig * kVec;
+  const TKV* kc = static_cast<const TKV*>(p.k_cache) + int64_t(kvh) * D + tig * kVec;
+  const TKV* vc = static_cast<const TKV*>(p.v_cache) + int64_t(kvh) * D + tig * kVec;
   const int32_t* pages = p.kv_indices + pg0;
 
   for (int base = beg; base < end; base += kGroups * kU) {
@@ -181,7 +207,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p) 
     for (int u = 0; u < kU; ++u) {
       float kf[kVec];
 #pragma unroll
-      for (int n = 0; n < kNv; ++n) unpack(kr[u][n], &kf[n * kPer16], T());
+      for (int n = 0; n < kNv; ++n) unpack(kr[u][n], &kf[n * kPer16], TKV());
 #pragma unroll
       for (int hh = 0; hh < kGh; ++hh) {
         float acc = 0.f;
@@ -220,7 +246,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p) 
         l[hh] += pu;
         float vf[kVec];
 #pragma unroll
-        for (int n = 0; n < kNv; ++n) unpack(vr[u][n], &vf[n * kPer16], T());
+        for (int n = 0; n < kNv; ++n) unpack(vr[u][n], &vf[n * kPer16], TKV());
 #pragma unroll
         for (int e = 0; e < kVec; ++e) o[hh][e] = fmaf(pu, vf[e], o[hh][e]);
       }
@@ -230,6 +256,10 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p) 
   // Merge the key groups: weights exp2(m_g - M) per (group, head), then a column sum over groups.
 #pragma unroll
   for (int hh = 0; hh < kGh; ++hh) {
+    if constexpr (Cfg::kFp8) {
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) o[hh][e] *= p.v_scale;  // P.V is linear in the values
+    }
 #pragma unroll
     for (int e = 0; e < kVec; e += 4) {
       *reinterpret_cast<float4*>(&s_o[grp][hh][tig * kVec + e]) =
@@ -296,24 +326,28 @@ __global__ void decode_combine_kernel(const float* ws_o, const float* ws_ml, T* 
   }
 }
 
-template <typename T, int D, int kGh>
+template <typename T, typename TKV, int D, int kGh>
 Status launch_decode(const DecodeParams& p, int64_t batch, cudaStream_t stream) {
   const dim3 grid(unsigned(p.splits), unsigned(p.num_kv_heads * p.head_chunks), unsigned(batch));
-  decode_kernel<T, D, kGh><<<grid, kThreads, 0, stream>>>(p);
+  decode_kernel<T, TKV, D, kGh><<<grid, kThreads, 0, stream>>>(p);
   return check_launch("attention_decode");
 }
 
-template <typename T, int D>
+template <typename T, typename TKV, int D>
 Status launch_decode_d(const DecodeParams& p, int64_t batch, int gh, cudaStream_t stream) {
   switch (gh) {
     case 1:
-      return launch_decode<T, D, 1>(p, batch, stream);
+      return launch_decode<T, TKV, D, 1>(p, batch, stream);
     case 2:
-      return launch_decode<T, D, 2>(p, batch, stream);
+      return launch_decode<T, TKV, D, 2>(p, batch, stream);
     case 4:
-      return launch_decode<T, D, 4>(p, batch, stream);
+      return launch_decode<T, TKV, D, 4>(p, batch, stream);
     default:
-      return launch_decode<T, D, 8>(p, batch, stream);
+      if constexpr (std::is_same_v<TKV, fp8e4m3>) {
+        return Status(StatusCode::kInternal, "attention_decode: fp8 caches take gh <= 4");
+      } else {
+        return launch_decode<T, TKV, D, 8>(p, batch, stream);
+      }
   }
 }
 
@@ -332,13 +366,15 @@ int64_t attention_decode_workspace_floats(int64_t batch, int64_t num_qo_heads, i
   return batch * num_qo_heads * splits * (head_dim + 2);
 }
 
-template <typename T>
-Status attention_decode(const T* q, const T* k_cache, const T* v_cache, T* out,
+template <typename T, typename TKV>
+Status attention_decode(const T* q, const TKV* k_cache, const TKV* v_cache, T* out,
                         const int32_t* kv_indptr, const int32_t* kv_indices, const int32_t* kv_len,
                         int64_t batch, int64_t num_qo_heads, int64_t num_kv_heads, int64_t head_dim,
                         int64_t page_size, int64_t num_pages, int64_t num_indices,
-                        int64_t max_kv_len, float sm_scale, int32_t window, float* workspace,
-                        int64_t workspace_floats, cudaStream_t stream) {
+                        int64_t max_kv_len, float sm_scale, float k_scale, float v_scale,
+                        int32_t window, float* workspace, int64_t workspace_floats,
+                        cudaStream_t stream) {
+  constexpr bool kFp8 = std::is_same_v<TKV, fp8e4m3>;
   const int64_t D = head_dim;
   if (D != 16 && D != 32 && D != 64 && D != 128 && D != 256) {
     return Status(StatusCode::kUnsupported,
@@ -371,6 +407,12 @@ Status attention_decode(const T* q, const T* k_cache, const T* v_cache, T* out,
   if (!std::isfinite(sm_scale)) {
     return invalid("sm_scale " + std::to_string(sm_scale) + " must be finite");
   }
+  // Scales dequantize an fp8 cache; a cache of the query's dtype is unscaled, so they must be 1.
+  if (kFp8 ? !(std::isfinite(k_scale) && k_scale > 0.f && std::isfinite(v_scale) && v_scale > 0.f)
+           : (k_scale != 1.f || v_scale != 1.f)) {
+    return invalid("k_scale=" + std::to_string(k_scale) + ", v_scale=" + std::to_string(v_scale) +
+                   (kFp8 ? " (must be finite and > 0)" : " (must be 1 for a cache of q's dtype)"));
+  }
   if (batch == 0) return Status::Ok();
   if (q == nullptr || k_cache == nullptr || v_cache == nullptr || out == nullptr ||
       kv_indptr == nullptr || kv_indices == nullptr || kv_len == nullptr) {
@@ -381,7 +423,8 @@ Status attention_decode(const T* q, const T* k_cache, const T* v_cache, T* out,
   }
 
   const int group = int(num_qo_heads / num_kv_heads);
-  const int gh = group <= 1 ? 1 : group <= 2 ? 2 : group <= 4 ? 4 : 8;
+  // fp8: at most 4 heads per CTA (a group of 8 takes two CTAs that each read the K/V rows).
+  const int gh = group <= 1 ? 1 : group <= 2 ? 2 : (group <= 4 || kFp8) ? 4 : 8;
   const int head_chunks = int(ceil_div(group, gh));
   if (num_kv_heads * head_chunks > 65535) {
     return invalid("num_kv_heads " + std::to_string(num_kv_heads) + " too large");
@@ -424,25 +467,27 @@ Status attention_decode(const T* q, const T* k_cache, const T* v_cache, T* out,
   p.num_indices = int(std::min<int64_t>(num_indices, INT_MAX));
   p.chunk = int(chunk);
   p.splits = int(splits);
-  p.scale_log2 = sm_scale * kLog2e;
+  // k_scale folds into q: (q * s) . k = q . (k * s). Exactly sm_scale * kLog2e when unscaled.
+  p.scale_log2 = kFp8 ? sm_scale * kLog2e * k_scale : sm_scale * kLog2e;
+  p.v_scale = v_scale;
   p.window = window;
 
   Status st;
   switch (D) {
     case 16:
-      st = launch_decode_d<T, 16>(p, batch, gh, stream);
+      st = launch_decode_d<T, TKV, 16>(p, batch, gh, stream);
       break;
     case 32:
-      st = launch_decode_d<T, 32>(p, batch, gh, stream);
+      st = launch_decode_d<T, TKV, 32>(p, batch, gh, stream);
       break;
     case 64:
-      st = launch_decode_d<T, 64>(p, batch, gh, stream);
+      st = launch_decode_d<T, TKV, 64>(p, batch, gh, stream);
       break;
     case 128:
-      st = launch_decode_d<T, 128>(p, batch, gh, stream);
+      st = launch_decode_d<T, TKV, 128>(p, batch, gh, stream);
       break;
     default:
-      st = launch_decode_d<T, 256>(p, batch, gh, stream);
+      st = launch_decode_d<T, TKV, 256>(p, batch, gh, stream);
       break;
   }
   G3_RETURN_IF_ERROR(st);
@@ -454,13 +499,15 @@ Status attention_decode(const T* q, const T* k_cache, const T* v_cache, T* out,
   return Status::Ok();
 }
 
-template Status attention_decode<float>(const float*, const float*, const float*, float*,
-                                        const int32_t*, const int32_t*, const int32_t*, int64_t,
-                                        int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                                        int64_t, float, int32_t, float*, int64_t, cudaStream_t);
-template Status attention_decode<bf16>(const bf16*, const bf16*, const bf16*, bf16*, const int32_t*,
-                                       const int32_t*, const int32_t*, int64_t, int64_t, int64_t,
-                                       int64_t, int64_t, int64_t, int64_t, int64_t, float, int32_t,
-                                       float*, int64_t, cudaStream_t);
+#define G3_DECODE(T, TKV)                                                                          \
+  template Status attention_decode<T, TKV>(                                                        \
+      const T*, const TKV*, const TKV*, T*, const int32_t*, const int32_t*, const int32_t*,        \
+      int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float, float, float, \
+      int32_t, float*, int64_t, cudaStream_t);
+G3_DECODE(float, float)
+G3_DECODE(bf16, bf16)
+G3_DECODE(float, fp8e4m3)
+G3_DECODE(bf16, fp8e4m3)
+#undef G3_DECODE
 
 }  // namespace gemma3::cuda

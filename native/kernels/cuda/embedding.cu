@@ -1,6 +1,9 @@
 // CUDA embedding gather with scale: one CTA per token id, each thread converting 8-element chunks
-// (16-byte loads/stores for float/bf16; one q8_0/q4_0 quarter block per chunk). Ids outside
-// [0, vocab) write a NaN row and read nothing.
+// (16-byte loads/stores for float/bf16; one q8_0/q4_0 quarter block per chunk; one 8-byte load for
+// fp8 e4m3, the dequantizing row gather of an fp8 KV cache). Ids outside [0, vocab) write a NaN row
+// and read nothing.
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -22,11 +25,27 @@ using vec::aligned;
 using vec::load_f32;
 using vec::store_f32;
 
+// Two e4m3 values (the low and high byte of w) as floats: e4m3 -> f16 -> f32, both exact.
+__device__ __forceinline__ float2 fp8x2_to_float2(uint32_t w) {
+  const __half2_raw h =
+      __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w & 0xffffu), __NV_E4M3);
+  return __half22float2(__half2(h));
+}
+
 // Elements [8c, 8c + 8) of a table row as float. row points at the row's first element (or block).
 template <typename TW>
 __device__ __forceinline__ void load_chunk(const TW* row, int64_t c, float (&f)[kChunk]) {
   if constexpr (std::is_same_v<TW, float> || std::is_same_v<TW, bf16>) {
     load_f32<TW, kChunk>(row + c * kChunk, f);
+  } else if constexpr (std::is_same_v<TW, fp8e4m3>) {
+    const uint2 u = *reinterpret_cast<const uint2*>(row + c * kChunk);  // 8-byte aligned
+    const uint32_t w[2] = {u.x, u.y};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 v = fp8x2_to_float2(w[i >> 1] >> (16 * (i & 1)));
+      f[2 * i] = v.x;
+      f[2 * i + 1] = v.y;
+    }
   } else if constexpr (std::is_same_v<TW, block_q8_0>) {
     // A 34-byte block is only 2-byte aligned: read its quarter as four 16-bit words.
     const TW& blk = row[c >> 2];
@@ -56,7 +75,8 @@ __device__ __forceinline__ void load_chunk(const TW* row, int64_t c, float (&f)[
 // Element j of a table row as float.
 template <typename TW>
 __device__ __forceinline__ float load_one(const TW* row, int64_t j) {
-  if constexpr (std::is_same_v<TW, float> || std::is_same_v<TW, bf16>) {
+  if constexpr (std::is_same_v<TW, float> || std::is_same_v<TW, bf16> ||
+                std::is_same_v<TW, fp8e4m3>) {
     return to_f32(row[j]);
   } else if constexpr (std::is_same_v<TW, block_q8_0>) {
     const TW& blk = row[j / kQK];
@@ -116,8 +136,10 @@ Status embedding(const int32_t* ids, const TW* table, TY* out, int64_t n, int64_
   if (!ids || !table || !out)
     return Status(StatusCode::kInvalidArgument, "embedding: null pointer");
   const int64_t row_elems = kBlock ? dim / kQK : dim;
-  // Block tables need 2-byte alignment for the 16-bit reads; dense ones 16 for the vectors.
-  const bool vec = dim % kChunk == 0 && aligned(out, 16) && aligned(table, kBlock ? 2 : 16);
+  // Block tables need 2-byte alignment for the 16-bit reads; fp8 8 (one 8-byte load per chunk);
+  // float/bf16 16 for the vectors.
+  constexpr uintptr_t kTableAlign = kBlock ? 2 : std::is_same_v<TW, fp8e4m3> ? 8 : 16;
+  const bool vec = dim % kChunk == 0 && aligned(out, 16) && aligned(table, kTableAlign);
   const int64_t work = vec ? dim / kChunk : dim;
   int threads = int(work < kMaxThreads ? (work + 31) / 32 * 32 : kMaxThreads);
   const unsigned grid = unsigned(n < kMaxGrid ? n : kMaxGrid);
@@ -142,6 +164,8 @@ G3_INSTANTIATE(block_q8_0, float)
 G3_INSTANTIATE(block_q8_0, bf16)
 G3_INSTANTIATE(block_q4_0, float)
 G3_INSTANTIATE(block_q4_0, bf16)
+G3_INSTANTIATE(fp8e4m3, float)
+G3_INSTANTIATE(fp8e4m3, bf16)
 #undef G3_INSTANTIATE
 
 }  // namespace gemma3::cuda

@@ -46,6 +46,13 @@ __device__ __forceinline__ void store8(float* p, const float (&v)[8]) {
   reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
   reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
 }
+// 8 floats as e4m3 (dtype.h's saturating encode, bit-equal to the CPU backend), one 8-byte store.
+__device__ __forceinline__ void store8(fp8e4m3* p, const float (&v)[8]) {
+  uint32_t w[2] = {0, 0};
+#pragma unroll
+  for (int i = 0; i < 8; ++i) w[i >> 2] |= uint32_t(from_f32<fp8e4m3>(v[i]).bits) << (8 * (i & 3));
+  *reinterpret_cast<uint2*>(p) = make_uint2(w[0], w[1]);
+}
 template <typename T>
 __device__ __forceinline__ void store8(T* p, const float (&v)[8]) {
   uint32_t w[4];
@@ -317,6 +324,8 @@ G3_CAST(bf16, f16)
 G3_CAST(f16, float)
 G3_CAST(f16, bf16)
 G3_CAST(f16, f16)
+G3_CAST(float, fp8e4m3)
+G3_CAST(bf16, fp8e4m3)
 #undef G3_CAST
 
 #define G3_QUANT(TS, TQ)                                                                    \

@@ -5,6 +5,9 @@
 //            positions, window on sliding layers), then scatter the chunk into the cache.
 //   both:    sliding layers of a cache with snapshot blocks also scatter every new token's K/V
 //            into snapshot storage (what a later prefix hit restores its ring from).
+//   fp8:     e4m3 storage (per-tensor kScale, vScale): new K/V are scaled by 1/scale and cast to
+//            e4m3 before the scatter; decode reads the e4m3 cache directly; a prefill gathers the
+//            context dequantized (embedding with the scale) into the compute dtype.
 // Gathering first matters: a chunk that wraps the ring overwrites slots its own queries still read.
 import { Tensor, ops, type DTypeName, type Shape } from "@gemma3/native";
 import type { LayerKV, StepPlan } from "./types.js";
@@ -36,48 +39,66 @@ export function cachedAttention(
   const g = kv.sliding ? plan.ring : plan.global;
   const [, hkv = 0, d = 0] = k.shape;
   const out = o.out ?? Tensor.empty(q.shape, q.dtypeName, q.device);
-  if (kv.snapshot && g.snapshotRows) {
-    ops.copyRows(k, kv.snapshot.k, g.snapshotRows);
-    ops.copyRows(v, kv.snapshot.v, g.snapshotRows);
-  }
+  const temps: Tensor[] = [];
+  const alloc =
+    o.alloc ??
+    ((shape: Shape, dtype: DTypeName) => {
+      const t = Tensor.empty(shape, dtype, q.device);
+      temps.push(t);
+      return t;
+    });
+  const fp8 = kv.k.dtypeName === "fp8_e4m3";
+  const kScale = kv.kScale ?? 1;
+  const vScale = kv.vScale ?? 1;
+
+  // The new tokens' K and V into storage (and snapshot storage). fp8: x · (1/scale) in the compute
+  // dtype, cast to e4m3 (saturating); one e4m3 buffer serves K, then V (the device runs in order).
+  const store = () => {
+    let buf8: Tensor | undefined;
+    let scaled: Tensor | undefined;
+    for (const [x, s, dst, snap] of [
+      [k, kScale, kv.k, kv.snapshot?.k],
+      [v, vScale, kv.v, kv.snapshot?.v],
+    ] as const) {
+      let rows = x;
+      if (fp8) {
+        buf8 ??= alloc(x.shape, "fp8_e4m3");
+        if (s !== 1) rows = ops.scale(x, 1 / s, (scaled ??= alloc(x.shape, x.dtypeName)));
+        rows = ops.cast(rows, "fp8_e4m3", buf8);
+      }
+      if (snap && g.snapshotRows) ops.copyRows(rows, snap, g.snapshotRows);
+      ops.copyRows(rows, dst, g.writeRows);
+    }
+  };
+
   if (plan.decode) {
-    ops.copyRows(k, kv.k, g.writeRows);
-    ops.copyRows(v, kv.v, g.writeRows);
+    store();
     const t = g.decode!;
     const paged = [kv.rows / t.pageSize, t.pageSize, hkv, d];
-    return ops.attentionDecode(
-      q,
-      kv.k.view(paged),
-      kv.v.view(paged),
-      t.kvIndptr,
-      t.kvIndices,
-      t.kvLen,
-      {
-        smScale: o.smScale,
-        maxKvLen: t.maxKvLen,
-        out,
-      },
-    );
+    ops.attentionDecode(q, kv.k.view(paged), kv.v.view(paged), t.kvIndptr, t.kvIndices, t.kvLen, {
+      smScale: o.smScale,
+      maxKvLen: t.maxKvLen,
+      kScale,
+      vScale,
+      out,
+    });
+    for (const t of temps) t.dispose(); // freed after the queued ops that use them
+    return out;
   }
   let keys = k;
   let values = v;
   let kvIndptr = plan.qoIndptr;
-  const temps: Tensor[] = [];
   const c = g.context;
   if (c) {
-    const alloc =
-      o.alloc ??
-      ((shape: Shape, dtype: DTypeName) => {
-        const t = Tensor.empty(shape, dtype, q.device);
-        temps.push(t);
-        return t;
-      });
     keys = alloc([c.rows, hkv, d], k.dtypeName);
     values = alloc([c.rows, hkv, d], v.dtypeName);
-    // A row gather is embedding with scale 1 (exact in f32 and bf16); −1 rows are the chunk's.
+    // A row gather is embedding with scale 1 (exact in f32 and bf16), or with the fp8 scale (the
+    // dequantized rows); −1 rows are the chunk's, which attends to its own K/V unquantized.
     const flat = [kv.rows, hkv * d];
-    ops.embedding(c.gatherRows, kv.k.view(flat), 1, { out: keys.view([c.rows, hkv * d]) });
-    ops.embedding(c.gatherRows, kv.v.view(flat), 1, { out: values.view([c.rows, hkv * d]) });
+    const kOut = { out: keys.view([c.rows, hkv * d]) };
+    const vOut = { out: values.view([c.rows, hkv * d]) };
+    ops.embedding(c.gatherRows, kv.k.view(flat), fp8 ? kScale : 1, kOut);
+    ops.embedding(c.gatherRows, kv.v.view(flat), fp8 ? vScale : 1, vOut);
     ops.copyRows(k, keys, c.chunkRows);
     ops.copyRows(v, values, c.chunkRows);
     kvIndptr = c.kvIndptr;
@@ -88,8 +109,7 @@ export function cachedAttention(
     maxQLen: plan.maxQLen,
     out,
   });
-  ops.copyRows(k, kv.k, g.writeRows);
-  ops.copyRows(v, kv.v, g.writeRows);
+  store(); // after the gather: a chunk that wraps the ring overwrites slots its queries read
   for (const t of temps) t.dispose(); // freed after the queued ops that use them
   return out;
 }

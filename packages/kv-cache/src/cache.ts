@@ -19,16 +19,34 @@ import {
 } from "./planner.js";
 import type { GroupPlan, KVCache, LayerKV, StepPlan } from "./types.js";
 
+/** Element types K/V storage can have: the compute dtype, or fp8 e4m3 with per-tensor scales. */
+export type KVStorageDType = "f32" | "bf16" | "fp8_e4m3";
+
 export interface HybridKVCacheOptions extends PlannerOptions {
-  /** K/V element type (the model's compute dtype). */
+  /** The model's compute dtype: K/V enter and attention runs in it. */
   dtype: "f32" | "bf16";
+  /**
+   * Element type of K/V storage (default `dtype`). "fp8_e4m3" (CUDA's option for long contexts,
+   * half of bf16's bytes; runs on CPU too): a new token's K is stored as e4m3(k / kScale) and read
+   * as e4m3 · kScale (V likewise with vScale), vLLM's per-tensor fp8 KV cache. Saturates at ±448.
+   */
+  kvDtype?: KVStorageDType;
+  /** fp8_e4m3 storage: K dequantization scale (default 1; Gemma's K is RMS-normed by k_norm). */
+  kScale?: number;
+  /** fp8_e4m3 storage: V dequantization scale (default 1; V is not normalized). */
+  vScale?: number;
   device?: string | Device;
 }
 
 export class HybridKVCache implements KVCache {
   readonly planner: KVPlanner;
   readonly device: Device;
+  /** compute dtype */
   readonly dtype: "f32" | "bf16";
+  /** storage dtype of K and V */
+  readonly kvDtype: KVStorageDType;
+  readonly kScale: number;
+  readonly vScale: number;
   private readonly layers: LayerKV[];
   private planBuf: Tensor;
 
@@ -39,11 +57,27 @@ export class HybridKVCache implements KVCache {
     this.planner = new KVPlanner(layout, o);
     this.device = Device.of(o.device ?? "cpu");
     this.dtype = o.dtype;
+    this.kvDtype = o.kvDtype ?? o.dtype;
+    this.kScale = o.kScale ?? 1;
+    this.vScale = o.vScale ?? 1;
+    const fp8 = this.kvDtype === "fp8_e4m3";
+    if (!fp8 && this.kvDtype !== o.dtype)
+      throw new RangeError(
+        `kvDtype: ${this.kvDtype} must be the compute dtype ${o.dtype} or fp8_e4m3`,
+      );
+    for (const [name, s] of [
+      ["kScale", this.kScale],
+      ["vScale", this.vScale],
+    ] as const)
+      if (fp8 ? !(Number.isFinite(s) && s > 0) : s !== 1)
+        throw new RangeError(
+          `${name}: ${s} (${fp8 ? "must be finite and > 0" : "scales apply to fp8_e4m3 storage only"})`,
+        );
     const { numKeyValueHeads: hkv, headDim: d } = layout;
     const pl = this.planner;
     const made: Tensor[] = [];
     const zeros = (rows: number) => {
-      const t = Tensor.zeros([rows, hkv, d], o.dtype, this.device);
+      const t = Tensor.zeros([rows, hkv, d], this.kvDtype, this.device);
       made.push(t);
       return t;
     };
@@ -58,6 +92,8 @@ export class HybridKVCache implements KVCache {
           rows,
           k: zeros(rows),
           v: zeros(rows),
+          kScale: this.kScale,
+          vScale: this.vScale,
           snapshot: sliding && snapRows > 0 ? { k: zeros(snapRows), v: zeros(snapRows) } : null,
         };
       });
@@ -71,7 +107,7 @@ export class HybridKVCache implements KVCache {
         numPages: pl.numPages,
         rollback: pl.rollback,
         snapshotBlocks: pl.snapshotBlocks,
-        dtype: o.dtype,
+        dtype: fp8 ? "fp8" : this.kvDtype,
       });
       const why = e instanceof Error ? e.message : String(e);
       throw Object.assign(
@@ -85,6 +121,20 @@ export class HybridKVCache implements KVCache {
 
   get numLayers(): number {
     return this.layers.length;
+  }
+  /**
+   * Scratch bytes cachedAttention takes from its `alloc` for `numTokens` new tokens beyond the
+   * context buffers (fp8 storage: the e4m3 copy of K then V, and a scaled copy when a scale ≠ 1),
+   * each rounded up to 256-byte arena alignment. 0 for storage in the compute dtype.
+   */
+  attentionScratchBytes(numTokens: number): number {
+    if (this.kvDtype !== "fp8_e4m3") return 0;
+    const row = this.layout.numKeyValueHeads * this.layout.headDim;
+    const up = (b: number) => Math.ceil(b / 256) * 256;
+    const scaled = this.kScale !== 1 || this.vScale !== 1;
+    return (
+      up(numTokens * row) + (scaled ? up(numTokens * row * (this.dtype === "f32" ? 4 : 2)) : 0)
+    );
   }
   /** Device bytes of K and V storage (snapshot storage included). */
   get bytes(): number {
@@ -118,11 +168,15 @@ export class HybridKVCache implements KVCache {
     const a = this.planner.admit(maxTokens, prompt);
     const m = a.restoreFrom.length;
     if (m > 0) {
-      // Gather the snapshot rows, scatter them into the ring (two ops per tensor and layer).
+      // Gather the snapshot rows, scatter them into the ring (two ops per tensor and layer; fp8
+      // storage: gather with scale 1 into the compute dtype, which holds every e4m3 value exactly,
+      // and cast back, so the bytes are unchanged).
       const { numKeyValueHeads: hkv, headDim: d } = this.layout;
       const from = Tensor.from(a.restoreFrom, [m], "i32", this.device);
       const to = Tensor.from(a.restoreTo, [m], "i32", this.device);
       const tmp = Tensor.empty([m, hkv * d], this.dtype, this.device);
+      const tmp8 =
+        this.kvDtype === "fp8_e4m3" ? Tensor.empty([m, hkv * d], "fp8_e4m3", this.device) : null;
       for (const l of this.layers)
         if (l.snapshot)
           for (const [src, dst] of [
@@ -130,9 +184,10 @@ export class HybridKVCache implements KVCache {
             [l.snapshot.v, l.v],
           ] as const) {
             ops.embedding(from, src.view([src.shape[0]!, hkv * d]), 1, { out: tmp });
-            ops.copyRows(tmp.view([m, hkv, d]), dst, to);
+            const rows = tmp8 ? ops.cast(tmp, "fp8_e4m3", tmp8) : tmp;
+            ops.copyRows(rows.view([m, hkv, d]), dst, to);
           }
-      for (const t of [from, to, tmp]) t.dispose(); // freed after the queued copies
+      for (const t of [from, to, tmp, tmp8]) t?.dispose(); // freed after the queued copies
     }
     return a.seq;
   }

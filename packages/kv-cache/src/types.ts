@@ -3,7 +3,10 @@
 import type { Tensor } from "@gemma3/native";
 import type { StepRequest, StepSeq } from "./planner.js";
 
-/** K/V storage of one layer. k, v: [rows, num_kv_heads, head_dim] (rows of rings or of pages). */
+/**
+ * K/V storage of one layer. k, v: [rows, num_kv_heads, head_dim] (rows of rings or of pages), in the
+ * compute dtype or fp8_e4m3 (then element = e4m3 · kScale for k, e4m3 · vScale for v).
+ */
 export interface LayerKV {
   readonly sliding: boolean;
   /** sliding_window for sliding layers (prefill mask), 0 for global ones */
@@ -11,6 +14,9 @@ export interface LayerKV {
   readonly rows: number;
   readonly k: Tensor;
   readonly v: Tensor;
+  /** fp8_e4m3 storage: per-tensor dequantization scales of k and v (default 1) */
+  readonly kScale?: number;
+  readonly vScale?: number;
   /**
    * Sliding layers with snapshotBlocks > 0: snapshot storage k, v: [snapshotBlocks · pageSize,
    * num_kv_heads, head_dim]; every new token's K/V is also written here (GroupPlan.snapshotRows).

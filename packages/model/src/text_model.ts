@@ -39,9 +39,16 @@ export class Gemma3TextModel {
     this.scratch = new Scratch(device);
   }
 
-  /** A KV cache holding one sequence of up to `capacity` tokens (disposing it frees both). */
-  newCache(capacity: number): KVSequence {
+  /**
+   * A KV cache holding one sequence of up to `capacity` tokens (disposing it frees both).
+   * @param kv storage options: kvDtype "fp8_e4m3" with kScale/vScale (default: the compute dtype)
+   */
+  newCache(
+    capacity: number,
+    kv: Pick<HybridKVCacheOptions, "kvDtype" | "kScale" | "vScale"> = {},
+  ): KVSequence {
     return KVSequence.single(this.config, {
+      ...kv,
       maxSeqLen: capacity,
       dtype: this.dtype,
       device: this.device,
@@ -99,6 +106,7 @@ export class Gemma3TextModel {
         2 * Scratch.bytes([rows, hidden], dt) +
         Scratch.bytes([rows, vocab], dt) +
         DecoderLayer.scratchBytes(this.config, n, dt, plan.contextRows) +
+        cache.attentionScratchBytes(n) +
         4096,
     );
     try {
