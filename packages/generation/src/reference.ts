@@ -1,0 +1,84 @@
+// The host reference sampler: one row of logits as a Float32Array, every step written out plainly
+// over the whole vocabulary. The device sampler must give the same tokens (tests hold it to that)
+// and falls back to this when its candidates cannot decide.
+import { decide, sortByValue } from "./decide.js";
+import type { SamplingState } from "./state.js";
+
+export interface TokenLogprob {
+  token: number;
+  /** log-softmax of the model's logits (before any processor), float64 */
+  logprob: number;
+}
+
+export interface SampleResult {
+  token: number;
+  /** The sampled token's logprob (when the request asked for logprobs). */
+  logprob?: number;
+  /** The `logprobs` most likely tokens of the model's distribution, most likely first. */
+  top?: TokenLogprob[];
+  /** The device sampler copied this row to the host (its candidates could not decide). */
+  fullRow?: boolean;
+}
+
+/** log Σ exp(x) in float64 (NaN entries skipped). */
+export function logSumExp(x: ArrayLike<number>): number {
+  let m = -Infinity;
+  for (let i = 0; i < x.length; i++) if (x[i]! > m) m = x[i]!;
+  if (!(m > -Infinity)) return m;
+  let s = 0;
+  for (let i = 0; i < x.length; i++) {
+    const v = x[i]!;
+    if (v === v) s += Math.exp(v - m);
+  }
+  return m + Math.log(s);
+}
+
+/**
+ * The token the reference picks for one row, given the step's uniform `u` (drawn by the caller:
+ * one draw per non-greedy step). Greedy: the first maximum of the processed logits. Otherwise
+ * temperature, then decide() over the whole vocabulary.
+ * @param logits [vocab] the model's logits for this sequence
+ */
+export function referenceToken(logits: Float32Array, state: SamplingState, u: number): number {
+  const V = logits.length;
+  const v = Float64Array.from(logits);
+  for (const t of state.modifiedTokens()) v[t] = state.process(t, logits[t]!);
+  if (state.params.greedy) {
+    let best = 0;
+    let bv = -Infinity;
+    for (let i = 0; i < V; i++) if (v[i]! > bv) [best, bv] = [i, v[i]!];
+    return best;
+  }
+  for (let i = 0; i < V; i++) v[i] = state.scale(v[i]!);
+  const order = sortByValue(iota(V), v);
+  const ls = new Float64Array(V);
+  for (let i = 0; i < V; i++) ls[i] = v[order[i]!]!;
+  return decide(order, ls, V, state.params, u, null)!;
+}
+
+function iota(n: number): Int32Array {
+  const a = new Int32Array(n);
+  for (let i = 0; i < n; i++) a[i] = i;
+  return a;
+}
+
+/** The model's top-n tokens and their logprobs (raw logits: value descending, ties to lower id). */
+export function referenceTopLogprobs(logits: Float32Array, n: number): TokenLogprob[] {
+  const lse = logSumExp(logits);
+  const order = sortByValue(iota(logits.length), logits);
+  return Array.from(order.subarray(0, n), (t) => ({ token: t, logprob: logits[t]! - lse }));
+}
+
+/** Samples one token from one row on the host and records it in `state`. */
+export function sampleReference(logits: Float32Array, state: SamplingState): SampleResult {
+  const u = state.params.greedy ? 0 : state.rng.next();
+  const token = referenceToken(logits, state, u);
+  state.record(token);
+  const n = state.params.logprobs;
+  if (n < 0) return { token };
+  return {
+    token,
+    logprob: logits[token]! - logSumExp(logits),
+    top: referenceTopLogprobs(logits, n),
+  };
+}

@@ -1,0 +1,470 @@
+// Continuous batching over one KV cache. Between steps, requests join (admitted when the cache can
+// reserve their pages; queued FIFO otherwise) and leave (finished or cancelled: their KV is freed
+// at once). Each step runs, in one forwardBatch, the decode token of every sequence past its prompt
+// plus at most one prefill chunk (chunked prefill mixed with decode), then samples on the device.
+import type {
+  HybridKVCache,
+  HybridKVCacheOptions,
+  KVSequence,
+  PlannerStats,
+} from "@gemma3/kv-cache";
+import type { Tensor } from "@gemma3/native";
+import {
+  GenerationError,
+  resolveStopTokenIds,
+  type GenerationConfigDefaults,
+  type SamplingParams,
+} from "./params.js";
+import { Sampler, type SamplerOptions } from "./sampler.js";
+import type { SampleResult } from "./reference.js";
+import { SamplingState } from "./state.js";
+import { StopChecker, type Detokenizer, type FinishReason } from "./stop.js";
+import { GenerationStream, type GenerationSummary, type TokenLogprobs } from "./stream.js";
+
+/** What the scheduler needs of a model (Gemma3TextModel has it). */
+export interface GenerationModel {
+  readonly config: {
+    readonly vocabSize: number;
+    readonly eosTokenIds: readonly number[];
+    readonly maxPositionEmbeddings: number;
+  };
+  newKVCache(o: Omit<HybridKVCacheOptions, "dtype" | "device">): HybridKVCache;
+  /** logits [batch, vocab] f32: each sequence's last new token */
+  forwardBatch(steps: readonly { seq: KVSequence; ids: readonly number[] }[]): Tensor;
+}
+
+/** What the scheduler needs of a tokenizer (Gemma3Tokenizer has it). */
+export interface TokenizerLike {
+  encode(text: string, opts?: { addSpecialTokens?: boolean }): number[];
+  detokenizer(opts?: { skipSpecialTokens?: boolean }): Detokenizer;
+}
+
+export interface GenerationRequest extends SamplingParams {
+  /** Token ids, or text (needs a tokenizer; encoded with addSpecialTokens). */
+  prompt: string | readonly number[];
+  /** Most tokens to generate; default generation_config's max_new_tokens, else the context left.
+   *  Clamped so prompt + output fits the context (finish reason "length"). */
+  maxTokens?: number;
+  stop?: string | readonly string[];
+  /** Extra stop token ids (always honoured, also with ignoreEos). */
+  stopTokenIds?: readonly number[];
+  /** Do not stop at the eos ids of config.json / generation_config.json. */
+  ignoreEos?: boolean;
+  includeStopStrInOutput?: boolean;
+  /** Drop special tokens from the text (default true, as vLLM). */
+  skipSpecialTokens?: boolean;
+  /** For a text prompt: let the tokenizer add <bos> (default true). */
+  addSpecialTokens?: boolean;
+  signal?: AbortSignal;
+}
+
+export interface SchedulerOptions {
+  tokenizer?: TokenizerLike | null;
+  /** Sequences decoded together (KV rings; default 8). */
+  maxSeqs?: number;
+  /** Context per sequence, prompt + output (default min(max_position_embeddings, 8192)). */
+  maxSeqLen?: number;
+  pageSize?: number;
+  /** Global-layer pages shared by all sequences (default: every sequence at maxSeqLen). */
+  numPages?: number;
+  /**
+   * Further KV cache options (prefixCache and snapshotBlocks for prefix reuse across requests,
+   * rollback, storage dtype): a request then starts after the longest cached prefix of its prompt.
+   */
+  kv?: Omit<HybridKVCacheOptions, "dtype" | "device" | "maxSeqs" | "maxSeqLen">;
+  /** Tokens per step: the decodes, and a prefill chunk filling the rest (default 512). */
+  maxBatchTokens?: number;
+  /** Requests waiting for admission beyond this are refused (E_QUEUE_FULL). Default unbounded. */
+  maxQueue?: number;
+  /** Stop ids of the model (default config.json's eos_token_id). */
+  eosTokenIds?: readonly number[];
+  /** generation_config.json's defaults (loadGenerationConfig). */
+  generationConfig?: GenerationConfigDefaults;
+  sampler?: SamplerOptions;
+}
+
+export interface SchedulerStats {
+  waiting: number;
+  running: number;
+  steps: number;
+  /** sampled rows that needed their full logits row on the host (see Sampler) */
+  fallbacks: number;
+  kv: PlannerStats;
+}
+
+interface Seq {
+  readonly stream: GenerationStream;
+  readonly prompt: number[];
+  readonly maxTokens: number;
+  /** tokens the KV must hold: prompt + maxTokens − 1 (the last token is never fed back) */
+  readonly need: number;
+  readonly state: SamplingState;
+  readonly stopper: StopChecker;
+  readonly wantLogprobs: boolean;
+  phase: "waiting" | "running" | "done";
+  kv: KVSequence | undefined;
+  fed: number;
+  /** prompt tokens taken from the prefix cache */
+  cachedTokens: number;
+  readonly tokens: number[];
+  readonly logprobs: TokenLogprobs[];
+  readonly t0: number;
+  tAdmit: number;
+  tFirst: number;
+  detach: () => void;
+}
+
+export class Scheduler {
+  readonly cache: HybridKVCache;
+  readonly sampler: Sampler;
+  readonly maxSeqLen: number;
+  private readonly tokenizer: TokenizerLike | null;
+  private readonly maxBatchTokens: number;
+  private readonly maxQueue: number;
+  private readonly pageSize: number;
+  private readonly numPages: number;
+  private readonly stopIdsBase: readonly number[];
+  private readonly waiting: Seq[] = [];
+  private readonly running: Seq[] = [];
+  private loopDone: Promise<void> | undefined;
+  private nextId = 0;
+  private steps = 0;
+  private closed = false;
+
+  constructor(
+    readonly model: GenerationModel,
+    private readonly o: SchedulerOptions = {},
+  ) {
+    const c = model.config;
+    this.tokenizer = o.tokenizer ?? null;
+    this.maxSeqLen = o.maxSeqLen ?? Math.min(c.maxPositionEmbeddings, 8192);
+    this.maxBatchTokens = o.maxBatchTokens ?? 512;
+    if (!Number.isInteger(this.maxBatchTokens) || this.maxBatchTokens < 1)
+      throw new RangeError(`Scheduler: maxBatchTokens must be a positive integer`);
+    this.maxQueue = o.maxQueue ?? Infinity;
+    this.cache = model.newKVCache({
+      ...(o.kv ?? {}),
+      maxSeqs: o.maxSeqs ?? 8,
+      maxSeqLen: this.maxSeqLen,
+      ...(o.pageSize !== undefined ? { pageSize: o.pageSize } : {}),
+      ...(o.numPages !== undefined ? { numPages: o.numPages } : {}),
+    });
+    this.pageSize = this.cache.planner.pageSize;
+    this.numPages = this.cache.planner.numPages;
+    this.stopIdsBase = o.eosTokenIds ?? c.eosTokenIds;
+    this.sampler = new Sampler(o.sampler);
+  }
+
+  stats(): SchedulerStats {
+    return {
+      waiting: this.waiting.length,
+      running: this.running.length,
+      steps: this.steps,
+      fallbacks: this.sampler.fallbacks,
+      kv: this.cache.stats(),
+    };
+  }
+
+  /**
+   * Queues a request. Throws GenerationError at once for a request that can never run (bad
+   * parameter, prompt past the context, queue full); everything later arrives on the stream.
+   */
+  submit(req: GenerationRequest): GenerationStream {
+    if (this.closed) throw new GenerationError("Scheduler is closed", "E_CLOSED");
+    const V = this.model.config.vocabSize;
+    const prompt = this.promptIds(req, V);
+    const room = this.maxSeqLen - prompt.length;
+    if (room < 1)
+      throw new GenerationError(
+        `prompt of ${prompt.length} tokens leaves no room in the context of ${this.maxSeqLen} tokens`,
+        "E_TOO_LONG",
+        "prompt",
+      );
+    const gc = this.o.generationConfig;
+    const asked = req.maxTokens ?? gc?.maxTokens ?? room;
+    if (!Number.isInteger(asked) || asked < 1)
+      throw new GenerationError(
+        `maxTokens: must be a positive integer, got ${asked}`,
+        "E_INVALID",
+        "maxTokens",
+      );
+    const maxTokens = Math.min(asked, room);
+    const need = prompt.length + maxTokens - 1;
+    if (Math.ceil(need / this.pageSize) > this.numPages)
+      throw new GenerationError(
+        `a sequence of ${prompt.length} prompt + ${maxTokens} output tokens needs ${Math.ceil(need / this.pageSize)} KV pages; the cache has ${this.numPages}`,
+        "E_TOO_LONG",
+        "maxTokens",
+      );
+    if (this.waiting.length >= this.maxQueue)
+      throw new GenerationError(`queue full (${this.maxQueue} requests waiting)`, "E_QUEUE_FULL");
+    const stopTokenIds = resolveStopTokenIds({
+      eosTokenIds: this.stopIdsBase,
+      generationConfigEos: gc?.eosTokenIds ?? [],
+      stopTokenIds: req.stopTokenIds ?? [],
+      ignoreEos: req.ignoreEos ?? false,
+    });
+    const sampling: SamplingParams = { ...(gc?.sampling ?? {}) };
+    for (const k of SAMPLING_KEYS)
+      if (req[k] !== undefined) (sampling as Record<string, unknown>)[k] = req[k];
+    const state = new SamplingState(sampling, { vocabSize: V, promptIds: prompt, stopTokenIds });
+    if (state.params.minTokens > maxTokens)
+      throw new GenerationError(
+        `minTokens ${state.params.minTokens} exceeds maxTokens ${maxTokens}`,
+        "E_INVALID",
+        "minTokens",
+      );
+    const stop = typeof req.stop === "string" ? [req.stop] : [...(req.stop ?? [])];
+    if (stop.length > 0 && !this.tokenizer)
+      throw new GenerationError("stop strings need a tokenizer", "E_INVALID", "stop");
+    const detok =
+      this.tokenizer?.detokenizer({ skipSpecialTokens: req.skipSpecialTokens ?? true }) ?? null;
+    const stopper = new StopChecker(detok, {
+      stopTokenIds,
+      stop,
+      includeStopStrInOutput: req.includeStopStrInOutput ?? false,
+      maxTokens,
+      minTokens: state.params.minTokens,
+    });
+
+    const id = this.nextId++;
+    let seq: Seq | undefined;
+    const stream = new GenerationStream(id, () => seq && this.cancel(seq));
+    seq = {
+      stream,
+      prompt,
+      maxTokens,
+      need,
+      state,
+      stopper,
+      wantLogprobs: state.params.logprobs >= 0,
+      phase: "waiting",
+      kv: undefined,
+      fed: 0,
+      cachedTokens: 0,
+      tokens: [],
+      logprobs: [],
+      t0: performance.now(),
+      tAdmit: NaN,
+      tFirst: NaN,
+      detach: () => undefined,
+    };
+    const s = seq;
+    if (req.signal) {
+      if (req.signal.aborted) {
+        this.complete(s, "abort", null);
+        return stream;
+      }
+      const onAbort = () => this.cancel(s);
+      req.signal.addEventListener("abort", onAbort, { once: true });
+      s.detach = () => req.signal!.removeEventListener("abort", onAbort);
+    }
+    this.waiting.push(s);
+    this.kick();
+    return stream;
+  }
+
+  /** Resolves once nothing is queued or running. */
+  async idle(): Promise<void> {
+    while (this.loopDone) await this.loopDone;
+  }
+
+  /** Cancels every request, waits for the step in flight, frees the cache. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const s of [...this.running, ...this.waiting]) this.cancel(s);
+    await this.idle();
+    this.sampler.dispose();
+    this.cache.dispose();
+  }
+
+  // ---- internals ----------------------------------------------------------------------------
+
+  private promptIds(req: GenerationRequest, V: number): number[] {
+    let ids: number[];
+    if (typeof req.prompt === "string") {
+      if (!this.tokenizer)
+        throw new GenerationError("a text prompt needs a tokenizer", "E_INVALID", "prompt");
+      ids = this.tokenizer.encode(req.prompt, { addSpecialTokens: req.addSpecialTokens ?? true });
+    } else ids = [...req.prompt];
+    if (ids.length === 0) throw new GenerationError("prompt is empty", "E_INVALID", "prompt");
+    for (const t of ids)
+      if (!Number.isInteger(t) || t < 0 || t >= V)
+        throw new GenerationError(`prompt: token id ${t} outside [0, ${V})`, "E_INVALID", "prompt");
+    return ids;
+  }
+
+  private kick(): void {
+    if (this.loopDone) return;
+    this.loopDone = this.loop().finally(() => {
+      this.loopDone = undefined;
+      // A request may have arrived as the loop wound down.
+      if (!this.closed && this.waiting.length > 0) this.kick();
+    });
+  }
+
+  private async loop(): Promise<void> {
+    while (this.waiting.length > 0 || this.running.length > 0) {
+      try {
+        await this.iterate();
+      } catch (e) {
+        // A bug or a device error outside a step: fail what is running, keep serving the queue.
+        for (const s of [...this.running]) this.fail(s, e);
+      }
+    }
+  }
+
+  /** One step: admit, run, sample, report. */
+  private async iterate(): Promise<void> {
+    this.admit();
+    if (this.running.length === 0) {
+      // Nothing running and the head still does not fit: it never will (submit checks this).
+      const s = this.waiting[0]!;
+      this.fail(s, new GenerationError(`KV cache cannot admit ${s.need} tokens`, "E_TOO_LONG"));
+      return;
+    }
+    await this.step();
+    this.steps++;
+    // Let submits and aborts that arrived during the step land before the next one.
+    await new Promise<void>((r) => setImmediate(r));
+  }
+
+  /** Admits waiting requests in order while the cache can reserve their pages. */
+  private admit(): void {
+    while (this.waiting.length > 0) {
+      const s = this.waiting[0]!;
+      if (this.cache.admission(s.need, s.prompt) !== null) return;
+      this.waiting.shift();
+      // With a prefix cache the sequence may start with a cached prefix of its prompt.
+      s.kv = this.cache.sequence(s.need, s.prompt);
+      s.fed = s.cachedTokens = s.kv.length;
+      s.phase = "running";
+      s.tAdmit = performance.now();
+      this.running.push(s);
+    }
+  }
+
+  private async step(): Promise<void> {
+    const decodes = this.running.filter((s) => s.fed === s.prompt.length);
+    const prefill = this.running.find((s) => s.fed < s.prompt.length);
+    const steps = decodes.map((s) => ({ seq: s.kv!, ids: [s.tokens[s.tokens.length - 1]!] }));
+    let chunk: number[] = [];
+    if (prefill) {
+      chunk = prefill.prompt.slice(
+        prefill.fed,
+        prefill.fed + Math.max(1, this.maxBatchTokens - decodes.length),
+      );
+      steps.push({ seq: prefill.kv!, ids: chunk });
+    }
+    const inStep = prefill ? [...decodes, prefill] : decodes;
+    let logits: Tensor;
+    try {
+      logits = this.model.forwardBatch(steps);
+    } catch (e) {
+      for (const s of inStep) this.fail(s, e);
+      return;
+    }
+    try {
+      if (prefill) prefill.fed += chunk.length;
+      const rows = decodes.map((s, row) => ({ row, s }));
+      if (prefill && prefill.fed === prefill.prompt.length)
+        rows.push({ row: decodes.length, s: prefill });
+      let results: SampleResult[];
+      try {
+        results = await this.sampler.sample(
+          logits,
+          rows.map(({ row, s }) => ({ row, state: s.state })),
+        );
+      } catch (e) {
+        for (const s of inStep) this.fail(s, e);
+        return;
+      }
+      rows.forEach(({ s }, k) => {
+        if (s.phase === "running") this.onToken(s, results[k]!);
+      });
+    } finally {
+      logits.dispose();
+    }
+  }
+
+  private onToken(s: Seq, r: SampleResult): void {
+    s.tokens.push(r.token);
+    if (s.tokens.length === 1) s.tFirst = performance.now();
+    let lp: TokenLogprobs | undefined;
+    if (s.wantLogprobs) {
+      lp = { token: r.token, logprob: r.logprob!, top: r.top! };
+      s.logprobs.push(lp);
+    }
+    const st = s.stopper.push(r.token);
+    s.stream.push({
+      type: "delta",
+      text: st.text,
+      tokenIds: [r.token],
+      ...(lp ? { logprobs: [lp] } : {}),
+    });
+    if (st.finish) this.complete(s, st.finish.reason, st.finish.stopReason);
+  }
+
+  private cancel(s: Seq): void {
+    if (s.phase === "done") return;
+    if (!s.stopper.finished) s.stopper.finish();
+    this.complete(s, "abort", null);
+  }
+
+  /** Leaves the batch: frees the KV now, then reports. */
+  private release(s: Seq): void {
+    const list = s.phase === "waiting" ? this.waiting : this.running;
+    const i = list.indexOf(s);
+    if (i >= 0) list.splice(i, 1);
+    s.phase = "done";
+    s.kv?.dispose();
+    s.kv = undefined;
+    s.detach();
+  }
+
+  private complete(s: Seq, reason: FinishReason, stopReason: number | string | null): void {
+    if (s.phase === "done") return;
+    this.release(s);
+    const now = performance.now();
+    const summary: GenerationSummary = {
+      type: "finish",
+      text: s.stopper.text,
+      tokenIds: s.tokens,
+      finishReason: reason,
+      stopReason,
+      usage: {
+        promptTokens: s.prompt.length,
+        completionTokens: s.tokens.length,
+        cachedTokens: s.cachedTokens,
+      },
+      ...(s.wantLogprobs ? { logprobs: s.logprobs } : {}),
+      timings: {
+        queueMs: (Number.isNaN(s.tAdmit) ? now : s.tAdmit) - s.t0,
+        ttftMs: s.tFirst - s.t0,
+        totalMs: now - s.t0,
+      },
+    };
+    s.stream.finish(summary);
+  }
+
+  private fail(s: Seq, e: unknown): void {
+    if (s.phase === "done") return;
+    this.release(s);
+    s.stream.fail(e);
+  }
+}
+
+const SAMPLING_KEYS = [
+  "temperature",
+  "topK",
+  "topP",
+  "minP",
+  "repetitionPenalty",
+  "frequencyPenalty",
+  "presencePenalty",
+  "logitBias",
+  "seed",
+  "logprobs",
+  "minTokens",
+] as const satisfies readonly (keyof SamplingParams)[];
