@@ -115,7 +115,7 @@ export async function generate(
         break;
       }
       if (i + 1 === o.maxTokens) break;
-      step = model.forward([token], cache);
+      step = model.forward([token], cache, { graph: true }); // decode steps replay one captured graph
     }
   } finally {
     cache.dispose();

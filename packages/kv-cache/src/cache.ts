@@ -49,6 +49,11 @@ export class HybridKVCache implements KVCache {
   readonly vScale: number;
   private readonly layers: LayerKV[];
   private planBuf: Tensor;
+  /** The device buffer plans are uploaded into; replaced when a larger plan needs more room (a
+   * captured graph that reads plans is valid only while this stays the same object). */
+  get planStorage(): Tensor {
+    return this.planBuf;
+  }
 
   constructor(
     readonly layout: AttentionLayout,

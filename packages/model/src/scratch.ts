@@ -6,6 +6,8 @@ import { Arena, Device, Tensor, byteSize, type DTypeName, type Shape } from "@ge
 
 export class Scratch {
   private arena: Arena | undefined;
+  /** Bumped whenever the arena is reallocated (captured graphs hold its addresses). */
+  generation = 0;
 
   constructor(private readonly device: Device) {}
 
@@ -14,6 +16,7 @@ export class Scratch {
     if (!this.arena || this.arena.capacity < bytes) {
       this.arena?.dispose();
       this.arena = new Arena(Math.ceil(bytes * 1.25), this.device);
+      this.generation++;
     }
     this.arena.reset();
   }

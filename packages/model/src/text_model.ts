@@ -2,9 +2,14 @@
 //   h = embed[ids] · √hidden        (the scale rounded to the weight dtype first, as HF does)
 //   for each layer: h = layer(h)    (block.ts)
 //   logits = norm(h) · embedᵀ       (tied, 262208 rows for 4B+; lm_head when a config unties it)
-import { Device, Tensor, bf16ToF32, f32ToBf16, ops } from "@gemma3/native";
+import { Device, Graph, Tensor, bf16ToF32, f32ToBf16, ops } from "@gemma3/native";
 import { DecoderLayer, type LayerWeights } from "./block.js";
-import { HybridKVCache, KVSequence, type HybridKVCacheOptions } from "@gemma3/kv-cache";
+import {
+  HybridKVCache,
+  KVSequence,
+  type HybridKVCacheOptions,
+  type StepPlan,
+} from "@gemma3/kv-cache";
 import type { Gemma3Config } from "./config.js";
 import { Scratch } from "./scratch.js";
 
@@ -26,6 +31,11 @@ export class Gemma3TextModel {
   /** √hidden_size as HF applies it: cast to the weight dtype first (√2560 → 50.5 in bf16). */
   readonly embedScale: number;
   private readonly scratch: Scratch;
+  /** Captured decode steps per batch size, with what their addresses depend on. */
+  private readonly graphs = new Map<
+    number,
+    { graph: Graph; logits: Tensor; cache: HybridKVCache; plans: Tensor; generation: number }
+  >();
 
   constructor(
     readonly config: Gemma3Config,
@@ -69,20 +79,29 @@ export class Gemma3TextModel {
    * a chunk of one, a new turn of a live session, or one decode token.
    * @param ids the new token ids
    * @param opts.allLogits logits for every new token (else only for the last)
+   * @param opts.graph decode steps replay a captured graph (see forwardBatch)
    * @returns logits [n or 1, vocab] f32 on the model's device (the caller disposes it)
    */
-  forward(ids: readonly number[], seq: KVSequence, opts: { allLogits?: boolean } = {}): Tensor {
+  forward(
+    ids: readonly number[],
+    seq: KVSequence,
+    opts: { allLogits?: boolean; graph?: boolean } = {},
+  ): Tensor {
     return this.forwardBatch([{ seq, ids }], opts);
   }
 
   /**
    * One step for several sequences of one cache (ragged: each brings any number of tokens).
+   * @param opts.graph decode steps (one token per sequence, batch ≤ 8) replay a graph captured
+   *   on the second such step (a CUDA graph, or a recorded task list on the CPU): one launch
+   *   instead of ~17 op calls per layer. The returned logits are then a view of a buffer the next
+   *   graph step overwrites: read them before the next forward.
    * @returns logits f32: [Σ n, vocab] with allLogits (sequence after sequence), else [batch, vocab]
    *   (each sequence's last token)
    */
   forwardBatch(
     steps: readonly { seq: KVSequence; ids: readonly number[] }[],
-    opts: { allLogits?: boolean } = {},
+    opts: { allLogits?: boolean; graph?: boolean } = {},
   ): Tensor {
     const { vocabSize: vocab, hiddenSize: hidden, rmsNormEps: eps } = this.config;
     const cache = steps[0]?.seq.cache;
@@ -112,6 +131,56 @@ export class Gemma3TextModel {
     try {
       const idsT = s.alloc([n], "i32");
       idsT.write(steps.flatMap((st) => st.ids));
+      // The step's ops, from the ids in `idsT` to f32 logits in `logits`.
+      const run = (logits: Tensor) => {
+        this.body(idsT, cache, plan, logits, opts.allLogits === true);
+      };
+      if (opts.graph && plan.decode && !opts.allLogits && batch <= 8) {
+        let g = this.graphs.get(batch);
+        const stale =
+          g &&
+          (g.cache !== cache || g.plans !== cache.planStorage || g.generation !== s.generation);
+        if (g && stale) {
+          g.graph.dispose();
+          g.logits.dispose();
+          this.graphs.delete(batch);
+          g = undefined;
+        }
+        if (!g && this.warmDecode.has(batch)) {
+          // Capture on the second decode step: the first ran eagerly, so every lazy one-time
+          // setup (occupancy queries, function attributes) happened outside the capture.
+          const logits = Tensor.empty([batch, vocab], "f32", this.device);
+          const graph = Graph.capture(this.device, () => run(logits));
+          g = { graph, logits, cache, plans: cache.planStorage, generation: s.generation };
+          this.graphs.set(batch, g);
+        }
+        if (g) {
+          g.graph.launch();
+          cache.commit(plan);
+          return g.logits.view([batch, vocab]);
+        }
+        this.warmDecode.add(batch);
+      }
+      const logits = Tensor.empty([rows, vocab], "f32", this.device);
+      run(logits);
+      cache.commit(plan);
+      return logits;
+    } finally {
+      plan.dispose();
+    }
+  }
+
+  /** Batch sizes whose first decode step ran eagerly (the next one is captured). */
+  private readonly warmDecode = new Set<number>();
+
+  /** Embedding → layers → final norm → f32 logits of one planned step (all enqueued). */
+  private body(idsT: Tensor, cache: HybridKVCache, plan: StepPlan, logits: Tensor, all: boolean) {
+    const { hiddenSize: hidden, vocabSize: vocab, rmsNormEps: eps } = this.config;
+    const s = this.scratch;
+    const dt = this.dtype;
+    const n = idsT.numel;
+    const rows = logits.shape[0]!;
+    {
       const h = ops.embedding(idsT, this.weights.embedTokens, this.embedScale, {
         out: s.alloc([n, hidden], dt),
       });
@@ -121,24 +190,24 @@ export class Gemma3TextModel {
         s.rewind(mark); // the layer's temporaries are dead once its ops are enqueued
       }
       // Each sequence's last row: a row gather (embedding with scale 1 is exact) for a batch.
-      const last = opts.allLogits
+      const last = all
         ? h
-        : batch === 1
+        : rows === 1
           ? h.slice(n - 1, n)
-          : ops.embedding(plan.lastRows, h, 1, { out: s.alloc([batch, hidden], dt) });
+          : ops.embedding(plan.lastRows, h, 1, { out: s.alloc([rows, hidden], dt) });
       const x = ops.rmsnorm(last, this.weights.norm, eps, s.alloc([rows, hidden], dt));
       const head = this.weights.lmHead ?? this.weights.embedTokens;
-      const logits = Tensor.empty([rows, vocab], "f32", this.device);
       if (dt === "f32") ops.matmul(x, head, { out: logits });
       else ops.cast(ops.matmul(x, head, { out: s.alloc([rows, vocab], dt) }), "f32", logits);
-      cache.commit(plan);
-      return logits;
-    } finally {
-      plan.dispose();
     }
   }
 
   dispose(): void {
+    for (const g of this.graphs.values()) {
+      g.graph.dispose();
+      g.logits.dispose();
+    }
+    this.graphs.clear();
     const w = this.weights;
     w.embedTokens.dispose();
     w.norm.dispose();
