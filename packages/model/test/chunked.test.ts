@@ -3,39 +3,14 @@
 // prefill of the same tokens and against HF transformers' float32 goldens. The chunks cross the
 // sliding window (16 for tiny-1b, 12 for tiny-27b) and wrap the rings.
 import { readFileSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { loadTextModel, type Gemma3TextModel, type KVSequence } from "../src/index.js";
-
-const fixtures = join(dirname(fileURLToPath(import.meta.url)), "fixtures");
+import { loadTextModel, type Gemma3TextModel } from "../src/index.js";
+import { argmax, fixtures, maxAbsDiff, take } from "./golden.js";
 
 // CPU float32 on both sides: one-shot and chunked runs differ only in which buffer a key is read
 // from (summation order is the same), and HF by summation order (measured 5e-6): 1e-4 is tight.
 const TOL = 1e-4;
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i]! - b[i]!);
-    if (!(d <= m)) m = Number.isNaN(d) ? Infinity : d;
-  }
-  return m;
-}
-
-function argmax(x: Float32Array): number {
-  let best = 0;
-  for (let i = 1; i < x.length; i++) if (x[i]! > x[best]!) best = i;
-  return best;
-}
-
-async function take(model: Gemma3TextModel, ids: number[], seq: KVSequence, all = true) {
-  const t = model.forward(ids, seq, { allLogits: all });
-  const v = (await t.toArray()) as Float32Array;
-  t.dispose();
-  return v;
-}
 
 for (const name of ["tiny-1b", "tiny-27b"]) {
   describe(`${name}: prefill over a filled cache equals the one-shot prefill`, () => {

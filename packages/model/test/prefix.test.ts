@@ -5,39 +5,14 @@
 // shared prefix (24 tokens) is longer than the sliding window (16 for tiny-1b, 12 for tiny-27b),
 // so the restored ring wraps.
 import { readFileSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { loadTextModel, type Gemma3TextModel, type KVSequence } from "../src/index.js";
-
-const fixtures = join(dirname(fileURLToPath(import.meta.url)), "fixtures");
+import { loadTextModel, type Gemma3TextModel } from "../src/index.js";
+import { argmax, fixtures, maxAbsDiff, take } from "./golden.js";
 
 // CPU float32: a reused K/V row was computed by the first request from the same tokens at the
 // same positions (causal: nothing after it), so it equals the fresh run's row; the brief's bound.
 const TOL = 1e-5;
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i]! - b[i]!);
-    if (!(d <= m)) m = Number.isNaN(d) ? Infinity : d;
-  }
-  return m;
-}
-
-function argmax(x: Float32Array): number {
-  let best = 0;
-  for (let i = 1; i < x.length; i++) if (x[i]! > x[best]!) best = i;
-  return best;
-}
-
-async function take(model: Gemma3TextModel, ids: number[], seq: KVSequence, all = true) {
-  const t = model.forward(ids, seq, { allLogits: all });
-  const v = (await t.toArray()) as Float32Array;
-  t.dispose();
-  return v;
-}
 
 for (const name of ["tiny-1b", "tiny-27b"]) {
   describe(`${name}: prefix reuse equals a fresh run`, () => {

@@ -1,0 +1,34 @@
+// Shared by the model tests: the committed HF fixtures and small comparisons on logits.
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { expect } from "vitest";
+import type { Gemma3TextModel, KVSequence } from "../src/index.js";
+
+/** packages/model/test/fixtures (tiny-1b, tiny-27b from tools/reference/make_goldens.py). */
+export const fixtures = join(dirname(fileURLToPath(import.meta.url)), "fixtures");
+
+/** max |a − b| (NaN anywhere → Infinity). */
+export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  expect(a.length).toBe(b.length);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) {
+    const d = Math.abs(a[i]! - b[i]!);
+    if (!(d <= m)) m = Number.isNaN(d) ? Infinity : d;
+  }
+  return m;
+}
+
+/** First index of the maximum. */
+export function argmax(x: ArrayLike<number>): number {
+  let best = 0;
+  for (let i = 1; i < x.length; i++) if (x[i]! > x[best]!) best = i;
+  return best;
+}
+
+/** Runs `ids` through the model on `seq` and returns the logits on the host. */
+export async function take(model: Gemma3TextModel, ids: number[], seq: KVSequence, all = true) {
+  const t = model.forward(ids, seq, { allLogits: all });
+  const v = (await t.toArray()) as Float32Array;
+  t.dispose();
+  return v;
+}
