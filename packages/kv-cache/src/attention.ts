@@ -2,7 +2,8 @@
 //   decode:  scatter the new K/V into the cache, then attention_decode over its pages/ring.
 //   prefill: gather the cached context K/V (ring: the W − 1 tokens before each chunk; global: all
 //            of them) into [context + chunk] buffers, attention_prefill over them ("append"
-//            positions, window on sliding layers), then scatter the chunk into the cache.
+//            positions, window on sliding layers; image-block spans widen the causal mask through
+//            the plan's kvLast), then scatter the chunk into the cache.
 //   both:    sliding layers of a cache with snapshot blocks also scatter every new token's K/V
 //            into snapshot storage (what a later prefix hit restores its ring from).
 //   fp8:     e4m3 storage (per-tensor kScale, vScale): new K/V are scaled by 1/scale and cast to
@@ -106,6 +107,7 @@ export function cachedAttention(
   ops.attentionPrefill(q, keys, values, plan.qoIndptr, kvIndptr, {
     smScale: o.smScale,
     window: kv.window,
+    kvLast: g.kvLast ?? null,
     maxQLen: plan.maxQLen,
     out,
   });

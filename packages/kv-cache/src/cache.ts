@@ -270,6 +270,7 @@ export class HybridKVCache implements KVCache {
         kvIndptr: at(g.context.kvIndptr),
       },
       snapshotRows: g.snapshotRows && at(g.snapshotRows),
+      kvLast: g.kvLast && at(g.kvLast),
     });
     return {
       seqs: h.seqs,

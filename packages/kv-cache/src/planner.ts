@@ -60,6 +60,12 @@ export interface PlannerOptions {
   prefixHash?: BlockHash;
 }
 
+/** Positions [start, end) of a sequence whose tokens attend to each other bidirectionally. */
+export interface Span {
+  readonly start: number;
+  readonly end: number;
+}
+
 /** One sequence's share of a step: `count` new tokens appended at its current length. */
 export interface StepRequest {
   seq: number;
@@ -69,6 +75,16 @@ export interface StepRequest {
    * registered at commit while every step so far brought its ids; ignored otherwise.
    */
   ids?: readonly number[];
+  /**
+   * Bidirectional spans of the sequence (Gemma 3 image blocks: the positions of one image's soft
+   * tokens), absolute positions, half-open, disjoint. A query inside a span also sees the span's
+   * later keys (HF's token_type_ids mask, OR-ed with causal; sliding layers keep their window).
+   * A span must be prefilled in one chunk: plan() throws a RangeError when a step's first or
+   * last position splits one (its keys past the chunk would not exist yet). Spans outside the
+   * chunk are ignored, so every step may bring all of the sequence's spans. Prefill only: in a
+   * one-token step only a span of length 1 can hold the token, which changes nothing.
+   */
+  spans?: readonly Span[];
 }
 
 /** A sequence in a planned step: its new tokens are positions [start, start + count). */
@@ -123,6 +139,12 @@ export interface HostGroupPlan {
    * snapshotBlocks > 0: row slot · pageSize + p % pageSize); −1 = none. null otherwise.
    */
   readonly snapshotRows: HostField | null;
+  /**
+   * Prefill steps with spans (StepRequest.spans), else null. [numTokens]: for a token at p inside
+   * a span [a, b), the index of key b − 1 in its sequence's key list ([context + chunk]: global
+   * b − 1, ring (b − 1) − (start − context)); −1 elsewhere. attention_prefill's kv_last.
+   */
+  readonly kvLast: HostField | null;
 }
 
 export interface HostPlan {
@@ -481,6 +503,7 @@ export class KVPlanner {
     const P = this.pageSize;
     if (steps.length === 0) throw new KVCacheError("plan: no sequences in the step", "E_KV_SEQ");
     const list: Seq[] = [];
+    const spans: Span[][] = [];
     let newPages = 0;
     let othersReserved = this.reserved();
     let ownNeeds = 0;
@@ -509,6 +532,7 @@ export class KVPlanner {
           `plan: sequence ${st.seq}: its ring was overwritten by a step that was planned but not committed; trim cannot restore it (free it and prefill again)`,
           "E_KV_ROLLBACK",
         );
+      spans.push(chunkSpans(st, s.length, end));
       list.push(s);
       newPages += this.cowPages(s, end).length + Math.max(0, Math.ceil(end / P) - s.pages.length);
       othersReserved -= this.needed(s);
@@ -547,7 +571,7 @@ export class KVPlanner {
           : { seq: s.id, start: s.length, count: st.count },
       );
     }
-    return this.layoutPlan(list, seqs, pageCopies, captures);
+    return this.layoutPlan(list, seqs, pageCopies, captures, spans);
   }
 
   /** Moves each planned sequence's length on (after the step's K/V are written). */
@@ -723,6 +747,7 @@ export class KVPlanner {
     seqs: StepSeq[],
     pageCopies: [number, number][],
     captures: boolean[],
+    spans: Span[][],
   ): HostPlan {
     const B = list.length;
     const P = this.pageSize;
@@ -761,6 +786,10 @@ export class KVPlanner {
         : null;
     const ringContext = context(ringRows);
     const globalContext = context(globalRows);
+    // Spans widen a prefill's mask; in a decode step (one token each) they cannot (plan() checked).
+    const withSpans = !decode && spans.some((x) => x.length > 0);
+    const ringLast = withSpans ? take(n) : null;
+    const globalLast = withSpans ? take(n) : null;
     const ringDecode: HostDecodeTables | null = ringHead && {
       ...ringHead,
       ...(singleRingPage ? { pageSize: S, maxKvLen: S } : { pageSize: 1, maxKvLen: W }),
@@ -851,6 +880,21 @@ export class KVPlanner {
     fillContext(ringContext, ringCtx, ringRow);
     fillContext(globalContext, globalCtx, pageRow);
 
+    // kv_last: a key list is [context + chunk], so position x is at index x − (start − context).
+    if (ringLast && globalLast) {
+      let q = 0;
+      for (let b = 0; b < B; b++) {
+        const { start, count } = seqs[b]!;
+        for (const { start: a, end: e } of spans[b]!)
+          for (let p = a; p < e; p++) {
+            const r = q + p - start;
+            d[globalLast.offset + r] = e - 1 - (start - globalCtx[b]!);
+            d[ringLast.offset + r] = e - 1 - (start - ringCtx[b]!);
+          }
+        q += count;
+      }
+    }
+
     return {
       data: d,
       uploadLength: upload,
@@ -867,14 +911,39 @@ export class KVPlanner {
         decode: ringDecode,
         context: ringContext,
         snapshotRows: snapWrite,
+        kvLast: ringLast,
       },
       global: {
         writeRows: globalWrite,
         decode: globalDecode,
         context: globalContext,
         snapshotRows: null,
+        kvLast: globalLast,
       },
       pageCopies,
     };
   }
+}
+
+/**
+ * The spans of a step's request that lie in its chunk [start, end), sorted; throws a RangeError
+ * for a malformed span, overlapping spans, or a span the chunk's first or last position splits.
+ */
+function chunkSpans(st: StepRequest, start: number, end: number): Span[] {
+  if (!st.spans || st.spans.length === 0) return [];
+  const name = (x: Span) => `span [${x.start}, ${x.end}) of sequence ${st.seq}`;
+  const sorted = [...st.spans].sort((x, y) => x.start - y.start);
+  for (let i = 0; i < sorted.length; i++) {
+    const x = sorted[i]!;
+    if (!Number.isInteger(x.start) || !Number.isInteger(x.end) || x.start < 0 || x.end <= x.start)
+      throw new RangeError(`plan: ${name(x)}: needs integers 0 <= start < end`);
+    if (i > 0 && x.start < sorted[i - 1]!.end)
+      throw new RangeError(`plan: ${name(x)} overlaps ${name(sorted[i - 1]!)}`);
+    for (const cut of [start, end])
+      if (x.start < cut && cut < x.end)
+        throw new RangeError(
+          `plan: ${name(x)} is split by the step's chunk [${start}, ${end}) at ${cut}: a span must be prefilled in one chunk (its keys past the chunk would not exist yet)`,
+        );
+  }
+  return sorted.filter((x) => x.start >= start && x.end <= end);
 }

@@ -57,6 +57,12 @@ export interface GroupPlan {
   readonly context: ContextPlan | null;
   /** [numTokens] i32: snapshot-storage row each new token's K/V is also written to; −1 = none */
   readonly snapshotRows?: Tensor | null;
+  /**
+   * Prefill steps with image-block spans (StepRequest.spans), else null: [numTokens] i32, the last
+   * key index each new token may see beyond causality within its sequence's [context + chunk]
+   * keys, −1 = none (attention_prefill's kv_last).
+   */
+  readonly kvLast?: Tensor | null;
 }
 
 /**

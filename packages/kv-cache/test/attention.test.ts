@@ -3,26 +3,36 @@
 // (global layers) or its last `window` positions (sliding layers), in float64. Three sequences
 // share one cache through chunked prefill (chunks crossing the window, longer than it, wrapping
 // the ring, mixed with 1-token rows), > 100 decode steps, a fork and rollbacks.
-import { describe, expect, it } from "vitest";
+// spans.test.ts imports the harness (scenario, reference) for image-block spans.
+import { fileURLToPath } from "node:url";
+import { describe as vitestDescribe, expect, it } from "vitest";
 import { Tensor, bf16ToF32, f32ToBf16, fp8e4m3ToF32 } from "@gemma3/native";
 import { HybridKVCache } from "../src/cache.js";
 import { cachedAttention } from "../src/attention.js";
 import type { AttentionLayout } from "../src/layout.js";
 import type { StepRequest } from "../src/planner.js";
+import type { StepPlan } from "../src/types.js";
 
-const HQ = 4;
-const HKV = 2;
-const D = 8;
-const WINDOW = 5;
-const layout: AttentionLayout = {
+// This file's suites run only when it is the test file, not when spans.test.ts imports it.
+const testPath = expect.getState().testPath;
+const describe =
+  testPath && testPath !== fileURLToPath(import.meta.url)
+    ? ((() => undefined) as unknown as typeof vitestDescribe)
+    : vitestDescribe;
+
+export const HQ = 4;
+export const HKV = 2;
+export const D = 8;
+export const WINDOW = 5;
+export const layout: AttentionLayout = {
   layerTypes: ["sliding", "full", "sliding"],
   numKeyValueHeads: HKV,
   headDim: D,
   slidingWindow: WINDOW,
 };
-const SM = 1 / Math.sqrt(D);
+export const SM = 1 / Math.sqrt(D);
 
-function rng(seed: number): () => number {
+export function rng(seed: number): () => number {
   let s = seed >>> 0;
   return () => {
     s = (s + 0x6d2b79f5) >>> 0;
@@ -55,19 +65,25 @@ function roundE4m3(x: number): number {
 /** Per sequence and layer: every K and V row written so far, in position order. */
 type History = { k: Float32Array[]; v: Float32Array[] }[];
 
-/** Naive attention of one query row at position p over hist[0..p] (window: last `w` only). */
-function reference(
+/**
+ * Naive attention of one query row at position p over hist[first..last] (window w > 0: first =
+ * p − w + 1, else 0; last = p, or b − 1 for a query in an image block [a, b): the block's later
+ * keys are visible too, the window still bounds below).
+ */
+export function reference(
   q: Float32Array,
   h: { k: Float32Array[]; v: Float32Array[] },
   p: number,
   w: number,
+  last = p,
 ): Float64Array {
   const out = new Float64Array(HQ * D);
   const first = w > 0 ? Math.max(0, p - w + 1) : 0;
+  const end = Math.max(p, last);
   for (let hq = 0; hq < HQ; hq++) {
     const hk = Math.floor(hq / (HQ / HKV));
     const s: number[] = [];
-    for (let j = first; j <= p; j++) {
+    for (let j = first; j <= end; j++) {
       let dot = 0;
       for (let d = 0; d < D; d++) dot += q[hq * D + d]! * h.k[j]![hk * D + d]!;
       s.push(dot * SM);
@@ -75,16 +91,16 @@ function reference(
     const m = Math.max(...s);
     const e = s.map((x) => Math.exp(x - m));
     const z = e.reduce((a, b) => a + b, 0);
-    for (let j = first; j <= p; j++)
+    for (let j = first; j <= end; j++)
       for (let d = 0; d < D; d++) out[hq * D + d]! += (e[j - first]! / z) * h.v[j]![hk * D + d]!;
   }
   return out;
 }
 
 /** fp8 e4m3 storage with these per-tensor scales (else storage in the compute dtype). */
-type Fp8 = { kScale: number; vScale: number } | undefined;
+export type Fp8 = { kScale: number; vScale: number } | undefined;
 
-function scenario(dtype: "f32" | "bf16", rollback: number, fp8?: Fp8) {
+export function scenario(dtype: "f32" | "bf16", rollback: number, fp8?: Fp8) {
   // bf16: inputs are rounded to bf16 first (the reference sees the same values); the output
   // rounds once to bf16 (8 mantissa bits): |err| ≤ 2^-8·|out|, and |out| ≤ max |v| < 1.
   // fp8: the reference holds what the cache holds, e4m3(round(x · (1/s))) · s (exact in bf16 for
@@ -110,7 +126,8 @@ function scenario(dtype: "f32" | "bf16", rollback: number, fp8?: Fp8) {
   let decodeSteps = 0;
   let wraps = 0;
 
-  async function step(req: StepRequest[]): Promise<void> {
+  /** Runs one step through every layer, checks it against the reference; returns its plan. */
+  async function step(req: StepRequest[]): Promise<StepPlan> {
     const plan = cache.plan(req);
     const n = plan.numTokens;
     for (let l = 0; l < layout.layerTypes.length; l++) {
@@ -145,9 +162,12 @@ function scenario(dtype: "f32" | "bf16", rollback: number, fp8?: Fp8) {
         const seen = plan.decode
           ? h
           : { k: [...h.k.slice(0, start), ...own.k], v: [...h.v.slice(0, start), ...own.v] };
+        const spans = req.find((st) => st.seq === seq)?.spans ?? [];
         for (let i = 0; i < count; i++) {
           const r = row - count + i;
-          const ref = reference(q.subarray(r * HQ * D, (r + 1) * HQ * D), seen, start + i, w);
+          const p = start + i;
+          const last = (spans.find((x) => x.start <= p && p < x.end)?.end ?? p + 1) - 1;
+          const ref = reference(q.subarray(r * HQ * D, (r + 1) * HQ * D), seen, p, w, last);
           for (let x = 0; x < HQ * D; x++) {
             const err = Math.abs(got[r * HQ * D + x]! - ref[x]!);
             worst = Math.max(worst, err);
@@ -169,6 +189,7 @@ function scenario(dtype: "f32" | "bf16", rollback: number, fp8?: Fp8) {
       )
         wraps++;
     cache.commit(plan);
+    return plan;
   }
 
   const add = (maxTokens?: number) => {

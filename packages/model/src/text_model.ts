@@ -8,6 +8,7 @@ import {
   HybridKVCache,
   KVSequence,
   type HybridKVCacheOptions,
+  type Span,
   type StepPlan,
 } from "@gemma3/kv-cache";
 import type { Gemma3Config } from "./config.js";
@@ -80,14 +81,16 @@ export class Gemma3TextModel {
    * @param ids the new token ids
    * @param opts.allLogits logits for every new token (else only for the last)
    * @param opts.graph decode steps replay a captured graph (see forwardBatch)
+   * @param opts.spans bidirectional spans (image blocks) of the sequence, see StepRequest.spans
    * @returns logits [n or 1, vocab] f32 on the model's device (the caller disposes it)
    */
   forward(
     ids: readonly number[],
     seq: KVSequence,
-    opts: { allLogits?: boolean; graph?: boolean } = {},
+    opts: { allLogits?: boolean; graph?: boolean; spans?: readonly Span[] } = {},
   ): Tensor {
-    return this.forwardBatch([{ seq, ids }], opts);
+    const { spans, ...rest } = opts;
+    return this.forwardBatch([spans ? { seq, ids, spans } : { seq, ids }], rest);
   }
 
   /**
@@ -100,7 +103,7 @@ export class Gemma3TextModel {
    *   (each sequence's last token)
    */
   forwardBatch(
-    steps: readonly { seq: KVSequence; ids: readonly number[] }[],
+    steps: readonly { seq: KVSequence; ids: readonly number[]; spans?: readonly Span[] }[],
     opts: { allLogits?: boolean; graph?: boolean } = {},
   ): Tensor {
     const { vocabSize: vocab, hiddenSize: hidden, rmsNormEps: eps } = this.config;
@@ -114,7 +117,9 @@ export class Gemma3TextModel {
           throw new RangeError(`forward: token id ${id} outside [0, ${vocab})`);
     }
     // The ids go with the step: a cache with a prefix index registers the full pages they fill.
-    const plan = cache.plan(steps.map(({ seq, ids }) => ({ seq: seq.id, count: ids.length, ids })));
+    const plan = cache.plan(
+      steps.map(({ seq, ids, spans }) => ({ seq: seq.id, count: ids.length, ids, spans })),
+    );
     const n = plan.numTokens;
     const batch = steps.length;
     const rows = opts.allLogits ? n : batch;
