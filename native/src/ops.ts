@@ -4,6 +4,7 @@
 import { addon } from "./addon.js";
 import { native } from "./errors.js";
 import { Tensor, type Shape } from "./tensor.js";
+import type { Device } from "./device.js";
 import type { DTypeName } from "./dtype.js";
 
 const outOr = (out: Tensor | undefined, shape: Shape, dtype: DTypeName, like: Tensor): Tensor =>
@@ -228,8 +229,19 @@ export function attentionDecode(
 /** Floats of workspace attentionDecode can use to split long sequences on `device` (0 on CPU). */
 export function attentionDecodeWorkspaceFloats(q: Tensor, maxKvLen: number): number {
   const [batch = 0, heads = 0, dim = 0] = q.shape;
+  return decodeWorkspaceFloats(q.device, batch, heads, dim, maxKvLen);
+}
+
+/** The same, from the shapes alone (to size a workspace before any q exists). */
+export function decodeWorkspaceFloats(
+  device: Device,
+  batch: number,
+  numQoHeads: number,
+  headDim: number,
+  maxKvLen: number,
+): number {
   return native(() =>
-    addon().attentionDecodeWorkspaceFloats(q.device.index, batch, heads, dim, maxKvLen),
+    addon().attentionDecodeWorkspaceFloats(device.index, batch, numQoHeads, headDim, maxKvLen),
   );
 }
 

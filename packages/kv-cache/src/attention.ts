@@ -20,6 +20,11 @@ export interface CachedAttentionOptions {
   out?: Tensor;
   /** Allocator for the [context + chunk] K/V buffers (a step arena); default Tensor.empty. */
   alloc?: (shape: Shape, dtype: DTypeName) => Tensor;
+  /**
+   * f32 scratch that lets decode split long sequences over many CTAs (flash-decoding); size it
+   * with ops.decodeWorkspaceFloats. Without it decode runs one CTA per (sequence, kv head).
+   */
+  workspace?: Tensor | null;
 }
 
 /**
@@ -81,6 +86,7 @@ export function cachedAttention(
       maxKvLen: t.maxKvLen,
       kScale,
       vScale,
+      workspace: o.workspace ?? null,
       out,
     });
     for (const t of temps) t.dispose(); // freed after the queued ops that use them

@@ -71,10 +71,10 @@ export class DecoderLayer {
    * Runs the layer on the step's new tokens: updates `h` in place and the layer's KV cache.
    * @param h [n, hidden] residual stream
    */
-  forward(h: Tensor, cache: KVCache, plan: StepPlan, s: Scratch): void {
+  forward(h: Tensor, cache: KVCache, plan: StepPlan, s: Scratch, workspace?: Tensor | null): void {
     const eps = this.cfg.rmsNormEps;
     const x = ops.rmsnorm(h, this.w.inputLayernorm, eps, s.alloc(h.shape, h.dtypeName));
-    const r = this.attention(x, cache, plan, s);
+    const r = this.attention(x, cache, plan, s, workspace ?? null);
     ops.rmsnormAdd(r, this.w.postAttentionLayernorm, h, eps);
     const x2 = ops.rmsnorm(h, this.w.preFeedforwardLayernorm, eps, s.alloc(h.shape, h.dtypeName));
     const r2 = this.mlp(x2, s);
@@ -93,7 +93,13 @@ export class DecoderLayer {
   }
 
   /** x: [n, hidden] → o_proj(attention(x)) [n, hidden] */
-  private attention(x: Tensor, cache: KVCache, plan: StepPlan, s: Scratch): Tensor {
+  private attention(
+    x: Tensor,
+    cache: KVCache,
+    plan: StepPlan,
+    s: Scratch,
+    workspace: Tensor | null,
+  ): Tensor {
     const { numAttentionHeads: hq, numKeyValueHeads: hkv, headDim: d, rmsNormEps: eps } = this.cfg;
     const n = x.shape[0]!;
     const dt = x.dtypeName;
@@ -111,6 +117,7 @@ export class DecoderLayer {
       smScale: this.smScale,
       out: s.alloc([n, hq, d], dt),
       alloc: (shape, dtype) => s.alloc(shape, dtype),
+      workspace,
     });
     return ops.matmul(o.view([n, hq * d]), this.w.oProj, {
       out: s.alloc([n, this.cfg.hiddenSize], dt),

@@ -35,7 +35,14 @@ export class Gemma3TextModel {
   /** Captured decode steps per batch size, with what their addresses depend on. */
   private readonly graphs = new Map<
     number,
-    { graph: Graph; logits: Tensor; cache: HybridKVCache; plans: Tensor; generation: number }
+    {
+      graph: Graph;
+      logits: Tensor;
+      cache: HybridKVCache;
+      plans: Tensor;
+      generation: number;
+      ws: Tensor | null;
+    }
   >();
 
   constructor(
@@ -137,14 +144,18 @@ export class Gemma3TextModel {
       const idsT = s.alloc([n], "i32");
       idsT.write(steps.flatMap((st) => st.ids));
       // The step's ops, from the ids in `idsT` to f32 logits in `logits`.
+      const ws = plan.decode ? this.workspaceFor(batch, cache.planner.maxSeqLen) : null;
       const run = (logits: Tensor) => {
-        this.body(idsT, cache, plan, logits, opts.allLogits === true);
+        this.body(idsT, cache, plan, logits, opts.allLogits === true, ws);
       };
       if (opts.graph && plan.decode && !opts.allLogits && batch <= 8) {
         let g = this.graphs.get(batch);
         const stale =
           g &&
-          (g.cache !== cache || g.plans !== cache.planStorage || g.generation !== s.generation);
+          (g.cache !== cache ||
+            g.plans !== cache.planStorage ||
+            g.generation !== s.generation ||
+            g.ws !== ws);
         if (g && stale) {
           g.graph.dispose();
           g.logits.dispose();
@@ -156,7 +167,7 @@ export class Gemma3TextModel {
           // setup (occupancy queries, function attributes) happened outside the capture.
           const logits = Tensor.empty([batch, vocab], "f32", this.device);
           const graph = Graph.capture(this.device, () => run(logits));
-          g = { graph, logits, cache, plans: cache.planStorage, generation: s.generation };
+          g = { graph, logits, cache, plans: cache.planStorage, generation: s.generation, ws };
           this.graphs.set(batch, g);
         }
         if (g) {
@@ -175,11 +186,33 @@ export class Gemma3TextModel {
     }
   }
 
+  /** Split-KV scratch for decode attention (grown on demand; captured graphs hold its address). */
+  private decodeWs: Tensor | null = null;
+
+  /** The decode workspace for `batch` sequences of up to `maxKvLen` tokens (null on the CPU). */
+  private workspaceFor(batch: number, maxKvLen: number): Tensor | null {
+    const { numAttentionHeads: hq, headDim: d } = this.config;
+    const floats = ops.decodeWorkspaceFloats(this.device, batch, hq, d, maxKvLen);
+    if (floats === 0) return null;
+    if (!this.decodeWs || this.decodeWs.numel < floats) {
+      this.decodeWs?.dispose();
+      this.decodeWs = Tensor.empty([floats], "f32", this.device);
+    }
+    return this.decodeWs;
+  }
+
   /** Batch sizes whose first decode step ran eagerly (the next one is captured). */
   private readonly warmDecode = new Set<number>();
 
   /** Embedding → layers → final norm → f32 logits of one planned step (all enqueued). */
-  private body(idsT: Tensor, cache: HybridKVCache, plan: StepPlan, logits: Tensor, all: boolean) {
+  private body(
+    idsT: Tensor,
+    cache: HybridKVCache,
+    plan: StepPlan,
+    logits: Tensor,
+    all: boolean,
+    ws: Tensor | null,
+  ) {
     const { hiddenSize: hidden, vocabSize: vocab, rmsNormEps: eps } = this.config;
     const s = this.scratch;
     const dt = this.dtype;
@@ -191,7 +224,7 @@ export class Gemma3TextModel {
       });
       const mark = s.mark();
       for (const layer of this.layers) {
-        layer.forward(h, cache, plan, s);
+        layer.forward(h, cache, plan, s, ws);
         s.rewind(mark); // the layer's temporaries are dead once its ops are enqueued
       }
       // Each sequence's last row: a row gather (embedding with scale 1 is exact) for a batch.
@@ -213,6 +246,8 @@ export class Gemma3TextModel {
       g.logits.dispose();
     }
     this.graphs.clear();
+    this.decodeWs?.dispose();
+    this.decodeWs = null;
     const w = this.weights;
     w.embedTokens.dispose();
     w.norm.dispose();
