@@ -94,6 +94,8 @@ export interface StepSeq {
   readonly count: number;
   /** the step's token ids (prefix cache only) */
   readonly ids?: readonly number[];
+  /** first position of a bidirectional span in this chunk (prefix cache only; see register) */
+  readonly firstSpan?: number;
 }
 
 /** A run of the plan's Int32 data. */
@@ -186,6 +188,8 @@ interface Seq {
   pages: number[];
   /** prefix cache: ids of positions [0, ids.length) (ids.length < length once a step had none) */
   ids: number[];
+  /** prefix cache: no block reaching this position is registered (an image span starts there) */
+  noRegisterFrom: number;
   /** prefix cache: index entries of blocks 0 … chain.length − 1 */
   chain: PrefixEntry[];
   /** snapshot block this sequence is filling for block b, or −1 */
@@ -359,6 +363,7 @@ export class KVPlanner {
       maxTokens,
       pages: chain.map((e) => e.page),
       ids: prompt && this.prefix ? prompt.slice(0, reused) : [],
+      noRegisterFrom: Infinity,
       chain,
       snaps: chain.map(() => -1),
     };
@@ -415,6 +420,7 @@ export class KVPlanner {
       maxTokens: max,
       pages,
       ids: [...p.ids],
+      noRegisterFrom: p.noRegisterFrom,
       chain: [...p.chain],
       // The parent keeps filling its snapshot blocks; the child starts its own at its next block.
       snaps: pages.map(() => -1),
@@ -565,9 +571,16 @@ export class KVPlanner {
       while (s.pages.length < Math.ceil(end / P)) s.pages.push(this.pool.alloc());
       s.ringHigh = Math.max(s.ringHigh, end);
       captures.push(this.takeSnapshots(s, st));
+      const sp = spans[b]!;
       seqs.push(
         this.prefix && st.ids
-          ? { seq: s.id, start: s.length, count: st.count, ids: st.ids }
+          ? {
+              seq: s.id,
+              start: s.length,
+              count: st.count,
+              ids: st.ids,
+              ...(sp.length > 0 ? { firstSpan: sp[0]!.start } : {}),
+            }
           : { seq: s.id, start: s.length, count: st.count },
       );
     }
@@ -589,6 +602,9 @@ export class KVPlanner {
       s.length = st.start + st.count;
       if (!this.prefix) continue;
       if (st.ids && s.ids.length === st.start) for (const id of st.ids) s.ids.push(id);
+      // Image blocks: every image's soft tokens share one id, so blocks from a span on could match
+      // a prompt with another image. Never register them (the ids alone cannot tell images apart).
+      if (st.firstSpan !== undefined) s.noRegisterFrom = Math.min(s.noRegisterFrom, st.firstSpan);
       this.register(s);
     }
   }
@@ -695,7 +711,7 @@ export class KVPlanner {
   private register(s: Seq): void {
     const P = this.pageSize;
     const index = this.prefix!;
-    const full = Math.floor(s.ids.length / P);
+    const full = Math.floor(Math.min(s.ids.length, s.noRegisterFrom) / P);
     for (let b = s.chain.length; b < full; b++) {
       const parent = b === 0 ? null : s.chain[b - 1]!;
       if (parent && !parent.alive) break; // evicted under us: the chain cannot grow

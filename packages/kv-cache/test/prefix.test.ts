@@ -339,3 +339,27 @@ describe("prefix reuse with forks and rollback", () => {
     expect(pl.stats()).toMatchObject({ freePages: pl.numPages, freeSnapshotBlocks: 12 });
   });
 });
+
+describe("prefix reuse and image spans", () => {
+  it("never registers blocks from the first span on (every image's soft tokens share one id)", () => {
+    const pl = new KVPlanner(layout, {
+      maxSeqLen: 64,
+      maxSeqs: 2,
+      pageSize: 4,
+      snapshotBlocks: 16,
+    });
+    // 6 text tokens, an "image" of 8 identical soft-token ids at [6, 14), then text.
+    const ids = [...range(0, 6), ...Array<number>(8).fill(262144), ...range(20, 30)];
+    const a = pl.add(40, ids);
+    pl.commit(pl.plan([{ seq: a, count: ids.length, ids, spans: [{ start: 6, end: 14 }] }]));
+    // Only block 0 ([0, 4)) lies before the span: block 1 ([4, 8)) already holds image tokens.
+    expect(pl.stats()).toMatchObject({ prefixPages: 1 });
+    pl.free(a);
+    // The same ids (as a prompt with another image would bring) reuse at most the text block.
+    const b = pl.add(40, ids);
+    expect(pl.length(b)).toBeLessThanOrEqual(4);
+    pl.free(b);
+    pl.clearPrefixCache();
+    checkRefcounts(pl);
+  });
+});
