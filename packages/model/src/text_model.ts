@@ -188,11 +188,18 @@ export class Gemma3TextModel {
 
   /** Split-KV scratch for decode attention (grown on demand; captured graphs hold its address). */
   private decodeWs: Tensor | null = null;
+  private readonly wsFloats = new Map<string, number>();
 
   /** The decode workspace for `batch` sequences of up to `maxKvLen` tokens (null on the CPU). */
   private workspaceFor(batch: number, maxKvLen: number): Tensor | null {
     const { numAttentionHeads: hq, headDim: d } = this.config;
-    const floats = ops.decodeWorkspaceFloats(this.device, batch, hq, d, maxKvLen);
+    // Asked once per (batch, maxKvLen): this runs on every decode step.
+    const key = `${batch}:${maxKvLen}`;
+    let floats = this.wsFloats.get(key);
+    if (floats === undefined) {
+      floats = ops.decodeWorkspaceFloats(this.device, batch, hq, d, maxKvLen);
+      this.wsFloats.set(key, floats);
+    }
     if (floats === 0) return null;
     if (!this.decodeWs || this.decodeWs.numel < floats) {
       this.decodeWs?.dispose();

@@ -2,13 +2,13 @@
 // addresses), across recaptures when the cache or the arena changes. CPU graphs record the same
 // task list a CUDA graph records kernels, so this runs everywhere; the GPU run covers CUDA.
 import { readFileSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { cudaAvailable } from "@gemma3/native";
 import { loadTextModel, type Gemma3TextModel } from "../src/index.js";
+import { argmax, fixtures } from "./golden.js";
 
-const dir = join(dirname(fileURLToPath(import.meta.url)), "fixtures", "tiny-1b");
+const dir = join(fixtures, "tiny-1b");
 const meta = JSON.parse(readFileSync(join(dir, "goldens.json"), "utf8")) as {
   prompt_ids: number[];
   greedy_ids: number[];
@@ -31,12 +31,6 @@ async function decode(model: Gemma3TextModel, graph: boolean, prompt: number[], 
   }
   seq.dispose();
   return { ids, rows };
-}
-
-function argmax(v: Float32Array): number {
-  let b = 0;
-  for (let i = 1; i < v.length; i++) if (v[i]! > v[b]!) b = i;
-  return b;
 }
 
 const devices = ["cpu", ...(cudaAvailable() ? ["cuda"] : [])];

@@ -3,13 +3,11 @@
 // and a 27B-like one (head_dim 16 ≠ query_pre_attn_scalar 24, linear RoPE scaling 8, GQA,
 // Gemma3ForConditionalGeneration key names).
 import { readFileSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { loadTextModel, type Gemma3TextModel } from "../src/index.js";
 import { cudaAvailable } from "@gemma3/native";
-
-const fixtures = join(dirname(fileURLToPath(import.meta.url)), "fixtures");
+import { argmax, fixtures, maxAbsDiff } from "./golden.js";
 
 interface Goldens {
   prompt_ids: number[];
@@ -29,22 +27,9 @@ function golden(name: string) {
   return { dir, meta, logits: f32("logits.f32"), greedyLogits: f32("greedy_logits.f32") };
 }
 
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i]! - b[i]!);
-    if (!(d <= m)) m = Number.isNaN(d) ? Infinity : d;
-  }
-  return m;
-}
-
+/** argmax of each row of x [rows, cols]. */
 function argmaxRows(x: Float32Array, rows: number, cols: number): number[] {
-  return Array.from({ length: rows }, (_, r) => {
-    let best = 0;
-    for (let c = 1; c < cols; c++) if (x[r * cols + c]! > x[r * cols + best]!) best = c;
-    return best;
-  });
+  return Array.from({ length: rows }, (_, r) => argmax(x.subarray(r * cols, (r + 1) * cols)));
 }
 
 /** Prompt logits [T, V] and 24 greedy steps (ids and their logits) from our model. */
