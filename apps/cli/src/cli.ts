@@ -18,6 +18,7 @@ import {
   type ChatMessage,
 } from "@gemma3/tokenizer";
 import { generate } from "./generate.js";
+import { CliUsageError, cmdChat, cmdServe, SERVE_USAGE } from "./serve.js";
 
 const DEMO = join(dirname(dirname(fileURLToPath(import.meta.url))), "demo-model");
 
@@ -29,6 +30,7 @@ const USAGE = `usage:
   gemma3 tokenize [--model DIR] (--text TEXT | --chat FILE.json [--image PATH ...] [--pan-and-scan])
                   [--no-special-tokens] [--json]
   gemma3 inspect --config FILE [--context N [--batch B] [--kv-dtype bf16|f32|fp8]] [--json]
+${SERVE_USAGE}
 
   --model DIR   a directory with config.json and *.safetensors (single or sharded), as on the hub,
                 or a llama.cpp gemma3 .gguf (F32/F16/BF16/Q8_0/Q4_0 tensors; --prompt reads the
@@ -365,6 +367,8 @@ async function main(argv: string[]): Promise<number> {
     if (cmd === "generate") await cmdGenerate(rest);
     else if (cmd === "tokenize") await cmdTokenize(rest);
     else if (cmd === "inspect") await cmdInspect(rest);
+    else if (cmd === "serve") await cmdServe(rest, DEMO);
+    else if (cmd === "chat") await cmdChat(rest, DEMO);
     else if (cmd === undefined || cmd === "--help" || cmd === "-h" || cmd === "help") {
       process.stdout.write(USAGE + "\n");
       return cmd === undefined ? 2 : 0;
@@ -375,10 +379,11 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`gemma3: ${err.message}\n`);
     if (
       e instanceof UsageError ||
+      e instanceof CliUsageError ||
       (err as { code?: string }).code === "ERR_PARSE_ARGS_UNKNOWN_OPTION"
     )
       process.stderr.write(USAGE + "\n");
-    return e instanceof UsageError ? 2 : 1;
+    return e instanceof UsageError || e instanceof CliUsageError ? 2 : 1;
   }
 }
 
