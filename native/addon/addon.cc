@@ -428,6 +428,22 @@ G3_ENTRY(AttentionDecodeWorkspaceFloats){G3_BODY{
 }
 G3_END
 }
+// (x, bias, residual|null, out, gelu)
+G3_ENTRY(BiasAdd){G3_BODY{auto r = OPT(2, "residual");
+OP_RESULT(ops::bias_add(T(0, "x"), T(1, "bias"), r.get(), T(3, "out"), info[4].ToBoolean()));
+}
+G3_END
+}
+G3_ENTRY(Patchify){
+    G3_BODY{OP_RESULT(ops::patchify(T(0, "pixels"), T(1, "out"), to_i64(info[2], "patch")));
+}
+G3_END
+}
+G3_ENTRY(AvgPool2d){
+    G3_BODY{OP_RESULT(ops::avg_pool2d(T(0, "x"), T(1, "out"), to_i64(info[2], "k")));
+}
+G3_END
+}
 G3_ENTRY(Cast){G3_BODY{OP_RESULT(ops::cast(T(0, "src"), T(1, "dst")));
 }
 G3_END
@@ -478,6 +494,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   EXPORT("attentionPrefill", AttentionPrefill);
   EXPORT("attentionDecode", AttentionDecode);
   EXPORT("attentionDecodeWorkspaceFloats", AttentionDecodeWorkspaceFloats);
+  EXPORT("biasAdd", BiasAdd);
+  EXPORT("patchify", Patchify);
+  EXPORT("avgPool2d", AvgPool2d);
   EXPORT("cast", Cast);
   EXPORT("quantize", Quantize);
   EXPORT("dequantize", Dequantize);
