@@ -188,7 +188,7 @@ form.addEventListener("submit", async (e) => {
     }
   } catch (err) {
     if (err.name === "AbortError") finish = "stopped";
-    else { out.classList.add("error"); span.textContent = reply + (reply ? "\\n" : "") + "Error: " + err.message; }
+    else { finish = "error"; out.classList.add("error"); span.textContent = reply + (reply ? "\\n" : "") + "Error: " + err.message; }
   } finally {
     const t = (performance.now() - (tFirst || t0)) / 1000;
     tokens = tokens || deltas;
