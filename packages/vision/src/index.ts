@@ -5,3 +5,7 @@ export * from "./decode.js";
 export * from "./resize.js";
 export * from "./pan_and_scan.js";
 export * from "./preprocess.js";
+export * from "./vision_weights.js";
+export * from "./siglip.js";
+export * from "./projector.js";
+export * from "./vision_encoder.js";
