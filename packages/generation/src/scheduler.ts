@@ -10,6 +10,11 @@ import type {
 } from "@gemma3/kv-cache";
 import type { Tensor } from "@gemma3/native";
 import {
+  createResponseFormatConstraint,
+  type GrammarOptions,
+  type ResponseFormat,
+} from "./constraint/index.js";
+import {
   GenerationError,
   resolveStopTokenIds,
   type GenerationConfigDefaults,
@@ -55,6 +60,13 @@ export interface GenerationRequest extends SamplingParams {
   skipSpecialTokens?: boolean;
   /** For a text prompt: let the tokenizer add <bos> (default true). */
   addSpecialTokens?: boolean;
+  /**
+   * OpenAI's response_format, as sent: {type: "json_object"} or {type: "json_schema",
+   * json_schema: {name, schema, strict}} constrain the output to JSON (needs a tokenizer with
+   * token texts: Gemma3Tokenizer); {type: "text"} or absent: none. A bad or unsupported schema
+   * throws GenerationError E_INVALID, field "response_format", from submit.
+   */
+  responseFormat?: ResponseFormat | null;
   signal?: AbortSignal;
 }
 
@@ -81,6 +93,8 @@ export interface SchedulerOptions {
   /** generation_config.json's defaults (loadGenerationConfig). */
   generationConfig?: GenerationConfigDefaults;
   sampler?: SamplerOptions;
+  /** Options of response_format grammars (whitespace bound). */
+  responseFormat?: GrammarOptions;
 }
 
 export interface SchedulerStats {
@@ -207,7 +221,19 @@ export class Scheduler {
     const sampling: SamplingParams = { ...(gc?.sampling ?? {}) };
     for (const k of SAMPLING_KEYS)
       if (req[k] !== undefined) (sampling as Record<string, unknown>)[k] = req[k];
-    const state = new SamplingState(sampling, { vocabSize: V, promptIds: prompt, stopTokenIds });
+    const constraint = req.responseFormat
+      ? createResponseFormatConstraint(req.responseFormat, this.tokenizer, {
+          ...(this.o.responseFormat ?? {}),
+          vocabSize: V,
+          stopTokenIds,
+        })
+      : null;
+    const state = new SamplingState(sampling, {
+      vocabSize: V,
+      promptIds: prompt,
+      stopTokenIds,
+      constraint,
+    });
     if (state.params.minTokens > maxTokens)
       throw new GenerationError(
         `minTokens ${state.params.minTokens} exceeds maxTokens ${maxTokens}`,
@@ -346,6 +372,14 @@ export class Scheduler {
   }
 
   private async step(): Promise<void> {
+    // A closed JSON value with no stop token allowed (none given, or min-tokens): ends here.
+    for (const s of [...this.running])
+      if (s.tokens.length > 0 && s.state.constraintStuck()) {
+        const text = s.stopper.finish();
+        if (text) s.stream.push({ type: "delta", text, tokenIds: [] });
+        this.complete(s, "stop", null);
+      }
+    if (this.running.length === 0) return;
     const decodes = this.running.filter((s) => s.fed === s.prompt.length);
     const prefill = this.running.find((s) => s.fed < s.prompt.length);
     const steps = decodes.map((s) => ({ seq: s.kv!, ids: [s.tokens[s.tokens.length - 1]!] }));
