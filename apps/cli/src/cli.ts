@@ -7,7 +7,20 @@ import { existsSync, readFileSync } from "node:fs";
 import { dirname, isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import { inspectConfig, loadConfig, loadTextModel, resolveModelPath } from "@gemma3/model";
+import {
+  inspectConfig,
+  loadConfig,
+  loadTextModel,
+  resolveModelPath,
+  type Gemma3TextModel,
+} from "@gemma3/model";
+import type { Tensor } from "@gemma3/native";
+import {
+  imageProcessorOptions,
+  loadImage,
+  loadVisionEncoder,
+  type PreprocessedImage,
+} from "@gemma3/vision";
 import { estimateKV, formatBytes, type KVDType } from "@gemma3/kv-cache/estimate";
 import {
   Gemma3Tokenizer,
@@ -24,6 +37,7 @@ const DEMO = join(dirname(dirname(fileURLToPath(import.meta.url))), "demo-model"
 
 const USAGE = `usage:
   gemma3 generate [--model DIR|FILE.gguf] (--prompt TEXT | --prompt-ids 2,9259,1902)
+                  [--image PATH ... [--pan-and-scan]]
                   [--max-tokens 24] [--temperature 0] [--seed 0] [--logprobs N]
                   [--device cpu|cuda|cuda:N] [--dtype f32|bf16] [--quantize q8_0|q4_0|fp8_e4m3]
                   [--ignore-eos] [--json] [--stats]
@@ -44,7 +58,12 @@ ${SERVE_USAGE}
   --chat FILE   a JSON conversation, [{"role": "user", "content": "…"}, …] or {"messages": […],
                 "add_generation_prompt": true}, rendered with the model's chat template; content
                 parts {"type": "image"} take the --image files in order (or their "path").
-  --pan-and-scan  count Pan & Scan crops from each image's size (needs the image files).`;
+  --pan-and-scan  count Pan & Scan crops from each image's size (needs the image files).
+  --image PATH  (generate) an image for a multimodal checkpoint (repeatable): with --prompt, the
+                prompt is one user turn [images…, TEXT] rendered with the chat template (each image
+                expanded to its soft tokens, Pan & Scan crops with --pan-and-scan); with
+                --prompt-ids, the positions holding the image token id take the images' features
+                in order (original then crops, image after image), with no further expansion.`;
 
 class UsageError extends Error {}
 
@@ -74,6 +93,8 @@ async function cmdGenerate(argv: string[]): Promise<void> {
       model: { type: "string" },
       "prompt-ids": { type: "string" },
       prompt: { type: "string" },
+      image: { type: "string", multiple: true },
+      "pan-and-scan": { type: "boolean" },
       "max-tokens": { type: "string" },
       temperature: { type: "string" },
       seed: { type: "string" },
@@ -113,15 +134,25 @@ async function cmdGenerate(argv: string[]): Promise<void> {
     );
   // With a tokenizer beside the weights, --prompt works and the output gains the text.
   const tok = await modelTokenizer(dir, !values.model, givenIds ? undefined : "--prompt");
-  const promptIds = givenIds ?? tok!.encode(values.prompt!);
+  if (values["pan-and-scan"] && !values.image)
+    throw new UsageError("generate: --pan-and-scan goes with --image");
+  const images = values.image
+    ? await preprocessImages(values.image, dir, !!values["pan-and-scan"])
+    : undefined;
+  const promptIds =
+    givenIds ??
+    (images ? imagePrompt(tok!, values.prompt!, images, dir) : tok!.encode(values.prompt!));
   const generationConfig = readJsonIfExists(join(dir, "generation_config.json"));
   const model = await loadTextModel(modelPath, {
     device: values.device ?? "cpu",
     ...(dtype ? { dtype } : {}),
     ...(quantize ? { quantize } : {}),
   });
+  let imageFeatures: Tensor | undefined;
   try {
+    if (images) imageFeatures = await encodeImages(dir, images, model);
     const r = await generate(model, promptIds, {
+      ...(imageFeatures ? { imageFeatures } : {}),
       maxTokens: num(values["max-tokens"], 24, "--max-tokens", 1),
       temperature: num(values.temperature, 0, "--temperature", 0),
       seed: num(values.seed, 0, "--seed", 0),
@@ -151,7 +182,66 @@ async function cmdGenerate(argv: string[]): Promise<void> {
       );
     }
   } finally {
+    imageFeatures?.dispose();
     model.dispose();
+  }
+}
+
+/** Each --image decoded and preprocessed as the checkpoint's preprocessor_config.json says. */
+async function preprocessImages(
+  paths: string[],
+  dir: string,
+  panAndScan: boolean,
+): Promise<PreprocessedImage[]> {
+  const pre = (readJsonIfExists(join(dir, "preprocessor_config.json")) ?? {}) as Record<
+    string,
+    unknown
+  >;
+  const opts = imageProcessorOptions(pre);
+  // Without a preprocessor size, the tower's own input size (vision_config.image_size).
+  if (pre.size === undefined) {
+    const v = (await loadConfig(join(dir, "config.json"))).vision;
+    if (v) opts.imageSize = v.image_size;
+  }
+  return Promise.all(paths.map((p) => loadImage(p, { ...opts, panAndScan })));
+}
+
+/** --prompt with images: one user turn [images…, text] through the chat template. */
+function imagePrompt(
+  tok: Gemma3Tokenizer,
+  text: string,
+  images: PreprocessedImage[],
+  dir: string,
+): number[] {
+  const config = readJsonIfExists(join(dir, "config.json")) as Record<string, unknown> | undefined;
+  const content: ChatMessage["content"] = [
+    ...images.map(() => ({ type: "image" as const })),
+    { type: "text", text },
+  ];
+  return tok.encodeChat([{ role: "user", content }], {
+    addGenerationPrompt: true,
+    numCrops: images.map((im) => im.numCrops),
+    imageTokens: imageTokenConfig(config, tok.config),
+  }).ids;
+}
+
+/** The images' features (original then crops, image after image) on the model's device. */
+async function encodeImages(
+  dir: string,
+  images: PreprocessedImage[],
+  model: Gemma3TextModel,
+): Promise<Tensor> {
+  const enc = await loadVisionEncoder(dir, { device: model.device, dtype: model.dtype });
+  try {
+    const all = new Float32Array(images.reduce((n, im) => n + im.pixelValues.length, 0));
+    let at = 0;
+    for (const im of images) {
+      all.set(im.pixelValues, at);
+      at += im.pixelValues.length;
+    }
+    return enc.encode(all);
+  } finally {
+    enc.dispose();
   }
 }
 
