@@ -98,10 +98,10 @@ PAS = dict(
 # The processor classes: the PIL ("slow") one and the torchvision ("fast") one, by backend.
 procs = {}
 for name in ["Gemma3ImageProcessorPil", "Gemma3ImageProcessor", "Gemma3ImageProcessorFast"]:
-    cls = getattr(transformers, name, None)
-    if cls is None:
-        continue
     try:
+        cls = getattr(transformers, name, None)
+        if cls is None:
+            continue
         kw = {k: v for k, v in cfg.items() if v is not None and k not in ("image_processor_type", "processor_class", "image_seq_length")}
         p = cls(**kw)
         backend = getattr(type(p), "backend", None)
@@ -155,7 +155,41 @@ def crop_box(parent, view):
     return [int(x), int(y), int(view.shape[1]), int(view.shape[0])]
 
 
-def stats(x):
+def level_table(proc, is_torch):
+    """[3, 256] float32: what the processor outputs for each uint8 level, from an S x S image of
+    every level (no resize at S x S). None if the output is not a function of the level."""
+    lv = (np.arange(S * S) % 256).reshape(S, S)
+    ramp = np.repeat(lv[:, :, None], 3, axis=2).astype(np.uint8)
+    r = proc(images=[Image.fromarray(ramp)], do_pan_and_scan=False, return_tensors="pt" if is_torch else "np")
+    x = to_np(r["pixel_values"])[0]
+    t = np.zeros((3, 256), np.float32)
+    for c in range(3):
+        for L in range(256):
+            v = x[c][lv == L]
+            if not np.all(v == v[0]):
+                return None
+            t[c, L] = v[0]
+        if not np.all(np.diff(t[c]) > 0):
+            return None
+    return t
+
+
+def encode_samples(vals, idx, table):
+    """Sampled values as uint8 levels into `table` when every one is exactly a table entry
+    (checked), else as float32."""
+    vals = np.asarray(vals, dtype=np.float32)
+    if table is not None:
+        ch = idx // (S * S)
+        lv = np.zeros(vals.size, np.int64)
+        for c in range(3):
+            m = ch == c
+            lv[m] = np.clip(np.searchsorted(table[c], vals[m]), 0, 255)
+        if np.array_equal(table[ch, lv], vals):
+            return {"levels": b64(lv.astype(np.uint8))}
+    return {"samples": b64(vals.astype("<f4"))}
+
+
+def stats(x, table):
     x = np.asarray(x, dtype=np.float32)
     flat = x.reshape(-1)
     idx = sample_idx(flat.size)
@@ -165,7 +199,7 @@ def stats(x):
         "min": float(flat.min()),
         "max": float(flat.max()),
         "sha256": hashlib.sha256(np.ascontiguousarray(flat, dtype="<f4").tobytes()).hexdigest(),
-        "samples": b64(flat[idx].astype("<f4")),
+        **encode_samples(flat[idx], idx, table),
     }
 
 
@@ -176,6 +210,18 @@ def to_np(pv):
         pv = np.stack([np.asarray(v) for v in pv])
     return np.asarray(pv, dtype=np.float32)
 
+
+tables = {}
+for b, (n, p) in procs.items():
+    try:
+        t = level_table(p, b == "torchvision")
+        tables[b] = t
+        out.setdefault("level_tables", {})[b] = None if t is None else b64(t.astype("<f4"))
+    except Exception:
+        err(f"level table {n}")
+        tables[b] = None
+if tables.get("pil") is not None and tables.get("torchvision") is not None:
+    out["fast_vs_slow_level_table_max_abs"] = float(np.abs(tables["pil"] - tables["torchvision"]).max())
 
 names = sorted(f for f in os.listdir(a.images) if not f.startswith("."))
 out["images"] = {}
@@ -213,7 +259,13 @@ for name in names:
                 sl = to_np(r["pixel_values"])
                 nc = r.get("num_crops")
                 nc = [int(v) for v in np.asarray(nc).reshape(-1)] if nc is not None else None
-                srec = {"num_crops": nc, "shape": list(sl.shape), "images": [stats(x) for x in sl]}
+                srec = {"num_crops": nc, "shape": list(sl.shape)}
+                on0 = rec.get("slow", {}).get("off", {}).get("images", [None])[0]
+                st = [stats(x, tables.get("pil")) for x in sl]
+                if pas and on0 is not None and st[0]["sha256"] == on0["sha256"]:
+                    # The whole image is the same with P&S on as off: keep it once (under "off").
+                    st[0] = {"same_as_off": True, "sha256": st[0]["sha256"]}
+                srec["images"] = st
                 # The crop rectangles, from the views HF's pan_and_scan returns.
                 if pas:
                     chw = np.ascontiguousarray(np.transpose(np.asarray(im), (2, 0, 1)))
@@ -232,7 +284,10 @@ for name in names:
                 frec = {"shape": list(fa.shape), "images": []}
                 for i, x in enumerate(fa):
                     flat = x.reshape(-1)
-                    e = {"samples": b64(flat[sample_idx(flat.size)].astype("<f4"))}
+                    idx = sample_idx(flat.size)
+                    e = {"sha256": hashlib.sha256(np.ascontiguousarray(flat, dtype="<f4").tobytes()).hexdigest()}
+                    if not (pas and i == 0):  # the whole image: sampled once, under "off"
+                        e.update(encode_samples(flat[idx], idx, tables.get("torchvision")))
                     if sl is not None and sl.shape == fa.shape:
                         e["max_abs_vs_slow"] = float(np.abs(x - sl[i]).max())
                         e["mean_abs_vs_slow"] = float(np.abs(x - sl[i]).mean())
@@ -243,13 +298,14 @@ for name in names:
 
 # ---- Token ids: Gemma3Processor on chats with these images. ----
 CHATS = [
-    {"name": f"one_image/{n}", "images": [n], "messages": [
+    {"name": f"one_image/{n}", "images": [n], "pas": [True] if i else [False, True], "messages": [
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this image."}]}
     ]}
-    for n in names
+    for i, n in enumerate(names)
 ]
 CHATS.append({
     "name": "multi_turn_three_images",
+    "pas": [False, True],
     "images": ["wide_1600x300.png", "exif6_1200x700.jpg", "gray_500x1400.png"],
     "messages": [
         {"role": "system", "content": [{"type": "text", "text": "You compare pictures."}]},
@@ -274,7 +330,7 @@ try:
     )
     for c in CHATS:
         msgs = c["messages"]
-        for pas in (False, True):
+        for pas in c["pas"]:
             rec = {"name": c["name"], "images": c["images"], "messages": c["messages"], "pan_and_scan": pas}
             try:
                 text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
@@ -295,7 +351,11 @@ try:
                         {"type": "image", "path": os.path.join(a.images, next(it))} if p["type"] == "image" else p
                         for p in m["content"]]})
                 r = proc.apply_chat_template(pm, add_generation_prompt=True, tokenize=True, return_dict=True, do_pan_and_scan=pas, **PAS)
-                rec["apply_chat_template_ids"] = [int(x) for x in np.asarray(r["input_ids"][0])]
+                ids = [int(x) for x in np.asarray(r["input_ids"][0])]
+                if ids == rec.get("input_ids"):
+                    rec["apply_chat_template_same_ids"] = True
+                else:
+                    rec["apply_chat_template_ids"] = ids
             except Exception:
                 err(f"chat {c['name']} pas={pas} apply_chat_template")
             out["chats"].append(rec)
@@ -304,8 +364,8 @@ except Exception:
 
 os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
 with open(a.out, "w", encoding="utf-8") as f:
-    json.dump(out, f, ensure_ascii=False, indent=1)
-    f.write("\n")
+    # Compact (the sample strings and id lists are long); one section per line.
+    f.write("{\n" + ",\n".join(f"{json.dumps(k)}:{json.dumps(v, separators=(',', ':'))}" for k, v in out.items()) + "\n}\n")
 if a.notes:
     with open(a.notes, "w") as f:
         f.write("\n\n".join(notes))
