@@ -116,6 +116,11 @@ export function parseDataUrl(
       "data URL: invalid base64 (RFC 4648 alphabet, padded to a multiple of 4, no whitespace)",
     );
   const bytes = new Uint8Array(Buffer.from(b64, "base64"));
+  if (bytes.length > maxBytes)
+    throw new ImageError(
+      "E_IMAGE_TOO_LARGE",
+      `data URL: ${bytes.length} bytes, over the limit of ${maxBytes}`,
+    );
   const actual = sniffFormat(bytes);
   if (actual !== format)
     throw new ImageError(
@@ -203,6 +208,21 @@ async function header(bytes: Uint8Array, limits: Required<DecodeLimits>): Promis
   const w = meta.width ?? 0;
   const h = meta.height ?? 0;
   if (!(w > 0 && h > 0)) throw new ImageError("E_IMAGE_CORRUPT", `${format}: bad size ${w}x${h}`);
+  if (format === "gif" && bytes.length >= 10) {
+    // PIL's image is the logical screen; libvips may size it by the first frame instead.
+    const sw = bytes[6]! | (bytes[7]! << 8);
+    const sh = bytes[8]! | (bytes[9]! << 8);
+    if (sw * sh > limits.maxPixels)
+      throw new ImageError(
+        "E_IMAGE_TOO_LARGE",
+        `gif: ${sw}x${sh} = ${sw * sh} pixels, over the limit of ${limits.maxPixels}`,
+      );
+    if (sw !== w || sh !== h)
+      throw new ImageError(
+        "E_IMAGE_FORMAT",
+        `gif: logical screen ${sw}x${sh} differs from the first frame's ${w}x${h} (not supported)`,
+      );
+  }
   if (w * h > limits.maxPixels)
     throw new ImageError(
       "E_IMAGE_TOO_LARGE",
