@@ -6,7 +6,10 @@ import type { SamplingState } from "./state.js";
 
 export interface TokenLogprob {
   token: number;
-  /** log-softmax of the model's logits (before any processor), float64 */
+  /**
+   * log-softmax of the model's logits (before any processor; after a response_format mask, which
+   * vLLM applies to the logits before its sampler), float64
+   */
   logprob: number;
 }
 
@@ -41,7 +44,7 @@ export function logSumExp(x: ArrayLike<number>): number {
  */
 export function referenceToken(logits: Float32Array, state: SamplingState, u: number): number {
   const V = logits.length;
-  const row = maskedRow(logits, state);
+  const row = maskedRow(logits, state.mask());
   const v = Float64Array.from(row);
   for (const t of state.modifiedTokens()) v[t] = state.process(t, row[t]!);
   if (state.params.greedy) {
@@ -71,12 +74,12 @@ export function referenceTopLogprobs(logits: Float32Array, n: number): TokenLogp
 }
 
 /**
- * The row with the tokens outside the state's constraint mask at −inf (the row itself without a
- * constraint): the logits the sampler and the logprobs see, as vLLM's bitmask leaves them.
+ * The row with the tokens outside `mask` at −inf (the row itself without a mask): the logits the
+ * sampler and the logprobs see, as vLLM's grammar bitmask leaves them.
  * @param logits [vocab]
+ * @param mask bitset over the vocabulary (TokenConstraint.allowed), or null
  */
-export function maskedRow(logits: Float32Array, state: SamplingState): Float32Array {
-  const mask = state.mask();
+export function maskedRow(logits: Float32Array, mask: Uint32Array | null): Float32Array {
   if (!mask) return logits;
   const out = new Float32Array(logits.length).fill(-Infinity);
   for (let w = 0; w < mask.length; w++) {
@@ -93,7 +96,7 @@ export function maskedRow(logits: Float32Array, state: SamplingState): Float32Ar
 
 /** Samples one token from one row on the host and records it in `state`. */
 export function sampleReference(row: Float32Array, state: SamplingState): SampleResult {
-  const logits = maskedRow(row, state);
+  const logits = maskedRow(row, state.mask());
   const u = state.params.greedy ? 0 : state.rng.next();
   const token = referenceToken(logits, state, u);
   state.record(token);

@@ -112,7 +112,7 @@ describe.skipIf(!present)("constrained decoding with the demo checkpoint", () =>
           if (m) {
             expect(maskHas(m, got[row]!.token), what).toBe(true);
             // vLLM: logprobs of the bitmasked logits (log-softmax over the allowed tokens).
-            const masked = maskedRow(x, { mask: () => m } as unknown as SamplingState);
+            const masked = maskedRow(x, m);
             const lse = logSumExp(masked);
             if (params.logprobs !== undefined) {
               expect(got[row]!.logprob!).toBeCloseTo(x[got[row]!.token]! - lse, 5);

@@ -63,7 +63,10 @@ export interface NumberNode {
 export interface LiteralNode {
   readonly k: "literal";
   readonly id: number;
-  /** The accepted texts exactly (JSON.stringify of enum/const values; "true", "null"), latin1. */
+  /**
+   * The accepted texts exactly (JSON.stringify of enum/const values; "true", "null"), UTF-8 bytes
+   * as latin1, sorted (code unit order = byte order) and distinct.
+   */
   readonly texts: readonly string[];
 }
 export interface RefNode {
@@ -285,11 +288,8 @@ function startValue(node: Node, b: number, up: Stack, maxWs: number): PState | n
       return b === QUOTE ? new Stack(new StringFrame(n, 0, 0), up) : null;
     case "number":
       return b === 0x2d || isDigit(b) ? NumberFrame.start(n).step(null, b, up) : null;
-    case "literal": {
-      const c = String.fromCharCode(b);
-      if (!n.texts.some((t) => t.startsWith(c))) return null;
-      return LiteralFrame.after(n, c, up);
-    }
+    case "literal":
+      return LiteralFrame.start(n).stepFrom(b, null, up);
   }
   return null;
 }
@@ -657,35 +657,64 @@ function feasible(n: NumberNode, text: string, ph: NP): boolean {
   return meets(base, base + 10 ** -frac.length);
 }
 
+/**
+ * Inside one of a literal node's texts. The texts are sorted, so those that begin with the bytes
+ * read so far are a range [lo, hi); a byte narrows it by binary search on the next position.
+ */
 class LiteralFrame extends Frame {
   constructor(
     readonly node: LiteralNode,
-    readonly text: string,
+    /** bytes read */
+    readonly pos: number,
+    readonly lo: number,
+    readonly hi: number,
   ) {
     super();
   }
-  /** The state after `text` (already checked to prefix some literal). */
-  static after(n: LiteralNode, text: string, up: Stack): PState | null {
-    // Complete and nothing longer: done at once.
-    if (
-      n.texts.includes(text) &&
-      !n.texts.some((t) => t.length > text.length && t.startsWith(text))
-    )
-      return up.f.resume(up);
-    return new Stack(new LiteralFrame(n, text), up);
+  /** The state before any byte (the whole range). */
+  static start(n: LiteralNode): LiteralFrame {
+    return new LiteralFrame(n, 0, 0, n.texts.length);
   }
-  step(st: Stack, b: number): PState | null {
-    const t = this.text + String.fromCharCode(b);
-    if (this.node.texts.some((x) => x.startsWith(t)))
-      return LiteralFrame.after(this.node, t, st.up!);
-    if (!this.canEndImplicitly()) return null;
+  /** The range of texts in [lo, hi) whose byte at pos is b (empty: lo === hi). */
+  private narrow(b: number): [number, number] {
+    const t = this.node.texts;
+    const at = (i: number) => (t[i]!.length > this.pos ? t[i]!.charCodeAt(this.pos) : -1);
+    let a = this.lo;
+    let z = this.hi;
+    while (a < z) {
+      const m = (a + z) >>> 1;
+      if (at(m) < b) a = m + 1;
+      else z = m;
+    }
+    let e = a;
+    z = this.hi;
+    while (e < z) {
+      const m = (e + z) >>> 1;
+      if (at(m) <= b) e = m + 1;
+      else z = m;
+    }
+    return [a, e];
+  }
+  /** Consumes b; `up` is the frame waiting for the value. */
+  stepFrom(b: number, st: Stack | null, up: Stack): PState | null {
+    const [lo, hi] = this.narrow(b);
+    if (lo < hi) {
+      const pos = this.pos + 1;
+      // Complete and nothing longer: done at once (the exact text sorts first in its range).
+      if (hi - lo === 1 && this.node.texts[lo]!.length === pos) return up.f.resume(up);
+      return new Stack(new LiteralFrame(this.node, pos, lo, hi), up);
+    }
+    if (st === null || !this.canEndImplicitly()) return null;
     const p = pop(st);
     return p === null ? null : advance(p, b);
   }
+  step(st: Stack, b: number): PState | null {
+    return this.stepFrom(b, st, st.up!);
+  }
   override canEndImplicitly(): boolean {
-    return this.node.texts.includes(this.text);
+    return this.pos > 0 && this.node.texts[this.lo]!.length === this.pos;
   }
   key(): string {
-    return `L${this.node.id},${this.text}`;
+    return `L${this.node.id},${this.pos},${this.lo},${this.hi}`;
   }
 }

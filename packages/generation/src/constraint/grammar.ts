@@ -192,7 +192,7 @@ class Compiler {
   }
 
   private literal(texts: string[]): LiteralNode {
-    return { k: "literal", id: this.id(), texts };
+    return { k: "literal", id: this.id(), texts: [...new Set(texts)].sort() };
   }
 
   private union(alts: Node[]): Node | null {
