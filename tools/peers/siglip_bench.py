@@ -76,7 +76,9 @@ def main():
                 p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
     tower = tower.to("cuda", torch.bfloat16).eval()
     proj = proj.to("cuda", torch.bfloat16).eval()
-    sd = {"vision_tower." + k: v.contiguous() for k, v in tower.state_dict().items()}
+    # The hub layout: vision_tower.vision_model.* (5.x may drop the inner "vision_model.").
+    sd = {"vision_tower." + (k if k.startswith("vision_model.") else "vision_model." + k): v.contiguous()
+          for k, v in tower.state_dict().items()}
     sd.update({"multi_modal_projector." + k: v.contiguous() for k, v in proj.state_dict().items()})
     save_file({k: v.cpu() for k, v in sd.items()}, os.path.join(a.dir, "model.safetensors"))
 
