@@ -19,6 +19,8 @@ import {
   imageProcessorOptions,
   loadImage,
   loadVisionEncoder,
+  probeImage,
+  type ImageInfo,
   type PreprocessedImage,
 } from "@gemma3/vision";
 import { estimateKV, formatBytes, type KVDType } from "@gemma3/kv-cache/estimate";
@@ -26,7 +28,6 @@ import {
   Gemma3Tokenizer,
   imageTokenConfig,
   panAndScanCrops,
-  readImageSize,
   stopTokenIds,
   type ChatMessage,
 } from "@gemma3/tokenizer";
@@ -298,14 +299,17 @@ function readChat(file: string): ChatFile {
   };
 }
 
-/** Pan & Scan crops per image part, from the image files' sizes (HF processor defaults). */
-function chatImageCrops(
+/**
+ * Pan & Scan crops per image part. Each image file's header is read (format checked, size after
+ * EXIF orientation, as HF's load_image sees it); P&S parameters from preprocessor_config.json.
+ */
+async function chatImageCrops(
   chat: ChatFile,
   chatFile: string,
   images: string[] | undefined,
   panAndScan: boolean,
   dir: string,
-): number[] {
+): Promise<number[]> {
   const parts = chat.messages.flatMap((m) =>
     Array.isArray(m?.content) ? m.content.filter((p) => p?.type === "image") : [],
   );
@@ -313,24 +317,32 @@ function chatImageCrops(
     throw new UsageError(
       `--chat has ${parts.length} image part(s) but ${images.length} --image path(s) were given`,
     );
-  if (!panAndScan) return parts.map(() => 0);
   const pre = (readJsonIfExists(join(dir, "preprocessor_config.json")) ?? {}) as Record<
     string,
     unknown
   >;
-  const opt = (k: string) => (typeof pre[k] === "number" ? (pre[k] as number) : undefined);
-  return parts.map((p, i) => {
+  const opts = imageProcessorOptions(pre);
+  // HF turns P&S on when the preprocessor config says so; --pan-and-scan does per call.
+  const pas = panAndScan || opts.panAndScan === true;
+  const out: number[] = [];
+  for (const [i, p] of parts.entries()) {
     let path = images?.[i] ?? (typeof p.path === "string" ? p.path : undefined);
-    if (path === undefined)
-      throw new UsageError(`--pan-and-scan needs image ${i + 1}'s file: pass --image PATH`);
+    if (path === undefined) {
+      if (pas)
+        throw new UsageError(`--pan-and-scan needs image ${i + 1}'s file: pass --image PATH`);
+      out.push(0);
+      continue;
+    }
     if (!images && !isAbsolute(path)) path = resolve(dirname(chatFile), path);
-    const { width, height } = readImageSize(readFileSync(path));
-    return panAndScanCrops(width, height, {
-      minCropSize: opt("pan_and_scan_min_crop_size"),
-      maxNumCrops: opt("pan_and_scan_max_num_crops"),
-      minRatioToActivate: opt("pan_and_scan_min_ratio_to_activate"),
-    }).length;
-  });
+    let info: ImageInfo;
+    try {
+      info = await probeImage(path);
+    } catch (e) {
+      throw new Error(`image ${i + 1} (${path}): ${(e as Error).message}`);
+    }
+    out.push(pas ? panAndScanCrops(info.width, info.height, opts.panAndScanParams).length : 0);
+  }
+  return out;
 }
 
 async function cmdTokenize(argv: string[]): Promise<void> {
@@ -358,7 +370,7 @@ async function cmdTokenize(argv: string[]): Promise<void> {
     ids = tok.encode(values.text, { addSpecialTokens: !values["no-special-tokens"] });
   } else {
     const chat = readChat(values.chat!);
-    const numCrops = chatImageCrops(
+    const numCrops = await chatImageCrops(
       chat,
       values.chat!,
       values.image,

@@ -177,6 +177,15 @@ interface Header extends ImageInfo {
   png?: { colorType: number; bitDepth: number };
 }
 
+/** libvips' message, its repeated lines once: "VipsJpeg: premature end of JPEG image; …". */
+function vipsMessage(e: unknown): string {
+  const lines = String((e as Error)?.message ?? e)
+    .split("\n")
+    .map((l) => l.trim())
+    .filter((l) => l.length > 0);
+  return [...new Set(lines)].join("; ");
+}
+
 async function header(bytes: Uint8Array, limits: Required<DecodeLimits>): Promise<Header> {
   if (bytes.length === 0) throw new ImageError("E_IMAGE_CORRUPT", "image: 0 bytes");
   const format = sniffFormat(bytes);
@@ -192,13 +201,9 @@ async function header(bytes: Uint8Array, limits: Required<DecodeLimits>): Promis
     // Reads the header only; the pixel limit is enforced below, before any decoding.
     meta = await sharp(bytes, { limitInputPixels: false }).metadata();
   } catch (e) {
-    throw new ImageError(
-      "E_IMAGE_CORRUPT",
-      `${format}: unreadable header (${(e as Error).message})`,
-      {
-        cause: e,
-      },
-    );
+    throw new ImageError("E_IMAGE_CORRUPT", `${format}: unreadable header (${vipsMessage(e)})`, {
+      cause: e,
+    });
   }
   if (meta.format !== format)
     throw new ImageError(
@@ -331,7 +336,7 @@ export async function decode(src: ImageSource, limits?: DecodeLimits): Promise<D
       .raw({ depth: sixteen ? "ushort" : "uchar" })
       .toBuffer({ resolveWithObject: true }));
   } catch (e) {
-    const msg = (e as Error).message;
+    const msg = vipsMessage(e);
     if (/pixel limit/i.test(msg))
       throw new ImageError("E_IMAGE_TOO_LARGE", `${h.format}: ${msg}`, { cause: e });
     throw new ImageError("E_IMAGE_CORRUPT", `${h.format}: cannot decode (${msg})`, { cause: e });
