@@ -136,6 +136,14 @@ describe("JSON Schema subset against ajv", () => {
       texts: ["-2.5", "-2.6", "0", "9.99", "10", "10.0", "-0", "1e1", "3.25", "-3"],
     },
     {
+      schema: { type: "integer", minimum: -50, maximum: -10 },
+      texts: ["-10", "-50", "-51", "-9", "0", "-25", "10", "-100"],
+    },
+    {
+      schema: { type: "number", minimum: -1.5, maximum: -0.25 },
+      texts: ["-1.5", "-0.25", "-0.2", "-1.51", "-1", "0", "-0.3", "-0.25000", "-2"],
+    },
+    {
       schema: { type: "integer", exclusiveMinimum: 5, maximum: 120 },
       texts: ["5", "6", "99", "120", "121", "1200", "-6", "0"],
     },
@@ -322,9 +330,14 @@ describe("unsupported schemas: E_INVALID naming the keyword", () => {
       expect((err as Error).message, JSON.stringify(schema)).toMatch(msg);
     }
     expect(() => compileResponseFormat({ type: "xml" })).toThrow(/type must be/);
-    expect(() => compileResponseFormat({ type: "json_schema" })).toThrow(
+    expect(() => compileResponseFormat({ type: "json_schema", json_schema: 3 })).toThrow(
       /json_schema must be an object/,
     );
+    // The flattened shape compiles the same automaton; no schema: any JSON value.
+    const flat = compileResponseFormat({ type: "json_schema", name: "n", schema: { enum: [1] } })!;
+    expect(accepts(flat.root, "1")).toBe(true);
+    expect(accepts(flat.root, "2")).toBe(false);
+    expect(accepts(compileResponseFormat({ type: "json_schema" })!.root, "[null]")).toBe(true);
     expect(compileResponseFormat({ type: "text" })).toBeNull();
   });
   it("ignores annotations (title, description, format, default)", () => {

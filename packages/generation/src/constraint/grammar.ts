@@ -22,7 +22,11 @@ import {
 /** A JSON Schema (an object or a boolean), as parsed JSON. */
 export type JsonSchema = boolean | { readonly [keyword: string]: unknown };
 
-/** OpenAI's `response_format` (the wire shape, as the server receives it). */
+/**
+ * OpenAI's `response_format`: the wire shape ({type: "json_schema", json_schema: {name, schema,
+ * strict}}) or the same fields flattened ({type: "json_schema", name, schema, strict}).
+ * `strict` is accepted and ignored: every schema is enforced (as vLLM does).
+ */
 export type ResponseFormat =
   | { type: "text" }
   | { type: "json_object" }
@@ -32,10 +36,10 @@ export type ResponseFormat =
         name?: string;
         description?: string;
         schema?: JsonSchema;
-        /** Accepted and ignored: every schema is enforced exactly (as vLLM does). */
         strict?: boolean | null;
       };
-    };
+    }
+  | { type: "json_schema"; name?: string; schema?: JsonSchema; strict?: boolean | null };
 
 export interface GrammarOptions {
   /**
@@ -123,7 +127,8 @@ export function compileResponseFormat(
   if (type === "text") return null;
   if (type === "json_object") return { root: compileSchema({ type: "object" }), maxWhitespace };
   if (type === "json_schema") {
-    const js = (rf as { json_schema?: unknown }).json_schema;
+    // The wire shape, or its fields flattened into the format.
+    const js = "json_schema" in rf ? (rf as { json_schema?: unknown }).json_schema : rf;
     if (typeof js !== "object" || js === null || Array.isArray(js))
       invalid("json_schema must be an object with a schema");
     const schema = (js as { schema?: unknown }).schema;
