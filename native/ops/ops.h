@@ -62,6 +62,13 @@ Status attention_decode(const TensorRef& q, const TensorRef& k_cache, const Tens
                         const TensorRef& out, const TensorRef& kv_indptr,
                         const TensorRef& kv_indices, const TensorRef& kv_len,
                         const TensorRef* workspace, const DecodeParams& p);
+// Prefill attention reading q, k and v from one fused projection (a vision encoder's QKV matmul):
+// qkv: [total, (Hq + 2·Hkv)·D] with each row [q | k | v]; queries and keys share the row layout
+// (qo_indptr, kv_indptr index the same rows); out: [total, Hq, D].
+Status attention_prefill_qkv(const TensorRef& qkv, const TensorRef& out, const TensorRef& qo_indptr,
+                             const TensorRef& kv_indptr, int64_t num_qo_heads, int64_t num_kv_heads,
+                             const PrefillParams& p);
+
 // Floats of workspace attention_decode can use to split long sequences (0 on CPU).
 int64_t attention_decode_workspace_floats(int device, int64_t batch, int64_t num_qo_heads,
                                           int64_t head_dim, int64_t max_kv_len);

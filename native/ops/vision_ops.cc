@@ -88,4 +88,47 @@ Status avg_pool2d(const TensorRef& x, const TensorRef& out, int64_t k) {
   });
 }
 
+Status attention_prefill_qkv(const TensorRef& qkv, const TensorRef& out, const TensorRef& qo_indptr,
+                             const TensorRef& kv_indptr, int64_t num_qo_heads, int64_t num_kv_heads,
+                             const PrefillParams& p) {
+  const char* op = "attention_prefill_qkv";
+  int dev;
+  G3_RETURN_IF_ERROR(same_device(op, {&qkv, &out, &qo_indptr, &kv_indptr}, &dev));
+  G3_RETURN_IF_ERROR(expect_dtype(op, "qkv", qkv, {DType::kF32, DType::kBF16}));
+  G3_RETURN_IF_ERROR(expect_same_dtype(op, qkv, "qkv", out, "out"));
+  G3_RETURN_IF_ERROR(expect_dtype(op, "qo_indptr", qo_indptr, {DType::kI32}));
+  G3_RETURN_IF_ERROR(expect_dtype(op, "kv_indptr", kv_indptr, {DType::kI32}));
+  if (num_qo_heads <= 0 || num_kv_heads <= 0 || num_qo_heads % num_kv_heads != 0)
+    return fail(StatusCode::kShape, op,
+                "num_qo_heads " + std::to_string(num_qo_heads) +
+                    " must be a positive multiple of num_kv_heads " + std::to_string(num_kv_heads));
+  G3_RETURN_IF_ERROR(expect(out.ndim() == 3 && out.dim(1) == num_qo_heads, op,
+                            named("out", out) + " must be [total, num_qo_heads, D]"));
+  const int64_t total = out.dim(0), D = out.dim(2);
+  const int64_t width = (num_qo_heads + 2 * num_kv_heads) * D;
+  G3_RETURN_IF_ERROR(expect(qkv.ndim() == 2 && qkv.dim(0) == total && qkv.dim(1) == width, op,
+                            named("qkv", qkv) + " must be [" + std::to_string(total) + ", " +
+                                std::to_string(width) + "] for " + named("out", out)));
+  const int64_t batch = qo_indptr.numel() - 1;
+  G3_RETURN_IF_ERROR(expect(batch >= 1 && kv_indptr.numel() == batch + 1, op,
+                            named("qo_indptr", qo_indptr) + " and " +
+                                named("kv_indptr", kv_indptr) + " must both be [batch + 1]"));
+  if (!p.causal && p.window != 0)
+    return fail(StatusCode::kInvalidArgument, op, "non-causal attention takes no window");
+  if (p.window < 0 || p.max_q_len < 0)
+    return fail(StatusCode::kInvalidArgument, op, "window and max_q_len must be >= 0");
+  if (total == 0 || D == 0) return Status::Ok();
+  const int64_t max_q = p.max_q_len > 0 ? p.max_q_len : total;
+  return dispatch_float(op, qkv, [&](auto t) {
+    using T = typename decltype(t)::type;
+    const T* base = static_cast<const T*>(qkv.data());
+    return G3_LAUNCH(dev, keep({&qkv, &out, &qo_indptr, &kv_indptr}), attention_prefill<T>, base,
+                     base + num_qo_heads * D, base + (num_qo_heads + num_kv_heads) * D,
+                     static_cast<T*>(out.data()), static_cast<const int32_t*>(qo_indptr.data()),
+                     static_cast<const int32_t*>(kv_indptr.data()), nullptr, batch, total, total,
+                     max_q, num_qo_heads, num_kv_heads, D, width, width, width, p.sm_scale,
+                     p.window, p.causal);
+  });
+}
+
 }  // namespace gemma3::ops

@@ -340,3 +340,31 @@ export function avgPool2d(x: Tensor, k: number, out?: Tensor): Tensor {
   native(() => addon().avgPool2d(x, y, k));
   return y;
 }
+
+/**
+ * Prefill attention on a fused projection: each row of qkv is [q | k | v] (a vision encoder's one
+ * QKV matmul); queries and keys index the same rows. Options as attentionPrefill (no kvLast).
+ * @param qkv [total, (numQoHeads + 2·numKvHeads)·head_dim]
+ * @param qoIndptr [batch + 1] i32; kvIndptr [batch + 1] i32 (the same rows)
+ * @returns out [total, numQoHeads, head_dim]
+ */
+export function attentionPrefillQkv(
+  qkv: Tensor,
+  numQoHeads: number,
+  numKvHeads: number,
+  qoIndptr: Tensor,
+  kvIndptr: Tensor,
+  o: Omit<PrefillOptions, "kvLast">,
+): Tensor {
+  const [total = 0, width = 0] = qkv.shape;
+  const d = width / (numQoHeads + 2 * numKvHeads);
+  const y = outOr(o.out, [total, numQoHeads, d], qkv.dtypeName, qkv);
+  const p = {
+    maxQLen: o.maxQLen ?? 0,
+    smScale: o.smScale,
+    window: o.window ?? 0,
+    causal: o.causal ?? true,
+  };
+  native(() => addon().attentionPrefillQkv(qkv, y, qoIndptr, kvIndptr, numQoHeads, numKvHeads, p));
+  return y;
+}

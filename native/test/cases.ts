@@ -1103,6 +1103,13 @@ export function visionCases(): Case[] {
       ),
     );
     cases.push(prefillCase(d, [{ q: 130, kv: 150 }], 4, 2, 72, { window: 40 }, seed++));
+    // One fused [q | k | v] projection per token (SigLIP's QKV matmul): strided q/k/v reads.
+    for (const [Hq, Hkv, D] of [
+      [2, 2, 72],
+      [4, 2, 64],
+      [2, 1, 16],
+    ] as [number, number, number][])
+      cases.push(qkvCase(d, [99, 64, 19], Hq, Hkv, D, seed++));
     cases.push(
       prefillCase(
         d,
@@ -1119,4 +1126,69 @@ export function visionCases(): Case[] {
     );
   }
   return cases;
+}
+
+function qkvCase(
+  d: FloatDType,
+  lens: number[],
+  Hq: number,
+  Hkv: number,
+  D: number,
+  seed: number,
+): Case {
+  const total = lens.reduce((a, b) => a + b, 0);
+  const width = (Hq + 2 * Hkv) * D;
+  const qkv = inDType(randn(total * width, seed), d);
+  const indptr = [0];
+  for (const n of lens) indptr.push(indptr[indptr.length - 1]! + n);
+  const smScale = 1 / Math.sqrt(D);
+  const tol: Tol =
+    d === "f32"
+      ? { kind: "elementwise", atol: 2e-5, rtol: 1e-4, why: "float32 softmax in different orders" }
+      : { kind: "norm", rel: 1e-2, why: "bf16 output; the tensor-core path rounds P to bf16" };
+  return {
+    name: `attentionPrefillQkv ${d} seqs=${lens.join(",")} Hq=${Hq} Hkv=${Hkv} D=${D} non-causal`,
+    async run(dev) {
+      const t = up(qkv, [total, width], d, dev);
+      const qi = up(indptr, [lens.length + 1], "i32", dev);
+      const ki = up(indptr, [lens.length + 1], "i32", dev);
+      const out = alloc([total, Hq, D], d, dev);
+      out.fillBytes(0xff);
+      ops.attentionPrefillQkv(t, Hq, Hkv, qi, ki, {
+        smScale,
+        causal: false,
+        maxQLen: Math.max(...lens),
+        out,
+      });
+      const res = [await host(out)];
+      disposeAll(t, qi, ki, out);
+      return res;
+    },
+    reference: () => [
+      ref.attentionPrefill({
+        q: qkv,
+        k: qkv.subarray(Hq * D),
+        v: qkv.subarray((Hq + Hkv) * D),
+        qoIndptr: indptr,
+        kvIndptr: indptr,
+        kvLast: null,
+        batch: lens.length,
+        numQoHeads: Hq,
+        numKvHeads: Hkv,
+        headDim: D,
+        ldQ: width,
+        ldK: width,
+        ldV: width,
+        smScale,
+        window: 0,
+        causal: false,
+        round: roundOf(d),
+      }),
+    ],
+    refTol:
+      d === "f32"
+        ? { kind: "elementwise", atol: 2e-5, rtol: 1e-4, why: "expf and float32 online softmax" }
+        : { kind: "elementwise", atol: 1e-2, rtol: 2 ** -7, why: "output rounded to bf16 once" },
+    cudaTol: tol,
+  };
 }

@@ -104,6 +104,18 @@ def main():
                 res[name] = timed(run, a.runs)
         except Exception as e:  # a backend may refuse head_dim 72
             res[name] = {"error": str(e)[:200]}
+    # The attention share: 27 x SDPA over [1, 16, 4096, 72] bf16 (default backend, and each).
+    q, k, v = (torch.randn(1, 16, 4096, 72, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    def attn():
+        for _ in range(27):
+            torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    res["attention_27_layers_default"] = timed(attn, a.runs)
+    for name, be in [("flash", SDPBackend.FLASH_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION)]:
+        try:
+            with sdpa_kernel([be]):
+                res["attention_27_layers_" + name] = timed(attn, a.runs)
+        except Exception as e:
+            res["attention_27_layers_" + name] = {"error": str(e)[:200]}
     print(json.dumps(res))
 
 

@@ -35,7 +35,7 @@ export class SiglipVisionTower {
     const p = this.cfg.patch_size;
     const rows = (cols: number) => Scratch.bytes([N, cols], dt);
     const patches = rows(this.cfg.num_channels * p * p);
-    // x, q, k, v, attention out, out_proj, fc1, fc2
+    // x, qkv (3), attention out, out_proj, fc1, fc2
     const layer = 7 * rows(h) + rows(this.cfg.intermediate_size);
     return rows(h) + Math.max(patches, layer + 2 * Scratch.bytes([n + 1], "i32"));
   }
@@ -114,10 +114,8 @@ export class SiglipVisionTower {
   ): Tensor {
     const N = x.shape[0]!;
     const [H, D] = [this.numHeads, this.headDim];
-    const q = linear(x, w.q, s).view([N, H, D]);
-    const k = linear(x, w.k, s).view([N, H, D]);
-    const v = linear(x, w.v, s).view([N, H, D]);
-    const o = ops.attentionPrefill(q, k, v, qoIndptr, kvIndptr, {
+    const qkv = linear(x, w.qkv, s); // [N, 3·hidden]: each row [q | k | v]
+    const o = ops.attentionPrefillQkv(qkv, H, H, qoIndptr, kvIndptr, {
       smScale: D ** -0.5,
       causal: false,
       maxQLen: this.numPatches,

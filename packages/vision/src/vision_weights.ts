@@ -31,9 +31,8 @@ export interface LinearWeights {
 /** One SigLIP encoder layer (HF SiglipEncoderLayer). */
 export interface SiglipLayerWeights {
   layerNorm1: LayerNormWeights;
-  q: LinearWeights;
-  k: LinearWeights;
-  v: LinearWeights;
+  /** q_proj, k_proj, v_proj stacked at load (one matmul): w [3·hidden, hidden], b [3·hidden] */
+  qkv: LinearWeights;
   out: LinearWeights;
   layerNorm2: LayerNormWeights;
   fc1: LinearWeights;
@@ -155,6 +154,29 @@ export async function loadVisionWeights(
       w: await load(`${p}.weight`),
       b: await load(`${p}.bias`),
     });
+    // [q; k; v] rows of one Linear: each output column is the same dot product as before.
+    const stacked = async (ps: string[]): Promise<LinearWeights> => {
+      const parts: LinearWeights[] = [];
+      for (const p of ps) parts.push(await lin(p));
+      const rows = parts.reduce((n, x) => n + x.w.shape[0]!, 0);
+      const w = Tensor.empty([rows, parts[0]!.w.shape[1]!], dtype, device);
+      const b = Tensor.empty([rows], dtype, device);
+      owners.push(w, b);
+      let at = 0;
+      for (const x of parts) {
+        const n = x.w.shape[0]!;
+        w.slice(at, at + n).copyFrom(x.w);
+        b.slice(at, at + n).copyFrom(x.b);
+        at += n;
+      }
+      for (const x of parts) {
+        x.w.dispose(); // queued copies keep the memory until they ran
+        x.b.dispose();
+        owners.splice(owners.indexOf(x.w), 1);
+        owners.splice(owners.indexOf(x.b), 1);
+      }
+      return { w, b };
+    };
     const p = v.patch_size;
     const patch = await lin("vision.embeddings.patch_embedding");
     const layers: SiglipLayerWeights[] = [];
@@ -162,9 +184,7 @@ export async function loadVisionWeights(
       const l = `vision.encoder.layers.${i}.`;
       layers.push({
         layerNorm1: await lin(`${l}layer_norm1`),
-        q: await lin(`${l}self_attn.q_proj`),
-        k: await lin(`${l}self_attn.k_proj`),
-        v: await lin(`${l}self_attn.v_proj`),
+        qkv: await stacked(["q_proj", "k_proj", "v_proj"].map((n) => `${l}self_attn.${n}`)),
         out: await lin(`${l}self_attn.out_proj`),
         layerNorm2: await lin(`${l}layer_norm2`),
         fc1: await lin(`${l}mlp.fc1`),
