@@ -24,9 +24,12 @@ if [ -n "$gold" ]; then
   tar -czf "$OUT/goldens.tgz" packages/vision/test/fixtures/mm
 fi
 vt() { GEMMA3_TEST_CUDA=1 node node_modules/vitest/vitest.mjs run "$@" >>"$OUT/tests.log" 2>&1; }
-vt native/test/ops.cuda.test.ts -t "biasAdd|patchify|avgPool2d|attentionPrefill"
-vt packages/vision/test/siglip.test.ts packages/model/test/parity.test.ts packages/model/test/spans.test.ts
+vt native/test/ops.cuda.test.ts
+# head_dim 72 has two tile shapes (GEMMA3_ATTN_D72_TILE=64: 16 rows per warp): test both.
+GEMMA3_ATTN_D72_TILE=64 vt native/test/ops.cuda.test.ts -t "D=72"
+vt packages/vision/test packages/model/test
 grep -E "Test Files|Tests |FAIL|×" "$OUT/tests.log" | head -40
 python3 tools/peers/siglip_bench.py /tmp/s400 --runs 20 >"$OUT/bench.txt" 2>"$OUT/bench_err.log"
 node packages/vision/bench/siglip_bench.mjs /tmp/s400 20 >>"$OUT/bench.txt" 2>>"$OUT/bench_err.log"
+GEMMA3_ATTN_D72_TILE=64 node packages/vision/bench/siglip_bench.mjs /tmp/s400 20 >>"$OUT/bench.txt" 2>>"$OUT/bench_err.log"
 cat "$OUT/bench.txt"; tail -5 "$OUT/bench_err.log"

@@ -1,9 +1,9 @@
 // Prefill attention over a ragged batch (contract: kernels/kernels.inc, attention_prefill).
 //
 // bf16, head_dim 64/72/128/256, 16-byte aligned operands: FlashAttention-2 style kernel. One CTA
-// per (qo head, q tile of 16 * kWarps rows, sequence); each warp owns 16 query rows. K/V tiles of
-// 64 keys stream through XOR-swizzled shared memory with cp.async (V(t) loads while S = Q K(t)^T
-// runs, K(t+1) loads while O += P V(t) runs). S and P.V use mma.sync m16n8k16 bf16 with f32
+// per (qo head, q tile of 16 * kM * kWarps rows, sequence); each warp owns 16 * kM query rows. K/V
+// tiles of 64 keys stream through XOR-swizzled shared memory with cp.async (V(t) loads while S = Q
+// K(t)^T runs, K(t+1) loads while O += P V(t) runs). S and P.V use mma.sync m16n8k16 bf16 with f32
 // accumulators, fragments via ldmatrix; online softmax in f32 with exp2 (sm_scale folded into
 // log2e). Tiles that every row of the q tile sees completely skip the mask; tiles no row sees are
 // never visited. head_dim 72 (SigLIP-So400m: 1152 / 16) computes over 80 dims (the k-dim of
@@ -15,6 +15,7 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <type_traits>
 
@@ -117,10 +118,10 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   return r;
 }
 
-template <int D, int kWarps>
+template <int D, int kWarps, int kM>
 struct MmaCfg {
   static constexpr int kThreads = kWarps * 32;
-  static constexpr int kBr = kWarps * 16;         // query rows per CTA
+  static constexpr int kBr = kWarps * 16 * kM;    // query rows per CTA
   static constexpr int kBc = 64;                  // keys per K/V tile
   static constexpr int kChunks = D / 8;           // 16-byte chunks per row in global memory
   static constexpr int kDp = (D + 15) / 16 * 16;  // dims computed (mma k-steps of 16)
@@ -169,15 +170,18 @@ struct PrefillParams {
 };
 
 // grid: (num_qo_heads, q tiles, batch); q tiles run in reverse so the longest causal tiles start
-// first. block: kWarps warps; dynamic smem: Q tile + one K tile + one V tile.
-template <int D, int kWarps, int kMinBlocks>
+// first. block: kWarps warps, each owning kM m-tiles of 16 query rows (kM = 2 reuses every K/V
+// fragment read from shared memory for two m-tiles: half the ldmatrix traffic per mma, which
+// bounds small head dims); dynamic smem: Q tile + one K tile + one V tile.
+template <int D, int kWarps, int kMinBlocks, int kM>
 __global__ void __launch_bounds__(kWarps * 32, kMinBlocks)
     prefill_mma_kernel(const PrefillParams p) {
-  using Cfg = MmaCfg<D, kWarps>;
+  using Cfg = MmaCfg<D, kWarps, kM>;
   constexpr int kBr = Cfg::kBr, kBc = Cfg::kBc, kThreads = Cfg::kThreads;
   constexpr int kDp = Cfg::kDp, kDs = Cfg::kDs;
   constexpr int kNt = kBc / 8;  // n-tiles of S per warp
   constexpr int kDt = kDp / 8;  // n-tiles of O per warp
+  static_assert(kBr <= kThreads, "one thread computes each row's visible range");
   extern __shared__ __align__(128) uint8_t smem[];
   __shared__ int s_row_lo[kBr], s_row_hi[kBr];
   __shared__ int s_red[kBr / 32][4];
@@ -231,11 +235,15 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks)
   const int t_end = lo_min < hi_max ? (hi_max + kBc - 1) / kBc : 0;
 
   const int g = lane >> 2, t4 = lane & 3;
-  int row_lo[2], row_hi[2];
+  const int warp_row = warp * 16 * kM;  // this warp's first query row in the tile
+  int row_lo[kM][2], row_hi[kM][2];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    row_lo[r] = s_row_lo[warp * 16 + g + 8 * r];
-    row_hi[r] = s_row_hi[warp * 16 + g + 8 * r];
+  for (int mt = 0; mt < kM; ++mt) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      row_lo[mt][r] = s_row_lo[warp_row + mt * 16 + g + 8 * r];
+      row_hi[mt][r] = s_row_hi[warp_row + mt * 16 + g + 8 * r];
+    }
   }
 
   const uint32_t sQ = smem_u32(smem);
@@ -252,14 +260,21 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks)
   }
   cp_async_commit();
 
-  float o[kDt][4];
+  float o[kM][kDt][4];
 #pragma unroll
-  for (int i = 0; i < kDt; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-  float m[2] = {kNegInf, kNegInf}, l[2] = {0.f, 0.f};
+  for (int mt = 0; mt < kM; ++mt)
+#pragma unroll
+    for (int i = 0; i < kDt; ++i) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.f;
+  float m[kM][2], l[kM][2];
+#pragma unroll
+  for (int mt = 0; mt < kM; ++mt) {
+    m[mt][0] = m[mt][1] = kNegInf;
+    l[mt][0] = l[mt][1] = 0.f;
+  }
 
   // Lane-constant parts of the ldmatrix addresses (row & 7 == lane & 7 for every operand).
   const int x7 = lane & 7;
-  const uint32_t a_row = uint32_t((warp * 16 + (lane & 15)) * kDs * 2);
+  const uint32_t a_row = uint32_t((warp_row + (lane & 15)) * kDs * 2);  // + 16 rows per m-tile
   const int a_hi = lane >> 4;  // A: +8 columns for lanes 16..31
   const uint32_t k_row =
       uint32_t((x7 + ((lane >> 4) << 3)) * kDs * 2);  // K: +8 keys for lanes 16..31
@@ -274,67 +289,83 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks)
     load_tile_async<D, kBc, kThreads>(sV, v_g + j0 * p.ld_v, p.ld_v, sb.kv_len - j0, tid);
     cp_async_commit();
 
-    // S = Q K^T for this warp's 16 rows x 64 keys.
-    float s[kNt][4];
+    // S = Q K^T for this warp's 16 * kM rows x 64 keys; each K fragment serves every m-tile.
+    float s[kM][kNt][4];
 #pragma unroll
-    for (int i = 0; i < kNt; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+    for (int mt = 0; mt < kM; ++mt)
+#pragma unroll
+      for (int i = 0; i < kNt; ++i) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.f;
 #pragma unroll
     for (int ks = 0; ks < kDp / 16; ++ks) {
-      uint32_t a[4];
-      ldmatrix_x4(a, sQ + a_row + ((((ks * 2) | a_hi) ^ x7) << 4));
+      uint32_t a[kM][4];
+#pragma unroll
+      for (int mt = 0; mt < kM; ++mt)
+        ldmatrix_x4(a[mt], sQ + a_row + mt * 16 * kDs * 2 + ((((ks * 2) | a_hi) ^ x7) << 4));
 #pragma unroll
       for (int np = 0; np < kNt / 2; ++np) {
         uint32_t bk[4];
         ldmatrix_x4(bk, sK + np * 16 * kDs * 2 + k_row + ((((ks * 2) | k_hi) ^ x7) << 4));
-        mma_bf16(s[2 * np], a, bk[0], bk[1]);
-        mma_bf16(s[2 * np + 1], a, bk[2], bk[3]);
+#pragma unroll
+        for (int mt = 0; mt < kM; ++mt) {
+          mma_bf16(s[mt][2 * np], a[mt], bk[0], bk[1]);
+          mma_bf16(s[mt][2 * np + 1], a[mt], bk[2], bk[3]);
+        }
       }
     }
 
-    // Online softmax (log2 domain). Element (n, 2r + e) is row g + 8r, key j0 + 8n + 2*t4 + e.
+    // Online softmax (log2 domain). Element (n, 2r + e) of m-tile mt is row mt * 16 + g + 8r,
+    // key j0 + 8n + 2*t4 + e.
     const bool need_mask = !(j0 >= lo_max && j0 + kBc <= hi_min);
-    float alpha[2];
+    float alpha[kM][2];
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = m[r];
+    for (int mt = 0; mt < kM; ++mt) {
 #pragma unroll
-      for (int n = 0; n < kNt; ++n) {
+      for (int r = 0; r < 2; ++r) {
+        float mx = m[mt][r];
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float x = s[n][2 * r + e] * p.scale_log2;
-          if (need_mask) {
-            const int j = j0 + n * 8 + 2 * t4 + e;
-            if (j < row_lo[r] || j >= row_hi[r]) x = kNegInf;
+        for (int n = 0; n < kNt; ++n) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float x = s[mt][n][2 * r + e] * p.scale_log2;
+            if (need_mask) {
+              const int j = j0 + n * 8 + 2 * t4 + e;
+              if (j < row_lo[mt][r] || j >= row_hi[mt][r]) x = kNegInf;
+            }
+            s[mt][n][2 * r + e] = x;
+            mx = fmaxf(mx, x);
           }
-          s[n][2 * r + e] = x;
-          mx = fmaxf(mx, x);
         }
-      }
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float base = mx == kNegInf ? 0.f : mx;  // a row that has seen no key stays at zero
-      alpha[r] = fast_exp2(m[r] - base);
-      m[r] = mx;
-      float rs = 0.f;
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float base = mx == kNegInf ? 0.f : mx;  // a row that has seen no key stays at zero
+        alpha[mt][r] = fast_exp2(m[mt][r] - base);
+        m[mt][r] = mx;
+        float rs = 0.f;
 #pragma unroll
-      for (int n = 0; n < kNt; ++n) {
+        for (int n = 0; n < kNt; ++n) {
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const float pv = fast_exp2(s[n][2 * r + e] - base);
-          s[n][2 * r + e] = pv;
-          rs += pv;
+          for (int e = 0; e < 2; ++e) {
+            const float pv = fast_exp2(s[mt][n][2 * r + e] - base);
+            s[mt][n][2 * r + e] = pv;
+            rs += pv;
+          }
         }
+        l[mt][r] = l[mt][r] * alpha[mt][r] + rs;  // per-thread partial; the quad sums at the end
       }
-      l[r] = l[r] * alpha[r] + rs;  // per-thread partial row sum; the quad is summed at the end
     }
-    if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
+    bool rescale = false;
 #pragma unroll
-      for (int i = 0; i < kDt; ++i) {
-        o[i][0] *= alpha[0];
-        o[i][1] *= alpha[0];
-        o[i][2] *= alpha[1];
-        o[i][3] *= alpha[1];
-      }
+    for (int mt = 0; mt < kM; ++mt) rescale = rescale || alpha[mt][0] != 1.f || alpha[mt][1] != 1.f;
+    if (__any_sync(0xffffffffu, rescale)) {
+#pragma unroll
+      for (int mt = 0; mt < kM; ++mt)
+#pragma unroll
+        for (int i = 0; i < kDt; ++i) {
+          o[mt][i][0] *= alpha[mt][0];
+          o[mt][i][1] *= alpha[mt][0];
+          o[mt][i][2] *= alpha[mt][1];
+          o[mt][i][3] *= alpha[mt][1];
+        }
     }
 
     __syncthreads();  // every warp is done reading K(t)
@@ -347,43 +378,52 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks)
     __syncthreads();  // V(t) landed
 
     // O += P V: P (bf16, as HF rounds the probabilities before P.V) is the A operand directly
-    // from the S accumulators; V^T fragments come from ldmatrix.trans.
+    // from the S accumulators; V^T fragments come from ldmatrix.trans, each serving every m-tile.
 #pragma unroll
     for (int kk = 0; kk < kBc / 16; ++kk) {
-      uint32_t a[4];
-      a[0] = pack_bf16x2(s[2 * kk][0], s[2 * kk][1]);
-      a[1] = pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
-      a[2] = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      a[3] = pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+      uint32_t a[kM][4];
+#pragma unroll
+      for (int mt = 0; mt < kM; ++mt) {
+        a[mt][0] = pack_bf16x2(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        a[mt][1] = pack_bf16x2(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        a[mt][2] = pack_bf16x2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        a[mt][3] = pack_bf16x2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
 #pragma unroll
       for (int dp = 0; dp < kDp / 16; ++dp) {
         uint32_t bv[4];
         ldmatrix_x4_trans(bv, sV + kk * 16 * kDs * 2 + v_row + ((((dp * 2) | v_hi) ^ x7) << 4));
-        mma_bf16(o[2 * dp], a, bv[0], bv[1]);
-        mma_bf16(o[2 * dp + 1], a, bv[2], bv[3]);
+#pragma unroll
+        for (int mt = 0; mt < kM; ++mt) {
+          mma_bf16(o[mt][2 * dp], a[mt], bv[0], bv[1]);
+          mma_bf16(o[mt][2 * dp + 1], a[mt], bv[2], bv[3]);
+        }
       }
     }
   }
   cp_async_wait<0>();  // nothing may still be landing in sQ when it is reused below
 
-  // Epilogue: normalize, stage this warp's 16 rows in its own sQ rows (only this warp reads them),
+  // Epilogue: normalize, stage this warp's rows in its own sQ rows (only this warp reads them),
   // then write 16-byte chunks of the contiguous output.
-  float inv[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float lr = l[r];
-    lr += __shfl_xor_sync(0xffffffffu, lr, 1);
-    lr += __shfl_xor_sync(0xffffffffu, lr, 2);
-    inv[r] = lr > 0.f ? 1.f / lr : 0.f;  // a query that sees no key gets zeros
-  }
   uint8_t* sQp = smem;
 #pragma unroll
-  for (int n = 0; n < kDt; ++n) {
+  for (int mt = 0; mt < kM; ++mt) {
+    float inv[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const int row = warp * 16 + g + 8 * r;
-      const uint32_t val = pack_bf16x2(o[n][2 * r] * inv[r], o[n][2 * r + 1] * inv[r]);
-      *reinterpret_cast<uint32_t*>(sQp + swz<kDs>(row, n) + t4 * 4) = val;
+      float lr = l[mt][r];
+      lr += __shfl_xor_sync(0xffffffffu, lr, 1);
+      lr += __shfl_xor_sync(0xffffffffu, lr, 2);
+      inv[r] = lr > 0.f ? 1.f / lr : 0.f;  // a query that sees no key gets zeros
+    }
+#pragma unroll
+    for (int n = 0; n < kDt; ++n) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = warp_row + mt * 16 + g + 8 * r;
+        const uint32_t val = pack_bf16x2(o[mt][n][2 * r] * inv[r], o[mt][n][2 * r + 1] * inv[r]);
+        *reinterpret_cast<uint32_t*>(sQp + swz<kDs>(row, n) + t4 * 4) = val;
+      }
     }
   }
   __syncwarp();
@@ -391,9 +431,9 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks)
   const int64_t out_ld = int64_t(p.num_qo_heads) * D;
   bf16* out_g = p.out + (sb.q0 + q_begin) * out_ld + int64_t(h) * D;
 #pragma unroll 4
-  for (int idx = lane; idx < 16 * kChunks; idx += 32) {
+  for (int idx = lane; idx < 16 * kM * kChunks; idx += 32) {
     const int rr = idx / kChunks, c = idx % kChunks;
-    const int row = warp * 16 + rr;
+    const int row = warp_row + rr;
     if (row < q_rows) {
       const uint4 val = *reinterpret_cast<const uint4*>(sQp + swz<kDs>(row, c));
       *reinterpret_cast<uint4*>(out_g + row * out_ld + c * 8) = val;
@@ -508,10 +548,15 @@ __global__ void __launch_bounds__(kSimpleWarps * 32)
 // ---------------------------------------------------------------------------------------------
 // Host side.
 
-template <int D, int kWarps, int kMinBlocks>
-Status launch_mma(const PrefillParams& p, int64_t batch, int64_t tiles, cudaStream_t stream) {
-  using Cfg = MmaCfg<D, kWarps>;
-  auto kernel = prefill_mma_kernel<D, kWarps, kMinBlocks>;
+template <int D, int kWarps, int kMinBlocks, int kM = 1>
+Status launch_mma(const PrefillParams& p, int64_t batch, int64_t max_q_len, cudaStream_t stream) {
+  using Cfg = MmaCfg<D, kWarps, kM>;
+  const int64_t tiles = (max_q_len + Cfg::kBr - 1) / Cfg::kBr;
+  if (tiles > 65535) {
+    return Status(StatusCode::kInvalidArgument,
+                  "attention_prefill: max_q_len " + std::to_string(max_q_len) + " too large");
+  }
+  auto kernel = prefill_mma_kernel<D, kWarps, kMinBlocks, kM>;
   G3_CUDA_RETURN(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
   G3_CUDA_RETURN(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
@@ -598,15 +643,19 @@ Status attention_prefill(const T* q, const T* k, const T* v, T* out, const int32
           scale_log2, int(window), causal};
       // D 256: 64-row tiles, 4 warps, 96 KB smem, 2 CTAs/SM (O alone is 128 f32 regs/thread).
       // D 128 / 64: 64-row tiles, 4 warps, 48 / 24 KB smem, 3-4 CTAs/SM.
-      constexpr int kBr = 64;
-      const int64_t tiles = (max_q_len + kBr - 1) / kBr;
-      if (tiles > 65535) {
-        return invalid("max_q_len " + std::to_string(max_q_len) + " too large");
+      // D 72: 128-row tiles, 4 warps of 32 rows (two m-tiles share each K/V fragment), 64 KB.
+      if (D == 256) return launch_mma<256, 4, 2>(p, batch, max_q_len, stream);
+      if (D == 128) return launch_mma<128, 4, 3>(p, batch, max_q_len, stream);
+      if (D == 72) {
+        // GEMMA3_ATTN_D72_TILE=64 picks 64-row tiles (16 rows per warp), for A/B benchmarks.
+        static const bool rows64 = [] {
+          const char* e = std::getenv("GEMMA3_ATTN_D72_TILE");
+          return e != nullptr && std::string(e) == "64";
+        }();
+        if (rows64) return launch_mma<72, 4, 3>(p, batch, max_q_len, stream);
+        return launch_mma<72, 4, 2, 2>(p, batch, max_q_len, stream);
       }
-      if (D == 256) return launch_mma<256, 4, 2>(p, batch, tiles, stream);
-      if (D == 128) return launch_mma<128, 4, 3>(p, batch, tiles, stream);
-      if (D == 72) return launch_mma<72, 4, 3>(p, batch, tiles, stream);
-      return launch_mma<64, 4, 4>(p, batch, tiles, stream);
+      return launch_mma<64, 4, 4>(p, batch, max_q_len, stream);
     }
   }
   const SimpleParams<T> p{
