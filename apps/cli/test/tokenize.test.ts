@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, describe, expect, it } from "vitest";
+import { realConfigDir } from "./real_config_dir.js";
 
 const root = dirname(dirname(fileURLToPath(import.meta.url)));
 const cli = join(root, "dist", "cli.js");
@@ -14,6 +15,7 @@ const tmp = mkdtempSync(join(tmpdir(), "gemma3-tokenize-"));
 // The parsed-tokenizer cache goes to a temporary directory, not ~/.cache.
 const env = { ...process.env, GEMMA3_CACHE_DIR: join(tmp, "cache") };
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+const real = realConfigDir(tmp);
 
 function gemma3(...args: string[]) {
   const r = spawnSync(process.execPath, [cli, ...args], { encoding: "utf8", env });
@@ -52,7 +54,17 @@ describe("gemma3 tokenize", () => {
       ]),
     );
     const j = JSON.parse(
-      gemma3("tokenize", "--chat", chat, "--image", wide, "--pan-and-scan", "--json").out,
+      gemma3(
+        "tokenize",
+        "--model",
+        real,
+        "--chat",
+        chat,
+        "--image",
+        wide,
+        "--pan-and-scan",
+        "--json",
+      ).out,
     );
     expect(
       j.text.startsWith(
@@ -65,7 +77,7 @@ describe("gemma3 tokenize", () => {
     expect(count(j.ids, 262144)).toBe(5 * 256);
     expect(j.pieces).toHaveLength(j.ids.length);
     // Without Pan & Scan: one image, 256 soft tokens.
-    const plain = gemma3("tokenize", "--chat", chat, "--image", wide);
+    const plain = gemma3("tokenize", "--model", real, "--chat", chat, "--image", wide);
     expect(plain.code).toBe(0);
     const ids = plain.out.trim().split(",").map(Number);
     expect(count(ids, 262144)).toBe(256);

@@ -7,6 +7,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, describe, expect, it } from "vitest";
+import { realConfigDir } from "./real_config_dir.js";
 
 const root = dirname(dirname(fileURLToPath(import.meta.url)));
 const cli = join(root, "dist", "cli.js");
@@ -15,6 +16,7 @@ const goldensFile = join(fixtures, "vision_goldens.json");
 const tmp = mkdtempSync(join(tmpdir(), "gemma3-tokenize-image-"));
 const env = { ...process.env, GEMMA3_CACHE_DIR: join(tmp, "cache") };
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+const real = realConfigDir(tmp);
 
 function gemma3(...args: string[]) {
   const r = spawnSync(process.execPath, [cli, ...args], { encoding: "utf8", env });
@@ -44,7 +46,7 @@ describe.skipIf(chats.length === 0)("gemma3 tokenize --image = Gemma3Processor",
     it(`${c.name}, P&S ${c.pan_and_scan ? "on" : "off"}`, () => {
       const chat = join(tmp, `${c.name.replace(/\W/g, "_")}.json`);
       writeFileSync(chat, JSON.stringify(c.messages));
-      const args = ["tokenize", "--chat", chat, "--json"];
+      const args = ["tokenize", "--model", real, "--chat", chat, "--json"];
       for (const n of c.images) args.push("--image", join(fixtures, "images", n));
       if (c.pan_and_scan) args.push("--pan-and-scan");
       const r = gemma3(...args);

@@ -6,6 +6,7 @@ import { basename, dirname, join } from "node:path";
 import {
   loadGenerationConfig,
   Scheduler,
+  TokenVocab,
   type GenerationConfigDefaults,
   type GenerationRequest,
   type GenerationStream,
@@ -18,7 +19,19 @@ import {
   type Gemma3TextModel,
   type WeightQuantization,
 } from "@gemma3/model";
-import { Gemma3Tokenizer, stopTokenIds } from "@gemma3/tokenizer";
+import {
+  Gemma3Tokenizer,
+  imageTokenConfig,
+  stopTokenIds,
+  type ImageTokenConfig,
+} from "@gemma3/tokenizer";
+import {
+  imageProcessorOptions,
+  loadVisionEncoder,
+  type Gemma3VisionEncoder,
+  type PreprocessOptions,
+} from "@gemma3/vision";
+import { readFile } from "node:fs/promises";
 
 export interface EngineOptions {
   /** A model directory (config.json + safetensors) or a .gguf file (tokenizer.json beside it). */
@@ -50,6 +63,14 @@ export interface ModelInfo {
   dtype: string;
 }
 
+/** What image inputs need: the encoder, preprocessing settings and the prompt's image tokens. */
+export interface VisionParts {
+  encoder: Gemma3VisionEncoder;
+  /** preprocessor_config.json's settings, at the tower's image size */
+  preprocess: PreprocessOptions;
+  imageTokens: ImageTokenConfig;
+}
+
 export class Engine {
   private constructor(
     readonly info: ModelInfo,
@@ -57,6 +78,8 @@ export class Engine {
     readonly tokenizer: Gemma3Tokenizer,
     readonly generationConfig: GenerationConfigDefaults,
     readonly scheduler: Scheduler,
+    /** null for a text-only checkpoint (or a GGUF: mmproj files are not read yet) */
+    readonly vision: VisionParts | null,
   ) {}
 
   static async load(o: EngineOptions): Promise<Engine> {
@@ -93,15 +116,36 @@ export class Engine {
       });
       const cfg =
         src.format === "gguf" ? null : await loadConfig(join(dir, "config.json")).catch(() => null);
+      let vision: VisionParts | null = null;
+      if (cfg?.vision) {
+        const encoder = await loadVisionEncoder(dir, { device: model.device, dtype: model.dtype });
+        const pre = existsSync(join(dir, "preprocessor_config.json"))
+          ? (JSON.parse(await readFile(join(dir, "preprocessor_config.json"), "utf8")) as Record<
+              string,
+              unknown
+            >)
+          : {};
+        vision = {
+          encoder,
+          // The tower fixes the pixel size (896 for Gemma 3), whatever the preprocessor says.
+          preprocess: { ...imageProcessorOptions(pre), imageSize: encoder.imageSize },
+          imageTokens: imageTokenConfig(
+            { mm_tokens_per_image: cfg.mmTokensPerImage ?? undefined },
+            tokenizer.config,
+          ),
+        };
+      }
+      // The constrained-decoding index over the vocabulary (0.5–1 s): built now, not in a request.
+      TokenVocab.of(tokenizer, c.vocabSize);
       const info: ModelInfo = {
         id: o.modelId ?? basename(src.format === "gguf" ? src.file : src.dir),
         maxModelLen: maxSeqLen,
         vocabSize: c.vocabSize,
-        modalities: cfg?.vision ? ["text", "image"] : ["text"],
+        modalities: vision ? ["text", "image"] : ["text"],
         device: model.device.toString(),
         dtype: model.dtype,
       };
-      return new Engine(info, model, tokenizer, generationConfig, scheduler);
+      return new Engine(info, model, tokenizer, generationConfig, scheduler, vision);
     } catch (e) {
       model.dispose();
       throw e;
@@ -118,6 +162,7 @@ export class Engine {
 
   async close(): Promise<void> {
     await this.scheduler.close();
+    this.vision?.encoder.dispose();
     this.model.dispose();
   }
 }

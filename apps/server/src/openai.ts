@@ -6,7 +6,9 @@ import type {
   GenerationSummary,
   TokenLogprobs,
 } from "@gemma3/generation";
+import { Tensor } from "@gemma3/native";
 import { ChatTemplateError } from "@gemma3/tokenizer";
+import { decode, isImageError, preprocess, type DecodedImage } from "@gemma3/vision";
 import type { Engine } from "./engine.js";
 import { badRequest, HttpError } from "./errors.js";
 import type { Metrics } from "./metrics.js";
@@ -26,12 +28,17 @@ export interface Usage {
   prompt_tokens_details?: { cached_tokens: number };
 }
 
-/** One prompt ready to run: its ids, plus image inputs (the vision path fills `images`). */
+/** One prompt ready to run: its ids, plus the features of its images (if any). */
 export interface PreparedPrompt {
   ids: number[];
   /** prompt text as the model sees it (echo) */
   text?: string;
+  /** [images + crops, mm_tokens_per_image, hidden] on the model's device; owned by the caller */
+  features?: Tensor;
 }
+
+/** Largest image a URL may bring (data: URLs are bounded by the body limit). */
+const MAX_IMAGE_URL_BYTES = 32 * 1024 * 1024;
 
 let counter = 0;
 function requestId(prefix: string): string {
@@ -144,6 +151,7 @@ export class OpenAIApi {
     prompt: number[],
     choice: number,
     signal: AbortSignal,
+    features?: Tensor,
   ): GenerationRequest {
     const sampling = { ...p.sampling };
     // Distinct but reproducible choices: choice i samples with seed + i.
@@ -157,6 +165,9 @@ export class OpenAIApi {
       stopTokenIds: p.stopTokenIds,
       ignoreEos: p.ignoreEos,
       skipSpecialTokens: p.skipSpecialTokens,
+      ...(p.responseFormat.type !== "text" ? { responseFormat: p.responseFormat } : {}),
+      // Each choice owns its features (the scheduler frees them with the request).
+      ...(features ? { imageFeatures: choice === 0 ? features : cloneTensor(features) } : {}),
       signal,
     };
   }
@@ -174,27 +185,77 @@ export class OpenAIApi {
     return streams;
   }
 
-  preparechat(req: ChatRequest): PreparedPrompt {
-    if (req.images.length > 0) {
-      if (!this.engine.info.modalities.includes("image"))
+  /** The bytes of an image_url: a data: URL, or http(s) when the server allows fetching. */
+  private async imageBytes(url: string, i: number): Promise<string | Uint8Array> {
+    if (url.startsWith("data:")) return url;
+    if (/^https?:\/\//i.test(url)) {
+      if (!this.o.allowImageUrls)
         throw badRequest(
-          `model \`${this.engine.info.id}\` does not accept images (it has no vision tower)`,
+          `image ${i + 1}: only data: URLs are accepted (the server was started without --allow-image-urls)`,
           "messages",
+          "image_url_not_allowed",
         );
-      throw new HttpError(
-        501,
-        "image inputs are not wired into the server yet",
-        "messages",
-        "not_implemented",
-      );
+      const fail = (why: string, code = "image_fetch_failed") =>
+        badRequest(`image ${i + 1}: ${why}`, "messages", code);
+      const r = await fetch(url, { signal: AbortSignal.timeout(15_000) }).catch((e: Error) => {
+        throw fail(`cannot fetch ${url}: ${e.message}`);
+      });
+      if (!r.ok) throw fail(`${url} answered HTTP ${r.status}`);
+      if (Number(r.headers.get("content-length")) > MAX_IMAGE_URL_BYTES)
+        throw fail(`larger than ${MAX_IMAGE_URL_BYTES} bytes`, "image_too_large");
+      const b = new Uint8Array(await r.arrayBuffer());
+      if (b.length > MAX_IMAGE_URL_BYTES)
+        throw fail(`larger than ${MAX_IMAGE_URL_BYTES} bytes`, "image_too_large");
+      return b;
     }
+    throw badRequest(
+      `image ${i + 1}: expected a data: URL (or http(s) with --allow-image-urls)`,
+      "messages",
+      "invalid_image_url",
+    );
+  }
+
+  /** Chat → prompt ids (the model's chat template, images expanded) and the images' features. */
+  async prepareChat(req: ChatRequest): Promise<PreparedPrompt> {
+    const vision = this.engine.vision;
+    if (req.images.length > 0 && !vision)
+      throw badRequest(
+        `model \`${this.engine.info.id}\` does not accept images (it has no vision tower)`,
+        "messages",
+      );
+    const pixels: Float32Array[] = [];
+    const numCrops: number[] = [];
+    for (const [i, url] of req.images.entries()) {
+      let img: DecodedImage;
+      try {
+        img = await decode(await this.imageBytes(url, i));
+      } catch (e) {
+        if (isImageError(e))
+          throw badRequest(`image ${i + 1}: ${(e as Error).message}`, "messages", "invalid_image");
+        throw e;
+      }
+      const p = preprocess(img, { ...vision!.preprocess, panAndScan: req.panAndScan });
+      pixels.push(p.pixelValues);
+      numCrops.push(p.numCrops);
+    }
+    let enc: { ids: number[]; text: string };
     try {
-      const enc = this.engine.tokenizer.encodeChat(req.messages, { addGenerationPrompt: true });
-      return { ids: enc.ids, text: enc.text };
+      enc = this.engine.tokenizer.encodeChat(req.messages, {
+        addGenerationPrompt: true,
+        ...(vision ? { imageTokens: vision.imageTokens, numCrops } : {}),
+      });
     } catch (e) {
       if (e instanceof ChatTemplateError) throw badRequest(e.message, "messages");
       throw e;
     }
+    if (pixels.length === 0) return enc;
+    const all = new Float32Array(pixels.reduce((n, p) => n + p.length, 0));
+    let off = 0;
+    for (const p of pixels) {
+      all.set(p, off);
+      off += p.length;
+    }
+    return { ...enc, features: vision!.encoder.encode(all) };
   }
 
   async chat(
@@ -205,13 +266,20 @@ export class OpenAIApi {
   ) {
     const req = parseChatRequest(body, this.engine.info.vocabSize);
     this.checkModel(req.model);
-    if (req.responseFormat.type !== "text")
-      throw badRequest("response_format: json modes are not supported yet", "response_format");
-    const prompt = this.preparechat(req);
-    this.checkLength(prompt.ids.length, req.maxTokens);
-    const streams = this.submitAll(
-      Array.from({ length: req.n }, (_, i) => this.genRequest(req, prompt.ids, i, signal)),
-    );
+    const prompt = await this.prepareChat(req);
+    let streams: GenerationStream[];
+    try {
+      this.checkLength(prompt.ids.length, req.maxTokens);
+      streams = this.submitAll(
+        Array.from({ length: req.n }, (_, i) =>
+          this.genRequest(req, prompt.ids, i, signal, prompt.features),
+        ),
+      );
+    } catch (e) {
+      // Features not handed to a request yet are ours to free.
+      if (prompt.features && !prompt.features.disposed) prompt.features.dispose();
+      throw e;
+    }
     const id = requestId("chatcmpl");
     const created = Math.floor(Date.now() / 1000);
     const model = this.engine.info.id;
@@ -296,8 +364,6 @@ export class OpenAIApi {
   ) {
     const req: CompletionRequest = parseCompletionRequest(body, this.engine.info.vocabSize);
     this.checkModel(req.model);
-    if (req.responseFormat.type !== "text")
-      throw badRequest("response_format: json modes are not supported yet", "response_format");
     const tok = this.engine.tokenizer;
     // A text prompt gets <bos> (vLLM's completions endpoint encodes with special tokens).
     const prompts = req.prompts.map((p) =>
@@ -425,12 +491,14 @@ export class OpenAIApi {
   }
 
   /** POST /tokenize (vLLM): a prompt or chat messages → ids. */
-  tokenize(body: unknown) {
+  async tokenize(body: unknown) {
     const o = body as Record<string, unknown>;
     let ids: number[];
     if (o && typeof o === "object" && "messages" in o) {
       const req = parseChatRequest({ ...o }, this.engine.info.vocabSize);
-      ids = this.preparechat(req).ids;
+      const p = await this.prepareChat(req);
+      p.features?.dispose();
+      ids = p.ids;
     } else {
       const prompt = o?.["prompt"];
       if (typeof prompt !== "string")
@@ -451,4 +519,11 @@ export class OpenAIApi {
       throw badRequest(`tokens: expected an array of token ids in [0, ${V})`, "tokens");
     return { prompt: this.engine.tokenizer.decode(t as number[]) };
   }
+}
+
+/** A device copy of `t` (each choice of a request owns its image features). */
+function cloneTensor(t: Tensor): Tensor {
+  const c = Tensor.empty(t.shape, t.dtypeName, t.device);
+  c.copyFrom(t);
+  return c;
 }

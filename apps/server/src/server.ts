@@ -216,7 +216,11 @@ export async function startServer(
       case "/v1/completions":
         return post((b) => api().completions(b, signal, sse, json));
       case "/tokenize":
-        return post((b) => json(200, api().tokenize(b)));
+        return post((b) =>
+          api()
+            .tokenize(b)
+            .then((r) => json(200, r)),
+        );
       case "/detokenize":
         return post((b) => json(200, api().detokenize(b)));
       default:

@@ -2,6 +2,8 @@
 // client would hide the wire format): replies match a plain greedy loop over the model, streams
 // match non-streamed replies, OpenAI's error contract holds for bad input.
 import OpenAI from "openai";
+import sharp from "sharp";
+import { decode, preprocess } from "@gemma3/vision";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Engine, RunningServer } from "../src/index.js";
 import { demoEngine, greedyReference, readSse, serve } from "./helpers.js";
@@ -156,6 +158,179 @@ describe("chat completions", () => {
     });
     expect(r.choices[0]!.finish_reason).toBe("stop");
     expect(r.choices[0]!.message.content).toBe(text.slice(0, text.indexOf(stop)));
+  });
+});
+
+async function png(width: number, height: number): Promise<Buffer> {
+  // A gradient, so the crops of a wide image differ.
+  const px = Buffer.alloc(width * height * 3);
+  for (let y = 0; y < height; y++)
+    for (let x = 0; x < width; x++)
+      px.set([(x * 255) / width, (y * 255) / height, 128], (y * width + x) * 3);
+  return sharp(px, { raw: { width, height, channels: 3 } })
+    .png()
+    .toBuffer();
+}
+const dataUrl = (b: Buffer) => `data:image/png;base64,${b.toString("base64")}`;
+
+describe("images and structured output", () => {
+  it("an image_url part: the reply equals greedy decoding over the image's features", async () => {
+    const img = await png(64, 48);
+    const msgs = [
+      {
+        role: "user" as const,
+        content: [
+          { type: "image_url" as const, image_url: { url: dataUrl(img) } },
+          { type: "text" as const, text: "Describe the image." },
+        ],
+      },
+    ];
+    const r = await client.chat.completions.create({
+      model: modelId,
+      messages: msgs,
+      max_tokens: 6,
+      temperature: 0,
+      ...({ ignore_eos: true } as object),
+    });
+    // The reference: the same prompt and features, straight through model.forward.
+    const v = engine.vision!;
+    const ids = engine.tokenizer.encodeChat(
+      [
+        {
+          role: "user",
+          content: [{ type: "image" }, { type: "text", text: "Describe the image." }],
+        },
+      ],
+      { addGenerationPrompt: true, imageTokens: v.imageTokens, numCrops: [0] },
+    ).ids;
+    expect(r.usage!.prompt_tokens).toBe(ids.length);
+    expect(ids.filter((t) => t === engine.model.config.imageTokenIndex)).toHaveLength(
+      v.encoder.tokensPerImage,
+    );
+    const features = v.encoder.encode(preprocess(await decode(img), v.preprocess).pixelValues);
+    const seq = engine.model.newCache(ids.length + 6);
+    const ref: number[] = [];
+    try {
+      let logits = engine.model.forward(ids, seq, { imageFeatures: features });
+      for (let i = 0; i < 6; i++) {
+        const row = (await logits.toArray()) as Float32Array;
+        logits.dispose();
+        let best = 0;
+        for (let j = 1; j < row.length; j++) if (row[j]! > row[best]!) best = j;
+        ref.push(best);
+        if (i < 5) logits = engine.model.forward([best], seq);
+      }
+    } finally {
+      seq.dispose();
+      features.dispose();
+    }
+    expect(r.choices[0]!.message.content).toBe(
+      engine.tokenizer.decode(ref, { skipSpecialTokens: true }),
+    );
+    // The image changes the answer (its features reach the model).
+    const textOnly = await client.chat.completions.create({
+      model: modelId,
+      messages: [{ role: "user", content: "Describe the image." }],
+      max_tokens: 6,
+      temperature: 0,
+    });
+    expect(textOnly.usage!.prompt_tokens).toBeLessThan(r.usage!.prompt_tokens);
+  });
+
+  it("Pan & Scan adds crops for a wide image (as /tokenize reports), n > 1 choices each get the image", async () => {
+    const wide = dataUrl(await png(1600, 300));
+    const messages = [
+      {
+        role: "user",
+        content: [
+          { type: "image_url", image_url: { url: wide } },
+          { type: "text", text: "What is this?" },
+        ],
+      },
+    ];
+    const off = (await (
+      await post("/v1/chat/completions", { messages, max_tokens: 2 })
+    ).json()) as { usage: { prompt_tokens: number } };
+    const on = (await (
+      await post("/v1/chat/completions", { messages, max_tokens: 2, n: 2, pan_and_scan: true })
+    ).json()) as {
+      usage: { prompt_tokens: number };
+      choices: unknown[];
+    };
+    const tok = (await (await post("/tokenize", { messages, pan_and_scan: true })).json()) as {
+      count: number;
+    };
+    expect(on.choices).toHaveLength(2);
+    expect(on.usage.prompt_tokens).toBe(tok.count);
+    // HF's rule for 1600×300 with the defaults gives 4 crops: four more image blocks (16 soft
+    // tokens each, plus boi/eoi and the "Here is the original image…" wording).
+    expect(on.usage.prompt_tokens - off.usage.prompt_tokens).toBeGreaterThan(4 * 16);
+  });
+
+  it("bad images are 400s naming the image", async () => {
+    const msg = (url: string) => [
+      { role: "user", content: [{ type: "image_url", image_url: { url } }] },
+    ];
+    for (const [url, code] of [
+      ["data:image/png;base64,@@@not-base64", "invalid_image"],
+      [`data:image/png;base64,${Buffer.from("not a png").toString("base64")}`, "invalid_image"],
+      ["http://127.0.0.1:1/x.png", "image_url_not_allowed"],
+      ["file:///etc/passwd", "invalid_image_url"],
+    ] as const) {
+      const r = await post("/v1/chat/completions", { messages: msg(url), max_tokens: 2 });
+      expect(r.status).toBe(400);
+      const e = ((await r.json()) as { error: { code: string; message: string } }).error;
+      expect(e.code).toBe(code);
+      expect(e.message).toMatch(/^image 1: /);
+    }
+  });
+
+  it("response_format json_schema: the reply parses and matches the schema", async () => {
+    const schema = {
+      type: "object",
+      properties: {
+        color: { enum: ["red", "green", "blue"] },
+        count: { type: "integer", minimum: 0, maximum: 9 },
+        ok: { type: "boolean" },
+      },
+      required: ["color", "count", "ok"],
+      additionalProperties: false,
+    };
+    for (const temperature of [0, 1]) {
+      const r = await client.chat.completions.create({
+        model: modelId,
+        messages: [{ role: "user", content: "Pick a color." }],
+        // A random-weight model spends tokens on (bounded) whitespace; the value still closes.
+        max_tokens: 120,
+        temperature,
+        seed: 3,
+        response_format: {
+          type: "json_schema",
+          json_schema: { name: "pick", schema, strict: true },
+        },
+      });
+      expect(r.choices[0]!.finish_reason).toBe("stop");
+      const v = JSON.parse(r.choices[0]!.message.content!) as {
+        color: string;
+        count: number;
+        ok: boolean;
+      };
+      expect(Object.keys(v)).toEqual(["color", "count", "ok"]);
+      expect(["red", "green", "blue"]).toContain(v.color);
+      expect(Number.isInteger(v.count) && v.count >= 0 && v.count <= 9).toBe(true);
+      expect(typeof v.ok).toBe("boolean");
+    }
+    const bad = await post("/v1/chat/completions", {
+      messages,
+      response_format: {
+        type: "json_schema",
+        json_schema: { name: "x", schema: { type: "string", pattern: "^a+$" } },
+      },
+    });
+    expect(bad.status).toBe(400);
+    const e = ((await bad.json()) as { error: { param: string; message: string } }).error;
+    expect(e.param).toBe("response_format");
+    expect(e.message).toMatch(/pattern/);
   });
 });
 
