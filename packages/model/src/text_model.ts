@@ -18,6 +18,9 @@ import { imageTokenSpans, planImageMerge, type ImageMerge } from "./multimodal.j
 
 export type ComputeDType = "f32" | "bf16";
 
+/** Largest decode batch replayed from a captured graph (one graph per batch size up to it). */
+export const MAX_GRAPH_BATCH = 64;
+
 /** Weights of the text model on one device, in the compute dtype. */
 export interface TextWeights {
   /** [vocab, hidden] */
@@ -128,7 +131,7 @@ export class Gemma3TextModel {
 
   /**
    * One step for several sequences of one cache (ragged: each brings any number of tokens).
-   * @param opts.graph decode steps (one token per sequence, batch ≤ 8) replay a graph captured
+   * @param opts.graph decode steps (one token per sequence, batch ≤ MAX_GRAPH_BATCH) replay a graph captured
    *   on the second such step (a CUDA graph, or a recorded task list on the CPU): one launch
    *   instead of ~17 op calls per layer. The returned logits are then a view of a buffer the next
    *   graph step overwrites: read them before the next forward.
@@ -183,7 +186,7 @@ export class Gemma3TextModel {
       const run = (logits: Tensor) => {
         this.body(idsT, cache, plan, logits, opts.allLogits === true, ws, images);
       };
-      if (opts.graph && plan.decode && !opts.allLogits && batch <= 8 && !images) {
+      if (opts.graph && plan.decode && !opts.allLogits && batch <= MAX_GRAPH_BATCH && !images) {
         let g = this.graphs.get(batch);
         const stale =
           g &&
@@ -193,14 +196,13 @@ export class Gemma3TextModel {
             g.ws !== ws);
         if (g && stale) {
           g.graph.dispose();
-          g.logits.dispose();
           this.graphs.delete(batch);
           g = undefined;
         }
         if (!g && this.warmDecode.has(batch)) {
           // Capture on the second decode step: the first ran eagerly, so every lazy one-time
           // setup (occupancy queries, function attributes) happened outside the capture.
-          const logits = Tensor.empty([batch, vocab], "f32", this.device);
+          const logits = this.graphLogits(cache, batch);
           const graph = Graph.capture(this.device, () => run(logits));
           g = { graph, logits, cache, plans: cache.planStorage, generation: s.generation, ws };
           this.graphs.set(batch, g);
@@ -296,12 +298,30 @@ export class Gemma3TextModel {
     }
   }
 
-  dispose(): void {
-    for (const g of this.graphs.values()) {
-      g.graph.dispose();
-      g.logits.dispose();
+  /**
+   * Rows [0, batch) of the logits buffer every captured decode graph of `cache` writes (one buffer
+   * of cache.maxSeqs rows rather than one per batch size: 64 graphs of a 262k vocabulary would
+   * otherwise hold 2 GB of logits). A new cache drops the graphs of the old one.
+   */
+  private graphLogits(cache: HybridKVCache, batch: number): Tensor {
+    if (this.graphOut?.cache !== cache) {
+      this.dropGraphs();
+      const rows = Math.max(cache.planner.maxSeqs, batch);
+      this.graphOut = { cache, t: Tensor.empty([rows, this.config.vocabSize], "f32", this.device) };
     }
+    return this.graphOut.t.slice(0, batch);
+  }
+  private graphOut: { cache: HybridKVCache; t: Tensor } | null = null;
+
+  private dropGraphs(): void {
+    for (const g of this.graphs.values()) g.graph.dispose();
     this.graphs.clear();
+    this.graphOut?.t.dispose();
+    this.graphOut = null;
+  }
+
+  dispose(): void {
+    this.dropGraphs();
     this.decodeWs?.dispose();
     this.decodeWs = null;
     const w = this.weights;
