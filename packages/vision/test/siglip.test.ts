@@ -6,13 +6,21 @@
 //   tiny-mm (fixtures/mm/tiny-mm): 8×8 patches avg-pooled 4×4 (the real model's kernel), vision
 //     head_dim 72 (So400m's), 2 vision layers, boi/eoi/image ids inside the vocabulary.
 // Each prompt holds two images (two bidirectional blocks); 8 greedy steps run through the KV cache.
-import { existsSync, readFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ShapeError, Tensor, cudaAvailable } from "@gemma3/native";
-import { WeightError, imageTokenSpans, loadTextModel, type Gemma3TextModel } from "@gemma3/model";
+import {
+  WeightError,
+  imageTokenSpans,
+  loadTextModel,
+  openCheckpoint,
+  type Gemma3TextModel,
+} from "@gemma3/model";
 import { loadVisionEncoder, type Gemma3VisionEncoder } from "../src/index.js";
+import { writeSafetensors, type TensorSpec } from "../../model/test/safetensors_writer.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = join(here, "..", "..", "..");
@@ -232,6 +240,38 @@ for (const name of NAMES) {
 }
 
 describe("loading", () => {
+  it("transformers >= 5 key names (with and without the inner vision_model.) load the same tower", async () => {
+    const g = golden("tiny-mm");
+    for (const inner of ["model.vision_tower.vision_model.", "model.vision_tower."]) {
+      const src = await openCheckpoint(g.modelDir);
+      const tensors: Record<string, TensorSpec> = {};
+      for (const [key, { file, info }] of src.tensors) {
+        const data = new Uint8Array(info.end - info.begin);
+        await file.readInto(key, 0, data);
+        const name = key.startsWith("vision_tower.vision_model.")
+          ? inner + key.slice("vision_tower.vision_model.".length)
+          : key.startsWith("multi_modal_projector.")
+            ? "model." + key
+            : key.replace("language_model.model.", "model.language_model.");
+        tensors[name] = { dtype: info.dtype, shape: [...info.shape], data };
+      }
+      await src.close();
+      const dir = mkdtempSync(join(tmpdir(), "g3-t5-"));
+      try {
+        copyFileSync(join(g.modelDir, "config.json"), join(dir, "config.json"));
+        writeSafetensors(join(dir, "model.safetensors"), tensors);
+        const enc = await loadVisionEncoder(dir);
+        const f = enc.encode(g.pixels);
+        const got = (await f.toArray()) as Float32Array;
+        f.dispose();
+        enc.dispose();
+        expect(maxAbsDiff(got, g.features)).toBeLessThan(F32_TOL);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    }
+  });
+
   it("a text-only checkpoint has no vision tower", async () => {
     const dir = join(repo, "packages/model/test/fixtures/tiny-1b");
     await expect(loadVisionEncoder(dir)).rejects.toThrow(WeightError);
