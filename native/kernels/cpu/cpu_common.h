@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "runtime/dtype.h"
+#include "runtime/kquant.h"
 #include "runtime/status.h"
 
 // Hot loops use plain loops and GCC/Clang vector types (no intrinsics); on x86 the matmul tiles are
@@ -50,37 +51,73 @@ template <>
 struct TypeInfo<float> {
   static constexpr const char* name = "f32";
   static constexpr bool block = false;
+  static constexpr int64_t elems = 1;
 };
 template <>
 struct TypeInfo<bf16> {
   static constexpr const char* name = "bf16";
   static constexpr bool block = false;
+  static constexpr int64_t elems = 1;
 };
 template <>
 struct TypeInfo<f16> {
   static constexpr const char* name = "f16";
   static constexpr bool block = false;
+  static constexpr int64_t elems = 1;
 };
 template <>
 struct TypeInfo<fp8e4m3> {
   static constexpr const char* name = "fp8_e4m3";
   static constexpr bool block = false;
+  static constexpr int64_t elems = 1;
 };
 template <>
 struct TypeInfo<block_q8_0> {
   static constexpr const char* name = "q8_0";
   static constexpr bool block = true;
+  static constexpr int64_t elems = kQK;
 };
 template <>
 struct TypeInfo<block_q4_0> {
   static constexpr const char* name = "q4_0";
   static constexpr bool block = true;
+  static constexpr int64_t elems = kQK;
 };
 
-// Storage units per row of `cols` elements (blocks for q8_0/q4_0).
+template <>
+struct TypeInfo<block_q4_K> {
+  static constexpr const char* name = "q4_k";
+  static constexpr bool block = true;
+  static constexpr int64_t elems = kQK_K;
+};
+template <>
+struct TypeInfo<block_q5_K> {
+  static constexpr const char* name = "q5_k";
+  static constexpr bool block = true;
+  static constexpr int64_t elems = kQK_K;
+};
+template <>
+struct TypeInfo<block_q6_K> {
+  static constexpr const char* name = "q6_k";
+  static constexpr bool block = true;
+  static constexpr int64_t elems = kQK_K;
+};
+
+// Storage units per row of `cols` elements (blocks for the block formats).
 template <typename T>
 constexpr int64_t row_units(int64_t cols) {
-  return TypeInfo<T>::block ? cols / kQK : cols;
+  return cols / TypeInfo<T>::elems;
+}
+
+// "cols must be a multiple of <block>" check shared by the kernels taking a block format.
+template <typename T>
+inline bool whole_blocks(int64_t cols) {
+  return cols % TypeInfo<T>::elems == 0;
+}
+template <typename T>
+inline std::string whole_blocks_msg(const char* what, int64_t cols) {
+  return kv(what, cols) + " must be a multiple of " + std::to_string(TypeInfo<T>::elems) + " for " +
+         TypeInfo<T>::name;
 }
 
 // All 256 e4m3 values, so decoding a byte is one table load.
@@ -153,6 +190,55 @@ G3_ALWAYS_INLINE void decode(const block_q4_0* src, int64_t e0, int64_t n, float
     memcpy(q, &lo, sizeof lo);
     memcpy(q + kQK / 2, &hi, sizeof hi);
     for (int j = 0; j < kQK; ++j) dst[j] = float(q[j]) * d;
+  }
+}
+
+// K-quants (runtime/kquant.h rules): per super-block of 256, per sub-block x = a * q - b with the
+// exact a, b of kq_sub; loops of 32 so the AVX2 copy of the matmul tiles vectorizes them.
+G3_ALWAYS_INLINE void decode(const block_q4_K* src, int64_t e0, int64_t n, float* dst) {
+  const block_q4_K* b = src + e0 / kQK_K;
+  for (int64_t blk = 0; blk < n / kQK_K; ++blk, ++b, dst += kQK_K) {
+    const float d = f16_to_f32(b->d), dmin = f16_to_f32(b->dmin);
+    for (int s = 0; s < 8; ++s) {  // sub-block s: nibble s % 2 of qs[32 (s / 2) ..]
+      int sc, m;
+      kq_scale_min(s, b->scales, &sc, &m);
+      const float a = d * float(sc), bm = dmin * float(m);
+      const uint8_t* q = b->qs + 32 * (s >> 1);
+      const int sh = 4 * (s & 1);
+      for (int l = 0; l < 32; ++l) dst[32 * s + l] = a * float((q[l] >> sh) & 0xF) - bm;
+    }
+  }
+}
+G3_ALWAYS_INLINE void decode(const block_q5_K* src, int64_t e0, int64_t n, float* dst) {
+  const block_q5_K* b = src + e0 / kQK_K;
+  for (int64_t blk = 0; blk < n / kQK_K; ++blk, ++b, dst += kQK_K) {
+    const float d = f16_to_f32(b->d), dmin = f16_to_f32(b->dmin);
+    for (int s = 0; s < 8; ++s) {  // the fifth bit of element 32 s + l is bit s of qh[l]
+      int sc, m;
+      kq_scale_min(s, b->scales, &sc, &m);
+      const float a = d * float(sc), bm = dmin * float(m);
+      const uint8_t* q = b->qs + 32 * (s >> 1);
+      const int sh = 4 * (s & 1);
+      for (int l = 0; l < 32; ++l)
+        dst[32 * s + l] = a * float(((q[l] >> sh) & 0xF) | (((b->qh[l] >> s) & 1) << 4)) - bm;
+    }
+  }
+}
+G3_ALWAYS_INLINE void decode(const block_q6_K* src, int64_t e0, int64_t n, float* dst) {
+  const block_q6_K* b = src + e0 / kQK_K;
+  for (int64_t blk = 0; blk < n / kQK_K; ++blk, ++b, dst += kQK_K) {
+    const float d = f16_to_f32(b->d);
+    for (int t = 0; t < 8; ++t) {  // element 128 n + 32 g + l, t = 4 n + g
+      const int n = t >> 2, g = t & 3;
+      const uint8_t* ql = b->ql + 64 * n + 32 * (g & 1);
+      const uint8_t* qh = b->qh + 32 * n;
+      const int sl = 4 * (g >> 1), sh = 2 * g;
+      for (int half = 0; half < 2; ++half) {  // 16 elements per scale
+        const float a = d * float(b->scales[8 * n + 2 * g + half]);
+        for (int l = 16 * half; l < 16 * half + 16; ++l)
+          dst[32 * t + l] = a * float((((ql[l] >> sl) & 0xF) | (((qh[l] >> sh) & 3) << 4)) - 32);
+      }
+    }
   }
 }
 
