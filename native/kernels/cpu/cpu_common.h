@@ -228,15 +228,26 @@ G3_ALWAYS_INLINE void decode(const block_q6_K* src, int64_t e0, int64_t n, float
   const block_q6_K* b = src + e0 / kQK_K;
   for (int64_t blk = 0; blk < n / kQK_K; ++blk, ++b, dst += kQK_K) {
     const float d = f16_to_f32(b->d);
-    for (int t = 0; t < 8; ++t) {  // element 128 n + 32 g + l, t = 4 n + g
-      const int n = t >> 2, g = t & 3;
-      const uint8_t* ql = b->ql + 64 * n + 32 * (g & 1);
-      const uint8_t* qh = b->qh + 32 * n;
-      const int sl = 4 * (g >> 1), sh = 2 * g;
-      for (int half = 0; half < 2; ++half) {  // 16 elements per scale
-        const float a = d * float(b->scales[8 * n + 2 * g + half]);
-        for (int l = 16 * half; l < 16 * half + 16; ++l)
-          dst[32 * t + l] = a * float((((ql[l] >> sl) & 0xF) | (((qh[l] >> sh) & 3) << 4)) - 32);
+    // llama.cpp's loop: element 128 h + 32 g + l takes nibble g / 2 of ql[64 h + 32 (g % 2) + l]
+    // and bits 2g of qh[32 h + l]; the shifts are constants, so each half-loop vectorizes.
+    for (int h = 0; h < 2; ++h) {
+      const uint8_t* ql = b->ql + 64 * h;
+      const uint8_t* qh = b->qh + 32 * h;
+      const int8_t* sc = b->scales + 8 * h;
+      float* y = dst + 128 * h;
+      for (int half = 0; half < 2; ++half) {  // l in [16 half, 16 half + 16): scales sc[half + 2g]
+        const float a0 = d * float(sc[half]), a1 = d * float(sc[half + 2]);
+        const float a2 = d * float(sc[half + 4]), a3 = d * float(sc[half + 6]);
+        for (int l = 16 * half; l < 16 * half + 16; ++l) {
+          const int q1 = (ql[l] & 0xF) | ((qh[l] & 3) << 4);
+          const int q2 = (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4);
+          const int q3 = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+          const int q4 = (ql[l + 32] >> 4) | ((qh[l] >> 6) << 4);
+          y[l] = a0 * float(q1 - 32);
+          y[l + 32] = a1 * float(q2 - 32);
+          y[l + 64] = a2 * float(q3 - 32);
+          y[l + 96] = a3 * float(q4 - 32);
+        }
       }
     }
   }
