@@ -35,6 +35,9 @@ export interface KParts {
 function le16(b: Uint8Array, o: number): number {
   return b[o]! | (b[o + 1]! << 8);
 }
+function or(b: Uint8Array, i: number, v: number): void {
+  b[i] = b[i]! | v;
+}
 function put16(b: Uint8Array, o: number, v: number): void {
   b[o] = v & 0xff;
   b[o + 1] = (v >> 8) & 0xff;
@@ -77,8 +80,8 @@ export function packKBlock(type: KQuant, p: KParts): Uint8Array {
       const g = (e >> 5) & 3;
       const l = e & 31;
       const q = p.q[e]!;
-      out[64 * n + 32 * (g & 1) + l] |= (q & 0xf) << (4 * (g >> 1));
-      out[128 + 32 * n + l] |= ((q >> 4) & 3) << (2 * g);
+      or(out, 64 * n + 32 * (g & 1) + l, (q & 0xf) << (4 * (g >> 1)));
+      or(out, 128 + 32 * n + l, ((q >> 4) & 3) << (2 * g));
     }
     for (let i = 0; i < 16; i++) out[192 + i] = p.sc[i]! & 0xff;
     put16(out, 208, p.dBits);
@@ -94,8 +97,8 @@ export function packKBlock(type: KQuant, p: KParts): Uint8Array {
     const j = e >> 6;
     const h = (e >> 5) & 1;
     const l = e & 31;
-    out[qs + 32 * j + l] |= (p.q[e]! & 0xf) << (4 * h);
-    if (type === "q5_k") out[16 + l] |= ((p.q[e]! >> 4) & 1) << (2 * j + h);
+    or(out, qs + 32 * j + l, (p.q[e]! & 0xf) << (4 * h));
+    if (type === "q5_k") or(out, 16 + l, ((p.q[e]! >> 4) & 1) << (2 * j + h));
   }
   return out;
 }
