@@ -428,6 +428,35 @@ G3_ENTRY(AttentionDecodeWorkspaceFloats){G3_BODY{
 }
 G3_END
 }
+// (x, bias, residual|null, out, gelu)
+G3_ENTRY(BiasAdd){G3_BODY{auto r = OPT(2, "residual");
+OP_RESULT(ops::bias_add(T(0, "x"), T(1, "bias"), r.get(), T(3, "out"), info[4].ToBoolean()));
+}
+G3_END
+}
+// (qkv, out, qo_indptr, kv_indptr, numQoHeads, numKvHeads, {maxQLen, smScale, window, causal})
+G3_ENTRY(AttentionPrefillQkv){G3_BODY{Napi::Object o = to_obj(info[6], "params");
+ops::PrefillParams p;
+p.max_q_len = to_i64(o.Get("maxQLen"), "maxQLen");
+p.sm_scale = to_f32(o.Get("smScale"), "smScale");
+p.window = int32_t(to_i64(o.Get("window"), "window"));
+p.causal = o.Get("causal").ToBoolean();
+OP_RESULT(ops::attention_prefill_qkv(T(0, "qkv"), T(1, "out"), T(2, "qo_indptr"), T(3, "kv_indptr"),
+                                     to_i64(info[4], "numQoHeads"), to_i64(info[5], "numKvHeads"),
+                                     p));
+}
+G3_END
+}
+G3_ENTRY(Patchify){
+    G3_BODY{OP_RESULT(ops::patchify(T(0, "pixels"), T(1, "out"), to_i64(info[2], "patch")));
+}
+G3_END
+}
+G3_ENTRY(AvgPool2d){
+    G3_BODY{OP_RESULT(ops::avg_pool2d(T(0, "x"), T(1, "out"), to_i64(info[2], "k")));
+}
+G3_END
+}
 G3_ENTRY(Cast){G3_BODY{OP_RESULT(ops::cast(T(0, "src"), T(1, "dst")));
 }
 G3_END
@@ -478,6 +507,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   EXPORT("attentionPrefill", AttentionPrefill);
   EXPORT("attentionDecode", AttentionDecode);
   EXPORT("attentionDecodeWorkspaceFloats", AttentionDecodeWorkspaceFloats);
+  EXPORT("biasAdd", BiasAdd);
+  EXPORT("patchify", Patchify);
+  EXPORT("attentionPrefillQkv", AttentionPrefillQkv);
+  EXPORT("avgPool2d", AvgPool2d);
   EXPORT("cast", Cast);
   EXPORT("quantize", Quantize);
   EXPORT("dequantize", Dequantize);

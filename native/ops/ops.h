@@ -62,9 +62,28 @@ Status attention_decode(const TensorRef& q, const TensorRef& k_cache, const Tens
                         const TensorRef& out, const TensorRef& kv_indptr,
                         const TensorRef& kv_indices, const TensorRef& kv_len,
                         const TensorRef* workspace, const DecodeParams& p);
+// Prefill attention reading q, k and v from one fused projection (a vision encoder's QKV matmul):
+// qkv: [total, (Hq + 2·Hkv)·D] with each row [q | k | v]; queries and keys share the row layout
+// (qo_indptr, kv_indptr index the same rows); out: [total, Hq, D].
+Status attention_prefill_qkv(const TensorRef& qkv, const TensorRef& out, const TensorRef& qo_indptr,
+                             const TensorRef& kv_indptr, int64_t num_qo_heads, int64_t num_kv_heads,
+                             const PrefillParams& p);
+
 // Floats of workspace attention_decode can use to split long sequences (0 on CPU).
 int64_t attention_decode_workspace_floats(int device, int64_t batch, int64_t num_qo_heads,
                                           int64_t head_dim, int64_t max_kv_len);
+
+// Linear-layer epilogue: out = [residual +] [gelu_tanh](x + bias), rounding to T after each step.
+// x, out: [..., N]; bias: [N]; residual: out's shape or null; one dtype (f32|bf16). out may be x or
+// residual.
+Status bias_add(const TensorRef& x, const TensorRef& bias, const TensorRef* residual,
+                const TensorRef& out, bool gelu);
+// Image patches as rows (im2col of a kernel = stride Conv2d). pixels: [n, C, H, W] f32;
+// out: [n, (H/patch)·(W/patch), C·patch·patch] f32|bf16.
+Status patchify(const TensorRef& pixels, const TensorRef& out, int64_t patch);
+// Average pool of a square grid of rows, kernel = stride = k. x: [n, side², C];
+// out: [n, (side/k)², C], same dtype (f32|bf16).
+Status avg_pool2d(const TensorRef& x, const TensorRef& out, int64_t k);
 
 // f32|bf16|f16 -> f32|bf16|f16, and f32|bf16 -> fp8_e4m3 (saturating at +-448).
 Status cast(const TensorRef& src, const TensorRef& dst);

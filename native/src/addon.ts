@@ -112,6 +112,18 @@ export interface Addon {
     headDim: number,
     maxKvLen: number,
   ): number;
+  biasAdd(x: T, bias: T, residual: OptT, out: T, gelu: boolean): void;
+  patchify(pixels: T, out: T, patch: number): void;
+  attentionPrefillQkv(
+    qkv: T,
+    out: T,
+    qoIndptr: T,
+    kvIndptr: T,
+    numQoHeads: number,
+    numKvHeads: number,
+    p: PrefillParamsArg,
+  ): void;
+  avgPool2d(x: T, out: T, k: number): void;
   cast(src: T, dst: T): void;
   quantize(src: T, dst: T, scale: OptT): void;
   dequantize(src: T, scale: OptT, dst: T): void;

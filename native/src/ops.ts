@@ -291,3 +291,81 @@ export function copyRows(src: Tensor, dst: Tensor, dstRows: Tensor): Tensor {
   native(() => addon().copyRows(src, dst, dstRows));
   return dst;
 }
+
+/**
+ * Linear-layer epilogue (a Linear with bias, then what follows it in a vision encoder), rounding to
+ * the dtype after each step as HF does: y = x + bias; y = gelu_tanh(y) when `gelu`; then
+ * residual + y when a residual is given.
+ * @param x [..., N] f32|bf16
+ * @param bias [N]
+ * @param opts.residual [..., N] (may be `out`); opts.out may be x
+ * @returns out [..., N]
+ */
+export function biasAdd(
+  x: Tensor,
+  bias: Tensor,
+  opts: { gelu?: boolean; residual?: Tensor; out?: Tensor } = {},
+): Tensor {
+  const y = outOr(opts.out, x.shape, x.dtypeName, x);
+  native(() => addon().biasAdd(x, bias, opts.residual ?? null, y, opts.gelu === true));
+  return y;
+}
+
+/**
+ * Image patches as rows: the im2col of a Conv2d with kernel = stride = patch, in the order of its
+ * weight [out, C, patch, patch] flattened (so the convolution is matmul(patches, weight)).
+ * @param pixels [n, C, H, W] f32
+ * @returns [n, (H/patch)·(W/patch), C·patch·patch] of `dtype`
+ */
+export function patchify(
+  pixels: Tensor,
+  patch: number,
+  opts: { dtype?: "f32" | "bf16"; out?: Tensor } = {},
+): Tensor {
+  const [n = 0, c = 0, h = 0, w = 0] = pixels.shape;
+  const shape = [n, Math.floor(h / patch) * Math.floor(w / patch), c * patch * patch];
+  const y = outOr(opts.out, shape, opts.dtype ?? "f32", pixels);
+  native(() => addon().patchify(pixels, y, patch));
+  return y;
+}
+
+/**
+ * Average pool of a square grid of rows (AvgPool2d, kernel = stride = k), float32 sums.
+ * @param x [n, side², C] f32|bf16
+ * @returns [n, (side/k)², C]
+ */
+export function avgPool2d(x: Tensor, k: number, out?: Tensor): Tensor {
+  const [n = 0, p = 0, c = 0] = x.shape;
+  const side = Math.round(Math.sqrt(p));
+  const y = outOr(out, [n, Math.floor(side / k) ** 2, c], x.dtypeName, x);
+  native(() => addon().avgPool2d(x, y, k));
+  return y;
+}
+
+/**
+ * Prefill attention on a fused projection: each row of qkv is [q | k | v] (a vision encoder's one
+ * QKV matmul); queries and keys index the same rows. Options as attentionPrefill (no kvLast).
+ * @param qkv [total, (numQoHeads + 2·numKvHeads)·head_dim]
+ * @param qoIndptr [batch + 1] i32; kvIndptr [batch + 1] i32 (the same rows)
+ * @returns out [total, numQoHeads, head_dim]
+ */
+export function attentionPrefillQkv(
+  qkv: Tensor,
+  numQoHeads: number,
+  numKvHeads: number,
+  qoIndptr: Tensor,
+  kvIndptr: Tensor,
+  o: Omit<PrefillOptions, "kvLast">,
+): Tensor {
+  const [total = 0, width = 0] = qkv.shape;
+  const d = width / (numQoHeads + 2 * numKvHeads);
+  const y = outOr(o.out, [total, numQoHeads, d], qkv.dtypeName, qkv);
+  const p = {
+    maxQLen: o.maxQLen ?? 0,
+    smScale: o.smScale,
+    window: o.window ?? 0,
+    causal: o.causal ?? true,
+  };
+  native(() => addon().attentionPrefillQkv(qkv, y, qoIndptr, kvIndptr, numQoHeads, numKvHeads, p));
+  return y;
+}

@@ -1061,5 +1061,213 @@ export function allCases(): Case[] {
     ...quantCases(),
     ...miscCases(),
     ...attentionCases(),
+    ...visionCases(),
   ];
+}
+
+// ---------------------------------------------------------------------------------------------
+// vision encoder: bias epilogue, patches, pooling, head_dim 72 attention (SigLIP-So400m)
+
+export function visionCases(): Case[] {
+  const cases: Case[] = [];
+  let seed = 3000;
+  for (const d of ["f32", "bf16"] as const) {
+    const round = roundOf(d);
+    for (const [rows, cols] of [
+      [1, 1],
+      [19, 99],
+      [7, 1152],
+      [3, 989],
+    ] as [number, number][])
+      for (const mode of ["plain", "gelu", "residual", "gelu+residual"] as const) {
+        const gelu = mode.startsWith("gelu");
+        const withRes = mode.endsWith("residual");
+        const x = inDType(randn(rows * cols, seed++, 2), d);
+        const b = inDType(randn(cols, seed++, 1), d);
+        const res = inDType(randn(rows * cols, seed++, 3), d);
+        // One extra T rounding per step on both sides; gelu's tanhf vs Math.tanh can move the
+        // inner rounding by one ulp, which the following residual rounding carries.
+        const tol: Tol =
+          d === "f32"
+            ? { kind: "elementwise", atol: 1e-6, rtol: 1e-5, why: "tanhf vs float64 tanh" }
+            : {
+                kind: "elementwise",
+                atol: 2e-2,
+                rtol: 2 ** -7,
+                why: "an inner bf16 rounding may flip by one ulp, then the sum rounds",
+              };
+        cases.push({
+          name: `biasAdd ${mode} ${d} [${rows}, ${cols}]`,
+          async run(dev) {
+            const xt = up(x, [rows, cols], d, dev);
+            const bt = up(b, [cols], d, dev);
+            const rt = withRes ? up(res, [rows, cols], d, dev) : undefined;
+            // In place into the residual (the encoder's h += ...), else into x.
+            const y = ops.biasAdd(xt, bt, {
+              gelu,
+              ...(rt ? { residual: rt, out: rt } : { out: xt }),
+            });
+            const out = [await host(y)];
+            disposeAll(xt, bt, rt);
+            return out;
+          },
+          reference: () => [ref.biasAdd(x, b, withRes ? res : null, rows, cols, gelu, round)],
+          refTol: tol,
+          cudaTol: tol,
+        });
+      }
+    for (const [n, C, H, W, p] of [
+      [1, 1, 1, 1, 1],
+      [2, 3, 28, 28, 14],
+      [1, 3, 21, 35, 7],
+      [3, 2, 12, 12, 4],
+    ] as [number, number, number, number, number][]) {
+      const px = randn(n * C * H * W, seed++, 1);
+      const rows = (H / p) * (W / p);
+      cases.push({
+        name: `patchify f32->${d} n=${n} C=${C} ${H}x${W} p=${p}`,
+        async run(dev) {
+          const pt = up(px, [n, C, H, W], "f32", dev);
+          const y = alloc([n, rows, C * p * p], d, dev);
+          y.fillBytes(0xff);
+          ops.patchify(pt, p, { out: y });
+          const out = [await host(y)];
+          disposeAll(pt, y);
+          return out;
+        },
+        reference: () => [ref.patchify(px, n, C, H, W, p, round)],
+        refTol: { kind: "exact", why: "a copy with one rounding to T" },
+        cudaTol: { kind: "exact", why: "a copy with one rounding to T" },
+      });
+    }
+    for (const [n, side, C, k] of [
+      [1, 1, 1, 1],
+      [2, 8, 19, 4],
+      [1, 12, 99, 3],
+      [3, 4, 7, 2],
+      [1, 64, 32, 4],
+    ] as [number, number, number, number][]) {
+      const x = inDType(randn(n * side * side * C, seed++, 2), d);
+      const os = side / k;
+      cases.push({
+        name: `avgPool2d ${d} n=${n} side=${side} C=${C} k=${k}`,
+        async run(dev) {
+          const xt = up(x, [n, side * side, C], d, dev);
+          const y = alloc([n, os * os, C], d, dev);
+          y.fillBytes(0xff);
+          ops.avgPool2d(xt, k, y);
+          const out = [await host(y)];
+          disposeAll(xt, y);
+          return out;
+        },
+        reference: () => [ref.avgPool2d(x, n, side, C, k, round)],
+        refTol: ULP_TOL[d],
+        cudaTol: ULP_TOL[d],
+      });
+    }
+    // head_dim 72: batched images (non-causal, ragged), and causal with a window and spans.
+    cases.push(
+      prefillCase(
+        d,
+        [
+          { q: 99, kv: 99 },
+          { q: 64, kv: 64 },
+          { q: 19, kv: 19 },
+        ],
+        2,
+        2,
+        72,
+        { causal: false },
+        seed++,
+      ),
+    );
+    cases.push(prefillCase(d, [{ q: 130, kv: 150 }], 4, 2, 72, { window: 40 }, seed++));
+    // One fused [q | k | v] projection per token (SigLIP's QKV matmul): strided q/k/v reads.
+    for (const [Hq, Hkv, D] of [
+      [2, 2, 72],
+      [4, 2, 64],
+      [2, 1, 16],
+    ] as [number, number, number][])
+      cases.push(qkvCase(d, [99, 64, 19], Hq, Hkv, D, seed++));
+    cases.push(
+      prefillCase(
+        d,
+        [
+          { q: 12, kv: 12 },
+          { q: 9, kv: 20 },
+        ],
+        2,
+        1,
+        72,
+        { spans: true },
+        seed++,
+      ),
+    );
+  }
+  return cases;
+}
+
+function qkvCase(
+  d: FloatDType,
+  lens: number[],
+  Hq: number,
+  Hkv: number,
+  D: number,
+  seed: number,
+): Case {
+  const total = lens.reduce((a, b) => a + b, 0);
+  const width = (Hq + 2 * Hkv) * D;
+  const qkv = inDType(randn(total * width, seed), d);
+  const indptr = [0];
+  for (const n of lens) indptr.push(indptr[indptr.length - 1]! + n);
+  const smScale = 1 / Math.sqrt(D);
+  const tol: Tol =
+    d === "f32"
+      ? { kind: "elementwise", atol: 2e-5, rtol: 1e-4, why: "float32 softmax in different orders" }
+      : { kind: "norm", rel: 1e-2, why: "bf16 output; the tensor-core path rounds P to bf16" };
+  return {
+    name: `attentionPrefillQkv ${d} seqs=${lens.join(",")} Hq=${Hq} Hkv=${Hkv} D=${D} non-causal`,
+    async run(dev) {
+      const t = up(qkv, [total, width], d, dev);
+      const qi = up(indptr, [lens.length + 1], "i32", dev);
+      const ki = up(indptr, [lens.length + 1], "i32", dev);
+      const out = alloc([total, Hq, D], d, dev);
+      out.fillBytes(0xff);
+      ops.attentionPrefillQkv(t, Hq, Hkv, qi, ki, {
+        smScale,
+        causal: false,
+        maxQLen: Math.max(...lens),
+        out,
+      });
+      const res = [await host(out)];
+      disposeAll(t, qi, ki, out);
+      return res;
+    },
+    reference: () => [
+      ref.attentionPrefill({
+        q: qkv,
+        k: qkv.subarray(Hq * D),
+        v: qkv.subarray((Hq + Hkv) * D),
+        qoIndptr: indptr,
+        kvIndptr: indptr,
+        kvLast: null,
+        batch: lens.length,
+        numQoHeads: Hq,
+        numKvHeads: Hkv,
+        headDim: D,
+        ldQ: width,
+        ldK: width,
+        ldV: width,
+        smScale,
+        window: 0,
+        causal: false,
+        round: roundOf(d),
+      }),
+    ],
+    refTol:
+      d === "f32"
+        ? { kind: "elementwise", atol: 2e-5, rtol: 1e-4, why: "expf and float32 online softmax" }
+        : { kind: "elementwise", atol: 1e-2, rtol: 2 ** -7, why: "output rounded to bf16 once" },
+    cudaTol: tol,
+  };
 }

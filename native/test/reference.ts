@@ -795,3 +795,86 @@ export function copyRows(
     dst.set(src.subarray(i * ldSrcBytes, i * ldSrcBytes + rowBytes), r * rowBytes);
   }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Vision encoder: bias epilogue, patches, pooling
+// ---------------------------------------------------------------------------------------------
+
+/**
+ * Linear-layer epilogue, rounding after each step: y = round(x + bias); y = round(gelu(y)) when
+ * gelu; out = round(residual + y) when a residual is given. x, residual: [rows, cols]; bias: [cols].
+ */
+export function biasAdd(
+  x: ArrayLike<number>,
+  bias: ArrayLike<number>,
+  residual: ArrayLike<number> | null,
+  rows: number,
+  cols: number,
+  gelu: boolean,
+  round: Round = roundF32,
+): Float32Array {
+  const out = new Float32Array(rows * cols);
+  for (let r = 0; r < rows; r++)
+    for (let c = 0; c < cols; c++) {
+      const i = r * cols + c;
+      let y = round(x[i]! + bias[c]!);
+      if (gelu) y = round(geluTanh(y));
+      out[i] = residual ? round(residual[i]! + y) : y;
+    }
+  return out;
+}
+
+/**
+ * Conv2d-with-stride-=-kernel patches as rows: pixels [n, C, H, W] → [n, (H/p)(W/p), C·p·p], each
+ * row ordered (c, ky, kx) like a flattened Conv2d weight.
+ */
+export function patchify(
+  pixels: ArrayLike<number>,
+  n: number,
+  C: number,
+  H: number,
+  W: number,
+  p: number,
+  round: Round = roundF32,
+): Float32Array {
+  const gy = H / p;
+  const gx = W / p;
+  const row = C * p * p;
+  const out = new Float32Array(n * gy * gx * row);
+  for (let i = 0; i < n; i++)
+    for (let py = 0; py < gy; py++)
+      for (let px = 0; px < gx; px++) {
+        const base = ((i * gy + py) * gx + px) * row;
+        for (let c = 0; c < C; c++)
+          for (let ky = 0; ky < p; ky++)
+            for (let kx = 0; kx < p; kx++)
+              out[base + (c * p + ky) * p + kx] = round(
+                pixels[((i * C + c) * H + py * p + ky) * W + px * p + kx]!,
+              );
+      }
+  return out;
+}
+
+/** AvgPool2d (kernel = stride = k) over a square grid of rows: x [n, side², C] → [n, (side/k)², C]. */
+export function avgPool2d(
+  x: ArrayLike<number>,
+  n: number,
+  side: number,
+  C: number,
+  k: number,
+  round: Round = roundF32,
+): Float32Array {
+  const os = side / k;
+  const out = new Float32Array(n * os * os * C);
+  for (let i = 0; i < n; i++)
+    for (let oy = 0; oy < os; oy++)
+      for (let ox = 0; ox < os; ox++)
+        for (let c = 0; c < C; c++) {
+          let s = 0;
+          for (let dy = 0; dy < k; dy++)
+            for (let dx = 0; dx < k; dx++)
+              s += x[((i * side + oy * k + dy) * side + ox * k + dx) * C + c]!;
+          out[((i * os + oy) * os + ox) * C + c] = round(s / (k * k));
+        }
+  return out;
+}

@@ -3,6 +3,7 @@
 HF transformers' greedy decode (bf16, batch 1) on the same GPU, as the peer for docs/benchmarks.md.
 
   python3 tools/reference/hf_decode_bench.py CONFIG.json OUT_DIR [--tokens 128] [--prompt 16]
+      [--batches 1,8,32,64] [--ttft-prompt 2048]
 
 Writes OUT_DIR/config.json (the text config, Gemma3ForCausalLM, sparse like the hub's) and
 OUT_DIR/model-0000N-of-0000M.safetensors + model.safetensors.index.json (model.* keys, no lm_head).
@@ -22,6 +23,8 @@ ap.add_argument("config")
 ap.add_argument("out")
 ap.add_argument("--tokens", type=int, default=128)
 ap.add_argument("--prompt", type=int, default=16)
+ap.add_argument("--batches", default="1", help="comma-separated batch sizes for aggregate tok/s (greedy, static batch)")
+ap.add_argument("--ttft-prompt", type=int, default=0, help="also time prefill + first token of a prompt this long")
 a = ap.parse_args()
 
 src = json.load(open(a.config))
@@ -59,24 +62,41 @@ for i, s in enumerate(shards):
     weight_map.update({k: name for k in s})
 json.dump({"metadata": {}, "weight_map": weight_map}, open(os.path.join(a.out, "model.safetensors.index.json"), "w"))
 
-ids = torch.randint(3, 1000, (1, a.prompt), device="cuda")
+def timed(ids, **gen):
+    """Median of 3 generate calls (after one warm-up of the same shape) in seconds, and the output."""
+    with torch.no_grad():
+        model.generate(ids, **{**gen, "max_new_tokens": min(8, gen["max_new_tokens"]), "min_new_tokens": min(8, gen["max_new_tokens"])})
+        runs = []
+        for _ in range(3):
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            out = model.generate(ids, **gen)
+            torch.cuda.synchronize()
+            runs.append(time.perf_counter() - t)
+    runs.sort()
+    return runs[1], out
+
+
 gen = dict(max_new_tokens=a.tokens, min_new_tokens=a.tokens, do_sample=False)
-with torch.no_grad():
-    model.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False)  # warm-up
-    runs = []
-    for _ in range(3):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        out = model.generate(ids, **gen)
-        torch.cuda.synchronize()
-        runs.append(time.perf_counter() - t)
-runs.sort()
-new = out.shape[1] - ids.shape[1]
+batches = {}
+for b in [int(x) for x in a.batches.split(",") if x]:
+    ids = torch.randint(3, 1000, (b, a.prompt), device="cuda")
+    secs, out = timed(ids, **gen)
+    new = out.shape[1] - ids.shape[1]
+    batches[b] = {"tok_s": b * new / secs, "per_stream_tok_s": new / secs, "seconds_median": secs, "tokens": new}
+ttft = None
+if a.ttft_prompt:
+    ids = torch.randint(3, 1000, (1, a.ttft_prompt), device="cuda")
+    secs, _ = timed(ids, max_new_tokens=1, min_new_tokens=1, do_sample=False)
+    ttft = {"prompt": a.ttft_prompt, "ms": secs * 1000}
+first = batches[min(batches)]
 print(json.dumps({
-    "hf_tok_s": new / runs[1],
-    "tokens": new,
+    "hf_tok_s": first["per_stream_tok_s"],
+    "tokens": first["tokens"],
     "prompt": a.prompt,
-    "seconds_median": runs[1],
+    "seconds_median": first["seconds_median"],
+    "batches": batches,
+    "ttft": ttft,
     "transformers": transformers.__version__,
     "torch": torch.__version__,
     "gpu": torch.cuda.get_device_name(),

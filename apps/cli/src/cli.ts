@@ -13,29 +13,41 @@ import {
   loadConfig,
   loadTextModel,
   resolveModelPath,
+  type Gemma3TextModel,
   type WeightQuantization,
 } from "@gemma3/model";
+import type { Tensor } from "@gemma3/native";
+import {
+  imageProcessorOptions,
+  loadImage,
+  loadVisionEncoder,
+  probeImage,
+  type ImageInfo,
+  type PreprocessedImage,
+} from "@gemma3/vision";
 import { estimateKV, formatBytes, type KVDType } from "@gemma3/kv-cache/estimate";
 import {
   Gemma3Tokenizer,
   imageTokenConfig,
   panAndScanCrops,
-  readImageSize,
   stopTokenIds,
   type ChatMessage,
 } from "@gemma3/tokenizer";
 import { generate } from "./generate.js";
+import { CliUsageError, cmdChat, cmdServe, SERVE_USAGE } from "./serve.js";
 
 const DEMO = join(dirname(dirname(fileURLToPath(import.meta.url))), "demo-model");
 
 const USAGE = `usage:
   gemma3 generate [--model DIR|FILE.gguf] (--prompt TEXT | --prompt-ids 2,9259,1902)
+                  [--image PATH ... [--pan-and-scan]]
                   [--max-tokens 24] [--temperature 0] [--seed 0] [--logprobs N]
                   [--device cpu|cuda|cuda:N] [--dtype f32|bf16] [--quantize q8_0|q4_0|q4_k|…]
                   [--ignore-eos] [--json] [--stats]
   gemma3 tokenize [--model DIR] (--text TEXT | --chat FILE.json [--image PATH ...] [--pan-and-scan])
                   [--no-special-tokens] [--json]
   gemma3 inspect --config FILE [--context N [--batch B] [--kv-dtype bf16|f32|fp8]] [--json]
+${SERVE_USAGE}
 
   --model DIR   a directory with config.json and *.safetensors (single or sharded), as on the hub,
                 or a llama.cpp gemma3 .gguf (F32/F16/BF16/Q8_0/Q4_0/Q4_K/Q5_K/Q6_K tensors, so
@@ -49,7 +61,12 @@ const USAGE = `usage:
   --chat FILE   a JSON conversation, [{"role": "user", "content": "…"}, …] or {"messages": […],
                 "add_generation_prompt": true}, rendered with the model's chat template; content
                 parts {"type": "image"} take the --image files in order (or their "path").
-  --pan-and-scan  count Pan & Scan crops from each image's size (needs the image files).`;
+  --pan-and-scan  count Pan & Scan crops from each image's size (needs the image files).
+  --image PATH  (generate) an image for a multimodal checkpoint (repeatable): with --prompt, the
+                prompt is one user turn [images…, TEXT] rendered with the chat template (each image
+                expanded to its soft tokens, Pan & Scan crops with --pan-and-scan); with
+                --prompt-ids, the positions holding the image token id take the images' features
+                in order (original then crops, image after image), with no further expansion.`;
 
 class UsageError extends Error {}
 
@@ -79,6 +96,8 @@ async function cmdGenerate(argv: string[]): Promise<void> {
       model: { type: "string" },
       "prompt-ids": { type: "string" },
       prompt: { type: "string" },
+      image: { type: "string", multiple: true },
+      "pan-and-scan": { type: "boolean" },
       "max-tokens": { type: "string" },
       temperature: { type: "string" },
       seed: { type: "string" },
@@ -115,15 +134,25 @@ async function cmdGenerate(argv: string[]): Promise<void> {
     );
   // With a tokenizer beside the weights, --prompt works and the output gains the text.
   const tok = await modelTokenizer(dir, !values.model, givenIds ? undefined : "--prompt");
-  const promptIds = givenIds ?? tok!.encode(values.prompt!);
+  if (values["pan-and-scan"] && !values.image)
+    throw new UsageError("generate: --pan-and-scan goes with --image");
+  const images = values.image
+    ? await preprocessImages(values.image, dir, !!values["pan-and-scan"])
+    : undefined;
+  const promptIds =
+    givenIds ??
+    (images ? imagePrompt(tok!, values.prompt!, images, dir) : tok!.encode(values.prompt!));
   const generationConfig = readJsonIfExists(join(dir, "generation_config.json"));
   const model = await loadTextModel(modelPath, {
     device: values.device ?? "cpu",
     ...(dtype ? { dtype } : {}),
     ...(quantize ? { quantize } : {}),
   });
+  let imageFeatures: Tensor | undefined;
   try {
+    if (images) imageFeatures = await encodeImages(dir, images, model);
     const r = await generate(model, promptIds, {
+      ...(imageFeatures ? { imageFeatures } : {}),
       maxTokens: num(values["max-tokens"], 24, "--max-tokens", 1),
       temperature: num(values.temperature, 0, "--temperature", 0),
       seed: num(values.seed, 0, "--seed", 0),
@@ -153,7 +182,66 @@ async function cmdGenerate(argv: string[]): Promise<void> {
       );
     }
   } finally {
+    imageFeatures?.dispose();
     model.dispose();
+  }
+}
+
+/** Each --image decoded and preprocessed as the checkpoint's preprocessor_config.json says. */
+async function preprocessImages(
+  paths: string[],
+  dir: string,
+  panAndScan: boolean,
+): Promise<PreprocessedImage[]> {
+  const pre = (readJsonIfExists(join(dir, "preprocessor_config.json")) ?? {}) as Record<
+    string,
+    unknown
+  >;
+  const opts = imageProcessorOptions(pre);
+  // Without a preprocessor size, the tower's own input size (vision_config.image_size).
+  if (pre.size === undefined) {
+    const v = (await loadConfig(join(dir, "config.json"))).vision;
+    if (v) opts.imageSize = v.image_size;
+  }
+  return Promise.all(paths.map((p) => loadImage(p, { ...opts, panAndScan })));
+}
+
+/** --prompt with images: one user turn [images…, text] through the chat template. */
+function imagePrompt(
+  tok: Gemma3Tokenizer,
+  text: string,
+  images: PreprocessedImage[],
+  dir: string,
+): number[] {
+  const config = readJsonIfExists(join(dir, "config.json")) as Record<string, unknown> | undefined;
+  const content: ChatMessage["content"] = [
+    ...images.map(() => ({ type: "image" as const })),
+    { type: "text", text },
+  ];
+  return tok.encodeChat([{ role: "user", content }], {
+    addGenerationPrompt: true,
+    numCrops: images.map((im) => im.numCrops),
+    imageTokens: imageTokenConfig(config, tok.config),
+  }).ids;
+}
+
+/** The images' features (original then crops, image after image) on the model's device. */
+async function encodeImages(
+  dir: string,
+  images: PreprocessedImage[],
+  model: Gemma3TextModel,
+): Promise<Tensor> {
+  const enc = await loadVisionEncoder(dir, { device: model.device, dtype: model.dtype });
+  try {
+    const all = new Float32Array(images.reduce((n, im) => n + im.pixelValues.length, 0));
+    let at = 0;
+    for (const im of images) {
+      all.set(im.pixelValues, at);
+      at += im.pixelValues.length;
+    }
+    return enc.encode(all);
+  } finally {
+    enc.dispose();
   }
 }
 
@@ -210,14 +298,17 @@ function readChat(file: string): ChatFile {
   };
 }
 
-/** Pan & Scan crops per image part, from the image files' sizes (HF processor defaults). */
-function chatImageCrops(
+/**
+ * Pan & Scan crops per image part. Each image file's header is read (format checked, size after
+ * EXIF orientation, as HF's load_image sees it); P&S parameters from preprocessor_config.json.
+ */
+async function chatImageCrops(
   chat: ChatFile,
   chatFile: string,
   images: string[] | undefined,
   panAndScan: boolean,
   dir: string,
-): number[] {
+): Promise<number[]> {
   const parts = chat.messages.flatMap((m) =>
     Array.isArray(m?.content) ? m.content.filter((p) => p?.type === "image") : [],
   );
@@ -225,24 +316,32 @@ function chatImageCrops(
     throw new UsageError(
       `--chat has ${parts.length} image part(s) but ${images.length} --image path(s) were given`,
     );
-  if (!panAndScan) return parts.map(() => 0);
   const pre = (readJsonIfExists(join(dir, "preprocessor_config.json")) ?? {}) as Record<
     string,
     unknown
   >;
-  const opt = (k: string) => (typeof pre[k] === "number" ? (pre[k] as number) : undefined);
-  return parts.map((p, i) => {
+  const opts = imageProcessorOptions(pre);
+  // HF turns P&S on when the preprocessor config says so; --pan-and-scan does per call.
+  const pas = panAndScan || opts.panAndScan === true;
+  const out: number[] = [];
+  for (const [i, p] of parts.entries()) {
     let path = images?.[i] ?? (typeof p.path === "string" ? p.path : undefined);
-    if (path === undefined)
-      throw new UsageError(`--pan-and-scan needs image ${i + 1}'s file: pass --image PATH`);
+    if (path === undefined) {
+      if (pas)
+        throw new UsageError(`--pan-and-scan needs image ${i + 1}'s file: pass --image PATH`);
+      out.push(0);
+      continue;
+    }
     if (!images && !isAbsolute(path)) path = resolve(dirname(chatFile), path);
-    const { width, height } = readImageSize(readFileSync(path));
-    return panAndScanCrops(width, height, {
-      minCropSize: opt("pan_and_scan_min_crop_size"),
-      maxNumCrops: opt("pan_and_scan_max_num_crops"),
-      minRatioToActivate: opt("pan_and_scan_min_ratio_to_activate"),
-    }).length;
-  });
+    let info: ImageInfo;
+    try {
+      info = await probeImage(path);
+    } catch (e) {
+      throw new Error(`image ${i + 1} (${path}): ${(e as Error).message}`);
+    }
+    out.push(pas ? panAndScanCrops(info.width, info.height, opts.panAndScanParams).length : 0);
+  }
+  return out;
 }
 
 async function cmdTokenize(argv: string[]): Promise<void> {
@@ -270,7 +369,7 @@ async function cmdTokenize(argv: string[]): Promise<void> {
     ids = tok.encode(values.text, { addSpecialTokens: !values["no-special-tokens"] });
   } else {
     const chat = readChat(values.chat!);
-    const numCrops = chatImageCrops(
+    const numCrops = await chatImageCrops(
       chat,
       values.chat!,
       values.image,
@@ -369,6 +468,8 @@ async function main(argv: string[]): Promise<number> {
     if (cmd === "generate") await cmdGenerate(rest);
     else if (cmd === "tokenize") await cmdTokenize(rest);
     else if (cmd === "inspect") await cmdInspect(rest);
+    else if (cmd === "serve") await cmdServe(rest, DEMO);
+    else if (cmd === "chat") await cmdChat(rest, DEMO);
     else if (cmd === undefined || cmd === "--help" || cmd === "-h" || cmd === "help") {
       process.stdout.write(USAGE + "\n");
       return cmd === undefined ? 2 : 0;
@@ -379,10 +480,11 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`gemma3: ${err.message}\n`);
     if (
       e instanceof UsageError ||
+      e instanceof CliUsageError ||
       (err as { code?: string }).code === "ERR_PARSE_ARGS_UNKNOWN_OPTION"
     )
       process.stderr.write(USAGE + "\n");
-    return e instanceof UsageError ? 2 : 1;
+    return e instanceof UsageError || e instanceof CliUsageError ? 2 : 1;
   }
 }
 

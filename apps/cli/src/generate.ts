@@ -2,7 +2,7 @@
 // sampling with a seed, logprobs from the model's distribution, stop at the config's eos ids.
 // (The full sampler, stop strings and batching belong to @gemma3/generation, a later issue.)
 import type { Gemma3TextModel } from "@gemma3/model";
-import { ops } from "@gemma3/native";
+import { ops, type Tensor } from "@gemma3/native";
 
 export interface GenerateOptions {
   maxTokens: number;
@@ -13,6 +13,8 @@ export interface GenerateOptions {
   logprobs: number;
   /** Token ids that end generation (default: the config's eos ids). */
   stop?: readonly number[];
+  /** Features of the prompt's image tokens, in order (see Gemma3TextModel ModelStep). */
+  imageFeatures?: Tensor;
 }
 
 export interface TokenLogprob {
@@ -91,7 +93,11 @@ export async function generate(
   const t0 = performance.now();
   let t1 = t0;
   try {
-    let step = model.forward(promptIds, cache);
+    let step = model.forward(
+      promptIds,
+      cache,
+      o.imageFeatures ? { imageFeatures: o.imageFeatures } : {},
+    );
     for (let i = 0; i < o.maxTokens; i++) {
       let token: number;
       if (o.temperature === 0 && o.logprobs === 0) {

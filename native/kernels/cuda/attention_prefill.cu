@@ -1,13 +1,14 @@
 // Prefill attention over a ragged batch (contract: kernels/kernels.inc, attention_prefill).
 //
-// bf16, head_dim 64/128/256, 16-byte aligned operands: FlashAttention-2 style kernel. One CTA per
-// (qo head, q tile of 16 * kWarps rows, sequence); each warp owns 16 query rows. K/V tiles of 64
-// keys stream through XOR-swizzled shared memory with cp.async (V(t) loads while S = Q K(t)^T runs,
-// K(t+1) loads while O += P V(t) runs). S and P.V use mma.sync m16n8k16 bf16 with f32 accumulators,
-// fragments via ldmatrix; online softmax in f32 with exp2 (sm_scale folded into log2e). Tiles that
-// every row of the q tile sees completely skip the mask; tiles no row sees are never visited.
-// float, head_dim 16/32, or unaligned strides: one warp per query row, scalar FFMA
-// (reference-grade).
+// bf16, head_dim 64/72/128/256, 16-byte aligned operands: FlashAttention-2 style kernel. One CTA
+// per (qo head, q tile of 16 * kWarps rows, sequence); each warp owns 16 query rows. K/V tiles of
+// 64 keys stream through XOR-swizzled shared memory with cp.async (V(t) loads while S = Q K(t)^T
+// runs, K(t+1) loads while O += P V(t) runs). S and P.V use mma.sync m16n8k16 bf16 with f32
+// accumulators, fragments via ldmatrix; online softmax in f32 with exp2 (sm_scale folded into
+// log2e). Tiles that every row of the q tile sees completely skip the mask; tiles no row sees are
+// never visited. head_dim 72 (SigLIP-So400m: 1152 / 16) computes over 80 dims (the k-dim of
+// m16n8k16), the pad zero-filled at load, in rows of 128-element swizzled shared memory. float,
+// head_dim 16/32, or unaligned strides: one warp per query row, scalar FFMA (reference-grade).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -119,11 +120,13 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
 template <int D, int kWarps>
 struct MmaCfg {
   static constexpr int kThreads = kWarps * 32;
-  static constexpr int kBr = kWarps * 16;  // query rows per CTA
-  static constexpr int kBc = 64;           // keys per K/V tile
-  static constexpr int kChunks = D / 8;    // 16-byte chunks per row
-  static constexpr int kSmemBytes = (kBr + 2 * kBc) * D * 2;
-  static_assert(D % 64 == 0, "the XOR swizzle needs >= 8 chunks per row");
+  static constexpr int kBr = kWarps * 16;         // query rows per CTA
+  static constexpr int kBc = 64;                  // keys per K/V tile
+  static constexpr int kChunks = D / 8;           // 16-byte chunks per row in global memory
+  static constexpr int kDp = (D + 15) / 16 * 16;  // dims computed (mma k-steps of 16)
+  static constexpr int kDs = (D + 63) / 64 * 64;  // shared row width (the swizzle's 8 chunks)
+  static constexpr int kSmemBytes = (kBr + 2 * kBc) * kDs * 2;
+  static_assert(D % 8 == 0, "rows are read in 16-byte chunks");
 };
 
 // Shared tiles are [rows][D] bf16 with 16-byte chunk c of row r stored at chunk c ^ (r & 7): the 8
@@ -133,18 +136,19 @@ __device__ __forceinline__ uint32_t swz(int row, int chunk) {
   return uint32_t((row * D + ((chunk ^ (row & 7)) << 3)) * 2);  // byte offset
 }
 
-// Copies rows [0, kRows) of a [rows, D] slice (row stride ld elements) into a swizzled tile; rows
-// >= valid_rows are zero-filled so padding keys/queries contribute exact zeros, never NaN.
+// Copies rows [0, kRows) of a [rows, D] slice (row stride ld elements) into a swizzled tile of
+// kDs-element rows, kDp dims each; rows >= valid_rows and dims >= D are zero-filled so padding
+// keys/queries/dims contribute exact zeros, never NaN.
 template <int D, int kRows, int kThreads>
 __device__ __forceinline__ void load_tile_async(uint32_t s_base, const bf16* g, int64_t ld,
                                                 int valid_rows, int tid) {
-  constexpr int kChunks = D / 8;
+  constexpr int kDs = (D + 63) / 64 * 64, kLoad = (D + 15) / 16 * 2, kReal = D / 8;
 #pragma unroll
-  for (int idx = tid; idx < kRows * kChunks; idx += kThreads) {
-    const int r = idx / kChunks, c = idx % kChunks;
-    const bool valid = r < valid_rows;
+  for (int idx = tid; idx < kRows * kLoad; idx += kThreads) {
+    const int r = idx / kLoad, c = idx % kLoad;
+    const bool valid = r < valid_rows && c < kReal;
     const bf16* src = valid ? g + r * ld + c * 8 : g;
-    cp_async_16(s_base + swz<D>(r, c), src, valid);
+    cp_async_16(s_base + swz<kDs>(r, c), src, valid);
   }
 }
 
@@ -171,8 +175,9 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks)
     prefill_mma_kernel(const PrefillParams p) {
   using Cfg = MmaCfg<D, kWarps>;
   constexpr int kBr = Cfg::kBr, kBc = Cfg::kBc, kThreads = Cfg::kThreads;
+  constexpr int kDp = Cfg::kDp, kDs = Cfg::kDs;
   constexpr int kNt = kBc / 8;  // n-tiles of S per warp
-  constexpr int kDt = D / 8;    // n-tiles of O per warp
+  constexpr int kDt = kDp / 8;  // n-tiles of O per warp
   extern __shared__ __align__(128) uint8_t smem[];
   __shared__ int s_row_lo[kBr], s_row_hi[kBr];
   __shared__ int s_red[kBr / 32][4];
@@ -234,8 +239,8 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks)
   }
 
   const uint32_t sQ = smem_u32(smem);
-  const uint32_t sK = sQ + kBr * D * 2;
-  const uint32_t sV = sK + kBc * D * 2;
+  const uint32_t sK = sQ + kBr * kDs * 2;
+  const uint32_t sV = sK + kBc * kDs * 2;
   const bf16* q_g = p.q + (sb.q0 + q_begin) * p.ld_q + int64_t(h) * D;
   const bf16* k_g = p.k + sb.kv0 * p.ld_k + int64_t(kvh) * D;
   const bf16* v_g = p.v + sb.kv0 * p.ld_v + int64_t(kvh) * D;
@@ -254,12 +259,12 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks)
 
   // Lane-constant parts of the ldmatrix addresses (row & 7 == lane & 7 for every operand).
   const int x7 = lane & 7;
-  const uint32_t a_row = uint32_t((warp * 16 + (lane & 15)) * D * 2);
+  const uint32_t a_row = uint32_t((warp * 16 + (lane & 15)) * kDs * 2);
   const int a_hi = lane >> 4;  // A: +8 columns for lanes 16..31
   const uint32_t k_row =
-      uint32_t((x7 + ((lane >> 4) << 3)) * D * 2);  // K: +8 keys for lanes 16..31
-  const int k_hi = (lane >> 3) & 1;                 // K: +8 dims for lanes 8..15, 24..
-  const uint32_t v_row = uint32_t((x7 + (((lane >> 3) & 1) << 3)) * D * 2);  // V: +8 keys
+      uint32_t((x7 + ((lane >> 4) << 3)) * kDs * 2);  // K: +8 keys for lanes 16..31
+  const int k_hi = (lane >> 3) & 1;                   // K: +8 dims for lanes 8..15, 24..
+  const uint32_t v_row = uint32_t((x7 + (((lane >> 3) & 1) << 3)) * kDs * 2);  // V: +8 keys
   const int v_hi = lane >> 4;  // V: +8 dims for lanes 16..31
 
   for (int t = t_first; t < t_end; ++t) {
@@ -274,13 +279,13 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks)
 #pragma unroll
     for (int i = 0; i < kNt; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
 #pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {
+    for (int ks = 0; ks < kDp / 16; ++ks) {
       uint32_t a[4];
       ldmatrix_x4(a, sQ + a_row + ((((ks * 2) | a_hi) ^ x7) << 4));
 #pragma unroll
       for (int np = 0; np < kNt / 2; ++np) {
         uint32_t bk[4];
-        ldmatrix_x4(bk, sK + np * 16 * D * 2 + k_row + ((((ks * 2) | k_hi) ^ x7) << 4));
+        ldmatrix_x4(bk, sK + np * 16 * kDs * 2 + k_row + ((((ks * 2) | k_hi) ^ x7) << 4));
         mma_bf16(s[2 * np], a, bk[0], bk[1]);
         mma_bf16(s[2 * np + 1], a, bk[2], bk[3]);
       }
@@ -351,9 +356,9 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks)
       a[2] = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
       a[3] = pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 #pragma unroll
-      for (int dp = 0; dp < D / 16; ++dp) {
+      for (int dp = 0; dp < kDp / 16; ++dp) {
         uint32_t bv[4];
-        ldmatrix_x4_trans(bv, sV + kk * 16 * D * 2 + v_row + ((((dp * 2) | v_hi) ^ x7) << 4));
+        ldmatrix_x4_trans(bv, sV + kk * 16 * kDs * 2 + v_row + ((((dp * 2) | v_hi) ^ x7) << 4));
         mma_bf16(o[2 * dp], a, bv[0], bv[1]);
         mma_bf16(o[2 * dp + 1], a, bv[2], bv[3]);
       }
@@ -378,7 +383,7 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks)
     for (int r = 0; r < 2; ++r) {
       const int row = warp * 16 + g + 8 * r;
       const uint32_t val = pack_bf16x2(o[n][2 * r] * inv[r], o[n][2 * r + 1] * inv[r]);
-      *reinterpret_cast<uint32_t*>(sQp + swz<D>(row, n) + t4 * 4) = val;
+      *reinterpret_cast<uint32_t*>(sQp + swz<kDs>(row, n) + t4 * 4) = val;
     }
   }
   __syncwarp();
@@ -390,7 +395,7 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks)
     const int rr = idx / kChunks, c = idx % kChunks;
     const int row = warp * 16 + rr;
     if (row < q_rows) {
-      const uint4 val = *reinterpret_cast<const uint4*>(sQp + swz<D>(row, c));
+      const uint4 val = *reinterpret_cast<const uint4*>(sQp + swz<kDs>(row, c));
       *reinterpret_cast<uint4*>(out_g + row * out_ld + c * 8) = val;
     }
   }
@@ -422,8 +427,8 @@ constexpr int kSimpleWarps = 4;
 template <typename T, int D>
 __global__ void __launch_bounds__(kSimpleWarps * 32)
     prefill_simple_kernel(const SimpleParams<T> p) {
-  constexpr int kE = D >= 32 ? D / 32 : 1;  // elements per lane
-  constexpr int kU = 4;                     // keys per step (independent reductions for ILP)
+  constexpr int kE = (D + 31) / 32;  // elements per lane
+  constexpr int kU = 4;              // keys per step (independent reductions for ILP)
   const int h = blockIdx.x, b = blockIdx.z;
   const int lane = threadIdx.x & 31;
   const int i = blockIdx.y * kSimpleWarps + (threadIdx.x >> 5);
@@ -545,7 +550,7 @@ Status attention_prefill(const T* q, const T* k, const T* v, T* out, const int32
                          int64_t ld_v, float sm_scale, int32_t window, bool causal,
                          cudaStream_t stream) {
   const int64_t D = head_dim;
-  if (D != 16 && D != 32 && D != 64 && D != 128 && D != 256) {
+  if (D != 16 && D != 32 && D != 64 && D != 72 && D != 128 && D != 256) {
     return Status(StatusCode::kUnsupported,
                   "attention_prefill: Unsupported head_dim: " + std::to_string(D));
   }
@@ -600,6 +605,7 @@ Status attention_prefill(const T* q, const T* k, const T* v, T* out, const int32
       }
       if (D == 256) return launch_mma<256, 4, 2>(p, batch, tiles, stream);
       if (D == 128) return launch_mma<128, 4, 3>(p, batch, tiles, stream);
+      if (D == 72) return launch_mma<72, 4, 3>(p, batch, tiles, stream);
       return launch_mma<64, 4, 4>(p, batch, tiles, stream);
     }
   }
@@ -614,6 +620,8 @@ Status attention_prefill(const T* q, const T* k, const T* v, T* out, const int32
       return launch_simple<T, 32>(p, batch, max_q_len, stream);
     case 64:
       return launch_simple<T, 64>(p, batch, max_q_len, stream);
+    case 72:
+      return launch_simple<T, 72>(p, batch, max_q_len, stream);
     case 128:
       return launch_simple<T, 128>(p, batch, max_q_len, stream);
     default:

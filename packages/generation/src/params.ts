@@ -35,7 +35,10 @@ export interface SamplingParams {
   logitBias?: Readonly<Record<number | string, number>> | ReadonlyMap<number, number>;
   /** Seeds this request's own generator: same seed + same request → same tokens. */
   seed?: number | bigint;
-  /** Log-probabilities of the model's distribution: the sampled token's and the top n (n ≥ 0). */
+  /**
+   * Log-probabilities of the model's distribution (masked by a response_format constraint, as
+   * vLLM's): the sampled token's and the top n (n ≥ 0).
+   */
   logprobs?: number;
   /** Stop tokens are masked (−inf) and stop strings ignored until this many tokens are out. */
   minTokens?: number;

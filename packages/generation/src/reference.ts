@@ -6,7 +6,10 @@ import type { SamplingState } from "./state.js";
 
 export interface TokenLogprob {
   token: number;
-  /** log-softmax of the model's logits (before any processor), float64 */
+  /**
+   * log-softmax of the model's logits (before any processor; after a response_format mask, which
+   * vLLM applies to the logits before its sampler), float64
+   */
   logprob: number;
 }
 
@@ -37,12 +40,13 @@ export function logSumExp(x: ArrayLike<number>): number {
  * The token the reference picks for one row, given the step's uniform `u` (drawn by the caller:
  * one draw per non-greedy step). Greedy: the first maximum of the processed logits. Otherwise
  * temperature, then decide() over the whole vocabulary.
- * @param logits [vocab] the model's logits for this sequence
+ * @param logits [vocab] the model's logits for this sequence (masked here by its constraint)
  */
 export function referenceToken(logits: Float32Array, state: SamplingState, u: number): number {
   const V = logits.length;
-  const v = Float64Array.from(logits);
-  for (const t of state.modifiedTokens()) v[t] = state.process(t, logits[t]!);
+  const row = maskedRow(logits, state.mask());
+  const v = Float64Array.from(row);
+  for (const t of state.modifiedTokens()) v[t] = state.process(t, row[t]!);
   if (state.params.greedy) {
     let best = 0;
     let bv = -Infinity;
@@ -69,8 +73,30 @@ export function referenceTopLogprobs(logits: Float32Array, n: number): TokenLogp
   return Array.from(order.subarray(0, n), (t) => ({ token: t, logprob: logits[t]! - lse }));
 }
 
+/**
+ * The row with the tokens outside `mask` at −inf (the row itself without a mask): the logits the
+ * sampler and the logprobs see, as vLLM's grammar bitmask leaves them.
+ * @param logits [vocab]
+ * @param mask bitset over the vocabulary (TokenConstraint.allowed), or null
+ */
+export function maskedRow(logits: Float32Array, mask: Uint32Array | null): Float32Array {
+  if (!mask) return logits;
+  const out = new Float32Array(logits.length).fill(-Infinity);
+  for (let w = 0; w < mask.length; w++) {
+    let bits = mask[w]!;
+    while (bits !== 0) {
+      const b = 31 - Math.clz32(bits);
+      bits &= ~(1 << b);
+      const t = w * 32 + b;
+      if (t < out.length) out[t] = logits[t]!;
+    }
+  }
+  return out;
+}
+
 /** Samples one token from one row on the host and records it in `state`. */
-export function sampleReference(logits: Float32Array, state: SamplingState): SampleResult {
+export function sampleReference(row: Float32Array, state: SamplingState): SampleResult {
+  const logits = maskedRow(row, state.mask());
   const u = state.params.greedy ? 0 : state.rng.next();
   const token = referenceToken(logits, state, u);
   state.record(token);

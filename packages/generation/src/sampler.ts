@@ -14,6 +14,8 @@
 //                            and the same chunk statistics: the tail's mass Σ exp(l − lmax).
 // On the host: bias, penalties, temperature, min-p, top-k, top-p and the draw, over the candidates,
 // with the same code and float64 arithmetic as the reference (state.ts, decide.ts).
+// Constrained rows (response_format): a copy of the logits with their disallowed tokens at −inf
+// comes first (applyMasks: only id lists go up), and all of the above reads it.
 //
 // Exactness. The "tail" (tokens not among the candidates) is unmodified and ranks at or below the
 // K-th raw logit b, so a candidate whose processed value exceeds f(b) (f: ÷T, monotone) precedes
@@ -31,6 +33,7 @@
 // Logprobs: x_token − lse, lse = M + log Σ_j exp(m_j − M)/pmax_j; measured error ≤ 1e-5 (1e-6 typ.)
 // at vocab 262144 on the CPU backend; the top-n ids and their order are exact.
 import { Tensor, ops, type Device, type DTypeName } from "@gemma3/native";
+import { maskCount } from "./constraint/mask.js";
 import { decide, sortByValue, type Tail } from "./decide.js";
 import { referenceToken, type SampleResult } from "./reference.js";
 import type { SamplingState } from "./state.js";
@@ -82,6 +85,7 @@ export class Sampler {
   private readonly bufs = new Map<string, Tensor>();
   private busy = false;
   private device: Device | undefined;
+  private negInfBuf: Tensor | undefined;
 
   constructor(opts: SamplerOptions = {}) {
     const k = opts.maxCandidates ?? 1024;
@@ -117,12 +121,18 @@ export class Sampler {
     }
   }
 
-  private async run(logits: Tensor, picks: readonly SamplePick[], B: number, V: number) {
+  private async run(input: Tensor, picks: readonly SamplePick[], B: number, V: number) {
     this.rows += picks.length;
-    if (this.device !== logits.device) {
+    if (this.device !== input.device) {
       this.dispose();
-      this.device = logits.device;
+      this.device = input.device;
     }
+    // Constrained rows: their logits masked on the device first; everything below (candidates,
+    // logprobs, fallbacks) then reads the masked logits, as vLLM's sampler does.
+    const masks = picks.map(({ state }) => state.mask());
+    const logits = masks.some((m) => m !== null)
+      ? this.applyMasks(input, picks, masks, B, V)
+      : input;
     // One uniform per non-greedy pick, drawn first: the reference draws the same way.
     const us = picks.map(({ state }) => (state.params.greedy ? 0 : state.rng.next()));
     const mods = picks.map(({ state }) => state.modifiedTokens());
@@ -285,6 +295,78 @@ export class Sampler {
     return out;
   }
 
+  /**
+   * A copy of the logits with each constrained row's disallowed tokens at −inf. Per row the
+   * smaller side of the mask goes up as flat indices (row·V + id): the allowed ids (row set to
+   * −inf, their logits gathered back), or the disallowed ids (scattered to −inf). So a step
+   * uploads at most V/2 ids per row: a few hundred in structural JSON states, a few thousand
+   * inside strings — never the full-vocabulary f32 mask.
+   * @param logits [B, V] f32
+   * @returns [B, V] f32 (a reused buffer)
+   */
+  private applyMasks(
+    logits: Tensor,
+    picks: readonly SamplePick[],
+    masks: readonly (Uint32Array | null)[],
+    B: number,
+    V: number,
+  ): Tensor {
+    const out = this.buf("masked", [B, V], "f32");
+    out.copyFrom(logits);
+    const keep: number[] = [];
+    const drop: number[] = [];
+    picks.forEach(({ row }, i) => {
+      const m = masks[i];
+      if (!m) return;
+      const base = row * V;
+      if (maskCount(m) <= V / 2) {
+        out.slice(row, row + 1).copyFrom(this.negInf(V).view([1, V]));
+        for (let w = 0; w < m.length; w++) {
+          let bits = m[w]!;
+          while (bits !== 0) {
+            const b = 31 - Math.clz32(bits);
+            bits &= ~(1 << b);
+            if (w * 32 + b < V) keep.push(base + w * 32 + b);
+          }
+        }
+      } else
+        for (let w = 0; w < m.length; w++) {
+          let bits = ~m[w]!;
+          while (bits !== 0) {
+            const b = 31 - Math.clz32(bits);
+            bits &= ~(1 << b);
+            if (w * 32 + b < V) drop.push(base + w * 32 + b);
+          }
+        }
+    });
+    const flat = out.view([B * V, 1]);
+    if (keep.length > 0) {
+      const ids = this.buf("mkeep", [keep.length], "i32");
+      ids.write(Int32Array.from(keep));
+      const vals = ops.embedding(ids, logits.view([B * V, 1]), 1, {
+        out: this.buf("mkeepv", [keep.length, 1], "f32"),
+      });
+      ops.copyRows(vals, flat, ids);
+    }
+    if (drop.length > 0) {
+      const ids = this.buf("mdrop", [drop.length], "i32");
+      ids.write(Int32Array.from(drop));
+      ops.copyRows(this.negInf(drop.length).view([drop.length, 1]), flat, ids);
+    }
+    return out;
+  }
+
+  /** n × −inf on the device (a buffer written once and grown when needed). */
+  private negInf(n: number): Tensor {
+    if (!this.negInfBuf || this.negInfBuf.numel < n) {
+      this.negInfBuf?.dispose();
+      const cap = Math.max(n, 2 * (this.negInfBuf?.numel ?? 0));
+      this.negInfBuf = Tensor.empty([cap], "f32", this.device!);
+      this.negInfBuf.write(new Float32Array(cap).fill(-Infinity));
+    }
+    return this.negInfBuf.slice(0, n);
+  }
+
   /** Row maxima of [rows, c] (top-k with k = 1) into a named buffer. */
   private chunkMax(x: Tensor, name: string): Tensor {
     const rows = x.shape[0]!;
@@ -310,6 +392,8 @@ export class Sampler {
   dispose(): void {
     for (const t of this.bufs.values()) t.dispose();
     this.bufs.clear();
+    this.negInfBuf?.dispose();
+    this.negInfBuf = undefined;
   }
 }
 

@@ -7,8 +7,14 @@ import type {
   HybridKVCacheOptions,
   KVSequence,
   PlannerStats,
+  Span,
 } from "@gemma3/kv-cache";
 import type { Tensor } from "@gemma3/native";
+import {
+  createResponseFormatConstraint,
+  type GrammarOptions,
+  type ResponseFormat,
+} from "./constraint/index.js";
 import {
   GenerationError,
   resolveStopTokenIds,
@@ -27,10 +33,23 @@ export interface GenerationModel {
     readonly vocabSize: number;
     readonly eosTokenIds: readonly number[];
     readonly maxPositionEmbeddings: number;
+    /** <image_soft_token> id (multimodal checkpoints): prompt positions that take image features */
+    readonly imageTokenIndex?: number | null;
   };
   newKVCache(o: Omit<HybridKVCacheOptions, "dtype" | "device">): HybridKVCache;
-  /** logits [batch, vocab] f32: each sequence's last new token */
-  forwardBatch(steps: readonly { seq: KVSequence; ids: readonly number[] }[]): Tensor;
+  /**
+   * logits [batch, vocab] f32: each sequence's last new token. `graph`: a decode-only step may
+   * replay a captured graph; its logits are then only valid until the next forward.
+   */
+  forwardBatch(
+    steps: readonly {
+      seq: KVSequence;
+      ids: readonly number[];
+      spans?: readonly Span[];
+      imageFeatures?: Tensor;
+    }[],
+    opts?: { graph?: boolean },
+  ): Tensor;
 }
 
 /** What the scheduler needs of a tokenizer (Gemma3Tokenizer has it). */
@@ -55,6 +74,20 @@ export interface GenerationRequest extends SamplingParams {
   skipSpecialTokens?: boolean;
   /** For a text prompt: let the tokenizer add <bos> (default true). */
   addSpecialTokens?: boolean;
+  /**
+   * OpenAI's response_format, as sent: {type: "json_object"} or {type: "json_schema",
+   * json_schema: {name, schema, strict}} constrain the output to JSON (needs a tokenizer with
+   * token texts: Gemma3Tokenizer); {type: "text"} or absent: none. A bad or unsupported schema
+   * throws GenerationError E_INVALID, field "response_format", from submit.
+   */
+  responseFormat?: ResponseFormat | null;
+  /**
+   * Image features for the prompt's image tokens (config.imageTokenIndex), in prompt order: [k,
+   * hidden] or [images, tokens, hidden] rows in the model's dtype on its device (e.g. from
+   * @gemma3/vision's encode). Each run of image tokens is one bidirectional block. The scheduler
+   * owns the tensor from submit on: it is disposed when the request ends (or submit throws).
+   */
+  imageFeatures?: Tensor;
   signal?: AbortSignal;
 }
 
@@ -81,6 +114,8 @@ export interface SchedulerOptions {
   /** generation_config.json's defaults (loadGenerationConfig). */
   generationConfig?: GenerationConfigDefaults;
   sampler?: SamplerOptions;
+  /** Options of response_format grammars (whitespace bound). */
+  responseFormat?: GrammarOptions;
 }
 
 export interface SchedulerStats {
@@ -106,6 +141,10 @@ interface Seq {
   fed: number;
   /** prompt tokens taken from the prefix cache */
   cachedTokens: number;
+  /** image blocks of the prompt (absolute positions) and their feature rows, consumed in order */
+  readonly spans: Span[];
+  readonly features: Tensor | undefined;
+  featureRow: number;
   readonly tokens: number[];
   readonly logprobs: TokenLogprobs[];
   readonly t0: number;
@@ -170,9 +209,19 @@ export class Scheduler {
    * parameter, prompt past the context, queue full); everything later arrives on the stream.
    */
   submit(req: GenerationRequest): GenerationStream {
+    try {
+      return this.enqueue(req);
+    } catch (e) {
+      req.imageFeatures?.dispose();
+      throw e;
+    }
+  }
+
+  private enqueue(req: GenerationRequest): GenerationStream {
     if (this.closed) throw new GenerationError("Scheduler is closed", "E_CLOSED");
     const V = this.model.config.vocabSize;
     const prompt = this.promptIds(req, V);
+    const spans = this.imageSpans(prompt, req.imageFeatures);
     const room = this.maxSeqLen - prompt.length;
     if (room < 1)
       throw new GenerationError(
@@ -207,7 +256,19 @@ export class Scheduler {
     const sampling: SamplingParams = { ...(gc?.sampling ?? {}) };
     for (const k of SAMPLING_KEYS)
       if (req[k] !== undefined) (sampling as Record<string, unknown>)[k] = req[k];
-    const state = new SamplingState(sampling, { vocabSize: V, promptIds: prompt, stopTokenIds });
+    const constraint = req.responseFormat
+      ? createResponseFormatConstraint(req.responseFormat, this.tokenizer, {
+          ...(this.o.responseFormat ?? {}),
+          vocabSize: V,
+          stopTokenIds,
+        })
+      : null;
+    const state = new SamplingState(sampling, {
+      vocabSize: V,
+      promptIds: prompt,
+      stopTokenIds,
+      constraint,
+    });
     if (state.params.minTokens > maxTokens)
       throw new GenerationError(
         `minTokens ${state.params.minTokens} exceeds maxTokens ${maxTokens}`,
@@ -242,6 +303,9 @@ export class Scheduler {
       kv: undefined,
       fed: 0,
       cachedTokens: 0,
+      spans,
+      features: req.imageFeatures,
+      featureRow: 0,
       tokens: [],
       logprobs: [],
       t0: performance.now(),
@@ -281,6 +345,37 @@ export class Scheduler {
 
   // ---- internals ----------------------------------------------------------------------------
 
+  /** The prompt's image blocks, checked against the features given for them. */
+  private imageSpans(prompt: readonly number[], features: Tensor | undefined): Span[] {
+    const image = this.model.config.imageTokenIndex ?? null;
+    const spans: Span[] = [];
+    if (image === null) {
+      if (features)
+        throw new GenerationError("this model takes no images", "E_INVALID", "imageFeatures");
+      return spans;
+    }
+    let count = 0;
+    for (let i = 0; i < prompt.length;) {
+      if (prompt[i] !== image) {
+        i++;
+        continue;
+      }
+      let j = i;
+      while (j < prompt.length && prompt[j] === image) j++;
+      spans.push({ start: i, end: j });
+      count += j - i;
+      i = j;
+    }
+    const rows = features ? features.numel / features.shape[features.shape.length - 1]! : 0;
+    if (rows !== count)
+      throw new GenerationError(
+        `the prompt has ${count} image tokens (id ${image}) but ${rows} image feature rows were given`,
+        "E_INVALID",
+        "imageFeatures",
+      );
+    return spans;
+  }
+
   private promptIds(req: GenerationRequest, V: number): number[] {
     let ids: number[];
     if (typeof req.prompt === "string") {
@@ -289,8 +384,10 @@ export class Scheduler {
       ids = this.tokenizer.encode(req.prompt, { addSpecialTokens: req.addSpecialTokens ?? true });
     } else ids = [...req.prompt];
     if (ids.length === 0) throw new GenerationError("prompt is empty", "E_INVALID", "prompt");
+    // The image token may lie past the vocabulary (HF embeds it as row 0 before the merge).
+    const image = req.imageFeatures ? (this.model.config.imageTokenIndex ?? -1) : -1;
     for (const t of ids)
-      if (!Number.isInteger(t) || t < 0 || t >= V)
+      if (!Number.isInteger(t) || t < 0 || (t >= V && t !== image))
         throw new GenerationError(`prompt: token id ${t} outside [0, ${V})`, "E_INVALID", "prompt");
     return ids;
   }
@@ -346,27 +443,61 @@ export class Scheduler {
   }
 
   private async step(): Promise<void> {
+    // A closed JSON value with no stop token allowed (none given, or min-tokens): ends here.
+    for (const s of [...this.running])
+      if (s.tokens.length > 0 && s.state.constraintStuck()) {
+        const text = s.stopper.finish();
+        if (text) s.stream.push({ type: "delta", text, tokenIds: [] });
+        this.complete(s, "stop", null);
+      }
+    if (this.running.length === 0) return;
     const decodes = this.running.filter((s) => s.fed === s.prompt.length);
     const prefill = this.running.find((s) => s.fed < s.prompt.length);
-    const steps = decodes.map((s) => ({ seq: s.kv!, ids: [s.tokens[s.tokens.length - 1]!] }));
+    const steps: Parameters<GenerationModel["forwardBatch"]>[0][number][] = decodes.map((s) => ({
+      seq: s.kv!,
+      ids: [s.tokens[s.tokens.length - 1]!],
+    }));
     let chunk: number[] = [];
+    let chunkFeatures = 0;
     if (prefill) {
-      chunk = prefill.prompt.slice(
+      const end = chunkEnd(
+        prefill.spans,
         prefill.fed,
         prefill.fed + Math.max(1, this.maxBatchTokens - decodes.length),
+        prefill.prompt.length,
       );
-      steps.push({ seq: prefill.kv!, ids: chunk });
+      chunk = prefill.prompt.slice(prefill.fed, end);
+      const step: (typeof steps)[number] = { seq: prefill.kv!, ids: chunk };
+      if (prefill.spans.length > 0) {
+        // The whole prompt's blocks: the model refuses a chunk that would split one.
+        step.spans = prefill.spans;
+        const image = this.model.config.imageTokenIndex!;
+        chunkFeatures = chunk.reduce((n, t) => n + (t === image ? 1 : 0), 0);
+        if (chunkFeatures > 0) {
+          const f = prefill.features!;
+          const rows = f.view([
+            f.numel / f.shape[f.shape.length - 1]!,
+            f.shape[f.shape.length - 1]!,
+          ]);
+          step.imageFeatures = rows.slice(prefill.featureRow, prefill.featureRow + chunkFeatures);
+        }
+      }
+      steps.push(step);
     }
     const inStep = prefill ? [...decodes, prefill] : decodes;
     let logits: Tensor;
     try {
-      logits = this.model.forwardBatch(steps);
+      // Decode-only steps replay a captured graph per batch size (one launch instead of hundreds).
+      logits = this.model.forwardBatch(steps, { graph: !prefill });
     } catch (e) {
       for (const s of inStep) this.fail(s, e);
       return;
     }
     try {
-      if (prefill) prefill.fed += chunk.length;
+      if (prefill) {
+        prefill.fed += chunk.length;
+        prefill.featureRow += chunkFeatures;
+      }
       const rows = decodes.map((s, row) => ({ row, s }));
       if (prefill && prefill.fed === prefill.prompt.length)
         rows.push({ row: decodes.length, s: prefill });
@@ -420,6 +551,7 @@ export class Scheduler {
     s.phase = "done";
     s.kv?.dispose();
     s.kv = undefined;
+    s.features?.dispose();
     s.detach();
   }
 
@@ -468,3 +600,18 @@ const SAMPLING_KEYS = [
   "logprobs",
   "minTokens",
 ] as const satisfies readonly (keyof SamplingParams)[];
+
+/**
+ * Where a prefill chunk of [fed, want) should end so that no image block is split: before a block
+ * the chunk would cut into, or (a chunk starting at a block) after the whole block.
+ */
+export function chunkEnd(spans: readonly Span[], fed: number, want: number, len: number): number {
+  let end = Math.min(want, len);
+  for (const sp of spans) {
+    if (sp.start < end && end < sp.end) {
+      end = sp.start > fed ? sp.start : sp.end;
+      break;
+    }
+  }
+  return end;
+}

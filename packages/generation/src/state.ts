@@ -1,6 +1,7 @@
 // One sequence's sampling state: its resolved parameters, its own generator, and what the logits
 // processors read (prompt tokens, output token counts). Both samplers (host reference and device)
 // process a logit through `process` and `scale` here, so they compute the very same numbers.
+import type { TokenConstraint } from "./constraint/mask.js";
 import { resolveSampling, type ResolvedSampling, type SamplingParams } from "./params.js";
 import { Rng } from "./rng.js";
 
@@ -12,12 +13,19 @@ export interface SamplingStateOptions {
   promptIds?: readonly number[];
   /** Stop ids masked while fewer than minTokens tokens are out (vLLM's MinTokensLogitsProcessor). */
   stopTokenIds?: readonly number[];
+  /**
+   * Tokens outside its mask get −inf before anything else (vLLM applies the grammar bitmask to
+   * the logits before its sampler, so logprobs are of the masked distribution too); each sampled
+   * token is accepted by it.
+   */
+  constraint?: TokenConstraint | null;
 }
 
 export class SamplingState {
   readonly params: ResolvedSampling;
   readonly rng: Rng;
   readonly vocabSize: number;
+  readonly constraint: TokenConstraint | null;
   private readonly prompt: ReadonlySet<number>;
   private readonly counts = new Map<number, number>();
   private readonly minStop: readonly number[];
@@ -31,6 +39,7 @@ export class SamplingState {
 
   constructor(params: SamplingParams, o: SamplingStateOptions) {
     this.vocabSize = o.vocabSize;
+    this.constraint = o.constraint ?? null;
     this.params = resolveSampling(params, o.vocabSize);
     this.rng = new Rng(this.params.seed);
     const inVocab = (t: number) => Number.isInteger(t) && t >= 0 && t < o.vocabSize;
@@ -94,8 +103,33 @@ export class SamplingState {
     return l === l ? l : -Infinity;
   }
 
+  /** The constraint's mask for this step (bit t set: token t allowed), or null without one. */
+  mask(): Uint32Array | null {
+    return this.constraint ? this.constraint.allowed() : null;
+  }
+
+  /**
+   * The constraint leaves nothing to sample: its value is closed and no stop token may come (none
+   * given, or min-tokens still masks them). The sequence has to end without another token.
+   */
+  constraintStuck(): boolean {
+    const c = this.constraint;
+    if (!c || !c.isTerminated()) return false;
+    const m = c.allowed();
+    for (let w = 0; w < m.length; w++) {
+      let bits = m[w]!;
+      while (bits !== 0) {
+        const t = w * 32 + (31 - Math.clz32(bits));
+        bits &= ~(1 << (t & 31));
+        if (!(this.numOutput_ < this.params.minTokens && this.minStop.includes(t))) return false;
+      }
+    }
+    return true;
+  }
+
   /** Counts a sampled token (the samplers call it once per token they return). */
   record(token: number): void {
+    this.constraint?.accept(token);
     this.counts.set(token, (this.counts.get(token) ?? 0) + 1);
     this.numOutput_++;
   }

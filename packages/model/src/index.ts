@@ -6,6 +6,7 @@ export * from "./cache.js";
 export * from "./block.js";
 export * from "./scratch.js";
 export * from "./text_model.js";
+export * from "./multimodal.js";
 export * from "./load.js";
 export * from "./gguf.js";
 export * from "./gguf_metadata.js";

@@ -1,5 +1,6 @@
 // The Gemma 3 text decoder (HF Gemma3TextModel + tied LM head) on @gemma3/native ops:
 //   h = embed[ids] · √hidden        (the scale rounded to the weight dtype first, as HF does)
+//   h[image tokens] = image features (multimodal.ts; each image's tokens one bidirectional span)
 //   for each layer: h = layer(h)    (block.ts)
 //   logits = norm(h) · embedᵀ       (tied, 262208 rows for 4B+; lm_head when a config unties it)
 import { Device, Graph, Tensor, bf16ToF32, f32ToBf16, ops } from "@gemma3/native";
@@ -13,6 +14,7 @@ import {
 } from "@gemma3/kv-cache";
 import type { Gemma3Config } from "./config.js";
 import { Scratch } from "./scratch.js";
+import { imageTokenSpans, planImageMerge, type ImageMerge } from "./multimodal.js";
 
 export type ComputeDType = "f32" | "bf16";
 
@@ -25,6 +27,24 @@ export interface TextWeights {
   layers: LayerWeights[];
   /** [vocab, hidden]; only when the config unties it (every published Gemma 3 ties it) */
   lmHead?: Tensor;
+}
+
+/** One sequence's share of a forward step. */
+export interface ModelStep {
+  seq: KVSequence;
+  /** the new token ids */
+  ids: readonly number[];
+  /** bidirectional spans of the sequence (absolute positions), see StepRequest.spans */
+  spans?: readonly Span[];
+  /**
+   * Features of the image tokens among `ids` (id config.imageTokenIndex), in order: [k, hidden]
+   * or [images, mm_tokens_per_image, hidden] in the model's dtype on its device (e.g. from
+   * @gemma3/vision's encode). Their rows replace those tokens' embeddings. Without `spans`, each
+   * run of image tokens in `ids` becomes a bidirectional span (HF's token_type_ids blocks); a
+   * chunked prefill must pass the whole prompt's spans (imageTokenSpans) so a chunk that splits
+   * an image is refused.
+   */
+  imageFeatures?: Tensor;
 }
 
 export class Gemma3TextModel {
@@ -89,15 +109,21 @@ export class Gemma3TextModel {
    * @param opts.allLogits logits for every new token (else only for the last)
    * @param opts.graph decode steps replay a captured graph (see forwardBatch)
    * @param opts.spans bidirectional spans (image blocks) of the sequence, see StepRequest.spans
+   * @param opts.imageFeatures see ModelStep.imageFeatures
    * @returns logits [n or 1, vocab] f32 on the model's device (the caller disposes it)
    */
   forward(
     ids: readonly number[],
     seq: KVSequence,
-    opts: { allLogits?: boolean; graph?: boolean; spans?: readonly Span[] } = {},
+    opts: {
+      allLogits?: boolean;
+      graph?: boolean;
+      spans?: readonly Span[];
+      imageFeatures?: Tensor;
+    } = {},
   ): Tensor {
-    const { spans, ...rest } = opts;
-    return this.forwardBatch([spans ? { seq, ids, spans } : { seq, ids }], rest);
+    const { spans, imageFeatures, ...rest } = opts;
+    return this.forwardBatch([{ seq, ids, spans, imageFeatures }], rest);
   }
 
   /**
@@ -110,22 +136,29 @@ export class Gemma3TextModel {
    *   (each sequence's last token)
    */
   forwardBatch(
-    steps: readonly { seq: KVSequence; ids: readonly number[]; spans?: readonly Span[] }[],
+    steps: readonly ModelStep[],
     opts: { allLogits?: boolean; graph?: boolean } = {},
   ): Tensor {
-    const { vocabSize: vocab, hiddenSize: hidden, rmsNormEps: eps } = this.config;
+    const { vocabSize: vocab, hiddenSize: hidden } = this.config;
     const cache = steps[0]?.seq.cache;
     if (!cache) throw new RangeError("forward: no sequences");
     for (const { seq, ids } of steps) {
       if (seq.cache !== cache) throw new RangeError("forwardBatch: sequences of different caches");
       if (ids.length === 0) throw new RangeError("forward: no tokens");
-      for (const id of ids)
-        if (!Number.isInteger(id) || id < 0 || id >= vocab)
-          throw new RangeError(`forward: token id ${id} outside [0, ${vocab})`);
     }
+    const merge = planImageMerge(steps, this.config, this.dtype, this.device.toString());
     // The ids go with the step: a cache with a prefix index registers the full pages they fill.
     const plan = cache.plan(
-      steps.map(({ seq, ids, spans }) => ({ seq: seq.id, count: ids.length, ids, spans })),
+      steps.map(({ seq, ids, spans, imageFeatures }) => ({
+        seq: seq.id,
+        count: ids.length,
+        ids,
+        spans:
+          spans ??
+          (imageFeatures
+            ? imageTokenSpans(ids, this.config.imageTokenIndex!, seq.length)
+            : undefined),
+      })),
     );
     const n = plan.numTokens;
     const batch = steps.length;
@@ -138,17 +171,19 @@ export class Gemma3TextModel {
         Scratch.bytes([rows, vocab], dt) +
         DecoderLayer.scratchBytes(this.config, n, dt, plan.contextRows) +
         cache.attentionScratchBytes(n) +
+        Scratch.bytes([n], "i32") +
         4096,
     );
     try {
       const idsT = s.alloc([n], "i32");
-      idsT.write(steps.flatMap((st) => st.ids));
+      idsT.write(merge.embedIds);
+      const images = merge.copies.length > 0 ? merge : null;
       // The step's ops, from the ids in `idsT` to f32 logits in `logits`.
       const ws = plan.decode ? this.workspaceFor(batch, cache.planner.maxSeqLen) : null;
       const run = (logits: Tensor) => {
-        this.body(idsT, cache, plan, logits, opts.allLogits === true, ws);
+        this.body(idsT, cache, plan, logits, opts.allLogits === true, ws, images);
       };
-      if (opts.graph && plan.decode && !opts.allLogits && batch <= 8) {
+      if (opts.graph && plan.decode && !opts.allLogits && batch <= 8 && !images) {
         let g = this.graphs.get(batch);
         const stale =
           g &&
@@ -186,6 +221,18 @@ export class Gemma3TextModel {
     }
   }
 
+  /** h[rows] = features, per step that brings image features (HF masked_scatter, unscaled). */
+  private mergeImages(h: Tensor, images: ImageMerge): void {
+    const all = images.copies.flatMap((c) => c.rows);
+    const rowsT = this.scratch.alloc([all.length], "i32");
+    rowsT.write(all);
+    let at = 0;
+    for (const { features, rows } of images.copies) {
+      ops.copyRows(features, h, rowsT.slice(at, at + rows.length));
+      at += rows.length;
+    }
+  }
+
   /** Split-KV scratch for decode attention (grown on demand; captured graphs hold its address). */
   private decodeWs: Tensor | null = null;
   private readonly wsFloats = new Map<string, number>();
@@ -219,6 +266,7 @@ export class Gemma3TextModel {
     logits: Tensor,
     all: boolean,
     ws: Tensor | null,
+    images: ImageMerge | null,
   ) {
     const { hiddenSize: hidden, vocabSize: vocab, rmsNormEps: eps } = this.config;
     const s = this.scratch;
@@ -229,6 +277,7 @@ export class Gemma3TextModel {
       const h = ops.embedding(idsT, this.weights.embedTokens, this.embedScale, {
         out: s.alloc([n, hidden], dt),
       });
+      if (images) this.mergeImages(h, images);
       const mark = s.mark();
       for (const layer of this.layers) {
         layer.forward(h, cache, plan, s, ws);

@@ -1,0 +1,123 @@
+// What the server runs: a model, its tokenizer and generation_config.json defaults, and one
+// continuous-batching Scheduler that every request shares. Loading is async and reported, so the
+// HTTP server can answer /health with 503 until the weights are in.
+import { existsSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
+import {
+  loadGenerationConfig,
+  Scheduler,
+  type GenerationConfigDefaults,
+  type GenerationRequest,
+  type GenerationStream,
+  type SchedulerStats,
+} from "@gemma3/generation";
+import {
+  loadConfig,
+  loadTextModel,
+  resolveModelPath,
+  type Gemma3TextModel,
+  type WeightQuantization,
+} from "@gemma3/model";
+import { Gemma3Tokenizer, stopTokenIds } from "@gemma3/tokenizer";
+
+export interface EngineOptions {
+  /** A model directory (config.json + safetensors) or a .gguf file (tokenizer.json beside it). */
+  model: string;
+  /** The id /v1/models reports and requests name (default: the directory's or file's name). */
+  modelId?: string;
+  device?: string;
+  dtype?: "f32" | "bf16";
+  quantize?: WeightQuantization;
+  /** Sequences decoded together (default 16). */
+  maxSeqs?: number;
+  /** Context per sequence (default min(max_position_embeddings, 8192)). */
+  maxSeqLen?: number;
+  /** Requests waiting for admission beyond this get 429 (default 256). */
+  maxQueue?: number;
+  /** Tokens per step: decodes plus one prefill chunk (default 512). */
+  maxBatchTokens?: number;
+  onProgress?: (done: number, total: number) => void;
+}
+
+export interface ModelInfo {
+  id: string;
+  /** prompt + output tokens per sequence */
+  maxModelLen: number;
+  vocabSize: number;
+  /** "text", plus "image" for a checkpoint with a vision tower */
+  modalities: string[];
+  device: string;
+  dtype: string;
+}
+
+export class Engine {
+  private constructor(
+    readonly info: ModelInfo,
+    readonly model: Gemma3TextModel,
+    readonly tokenizer: Gemma3Tokenizer,
+    readonly generationConfig: GenerationConfigDefaults,
+    readonly scheduler: Scheduler,
+  ) {}
+
+  static async load(o: EngineOptions): Promise<Engine> {
+    const src = await resolveModelPath(o.model);
+    const dir = src.format === "gguf" ? dirname(src.file) : src.dir;
+    if (!existsSync(join(dir, "tokenizer.json")))
+      throw new Error(`${dir}: no tokenizer.json beside the weights (the server needs one)`);
+    const tokenizer = await Gemma3Tokenizer.fromDir(dir);
+    const gc = await loadGenerationConfig(dir);
+    const model = await loadTextModel(o.model, {
+      ...(o.device !== undefined ? { device: o.device } : {}),
+      ...(o.dtype !== undefined ? { dtype: o.dtype } : {}),
+      ...(o.quantize !== undefined ? { quantize: o.quantize } : {}),
+      ...(o.onProgress ? { onProgress: o.onProgress } : {}),
+    });
+    try {
+      const c = model.config;
+      const maxSeqLen = o.maxSeqLen ?? Math.min(c.maxPositionEmbeddings, 8192);
+      const generationConfig: GenerationConfigDefaults = {
+        ...gc,
+        // generation_config.json may add stop ids to config.json's ([1, 106] for Gemma 3 IT).
+        eosTokenIds: stopTokenIds(
+          { eos_token_id: c.eosTokenIds },
+          { eos_token_id: gc.eosTokenIds },
+        ),
+      };
+      const scheduler = new Scheduler(model, {
+        tokenizer,
+        maxSeqs: o.maxSeqs ?? 16,
+        maxSeqLen,
+        maxQueue: o.maxQueue ?? 256,
+        ...(o.maxBatchTokens !== undefined ? { maxBatchTokens: o.maxBatchTokens } : {}),
+        generationConfig,
+      });
+      const cfg =
+        src.format === "gguf" ? null : await loadConfig(join(dir, "config.json")).catch(() => null);
+      const info: ModelInfo = {
+        id: o.modelId ?? basename(src.format === "gguf" ? src.file : src.dir),
+        maxModelLen: maxSeqLen,
+        vocabSize: c.vocabSize,
+        modalities: cfg?.vision ? ["text", "image"] : ["text"],
+        device: model.device.toString(),
+        dtype: model.dtype,
+      };
+      return new Engine(info, model, tokenizer, generationConfig, scheduler);
+    } catch (e) {
+      model.dispose();
+      throw e;
+    }
+  }
+
+  submit(req: GenerationRequest): GenerationStream {
+    return this.scheduler.submit(req);
+  }
+
+  stats(): SchedulerStats {
+    return this.scheduler.stats();
+  }
+
+  async close(): Promise<void> {
+    await this.scheduler.close();
+    this.model.dispose();
+  }
+}

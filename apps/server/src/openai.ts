@@ -1,0 +1,454 @@
+// The OpenAI endpoints over an Engine: request → prompt ids → one scheduler request per choice →
+// a JSON reply or an SSE stream of chunks (OpenAI's shapes, vLLM's extensions). Holds no math.
+import type {
+  GenerationRequest,
+  GenerationStream,
+  GenerationSummary,
+  TokenLogprobs,
+} from "@gemma3/generation";
+import { ChatTemplateError } from "@gemma3/tokenizer";
+import type { Engine } from "./engine.js";
+import { badRequest, HttpError } from "./errors.js";
+import type { Metrics } from "./metrics.js";
+import {
+  parseChatRequest,
+  parseCompletionRequest,
+  type ChatRequest,
+  type CommonParams,
+  type CompletionRequest,
+} from "./requests.js";
+import type { SseWriter } from "./sse.js";
+
+export interface Usage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+  prompt_tokens_details?: { cached_tokens: number };
+}
+
+/** One prompt ready to run: its ids, plus image inputs (the vision path fills `images`). */
+export interface PreparedPrompt {
+  ids: number[];
+  /** prompt text as the model sees it (echo) */
+  text?: string;
+}
+
+let counter = 0;
+function requestId(prefix: string): string {
+  counter = (counter + 1) % 1e9;
+  return `${prefix}-${Date.now().toString(36)}${counter.toString(36).padStart(4, "0")}`;
+}
+
+/** Bytes of one token as generated: a byte-fallback token is its byte, others their UTF-8 text. */
+function tokenInfo(engine: Engine, id: number): { token: string; bytes: number[] } {
+  const tok = engine.tokenizer;
+  const b = tok.byteOf(id);
+  if (b >= 0) return { token: `bytes:\\x${b.toString(16).padStart(2, "0")}`, bytes: [b] };
+  const piece = tok.idToToken(id);
+  const text = piece === undefined ? "" : tok.pieceText(piece);
+  return { token: text, bytes: [...Buffer.from(text, "utf8")] };
+}
+
+function chatLogprobs(engine: Engine, lps: readonly TokenLogprobs[], top: number) {
+  return {
+    content: lps.map((lp) => ({
+      ...tokenInfo(engine, lp.token),
+      logprob: lp.logprob,
+      top_logprobs: lp.top.slice(0, top).map((t) => ({
+        ...tokenInfo(engine, t.token),
+        logprob: t.logprob,
+      })),
+    })),
+  };
+}
+
+function completionLogprobs(
+  engine: Engine,
+  lps: readonly TokenLogprobs[],
+  top: number,
+  offset0: number,
+) {
+  const tokens: string[] = [];
+  const token_logprobs: number[] = [];
+  const top_logprobs: Record<string, number>[] = [];
+  const text_offset: number[] = [];
+  let offset = offset0;
+  for (const lp of lps) {
+    const t = tokenInfo(engine, lp.token).token;
+    tokens.push(t);
+    token_logprobs.push(lp.logprob);
+    top_logprobs.push(
+      Object.fromEntries(
+        lp.top.slice(0, top).map((x) => [tokenInfo(engine, x.token).token, x.logprob]),
+      ),
+    );
+    text_offset.push(offset);
+    offset += t.length;
+  }
+  return { tokens, token_logprobs, top_logprobs, text_offset };
+}
+
+function usageOf(results: readonly GenerationSummary[], promptTokens: number[]): Usage {
+  const completion = results.reduce((s, r) => s + r.usage.completionTokens, 0);
+  // Every choice of one prompt shares its prompt tokens: count each prompt once (as OpenAI does).
+  const prompt = promptTokens.reduce((s, n) => s + n, 0);
+  const cached = results.reduce((s, r) => s + r.usage.cachedTokens, 0);
+  return {
+    prompt_tokens: prompt,
+    completion_tokens: completion,
+    total_tokens: prompt + completion,
+    prompt_tokens_details: { cached_tokens: cached },
+  };
+}
+
+function finishReason(s: GenerationSummary): string {
+  return s.finishReason === "abort" ? "abort" : s.finishReason;
+}
+
+export class OpenAIApi {
+  constructor(
+    private readonly engine: Engine,
+    private readonly metrics: Metrics,
+    private readonly o: { allowImageUrls?: boolean } = {},
+  ) {}
+
+  private checkModel(model: string | undefined): void {
+    if (model !== undefined && model !== this.engine.info.id)
+      throw new HttpError(
+        404,
+        `The model \`${model}\` does not exist. This server serves \`${this.engine.info.id}\`.`,
+        "model",
+        "model_not_found",
+      );
+  }
+
+  /** The context check vLLM does: the prompt, and the prompt plus max_tokens, must fit. */
+  private checkLength(promptLen: number, maxTokens: number | undefined): void {
+    const ctx = this.engine.info.maxModelLen;
+    if (promptLen >= ctx)
+      throw badRequest(
+        `This model's maximum context length is ${ctx} tokens. However, your prompt has ${promptLen} tokens, which leaves no room for the completion.`,
+        "messages",
+        "context_length_exceeded",
+      );
+    if (maxTokens !== undefined && promptLen + maxTokens > ctx)
+      throw badRequest(
+        `This model's maximum context length is ${ctx} tokens. However, you requested ${promptLen + maxTokens} tokens (${promptLen} in the prompt, ${maxTokens} in the completion). Please reduce the prompt or max_tokens.`,
+        "max_tokens",
+        "context_length_exceeded",
+      );
+  }
+
+  private genRequest(
+    p: CommonParams,
+    prompt: number[],
+    choice: number,
+    signal: AbortSignal,
+  ): GenerationRequest {
+    const sampling = { ...p.sampling };
+    // Distinct but reproducible choices: choice i samples with seed + i.
+    if (sampling.seed !== undefined && choice > 0)
+      sampling.seed = BigInt(sampling.seed) + BigInt(choice);
+    return {
+      ...sampling,
+      prompt,
+      ...(p.maxTokens !== undefined ? { maxTokens: p.maxTokens } : {}),
+      stop: p.stop,
+      stopTokenIds: p.stopTokenIds,
+      ignoreEos: p.ignoreEos,
+      skipSpecialTokens: p.skipSpecialTokens,
+      signal,
+    };
+  }
+
+  /** Submits every choice; if one is refused, the ones already queued are cancelled. */
+  private submitAll(reqs: GenerationRequest[]): GenerationStream[] {
+    const streams: GenerationStream[] = [];
+    try {
+      for (const r of reqs) streams.push(this.engine.submit(r));
+    } catch (e) {
+      for (const s of streams) s.cancel();
+      throw e;
+    }
+    this.metrics.onSubmit(streams.length);
+    return streams;
+  }
+
+  preparechat(req: ChatRequest): PreparedPrompt {
+    if (req.images.length > 0) {
+      if (!this.engine.info.modalities.includes("image"))
+        throw badRequest(
+          `model \`${this.engine.info.id}\` does not accept images (it has no vision tower)`,
+          "messages",
+        );
+      throw new HttpError(
+        501,
+        "image inputs are not wired into the server yet",
+        "messages",
+        "not_implemented",
+      );
+    }
+    try {
+      const enc = this.engine.tokenizer.encodeChat(req.messages, { addGenerationPrompt: true });
+      return { ids: enc.ids, text: enc.text };
+    } catch (e) {
+      if (e instanceof ChatTemplateError) throw badRequest(e.message, "messages");
+      throw e;
+    }
+  }
+
+  async chat(
+    body: unknown,
+    signal: AbortSignal,
+    sse: () => SseWriter,
+    json: (status: number, v: unknown) => void,
+  ) {
+    const req = parseChatRequest(body, this.engine.info.vocabSize);
+    this.checkModel(req.model);
+    if (req.responseFormat.type !== "text")
+      throw badRequest("response_format: json modes are not supported yet", "response_format");
+    const prompt = this.preparechat(req);
+    this.checkLength(prompt.ids.length, req.maxTokens);
+    const streams = this.submitAll(
+      Array.from({ length: req.n }, (_, i) => this.genRequest(req, prompt.ids, i, signal)),
+    );
+    const id = requestId("chatcmpl");
+    const created = Math.floor(Date.now() / 1000);
+    const model = this.engine.info.id;
+    const top = Math.max(req.logprobs, 0);
+    if (!req.stream) {
+      const results = await Promise.all(streams.map((s) => this.drain(s)));
+      json(200, {
+        id,
+        object: "chat.completion",
+        created,
+        model,
+        choices: results.map((r, index) => ({
+          index,
+          message: { role: "assistant", content: r.text },
+          logprobs:
+            req.logprobs >= 0 && r.logprobs ? chatLogprobs(this.engine, r.logprobs, top) : null,
+          finish_reason: finishReason(r),
+          stop_reason: r.stopReason,
+        })),
+        usage: usageOf(results, [prompt.ids.length]),
+      });
+      return;
+    }
+    const out = sse();
+    const chunk = (choices: unknown[], extra: Record<string, unknown> = {}) =>
+      out.send({
+        id,
+        object: "chat.completion.chunk",
+        created,
+        model,
+        choices,
+        ...(req.includeUsage ? { usage: null } : {}),
+        ...extra,
+      });
+    const results = await Promise.all(
+      streams.map(async (s, index) => {
+        chunk([
+          { index, delta: { role: "assistant", content: "" }, logprobs: null, finish_reason: null },
+        ]);
+        return this.pump(s, (d) => {
+          if (d.text === "" && !d.logprobs) return;
+          chunk([
+            {
+              index,
+              delta: { content: d.text },
+              logprobs:
+                req.logprobs >= 0 && d.logprobs ? chatLogprobs(this.engine, d.logprobs, top) : null,
+              finish_reason: null,
+            },
+          ]);
+        }).then((r) => {
+          chunk([
+            {
+              index,
+              delta: {},
+              logprobs: null,
+              finish_reason: finishReason(r),
+              stop_reason: r.stopReason,
+            },
+          ]);
+          return r;
+        });
+      }),
+    );
+    if (req.includeUsage)
+      out.send({
+        id,
+        object: "chat.completion.chunk",
+        created,
+        model,
+        choices: [],
+        usage: usageOf(results, [prompt.ids.length]),
+      });
+    out.done();
+  }
+
+  async completions(
+    body: unknown,
+    signal: AbortSignal,
+    sse: () => SseWriter,
+    json: (status: number, v: unknown) => void,
+  ) {
+    const req: CompletionRequest = parseCompletionRequest(body, this.engine.info.vocabSize);
+    this.checkModel(req.model);
+    if (req.responseFormat.type !== "text")
+      throw badRequest("response_format: json modes are not supported yet", "response_format");
+    const tok = this.engine.tokenizer;
+    // A text prompt gets <bos> (vLLM's completions endpoint encodes with special tokens).
+    const prompts = req.prompts.map((p) =>
+      typeof p === "string" ? { ids: tok.encode(p), text: p } : { ids: p, text: tok.decode(p) },
+    );
+    for (const p of prompts) this.checkLength(p.ids.length, req.maxTokens);
+    const jobs = prompts.flatMap((p, pi) =>
+      Array.from({ length: req.n }, (_, c) => ({
+        p,
+        index: pi * req.n + c,
+        r: this.genRequest(req, p.ids, c, signal),
+      })),
+    );
+    const streams = this.submitAll(jobs.map((j) => j.r));
+    const id = requestId("cmpl");
+    const created = Math.floor(Date.now() / 1000);
+    const model = this.engine.info.id;
+    const top = Math.max(req.logprobs, 0);
+    const prefix = (j: (typeof jobs)[number]) => (req.echo ? j.p.text : "");
+    if (!req.stream) {
+      const results = await Promise.all(streams.map((s) => this.drain(s)));
+      json(200, {
+        id,
+        object: "text_completion",
+        created,
+        model,
+        choices: results.map((r, k) => ({
+          index: jobs[k]!.index,
+          text: prefix(jobs[k]!) + r.text,
+          logprobs:
+            req.logprobs >= 0 && r.logprobs
+              ? completionLogprobs(this.engine, r.logprobs, top, prefix(jobs[k]!).length)
+              : null,
+          finish_reason: finishReason(r),
+          stop_reason: r.stopReason,
+        })),
+        usage: usageOf(
+          results,
+          prompts.map((p) => p.ids.length),
+        ),
+      });
+      return;
+    }
+    const out = sse();
+    const chunk = (choice: Record<string, unknown>) =>
+      out.send({
+        id,
+        object: "text_completion",
+        created,
+        model,
+        choices: [choice],
+        ...(req.includeUsage ? { usage: null } : {}),
+      });
+    const results = await Promise.all(
+      streams.map(async (s, k) => {
+        const j = jobs[k]!;
+        let offset = 0;
+        if (req.echo) {
+          chunk({ index: j.index, text: j.p.text, logprobs: null, finish_reason: null });
+          offset = j.p.text.length;
+        }
+        const r = await this.pump(s, (d) => {
+          if (d.text === "" && !d.logprobs) return;
+          chunk({
+            index: j.index,
+            text: d.text,
+            logprobs:
+              req.logprobs >= 0 && d.logprobs
+                ? completionLogprobs(this.engine, d.logprobs, top, offset)
+                : null,
+            finish_reason: null,
+          });
+          offset += d.text.length;
+        });
+        chunk({
+          index: j.index,
+          text: "",
+          logprobs: null,
+          finish_reason: finishReason(r),
+          stop_reason: r.stopReason,
+        });
+        return r;
+      }),
+    );
+    if (req.includeUsage)
+      out.send({
+        id,
+        object: "text_completion",
+        created,
+        model,
+        choices: [],
+        usage: usageOf(
+          results,
+          prompts.map((p) => p.ids.length),
+        ),
+      });
+    out.done();
+  }
+
+  /** Waits for a stream's summary, recording its timings. */
+  private async drain(s: GenerationStream): Promise<GenerationSummary> {
+    return this.pump(s, () => undefined);
+  }
+
+  /** Iterates a stream, handing each delta to `onDelta`; returns the summary. */
+  private async pump(
+    s: GenerationStream,
+    onDelta: (d: { text: string; tokenIds: number[]; logprobs?: TokenLogprobs[] }) => void,
+  ): Promise<GenerationSummary> {
+    let last = performance.now();
+    let first = true;
+    for await (const e of s) {
+      if (e.type === "delta") {
+        const now = performance.now();
+        if (!first) this.metrics.interToken.observe((now - last) / 1000);
+        first = false;
+        last = now;
+        onDelta(e);
+      } else {
+        this.metrics.onFinish(e);
+        return e;
+      }
+    }
+    return s.result;
+  }
+
+  /** POST /tokenize (vLLM): a prompt or chat messages → ids. */
+  tokenize(body: unknown) {
+    const o = body as Record<string, unknown>;
+    let ids: number[];
+    if (o && typeof o === "object" && "messages" in o) {
+      const req = parseChatRequest({ ...o }, this.engine.info.vocabSize);
+      ids = this.preparechat(req).ids;
+    } else {
+      const prompt = o?.["prompt"];
+      if (typeof prompt !== "string")
+        throw badRequest("prompt: expected a string (or give messages)", "prompt");
+      const add = o["add_special_tokens"];
+      if (add !== undefined && typeof add !== "boolean")
+        throw badRequest("add_special_tokens: expected a boolean", "add_special_tokens");
+      ids = this.engine.tokenizer.encode(prompt, { addSpecialTokens: add ?? true });
+    }
+    return { tokens: ids, count: ids.length, max_model_len: this.engine.info.maxModelLen };
+  }
+
+  /** POST /detokenize (vLLM): ids → text. */
+  detokenize(body: unknown) {
+    const t = (body as Record<string, unknown> | null)?.["tokens"];
+    const V = this.engine.info.vocabSize;
+    if (!Array.isArray(t) || t.some((x) => !Number.isInteger(x) || x < 0 || x >= V))
+      throw badRequest(`tokens: expected an array of token ids in [0, ${V})`, "tokens");
+    return { prompt: this.engine.tokenizer.decode(t as number[]) };
+  }
+}
