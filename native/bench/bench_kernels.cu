@@ -20,6 +20,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "runtime/dtype.h"
+#include "runtime/kquant.h"
 #include "runtime/status.h"
 
 #if __has_include("kernels/cuda/attention_decode.h")
@@ -40,6 +41,8 @@ namespace {
 
 using gemma3::bf16;
 using gemma3::block_q4_0;
+using gemma3::block_q4_K;
+using gemma3::block_q6_K;
 using gemma3::block_q8_0;
 using gemma3::fp8e4m3;
 using gemma3::Status;
@@ -360,6 +363,8 @@ template <typename TW>
 const char* wname() {
   if constexpr (std::is_same_v<TW, block_q8_0>) return "q8_0";
   if constexpr (std::is_same_v<TW, block_q4_0>) return "q4_0";
+  if constexpr (std::is_same_v<TW, block_q4_K>) return "q4_k";
+  if constexpr (std::is_same_v<TW, block_q6_K>) return "q6_k";
   if constexpr (std::is_same_v<TW, fp8e4m3>) return "fp8e4m3";
   return "bf16";
 }
@@ -367,6 +372,7 @@ const char* wname() {
 // Storage elements of TW for an [N, K] weight, and its bytes (fp8: + per-row f32 scales).
 template <typename TW>
 int64_t w_elems(int64_t N, int64_t K) {
+  if constexpr (gemma3::is_kquant_v<TW>) return N * K / gemma3::kQK_K;
   return std::is_same_v<TW, block_q8_0> || std::is_same_v<TW, block_q4_0> ? N * K / gemma3::kQK
                                                                           : N * K;
 }
@@ -694,12 +700,26 @@ std::vector<Case> all_cases() {
     add_matmul<block_q8_0>(cs, "gemv", 1, kn[0], kn[1]);
     add_matmul<block_q4_0>(cs, "gemv", 1, kn[0], kn[1]);
     add_matmul<fp8e4m3>(cs, "gemv", 1, kn[0], kn[1]);
+    if (kn[0] % gemma3::kQK_K == 0) {  // K-quant rows are whole 256-blocks (not 1B's 1152)
+      add_matmul<block_q4_K>(cs, "gemv", 1, kn[0], kn[1]);
+      add_matmul<block_q6_K>(cs, "gemv", 1, kn[0], kn[1]);
+    }
+  }
+  // Down projections (small N, long K: the GEMVs split K across warps): 4B, 27B.
+  const int64_t down[][2] = {{10240, 2560}, {21504, 5376}};
+  for (auto& kn : down) {
+    add_matmul<bf16>(cs, "gemv", 1, kn[0], kn[1]);
+    add_matmul<block_q4_0>(cs, "gemv", 1, kn[0], kn[1]);
+    add_matmul<block_q4_K>(cs, "gemv", 1, kn[0], kn[1]);
+    add_matmul<block_q6_K>(cs, "gemv", 1, kn[0], kn[1]);
   }
   const int64_t gemm[][2] = {{2560, 10240}, {5376, 21504}};
   for (auto& kn : gemm) {
     for (int64_t M : {16, 128, 2048}) add_matmul<bf16>(cs, "gemm", M, kn[0], kn[1]);
     add_matmul<block_q8_0>(cs, "gemm", 2048, kn[0], kn[1]);
     add_matmul<block_q4_0>(cs, "gemm", 2048, kn[0], kn[1]);
+    add_matmul<block_q4_K>(cs, "gemm", 2048, kn[0], kn[1]);
+    add_matmul<block_q6_K>(cs, "gemm", 2048, kn[0], kn[1]);
   }
 
   // (qo heads, kv heads, head_dim, seq): 4B at 8k (headline) and 2k, 27B at 4k.

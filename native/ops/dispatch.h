@@ -84,7 +84,23 @@ Status dispatch_half(const char* op, const TensorRef& t, F&& f) {
   return dispatch_float(op, t, std::forward<F>(f));
 }
 
-// Calls f(Tag<W>{}) for the weight formats (f32 | bf16 | q8_0 | q4_0, and fp8 when allow_fp8).
+// Calls f(Tag<B>{}) for the GGUF K-quant blocks; false when t is not one.
+template <class F>
+bool dispatch_kquant(const TensorRef& t, F&& f, Status* st) {
+  switch (t.dtype) {
+    case DType::kQ4_K:
+      return *st = f(Tag<block_q4_K>{}), true;
+    case DType::kQ5_K:
+      return *st = f(Tag<block_q5_K>{}), true;
+    case DType::kQ6_K:
+      return *st = f(Tag<block_q6_K>{}), true;
+    default:
+      return false;
+  }
+}
+
+// Calls f(Tag<W>{}) for the weight formats (f32 | bf16 | q8_0 | q4_0 | K-quants, and fp8 when
+// allow_fp8).
 template <class F>
 Status dispatch_weight(const char* op, const TensorRef& t, bool allow_fp8, F&& f) {
   switch (t.dtype) {
@@ -99,8 +115,11 @@ Status dispatch_weight(const char* op, const TensorRef& t, bool allow_fp8, F&& f
     case DType::kFP8E4M3:
       if (allow_fp8) return f(Tag<fp8e4m3>{});
       [[fallthrough]];
-    default:
+    default: {
+      Status st;
+      if (dispatch_kquant(t, f, &st)) return st;
       return fail(StatusCode::kDType, op, "unsupported weight dtype " + t.desc());
+    }
   }
 }
 
@@ -113,8 +132,11 @@ Status dispatch_quant(const char* op, const TensorRef& t, F&& f) {
       return f(Tag<block_q4_0>{});
     case DType::kFP8E4M3:
       return f(Tag<fp8e4m3>{});
-    default:
+    default: {
+      Status st;
+      if (dispatch_kquant(t, f, &st)) return st;
       return fail(StatusCode::kDType, op, "expected a quantized dtype, got " + t.desc());
+    }
   }
 }
 

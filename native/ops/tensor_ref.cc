@@ -21,7 +21,7 @@ std::string TensorRef::desc() const {
 Status make_tensor_ref(std::shared_ptr<Buffer> buf, int64_t offset, DType dtype,
                        std::vector<int64_t> shape, TensorRef* out) {
   if (!buf) return Status(StatusCode::kInvalidArgument, "tensor has no storage (disposed?)");
-  if (int(dtype) < 0 || int(dtype) > int(DType::kI32))
+  if (int(dtype) < 0 || int(dtype) >= kNumDTypes)
     return Status(StatusCode::kDType, "unknown dtype code " + std::to_string(int(dtype)));
   if (shape.size() > 8) return Status(StatusCode::kShape, "tensor rank above 8");
   int64_t n = 1;
@@ -31,9 +31,10 @@ Status make_tensor_ref(std::shared_ptr<Buffer> buf, int64_t offset, DType dtype,
       return Status(StatusCode::kShape, "tensor too large: " + shape_str(shape));
     n *= d;
   }
-  if (dtype_is_block(dtype) && !shape.empty() && shape.back() % kQK != 0)
+  if (dtype_is_block(dtype) && !shape.empty() && shape.back() % dtype_block_elems(dtype) != 0)
     return Status(StatusCode::kShape, std::string(dtype_name(dtype)) + " tensor " +
-                                          shape_str(shape) + ": last dim must be a multiple of 32");
+                                          shape_str(shape) + ": last dim must be a multiple of " +
+                                          std::to_string(dtype_block_elems(dtype)));
   out->buf = std::move(buf);
   out->offset = offset;
   out->dtype = dtype;

@@ -21,7 +21,12 @@ enum class DType : int32_t {
   kQ8_0 = 4,     // GGUF block: f16 d + 32 x int8, x = q * d
   kQ4_0 = 5,     // GGUF block: f16 d + 16 bytes of nibbles, x = (q - 8) * d; low nibbles = 0..15
   kI32 = 6,      // token ids, positions, page tables
+  // GGUF K-quants (llama.cpp ggml-common.h), super-blocks of 256 weights (runtime/kquant.h):
+  kQ4_K = 7,  // f16 d, dmin + 8 x (6-bit scale, 6-bit min) + 4-bit q: x = d sc q - dmin m
+  kQ5_K = 8,  // as q4_K with a fifth bit per weight (qh)
+  kQ6_K = 9,  // 6-bit q (ql + qh) + 16 x int8 scale + f16 d: x = d sc (q - 32)
 };
+constexpr int kNumDTypes = 10;  // codes are 0 .. kNumDTypes - 1
 
 struct bf16 {
   uint16_t bits;
@@ -45,6 +50,31 @@ struct block_q4_0 {
 static_assert(sizeof(block_q8_0) == 34, "q8_0 block is 34 bytes in GGUF");
 static_assert(sizeof(block_q4_0) == 18, "q4_0 block is 18 bytes in GGUF");
 
+// K-quant super-blocks (ggml-common.h layouts, byte for byte). Element e of a q4_K / q5_K block is
+// sub-block e / 32 (its scale and min packed 6-bit in `scales`, get_scale_min_k4); q6_K has 16
+// sub-blocks of 16 with int8 scales. Decoding rules: runtime/kquant.h.
+constexpr int kQK_K = 256;  // elements per K-quant super-block (QK_K)
+struct block_q4_K {
+  f16 d, dmin;
+  uint8_t scales[12];
+  uint8_t qs[kQK_K / 2];  // byte 32 j + l: element 64 j + l (low nibble), 64 j + 32 + l (high)
+};
+struct block_q5_K {
+  f16 d, dmin;
+  uint8_t scales[12];
+  uint8_t qh[kQK_K / 8];  // bit i of byte l: the fifth bit of element 32 i + l
+  uint8_t qs[kQK_K / 2];  // as q4_K
+};
+struct block_q6_K {
+  uint8_t ql[kQK_K / 2];  // low 4 bits
+  uint8_t qh[kQK_K / 4];  // high 2 bits
+  int8_t scales[kQK_K / 16];
+  f16 d;
+};
+static_assert(sizeof(block_q4_K) == 144, "q4_K block is 144 bytes in GGUF");
+static_assert(sizeof(block_q5_K) == 176, "q5_K block is 176 bytes in GGUF");
+static_assert(sizeof(block_q6_K) == 210, "q6_K block is 210 bytes in GGUF");
+
 // Bytes for n elements along a row (block formats need n % 32 == 0; callers check).
 inline int64_t dtype_row_bytes(DType t, int64_t n) {
   switch (t) {
@@ -60,10 +90,30 @@ inline int64_t dtype_row_bytes(DType t, int64_t n) {
       return n / kQK * 34;
     case DType::kQ4_0:
       return n / kQK * 18;
+    case DType::kQ4_K:
+      return n / kQK_K * 144;
+    case DType::kQ5_K:
+      return n / kQK_K * 176;
+    case DType::kQ6_K:
+      return n / kQK_K * 210;
   }
   return -1;
 }
-inline bool dtype_is_block(DType t) { return t == DType::kQ8_0 || t == DType::kQ4_0; }
+// Elements per storage unit along a row: 32 (q8_0, q4_0), 256 (K-quants), else 1.
+inline int64_t dtype_block_elems(DType t) {
+  switch (t) {
+    case DType::kQ8_0:
+    case DType::kQ4_0:
+      return kQK;
+    case DType::kQ4_K:
+    case DType::kQ5_K:
+    case DType::kQ6_K:
+      return kQK_K;
+    default:
+      return 1;
+  }
+}
+inline bool dtype_is_block(DType t) { return dtype_block_elems(t) > 1; }
 inline const char* dtype_name(DType t) {
   switch (t) {
     case DType::kF32:
@@ -80,6 +130,12 @@ inline const char* dtype_name(DType t) {
       return "q4_0";
     case DType::kI32:
       return "i32";
+    case DType::kQ4_K:
+      return "q4_k";
+    case DType::kQ5_K:
+      return "q5_k";
+    case DType::kQ6_K:
+      return "q6_k";
   }
   return "?";
 }

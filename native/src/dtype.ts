@@ -7,6 +7,10 @@ export const DType = {
   q8_0: 4,
   q4_0: 5,
   i32: 6,
+  // GGUF K-quants: super-blocks of 256 weights (native/runtime/kquant.h).
+  q4_k: 7,
+  q5_k: 8,
+  q6_k: 9,
 } as const;
 export type DTypeName = keyof typeof DType;
 
@@ -22,11 +26,21 @@ export function dtypeName(code: number): DTypeName {
   if (!n) throw new TypeError(`Unknown dtype code: ${code}`);
   return n;
 }
-/** Elements per block: 32 for the GGUF block formats, else 1. */
-export function blockSize(d: DTypeName): number {
-  return d === "q8_0" || d === "q4_0" ? 32 : 1;
+/** The GGUF K-quant dtypes (256-weight super-blocks). */
+export const K_QUANTS = ["q4_k", "q5_k", "q6_k"] as const;
+export type KQuantName = (typeof K_QUANTS)[number];
+export function isKQuant(d: DTypeName): d is KQuantName {
+  return d === "q4_k" || d === "q5_k" || d === "q6_k";
 }
-/** Bytes of `n` elements laid out along a row (n % 32 == 0 for block formats). */
+/** Elements per block: 32 for q8_0/q4_0, 256 for the K-quants, else 1. */
+export function blockSize(d: DTypeName): number {
+  return d === "q8_0" || d === "q4_0" ? 32 : isKQuant(d) ? 256 : 1;
+}
+/** Whether the dtype stores raw GGUF blocks (bytes, not numbers, cross the API). */
+export function isBlock(d: DTypeName): boolean {
+  return blockSize(d) > 1;
+}
+/** Bytes of `n` elements laid out along a row (n % blockSize == 0 for block formats). */
 export function rowBytes(d: DTypeName, n: number): number {
   switch (d) {
     case "f32":
@@ -41,8 +55,14 @@ export function rowBytes(d: DTypeName, n: number): number {
       return (n / 32) * 34;
     case "q4_0":
       return (n / 32) * 18;
+    case "q4_k":
+      return (n / 256) * 144;
+    case "q5_k":
+      return (n / 256) * 176;
+    case "q6_k":
+      return (n / 256) * 210;
   }
 }
 export function isQuantized(d: DTypeName): boolean {
-  return d === "q8_0" || d === "q4_0" || d === "fp8_e4m3";
+  return d === "q8_0" || d === "q4_0" || d === "fp8_e4m3" || isKQuant(d);
 }

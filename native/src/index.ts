@@ -10,7 +10,11 @@ export {
   rowBytes,
   blockSize,
   isQuantized,
+  isBlock,
+  isKQuant,
+  K_QUANTS,
   type DTypeName,
+  type KQuantName,
 } from "./dtype.js";
 export * from "./errors.js";
 export * as ops from "./ops.js";

@@ -5,7 +5,7 @@ import { addon } from "./addon.js";
 import { native } from "./errors.js";
 import { Tensor, type Shape } from "./tensor.js";
 import type { Device } from "./device.js";
-import type { DTypeName } from "./dtype.js";
+import type { DTypeName, KQuantName } from "./dtype.js";
 
 const outOr = (out: Tensor | undefined, shape: Shape, dtype: DTypeName, like: Tensor): Tensor =>
   out ?? Tensor.empty(shape, dtype, like.device);
@@ -16,7 +16,7 @@ const rowCount = (t: Tensor): number => lead(t).reduce((a, b) => a * b, 1);
 /**
  * y = x·Wᵀ (float32 accumulate).
  * @param x [..., K] f32|bf16
- * @param w [N, K] f32|bf16|q8_0|q4_0|fp8_e4m3
+ * @param w [N, K] f32|bf16|q8_0|q4_0|fp8_e4m3|q4_k|q5_k|q6_k (K % 32 / % 256 for the blocks)
  * @param opts.scale [N] f32, required for fp8_e4m3 weights (per-row scale)
  * @returns y [..., N] with x's dtype
  */
@@ -75,7 +75,7 @@ export function scale(x: Tensor, s: number, out?: Tensor): Tensor {
  * Embedding gather with scale: out[t] = table[ids[t]] · s. Ids outside [0, V) give NaN rows.
  * An fp8_e4m3 table is e4m3 · s (the dequantizing row gather of an fp8 KV cache).
  * @param ids [n] i32
- * @param table [V, D] f32|bf16|q8_0|q4_0|fp8_e4m3
+ * @param table [V, D] f32|bf16|q8_0|q4_0|fp8_e4m3|q4_k|q5_k|q6_k
  * @returns [n, D] of `dtype` (default bf16 for bf16/quantized tables, else f32)
  */
 export function embedding(
@@ -256,13 +256,14 @@ export function cast(src: Tensor, dtype: DTypeName, out?: Tensor): Tensor {
 }
 
 /**
- * Row-wise quantization (llama.cpp reference rules for q8_0/q4_0; fp8 e4m3 with a per-row scale).
- * @param src [..., C] f32|bf16 (C % 32 == 0 for q8_0/q4_0)
+ * Row-wise quantization (llama.cpp reference rules for q8_0/q4_0 and, without an importance matrix,
+ * the K-quants q4_k/q5_k/q6_k; fp8 e4m3 with a per-row scale).
+ * @param src [..., C] f32|bf16 (C % 32 == 0 for q8_0/q4_0, C % 256 == 0 for the K-quants)
  * @returns data [..., C] of `dtype`, and scale [rows] f32 for fp8_e4m3
  */
 export function quantize(
   src: Tensor,
-  dtype: "q8_0" | "q4_0" | "fp8_e4m3",
+  dtype: "q8_0" | "q4_0" | "fp8_e4m3" | KQuantName,
   out?: { data: Tensor; scale?: Tensor },
 ): { data: Tensor; scale?: Tensor } {
   const data = out?.data ?? Tensor.empty(src.shape, dtype, src.device);
@@ -274,7 +275,7 @@ export function quantize(
   return scale ? { data, scale } : { data };
 }
 
-/** Inverse of quantize. src [..., C] q8_0|q4_0|fp8_e4m3 → [..., C] of `dtype` (f32|bf16). */
+/** Inverse of quantize. src [..., C] q8_0|q4_0|fp8_e4m3|q4_k|q5_k|q6_k → [..., C] of `dtype` (f32|bf16). */
 export function dequantize(
   src: Tensor,
   dtype: "f32" | "bf16" = "f32",

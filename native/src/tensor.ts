@@ -1,6 +1,6 @@
 import { addon, type NativeBuffer, type TensorArg } from "./addon.js";
 import { Device } from "./device.js";
-import { blockSize, dtypeCode, rowBytes, type DTypeName } from "./dtype.js";
+import { blockSize, dtypeCode, isBlock, rowBytes, type DTypeName } from "./dtype.js";
 import { DisposedError, ShapeError, native, nativeAsync } from "./errors.js";
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16, fp8e4m3ToF32 } from "./numeric.js";
 
@@ -20,7 +20,7 @@ export function byteSize(shape: Shape, dtype: DTypeName): number {
   const last = shape.length ? shape[shape.length - 1]! : 1;
   if (last % blockSize(dtype) !== 0)
     throw new ShapeError(
-      `${dtype} tensor [${shape.join(", ")}]: last dim must be a multiple of 32`,
+      `${dtype} tensor [${shape.join(", ")}]: last dim must be a multiple of ${blockSize(dtype)}`,
       "E_SHAPE",
     );
   return last === 0 ? 0 : (numel(shape) / last) * rowBytes(dtype, last);
@@ -38,7 +38,7 @@ function checkShape(shape: Shape): void {
 /**
  * A contiguous row-major tensor on a device. An owner (`Tensor.empty`, `Tensor.from`) holds its
  * allocation and frees it on `dispose()`; a view (`view`, `slice`, `Arena.alloc`) borrows a range
- * of another tensor's storage and dies with it. Block dtypes (q8_0, q4_0) count elements, not
+ * of another tensor's storage and dies with it. Block dtypes (q8_0, q4_0, q4_k…) count elements, not
  * blocks, in `shape`.
  */
 export class Tensor implements TensorArg {
@@ -101,7 +101,7 @@ export class Tensor implements TensorArg {
 
   /**
    * Copies host data to a new tensor. Numbers are encoded to the dtype (f32, bf16, f16 round to
-   * nearest even; i32 truncates); a Uint16Array for bf16/f16 or a Uint8Array for fp8/q8_0/q4_0 is
+   * nearest even; i32 truncates); a Uint16Array for bf16/f16 or a Uint8Array for fp8 and the block dtypes is
    * taken as raw storage bytes.
    */
   static from(
@@ -249,9 +249,8 @@ function encodeHost(data: HostData, n: number, bytes: number, dtype: DTypeName):
     return data as ArrayBufferView;
   };
   if ((dtype === "bf16" || dtype === "f16") && data instanceof Uint16Array) return raw(bytes);
-  if ((dtype === "fp8_e4m3" || dtype === "q8_0" || dtype === "q4_0") && data instanceof Uint8Array)
-    return raw(bytes);
-  if (dtype === "q8_0" || dtype === "q4_0" || dtype === "fp8_e4m3")
+  if ((dtype === "fp8_e4m3" || isBlock(dtype)) && data instanceof Uint8Array) return raw(bytes);
+  if (isBlock(dtype) || dtype === "fp8_e4m3")
     throw new ShapeError(
       `Tensor data for ${dtype} must be raw bytes (Uint8Array); use quantize() for floats`,
       "E_DTYPE",
@@ -270,5 +269,7 @@ function encodeHost(data: HostData, n: number, bytes: number, dtype: DTypeName):
       for (let i = 0; i < n; i++) u[i] = enc(data[i]!);
       return u;
     }
+    default:
+      throw new ShapeError(`Tensor data for ${dtype} must be raw bytes (Uint8Array)`, "E_DTYPE");
   }
 }

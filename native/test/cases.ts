@@ -4,6 +4,7 @@
 // remainder paths run (STYLE 8).
 import { Tensor, byteSize, ops, type DTypeName } from "../src/index.js";
 import * as ref from "./reference.js";
+import * as refK from "./reference_kquant.js";
 import { randn, rng } from "./helpers.js";
 
 export type FloatDType = "f32" | "bf16";
@@ -70,8 +71,9 @@ export function setLayout(l: Layout): void {
 
 function alloc(shape: number[], dtype: DTypeName, device: string, l: Layout = layout): Tensor {
   if (l === "packed") return Tensor.empty(shape, dtype, device);
-  const elem =
-    dtype === "q8_0"
+  const elem = refK.isKQuantName(dtype)
+    ? refK.KQ_BLOCK_BYTES[dtype]
+    : dtype === "q8_0"
       ? 34
       : dtype === "q4_0"
         ? 18
@@ -105,7 +107,7 @@ function disposeAll(...ts: (Tensor | null | undefined)[]): void {
 // ---------------------------------------------------------------------------------------------
 // matmul
 
-type WFormat = "f32" | "bf16" | "q8_0" | "q4_0" | "fp8_e4m3";
+type WFormat = "f32" | "bf16" | "q8_0" | "q4_0" | "fp8_e4m3" | refK.KQuant;
 
 function matmulCase(
   xd: FloatDType,
@@ -127,6 +129,9 @@ function matmulCase(
   } else if (wd === "q4_0") {
     wBytes = ref.quantizeQ4_0(wRaw, N, K);
     wVals = ref.dequantizeQ4_0(wBytes, N, K);
+  } else if (refK.isKQuantName(wd)) {
+    wBytes = refK.quantizeK(wd, wRaw, N, K);
+    wVals = refK.dequantizeK(wd, wBytes, N, K);
   } else if (wd === "fp8_e4m3") {
     const q = ref.quantizeFp8e4m3(wRaw, N, K);
     wBytes = q.q;
@@ -187,6 +192,20 @@ export function matmulCases(): Case[] {
   for (const xd of ["f32", "bf16"] as const)
     for (const wd of ["q8_0", "q4_0", "fp8_e4m3"] as const)
       for (const [M, N, K] of qshapes) cases.push(matmulCase(xd, wd, M, N, K, seed++));
+  // K-quants (K % 256 == 0): the CUDA GEMV at each of its M buckets (1, 2, 3..4, 5..8; N = 19 and
+  // 37 leave a partial row group) and the GEMM at M = 9 and 130.
+  const kshapes: [number, number, number][] = [
+    [1, 1, 256],
+    [1, 19, 768],
+    [2, 37, 512],
+    [3, 5, 1024],
+    [8, 19, 256],
+    [9, 21, 512],
+    [130, 65, 256],
+  ];
+  for (const xd of ["f32", "bf16"] as const)
+    for (const wd of refK.K_QUANT_TYPES)
+      for (const [M, N, K] of kshapes) cases.push(matmulCase(xd, wd, M, N, K, seed++));
   return cases;
 }
 
@@ -420,6 +439,43 @@ export function quantCases(): Case[] {
         });
       }
     }
+  // K-quants: llama.cpp's reference quantizers (make_qkx2_quants / make_qx_quants), bit-exact.
+  // Blocks: all zero, constant (max == min), all positive (the min clamps to 0), an outlier, tiny.
+  for (const [rows, cols] of [
+    [1, 256],
+    [5, 512],
+  ] as [number, number][])
+    for (const src of ["f32", "bf16"] as const) {
+      const x = inDType(randn(rows * cols, seed++, 0.05), src);
+      if (rows > 1) {
+        x.fill(0, cols, cols + 256);
+        x.fill(0.25, 2 * cols, 2 * cols + 256);
+        for (let i = 3 * cols; i < 3 * cols + 256; i++) x[i] = Math.abs(x[i]!) + 0.01;
+        x[4 * cols + 7] = 3;
+        for (let i = 4 * cols + 256; i < 5 * cols; i++) x[i] = x[i]! * 1e-6;
+      }
+      const xs = inDType(x, src);
+      for (const q of refK.K_QUANT_TYPES) {
+        cases.push({
+          name: `quantize+dequantize ${src}->${q} [${rows}, ${cols}]`,
+          async run(dev) {
+            const xt = up(xs, [rows, cols], src, dev);
+            const { data } = ops.quantize(xt, q);
+            const bytes = await data.bytes();
+            const back = ops.dequantize(data, "f32");
+            const out: Outputs = [Int32Array.from(bytes), await host(back)];
+            disposeAll(xt, data, back);
+            return out;
+          },
+          reference() {
+            const bytes = refK.quantizeK(q, xs, rows, cols);
+            return [Int32Array.from(bytes), refK.dequantizeK(q, bytes, rows, cols)];
+          },
+          refTol: exact,
+          cudaTol: exact,
+        });
+      }
+    }
   const vals = randn(989, seed++, 100);
   vals[0] = 65504.0; // f16 max
   vals[1] = 1e-7; // f16 subnormal
@@ -511,6 +567,29 @@ export function miscCases(): Case[] {
         async run(dev) {
           const it = up(ids, [ids.length], "i32", dev);
           const tt = bytes ? up(bytes, [V, D], td, dev) : up(vals, [V, D], td, dev);
+          const y = ops.embedding(it, tt, s, { dtype: outD });
+          const out = [await host(y)];
+          disposeAll(it, tt, y);
+          return out;
+        },
+        reference: () => [ref.embedding(ids, vals, ids.length, D, V, s, roundOf(outD))],
+        refTol: ULP_TOL[outD],
+        cudaTol: ULP_TOL[outD],
+      });
+    }
+  for (const td of refK.K_QUANT_TYPES)
+    for (const outD of ["f32", "bf16"] as const) {
+      const V = 11;
+      const D = 512;
+      const bytes = refK.quantizeK(td, randn(V * D, seed++), V, D);
+      const vals = refK.dequantizeK(td, bytes, V, D);
+      const ids = [0, 10, 5, 5, -1, 11, 3]; // repeats and two out-of-range ids (NaN rows)
+      const s = Math.fround(ref.roundBf16(Math.sqrt(2560)));
+      cases.push({
+        name: `embedding table=${td} out=${outD}`,
+        async run(dev) {
+          const it = up(ids, [ids.length], "i32", dev);
+          const tt = up(bytes, [V, D], td, dev);
           const y = ops.embedding(it, tt, s, { dtype: outD });
           const out = [await host(y)];
           disposeAll(it, tt, y);

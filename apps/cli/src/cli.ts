@@ -8,11 +8,13 @@ import { dirname, isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import {
+  WEIGHT_QUANTIZATIONS,
   inspectConfig,
   loadConfig,
   loadTextModel,
   resolveModelPath,
   type Gemma3TextModel,
+  type WeightQuantization,
 } from "@gemma3/model";
 import type { Tensor } from "@gemma3/native";
 import {
@@ -40,7 +42,7 @@ const USAGE = `usage:
   gemma3 generate [--model DIR|FILE.gguf] (--prompt TEXT | --prompt-ids 2,9259,1902)
                   [--image PATH ... [--pan-and-scan]]
                   [--max-tokens 24] [--temperature 0] [--seed 0] [--logprobs N]
-                  [--device cpu|cuda|cuda:N] [--dtype f32|bf16] [--quantize q8_0|q4_0|fp8_e4m3]
+                  [--device cpu|cuda|cuda:N] [--dtype f32|bf16] [--quantize q8_0|q4_0|q4_k|…]
                   [--ignore-eos] [--json] [--stats]
   gemma3 tokenize [--model DIR] (--text TEXT | --chat FILE.json [--image PATH ...] [--pan-and-scan])
                   [--no-special-tokens] [--json]
@@ -48,11 +50,11 @@ const USAGE = `usage:
 ${SERVE_USAGE}
 
   --model DIR   a directory with config.json and *.safetensors (single or sharded), as on the hub,
-                or a llama.cpp gemma3 .gguf (F32/F16/BF16/Q8_0/Q4_0 tensors; --prompt reads the
-                tokenizer.json beside it); without it, the bundled demo checkpoint (RANDOM weights,
-                real vocabulary size).
-  --quantize Q  quantize the linear weights on load (q8_0, q4_0: GGUF blocks; fp8_e4m3: per-row
-                scale); embeddings, head and norms stay in --dtype.
+                or a llama.cpp gemma3 .gguf (F32/F16/BF16/Q8_0/Q4_0/Q4_K/Q5_K/Q6_K tensors, so
+                Q4_K_M files too; --prompt reads the tokenizer.json beside it); without it, the
+                bundled demo checkpoint (RANDOM weights, real vocabulary size).
+  --quantize Q  quantize the linear weights on load (q8_0, q4_0, q4_k, q5_k, q6_k: GGUF blocks;
+                fp8_e4m3: per-row scale); embeddings, head and norms stay in --dtype.
   --prompt TEXT encoded with the model's tokenizer.json (<bos> first); prints the generated text
                 (--json: ids plus "text", special tokens left out of the text).
   --text TEXT   ids of TEXT (<bos> first unless --no-special-tokens); --json adds the pieces.
@@ -115,14 +117,11 @@ async function cmdGenerate(argv: string[]): Promise<void> {
   const dtype = values.dtype;
   if (dtype !== undefined && dtype !== "f32" && dtype !== "bf16")
     throw new UsageError(`--dtype: f32 or bf16, got "${dtype}"`);
-  const quantize = values.quantize;
-  if (
-    quantize !== undefined &&
-    quantize !== "q8_0" &&
-    quantize !== "q4_0" &&
-    quantize !== "fp8_e4m3"
-  )
-    throw new UsageError(`--quantize: q8_0, q4_0 or fp8_e4m3, got "${quantize}"`);
+  const quantize = values.quantize as WeightQuantization | undefined;
+  if (quantize !== undefined && !WEIGHT_QUANTIZATIONS.includes(quantize))
+    throw new UsageError(
+      `--quantize: one of ${WEIGHT_QUANTIZATIONS.join(", ")}, got "${String(quantize)}"`,
+    );
   const modelPath = values.model ?? DEMO;
   // A .gguf carries no tokenizer.json or generation_config.json: those are read beside it.
   const src = await resolveModelPath(modelPath);

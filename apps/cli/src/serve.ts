@@ -5,10 +5,10 @@ import { createInterface } from "node:readline/promises";
 import { parseArgs } from "node:util";
 import { Engine, startServer, type EngineOptions } from "@gemma3/server";
 import type { ChatMessage } from "@gemma3/tokenizer";
-import type { WeightQuantization } from "@gemma3/model";
+import { WEIGHT_QUANTIZATIONS, type WeightQuantization } from "@gemma3/model";
 
 export const SERVE_USAGE = `  gemma3 serve [--model DIR|FILE.gguf] [--port 8000] [--host 127.0.0.1] [--api-key KEY]
-               [--device cpu|cuda|cuda:N] [--dtype f32|bf16] [--quantize q8_0|q4_0|fp8_e4m3]
+               [--device cpu|cuda|cuda:N] [--dtype f32|bf16] [--quantize q8_0|q4_0|q4_k|…]
                [--max-seqs 16] [--max-model-len N] [--max-queue 256] [--cors ORIGIN]
                [--allow-image-urls] [--served-model-name NAME]
   gemma3 chat  [--model DIR|FILE.gguf] [--device …] [--dtype …] [--quantize …] [--max-tokens 512]
@@ -63,8 +63,10 @@ function engineOptions(
   if (dtype !== undefined && dtype !== "f32" && dtype !== "bf16")
     throw new CliUsageError(`--dtype: f32 or bf16, got "${dtype}"`);
   const quantize = values.quantize as string | undefined;
-  if (quantize !== undefined && !["q8_0", "q4_0", "fp8_e4m3"].includes(quantize))
-    throw new CliUsageError(`--quantize: q8_0, q4_0 or fp8_e4m3, got "${quantize}"`);
+  if (quantize !== undefined && !(WEIGHT_QUANTIZATIONS as readonly string[]).includes(quantize))
+    throw new CliUsageError(
+      `--quantize: one of ${WEIGHT_QUANTIZATIONS.join(", ")}, got "${quantize}"`,
+    );
   const model = (values.model as string | undefined) ?? demo;
   if (values.model === undefined)
     process.stderr.write(

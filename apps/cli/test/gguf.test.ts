@@ -90,9 +90,9 @@ describe("gemma3 generate --quantize", () => {
   });
 
   it("an unknown format is a usage error", () => {
-    const r = gemma3("generate", "--prompt-ids", "2", "--quantize", "q5_k");
+    const r = gemma3("generate", "--prompt-ids", "2", "--quantize", "q3_k");
     expect(r.code).toBe(2);
-    expect(r.err).toMatch(/--quantize: q8_0, q4_0 or fp8_e4m3, got "q5_k"/);
+    expect(r.err).toMatch(/--quantize: one of q8_0, q4_0, fp8_e4m3, q4_k, q5_k, q6_k, got "q3_k"/);
   });
 
   it("fp8_e4m3 is refused with the reason until the layers apply weight scales", () => {

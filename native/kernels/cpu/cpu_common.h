@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "runtime/dtype.h"
+#include "runtime/kquant.h"
 #include "runtime/status.h"
 
 // Hot loops use plain loops and GCC/Clang vector types (no intrinsics); on x86 the matmul tiles are
@@ -50,37 +51,73 @@ template <>
 struct TypeInfo<float> {
   static constexpr const char* name = "f32";
   static constexpr bool block = false;
+  static constexpr int64_t elems = 1;
 };
 template <>
 struct TypeInfo<bf16> {
   static constexpr const char* name = "bf16";
   static constexpr bool block = false;
+  static constexpr int64_t elems = 1;
 };
 template <>
 struct TypeInfo<f16> {
   static constexpr const char* name = "f16";
   static constexpr bool block = false;
+  static constexpr int64_t elems = 1;
 };
 template <>
 struct TypeInfo<fp8e4m3> {
   static constexpr const char* name = "fp8_e4m3";
   static constexpr bool block = false;
+  static constexpr int64_t elems = 1;
 };
 template <>
 struct TypeInfo<block_q8_0> {
   static constexpr const char* name = "q8_0";
   static constexpr bool block = true;
+  static constexpr int64_t elems = kQK;
 };
 template <>
 struct TypeInfo<block_q4_0> {
   static constexpr const char* name = "q4_0";
   static constexpr bool block = true;
+  static constexpr int64_t elems = kQK;
 };
 
-// Storage units per row of `cols` elements (blocks for q8_0/q4_0).
+template <>
+struct TypeInfo<block_q4_K> {
+  static constexpr const char* name = "q4_k";
+  static constexpr bool block = true;
+  static constexpr int64_t elems = kQK_K;
+};
+template <>
+struct TypeInfo<block_q5_K> {
+  static constexpr const char* name = "q5_k";
+  static constexpr bool block = true;
+  static constexpr int64_t elems = kQK_K;
+};
+template <>
+struct TypeInfo<block_q6_K> {
+  static constexpr const char* name = "q6_k";
+  static constexpr bool block = true;
+  static constexpr int64_t elems = kQK_K;
+};
+
+// Storage units per row of `cols` elements (blocks for the block formats).
 template <typename T>
 constexpr int64_t row_units(int64_t cols) {
-  return TypeInfo<T>::block ? cols / kQK : cols;
+  return cols / TypeInfo<T>::elems;
+}
+
+// "cols must be a multiple of <block>" check shared by the kernels taking a block format.
+template <typename T>
+inline bool whole_blocks(int64_t cols) {
+  return cols % TypeInfo<T>::elems == 0;
+}
+template <typename T>
+inline std::string whole_blocks_msg(const char* what, int64_t cols) {
+  return kv(what, cols) + " must be a multiple of " + std::to_string(TypeInfo<T>::elems) + " for " +
+         TypeInfo<T>::name;
 }
 
 // All 256 e4m3 values, so decoding a byte is one table load.
@@ -153,6 +190,66 @@ G3_ALWAYS_INLINE void decode(const block_q4_0* src, int64_t e0, int64_t n, float
     memcpy(q, &lo, sizeof lo);
     memcpy(q + kQK / 2, &hi, sizeof hi);
     for (int j = 0; j < kQK; ++j) dst[j] = float(q[j]) * d;
+  }
+}
+
+// K-quants (runtime/kquant.h rules): per super-block of 256, per sub-block x = a * q - b with the
+// exact a, b of kq_sub; loops of 32 so the AVX2 copy of the matmul tiles vectorizes them.
+G3_ALWAYS_INLINE void decode(const block_q4_K* src, int64_t e0, int64_t n, float* dst) {
+  const block_q4_K* b = src + e0 / kQK_K;
+  for (int64_t blk = 0; blk < n / kQK_K; ++blk, ++b, dst += kQK_K) {
+    const float d = f16_to_f32(b->d), dmin = f16_to_f32(b->dmin);
+    for (int s = 0; s < 8; ++s) {  // sub-block s: nibble s % 2 of qs[32 (s / 2) ..]
+      int sc, m;
+      kq_scale_min(s, b->scales, &sc, &m);
+      const float a = d * float(sc), bm = dmin * float(m);
+      const uint8_t* q = b->qs + 32 * (s >> 1);
+      const int sh = 4 * (s & 1);
+      for (int l = 0; l < 32; ++l) dst[32 * s + l] = a * float((q[l] >> sh) & 0xF) - bm;
+    }
+  }
+}
+G3_ALWAYS_INLINE void decode(const block_q5_K* src, int64_t e0, int64_t n, float* dst) {
+  const block_q5_K* b = src + e0 / kQK_K;
+  for (int64_t blk = 0; blk < n / kQK_K; ++blk, ++b, dst += kQK_K) {
+    const float d = f16_to_f32(b->d), dmin = f16_to_f32(b->dmin);
+    for (int s = 0; s < 8; ++s) {  // the fifth bit of element 32 s + l is bit s of qh[l]
+      int sc, m;
+      kq_scale_min(s, b->scales, &sc, &m);
+      const float a = d * float(sc), bm = dmin * float(m);
+      const uint8_t* q = b->qs + 32 * (s >> 1);
+      const int sh = 4 * (s & 1);
+      for (int l = 0; l < 32; ++l)
+        dst[32 * s + l] = a * float(((q[l] >> sh) & 0xF) | (((b->qh[l] >> s) & 1) << 4)) - bm;
+    }
+  }
+}
+G3_ALWAYS_INLINE void decode(const block_q6_K* src, int64_t e0, int64_t n, float* dst) {
+  const block_q6_K* b = src + e0 / kQK_K;
+  for (int64_t blk = 0; blk < n / kQK_K; ++blk, ++b, dst += kQK_K) {
+    const float d = f16_to_f32(b->d);
+    // llama.cpp's loop: element 128 h + 32 g + l takes nibble g / 2 of ql[64 h + 32 (g % 2) + l]
+    // and bits 2g of qh[32 h + l]; the shifts are constants, so each half-loop vectorizes.
+    for (int h = 0; h < 2; ++h) {
+      const uint8_t* ql = b->ql + 64 * h;
+      const uint8_t* qh = b->qh + 32 * h;
+      const int8_t* sc = b->scales + 8 * h;
+      float* y = dst + 128 * h;
+      for (int half = 0; half < 2; ++half) {  // l in [16 half, 16 half + 16): scales sc[half + 2g]
+        const float a0 = d * float(sc[half]), a1 = d * float(sc[half + 2]);
+        const float a2 = d * float(sc[half + 4]), a3 = d * float(sc[half + 6]);
+        for (int l = 16 * half; l < 16 * half + 16; ++l) {
+          const int q1 = (ql[l] & 0xF) | ((qh[l] & 3) << 4);
+          const int q2 = (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4);
+          const int q3 = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+          const int q4 = (ql[l + 32] >> 4) | ((qh[l] >> 6) << 4);
+          y[l] = a0 * float(q1 - 32);
+          y[l + 32] = a1 * float(q2 - 32);
+          y[l + 64] = a2 * float(q3 - 32);
+          y[l + 96] = a3 * float(q4 - 32);
+        }
+      }
+    }
   }
 }
 

@@ -16,9 +16,7 @@ Status embedding(const int32_t* ids, const TW* table, TY* out, int64_t n, int64_
   if (n < 0 || dim <= 0 || vocab <= 0)
     return invalid("embedding", kv("n", n) + ", " + kv("dim", dim) + ", " + kv("vocab", vocab) +
                                     " (need n >= 0, dim > 0, vocab > 0)");
-  if (TypeInfo<TW>::block && dim % kQK != 0)
-    return invalid("embedding",
-                   kv("dim", dim) + " must be a multiple of 32 for " + TypeInfo<TW>::name);
+  if (!whole_blocks<TW>(dim)) return invalid("embedding", whole_blocks_msg<TW>("dim", dim));
   if (n == 0) return Status::Ok();
   if (ids == nullptr || table == nullptr || out == nullptr)
     return invalid("embedding", "null pointer");
@@ -47,6 +45,9 @@ G3_EMBEDDING_TY(bf16)
 G3_EMBEDDING_TY(block_q8_0)
 G3_EMBEDDING_TY(block_q4_0)
 G3_EMBEDDING_TY(fp8e4m3)
+G3_EMBEDDING_TY(block_q4_K)
+G3_EMBEDDING_TY(block_q5_K)
+G3_EMBEDDING_TY(block_q6_K)
 #undef G3_EMBEDDING_TY
 #undef G3_EMBEDDING
 

@@ -1,4 +1,5 @@
-// matmul on CPU: y[M, N] = x[M, K] . W[N, K]^T with W in f32 / bf16 / q8_0 / q4_0 / fp8 rows.
+// matmul on CPU: y[M, N] = x[M, K] . W[N, K]^T with W in f32 / bf16 / q8_0 / q4_0 / fp8 /
+// K-quant (q4_k / q5_k / q6_k) rows.
 // Tiling: tasks are (64 rows of x) x (8 rows of W); a task walks K in 512-wide chunks, decodes the
 // 8 x 512 W panel to float once (L1-resident) and reuses it for all its x rows, so W is decoded
 // once per 64 rows of x and streamed from memory once per x block. Tasks run on parallel_for.
@@ -15,7 +16,7 @@ using namespace detail;
 
 constexpr int64_t kMB = 64;   // x rows per task
 constexpr int64_t kNB = 8;    // W rows per task
-constexpr int64_t kKC = 512;  // K per panel chunk (a multiple of 32 for the block formats)
+constexpr int64_t kKC = 512;  // K per panel chunk (a multiple of 32 and 256 for the block formats)
 constexpr int64_t kMS = 512;  // x rows converted to float at a time when TX is bf16
 
 // out[r][c] += x_r . w_c for R (1 or 2) rows of x and 4 rows of W over n elements: 4R vector
@@ -149,8 +150,7 @@ Status matmul(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, 
   if (M < 0 || N < 0 || K <= 0)
     return invalid("matmul",
                    kv("M", M) + ", " + kv("N", N) + ", " + kv("K", K) + " (need M, N >= 0, K > 0)");
-  if (TypeInfo<TW>::block && K % kQK != 0)
-    return invalid("matmul", kv("K", K) + " must be a multiple of 32 for " + TypeInfo<TW>::name);
+  if (!whole_blocks<TW>(K)) return invalid("matmul", whole_blocks_msg<TW>("K", K));
   if (M == 0 || N == 0) return Status::Ok();
   if (x == nullptr || w == nullptr || y == nullptr) return invalid("matmul", "null pointer");
 
@@ -189,7 +189,10 @@ Status matmul(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, 
   G3_MATMUL(TX, bf16)       \
   G3_MATMUL(TX, block_q8_0) \
   G3_MATMUL(TX, block_q4_0) \
-  G3_MATMUL(TX, fp8e4m3)
+  G3_MATMUL(TX, fp8e4m3)    \
+  G3_MATMUL(TX, block_q4_K) \
+  G3_MATMUL(TX, block_q5_K) \
+  G3_MATMUL(TX, block_q6_K)
 G3_MATMUL_TW(float)
 G3_MATMUL_TW(bf16)
 #undef G3_MATMUL_TW

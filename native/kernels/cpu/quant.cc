@@ -1,6 +1,7 @@
 // quantize / dequantize on CPU, one row per work item. q8_0 and q4_0 follow llama.cpp's
 // quantize_row_q8_0_ref / quantize_row_q4_0_ref (ggml-quants.c) operation for operation, so the
-// bytes match GGUF files quantized by llama.cpp from the same float32 values.
+// bytes match GGUF files quantized by llama.cpp from the same float32 values; the K-quants port
+// quantize_row_q4_K_ref / q5_K_ref / q6_K_ref the same way (runtime/kquant.h).
 #include <algorithm>
 #include <cmath>
 #include <type_traits>
@@ -59,6 +60,12 @@ void quantize_row(const float* x, fp8e4m3* y, int64_t cols, float* scale) {
   for (int64_t j = 0; j < cols; ++j) y[j] = f32_to_fp8e4m3(x[j] / s);
 }
 
+// K-quants: llama.cpp's reference quantizers, one super-block at a time (runtime/kquant.h).
+template <typename TB, typename = std::enable_if_t<is_kquant_v<TB>>>
+void quantize_row(const float* x, TB* y, int64_t cols, float*) {
+  for (int64_t i = 0; i < cols / kQK_K; ++i) kq_quantize(x + i * kQK_K, y + i);
+}
+
 }  // namespace
 
 template <typename TS, typename TQ>
@@ -67,9 +74,7 @@ Status quantize(const TS* src, TQ* dst, float* scale, int64_t rows, int64_t cols
   if (rows < 0 || cols <= 0)
     return invalid("quantize",
                    kv("rows", rows) + ", " + kv("cols", cols) + " (need rows >= 0, cols > 0)");
-  if (TypeInfo<TQ>::block && cols % kQK != 0)
-    return invalid("quantize",
-                   kv("cols", cols) + " must be a multiple of 32 for " + TypeInfo<TQ>::name);
+  if (!whole_blocks<TQ>(cols)) return invalid("quantize", whole_blocks_msg<TQ>("cols", cols));
   if (rows == 0) return Status::Ok();
   if (src == nullptr || dst == nullptr) return invalid("quantize", "null pointer");
   if (kFp8 && scale == nullptr) return invalid("quantize", "fp8_e4m3 needs a scale array");
@@ -89,9 +94,7 @@ Status dequantize(const TQ* src, const float* scale, TD* dst, int64_t rows, int6
   if (rows < 0 || cols <= 0)
     return invalid("dequantize",
                    kv("rows", rows) + ", " + kv("cols", cols) + " (need rows >= 0, cols > 0)");
-  if (TypeInfo<TQ>::block && cols % kQK != 0)
-    return invalid("dequantize",
-                   kv("cols", cols) + " must be a multiple of 32 for " + TypeInfo<TQ>::name);
+  if (!whole_blocks<TQ>(cols)) return invalid("dequantize", whole_blocks_msg<TQ>("cols", cols));
   if (rows == 0) return Status::Ok();
   if (src == nullptr || dst == nullptr) return invalid("dequantize", "null pointer");
   if (kFp8 && scale == nullptr) return invalid("dequantize", "fp8_e4m3 needs a scale array");
@@ -112,6 +115,15 @@ Status dequantize(const TQ* src, const float* scale, TD* dst, int64_t rows, int6
 #define G3_QUANT(TS, TQ) template Status quantize<TS, TQ>(const TS*, TQ*, float*, int64_t, int64_t);
 #define G3_DEQUANT(TQ, TD) \
   template Status dequantize<TQ, TD>(const TQ*, const float*, TD*, int64_t, int64_t);
+#define G3_KQUANT(TQ)   \
+  G3_QUANT(float, TQ)   \
+  G3_QUANT(bf16, TQ)    \
+  G3_DEQUANT(TQ, float) \
+  G3_DEQUANT(TQ, bf16)
+G3_KQUANT(block_q4_K)
+G3_KQUANT(block_q5_K)
+G3_KQUANT(block_q6_K)
+#undef G3_KQUANT
 G3_QUANT(float, block_q8_0)
 G3_QUANT(float, block_q4_0)
 G3_QUANT(float, fp8e4m3)

@@ -1,7 +1,7 @@
 // CUDA embedding gather with scale: one CTA per token id, each thread converting 8-element chunks
 // (16-byte loads/stores for float/bf16; one q8_0/q4_0 quarter block per chunk; one 8-byte load for
-// fp8 e4m3, the dequantizing row gather of an fp8 KV cache). Ids outside [0, vocab) write a NaN row
-// and read nothing.
+// fp8 e4m3, the dequantizing row gather of an fp8 KV cache; K-quants via runtime/kquant.h). Ids
+// outside [0, vocab) write a NaN row and read nothing.
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
@@ -13,6 +13,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/vec.cuh"
+#include "runtime/kquant.h"
 
 namespace gemma3::cuda {
 namespace {
@@ -46,6 +47,8 @@ __device__ __forceinline__ void load_chunk(const TW* row, int64_t c, float (&f)[
       f[2 * i] = v.x;
       f[2 * i + 1] = v.y;
     }
+  } else if constexpr (is_kquant_v<TW>) {
+    kq_dequant8(row[c / (kQK_K / kChunk)], static_cast<int>(c % (kQK_K / kChunk)) * kChunk, f);
   } else if constexpr (std::is_same_v<TW, block_q8_0>) {
     // A 34-byte block is only 2-byte aligned: read its quarter as four 16-bit words.
     const TW& blk = row[c >> 2];
@@ -78,6 +81,8 @@ __device__ __forceinline__ float load_one(const TW* row, int64_t j) {
   if constexpr (std::is_same_v<TW, float> || std::is_same_v<TW, bf16> ||
                 std::is_same_v<TW, fp8e4m3>) {
     return to_f32(row[j]);
+  } else if constexpr (is_kquant_v<TW>) {
+    return kq_dequant1(row[j / kQK_K], static_cast<int>(j % kQK_K));
   } else if constexpr (std::is_same_v<TW, block_q8_0>) {
     const TW& blk = row[j / kQK];
     return float(blk.qs[j % kQK]) * f16_to_f32(blk.d);
@@ -124,18 +129,21 @@ __global__ void __launch_bounds__(kMaxThreads)
 template <typename TW, typename TY>
 Status embedding(const int32_t* ids, const TW* table, TY* out, int64_t n, int64_t dim,
                  int64_t vocab, float s, cudaStream_t stream) {
-  constexpr bool kBlock = std::is_same_v<TW, block_q8_0> || std::is_same_v<TW, block_q4_0>;
-  if (n < 0 || dim <= 0 || vocab <= 0 || (kBlock && dim % kQK != 0)) {
+  constexpr bool kBlock =
+      std::is_same_v<TW, block_q8_0> || std::is_same_v<TW, block_q4_0> || is_kquant_v<TW>;
+  constexpr int64_t kElems = is_kquant_v<TW> ? kQK_K : kBlock ? kQK : 1;  // per storage unit
+  if (n < 0 || dim <= 0 || vocab <= 0 || dim % kElems != 0) {
     return Status(StatusCode::kInvalidArgument,
                   "embedding: need n >= 0, dim > 0, vocab > 0" +
-                      std::string(kBlock ? ", dim % 32 == 0 for block tables" : "") +
+                      (kBlock ? ", dim % " + std::to_string(kElems) + " == 0 for block tables"
+                              : std::string()) +
                       " (n=" + std::to_string(n) + ", dim=" + std::to_string(dim) +
                       ", vocab=" + std::to_string(vocab) + ")");
   }
   if (n == 0) return Status::Ok();
   if (!ids || !table || !out)
     return Status(StatusCode::kInvalidArgument, "embedding: null pointer");
-  const int64_t row_elems = kBlock ? dim / kQK : dim;
+  const int64_t row_elems = dim / kElems;
   // Block tables need 2-byte alignment for the 16-bit reads; fp8 8 (one 8-byte load per chunk);
   // float/bf16 16 for the vectors.
   constexpr uintptr_t kTableAlign = kBlock ? 2 : std::is_same_v<TW, fp8e4m3> ? 8 : 16;
@@ -166,6 +174,12 @@ G3_INSTANTIATE(block_q4_0, float)
 G3_INSTANTIATE(block_q4_0, bf16)
 G3_INSTANTIATE(fp8e4m3, float)
 G3_INSTANTIATE(fp8e4m3, bf16)
+G3_INSTANTIATE(block_q4_K, float)
+G3_INSTANTIATE(block_q4_K, bf16)
+G3_INSTANTIATE(block_q5_K, float)
+G3_INSTANTIATE(block_q5_K, bf16)
+G3_INSTANTIATE(block_q6_K, float)
+G3_INSTANTIATE(block_q6_K, bf16)
 #undef G3_INSTANTIATE
 
 }  // namespace gemma3::cuda

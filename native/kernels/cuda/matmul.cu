@@ -8,7 +8,8 @@
 //    tiles.
 // Why 8: the GEMV's x traffic, registers and FMAs grow with M while W bytes do not, so past ~8 rows
 // it stops being bound by W alone; a tensor-core tile reads W once per 128 rows of x instead.
-// All paths accumulate in f32, round y once, and take any M, N, K (block formats: K % 32 == 0).
+// All paths accumulate in f32, round y once, and take any M, N, K (block formats: K % 32 == 0,
+// K-quants K % 256 == 0; their GEMV is matmul_kquant.cu, their GEMM matmul_gemm.cu's loaders).
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -17,6 +18,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "runtime/kquant.h"
 
 #if GEMMA3_WITH_CUBLAS
 #include <cublas_v2.h>
@@ -33,6 +35,10 @@ constexpr int64_t kGemvMaxM = 8;
 template <typename TX, typename TW>
 Status gemv(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, int64_t N, int64_t K,
             cudaStream_t stream);
+// matmul_kquant.cu: the K-quants, 1 <= M <= kGemvMaxM.
+template <typename TX, typename TB>
+Status kq_gemv(const TX* x, const TB* w, TX* y, int64_t M, int64_t N, int64_t K,
+               cudaStream_t stream);
 // matmul_gemm.cu: any M >= 1.
 template <typename TX, typename TW>
 Status gemm(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, int64_t N, int64_t K,
@@ -129,11 +135,21 @@ Status matmul(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, 
     return Status(StatusCode::kInvalidArgument, "matmul: K = " + std::to_string(K) +
                                                     " is not a multiple of 32 for a block format");
   }
+  if (is_kquant_v<TW> && K % kQK_K != 0) {
+    return Status(StatusCode::kInvalidArgument,
+                  "matmul: K = " + std::to_string(K) + " is not a multiple of 256 for a K-quant");
+  }
   if (M == 0 || N == 0) return Status::Ok();
   if (x == nullptr || w == nullptr || y == nullptr) {
     return Status(StatusCode::kInvalidArgument, "matmul: null pointer");
   }
-  if (M <= detail::kGemvMaxM) return detail::gemv<TX, TW>(x, w, w_scale, y, M, N, K, stream);
+  if (M <= detail::kGemvMaxM) {
+    if constexpr (is_kquant_v<TW>) {
+      return detail::kq_gemv<TX, TW>(x, w, y, M, N, K, stream);  // w_scale is fp8-only (ops)
+    } else {
+      return detail::gemv<TX, TW>(x, w, w_scale, y, M, N, K, stream);
+    }
+  }
 #if GEMMA3_WITH_CUBLAS
   if constexpr (std::is_same_v<TX, bf16> && std::is_same_v<TW, bf16>) {
     if (w_scale == nullptr && M <= INT_MAX && N <= INT_MAX && K <= INT_MAX) {
@@ -157,6 +173,12 @@ G3_MATMUL_INSTANTIATE(bf16, bf16)
 G3_MATMUL_INSTANTIATE(bf16, block_q8_0)
 G3_MATMUL_INSTANTIATE(bf16, block_q4_0)
 G3_MATMUL_INSTANTIATE(bf16, fp8e4m3)
+G3_MATMUL_INSTANTIATE(float, block_q4_K)
+G3_MATMUL_INSTANTIATE(float, block_q5_K)
+G3_MATMUL_INSTANTIATE(float, block_q6_K)
+G3_MATMUL_INSTANTIATE(bf16, block_q4_K)
+G3_MATMUL_INSTANTIATE(bf16, block_q5_K)
+G3_MATMUL_INSTANTIATE(bf16, block_q6_K)
 #undef G3_MATMUL_INSTANTIATE
 
 }  // namespace gemma3::cuda

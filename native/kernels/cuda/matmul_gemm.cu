@@ -1,10 +1,12 @@
 // GEMM path of matmul (M > kGemvMaxM): y[m, n] = sum_k x[m, k] * W[n, k].
-//  - TX = bf16, TW in {bf16, fp8e4m3, q8_0, q4_0}: tensor cores (mma.sync m16n8k16 bf16 -> f32),
-//    128x128x32 CTA tiles, 8 warps of 64x32, double-buffered shared memory (cp.async for bf16
-//    tiles; quantized W is loaded to registers one tile ahead and expanded to bf16 in shared
-//    memory). Every expansion is exact: fp8 e4m3 values are bf16 values, and q8_0 / q4_0 store the
-//    integer q (exact in bf16) while the f16 block scale d multiplies the f32 partial sum of that
-//    block.
+//  - TX = bf16, TW in {bf16, fp8e4m3, q8_0, q4_0, q4_K, q5_K, q6_K}: tensor cores (mma.sync
+//    m16n8k16 bf16 -> f32), 128x128x32 CTA tiles, 8 warps of 64x32, double-buffered shared memory
+//    (cp.async for bf16 tiles; quantized W is loaded to registers one tile ahead and expanded to
+//    bf16 in shared memory). Every expansion is exact: fp8 e4m3 values are bf16 values, and the
+//    block formats store the integer q (exact in bf16) while their scales multiply f32 partial
+//    sums: q8_0 / q4_0 d per 32-wide tile; q4_K / q5_K x = a q - b per 32-wide sub-block, so the
+//    tile adds a * sum(x q) - b * sum(x), sum(x) taken by one more MMA against ones; q6_K one
+//    scale per 16-wide sub-block, applied after each k16 step.
 //  - TX = float (any TW) and TX = bf16 with TW = float: a plain FFMA tiled kernel (64x64x32 tiles,
 //    4x4 outputs per thread) so float x and float W stay float32-exact.
 #include <cuda_fp16.h>
@@ -18,6 +20,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/vec.cuh"
+#include "runtime/kquant.h"
 
 namespace gemma3::cuda::detail {
 namespace {
@@ -63,6 +66,11 @@ __device__ __forceinline__ uint32_t pack2(uint32_t lo, uint32_t hi) { return lo 
 
 using Tile = uint16_t[kLds];  // one smem row of a 128 x kBK bf16 tile
 
+// How a loader's tile is scaled (mma_tile): not at all; by sd[col] per tile (q8_0, q4_0); by
+// a = sd[col] and b = sd[kBN + col] as a * sum(x q) - b * sum(x) per tile (q4_K, q5_K); by
+// sd[ks kBN + col] per k16 step ks (q6_K). sd: the stage's [2][kBN] floats.
+enum ScaleMode { kNoScale = 0, kTileScale = 1, kTileScaleMin = 2, kK16Scale = 3 };
+
 // A bf16 tile [rows, K] -> smem rows r0 .. r0 + 127, columns k0 .. k0 + 31, zero outside.
 // kVec: K % 8 == 0 and a 16-byte aligned base -> cp.async; otherwise element-wise loads.
 template <bool kVec>
@@ -90,7 +98,7 @@ struct Bf16TileLoader {
     }
   }
   __device__ void commit(Tile*, float*) const {}
-  static constexpr bool kScaled = false;
+  static constexpr int kMode = kNoScale;
 };
 
 // fp8 W, 16-byte loads (K % 16 == 0, aligned): thread -> (row tid/2, 16 columns). Raw bytes go by
@@ -125,7 +133,7 @@ struct Fp8VecLoader {
     dst[0] = make_uint4(out[0], out[1], out[2], out[3]);
     dst[1] = make_uint4(out[4], out[5], out[6], out[7]);
   }
-  static constexpr bool kScaled = false;
+  static constexpr int kMode = kNoScale;
 };
 
 // fp8 W, any K: element-wise.
@@ -143,7 +151,7 @@ struct Fp8ScalarLoader {
     }
   }
   __device__ void commit(Tile*, float*) const {}
-  static constexpr bool kScaled = false;
+  static constexpr int kMode = kNoScale;
 };
 
 // Raw 16-bit words of the block at k-tile k0 of row r0 + tid/2 (blocks are only 2-byte aligned):
@@ -186,7 +194,7 @@ struct Q8Loader {
     dst[0] = make_uint4(out[0], out[1], out[2], out[3]);
     dst[1] = make_uint4(out[4], out[5], out[6], out[7]);
   }
-  static constexpr bool kScaled = true;
+  static constexpr int kMode = kTileScale;
 };
 
 // q4_0 W: thread -> (row tid/2, half h: qs[8h .. 8h + 7]) = weights 8h.. (low nibbles) and
@@ -214,7 +222,115 @@ struct Q4Loader {
     *reinterpret_cast<uint4*>(&s[row][8 * h]) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
     *reinterpret_cast<uint4*>(&s[row][16 + 8 * h]) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
   }
-  static constexpr bool kScaled = true;
+  static constexpr int kMode = kTileScale;
+};
+
+// ---- K-quant loaders: a k-tile (32 wide) is one 32-element sub-block of q4_K / q5_K, or two
+// 16-element sub-blocks of q6_K. Thread -> (row tid/2, half h: tile columns 16h .. 16h + 15).
+// Super-blocks are 2-byte aligned (q6_K's 210 bytes), so quants are read as 16-bit words.
+
+// 16 bytes at p (2-byte aligned) as 4 words, through eight 16-bit loads.
+__device__ __forceinline__ void ldg16_u16(const uint8_t* p, uint32_t (&w)[4]) {
+  const unsigned short* u = reinterpret_cast<const unsigned short*>(p);
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+    w[j] = uint32_t(__ldg(u + 2 * j)) | (uint32_t(__ldg(u + 2 * j + 1)) << 16);
+}
+__device__ __forceinline__ float ldg_f16(const f16& h) {
+  return __half2float(__ushort_as_half(__ldg(reinterpret_cast<const unsigned short*>(&h))));
+}
+// 16 levels (bytes of w, each < 256 and exact in bf16) minus `off`, as bf16 at dst (16-byte
+// aligned).
+__device__ __forceinline__ void store_levels(const uint32_t (&w)[4], int off, uint16_t* dst) {
+  uint32_t out[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const uint32_t word = w[j >> 1] >> (16 * (j & 1));
+    const float lo = float(int(word & 0xffu) - off), hi = float(int((word >> 8) & 0xffu) - off);
+    out[j] = pack2(exact_bf16_bits(lo), exact_bf16_bits(hi));
+  }
+  uint4* d = reinterpret_cast<uint4*>(dst);
+  d[0] = make_uint4(out[0], out[1], out[2], out[3]);
+  d[1] = make_uint4(out[4], out[5], out[6], out[7]);
+}
+
+// q4_K / q5_K: sub-block s = (k0 / 32) % 8 is nibble s % 2 of qs[32 (s / 2) + l] (and, q5_K, bit
+// s of qh[l]); the tile stores q and the scale row gets a = d sc, b = dmin m (kTileScaleMin).
+template <typename TB>
+struct QKxLoader {
+  const TB* p;
+  int64_t rows, K, r0;
+  uint32_t q[4];
+  float a, b;
+  __device__ void issue(Tile*, int64_t k0) {
+    const int row = threadIdx.x >> 1, h = threadIdx.x & 1;
+    const int64_t r = r0 + row;
+    if (r < rows) {
+      const TB& blk = p[r * (K / kQK_K) + k0 / kQK_K];
+      const int s = static_cast<int>((k0 / 32) % 8);
+      uint32_t lo[4];
+      ldg16_u16(blk.qs + 32 * (s >> 1) + 16 * h, lo);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) q[j] = (lo[j] >> (4 * (s & 1))) & 0x0f0f0f0fu;
+      if constexpr (std::is_same_v<TB, block_q5_K>) {
+        uint32_t hb[4];
+        ldg16_u16(blk.qh + 16 * h, hb);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) q[j] |= ((hb[j] >> s) & 0x01010101u) << 4;
+      }
+      int sc, m;
+      kq_scale_min(s, blk.scales, &sc, &m);  // 2-3 byte loads
+      a = ldg_f16(blk.d) * float(sc);
+      b = ldg_f16(blk.dmin) * float(m);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) q[j] = 0;
+      a = b = 0.f;
+    }
+  }
+  __device__ void commit(Tile* s, float* sd) const {
+    const int row = threadIdx.x >> 1, h = threadIdx.x & 1;
+    if (h == 0) sd[row] = a, sd[kBN + row] = b;
+    store_levels(q, 0, &s[row][16 * h]);
+  }
+  static constexpr int kMode = kTileScaleMin;
+};
+
+// q6_K: tile t = (k0 / 32) % 8 = 4 n + g holds elements 128 n + 32 g + l: nibble g / 2 of
+// ql[64 n + 32 (g % 2) + l], bits 2g of qh[32 n + l]; half h (l / 16) has scale sc[8 n + 2 g + h].
+// The tile stores q - 32, the scale rows get d sc per half (kK16Scale).
+struct Q6KLoader {
+  const block_q6_K* p;
+  int64_t rows, K, r0;
+  uint32_t q[4];
+  float a;
+  __device__ void issue(Tile*, int64_t k0) {
+    const int row = threadIdx.x >> 1, h = threadIdx.x & 1;
+    const int64_t r = r0 + row;
+    if (r < rows) {
+      const block_q6_K& blk = p[r * (K / kQK_K) + k0 / kQK_K];
+      const int t = static_cast<int>((k0 / 32) % 8), n = t >> 2, g = t & 3;
+      uint32_t lo[4], hi[4];
+      ldg16_u16(blk.ql + 64 * n + 32 * (g & 1) + 16 * h, lo);
+      ldg16_u16(blk.qh + 32 * n + 16 * h, hi);
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        q[j] =
+            ((lo[j] >> (4 * (g >> 1))) & 0x0f0f0f0fu) | (((hi[j] >> (2 * g)) & 0x03030303u) << 4);
+      a = ldg_f16(blk.d) *
+          float(int8_t(__ldg(reinterpret_cast<const uint8_t*>(blk.scales) + 8 * n + 2 * g + h)));
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) q[j] = 0x20202020u;  // levels of 32: zero weights
+      a = 0.f;
+    }
+  }
+  __device__ void commit(Tile* s, float* sd) const {
+    const int row = threadIdx.x >> 1, h = threadIdx.x & 1;
+    sd[h * kBN + row] = a;
+    store_levels(q, 32, &s[row][16 * h]);
+  }
+  static constexpr int kMode = kK16Scale;
 };
 
 template <typename TW, bool kVec>
@@ -235,6 +351,18 @@ template <bool kVec>
 struct WLoaderFor<block_q4_0, kVec> {
   using type = Q4Loader;
 };
+template <bool kVec>
+struct WLoaderFor<block_q4_K, kVec> {
+  using type = QKxLoader<block_q4_K>;
+};
+template <bool kVec>
+struct WLoaderFor<block_q5_K, kVec> {
+  using type = QKxLoader<block_q5_K>;
+};
+template <bool kVec>
+struct WLoaderFor<block_q6_K, kVec> {
+  using type = Q6KLoader;
+};
 
 template <typename L, typename TW>
 __device__ __forceinline__ L make_w_loader(const TW* w, int64_t N, int64_t K, int64_t n0,
@@ -246,20 +374,44 @@ __device__ __forceinline__ L make_w_loader(const TW* w, int64_t N, int64_t K, in
   }
 }
 
+// acc += tmp * scale[col] in the m16n8 accumulator layout (columns 2 (lane & 3) and + 1 of each
+// n8 tile), and zeroes tmp.
+__device__ __forceinline__ void add_scaled(float (&acc)[4][4][4], float (&tmp)[4][4][4],
+                                           const float* scale, int warp_n, int lane) {
+#pragma unroll
+  for (int nj = 0; nj < 4; ++nj) {
+    const int col = warp_n * 32 + nj * 8 + 2 * (lane & 3);
+    const float d0 = scale[col], d1 = scale[col + 1];
+#pragma unroll
+    for (int mi = 0; mi < 4; ++mi) {
+      acc[mi][nj][0] = fmaf(tmp[mi][nj][0], d0, acc[mi][nj][0]);
+      acc[mi][nj][1] = fmaf(tmp[mi][nj][1], d1, acc[mi][nj][1]);
+      acc[mi][nj][2] = fmaf(tmp[mi][nj][2], d0, acc[mi][nj][2]);
+      acc[mi][nj][3] = fmaf(tmp[mi][nj][3], d1, acc[mi][nj][3]);
+#pragma unroll
+      for (int c = 0; c < 4; ++c) tmp[mi][nj][c] = 0.f;
+    }
+  }
+}
+
 // One k-tile (kBK = 32 = two k16 steps) of the warp's 64x32 sub-tile. Block formats accumulate the
-// tile (= one quant block) into tmp and add tmp * d[n] so the block scale is applied in f32.
-template <bool kScaled>
+// tile (= one quant block) into tmp and add tmp * d[n] so the block scale is applied in f32; the
+// K-quants as ScaleMode says.
+template <int kMode>
 __device__ __forceinline__ void mma_tile(const Tile* sa, const Tile* sb, const float* sd,
                                          float (&acc)[4][4][4], int warp_m, int warp_n, int lane) {
   float tmp[4][4][4];
-  float(&dst)[4][4][4] = kScaled ? tmp : acc;
-  if constexpr (kScaled) {
+  float(&dst)[4][4][4] = kMode != kNoScale ? tmp : acc;
+  float xs[4][4];  // kTileScaleMin: sum of x over the tile for the fragment's rows
+  if constexpr (kMode != kNoScale) {
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
-      for (int j = 0; j < 4; ++j)
+      for (int j = 0; j < 4; ++j) {
+        xs[i][j] = 0.f;
 #pragma unroll
         for (int c = 0; c < 4; ++c) tmp[i][j][c] = 0.f;
+      }
   }
 #pragma unroll
   for (int ks = 0; ks < kBK / 16; ++ks) {
@@ -267,6 +419,11 @@ __device__ __forceinline__ void mma_tile(const Tile* sa, const Tile* sb, const f
 #pragma unroll
     for (int mi = 0; mi < 4; ++mi)
       ldmatrix_x4(a[mi], &sa[warp_m * 64 + mi * 16 + (lane & 15)][ks * 16 + (lane >> 4) * 8]);
+    if constexpr (kMode == kTileScaleMin) {
+      const uint32_t ones[2] = {0x3f803f80u, 0x3f803f80u};  // bf16 1.0 pairs: C = row sums of x
+#pragma unroll
+      for (int mi = 0; mi < 4; ++mi) mma_bf16(xs[mi], a[mi], ones);
+    }
 #pragma unroll
     for (int nj = 0; nj < 2; ++nj) {
       // r = {b0, b1} of n8 tile 2 nj, then {b0, b1} of n8 tile 2 nj + 1.
@@ -280,18 +437,23 @@ __device__ __forceinline__ void mma_tile(const Tile* sa, const Tile* sb, const f
         mma_bf16(dst[mi][2 * nj + 1], a[mi], b1);
       }
     }
+    if constexpr (kMode == kK16Scale) add_scaled(acc, tmp, sd + ks * kBN, warp_n, lane);
   }
-  if constexpr (kScaled) {
+  if constexpr (kMode == kTileScale || kMode == kTileScaleMin) {
+    add_scaled(acc, tmp, sd, warp_n, lane);
+  }
+  if constexpr (kMode == kTileScaleMin) {
+    // acc -= b[col] * sum(x)[row]: xs[mi] holds the row sums in the same fragment positions.
 #pragma unroll
     for (int nj = 0; nj < 4; ++nj) {
       const int col = warp_n * 32 + nj * 8 + 2 * (lane & 3);
-      const float d0 = sd[col], d1 = sd[col + 1];
+      const float b0 = sd[kBN + col], b1 = sd[kBN + col + 1];
 #pragma unroll
       for (int mi = 0; mi < 4; ++mi) {
-        acc[mi][nj][0] = fmaf(tmp[mi][nj][0], d0, acc[mi][nj][0]);
-        acc[mi][nj][1] = fmaf(tmp[mi][nj][1], d1, acc[mi][nj][1]);
-        acc[mi][nj][2] = fmaf(tmp[mi][nj][2], d0, acc[mi][nj][2]);
-        acc[mi][nj][3] = fmaf(tmp[mi][nj][3], d1, acc[mi][nj][3]);
+        acc[mi][nj][0] = fmaf(-xs[mi][0], b0, acc[mi][nj][0]);
+        acc[mi][nj][1] = fmaf(-xs[mi][1], b1, acc[mi][nj][1]);
+        acc[mi][nj][2] = fmaf(-xs[mi][2], b0, acc[mi][nj][2]);
+        acc[mi][nj][3] = fmaf(-xs[mi][3], b1, acc[mi][nj][3]);
       }
     }
   }
@@ -300,7 +462,7 @@ __device__ __forceinline__ void mma_tile(const Tile* sa, const Tile* sb, const f
 // Block formats hold a second 64-float accumulator (tmp): one CTA per SM; others fit two.
 template <typename TW>
 constexpr int kMmaMinBlocks =
-    std::is_same_v<TW, block_q8_0> || std::is_same_v<TW, block_q4_0> ? 1 : 2;
+    std::is_same_v<TW, block_q8_0> || std::is_same_v<TW, block_q4_0> || is_kquant_v<TW> ? 1 : 2;
 
 // CTA (blockIdx.x, blockIdx.y) = (M tile, N tile): M varies fastest so CTAs running together share
 // one W tile (read from DRAM once, then L2). Warp (warp_m, warp_n) in 2 x 4 owns 64 x 32 outputs.
@@ -314,7 +476,7 @@ __global__ void __launch_bounds__(kMmaThreads, kMmaMinBlocks<TW>)
   using WLoader = typename WLoaderFor<TW, kVec>::type;
   __shared__ __align__(16) Tile sa[2][kBM];
   __shared__ __align__(16) Tile sb[2][kBN];
-  __shared__ float sd[2][kBN];
+  __shared__ float sd[2][2][kBN];  // per stage: the loader's scale rows (ScaleMode)
   // Staging for fp8 raw bytes: one buffer suffices (written after the barrier that ends the
   // iteration which read it).
   __shared__ __align__(16) uint8_t stage[std::is_same_v<WLoader, Fp8VecLoader> ? kBN * kBK : 16];
@@ -338,7 +500,7 @@ __global__ void __launch_bounds__(kMmaThreads, kMmaMinBlocks<TW>)
   al.issue(sa[0], 0);
   wl.issue(sb[0], 0);
   cp_async_commit();  // before commit(): wait_group only covers committed groups
-  wl.commit(sb[0], sd[0]);
+  wl.commit(sb[0], sd[0][0]);
   cp_async_wait_all();
   __syncthreads();
 
@@ -352,8 +514,8 @@ __global__ void __launch_bounds__(kMmaThreads, kMmaMinBlocks<TW>)
       wl.issue(sb[nxt], (t + 1) * kBK);
       cp_async_commit();
     }
-    mma_tile<WLoader::kScaled>(sa[cur], sb[cur], sd[cur], acc, warp_m, warp_n, lane);
-    if (more) wl.commit(sb[nxt], sd[nxt]);
+    mma_tile<WLoader::kMode>(sa[cur], sb[cur], sd[cur][0], acc, warp_m, warp_n, lane);
+    if (more) wl.commit(sb[nxt], sd[nxt][0]);
     cp_async_wait_all();
     __syncthreads();
   }
@@ -388,7 +550,14 @@ constexpr int kFm = 64, kFn = 64, kFk = 32, kFThreads = 256;
 template <typename TW>
 __device__ __forceinline__ void w_run8(const TW* w, int64_t n, int64_t N, int64_t K, int64_t k,
                                        float (&v)[8]) {
-  if constexpr (!std::is_same_v<TW, block_q8_0> && !std::is_same_v<TW, block_q4_0>) {
+  if constexpr (is_kquant_v<TW>) {  // k % 8 == 0: the run lies inside one super-block
+    if (n >= N || k >= K) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[j] = 0.f;
+      return;
+    }
+    kq_dequant8(w[n * (K / kQK_K) + k / kQK_K], static_cast<int>(k % kQK_K), v);
+  } else if constexpr (!std::is_same_v<TW, block_q8_0> && !std::is_same_v<TW, block_q4_0>) {
 #pragma unroll
     for (int j = 0; j < 8; ++j) v[j] = (n < N && k + j < K) ? to_f32(w[n * K + k + j]) : 0.f;
   } else {
@@ -514,6 +683,12 @@ G3_GEMM_INSTANTIATE(bf16, bf16)
 G3_GEMM_INSTANTIATE(bf16, block_q8_0)
 G3_GEMM_INSTANTIATE(bf16, block_q4_0)
 G3_GEMM_INSTANTIATE(bf16, fp8e4m3)
+G3_GEMM_INSTANTIATE(float, block_q4_K)
+G3_GEMM_INSTANTIATE(float, block_q5_K)
+G3_GEMM_INSTANTIATE(float, block_q6_K)
+G3_GEMM_INSTANTIATE(bf16, block_q4_K)
+G3_GEMM_INSTANTIATE(bf16, block_q5_K)
+G3_GEMM_INSTANTIATE(bf16, block_q6_K)
 #undef G3_GEMM_INSTANTIATE
 
 }  // namespace gemma3::cuda::detail

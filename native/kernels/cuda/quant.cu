@@ -11,8 +11,17 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/vec.cuh"
+#include "runtime/kquant.h"
 
 namespace gemma3::cuda {
+namespace detail {
+// quant_kquant.cu (compiled without FMA contraction): the GGUF K-quants.
+template <typename TS, typename TB>
+Status kq_quantize(const TS* src, TB* dst, int64_t rows, int64_t cols, cudaStream_t stream);
+template <typename TB, typename TD>
+Status kq_dequantize(const TB* src, TD* dst, int64_t rows, int64_t cols, cudaStream_t stream);
+}  // namespace detail
+
 namespace {
 
 constexpr int kThreads = 256;
@@ -270,22 +279,28 @@ Status cast(const TS* src, TD* dst, int64_t n, cudaStream_t stream) {
 template <typename TS, typename TQ>
 Status quantize(const TS* src, TQ* dst, float* scale, int64_t rows, int64_t cols,
                 cudaStream_t stream) {
-  constexpr bool kFp8 = std::is_same_v<TQ, fp8e4m3>;
-  G3_RETURN_IF_ERROR(check_quant_args("quantize", src, dst, scale, kFp8, kIsBlock<TQ>, rows, cols));
-  if (rows == 0) return Status::Ok();
-  if constexpr (kFp8) {
-    quantize_fp8_kernel<TS>
-        <<<grid_for(rows, 1), kThreads, 0, stream>>>(src, dst, scale, rows, cols);
-    return check_launch("quantize_fp8_kernel");
+  if constexpr (is_kquant_v<TQ>) {
+    (void)scale;  // K-quants: own checks (cols % 256) and kernels
+    return detail::kq_quantize(src, dst, rows, cols, stream);
   } else {
-    const int64_t nblocks = rows * (cols / kQK);
-    const unsigned grid = grid_for(nblocks, kThreads / 32);
-    if constexpr (std::is_same_v<TQ, block_q8_0>) {
-      quantize_q8_0_kernel<TS><<<grid, kThreads, 0, stream>>>(src, dst, nblocks);
-      return check_launch("quantize_q8_0_kernel");
+    constexpr bool kFp8 = std::is_same_v<TQ, fp8e4m3>;
+    G3_RETURN_IF_ERROR(
+        check_quant_args("quantize", src, dst, scale, kFp8, kIsBlock<TQ>, rows, cols));
+    if (rows == 0) return Status::Ok();
+    if constexpr (kFp8) {
+      quantize_fp8_kernel<TS>
+          <<<grid_for(rows, 1), kThreads, 0, stream>>>(src, dst, scale, rows, cols);
+      return check_launch("quantize_fp8_kernel");
     } else {
-      quantize_q4_0_kernel<TS><<<grid, kThreads, 0, stream>>>(src, dst, nblocks);
-      return check_launch("quantize_q4_0_kernel");
+      const int64_t nblocks = rows * (cols / kQK);
+      const unsigned grid = grid_for(nblocks, kThreads / 32);
+      if constexpr (std::is_same_v<TQ, block_q8_0>) {
+        quantize_q8_0_kernel<TS><<<grid, kThreads, 0, stream>>>(src, dst, nblocks);
+        return check_launch("quantize_q8_0_kernel");
+      } else {
+        quantize_q4_0_kernel<TS><<<grid, kThreads, 0, stream>>>(src, dst, nblocks);
+        return check_launch("quantize_q4_0_kernel");
+      }
     }
   }
 }
@@ -293,23 +308,28 @@ Status quantize(const TS* src, TQ* dst, float* scale, int64_t rows, int64_t cols
 template <typename TQ, typename TD>
 Status dequantize(const TQ* src, const float* scale, TD* dst, int64_t rows, int64_t cols,
                   cudaStream_t stream) {
-  constexpr bool kFp8 = std::is_same_v<TQ, fp8e4m3>;
-  G3_RETURN_IF_ERROR(
-      check_quant_args("dequantize", src, dst, scale, kFp8, kIsBlock<TQ>, rows, cols));
-  if (rows == 0) return Status::Ok();
-  if constexpr (kFp8) {
-    dequantize_fp8_kernel<TD>
-        <<<grid_for(rows * cols, kThreads), kThreads, 0, stream>>>(src, scale, dst, rows, cols);
-    return check_launch("dequantize_fp8_kernel");
+  if constexpr (is_kquant_v<TQ>) {
+    (void)scale;  // K-quants: own checks (cols % 256) and kernels
+    return detail::kq_dequantize(src, dst, rows, cols, stream);
   } else {
-    const int64_t groups = rows * cols / 8;
-    const unsigned grid = grid_for(groups, kThreads);
-    if constexpr (std::is_same_v<TQ, block_q8_0>) {
-      dequantize_q8_0_kernel<TD><<<grid, kThreads, 0, stream>>>(src, dst, groups);
-      return check_launch("dequantize_q8_0_kernel");
+    constexpr bool kFp8 = std::is_same_v<TQ, fp8e4m3>;
+    G3_RETURN_IF_ERROR(
+        check_quant_args("dequantize", src, dst, scale, kFp8, kIsBlock<TQ>, rows, cols));
+    if (rows == 0) return Status::Ok();
+    if constexpr (kFp8) {
+      dequantize_fp8_kernel<TD>
+          <<<grid_for(rows * cols, kThreads), kThreads, 0, stream>>>(src, scale, dst, rows, cols);
+      return check_launch("dequantize_fp8_kernel");
     } else {
-      dequantize_q4_0_kernel<TD><<<grid, kThreads, 0, stream>>>(src, dst, groups);
-      return check_launch("dequantize_q4_0_kernel");
+      const int64_t groups = rows * cols / 8;
+      const unsigned grid = grid_for(groups, kThreads);
+      if constexpr (std::is_same_v<TQ, block_q8_0>) {
+        dequantize_q8_0_kernel<TD><<<grid, kThreads, 0, stream>>>(src, dst, groups);
+        return check_launch("dequantize_q8_0_kernel");
+      } else {
+        dequantize_q4_0_kernel<TD><<<grid, kThreads, 0, stream>>>(src, dst, groups);
+        return check_launch("dequantize_q4_0_kernel");
+      }
     }
   }
 }
@@ -337,6 +357,12 @@ G3_QUANT(float, fp8e4m3)
 G3_QUANT(bf16, block_q8_0)
 G3_QUANT(bf16, block_q4_0)
 G3_QUANT(bf16, fp8e4m3)
+G3_QUANT(float, block_q4_K)
+G3_QUANT(float, block_q5_K)
+G3_QUANT(float, block_q6_K)
+G3_QUANT(bf16, block_q4_K)
+G3_QUANT(bf16, block_q5_K)
+G3_QUANT(bf16, block_q6_K)
 #undef G3_QUANT
 
 }  // namespace gemma3::cuda

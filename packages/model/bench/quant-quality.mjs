@@ -6,7 +6,9 @@
 // MODEL is a safetensors directory or a gemma3 .gguf (the reference loads it unquantized). The
 // prompt is <bos> + pseudo-random ids (a random-weight model has no better prompt). fp8_e4m3 runs
 // the real path when DecoderLayer applies weight scales, else fake-quant weights (dequant(quant(w))
-// in the compute dtype), and says so. Run after `npx turbo run build` (imports ../dist).
+// in the compute dtype), and says so. --formats also takes q4_k, q5_k, q6_k (GGUF K-quants, rows of
+// whole 256-blocks), and --gguf a llama.cpp Q4_K_M file. Run after `npx turbo run build` (imports
+// ../dist).
 import { performance } from "node:perf_hooks";
 import { Device, ops } from "@gemma3/native";
 import { loadTextModel } from "../dist/load.js";

@@ -24,6 +24,7 @@ import {
   canQuantize,
   dequantizeBlocks,
   quantizeWeight,
+  type BlockType,
   type WeightQuantization,
 } from "./quantize.js";
 import { READ_CHUNK_BYTES } from "./safetensors.js";
@@ -79,7 +80,25 @@ export function isLinearWeight(canonical: string): boolean {
 }
 
 /** Tensor types this runtime loads. */
-export const GGUF_LOADABLE_TYPES: readonly GGMLTypeName[] = ["F32", "F16", "BF16", "Q8_0", "Q4_0"];
+export const GGUF_LOADABLE_TYPES: readonly GGMLTypeName[] = [
+  "F32",
+  "F16",
+  "BF16",
+  "Q8_0",
+  "Q4_0",
+  "Q4_K",
+  "Q5_K",
+  "Q6_K",
+];
+
+/** GGUF block types kept as native blocks, and their dtype. */
+const BLOCK_DTYPE: Partial<Record<GGMLTypeName, BlockType>> = {
+  Q8_0: "q8_0",
+  Q4_0: "q4_0",
+  Q4_K: "q4_k",
+  Q5_K: "q5_k",
+  Q6_K: "q6_k",
+};
 
 function metaFail(file: string, key: string, msg: string): never {
   throw new GGUFError(`${file}: key "${key}": ${msg}`, "E_METADATA", file, undefined, key);
@@ -355,9 +374,11 @@ function floatsOf(bytes: Uint8Array, type: GGMLTypeName): Float32Array {
       return out;
     }
     case "Q8_0":
-      return dequantizeBlocks(bytes, "q8_0");
     case "Q4_0":
-      return dequantizeBlocks(bytes, "q4_0");
+    case "Q4_K":
+    case "Q5_K":
+    case "Q6_K":
+      return dequantizeBlocks(bytes, BLOCK_DTYPE[type]!);
     default:
       throw new TypeError(`floatsOf: cannot decode ${type}`);
   }
@@ -376,7 +397,7 @@ export interface LoadGGUFTensorOptions {
 /**
  * Uploads one tensor of a gemma3 GGUF as the canonical weight `canonical`:
  *   norms:          decoded to float32, 1 subtracted (the converter's norm_shift), in `dtype`;
- *   Q8_0 / Q4_0:    the stored blocks as they are (q8_0 / q4_0 tensors);
+ *   Q8_0 / Q4_0 / Q4_K / Q5_K / Q6_K: the stored blocks as they are (q8_0 / … / q6_k tensors);
  *   F32/F16/BF16:   `dtype` (raw bits when equal, else decoded and rounded to nearest even), or
  *                   quantized on the device when `opts.quantize` is set.
  * @param dtype the model's compute dtype ("f32" | "bf16")
@@ -404,8 +425,8 @@ export async function loadGGUFTensor(
     for (let i = 0; i < w.length; i++) w[i] = w[i]! - 1; // Float32Array store rounds like fp32 math
     return Tensor.from(w, shape, dtype, device);
   }
-  if (type === "Q8_0" || type === "Q4_0")
-    return upload(f, info, type === "Q8_0" ? "q8_0" : "q4_0", device, (b) => b, opts.chunkBytes);
+  const block = BLOCK_DTYPE[type];
+  if (block) return upload(f, info, block, device, (b) => b, opts.chunkBytes);
   if (opts.quantize && canQuantize(shape, opts.quantize)) {
     // Quantize from the stored precision, not the compute dtype: f32 stays f32, bf16 stays bf16.
     const src: "f32" | "bf16" = type === "BF16" ? "bf16" : "f32";

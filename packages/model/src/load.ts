@@ -1,6 +1,7 @@
 // Loading a model onto a device: a directory of config.json + *.safetensors (single or sharded),
 // or a llama.cpp-convention gemma3 .gguf file (or a directory holding one). Linear weights can be
-// quantized on load (q8_0, q4_0, fp8_e4m3); embeddings, the head and norms stay in the compute dtype.
+// quantized on load (q8_0, q4_0, fp8_e4m3, q4_k/q5_k/q6_k); embeddings, the head and norms stay in
+// the compute dtype.
 import { readdir, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { Device, Tensor, UnsupportedError } from "@gemma3/native";
@@ -30,8 +31,9 @@ export interface LoadOptions {
   dtype?: ComputeDType;
   /**
    * Quantize the linear weights (q/k/v/o, gate/up/down) on load, on the device: q8_0 / q4_0 (GGUF
-   * blocks, llama.cpp rules) or fp8_e4m3 (per-row f32 scale). GGUF tensors already stored as
-   * Q8_0/Q4_0 keep their blocks; a weight whose rows are not whole 32-blocks stays in `dtype`.
+   * blocks, llama.cpp rules), q4_k / q5_k / q6_k (K-quants, llama.cpp's reference quantizers) or
+   * fp8_e4m3 (per-row f32 scale). GGUF tensors stored as blocks keep them; a weight whose rows are
+   * not whole blocks (32, or 256 for the K-quants) stays in `dtype`.
    */
   quantize?: WeightQuantization;
   /** Progress over the text weights: (tensors done, fractional, tensors total). */

@@ -1,14 +1,23 @@
 // Weight quantization for the linear layers, and the tools to measure what it costs.
 //   q8_0 / q4_0: GGUF blocks (llama.cpp reference rules, ops.quantize on the weight's device).
+//   q4_k / q5_k / q6_k: GGUF K-quant super-blocks of 256 (llama.cpp's reference quantizers, as
+//                llama-quantize without an importance matrix; ops.quantize on the weight's device).
 //   fp8_e4m3:    one byte per weight plus a per-row f32 scale (y = (x·qᵀ) · scale[row]).
 // fp8 weights are ScaledWeight tensors: the bytes of the fp8 matrix with the scale attached, so
 // they travel in LayerWeights like any Tensor and dispose() frees both. `layerOps.matmul` passes
 // the scale of a ScaledWeight automatically (the native ops.matmul must be given it).
-import { Tensor, f16ToF32, ops as nativeOps } from "@gemma3/native";
+import { Tensor, blockSize, f16ToF32, ops as nativeOps } from "@gemma3/native";
 
 /** Weight formats the loader can quantize to. */
-export type WeightQuantization = "q8_0" | "q4_0" | "fp8_e4m3";
-export const WEIGHT_QUANTIZATIONS: readonly WeightQuantization[] = ["q8_0", "q4_0", "fp8_e4m3"];
+export type WeightQuantization = "q8_0" | "q4_0" | "fp8_e4m3" | "q4_k" | "q5_k" | "q6_k";
+export const WEIGHT_QUANTIZATIONS: readonly WeightQuantization[] = [
+  "q8_0",
+  "q4_0",
+  "fp8_e4m3",
+  "q4_k",
+  "q5_k",
+  "q6_k",
+];
 
 /** An fp8_e4m3 weight [N, K] (a view of `data`) with its per-row scale [N] f32. */
 export class ScaledWeight extends Tensor {
@@ -51,11 +60,12 @@ export const layerOps: typeof nativeOps = {
 };
 
 /**
- * Whether a [N, K] weight can take `type`: block formats need whole 32-element blocks per row. The
- * loaders keep the others in the compute dtype, as llama.cpp's converter falls back to F16.
+ * Whether a [N, K] weight can take `type`: block formats need whole blocks per row (32 elements,
+ * 256 for the K-quants). The loaders keep the others in the compute dtype, as llama.cpp's converter
+ * falls back to F16.
  */
 export function canQuantize(shape: readonly number[], type: WeightQuantization): boolean {
-  return type === "fp8_e4m3" || (shape[shape.length - 1] ?? 0) % 32 === 0;
+  return type === "fp8_e4m3" || (shape[shape.length - 1] ?? 0) % blockSize(type) === 0;
 }
 
 /**
@@ -68,8 +78,15 @@ export function quantizeWeight(w: Tensor, type: WeightQuantization): Tensor {
   return scale ? ScaledWeight.of(data, scale) : data;
 }
 
-/** Dequantizes q8_0 / q4_0 blocks on the host (llama.cpp dequantize_row_q8_0 / q4_0). */
-export function dequantizeBlocks(bytes: Uint8Array, type: "q8_0" | "q4_0"): Float32Array {
+/** The GGUF block dtypes `dequantizeBlocks` decodes. */
+export type BlockType = "q8_0" | "q4_0" | "q4_k" | "q5_k" | "q6_k";
+
+/**
+ * Dequantizes GGUF blocks on the host (llama.cpp dequantize_row_q8_0 / q4_0 / q4_K / q5_K / q6_K;
+ * float32 math as llama.cpp does it, so values equal the native dequantize).
+ */
+export function dequantizeBlocks(bytes: Uint8Array, type: BlockType): Float32Array {
+  if (type === "q4_k" || type === "q5_k" || type === "q6_k") return dequantizeKBlocks(bytes, type);
   const bs = type === "q8_0" ? 34 : 18;
   const nb = Math.floor(bytes.length / bs);
   const out = new Float32Array(nb * 32);
@@ -85,6 +102,53 @@ export function dequantizeBlocks(bytes: Uint8Array, type: "q8_0" | "q4_0"): Floa
         const q = bytes[o + 2 + i]!;
         out[b * 32 + i] = ((q & 0xf) - 8) * d;
         out[b * 32 + 16 + i] = ((q >> 4) - 8) * d;
+      }
+    }
+  }
+  return out;
+}
+
+// K-quant super-blocks of 256 (ggml-common.h): q4_K / q5_K {f16 d, dmin; 12 bytes of 6-bit scales
+// and mins; (q5_K: qh[32]) qs[128]}, x = (d·sc)·q − dmin·m per 32-element sub-block; q6_K
+// {ql[128], qh[64], int8 scales[16], f16 d}, x = (d·sc)·(q − 32) per 16-element sub-block.
+function dequantizeKBlocks(bytes: Uint8Array, type: "q4_k" | "q5_k" | "q6_k"): Float32Array {
+  const f = Math.fround;
+  const bs = type === "q4_k" ? 144 : type === "q5_k" ? 176 : 210;
+  const nb = Math.floor(bytes.length / bs);
+  const out = new Float32Array(nb * 256);
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (let b = 0; b < nb; b++) {
+    const o = b * bs;
+    const y = b * 256;
+    if (type === "q6_k") {
+      const d = f16ToF32(dv.getUint16(o + 208, true));
+      for (let e = 0; e < 256; e++) {
+        const n = e >> 7;
+        const g = (e >> 5) & 3;
+        const l = e & 31;
+        const lo = (bytes[o + 64 * n + 32 * (g & 1) + l]! >> (4 * (g >> 1))) & 0xf;
+        const hi = (bytes[o + 128 + 32 * n + l]! >> (2 * g)) & 3;
+        const sc = dv.getInt8(o + 192 + 8 * n + 2 * g + (l >> 4));
+        out[y + e] = f(f(d * sc) * ((lo | (hi << 4)) - 32));
+      }
+      continue;
+    }
+    const d = f16ToF32(dv.getUint16(o, true));
+    const dmin = f16ToF32(dv.getUint16(o + 2, true));
+    const qs = o + (type === "q5_k" ? 48 : 16);
+    for (let s = 0; s < 8; s++) {
+      // get_scale_min_k4: 6-bit scale and min of sub-block s, packed in the 12 bytes at o + 4.
+      const sb = o + 4;
+      const sc =
+        s < 4 ? bytes[sb + s]! & 63 : (bytes[sb + s + 4]! & 0xf) | ((bytes[sb + s - 4]! >> 6) << 4);
+      const m =
+        s < 4 ? bytes[sb + s + 4]! & 63 : (bytes[sb + s + 4]! >> 4) | ((bytes[sb + s]! >> 6) << 4);
+      const a = f(d * sc);
+      const bm = f(dmin * m);
+      for (let l = 0; l < 32; l++) {
+        let q = (bytes[qs + 32 * (s >> 1) + l]! >> (4 * (s & 1))) & 0xf;
+        if (type === "q5_k") q |= ((bytes[o + 16 + l]! >> s) & 1) << 4;
+        out[y + 32 * s + l] = f(f(a * q) - bm);
       }
     }
   }

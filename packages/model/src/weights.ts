@@ -17,6 +17,7 @@ import {
   bf16ToF32,
   f16ToF32,
   fp8e4m3ToF32,
+  isBlock,
   type Device,
   type DTypeName,
 } from "@gemma3/native";
@@ -393,7 +394,7 @@ export async function loadTensor(
   if (RAW_TARGET[src] !== dtype && !(floatTarget && floatSource))
     throw new WeightError(
       `${file.path}: tensor "${key}" is ${src}; cannot load it as ${dtype}` +
-        (dtype === "q8_0" || dtype === "q4_0" ? " (load a float dtype, then quantize)" : ""),
+        (isBlock(dtype) ? " (load a float dtype, then quantize)" : ""),
       canonical,
       file.path,
     );

@@ -3,8 +3,9 @@
 // validates, so each check (and each published llama.cpp exploit shape) can be hit on purpose.
 // `gemma3GGUF` turns a tiny HF fixture (config.json + model.safetensors) into the GGUF that
 // llama.cpp's convert_hf_to_gguf.py (Gemma3Model) would write: gemma3.* keys, blk.N.* names, norms
-// stored as 1 + w in F32, 2-D weights in the chosen type (Q8_0/Q4_0 quantized with the native
-// ops.quantize, which follows llama.cpp's reference rounding).
+// stored as 1 + w in F32, 2-D weights in the chosen type (Q8_0/Q4_0 and the K-quants Q4_K/Q5_K/Q6_K
+// quantized with the native ops.quantize, which follows llama.cpp's reference quantizers);
+// `q4KMTypeOf` picks the per-tensor types of llama-quantize's Q4_K_M recipe.
 import { writeFileSync } from "node:fs";
 import { Tensor, f32ToBf16, f32ToF16, ops } from "@gemma3/native";
 import { loadConfig, type Gemma3Config } from "../src/config.js";
@@ -246,12 +247,50 @@ const FILE_TYPE: Partial<Record<GGMLTypeName, number>> = {
   F16: 1,
   Q4_0: 2,
   Q8_0: 7,
+  Q4_K: 15, // MOSTLY_Q4_K_M: a Q4_K default comes with q4KMTypeOf's mix
+  Q5_K: 17, // MOSTLY_Q5_K_M
+  Q6_K: 18,
   BF16: 32,
 };
 
+/** GGUF block types this tool encodes, and the native dtype ops.quantize writes for each. */
+const BLOCK_DTYPE: Partial<Record<GGMLTypeName, "q8_0" | "q4_0" | "q4_k" | "q5_k" | "q6_k">> = {
+  Q8_0: "q8_0",
+  Q4_0: "q4_0",
+  Q4_K: "q4_k",
+  Q5_K: "q5_k",
+  Q6_K: "q6_k",
+};
+
+/** llama.cpp's use_more_bits (llama-quant.cpp): the first and last eighth, every third between. */
+export function useMoreBits(i: number, n: number): boolean {
+  const e = Math.floor(n / 8);
+  return i < e || i >= Math.floor((7 * n) / 8) || (i - e) % 3 === 2;
+}
+
 /**
- * Encodes float32 values as a GGUF tensor of `type` (Q8_0/Q4_0 through ops.quantize on the CPU;
- * other types as zeros of the right size).
+ * The tensor types llama-quantize's Q4_K_M recipe (llama_tensor_get_type, no imatrix) gives a
+ * gemma3 model: Q4_K by default; Q6_K for the tied token_embd (it is also the output), for attn_v
+ * and ffn_down where use_more_bits(layer, layers). A row that is not whole 256-blocks falls back as
+ * llama.cpp does (Q6_K → Q8_0; Q4_K → Q5_0, which this runtime does not load: Q8_0 stands in).
+ * Norms stay F32. For `gemma3GGUF(dir, "Q4_K", { typeOf: q4KMTypeOf(layers) })`.
+ */
+export function q4KMTypeOf(
+  numLayers: number,
+): (canonical: string, t: GGMLTypeName, ne: readonly number[]) => GGMLTypeName {
+  return (canonical, t, ne) => {
+    if (ne.length !== 2) return t;
+    let type: GGMLTypeName = "Q4_K";
+    const layer = /^layers\.(\d+)\.(self_attn\.v_proj|mlp\.down_proj)$/.exec(canonical);
+    if (canonical === "embed_tokens" || canonical === "lm_head") type = "Q6_K";
+    else if (layer && useMoreBits(Number(layer[1]), numLayers)) type = "Q6_K";
+    return ne[0]! % 256 === 0 ? type : "Q8_0";
+  };
+}
+
+/**
+ * Encodes float32 values as a GGUF tensor of `type` (Q8_0/Q4_0/Q4_K/Q5_K/Q6_K through ops.quantize
+ * on the CPU; other types as zeros of the right size).
  */
 export async function encodeTensor(
   values: Float32Array,
@@ -269,10 +308,13 @@ export async function encodeTensor(
       return new Uint8Array(Uint16Array.from(values, (v) => enc(v)).buffer);
     }
     case "Q8_0":
-    case "Q4_0": {
+    case "Q4_0":
+    case "Q4_K":
+    case "Q5_K":
+    case "Q6_K": {
       const cols = ne[0]!;
       const src = Tensor.from(values, [values.length / cols, cols], "f32", "cpu");
-      const { data } = ops.quantize(src, type === "Q8_0" ? "q8_0" : "q4_0");
+      const { data } = ops.quantize(src, BLOCK_DTYPE[type]!);
       try {
         return await data.bytes();
       } finally {
@@ -295,7 +337,7 @@ export interface Gemma3GGUF {
 
 export interface Gemma3GGUFOptions {
   /** Type of each tensor (default: `type` for 2-D weights, F32 for norms, as the converter). */
-  typeOf?: (canonical: string, defaultType: GGMLTypeName) => GGMLTypeName;
+  typeOf?: (canonical: string, defaultType: GGMLTypeName, ne: readonly number[]) => GGMLTypeName;
   /** Extra or replacement metadata. */
   metadata?: [string, KV][];
   /** Write general.alignment (the data section is padded to it). */
@@ -319,7 +361,7 @@ function vocab(n: number): { tokens: string[]; types: number[] } {
 
 /**
  * The gemma3 GGUF of a fixture directory, as llama.cpp's converter lays it out.
- * @param type F32, F16, BF16, Q8_0 or Q4_0 for the 2-D weights (norms stay F32)
+ * @param type F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K for the 2-D weights (norms stay F32)
  */
 export async function gemma3GGUF(
   dir: string,
@@ -344,7 +386,7 @@ export async function gemma3GGUF(
       if (isNormWeight(name)) for (let i = 0; i < values.length; i++) values[i] = values[i]! + 1;
       // llama.cpp's converter falls back to F16 where a row is not whole blocks (QuantError).
       if (GGML_TYPES[t].blockSize > 1 && ne[0]! % GGML_TYPES[t].blockSize !== 0) t = "F16";
-      t = opts.typeOf?.(name, t) ?? t;
+      t = opts.typeOf?.(name, t, ne) ?? t;
       tensors.push({
         name: ggufTensorName(name),
         type: t,
