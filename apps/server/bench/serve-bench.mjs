@@ -7,8 +7,9 @@
 //   ttft:      time to first token of a 2048-token prompt (non-streamed, max_tokens 1)
 // Medians of 3 runs after a warm-up run of the same shape (which also captures decode graphs).
 //   node apps/server/bench/serve-bench.mjs MODEL_DIR [--device cuda] [--tokens 128]
-//        [--streams 8,32,64] [--ttft-prompt 2048]
+//        [--streams 8,32,64] [--ttft-prompt 2048] [--direct]
 import { parseArgs } from "node:util";
+import { Worker } from "node:worker_threads";
 import { Engine, startServer } from "@gemma3/server";
 
 const { values, positionals } = parseArgs({
@@ -21,6 +22,7 @@ const { values, positionals } = parseArgs({
     streams: { type: "string", default: "8,32,64" },
     "ttft-prompt": { type: "string", default: "2048" },
     runs: { type: "string", default: "3" },
+    direct: { type: "boolean", default: false },
   },
 });
 const model = positionals[0];
@@ -49,37 +51,48 @@ const engine = await Engine.load({
 const loadS = (performance.now() - t0) / 1000;
 const srv = await startServer({ engine, port: 0 });
 
-/** One streamed completion; returns chunk arrival times (ms) and the token count. */
+/**
+ * One streamed completion; returns chunk arrival times (ms) and the token count. The HTTP clients
+ * run in a worker thread (their own event loop, as real clients would be another process), so
+ * parsing 64 SSE streams does not steal the server's thread. `--direct` skips HTTP and reads the
+ * scheduler's streams in-process (what the engine alone sustains).
+ */
+const direct = values.direct;
+const worker = direct ? null : new Worker(new URL("./sse-client.mjs", import.meta.url));
+let nextId = 0;
+const pending = new Map();
+worker?.on("message", (m) => {
+  const p = pending.get(m.id);
+  pending.delete(m.id);
+  if (m.error) p.reject(new Error(m.error));
+  else p.resolve(m.result);
+});
 async function stream(prompt, maxTokens) {
+  if (!direct) {
+    const id = nextId++;
+    return new Promise((resolve, reject) => {
+      pending.set(id, { resolve, reject });
+      worker.postMessage({
+        id,
+        url: `${srv.url}/v1/completions`,
+        body: {
+          prompt,
+          max_tokens: maxTokens,
+          temperature: 0,
+          ignore_eos: true,
+          stream: true,
+          stream_options: { include_usage: true },
+        },
+      });
+    });
+  }
   const start = performance.now();
-  const r = await fetch(`${srv.url}/v1/completions`, {
-    method: "POST",
-    body: JSON.stringify({
-      prompt,
-      max_tokens: maxTokens,
-      temperature: 0,
-      ignore_eos: true,
-      stream: true,
-      stream_options: { include_usage: true },
-    }),
-  });
-  if (r.status !== 200) throw new Error(`HTTP ${r.status}: ${await r.text()}`);
+  const s = engine.submit({ prompt, maxTokens, temperature: 0, ignoreEos: true });
   const times = [];
   let tokens = 0;
-  const dec = new TextDecoder();
-  let buf = "";
-  for await (const chunk of r.body) {
-    buf += dec.decode(chunk, { stream: true });
-    let i;
-    while ((i = buf.indexOf("\n\n")) >= 0) {
-      const line = buf.slice(0, i);
-      buf = buf.slice(i + 2);
-      const data = line.replace(/^data: /, "");
-      if (data === "[DONE]") continue;
-      const ev = JSON.parse(data);
-      if (ev.usage) tokens = ev.usage.completion_tokens;
-      if (ev.choices?.[0]?.text) times.push(performance.now());
-    }
+  for await (const ev of s) {
+    if (ev.type === "delta") times.push(performance.now());
+    else tokens = ev.usage.completionTokens;
   }
   return { start, times, end: performance.now(), tokens };
 }
@@ -99,6 +112,7 @@ async function concurrent(n) {
 const result = {
   model,
   device: values.device,
+  mode: direct ? "direct" : "http",
   load_s: loadS,
   tokens: T,
   prompt: P,
@@ -146,4 +160,5 @@ if (ttftPrompt > 0) {
 }
 result.stats = engine.stats();
 console.log(JSON.stringify(result));
+await worker?.terminate();
 await srv.close();

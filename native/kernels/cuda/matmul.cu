@@ -13,6 +13,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <type_traits>
 
@@ -30,6 +31,17 @@ namespace gemma3::cuda {
 namespace detail {
 
 constexpr int64_t kGemvMaxM = 8;
+
+// Rows up to which bf16 x bf16 uses our GEMV rather than cuBLAS (when built with cuBLAS):
+// GEMMA3_BF16_GEMV_MAX_M (1..8) overrides the default, for measuring the crossover.
+int64_t bf16_gemv_max_m() {
+  static const int64_t v = [] {
+    const char* e = std::getenv("GEMMA3_BF16_GEMV_MAX_M");
+    const long n = e ? std::strtol(e, nullptr, 10) : 0;
+    return n >= 1 && n <= kGemvMaxM ? int64_t(n) : kGemvMaxM;
+  }();
+  return v;
+}
 
 // matmul_gemv.cu: 1 <= M <= kGemvMaxM.
 template <typename TX, typename TW>
@@ -121,6 +133,14 @@ Status cublas_gemm_bf16(const bf16* x, const bf16* w, bf16* y, int64_t M, int64_
 
 }  // namespace detail
 
+#if GEMMA3_WITH_CUBLAS
+template <typename TX, typename TW>
+constexpr bool kCublasBf16 = std::is_same_v<TX, bf16> && std::is_same_v<TW, bf16>;
+#else
+template <typename TX, typename TW>
+constexpr bool kCublasBf16 = false;
+#endif
+
 template <typename TX, typename TW>
 Status matmul(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, int64_t N,
               int64_t K, cudaStream_t stream) {
@@ -143,7 +163,10 @@ Status matmul(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, 
   if (x == nullptr || w == nullptr || y == nullptr) {
     return Status(StatusCode::kInvalidArgument, "matmul: null pointer");
   }
-  if (M <= detail::kGemvMaxM) {
+  // bf16 x bf16 with cuBLAS: the GEMV only up to bf16_gemv_max_m() rows (its x re-reads make it
+  // slower than cuBLAS's tensor cores past a few rows; see docs/kernels.md, "GEMV vs cuBLAS").
+  if (M <= detail::kGemvMaxM &&
+      !(kCublasBf16<TX, TW> && w_scale == nullptr && M > detail::bf16_gemv_max_m())) {
     if constexpr (is_kquant_v<TW>) {
       return detail::kq_gemv<TX, TW>(x, w, y, M, N, K, stream);  // w_scale is fp8-only (ops)
     } else {
