@@ -38,7 +38,8 @@ int64_t bf16_gemv_max_m() {
   static const int64_t v = [] {
     const char* e = std::getenv("GEMMA3_BF16_GEMV_MAX_M");
     const long n = e ? std::strtol(e, nullptr, 10) : 0;
-    return n >= 1 && n <= kGemvMaxM ? int64_t(n) : kGemvMaxM;
+    // Measured on H100 (4B decode step, docs/kernels.md): GEMV wins at M <= 2, cuBLAS from 3.
+    return n >= 1 && n <= kGemvMaxM ? int64_t(n) : int64_t(2);
   }();
   return v;
 }

@@ -1,7 +1,8 @@
 // Continuous batching over one KV cache. Between steps, requests join (admitted when the cache can
 // reserve their pages; queued FIFO otherwise) and leave (finished or cancelled: their KV is freed
 // at once). Each step runs, in one forwardBatch, the decode token of every sequence past its prompt
-// plus at most one prefill chunk (chunked prefill mixed with decode), then samples on the device.
+// plus prefill chunks of waiting prompts filling the token budget (chunked prefill mixed with
+// decode), then samples on the device.
 import type {
   HybridKVCache,
   HybridKVCacheOptions,
@@ -245,6 +246,8 @@ export class Scheduler {
         "E_TOO_LONG",
         "maxTokens",
       );
+    // Requests submitted earlier in this tick may fit now: only those that do not count as queued.
+    this.admit();
     if (this.waiting.length >= this.maxQueue)
       throw new GenerationError(`queue full (${this.maxQueue} requests waiting)`, "E_QUEUE_FULL");
     const stopTokenIds = resolveStopTokenIds({
@@ -402,6 +405,9 @@ export class Scheduler {
   }
 
   private async loop(): Promise<void> {
+    // Start after the current tick: requests submitted together (n choices, a burst of clients)
+    // then share the first step's prefill.
+    await Promise.resolve();
     while (this.waiting.length > 0 || this.running.length > 0) {
       try {
         await this.iterate();
@@ -452,55 +458,54 @@ export class Scheduler {
       }
     if (this.running.length === 0) return;
     const decodes = this.running.filter((s) => s.fed === s.prompt.length);
-    const prefill = this.running.find((s) => s.fed < s.prompt.length);
     const steps: Parameters<GenerationModel["forwardBatch"]>[0][number][] = decodes.map((s) => ({
       seq: s.kv!,
       ids: [s.tokens[s.tokens.length - 1]!],
     }));
-    let chunk: number[] = [];
-    let chunkFeatures = 0;
-    if (prefill) {
-      const end = chunkEnd(
-        prefill.spans,
-        prefill.fed,
-        prefill.fed + Math.max(1, this.maxBatchTokens - decodes.length),
-        prefill.prompt.length,
-      );
-      chunk = prefill.prompt.slice(prefill.fed, end);
-      const step: (typeof steps)[number] = { seq: prefill.kv!, ids: chunk };
-      if (prefill.spans.length > 0) {
+    // Prefill chunks fill the token budget the decodes leave, sequence after sequence in arrival
+    // order (vLLM's chunked prefill): many short prompts join in one step instead of one per step.
+    const prefills: { s: Seq; chunk: number[]; features: number }[] = [];
+    let budget = Math.max(1, this.maxBatchTokens - decodes.length);
+    for (const p of this.running) {
+      if (budget <= 0) break;
+      if (p.fed === p.prompt.length) continue;
+      const end = chunkEnd(p.spans, p.fed, p.fed + budget, p.prompt.length);
+      const chunk = p.prompt.slice(p.fed, end);
+      budget -= chunk.length;
+      const step: (typeof steps)[number] = { seq: p.kv!, ids: chunk };
+      let features = 0;
+      if (p.spans.length > 0) {
         // The whole prompt's blocks: the model refuses a chunk that would split one.
-        step.spans = prefill.spans;
+        step.spans = p.spans;
         const image = this.model.config.imageTokenIndex!;
-        chunkFeatures = chunk.reduce((n, t) => n + (t === image ? 1 : 0), 0);
-        if (chunkFeatures > 0) {
-          const f = prefill.features!;
-          const rows = f.view([
-            f.numel / f.shape[f.shape.length - 1]!,
-            f.shape[f.shape.length - 1]!,
-          ]);
-          step.imageFeatures = rows.slice(prefill.featureRow, prefill.featureRow + chunkFeatures);
+        features = chunk.reduce((n, t) => n + (t === image ? 1 : 0), 0);
+        if (features > 0) {
+          const f = p.features!;
+          const width = f.shape[f.shape.length - 1]!;
+          const rows = f.view([f.numel / width, width]);
+          step.imageFeatures = rows.slice(p.featureRow, p.featureRow + features);
         }
       }
       steps.push(step);
+      prefills.push({ s: p, chunk, features });
     }
-    const inStep = prefill ? [...decodes, prefill] : decodes;
+    const inStep = [...decodes, ...prefills.map((p) => p.s)];
     let logits: Tensor;
     try {
       // Decode-only steps replay a captured graph per batch size (one launch instead of hundreds).
-      logits = this.model.forwardBatch(steps, { graph: !prefill });
+      logits = this.model.forwardBatch(steps, { graph: prefills.length === 0 });
     } catch (e) {
       for (const s of inStep) this.fail(s, e);
       return;
     }
     try {
-      if (prefill) {
-        prefill.fed += chunk.length;
-        prefill.featureRow += chunkFeatures;
-      }
       const rows = decodes.map((s, row) => ({ row, s }));
-      if (prefill && prefill.fed === prefill.prompt.length)
-        rows.push({ row: decodes.length, s: prefill });
+      prefills.forEach((p, i) => {
+        p.s.fed += p.chunk.length;
+        p.s.featureRow += p.features;
+        // A prompt's last chunk yields its first token.
+        if (p.s.fed === p.s.prompt.length) rows.push({ row: decodes.length + i, s: p.s });
+      });
       let results: SampleResult[];
       try {
         results = await this.sampler.sample(

@@ -109,6 +109,34 @@ describe("Scheduler on tiny-1b (CPU)", () => {
     await sched.close();
   });
 
+  it("several prompts prefill in one step when the token budget allows (same tokens)", async () => {
+    const sched = new Scheduler(model, {
+      maxSeqs: 4,
+      maxSeqLen: 64,
+      pageSize: 8,
+      maxBatchTokens: 256,
+    });
+    const short = prompts.slice(0, 4).map((p) => p.slice(0, 9));
+    const ref: number[][] = [];
+    for (const p of short)
+      ref.push(
+        (
+          await drain(
+            generate(model, null, { prompt: p, maxTokens: 3, ignoreEos: true, temperature: 0 }),
+          )
+        ).sum.tokenIds,
+      );
+    const out = await Promise.all(
+      short.map((p) =>
+        drain(sched.submit({ prompt: p, maxTokens: 3, ignoreEos: true, temperature: 0 })),
+      ),
+    );
+    expect(out.map((r) => r.sum.tokenIds)).toEqual(ref);
+    // One step prefills all four prompts (and yields their first tokens), two more decode.
+    expect(sched.stats().steps).toBe(3);
+    await sched.close();
+  });
+
   it("requests join mid-flight and leave between steps", async () => {
     const sched = new Scheduler(model, { maxSeqs: 4, maxSeqLen: 64, pageSize: 8 });
     const first = sched.submit({
