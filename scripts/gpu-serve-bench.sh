@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine: random weights at the real 4B shape; HF transformers greedy generate at batch
-# 1/8/32/64 and its TTFT at a 2048-token prompt (the peer), then our server on the same checkpoint
-# driven over HTTP by concurrent streaming clients (apps/server/bench/serve-bench.mjs), same call.
+# 1/8/32/64 and its TTFT at a 2048-token prompt (the peer), then, on the same checkpoint in the same
+# call: the decode step profile (model vs sampler per batch size), our server driven over HTTP by
+# concurrent streaming clients, and the scheduler alone (--direct). Ends with the markdown table.
 # Needs the carried .device and the built dist folders.
 #   bash scripts/gpu-serve-bench.sh [CONFIG] [TOKENS]
 set -uo pipefail
@@ -18,10 +19,13 @@ fi
 [ -f native/build/Release/gemma3.node ] || (cd native && CMAKE_CUDA_ARCHITECTURES=90a node scripts/build.mjs >"$OUT/build.log" 2>&1) || { tail -30 "$OUT/build.log"; exit 1; }
 [ -f apps/cli/demo-model/tokenizer.json ] || node apps/cli/scripts/copy-tokenizer.mjs
 ckpt=/tmp/gemma3-random-$(basename "$cfg" .config.json)
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 echo "== HF transformers peer ($cfg, $tokens tokens, batches 1/8/32/64, TTFT at 2048)"
 PYTHONUNBUFFERED=1 python3 tools/reference/hf_decode_bench.py "$cfg" "$ckpt" --tokens "$tokens" \
-  --batches 1,8,32,64 --ttft-prompt 2048 2>&1 | grep -v -i warn | tee "$OUT/hf.json"
+  --batches 1,8,32,64 --ttft-prompt 2048 2>&1 | grep -v -i warn | tail -1 | tee "$OUT/hf.json"
 cp apps/cli/demo-model/tokenizer.json apps/cli/demo-model/tokenizer_config.json "$ckpt"/
-echo "== ours (gemma3 server over HTTP, cuda bf16)"
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-node apps/server/bench/serve-bench.mjs "$ckpt" --device cuda --tokens "$tokens" 2>&1 | tee "$OUT/ours.json"
+echo "== ours: step profile, server over HTTP, scheduler direct (cuda bf16)"
+node packages/generation/bench/step-profile.mjs "$ckpt" --device cuda --batches 1,8,32,64 >"$OUT/profile.json" 2>&1
+node apps/server/bench/serve-bench.mjs "$ckpt" --device cuda --tokens "$tokens" >"$OUT/http.json" 2>&1
+node apps/server/bench/serve-bench.mjs "$ckpt" --device cuda --tokens "$tokens" --direct --ttft-prompt 0 >"$OUT/direct.json" 2>&1
+node apps/server/bench/report.mjs "$OUT" | tee "$OUT/report.md"
