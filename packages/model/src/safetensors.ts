@@ -170,6 +170,44 @@ export function parseHeader(
   return { tensors: new Map(entries), metadata };
 }
 
+/**
+ * The header length from the 8-byte prefix of a `fileSize`-byte file, checked as read_metadata
+ * does (HeaderTooSmall, HeaderTooLarge, InvalidHeaderLength). `open` and `parseSafetensors` share it.
+ */
+function headerLength(file: string, prefix: Uint8Array, fileSize: number): number {
+  if (fileSize < 8)
+    fail(file, `file is ${fileSize} bytes, shorter than the 8-byte header length (truncated)`);
+  const n = new DataView(prefix.buffer, prefix.byteOffset, 8).getBigUint64(0, true);
+  if (n > BigInt(MAX_HEADER_SIZE))
+    fail(file, `header length ${n} exceeds the ${MAX_HEADER_SIZE}-byte limit (corrupt length?)`);
+  const headerLen = Number(n);
+  if (8 + headerLen > fileSize)
+    fail(
+      file,
+      `header length ${headerLen} runs past the end of the ${fileSize}-byte file (truncated or lying length)`,
+    );
+  return headerLen;
+}
+
+/**
+ * Validates a whole safetensors file held in memory, with exactly the checks of
+ * `SafetensorsFile.open` (for fuzzing and tools that already hold the bytes).
+ * @returns the tensors, the metadata and the data section's offset in `bytes`
+ * @throws SafetensorsError
+ */
+export function parseSafetensors(
+  bytes: Uint8Array,
+  file = "<memory>",
+): {
+  tensors: Map<string, TensorInfo>;
+  metadata: Record<string, string> | null;
+  dataOffset: number;
+} {
+  const headerLen = headerLength(file, bytes, bytes.length);
+  const { tensors, metadata } = parseHeader(file, bytes.subarray(8, 8 + headerLen), bytes.length);
+  return { tensors, metadata, dataOffset: 8 + headerLen };
+}
+
 /** Reads exactly `length` bytes at `position` into `dst[offset…]`, or fails naming the tensor. */
 async function readExactly(
   fh: FileHandle,
@@ -224,22 +262,9 @@ export class SafetensorsFile {
     }
     try {
       const size = (await fh.stat()).size;
-      if (size < 8)
-        fail(path, `file is ${size} bytes, shorter than the 8-byte header length (truncated)`);
       const lenBytes = new Uint8Array(8);
-      await readExactly(fh, path, undefined, lenBytes, 0, 8, 0);
-      const n = new DataView(lenBytes.buffer).getBigUint64(0, true);
-      if (n > BigInt(MAX_HEADER_SIZE))
-        fail(
-          path,
-          `header length ${n} exceeds the ${MAX_HEADER_SIZE}-byte limit (corrupt length?)`,
-        );
-      const headerLen = Number(n);
-      if (8 + headerLen > size)
-        fail(
-          path,
-          `header length ${headerLen} runs past the end of the ${size}-byte file (truncated or lying length)`,
-        );
+      if (size >= 8) await readExactly(fh, path, undefined, lenBytes, 0, 8, 0);
+      const headerLen = headerLength(path, lenBytes, size);
       const header = new Uint8Array(headerLen);
       await readExactly(fh, path, undefined, header, 0, headerLen, 8);
       const { tensors, metadata } = parseHeader(path, header, size);
