@@ -17,6 +17,7 @@ export default defineConfig({
     pool: "forks",
     fileParallelism: false,
     // The tokenizer caches its parsed form; tests keep it out of the user's home directory.
-    env: { GEMMA3_CACHE_DIR: join(tmpdir(), "gemma3-test-cache") },
+    // Fault injection (native/runtime/fault.h) is allowed in tests; it is inert until armed.
+    env: { GEMMA3_CACHE_DIR: join(tmpdir(), "gemma3-test-cache"), GEMMA3_FAULT_INJECTION: "1" },
   },
 });

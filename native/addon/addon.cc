@@ -9,6 +9,7 @@
 
 #include "ops/ops.h"
 #include "runtime/device.h"
+#include "runtime/fault.h"
 #include "runtime/threadpool.h"
 
 namespace gemma3 {
@@ -273,6 +274,17 @@ G3_ENTRY(Synchronize) {
   G3_END
 }
 
+// Test hook (GEMMA3_FAULT_INJECTION=1 only): injectFault(kind, device, after), see runtime/fault.h.
+G3_ENTRY(InjectFault) {
+  G3_BODY {
+    if (!info[0].IsString()) throw_if(env, Status(StatusCode::kInvalidArgument, "kind: a string"));
+    throw_if(env, fault::inject(info[0].As<Napi::String>().Utf8Value(),
+                                int(to_i64(info[1], "device")), to_i64(info[2], "after")));
+    return env.Undefined();
+  }
+  G3_END
+}
+
 // ---- graphs ----
 class NativeGraph : public Napi::ObjectWrap<NativeGraph> {
  public:
@@ -490,6 +502,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   EXPORT("copyBuffer", CopyBuffer);
   EXPORT("fill", Fill);
   EXPORT("synchronize", Synchronize);
+  EXPORT("injectFault", InjectFault);
   EXPORT("graphBegin", GraphBegin);
   EXPORT("graphEnd", GraphEnd);
   EXPORT("matmul", Matmul);

@@ -8,6 +8,7 @@
 
 #include "kernels/cpu/cpu_kernels.h"
 #include "ops/tensor_ref.h"
+#include "runtime/fault.h"
 #ifdef GEMMA3_WITH_CUDA
 #include "kernels/cuda/cuda_kernels.h"
 #endif
@@ -152,6 +153,7 @@ inline std::vector<std::shared_ptr<Buffer>> keep(std::initializer_list<const Ten
 template <class CpuCall, class CudaCall>
 Status launch(int device, std::vector<std::shared_ptr<Buffer>> bufs, CpuCall cpu_call,
               CudaCall cuda_call) {
+  G3_RETURN_IF_ERROR(fault::check_launch(device));
   if (device == kCpu) {
     return cpu_submit([bufs = std::move(bufs), cpu_call]() { return cpu_call(); });
   }

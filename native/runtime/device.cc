@@ -9,6 +9,8 @@
 #include <mutex>
 #include <thread>
 
+#include "runtime/fault.h"
+
 #ifdef GEMMA3_WITH_CUDA
 #include <cuda_runtime.h>
 
@@ -112,6 +114,7 @@ static std::string human_bytes(int64_t b) {
 Status Buffer::create(int device, int64_t bytes, std::shared_ptr<Buffer>* out) {
   G3_RETURN_IF_ERROR(check_device(device));
   if (bytes < 0) return Status(StatusCode::kInvalidArgument, "negative allocation size");
+  G3_RETURN_IF_ERROR(fault::check_alloc(device));
   int64_t alloc = bytes == 0 ? 64 : (bytes + 63) / 64 * 64;  // never a null pointer
   int64_t free_b = 0, total_b = 0;
   G3_RETURN_IF_ERROR(memory_info(device, &free_b, &total_b));

@@ -17,7 +17,8 @@ enum class StatusCode : int {
   kCuda = 7,             // any other CUDA error
   kOutOfRange = 8,       // a view or copy past the end of its buffer
   kInternal = 9,
-  kDisposed = 10,  // a buffer, tensor or graph used after dispose()
+  kDisposed = 10,    // a buffer, tensor or graph used after dispose()
+  kCudaSticky = 11,  // a CUDA error that poisons the context (illegal address, ...): restart
 };
 
 struct Status {
@@ -54,6 +55,8 @@ inline const char* status_code_name(StatusCode c) {
       return "E_INTERNAL";
     case StatusCode::kDisposed:
       return "E_DISPOSED";
+    case StatusCode::kCudaSticky:
+      return "E_CUDA_STICKY";
   }
   return "E_INTERNAL";
 }

@@ -69,6 +69,8 @@ export interface Addon {
   ): void;
   fill(dst: NativeBuffer, offset: number, bytes: number, value: number): void;
   synchronize(device: number): Promise<void>;
+  /** Test hook, GEMMA3_FAULT_INJECTION=1 only (runtime/fault.h). */
+  injectFault(kind: "alloc" | "sticky" | "clear", device: number, after: number): void;
   graphBegin(device: number): void;
   graphEnd(device: number): NativeGraph;
 

@@ -29,7 +29,17 @@ const byCode: Record<string, new (m: string, c: string) => Gemma3Error> = {
   E_OUT_OF_RANGE: OutOfRangeError,
   E_INVALID_ARGUMENT: InvalidArgumentError,
   E_DISPOSED: DisposedError,
+  E_CUDA_STICKY: CudaError,
 };
+
+/**
+ * True for an error after which the device is unusable until the process exits (a sticky CUDA
+ * error such as an illegal address): a server should fail its health check and exit so a
+ * supervisor restarts it.
+ */
+export function isStickyDeviceError(e: unknown): boolean {
+  return (e as { code?: unknown } | null)?.code === "E_CUDA_STICKY";
+}
 
 /** Turns an error thrown by the addon into its typed class (others pass through). */
 export function typedError(e: unknown): unknown {

@@ -19,3 +19,4 @@ export {
 export * from "./errors.js";
 export * as ops from "./ops.js";
 export { bf16ToF32, f32ToBf16, f16ToF32, f32ToF16, fp8e4m3ToF32 } from "./numeric.js";
+export * as testing from "./testing.js";

@@ -119,6 +119,13 @@ export async function cmdServe(argv: string[], demo: string): Promise<void> {
     ...(values.cors !== undefined ? { cors: values.cors } : {}),
     allowImageUrls: values["allow-image-urls"] ?? false,
     ...(values.quiet ? {} : { log: (l: string) => process.stderr.write(l + "\n") }),
+    onFatal: (e) => {
+      // The device is gone for good: fail health checks, finish replies, exit for a restart.
+      process.stderr.write(`gemma3: fatal device error, exiting: ${e.message}\n`);
+      process.exitCode = 1;
+      setImmediate(() => process.kill(process.pid, "SIGTERM"));
+      setTimeout(() => process.exit(1), 10_000).unref(); // if the shutdown itself hangs
+    },
   });
   process.stderr.write(`gemma3: listening on ${srv.url} (model loading…)\n`);
   try {
@@ -141,7 +148,7 @@ export async function cmdServe(argv: string[], demo: string): Promise<void> {
     process.once("SIGTERM", stop);
   });
   process.stderr.write("gemma3: shutting down\n");
-  await srv.close();
+  await srv.close().catch((e: Error) => process.stderr.write(`gemma3: ${e.message}\n`));
 }
 
 export async function cmdChat(argv: string[], demo: string): Promise<void> {

@@ -2,6 +2,7 @@
 // with a 4xx status for anything the client can fix, 429/503 (+ Retry-After) for overload and
 // loading, 500 only for our own faults.
 import { GenerationError } from "@gemma3/generation";
+import { isStickyDeviceError } from "@gemma3/native";
 
 export class HttpError extends Error {
   constructor(
@@ -73,6 +74,8 @@ export function toHttpError(e: unknown): HttpError {
         return new HttpError(503, "server is shutting down", null, "shutting_down", 5);
     }
   }
+  if (isStickyDeviceError(e))
+    return new HttpError(503, `device fault: ${(e as Error).message}`, null, "device_fault");
   const name = (e as { name?: string } | null)?.name;
   if (name === "OutOfMemoryError")
     return new HttpError(

@@ -10,6 +10,7 @@ import {
 import { timingSafeEqual } from "node:crypto";
 import type { AddressInfo } from "node:net";
 import type { Engine } from "./engine.js";
+import { isStickyDeviceError } from "@gemma3/native";
 import { HttpError, toHttpError } from "./errors.js";
 import { Metrics } from "./metrics.js";
 import { OpenAIApi } from "./openai.js";
@@ -29,6 +30,11 @@ export interface ServerOptions {
   allowImageUrls?: boolean;
   /** Log one line per request to this function. */
   log?: (line: string) => void;
+  /**
+   * Called once when the device fails for good (a sticky CUDA error): /health answers 503 from
+   * then on, and the process should exit so a supervisor restarts it (`gemma3 serve` does).
+   */
+  onFatal?: (e: Error) => void;
 }
 
 export interface RunningServer {
@@ -251,6 +257,10 @@ export async function startServer(
     try {
       status = await route(req, res, path, abort.signal, sseRef);
     } catch (e) {
+      if (isStickyDeviceError(e) && state.kind === "ready") {
+        state = { kind: "failed", error: new Error(`device fault: ${(e as Error).message}`) };
+        o.onFatal?.(e as Error);
+      }
       const h = toHttpError(e);
       status = h.status;
       if (sseRef.w) sseRef.w.error(h.body());
