@@ -9,9 +9,11 @@
 // section exactly: contiguous from 0, no gap, no overlap, ending at its last byte.
 import { open, stat, readFile, type FileHandle } from "node:fs/promises";
 import { isAbsolute, join, relative, resolve } from "node:path";
+import { headerJsonProblem } from "./safetensors_json.js";
 
 /** Largest header the reference accepts (MAX_HEADER_SIZE). */
 export const MAX_HEADER_SIZE = 100_000_000;
+const U64_MAX = (1n << 64n) - 1n;
 /** Largest single read: bounds the transient host memory of a load. */
 export const READ_CHUNK_BYTES = 64 * 1024 * 1024;
 
@@ -126,6 +128,11 @@ export function parseHeader(
     entries.push([name, { dtype: dtype as SafetensorsDType, shape, begin, end }]);
   }
 
+  // After the entry checks (their messages are more specific): what JSON.parse let through.
+  const problem = headerJsonProblem(text);
+  if (problem)
+    fail(file, `${problem.message} (the format and serde_json refuse it)`, problem.tensor);
+
   // Metadata::validate: sorted by (begin, end), each tensor starts where the previous ended.
   entries.sort(([, a], [, b]) => a.begin - b.begin || a.end - b.end);
   let pos = 0;
@@ -139,9 +146,15 @@ export function parseHeader(
       fail(file, `data_offsets [${t.begin}, ${t.end}] ${what}`, name);
     }
     if (t.end < t.begin) fail(file, `data_offsets [${t.begin}, ${t.end}]: end < begin`, name);
-    // BigInt: a lying shape must not overflow into a matching span.
-    const bits =
-      t.shape.reduce((n, d) => n * BigInt(d), 1n) * BigInt(SAFETENSORS_DTYPE_BITS[t.dtype]);
+    // BigInt: a lying shape must not overflow into a matching span. As the reference's checked_mul
+    // (ValidationOverflow), a product past u64 fails even when a later dimension is 0.
+    let count = 1n;
+    for (const d of t.shape)
+      if ((count *= BigInt(d)) > U64_MAX)
+        fail(file, `shape [${t.shape.join(", ")}] overflows u64 (ValidationOverflow)`, name);
+    const bits = count * BigInt(SAFETENSORS_DTYPE_BITS[t.dtype]);
+    if (bits > U64_MAX)
+      fail(file, `${t.dtype} × shape [${t.shape.join(", ")}] overflows u64 bits`, name);
     if (bits % 8n !== 0n)
       fail(file, `${t.dtype} × shape [${t.shape.join(", ")}] is not a whole number of bytes`, name);
     if (bits / 8n !== BigInt(t.end - t.begin))

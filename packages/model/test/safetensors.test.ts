@@ -296,7 +296,7 @@ describe("validation (reference: safetensors read_metadata + Metadata::validate)
         editHeader: (h) => ((h.e as Record<string, unknown>).shape = [2 ** 32, 2 ** 32]),
         metadata: null,
       },
-      /needs 18446744073709551616 bytes/,
+      /shape \[4294967296, 4294967296\] overflows u64 \(ValidationOverflow\)/,
       "e",
     );
     await expectOpenError(
@@ -494,5 +494,97 @@ describe("openCheckpoint", () => {
       join(dir, "sub", "model.safetensors.index.json"),
       "model.norm.weight",
     );
+  });
+});
+
+// Each case below was a verdict differential found by fuzz/safetensors.ts against the independent
+// reading in fuzz/safetensors_spec.ts: JSON.parse accepted what the format / serde_json refuse.
+describe("regression: header rules JSON.parse does not enforce (fuzz differential)", () => {
+  /** A one-tensor file whose header text is `header`, with `data` bytes of data. */
+  const raw = (header: string, data: number): BuildOptions => ({
+    rawHeader: header,
+    extra: new Uint8Array(data),
+  });
+
+  it("duplicate tensor key: U8[4] then F32[1] over the same 4 bytes (TOB-SFTN-7)", async () => {
+    const h =
+      '{"w":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},' +
+      '"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}';
+    await expectOpenError({}, raw(h, 4), /duplicate key "w"/);
+  });
+
+  it("duplicate __metadata__, metadata entry, or entry field", async () => {
+    await expectOpenError(
+      {},
+      raw('{"__metadata__":{"format":"pt"},"__metadata__":{"format":"pt"}}', 0),
+      /duplicate key "__metadata__"/,
+    );
+    await expectOpenError({}, raw('{"__metadata__":{"a":"1","a":"2"}}', 0), /duplicate key "a"/);
+    await expectOpenError(
+      {},
+      raw('{"t":{"dtype":"F32","dtype":"U8","shape":[4],"data_offsets":[0,4]}}', 4),
+      /duplicate key "dtype"/,
+    );
+    // A key spelled with an escape is the same key.
+    await expectOpenError(
+      {},
+      raw('{"t":{"dtype":"U8","\\u0064type":"U8","shape":[4],"data_offsets":[0,4]}}', 4),
+      /duplicate key "dtype"/,
+    );
+  });
+
+  it("shape and data_offsets entries must be unsigned integer literals ≤ 2^64 − 1", async () => {
+    const cases: [string, string][] = [
+      ["[4.0]", "[0,4]"],
+      ["[4e0]", "[0,4]"],
+      ["[3.99999999999999999999]", "[0,4]"],
+      ["[4]", "[-0,4]"],
+      ["[4]", "[0,4.0]"],
+      // 2^64 reads as the same double as 2^64 − 1; serde reads it as a float.
+      ["[0,18446744073709551616]", "[0,0]"],
+    ];
+    for (const [shape, off] of cases) {
+      const data = off === "[0,0]" ? 0 : 4;
+      await expectOpenError(
+        {},
+        raw(`{"t":{"dtype":"U8","shape":${shape},"data_offsets":${off}}}`, data),
+        /is not an unsigned integer literal of at most 2\^64 - 1/,
+        "t",
+      );
+    }
+    // The largest u64 is a valid dimension (the element count is 0 here, as in the crate).
+    const path = writeSafetensors(
+      join(tempDir(), "m.safetensors"),
+      {},
+      raw('{"t":{"dtype":"U8","shape":[0,18446744073709551615],"data_offsets":[0,0]}}', 0),
+    );
+    const f = await SafetensorsFile.open(path);
+    expect(f.info("t").shape).toEqual([0, 18446744073709551615]);
+    await f.close();
+  });
+
+  it("an element count past u64 fails even when a later dimension is 0 (ValidationOverflow)", async () => {
+    await expectOpenError(
+      {},
+      raw('{"t":{"dtype":"U8","shape":[4294967296,4294967296,0],"data_offsets":[0,0]}}', 0),
+      /overflows u64 \(ValidationOverflow\)/,
+      "t",
+    );
+  });
+
+  it("lone surrogate escapes, numbers beyond f64, nesting past serde_json's limit", async () => {
+    const t = (extra: string) =>
+      raw(`{"t":{"dtype":"U8","shape":[4],"data_offsets":[0,4],"x":${extra}}}`, 4);
+    await expectOpenError({}, t('"\\ud800"'), /lone surrogate/);
+    await expectOpenError({}, t('"\\udc00\\ud800"'), /lone surrogate/);
+    await expectOpenError({}, t("1e400"), /number 1e400 is out of range/);
+    await expectOpenError({}, t("[".repeat(126) + "]".repeat(126)), /nesting is deeper than 127/);
+    // 125 + the two objects around = 127 levels: accepted, as a surrogate pair is.
+    for (const ok of ["[".repeat(125) + "]".repeat(125), '"\\ud83d\\ude00"', "-0", "1e-400"]) {
+      const path = writeSafetensors(join(tempDir(), "m.safetensors"), {}, t(ok));
+      const f = await SafetensorsFile.open(path);
+      expect(f.info("t").shape).toEqual([4]);
+      await f.close();
+    }
   });
 });
