@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "ops/collective.h"
 #include "ops/ops.h"
 #include "runtime/device.h"
 #include "runtime/fault.h"
@@ -176,6 +177,11 @@ o.Set("cublas", true);
 #else
 o.Set("cublas", false);
 #endif
+#ifdef GEMMA3_WITH_NCCL
+o.Set("nccl", true);
+#else
+o.Set("nccl", false);
+#endif
 return o;
 }  // namespace
 G3_END
@@ -264,14 +270,12 @@ return env.Undefined();
 G3_END
 }
 
-G3_ENTRY(Synchronize) {
-  G3_BODY {
-    int device = int(to_i64(info[0], "device"));
-    throw_if(env, check_device(device));
-    return run_async(
-        env, [device] { return synchronize(device); }, env.Undefined());
-  }
-  G3_END
+G3_ENTRY(Synchronize){G3_BODY{int device = int(to_i64(info[0], "device"));
+throw_if(env, check_device(device));
+return run_async(
+    env, [device] { return synchronize(device); }, env.Undefined());
+}
+G3_END
 }
 
 // Test hook (GEMMA3_FAULT_INJECTION=1 only): injectFault(kind, device, after), see runtime/fault.h.
@@ -483,7 +487,69 @@ OP_RESULT(ops::dequantize(T(0, "src"), s.get(), T(2, "dst")));
 }
 G3_END
 }
-G3_ENTRY(CopyRows){G3_BODY{OP_RESULT(ops::copy_rows(T(0, "src"), T(1, "dst"), T(2, "dst_rows")));
+G3_ENTRY(CopyRows) {
+  G3_BODY { OP_RESULT(ops::copy_rows(T(0, "src"), T(1, "dst"), T(2, "dst_rows"))); }
+  G3_END
+}
+
+// ---- collectives (tensor parallelism): ops/collective.h ----
+class NativeCommunicator : public Napi::ObjectWrap<NativeCommunicator> {
+ public:
+  static Napi::FunctionReference* ctor;
+  static Napi::Function Init(Napi::Env env) {
+    Napi::Function f = DefineClass(env, "NativeCommunicator",
+                                   {InstanceMethod<&NativeCommunicator::AllReduce>("allReduce"),
+                                    InstanceMethod<&NativeCommunicator::Dispose>("dispose"),
+                                    InstanceAccessor<&NativeCommunicator::Backend>("backend")});
+    ctor = new Napi::FunctionReference(Napi::Persistent(f));
+    return f;
+  }
+  explicit NativeCommunicator(const Napi::CallbackInfo& info)
+      : Napi::ObjectWrap<NativeCommunicator>(info) {}
+  std::unique_ptr<ops::Communicator> comm;
+
+ private:
+  // (tensors: one per rank, in rank order)
+  Napi::Value AllReduce(const Napi::CallbackInfo& info) {
+    G3_BODY {
+      if (!comm) throw Status(StatusCode::kDisposed, "communicator was disposed");
+      if (!info[0].IsArray()) throw arg_error("allReduce: tensors must be an array");
+      Napi::Array a = info[0].As<Napi::Array>();
+      std::vector<TensorRef> ts;
+      for (uint32_t i = 0; i < a.Length(); ++i) {
+        std::string what = "tensors[" + std::to_string(i) + "]";
+        ts.push_back(to_tensor(a.Get(i), what.c_str()));
+      }
+      throw_if(env, comm->all_reduce_sum(ts));
+      return env.Undefined();
+    }
+    G3_END
+  }
+  void Dispose(const Napi::CallbackInfo&) { comm.reset(); }
+  Napi::Value Backend(const Napi::CallbackInfo& info) {
+    return Napi::String::New(info.Env(), comm ? comm->backend() : "disposed");
+  }
+};
+Napi::FunctionReference* NativeCommunicator::ctor = nullptr;
+
+// (devices: number[], backend: "auto" | "nccl" | "host")
+G3_ENTRY(CommunicatorCreate){G3_BODY{if (!info[0].IsArray()) throw arg_error("devices: an array");
+if (!info[1].IsString()) throw arg_error("backend: a string");
+Napi::Array a = info[0].As<Napi::Array>();
+std::vector<int> devices;
+for (uint32_t i = 0; i < a.Length(); ++i) devices.push_back(int(to_i64(a.Get(i), "device")));
+std::unique_ptr<ops::Communicator> c;
+throw_if(env, ops::Communicator::create(devices, info[1].As<Napi::String>().Utf8Value(), &c));
+Napi::Object o = NativeCommunicator::ctor->New({});
+NativeCommunicator::Unwrap(o)->comm = std::move(c);
+return o;
+}
+G3_END
+}
+// (src, srcCol, dst, dstCol, width)
+G3_ENTRY(CopyColumns){
+    G3_BODY{OP_RESULT(ops::copy_columns(T(0, "src"), to_i64(info[1], "srcCol"), T(2, "dst"),
+                                        to_i64(info[3], "dstCol"), to_i64(info[4], "width")));
 }
 G3_END
 }
@@ -491,6 +557,7 @@ G3_END
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeBuffer", NativeBuffer::Init(env));
   exports.Set("NativeGraph", NativeGraph::Init(env));
+  exports.Set("NativeCommunicator", NativeCommunicator::Init(env));
 #define EXPORT(name, fn) exports.Set(name, Napi::Function::New(env, fn, name))
   EXPORT("buildInfo", BuildInfo);
   EXPORT("deviceCount", DeviceCount);
@@ -528,6 +595,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   EXPORT("quantize", Quantize);
   EXPORT("dequantize", Dequantize);
   EXPORT("copyRows", CopyRows);
+  EXPORT("communicatorCreate", CommunicatorCreate);
+  EXPORT("copyColumns", CopyColumns);
 #undef EXPORT
   return exports;
 }

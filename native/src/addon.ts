@@ -21,6 +21,13 @@ export interface NativeGraph {
   dispose(): void;
 }
 
+/** A group of ranks for collectives (native/ops/collective.h). */
+export interface NativeCommunicator {
+  readonly backend: "nccl" | "host" | "disposed";
+  allReduce(tensors: readonly TensorArg[]): void;
+  dispose(): void;
+}
+
 /** What the addon reads from a tensor argument. */
 export interface TensorArg {
   readonly storage: NativeBuffer;
@@ -47,7 +54,7 @@ export interface DecodeParamsArg {
 }
 
 export interface Addon {
-  buildInfo(): { cuda: boolean; cublas: boolean; cpuThreads: number };
+  buildInfo(): { cuda: boolean; cublas: boolean; nccl: boolean; cpuThreads: number };
   deviceCount(): number;
   deviceInfo(device: number): {
     name: string;
@@ -130,6 +137,8 @@ export interface Addon {
   quantize(src: T, dst: T, scale: OptT): void;
   dequantize(src: T, scale: OptT, dst: T): void;
   copyRows(src: T, dst: T, dstRows: T): void;
+  communicatorCreate(devices: number[], backend: "auto" | "nccl" | "host"): NativeCommunicator;
+  copyColumns(src: T, srcCol: number, dst: T, dstCol: number, width: number): void;
 }
 
 function findAddon(): string {

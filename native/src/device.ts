@@ -56,7 +56,12 @@ export function deviceCount(): number {
 }
 
 /** What the addon was built with. */
-export function buildInfo(): { cuda: boolean; cublas: boolean; cpuThreads: number } {
+export function buildInfo(): {
+  cuda: boolean;
+  cublas: boolean;
+  nccl: boolean;
+  cpuThreads: number;
+} {
   return native(() => addon().buildInfo());
 }
 

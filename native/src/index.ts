@@ -18,5 +18,6 @@ export {
 } from "./dtype.js";
 export * from "./errors.js";
 export * as ops from "./ops.js";
+export { Communicator, copyColumns, type CollectiveBackend } from "./collective.js";
 export { bf16ToF32, f32ToBf16, f16ToF32, f32ToF16, fp8e4m3ToF32 } from "./numeric.js";
 export * as testing from "./testing.js";

@@ -81,8 +81,11 @@ export class DecoderLayer {
     ops.rmsnormAdd(r2, this.w.postFeedforwardLayernorm, h, eps);
   }
 
-  /** x: [n, hidden] → [n, hidden] */
-  private mlp(x: Tensor, s: Scratch): Tensor {
+  /**
+   * The MLP branch: x [n, hidden] → down(gelu_tanh(gate(x)) · up(x)) [n, hidden]. Public for
+   * tensor parallelism (tp/model.ts all-reduces the ranks' partial sums between the branches).
+   */
+  mlp(x: Tensor, s: Scratch): Tensor {
     const n = x.shape[0]!;
     const dt = x.dtypeName;
     const f = this.cfg.intermediateSize;
@@ -92,8 +95,8 @@ export class DecoderLayer {
     return ops.matmul(act, this.w.downProj, { out: s.alloc([n, this.cfg.hiddenSize], dt) });
   }
 
-  /** x: [n, hidden] → o_proj(attention(x)) [n, hidden] */
-  private attention(
+  /** The attention branch: x [n, hidden] → o_proj(attention(x)) [n, hidden] (public as mlp). */
+  attention(
     x: Tensor,
     cache: KVCache,
     plan: StepPlan,

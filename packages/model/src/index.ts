@@ -12,3 +12,4 @@ export * from "./gguf.js";
 export * from "./gguf_metadata.js";
 export * from "./gguf_load.js";
 export * from "./quantize.js";
+export * from "./tp/index.js";

@@ -40,7 +40,8 @@ export interface LoadOptions {
   onProgress?: (done: number, total: number) => void;
 }
 
-const LAYER_KEYS: Record<keyof LayerWeights, string> = {
+/** Canonical checkpoint name (after "layers.{i}.") of each layer weight. */
+export const LAYER_KEYS: Record<keyof LayerWeights, string> = {
   inputLayernorm: "input_layernorm",
   postAttentionLayernorm: "post_attention_layernorm",
   preFeedforwardLayernorm: "pre_feedforward_layernorm",

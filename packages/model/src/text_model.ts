@@ -50,7 +50,37 @@ export interface ModelStep {
   imageFeatures?: Tensor;
 }
 
-export class Gemma3TextModel {
+/**
+ * What the apps need of a text model: Gemma3TextModel on one device, or TensorParallelTextModel
+ * (tp/model.ts) over several (its device is rank 0's, where logits land).
+ */
+export interface TextModel {
+  readonly config: Gemma3Config;
+  readonly device: Device;
+  readonly dtype: ComputeDType;
+  newCache(
+    capacity: number,
+    kv?: Pick<HybridKVCacheOptions, "kvDtype" | "kScale" | "vScale">,
+  ): KVSequence;
+  newKVCache(o: Omit<HybridKVCacheOptions, "dtype" | "device">): HybridKVCache;
+  forward(
+    ids: readonly number[],
+    seq: KVSequence,
+    opts?: {
+      allLogits?: boolean;
+      graph?: boolean;
+      spans?: readonly Span[];
+      imageFeatures?: Tensor;
+    },
+  ): Tensor;
+  forwardBatch(
+    steps: readonly ModelStep[],
+    opts?: { allLogits?: boolean; graph?: boolean },
+  ): Tensor;
+  dispose(): void;
+}
+
+export class Gemma3TextModel implements TextModel {
   readonly layers: DecoderLayer[];
   /** √hidden_size as HF applies it: cast to the weight dtype first (√2560 → 50.5 in bf16). */
   readonly embedScale: number;

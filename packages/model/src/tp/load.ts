@@ -1,0 +1,172 @@
+// Loading a tensor-parallel model: every rank reads its own shard of each tensor straight from the
+// safetensors checkpoint onto its device (tensor by tensor, rank after rank, so a column-sliced
+// tensor's file pages are read once into the page cache and reused by the other ranks). Nothing is
+// assembled whole on any device.
+import { join } from "node:path";
+import { Communicator, Device, UnsupportedError, type Tensor } from "@gemma3/native";
+import type { LayerWeights } from "../block.js";
+import { loadConfig } from "../config.js";
+import { LAYER_KEYS, resolveModelPath, type LoadOptions } from "../load.js";
+import { WEIGHT_QUANTIZATIONS, canQuantize, quantizeWeight } from "../quantize.js";
+import { openCheckpoint, type Checkpoint } from "../safetensors.js";
+import type { ComputeDType, TextWeights } from "../text_model.js";
+import { checkTextWeights, indexWeights, loadTensor } from "../weights.js";
+import { tensorParallelLayout, type Range, type RankShard } from "./layout.js";
+import { TensorParallelTextModel, type RankWeights } from "./model.js";
+import { loadShard, type ShardSpec } from "./shard.js";
+
+export interface TensorParallelLoadOptions extends Omit<LoadOptions, "device"> {
+  /**
+   * Rank r's device: distinct CUDA devices ("cuda:0", "cuda:1", …), or any number of "cpu" ranks
+   * (the same arithmetic on one device: what CI tests).
+   */
+  devices: readonly (string | Device)[];
+  /** All-reduce backend (default "auto": NCCL when built and every rank is CUDA; else the host). */
+  collective?: "auto" | "nccl" | "host";
+}
+
+/** The shard of canonical layer tensor `key` rank `s` holds (undefined: the whole tensor). */
+function layerShard(key: string, s: RankShard, headDim: number): ShardSpec | undefined {
+  const heads = ([a, b]: Range): Range => [a * headDim, b * headDim];
+  switch (key) {
+    case "self_attn.q_proj":
+      return { rows: heads(s.qHeads) };
+    case "self_attn.k_proj":
+    case "self_attn.v_proj":
+      return { rows: heads(s.kvHeads) };
+    case "self_attn.o_proj":
+      return { cols: heads(s.qHeads) };
+    case "mlp.gate_proj":
+    case "mlp.up_proj":
+      return { rows: s.ffn };
+    case "mlp.down_proj":
+      return { cols: s.ffn };
+    default:
+      return undefined; // norms: replicated
+  }
+}
+
+/**
+ * Loads the text model of a safetensors Gemma 3 checkpoint split over `opts.devices` (N ranks:
+ * heads, KV heads and intermediate units must divide, see tensorParallelLayout). Every tensor is
+ * checked against the config before anything is uploaded.
+ * @throws UnsupportedError for shapes that do not split, or a GGUF checkpoint (not sharded yet)
+ */
+export async function loadTensorParallelModel(
+  path: string,
+  opts: TensorParallelLoadOptions,
+): Promise<TensorParallelTextModel> {
+  const devices = opts.devices.map((d) => Device.of(d));
+  if (devices.length < 1) throw new RangeError("tensor parallel: no devices");
+  const dtype: ComputeDType = opts.dtype ?? (devices[0]!.isCuda ? "bf16" : "f32");
+  const q = opts.quantize;
+  if (q !== undefined && !WEIGHT_QUANTIZATIONS.includes(q))
+    throw new RangeError(
+      `quantize: "${String(q)}" is not one of ${WEIGHT_QUANTIZATIONS.join(", ")}`,
+    );
+  const src = await resolveModelPath(path);
+  if (src.format === "gguf")
+    throw new UnsupportedError(
+      `tensor parallel: ${src.file}: GGUF checkpoints are not sharded yet (use a safetensors checkpoint)`,
+      "E_UNSUPPORTED",
+    );
+  const config = await loadConfig(join(src.dir, "config.json"));
+  const layout = tensorParallelLayout(config, devices.length); // refuses before reading weights
+  const ckpt = await openCheckpoint(src.dir);
+  const parts: RankWeights[] = devices.map((device) => ({
+    device,
+    weights: { layers: [] } as unknown as TextWeights,
+  }));
+  const loaded: Tensor[] = [];
+  let comm: Communicator | undefined;
+  try {
+    checkTextWeights(config, ckpt);
+    comm = Communicator.create(devices, { backend: opts.collective ?? "auto" });
+    const names = 2 + (config.tieWordEmbeddings ? 0 : 1) + config.numHiddenLayers * 13;
+    const total = names * devices.length;
+    let done = 0;
+    /** Every rank's shard of one tensor. */
+    const each = async (
+      name: string,
+      shard: (s: RankShard) => ShardSpec | undefined,
+      quantize: boolean,
+    ): Promise<Tensor[]> => {
+      const out: Tensor[] = [];
+      for (const [r, s] of layout.ranks.entries()) {
+        const t = await loadPart(
+          ckpt,
+          name,
+          devices[r]!,
+          dtype,
+          shard(s),
+          quantize ? q : undefined,
+        );
+        loaded.push(t);
+        out.push(t);
+        opts.onProgress?.(++done, total);
+      }
+      return out;
+    };
+    const vr = layout.vocabPerRank;
+    // Embedding: the rank's vocabulary rows, zero-padded to vocabPerRank, plus the zero row.
+    (await each("embed_tokens", (s) => ({ rows: s.vocab, padRows: vr + 1 }), false)).forEach(
+      (t, r) => (parts[r]!.weights.embedTokens = t),
+    );
+    for (let i = 0; i < config.numHiddenLayers; i++) {
+      const ws = parts.map(() => ({}) as LayerWeights);
+      for (const [field, key] of Object.entries(LAYER_KEYS) as [keyof LayerWeights, string][]) {
+        const linear = key.endsWith("_proj");
+        const ts = await each(
+          `layers.${i}.${key}`,
+          (s) => layerShard(key, s, config.headDim),
+          linear,
+        );
+        ts.forEach((t, r) => (ws[r]![field] = t));
+      }
+      ws.forEach((w, r) => parts[r]!.weights.layers.push(w));
+    }
+    (await each("norm", () => undefined, false)).forEach((t, r) => (parts[r]!.weights.norm = t));
+    if (!config.tieWordEmbeddings)
+      (await each("lm_head", (s) => ({ rows: s.vocab, padRows: vr }), false)).forEach(
+        (t, r) => (parts[r]!.weights.lmHead = t),
+      );
+    return new TensorParallelTextModel(config, layout, parts, dtype, comm);
+  } catch (e) {
+    for (const t of loaded) t.dispose();
+    comm?.dispose();
+    throw e;
+  } finally {
+    await ckpt.close();
+  }
+}
+
+/** One rank's part of a tensor: a shard (or the whole), quantized from its stored precision. */
+async function loadPart(
+  ckpt: Checkpoint,
+  name: string,
+  device: Device,
+  dtype: ComputeDType,
+  spec: ShardSpec | undefined,
+  quantize: LoadOptions["quantize"],
+): Promise<Tensor> {
+  const stored = ckpt.tensors.get(indexWeights(ckpt).names.get(name) ?? "")?.info;
+  // Quantize from the stored precision: bf16 as bf16, anything else through f32 (as load.ts).
+  const from: ComputeDType =
+    quantize && stored?.dtype === "BF16" ? "bf16" : quantize ? "f32" : dtype;
+  const t = spec
+    ? await loadShard(ckpt, name, device, from, spec)
+    : await loadTensor(ckpt, name, device, from);
+  if (!quantize || !canQuantize(t.shape, quantize)) {
+    if (from === dtype) return t;
+    // Not quantizable (a row of partial blocks): keep it in the compute dtype, as load.ts does.
+    t.dispose();
+    return spec
+      ? loadShard(ckpt, name, device, dtype, spec)
+      : loadTensor(ckpt, name, device, dtype);
+  }
+  try {
+    return quantizeWeight(t, quantize);
+  } finally {
+    t.dispose();
+  }
+}
