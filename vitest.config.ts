@@ -10,6 +10,7 @@ export default defineConfig({
       "native/test/**/*.test.ts",
       "packages/*/test/**/*.test.ts",
       "apps/*/test/**/*.test.ts",
+      "fuzz/test/**/*.test.ts",
     ],
     testTimeout: 120_000,
     hookTimeout: 120_000,
