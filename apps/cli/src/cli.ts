@@ -11,9 +11,9 @@ import {
   WEIGHT_QUANTIZATIONS,
   inspectConfig,
   loadConfig,
-  loadTextModel,
+  loadModel,
   resolveModelPath,
-  type Gemma3TextModel,
+  type TextModel,
   type WeightQuantization,
 } from "@gemma3/model";
 import type { Tensor } from "@gemma3/native";
@@ -43,7 +43,7 @@ const USAGE = `usage:
                   [--image PATH ... [--pan-and-scan]]
                   [--max-tokens 24] [--temperature 0] [--seed 0] [--logprobs N]
                   [--device cpu|cuda|cuda:N] [--dtype f32|bf16] [--quantize q8_0|q4_0|q4_k|…]
-                  [--ignore-eos] [--json] [--stats]
+                  [--tensor-parallel N] [--ignore-eos] [--json] [--stats]
   gemma3 tokenize [--model DIR] (--text TEXT | --chat FILE.json [--image PATH ...] [--pan-and-scan])
                   [--no-special-tokens] [--json]
   gemma3 inspect --config FILE [--context N [--batch B] [--kv-dtype bf16|f32|fp8]] [--json]
@@ -55,6 +55,9 @@ ${SERVE_USAGE}
                 bundled demo checkpoint (RANDOM weights, real vocabulary size).
   --quantize Q  quantize the linear weights on load (q8_0, q4_0, q4_k, q5_k, q6_k: GGUF blocks;
                 fp8_e4m3: per-row scale); embeddings, head and norms stay in --dtype.
+  --tensor-parallel N  split the model over N GPUs (cuda:0 … cuda:N−1, or from --device cuda:K;
+                N CPU ranks with --device cpu): heads, MLP units and vocabulary per GPU, summed with
+                NCCL's all-reduce when the addon was built with it. Safetensors checkpoints only.
   --prompt TEXT encoded with the model's tokenizer.json (<bos> first); prints the generated text
                 (--json: ids plus "text", special tokens left out of the text).
   --text TEXT   ids of TEXT (<bos> first unless --no-special-tokens); --json adds the pieces.
@@ -105,6 +108,7 @@ async function cmdGenerate(argv: string[]): Promise<void> {
       device: { type: "string" },
       dtype: { type: "string" },
       quantize: { type: "string" },
+      "tensor-parallel": { type: "string" },
       "ignore-eos": { type: "boolean" },
       json: { type: "boolean" },
       stats: { type: "boolean" },
@@ -122,6 +126,9 @@ async function cmdGenerate(argv: string[]): Promise<void> {
     throw new UsageError(
       `--quantize: one of ${WEIGHT_QUANTIZATIONS.join(", ")}, got "${String(quantize)}"`,
     );
+  const tensorParallel = num(values["tensor-parallel"], 1, "--tensor-parallel", 1);
+  if (!Number.isInteger(tensorParallel))
+    throw new UsageError(`--tensor-parallel: a whole number of ranks, got ${tensorParallel}`);
   const modelPath = values.model ?? DEMO;
   // A .gguf carries no tokenizer.json or generation_config.json: those are read beside it.
   const src = await resolveModelPath(modelPath);
@@ -143,8 +150,9 @@ async function cmdGenerate(argv: string[]): Promise<void> {
     givenIds ??
     (images ? imagePrompt(tok!, values.prompt!, images, dir) : tok!.encode(values.prompt!));
   const generationConfig = readJsonIfExists(join(dir, "generation_config.json"));
-  const model = await loadTextModel(modelPath, {
-    device: values.device ?? "cpu",
+  const model = await loadModel(modelPath, {
+    device: values.device ?? (tensorParallel > 1 ? "cuda" : "cpu"),
+    tensorParallel,
     ...(dtype ? { dtype } : {}),
     ...(quantize ? { quantize } : {}),
   });
@@ -229,7 +237,7 @@ function imagePrompt(
 async function encodeImages(
   dir: string,
   images: PreprocessedImage[],
-  model: Gemma3TextModel,
+  model: TextModel,
 ): Promise<Tensor> {
   const enc = await loadVisionEncoder(dir, { device: model.device, dtype: model.dtype });
   try {

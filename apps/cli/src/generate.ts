@@ -1,7 +1,7 @@
 // A minimal generation loop for the CLI: prefill, then one token per step, greedy or temperature
 // sampling with a seed, logprobs from the model's distribution, stop at the config's eos ids.
 // (The full sampler, stop strings and batching belong to @gemma3/generation, a later issue.)
-import type { Gemma3TextModel } from "@gemma3/model";
+import type { TextModel } from "@gemma3/model";
 import { ops, type Tensor } from "@gemma3/native";
 
 export interface GenerateOptions {
@@ -80,7 +80,7 @@ function pick(logits: Float32Array, temperature: number, rand: () => number): nu
 }
 
 export async function generate(
-  model: Gemma3TextModel,
+  model: TextModel,
   promptIds: readonly number[],
   o: GenerateOptions,
 ): Promise<GenerateResult> {

@@ -9,8 +9,8 @@ import { WEIGHT_QUANTIZATIONS, type WeightQuantization } from "@gemma3/model";
 
 export const SERVE_USAGE = `  gemma3 serve [--model DIR|FILE.gguf] [--port 8000] [--host 127.0.0.1] [--api-key KEY]
                [--device cpu|cuda|cuda:N] [--dtype f32|bf16] [--quantize q8_0|q4_0|q4_k|…]
-               [--max-seqs 16] [--max-model-len N] [--max-queue 256] [--cors ORIGIN]
-               [--allow-image-urls] [--served-model-name NAME]
+               [--tensor-parallel N] [--max-seqs 16] [--max-model-len N] [--max-queue 256]
+               [--cors ORIGIN] [--allow-image-urls] [--served-model-name NAME]
   gemma3 chat  [--model DIR|FILE.gguf] [--device …] [--dtype …] [--quantize …] [--max-tokens 512]
                [--temperature T] [--system TEXT]`;
 
@@ -19,6 +19,7 @@ const MODEL_OPTIONS = {
   device: { type: "string" },
   dtype: { type: "string" },
   quantize: { type: "string" },
+  "tensor-parallel": { type: "string" },
   "max-seqs": { type: "string" },
   "max-model-len": { type: "string" },
 } as const;
@@ -74,6 +75,10 @@ function engineOptions(
     );
   const maxSeqs = posInt(values["max-seqs"] as string | undefined, "--max-seqs");
   const maxSeqLen = posInt(values["max-model-len"] as string | undefined, "--max-model-len");
+  const tensorParallel = posInt(
+    values["tensor-parallel"] as string | undefined,
+    "--tensor-parallel",
+  );
   return {
     model,
     ...(values.device !== undefined ? { device: values.device as string } : {}),
@@ -81,6 +86,7 @@ function engineOptions(
     ...(quantize ? { quantize: quantize as WeightQuantization } : {}),
     ...(maxSeqs !== undefined ? { maxSeqs } : {}),
     ...(maxSeqLen !== undefined ? { maxSeqLen } : {}),
+    ...(tensorParallel !== undefined ? { tensorParallel } : {}),
   };
 }
 

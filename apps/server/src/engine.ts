@@ -14,9 +14,9 @@ import {
 } from "@gemma3/generation";
 import {
   loadConfig,
-  loadTextModel,
+  loadModel,
   resolveModelPath,
-  type Gemma3TextModel,
+  type TextModel,
   type WeightQuantization,
 } from "@gemma3/model";
 import {
@@ -41,6 +41,8 @@ export interface EngineOptions {
   device?: string;
   dtype?: "f32" | "bf16";
   quantize?: WeightQuantization;
+  /** Tensor-parallel ranks (default 1): the model splits over `device`'s cuda:0 … cuda:N−1. */
+  tensorParallel?: number;
   /** Sequences decoded together (default 16). */
   maxSeqs?: number;
   /** Context per sequence (default min(max_position_embeddings, 8192)). */
@@ -74,7 +76,7 @@ export interface VisionParts {
 export class Engine {
   private constructor(
     readonly info: ModelInfo,
-    readonly model: Gemma3TextModel,
+    readonly model: TextModel,
     readonly tokenizer: Gemma3Tokenizer,
     readonly generationConfig: GenerationConfigDefaults,
     readonly scheduler: Scheduler,
@@ -89,8 +91,9 @@ export class Engine {
       throw new Error(`${dir}: no tokenizer.json beside the weights (the server needs one)`);
     const tokenizer = await Gemma3Tokenizer.fromDir(dir);
     const gc = await loadGenerationConfig(dir);
-    const model = await loadTextModel(o.model, {
+    const model = await loadModel(o.model, {
       ...(o.device !== undefined ? { device: o.device } : {}),
+      ...(o.tensorParallel !== undefined ? { tensorParallel: o.tensorParallel } : {}),
       ...(o.dtype !== undefined ? { dtype: o.dtype } : {}),
       ...(o.quantize !== undefined ? { quantize: o.quantize } : {}),
       ...(o.onProgress ? { onProgress: o.onProgress } : {}),
@@ -142,7 +145,7 @@ export class Engine {
         maxModelLen: maxSeqLen,
         vocabSize: c.vocabSize,
         modalities: vision ? ["text", "image"] : ["text"],
-        device: model.device.toString(),
+        device: (model.devices ?? [model.device]).join(","),
         dtype: model.dtype,
       };
       return new Engine(info, model, tokenizer, generationConfig, scheduler, vision);

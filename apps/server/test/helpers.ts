@@ -4,7 +4,7 @@
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import type { Gemma3TextModel } from "@gemma3/model";
+import type { TextModel } from "@gemma3/model";
 import { ops } from "@gemma3/native";
 import {
   Engine,
@@ -39,7 +39,7 @@ export async function serve(
 
 /** Greedy ids straight from model.forward and argmax: no scheduler, sampler or stop logic. */
 export async function greedyReference(
-  model: Gemma3TextModel,
+  model: TextModel,
   prompt: readonly number[],
   n: number,
 ): Promise<number[]> {

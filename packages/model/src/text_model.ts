@@ -57,6 +57,8 @@ export interface ModelStep {
 export interface TextModel {
   readonly config: Gemma3Config;
   readonly device: Device;
+  /** Every rank's device (tensor parallel only). */
+  readonly devices?: readonly Device[];
   readonly dtype: ComputeDType;
   newCache(
     capacity: number,

@@ -155,6 +155,30 @@ for (const name of ["tiny-1b", "tiny-27b"]) {
   });
 }
 
+describe("tiny-27b: image features under tensor parallelism", () => {
+  it("N = 2: image-token rows take the features on every rank (logits as one device)", async () => {
+    const dir = join(fixtures, "tiny-27b");
+    const single = await loadTextModel(dir, { device: "cpu", dtype: "f32" });
+    const tp = await loadTensorParallelModel(dir, { devices: ones(2), dtype: "f32" });
+    const img = single.config.imageTokenIndex!;
+    const ids = [2, 17, 40, img, img, img, img, 99, 3, 250];
+    const feats = Array.from({ length: 4 * 48 }, (_, i) => Math.sin(i * 0.37));
+    const logits = async (m: TextModel) => {
+      const f = Tensor.from(feats, [4, 48], "f32", "cpu");
+      const seq = m.newCache(16);
+      const l = await host(m.forward(ids, seq, { allLogits: true, imageFeatures: f }));
+      seq.dispose();
+      f.dispose();
+      return l;
+    };
+    const want = await logits(single);
+    const got = await logits(tp);
+    single.dispose();
+    tp.dispose();
+    expect(maxAbsDiff(got, want)).toBeLessThan(TP_TOL);
+  });
+});
+
 describe("tensor-parallel layout", () => {
   it("splits heads, KV heads (or replicates them), units and the vocabulary", async () => {
     const c1 = await loadConfig(join(fixtures, "tiny-1b", "config.json"));

@@ -6,10 +6,10 @@ import { join } from "node:path";
 import { Communicator, Device, UnsupportedError, type Tensor } from "@gemma3/native";
 import type { LayerWeights } from "../block.js";
 import { loadConfig } from "../config.js";
-import { LAYER_KEYS, resolveModelPath, type LoadOptions } from "../load.js";
+import { LAYER_KEYS, loadTextModel, resolveModelPath, type LoadOptions } from "../load.js";
 import { WEIGHT_QUANTIZATIONS, canQuantize, quantizeWeight } from "../quantize.js";
 import { openCheckpoint, type Checkpoint } from "../safetensors.js";
-import type { ComputeDType, TextWeights } from "../text_model.js";
+import type { ComputeDType, TextModel, TextWeights } from "../text_model.js";
 import { checkTextWeights, indexWeights, loadTensor } from "../weights.js";
 import { tensorParallelLayout, type Range, type RankShard } from "./layout.js";
 import { TensorParallelTextModel, type RankWeights } from "./model.js";
@@ -169,4 +169,30 @@ async function loadPart(
   } finally {
     t.dispose();
   }
+}
+
+/**
+ * The devices of `n` tensor-parallel ranks for a device option: "cpu" gives n CPU ranks; "cuda"
+ * (the default) gives cuda:0 … cuda:n−1; "cuda:K" gives cuda:K … cuda:K+n−1.
+ */
+export function tensorParallelDevices(n: number, device: string | Device = "cuda"): Device[] {
+  if (!Number.isInteger(n) || n < 1)
+    throw new RangeError(`tensor parallel: ${n} ranks (an integer >= 1)`);
+  const first = Device.of(device);
+  return Array.from({ length: n }, (_, r) =>
+    first.isCuda ? Device.of(`cuda:${first.index + r}`) : Device.cpu,
+  );
+}
+
+/**
+ * loadTextModel, or loadTensorParallelModel over tensorParallelDevices(tensorParallel, device)
+ * when `tensorParallel` > 1 (the apps' one entry point).
+ */
+export async function loadModel(
+  path: string,
+  opts: LoadOptions & { tensorParallel?: number } = {},
+): Promise<TextModel> {
+  const { tensorParallel: n = 1, device, ...rest } = opts;
+  if (n === 1) return loadTextModel(path, opts);
+  return loadTensorParallelModel(path, { ...rest, devices: tensorParallelDevices(n, device) });
 }
