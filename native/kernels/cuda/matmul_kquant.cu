@@ -22,6 +22,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <type_traits>
 
@@ -34,8 +35,11 @@ namespace {
 
 constexpr int kWarps = 8;  // warps per CTA
 constexpr int kThreads = kWarps * 32;
-constexpr int kR = 2;       // rows of W per warp
-constexpr int kStages = 3;  // shared-memory stages per warp (kStages - 1 steps in flight)
+constexpr int kR = 2;  // rows of W per warp
+// Shared-memory stages per warp (kStages - 1 steps in flight) is a template parameter: 3 left only
+// ~9 KB in flight per SM (measured 0.64-0.86 TB/s for q4_K), far below the ~23 KB that ~3 TB/s x
+// ~1 us of latency needs; GEMMA3_KQ_STAGES picks 3 / 6 / 8 for measuring (default kDefaultStages).
+constexpr int kDefaultStages = 6;
 
 template <typename TB>
 struct KFmt;
@@ -167,7 +171,7 @@ __device__ __forceinline__ float warp_sum(float v) {
 
 // Warp (block, w) owns row group g = block * (kWarps / S) + w / S (rows g R .. g R + R - 1) and
 // slice s = w % S of its super-blocks: s, s + S, ... MT >= M is x's compile-time row count.
-template <typename TX, typename TB, int MT>
+template <typename TX, typename TB, int MT, int kStages>
 __global__ void __launch_bounds__(kThreads, 2)
     kq_gemv_kernel(const TX* __restrict__ x,  // x: [M, K], 16-byte aligned
                    const TB* __restrict__ w,  // w: [N, K / 256] blocks, 2-byte aligned
@@ -312,6 +316,15 @@ Status sm_count(int* out) {
   return Status::Ok();
 }
 
+int kq_stages() {
+  static const int v = [] {
+    const char* e = std::getenv("GEMMA3_KQ_STAGES");
+    const int n = e ? std::atoi(e) : 0;
+    return n == 3 || n == 6 || n == 8 ? n : kDefaultStages;
+  }();
+  return v;
+}
+
 template <typename TX, typename TB, int MT>
 Status launch(const TX* x, const TB* w, TX* y, int M, int64_t N, int64_t K, cudaStream_t stream) {
   int sms = 0;
@@ -325,8 +338,17 @@ Status launch(const TX* x, const TB* w, TX* y, int M, int64_t N, int64_t K, cuda
   const int64_t per_block = kWarps / S;
   const int64_t blocks = (groups + per_block - 1) / per_block;
   if (blocks > 0x7fffffff) return Status(StatusCode::kUnsupported, "matmul kq_gemv: N too large");
-  kq_gemv_kernel<TX, TB, MT>
-      <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(x, w, y, M, N, K, S);
+  const unsigned grid = static_cast<unsigned>(blocks);
+  switch (kq_stages()) {
+    case 3:
+      kq_gemv_kernel<TX, TB, MT, 3><<<grid, kThreads, 0, stream>>>(x, w, y, M, N, K, S);
+      break;
+    case 8:
+      kq_gemv_kernel<TX, TB, MT, 8><<<grid, kThreads, 0, stream>>>(x, w, y, M, N, K, S);
+      break;
+    default:
+      kq_gemv_kernel<TX, TB, MT, 6><<<grid, kThreads, 0, stream>>>(x, w, y, M, N, K, S);
+  }
   return check_launch("matmul kq_gemv_kernel");
 }
 
