@@ -67,6 +67,47 @@ async function run(model: TextModel, prompt: number[], steps: number, V: number)
   return { logits, ids, stepLogits };
 }
 
+/**
+ * bf16: the TP model's error against HF's float32 logits is of the one-device bf16 model's size
+ * (each rank's partial o_proj / down sum is rounded to bf16 before the all-reduce, one rounding
+ * more per branch than one device; measured on CPU: 0.07–0.105 for TP, 0.08–0.106 for one device),
+ * and its argmax agrees with HF at >= 99% of the positions whose HF top-2 margin > 0.05 (the bar of
+ * parity.test.ts).
+ */
+async function bf16Parity(
+  name: string,
+  devices: string[],
+  one: string,
+  collective: "auto" | "nccl" | "host" = "auto",
+) {
+  const g = golden(name);
+  const V = g.meta.vocab;
+  const T = g.meta.prompt_ids.length;
+  const single = await loadTextModel(g.dir, { device: one, dtype: "bf16" });
+  const ref = await run(single, g.meta.prompt_ids, 0, V);
+  single.dispose();
+  const tp = await loadTensorParallelModel(g.dir, { devices, dtype: "bf16", collective });
+  const got = await run(tp, g.meta.prompt_ids, 0, V);
+  tp.dispose();
+  const dOne = maxAbsDiff(ref.logits, g.logits);
+  const dTp = maxAbsDiff(got.logits, g.logits);
+  let counted = 0;
+  let agree = 0;
+  for (let t = 0; t < T; t++)
+    if (g.meta.top2_margin[t]! > 0.05) {
+      counted++;
+      if (argmax(got.logits.subarray(t * V, (t + 1) * V)) === g.meta.argmax[t]) agree++;
+    }
+  console.log(
+    `${name} bf16 TP=${devices.length} on ${devices[0]} (${collective}): max |Δ| vs HF ${dTp.toFixed(4)} ` +
+      `(one device ${dOne.toFixed(4)}, TP vs one ${maxAbsDiff(got.logits, ref.logits).toFixed(4)}), ` +
+      `argmax ${agree}/${counted}`,
+  );
+  expect(dTp).toBeLessThan(1.5 * dOne + 0.05);
+  expect(counted).toBeGreaterThan(T / 2);
+  expect(agree / counted).toBeGreaterThanOrEqual(0.99);
+}
+
 // CPU float32 on both sides. TP changes only the order of two sums per layer (each rank's partial
 // o_proj / down product, then their all-reduce) and nothing else: ~1e-6 relative on logits of unit
 // scale (measured below 1e-5), so 1e-4 absolute against the one-device model and the issue's 1e-3
@@ -102,6 +143,10 @@ for (const name of ["tiny-1b", "tiny-27b"]) {
           `${name} TP=${n}: max |Δ| vs TP=1 ${dTp.toExponential(2)}, vs HF ${dHf.toExponential(2)}`,
         );
       });
+
+    it("bf16, N = 2 and 4: as close to HF as the one-device bf16 model", async () => {
+      for (const n of [2, 4]) await bf16Parity(name, ones(n), "cpu");
+    });
 
     it("N = 2: a batched step of prefill chunks and decodes, a fork and a rollback", async () => {
       const model = await loadTensorParallelModel(g.dir, { devices: ones(2), dtype: "f32" });
@@ -337,10 +382,9 @@ describe.skipIf(gpus < 2)("tensor parallel on CUDA ranks", () => {
     for (const backend of backends)
       for (const n of sizes) {
         const devices = Array.from({ length: n }, (_, i) => `cuda:${i}`);
-        it(`${name} ${backend} N = ${n}: f32 equals HF like one GPU; bf16 argmax agrees`, async () => {
+        it(`${name} ${backend} N = ${n}: f32 equals HF like one GPU; bf16 as close as one GPU`, async () => {
           const g = golden(name);
           const V = g.meta.vocab;
-          const T = g.meta.prompt_ids.length;
           const steps = g.meta.greedy_ids.length;
           const f32 = await loadTensorParallelModel(g.dir, {
             devices,
@@ -353,32 +397,7 @@ describe.skipIf(gpus < 2)("tensor parallel on CUDA ranks", () => {
           expect(maxAbsDiff(ours.logits, g.logits)).toBeLessThan(HF_TOL);
           expect(ours.ids).toEqual(g.meta.greedy_ids);
 
-          const one = await loadTextModel(g.dir, { device: "cuda:0", dtype: "bf16" });
-          const refB = await run(one, g.meta.prompt_ids, 0, V);
-          one.dispose();
-          const bf = await loadTensorParallelModel(g.dir, {
-            devices,
-            dtype: "bf16",
-            collective: backend,
-          });
-          const gotB = await run(bf, g.meta.prompt_ids, 0, V);
-          bf.dispose();
-          // bf16: each rank's partial o_proj / down sum is rounded to bf16 before the all-reduce
-          // (one rounding more than one GPU): differences of a few bf16 ulps of |h|, amplified by
-          // the layers; logits of unit scale stay within 0.1 of the one-GPU bf16 model.
-          const dB = maxAbsDiff(gotB.logits, refB.logits);
-          expect(dB).toBeLessThan(0.1);
-          let counted = 0;
-          let agree = 0;
-          for (let t = 0; t < T; t++)
-            if (g.meta.top2_margin[t]! > 0.05) {
-              counted++;
-              if (argmax(gotB.logits.subarray(t * V, (t + 1) * V)) === g.meta.argmax[t]) agree++;
-            }
-          expect(agree / counted).toBeGreaterThanOrEqual(0.99);
-          console.log(
-            `${name} ${backend} TP=${n}: bf16 max |Δ| vs 1 GPU ${dB.toExponential(2)}, argmax ${agree}/${counted}`,
-          );
+          await bf16Parity(name, devices, "cuda:0", backend);
         });
       }
 });
