@@ -83,7 +83,14 @@ Status copy_2d(const std::shared_ptr<Buffer>& dst, int64_t dst_offset, int64_t d
   p.dstPtr = make_cudaPitchedPtr(d, size_t(dst_pitch), size_t(width), size_t(rows));
   p.dstDevice = dd;
   p.extent = make_cudaExtent(size_t(width), size_t(rows), 1);
-  G3_CUDA_RETURN(cudaMemcpy3DPeerAsync(&p, ds));
+  if (width == src_pitch && width == dst_pitch) {
+    G3_CUDA_RETURN(cudaMemcpyPeerAsync(d, dd, s, sd, size_t(width * rows), ds));
+  } else if (cudaMemcpy3DPeerAsync(&p, ds) != cudaSuccess) {
+    cudaGetLastError();  // a pitched peer copy the driver refuses: one peer copy per row instead
+    for (int64_t r = 0; r < rows; ++r)
+      G3_CUDA_RETURN(
+          cudaMemcpyPeerAsync(d + r * dst_pitch, dd, s + r * src_pitch, sd, size_t(width), ds));
+  }
   G3_CUDA_RETURN(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
   e = cudaEventRecord(done, ds);
   if (e == cudaSuccess) {

@@ -170,12 +170,12 @@ describe.skipIf(gpus < 2)("collectives on CUDA ranks", () => {
   for (const backend of backends)
     it(`${backend}: all-reduce matches the float32 sum (N = 2${gpus >= 4 ? ", 4" : ""})`, async () => {
       const r = rng(11);
-      for (const n of gpus >= 4 ? [2, 4] : [2])
+      for (const n of gpus >= 4 ? [2, 4] : [2]) {
+        const devices = Array.from({ length: n }, (_, i) => `cuda:${i}`);
+        const comm = Communicator.create(devices, { backend });
+        expect(comm.backend).toBe(backend);
         for (const dtype of ["f32", "bf16"] as const)
           for (const size of [1, 19, 989, 1 + Math.floor(r() * 100000)]) {
-            const devices = Array.from({ length: n }, (_, i) => `cuda:${i}`);
-            const comm = Communicator.create(devices, { backend });
-            expect(comm.backend).toBe(backend);
             const { host, tensors } = rankInputs([size], dtype, devices, size + n);
             comm.allReduce(tensors);
             const want = referenceSum(host, dtype);
@@ -186,8 +186,9 @@ describe.skipIf(gpus < 2)("collectives on CUDA ranks", () => {
             for (const g of got) expectClose(g, want, ulp * 2 * n, ulp * n, `${backend} ${n}`);
             for (const g of got.slice(1)) expect(Array.from(g)).toEqual(Array.from(got[0]!));
             for (const t of tensors) t.dispose();
-            comm.dispose();
           }
+        comm.dispose();
+      }
     });
 
   it("copyColumns gathers shards from another GPU in stream order", async () => {
