@@ -36,10 +36,13 @@ namespace {
 constexpr int kWarps = 8;  // warps per CTA
 constexpr int kThreads = kWarps * 32;
 constexpr int kR = 2;  // rows of W per warp
-// Shared-memory stages per warp (kStages - 1 steps in flight) is a template parameter: 3 left only
-// ~9 KB in flight per SM (measured 0.64-0.86 TB/s for q4_K), far below the ~23 KB that ~3 TB/s x
-// ~1 us of latency needs; GEMMA3_KQ_STAGES picks 3 / 6 / 8 for measuring (default kDefaultStages).
-constexpr int kDefaultStages = 6;
+// Shared-memory stages per warp (kStages - 1 steps in flight) is a template parameter,
+// GEMMA3_KQ_STAGES = 3 / 6 / 8 for measuring. Predicted: 3 stages (~9 KB in flight per SM) starve
+// HBM, 6-8 would double q4_K's 0.64-0.86 TB/s. Measured (H100, docs/kernels.md): 3 and 6 the same,
+// 8 at most +10%: the kernel is bound by instructions per weight (decode + float FMA), not by
+// bytes in flight; its time tracks bf16's at the same shape. Next: int8 dot products (dp4a) on
+// q8-quantized x, as llama.cpp's MMVQ does.
+constexpr int kDefaultStages = 8;
 
 template <typename TB>
 struct KFmt;
