@@ -6,11 +6,13 @@ import { parseArgs } from "node:util";
 import { Engine, startServer, type EngineOptions } from "@gemma3/server";
 import type { ChatMessage } from "@gemma3/tokenizer";
 import { WEIGHT_QUANTIZATIONS, type WeightQuantization } from "@gemma3/model";
+import { formatBytes } from "@gemma3/kv-cache/estimate";
 
 export const SERVE_USAGE = `  gemma3 serve [--model DIR|FILE.gguf] [--port 8000] [--host 127.0.0.1] [--api-key KEY]
                [--device cpu|cuda|cuda:N] [--dtype f32|bf16] [--quantize q8_0|q4_0|q4_k|…]
                [--tensor-parallel N] [--max-seqs 16] [--max-model-len N] [--max-queue 256]
                [--cors ORIGIN] [--allow-image-urls] [--served-model-name NAME]
+               [--enable-prefix-caching [--prefix-cache-snapshot-blocks N]] [--listen-after-load]
   gemma3 chat  [--model DIR|FILE.gguf] [--device …] [--dtype …] [--quantize …] [--max-tokens 512]
                [--temperature T] [--system TEXT]`;
 
@@ -102,6 +104,9 @@ export async function cmdServe(argv: string[], demo: string): Promise<void> {
       cors: { type: "string" },
       "allow-image-urls": { type: "boolean" },
       "served-model-name": { type: "string" },
+      "enable-prefix-caching": { type: "boolean" },
+      "prefix-cache-snapshot-blocks": { type: "string" },
+      "listen-after-load": { type: "boolean" },
       quiet: { type: "boolean" },
     },
   });
@@ -110,13 +115,34 @@ export async function cmdServe(argv: string[], demo: string): Promise<void> {
   if (!Number.isInteger(port) || port < 0 || port > 65535)
     throw new CliUsageError(`--port: expected 0..65535, got "${values.port}"`);
   const maxQueue = posInt(values["max-queue"], "--max-queue");
+  const snapshotBlocks = posInt(
+    values["prefix-cache-snapshot-blocks"],
+    "--prefix-cache-snapshot-blocks",
+  );
+  if (snapshotBlocks !== undefined && !values["enable-prefix-caching"])
+    throw new CliUsageError("--prefix-cache-snapshot-blocks needs --enable-prefix-caching");
   const bar = progressBar("loading weights");
   const engine = Engine.load({
     ...opts,
     ...(maxQueue !== undefined ? { maxQueue } : {}),
     ...(values["served-model-name"] ? { modelId: values["served-model-name"] } : {}),
+    ...(values["enable-prefix-caching"] ? { prefixCaching: true } : {}),
+    ...(snapshotBlocks !== undefined ? { prefixCacheSnapshotBlocks: snapshotBlocks } : {}),
     onProgress: bar.update,
   });
+  // Behind a load balancer (gemma3 replicas), a replica that refuses connections while it loads
+  // is skipped by nginx's retry of connection errors; one that answers 503 is not (a POST that
+  // reached a server is never passed on), so there the port opens only once the model is in.
+  if (values["listen-after-load"]) {
+    try {
+      await engine;
+    } catch (e) {
+      bar.end();
+      process.stderr.write(`gemma3: the model failed to load: ${(e as Error).message}\n`);
+      process.exitCode = 1;
+      return;
+    }
+  }
   const srv = await startServer({
     engine,
     port,
@@ -133,13 +159,20 @@ export async function cmdServe(argv: string[], demo: string): Promise<void> {
       setTimeout(() => process.exit(1), 10_000).unref(); // if the shutdown itself hangs
     },
   });
-  process.stderr.write(`gemma3: listening on ${srv.url} (model loading…)\n`);
+  process.stderr.write(
+    `gemma3: listening on ${srv.url}${values["listen-after-load"] ? "" : " (model loading…)"}\n`,
+  );
   try {
     const e = await srv.ready();
     bar.end();
     process.stderr.write(
       `gemma3: ready: ${e.info.id} on ${e.info.device} (${e.info.dtype}), context ${e.info.maxModelLen}; chat page at ${srv.url}/\n`,
     );
+    const pc = e.info.prefixCache;
+    if (pc)
+      process.stderr.write(
+        `gemma3: prefix caching on: ${pc.snapshotBlocks} sliding-layer snapshot blocks (${formatBytes(pc.snapshotBytes)})\n`,
+      );
   } catch (e) {
     bar.end();
     process.stderr.write(`gemma3: the model failed to load: ${(e as Error).message}\n`);

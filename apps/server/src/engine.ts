@@ -32,6 +32,10 @@ import {
   type PreprocessOptions,
 } from "@gemma3/vision";
 import { readFile } from "node:fs/promises";
+import { snapshotBytes } from "@gemma3/kv-cache/estimate";
+
+/** Global-layer KV page size (tokens): the scheduler's default, the prefix cache's block. */
+const PAGE_SIZE = 16;
 
 export interface EngineOptions {
   /** A model directory (config.json + safetensors) or a .gguf file (tokenizer.json beside it). */
@@ -51,6 +55,18 @@ export interface EngineOptions {
   maxQueue?: number;
   /** Tokens per step: decodes plus one prefill chunk (default 512). */
   maxBatchTokens?: number;
+  /**
+   * Reuse the KV of cached prompt prefixes across requests (vLLM's --enable-prefix-caching): a
+   * request starts after the longest cached prefix of its prompt, in whole pages (README of
+   * @gemma3/kv-cache). Off by default.
+   */
+  prefixCaching?: boolean;
+  /**
+   * Sliding-layer snapshot blocks of the prefix cache (default maxSeqs · ⌈(W − 1)/16⌉: the last
+   * window of as many prefixes as sequences run). Gemma 3's sliding layers can reuse a prefix only
+   * where snapshots of its last W − 1 tokens survive; each block costs snapshotBytes().perBlock.
+   */
+  prefixCacheSnapshotBlocks?: number;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -63,6 +79,8 @@ export interface ModelInfo {
   modalities: string[];
   device: string;
   dtype: string;
+  /** prefix caching on, and its sliding-layer snapshot pool (blocks and bytes) */
+  prefixCache: { snapshotBlocks: number; snapshotBytes: number } | null;
 }
 
 /** What image inputs need: the encoder, preprocessing settings and the prompt's image tokens. */
@@ -109,12 +127,27 @@ export class Engine {
           { eos_token_id: gc.eosTokenIds },
         ),
       };
+      const maxSeqs = o.maxSeqs ?? 16;
+      let prefixCache: ModelInfo["prefixCache"] = null;
+      if (o.prefixCaching) {
+        // The pool is sized per sequence: each needs ⌈(W − 1)/P⌉ blocks for its prefix to be
+        // reusable by the sliding layers (every Gemma 3 layout has them).
+        const snap = snapshotBytes(c, { pageSize: PAGE_SIZE, dtype: model.dtype, maxSeqLen });
+        const snapshotBlocks = o.prefixCacheSnapshotBlocks ?? maxSeqs * snap.blocksPerBoundary;
+        prefixCache = { snapshotBlocks, snapshotBytes: snapshotBlocks * snap.perBlock };
+      }
       const scheduler = new Scheduler(model, {
         tokenizer,
-        maxSeqs: o.maxSeqs ?? 16,
+        maxSeqs,
         maxSeqLen,
         maxQueue: o.maxQueue ?? 256,
         ...(o.maxBatchTokens !== undefined ? { maxBatchTokens: o.maxBatchTokens } : {}),
+        ...(prefixCache
+          ? {
+              pageSize: PAGE_SIZE,
+              kv: { prefixCache: true, snapshotBlocks: prefixCache.snapshotBlocks },
+            }
+          : {}),
         generationConfig,
       });
       const cfg =
@@ -147,6 +180,7 @@ export class Engine {
         modalities: vision ? ["text", "image"] : ["text"],
         device: (model.devices ?? [model.device]).join(","),
         dtype: model.dtype,
+        prefixCache,
       };
       return new Engine(info, model, tokenizer, generationConfig, scheduler, vision);
     } catch (e) {

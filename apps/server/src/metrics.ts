@@ -55,6 +55,10 @@ export class Metrics {
   private promptTokens = 0;
   private generationTokens = 0;
   private readonly finished = new Map<string, number>();
+  /** Set when the engine runs with prefix caching: prompts are then looked up in the cache. */
+  prefixCaching = false;
+  private prefixQueries = 0;
+  private prefixHits = 0;
 
   onRequest(endpoint: string, status: number): void {
     const k = `endpoint="${endpoint}",status="${status}"`;
@@ -66,6 +70,10 @@ export class Metrics {
   onFinish(s: GenerationSummary): void {
     this.promptTokens += s.usage.promptTokens;
     this.generationTokens += s.usage.completionTokens;
+    if (this.prefixCaching) {
+      this.prefixQueries += s.usage.promptTokens;
+      this.prefixHits += s.usage.cachedTokens;
+    }
     this.finished.set(s.finishReason, (this.finished.get(s.finishReason) ?? 0) + 1);
     this.ttft.observe(s.timings.ttftMs / 1000);
     this.e2e.observe(s.timings.totalMs / 1000);
@@ -88,6 +96,17 @@ export class Metrics {
     counter("gemma3_generation_tokens_total", "Generated tokens of finished sequences.", [
       ["", this.generationTokens],
     ]);
+    // vLLM's prefix_cache_queries / prefix_cache_hits: hit rate = hits / queries, in tokens.
+    counter(
+      "gemma3_prefix_cache_queries_total",
+      "Prompt tokens looked up in the prefix cache (0 without --enable-prefix-caching).",
+      [["", this.prefixQueries]],
+    );
+    counter(
+      "gemma3_prefix_cache_hits_total",
+      "Prompt tokens whose KV came from the prefix cache.",
+      [["", this.prefixHits]],
+    );
     counter(
       "gemma3_request_success_total",
       "Finished sequences by finish reason.",

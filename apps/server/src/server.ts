@@ -104,6 +104,7 @@ export async function startServer(
   let state: State = { kind: "loading" };
   const loading = Promise.resolve(o.engine).then(
     (engine) => {
+      metrics.prefixCaching = engine.info.prefixCache !== null;
       state = {
         kind: "ready",
         engine,
