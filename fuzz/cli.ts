@@ -62,9 +62,15 @@ const sha = (b: Uint8Array) => createHash("sha256").update(b).digest("hex").slic
 
 /**
  * Keeps one small input per distinct outcome (the smallest seen), at most `cap` files of at most
- * `maxBytes` each: the regression corpus replayed by the CI test.
+ * `maxBytes` each, rarest outcome first: the regression corpus replayed by the CI test.
  */
-async function saveCorpus(t: Target, inputs: Uint8Array[], cap: number, maxBytes: number) {
+async function saveCorpus(
+  t: Target,
+  inputs: Uint8Array[],
+  seen: Map<string, number>,
+  cap: number,
+  maxBytes: number,
+) {
   const best = new Map<string, Uint8Array>();
   for (const b of inputs) {
     if (b.length > maxBytes) continue;
@@ -74,7 +80,11 @@ async function saveCorpus(t: Target, inputs: Uint8Array[], cap: number, maxBytes
   }
   const dir = join(FUZZ, "corpus", t.name);
   mkdirSync(dir, { recursive: true });
-  const kept = [...best.values()].sort((a, b) => a.length - b.length).slice(0, cap);
+  // Rarest outcomes first: the paths the run reached least often are the ones worth replaying.
+  const kept = [...best]
+    .sort(([f, a], [g, b]) => (seen.get(f) ?? 0) - (seen.get(g) ?? 0) || a.length - b.length)
+    .slice(0, cap)
+    .map(([, b]) => b);
   for (const b of kept) writeFileSync(join(dir, `${sha(b)}.bin`), b);
   return kept.length;
 }
@@ -139,8 +149,19 @@ for (const p of plans) {
       console.log(`FINDING ${id} (${f.minimized.length} bytes): ${f.error.split("\n")[0]}`);
     }
   }
+  if (s.slowest) {
+    mkdirSync(join(FUZZ, "findings"), { recursive: true });
+    writeFileSync(join(FUZZ, "findings", `${p.target.name}-slowest.bin`), s.slowest);
+  }
   if (flag("save-corpus")) {
-    const n = await saveCorpus(p.target, corpusOf(s), 200, p.target.name === "image" ? 8192 : 2048);
+    const image = p.target.name === "image";
+    const n = await saveCorpus(
+      p.target,
+      corpusOf(s),
+      s.outcomes,
+      image ? 100 : 150,
+      image ? 8192 : 2048,
+    );
     console.log(`  saved ${n} corpus files to fuzz/corpus/${p.target.name}`);
   }
   if (flag("outcomes"))

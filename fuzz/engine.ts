@@ -222,6 +222,8 @@ export interface Target {
   coverageFiles: readonly string[];
   /** Inputs larger than this are cut before they run (keeps the corpus small). */
   maxInputBytes: number;
+  /** An input slower than this twice in a row is a finding (a hang). */
+  hangMs: number;
 }
 
 export interface FuzzOptions {
@@ -256,9 +258,10 @@ export interface FuzzStats {
   coverageFeatures: number;
   corpusSize: number;
   findings: FindingRecord[];
-  /** Slowest single input, in ms, and its size. */
+  /** Slowest single input, in ms, its size, and the input itself. */
   maxMs: number;
   maxMsBytes: number;
+  slowest?: Uint8Array;
   /** Largest input run, in bytes. */
   maxInputBytes: number;
   /** Largest allocation reported by the parser, and the input size it came with. */
@@ -427,6 +430,13 @@ export async function fuzz(t: Target, o: FuzzOptions): Promise<FuzzStats> {
     if (r.ms > stats.maxMs) {
       stats.maxMs = r.ms;
       stats.maxMsBytes = input.length;
+      stats.slowest = Uint8Array.from(input);
+    }
+    if (r.error === undefined && r.ms > t.hangMs) {
+      // Timing on a shared machine is noisy: a hang must repeat.
+      const again = await runOne(t, input);
+      if (again.ms > t.hangMs)
+        r.error = `Finding: hang: ${Math.round(r.ms)} ms then ${Math.round(again.ms)} ms (budget ${t.hangMs} ms)`;
     }
     stats.maxInputBytes = Math.max(stats.maxInputBytes, input.length);
     if (r.error !== undefined) {

@@ -312,6 +312,13 @@ const DICT = ["GGUF", "general.alignment", "gemma3.", "tokenizer.ggml.tokens", "
   .map((s) => enc.encode(s))
   .concat([new Uint8Array([9, 0, 0, 0, 8, 0, 0, 0]), new Uint8Array(8).fill(0xff)]);
 
+/** The error's message with the file, tensor and key names (arbitrary bytes) folded away. */
+function message(e: GGUFError): string {
+  let m = e.message.replace(/^<memory>: /, "");
+  for (const name of [e.tensor, e.key]) if (name !== undefined) m = m.split(`"${name}"`).join("…");
+  return normalise(m);
+}
+
 export async function runGGUF(input: Uint8Array): Promise<Outcome> {
   const stats: GGUFReadStats = { largestAllocation: 0 };
   let feature: string;
@@ -336,11 +343,11 @@ export async function runGGUF(input: Uint8Array): Promise<Outcome> {
       feature += " + loadable";
     } catch (e) {
       if (!(e instanceof GGUFError)) throw e;
-      feature += ` + ${e.code} ${normalise(e.message.replace(/^<memory>: /, ""))}`;
+      feature += ` + ${e.code} ${message(e)}`;
     }
   } catch (e) {
     if (e instanceof Finding || !(e instanceof GGUFError)) throw e;
-    feature = `${e.code} ${normalise(e.message.replace(/^<memory>: /, ""))}`;
+    feature = `${e.code} ${message(e)}`;
   }
   // The reader sizes nothing from an unchecked count: its buffers never outgrow the file.
   if (stats.largestAllocation > input.length + ALLOC_SLACK)
@@ -393,4 +400,5 @@ export const ggufTarget: Target = {
     "/packages/model/dist/gguf_load.js",
   ],
   maxInputBytes: 64 * 1024,
+  hangMs: 1000,
 };

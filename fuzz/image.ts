@@ -197,4 +197,7 @@ export const imageTarget: Target = {
   run: runImage,
   coverageFiles: ["/packages/vision/dist/decode.js", "/packages/vision/dist/preprocess.js"],
   maxInputBytes: 64 * 1024,
+  // Decoding costs what the pixel limit allows, whatever the file size: a valid 150 KB PNG of
+  // 49 M pixels takes ~1–2 s to decode and preprocess on the 2-core dev machine. Past 5 s is a hang.
+  hangMs: 5000,
 };

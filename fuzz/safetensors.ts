@@ -366,7 +366,9 @@ export function runSafetensors(input: Uint8Array, verdict = specVerdict): Outcom
     ok = false;
     // JSON.parse's message quotes the text around the error: keep its first words only.
     feature = normalise(
-      e.message.replace(/^<memory>: /, "").replace(/not valid JSON \((\w+ \w+).*$/s, "JSON: $1"),
+      e.message
+        .replace(/^<memory>: /, "")
+        .replace(/not valid JSON \((\w+ \w+).*$/s, "not valid JSON: $1"),
     );
   }
   if (ok !== spec.ok)
@@ -389,6 +391,7 @@ export const safetensorsTarget: Target = {
     "/packages/model/dist/safetensors_json.js",
   ],
   maxInputBytes: 64 * 1024,
+  hangMs: 1000,
 };
 
 /** Valid files as the tests' writer (and the crate) lays them out. */
