@@ -64,6 +64,8 @@ export class MergeTable {
 // Heap keys pack (rank, position) into one exact double: lowest rank first, then leftmost, the
 // order of HF's `Merge` (BinaryHeap with reversed Ord).
 const POS_RANGE = 2 ** 33;
+/** Ranks that fit beside a position in one exact double: rank × 2^33 + position < 2^53. */
+export const MAX_MERGE_RANKS = 2 ** 20;
 
 /** Binary min-heap of doubles that grows as needed. */
 class KeyHeap {

@@ -4,7 +4,7 @@
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { AddedTokenSplitter } from "./added_tokens.js";
-import { MergeTable, mergeWord } from "./bpe.js";
+import { MAX_MERGE_RANKS, MergeTable, mergeWord } from "./bpe.js";
 import { cacheSlot, defaultCacheDir, readCache, writeCache } from "./cache.js";
 import {
   ChatTemplate,
@@ -14,6 +14,12 @@ import {
   type ChatTemplateOptions,
 } from "./chat.js";
 import { StreamingDetokenizer, type DetokenizerOptions } from "./detokenizer.js";
+import {
+  checkGGUFVocabSize,
+  coreFromGGUF,
+  type FromGGUFOptions,
+  type GGUFVocab,
+} from "./gguf_vocab.js";
 import { expandImageTokens, imageTokenConfig, type ImageTokenConfig } from "./image_tokens.js";
 
 /** tokenizer.json as HF writes it (the parts read here). */
@@ -211,6 +217,13 @@ export interface TokenizerCore {
   added: { id: number; content: string; special: boolean }[];
   /** [left id, right id, merged id] per merge, in rank order: [3 × num_merges] */
   merges: Int32Array;
+  /**
+   * Rank of each merge: [num_merges] (lower merges first; equal ranks go leftmost first). Absent:
+   * the index, as tokenizer.json. A GGUF SentencePiece vocabulary ranks by score, with ties.
+   */
+  mergeRanks?: Int32Array;
+  /** llama.cpp's add_space_prefix: " " before the text and after each added token. */
+  addSpacePrefix?: boolean;
   unkId: number;
   byteFallback: boolean;
   fuseUnk: boolean;
@@ -306,6 +319,7 @@ export class Gemma3Tokenizer {
   private readonly fuseUnk: boolean;
   private readonly ignoreMerges: boolean;
   private readonly spacesToSpiece: boolean;
+  private readonly addSpacePrefix: boolean;
   private readonly template: { before: number[]; after: number[] };
   private readonly decodeSteps: DecodeStep[];
   private readonly decodesBytes: boolean;
@@ -317,6 +331,7 @@ export class Gemma3Tokenizer {
   private constructor(core: TokenizerCore, config: TokenizerConfigJson) {
     this.config = config;
     this.spacesToSpiece = core.spacesToSpiece;
+    this.addSpacePrefix = core.addSpacePrefix ?? false;
     this.template = core.template;
     this.decodeSteps = core.decodeSteps;
     this.decodesBytes = this.decodeSteps.some((s) => s.kind === "bytefallback");
@@ -357,9 +372,16 @@ export class Gemma3Tokenizer {
       }
     }
     const m = core.merges;
+    const ranks = core.mergeRanks;
+    // mergeWord orders (rank, position) in one double: ranks must stay below 2^20.
+    const numRanks = ranks ? ranks.reduce((a, r) => Math.max(a, r + 1), 0) : m.length / 3;
+    if (numRanks > MAX_MERGE_RANKS)
+      throw new TokenizerFormatError(
+        `${numRanks} merge ranks: more than the ${MAX_MERGE_RANKS} supported`,
+      );
     this.merges = new MergeTable(m.length / 3);
     for (let r = 0, i = 0; i < m.length; r++, i += 3)
-      this.merges.set(m[i]!, m[i + 1]!, r, m[i + 2]!);
+      this.merges.set(m[i]!, m[i + 1]!, ranks ? ranks[r]! : r, m[i + 2]!);
   }
 
   /** From the parsed tokenizer.json and (optionally) tokenizer_config.json. */
@@ -368,6 +390,44 @@ export class Gemma3Tokenizer {
       coreFromJson(tokenizerJson as TokenizerJson),
       (tokenizerConfig ?? {}) as TokenizerConfigJson,
     );
+  }
+
+  /**
+   * From the tokenizer embedded in a GGUF file (its tokenizer.ggml.* metadata, read by the caller:
+   * @gemma3/model's ggufTokenizerInfo gives this object). "llama" (SentencePiece) vocabularies merge
+   * by score, as llama.cpp; a vocabulary with merges runs them as BPE. The chat template comes from
+   * tokenizer.chat_template, bos/eos/pad/unk names from their ids.
+   * @throws TokenizerFormatError on missing or inconsistent metadata (counts that disagree, ids out
+   *   of range, an unsupported tokenizer model), naming the key
+   */
+  static fromGGUF(vocab: GGUFVocab, opts: FromGGUFOptions = {}): Gemma3Tokenizer {
+    const { core, config } = coreFromGGUF(vocab, opts);
+    return new Gemma3Tokenizer(core, config as TokenizerConfigJson);
+  }
+
+  /**
+   * The tokenizer embedded in the GGUF file `file`, cached like fromDir's (keyed by the GGUF's path,
+   * size, mtime and inode): a warm load skips reading the metadata and building the merges.
+   * @param read returns the file's tokenizer.ggml.* metadata; called on a cache miss only
+   */
+  static async fromGGUFFile(
+    file: string,
+    read: () => GGUFVocab | Promise<GGUFVocab>,
+    opts: FromGGUFOptions & FromDirOptions = {},
+  ): Promise<Gemma3Tokenizer> {
+    const cacheDir = opts.cacheDir === undefined ? defaultCacheDir() : opts.cacheDir;
+    const slot = cacheDir ? await cacheSlot(file, cacheDir).catch(() => undefined) : undefined;
+    const hit = slot ? await readCache(slot.path, slot.key) : null;
+    if (hit) {
+      const n = hit.modelVocab.length;
+      if (opts.vocabSize !== undefined && n !== opts.vocabSize)
+        checkGGUFVocabSize(n, opts.vocabSize);
+      const { config, ...core } = hit;
+      return new Gemma3Tokenizer(core, (config ?? {}) as TokenizerConfigJson);
+    }
+    const { core, config } = coreFromGGUF(await read(), opts);
+    if (slot) await writeCache(slot.path, slot.key, core, config);
+    return new Gemma3Tokenizer(core, config as TokenizerConfigJson);
   }
 
   /**
@@ -444,12 +504,16 @@ export class Gemma3Tokenizer {
     const special = opts.addSpecialTokens ?? true;
     const out: number[] = special ? [...this.template.before] : [];
     text = wellFormed(text);
+    let afterAdded = true;
     for (const p of this.splitter.split(text)) {
       if (p.id >= 0) out.push(p.id);
       else {
-        const ids = this.encodeWord(text.slice(p.start, p.end));
+        let word = text.slice(p.start, p.end);
+        if (this.addSpacePrefix && afterAdded) word = " " + word;
+        const ids = this.encodeWord(word);
         for (let i = 0; i < ids.length; i++) out.push(ids[i]!);
       }
+      afterAdded = p.id >= 0;
     }
     if (special) out.push(...this.template.after);
     return out;
