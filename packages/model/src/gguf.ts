@@ -219,7 +219,8 @@ function memorySource(bytes: Uint8Array): ByteSource {
   };
 }
 
-const utf8 = new TextDecoder("utf-8");
+// ignoreBOM: a leading U+FEFF is part of the string (Gemma has tokens "\uFEFF//", "\uFEFF#", …).
+const utf8 = new TextDecoder("utf-8", { ignoreBOM: true });
 
 /** Sequential header reads over a ByteSource through one bounded buffer. */
 class Cursor {

@@ -5,14 +5,17 @@
 // llama.cpp's convert_hf_to_gguf.py (Gemma3Model) would write: gemma3.* keys, blk.N.* names, norms
 // stored as 1 + w in F32, 2-D weights in the chosen type (Q8_0/Q4_0 and the K-quants Q4_K/Q5_K/Q6_K
 // quantized with the native ops.quantize, which follows llama.cpp's reference quantizers);
-// `q4KMTypeOf` picks the per-tensor types of llama-quantize's Q4_K_M recipe.
-import { writeFileSync } from "node:fs";
+// `q4KMTypeOf` picks the per-tensor types of llama-quantize's Q4_K_M recipe. The embedded tokenizer
+// is a synthetic one by default, or the real Gemma 3 vocabulary as the converter writes it
+// (`vocab: { tokenizerDir }`).
+import { readFileSync, writeFileSync } from "node:fs";
 import { Tensor, f32ToBf16, f32ToF16, ops } from "@gemma3/native";
 import { loadConfig, type Gemma3Config } from "../src/config.js";
 import { GGML_TYPES, type GGMLTypeName } from "../src/gguf.js";
 import { ggufTensorName, isNormWeight } from "../src/gguf_load.js";
 import { SafetensorsFile } from "../src/safetensors.js";
 import { canonicalName, expectedTextWeights, toFloat32 } from "../src/weights.js";
+import { convertGemma3Vocab } from "../../tokenizer/test/gguf_convert.js";
 
 export type ScalarType =
   "u8" | "i8" | "u16" | "i16" | "u32" | "i32" | "f32" | "bool" | "string" | "u64" | "i64" | "f64";
@@ -342,6 +345,13 @@ export interface Gemma3GGUFOptions {
   metadata?: [string, KV][];
   /** Write general.alignment (the data section is padded to it). */
   alignment?: number;
+  /**
+   * The embedded tokenizer: "synthetic" (default: special tokens at their Gemma 3 ids, "tokN"
+   * otherwise), "none" (no tokenizer.* keys), or the real Gemma 3 vocabulary of a directory's
+   * tokenizer.json + tokenizer_config.json as convert_hf_to_gguf.py writes it
+   * (tokenizer/test/gguf_convert.ts), padded or cut to the config's vocab_size.
+   */
+  vocab?: "synthetic" | "none" | { tokenizerDir: string };
 }
 
 /** Synthetic Gemma-like vocabulary: special tokens at their Gemma 3 ids, the rest "tokN". */
@@ -357,6 +367,69 @@ function vocab(n: number): { tokens: string[]; types: number[] } {
   const tokens = Array.from({ length: n }, (_, i) => special[i] ?? `tok${i}`);
   const types = tokens.map((_, i) => (i === 3 ? 2 : special[i] !== undefined ? 3 : 1));
   return { tokens, types };
+}
+
+/** The tokenizer.* keys of a gemma3 GGUF (Gemma3GGUFOptions.vocab). */
+export function gemma3TokenizerMetadata(
+  kind: NonNullable<Gemma3GGUFOptions["vocab"]>,
+  vocabSize: number,
+): [string, KV][] {
+  if (kind === "none") return [];
+  if (kind === "synthetic") {
+    const { tokens, types } = vocab(vocabSize);
+    return [
+      ["tokenizer.ggml.model", str("llama")],
+      ["tokenizer.ggml.tokens", arr("string", tokens)],
+      [
+        "tokenizer.ggml.scores",
+        arr(
+          "f32",
+          tokens.map((_, i) => -i),
+        ),
+      ],
+      ["tokenizer.ggml.token_type", arr("i32", types)],
+      ["tokenizer.ggml.bos_token_id", u32(2)],
+      ["tokenizer.ggml.eos_token_id", u32(1)],
+      ["tokenizer.ggml.eot_token_id", u32(106)],
+      ["tokenizer.ggml.unknown_token_id", u32(3)],
+      ["tokenizer.ggml.padding_token_id", u32(0)],
+      ["tokenizer.ggml.add_bos_token", bool(true)],
+      ["tokenizer.ggml.add_eos_token", bool(false)],
+      ["tokenizer.ggml.add_space_prefix", bool(false)],
+      [
+        "tokenizer.chat_template",
+        str("{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}"),
+      ],
+    ];
+  }
+  const read = (name: string) =>
+    JSON.parse(readFileSync(`${kind.tokenizerDir}/${name}`, "utf8")) as Record<string, unknown>;
+  const v = convertGemma3Vocab(
+    read("tokenizer.json") as never,
+    read("tokenizer_config.json"),
+    vocabSize,
+  );
+  // In gguf-py's order: tokenizer model, pre, tokens, scores, types (_set_vocab_sentencepiece),
+  // then SpecialVocab.add_to_gguf (ids, add_* flags, chat template), then add_space_prefix.
+  const out: [string, KV][] = [
+    ["tokenizer.ggml.model", str(v.model)],
+    ["tokenizer.ggml.pre", str(v.pre)],
+    ["tokenizer.ggml.tokens", arr("string", v.tokens)],
+    ["tokenizer.ggml.scores", arr("f32", Array.from(v.scores))],
+    ["tokenizer.ggml.token_type", arr("i32", Array.from(v.tokenTypes))],
+  ];
+  const ids: [string, number | null | undefined][] = [
+    ["bos_token_id", v.bosTokenId],
+    ["eos_token_id", v.eosTokenId],
+    ["unknown_token_id", v.unkTokenId],
+    ["padding_token_id", v.padTokenId],
+  ];
+  for (const [k, id] of ids) if (id != null) out.push([`tokenizer.ggml.${k}`, u32(id)]);
+  if (v.addBosToken != null) out.push(["tokenizer.ggml.add_bos_token", bool(v.addBosToken)]);
+  if (v.addEosToken != null) out.push(["tokenizer.ggml.add_eos_token", bool(v.addEosToken)]);
+  if (v.chatTemplate != null) out.push(["tokenizer.chat_template", str(v.chatTemplate)]);
+  out.push(["tokenizer.ggml.add_space_prefix", bool(false)]);
+  return out;
 }
 
 /**
@@ -398,7 +471,6 @@ export async function gemma3GGUF(
     await st.close();
   }
   const c = config;
-  const { tokens, types } = vocab(c.vocabSize);
   const llamaScalar =
     c.numHiddenLayers === 62 ? Math.floor(c.hiddenSize / c.numAttentionHeads) : c.headDim;
   const window = c.layerTypes.includes("sliding") ? c.slidingWindow : 0;
@@ -432,28 +504,7 @@ export async function gemma3GGUF(
     ...(c.queryPreAttnScalar !== llamaScalar
       ? [["gemma3.attention.query_pre_attn_scalar", f32(c.queryPreAttnScalar)] as [string, KV]]
       : []),
-    ["tokenizer.ggml.model", str("llama")],
-    ["tokenizer.ggml.tokens", arr("string", tokens)],
-    [
-      "tokenizer.ggml.scores",
-      arr(
-        "f32",
-        tokens.map((_, i) => -i),
-      ),
-    ],
-    ["tokenizer.ggml.token_type", arr("i32", types)],
-    ["tokenizer.ggml.bos_token_id", u32(2)],
-    ["tokenizer.ggml.eos_token_id", u32(1)],
-    ["tokenizer.ggml.eot_token_id", u32(106)],
-    ["tokenizer.ggml.unknown_token_id", u32(3)],
-    ["tokenizer.ggml.padding_token_id", u32(0)],
-    ["tokenizer.ggml.add_bos_token", bool(true)],
-    ["tokenizer.ggml.add_eos_token", bool(false)],
-    ["tokenizer.ggml.add_space_prefix", bool(false)],
-    [
-      "tokenizer.chat_template",
-      str("{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}"),
-    ],
+    ...gemma3TokenizerMetadata(opts.vocab ?? "synthetic", c.vocabSize),
   ];
   for (const [k, v] of opts.metadata ?? []) {
     const i = metadata.findIndex(([key]) => key === k);
