@@ -35,6 +35,7 @@ import {
 } from "@gemma3/tokenizer";
 import { generate } from "./generate.js";
 import { CliUsageError, cmdChat, cmdServe, SERVE_USAGE } from "./serve.js";
+import { cmdReplicas, REPLICAS_USAGE } from "./replicas.js";
 
 const DEMO = join(dirname(dirname(fileURLToPath(import.meta.url))), "demo-model");
 
@@ -48,6 +49,7 @@ const USAGE = `usage:
                   [--no-special-tokens] [--json]
   gemma3 inspect --config FILE [--context N [--batch B] [--kv-dtype bf16|f32|fp8]] [--json]
 ${SERVE_USAGE}
+${REPLICAS_USAGE}
 
   --model DIR   a directory with config.json and *.safetensors (single or sharded), as on the hub,
                 or a llama.cpp gemma3 .gguf (F32/F16/BF16/Q8_0/Q4_0/Q4_K/Q5_K/Q6_K tensors, so
@@ -478,6 +480,7 @@ async function main(argv: string[]): Promise<number> {
     else if (cmd === "inspect") await cmdInspect(rest);
     else if (cmd === "serve") await cmdServe(rest, DEMO);
     else if (cmd === "chat") await cmdChat(rest, DEMO);
+    else if (cmd === "replicas") await cmdReplicas(rest, fileURLToPath(import.meta.url));
     else if (cmd === undefined || cmd === "--help" || cmd === "-h" || cmd === "help") {
       process.stdout.write(USAGE + "\n");
       return cmd === undefined ? 2 : 0;
