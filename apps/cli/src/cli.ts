@@ -8,10 +8,13 @@ import { dirname, isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import {
+  GGUFError,
+  MissingTokenizerError,
   WEIGHT_QUANTIZATIONS,
   inspectConfig,
   loadConfig,
   loadModel,
+  loadTokenizer,
   resolveModelPath,
   type TextModel,
   type WeightQuantization,
@@ -141,8 +144,9 @@ async function cmdGenerate(argv: string[]): Promise<void> {
     process.stderr.write(
       "gemma3: no --model given, using the bundled demo checkpoint (random weights)\n",
     );
-  // With a tokenizer beside the weights, --prompt works and the output gains the text.
-  const tok = await modelTokenizer(dir, !values.model, givenIds ? undefined : "--prompt");
+  // With a tokenizer (beside the weights, or embedded in a GGUF), --prompt works and the output
+  // gains the text.
+  const tok = await modelTokenizer(modelPath, !values.model, givenIds ? undefined : "--prompt");
   if (values["pan-and-scan"] && !values.image)
     throw new UsageError("generate: --pan-and-scan goes with --image");
   const images = values.image
@@ -264,25 +268,31 @@ function readJsonIfExists(file: string): unknown {
   }
 }
 
-/** The tokenizer beside a checkpoint; undefined when there is none and `needFor` is not given. */
+/**
+ * The checkpoint's tokenizer: tokenizer.json beside the weights, else the one embedded in a GGUF
+ * (loadTokenizer); undefined when there is none and `needFor` is not given.
+ */
 async function modelTokenizer(
-  dir: string,
+  model: string,
   demo: boolean,
   needFor: string | undefined,
 ): Promise<Gemma3Tokenizer | undefined> {
-  const file = join(dir, "tokenizer.json");
-  if (!existsSync(file)) {
-    if (needFor === undefined) return undefined;
-    if (demo)
-      throw new UsageError(`the demo tokenizer is missing (${file}): run \`npm run build\``);
-    throw new UsageError(`${needFor} needs ${file}, which is missing`);
-  }
-  if (needFor !== undefined) return Gemma3Tokenizer.fromDir(dir);
-  // Only for the output's "text": token ids still run when the tokenizer cannot be read.
-  return Gemma3Tokenizer.fromDir(dir).catch((e: Error) => {
-    process.stderr.write(`gemma3: ${file} not used (${e.message})\n`);
+  try {
+    return (await loadTokenizer(model)).tokenizer;
+  } catch (e) {
+    if (e instanceof MissingTokenizerError) {
+      if (needFor === undefined) return undefined;
+      if (demo)
+        throw new UsageError(`the demo tokenizer is missing (${model}): run \`npm run build\``);
+      throw new UsageError(`${needFor} needs a tokenizer: ${e.message}`);
+    }
+    if (needFor !== undefined) throw e;
+    // Only for the output's "text": token ids still run when the tokenizer cannot be read (a file
+    // that cannot be opened is reported by the model load).
+    if (!(e instanceof GGUFError && e.code === "E_IO"))
+      process.stderr.write(`gemma3: tokenizer not used (${(e as Error).message})\n`);
     return undefined;
-  });
+  }
 }
 
 interface ChatFile {

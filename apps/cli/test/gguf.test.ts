@@ -59,15 +59,70 @@ describe("gemma3 generate --model FILE.gguf", () => {
     expect(JSON.parse(r.out).tokens).toHaveLength(24);
   });
 
-  it("a missing .gguf and a GGUF without tokenizer.json for --prompt give clear errors", async () => {
+  it("a missing .gguf, and a GGUF with neither an embedded tokenizer nor tokenizer.json for --prompt, give clear errors", async () => {
     const missing = gemma3("generate", "--model", join(tmp, "nope.gguf"), "--prompt-ids", "2");
     expect(missing.code).toBe(1);
     expect(missing.err).toMatch(/nope\.gguf: file not found/);
     const dir = mkdtempSync(join(tmp, "notok-"));
-    const path = await writeGemma3GGUF(join(fixtures, "tiny-1b"), "Q4_0", join(dir, "m.gguf"));
+    const path = await writeGemma3GGUF(join(fixtures, "tiny-1b"), "Q4_0", join(dir, "m.gguf"), {
+      vocab: "none",
+    });
     const r = gemma3("generate", "--model", path, "--prompt", "hello");
     expect(r.code).toBe(2);
-    expect(r.err).toMatch(/--prompt needs .*tokenizer\.json/);
+    expect(r.err).toMatch(
+      /--prompt needs a tokenizer: .*m\.gguf has no embedded tokenizer \(tokenizer\.ggml\.tokens\) and there is no tokenizer\.json beside it/,
+    );
+  });
+});
+
+describe("the tokenizer embedded in a GGUF (no tokenizer.json beside it)", () => {
+  // The demo checkpoint (real Gemma 3 vocabulary size, random weights) as a BF16 GGUF carrying the
+  // real tokenizer as convert_hf_to_gguf.py writes it; the demo directory has tokenizer.json.
+  const demo = join(root, "demo-model");
+  let gguf: string;
+  const demoGGUF = async () =>
+    (gguf ??= await writeGemma3GGUF(
+      demo,
+      "BF16",
+      join(mkdtempSync(join(tmp, "emb-")), "demo.gguf"),
+      {
+        vocab: { tokenizerDir: demo },
+      },
+    ));
+  const text = "Hello  world! <start_of_turn>user\n안녕하세요 🦙\t\tcode()\u2581";
+
+  it("gemma3 tokenize --model demo.gguf gives tokenizer.json's ids and pieces", async () => {
+    const path = await demoGGUF();
+    const ours = gemma3("tokenize", "--model", path, "--text", text, "--json");
+    const ref = gemma3("tokenize", "--text", text, "--json");
+    expect(ours.err).toBe("");
+    expect(ours.code).toBe(0);
+    expect(JSON.parse(ours.out)).toEqual(JSON.parse(ref.out));
+    expect(JSON.parse(ours.out).ids.length).toBeGreaterThan(10);
+  });
+
+  it("gemma3 generate --model demo.gguf --prompt: the same prompt ids, tokens and text as the safetensors demo with tokenizer.json", async () => {
+    const path = await demoGGUF();
+    const args = [
+      "--prompt",
+      text,
+      "--max-tokens",
+      "6",
+      "--ignore-eos",
+      "--json",
+      "--device",
+      "cpu",
+    ];
+    const ours = gemma3("generate", "--model", path, ...args);
+    expect(ours.err).toBe("");
+    expect(ours.code).toBe(0);
+    const ref = gemma3("generate", "--model", demo, ...args);
+    expect(ref.code).toBe(0);
+    const a = JSON.parse(ours.out) as { tokens: number[]; text: string };
+    const b = JSON.parse(ref.out) as { tokens: number[]; text: string };
+    expect(a.tokens).toHaveLength(6);
+    expect(a.tokens).toEqual(b.tokens);
+    expect(a.text).toBe(b.text);
   });
 });
 
