@@ -15,6 +15,7 @@ import {
 import {
   loadConfig,
   loadModel,
+  loadTokenizer,
   resolveModelPath,
   type TextModel,
   type WeightQuantization,
@@ -38,7 +39,7 @@ import { snapshotBytes } from "@gemma3/kv-cache/estimate";
 const PAGE_SIZE = 16;
 
 export interface EngineOptions {
-  /** A model directory (config.json + safetensors) or a .gguf file (tokenizer.json beside it). */
+  /** A model directory (config.json + safetensors) or a .gguf file (its tokenizer embedded or beside it). */
   model: string;
   /** The id /v1/models reports and requests name (default: the directory's or file's name). */
   modelId?: string;
@@ -105,9 +106,8 @@ export class Engine {
   static async load(o: EngineOptions): Promise<Engine> {
     const src = await resolveModelPath(o.model);
     const dir = src.format === "gguf" ? dirname(src.file) : src.dir;
-    if (!existsSync(join(dir, "tokenizer.json")))
-      throw new Error(`${dir}: no tokenizer.json beside the weights (the server needs one)`);
-    const tokenizer = await Gemma3Tokenizer.fromDir(dir);
+    // tokenizer.json beside the weights, else the tokenizer embedded in a GGUF file.
+    const { tokenizer } = await loadTokenizer(o.model);
     const gc = await loadGenerationConfig(dir);
     const model = await loadModel(o.model, {
       ...(o.device !== undefined ? { device: o.device } : {}),
