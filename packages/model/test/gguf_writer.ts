@@ -504,6 +504,19 @@ export async function gemma3GGUF(
     ...(c.queryPreAttnScalar !== llamaScalar
       ? [["gemma3.attention.query_pre_attn_scalar", f32(c.queryPreAttnScalar)] as [string, KV]]
       : []),
+    // llama.cpp fixes gemma3's pattern at 5 sliding : 1 global; a config with another one (the CLI
+    // demo checkpoint's 1 : 1) gets the per-layer form gemma3n files use (true = sliding).
+    ...(window && c.layerTypes.some((t, i) => t !== ((i + 1) % 6 === 0 ? "full" : "sliding"))
+      ? [
+          [
+            "gemma3.attention.sliding_window_pattern",
+            arr(
+              "bool",
+              c.layerTypes.map((t) => t === "sliding"),
+            ),
+          ] as [string, KV],
+        ]
+      : []),
     ...gemma3TokenizerMetadata(opts.vocab ?? "synthetic", c.vocabSize),
   ];
   for (const [k, v] of opts.metadata ?? []) {
