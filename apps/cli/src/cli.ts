@@ -56,14 +56,15 @@ ${REPLICAS_USAGE}
 
   --model DIR   a directory with config.json and *.safetensors (single or sharded), as on the hub,
                 or a llama.cpp gemma3 .gguf (F32/F16/BF16/Q8_0/Q4_0/Q4_K/Q5_K/Q6_K tensors, so
-                Q4_K_M files too; --prompt reads the tokenizer.json beside it); without it, the
+                Q4_K_M files too; its tokenizer is the tokenizer.json beside it, else the one
+                embedded in the file); without it, the
                 bundled demo checkpoint (RANDOM weights, real vocabulary size).
   --quantize Q  quantize the linear weights on load (q8_0, q4_0, q4_k, q5_k, q6_k: GGUF blocks;
                 fp8_e4m3: per-row scale); embeddings, head and norms stay in --dtype.
   --tensor-parallel N  split the model over N GPUs (cuda:0 … cuda:N−1, or from --device cuda:K;
                 N CPU ranks with --device cpu): heads, MLP units and vocabulary per GPU, summed with
                 NCCL's all-reduce when the addon was built with it. Safetensors checkpoints only.
-  --prompt TEXT encoded with the model's tokenizer.json (<bos> first); prints the generated text
+  --prompt TEXT encoded with the model's tokenizer (<bos> first); prints the generated text
                 (--json: ids plus "text", special tokens left out of the text).
   --text TEXT   ids of TEXT (<bos> first unless --no-special-tokens); --json adds the pieces.
   --chat FILE   a JSON conversation, [{"role": "user", "content": "…"}, …] or {"messages": […],
@@ -135,7 +136,7 @@ async function cmdGenerate(argv: string[]): Promise<void> {
   if (!Number.isInteger(tensorParallel))
     throw new UsageError(`--tensor-parallel: a whole number of ranks, got ${tensorParallel}`);
   const modelPath = values.model ?? DEMO;
-  // A .gguf carries no tokenizer.json or generation_config.json: those are read beside it.
+  // A .gguf carries no generation_config.json (nor, often, tokenizer.json): read beside it.
   const src = await resolveModelPath(modelPath);
   const dir = src.format === "gguf" ? dirname(src.file) : src.dir;
   if (!values.model && !existsSync(join(DEMO, "config.json")))
