@@ -3,12 +3,17 @@
 // request as the safetensors demo with tokenizer.json does.
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Engine, startServer, type EngineOptions, type RunningServer } from "@gemma3/server";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { writeGemma3GGUF } from "../../../packages/model/test/gguf_writer.js";
 import { STRINGS } from "../../../packages/tokenizer/test/helpers.js";
-import type { Engine, RunningServer } from "../src/index.js";
-import { DEMO, demoEngine, serve } from "./helpers.js";
+
+const DEMO = join(dirname(dirname(fileURLToPath(import.meta.url))), "demo-model");
+const demoEngine = (o: Partial<EngineOptions> = {}) =>
+  Engine.load({ model: DEMO, device: "cpu", dtype: "f32", maxSeqs: 8, maxSeqLen: 256, ...o });
+const serve = (engine: Engine) => startServer({ port: 0, host: "127.0.0.1", engine });
 
 const tmp = mkdtempSync(join(tmpdir(), "gemma3-serve-gguf-"));
 let ref: Engine;
@@ -22,8 +27,8 @@ beforeAll(async () => {
   });
   ref = await demoEngine();
   gguf = await demoEngine({ model: path, modelId: "demo-model" });
-  srvRef = await serve({ engine: ref });
-  srvGGUF = await serve({ engine: gguf });
+  srvRef = await serve(ref);
+  srvGGUF = await serve(gguf);
 });
 afterAll(async () => {
   await srvRef?.close();
