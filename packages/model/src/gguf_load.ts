@@ -275,7 +275,10 @@ export interface GGUFTokenizerInfo {
   chatTemplate: string | null;
 }
 
-/** Reads tokenizer.ggml.* (reporting only: the runtime's tokenizer still comes from tokenizer.json). */
+/**
+ * Reads tokenizer.ggml.* (loadTokenizer hands it to Gemma3Tokenizer.fromGGUF when no tokenizer.json
+ * lies beside the file).
+ */
 export function ggufTokenizerInfo(f: GGUFSource): GGUFTokenizerInfo {
   const m = new GGUFMetadata(f.metadata, f.path);
   const p = "tokenizer.ggml.";
