@@ -17,7 +17,6 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   findNginx,
   findNjsModule,
-  nginxConfig,
   parseReplicasArgs,
   ROUTINGS,
   writeNginxConfig,
@@ -153,9 +152,9 @@ describe.skipIf(!withNginx)("nginx routing in front of stand-in upstreams", () =
         p.kill("SIGTERM");
       });
     }
-    [lbPort] = await freePorts(1);
+    lbPort = (await freePorts(1))[0]!;
     const conf = writeNginxConfig(nginx!, {
-      listen: { host: "127.0.0.1", port: lbPort! },
+      listen: { host: "127.0.0.1", port: lbPort },
       replicas: ports.map((port) => ({ host: "127.0.0.1", port })),
       routing,
       runDir: join(dir, routing),
@@ -167,7 +166,7 @@ describe.skipIf(!withNginx)("nginx routing in front of stand-in upstreams", () =
       stdio: ["ignore", "ignore", "pipe"],
     });
     proc.stderr!.on("data", (c: Buffer) => (nginxLog += c.toString()));
-    await until("nginx", async () => ((await refused(lbPort!)) ? null : true), 10_000);
+    await until("nginx", async () => ((await refused(lbPort)) ? null : true), 10_000);
   }
 
   async function to(body: unknown, headers: Record<string, string> = {}) {
@@ -511,6 +510,14 @@ describe.skipIf(!withNginx || !existsSync(cli))("gemma3 replicas with two demo r
         }),
       ),
     );
+    // The openai client's own retries (2 by default, 502 included) hide the 502 from the caller.
+    const retrying = new OpenAI({ baseURL: `http://127.0.0.1:${lb}/v1`, apiKey: "unused" });
+    const retried = retrying.chat.completions.create({
+      model: "demo-model",
+      messages: [{ role: "user", content: pick(victimAddr, 5, 1)[0]! }],
+      max_tokens: 200,
+      temperature: 0,
+    });
     await new Promise((r) => setTimeout(r, 50));
     process.kill(victim.pid!, "SIGKILL");
     // Dead once its port refuses: a request sent from then on never reaches it. (One sent between
@@ -525,6 +532,7 @@ describe.skipIf(!withNginx || !existsSync(cli))("gemma3 replicas with two demo r
     );
     const streamed = await Promise.all(drained);
     const flight = await Promise.all(inflight);
+    expect((await retried).choices[0]!.finish_reason).toBe("length");
 
     for (const s of streamed) {
       if (s.upstream === victimAddr) {
