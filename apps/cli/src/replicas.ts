@@ -530,7 +530,11 @@ export async function cmdReplicas(argv: string[], cliPath: string): Promise<void
   );
   for (const r of replicas) r.start();
 
-  const onSignal = () => wake();
+  // Ctrl-C reaches the whole process group (replicas and nginx too): their exits are expected.
+  const onSignal = () => {
+    stopping = true;
+    wake();
+  };
   process.once("SIGINT", onSignal);
   process.once("SIGTERM", onSignal);
   // nginx starts once one replica serves: until then it would only answer 502.
