@@ -138,11 +138,11 @@ export async function cmdServe(argv: string[], demo: string): Promise<void> {
       await engine;
     } catch (e) {
       bar.end();
-      process.stderr.write(`gemma3: the model failed to load: ${(e as Error).message}\n`);
-      process.exitCode = 1;
-      return;
+      // The CLI prints it and exits 1 (setting process.exitCode here would be overwritten).
+      throw new Error(`the model failed to load: ${(e as Error).message}`);
     }
   }
+  let fatal: Error | null = null;
   const srv = await startServer({
     engine,
     port,
@@ -154,7 +154,7 @@ export async function cmdServe(argv: string[], demo: string): Promise<void> {
     onFatal: (e) => {
       // The device is gone for good: fail health checks, finish replies, exit for a restart.
       process.stderr.write(`gemma3: fatal device error, exiting: ${e.message}\n`);
-      process.exitCode = 1;
+      fatal = e;
       setImmediate(() => process.kill(process.pid, "SIGTERM"));
       setTimeout(() => process.exit(1), 10_000).unref(); // if the shutdown itself hangs
     },
@@ -175,10 +175,8 @@ export async function cmdServe(argv: string[], demo: string): Promise<void> {
       );
   } catch (e) {
     bar.end();
-    process.stderr.write(`gemma3: the model failed to load: ${(e as Error).message}\n`);
     await srv.close();
-    process.exitCode = 1;
-    return;
+    throw new Error(`the model failed to load: ${(e as Error).message}`);
   }
   // Ctrl-C / SIGTERM: stop accepting, cancel what runs, free the device, exit 0.
   await new Promise<void>((resolve) => {
@@ -188,6 +186,8 @@ export async function cmdServe(argv: string[], demo: string): Promise<void> {
   });
   process.stderr.write("gemma3: shutting down\n");
   await srv.close().catch((e: Error) => process.stderr.write(`gemma3: ${e.message}\n`));
+  // Exit 1 after a device fault, so that a supervisor restarts the server.
+  if (fatal) throw new Error(`stopped after a fatal device error: ${(fatal as Error).message}`);
 }
 
 export async function cmdChat(argv: string[], demo: string): Promise<void> {
