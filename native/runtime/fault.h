@@ -11,8 +11,8 @@
 namespace gemma3::fault {
 
 // kind "alloc": after `after` more successful allocations on `device`, the next one fails with
-// kOutOfMemory (once). kind "sticky": after `after` more launches on `device`, that launch and every
-// later one fails with kCudaSticky. kind "clear": removes both for the device.
+// kOutOfMemory (once). kind "sticky": after `after` more launches on `device`, that launch and
+// every later one fails with kCudaSticky. kind "clear": removes both for the device.
 Status inject(const std::string& kind, int device, int64_t after);
 
 // Called by Buffer::create and ops launch: non-ok when an injected fault fires.
