@@ -8,7 +8,8 @@ import type {
 } from "@gemma3/generation";
 import { Tensor } from "@gemma3/native";
 import { ChatTemplateError } from "@gemma3/tokenizer";
-import { decode, isImageError, preprocess, type DecodedImage } from "@gemma3/vision";
+import { isImageError } from "@gemma3/vision";
+import { ImagePool } from "./image_pool.js";
 import type { Engine } from "./engine.js";
 import { badRequest, HttpError } from "./errors.js";
 import type { Metrics } from "./metrics.js";
@@ -113,11 +114,18 @@ function finishReason(s: GenerationSummary): string {
 }
 
 export class OpenAIApi {
+  /** Image decode + preprocessing workers (started on the first image). */
+  private readonly images = new ImagePool();
+
   constructor(
     private readonly engine: Engine,
     private readonly metrics: Metrics,
     private readonly o: { allowImageUrls?: boolean } = {},
   ) {}
+
+  async close(): Promise<void> {
+    await this.images.close();
+  }
 
   private checkModel(model: string | undefined): void {
     if (model !== undefined && model !== this.engine.info.id)
@@ -226,16 +234,17 @@ export class OpenAIApi {
     const pixels: Float32Array[] = [];
     const numCrops: number[] = [];
     for (const [i, url] of req.images.entries()) {
-      let img: DecodedImage;
+      const bytes = await this.imageBytes(url, i);
+      let p: { pixels: Float32Array; numCrops: number };
       try {
-        img = await decode(await this.imageBytes(url, i));
+        // Decode + the PIL-exact resize run in a worker thread: a large image never stalls streams.
+        p = await this.images.run(bytes, { ...vision!.preprocess, panAndScan: req.panAndScan });
       } catch (e) {
         if (isImageError(e))
           throw badRequest(`image ${i + 1}: ${(e as Error).message}`, "messages", "invalid_image");
         throw e;
       }
-      const p = preprocess(img, { ...vision!.preprocess, panAndScan: req.panAndScan });
-      pixels.push(p.pixelValues);
+      pixels.push(p.pixels);
       numCrops.push(p.numCrops);
     }
     let enc: { ids: number[]; text: string };

@@ -306,6 +306,7 @@ export async function startServer(
         server.closeAllConnections();
       });
       const e = await loading.catch(() => null);
+      if (state.kind === "ready") await state.api.close();
       await e?.close();
     },
   };

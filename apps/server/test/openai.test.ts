@@ -517,3 +517,43 @@ describe("API key and loading state", () => {
     }
   });
 });
+
+describe("image work stays off the event loop", () => {
+  it("/health answers promptly while a 24 M-pixel image is decoded and resized", async () => {
+    const big = await sharp({
+      create: { width: 6000, height: 4000, channels: 3, background: { r: 90, g: 160, b: 40 } },
+    })
+      .jpeg({ quality: 50 })
+      .toBuffer();
+    const t0 = performance.now();
+    const req = post("/v1/chat/completions", {
+      messages: [
+        {
+          role: "user",
+          content: [
+            {
+              type: "image_url",
+              image_url: { url: `data:image/jpeg;base64,${big.toString("base64")}` },
+            },
+          ],
+        },
+      ],
+      max_tokens: 1,
+    });
+    let done = false;
+    const waits: number[] = [];
+    void req.then(() => (done = true));
+    while (!done) {
+      const t = performance.now();
+      expect((await fetch(`${srv.url}/health`)).status).toBe(200);
+      waits.push(performance.now() - t);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const total = performance.now() - t0;
+    expect((await req).status).toBe(200);
+    // The resize of 24 M pixels takes a good fraction of a second or more; health checks in the
+    // meantime must not wait for it (on the main thread they would take about as long).
+    expect(waits.length).toBeGreaterThan(2);
+    expect(Math.max(...waits)).toBeLessThan(Math.max(100, total / 3));
+  });
+});
