@@ -6,6 +6,10 @@
 #include <algorithm>
 #include <type_traits>
 
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#endif
+
 #include "kernels/cpu/cpu_common.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "runtime/threadpool.h"
@@ -142,6 +146,78 @@ G3_TARGET_AVX2 void matmul_range_avx2(const Args<TX, TW>& a, int64_t t0, int64_t
 }
 #endif
 
+#if G3_CPU_X86_DISPATCH
+// Decode-sized GEMV (1 or 2 rows of x) for bf16 / q4_0 / q8_0 weights, fused: each weight block is
+// widened straight into registers and multiplied with x, instead of decoding a float panel first
+// (at M <= 2 the panel pass cost as much as the dot product: docs/benchmarks.md, CPU decode).
+// Intrinsics here because GCC's vector-extension int8 -> float conversions do not vectorize well.
+// Same math as decode() + dot(): float((q - 8) or q) * x summed in float32, times d per block.
+template <typename TW, int R>
+G3_TARGET_AVX2 void gemv_q_avx2(const float* xf, const TW* w, float* out, int64_t K, int64_t n0,
+                                int64_t n1) {
+  const int64_t nb = K / kQK;
+  for (int64_t n = n0; n < n1; ++n) {
+    if constexpr (std::is_same_v<TW, bf16>) {
+      // bf16: a weight is its 16 bits shifted into a float's high half (exact).
+      const uint16_t* row = reinterpret_cast<const uint16_t*>(w + n * K);
+      __m256 acc[R];
+      for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+      for (int64_t k = 0; k < K; k += 8) {
+        const __m256 wv = _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k))), 16));
+        for (int r = 0; r < R; ++r)
+          acc[r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xf + r * K + k), acc[r]);
+      }
+      for (int r = 0; r < R; ++r) {
+        __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[r]), _mm256_extractf128_ps(acc[r], 1));
+        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_add_ss(h, _mm_movehdup_ps(h));
+        out[r * (n1 - n0) + (n - n0)] = _mm_cvtss_f32(h);
+      }
+      continue;
+    } else {
+      const TW* row = w + n * nb;
+      __m256 acc[R];
+      for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+      for (int64_t b = 0; b < nb; ++b) {
+        __m256 q[4];
+        if constexpr (std::is_same_v<TW, block_q4_0>) {
+          const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row[b].qs));
+          const __m128i m = _mm_set1_epi8(0x0f);
+          const __m128i lo = _mm_and_si128(v, m), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
+          const __m256 eight = _mm256_set1_ps(8.f);
+          q[0] = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), eight);
+          q[1] =
+              _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), eight);
+          q[2] = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), eight);
+          q[3] =
+              _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), eight);
+        } else {
+          for (int g = 0; g < 4; ++g)
+            q[g] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row[b].qs + 8 * g))));
+        }
+        const __m256 d = _mm256_set1_ps(f16_to_f32(row[b].d));
+        for (int r = 0; r < R; ++r) {
+          const float* xb = xf + r * K + b * kQK;
+          __m256 s = _mm256_mul_ps(q[0], _mm256_loadu_ps(xb));
+          s = _mm256_fmadd_ps(q[1], _mm256_loadu_ps(xb + 8), s);
+          s = _mm256_fmadd_ps(q[2], _mm256_loadu_ps(xb + 16), s);
+          s = _mm256_fmadd_ps(q[3], _mm256_loadu_ps(xb + 24), s);
+          acc[r] = _mm256_fmadd_ps(d, s, acc[r]);
+        }
+      }
+      for (int r = 0; r < R; ++r) {
+        __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[r]), _mm256_extractf128_ps(acc[r], 1));
+        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_add_ss(h, _mm_movehdup_ps(h));
+        out[r * (n1 - n0) + (n - n0)] = _mm_cvtss_f32(h);
+      }
+    }
+  }
+}
+#endif
+
 }  // namespace
 
 template <typename TX, typename TW>
@@ -172,6 +248,31 @@ Status matmul(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, 
       });
       xf = buf;
     }
+#if G3_CPU_X86_DISPATCH
+    if constexpr (std::is_same_v<TW, block_q4_0> || std::is_same_v<TW, block_q8_0> ||
+                  std::is_same_v<TW, bf16>) {
+      if (rows <= 2 && K % 8 == 0 && cpu_has_avx2()) {
+        TX* ys = y + ms * N;
+        parallel_for(N, grain_for(K, 1 << 16), [&](int64_t b, int64_t e) {
+          float tmp[2 * 64];
+          for (int64_t n = b; n < e; n += 64) {
+            const int64_t n1 = std::min(e, n + 64);
+            if (rows == 1)
+              gemv_q_avx2<TW, 1>(xf, w, tmp, K, n, n1);
+            else
+              gemv_q_avx2<TW, 2>(xf, w, tmp, K, n, n1);
+            for (int64_t r = 0; r < rows; ++r)
+              for (int64_t c = n; c < n1; ++c) {
+                float v = tmp[r * (n1 - n) + c - n];
+                if (w_scale != nullptr) v *= w_scale[c];
+                ys[r * N + c] = from_f32<TX>(v);
+              }
+          }
+        });
+        continue;
+      }
+    }
+#endif
     Args<TX, TW> args{xf, w, w_scale, y + ms * N, rows, N, K, n_blocks};
     const int64_t tasks = ((rows + kMB - 1) / kMB) * n_blocks;
     const int64_t per_task = std::min(rows, kMB) * kNB * K;
