@@ -39,7 +39,7 @@ function posInt(s: string | undefined, what: string): number | undefined {
 /** A one-line progress bar on stderr (only when stderr is a terminal; a final line otherwise). */
 function progressBar(label: string): {
   update: (done: number, total: number) => void;
-  end: () => void;
+  end: (ok?: boolean) => void;
 } {
   const tty = process.stderr.isTTY;
   let last = -1;
@@ -52,8 +52,8 @@ function progressBar(label: string): {
       const fill = Math.round((w * pct) / 100);
       process.stderr.write(`\r${label} [${"#".repeat(fill)}${" ".repeat(w - fill)}] ${pct}%`);
     },
-    end() {
-      process.stderr.write(tty ? "\n" : `${label}: done\n`);
+    end(ok = true) {
+      process.stderr.write(tty ? "\n" : `${label}: ${ok ? "done" : "failed"}\n`);
     },
   };
 }
@@ -137,7 +137,7 @@ export async function cmdServe(argv: string[], demo: string): Promise<void> {
     try {
       await engine;
     } catch (e) {
-      bar.end();
+      bar.end(false);
       // The CLI prints it and exits 1 (setting process.exitCode here would be overwritten).
       throw new Error(`the model failed to load: ${(e as Error).message}`);
     }
@@ -174,7 +174,7 @@ export async function cmdServe(argv: string[], demo: string): Promise<void> {
         `gemma3: prefix caching on: ${pc.snapshotBlocks} sliding-layer snapshot blocks (${formatBytes(pc.snapshotBytes)})\n`,
       );
   } catch (e) {
-    bar.end();
+    bar.end(false);
     await srv.close();
     throw new Error(`the model failed to load: ${(e as Error).message}`);
   }
