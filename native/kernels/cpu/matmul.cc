@@ -152,6 +152,12 @@ G3_TARGET_AVX2 void matmul_range_avx2(const Args<TX, TW>& a, int64_t t0, int64_t
 // (at M <= 2 the panel pass cost as much as the dot product: docs/benchmarks.md, CPU decode).
 // Intrinsics here because GCC's vector-extension int8 -> float conversions do not vectorize well.
 // Same math as decode() + dot(): float((q - 8) or q) * x summed in float32, times d per block.
+// 8 bf16 weights as floats: each 16-bit pattern shifted into a float's high half (exact).
+G3_TARGET_AVX2 inline __m256 bf16x8_avx2(const uint16_t* p) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(
+      _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+}
+
 template <typename TW, int R>
 G3_TARGET_AVX2 void gemv_q_avx2(const float* xf, const TW* w, float* out, int64_t K, int64_t n0,
                                 int64_t n1) {
@@ -162,12 +168,23 @@ G3_TARGET_AVX2 void gemv_q_avx2(const float* xf, const TW* w, float* out, int64_
       const uint16_t* row = reinterpret_cast<const uint16_t*>(w + n * K);
       __m256 acc[R];
       for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-      for (int64_t k = 0; k < K; k += 8) {
-        const __m256 wv = _mm256_castsi256_ps(_mm256_slli_epi32(
-            _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k))), 16));
-        for (int r = 0; r < R; ++r)
-          acc[r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xf + r * K + k), acc[r]);
+      // Two accumulator sets: one FMA chain per 8 weights would cap a core at ~6 G weights/s.
+      __m256 acc2[R];
+      for (int r = 0; r < R; ++r) acc2[r] = _mm256_setzero_ps();
+      int64_t k = 0;
+      for (; k + 16 <= K; k += 16) {
+        const __m256 w0 = bf16x8_avx2(row + k), w1 = bf16x8_avx2(row + k + 8);
+        for (int r = 0; r < R; ++r) {
+          acc[r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xf + r * K + k), acc[r]);
+          acc2[r] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xf + r * K + k + 8), acc2[r]);
+        }
       }
+      for (; k < K; k += 8) {
+        const __m256 w0 = bf16x8_avx2(row + k);
+        for (int r = 0; r < R; ++r)
+          acc[r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xf + r * K + k), acc[r]);
+      }
+      for (int r = 0; r < R; ++r) acc[r] = _mm256_add_ps(acc[r], acc2[r]);
       for (int r = 0; r < R; ++r) {
         __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[r]), _mm256_extractf128_ps(acc[r], 1));
         h = _mm_add_ps(h, _mm_movehl_ps(h, h));
