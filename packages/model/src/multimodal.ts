@@ -3,7 +3,7 @@
 // masked_scatter runs after the scaled embedding), and each run of consecutive image tokens is one
 // bidirectional block (HF token_type_ids → image_group_ids; or-ed with the causal mask).
 import { ShapeError, type Tensor } from "@gemma3/native";
-import type { Span } from "@gemma3/kv-cache";
+import type { KVSequence, Span } from "@gemma3/kv-cache";
 import type { Gemma3Config } from "./config.js";
 
 /**
@@ -99,4 +99,33 @@ export function planImageMerge(
     if (rows.length > 0) copies.push({ features: f.view([rows.length, width]), rows });
   }
   return { embedIds, copies };
+}
+
+/**
+ * The cache plan's requests for a step (shared by the one-device and tensor-parallel models):
+ * checks that every sequence has new tokens and belongs to `cache`, and gives each step that
+ * brings image features without spans one bidirectional span per run of image tokens. The ids go
+ * with the request: a cache with a prefix index registers the full pages they fill.
+ */
+export function stepRequests(
+  steps: readonly {
+    seq: KVSequence;
+    ids: readonly number[];
+    spans?: readonly Span[];
+    imageFeatures?: Tensor;
+  }[],
+  cache: unknown,
+  cfg: Gemma3Config,
+): { seq: number; count: number; ids: readonly number[]; spans: readonly Span[] | undefined }[] {
+  for (const { seq, ids } of steps) {
+    if (seq.cache !== cache) throw new RangeError("forwardBatch: sequences of different caches");
+    if (ids.length === 0) throw new RangeError("forward: no tokens");
+  }
+  return steps.map(({ seq, ids, spans, imageFeatures }) => ({
+    seq: seq.id,
+    count: ids.length,
+    ids,
+    spans:
+      spans ?? (imageFeatures ? imageTokenSpans(ids, cfg.imageTokenIndex!, seq.length) : undefined),
+  }));
 }

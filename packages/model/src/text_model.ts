@@ -14,7 +14,7 @@ import {
 } from "@gemma3/kv-cache";
 import type { Gemma3Config } from "./config.js";
 import { Scratch } from "./scratch.js";
-import { imageTokenSpans, planImageMerge, type ImageMerge } from "./multimodal.js";
+import { planImageMerge, stepRequests, type ImageMerge } from "./multimodal.js";
 
 export type ComputeDType = "f32" | "bf16";
 
@@ -177,24 +177,9 @@ export class Gemma3TextModel implements TextModel {
     const { vocabSize: vocab, hiddenSize: hidden } = this.config;
     const cache = steps[0]?.seq.cache;
     if (!cache) throw new RangeError("forward: no sequences");
-    for (const { seq, ids } of steps) {
-      if (seq.cache !== cache) throw new RangeError("forwardBatch: sequences of different caches");
-      if (ids.length === 0) throw new RangeError("forward: no tokens");
-    }
+    const requests = stepRequests(steps, cache, this.config);
     const merge = planImageMerge(steps, this.config, this.dtype, this.device.toString());
-    // The ids go with the step: a cache with a prefix index registers the full pages they fill.
-    const plan = cache.plan(
-      steps.map(({ seq, ids, spans, imageFeatures }) => ({
-        seq: seq.id,
-        count: ids.length,
-        ids,
-        spans:
-          spans ??
-          (imageFeatures
-            ? imageTokenSpans(ids, this.config.imageTokenIndex!, seq.length)
-            : undefined),
-      })),
-    );
+    const plan = cache.plan(requests);
     const n = plan.numTokens;
     const batch = steps.length;
     const rows = opts.allLogits ? n : batch;

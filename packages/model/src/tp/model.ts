@@ -20,7 +20,7 @@ import {
 import { KVSequence, type HybridKVCacheOptions, type Span, type StepPlan } from "@gemma3/kv-cache";
 import { DecoderLayer } from "../block.js";
 import type { Gemma3Config } from "../config.js";
-import { imageTokenSpans, planImageMerge, type ImageMerge } from "../multimodal.js";
+import { planImageMerge, stepRequests, type ImageMerge } from "../multimodal.js";
 import { Scratch } from "../scratch.js";
 import type { ComputeDType, ModelStep, TextModel, TextWeights } from "../text_model.js";
 import { TensorParallelKVCache } from "./cache.js";
@@ -150,23 +150,9 @@ export class TensorParallelTextModel implements TextModel {
       throw new TypeError(
         "forwardBatch: the sequences' cache is not a tensor-parallel cache of this model (newKVCache)",
       );
-    for (const { seq, ids } of steps) {
-      if (seq.cache !== cache) throw new RangeError("forwardBatch: sequences of different caches");
-      if (ids.length === 0) throw new RangeError("forward: no tokens");
-    }
+    const requests = stepRequests(steps, cache, this.config);
     const merge = planImageMerge(steps, this.config, this.dtype, this.device.toString());
-    const plan0 = cache.plan(
-      steps.map(({ seq, ids, spans, imageFeatures }) => ({
-        seq: seq.id,
-        count: ids.length,
-        ids,
-        spans:
-          spans ??
-          (imageFeatures
-            ? imageTokenSpans(ids, this.config.imageTokenIndex!, seq.length)
-            : undefined),
-      })),
-    );
+    const plan0 = cache.plan(requests);
     const plans = cache.rankPlans(plan0);
     try {
       const n = plan0.numTokens;
