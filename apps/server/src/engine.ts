@@ -13,7 +13,6 @@ import {
   type SchedulerStats,
 } from "@gemma3/generation";
 import {
-  loadConfig,
   loadModel,
   loadTokenizer,
   resolveModelPath,
@@ -150,10 +149,9 @@ export class Engine {
           : {}),
         generationConfig,
       });
-      const cfg =
-        src.format === "gguf" ? null : await loadConfig(join(dir, "config.json")).catch(() => null);
       let vision: VisionParts | null = null;
-      if (cfg?.vision) {
+      // The model's own config says whether there is a vision tower (GGUF: mmproj not read yet).
+      if (src.format !== "gguf" && c.vision) {
         const encoder = await loadVisionEncoder(dir, { device: model.device, dtype: model.dtype });
         const pre = existsSync(join(dir, "preprocessor_config.json"))
           ? (JSON.parse(await readFile(join(dir, "preprocessor_config.json"), "utf8")) as Record<
@@ -166,7 +164,7 @@ export class Engine {
           // The tower fixes the pixel size (896 for Gemma 3), whatever the preprocessor says.
           preprocess: { ...imageProcessorOptions(pre), imageSize: encoder.imageSize },
           imageTokens: imageTokenConfig(
-            { mm_tokens_per_image: cfg.mmTokensPerImage ?? undefined },
+            { mm_tokens_per_image: c.mmTokensPerImage ?? undefined },
             tokenizer.config,
           ),
         };

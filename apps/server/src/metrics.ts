@@ -65,8 +65,6 @@ export class Metrics {
     this.requests.set(k, (this.requests.get(k) ?? 0) + 1);
   }
 
-  onSubmit(_sequences: number): void {}
-
   onFinish(s: GenerationSummary): void {
     this.promptTokens += s.usage.promptTokens;
     this.generationTokens += s.usage.completionTokens;

@@ -189,7 +189,6 @@ export class OpenAIApi {
       for (const s of streams) s.cancel();
       throw e;
     }
-    this.metrics.onSubmit(streams.length);
     return streams;
   }
 
@@ -224,7 +223,7 @@ export class OpenAIApi {
   }
 
   /** Chat → prompt ids (the model's chat template, images expanded) and the images' features. */
-  async prepareChat(req: ChatRequest): Promise<PreparedPrompt> {
+  async prepareChat(req: ChatRequest, o: { features?: boolean } = {}): Promise<PreparedPrompt> {
     const vision = this.engine.vision;
     if (req.images.length > 0 && !vision)
       throw badRequest(
@@ -257,7 +256,8 @@ export class OpenAIApi {
       if (e instanceof ChatTemplateError) throw badRequest(e.message, "messages");
       throw e;
     }
-    if (pixels.length === 0) return enc;
+    // /tokenize needs only the ids (the crop counts), not the vision tower's work.
+    if (pixels.length === 0 || o.features === false) return enc;
     const all = new Float32Array(pixels.reduce((n, p) => n + p.length, 0));
     let off = 0;
     for (const p of pixels) {
@@ -505,9 +505,7 @@ export class OpenAIApi {
     let ids: number[];
     if (o && typeof o === "object" && "messages" in o) {
       const req = parseChatRequest({ ...o }, this.engine.info.vocabSize);
-      const p = await this.prepareChat(req);
-      p.features?.dispose();
-      ids = p.ids;
+      ids = (await this.prepareChat(req, { features: false })).ids;
     } else {
       const prompt = o?.["prompt"];
       if (typeof prompt !== "string")

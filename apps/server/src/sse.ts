@@ -16,10 +16,6 @@ export class SseWriter {
     res.on("close", () => (this.open = false));
   }
 
-  get started(): boolean {
-    return true;
-  }
-
   send(v: unknown): void {
     if (!this.open || this.res.writableEnded) return;
     this.res.write(`data: ${JSON.stringify(v)}\n\n`);
