@@ -10,6 +10,7 @@ import type {
   PlannerStats,
   Span,
 } from "@gemma3/kv-cache";
+import { imageTokenSpans } from "@gemma3/model";
 import type { Tensor } from "@gemma3/native";
 import {
   createResponseFormatConstraint,
@@ -351,24 +352,13 @@ export class Scheduler {
   /** The prompt's image blocks, checked against the features given for them. */
   private imageSpans(prompt: readonly number[], features: Tensor | undefined): Span[] {
     const image = this.model.config.imageTokenIndex ?? null;
-    const spans: Span[] = [];
     if (image === null) {
       if (features)
         throw new GenerationError("this model takes no images", "E_INVALID", "imageFeatures");
-      return spans;
+      return [];
     }
-    let count = 0;
-    for (let i = 0; i < prompt.length;) {
-      if (prompt[i] !== image) {
-        i++;
-        continue;
-      }
-      let j = i;
-      while (j < prompt.length && prompt[j] === image) j++;
-      spans.push({ start: i, end: j });
-      count += j - i;
-      i = j;
-    }
+    const spans = imageTokenSpans(prompt, image);
+    const count = spans.reduce((n, sp) => n + sp.end - sp.start, 0);
     const rows = features ? features.numel / features.shape[features.shape.length - 1]! : 0;
     if (rows !== count)
       throw new GenerationError(
