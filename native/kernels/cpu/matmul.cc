@@ -152,85 +152,86 @@ G3_TARGET_AVX2 void matmul_range_avx2(const Args<TX, TW>& a, int64_t t0, int64_t
 // (at M <= 2 the panel pass cost as much as the dot product: docs/benchmarks.md, CPU decode).
 // Intrinsics here because GCC's vector-extension int8 -> float conversions do not vectorize well.
 // Same math as decode() + dot(): float((q - 8) or q) * x summed in float32, times d per block.
+
+G3_TARGET_AVX2 inline float hsum_avx2(__m256 v) {
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_movehdup_ps(h));
+  return _mm_cvtss_f32(h);
+}
+
 // 8 bf16 weights as floats: each 16-bit pattern shifted into a float's high half (exact).
 G3_TARGET_AVX2 inline __m256 bf16x8_avx2(const uint16_t* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(
       _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
 }
 
-template <typename TW, int R>
-G3_TARGET_AVX2 void gemv_q_avx2(const float* xf, const TW* w, float* out, int64_t K, int64_t n0,
-                                int64_t n1) {
-  const int64_t nb = K / kQK;
-  for (int64_t n = n0; n < n1; ++n) {
-    if constexpr (std::is_same_v<TW, bf16>) {
-      // bf16: a weight is its 16 bits shifted into a float's high half (exact).
-      const uint16_t* row = reinterpret_cast<const uint16_t*>(w + n * K);
-      __m256 acc[R];
-      for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-      // Two accumulator sets: one FMA chain per 8 weights would cap a core at ~6 G weights/s.
-      __m256 acc2[R];
-      for (int r = 0; r < R; ++r) acc2[r] = _mm256_setzero_ps();
-      int64_t k = 0;
-      for (; k + 16 <= K; k += 16) {
-        const __m256 w0 = bf16x8_avx2(row + k), w1 = bf16x8_avx2(row + k + 8);
-        for (int r = 0; r < R; ++r) {
-          acc[r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xf + r * K + k), acc[r]);
-          acc2[r] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xf + r * K + k + 8), acc2[r]);
-        }
-      }
-      for (; k < K; k += 8) {
-        const __m256 w0 = bf16x8_avx2(row + k);
-        for (int r = 0; r < R; ++r)
-          acc[r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xf + r * K + k), acc[r]);
-      }
-      for (int r = 0; r < R; ++r) acc[r] = _mm256_add_ps(acc[r], acc2[r]);
-      for (int r = 0; r < R; ++r) {
-        __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[r]), _mm256_extractf128_ps(acc[r], 1));
-        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        h = _mm_add_ss(h, _mm_movehdup_ps(h));
-        out[r * (n1 - n0) + (n - n0)] = _mm_cvtss_f32(h);
-      }
-      continue;
-    } else {
-      const TW* row = w + n * nb;
-      __m256 acc[R];
-      for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-      for (int64_t b = 0; b < nb; ++b) {
-        __m256 q[4];
-        if constexpr (std::is_same_v<TW, block_q4_0>) {
-          const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row[b].qs));
-          const __m128i m = _mm_set1_epi8(0x0f);
-          const __m128i lo = _mm_and_si128(v, m), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
-          const __m256 eight = _mm256_set1_ps(8.f);
-          q[0] = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), eight);
-          q[1] =
-              _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), eight);
-          q[2] = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), eight);
-          q[3] =
-              _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), eight);
-        } else {
-          for (int g = 0; g < 4; ++g)
-            q[g] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
-                _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row[b].qs + 8 * g))));
-        }
-        const __m256 d = _mm256_set1_ps(f16_to_f32(row[b].d));
-        for (int r = 0; r < R; ++r) {
-          const float* xb = xf + r * K + b * kQK;
-          __m256 s = _mm256_mul_ps(q[0], _mm256_loadu_ps(xb));
-          s = _mm256_fmadd_ps(q[1], _mm256_loadu_ps(xb + 8), s);
-          s = _mm256_fmadd_ps(q[2], _mm256_loadu_ps(xb + 16), s);
-          s = _mm256_fmadd_ps(q[3], _mm256_loadu_ps(xb + 24), s);
-          acc[r] = _mm256_fmadd_ps(d, s, acc[r]);
-        }
-      }
-      for (int r = 0; r < R; ++r) {
-        __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[r]), _mm256_extractf128_ps(acc[r], 1));
-        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        h = _mm_add_ss(h, _mm_movehdup_ps(h));
-        out[r * (n1 - n0) + (n - n0)] = _mm_cvtss_f32(h);
-      }
+// acc[r] = x_r . row over K (K % 8 == 0). Two accumulator sets: one FMA chain per 8 weights would
+// cap a core at ~6 G weights/s.
+template <int R>
+G3_TARGET_AVX2 void row_bf16_avx2(const float* xf, const bf16* w, int64_t K, __m256* acc) {
+  const uint16_t* row = reinterpret_cast<const uint16_t*>(w);
+  __m256 acc2[R];
+  for (int r = 0; r < R; ++r) acc[r] = acc2[r] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    const __m256 w0 = bf16x8_avx2(row + k), w1 = bf16x8_avx2(row + k + 8);
+    for (int r = 0; r < R; ++r) {
+      acc[r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xf + r * K + k), acc[r]);
+      acc2[r] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xf + r * K + k + 8), acc2[r]);
     }
+  }
+  for (; k < K; k += 8) {
+    const __m256 w0 = bf16x8_avx2(row + k);
+    for (int r = 0; r < R; ++r)
+      acc[r] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xf + r * K + k), acc[r]);
+  }
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_add_ps(acc[r], acc2[r]);
+}
+
+// acc[r] = x_r . row over K blocks of 32 (q4_0: (q - 8) * d; q8_0: q * d).
+template <typename TW, int R>
+G3_TARGET_AVX2 void row_q_avx2(const float* xf, const TW* row, int64_t K, __m256* acc) {
+  for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < K / kQK; ++b) {
+    __m256 q[4];
+    if constexpr (std::is_same_v<TW, block_q4_0>) {
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row[b].qs));
+      const __m128i m = _mm_set1_epi8(0x0f);
+      const __m128i lo = _mm_and_si128(v, m), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
+      const __m256 eight = _mm256_set1_ps(8.f);
+      q[0] = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), eight);
+      q[1] = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), eight);
+      q[2] = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), eight);
+      q[3] = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), eight);
+    } else {
+      for (int g = 0; g < 4; ++g)
+        q[g] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+            _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row[b].qs + 8 * g))));
+    }
+    const __m256 d = _mm256_set1_ps(f16_to_f32(row[b].d));
+    for (int r = 0; r < R; ++r) {
+      const float* xb = xf + r * K + b * kQK;
+      __m256 s = _mm256_mul_ps(q[0], _mm256_loadu_ps(xb));
+      s = _mm256_fmadd_ps(q[1], _mm256_loadu_ps(xb + 8), s);
+      s = _mm256_fmadd_ps(q[2], _mm256_loadu_ps(xb + 16), s);
+      s = _mm256_fmadd_ps(q[3], _mm256_loadu_ps(xb + 24), s);
+      acc[r] = _mm256_fmadd_ps(d, s, acc[r]);
+    }
+  }
+}
+
+// out[r * (n1 - n0) + n - n0] = x_r . W[n] for rows n of [n0, n1).
+template <typename TW, int R>
+G3_TARGET_AVX2 void gemv_avx2(const float* xf, const TW* w, float* out, int64_t K, int64_t n0,
+                              int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    __m256 acc[R];
+    if constexpr (std::is_same_v<TW, bf16>)
+      row_bf16_avx2<R>(xf, w + n * K, K, acc);
+    else
+      row_q_avx2<TW, R>(xf, w + n * (K / kQK), K, acc);
+    for (int r = 0; r < R; ++r) out[r * (n1 - n0) + (n - n0)] = hsum_avx2(acc[r]);
   }
 }
 #endif
@@ -275,9 +276,9 @@ Status matmul(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, 
           for (int64_t n = b; n < e; n += 64) {
             const int64_t n1 = std::min(e, n + 64);
             if (rows == 1)
-              gemv_q_avx2<TW, 1>(xf, w, tmp, K, n, n1);
+              gemv_avx2<TW, 1>(xf, w, tmp, K, n, n1);
             else
-              gemv_q_avx2<TW, 2>(xf, w, tmp, K, n, n1);
+              gemv_avx2<TW, 2>(xf, w, tmp, K, n, n1);
             for (int64_t r = 0; r < rows; ++r)
               for (int64_t c = n; c < n1; ++c) {
                 float v = tmp[r * (n1 - n) + c - n];
