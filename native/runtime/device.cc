@@ -96,6 +96,15 @@ Status memory_info(int device, int64_t* free_bytes, int64_t* total_bytes) {
   G3_RETURN_IF_ERROR(set_device(device));
   size_t f = 0, t = 0;
   G3_CUDA_RETURN(cudaMemGetInfo(&f, &t));
+  // Memory the stream-ordered pool keeps after frees is free for our allocations.
+  cudaMemPool_t pool = nullptr;
+  uint64_t reserved = 0, used = 0;
+  if (cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess &&
+      cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &reserved) == cudaSuccess &&
+      cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &used) == cudaSuccess &&
+      reserved > used)
+    f += size_t(reserved - used);
+  cudaGetLastError();
   *free_bytes = int64_t(f);
   *total_bytes = int64_t(t);
 #endif
@@ -111,36 +120,47 @@ static std::string human_bytes(int64_t b) {
   return s;
 }
 
+#ifdef GEMMA3_WITH_CUDA
+namespace {
+// Defined with the per-device CUDA state below.
+cudaError_t cuda_alloc(int device, size_t bytes, void** p, bool* pooled);
+void cuda_release(int device, void* p, bool pooled);
+}  // namespace
+#endif
+
 Status Buffer::create(int device, int64_t bytes, std::shared_ptr<Buffer>* out) {
   G3_RETURN_IF_ERROR(check_device(device));
   if (bytes < 0) return Status(StatusCode::kInvalidArgument, "negative allocation size");
   G3_RETURN_IF_ERROR(fault::check_alloc(device));
   int64_t alloc = bytes == 0 ? 64 : (bytes + 63) / 64 * 64;  // never a null pointer
-  int64_t free_b = 0, total_b = 0;
-  G3_RETURN_IF_ERROR(memory_info(device, &free_b, &total_b));
   auto oom = [&](const char* why) {
+    int64_t free_b = 0, total_b = 0;
+    (void)memory_info(device, &free_b, &total_b);
     return Status(StatusCode::kOutOfMemory,
                   "out of memory on " + device_name(device) + ": asked for " + human_bytes(bytes) +
                       ", " + human_bytes(free_b) + " free of " + human_bytes(total_b) + why);
   };
   if (device == kCpu) {
     // Linux overcommits: refuse what can never fit instead of dying later on first touch.
+    int64_t free_b = 0, total_b = 0;
+    G3_RETURN_IF_ERROR(memory_info(device, &free_b, &total_b));
     if (alloc > total_b) return oom("");
     void* p = nullptr;
     if (posix_memalign(&p, 64, size_t(alloc)) != 0 || p == nullptr) return oom("");
-    out->reset(new Buffer(device, p, bytes));
+    out->reset(new Buffer(device, p, bytes, false));
     return Status::Ok();
   }
 #ifdef GEMMA3_WITH_CUDA
   G3_RETURN_IF_ERROR(set_device(device));
   void* p = nullptr;
-  cudaError_t e = cudaMalloc(&p, size_t(alloc));
+  bool pooled = false;
+  cudaError_t e = cuda_alloc(device, size_t(alloc), &p, &pooled);
   if (e != cudaSuccess) {
     cudaGetLastError();  // allocation errors are not sticky; clear so later calls see success
-    if (e == cudaErrorMemoryAllocation) return oom(" (cudaMalloc)");
-    return cuda::cuda_status(e, "cudaMalloc");
+    if (e == cudaErrorMemoryAllocation) return oom(pooled ? " (cudaMallocAsync)" : " (cudaMalloc)");
+    return cuda::cuda_status(e, pooled ? "cudaMallocAsync" : "cudaMalloc");
   }
-  out->reset(new Buffer(device, p, bytes));
+  out->reset(new Buffer(device, p, bytes, pooled));
   return Status::Ok();
 #else
   return Status(StatusCode::kDevice, "CUDA backend not built");
@@ -153,9 +173,7 @@ Buffer::~Buffer() {
     return;
   }
 #ifdef GEMMA3_WITH_CUDA
-  cudaSetDevice(device_);
-  cudaFree(data_);  // synchronizes the device: no queued kernel can still read this memory
-  cudaGetLastError();
+  cuda_release(device_, data_, pooled_);
 #endif
 }
 
@@ -262,11 +280,114 @@ namespace {
 struct CudaState {
   cudaStream_t stream = nullptr;
   bool capturing = false;
+  bool pool_ready = false;
+  // Buffers released while the stream captures: a stream-ordered free would become a node of the
+  // graph, and cudaFree is not allowed during a capture. Freed when the capture ends.
+  std::vector<std::pair<void*, bool>> deferred_frees;
 };
 std::mutex cuda_mu;
 std::vector<CudaState>& cuda_states() {
   static auto* v = new std::vector<CudaState>(size_t(std::max(cuda_device_count(), 0)));
   return *v;
+}
+
+// Stream-ordered allocation on the device's one stream (cudaMallocAsync / cudaFreeAsync from the
+// device's default memory pool). A free is an operation in the stream, after every op already
+// queued there, so releasing a buffer never waits for the GPU: cudaFree synchronizes the whole
+// device, which put the JS thread behind every queued step each time an eager step's outputs were
+// released (issue #10: KV pages came back 2.5 s after 200 client hang-ups on the H100, 0.65 s on
+// the CPU). All use of a buffer is ordered on its device's stream (peer copies make the source
+// stream wait for the copy: runtime/peer_copy.cc), so stream order is enough. The pool keeps freed
+// memory for reuse instead of returning it at every synchronization (release threshold: no
+// limit); an allocation that fails trims the pool and tries once more.
+cudaError_t ensure_pool(int device, CudaState& s, cudaMemPool_t* pool) {
+  cudaError_t e = cudaDeviceGetDefaultMemPool(pool, device);
+  if (e != cudaSuccess || s.pool_ready) return e;
+  uint64_t keep = UINT64_MAX;
+  e = cudaMemPoolSetAttribute(*pool, cudaMemPoolAttrReleaseThreshold, &keep);
+  if (e == cudaSuccess) s.pool_ready = true;
+  return e;
+}
+
+cudaError_t cuda_alloc(int device, size_t bytes, void** p, bool* pooled) {
+  cudaStream_t stream = nullptr;
+  cudaMemPool_t pool = nullptr;
+  {
+    std::lock_guard<std::mutex> lk(cuda_mu);
+    CudaState& s = cuda_states()[size_t(device)];
+    if (s.stream == nullptr) {
+      cudaError_t e = cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking);
+      if (e != cudaSuccess) return e;
+    }
+    // During a capture a stream-ordered alloc would join the graph. GEMMA3_CUDA_MALLOC=sync
+    // restores cudaMalloc/cudaFree (for A/B measurements of this choice).
+    static const bool sync_only = [] {
+      const char* v = std::getenv("GEMMA3_CUDA_MALLOC");
+      return v != nullptr && std::strcmp(v, "sync") == 0;
+    }();
+    *pooled = !s.capturing && !sync_only;
+    if (*pooled) {
+      cudaError_t e = ensure_pool(device, s, &pool);
+      if (e != cudaSuccess) return e;
+    }
+    stream = s.stream;
+  }
+  if (!*pooled) {
+    cudaError_t e = cudaMalloc(p, bytes);
+    if (e == cudaErrorMemoryAllocation &&
+        cudaDeviceGetDefaultMemPool(&pool, device) == cudaSuccess) {
+      cudaGetLastError();
+      cudaMemPoolTrimTo(pool, 0);  // memory the pool holds but nothing uses
+      e = cudaMalloc(p, bytes);
+    }
+    return e;
+  }
+  cudaError_t e = cudaMallocAsync(p, bytes, stream);
+  if (e == cudaErrorMemoryAllocation) {
+    // Frees still queued in the stream count as used until the stream reaches them.
+    cudaGetLastError();
+    cudaStreamSynchronize(stream);
+    cudaMemPoolTrimTo(pool, 0);
+    e = cudaMallocAsync(p, bytes, stream);
+  }
+  return e;
+}
+
+void free_now(cudaStream_t stream, void* p, bool pooled) {
+  if (pooled)
+    cudaFreeAsync(p, stream);
+  else
+    cudaFree(p);  // synchronizes the device: no queued kernel can still read this memory
+  cudaGetLastError();
+}
+
+void cuda_release(int device, void* p, bool pooled) {
+  if (device < 0 || device >= cuda_device_count()) return;
+  cudaStream_t stream = nullptr;
+  {
+    std::lock_guard<std::mutex> lk(cuda_mu);
+    CudaState& s = cuda_states()[size_t(device)];
+    if (s.capturing) {
+      s.deferred_frees.emplace_back(p, pooled);
+      return;
+    }
+    stream = s.stream;
+  }
+  cudaSetDevice(device);
+  free_now(stream, p, pooled);
+}
+
+// Frees what was released during a capture (called once the capture has ended).
+void release_deferred(int device) {
+  std::vector<std::pair<void*, bool>> v;
+  cudaStream_t stream = nullptr;
+  {
+    std::lock_guard<std::mutex> lk(cuda_mu);
+    CudaState& s = cuda_states()[size_t(device)];
+    v.swap(s.deferred_frees);
+    stream = s.stream;
+  }
+  for (auto& [p, pooled] : v) free_now(stream, p, pooled);
 }
 }  // namespace
 
@@ -501,6 +622,7 @@ Status graph_end_capture(int device, std::unique_ptr<Graph>* out) {
   }
   cudaGraph_t g = nullptr;
   cudaError_t e = cudaStreamEndCapture(s, &g);
+  release_deferred(device);
   if (e != cudaSuccess) {
     cudaGetLastError();
     if (g) cudaGraphDestroy(g);

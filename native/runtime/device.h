@@ -42,10 +42,12 @@ class Buffer {
   int device() const { return device_; }
 
  private:
-  Buffer(int device, void* data, int64_t size) : device_(device), data_(data), size_(size) {}
+  Buffer(int device, void* data, int64_t size, bool pooled)
+      : device_(device), data_(data), size_(size), pooled_(pooled) {}
   int device_;
   void* data_;
   int64_t size_;
+  bool pooled_;  // CUDA: from the device's stream-ordered pool (freed with cudaFreeAsync)
 };
 
 // ---- the per-device stream ----

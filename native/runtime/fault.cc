@@ -14,13 +14,14 @@ constexpr int kSlots = 65;  // cpu (-1) + 64 CUDA devices
 std::atomic<bool> g_any{false};
 std::atomic<int64_t> g_alloc[kSlots];   // allocations left before the failure; -1 = none
 std::atomic<int64_t> g_sticky[kSlots];  // launches left before the fault; -1 = none
+std::atomic<int64_t> g_trap[kSlots];    // launches left before the real fault; -1 = none
 
 int slot(int device) { return device + 1; }
 bool valid(int device) { return device >= -1 && device < kSlots - 1; }
 
 struct Init {
   Init() {
-    for (int i = 0; i < kSlots; ++i) g_alloc[i] = -1, g_sticky[i] = -1;
+    for (int i = 0; i < kSlots; ++i) g_alloc[i] = -1, g_sticky[i] = -1, g_trap[i] = -1;
   }
 } init_;
 
@@ -51,11 +52,17 @@ Status inject(const std::string& kind, int device, int64_t after) {
     g_alloc[slot(device)] = after;
   } else if (kind == "sticky") {
     g_sticky[slot(device)] = after;
+  } else if (kind == "trap") {
+    if (device < 0 || !cuda_built())
+      return Status(StatusCode::kUnsupported, "fault injection: trap needs a CUDA device");
+    g_trap[slot(device)] = after;
   } else if (kind == "clear") {
     g_alloc[slot(device)] = -1;
     g_sticky[slot(device)] = -1;
+    g_trap[slot(device)] = -1;
   } else {
-    return Status(StatusCode::kInvalidArgument, "fault injection: kind is alloc, sticky or clear");
+    return Status(StatusCode::kInvalidArgument,
+                  "fault injection: kind is alloc, sticky, trap or clear");
   }
   g_any = true;
   return Status::Ok();
@@ -78,6 +85,15 @@ Status check_alloc(int device) {
 
 Status check_launch(int device) {
   if (!g_any.load(std::memory_order_relaxed) || !valid(device)) return Status::Ok();
+#ifdef GEMMA3_WITH_CUDA
+  auto& trap = g_trap[slot(device)];
+  for (int64_t t = trap.load(); t >= 0;) {
+    if (trap.compare_exchange_weak(t, t - 1)) {
+      if (t == 0) G3_RETURN_IF_ERROR(launch_trap(device));
+      break;
+    }
+  }
+#endif
   auto& left = g_sticky[slot(device)];
   int64_t v = left.load();
   while (v >= 0) {

@@ -12,11 +12,19 @@ namespace gemma3::fault {
 
 // kind "alloc": after `after` more successful allocations on `device`, the next one fails with
 // kOutOfMemory (once). kind "sticky": after `after` more launches on `device`, that launch and
-// every later one fails with kCudaSticky. kind "clear": removes both for the device.
+// every later one fails with kCudaSticky. kind "trap" (CUDA devices only): after `after` more
+// launches, a real faulting kernel (a store to address 0) is enqueued before that launch, so the
+// CUDA context takes a genuine sticky cudaErrorIllegalAddress that the next checked call reports.
+// kind "clear": removes all three for the device.
 Status inject(const std::string& kind, int device, int64_t after);
 
 // Called by Buffer::create and ops launch: non-ok when an injected fault fires.
 Status check_alloc(int device);
 Status check_launch(int device);
+
+#ifdef GEMMA3_WITH_CUDA
+// Enqueues the faulting kernel on the device's stream (runtime/fault_trap.cu).
+Status launch_trap(int device);
+#endif
 
 }  // namespace gemma3::fault

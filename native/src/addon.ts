@@ -77,7 +77,7 @@ export interface Addon {
   fill(dst: NativeBuffer, offset: number, bytes: number, value: number): void;
   synchronize(device: number): Promise<void>;
   /** Test hook, GEMMA3_FAULT_INJECTION=1 only (runtime/fault.h). */
-  injectFault(kind: "alloc" | "sticky" | "clear", device: number, after: number): void;
+  injectFault(kind: "alloc" | "sticky" | "trap" | "clear", device: number, after: number): void;
   graphBegin(device: number): void;
   graphEnd(device: number): NativeGraph;
 

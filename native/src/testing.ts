@@ -7,11 +7,12 @@ import { native } from "./errors.js";
  * Injects a fault on `device` (runtime/fault.h): "alloc" fails the allocation after `after` more
  * successful ones (once), with OutOfMemoryError; "sticky" fails the launch after `after` more
  * launches and every one after it, with CudaError code E_CUDA_STICKY (as a CUDA illegal address
- * would); "clear" removes both.
+ * would); "trap" (CUDA only) enqueues a real faulting kernel before the launch after `after`
+ * more, so the context takes a genuine sticky cudaErrorIllegalAddress; "clear" removes all three.
  * @throws UnsupportedError unless GEMMA3_FAULT_INJECTION=1
  */
 export function injectFault(
-  kind: "alloc" | "sticky" | "clear",
+  kind: "alloc" | "sticky" | "trap" | "clear",
   device: Device | string,
   after = 0,
 ): void {
