@@ -497,10 +497,13 @@ class NativeCommunicator : public Napi::ObjectWrap<NativeCommunicator> {
  public:
   static Napi::FunctionReference* ctor;
   static Napi::Function Init(Napi::Env env) {
-    Napi::Function f = DefineClass(env, "NativeCommunicator",
-                                   {InstanceMethod<&NativeCommunicator::AllReduce>("allReduce"),
-                                    InstanceMethod<&NativeCommunicator::Dispose>("dispose"),
-                                    InstanceAccessor<&NativeCommunicator::Backend>("backend")});
+    Napi::Function f =
+        DefineClass(env, "NativeCommunicator",
+                    {InstanceMethod<&NativeCommunicator::AllReduce>("allReduce"),
+                     InstanceMethod<&NativeCommunicator::WaitIdle>("waitIdle"),
+                     InstanceMethod<&NativeCommunicator::Dispose>("dispose"),
+                     InstanceAccessor<&NativeCommunicator::Backend>("backend"),
+                     InstanceAccessor<&NativeCommunicator::Capturable>("graphCapturable")});
     ctor = new Napi::FunctionReference(Napi::Persistent(f));
     return f;
   }
@@ -528,6 +531,18 @@ class NativeCommunicator : public Napi::ObjectWrap<NativeCommunicator> {
   void Dispose(const Napi::CallbackInfo&) { comm.reset(); }
   Napi::Value Backend(const Napi::CallbackInfo& info) {
     return Napi::String::New(info.Env(), comm ? comm->backend() : "disposed");
+  }
+  Napi::Value Capturable(const Napi::CallbackInfo& info) {
+    return Napi::Boolean::New(info.Env(), comm != nullptr && comm->graph_capturable());
+  }
+  // (blocks the calling thread until every rank's device is idle)
+  Napi::Value WaitIdle(const Napi::CallbackInfo& info) {
+    G3_BODY {
+      if (!comm) throw Status(StatusCode::kDisposed, "communicator was disposed");
+      throw_if(env, comm->wait_idle());
+      return env.Undefined();
+    }
+    G3_END
   }
 };
 Napi::FunctionReference* NativeCommunicator::ctor = nullptr;

@@ -44,6 +44,9 @@ class HostCommunicator : public Communicator {
  public:
   explicit HostCommunicator(std::vector<int> devices) : Communicator(std::move(devices)) {}
   const char* backend() const override { return "host"; }
+  // CPU ranks share the CPU stream, whose capture records the queued sum; CUDA ranks copy
+  // through the host, which no CUDA graph can record.
+  bool graph_capturable() const override { return devices()[0] == kCpu; }
 
  protected:
   Status all_reduce_impl(const std::vector<TensorRef>& t) override {
@@ -99,6 +102,15 @@ class NcclCommunicator : public Communicator {
     // NVLink multicast (NVLS) stays off: the device notes require it (a fault there can take the
     // host's shared GPUs down). setenv without overwrite keeps a value the user chose.
     setenv("NCCL_NVLS_ENABLE", "0", 0);
+    // Captured collectives (decode graphs, one per rank device, launched from this one thread):
+    // NCCL's env docs (NCCL_GRAPH_MIXING_SUPPORT) report hangs in the CUDA launches with graph
+    // mixing support on when one thread drives several ranks, so it goes off; the price is that
+    // no eager collective may run while a graph holding one is outstanding (wait_idle() between
+    // the two). User-buffer registration of captured collectives (NCCL_GRAPH_REGISTER) stays off
+    // too: our buffers come from the runtime's allocator, not NCCL's, and the NVLink ring of two
+    // or four H100s does not need it.
+    setenv("NCCL_GRAPH_MIXING_SUPPORT", "0", 0);
+    setenv("NCCL_GRAPH_REGISTER", "0", 0);
     std::vector<ncclComm_t> comms(devices.size(), nullptr);
     G3_RETURN_IF_ERROR(nccl_status(
         ncclCommInitAll(comms.data(), int(devices.size()), devices.data()), "ncclCommInitAll"));
@@ -110,6 +122,14 @@ class NcclCommunicator : public Communicator {
     for (ncclComm_t c : comms_) ncclCommDestroy(c);
   }
   const char* backend() const override { return "nccl"; }
+  // NCCL captures collectives from 2.9 on (its "Using NCCL with CUDA Graphs").
+  bool graph_capturable() const override {
+#if defined(NCCL_VERSION_CODE) && NCCL_VERSION_CODE >= NCCL_VERSION(2, 9, 0)
+    return true;
+#else
+    return false;
+#endif
+  }
 
  protected:
   Status all_reduce_impl(const std::vector<TensorRef>& t) override {
@@ -130,11 +150,15 @@ class NcclCommunicator : public Communicator {
         return fail(StatusCode::kDType,
                     std::string("NCCL takes no ") + dtype_name(t[0].dtype) + " here");
     }
+    // Captured or not is a collective property (NCCL docs): every rank's stream, or none.
+    int capturing = 0;
+    for (int d : devices()) capturing += graph_capturing(d) ? 1 : 0;
+    if (capturing != 0 && capturing != size())
+      return fail(StatusCode::kInvalidArgument,
+                  std::to_string(capturing) + " of " + std::to_string(size()) +
+                      " ranks' devices are capturing a graph (all of them or none)");
     std::vector<cudaStream_t> streams;
     for (int d : devices()) {
-      if (graph_capturing(d))
-        return fail(StatusCode::kInvalidArgument,
-                    "an NCCL all-reduce inside a per-device graph capture is not supported");
       void* s = nullptr;
       G3_RETURN_IF_ERROR(cuda_stream(d, &s));
       streams.push_back(static_cast<cudaStream_t>(s));
@@ -229,6 +253,16 @@ Status Communicator::all_reduce_sum(const std::vector<TensorRef>& t) {
     return fail(StatusCode::kDType, t[0].desc() + " (f32|bf16|f16)");
   if (t[0].numel() == 0) return Status::Ok();
   return all_reduce_impl(t);
+}
+
+Status Communicator::wait_idle() {
+  if (devices_[0] == kCpu) return synchronize(kCpu);  // CPU ranks share one stream
+  Status first = Status::Ok();
+  for (int d : devices_) {
+    Status s = synchronize(d);
+    if (!s.ok() && first.ok()) first = s;
+  }
+  return first;
 }
 
 Status copy_columns(const TensorRef& src, int64_t src_col, const TensorRef& dst, int64_t dst_col,

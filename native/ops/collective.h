@@ -8,6 +8,10 @@
 //         summed there and go back: correct, blocking, slow (a fallback, not a fast path).
 // Sum semantics (host): float32 accumulation in rank order, rounded once. NCCL sums pairwise in
 // its ring order (bf16: rounded per step); identical results on every rank in both.
+// Graph capture: an all-reduce issued while every rank's device is capturing is recorded into
+// each rank's graph (NCCL: ncclGroupStart, one ncclAllReduce per rank stream, ncclGroupEnd, as
+// NCCL's "Using NCCL with CUDA Graphs"; CPU ranks: the host sum is a task of the CPU stream's
+// recorded list). The host fallback of CUDA ranks cannot be captured (graph_capturable() false).
 #pragma once
 #include <memory>
 #include <string>
@@ -33,6 +37,15 @@ class Communicator {
   // In place: every t[r] <- Σ_r t[r]. t[r] on devices()[r]; one shape and dtype (f32|bf16|f16);
   // no two tensors overlapping. Enqueued in stream order on every rank's device.
   Status all_reduce_sum(const std::vector<TensorRef>& t);
+
+  // Whether all_reduce_sum may be issued while the ranks' devices capture a graph.
+  virtual bool graph_capturable() const = 0;
+
+  // Blocks until every rank's device has run all work queued on it (the first deferred error).
+  // NCCL without graph mixing support (set off here, see collective.cc) forbids an eager
+  // collective while a graph holding one is still running: callers that switch between replayed
+  // and eager steps wait here first.
+  Status wait_idle();
 
  protected:
   explicit Communicator(std::vector<int> devices) : devices_(std::move(devices)) {}

@@ -24,7 +24,11 @@ export interface NativeGraph {
 /** A group of ranks for collectives (native/ops/collective.h). */
 export interface NativeCommunicator {
   readonly backend: "nccl" | "host" | "disposed";
+  /** whether allReduce may be issued while every rank's device captures a graph */
+  readonly graphCapturable: boolean;
   allReduce(tensors: readonly TensorArg[]): void;
+  /** blocks until every rank's device has run the work queued on it */
+  waitIdle(): void;
   dispose(): void;
 }
 

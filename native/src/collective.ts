@@ -42,6 +42,26 @@ export class Communicator {
   }
 
   /**
+   * Whether allReduce may be recorded into graphs (Graph.capture running on every rank's device):
+   * NCCL, and CPU ranks (one recorded CPU task list). The host fallback of CUDA ranks may not.
+   */
+  get graphCapturable(): boolean {
+    return this.comm?.graphCapturable ?? false;
+  }
+
+  /**
+   * Blocks until every rank's device has run the work queued on it. NCCL runs with graph mixing
+   * support off (one thread drives every rank; see native/ops/collective.cc), so an eager
+   * allReduce must not be issued while a replayed graph holding one may still run: wait here
+   * when switching between graph replays and eager collectives.
+   */
+  waitIdle(): void {
+    const c = this.comm;
+    if (!c) throw new DisposedError("Communicator was disposed", "E_DISPOSED");
+    native(() => c.waitIdle());
+  }
+
+  /**
    * In place, on every rank: tensors[r] ← Σ_q tensors[q] (enqueued in stream order on each
    * rank's device). Host backend: float32 accumulation in rank order, rounded once; NCCL: its ring
    * order. Every rank ends with the same values.

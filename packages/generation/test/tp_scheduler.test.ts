@@ -1,6 +1,7 @@
 // The scheduler over a tensor-parallel model (issue 11): two CPU ranks of tiny-1b (float32) serve
 // concurrent requests (chunked prefill mixed with decode, prefix reuse through snapshot blocks)
 // and give the one-device model's greedy tokens; the first request reproduces HF's greedy ids.
+// Decode-only steps replay the TP model's captured graphs, mixed steps run eagerly.
 import { readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -67,7 +68,10 @@ describe("Scheduler over a tensor-parallel model (2 CPU ranks, tiny-1b)", () => 
     expect(cache).toBeInstanceOf(TensorParallelKVCache);
     cache.dispose();
     const got = await serve(tp);
+    // Decode-only steps replayed captured graphs (CPU ranks record one task list per batch size).
+    const captured = tp.capturedBatches;
     tp.dispose();
+    expect(captured.length).toBeGreaterThan(0);
     expect(got.ids[0]).toEqual(golden.greedy_ids);
     expect(got.ids).toEqual(want.ids);
     expect(got.cached).toBe(want.cached);

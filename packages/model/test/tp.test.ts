@@ -200,6 +200,71 @@ for (const name of ["tiny-1b", "tiny-27b"]) {
   });
 }
 
+/**
+ * `n` sequences of one cache decoding together (batch n) for `steps` greedy steps after their
+ * prompts (rotations of the golden prompt), with or without graph replay; every step's logits.
+ */
+async function decodeBatch(
+  model: TextModel,
+  graph: boolean,
+  n: number,
+  steps: number,
+  P: number[],
+) {
+  const cache = model.newKVCache({ maxSeqs: n, maxSeqLen: P.length + steps + 1 });
+  const seqs = Array.from({ length: n }, () => cache.sequence(P.length + steps + 1));
+  const V = model.config.vocabSize;
+  const first = model.forwardBatch(
+    seqs.map((seq, i) => ({ seq, ids: [...P.slice(i % P.length), ...P.slice(0, i % P.length)] })),
+  );
+  let rows = await host(first);
+  const out: Float32Array[] = [];
+  const views: boolean[] = [];
+  for (let t = 0; t < steps; t++) {
+    const next = seqs.map((_, i) => argmax(rows.subarray(i * V, (i + 1) * V)));
+    const l = model.forwardBatch(
+      seqs.map((seq, i) => ({ seq, ids: [next[i]!] })),
+      { graph },
+    );
+    views.push(l.isView);
+    rows = Float32Array.from(await host(l));
+    out.push(rows);
+  }
+  for (const s of seqs) s.dispose();
+  cache.dispose();
+  return { out, views };
+}
+
+describe("tiny-27b, N = 2 CPU ranks: graph-replayed decode", () => {
+  it("equals eager decode bit for bit (batch 1 and 3, recaptured for a new cache)", async () => {
+    const g = golden("tiny-27b");
+    const P = g.meta.prompt_ids;
+    const model = await loadTensorParallelModel(g.dir, { devices: ones(2), dtype: "f32" });
+    // CPU ranks share the CPU stream: the host all-reduce is a task of its recorded list.
+    expect(model.comm.graphCapturable).toBe(true);
+    for (const n of [1, 3]) {
+      const eager = await decodeBatch(model, false, n, 6, P);
+      expect(model.capturedBatches).not.toContain(n);
+      const graphed = await decodeBatch(model, true, n, 6, P);
+      expect(model.capturedBatches).toContain(n);
+      // Step 0 runs eagerly (warm-up), step 1 captures and replays, later steps replay: a replay
+      // returns a view of the shared logits buffer, an eager step a tensor of its own.
+      expect(graphed.views).toEqual([false, true, true, true, true, true]);
+      expect(eager.views.every((v) => !v)).toBe(true);
+      graphed.out.forEach((r, i) =>
+        expect(Array.from(r), `batch ${n} step ${i}`).toEqual(Array.from(eager.out[i]!)),
+      );
+    }
+    // A new cache of the same batch size: the old graphs recorded the old cache's addresses.
+    const again = await decodeBatch(model, true, 3, 4, P);
+    const eager = await decodeBatch(model, false, 3, 4, P);
+    model.dispose();
+    again.out.forEach((r, i) => expect(Array.from(r)).toEqual(Array.from(eager.out[i]!)));
+    // Batch 3 ran eagerly once before, so the first decode step on the new cache recaptures.
+    expect(again.views).toEqual([true, true, true, true]);
+  });
+});
+
 describe("tiny-27b: image features under tensor parallelism", () => {
   it("N = 2: image-token rows take the features on every rank (logits as one device)", async () => {
     const dir = join(fixtures, "tiny-27b");
@@ -396,6 +461,26 @@ describe.skipIf(gpus < 2)("tensor parallel on CUDA ranks", () => {
           f32.dispose();
           expect(maxAbsDiff(ours.logits, g.logits)).toBeLessThan(HF_TOL);
           expect(ours.ids).toEqual(g.meta.greedy_ids);
+          // Decode steps replayed from per-device graphs (NCCL all-reduces captured) against the
+          // same model's eager steps; the host fallback of CUDA ranks cannot be captured and
+          // stays eager.
+          const tp = await loadTensorParallelModel(g.dir, {
+            devices,
+            dtype: "f32",
+            collective: backend,
+          });
+          expect(tp.comm.graphCapturable).toBe(backend === "nccl");
+          const eager = await decodeBatch(tp, false, 3, 8, g.meta.prompt_ids);
+          const graphed = await decodeBatch(tp, true, 3, 8, g.meta.prompt_ids);
+          const captured = tp.capturedBatches;
+          tp.dispose();
+          expect(captured).toEqual(backend === "nccl" ? [3] : []);
+          expect(graphed.views.slice(1).every((v) => v)).toBe(backend === "nccl");
+          const d = Math.max(...graphed.out.map((r, i) => maxAbsDiff(r, eager.out[i]!)));
+          console.log(
+            `${name} ${backend} N = ${n}: graph vs eager decode max |Δ| ${d.toExponential(2)}`,
+          );
+          expect(d).toBeLessThan(TP_TOL);
 
           await bf16Parity(name, devices, "cuda:0", backend);
         });

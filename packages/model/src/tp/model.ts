@@ -7,22 +7,41 @@
 // Embedding: rank k gathers its vocabulary rows (other ids hit a zero row), and the all-reduce adds
 // them (exact: one non-zero term per element). Logits: rank k computes its vocabulary columns and
 // they are gathered into one [rows, vocab] f32 tensor on rank 0's device (the sampler needs rows).
-// Steps run eagerly (no CUDA graph capture across devices): `opts.graph` is accepted and ignored.
+// Decode steps (opts.graph) replay captured graphs as the one-device model does: one graph per
+// rank device, captured together (every rank's stream records at once, so each NCCL all-reduce is
+// recorded into every rank's graph: NCCL's "Using NCCL with CUDA Graphs"), launched rank after
+// rank; CPU ranks share the CPU stream and record one task list. Each graph ends with its rank's
+// logits columns in a buffer of its own; the gather onto rank 0 runs eagerly after the launches
+// (a copy across devices joins two streams, which per-device captures cannot record). A
+// communicator that cannot be captured (the host fallback of CUDA ranks) keeps every step eager.
 import {
   Communicator,
   Device,
+  Graph,
   Tensor,
   bf16ToF32,
   copyColumns,
   f32ToBf16,
   ops,
 } from "@gemma3/native";
-import { KVSequence, type HybridKVCacheOptions, type Span, type StepPlan } from "@gemma3/kv-cache";
+import {
+  KVSequence,
+  type HybridKVCache,
+  type HybridKVCacheOptions,
+  type Span,
+  type StepPlan,
+} from "@gemma3/kv-cache";
 import { DecoderLayer } from "../block.js";
 import type { Gemma3Config } from "../config.js";
 import { planImageMerge, stepRequests, type ImageMerge } from "../multimodal.js";
 import { Scratch } from "../scratch.js";
-import type { ComputeDType, ModelStep, TextModel, TextWeights } from "../text_model.js";
+import {
+  MAX_GRAPH_BATCH,
+  type ComputeDType,
+  type ModelStep,
+  type TextModel,
+  type TextWeights,
+} from "../text_model.js";
 import { TensorParallelKVCache } from "./cache.js";
 import type { RankShard, TensorParallelLayout } from "./layout.js";
 
@@ -47,6 +66,26 @@ interface Rank {
   decodeWs: Tensor | null;
 }
 
+/** One rank's state during a step: its scratch, plan, KV cache and decode workspace. */
+interface RankStep {
+  rk: Rank;
+  s: Scratch;
+  plan: StepPlan;
+  kv: HybridKVCache;
+  ws: Tensor | null;
+}
+
+/** A captured decode step for one batch size, with what its recorded addresses depend on. */
+interface StepGraph {
+  /** one per distinct rank device, in rank order (one for CPU ranks) */
+  graphs: Graph[];
+  cache: TensorParallelKVCache;
+  /** per rank: its cache's plan storage, scratch generation and decode workspace */
+  plans: Tensor[];
+  generations: number[];
+  ws: (Tensor | null)[];
+}
+
 export class TensorParallelTextModel implements TextModel {
   /** Rank 0's device: where logits (and image features for forward) live. */
   readonly device: Device;
@@ -54,6 +93,17 @@ export class TensorParallelTextModel implements TextModel {
   /** √hidden_size as HF applies it (cast to the weight dtype first). */
   readonly embedScale: number;
   private readonly ranks: Rank[];
+  /** Captured decode steps per batch size. */
+  private readonly graphs = new Map<number, StepGraph>();
+  /** Batch sizes whose first decode step ran eagerly (the next one is captured). */
+  private readonly warmDecode = new Set<number>();
+  private graphOut: {
+    cache: TensorParallelKVCache;
+    logits: Tensor;
+    shards: Tensor[];
+  } | null = null;
+  /** Whether the last step replayed graphs or ran eagerly (see enterMode). */
+  private mode: "graph" | "eager" | null = null;
 
   /**
    * Takes ownership of the weights and the communicator.
@@ -130,20 +180,17 @@ export class TensorParallelTextModel implements TextModel {
   }
 
   /**
-   * One step for several sequences of one cache, as Gemma3TextModel.forwardBatch (eager: `graph`
-   * is ignored).
+   * One step for several sequences of one cache, as Gemma3TextModel.forwardBatch.
+   * @param opts.graph decode steps (one token per sequence, batch ≤ MAX_GRAPH_BATCH, no images)
+   *   replay graphs captured on the second such step, when the communicator can be captured
+   *   (graphCapturable); the logits are then a view of a buffer the next graph step overwrites.
    * @returns logits f32 on rank 0's device: [Σ n, vocab] with allLogits, else [batch, vocab]
    */
   forwardBatch(
     steps: readonly ModelStep[],
     opts: { allLogits?: boolean; graph?: boolean } = {},
   ): Tensor {
-    const {
-      hiddenSize: hidden,
-      vocabSize: vocab,
-      rmsNormEps: eps,
-      numHiddenLayers: L,
-    } = this.config;
+    const { vocabSize: vocab } = this.config;
     const cache = steps[0]?.seq.cache;
     if (!cache) throw new RangeError("forward: no sequences");
     if (!(cache instanceof TensorParallelKVCache) || cache.size !== this.size)
@@ -157,57 +204,203 @@ export class TensorParallelTextModel implements TextModel {
     try {
       const n = plan0.numTokens;
       const batch = steps.length;
-      const rows = opts.allLogits ? n : batch;
+      const all = opts.allLogits === true;
+      const rows = all ? n : batch;
       const images = merge.copies.length > 0 ? merge : null;
       const st = this.ranks.map((rk, r) =>
         this.beginStep(rk, cache, plans[r]!, n, batch, rows, images),
       );
-      // Embedding: each rank its vocabulary rows; ids of other ranks gather its zero row.
-      const hs = st.map(({ rk, s }) => {
-        const idsT = s.alloc([n], "i32");
-        idsT.write(localIds(merge.embedIds, rk.shard.vocab, this.layout.vocabPerRank));
-        return ops.embedding(idsT, rk.weights.embedTokens, this.embedScale, {
-          out: s.alloc([n, hidden], this.dtype),
-        });
+      // Each rank's ids first (written before any capture; a replay reads them at this address).
+      const ids = st.map(({ rk, s }) => {
+        const t = s.alloc([n], "i32");
+        t.write(localIds(merge.embedIds, rk.shard.vocab, this.layout.vocabPerRank));
+        return t;
       });
-      this.comm.allReduce(hs);
-      if (images) st.forEach(({ rk, s }, r) => this.mergeImages(rk, s, hs[r]!, images));
-      const marks = st.map(({ s }) => s.mark());
-      for (let i = 0; i < L; i++) {
-        const attn = st.map(({ rk, s, plan, kv, ws }, r) => {
-          const w = rk.layers[i]!.w;
-          const x = ops.rmsnorm(hs[r]!, w.inputLayernorm, eps, s.alloc([n, hidden], this.dtype));
-          return rk.layers[i]!.attention(x, kv, plan, s, ws);
-        });
-        this.comm.allReduce(attn);
-        const mlp = st.map(({ rk, s }, r) => {
-          const w = rk.layers[i]!.w;
-          ops.rmsnormAdd(attn[r]!, w.postAttentionLayernorm, hs[r]!, eps);
-          const x = ops.rmsnorm(
-            hs[r]!,
-            w.preFeedforwardLayernorm,
-            eps,
-            s.alloc([n, hidden], this.dtype),
-          );
-          return rk.layers[i]!.mlp(x, s);
-        });
-        this.comm.allReduce(mlp);
-        st.forEach(({ rk, s }, r) => {
-          ops.rmsnormAdd(mlp[r]!, rk.layers[i]!.w.postFeedforwardLayernorm, hs[r]!, eps);
-          s.rewind(marks[r]!); // the layer's temporaries are dead once its ops are enqueued
-        });
+      const graphable =
+        opts.graph === true &&
+        plan0.decode &&
+        !all &&
+        batch <= MAX_GRAPH_BATCH &&
+        !images &&
+        this.comm.graphCapturable;
+      if (graphable) {
+        const g = this.stepGraph(cache, st, batch, ids);
+        if (g) {
+          this.enterMode("graph");
+          for (const x of g.graphs) x.launch();
+          const out = this.graphOut!;
+          const logits = out.logits.slice(0, batch);
+          st.forEach(({ rk }, r) => this.gather(rk, out.shards[r]!.slice(0, batch), logits));
+          cache.commit(plan0);
+          return logits.view([batch, vocab]);
+        }
+        this.warmDecode.add(batch);
       }
+      this.enterMode("eager");
+      const shards = this.body(st, ids, rows, all, images, null);
       const logits = Tensor.empty([rows, vocab], "f32", this.device);
-      st.forEach(({ rk, s, plan }, r) => {
-        const part = this.logitsShard(rk, s, plan, hs[r]!, rows, opts.allLogits === true);
-        const [v0, v1] = rk.shard.vocab;
-        if (v1 > v0) copyColumns(part, 0, logits, v0, v1 - v0);
-      });
+      st.forEach(({ rk }, r) => this.gather(rk, shards[r]!, logits));
       cache.commit(plan0);
       return logits;
     } finally {
       for (const p of plans) p.dispose();
     }
+  }
+
+  /**
+   * The step's ops on every rank, from the ids to each rank's f32 logits columns (all enqueued):
+   * embedding, layers with their all-reduces, final norm, the rank's vocabulary slice of the head.
+   * @param ids per rank: [n] i32 rank-local embedding rows (see localIds)
+   * @param out per rank: [rows, vocabPerRank] f32 to write (null: scratch)
+   * @returns per rank: [rows, vocabPerRank] f32
+   */
+  private body(
+    st: readonly RankStep[],
+    ids: readonly Tensor[],
+    rows: number,
+    all: boolean,
+    images: ImageMerge | null,
+    out: readonly Tensor[] | null,
+  ): Tensor[] {
+    const { hiddenSize: hidden, rmsNormEps: eps, numHiddenLayers: L } = this.config;
+    const n = ids[0]!.numel;
+    // Embedding: each rank its vocabulary rows; ids of other ranks gather its zero row.
+    const hs = st.map(({ rk, s }, r) =>
+      ops.embedding(ids[r]!, rk.weights.embedTokens, this.embedScale, {
+        out: s.alloc([n, hidden], this.dtype),
+      }),
+    );
+    this.comm.allReduce(hs);
+    if (images) st.forEach(({ rk, s }, r) => this.mergeImages(rk, s, hs[r]!, images));
+    const marks = st.map(({ s }) => s.mark());
+    for (let i = 0; i < L; i++) {
+      const attn = st.map(({ rk, s, plan, kv, ws }, r) => {
+        const w = rk.layers[i]!.w;
+        const x = ops.rmsnorm(hs[r]!, w.inputLayernorm, eps, s.alloc([n, hidden], this.dtype));
+        return rk.layers[i]!.attention(x, kv, plan, s, ws);
+      });
+      this.comm.allReduce(attn);
+      const mlp = st.map(({ rk, s }, r) => {
+        const w = rk.layers[i]!.w;
+        ops.rmsnormAdd(attn[r]!, w.postAttentionLayernorm, hs[r]!, eps);
+        const x = ops.rmsnorm(
+          hs[r]!,
+          w.preFeedforwardLayernorm,
+          eps,
+          s.alloc([n, hidden], this.dtype),
+        );
+        return rk.layers[i]!.mlp(x, s);
+      });
+      this.comm.allReduce(mlp);
+      st.forEach(({ rk, s }, r) => {
+        ops.rmsnormAdd(mlp[r]!, rk.layers[i]!.w.postFeedforwardLayernorm, hs[r]!, eps);
+        s.rewind(marks[r]!); // the layer's temporaries are dead once its ops are enqueued
+      });
+    }
+    return st.map(({ rk, s, plan }, r) =>
+      this.logitsShard(rk, s, plan, hs[r]!, rows, all, out?.[r]),
+    );
+  }
+
+  /** logits[:, v0:v1] = rank `rk`'s columns (the padding past the vocabulary dropped). */
+  private gather(rk: Rank, part: Tensor, logits: Tensor): void {
+    const [v0, v1] = rk.shard.vocab;
+    if (v1 > v0) copyColumns(part, 0, logits, v0, v1 - v0);
+  }
+
+  /**
+   * The captured decode step of `batch` sequences: the existing one if what it recorded is still
+   * where it was (cache, plan storage, arenas, workspaces), else a fresh capture on the second
+   * decode step of this batch size (the first ran eagerly, so every lazy one-time setup: kernel
+   * attributes, NCCL's connections, happened outside a capture), else null (run eagerly).
+   */
+  private stepGraph(
+    cache: TensorParallelKVCache,
+    st: readonly RankStep[],
+    batch: number,
+    ids: readonly Tensor[],
+  ): StepGraph | null {
+    let g = this.graphs.get(batch);
+    const stale =
+      g &&
+      (g.cache !== cache ||
+        st.some(
+          ({ kv, s, ws }, r) =>
+            g!.plans[r] !== kv.planStorage || g!.generations[r] !== s.generation || g!.ws[r] !== ws,
+        ));
+    if (g && stale) {
+      for (const x of g.graphs) x.dispose();
+      this.graphs.delete(batch);
+      g = undefined;
+    }
+    if (g || !this.warmDecode.has(batch)) return g ?? null;
+    const out = this.graphOutputs(cache, batch);
+    this.enterMode("graph");
+    const graphs = captureAll(uniqueDevices(this.devices), () =>
+      this.body(
+        st,
+        ids,
+        batch,
+        false,
+        null,
+        out.shards.map((t) => t.slice(0, batch)),
+      ),
+    );
+    g = {
+      graphs,
+      cache,
+      plans: st.map(({ kv }) => kv.planStorage),
+      generations: st.map(({ s }) => s.generation),
+      ws: st.map(({ ws }) => ws),
+    };
+    this.graphs.set(batch, g);
+    return g;
+  }
+
+  /**
+   * The buffers every captured graph of `cache` writes: per rank [maxSeqs, vocabPerRank] f32
+   * logits columns on its device, and the gathered [maxSeqs, vocab] f32 logits on rank 0's (one
+   * set for every batch size, rows [0, batch) used, as Gemma3TextModel.graphLogits). A new cache
+   * drops the graphs of the old one.
+   */
+  private graphOutputs(cache: TensorParallelKVCache, batch: number) {
+    if (this.graphOut?.cache !== cache) {
+      this.dropGraphs();
+      const rows = Math.max(cache.planner.maxSeqs, batch);
+      const vr = this.layout.vocabPerRank;
+      this.graphOut = {
+        cache,
+        logits: Tensor.empty([rows, this.config.vocabSize], "f32", this.device),
+        shards: this.devices.map((d) => Tensor.empty([rows, vr], "f32", d)),
+      };
+    }
+    return this.graphOut;
+  }
+
+  /**
+   * NCCL runs without graph mixing support (native/ops/collective.cc): between graph replays and
+   * eager steps, wait for the ranks' queued work (idle already when the caller read the previous
+   * step's logits, as the scheduler does).
+   */
+  private enterMode(mode: "graph" | "eager"): void {
+    if (this.mode !== null && this.mode !== mode && this.comm.backend === "nccl")
+      this.comm.waitIdle();
+    this.mode = mode;
+  }
+
+  /** Batch sizes with a captured decode step (what the next graph decode of that size replays). */
+  get capturedBatches(): number[] {
+    return [...this.graphs.keys()].sort((a, b) => a - b);
+  }
+
+  private dropGraphs(): void {
+    for (const g of this.graphs.values()) for (const x of g.graphs) x.dispose();
+    this.graphs.clear();
+    if (this.graphOut) {
+      this.graphOut.logits.dispose();
+      for (const t of this.graphOut.shards) t.dispose();
+    }
+    this.graphOut = null;
   }
 
   /** Starts rank `rk`'s scratch for a step of n tokens; its plan, cache and decode workspace. */
@@ -219,7 +412,7 @@ export class TensorParallelTextModel implements TextModel {
     batch: number,
     rows: number,
     images: ImageMerge | null,
-  ) {
+  ): RankStep {
     const { hiddenSize: hidden } = this.config;
     const dt = this.dtype;
     const vr = this.layout.vocabPerRank;
@@ -256,7 +449,7 @@ export class TensorParallelTextModel implements TextModel {
     }
   }
 
-  /** Rank `rk`'s vocabulary columns of the logits: [rows, vocabPerRank] f32 (scratch). */
+  /** Rank `rk`'s vocabulary columns of the logits: [rows, vocabPerRank] f32 (`out` or scratch). */
   private logitsShard(
     rk: Rank,
     s: Scratch,
@@ -264,6 +457,7 @@ export class TensorParallelTextModel implements TextModel {
     h: Tensor,
     rows: number,
     all: boolean,
+    out?: Tensor,
   ): Tensor {
     const { hiddenSize: hidden, rmsNormEps: eps } = this.config;
     const dt = this.dtype;
@@ -277,9 +471,9 @@ export class TensorParallelTextModel implements TextModel {
         : ops.embedding(plan.lastRows, h, 1, { out: s.alloc([rows, hidden], dt) });
     const x = ops.rmsnorm(last, rk.weights.norm, eps, s.alloc([rows, hidden], dt));
     const head = rk.weights.lmHead ?? rk.weights.embedTokens.slice(0, vr);
-    if (dt === "f32") return ops.matmul(x, head, { out: s.alloc([rows, vr], "f32") });
-    const y = ops.matmul(x, head, { out: s.alloc([rows, vr], dt) });
-    return ops.cast(y, "f32", s.alloc([rows, vr], "f32"));
+    const o = out ?? s.alloc([rows, vr], "f32");
+    if (dt === "f32") return ops.matmul(x, head, { out: o });
+    return ops.cast(ops.matmul(x, head, { out: s.alloc([rows, vr], dt) }), "f32", o);
   }
 
   private readonly wsFloats = new Map<string, number>();
@@ -301,6 +495,7 @@ export class TensorParallelTextModel implements TextModel {
   }
 
   dispose(): void {
+    this.dropGraphs(); // before the communicator: NCCL's captured work goes with the graphs
     for (const rk of this.ranks) {
       rk.decodeWs?.dispose();
       rk.decodeWs = null;
@@ -308,6 +503,34 @@ export class TensorParallelTextModel implements TextModel {
       rk.scratch.dispose();
     }
     this.comm.dispose();
+  }
+}
+
+/** The distinct devices of `devices`, in order (CPU ranks share the one CPU stream). */
+function uniqueDevices(devices: readonly Device[]): Device[] {
+  const out: Device[] = [];
+  for (const d of devices) if (!out.some((o) => o.index === d.index)) out.push(d);
+  return out;
+}
+
+/**
+ * Graphs of `fn`'s ops on every device of `devices`, all capturing at once (nested captures: a
+ * failure ends and frees every capture begun).
+ */
+function captureAll(devices: readonly Device[], fn: () => void): Graph[] {
+  if (devices.length === 0) {
+    fn();
+    return [];
+  }
+  let rest: Graph[] = [];
+  try {
+    const g = Graph.capture(devices[0]!, () => {
+      rest = captureAll(devices.slice(1), fn);
+    });
+    return [g, ...rest];
+  } catch (e) {
+    for (const x of rest) x.dispose();
+    throw e;
   }
 }
 
