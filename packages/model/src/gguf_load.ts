@@ -125,6 +125,21 @@ export interface GGUFSource {
  * @throws GGUFError (E_METADATA / E_TENSOR) naming the file and key
  */
 export function ggufTextConfig(f: GGUFSource): Gemma3Config {
+  try {
+    return parseConfig(ggufTextConfigJson(f), `${f.path} (GGUF metadata)`);
+  } catch (e) {
+    if (e instanceof ConfigError)
+      throw new GGUFError(e.message, "E_METADATA", f.path, undefined, e.field);
+    throw e;
+  }
+}
+
+/**
+ * The config.json-shaped (gemma3_text) object ggufTextConfig validates; gguf_mmproj.ts nests it
+ * as text_config of a multimodal config.
+ * @throws GGUFError (E_METADATA / E_TENSOR) naming the file and key
+ */
+export function ggufTextConfigJson(f: GGUFSource): Record<string, unknown> {
   const file = f.path;
   const m = new GGUFMetadata(f.metadata, file);
   const arch = m.str("general.architecture");
@@ -193,7 +208,7 @@ export function ggufTextConfig(f: GGUFSource): Gemma3Config {
   const tok = "tokenizer.ggml.";
   const eos = m.uint(tok + "eos_token_id", 1);
   const eot = m.has(tok + "eot_token_id") ? m.uint(tok + "eot_token_id") : undefined;
-  const json = {
+  const json: Record<string, unknown> = {
     model_type: "gemma3_text",
     vocab_size: embd.shape[0],
     hidden_size: hidden,
@@ -220,13 +235,7 @@ export function ggufTextConfig(f: GGUFSource): Gemma3Config {
     eos_token_id: eot === undefined || eot === eos ? [eos] : [eos, eot],
     pad_token_id: m.uint(tok + "padding_token_id", 0),
   };
-  try {
-    return parseConfig(json, `${file} (GGUF metadata)`);
-  } catch (e) {
-    if (e instanceof ConfigError)
-      throw new GGUFError(e.message, "E_METADATA", file, undefined, e.field);
-    throw e;
-  }
+  return json;
 }
 
 /**
@@ -362,8 +371,11 @@ export function checkGGUFTextWeights(
   return out;
 }
 
-/** Stored float bytes → float32 values. */
-function floatsOf(bytes: Uint8Array, type: GGMLTypeName): Float32Array {
+/**
+ * Stored bytes of a loadable type (GGUF_LOADABLE_TYPES) → float32 values: floats decoded exactly,
+ * blocks dequantized as llama.cpp's dequantize_row_* does.
+ */
+export function ggufFloats(bytes: Uint8Array, type: GGMLTypeName): Float32Array {
   const { buffer, byteOffset: o, byteLength: n } = bytes;
   switch (type) {
     case "F32":
@@ -383,7 +395,7 @@ function floatsOf(bytes: Uint8Array, type: GGMLTypeName): Float32Array {
     case "Q6_K":
       return dequantizeBlocks(bytes, BLOCK_DTYPE[type]!);
     default:
-      throw new TypeError(`floatsOf: cannot decode ${type}`);
+      throw new TypeError(`ggufFloats: cannot decode ${type}`);
   }
 }
 
@@ -424,7 +436,7 @@ export async function loadGGUFTensor(
       name,
     );
   if (isNormWeight(canonical)) {
-    const w = floatsOf(await f.read(name), type);
+    const w = ggufFloats(await f.read(name), type);
     for (let i = 0; i < w.length; i++) w[i] = w[i]! - 1; // Float32Array store rounds like fp32 math
     return Tensor.from(w, shape, dtype, device);
   }
@@ -452,7 +464,7 @@ function hostData(
     return (b) => new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
   if (type === "BF16" && dst === "bf16")
     return (b) => new Uint16Array(b.buffer, b.byteOffset, b.byteLength / 2);
-  return (b) => floatsOf(b, type); // decoded; Tensor.write rounds to bf16 when dst is bf16
+  return (b) => ggufFloats(b, type); // decoded; Tensor.write rounds to bf16 when dst is bf16
 }
 
 /** Streams a tensor in row chunks of ≤ chunkBytes into a new `dtype` tensor. */

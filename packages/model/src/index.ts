@@ -11,6 +11,7 @@ export * from "./load.js";
 export * from "./gguf.js";
 export * from "./gguf_metadata.js";
 export * from "./gguf_load.js";
+export * from "./gguf_mmproj.js";
 export * from "./tokenizer.js";
 export * from "./quantize.js";
 export * from "./tp/index.js";

@@ -8,6 +8,7 @@ import { Device, Tensor, UnsupportedError } from "@gemma3/native";
 import { DecoderLayer, type LayerWeights } from "./block.js";
 import { loadConfig, type Gemma3Config } from "./config.js";
 import { GGUFError, GGUFFile } from "./gguf.js";
+import { ggufMultimodalConfig, isMmprojFileName, resolveMmproj } from "./gguf_mmproj.js";
 import {
   checkGGUFTextWeights,
   ggufTextConfig,
@@ -38,6 +39,13 @@ export interface LoadOptions {
   quantize?: WeightQuantization;
   /** Progress over the text weights: (tensors done, fractional, tensors total). */
   onProgress?: (done: number, total: number) => void;
+  /**
+   * GGUF models: the llama.cpp mmproj GGUF (vision tower + projector) to pair with the text file
+   * (llama.cpp's --mmproj). Without it, a model named by its directory takes the one mmproj-*.gguf
+   * there. With an mmproj the config is multimodal (vision, image token ids); @gemma3/vision's
+   * loadVisionEncoder reads its weights.
+   */
+  mmproj?: string;
 }
 
 /** Canonical checkpoint name (after "layers.{i}.") of each layer weight. */
@@ -57,34 +65,50 @@ export const LAYER_KEYS: Record<keyof LayerWeights, string> = {
   downProj: "mlp.down_proj",
 };
 
-/** Where a model path points. */
-export type ModelSource = { format: "safetensors"; dir: string } | { format: "gguf"; file: string };
+/** Where a model path points (a GGUF text file with the mmproj GGUF paired with it, if any). */
+export type ModelSource =
+  { format: "safetensors"; dir: string } | { format: "gguf"; file: string; mmproj?: string };
 
 /**
  * Resolves a model path: a .gguf file; a directory with config.json (safetensors); or a directory
- * with exactly one .gguf (mmproj-*.gguf, the vision projector, is not counted). Anything else is
- * treated as a safetensors directory, whose loader then names what is missing.
- * @throws GGUFError when a directory holds several candidate .gguf files
+ * with exactly one .gguf besides mmproj files (the vision projector). A GGUF gets `opts.mmproj`,
+ * or, when named by its directory, the one mmproj-*.gguf there. Anything else is treated as a
+ * safetensors directory, whose loader then names what is missing.
+ * @throws GGUFError when a directory holds several candidate .gguf (or mmproj) files, or the
+ *   given mmproj does not exist
  */
-export async function resolveModelPath(path: string): Promise<ModelSource> {
+export async function resolveModelPath(
+  path: string,
+  opts: { mmproj?: string } = {},
+): Promise<ModelSource> {
   const st = await stat(path).catch(() => undefined);
+  const gguf = async (file: string, byDirectory: boolean): Promise<ModelSource> => {
+    const mmproj = await resolveMmproj(file, byDirectory, opts.mmproj);
+    return mmproj === undefined ? { format: "gguf", file } : { format: "gguf", file, mmproj };
+  };
+  const safetensors = (dir: string): ModelSource => {
+    if (opts.mmproj !== undefined)
+      throw new RangeError(
+        `mmproj ${opts.mmproj}: an mmproj goes with a GGUF model; ${dir} is a safetensors ` +
+          `checkpoint (its vision tower is in the checkpoint)`,
+      );
+    return { format: "safetensors", dir };
+  };
   // A missing *.gguf path goes to the GGUF reader too, so the error names that file.
-  if (!st?.isDirectory() && path.toLowerCase().endsWith(".gguf"))
-    return { format: "gguf", file: path };
-  if (!st?.isDirectory()) return { format: "safetensors", dir: path };
-  if (await stat(join(path, "config.json")).catch(() => undefined))
-    return { format: "safetensors", dir: path };
+  if (!st?.isDirectory() && path.toLowerCase().endsWith(".gguf")) return gguf(path, false);
+  if (!st?.isDirectory()) return safetensors(path);
+  if (await stat(join(path, "config.json")).catch(() => undefined)) return safetensors(path);
   const ggufs = (await readdir(path))
-    .filter((n) => n.toLowerCase().endsWith(".gguf") && !n.toLowerCase().startsWith("mmproj"))
+    .filter((n) => n.toLowerCase().endsWith(".gguf") && !isMmprojFileName(n))
     .sort();
-  if (ggufs.length === 1) return { format: "gguf", file: join(path, ggufs[0]!) };
+  if (ggufs.length === 1) return gguf(join(path, ggufs[0]!), true);
   if (ggufs.length > 1)
     throw new GGUFError(
       `${path}: ${ggufs.length} .gguf files (${ggufs.join(", ")}): pass the one to load`,
       "E_IO",
       path,
     );
-  return { format: "safetensors", dir: path };
+  return safetensors(path);
 }
 
 /**
@@ -100,9 +124,9 @@ export async function loadTextModel(
   const device = Device.of(opts.device ?? "cpu");
   const dtype: ComputeDType = opts.dtype ?? (device.isCuda ? "bf16" : "f32");
   checkQuantize(opts.quantize);
-  const src = await resolveModelPath(path);
+  const src = await resolveModelPath(path, opts);
   return src.format === "gguf"
-    ? loadFromGGUF(src.file, device, dtype, opts)
+    ? loadFromGGUF(src.file, src.mmproj, device, dtype, opts)
     : loadFromSafetensors(src.dir, device, dtype, opts);
 }
 
@@ -194,19 +218,48 @@ async function loadFromSafetensors(
 
 async function loadFromGGUF(
   file: string,
+  mmproj: string | undefined,
   device: Device,
   dtype: ComputeDType,
   opts: LoadOptions,
 ): Promise<Gemma3TextModel> {
   const f = await GGUFFile.open(file);
   try {
-    const config = ggufTextConfig(f);
+    const config = mmproj ? await ggufPairConfig(f, mmproj) : ggufTextConfig(f);
     const infos = checkGGUFTextWeights(config, f);
     return await assemble(config, device, dtype, opts, (name) =>
       loadGGUFTensor(f, name, infos.get(name)!, device, dtype, {
         quantize: isLinearWeight(name) ? opts.quantize : undefined,
       }),
     );
+  } finally {
+    await f.close();
+  }
+}
+
+/** The multimodal config of an open text GGUF and an mmproj file (headers only). */
+async function ggufPairConfig(text: GGUFFile, mmproj: string): Promise<Gemma3Config> {
+  const mm = await GGUFFile.open(mmproj);
+  try {
+    return ggufMultimodalConfig(text, mm);
+  } finally {
+    await mm.close();
+  }
+}
+
+/**
+ * The config of a model path without loading weights: config.json, or the GGUF headers (the
+ * text file's, and the mmproj's when one is paired as resolveModelPath pairs it).
+ */
+export async function loadModelConfig(
+  path: string,
+  opts: { mmproj?: string } = {},
+): Promise<Gemma3Config> {
+  const src = await resolveModelPath(path, opts);
+  if (src.format === "safetensors") return loadConfig(join(src.dir, "config.json"));
+  const f = await GGUFFile.open(src.file);
+  try {
+    return src.mmproj ? await ggufPairConfig(f, src.mmproj) : ggufTextConfig(f);
   } finally {
     await f.close();
   }

@@ -3,7 +3,7 @@
 // only change), and F32/BF16 give *identical* logits to safetensors holding the same values (2-D
 // weights rounded to bf16, norms through fround(fround(w + 1) − 1)). Config from metadata, the
 // 27B query scale rule, tokenizer metadata, and typed errors for what cannot load.
-import { copyFileSync, readFileSync, writeFileSync } from "node:fs";
+import { copyFileSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { bf16ToF32, f32ToBf16 } from "@gemma3/native";
@@ -265,11 +265,17 @@ describe("GGUF loading: tokenizer metadata, paths and typed errors", () => {
     expect(t.chatTemplate).toContain("bos_token");
   });
 
-  it("a directory with one .gguf (mmproj ignored) loads it; two are refused by name", async () => {
+  it("a directory with one .gguf (an mmproj beside it is paired, not counted) loads it; two are refused by name", async () => {
     const dir = tempDir("gguf-dir");
     const path = await writeGemma3GGUF(join(fixtures, "tiny-1b"), "F32", join(dir, "tiny.gguf"));
-    writeFileSync(join(dir, "mmproj-tiny.gguf"), new Uint8Array(8));
-    expect(await resolveModelPath(dir)).toEqual({ format: "gguf", file: path });
+    const mmproj = join(dir, "mmproj-tiny.gguf");
+    writeFileSync(mmproj, new Uint8Array(8));
+    expect(await resolveModelPath(dir)).toEqual({ format: "gguf", file: path, mmproj });
+    // Named by its file, the text GGUF is not paired (llama.cpp's --mmproj is explicit).
+    expect(await resolveModelPath(path)).toEqual({ format: "gguf", file: path });
+    // The paired mmproj is read (its header), so a broken one is an error naming it.
+    await expect(loadTextModel(dir)).rejects.toThrow(/mmproj-tiny\.gguf/);
+    rmSync(mmproj);
     const g = goldens("tiny-1b");
     expect(maxAbsDiff(await logitsOf(dir, g.prompt_ids), await logitsOf(path, g.prompt_ids))).toBe(
       0,

@@ -6,6 +6,7 @@ export * from "./resize.js";
 export * from "./pan_and_scan.js";
 export * from "./preprocess.js";
 export * from "./vision_weights.js";
+export * from "./vision_gguf.js";
 export * from "./siglip.js";
 export * from "./projector.js";
 export * from "./vision_encoder.js";

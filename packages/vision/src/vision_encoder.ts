@@ -1,16 +1,35 @@
 // Pixels → image features for the text model: the SigLIP tower then the projector (HF
 // Gemma3Model.get_image_features), all images of a request (original + Pan & Scan crops) batched.
 import { Device, ShapeError, Tensor } from "@gemma3/native";
-import { Scratch, type Gemma3Config } from "@gemma3/model";
+import {
+  GGUFFile,
+  Scratch,
+  ggufMultimodalConfig,
+  resolveModelPath,
+  type Gemma3Config,
+} from "@gemma3/model";
+import type { PreprocessOptions } from "./preprocess.js";
 import { Gemma3MultiModalProjector } from "./projector.js";
 import { SiglipVisionTower, type VisionDType } from "./siglip.js";
-import { loadVisionWeights, openVisionCheckpoint, requireVision } from "./vision_weights.js";
+import { loadMmprojWeights, mmprojPreprocess, requireMmproj } from "./vision_gguf.js";
+import {
+  loadVisionWeights,
+  openVisionCheckpoint,
+  requireVision,
+  type VisionWeights,
+} from "./vision_weights.js";
 
 export interface VisionLoadOptions {
   /** "cpu" (default), "cuda" or "cuda:N" (the text model's device) */
   device?: string | Device;
   /** Compute and weight dtype (default: f32 on cpu, bf16 on cuda; use the text model's). */
   dtype?: VisionDType;
+  /**
+   * GGUF models: the llama.cpp mmproj GGUF holding the tower and projector (default: the one
+   * mmproj-*.gguf beside the text GGUF when the model is named by its directory), as @gemma3/model's
+   * loadTextModel pairs it.
+   */
+  mmproj?: string;
 }
 
 export class Gemma3VisionEncoder {
@@ -23,6 +42,11 @@ export class Gemma3VisionEncoder {
   readonly tokensPerImage: number;
   /** The text model's hidden size (width of a feature row). */
   readonly textHidden: number;
+  /**
+   * Normalization the weights' file states (an mmproj's clip.vision.image_mean / image_std), for
+   * when no preprocessor_config.json lies beside the model; empty for safetensors checkpoints.
+   */
+  preprocessDefaults: Pick<PreprocessOptions, "imageMean" | "imageStd"> = {};
   private readonly scratch: Scratch;
 
   constructor(
@@ -96,32 +120,75 @@ export class Gemma3VisionEncoder {
 }
 
 /**
- * Loads the vision tower and projector of a Gemma3ForConditionalGeneration safetensors directory
- * (hub layout vision_tower.vision_model.* / multi_modal_projector.*, or transformers ≥ 5 names).
- * Every tensor is checked against the config before anything is uploaded.
- * @throws WeightError for a text-only config or a missing / mis-shaped tensor
+ * Loads the vision tower and projector of a model path: a Gemma3ForConditionalGeneration
+ * safetensors directory (hub layout vision_tower.vision_model.* / multi_modal_projector.*, or
+ * transformers ≥ 5 names), or a gemma3 GGUF (file or directory) with its llama.cpp mmproj GGUF
+ * (vision_gguf.ts). Every tensor is checked against the config before anything is uploaded.
+ * @throws WeightError for a text-only config or checkpoint tensor problems; GGUFError for a GGUF
+ *   pair's (not an mmproj, another projector, a missing / mis-shaped tensor, named)
  */
 export async function loadVisionEncoder(
-  dir: string,
+  path: string,
   opts: VisionLoadOptions = {},
 ): Promise<Gemma3VisionEncoder> {
   const device = Device.of(opts.device ?? "cpu");
   const dtype: VisionDType = opts.dtype ?? (device.isCuda ? "bf16" : "f32");
-  const { config, ckpt } = await openVisionCheckpoint(dir);
+  const src = await resolveModelPath(
+    path,
+    opts.mmproj !== undefined ? { mmproj: opts.mmproj } : {},
+  );
+  if (src.format === "gguf") return loadFromMmproj(src.file, src.mmproj, device, dtype);
+  const { config, ckpt } = await openVisionCheckpoint(src.dir);
   try {
-    const v = requireVision(config);
     const { weights, owners } = await loadVisionWeights(config, ckpt, device, dtype);
-    const tower = new SiglipVisionTower(v, weights, dtype);
-    const projector = new Gemma3MultiModalProjector(
-      weights.softEmbNorm,
-      weights.projection,
-      v.image_size / v.patch_size,
-      config.mmTokensPerImage!,
-      v.layer_norm_eps,
-      dtype,
-    );
-    return new Gemma3VisionEncoder(config, tower, projector, device, dtype, owners);
+    return assemble(config, weights, owners, device, dtype);
   } finally {
     await ckpt.close();
   }
+}
+
+/** The encoder of a text GGUF + mmproj GGUF pair (the config from both headers). */
+async function loadFromMmproj(
+  textFile: string,
+  mmproj: string | undefined,
+  device: Device,
+  dtype: VisionDType,
+): Promise<Gemma3VisionEncoder> {
+  const mmFile = requireMmproj(textFile, mmproj);
+  const text = await GGUFFile.open(textFile);
+  let config: Gemma3Config;
+  try {
+    const mm = await GGUFFile.open(mmFile);
+    try {
+      config = ggufMultimodalConfig(text, mm);
+      const { weights, owners } = await loadMmprojWeights(config, mm, device, dtype);
+      const enc = assemble(config, weights, owners, device, dtype);
+      enc.preprocessDefaults = mmprojPreprocess(mm);
+      return enc;
+    } finally {
+      await mm.close();
+    }
+  } finally {
+    await text.close();
+  }
+}
+
+function assemble(
+  config: Gemma3Config,
+  weights: VisionWeights,
+  owners: Tensor[],
+  device: Device,
+  dtype: VisionDType,
+): Gemma3VisionEncoder {
+  const v = requireVision(config);
+  const tower = new SiglipVisionTower(v, weights, dtype);
+  const projector = new Gemma3MultiModalProjector(
+    weights.softEmbNorm,
+    weights.projection,
+    v.image_size / v.patch_size,
+    config.mmTokensPerImage!,
+    v.layer_norm_eps,
+    dtype,
+  );
+  return new Gemma3VisionEncoder(config, tower, projector, device, dtype, owners);
 }
