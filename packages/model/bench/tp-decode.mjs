@@ -1,18 +1,31 @@
 // Decode step time at tensor-parallel 1 vs N on the GPUs of one host, and the all-reduce share:
 // greedy decode (argmax on the device, 4 bytes to the host per sequence, as `gemma3 generate`)
-// of `--batch` sequences after a `--prompt`-token prefill; median step time over `--steps` steps
-// after 4 warm-up steps. TP 1 runs eagerly and with its captured CUDA graph; TP N runs eagerly
-// (per-op launches on N devices). The all-reduce alone: the step's 2·layers + 1 all-reduces of
-// [batch, hidden] back to back, synchronized, median of 20.
-//   node packages/model/bench/tp-decode.mjs MODEL [--tp 1,2] [--batch 1] [--steps 32]
+// of `--batch` sequences (a list: one run each) after a `--prompt`-token prefill; median step
+// time over `--steps` steps after 4 warm-up steps. Every TP size runs with its captured graphs
+// (TP 1: one CUDA graph; TP N: one per rank device, the NCCL all-reduces captured) and eagerly.
+// All-reduce share of a TP N step: the graph step timed again with the all-reduces left out
+// (the communicator's allReduce replaced by a no-op before capture: wrong numbers, same kernels
+// otherwise), share = 1 − without / with; and the step's 2·layers + 1 all-reduces alone, eager,
+// back to back, synchronized.
+// Correctness, per TP N against TP 1 (same prompts): max |Δ| of the prefill logits, argmax
+// agreement where TP 1's top-2 margin > 0.05, sequences whose greedy ids equal TP 1's; and graph
+// vs eager logits of the same model at decode step 2.
+//   node packages/model/bench/tp-decode.mjs MODEL [--tp 1,2] [--batch 1,64] [--steps 32]
 //        [--prompt 16] [--dtype bf16] [--collective auto|nccl|host] [--json FILE] [--device cuda]
+//   MODEL: a checkpoint directory (the loaders), or `random:CONFIG.json`: random bf16 weights
+//   generated on the devices at that config's shape (no checkpoint; the 27B's 54 GB would take
+//   minutes to write and read; the loaders are covered by the tests).
 // (--device cpu: N CPU ranks, a smoke test of the script, not a benchmark).
 // Run after `npx turbo run build` (imports ../dist).
 import { writeFileSync } from "node:fs";
 import { performance } from "node:perf_hooks";
-import { Device, Tensor, ops } from "@gemma3/native";
+import { Communicator, Device, Tensor, copyColumns, f32ToBf16, ops } from "@gemma3/native";
+import { loadConfig } from "../dist/config.js";
 import { loadTextModel } from "../dist/load.js";
+import { Gemma3TextModel } from "../dist/text_model.js";
+import { tensorParallelLayout } from "../dist/tp/layout.js";
 import { loadTensorParallelModel, tensorParallelDevices } from "../dist/tp/load.js";
+import { TensorParallelTextModel } from "../dist/tp/model.js";
 
 const args = process.argv.slice(2);
 const opt = (name, def) => {
@@ -20,7 +33,7 @@ const opt = (name, def) => {
   return i >= 0 ? args.splice(i, 2)[1] : def;
 };
 const tps = opt("--tp", "1,2").split(",").map(Number);
-const batch = Number(opt("--batch", "1"));
+const batches = opt("--batch", "1").split(",").map(Number);
 const steps = Number(opt("--steps", "32"));
 const promptLen = Number(opt("--prompt", "16"));
 const device = opt("--device", "cuda");
@@ -29,7 +42,7 @@ const collective = opt("--collective", "auto");
 const jsonOut = opt("--json", "");
 const path = args[0];
 if (!path) {
-  console.error("usage: tp-decode.mjs MODEL [--tp 1,2] [--batch 1] [--steps 32] …");
+  console.error("usage: tp-decode.mjs MODEL|random:CONFIG [--tp 1,2] [--batch 1,64] …");
   process.exit(2);
 }
 
@@ -37,8 +50,137 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 let seed = 1;
 const rand = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
 
-/** Median decode step (ms) of `model` over `steps` steps, graph or eager. */
-async function decode(model, graph) {
+// ---- random weights on the devices -------------------------------------------------------------
+const POOL = 1 << 24; // 16M values: a 32 MB bf16 pool per device, tiled into every weight
+const pools = new Map();
+/** The random pool on `dev`: uniform(−0.03, 0.03) (HF's init scale, std 0.02), in `dt`. */
+function pool(dev, dt) {
+  const key = `${dev}:${dt}`;
+  if (!pools.has(key)) {
+    const v = new Float32Array(POOL);
+    let s = 12345;
+    for (let i = 0; i < POOL; i++) {
+      s = (s * 1103515245 + 12345) % 2 ** 31;
+      v[i] = (s / 2 ** 31 - 0.5) * 0.06;
+    }
+    const t = Tensor.empty([POOL], dt, dev);
+    if (dt === "bf16") t.write(Uint16Array.from(v, (x) => f32ToBf16(x)));
+    else t.write(v);
+    pools.set(key, t);
+  }
+  return pools.get(key);
+}
+/** A per-name offset into the pool: the same tensor gets the same values at every TP size. */
+function offsetOf(name) {
+  let h = 2166136261;
+  for (const ch of name) h = Math.imul(h ^ ch.charCodeAt(0), 16777619) >>> 0;
+  return h % POOL;
+}
+/**
+ * Rows [r0, r0 + shape[0]) of the random tensor `name` of `cols` columns: element k of the whole
+ * (row-major) is pool[(offsetOf(name) + k) mod POOL].
+ */
+function randomRows(name, shape, r0, dev, dt) {
+  const t = Tensor.empty(shape, dt, dev);
+  const flat = t.view([t.numel]);
+  const p = pool(dev, dt);
+  const cols = shape.length > 1 ? shape[1] : shape[0];
+  let at = 0;
+  let from = (offsetOf(name) + r0 * cols) % POOL;
+  while (at < t.numel) {
+    const len = Math.min(t.numel - at, POOL - from);
+    flat.slice(at, at + len).copyFrom(p.slice(from, from + len));
+    at += len;
+    from = 0;
+  }
+  return t;
+}
+/** Columns [c0, c1) of the random [rows, cols] tensor `name` (made whole, then copied out). */
+function randomCols(name, rows, cols, [c0, c1], dev, dt) {
+  if (c0 === 0 && c1 === cols) return randomRows(name, [rows, cols], 0, dev, dt);
+  const whole = randomRows(name, [rows, cols], 0, dev, dt);
+  const t = Tensor.empty([rows, c1 - c0], dt, dev);
+  copyColumns(whole, c0, t, 0, c1 - c0);
+  whole.dispose();
+  return t;
+}
+/**
+ * One rank's weights (the whole model for `shard` null): random tensors of the model at config
+ * `c`'s shape, every rank holding its shard of the same whole tensors (tp/layout.ts).
+ */
+function randomWeights(c, dev, dt, shard, vocabPerRank) {
+  const h = c.hiddenSize;
+  const d = c.headDim;
+  const all = (n) => [0, n];
+  const qh = shard?.qHeads ?? all(c.numAttentionHeads);
+  const kvh = shard?.kvHeads ?? all(c.numKeyValueHeads);
+  const ffn = shard?.ffn ?? all(c.intermediateSize);
+  const rows = (name, [a, b], per) => randomRows(name, [(b - a) * per, h], a * per, dev, dt);
+  const vec = (name, n) => randomRows(name, [n], 0, dev, dt);
+  let embedTokens;
+  if (!shard) embedTokens = randomRows("embed", [c.vocabSize, h], 0, dev, dt);
+  else {
+    // The rank's vocabulary rows, zero padding, then the zero row other ranks' ids gather.
+    const [v0, v1] = shard.vocab;
+    embedTokens = Tensor.zeros([vocabPerRank + 1, h], dt, dev);
+    if (v1 > v0) {
+      const part = randomRows("embed", [v1 - v0, h], v0, dev, dt);
+      embedTokens.slice(0, v1 - v0).copyFrom(part);
+      part.dispose();
+    }
+  }
+  const layers = [];
+  for (let i = 0; i < c.numHiddenLayers; i++) {
+    const p = `layers.${i}.`;
+    layers.push({
+      inputLayernorm: vec(p + "input_layernorm", h),
+      postAttentionLayernorm: vec(p + "post_attention_layernorm", h),
+      preFeedforwardLayernorm: vec(p + "pre_feedforward_layernorm", h),
+      postFeedforwardLayernorm: vec(p + "post_feedforward_layernorm", h),
+      qProj: rows(p + "q_proj", qh, d),
+      kProj: rows(p + "k_proj", kvh, d),
+      vProj: rows(p + "v_proj", kvh, d),
+      oProj: randomCols(p + "o_proj", h, c.numAttentionHeads * d, [qh[0] * d, qh[1] * d], dev, dt),
+      qNorm: vec(p + "q_norm", d),
+      kNorm: vec(p + "k_norm", d),
+      gateProj: rows(p + "gate_proj", ffn, 1),
+      upProj: rows(p + "up_proj", ffn, 1),
+      downProj: randomCols(p + "down_proj", h, c.intermediateSize, ffn, dev, dt),
+    });
+  }
+  return { embedTokens, norm: vec("norm", h), layers };
+}
+async function randomModel(configPath, tp) {
+  const config = { ...(await loadConfig(configPath)), tieWordEmbeddings: true };
+  const devs = tensorParallelDevices(tp, device);
+  if (tp === 1)
+    return new Gemma3TextModel(config, randomWeights(config, devs[0], dtype, null), devs[0], dtype);
+  const layout = tensorParallelLayout(config, tp);
+  const parts = devs.map((d, r) => ({
+    device: d,
+    weights: randomWeights(config, d, dtype, layout.ranks[r], layout.vocabPerRank),
+  }));
+  const comm = Communicator.create(devs, { backend: collective });
+  return new TensorParallelTextModel(config, layout, parts, dtype, comm);
+}
+async function openModel(tp) {
+  if (path.startsWith("random:")) return randomModel(path.slice(7), tp);
+  return tp === 1
+    ? loadTextModel(path, { device: tensorParallelDevices(1, device)[0], dtype })
+    : loadTensorParallelModel(path, {
+        devices: tensorParallelDevices(tp, device),
+        dtype,
+        collective,
+      });
+}
+
+// ---- measurements ---------------------------------------------------------------------------------
+/**
+ * Greedy decode of `batch` sequences: median step ms, every step's ids, the prefill logits and
+ * the logits of decode step 2 (the first replay of a freshly captured graph is step 1).
+ */
+async function decode(model, batch, graph) {
+  seed = 1; // the same prompts in every run
   const V = model.config.vocabSize;
   const cache = model.newKVCache({ maxSeqs: batch, maxSeqLen: promptLen + steps + 8 });
   const seqs = Array.from({ length: batch }, () => cache.sequence());
@@ -47,9 +189,12 @@ async function decode(model, graph) {
     ...Array.from({ length: promptLen - 1 }, () => 3 + Math.floor(rand() * Math.min(999, V - 3))),
   ]);
   const pre = model.forwardBatch(seqs.map((seq, i) => ({ seq, ids: prompts[i] })));
+  const prefill = await pre.toArray();
   let next = Array.from(await ops.argmax(pre).toArray());
   pre.dispose();
   const times = [];
+  const ids = [next];
+  let probe = null;
   for (let s = 0; s < steps + 4; s++) {
     const t0 = performance.now();
     const logits = model.forwardBatch(
@@ -59,16 +204,18 @@ async function decode(model, graph) {
     const am = ops.argmax(logits);
     next = Array.from(await am.toArray());
     am.dispose();
-    if (!graph) logits.dispose();
     if (s >= 4) times.push(performance.now() - t0);
+    if (s === 2) probe = await logits.toArray();
+    logits.dispose();
+    ids.push(next);
   }
   for (const s of seqs) s.dispose();
   cache.dispose();
-  return median(times);
+  return { ms: median(times), ids, prefill, probe };
 }
 
-/** Median ms of one step's all-reduces (2·layers + 1 of [batch, hidden]) on `model.comm`. */
-async function allReduceAlone(model) {
+/** Median ms of one step's all-reduces (2·layers + 1 of [batch, hidden]) on `model.comm`, eager. */
+async function allReduceAlone(model, batch) {
   const { hiddenSize, numHiddenLayers } = model.config;
   const count = 2 * numHiddenLayers + 1;
   const ts = model.devices.map((d) => Tensor.zeros([batch, hiddenSize], model.dtype, d));
@@ -85,36 +232,81 @@ async function allReduceAlone(model) {
   return { count, ms: median(times) };
 }
 
+const maxAbsDiff = (a, b) => {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return m;
+};
+/** Rows of `got` whose argmax equals `ref`'s, among rows where ref's top-2 margin > 0.05. */
+function argmaxAgreement(ref, got, V) {
+  let counted = 0;
+  let agree = 0;
+  for (let r = 0; r < ref.length / V; r++) {
+    const row = ref.subarray(r * V, (r + 1) * V);
+    let a = 0;
+    for (let i = 1; i < V; i++) if (row[i] > row[a]) a = i;
+    let b = a === 0 ? 1 : 0;
+    for (let i = 0; i < V; i++) if (i !== a && row[i] > row[b]) b = i;
+    if (row[a] - row[b] <= 0.05) continue;
+    counted++;
+    const g = got.subarray(r * V, (r + 1) * V);
+    let ga = 0;
+    for (let i = 1; i < V; i++) if (g[i] > g[ga]) ga = i;
+    if (ga === a) agree++;
+  }
+  return `${agree}/${counted}`;
+}
+
 const results = [];
+const tp1 = new Map(); // batch → TP 1's graph run
 for (const tp of tps) {
   const t0 = performance.now();
-  const model =
-    tp === 1
-      ? await loadTextModel(path, { device: tensorParallelDevices(1, device)[0], dtype })
-      : await loadTensorParallelModel(path, {
-          devices: tensorParallelDevices(tp, device),
-          dtype,
-          collective,
-        });
+  const model = await openModel(tp);
+  await Promise.all((model.devices ?? [model.device]).map((d) => d.synchronize()));
   const loadS = (performance.now() - t0) / 1000;
-  const r = { tp, batch, dtype, loadS: +loadS.toFixed(1) };
-  if (tp === 1) {
-    r.graphMs = await decode(model, true);
-    r.eagerMs = await decode(model, false);
-  } else {
-    r.backend = model.comm.backend;
-    r.eagerMs = await decode(model, false);
-    const ar = await allReduceAlone(model);
-    r.allReduces = ar.count;
-    r.allReduceMs = ar.ms;
-    r.allReduceShare = +(ar.ms / r.eagerMs).toFixed(3);
+  for (const batch of batches) {
+    const r = { tp, batch, dtype, weights: path.startsWith("random:") ? "random" : "checkpoint" };
+    r.loadS = +loadS.toFixed(1);
+    const g = await decode(model, batch, true);
+    const e = await decode(model, batch, false);
+    r.graphMs = g.ms;
+    r.eagerMs = e.ms;
+    r.graphVsEagerMaxDiff = +maxAbsDiff(g.probe, e.probe).toExponential(2);
+    if (tp === 1) tp1.set(batch, g);
+    else {
+      r.backend = model.comm.backend;
+      r.captured = model.capturedBatches.includes(batch);
+      // The step without its all-reduces (wrong numbers): an own no-op shadows the method.
+      model.comm.allReduce = () => {};
+      try {
+        r.noAllReduceGraphMs = (await decode(model, batch, true)).ms;
+      } finally {
+        delete model.comm.allReduce;
+      }
+      r.allReduceShare = +(1 - r.noAllReduceGraphMs / r.graphMs).toFixed(3);
+      const ar = await allReduceAlone(model, batch);
+      r.allReduces = ar.count;
+      r.allReduceAloneMs = ar.ms;
+      const ref = tp1.get(batch);
+      if (ref) {
+        const V = model.config.vocabSize;
+        r.prefillMaxDiffVsTp1 = +maxAbsDiff(g.prefill, ref.prefill).toExponential(2);
+        r.firstTokenArgmaxVsTp1 = argmaxAgreement(ref.prefill, g.prefill, V);
+        let same = 0;
+        for (let i = 0; i < batch; i++)
+          if (g.ids.every((step, t) => step[i] === ref.ids[t][i])) same++;
+        r.greedySeqsEqualTp1 = `${same}/${batch}`;
+      }
+    }
+    for (const k of ["graphMs", "eagerMs", "noAllReduceGraphMs", "allReduceAloneMs"])
+      if (r[k] !== undefined) r[k] = +r[k].toFixed(3);
+    r.tokS = +((1000 * batch) / r.graphMs).toFixed(1);
+    r.device = Device.of(tensorParallelDevices(1, device)[0]).info().name;
+    console.log(JSON.stringify(r));
+    results.push(r);
   }
-  for (const k of ["graphMs", "eagerMs", "allReduceMs"])
-    if (r[k] !== undefined) r[k] = +r[k].toFixed(3);
-  r.tokS = +((1000 * batch) / (r.graphMs ?? r.eagerMs)).toFixed(1);
-  r.device = Device.of(device).info().name;
-  console.log(JSON.stringify(r));
-  results.push(r);
   model.dispose();
+  for (const p of pools.values()) p.dispose();
+  pools.clear();
 }
 if (jsonOut) writeFileSync(jsonOut, JSON.stringify(results, null, 2));
