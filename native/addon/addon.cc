@@ -407,6 +407,21 @@ G3_ENTRY(Rope){G3_BODY{OP_RESULT(ops::rope(T(0, "x"), T(1, "positions"), to_f32(
 }
 G3_END
 }
+// (qkv|null, q, k, v|null, q_w, k_w, positions, eps, base, scale)
+G3_ENTRY(QkNormRope){G3_BODY{auto qkv = OPT(0, "qkv");
+auto v = OPT(3, "v");
+OP_RESULT(ops::qk_norm_rope(qkv.get(), T(1, "q"), T(2, "k"), v.get(), T(4, "q_w"), T(5, "k_w"),
+                            T(6, "positions"), to_f32(info[7], "eps"), to_f32(info[8], "base"),
+                            to_f32(info[9], "scale")));
+}
+G3_END
+}
+G3_ENTRY(RmsNormAddRmsNorm){G3_BODY{
+    OP_RESULT(ops::rmsnorm_add_rmsnorm(T(0, "x"), T(1, "w"), T(2, "residual"), T(3, "w_next"),
+                                       T(4, "out"), to_f32(info[5], "eps")));
+}
+G3_END
+}
 // (q, k, v, out, qo_indptr, kv_indptr, kv_last|null, {maxQLen, smScale, window, causal})
 G3_ENTRY(AttentionPrefill){G3_BODY{auto last = OPT(6, "kv_last");
 Napi::Object o = to_obj(info[7], "params");
@@ -599,6 +614,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   EXPORT("argmax", Argmax);
   EXPORT("topk", Topk);
   EXPORT("rope", Rope);
+  EXPORT("qkNormRope", QkNormRope);
+  EXPORT("rmsnormAddRmsnorm", RmsNormAddRmsNorm);
   EXPORT("attentionPrefill", AttentionPrefill);
   EXPORT("attentionDecode", AttentionDecode);
   EXPORT("attentionDecodeWorkspaceFloats", AttentionDecodeWorkspaceFloats);

@@ -96,4 +96,18 @@ Status dequantize(const TensorRef& src, const TensorRef* scale, const TensorRef&
 // skipped on CUDA).
 Status copy_rows(const TensorRef& src, const TensorRef& dst, const TensorRef& dst_rows);
 
+// Decoder-layer fusions (ops/fused_ops.cc).
+// Per-head RMSNorm of q and k, then RoPE, v passed through (kernels.inc qk_norm_rope).
+// Fused form (qkv given): qkv [tokens, (Hq + 2·Hkv)·D] holds [q | k | v] per row; q [tokens, Hq,
+// D], k [tokens, Hkv, D] and v [tokens, Hkv, D] (v may be null: not copied) are outputs that must
+// not overlap qkv or each other. Separate form (qkv null): q and k are normed and rotated in place.
+// q_w, k_w: [D]; positions: [tokens] i32; one dtype (f32|bf16).
+Status qk_norm_rope(const TensorRef* qkv, const TensorRef& q, const TensorRef& k,
+                    const TensorRef* v, const TensorRef& q_w, const TensorRef& k_w,
+                    const TensorRef& positions, float eps, float base, float scale);
+// residual += rmsnorm(x, w) (as rmsnorm_add), then out = rmsnorm(residual, w_next).
+// x, residual, out: [..., D] (out overlapping neither); w, w_next: [D]; one dtype (f32|bf16).
+Status rmsnorm_add_rmsnorm(const TensorRef& x, const TensorRef& w, const TensorRef& residual,
+                           const TensorRef& w_next, const TensorRef& out, float eps);
+
 }  // namespace gemma3::ops

@@ -97,6 +97,19 @@ export interface Addon {
   argmax(x: T, out: T): void;
   topk(x: T, values: T, indices: T): void;
   rope(x: T, positions: T, base: number, scale: number): void;
+  qkNormRope(
+    qkv: OptT,
+    q: T,
+    k: T,
+    v: OptT,
+    qW: T,
+    kW: T,
+    positions: T,
+    eps: number,
+    base: number,
+    scale: number,
+  ): void;
+  rmsnormAddRmsnorm(x: T, w: T, residual: T, wNext: T, out: T, eps: number): void;
   attentionPrefill(
     q: T,
     k: T,

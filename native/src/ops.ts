@@ -127,6 +127,64 @@ export function rope(x: Tensor, positions: Tensor, base: number, scale = 1): Ten
   return x;
 }
 
+/** RMSNorm and RoPE parameters of qkNormRope (Gemma: rms_norm_eps, the layer's rope base/scale). */
+export interface QkNormRopeParams {
+  eps: number;
+  base: number;
+  /** linear RoPE scaling factor (1 = none) */
+  scale?: number;
+}
+
+/**
+ * Per-head RMSNorm of q and k (weights qW, kW), then RoPE at `positions`: rmsnorm then rope in one
+ * kernel (HF Gemma3Attention's q_norm, k_norm, apply_rotary_pos_emb), with v passed through.
+ * Fused form: `qkv` [n, (Hq + 2·Hkv)·D] holds one projection's [q | k | v] rows; the results go to
+ * `out.q` [n, Hq, D], `out.k` [n, Hkv, D] and `out.v` [n, Hkv, D] (contiguous, overlapping nothing).
+ * Separate form: `{ q, k }` ([n, Hq, D], [n, Hkv, D]) are normed and rotated in place.
+ * @param qW [D]; kW [D]; positions [n] i32
+ * @returns the normed and rotated q and k (and v in the fused form)
+ */
+export function qkNormRope(
+  qkv: Tensor | { q: Tensor; k: Tensor },
+  qW: Tensor,
+  kW: Tensor,
+  positions: Tensor,
+  p: QkNormRopeParams,
+  out?: { q: Tensor; k: Tensor; v?: Tensor },
+): { q: Tensor; k: Tensor; v?: Tensor } {
+  const scale = p.scale ?? 1;
+  if (!(qkv instanceof Tensor)) {
+    native(() =>
+      addon().qkNormRope(null, qkv.q, qkv.k, null, qW, kW, positions, p.eps, p.base, scale),
+    );
+    return qkv;
+  }
+  if (!out) throw new TypeError("qkNormRope: the fused form needs out { q, k, v? }");
+  native(() =>
+    addon().qkNormRope(qkv, out.q, out.k, out.v ?? null, qW, kW, positions, p.eps, p.base, scale),
+  );
+  return out;
+}
+
+/**
+ * residual += rmsnorm(x, w) (as rmsnormAdd), then rmsnorm(residual, wNext) into `out`: Gemma's
+ * `h = h + post_norm(r); x = next_norm(h)` in one kernel.
+ * @param x [..., D]; residual [..., D] (updated); w, wNext [D]
+ * @returns out [..., D] (must not overlap x or residual)
+ */
+export function rmsnormAddRmsnorm(
+  x: Tensor,
+  w: Tensor,
+  residual: Tensor,
+  wNext: Tensor,
+  eps: number,
+  out?: Tensor,
+): Tensor {
+  const y = outOr(out, residual.shape, residual.dtypeName, residual);
+  native(() => addon().rmsnormAddRmsnorm(x, w, residual, wNext, y, eps));
+  return y;
+}
+
 export interface PrefillOptions {
   /** Softmax scale (Gemma: query_pre_attn_scalar ** -0.5). */
   smScale: number;

@@ -1062,6 +1062,7 @@ export function allCases(): Case[] {
     ...miscCases(),
     ...attentionCases(),
     ...visionCases(),
+    ...fusedCases(),
   ];
 }
 
@@ -1270,4 +1271,198 @@ function qkvCase(
         : { kind: "elementwise", atol: 1e-2, rtol: 2 ** -7, why: "output rounded to bf16 once" },
     cudaTol: tol,
   };
+}
+
+// ---------------------------------------------------------------------------------------------
+// decoder-layer fusions: qk_norm_rope (q/k RMSNorm + RoPE over fused [q | k | v] rows, or in place
+// on separate q and k), rmsnorm_add_rmsnorm (residual add + the next pre-norm)
+
+/** Largest |a − b| over the pairs of arrays (0 when equal; NaN anywhere gives NaN). */
+function maxAbsDiff(a: Outputs, b: Outputs): number {
+  let m = 0;
+  a.forEach((x, i) => x.forEach((v, j) => (m = Math.max(m, Math.abs(v - b[i]![j]!)))));
+  return m;
+}
+
+export function fusedCases(): Case[] {
+  const cases: Case[] = [];
+  let seed = 4000;
+  const eps = 1e-6;
+  // Through rmsnorm then rope: a one-ulp flip of a normed value (|x| < 8 here) carries through
+  // the rotation, so the bound is rope's plus one ulp of the normed input.
+  const tol: Record<FloatDType, Tol> = {
+    f32: {
+      kind: "elementwise",
+      atol: 1e-5,
+      rtol: 2e-5,
+      why: "float32 norm sum order, then cosf/sinf vs float64 of the same angle",
+    },
+    bf16: {
+      kind: "elementwise",
+      atol: 2 ** -5,
+      rtol: 2 ** -7,
+      why: "one bf16 flip of a normed value (2^-6 at |x| < 8) carried through bf16 RoPE",
+    },
+  };
+  // [tokens, q heads, kv heads, head_dim, base, scale]: 4B decode and prefill shapes (global base
+  // 1e6, factor 8), 1B's single kv head, head_dim 128, odd small dims (scalar paths), 512.
+  const shapes: [number, number, number, number, number, number][] = [
+    [1, 8, 4, 256, 1e6, 8],
+    [19, 8, 4, 256, 1e4, 1],
+    [3, 4, 1, 256, 1e4, 1],
+    [5, 2, 2, 128, 1e6, 1],
+    [7, 3, 1, 6, 1e4, 1],
+    [2, 1, 1, 10, 1e4, 2],
+    [2, 2, 1, 8, 1e4, 1],
+    [1, 1, 1, 512, 1e6, 1],
+  ];
+  for (const d of ["f32", "bf16"] as const)
+    for (const [tokens, hq, hkv, hd, base, sc] of shapes) {
+      const width = (hq + 2 * hkv) * hd;
+      const qkv = inDType(randn(tokens * width, seed++, 2), d);
+      const qW = inDType(randn(hd, seed++, 0.5), d);
+      const kW = inDType(randn(hd, seed++, 0.5), d);
+      const r = rng(seed++);
+      const pos = Array.from({ length: tokens }, (_, i) =>
+        i === 0 ? 0 : Math.floor(r() * 100000),
+      );
+      const p = { eps, base, scale: sc };
+      const what = `${d} tokens=${tokens} heads=${hq}/${hkv} head_dim=${hd} base=${base} scale=${sc}`;
+      const reference = () =>
+        ref.qkNormRope(qkv, qW, kW, pos, tokens, hq, hkv, hd, eps, base, sc, roundOf(d));
+      cases.push({
+        name: `qkNormRope fused ${what}`,
+        async run(dev) {
+          const x = up(qkv, [tokens, width], d, dev);
+          const wq = up(qW, [hd], d, dev);
+          const wk = up(kW, [hd], d, dev);
+          const pt = up(pos, [tokens], "i32", dev);
+          const q = alloc([tokens, hq, hd], d, dev);
+          const k = alloc([tokens, hkv, hd], d, dev);
+          const v = alloc([tokens, hkv, hd], d, dev);
+          ops.qkNormRope(x, wq, wk, pt, p, { q, k, v });
+          const out = [await host(q), await host(k), await host(v)];
+          disposeAll(x, wq, wk, pt, q, k, v);
+          return out;
+        },
+        reference,
+        refTol: tol[d],
+        cudaTol: tol[d],
+      });
+      // The separate form in place, and both forms against rmsnorm then rope on the same device:
+      // bit for bit, which is what keeps a fused model's logits equal to the unfused one's.
+      cases.push({
+        name: `qkNormRope in place and fused == rmsnorm then rope, bit for bit (${what})`,
+        async run(dev) {
+          const [qRef, kRef, vRef] = reference();
+          const wq = up(qW, [hd], d, dev);
+          const wk = up(kW, [hd], d, dev);
+          const pt = up(pos, [tokens], "i32", dev);
+          const part = (h0: number, h: number) =>
+            Float32Array.from({ length: tokens * h * hd }, (_, i) => {
+              const t = Math.floor(i / (h * hd));
+              return qkv[t * width + h0 * hd + (i - t * h * hd)]!;
+            });
+          // Two ops on the device, as the unfused layer runs them.
+          const q2 = up(part(0, hq), [tokens, hq, hd], d, dev);
+          const k2 = up(part(hq, hkv), [tokens, hkv, hd], d, dev);
+          ops.rope(ops.rmsnorm(q2, wq, eps, q2), pt, base, sc);
+          ops.rope(ops.rmsnorm(k2, wk, eps, k2), pt, base, sc);
+          // In place on separate q and k.
+          const q1 = up(part(0, hq), [tokens, hq, hd], d, dev);
+          const k1 = up(part(hq, hkv), [tokens, hkv, hd], d, dev);
+          ops.qkNormRope({ q: q1, k: k1 }, wq, wk, pt, p);
+          // Fused rows.
+          const x = up(qkv, [tokens, width], d, dev);
+          const q = alloc([tokens, hq, hd], d, dev);
+          const k = alloc([tokens, hkv, hd], d, dev);
+          const v = alloc([tokens, hkv, hd], d, dev);
+          ops.qkNormRope(x, wq, wk, pt, p, { q, k, v });
+          const two = [await host(q2), await host(k2), vRef!];
+          const inPlace = [await host(q1), await host(k1), vRef!];
+          const fused = [await host(q), await host(k), await host(v)];
+          disposeAll(wq, wk, pt, q2, k2, q1, k1, x, q, k, v);
+          // Sanity: the two-op result is the reference's (so a broken pair of ops cannot pass).
+          const t = tol[d];
+          const sane =
+            t.kind === "elementwise" &&
+            [qRef!, kRef!].every((a, i) =>
+              a.every((b, j) => Math.abs(two[i]![j]! - b) <= t.atol + t.rtol * Math.abs(b)),
+            );
+          return [Float32Array.of(maxAbsDiff(inPlace, two), maxAbsDiff(fused, two), sane ? 1 : 0)];
+        },
+        reference: () => [Float32Array.of(0, 0, 1)],
+        refTol: { kind: "exact", why: "the same kernels' arithmetic on the same device" },
+        cudaTol: { kind: "exact", why: "both backends equal their own rmsnorm then rope" },
+      });
+    }
+
+  for (const d of ["f32", "bf16"] as const)
+    for (const [rows, dim] of [
+      [1, 1],
+      [3, 19],
+      [2, 256],
+      [5, 989],
+      [1, 2560],
+      [7, 2560],
+      [2, 5376],
+    ] as [number, number][]) {
+      const x = inDType(randn(rows * dim, seed++, 2), d);
+      const w = inDType(randn(dim, seed++, 0.5), d);
+      const wNext = inDType(randn(dim, seed++, 0.5), d);
+      const res = inDType(randn(rows * dim, seed++, 4), d);
+      const round = roundOf(d);
+      const shape = [rows, dim];
+      const what = `${d} [${rows}, ${dim}]`;
+      // As rmsnormAdd's bound (an inner flip of norm(x), then the sum rounds), for both outputs:
+      // the second norm reads the residual, so a flip there moves it by 1 ulp of |h|/rms(h).
+      const t: Tol =
+        d === "bf16"
+          ? {
+              kind: "elementwise",
+              atol: 2e-2,
+              rtol: 2 ** -6,
+              why: "rmsnormAdd's inner bf16 flip, then one more bf16 norm of the residual",
+            }
+          : { kind: "elementwise", atol: 2e-6, rtol: 4e-5, why: "float32 sums of two norms" };
+      cases.push({
+        name: `rmsnormAddRmsnorm ${what}`,
+        async run(dev) {
+          const xt = up(x, shape, d, dev);
+          const wt = up(w, [dim], d, dev);
+          const wn = up(wNext, [dim], d, dev);
+          const rt = up(res, shape, d, dev);
+          const y = ops.rmsnormAddRmsnorm(xt, wt, rt, wn, eps, alloc(shape, d, dev));
+          const out = [await host(rt), await host(y)];
+          disposeAll(xt, wt, wn, rt, y);
+          return out;
+        },
+        reference: () => ref.rmsnormAddRmsnorm(x, w, res, wNext, rows, dim, eps, round),
+        refTol: t,
+        cudaTol: t,
+      });
+      cases.push({
+        name: `rmsnormAddRmsnorm == rmsnormAdd then rmsnorm, bit for bit (${what})`,
+        async run(dev) {
+          const xt = up(x, shape, d, dev);
+          const wt = up(w, [dim], d, dev);
+          const wn = up(wNext, [dim], d, dev);
+          const r1 = up(res, shape, d, dev);
+          const r2 = up(res, shape, d, dev);
+          const y1 = ops.rmsnormAddRmsnorm(xt, wt, r1, wn, eps, alloc(shape, d, dev));
+          ops.rmsnormAdd(xt, wt, r2, eps);
+          const y2 = ops.rmsnorm(r2, wn, eps, alloc(shape, d, dev));
+          const diff = maxAbsDiff(
+            [await host(r1), await host(y1)],
+            [await host(r2), await host(y2)],
+          );
+          disposeAll(xt, wt, wn, r1, r2, y1, y2);
+          return [Float32Array.of(diff)];
+        },
+        reference: () => [Float32Array.of(0)],
+        refTol: { kind: "exact", why: "the same kernels' arithmetic on the same device" },
+        cudaTol: { kind: "exact", why: "both backends equal their own two-kernel sequence" },
+      });
+    }
+  return cases;
 }

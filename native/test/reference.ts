@@ -878,3 +878,65 @@ export function avgPool2d(
         }
   return out;
 }
+
+/**
+ * Per-head RMSNorm of q and k, then RoPE, v passed through, from fused projection rows: the
+ * composition rmsnorm → rope of the plain references above (HF Gemma3Attention's q_norm/k_norm
+ * then apply_rotary_pos_emb, each result rounded as those functions round).
+ * qkv: [tokens, (hq + 2·hkv)·headDim] rows [q | k | v] → [q' [tokens, hq, headDim], k', v].
+ */
+export function qkNormRope(
+  qkv: ArrayLike<number>,
+  qW: ArrayLike<number>,
+  kW: ArrayLike<number>,
+  positions: ArrayLike<number>,
+  tokens: number,
+  hq: number,
+  hkv: number,
+  headDim: number,
+  eps: number,
+  base: number,
+  scale: number,
+  round: Round = roundF32,
+): Float32Array[] {
+  const width = (hq + 2 * hkv) * headDim;
+  // Columns [h0·D, (h0 + h)·D) of every row, packed.
+  const part = (h0: number, h: number) => {
+    const n = h * headDim;
+    return Float32Array.from({ length: tokens * n }, (_, i) => {
+      const t = Math.floor(i / n);
+      return qkv[t * width + h0 * headDim + (i - t * n)]!;
+    });
+  };
+  const normRope = (x: Float32Array, w: ArrayLike<number>, h: number) =>
+    rope(
+      rmsnorm(x, w, tokens * h, headDim, eps, round),
+      positions,
+      tokens,
+      h,
+      headDim,
+      h * headDim,
+      base,
+      scale,
+      round,
+    );
+  return [normRope(part(0, hq), qW, hq), normRope(part(hq, hkv), kW, hkv), part(hq + hkv, hkv)];
+}
+
+/**
+ * residual' = rmsnormAdd(x, w, residual), then out = rmsnorm(residual', wNext) (Gemma's
+ * `h = h + post_norm(r); x = next_norm(h)`). Returns [residual', out].
+ */
+export function rmsnormAddRmsnorm(
+  x: ArrayLike<number>,
+  w: ArrayLike<number>,
+  residual: ArrayLike<number>,
+  wNext: ArrayLike<number>,
+  rows: number,
+  dim: number,
+  eps: number,
+  round: Round = roundF32,
+): Float32Array[] {
+  const h = rmsnormAdd(x, w, residual, rows, dim, eps, round);
+  return [h, rmsnorm(h, wNext, rows, dim, eps, round)];
+}

@@ -1,5 +1,6 @@
-// Row normalizations on CPU (rmsnorm, rmsnorm_add, layernorm): one row per work item, float32
-// math on a decoded copy of the row, rounded to T at the points kernels.inc states.
+// Row normalizations on CPU (rmsnorm, rmsnorm_add, rmsnorm_add_rmsnorm, layernorm): one row per
+// work item, float32 math on a decoded copy of the row, rounded to T at the points kernels.inc
+// states.
 #include <cmath>
 
 #include "kernels/cpu/cpu_common.h"
@@ -69,6 +70,36 @@ Status rmsnorm_add(const T* x, const T* w, T* residual, int64_t rows, int64_t di
 }
 
 template <typename T>
+Status rmsnorm_add_rmsnorm(const T* x, const T* w, T* residual, const T* w_next, T* out,
+                           int64_t rows, int64_t dim, float eps) {
+  G3_RETURN_IF_ERROR(check_rows("rmsnorm_add_rmsnorm", rows, dim, eps));
+  if (rows == 0) return Status::Ok();
+  if (x == nullptr || w == nullptr || residual == nullptr || w_next == nullptr || out == nullptr)
+    return invalid("rmsnorm_add_rmsnorm", "null pointer");
+  parallel_for(rows, grain_for(dim * 8), [&](int64_t b, int64_t e) {
+    float* wf = scratch(kScratchA, size_t(dim) * 2);
+    float* wn = wf + dim;
+    float* xf = scratch(kScratchB, size_t(dim) * 2);
+    float* hf = xf + dim;
+    decode(w, 0, dim, wf);
+    decode(w_next, 0, dim, wn);
+    for (int64_t r = b; r < e; ++r) {
+      // rmsnorm_add, then rmsnorm of the rounded residual (the values the next op would read).
+      decode(x + r * dim, 0, dim, xf);
+      rmsnorm_row(xf, wf, xf, dim, eps);
+      T* res = residual + r * dim;
+      for (int64_t i = 0; i < dim; ++i) {
+        res[i] = from_f32<T>(to_f32(res[i]) + to_f32(from_f32<T>(xf[i])));
+        hf[i] = to_f32(res[i]);
+      }
+      rmsnorm_row(hf, wn, hf, dim, eps);
+      encode(hf, dim, out + r * dim);
+    }
+  });
+  return Status::Ok();
+}
+
+template <typename T>
 Status layernorm(const T* x, const T* w, const T* b, T* out, int64_t rows, int64_t dim, float eps) {
   G3_RETURN_IF_ERROR(check_rows("layernorm", rows, dim, eps));
   if (rows == 0) return Status::Ok();
@@ -94,10 +125,12 @@ Status layernorm(const T* x, const T* w, const T* b, T* out, int64_t rows, int64
   return Status::Ok();
 }
 
-#define G3_NORM(T)                                                                 \
-  template Status rmsnorm<T>(const T*, const T*, T*, int64_t, int64_t, float);     \
-  template Status rmsnorm_add<T>(const T*, const T*, T*, int64_t, int64_t, float); \
-  template Status layernorm<T>(const T*, const T*, const T*, T*, int64_t, int64_t, float);
+#define G3_NORM(T)                                                                               \
+  template Status rmsnorm<T>(const T*, const T*, T*, int64_t, int64_t, float);                   \
+  template Status rmsnorm_add<T>(const T*, const T*, T*, int64_t, int64_t, float);               \
+  template Status layernorm<T>(const T*, const T*, const T*, T*, int64_t, int64_t, float);       \
+  template Status rmsnorm_add_rmsnorm<T>(const T*, const T*, T*, const T*, T*, int64_t, int64_t, \
+                                         float);
 G3_NORM(float)
 G3_NORM(bf16)
 #undef G3_NORM

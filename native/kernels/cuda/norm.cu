@@ -1,4 +1,4 @@
-// CUDA RMSNorm (Gemma), fused RMSNorm + residual add, and LayerNorm (SigLIP).
+// CUDA RMSNorm (Gemma), fused RMSNorm + residual add (and + the next RMSNorm), LayerNorm (SigLIP).
 // Short rows (per-head q/k norms, 128/256) take one warp per row, several rows per CTA; longer rows
 // (hidden 1152..5376) one CTA per row. Rows are read with 16-byte vectors when dim and the pointers
 // allow (scalar otherwise), summed in float32 with warp shuffles, and the first kCache vectors of
@@ -131,6 +131,109 @@ __global__ void __launch_bounds__(kWarpRow ? 32 * kWarpsPerCta : 1024)
   }
 }
 
+// rmsnorm_add then rmsnorm of the updated residual (kernels.inc rmsnorm_add_rmsnorm), one pass.
+// The row's threads, vectors and reductions are norm_kernel's for the same dim, so each of the two
+// sums runs in the order of the kernel it replaces and the results equal rmsnorm_add + rmsnorm.
+// The rounded residual stays in registers (c) between the two reductions.
+template <typename T, int V, bool kWarpRow>
+__global__ void __launch_bounds__(kWarpRow ? 32 * kWarpsPerCta : 1024)
+    add_norm_kernel(const T* x, const T* w, T* residual, const T* w_next, T* out, int64_t rows,
+                    int dim, int nvec, float eps) {
+  __shared__ float red[32];
+  const int tid = kWarpRow ? (threadIdx.x & 31) : threadIdx.x;
+  const int nthr = kWarpRow ? 32 : blockDim.x;
+  const int64_t row0 =
+      kWarpRow ? int64_t(blockIdx.x) * kWarpsPerCta + (threadIdx.x >> 5) : int64_t(blockIdx.x);
+  const int64_t row_step = kWarpRow ? int64_t(gridDim.x) * kWarpsPerCta : int64_t(gridDim.x);
+
+  for (int64_t r = row0; r < rows; r += row_step) {
+    const T* xr = x + r * dim;
+    T* res = residual + r * dim;
+    T* outr = out + r * dim;
+    float c[kCache][V];
+    float acc = 0.0f;
+#pragma unroll
+    for (int it = 0; it < kCache; ++it) {
+      const int i = tid + it * nthr;
+      if (i < nvec) {
+        load_f32<T, V>(xr + i * V, c[it]);
+#pragma unroll
+        for (int j = 0; j < V; ++j) acc += c[it][j] * c[it][j];
+      }
+    }
+    for (int i = tid + kCache * nthr; i < nvec; i += nthr) {
+      float t[V];
+      load_f32<T, V>(xr + i * V, t);
+#pragma unroll
+      for (int j = 0; j < V; ++j) acc += t[j] * t[j];
+    }
+    const float inv = 1.0f / sqrtf(row_sum<kWarpRow>(acc, red) / float(dim) + eps);
+
+    // residual = T(residual + T(norm(x))) as rmsnorm_add; v becomes the rounded residual.
+    float acc2 = 0.0f;
+    auto add = [&](int i, float(&v)[V]) {
+      float wv[V], h[V];
+      load_f32<T, V>(w + i * V, wv);
+      load_f32<T, V>(res + i * V, h);
+#pragma unroll
+      for (int j = 0; j < V; ++j)
+        v[j] = to_f32(
+            from_f32<T>(__fadd_rn(h[j], to_f32(from_f32<T>((v[j] * inv) * (1.0f + wv[j]))))));
+      store_f32<T, V>(res + i * V, v);
+#pragma unroll
+      for (int j = 0; j < V; ++j) acc2 += v[j] * v[j];
+    };
+#pragma unroll
+    for (int it = 0; it < kCache; ++it) {
+      const int i = tid + it * nthr;
+      if (i < nvec) add(i, c[it]);
+    }
+    for (int i = tid + kCache * nthr; i < nvec; i += nthr) {
+      float t[V];
+      load_f32<T, V>(xr + i * V, t);
+      add(i, t);
+    }
+    const float inv2 = 1.0f / sqrtf(row_sum<kWarpRow>(acc2, red) / float(dim) + eps);
+
+    auto norm = [&](int i, const float(&v)[V]) {
+      float wv[V], y[V];
+      load_f32<T, V>(w_next + i * V, wv);
+#pragma unroll
+      for (int j = 0; j < V; ++j) y[j] = (v[j] * inv2) * (1.0f + wv[j]);
+      store_f32<T, V>(outr + i * V, y);
+    };
+#pragma unroll
+    for (int it = 0; it < kCache; ++it) {
+      const int i = tid + it * nthr;
+      if (i < nvec) norm(i, c[it]);
+    }
+    for (int i = tid + kCache * nthr; i < nvec; i += nthr) {
+      float t[V];
+      load_f32<T, V>(res + i * V, t);  // this thread's own rounded residual, written above
+      norm(i, t);
+    }
+  }
+}
+
+template <typename T, int V>
+Status launch_add_norm_v(const T* x, const T* w, T* residual, const T* w_next, T* out, int64_t rows,
+                         int64_t dim, float eps, cudaStream_t stream) {
+  const int nvec = int(dim / V);
+  if (nvec <= 32 * kCache) {  // as launch_norm_v
+    const int64_t grid = (rows + kWarpsPerCta - 1) / kWarpsPerCta;
+    add_norm_kernel<T, V, true>
+        <<<unsigned(grid < kMaxGrid ? grid : kMaxGrid), 32 * kWarpsPerCta, 0, stream>>>(
+            x, w, residual, w_next, out, rows, int(dim), nvec, eps);
+  } else {
+    int threads = ((nvec + 1) / 2 + 31) / 32 * 32;
+    threads = threads < 64 ? 64 : (threads > 1024 ? 1024 : threads);
+    add_norm_kernel<T, V, false>
+        <<<unsigned(rows < kMaxGrid ? rows : kMaxGrid), threads, 0, stream>>>(
+            x, w, residual, w_next, out, rows, int(dim), nvec, eps);
+  }
+  return check_launch("rmsnorm_add_rmsnorm");
+}
+
 template <typename T, int V, NormKind kKind>
 Status launch_norm_v(const T* x, const T* w, const T* b, T* out, int64_t rows, int64_t dim,
                      float eps, cudaStream_t stream, const char* name) {
@@ -186,6 +289,25 @@ Status rmsnorm_add(const T* x, const T* w, T* residual, int64_t rows, int64_t di
 }
 
 template <typename T>
+Status rmsnorm_add_rmsnorm(const T* x, const T* w, T* residual, const T* w_next, T* out,
+                           int64_t rows, int64_t dim, float eps, cudaStream_t stream) {
+  if (rows < 0 || dim <= 0 || dim > (int64_t(1) << 30) || !(eps >= 0.0f)) {
+    return Status(StatusCode::kInvalidArgument,
+                  "rmsnorm_add_rmsnorm: need rows >= 0, 0 < dim <= 2^30, eps >= 0 (rows=" +
+                      std::to_string(rows) + ", dim=" + std::to_string(dim) +
+                      ", eps=" + std::to_string(eps) + ")");
+  }
+  if (rows == 0) return Status::Ok();
+  if (!x || !w || !residual || !w_next || !out)
+    return Status(StatusCode::kInvalidArgument, "rmsnorm_add_rmsnorm: null pointer");
+  constexpr int V = 16 / sizeof(T);
+  const bool vec = dim % V == 0 && aligned16(x) && aligned16(w) && aligned16(residual) &&
+                   aligned16(w_next) && aligned16(out);
+  if (vec) return launch_add_norm_v<T, V>(x, w, residual, w_next, out, rows, dim, eps, stream);
+  return launch_add_norm_v<T, 1>(x, w, residual, w_next, out, rows, dim, eps, stream);
+}
+
+template <typename T>
 Status layernorm(const T* x, const T* w, const T* b, T* out, int64_t rows, int64_t dim, float eps,
                  cudaStream_t stream) {
   return launch_norm<T, NormKind::kLayer>(x, w, b, out, rows, dim, eps, stream, "layernorm");
@@ -195,7 +317,9 @@ Status layernorm(const T* x, const T* w, const T* b, T* out, int64_t rows, int64
   template Status rmsnorm<T>(const T*, const T*, T*, int64_t, int64_t, float, cudaStream_t);     \
   template Status rmsnorm_add<T>(const T*, const T*, T*, int64_t, int64_t, float, cudaStream_t); \
   template Status layernorm<T>(const T*, const T*, const T*, T*, int64_t, int64_t, float,        \
-                               cudaStream_t);
+                               cudaStream_t);                                                    \
+  template Status rmsnorm_add_rmsnorm<T>(const T*, const T*, T*, const T*, T*, int64_t, int64_t, \
+                                         float, cudaStream_t);
 G3_INSTANTIATE(float)
 G3_INSTANTIATE(bf16)
 #undef G3_INSTANTIATE

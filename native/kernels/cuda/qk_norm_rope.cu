@@ -1,0 +1,193 @@
+// CUDA per-head RMSNorm of q and k, then RoPE, with v passed through (kernels.inc qk_norm_rope).
+// A CTA takes one token and kWarps of its heads (q heads, then k heads, then v heads to copy); its
+// first head_dim/2 threads compute T(cos)/T(sin) once, as rope.cu does. A warp owns a head: it
+// sums the squares in norm.cu's warp-per-row order (vector i = lane + 32·m, the same V, the same
+// butterfly), stages the rounded normed head in shared memory, then rotates the (i, i + half)
+// pairs with rope.cu's arithmetic. So the output equals rmsnorm then rope bit for bit (when both
+// take the vector path), and an in-place call is safe: a warp reads its head before writing it.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/vec.cuh"
+
+namespace gemma3::cuda {
+namespace {
+
+constexpr int kMaxHeadDim = 512;
+constexpr int kWarps = 4;  // heads per CTA: 4B's 16 (8 q, 4 k, 4 v) heads a token fill 4 CTAs
+constexpr int64_t kMaxGrid = 1 << 30;  // token blocks; CTAs loop over the remaining tokens
+
+using vec::aligned16;
+using vec::load_f32;
+using vec::store_f32;
+
+template <typename T>
+__device__ __forceinline__ float round_t(float v) {
+  return to_f32(from_f32<T>(v));
+}
+
+struct Args {
+  int64_t tokens, ld_q, ld_k, ld_v;
+  int q_heads, kv_heads, heads, head_dim;  // heads: the CTA's work per token (v included or not)
+  float eps, base, scale;
+};
+
+// grid: (token blocks, ceil(heads / kWarps)); blockDim = 32 * kWarps. V elements per vector load
+// (norm.cu's rule: head_dim % V == 0 and 16-byte pointers and strides, else 1).
+template <typename T, int V>
+__global__ void __launch_bounds__(32 * kWarps)
+    qk_norm_rope_kernel(const T* q, const T* k, const T* v, const T* __restrict__ q_w,
+                        const T* __restrict__ k_w, const int32_t* __restrict__ positions, T* q_out,
+                        T* k_out, T* v_out, Args a) {
+  __shared__ float inv_freq[kMaxHeadDim / 2], cs[kMaxHeadDim / 2], sn[kMaxHeadDim / 2];
+  __shared__ float xs[kWarps][kMaxHeadDim];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int D = a.head_dim, half = D / 2, nvec = D / V;
+  for (int i = tid; i < half; i += blockDim.x) {
+    // rope.cu: 1 / base^(2i/D) / scale in float32, pow in double rounded to float.
+    const float e = float(2 * i) / float(D);
+    inv_freq[i] = (1.0f / float(pow(double(a.base), double(e)))) / a.scale;
+  }
+  __syncthreads();
+  const int gh = blockIdx.y * kWarps + warp;  // this warp's head among the token's work
+  for (int64_t t = blockIdx.x; t < a.tokens; t += gridDim.x) {
+    for (int i = tid; i < half; i += blockDim.x) {
+      // rope.cu: cos/sin of the float32 angle (accurate sincosf, not __sinf), then cast to T.
+      float s, c;
+      sincosf(float(positions[t]) * inv_freq[i], &s, &c);
+      cs[i] = round_t<T>(c);
+      sn[i] = round_t<T>(s);
+    }
+    __syncthreads();
+    if (gh < a.q_heads + a.kv_heads) {
+      const bool is_q = gh < a.q_heads;
+      const int h = is_q ? gh : gh - a.q_heads;
+      const T* src = is_q ? q + t * a.ld_q + int64_t(h) * D : k + t * a.ld_k + int64_t(h) * D;
+      const T* w = is_q ? q_w : k_w;
+      T* dst = is_q ? q_out + (t * a.q_heads + h) * D : k_out + (t * a.kv_heads + h) * D;
+      float* x = xs[warp];
+      // norm.cu's warp-per-row rmsnorm: the same vectors per lane, in the same order.
+      float acc = 0.0f;
+      for (int i = lane; i < nvec; i += 32) {
+        float f[V];
+        load_f32<T, V>(src + i * V, f);
+#pragma unroll
+        for (int j = 0; j < V; ++j) {
+          acc += f[j] * f[j];
+          x[i * V + j] = f[j];
+        }
+      }
+      const float total = vec::warp_reduce(acc, [](float p, float r) { return p + r; });
+      const float inv = 1.0f / sqrtf(total / float(D) + a.eps);
+      for (int i = lane; i < nvec; i += 32) {
+        float wv[V];
+        load_f32<T, V>(w + i * V, wv);
+#pragma unroll
+        for (int j = 0; j < V; ++j)
+          x[i * V + j] = round_t<T>((x[i * V + j] * inv) * (1.0f + wv[j]));
+      }
+      __syncwarp();
+      // rope.cu's rotation of the rounded normed values (no FMA: each op is its own HF tensor op).
+      const auto rotate = [&](int i, float& y1, float& y2) {
+        const float x1 = x[i], x2 = x[i + half], c = cs[i], s = sn[i];
+        y1 = __fsub_rn(round_t<T>(__fmul_rn(x1, c)), round_t<T>(__fmul_rn(x2, s)));
+        y2 = __fadd_rn(round_t<T>(__fmul_rn(x2, c)), round_t<T>(__fmul_rn(x1, s)));
+      };
+      if (half % V == 0) {
+        for (int i0 = lane * V; i0 < half; i0 += 32 * V) {
+          float y1[V], y2[V];
+#pragma unroll
+          for (int j = 0; j < V; ++j) rotate(i0 + j, y1[j], y2[j]);
+          store_f32<T, V>(dst + i0, y1);
+          store_f32<T, V>(dst + i0 + half, y2);
+        }
+      } else {  // halves of partial vectors (head_dim 8 in bf16): scalar stores
+        for (int i = lane; i < half; i += 32) {
+          float y1, y2;
+          rotate(i, y1, y2);
+          dst[i] = from_f32<T>(y1);
+          dst[i + half] = from_f32<T>(y2);
+        }
+      }
+    } else if (gh < a.heads) {  // v head: a copy
+      const int h = gh - a.q_heads - a.kv_heads;
+      const T* src = v + t * a.ld_v + int64_t(h) * D;
+      T* dst = v_out + (t * a.kv_heads + h) * D;
+      for (int i = lane; i < nvec; i += 32) {
+        float f[V];
+        load_f32<T, V>(src + i * V, f);
+        store_f32<T, V>(dst + i * V, f);
+      }
+    }
+    __syncthreads();  // cs/sn are rewritten for the next token
+  }
+}
+
+template <typename T, int V>
+Status launch(const T* q, const T* k, const T* v, const T* q_w, const T* k_w,
+              const int32_t* positions, T* q_out, T* k_out, T* v_out, const Args& a,
+              cudaStream_t stream) {
+  const dim3 grid(unsigned(a.tokens < kMaxGrid ? a.tokens : kMaxGrid),
+                  unsigned((a.heads + kWarps - 1) / kWarps));
+  qk_norm_rope_kernel<T, V>
+      <<<grid, 32 * kWarps, 0, stream>>>(q, k, v, q_w, k_w, positions, q_out, k_out, v_out, a);
+  return check_launch("qk_norm_rope");
+}
+
+}  // namespace
+
+template <typename T>
+Status qk_norm_rope(const T* q, const T* k, const T* v, const T* q_w, const T* k_w,
+                    const int32_t* positions, T* q_out, T* k_out, T* v_out, int64_t tokens,
+                    int64_t q_heads, int64_t kv_heads, int64_t head_dim, int64_t ld_q, int64_t ld_k,
+                    int64_t ld_v, float eps, float base, float scale, cudaStream_t stream) {
+  const bool copy_v = v_out != nullptr && v_out != v;
+  if (tokens < 0 || q_heads <= 0 || kv_heads <= 0 || q_heads + 2 * kv_heads > 65535 * kWarps ||
+      head_dim <= 0 || head_dim % 2 != 0 || head_dim > kMaxHeadDim || ld_q < q_heads * head_dim ||
+      ld_k < kv_heads * head_dim || (copy_v && ld_v < kv_heads * head_dim) || !(eps >= 0.0f) ||
+      !(base > 0.0f) || !std::isfinite(base) || !(scale > 0.0f) || !std::isfinite(scale)) {
+    return Status(StatusCode::kInvalidArgument,
+                  "qk_norm_rope: need tokens >= 0, heads > 0, even 0 < head_dim <= 512, token "
+                  "strides covering the heads, eps >= 0, finite base and scale > 0 (tokens=" +
+                      std::to_string(tokens) + ", q_heads=" + std::to_string(q_heads) +
+                      ", kv_heads=" + std::to_string(kv_heads) +
+                      ", head_dim=" + std::to_string(head_dim) + ", ld_q=" + std::to_string(ld_q) +
+                      ", ld_k=" + std::to_string(ld_k) + ", ld_v=" + std::to_string(ld_v) + ")");
+  }
+  if (tokens == 0) return Status::Ok();
+  if (!q || !k || !q_w || !k_w || !positions || !q_out || !k_out || (copy_v && !v))
+    return Status(StatusCode::kInvalidArgument, "qk_norm_rope: null pointer");
+  const Args a{tokens,
+               ld_q,
+               ld_k,
+               ld_v,
+               int(q_heads),
+               int(kv_heads),
+               int(q_heads + (copy_v ? 2 : 1) * kv_heads),
+               int(head_dim),
+               eps,
+               base,
+               scale};
+  constexpr int V = 16 / sizeof(T);
+  // norm.cu's vector rule (dim % V, 16-byte pointers), so the sums take rmsnorm's order.
+  bool vec = head_dim % V == 0 && ld_q % V == 0 && ld_k % V == 0 && aligned16(q) && aligned16(k) &&
+             aligned16(q_w) && aligned16(k_w) && aligned16(q_out) && aligned16(k_out);
+  if (copy_v) vec = vec && ld_v % V == 0 && aligned16(v) && aligned16(v_out);
+  if (vec) return launch<T, V>(q, k, v, q_w, k_w, positions, q_out, k_out, v_out, a, stream);
+  return launch<T, 1>(q, k, v, q_w, k_w, positions, q_out, k_out, v_out, a, stream);
+}
+
+#define G3_QK_NORM_ROPE(T)                                                                        \
+  template Status qk_norm_rope<T>(const T*, const T*, const T*, const T*, const T*,               \
+                                  const int32_t*, T*, T*, T*, int64_t, int64_t, int64_t, int64_t, \
+                                  int64_t, int64_t, int64_t, float, float, float, cudaStream_t);
+G3_QK_NORM_ROPE(float)
+G3_QK_NORM_ROPE(bf16)
+#undef G3_QK_NORM_ROPE
+
+}  // namespace gemma3::cuda

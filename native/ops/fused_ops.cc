@@ -1,0 +1,115 @@
+// Validation and dispatch of the decoder-layer fusions (ops.h "Decoder-layer fusions"): checks
+// name the op and the shapes, then the kernel of the tensors' device runs on its stream.
+#include <utility>
+
+#include "ops/dispatch.h"
+#include "ops/ops.h"
+
+namespace gemma3::ops {
+using namespace detail;
+
+namespace {
+
+bool overlaps(const TensorRef& a, const TensorRef& b) {
+  if (a.buf != b.buf) return false;
+  return a.offset < b.offset + b.nbytes() && b.offset < a.offset + a.nbytes();
+}
+
+}  // namespace
+
+Status qk_norm_rope(const TensorRef* qkv, const TensorRef& q, const TensorRef& k,
+                    const TensorRef* v, const TensorRef& q_w, const TensorRef& k_w,
+                    const TensorRef& positions, float eps, float base, float scale) {
+  const char* op = "qk_norm_rope";
+  int dev;
+  if (!qkv) v = nullptr;  // separate form: v is not touched
+  G3_RETURN_IF_ERROR(same_device(op, {qkv, &q, &k, v, &q_w, &k_w, &positions}, &dev));
+  G3_RETURN_IF_ERROR(expect_dtype(op, "q", q, {DType::kF32, DType::kBF16}));
+  const std::pair<const char*, const TensorRef*> same[] = {
+      {"k", &k}, {"q_w", &q_w}, {"k_w", &k_w}, {"v", v}, {"qkv", qkv}};
+  for (const auto& [name, t] : same)
+    if (t) G3_RETURN_IF_ERROR(expect_same_dtype(op, q, "q", *t, name));
+  G3_RETURN_IF_ERROR(expect_dtype(op, "positions", positions, {DType::kI32}));
+  G3_RETURN_IF_ERROR(
+      expect(q.ndim() == 3 && k.ndim() == 3 && q.dim(0) == k.dim(0) && q.dim(2) == k.dim(2), op,
+             named("q", q) + " and " + named("k", k) +
+                 " must be [tokens, heads, head_dim] of one tokens and head_dim"));
+  const int64_t T = q.dim(0), Hq = q.dim(1), Hkv = k.dim(1), D = q.dim(2);
+  G3_RETURN_IF_ERROR(expect(
+      Hq > 0 && Hkv > 0 && D % 2 == 0 && D > 0 && D <= 512, op,
+      named("q", q) + ", " + named("k", k) + ": heads must be > 0 and head_dim even in (0, 512]"));
+  G3_RETURN_IF_ERROR(expect(q_w.numel() == D && k_w.numel() == D, op,
+                            named("q_w", q_w) + " and " + named("k_w", k_w) + " must have " +
+                                std::to_string(D) + " elements"));
+  G3_RETURN_IF_ERROR(
+      expect(positions.numel() == T, op,
+             named("positions", positions) + " must have one entry per token of " + named("q", q)));
+  if (!(eps >= 0.0f) || !(base > 0.0f) || !(scale > 0.0f))
+    return fail(StatusCode::kInvalidArgument, op, "eps must be >= 0, base and scale > 0");
+  int64_t ld = 0;
+  if (qkv) {
+    ld = (Hq + 2 * Hkv) * D;
+    G3_RETURN_IF_ERROR(expect(qkv->ndim() == 2 && qkv->dim(0) == T && qkv->dim(1) == ld, op,
+                              named("qkv", *qkv) + " must be [" + std::to_string(T) + ", " +
+                                  std::to_string(ld) + "] for " + named("q", q) + ", " +
+                                  named("k", k)));
+    if (v)
+      G3_RETURN_IF_ERROR(
+          expect(v->shape == k.shape, op, named("v", *v) + " must be shaped as " + named("k", k)));
+    const bool clash = overlaps(q, *qkv) || overlaps(k, *qkv) || overlaps(q, k) ||
+                       (v && (overlaps(*v, *qkv) || overlaps(*v, q) || overlaps(*v, k)));
+    if (clash)
+      return fail(StatusCode::kInvalidArgument, op,
+                  "the outputs q, k, v must not overlap qkv or each other");
+  } else if (overlaps(q, k)) {
+    return fail(StatusCode::kInvalidArgument, op, "q and k must not overlap");
+  }
+  if (T == 0) return Status::Ok();
+  return dispatch_float(op, q, [&](auto t) {
+    using TT = typename decltype(t)::type;
+    TT* qp = static_cast<TT*>(q.data());
+    TT* kp = static_cast<TT*>(k.data());
+    TT* vp = v ? static_cast<TT*>(v->data()) : nullptr;
+    const TT* base_in = qkv ? static_cast<const TT*>(qkv->data()) : nullptr;
+    const TT* q_in = qkv ? base_in : qp;
+    const TT* k_in = qkv ? base_in + Hq * D : kp;
+    const TT* v_in = qkv ? base_in + (Hq + Hkv) * D : nullptr;
+    const int64_t ld_q = qkv ? ld : Hq * D, ld_k = qkv ? ld : Hkv * D, ld_v = qkv ? ld : Hkv * D;
+    return G3_LAUNCH(dev, keep({qkv, &q, &k, v, &q_w, &k_w, &positions}), qk_norm_rope<TT>, q_in,
+                     k_in, v_in, static_cast<const TT*>(q_w.data()),
+                     static_cast<const TT*>(k_w.data()),
+                     static_cast<const int32_t*>(positions.data()), qp, kp, vp, T, Hq, Hkv, D, ld_q,
+                     ld_k, ld_v, eps, base, scale);
+  });
+}
+
+Status rmsnorm_add_rmsnorm(const TensorRef& x, const TensorRef& w, const TensorRef& residual,
+                           const TensorRef& w_next, const TensorRef& out, float eps) {
+  const char* op = "rmsnorm_add_rmsnorm";
+  int dev;
+  G3_RETURN_IF_ERROR(same_device(op, {&x, &w, &residual, &w_next, &out}, &dev));
+  G3_RETURN_IF_ERROR(expect_dtype(op, "x", x, {DType::kF32, DType::kBF16}));
+  const std::pair<const char*, const TensorRef*> same[] = {
+      {"w", &w}, {"residual", &residual}, {"w_next", &w_next}, {"out", &out}};
+  for (const auto& [name, t] : same) G3_RETURN_IF_ERROR(expect_same_dtype(op, x, "x", *t, name));
+  G3_RETURN_IF_ERROR(expect(x.ndim() >= 1 && x.shape == residual.shape && x.shape == out.shape, op,
+                            named("x", x) + ", " + named("residual", residual) + " and " +
+                                named("out", out) + " must have one shape"));
+  const int64_t D = x.last();
+  G3_RETURN_IF_ERROR(expect(w.numel() == D && w_next.numel() == D, op,
+                            named("w", w) + " and " + named("w_next", w_next) + " must have " +
+                                std::to_string(D) + " elements"));
+  if (!(eps >= 0.0f)) return fail(StatusCode::kInvalidArgument, op, "eps must be >= 0");
+  if (overlaps(out, x) || overlaps(out, residual))
+    return fail(StatusCode::kInvalidArgument, op, "out must not overlap x or residual");
+  if (x.numel() == 0) return Status::Ok();
+  return dispatch_float(op, x, [&](auto t) {
+    using TT = typename decltype(t)::type;
+    return G3_LAUNCH(dev, keep({&x, &w, &residual, &w_next, &out}), rmsnorm_add_rmsnorm<TT>,
+                     static_cast<const TT*>(x.data()), static_cast<const TT*>(w.data()),
+                     static_cast<TT*>(residual.data()), static_cast<const TT*>(w_next.data()),
+                     static_cast<TT*>(out.data()), x.rows(), D, eps);
+  });
+}
+
+}  // namespace gemma3::ops
