@@ -14,8 +14,10 @@ import {
   inspectConfig,
   loadConfig,
   loadModel,
+  loadModelConfig,
   loadTokenizer,
   resolveModelPath,
+  type Gemma3Config,
   type TextModel,
   type WeightQuantization,
 } from "@gemma3/model";
@@ -43,7 +45,7 @@ import { cmdReplicas, REPLICAS_USAGE } from "./replicas.js";
 const DEMO = join(dirname(dirname(fileURLToPath(import.meta.url))), "demo-model");
 
 const USAGE = `usage:
-  gemma3 generate [--model DIR|FILE.gguf] (--prompt TEXT | --prompt-ids 2,9259,1902)
+  gemma3 generate [--model DIR|FILE.gguf [--mmproj MMPROJ.gguf]] (--prompt TEXT | --prompt-ids 2,9259,1902)
                   [--image PATH ... [--pan-and-scan]]
                   [--max-tokens 24] [--temperature 0] [--seed 0] [--logprobs N]
                   [--device cpu|cuda|cuda:N] [--dtype f32|bf16] [--quantize q8_0|q4_0|q4_k|…]
@@ -59,6 +61,9 @@ ${REPLICAS_USAGE}
                 Q4_K_M files too; its tokenizer is the tokenizer.json beside it, else the one
                 embedded in the file); without it, the
                 bundled demo checkpoint (RANDOM weights, real vocabulary size).
+  --mmproj FILE llama.cpp's mmproj GGUF (vision tower + projector, convert_hf_to_gguf.py --mmproj)
+                for a .gguf --model, so --image works; a --model directory takes the one
+                mmproj-*.gguf inside it without this flag.
   --quantize Q  quantize the linear weights on load (q8_0, q4_0, q4_k, q5_k, q6_k: GGUF blocks;
                 fp8_e4m3: per-row scale); embeddings, head and norms stay in --dtype.
   --tensor-parallel N  split the model over N GPUs (cuda:0 … cuda:N−1, or from --device cuda:K;
@@ -103,6 +108,7 @@ async function cmdGenerate(argv: string[]): Promise<void> {
     args: argv,
     options: {
       model: { type: "string" },
+      mmproj: { type: "string" },
       "prompt-ids": { type: "string" },
       prompt: { type: "string" },
       image: { type: "string", multiple: true },
@@ -136,8 +142,9 @@ async function cmdGenerate(argv: string[]): Promise<void> {
   if (!Number.isInteger(tensorParallel))
     throw new UsageError(`--tensor-parallel: a whole number of ranks, got ${tensorParallel}`);
   const modelPath = values.model ?? DEMO;
+  const mm = values.mmproj !== undefined ? { mmproj: values.mmproj } : {};
   // A .gguf carries no generation_config.json (nor, often, tokenizer.json): read beside it.
-  const src = await resolveModelPath(modelPath);
+  const src = await resolveModelPath(modelPath, mm);
   const dir = src.format === "gguf" ? dirname(src.file) : src.dir;
   if (!values.model && !existsSync(join(DEMO, "config.json")))
     throw new UsageError(`the demo checkpoint is missing (${DEMO}): run \`npm run build\``);
@@ -150,22 +157,25 @@ async function cmdGenerate(argv: string[]): Promise<void> {
   const tok = await modelTokenizer(modelPath, !values.model, givenIds ? undefined : "--prompt");
   if (values["pan-and-scan"] && !values.image)
     throw new UsageError("generate: --pan-and-scan goes with --image");
+  // config.json, or a GGUF pair's headers: the tower's image size and tokens per image.
+  const config = values.image ? await loadModelConfig(modelPath, mm) : undefined;
   const images = values.image
-    ? await preprocessImages(values.image, dir, !!values["pan-and-scan"])
+    ? await preprocessImages(values.image, dir, !!values["pan-and-scan"], config!.vision)
     : undefined;
   const promptIds =
     givenIds ??
-    (images ? imagePrompt(tok!, values.prompt!, images, dir) : tok!.encode(values.prompt!));
+    (images ? imagePrompt(tok!, values.prompt!, images, config!) : tok!.encode(values.prompt!));
   const generationConfig = readJsonIfExists(join(dir, "generation_config.json"));
   const model = await loadModel(modelPath, {
     device: values.device ?? (tensorParallel > 1 ? "cuda" : "cpu"),
     tensorParallel,
     ...(dtype ? { dtype } : {}),
     ...(quantize ? { quantize } : {}),
+    ...mm,
   });
   let imageFeatures: Tensor | undefined;
   try {
-    if (images) imageFeatures = await encodeImages(dir, images, model);
+    if (images) imageFeatures = await encodeImages(modelPath, mm, images, model);
     const r = await generate(model, promptIds, {
       ...(imageFeatures ? { imageFeatures } : {}),
       maxTokens: num(values["max-tokens"], 24, "--max-tokens", 1),
@@ -207,6 +217,7 @@ async function preprocessImages(
   paths: string[],
   dir: string,
   panAndScan: boolean,
+  vision: Gemma3Config["vision"],
 ): Promise<PreprocessedImage[]> {
   const pre = (readJsonIfExists(join(dir, "preprocessor_config.json")) ?? {}) as Record<
     string,
@@ -214,10 +225,7 @@ async function preprocessImages(
   >;
   const opts = imageProcessorOptions(pre);
   // Without a preprocessor size, the tower's own input size (vision_config.image_size).
-  if (pre.size === undefined) {
-    const v = (await loadConfig(join(dir, "config.json"))).vision;
-    if (v) opts.imageSize = v.image_size;
-  }
+  if (pre.size === undefined && vision) opts.imageSize = vision.image_size;
   return Promise.all(paths.map((p) => loadImage(p, { ...opts, panAndScan })));
 }
 
@@ -226,9 +234,8 @@ function imagePrompt(
   tok: Gemma3Tokenizer,
   text: string,
   images: PreprocessedImage[],
-  dir: string,
+  config: Gemma3Config,
 ): number[] {
-  const config = readJsonIfExists(join(dir, "config.json")) as Record<string, unknown> | undefined;
   const content: ChatMessage["content"] = [
     ...images.map(() => ({ type: "image" as const })),
     { type: "text", text },
@@ -236,17 +243,25 @@ function imagePrompt(
   return tok.encodeChat([{ role: "user", content }], {
     addGenerationPrompt: true,
     numCrops: images.map((im) => im.numCrops),
-    imageTokens: imageTokenConfig(config, tok.config),
+    imageTokens: imageTokenConfig(
+      config.mmTokensPerImage !== null ? { mm_tokens_per_image: config.mmTokensPerImage } : {},
+      tok.config,
+    ),
   }).ids;
 }
 
 /** The images' features (original then crops, image after image) on the model's device. */
 async function encodeImages(
-  dir: string,
+  modelPath: string,
+  mm: { mmproj?: string },
   images: PreprocessedImage[],
   model: TextModel,
 ): Promise<Tensor> {
-  const enc = await loadVisionEncoder(dir, { device: model.device, dtype: model.dtype });
+  const enc = await loadVisionEncoder(modelPath, {
+    ...mm,
+    device: model.device,
+    dtype: model.dtype,
+  });
   try {
     const all = new Float32Array(images.reduce((n, im) => n + im.pixelValues.length, 0));
     let at = 0;

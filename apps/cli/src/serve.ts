@@ -8,16 +8,17 @@ import type { ChatMessage } from "@gemma3/tokenizer";
 import { WEIGHT_QUANTIZATIONS, type WeightQuantization } from "@gemma3/model";
 import { formatBytes } from "@gemma3/kv-cache/estimate";
 
-export const SERVE_USAGE = `  gemma3 serve [--model DIR|FILE.gguf] [--port 8000] [--host 127.0.0.1] [--api-key KEY]
+export const SERVE_USAGE = `  gemma3 serve [--model DIR|FILE.gguf [--mmproj MMPROJ.gguf]] [--port 8000] [--host 127.0.0.1] [--api-key KEY]
                [--device cpu|cuda|cuda:N] [--dtype f32|bf16] [--quantize q8_0|q4_0|q4_k|…]
                [--tensor-parallel N] [--max-seqs 16] [--max-model-len N] [--max-queue 256]
                [--cors ORIGIN] [--allow-image-urls] [--served-model-name NAME]
                [--enable-prefix-caching [--prefix-cache-snapshot-blocks N]] [--listen-after-load]
-  gemma3 chat  [--model DIR|FILE.gguf] [--device …] [--dtype …] [--quantize …] [--max-tokens 512]
+  gemma3 chat  [--model DIR|FILE.gguf [--mmproj MMPROJ.gguf]] [--device …] [--dtype …] [--quantize …] [--max-tokens 512]
                [--temperature T] [--system TEXT]`;
 
 const MODEL_OPTIONS = {
   model: { type: "string" },
+  mmproj: { type: "string" },
   device: { type: "string" },
   dtype: { type: "string" },
   quantize: { type: "string" },
@@ -83,6 +84,7 @@ function engineOptions(
   );
   return {
     model,
+    ...(values.mmproj !== undefined ? { mmproj: values.mmproj as string } : {}),
     ...(values.device !== undefined ? { device: values.device as string } : {}),
     ...(dtype ? { dtype: dtype as "f32" | "bf16" } : {}),
     ...(quantize ? { quantize: quantize as WeightQuantization } : {}),

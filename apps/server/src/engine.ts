@@ -40,6 +40,11 @@ const PAGE_SIZE = 16;
 export interface EngineOptions {
   /** A model directory (config.json + safetensors) or a .gguf file (its tokenizer embedded or beside it). */
   model: string;
+  /**
+   * GGUF models: the llama.cpp mmproj GGUF (vision tower + projector) to pair with the text file;
+   * a model named by its directory takes the one mmproj-*.gguf there without it.
+   */
+  mmproj?: string;
   /** The id /v1/models reports and requests name (default: the directory's or file's name). */
   modelId?: string;
   device?: string;
@@ -98,12 +103,13 @@ export class Engine {
     readonly tokenizer: Gemma3Tokenizer,
     readonly generationConfig: GenerationConfigDefaults,
     readonly scheduler: Scheduler,
-    /** null for a text-only checkpoint (or a GGUF: mmproj files are not read yet) */
+    /** null for a text-only checkpoint (or a GGUF without an mmproj GGUF paired with it) */
     readonly vision: VisionParts | null,
   ) {}
 
   static async load(o: EngineOptions): Promise<Engine> {
-    const src = await resolveModelPath(o.model);
+    const mm = o.mmproj !== undefined ? { mmproj: o.mmproj } : {};
+    const src = await resolveModelPath(o.model, mm);
     const dir = src.format === "gguf" ? dirname(src.file) : src.dir;
     // tokenizer.json beside the weights, else the tokenizer embedded in a GGUF file.
     const { tokenizer } = await loadTokenizer(o.model);
@@ -114,6 +120,7 @@ export class Engine {
       ...(o.dtype !== undefined ? { dtype: o.dtype } : {}),
       ...(o.quantize !== undefined ? { quantize: o.quantize } : {}),
       ...(o.onProgress ? { onProgress: o.onProgress } : {}),
+      ...mm,
     });
     try {
       const c = model.config;
@@ -150,19 +157,29 @@ export class Engine {
         generationConfig,
       });
       let vision: VisionParts | null = null;
-      // The model's own config says whether there is a vision tower (GGUF: mmproj not read yet).
-      if (src.format !== "gguf" && c.vision) {
-        const encoder = await loadVisionEncoder(dir, { device: model.device, dtype: model.dtype });
+      // The model's own config says whether there is a vision tower (a GGUF's: whether an mmproj
+      // GGUF was paired with it).
+      if (c.vision) {
+        const encoder = await loadVisionEncoder(o.model, {
+          ...mm,
+          device: model.device,
+          dtype: model.dtype,
+        });
         const pre = existsSync(join(dir, "preprocessor_config.json"))
           ? (JSON.parse(await readFile(join(dir, "preprocessor_config.json"), "utf8")) as Record<
               string,
               unknown
             >)
-          : {};
+          : undefined;
         vision = {
           encoder,
-          // The tower fixes the pixel size (896 for Gemma 3), whatever the preprocessor says.
-          preprocess: { ...imageProcessorOptions(pre), imageSize: encoder.imageSize },
+          // The tower fixes the pixel size (896 for Gemma 3), whatever the preprocessor says; an
+          // mmproj's image_mean / image_std stand in for a missing preprocessor_config.json.
+          preprocess: {
+            ...(pre ? {} : encoder.preprocessDefaults),
+            ...imageProcessorOptions(pre),
+            imageSize: encoder.imageSize,
+          },
           imageTokens: imageTokenConfig(
             { mm_tokens_per_image: c.mmTokensPerImage ?? undefined },
             tokenizer.config,
