@@ -3,6 +3,9 @@
 //   x = pre_feedforward_layernorm(h);  r = down(gelu_tanh(gate(x)) · up(x));   h += post_feedforward_layernorm(r)
 // Attention: q/k/v projections → q_norm/k_norm (RMSNorm over head_dim) → RoPE (local or global
 // base and scale) → softmax(q·kᵀ · query_pre_attn_scalar^-½) · v, sliding window on local layers.
+// Fused (the default): one [q; k; v] matmul and one [gate; up] matmul when the loader fused the
+// weights (fuse.ts); q/k norm + RoPE as one kernel; each residual add with the norm that follows it
+// (the next sublayer's, or the next layer's input norm) as one kernel. Same arithmetic either way.
 import { Tensor } from "@gemma3/native";
 // layerOps = @gemma3/native ops whose matmul applies an fp8 weight's per-row scale (quantize.ts).
 import { layerOps as ops } from "./quantize.js";
@@ -25,6 +28,24 @@ export interface LayerWeights {
   gateProj: Tensor;
   upProj: Tensor;
   downProj: Tensor;
+  /**
+   * [q; k; v] rows in one weight [(Hq + 2·Hkv)·head_dim, hidden] when the loader fused them
+   * (fuse.ts); qProj, kProj, vProj are then row views of it.
+   */
+  qkvProj?: Tensor;
+  /** [gate; up] rows [2·intermediate, hidden] likewise (gateProj, upProj its row views). */
+  gateUpProj?: Tensor;
+}
+
+/** The weights a checkpoint stores per layer (LayerWeights without the loader's fused ones). */
+export type StoredLayerWeight = Exclude<keyof LayerWeights, "qkvProj" | "gateUpProj">;
+
+/** The next layer's input norm, run by this layer's last kernel (text_model.ts). */
+export interface NextNorm {
+  /** [hidden] the next layer's input_layernorm weight */
+  norm: Tensor;
+  /** [n, hidden] where input_layernorm(h) goes */
+  out: Tensor;
 }
 
 export class DecoderLayer {
@@ -35,10 +56,15 @@ export class DecoderLayer {
   private readonly rope: { base: number; scale: number };
   private readonly smScale: number;
 
+  /**
+   * @param fusedOps one kernel for q/k norm + RoPE and for each residual add + next norm (default);
+   *   false runs the separate ops, the unfused reference sequence (weights then loaded unfused)
+   */
   constructor(
     readonly index: number,
     private readonly cfg: Gemma3Config,
     readonly w: LayerWeights,
+    readonly fusedOps = true,
   ) {
     this.sliding = cfg.layerTypes[index] === "sliding";
     this.rope = this.sliding ? cfg.rope.local : cfg.rope.global;
@@ -64,21 +90,46 @@ export class DecoderLayer {
     } = cfg;
     const b = (cols: number) => Scratch.bytes([n, cols], dtype);
     const ctx = contextRows > 0 ? 2 * Scratch.bytes([contextRows, hkv * d], dtype) : 0;
-    return 3 * b(h) + 2 * b(hq * d) + 2 * b(hkv * d) + 3 * b(f) + b(h) + ctx;
+    // x, r, x2, down; q, o; k, v; the fused [q | k | v] rows; gate, up, act (or [gate | up], act).
+    return 4 * b(h) + 2 * b(hq * d) + 2 * b(hkv * d) + b((hq + 2 * hkv) * d) + 3 * b(f) + ctx;
   }
 
   /**
    * Runs the layer on the step's new tokens: updates `h` in place and the layer's KV cache.
    * @param h [n, hidden] residual stream
+   * @param x [n, hidden] input_layernorm(h) when the previous layer's last kernel computed it
+   * @param next the next layer's input norm, for this layer's last kernel to compute as well
    */
-  forward(h: Tensor, cache: KVCache, plan: StepPlan, s: Scratch, workspace?: Tensor | null): void {
+  forward(
+    h: Tensor,
+    cache: KVCache,
+    plan: StepPlan,
+    s: Scratch,
+    workspace?: Tensor | null,
+    x?: Tensor | null,
+    next?: NextNorm | null,
+  ): void {
+    const w = this.w;
     const eps = this.cfg.rmsNormEps;
-    const x = ops.rmsnorm(h, this.w.inputLayernorm, eps, s.alloc(h.shape, h.dtypeName));
+    x ??= ops.rmsnorm(h, w.inputLayernorm, eps, s.alloc(h.shape, h.dtypeName));
     const r = this.attention(x, cache, plan, s, workspace ?? null);
-    ops.rmsnormAdd(r, this.w.postAttentionLayernorm, h, eps);
-    const x2 = ops.rmsnorm(h, this.w.preFeedforwardLayernorm, eps, s.alloc(h.shape, h.dtypeName));
+    // h += post_attention_layernorm(r); x2 = pre_feedforward_layernorm(h)
+    const x2 = this.addNorm(r, w.postAttentionLayernorm, h, {
+      norm: w.preFeedforwardLayernorm,
+      out: s.alloc(h.shape, h.dtypeName),
+    });
     const r2 = this.mlp(x2, s);
-    ops.rmsnormAdd(r2, this.w.postFeedforwardLayernorm, h, eps);
+    // h += post_feedforward_layernorm(r2) (and the next layer's input_layernorm(h))
+    if (next) this.addNorm(r2, w.postFeedforwardLayernorm, h, next);
+    else ops.rmsnormAdd(r2, w.postFeedforwardLayernorm, h, eps);
+  }
+
+  /** h += norm(r), then next.out = next.norm(h): one kernel when fused. Returns next.out. */
+  private addNorm(r: Tensor, norm: Tensor, h: Tensor, next: NextNorm): Tensor {
+    const eps = this.cfg.rmsNormEps;
+    if (this.fusedOps) return ops.rmsnormAddRmsnorm(r, norm, h, next.norm, eps, next.out);
+    ops.rmsnormAdd(r, norm, h, eps);
+    return ops.rmsnorm(h, next.norm, eps, next.out);
   }
 
   /**
@@ -89,10 +140,18 @@ export class DecoderLayer {
     const n = x.shape[0]!;
     const dt = x.dtypeName;
     const f = this.cfg.intermediateSize;
-    const gate = ops.matmul(x, this.w.gateProj, { out: s.alloc([n, f], dt) });
-    const up = ops.matmul(x, this.w.upProj, { out: s.alloc([n, f], dt) });
-    const act = ops.geluMul(gate, up, s.alloc([n, f], dt));
-    return ops.matmul(act, this.w.downProj, { out: s.alloc([n, this.cfg.hiddenSize], dt) });
+    const w = this.w;
+    let act: Tensor;
+    if (w.gateUpProj) {
+      // One matmul: each row is [gate | up], which geluMul reads as two halves.
+      const gateUp = ops.matmul(x, w.gateUpProj, { out: s.alloc([n, 2 * f], dt) });
+      act = ops.geluMul(gateUp, null, s.alloc([n, f], dt));
+    } else {
+      const gate = ops.matmul(x, w.gateProj, { out: s.alloc([n, f], dt) });
+      const up = ops.matmul(x, w.upProj, { out: s.alloc([n, f], dt) });
+      act = ops.geluMul(gate, up, s.alloc([n, f], dt));
+    }
+    return ops.matmul(act, w.downProj, { out: s.alloc([n, this.cfg.hiddenSize], dt) });
   }
 
   /** The attention branch: x [n, hidden] → o_proj(attention(x)) [n, hidden] (public as mlp). */
@@ -106,13 +165,28 @@ export class DecoderLayer {
     const { numAttentionHeads: hq, numKeyValueHeads: hkv, headDim: d, rmsNormEps: eps } = this.cfg;
     const n = x.shape[0]!;
     const dt = x.dtypeName;
-    const q = ops.matmul(x, this.w.qProj, { out: s.alloc([n, hq * d], dt) }).view([n, hq, d]);
-    const k = ops.matmul(x, this.w.kProj, { out: s.alloc([n, hkv * d], dt) }).view([n, hkv, d]);
-    const v = ops.matmul(x, this.w.vProj, { out: s.alloc([n, hkv * d], dt) }).view([n, hkv, d]);
-    ops.rmsnorm(q, this.w.qNorm, eps, q);
-    ops.rmsnorm(k, this.w.kNorm, eps, k);
-    ops.rope(q, plan.positions, this.rope.base, this.rope.scale);
-    ops.rope(k, plan.positions, this.rope.base, this.rope.scale);
+    const w = this.w;
+    const q = s.alloc([n, hq, d], dt);
+    const k = s.alloc([n, hkv, d], dt);
+    const v = s.alloc([n, hkv, d], dt);
+    const rope = { eps, ...this.rope };
+    if (w.qkvProj) {
+      // One matmul into [q | k | v] rows; one kernel norms and rotates q and k out of them.
+      const qkv = ops.matmul(x, w.qkvProj, { out: s.alloc([n, (hq + 2 * hkv) * d], dt) });
+      ops.qkNormRope(qkv, w.qNorm, w.kNorm, plan.positions, rope, { q, k, v });
+    } else {
+      ops.matmul(x, w.qProj, { out: q.view([n, hq * d]) });
+      ops.matmul(x, w.kProj, { out: k.view([n, hkv * d]) });
+      ops.matmul(x, w.vProj, { out: v.view([n, hkv * d]) });
+      if (this.fusedOps) {
+        ops.qkNormRope({ q, k }, w.qNorm, w.kNorm, plan.positions, rope);
+      } else {
+        ops.rmsnorm(q, w.qNorm, eps, q);
+        ops.rmsnorm(k, w.kNorm, eps, k);
+        ops.rope(q, plan.positions, rope.base, rope.scale);
+        ops.rope(k, plan.positions, rope.base, rope.scale);
+      }
+    }
 
     // Through the cache: scatter + decode attention, or gather context + prefill + scatter
     // (@gemma3/kv-cache cachedAttention; the window applies on sliding layers).
@@ -122,7 +196,7 @@ export class DecoderLayer {
       alloc: (shape, dtype) => s.alloc(shape, dtype),
       workspace,
     });
-    return ops.matmul(o.view([n, hq * d]), this.w.oProj, {
+    return ops.matmul(o.view([n, hq * d]), w.oProj, {
       out: s.alloc([n, this.cfg.hiddenSize], dt),
     });
   }

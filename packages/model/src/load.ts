@@ -5,7 +5,8 @@
 import { readdir, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { Device, Tensor, UnsupportedError } from "@gemma3/native";
-import { DecoderLayer, type LayerWeights } from "./block.js";
+import { DecoderLayer, type LayerWeights, type StoredLayerWeight } from "./block.js";
+import { fuseProjections } from "./fuse.js";
 import { loadConfig, type Gemma3Config } from "./config.js";
 import { GGUFError, GGUFFile } from "./gguf.js";
 import { ggufMultimodalConfig, isMmprojFileName, resolveMmproj } from "./gguf_mmproj.js";
@@ -46,10 +47,16 @@ export interface LoadOptions {
    * loadVisionEncoder reads its weights.
    */
   mmproj?: string;
+  /**
+   * Fuse each layer (default true): [q; k; v] and [gate; up] weights concatenated at load (one
+   * matmul each; the separate weights become row views, so memory is unchanged) and the fused
+   * norm/RoPE kernels (DecoderLayer). false: the unfused reference sequence, for comparisons.
+   */
+  fuse?: boolean;
 }
 
 /** Canonical checkpoint name (after "layers.{i}.") of each layer weight. */
-export const LAYER_KEYS: Record<keyof LayerWeights, string> = {
+export const LAYER_KEYS: Record<StoredLayerWeight, string> = {
   inputLayernorm: "input_layernorm",
   postAttentionLayernorm: "post_attention_layernorm",
   preFeedforwardLayernorm: "pre_feedforward_layernorm",
@@ -158,6 +165,7 @@ async function assemble(
   loadOne: (name: string, progress: (frac: number) => void) => Promise<Tensor>,
 ): Promise<Gemma3TextModel> {
   const loaded: Tensor[] = [];
+  const fuse = opts.fuse ?? true;
   const total = expectedTextWeights(config).length;
   let done = 0;
   const load = async (name: string) => {
@@ -172,14 +180,15 @@ async function assemble(
     const layers: LayerWeights[] = [];
     for (let i = 0; i < config.numHiddenLayers; i++) {
       const w = {} as LayerWeights;
-      for (const [field, key] of Object.entries(LAYER_KEYS) as [keyof LayerWeights, string][])
+      for (const [field, key] of Object.entries(LAYER_KEYS) as [StoredLayerWeight, string][])
         w[field] = await load(`layers.${i}.${key}`);
+      if (fuse) loaded.push(...fuseProjections(w));
       layers.push(w);
     }
     const norm = await load("norm");
     const weights: TextWeights = { embedTokens, norm, layers };
     if (!config.tieWordEmbeddings) weights.lmHead = await load("lm_head");
-    return new Gemma3TextModel(config, weights, device, dtype);
+    return new Gemma3TextModel(config, weights, device, dtype, { fusedOps: fuse });
   } catch (e) {
     for (const t of loaded) t.dispose();
     throw e;

@@ -100,13 +100,18 @@ export class Gemma3TextModel implements TextModel {
     }
   >();
 
+  /**
+   * @param opts.fusedOps fused layer kernels (default true; false: the unfused reference
+   *   sequence, see DecoderLayer)
+   */
   constructor(
     readonly config: Gemma3Config,
     readonly weights: TextWeights,
     readonly device: Device,
     readonly dtype: ComputeDType,
+    opts: { fusedOps?: boolean } = {},
   ) {
-    this.layers = weights.layers.map((w, i) => new DecoderLayer(i, config, w));
+    this.layers = weights.layers.map((w, i) => new DecoderLayer(i, config, w, opts.fusedOps));
     const s = Math.sqrt(config.hiddenSize);
     this.embedScale = dtype === "bf16" ? bf16ToF32(f32ToBf16(s)) : Math.fround(s);
     this.scratch = new Scratch(device);
@@ -186,7 +191,7 @@ export class Gemma3TextModel implements TextModel {
     const s = this.scratch;
     const dt = this.dtype;
     s.begin(
-      2 * Scratch.bytes([n, hidden], dt) +
+      3 * Scratch.bytes([n, hidden], dt) +
         2 * Scratch.bytes([rows, hidden], dt) +
         Scratch.bytes([rows, vocab], dt) +
         DecoderLayer.scratchBytes(this.config, n, dt, plan.contextRows) +
@@ -297,11 +302,23 @@ export class Gemma3TextModel implements TextModel {
         out: s.alloc([n, hidden], dt),
       });
       if (images) this.mergeImages(h, images);
+      // Fused: each layer's last kernel also computes the next layer's input norm, into `xNext`
+      // (the layer reading it has consumed it by the time it writes the next one: stream order).
+      const xNext = this.layers[0]?.fusedOps ? s.alloc([n, hidden], dt) : null;
       const mark = s.mark();
-      for (const layer of this.layers) {
-        layer.forward(h, cache, plan, s, ws);
+      this.layers.forEach((layer, i) => {
+        const next = xNext && this.layers[i + 1];
+        layer.forward(
+          h,
+          cache,
+          plan,
+          s,
+          ws,
+          i > 0 ? xNext : null,
+          next ? { norm: next.w.inputLayernorm, out: xNext } : null,
+        );
         s.rewind(mark); // the layer's temporaries are dead once its ops are enqueued
-      }
+      });
       // Each sequence's last row: a row gather (embedding with scale 1 is exact) for a batch.
       const last = all
         ? h
