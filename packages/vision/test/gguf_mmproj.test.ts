@@ -239,6 +239,21 @@ for (const name of NAMES)
         expect(maxAbsDiff(ours.greedy, ref.greedy)).toBe(0);
       });
 
+      it("bf16 compute: the same features as the reference checkpoint at bf16", async () => {
+        const opts = { mmproj: pair.mmproj, device: "cpu", dtype: "bf16" } as const;
+        const a = await loadVisionEncoder(pair.text, opts);
+        const b = await loadVisionEncoder(pair.reference, { device: "cpu", dtype: "bf16" });
+        const fa = a.encode(gold.pixels);
+        const fb = b.encode(gold.pixels);
+        const [ha, hb] = [
+          (await fa.toArray()) as Float32Array,
+          (await fb.toArray()) as Float32Array,
+        ];
+        for (const x of [fa, fb, a, b]) x.dispose();
+        expect(maxAbsDiff(ha, hb)).toBe(0);
+        expect(relL2(ha, gold.features)).toBeLessThan(3e-2); // bf16 activations (siglip.test.ts)
+      });
+
       it("and HF transformers' float32 goldens within the format's rounding", async () => {
         const ours = await run(model, enc, gold);
         // F32 files round only mm.input_projection to f16 (2^-11 relative per weight); F16 files
