@@ -107,7 +107,6 @@ export async function mmprojGGUF(
   opts: MmprojGGUFOptions = {},
 ): Promise<MmprojGGUF> {
   const config = await loadConfig(join(dir, "config.json"));
-  const v = config.vision!;
   const pre = existsSync(join(dir, "preprocessor_config.json"))
     ? (JSON.parse(readFileSync(join(dir, "preprocessor_config.json"), "utf8")) as Record<
         string,
@@ -148,12 +147,31 @@ export async function mmprojGGUF(
   } finally {
     await st.close();
   }
+  const metadata = mmprojMetadata(config, pre, outtype);
+  for (const [k, val] of opts.metadata ?? []) {
+    const i = metadata.findIndex(([key]) => key === k);
+    if (i >= 0) metadata[i] = [k, val];
+    else metadata.push([k, val]);
+  }
+  return { metadata, tensors, config };
+}
+
+/**
+ * The metadata convert_hf_to_gguf.py writes for a Gemma 3 mmproj (MmprojModel +
+ * Gemma3VisionModel.set_gguf_parameters), from the parsed config and preprocessor_config.json.
+ */
+export function mmprojMetadata(
+  config: Gemma3Config,
+  pre: Record<string, unknown>,
+  outtype: GGMLTypeName,
+): [string, KV][] {
+  const v = config.vision!;
   const grid = v.image_size / v.patch_size;
   const seq =
     typeof pre.image_seq_length === "number" ? pre.image_seq_length : config.mmTokensPerImage!;
   const scale = Math.floor(grid / Math.floor(Math.sqrt(seq)));
   const triple = (k: string) => (Array.isArray(pre[k]) ? (pre[k] as number[]) : [0.5, 0.5, 0.5]);
-  const metadata: [string, KV][] = [
+  return [
     ["general.architecture", str("clip")],
     ["general.type", str("mmproj")],
     ["general.name", str("tiny gemma3 mmproj")],
@@ -177,12 +195,6 @@ export async function mmprojGGUF(
       : []),
     ["general.quantization_version", u32(2)],
   ];
-  for (const [k, val] of opts.metadata ?? []) {
-    const i = metadata.findIndex(([key]) => key === k);
-    if (i >= 0) metadata[i] = [k, val];
-    else metadata.push([k, val]);
-  }
-  return { metadata, tensors, config };
 }
 
 /** Writes the mmproj GGUF of a fixture and returns its path. */
