@@ -97,7 +97,7 @@ export function checkMmprojWeights(
   for (const name of f.tensors.keys())
     if (!byGGUF.has(name)) tensorFail(file, name, "is not part of a Gemma 3 (SigLIP) mmproj");
   const out = new Map<string, GGUFTensorInfo>();
-  for (const [g, { name, shape }] of byGGUF) {
+  for (const [g, { name }] of byGGUF) {
     const info = f.tensors.get(g);
     if (!info) throw new GGUFError(`${file}: missing tensor "${g}"`, "E_TENSOR", file, g);
     out.set(name, info);
