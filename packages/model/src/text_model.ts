@@ -170,8 +170,8 @@ export class Gemma3TextModel implements TextModel {
    * One step for several sequences of one cache (ragged: each brings any number of tokens).
    * @param opts.graph decode steps (one token per sequence, batch ≤ MAX_GRAPH_BATCH) replay a graph captured
    *   on the second such step (a CUDA graph, or a recorded task list on the CPU): one launch
-   *   instead of ~17 op calls per layer. The returned logits are then a view of a buffer the next
-   *   graph step overwrites: read them before the next forward.
+   *   instead of ~11 op calls per layer (~19 unfused). The returned logits are then a view of a
+   *   buffer the next graph step overwrites: read them before the next forward.
    * @returns logits f32: [Σ n, vocab] with allLogits (sequence after sequence), else [batch, vocab]
    *   (each sequence's last token)
    */
