@@ -5,6 +5,7 @@
 //   node apps/server/bench/cancel.mjs [--requests 200] [--device cpu] [--model DIR]
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { monitorEventLoopDelay } from "node:perf_hooks";
 import { parseArgs } from "node:util";
 import { Engine, startServer } from "@gemma3/server";
 
@@ -36,7 +37,21 @@ await Promise.all(
   ),
 );
 const base = engine.stats().kv;
+// Where the time goes: the scheduler's state every 25 ms, and how long the event loop was blocked.
+const timeline = [];
+const lag = monitorEventLoopDelay({ resolution: 5 });
+lag.enable();
 const t0 = performance.now();
+const sampler = setInterval(() => {
+  const st = engine.stats();
+  timeline.push([
+    Math.round(performance.now() - t0),
+    st.running,
+    st.waiting,
+    st.kv.sequences,
+    st.steps,
+  ]);
+}, 25);
 const outcomes = await Promise.all(
   Array.from({ length: N }, async (_, i) => {
     try {
@@ -63,6 +78,8 @@ while (engine.stats().kv.sequences > 0 || engine.stats().waiting > 0) {
   await new Promise((r) => setTimeout(r, 5));
 }
 const freedMs = performance.now() - tAbort;
+clearInterval(sampler);
+lag.disable();
 const kv = engine.stats().kv;
 const t1 = performance.now();
 const ok = await fetch(`${srv.url}/v1/chat/completions`, {
@@ -80,6 +97,12 @@ const report = {
   kvBaseline: kv.freePages === base.freePages && kv.sequences === 0,
   freshStatus: ok.status,
   freshMs: Math.round(performance.now() - t1),
+  eventLoopDelayMs: {
+    p50: lag.percentile(50) / 1e6,
+    p99: lag.percentile(99) / 1e6,
+    max: lag.max / 1e6,
+  },
+  ...(process.env.CANCEL_TIMELINE ? { timeline } : {}),
 };
 console.log(JSON.stringify(report));
 await srv.close();
