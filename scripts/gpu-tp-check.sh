@@ -34,6 +34,28 @@ export GEMMA3_NCCL_ROOT="$nccl" CMAKE_CUDA_ARCHITECTURES=90a
 grep -E "gemma3:" "$OUT/build.log"
 echo "build done at ${SECONDS}s"
 
+# Which settings let NCCL all-reduces be recorded into the ranks' decode graphs: the defaults
+# (ThreadLocal capture, NCCL graph mixing and registration off), then variants (NCCL's own defaults,
+# relaxed capture, connections made at init, cudaMalloc buffers); the first that captures with
+# replay == eager is exported for the tests and the benchmarks. probe.log keeps every answer.
+echo "== graph capture probe (tiny-1b, NCCL, TP 2)"
+chosen=none
+for settings in "" "NCCL_GRAPH_MIXING_SUPPORT=1 NCCL_GRAPH_REGISTER=1" \
+  "GEMMA3_CAPTURE_MODE=relaxed" \
+  "NCCL_GRAPH_MIXING_SUPPORT=1 NCCL_GRAPH_REGISTER=1 GEMMA3_CAPTURE_MODE=relaxed" \
+  "NCCL_RUNTIME_CONNECT=0 GEMMA3_CAPTURE_MODE=relaxed" \
+  "NCCL_RUNTIME_CONNECT=0 NCCL_CUMEM_ENABLE=0 NCCL_GRAPH_MIXING_SUPPORT=1 GEMMA3_CAPTURE_MODE=relaxed" \
+  "GEMMA3_CUDA_MALLOC=sync NCCL_RUNTIME_CONNECT=0 GEMMA3_CAPTURE_MODE=relaxed"; do
+  env $settings timeout 25 node packages/model/bench/tp-graph-probe.mjs >/tmp/probe.out 2>&1
+  echo "[$settings] $(grep -v '^NCCL version' /tmp/probe.out | tail -3)" | tee -a "$OUT/probe.log"
+  if grep -q '"ok":true' /tmp/probe.out; then
+    chosen="$settings"
+    break
+  fi
+done
+echo "probe: settings that capture: [${chosen}] (done at ${SECONDS}s)"
+[ "$chosen" != none ] && [ -n "$chosen" ] && export $chosen
+
 echo "== tests (ranks on cuda:0…; GEMMA3_TEST_MULTI_GPU=1: fewer than 2 GPUs fails)"
 GEMMA3_TEST_CUDA=1 GEMMA3_TEST_MULTI_GPU=1 timeout 150 node node_modules/vitest/vitest.mjs run \
   --reporter=verbose native/test/collective.test.ts packages/model/test/tp.test.ts \

@@ -163,6 +163,24 @@ class NcclCommunicator : public Communicator {
       G3_RETURN_IF_ERROR(cuda_stream(d, &s));
       streams.push_back(static_cast<cudaStream_t>(s));
     }
+    // A capture that an op invalidates fails only at its end, naming nothing: say here whether it
+    // was already invalid before this all-reduce, or NCCL's launch invalidated it.
+    auto check_capture = [&](const char* when) -> Status {
+      if (capturing == 0) return Status::Ok();
+      for (int r = 0; r < size(); ++r) {
+        cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+        cudaSetDevice(devices()[size_t(r)]);
+        if (cudaStreamIsCapturing(streams[size_t(r)], &st) != cudaSuccess) cudaGetLastError();
+        if (st != cudaStreamCaptureStatusActive)
+          return fail(
+              StatusCode::kCuda,
+              "rank " + std::to_string(r) + "'s graph capture is " +
+                  (st == cudaStreamCaptureStatusInvalidated ? "invalidated " : "not active ") +
+                  when);
+      }
+      return Status::Ok();
+    };
+    G3_RETURN_IF_ERROR(check_capture("before the all-reduce (an earlier op of the capture)"));
     // One thread drives every device: the group makes the N launches one collective (NCCL docs,
     // "Example 1: single process, single thread, multiple devices").
     G3_RETURN_IF_ERROR(nccl_status(ncclGroupStart(), "ncclGroupStart"));
@@ -175,7 +193,8 @@ class NcclCommunicator : public Communicator {
     }
     ncclResult_t end = ncclGroupEnd();
     G3_RETURN_IF_ERROR(nccl_status(first, "ncclAllReduce"));
-    return nccl_status(end, "ncclGroupEnd");
+    G3_RETURN_IF_ERROR(nccl_status(end, "ncclGroupEnd"));
+    return check_capture("after ncclGroupEnd (NCCL's launch could not be recorded)");
   }
 
  private:

@@ -596,7 +596,15 @@ Status graph_begin_capture(int device) {
     if (cuda_states()[size_t(device)].capturing)
       return Status(StatusCode::kInvalidArgument, device_name(device) + ": a capture is active");
   }
-  G3_CUDA_RETURN(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  // ThreadLocal: other threads' CUDA calls never touch our captures. GEMMA3_CAPTURE_MODE=relaxed
+  // or global picks the other CUDA modes (diagnosing a library whose calls invalidate a capture).
+  static const cudaStreamCaptureMode mode = [] {
+    const char* v = std::getenv("GEMMA3_CAPTURE_MODE");
+    if (v != nullptr && std::strcmp(v, "relaxed") == 0) return cudaStreamCaptureModeRelaxed;
+    if (v != nullptr && std::strcmp(v, "global") == 0) return cudaStreamCaptureModeGlobal;
+    return cudaStreamCaptureModeThreadLocal;
+  }();
+  G3_CUDA_RETURN(cudaStreamBeginCapture(s, mode));
   std::lock_guard<std::mutex> lk(cuda_mu);
   cuda_states()[size_t(device)].capturing = true;
 #endif

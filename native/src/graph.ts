@@ -23,7 +23,14 @@ export class Graph {
     } catch (e) {
       failure = e;
     }
-    const g = native(() => addon().graphEnd(dev.index)); // always end the capture, even on failure
+    // Always end the capture, even on failure; the failure of `fn` is the one to report (ending
+    // a capture that an op invalidated fails too, with a less telling error).
+    let g: NativeGraph;
+    try {
+      g = native(() => addon().graphEnd(dev.index));
+    } catch (e) {
+      throw failure ?? e;
+    }
     if (failure !== undefined) {
       g.dispose();
       throw failure;

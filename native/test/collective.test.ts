@@ -5,6 +5,7 @@
 import { describe, expect, it } from "vitest";
 import {
   Communicator,
+  Device,
   DeviceError,
   DisposedError,
   DTypeError,
@@ -190,6 +191,48 @@ describe.skipIf(gpus < 2)("collectives on CUDA ranks", () => {
         comm.dispose();
       }
     });
+
+  it("graphs: NCCL all-reduces recorded into per-device graphs replay on current data; the host fallback refuses capture", async () => {
+    const devices = ["cuda:0", "cuda:1"];
+    const host = Communicator.create(devices, { backend: "host" });
+    expect(host.graphCapturable).toBe(false);
+    const h = devices.map((d) => Tensor.zeros([5], "f32", d));
+    expect(() => Graph.capture("cuda:0", () => host.allReduce(h))).toThrow(InvalidArgumentError);
+    for (const t of h) t.dispose();
+    host.dispose();
+    if (!buildInfo().nccl) return;
+    const comm = Communicator.create(devices, { backend: "nccl" });
+    expect(comm.graphCapturable).toBe(true);
+    const ts = devices.map((d) => Tensor.zeros([3, 1000], "f32", d));
+    comm.allReduce(ts); // eager first: NCCL connects its peers outside any capture
+    await Promise.all(devices.map((d) => Device.of(d).synchronize()));
+    // One rank's device capturing alone is refused (captured or not is a collective property).
+    expect(() => Graph.capture("cuda:0", () => comm.allReduce(ts))).toThrow(/all of them or none/);
+    // Both devices capture at once, as TensorParallelTextModel does: one graph each.
+    let g1: Graph | undefined;
+    const g0 = Graph.capture("cuda:0", () => {
+      g1 = Graph.capture("cuda:1", () => {
+        comm.allReduce(ts);
+        comm.allReduce(ts);
+      });
+    });
+    for (const round of [1, 2]) {
+      const vals = ts.map((_, r) =>
+        Float32Array.from({ length: 3000 }, (_, i) => (i % 7) + r * round),
+      );
+      ts.forEach((t, r) => t.write(vals[r]!));
+      g0.launch();
+      g1!.launch();
+      // Two all-reduces: (a + b) then 2·(a + b).
+      const want = vals[0]!.map((v, i) => 2 * (v + vals[1]![i]!));
+      for (const t of ts) expect(Array.from(await t.toArray())).toEqual(Array.from(want));
+    }
+    comm.waitIdle();
+    g0.dispose();
+    g1!.dispose();
+    for (const t of ts) t.dispose();
+    comm.dispose();
+  });
 
   it("copyColumns gathers shards from another GPU in stream order", async () => {
     const rows = 7;

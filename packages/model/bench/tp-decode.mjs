@@ -276,6 +276,7 @@ for (const tp of tps) {
     else {
       r.backend = model.comm.backend;
       r.captured = model.capturedBatches.includes(batch);
+      if (model.graphFallback) r.graphFallback = model.graphFallback;
       // The step without its all-reduces (wrong numbers): an own no-op shadows the method.
       model.comm.allReduce = () => {};
       try {

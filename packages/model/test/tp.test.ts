@@ -473,7 +473,9 @@ describe.skipIf(gpus < 2)("tensor parallel on CUDA ranks", () => {
           const eager = await decodeBatch(tp, false, 3, 8, g.meta.prompt_ids);
           const graphed = await decodeBatch(tp, true, 3, 8, g.meta.prompt_ids);
           const captured = tp.capturedBatches;
+          const fallback = tp.graphFallback;
           tp.dispose();
+          expect(fallback).toBeNull();
           expect(captured).toEqual(backend === "nccl" ? [3] : []);
           expect(graphed.views.slice(1).every((v) => v)).toBe(backend === "nccl");
           const d = Math.max(...graphed.out.map((r, i) => maxAbsDiff(r, eager.out[i]!)));

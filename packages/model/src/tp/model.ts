@@ -102,6 +102,11 @@ export class TensorParallelTextModel implements TextModel {
     logits: Tensor;
     shards: Tensor[];
   } | null = null;
+  /**
+   * Why decode steps stay eager although graphs were asked for and the communicator can be
+   * captured (a capture on CUDA ranks failed; the message names the failing op), else null.
+   */
+  graphFallback: string | null = null;
   /** Whether the last step replayed graphs or ran eagerly (see enterMode). */
   private mode: "graph" | "eager" | null = null;
 
@@ -222,7 +227,8 @@ export class TensorParallelTextModel implements TextModel {
         !all &&
         batch <= MAX_GRAPH_BATCH &&
         !images &&
-        this.comm.graphCapturable;
+        this.comm.graphCapturable &&
+        this.graphFallback === null;
       if (graphable) {
         const g = this.stepGraph(cache, st, batch, ids);
         if (g) {
@@ -336,16 +342,26 @@ export class TensorParallelTextModel implements TextModel {
     if (g || !this.warmDecode.has(batch)) return g ?? null;
     const out = this.graphOutputs(cache, batch);
     this.enterMode("graph");
-    const graphs = captureAll(uniqueDevices(this.devices), () =>
-      this.body(
-        st,
-        ids,
-        batch,
-        false,
-        null,
-        out.shards.map((t) => t.slice(0, batch)),
-      ),
-    );
+    let graphs: Graph[];
+    try {
+      graphs = captureAll(uniqueDevices(this.devices), () =>
+        this.body(
+          st,
+          ids,
+          batch,
+          false,
+          null,
+          out.shards.map((t) => t.slice(0, batch)),
+        ),
+      );
+    } catch (e) {
+      // CUDA ranks: a driver or NCCL that cannot record the step leaves decode eager (correct,
+      // slower) and says why; CPU task lists always record, so a failure there is a bug.
+      if (!this.device.isCuda) throw e;
+      this.graphFallback = `decode graph capture failed, decode stays eager: ${(e as Error).message}`;
+      this.mode = "graph"; // an eager step next waits for the ranks first
+      return null;
+    }
     g = {
       graphs,
       cache,
