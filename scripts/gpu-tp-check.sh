@@ -40,12 +40,10 @@ echo "build done at ${SECONDS}s"
 # replay == eager is exported for the tests and the benchmarks. probe.log keeps every answer.
 echo "== graph capture probe (tiny-1b, NCCL, TP 2)"
 chosen=none
-for settings in "" "NCCL_GRAPH_MIXING_SUPPORT=1 NCCL_GRAPH_REGISTER=1" \
-  "GEMMA3_CAPTURE_MODE=relaxed" \
-  "NCCL_GRAPH_MIXING_SUPPORT=1 NCCL_GRAPH_REGISTER=1 GEMMA3_CAPTURE_MODE=relaxed" \
-  "NCCL_RUNTIME_CONNECT=0 GEMMA3_CAPTURE_MODE=relaxed" \
-  "NCCL_RUNTIME_CONNECT=0 NCCL_CUMEM_ENABLE=0 NCCL_GRAPH_MIXING_SUPPORT=1 GEMMA3_CAPTURE_MODE=relaxed" \
-  "GEMMA3_CUDA_MALLOC=sync NCCL_RUNTIME_CONNECT=0 GEMMA3_CAPTURE_MODE=relaxed"; do
+for settings in "" "NCCL_RUNTIME_CONNECT=0" "NCCL_GRAPH_MIXING_SUPPORT=1 NCCL_GRAPH_REGISTER=1" \
+  "GEMMA3_CAPTURE_MODE=relaxed" "NCCL_RUNTIME_CONNECT=0 GEMMA3_CAPTURE_MODE=relaxed" \
+  "NCCL_RUNTIME_CONNECT=0 NCCL_GRAPH_MIXING_SUPPORT=1 NCCL_GRAPH_REGISTER=1 GEMMA3_CAPTURE_MODE=relaxed" \
+  "GEMMA3_CUDA_MALLOC=sync NCCL_RUNTIME_CONNECT=0 NCCL_CUMEM_ENABLE=0 GEMMA3_CAPTURE_MODE=relaxed"; do
   env $settings timeout 25 node packages/model/bench/tp-graph-probe.mjs >/tmp/probe.out 2>&1
   echo "[$settings] $(grep -v '^NCCL version' /tmp/probe.out | tail -3)" | tee -a "$OUT/probe.log"
   if grep -q '"ok":true' /tmp/probe.out; then

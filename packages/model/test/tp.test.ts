@@ -477,7 +477,8 @@ describe.skipIf(gpus < 2)("tensor parallel on CUDA ranks", () => {
           tp.dispose();
           expect(fallback).toBeNull();
           expect(captured).toEqual(backend === "nccl" ? [3] : []);
-          expect(graphed.views.slice(1).every((v) => v)).toBe(backend === "nccl");
+          // Step 0 eager, step 1 captures (or, if NCCL's first capture fails, step 2 retries).
+          expect(graphed.views.slice(2).every((v) => v)).toBe(backend === "nccl");
           const d = Math.max(...graphed.out.map((r, i) => maxAbsDiff(r, eager.out[i]!)));
           console.log(
             `${name} ${backend} N = ${n}: graph vs eager decode max |Δ| ${d.toExponential(2)}`,

@@ -107,6 +107,7 @@ export class TensorParallelTextModel implements TextModel {
    * captured (a capture on CUDA ranks failed; the message names the failing op), else null.
    */
   graphFallback: string | null = null;
+  private captureFailures = 0;
   /** Whether the last step replayed graphs or ran eagerly (see enterMode). */
   private mode: "graph" | "eager" | null = null;
 
@@ -358,6 +359,10 @@ export class TensorParallelTextModel implements TextModel {
       // CUDA ranks: a driver or NCCL that cannot record the step leaves decode eager (correct,
       // slower) and says why; CPU task lists always record, so a failure there is a bug.
       if (!this.device.isCuda) throw e;
+      // The first capture may also be NCCL's first use of the algorithm it picks for captured
+      // work (its peers connect on first use unless NCCL_RUNTIME_CONNECT=0, which cannot happen
+      // inside a capture): the next decode step tries once more.
+      if (++this.captureFailures < 2) return null;
       this.graphFallback = `decode graph capture failed, decode stays eager: ${(e as Error).message}`;
       this.mode = "graph"; // an eager step next waits for the ranks first
       return null;
