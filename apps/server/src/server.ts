@@ -151,10 +151,11 @@ export async function startServer(
     req: IncomingMessage,
     res: ServerResponse,
     path: string,
-    signal: AbortSignal,
+    abort: AbortController,
     sseRef: { w?: SseWriter },
   ): Promise<number> {
     const method = req.method ?? "GET";
+    const signal = abort.signal;
     const needsKey = path.startsWith("/v1/") || path === "/tokenize" || path === "/detokenize";
     if (needsKey && o.apiKey !== undefined) {
       const auth = req.headers.authorization ?? "";
@@ -173,6 +174,9 @@ export async function startServer(
         throw new HttpError(405, `${path} takes POST`, null, "method_not_allowed");
       api(); // 503 before reading a body the loading model can't serve
       const body = await readBody(req, maxBody);
+      // A client that hung up while its request waited to be read (a burst behind a busy event
+      // loop) is gone before its socket's "close" event runs: cancel now rather than after a step.
+      if (req.socket.destroyed || req.socket.readableEnded) abort.abort();
       await handler(body);
       return 200;
     };
@@ -256,7 +260,7 @@ export async function startServer(
     const sseRef: { w?: SseWriter } = {};
     let status: number;
     try {
-      status = await route(req, res, path, abort.signal, sseRef);
+      status = await route(req, res, path, abort, sseRef);
     } catch (e) {
       if (isStickyDeviceError(e) && state.kind === "ready") {
         state = { kind: "failed", error: new Error(`device fault: ${(e as Error).message}`) };
