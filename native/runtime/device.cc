@@ -639,7 +639,16 @@ Status graph_end_capture(int device, std::unique_ptr<Graph>* out) {
   size_t nodes = 0;
   cudaGraphGetNodes(g, nullptr, &nodes);
   cudaGraphExec_t exec = nullptr;
+  // Captures nest when several devices record at once (a tensor-parallel step: one graph per rank
+  // device, every rank's stream capturing together). Instantiating the inner graph while the outer
+  // capture runs is a call ThreadLocal mode forbids on this thread (measured on 2x H100:
+  // cudaErrorStreamCaptureUnsupported, and the outer capture invalidated); it touches neither
+  // capture, so the thread's mode is relaxed for this one call, as NCCL does around its own
+  // allocations (cudaThreadExchangeStreamCaptureMode).
+  cudaStreamCaptureMode relaxed = cudaStreamCaptureModeRelaxed;
+  cudaThreadExchangeStreamCaptureMode(&relaxed);
   e = cudaGraphInstantiate(&exec, g, 0);
+  cudaThreadExchangeStreamCaptureMode(&relaxed);  // back to the thread's previous mode
   if (e != cudaSuccess) {
     cudaGetLastError();
     cudaGraphDestroy(g);
