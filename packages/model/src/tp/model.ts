@@ -359,12 +359,11 @@ export class TensorParallelTextModel implements TextModel {
       // CUDA ranks: a driver or NCCL that cannot record the step leaves decode eager (correct,
       // slower) and says why; CPU task lists always record, so a failure there is a bug.
       if (!this.device.isCuda) throw e;
-      // The first capture may also be NCCL's first use of the algorithm it picks for captured
-      // work (its peers connect on first use unless NCCL_RUNTIME_CONNECT=0, which cannot happen
-      // inside a capture): the next decode step tries once more.
+      // A first failure may be transient (NCCL setting up what it needs for captured work on
+      // first use): the next decode step tries once more. The eager step after it waits for the
+      // ranks first (enterMode: the mode is "graph" since the capture began).
       if (++this.captureFailures < 2) return null;
       this.graphFallback = `decode graph capture failed, decode stays eager: ${(e as Error).message}`;
-      this.mode = "graph"; // an eager step next waits for the ranks first
       return null;
     }
     g = {
