@@ -1350,10 +1350,14 @@ export function fusedCases(): Case[] {
         cudaTol: tol[d],
       });
       // The separate form in place, and both forms against rmsnorm then rope on the same device:
-      // bit for bit, which is what keeps a fused model's logits equal to the unfused one's.
+      // bit for bit, which is what keeps a fused model's logits equal to the unfused one's. One
+      // exception, CUDA only: rmsnorm moves to one CTA per row (another sum order) for rows of more
+      // than 128 scalars, which only unaligned tensors reach (the "offset" layout, head_dim > 128);
+      // there the two-op result is held to the reference's tolerance only.
       cases.push({
         name: `qkNormRope in place and fused == rmsnorm then rope, bit for bit (${what})`,
         async run(dev) {
+          const excused = dev !== "cpu" && layout !== "packed" && hd > 128;
           const [qRef, kRef, vRef] = reference();
           const wq = up(qW, [hd], d, dev);
           const wk = up(kW, [hd], d, dev);
@@ -1389,7 +1393,8 @@ export function fusedCases(): Case[] {
             [qRef!, kRef!].every((a, i) =>
               a.every((b, j) => Math.abs(two[i]![j]! - b) <= t.atol + t.rtol * Math.abs(b)),
             );
-          return [Float32Array.of(maxAbsDiff(inPlace, two), maxAbsDiff(fused, two), sane ? 1 : 0)];
+          const vsTwo = excused ? 0 : maxAbsDiff(fused, two);
+          return [Float32Array.of(maxAbsDiff(inPlace, fused), vsTwo, sane ? 1 : 0)];
         },
         reference: () => [Float32Array.of(0, 0, 1)],
         refTol: { kind: "exact", why: "the same kernels' arithmetic on the same device" },

@@ -3,8 +3,9 @@
 // first head_dim/2 threads compute T(cos)/T(sin) once, as rope.cu does. A warp owns a head: it
 // sums the squares in norm.cu's warp-per-row order (vector i = lane + 32·m, the same V, the same
 // butterfly), stages the rounded normed head in shared memory, then rotates the (i, i + half)
-// pairs with rope.cu's arithmetic. So the output equals rmsnorm then rope bit for bit (when both
-// take the vector path), and an in-place call is safe: a warp reads its head before writing it.
+// pairs with rope.cu's arithmetic. So the output equals rmsnorm then rope bit for bit wherever
+// rmsnorm gives the head one warp too (16-byte-aligned heads of <= 128 vectors; unaligned heads of
+// more than 128 scalars it sums per CTA), and in place is safe: a warp reads its head first.
 #include <cuda_runtime.h>
 
 #include <cmath>
