@@ -15,3 +15,4 @@ export * from "./gguf_mmproj.js";
 export * from "./tokenizer.js";
 export * from "./quantize.js";
 export * from "./tp/index.js";
+export * from "./random.js";

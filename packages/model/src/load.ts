@@ -156,8 +156,11 @@ function checkQuantize(q: WeightQuantization | undefined): void {
     );
 }
 
-/** Builds the model from a per-name tensor loader; disposes what was loaded if anything fails. */
-async function assemble(
+/**
+ * Builds the model from a per-name tensor loader; disposes what was loaded if anything fails.
+ * (Internal: the safetensors, GGUF and random-weight loaders share it.)
+ */
+export async function assemble(
   config: Gemma3Config,
   device: Device,
   dtype: ComputeDType,
