@@ -41,6 +41,7 @@ import {
 import { generate } from "./generate.js";
 import { CliUsageError, cmdChat, cmdServe, SERVE_USAGE } from "./serve.js";
 import { cmdReplicas, REPLICAS_USAGE } from "./replicas.js";
+import { BENCH_USAGE, cmdBench } from "./bench.js";
 
 const DEMO = join(dirname(dirname(fileURLToPath(import.meta.url))), "demo-model");
 
@@ -55,6 +56,7 @@ const USAGE = `usage:
   gemma3 inspect --config FILE [--context N [--batch B] [--kv-dtype bf16|f32|fp8]] [--json]
 ${SERVE_USAGE}
 ${REPLICAS_USAGE}
+${BENCH_USAGE}
 
   --model DIR   a directory with config.json and *.safetensors (single or sharded), as on the hub,
                 or a llama.cpp gemma3 .gguf (F32/F16/BF16/Q8_0/Q4_0/Q4_K/Q5_K/Q6_K tensors, so
@@ -80,7 +82,11 @@ ${REPLICAS_USAGE}
                 prompt is one user turn [images…, TEXT] rendered with the chat template (each image
                 expanded to its soft tokens, Pan & Scan crops with --pan-and-scan); with
                 --prompt-ids, the positions holding the image token id take the images' features
-                in order (original then crops, image after image), with no further expansion.`;
+                in order (original then crops, image after image), with no further expansion.
+  bench         end-to-end speed through the scheduler (greedy, token-id prompts): decode tok/s
+                per batch size and time to first token of a --prefill-token prompt, medians of
+                --runs after a warm-up; --model random:CONFIG.json builds random weights at that
+                config's shape on the device (no checkpoint needed).`;
 
 class UsageError extends Error {}
 
@@ -507,6 +513,7 @@ async function main(argv: string[]): Promise<number> {
     else if (cmd === "serve") await cmdServe(rest, DEMO);
     else if (cmd === "chat") await cmdChat(rest, DEMO);
     else if (cmd === "replicas") await cmdReplicas(rest, fileURLToPath(import.meta.url));
+    else if (cmd === "bench") await cmdBench(rest, DEMO);
     else if (cmd === undefined || cmd === "--help" || cmd === "-h" || cmd === "help") {
       process.stdout.write(USAGE + "\n");
       return cmd === undefined ? 2 : 0;

@@ -1,0 +1,96 @@
+// `gemma3 bench` as a user runs it (built dist/cli.js, CPU): the JSON report describes the model it
+// ran (a checkpoint, or random weights at a config's shape), one decode row per batch size with
+// its runs, and the prefill row; bad arguments are usage errors. (Speed itself is measured on the
+// GPU machine and recorded in docs/benchmarks.md, not asserted here.)
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { describe, expect, it } from "vitest";
+
+const root = dirname(dirname(fileURLToPath(import.meta.url)));
+const cli = join(root, "dist", "cli.js");
+const config = join(
+  root,
+  "..",
+  "..",
+  "packages",
+  "model",
+  "test",
+  "fixtures",
+  "tiny-1b",
+  "config.json",
+);
+
+function gemma3(...args: string[]) {
+  const r = spawnSync(process.execPath, [cli, ...args], { encoding: "utf8" });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+describe("gemma3 bench", () => {
+  it("random:CONFIG: reports the config's shape, a decode row per batch and the prefill", () => {
+    const json = join(mkdtempSync(join(tmpdir(), "bench-")), "bench.json");
+    const r = gemma3(
+      "bench",
+      "--model",
+      `random:${config}`,
+      "--device",
+      "cpu",
+      "--quantize",
+      "q8_0",
+      "--batch",
+      "1,3",
+      "--tokens",
+      "5",
+      "--prefill",
+      "40",
+      "--runs",
+      "2",
+      "--json",
+      json,
+    );
+    expect(r.err).toBe("");
+    expect(r.code).toBe(0);
+    const cfg = JSON.parse(readFileSync(config, "utf8"));
+    const out = JSON.parse(readFileSync(json, "utf8"));
+    expect(out.shape).toMatchObject({
+      layers: cfg.num_hidden_layers,
+      hidden: cfg.hidden_size,
+      vocab: cfg.vocab_size,
+    });
+    expect(out.quantize).toBe("q8_0");
+    expect(out.decode.map((d: { batch: number }) => d.batch)).toEqual([1, 3]);
+    for (const d of out.decode) {
+      expect(d.runs).toHaveLength(2);
+      expect(d.aggregate_tok_s).toBeGreaterThan(0);
+      expect(d.per_request_tok_s).toBeGreaterThan(0);
+    }
+    expect(out.prefill.prompt).toBe(40);
+    expect(out.prefill.runs).toHaveLength(2);
+    expect(out.prefill.tok_s).toBeCloseTo(40 / (out.prefill.ttft_ms / 1000), 6);
+    expect(r.out).toMatch(/batch {3}3: .* tok\/s aggregate/);
+  });
+
+  it("the bundled demo checkpoint by default; bad arguments are usage errors (exit 2)", () => {
+    const r = gemma3(
+      "bench",
+      "--device",
+      "cpu",
+      "--batch",
+      "2",
+      "--tokens",
+      "3",
+      "--prefill",
+      "0",
+      "--runs",
+      "1",
+    );
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/demo-model on cpu/);
+    expect(r.out).not.toMatch(/prefill/);
+    expect(gemma3("bench", "--batch", "0").code).toBe(2);
+    expect(gemma3("bench", "--quantize", "q3_x").code).toBe(2);
+    expect(gemma3("bench", "--model", `random:${config}`, "--tensor-parallel", "2").code).toBe(2);
+  });
+});
