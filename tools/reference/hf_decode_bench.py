@@ -3,7 +3,7 @@
 HF transformers' greedy decode (bf16, batch 1) on the same GPU, as the peer for docs/benchmarks.md.
 
   python3 tools/reference/hf_decode_bench.py CONFIG.json OUT_DIR [--tokens 128] [--prompt 16]
-      [--batches 1,8,32,64] [--ttft-prompt 2048]
+      [--batches 1,8,32,64] [--ttft-prompt 2048] [--no-save]
 
 Writes OUT_DIR/config.json (the text config, Gemma3ForCausalLM, sparse like the hub's) and
 OUT_DIR/model-0000N-of-0000M.safetensors + model.safetensors.index.json (model.* keys, no lm_head).
@@ -25,6 +25,7 @@ ap.add_argument("--tokens", type=int, default=128)
 ap.add_argument("--prompt", type=int, default=16)
 ap.add_argument("--batches", default="1", help="comma-separated batch sizes for aggregate tok/s (greedy, static batch)")
 ap.add_argument("--ttft-prompt", type=int, default=0, help="also time prefill + first token of a prompt this long")
+ap.add_argument("--no-save", action="store_true", help="time only (our side uses random:CONFIG weights)")
 a = ap.parse_args()
 
 src = json.load(open(a.config))
@@ -48,7 +49,7 @@ with torch.no_grad():
 # Save in shards of ~4 GB (hub layout: model.* keys, tied embedding, no lm_head).
 sd = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
 shards, cur, size = [], {}, 0
-for k, v in sd.items():
+for k, v in ({} if a.no_save else sd).items():
     if size > 4e9:
         shards.append(cur)
         cur, size = {}, 0
@@ -56,11 +57,12 @@ for k, v in sd.items():
     size += v.numel() * v.element_size()
 shards.append(cur)
 weight_map = {}
-for i, s in enumerate(shards):
+for i, s in enumerate([] if a.no_save else shards):
     name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
     save_file(s, os.path.join(a.out, name), metadata={"format": "pt"})
     weight_map.update({k: name for k in s})
-json.dump({"metadata": {}, "weight_map": weight_map}, open(os.path.join(a.out, "model.safetensors.index.json"), "w"))
+if not a.no_save:
+    json.dump({"metadata": {}, "weight_map": weight_map}, open(os.path.join(a.out, "model.safetensors.index.json"), "w"))
 
 def timed(ids, **gen):
     """Median of 3 generate calls (after one warm-up of the same shape) in seconds, and the output."""
