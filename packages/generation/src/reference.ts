@@ -2,6 +2,7 @@
 // over the whole vocabulary. The device sampler must give the same tokens (tests hold it to that)
 // and falls back to this when its candidates cannot decide.
 import { decide, sortByValue } from "./decide.js";
+import { fullRowToken } from "./fullrow.js";
 import type { SamplingState } from "./state.js";
 
 export interface TokenLogprob {
@@ -38,11 +39,21 @@ export function logSumExp(x: ArrayLike<number>): number {
 
 /**
  * The token the reference picks for one row, given the step's uniform `u` (drawn by the caller:
- * one draw per non-greedy step). Greedy: the first maximum of the processed logits. Otherwise
- * temperature, then decide() over the whole vocabulary.
+ * one draw per non-greedy step): referenceTokenFull's token, found without sorting the row
+ * (fullRowToken) except in the rare rows whose decision that path cannot prove.
  * @param logits [vocab] the model's logits for this sequence (masked here by its constraint)
  */
 export function referenceToken(logits: Float32Array, state: SamplingState, u: number): number {
+  return fullRowToken(logits, state, u) ?? referenceTokenFull(logits, state, u);
+}
+
+/**
+ * The reference's definition, written out plainly over the whole vocabulary (the spec the faster
+ * paths are held to). Greedy: the first maximum of the processed logits. Otherwise temperature,
+ * then decide() over every token sorted by value.
+ * @param logits [vocab] the model's logits for this sequence (masked here by its constraint)
+ */
+export function referenceTokenFull(logits: Float32Array, state: SamplingState, u: number): number {
   const V = logits.length;
   const row = maskedRow(logits, state.mask());
   const v = Float64Array.from(row);
@@ -94,11 +105,11 @@ export function maskedRow(logits: Float32Array, mask: Uint32Array | null): Float
   return out;
 }
 
-/** Samples one token from one row on the host and records it in `state`. */
+/** Samples one token from one row on the host (the plain full reference) and records it in `state`. */
 export function sampleReference(row: Float32Array, state: SamplingState): SampleResult {
   const logits = maskedRow(row, state.mask());
   const u = state.params.greedy ? 0 : state.rng.next();
-  const token = referenceToken(logits, state, u);
+  const token = referenceTokenFull(logits, state, u); // the spec itself: tests hold samplers to it
   state.record(token);
   const n = state.params.logprobs;
   if (n < 0) return { token };
