@@ -116,8 +116,9 @@ function matmulCase(
   N: number,
   K: number,
   seed: number,
+  xVals?: Float32Array,
 ): Case {
-  const x = inDType(randn(M * K, seed), xd);
+  const x = inDType(xVals ?? randn(M * K, seed), xd);
   const wRaw = randn(N * K, seed + 1, 1 / Math.sqrt(K));
   // The weight as the device holds it (bytes), and its decoded values for the reference.
   let wBytes: Uint8Array | undefined;
@@ -141,8 +142,11 @@ function matmulCase(
     wVals = inDType(wRaw, wd);
   }
   const tol = K > 1 ? SUM_TOL[xd] : ULP_TOL[xd];
+  // q8_0 / q4_0 at M <= 8: the q-dot contract (x rounded to int8 blocks, exact integer dots), on
+  // both backends unless GEMMA3_QDOT=float.
+  const qdot = (wd === "q8_0" || wd === "q4_0") && M <= ref.QDOT_MAX_M && ref.qdotEnabled();
   return {
-    name: `matmul x=${xd} w=${wd} M=${M} N=${N} K=${K}`,
+    name: `matmul x=${xd} w=${wd} M=${M} N=${N} K=${K}${xVals ? " (x on rounding ties)" : ""}`,
     async run(dev) {
       const xt = up(x, [M, K], xd, dev);
       const wt = wBytes ? up(wBytes, [N, K], wd, dev) : up(wVals, [N, K], wd, dev);
@@ -154,10 +158,15 @@ function matmulCase(
       disposeAll(xt, wt, st, y);
       return out;
     },
-    reference: () => [ref.matmul(x, wVals, M, N, K, scale ?? null, roundOf(xd))],
+    reference: () => [
+      qdot
+        ? ref.matmulQdot(x, wBytes!, wd, M, N, K, roundOf(xd))
+        : ref.matmul(x, wVals, M, N, K, scale ?? null, roundOf(xd)),
+    ],
     refTol: tol,
-    cudaTol:
-      xd === "bf16" && K > 1
+    cudaTol: qdot
+      ? QDOT_CUDA_TOL[xd]
+      : xd === "bf16" && K > 1
         ? {
             kind: "norm",
             rel: 6e-3,
@@ -165,6 +174,40 @@ function matmulCase(
           }
         : tol,
   };
+}
+
+// q-dot, CUDA vs CPU: the int8 x and every per-block integer dot are bit-identical on both, so
+// only the float32 sum of the K/32 block terms differs (CUDA also splits a block's integer sum over
+// 2 or 4 lanes before scaling): ~sqrt(K/32)·2^-24 of |y| ~ 1, far under atol. A bf16 output can
+// then land one bf16 ulp (<= 2^-7 relative) apart when the two sums straddle a rounding boundary.
+const QDOT_CUDA_TOL: Record<FloatDType, Tol> = {
+  f32: {
+    kind: "elementwise",
+    atol: 1e-5,
+    rtol: 1e-5,
+    why: "q-dot: float32 sums of exact block dots",
+  },
+  bf16: {
+    kind: "elementwise",
+    atol: 1e-4,
+    rtol: 2 ** -7,
+    why: "q-dot: float32 sums of exact block dots, then at most one bf16 ulp apart",
+  },
+};
+
+/**
+ * x [M, K] whose every block of 32 holds +-127 and otherwise k + 1/2 (|k| <= 125): the q-dot block
+ * scale is exactly 1, so each value sits on a rounding tie (half away from zero vs half even
+ * differ on half of them). Exact in bf16.
+ */
+function tieX(M: number, K: number, seed: number): Float32Array {
+  const r = rng(seed);
+  const x = new Float32Array(M * K);
+  for (let i = 0; i < M * K; i++) {
+    const k = Math.floor(r() * 251) - 125;
+    x[i] = i % 32 === 7 ? (r() < 0.5 ? -127 : 127) : k + (k < 0 ? -0.5 : 0.5);
+  }
+  return x;
 }
 
 export function matmulCases(): Case[] {
@@ -192,6 +235,14 @@ export function matmulCases(): Case[] {
   for (const xd of ["f32", "bf16"] as const)
     for (const wd of ["q8_0", "q4_0", "fp8_e4m3"] as const)
       for (const [M, N, K] of qshapes) cases.push(matmulCase(xd, wd, M, N, K, seed++));
+  // q-dot rounding ties, at the CUDA GEMV's M buckets 1 and 3..4.
+  for (const xd of ["f32", "bf16"] as const)
+    for (const wd of ["q8_0", "q4_0"] as const)
+      for (const [M, N, K] of [
+        [1, 19, 96],
+        [3, 37, 256],
+      ] as const)
+        cases.push(matmulCase(xd, wd, M, N, K, seed, tieX(M, K, seed++)));
   // K-quants (K % 256 == 0): the CUDA GEMV at each of its M buckets (1, 2, 3..4, 5..8; N = 19 and
   // 37 leave a partial row group) and the GEMM at M = 9 and 130.
   const kshapes: [number, number, number][] = [

@@ -375,6 +375,89 @@ export function matmul(
   return y;
 }
 
+/** Rows of x up to which q8_0 / q4_0 matmuls use the q-dot contract (kernels.inc, matmul). */
+export const QDOT_MAX_M = 8;
+/** Whether the q-dot contract is on in this process (GEMMA3_QDOT=float turns it off). */
+export const qdotEnabled = (): boolean => process.env.GEMMA3_QDOT !== "float";
+
+/**
+ * x rows rounded to the q-dot contract (kernels.inc, matmul; llama.cpp quantize_q8_1 with an f32
+ * scale): per block of 32, d = f32(amax / 127) (NaN when amax is not finite), q = roundAway(f32(x *
+ * f32(1 / d))) (0 when d is 0 or NaN). x: [rows, cols] (values already in the storage type) → q
+ * [rows, cols] int8, d [rows, cols/32].
+ */
+export function quantizeActQ8(
+  x: ArrayLike<number>,
+  rows: number,
+  cols: number,
+): { q: Int8Array; d: Float32Array } {
+  checkBlockCols(cols);
+  const f = Math.fround;
+  const nb = (rows * cols) / QK;
+  const q = new Int8Array(rows * cols);
+  const d = new Float32Array(nb);
+  for (let b = 0; b < nb; b++) {
+    let amax = 0;
+    let finite = true;
+    for (let j = 0; j < QK; j++) {
+      const v = Math.abs(f(x[b * QK + j]!));
+      if (!Number.isFinite(v)) finite = false;
+      else amax = Math.max(amax, v);
+    }
+    const db = finite ? f(amax / 127) : NaN;
+    const id = db > 0 ? f(1 / db) : 0;
+    d[b] = db;
+    for (let j = 0; j < QK; j++)
+      q[b * QK + j] = id === 0 ? 0 : roundAway(f(f(x[b * QK + j]!) * id));
+  }
+  return { q, d };
+}
+
+/**
+ * matmul with q8_0 / q4_0 weights under the q-dot contract (M <= 8): x rounded by quantizeActQ8,
+ * then y[m, n] = round(sum_b f32(f32(d_w * d_x) * s_b)) with s_b the exact integer dot of the
+ * block's integer weights (q, or nibble - 8) with x's int8 values. Block terms summed in float64
+ * (the backends sum them in float32, in their own orders).
+ * x: [M, K]; wBytes: [N, K/32] Q8_0 / Q4_0 blocks → y: [M, N].
+ */
+export function matmulQdot(
+  x: ArrayLike<number>,
+  wBytes: Uint8Array,
+  format: "q8_0" | "q4_0",
+  M: number,
+  N: number,
+  K: number,
+  round: Round = roundF32,
+): Float32Array {
+  const f = Math.fround;
+  const nb = K / QK;
+  const ax = quantizeActQ8(x, M, K);
+  const wi = new Int8Array(QK);
+  const y = new Float32Array(M * N);
+  for (let n = 0; n < N; n++) {
+    const acc = new Float64Array(M);
+    for (let b = 0; b < nb; b++) {
+      let dw: number;
+      if (format === "q8_0") {
+        const blk = unpackQ8_0Block(wBytes, (n * nb + b) * Q8_0_BLOCK_BYTES);
+        dw = blk.d;
+        wi.set(blk.qs);
+      } else {
+        const blk = unpackQ4_0Block(wBytes, (n * nb + b) * Q4_0_BLOCK_BYTES);
+        dw = blk.d;
+        for (let j = 0; j < QK; j++) wi[j] = blk.q[j]! - 8;
+      }
+      for (let m = 0; m < M; m++) {
+        let s = 0;
+        for (let j = 0; j < QK; j++) s += wi[j]! * ax.q[m * K + b * QK + j]!;
+        acc[m] += f(f(dw * ax.d[m * nb + b]!) * s);
+      }
+    }
+    for (let m = 0; m < M; m++) y[m * N + n] = round(acc[m]!);
+  }
+  return y;
+}
+
 /** 1 / sqrt(mean(x[off..off+dim)^2) + eps). */
 function rmsFactor(x: ArrayLike<number>, off: number, dim: number, eps: number): number {
   let ss = 0;

@@ -12,9 +12,17 @@
 
 #include "kernels/cpu/cpu_common.h"
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/qdot.h"
 #include "runtime/threadpool.h"
 
 namespace gemma3::cpu {
+namespace detail {
+// matmul_qdot.cc: q8_0 / q4_0 weights at 1 <= M <= qdot::kMaxM, the q8 activation contract.
+template <typename TX, typename TW>
+Status matmul_qdot(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, int64_t N,
+                   int64_t K);
+}  // namespace detail
+
 namespace {
 using namespace detail;
 
@@ -247,6 +255,9 @@ Status matmul(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, 
   if (!whole_blocks<TW>(K)) return invalid("matmul", whole_blocks_msg<TW>("K", K));
   if (M == 0 || N == 0) return Status::Ok();
   if (x == nullptr || w == nullptr || y == nullptr) return invalid("matmul", "null pointer");
+  if constexpr (std::is_same_v<TW, block_q4_0> || std::is_same_v<TW, block_q8_0>) {
+    if (M <= qdot::kMaxM && qdot::enabled()) return matmul_qdot(x, w, w_scale, y, M, N, K);
+  }
 
   void (*range)(const Args<TX, TW>&, int64_t, int64_t) = matmul_range_portable<TX, TW>;
 #if G3_CPU_X86_DISPATCH

@@ -2,7 +2,9 @@
 // of W. A warp streams R rows of W (S warps split K when N alone cannot fill the GPU), every weight
 // byte is read once for all M rows of x, and x (small, shared by every warp) is read through L1.
 // Dense formats (f32, bf16, fp8) load W with 16-byte loads straight into registers; the GGUF block
-// formats (q8_0, q4_0) stage it through shared memory (gemv_q_kernel, see its notes).
+// formats (q8_0, q4_0) stage it through shared memory (gemv_q_kernel, see its notes) and, by
+// default, read x rounded to int8 blocks by quantize_x_q8_kernel and dot with dp4a ("q-dot",
+// kernels.inc; GEMMA3_QDOT=float keeps x in float and decodes W to float instead).
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
@@ -15,6 +17,7 @@
 #include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/qdot.h"
 
 namespace gemma3::cuda::detail {
 namespace {
@@ -336,11 +339,117 @@ constexpr int slot_bytes() {
   return chunks * 16 > (last_word + 1) * 4 ? chunks * 16 : (last_word + 1) * 4;
 }
 
+// ---- q-dot (kernels.inc, matmul; kernels/qdot.h): x rounded to int8 blocks, dp4a dots ----
+//
+// llama.cpp's MMVQ arithmetic: quantize_x_q8_kernel rounds x once per call into g_qx (int8 values
+// [M, K], then per block {d_x as f32 bits, s = sum of the block's int8 values} [M, K/32]); the
+// GEMV then reads those instead of x and, per weight block, forms the exact integer dot with
+// __dp4a (4 byte products + add per instruction) and one FFMA: acc += (d_w d_x) * float(dot).
+// q4_0: the nibbles n are unsigned (0..15) bytes, so sum (n - 8) q = dp4a(n, q) - 8 s, the -8 s
+// added once per block (by lane h = 0). A lane's part of the block (16 / 8 weights) is scaled on
+// its own; the warp sums the parts at the end (float rounding of each part, integer parts exact).
+// Per lane and block, per W row: 4 (q4_0) / 2 (q8_0) dp4a + 4 / 0 LOP3 to split the nibbles + 1
+// FMUL + 1 I2F + 1 FFMA; per x row: 2 / 1 8-byte loads + 1 for {d_x, s}. See docs/kernels.md.
+//
+// g_qx is a module global, one per device: every launch on a device is ordered on that device's
+// one stream (runtime/device.cc), so a quantize / GEMV pair never overlaps another; no allocation,
+// and graph capture records a fixed address.
+constexpr int64_t kQxBytes = int64_t(4) << 20;
+__device__ __align__(16) char g_qx[kQxBytes];
+
+__device__ __forceinline__ uint32_t reduce_max_u32(uint32_t v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  return __reduce_max_sync(0xffffffffu, v);
+#else
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+#endif
+}
+__device__ __forceinline__ int reduce_add_i32(int v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  return __reduce_add_sync(0xffffffffu, v);
+#else
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+#endif
+}
+
+// One warp per block of 32: x [rows, K] contiguous, `blocks` = rows * K / 32 -> g_qx.
+template <typename TX>
+__global__ void __launch_bounds__(kThreads)
+    quantize_x_q8_kernel(const TX* __restrict__ x, int64_t blocks) {
+  const int64_t b = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  if (b >= blocks) return;  // whole warps
+  const int lane = threadIdx.x & 31;
+  const float v = to_f32(x[b * kQK + lane]);
+  const float d = qdot::block_scale(reduce_max_u32(qdot::abs_bits(v)));
+  const int q = qdot::quantize_one(v, qdot::block_inv_scale(d));
+  reinterpret_cast<int8_t*>(g_qx)[b * kQK + lane] = static_cast<int8_t>(q);
+  const int s = reduce_add_i32(q);
+  if (lane == 0) reinterpret_cast<int2*>(g_qx + blocks * kQK)[b] = make_int2(__float_as_int(d), s);
+}
+
+// One pass of the GEMV consumer under q-dot: block `bi` of each of the R rows (qs words q[r],
+// scale dw[r]), this lane's bytes [8h, 8h + 8) of it, against x rows 0..M-1 from g_qx.
+template <typename TW, int MT, int R>
+__device__ __forceinline__ void dot_pass(const uint32_t (&q)[R][2], const float (&dw)[R], int bi,
+                                         int h, int M, int64_t K, float (&acc)[MT][R]) {
+  const int8_t* const gq = reinterpret_cast<const int8_t*>(g_qx);
+  const int2* const gds = reinterpret_cast<const int2*>(g_qx + int64_t(M) * K);
+  const int64_t nb = K / kQK;
+  if constexpr (std::is_same_v<TW, block_q4_0>) {
+    int lo[R][2], hi[R][2];
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        lo[r][i] = static_cast<int>(q[r][i] & 0x0f0f0f0fu);
+        hi[r][i] = static_cast<int>((q[r][i] >> 4) & 0x0f0f0f0fu);
+      }
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      if (m == 0 || m < M) {
+        const int8_t* xq = gq + m * K + int64_t(bi) * kQK + 8 * h;
+        const int2 xl = __ldg(reinterpret_cast<const int2*>(xq));
+        const int2 xh = __ldg(reinterpret_cast<const int2*>(xq + 16));
+        const int2 ds = __ldg(gds + m * nb + bi);
+        const float dx = __int_as_float(ds.x);
+        const int base = h == 0 ? -8 * ds.y : 0;
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          int v = __dp4a(lo[r][0], xl.x, base);
+          v = __dp4a(lo[r][1], xl.y, v);
+          v = __dp4a(hi[r][0], xh.x, v);
+          v = __dp4a(hi[r][1], xh.y, v);
+          acc[m][r] = fmaf(dw[r] * dx, static_cast<float>(v), acc[m][r]);
+        }
+      }
+    }
+  } else {
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      if (m == 0 || m < M) {
+        const int8_t* xq = gq + m * K + int64_t(bi) * kQK + 8 * h;
+        const int2 xv = __ldg(reinterpret_cast<const int2*>(xq));
+        const float dx = __int_as_float(__ldg(gds + m * nb + bi).x);
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          const int v =
+              __dp4a(static_cast<int>(q[r][0]), xv.x, __dp4a(static_cast<int>(q[r][1]), xv.y, 0));
+          acc[m][r] = fmaf(dw[r] * dx, static_cast<float>(v), acc[m][r]);
+        }
+      }
+    }
+  }
+}
+
 // Warp (team t = blockIdx.x * kWarps / S + warp / S of `teams`, slice s = warp % S) processes row
 // groups [t G / teams, (t + 1) G / teams) of R rows each (rows past N clamped to N - 1, results
 // dropped); slice s takes steps s, s + S, ... of every row. MT >= M is x's compile-time row count.
 // Host guarantees K / 32 * kBytes < 2^31 (in-row byte offsets are int).
-template <typename TX, typename TW, int MT>
+template <typename TX, typename TW, int MT, bool kDot>
 __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
     gemv_q_kernel(const TX* __restrict__ x,           // x: [M, K], 16-byte aligned
                   const TW* __restrict__ w,           // w: [N, K/32] blocks, 2-byte aligned
@@ -465,37 +574,43 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
         static_assert(kPassBytes % 4 == 0, "a pass is whole words");
         uint32_t q[R][2];
         typename Q::Scale sc[R];
+        float dwf[R];
 #pragma unroll
         for (int r = 0; r < R; ++r) {
           const char* sr = sl + r * (kSlot * 4) + pass * kPassBytes;
           const uint32_t dword = *reinterpret_cast<const uint32_t*>(sr + dwb[r]);
-          sc[r] = Q::scale(f16_bits_to_f32((dword >> dsh[r]) & 0xffffu));
+          dwf[r] = f16_bits_to_f32((dword >> dsh[r]) & 0xffffu);
+          if constexpr (!kDot) sc[r] = Q::scale(dwf[r]);
           const uint32_t* qp = reinterpret_cast<const uint32_t*>(sr + qwb[r]);
           const uint32_t w0 = qp[0], w1 = qp[1], w2 = qp[2];
           q[r][0] = __funnelshift_r(w0, w1, qsh[r]);
           q[r][1] = __funnelshift_r(w1, w2, qsh[r]);
         }
+        if constexpr (kDot) {
+          dot_pass<TW, MT, R>(q, dwf, st * kStep + pass * kPass + j, h, M, K, acc);
+        } else {
 #pragma unroll
-        for (int half = 0; half < Q::kHalves; ++half) {
-          float wv[R][8];
+          for (int half = 0; half < Q::kHalves; ++half) {
+            float wv[R][8];
 #pragma unroll
-          for (int r = 0; r < R; ++r) {
-            Q::decode4(q[r][0], half, sc[r], wv[r]);
-            Q::decode4(q[r][1], half, sc[r], wv[r] + 4);
-          }
+            for (int r = 0; r < R; ++r) {
+              Q::decode4(q[r][0], half, sc[r], wv[r]);
+              Q::decode4(q[r][1], half, sc[r], wv[r] + 4);
+            }
 #pragma unroll
-          for (int m = 0; m < MT; ++m) {
-            if (m == 0 || m < M) {  // M >= 1
-              float xv[8];
-              load_x_run<8>(xs + m * K + pass * kPass * kQK + (Q::x_off(h, half) - Q::x_off(h, 0)),
-                            xv);
+            for (int m = 0; m < MT; ++m) {
+              if (m == 0 || m < M) {  // M >= 1
+                float xv[8];
+                load_x_run<8>(
+                    xs + m * K + pass * kPass * kQK + (Q::x_off(h, half) - Q::x_off(h, 0)), xv);
 #pragma unroll
-              for (int r = 0; r < R; ++r)
+                for (int r = 0; r < R; ++r)
 #pragma unroll
-                for (int e = 0; e < 8; ++e) acc[m][r] = fmaf(wv[r][e], xv[e], acc[m][r]);
+                  for (int e = 0; e < 8; ++e) acc[m][r] = fmaf(wv[r][e], xv[e], acc[m][r]);
+              }
             }
           }
-        }
+        }  // !kDot
       }
     }
     __syncwarp();  // every lane is done with `slot` before the next iteration refills it
@@ -577,6 +692,41 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// q-dot fallback (W rows of 2^31 bytes or more, or W not 2-byte aligned): one warp per row of W,
+// lanes take whole blocks, the same per-block terms as dot_pass, x from g_qx.
+__device__ __forceinline__ int block_dot(const block_q8_0& b, const int8_t* xq) {
+  int s = 0;
+  for (int i = 0; i < kQK; ++i) s += int(b.qs[i]) * int(xq[i]);
+  return s;
+}
+__device__ __forceinline__ int block_dot(const block_q4_0& b, const int8_t* xq) {
+  int s = 0;
+  for (int i = 0; i < kQK / 2; ++i)
+    s += (int(b.qs[i] & 0xf) - 8) * int(xq[i]) + (int(b.qs[i] >> 4) - 8) * int(xq[i + kQK / 2]);
+  return s;
+}
+template <typename TX, typename TW>
+__global__ void __launch_bounds__(kThreads)
+    gemv_qdot_scalar_kernel(const TW* __restrict__ w, const float* __restrict__ w_scale,
+                            TX* __restrict__ y, int M, int64_t N, int64_t K) {
+  const int lane = threadIdx.x & 31;
+  const int64_t n = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  if (n >= N) return;
+  const int8_t* const gq = reinterpret_cast<const int8_t*>(g_qx);
+  const int2* const gds = reinterpret_cast<const int2*>(g_qx + int64_t(M) * K);
+  const int64_t nb = K / kQK;
+  for (int m = 0; m < M; ++m) {
+    float acc = 0.f;
+    for (int64_t b = lane; b < nb; b += 32) {
+      const TW& blk = w[n * nb + b];
+      const int v = block_dot(blk, gq + m * K + b * kQK);
+      acc = fmaf(to_f32(blk.d) * __int_as_float(gds[m * nb + b].x), static_cast<float>(v), acc);
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) y[m * N + n] = from_f32<TX>(w_scale != nullptr ? acc * w_scale[n] : acc);
+  }
+}
+
 // ---- host side ----
 
 constexpr int kMaxDevices = 64;
@@ -609,14 +759,14 @@ Status sm_count(int* out) {
       out);
 }
 
-// Resident CTAs per SM of gemv_q_kernel<TX, TW, MT> (sizes its persistent grid).
-template <typename TX, typename TW, int MT>
+// Resident CTAs per SM of gemv_q_kernel<TX, TW, MT, kDot> (sizes its persistent grid).
+template <typename TX, typename TW, int MT, bool kDot>
 Status q_blocks_per_sm(int* out) {
   static std::atomic<int> cache[kMaxDevices];
   return cached_per_device(
       cache,
       [](int, int* c) {
-        const auto kernel = gemv_q_kernel<TX, TW, MT>;
+        const auto kernel = gemv_q_kernel<TX, TW, MT, kDot>;
         G3_CUDA_RETURN(cudaOccupancyMaxActiveBlocksPerMultiprocessor(c, kernel, kThreads, 0));
         return Status::Ok();
       },
@@ -644,13 +794,13 @@ Status launch_vec(const TX* x, const TW* w, const float* w_scale, TX* y, int M, 
   return check_launch("matmul gemv_kernel");
 }
 
-template <typename TX, typename TW, int MT>
+template <typename TX, typename TW, int MT, bool kDot>
 Status launch_q(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N, int64_t K,
                 cudaStream_t stream) {
   constexpr int R = QTiling<MT>::R, kStep = QTiling<MT>::P * 32 / QFmt<TW>::kLanes;
   int sms = 0, per_sm = 0;
   G3_RETURN_IF_ERROR(sm_count(&sms));
-  G3_RETURN_IF_ERROR((q_blocks_per_sm<TX, TW, MT>(&per_sm)));
+  G3_RETURN_IF_ERROR((q_blocks_per_sm<TX, TW, MT, kDot>(&per_sm)));
   const int64_t groups = (N + R - 1) / R;
   const int64_t steps = (K / kQK + kStep - 1) / kStep;
   const int64_t slots = int64_t(sms) * per_sm;  // resident CTAs
@@ -661,12 +811,56 @@ Status launch_q(const TX* x, const TW* w, const float* w_scale, TX* y, int M, in
   const int64_t teams_per_block = kWarps / S;
   const int64_t need = (groups + teams_per_block - 1) / teams_per_block;
   const int64_t blocks = need < slots ? need : slots;
-  gemv_q_kernel<TX, TW, MT><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+  gemv_q_kernel<TX, TW, MT, kDot><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
       x, w, w_scale, y, M, N, K, S, groups);
   return check_launch("matmul gemv_q_kernel");
 }
 
 bool aligned(const void* p, uintptr_t a) { return (reinterpret_cast<uintptr_t>(p) & (a - 1)) == 0; }
+
+// q-dot GEMV (block formats, 1 <= M <= 8): x rows are rounded into g_qx, as many rows per round
+// as it holds (all 8 unless K > ~400k), then the GEMV reads them.
+template <typename TX, typename TW>
+Status gemv_qdot(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N, int64_t K,
+                 cudaStream_t stream) {
+  const int64_t nb = K / kQK;
+  const int64_t row_bytes = K + nb * int64_t(sizeof(int2));
+  const int64_t fit = kQxBytes / row_bytes;
+  if (fit < 1) {
+    return Status(StatusCode::kUnsupported,
+                  "matmul: K = " + std::to_string(K) + " needs " + std::to_string(row_bytes) +
+                      " bytes of q8 activations per row, over the " + std::to_string(kQxBytes) +
+                      "-byte q-dot workspace (GEMMA3_QDOT=float)");
+  }
+  const bool vec = aligned(w, 2) && nb * int64_t(sizeof(TW)) < (int64_t(1) << 31);
+  for (int m0 = 0; m0 < M;) {
+    const int mc = static_cast<int>(M - m0 < fit ? M - m0 : fit);
+    const TX* xm = x + int64_t(m0) * K;
+    TX* ym = y + int64_t(m0) * N;
+    const int64_t blocks = int64_t(mc) * nb;
+    quantize_x_q8_kernel<TX>
+        <<<static_cast<unsigned>((blocks + kWarps - 1) / kWarps), kThreads, 0, stream>>>(xm,
+                                                                                         blocks);
+    G3_RETURN_IF_ERROR(check_launch("matmul quantize_x_q8_kernel"));
+    if (!vec) {
+      const int64_t grid = (N + kWarps - 1) / kWarps;
+      if (grid > 0x7fffffff) return Status(StatusCode::kUnsupported, "matmul gemv: N too large");
+      gemv_qdot_scalar_kernel<TX, TW>
+          <<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(w, w_scale, ym, mc, N, K);
+      G3_RETURN_IF_ERROR(check_launch("matmul gemv_qdot_scalar_kernel"));
+    } else if (mc == 1) {
+      G3_RETURN_IF_ERROR((launch_q<TX, TW, 1, true>(xm, w, w_scale, ym, mc, N, K, stream)));
+    } else if (mc == 2) {
+      G3_RETURN_IF_ERROR((launch_q<TX, TW, 2, true>(xm, w, w_scale, ym, mc, N, K, stream)));
+    } else if (mc <= 4) {
+      G3_RETURN_IF_ERROR((launch_q<TX, TW, 4, true>(xm, w, w_scale, ym, mc, N, K, stream)));
+    } else {
+      G3_RETURN_IF_ERROR((launch_q<TX, TW, 8, true>(xm, w, w_scale, ym, mc, N, K, stream)));
+    }
+    m0 += mc;
+  }
+  return Status::Ok();
+}
 
 }  // namespace
 
@@ -680,6 +874,10 @@ Status gemv(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, in
                   "matmul gemv: M = " + std::to_string(M) + " not in [1, 8]");
   }
   const int m = static_cast<int>(M);
+  if constexpr (kBlock) {
+    if (qdot::enabled() && K % kQK == 0)
+      return gemv_qdot<TX, TW>(x, w, w_scale, y, m, N, K, stream);
+  }
   // Vector paths: x read in 16-byte runs; dense rows whole 16-byte chunks and 16-byte aligned;
   // block formats any K % 32 == 0 with (naturally) 2-byte aligned blocks.
   bool vec = aligned(x, 16);
@@ -697,10 +895,10 @@ Status gemv(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, in
     return check_launch("matmul gemv_scalar_kernel");
   }
   if constexpr (kBlock) {
-    if (m == 1) return launch_q<TX, TW, 1>(x, w, w_scale, y, m, N, K, stream);
-    if (m == 2) return launch_q<TX, TW, 2>(x, w, w_scale, y, m, N, K, stream);
-    if (m <= 4) return launch_q<TX, TW, 4>(x, w, w_scale, y, m, N, K, stream);
-    return launch_q<TX, TW, 8>(x, w, w_scale, y, m, N, K, stream);
+    if (m == 1) return launch_q<TX, TW, 1, false>(x, w, w_scale, y, m, N, K, stream);
+    if (m == 2) return launch_q<TX, TW, 2, false>(x, w, w_scale, y, m, N, K, stream);
+    if (m <= 4) return launch_q<TX, TW, 4, false>(x, w, w_scale, y, m, N, K, stream);
+    return launch_q<TX, TW, 8, false>(x, w, w_scale, y, m, N, K, stream);
   } else {
     if (m == 1) return launch_vec<TX, TW, 1>(x, w, w_scale, y, m, N, K, stream);
     if (m == 2) return launch_vec<TX, TW, 2>(x, w, w_scale, y, m, N, K, stream);

@@ -1,0 +1,170 @@
+// matmul on CPU with q8_0 / q4_0 weights at 1 <= M <= 8: the q-dot contract (kernels.inc, matmul;
+// kernels/qdot.h). x is rounded once per call to int8 blocks of 32 with an f32 scale each, then
+// every (x block, weight block) pair is an exact integer dot product scaled by d_w * d_x, as
+// llama.cpp's ggml_vec_dot_q4_0_q8_0 / ggml_vec_dot_q8_0_q8_0 compute it. The AVX2 path uses
+// llama.cpp's mul_sum_i8_pairs: maddubs(|w|, sign(x, w)) then madd with ones, exact in int32
+// (|w| <= 128, |q_x| <= 127: a pair sums to at most 32512 < 2^15).
+#include <algorithm>
+#include <type_traits>
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#endif
+
+#include "kernels/cpu/cpu_common.h"
+#include "kernels/cpu/cpu_kernels.h"
+#include "kernels/qdot.h"
+#include "runtime/threadpool.h"
+
+namespace gemma3::cpu::detail {
+namespace {
+
+// x rows rounded to the contract: q [M, K] int8, d [M, K/32] f32.
+struct QX {
+  const int8_t* q;
+  const float* d;
+};
+
+template <typename TX>
+void quantize_rows(const TX* x, int64_t M, int64_t K, int8_t* q, float* d) {
+  const int64_t nb = K / kQK;
+  for (int64_t b = 0; b < M * nb; ++b) {
+    const TX* xb = x + b * kQK;
+    float v[kQK];
+    uint32_t amax = 0;
+    for (int i = 0; i < kQK; ++i) {
+      v[i] = to_f32(xb[i]);
+      amax = std::max(amax, qdot::abs_bits(v[i]));
+    }
+    const float db = qdot::block_scale(amax), id = qdot::block_inv_scale(db);
+    for (int i = 0; i < kQK; ++i) q[b * kQK + i] = qdot::quantize_one(v[i], id);
+    d[b] = db;
+  }
+}
+
+// The 32 integer weights of block b: q (q8_0) or nibble - 8 (q4_0), in element order.
+G3_ALWAYS_INLINE void weight_ints(const block_q8_0& b, int8_t* out) {
+  for (int i = 0; i < kQK; ++i) out[i] = b.qs[i];
+}
+G3_ALWAYS_INLINE void weight_ints(const block_q4_0& b, int8_t* out) {
+  for (int i = 0; i < kQK / 2; ++i) {
+    out[i] = int8_t((b.qs[i] & 0xf) - 8);
+    out[i + kQK / 2] = int8_t((b.qs[i] >> 4) - 8);
+  }
+}
+
+// out[m * ldo + n - n0] = sum_b (d_w * d_x[m, b]) * sum_i w_i q_x[m, b, i] for rows n of [n0, n1).
+template <typename TW>
+void rows_portable(const QX& x, const TW* w, int64_t M, int64_t K, int64_t n0, int64_t n1,
+                   float* out, int64_t ldo) {
+  const int64_t nb = K / kQK;
+  for (int64_t n = n0; n < n1; ++n) {
+    float acc[qdot::kMaxM] = {};
+    for (int64_t b = 0; b < nb; ++b) {
+      const TW& blk = w[n * nb + b];
+      int8_t wi[kQK];
+      weight_ints(blk, wi);
+      const float dw = f16_to_f32(blk.d);
+      for (int64_t m = 0; m < M; ++m) {
+        const int8_t* xq = x.q + m * K + b * kQK;
+        int32_t s = 0;
+        for (int i = 0; i < kQK; ++i) s += int32_t(wi[i]) * int32_t(xq[i]);
+        acc[m] += dw * x.d[m * nb + b] * float(s);
+      }
+    }
+    for (int64_t m = 0; m < M; ++m) out[m * ldo + n - n0] = acc[m];
+  }
+}
+
+#if G3_CPU_X86_DISPATCH
+G3_TARGET_AVX2 inline float hsum_ps_avx2(__m256 v) {
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_movehdup_ps(h));
+  return _mm_cvtss_f32(h);
+}
+
+G3_TARGET_AVX2 inline __m256i weight_ints_avx2(const block_q8_0& b) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs));
+}
+G3_TARGET_AVX2 inline __m256i weight_ints_avx2(const block_q4_0& b) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs));
+  const __m128i m = _mm_set1_epi8(0x0f);
+  const __m128i lo = _mm_and_si128(v, m), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
+  return _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8));
+}
+
+template <typename TW>
+G3_TARGET_AVX2 void rows_avx2(const QX& x, const TW* w, int64_t M, int64_t K, int64_t n0,
+                              int64_t n1, float* out, int64_t ldo) {
+  const int64_t nb = K / kQK;
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t n = n0; n < n1; ++n) {
+    __m256 acc[qdot::kMaxM];
+    for (int64_t m = 0; m < M; ++m) acc[m] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const TW& blk = w[n * nb + b];
+      const __m256i wv = weight_ints_avx2(blk);
+      const __m256i aw = _mm256_sign_epi8(wv, wv);  // |w| as unsigned bytes (-128 -> 128)
+      const float dw = f16_to_f32(blk.d);
+      for (int64_t m = 0; m < M; ++m) {
+        const __m256i xv =
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + m * K + b * kQK));
+        const __m256i p16 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, wv));
+        const __m256i p32 = _mm256_madd_epi16(p16, ones);
+        acc[m] = _mm256_fmadd_ps(_mm256_set1_ps(dw * x.d[m * nb + b]), _mm256_cvtepi32_ps(p32),
+                                 acc[m]);
+      }
+    }
+    for (int64_t m = 0; m < M; ++m) out[m * ldo + n - n0] = hsum_ps_avx2(acc[m]);
+  }
+}
+#endif
+
+}  // namespace
+
+// Called by matmul<TX, TW> (matmul.cc) for TW in {block_q8_0, block_q4_0}, 1 <= M <= 8, arguments
+// already checked.
+template <typename TX, typename TW>
+Status matmul_qdot(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, int64_t N,
+                   int64_t K) {
+  const int64_t nb = K / kQK;
+  // One f32 scratch holds d [M, nb] then q [M, K] bytes (read-only for the workers).
+  float* buf = scratch(kScratchCaller, size_t(M * nb + (M * K + 3) / 4));
+  float* xd = buf;
+  int8_t* xq = reinterpret_cast<int8_t*>(buf + M * nb);
+  quantize_rows(x, M, K, xq, xd);
+  const QX qx{xq, xd};
+
+  void (*rows)(const QX&, const TW*, int64_t, int64_t, int64_t, int64_t, float*, int64_t) =
+      rows_portable<TW>;
+#if G3_CPU_X86_DISPATCH
+  if (cpu_has_avx2()) rows = rows_avx2<TW>;
+#endif
+  constexpr int64_t kRows = 64;  // W rows per inner call (out tile: kMaxM x kRows floats)
+  parallel_for(N, grain_for(K * M, 1 << 16), [&](int64_t b, int64_t e) {
+    float tmp[qdot::kMaxM * kRows];
+    for (int64_t n = b; n < e; n += kRows) {
+      const int64_t n1 = std::min(e, n + kRows), cnt = n1 - n;
+      rows(qx, w, M, K, n, n1, tmp, cnt);
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t c = 0; c < cnt; ++c) {
+          float v = tmp[m * cnt + c];
+          if (w_scale != nullptr) v *= w_scale[n + c];
+          y[m * N + n + c] = from_f32<TX>(v);
+        }
+    }
+  });
+  return Status::Ok();
+}
+
+#define G3_MATMUL_QDOT(TX, TW)                                                                   \
+  template Status matmul_qdot<TX, TW>(const TX*, const TW*, const float*, TX*, int64_t, int64_t, \
+                                      int64_t);
+G3_MATMUL_QDOT(float, block_q8_0)
+G3_MATMUL_QDOT(float, block_q4_0)
+G3_MATMUL_QDOT(bf16, block_q8_0)
+G3_MATMUL_QDOT(bf16, block_q4_0)
+#undef G3_MATMUL_QDOT
+
+}  // namespace gemma3::cpu::detail
