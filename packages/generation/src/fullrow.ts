@@ -66,13 +66,14 @@ export interface FullRowOptions {
 export const fullRowStats = { fast: 0, gaveUp: 0 };
 
 const NB = 65536; // buckets: the key's top 16 bits
-const LITTLE_ENDIAN = new Uint8Array(Uint16Array.of(1).buffer)[0] === 1;
+/** Index of a float32's top half in an Int16Array over the same bytes: element 2i + HI. */
+const HI = new Uint8Array(Uint16Array.of(1).buffer)[0] === 1 ? 1 : 0;
 
 /** Reused per-row buffers (one row at a time: JS is single-threaded and nothing here awaits). */
 class Scratch {
   l = new Float32Array(0);
   bits = new Uint32Array(0);
-  /** the top halves of `bits` as int16 (little-endian: element 2i + 1) */
+  /** the top halves of `bits` as int16 (element 2i + HI) */
   hbits = new Int16Array(0);
   readonly cnt = new Uint32Array(NB);
   readonly mass = new Float64Array(NB);
@@ -194,9 +195,9 @@ export function fullRowToken(
   let maxDrop = -1; // largest key min-p dropped, smallest it kept
   let minKept = 0x100000000;
   let n = 0;
-  if (minP === 0 && loKey === 0 && LITTLE_ENDIAN)
+  if (minP === 0 && loKey === 0)
     for (let i = 0; i < V; i++) {
-      const h = hbits[2 * i + 1]!;
+      const h = hbits[2 * i + HI]!;
       const b = (h ^ ((h >> 31) | 0x8000)) & 0xffff; // keyOf's top half, branch-free
       cnt[b]!++;
       mass[b]! += fastExp(l[i]! - lmax);
@@ -372,26 +373,25 @@ class Walk {
     if (this.cached === q) return;
     const b = this.order[q]!;
     const { l, bits, lmax, loKey, V } = this;
-    // the bucket's floats' top 16 bits (the key's top half, undone), as int16 and as uint16
+    // the bucket's floats' top 16 bits (the key's top half, undone), as an int16
     const hs = b >= 0x8000 ? b - 0x8000 : -1 - b;
-    const hi = hs & 0xffff;
     S.bucket(S.cnt[b]!); // the pass that counted it kept the same tokens
     let n = 0;
     let minK = 0x10000;
     let maxK = -1;
     const hbits = S.hbits;
+    const packed = S.packed;
     for (let i = 0; i < V; i++) {
-      if (LITTLE_ENDIAN ? hbits[2 * i + 1] !== hs : bits[i]! >>> 16 !== hi) continue;
+      if (hbits[2 * i + HI]! !== hs) continue;
       const key = keyOf(bits[i]!);
       if (key < loKey) continue;
       const lo = key & 0xffff;
-      S.packed[n] = (0xffff - lo) * 2 ** 32 + i;
+      packed[n] = (0xffff - lo) * 2 ** 32 + i;
       if (lo < minK) minK = lo;
       if (lo > maxK) maxK = lo;
       n++;
     }
-    const packed = S.packed.subarray(0, n);
-    if (minK !== maxK) packed.sort(); // all equal: already in id order
+    if (minK !== maxK) packed.subarray(0, n).sort(); // all equal: already in id order
     for (let j = 0; j < n; j++) {
       const id = packed[j]! % 2 ** 32;
       S.ids[j] = id;
