@@ -130,36 +130,15 @@ export function fullRowToken(
   const mods = state.modifiedTokens();
   S.row(V);
   const l = S.l;
-  const bits = S.bits;
+  // (Each pass is its own function: V8 then optimizes it whole, with the feedback of every line,
+  // instead of on-stack-replacing one loop of a long function and deoptimizing after it.)
+  if (p.greedy) return fast(greedyToken(logits, state, mask, mods, l));
 
-  if (p.greedy) {
-    // The first maximum of the processed logits (no temperature; NaN never wins).
-    for (let i = 0; i < V; i++) l[i] = logits[i]!;
-    if (mask) applyMask(l, mask, V);
-    for (const t of mods) l[t] = state.process(t, l[t]!);
-    let best = 0;
-    let bv = -Infinity;
-    for (let i = 0; i < V; i++) if (l[i]! > bv) [best, bv] = [i, l[i]!];
-    return fast(best);
-  }
-
-  // Pass 1: l = fround(x ÷ T) as state.scale (the store rounds; −0 stored as +0: one key, the
-  // same weight). fround(x ÷ T) is monotone in x, so lmax comes from the raw maximum.
-  const temp = Math.fround(p.temperature);
-  let xmax = -Infinity;
-  let nan = false;
-  for (let i = 0; i < V; i++) {
-    const x = logits[i]!;
-    l[i] = x / temp + 0;
-    if (x > xmax) xmax = x;
-    else if (x !== x) nan = true;
-  }
-  let lmax = Math.fround(xmax / temp) + 0;
-  if (nan) for (let i = 0; i < V; i++) if (l[i]! !== l[i]!) l[i] = -Infinity; // NaN ranks as −∞
+  // l = fround(x ÷ T) as state.scale, masked, modified tokens processed; lmax its maximum.
+  let lmax = scaleRow(logits, Math.fround(p.temperature), l, V);
   if (mask) {
     applyMask(l, mask, V);
-    lmax = -Infinity;
-    for (let i = 0; i < V; i++) if (l[i]! > lmax) lmax = l[i]!;
+    lmax = maxOf(l, V);
   }
   if (mods.length > 0) {
     let rescan = false;
@@ -171,10 +150,7 @@ export function fullRowToken(
       if (old === lmax && lt < old) rescan = true;
       if (lt > lmax) lmax = lt;
     }
-    if (rescan) {
-      lmax = -Infinity;
-      for (let i = 0; i < V; i++) if (l[i]! > lmax) lmax = l[i]!;
-    }
+    if (rescan) lmax = maxOf(l, V);
   }
   // Every token masked (or NaN): the reference's sorted order is by id and decide takes its first.
   if (lmax === -Infinity) return fast(0);
@@ -183,67 +159,37 @@ export function fullRowToken(
   // top-k: the kept set is {l ≥ the k-th largest l} (ties at the threshold kept). It commutes with
   // min-p's prefix (see decide), so both are key thresholds.
   let loKey = 0;
-  if (p.topK > 0) loKey = kthLargestKey(bits, V, p.topK);
+  if (p.topK > 0) loKey = kthLargestKey(S.bits, V, p.topK);
 
-  // Pass 2: weights, bucket masses, min-p. The bucket from the float's top 16 bits as an int16
-  // (keyOf(bits) >>> 16 without uint32 values past 2³¹, which V8 keeps as doubles).
-  const { cnt, mass } = S;
-  const hbits = S.hbits;
-  cnt.fill(0);
-  mass.fill(0);
-  const minP = p.minP;
-  let maxDrop = -1; // largest key min-p dropped, smallest it kept
-  let minKept = 0x100000000;
-  let n = 0;
-  if (minP === 0 && loKey === 0)
-    for (let i = 0; i < V; i++) {
-      const h = hbits[2 * i + HI]!;
-      const b = (h ^ ((h >> 31) | 0x8000)) & 0xffff; // keyOf's top half, branch-free
-      cnt[b]!++;
-      mass[b]! += fastExp(l[i]! - lmax);
-    }
-  else
-    for (let i = 0; i < V; i++) {
-      const key = keyOf(bits[i]!);
-      const x = l[i]! - lmax;
-      let w = fastExp(x);
-      if (minP > 0) {
-        // The reference drops W < minP with W = Math.exp: take it whenever fastExp is too close.
-        if (Math.abs(w - minP) <= 4 * EXP_REL * minP) w = Math.exp(x);
-        if (w < minP) {
-          if (key > maxDrop) maxDrop = key;
-          continue;
-        }
-        if (key < minKept) minKept = key;
-      }
-      if (key < loKey) continue;
-      cnt[key >>> 16]!++;
-      mass[key >>> 16]! += w;
-    }
-  // min-p keeps a prefix of the sorted order iff exp is monotone here (it is; checked, not assumed).
-  if (minP > 0) {
-    if (maxDrop >= minKept) return giveUp();
-    if (minKept > loKey) loKey = minKept;
+  // Weights and bucket masses (and the min-p threshold).
+  S.cnt.fill(0);
+  S.mass.fill(0);
+  if (p.minP === 0 && loKey === 0) bucketMasses(S.hbits, l, lmax, V, S.cnt, S.mass);
+  else {
+    const minKept = bucketMassesFiltered(S.bits, l, lmax, V, p.minP, loKey, S.cnt, S.mass);
+    if (minKept < 0) return giveUp(); // exp not monotone at the min-p threshold (never seen)
+    loKey = minKept;
   }
 
   // The kept buckets from the top, with the mass before each.
-  const { order, pre } = S;
+  const { order, pre, cnt, mass } = S;
   let nb = 0;
+  let n = 0;
   pre[0] = 0;
   for (let b = keyOf(bitsOfF32(lmax)) >>> 16; b >= 0; b--)
     if (cnt[b]! > 0) {
       order[nb] = b;
       pre[nb + 1] = pre[nb]! + mass[b]!;
+      n += cnt[b]!;
       nb++;
     }
   const Z = pre[nb]!;
-  for (let q = 0; q < nb; q++) n += cnt[order[q]!]!;
   const gamma = (n * EPS) / (1 - n * EPS);
   const margin =
     (opts.marginScale ?? 1) *
     (2 * (4 * gamma * (1 + EXP_REL) + 2 * EXP_REL + 3 * EPS) * 1.01 * Z + V * 1e-300);
 
-  const walk = new Walk(l, bits, lmax, loKey, order, pre, nb, margin, V);
+  const walk = new Walk(l, S.bits, lmax, loKey, order, pre, margin, V);
   // top-p: the cut is the first position whose prefix sum reaches p·Z (the top token always kept).
   let limQ = nb - 1;
   let limJ = -1; // −1: the bucket's last element
@@ -255,6 +201,114 @@ export function fullRowToken(
   // The draw: the first kept position whose prefix sum exceeds u·Z.
   if (!walk.locate(u * z2, limQ, limJ)) return giveUp();
   return fast(walk.token());
+}
+
+/** Greedy: the first maximum of the processed logits (no temperature; NaN never wins). */
+function greedyToken(
+  logits: Float32Array,
+  state: SamplingState,
+  mask: Uint32Array | null,
+  mods: readonly number[],
+  l: Float32Array,
+): number {
+  const V = logits.length;
+  l.set(logits);
+  if (mask) applyMask(l, mask, V);
+  for (const t of mods) l[t] = state.process(t, l[t]!);
+  let best = 0;
+  let bv = -Infinity;
+  for (let i = 0; i < V; i++)
+    if (l[i]! > bv) {
+      best = i;
+      bv = l[i]!;
+    }
+  return best;
+}
+
+/**
+ * l = fround(x ÷ T), NaN as −∞, −0 as +0 (one key, the same weight); returns max l. fround(x ÷ T)
+ * is monotone in x, so the maximum comes from the raw one.
+ * @param logits [V]; l [≥ V] out
+ */
+function scaleRow(logits: Float32Array, temp: number, l: Float32Array, V: number): number {
+  let xmax = -Infinity;
+  let nan = false;
+  for (let i = 0; i < V; i++) {
+    const x = logits[i]!;
+    l[i] = x / temp + 0; // the store rounds to float32
+    if (x > xmax) xmax = x;
+    else if (x !== x) nan = true;
+  }
+  if (nan) for (let i = 0; i < V; i++) if (l[i]! !== l[i]!) l[i] = -Infinity;
+  return Math.fround(xmax / temp) + 0;
+}
+
+function maxOf(l: Float32Array, V: number): number {
+  let m = -Infinity;
+  for (let i = 0; i < V; i++) if (l[i]! > m) m = l[i]!;
+  return m;
+}
+
+/**
+ * Every token kept: cnt[b] and mass[b] = Σ fastExp(l − lmax) per bucket b (keyOf's top half,
+ * from the int16 top half of each float: no uint32 values past 2³¹, which V8 keeps as doubles).
+ * @param hbits [2V] int16 view of l's bits; l [V]
+ */
+function bucketMasses(
+  hbits: Int16Array,
+  l: Float32Array,
+  lmax: number,
+  V: number,
+  cnt: Uint32Array,
+  mass: Float64Array,
+): void {
+  for (let i = 0; i < V; i++) {
+    const h = hbits[2 * i + HI]!;
+    const b = (h ^ ((h >> 31) | 0x8000)) & 0xffff; // keyOf's top half, branch-free
+    cnt[b]!++;
+    mass[b]! += fastExp(l[i]! - lmax);
+  }
+}
+
+/**
+ * As bucketMasses over the tokens min-p keeps (W ≥ minP, W = Math.exp(l − lmax) as the reference)
+ * with key ≥ loKey. Returns the kept set's lowest key (kept ⇔ key ≥ it), or −1 when min-p's kept
+ * set is not a prefix of the sorted order (exp not monotone there).
+ * @param bits [V] uint32 view of l; l [V]
+ */
+function bucketMassesFiltered(
+  bits: Uint32Array,
+  l: Float32Array,
+  lmax: number,
+  V: number,
+  minP: number,
+  loKey: number,
+  cnt: Uint32Array,
+  mass: Float64Array,
+): number {
+  let maxDrop = -1; // largest key min-p dropped, smallest it kept
+  let minKept = 0x100000000;
+  for (let i = 0; i < V; i++) {
+    const key = keyOf(bits[i]!);
+    const x = l[i]! - lmax;
+    let w = fastExp(x);
+    if (minP > 0) {
+      // The reference drops W < minP with W = Math.exp: take it whenever fastExp is too close.
+      if (Math.abs(w - minP) <= 4 * EXP_REL * minP) w = Math.exp(x);
+      if (w < minP) {
+        if (key > maxDrop) maxDrop = key;
+        continue;
+      }
+      if (key < minKept) minKept = key;
+    }
+    if (key < loKey) continue;
+    cnt[key >>> 16]!++;
+    mass[key >>> 16]! += w;
+  }
+  if (minP === 0) return loKey;
+  // min-p keeps a prefix of the sorted order iff exp is monotone here (checked, not assumed).
+  if (maxDrop >= minKept) return -1;
+  return Math.max(minKept, loKey);
 }
 
 function fast(token: number): number {
@@ -309,6 +363,31 @@ function kthLargestKey(bits: Uint32Array, V: number, k: number): number {
 }
 
 /**
+ * The kept tokens of one bucket, in id order, packed as (0xffff − key's low half)·2³² + id: an
+ * ascending sort of these is l descending, ties to the lower id.
+ * @param hbits [2V] int16 view of the row's float bits; bits [V] their uint32 view
+ * @param hs the bucket's top 16 float bits as an int16
+ * @returns how many were written to packed
+ */
+function gatherBucket(
+  hbits: Int16Array,
+  bits: Uint32Array,
+  hs: number,
+  loKey: number,
+  V: number,
+  packed: Float64Array,
+): number {
+  let n = 0;
+  for (let i = 0; i < V; i++) {
+    if (hbits[2 * i + HI]! !== hs) continue;
+    const key = keyOf(bits[i]!);
+    if (key < loKey) continue;
+    packed[n++] = (0xffff - (key & 0xffff)) * 2 ** 32 + i;
+  }
+  return n;
+}
+
+/**
  * Positions in the reference's sorted order, reached bucket by bucket: locate() finds the first
  * position whose prefix sum exceeds a threshold and proves it with the margin.
  */
@@ -327,7 +406,6 @@ class Walk {
     private readonly loKey: number,
     private readonly order: Int32Array,
     private readonly pre: Float64Array,
-    private readonly nb: number,
     private readonly margin: number,
     private readonly V: number,
   ) {}
@@ -376,22 +454,13 @@ class Walk {
     // the bucket's floats' top 16 bits (the key's top half, undone), as an int16
     const hs = b >= 0x8000 ? b - 0x8000 : -1 - b;
     S.bucket(S.cnt[b]!); // the pass that counted it kept the same tokens
-    let n = 0;
-    let minK = 0x10000;
-    let maxK = -1;
-    const hbits = S.hbits;
     const packed = S.packed;
-    for (let i = 0; i < V; i++) {
-      if (hbits[2 * i + HI]! !== hs) continue;
-      const key = keyOf(bits[i]!);
-      if (key < loKey) continue;
-      const lo = key & 0xffff;
-      packed[n] = (0xffff - lo) * 2 ** 32 + i;
-      if (lo < minK) minK = lo;
-      if (lo > maxK) maxK = lo;
-      n++;
-    }
-    if (minK !== maxK) packed.subarray(0, n).sort(); // all equal: already in id order
+    const n = gatherBucket(S.hbits, bits, hs, loKey, V, packed);
+    // Sort by (key low half descending, id): all keys equal leaves them in id order already.
+    const k0 = Math.floor(packed[0]! / 2 ** 32);
+    let same = true;
+    for (let j = 1; j < n && same; j++) same = Math.floor(packed[j]! / 2 ** 32) === k0;
+    if (!same) packed.subarray(0, n).sort();
     for (let j = 0; j < n; j++) {
       const id = packed[j]! % 2 ** 32;
       S.ids[j] = id;
