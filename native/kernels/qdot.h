@@ -1,8 +1,11 @@
 // The q8 activation contract of matmul with q8_0 / q4_0 weights at 1 <= M <= 8 (kernels.inc,
 // "q-dot"), shared by both backends: how one block of 32 activations is rounded to int8, and the
-// switch that restores the float path (GEMMA3_QDOT=float). This is llama.cpp's MMVQ arithmetic
-// (quantize_q8_1, then vec_dot_q4_0_q8_1 / vec_dot_q8_0_q8_1: an exact integer dot per block and
-// one float multiply-add), with the activation scale kept in f32 rather than f16.
+// switch that restores the float path (GEMMA3_QDOT=float). This is ggml's CPU arithmetic for these
+// weights (quantize_row_q8_0_ref on x: d = amax / 127, q = roundf(x * (1 / d)); then
+// ggml_vec_dot_q4_0_q8_0 / _q8_0_q8_0: an exact integer dot per block times d_w d_x), with d_x kept
+// in f32 rather than f16. llama.cpp's CUDA MMVQ (quantize_q8_1, vec_dot_q4_0_q8_1) is the same up
+// to f16 roundings: it rounds x / d rather than x * (1 / d), stores d_x as f16, and takes q4_0's
+// -8 term from the f16 sum of the unrounded x rather than from the int8 values.
 #pragma once
 #include <cmath>
 #include <cstdint>

@@ -112,8 +112,8 @@ G3_TARGET_AVX2 void rows_avx2(const QX& x, const TW* w, int64_t M, int64_t K, in
             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + m * K + b * kQK));
         const __m256i p16 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, wv));
         const __m256i p32 = _mm256_madd_epi16(p16, ones);
-        acc[m] = _mm256_fmadd_ps(_mm256_set1_ps(dw * x.d[m * nb + b]), _mm256_cvtepi32_ps(p32),
-                                 acc[m]);
+        acc[m] =
+            _mm256_fmadd_ps(_mm256_set1_ps(dw * x.d[m * nb + b]), _mm256_cvtepi32_ps(p32), acc[m]);
       }
     }
     for (int64_t m = 0; m < M; ++m) out[m * ldo + n - n0] = hsum_ps_avx2(acc[m]);
