@@ -243,6 +243,9 @@ export function matmulCases(): Case[] {
         [3, 37, 256],
       ] as const)
         cases.push(matmulCase(xd, wd, M, N, K, seed, tieX(M, K, seed++)));
+  // q-dot with x rows too long for CUDA's 4 MiB q8 buffer all at once (8 x 425984 int8 + scales):
+  // the rows are rounded and multiplied 7 + 1 at a time.
+  cases.push(matmulCase("bf16", "q4_0", 8, 3, 425984, seed++));
   // K-quants (K % 256 == 0): the CUDA GEMV at each of its M buckets (1, 2, 3..4, 5..8; N = 19 and
   // 37 leave a partial row group) and the GEMM at M = 9 and 130.
   const kshapes: [number, number, number][] = [
