@@ -4,7 +4,7 @@
 # same shape, one after the other on the same card: 1B, 4B (batch 1 and 64, 2048-token prefill),
 # 27B (batch 1), 4B with q4_0 weights (batch 1). JSON per run in $OUT; a summary prints last.
 #   bash scripts/pack-dists.sh here, then device run, carry [".device", ".dists.tar"]:
-#     bash scripts/gpu-bench.sh [--no-hf] [--only 1b,4b,27b,4b-q4_0]
+#     bash scripts/gpu-bench.sh [--no-hf] [--only 1b,4b,27b,4b-q4_0]   (HF_SKIP=27b: no HF peer there)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu-bench}"
@@ -32,6 +32,7 @@ cfgs=packages/model/test/fixtures/configs
 run() { # name config hf-args ours-args
   local name="$1" cfg="$2" hfargs="$3" ours="$4"
   case ",$only," in *",$name,"*) ;; *) return ;; esac
+  case ",${HF_SKIP:-}," in *",$name,"*) hfargs="" ;; esac
   if [ "$hf" = 1 ] && [ -n "$hfargs" ]; then
     PYTHONUNBUFFERED=1 timeout 300 python3 tools/reference/hf_decode_bench.py "$cfg" "/tmp/hf-$name" --no-save \
       $hfargs 2>"$OUT/hf-$name.log" | tail -1 >"$OUT/hf-$name.json"

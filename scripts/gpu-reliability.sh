@@ -6,6 +6,7 @@
 # (GEMMA3_CUDA_MALLOC=sync) in the same call, then optionally the soak.
 #   bash scripts/pack-dists.sh here, then device run, carry [".device", ".dists.tar"]:
 #     bash scripts/gpu-reliability.sh [--soak SECONDS] [--no-tests] [--no-cancel]
+#   RELIABILITY_TESTS="FILES" narrows the tests; CANCEL_MODES="pool" the cancellation runs.
 #   CANCEL_TIMELINE=1 adds the scheduler's state every 25 ms to the cancellation JSON; CANCEL_PROF=1
 #   writes a V8 CPU profile of the stream-ordered run to $OUT.
 set -uo pipefail
@@ -39,7 +40,7 @@ status=0
 if [ "$tests" = 1 ]; then
   echo "== tests (GEMMA3_TEST_CUDA=1)"
   GEMMA3_TEST_CUDA=1 timeout 240 node node_modules/vitest/vitest.mjs run --reporter=verbose \
-    native/test/alloc.cuda.test.ts native/test/graph.test.ts apps/server/test/faults.test.ts \
+    ${RELIABILITY_TESTS:-native/test/alloc.cuda.test.ts native/test/graph.test.ts apps/server/test/faults.test.ts} \
     >"$OUT/tests.log" 2>&1 || status=1
   grep -E "✓|×|FAIL|Test Files|Tests |Error" "$OUT/tests.log" | tail -30
   echo "tests done at ${SECONDS}s"
