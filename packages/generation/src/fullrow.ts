@@ -66,19 +66,20 @@ export interface FullRowOptions {
 export const fullRowStats = { fast: 0, gaveUp: 0 };
 
 const NB = 65536; // buckets: the key's top 16 bits
-/** Index of a float32's top half in an Int16Array over the same bytes: element 2i + HI. */
-const HI = new Uint8Array(Uint16Array.of(1).buffer)[0] === 1 ? 1 : 0;
 
 /** Reused per-row buffers (one row at a time: JS is single-threaded and nothing here awaits). */
 class Scratch {
   l = new Float32Array(0);
   bits = new Uint32Array(0);
-  /** the top halves of `bits` as int16 (element 2i + HI) */
-  hbits = new Int16Array(0);
+  /** `bits` as int32: ibits[i] >> 16 is the float's top half as a small signed int */
+  ibits = new Int32Array(0);
   readonly cnt = new Uint32Array(NB);
   readonly mass = new Float64Array(NB);
   /** nonempty buckets, from the top; pre[q]: the mass of the buckets before order[q] */
   readonly order = new Int32Array(NB);
+  readonly ocnt = new Uint32Array(NB);
+  /** cnt/mass hold a previous row's values (zeroed while its buckets are listed) */
+  dirty = false;
   readonly pre = new Float64Array(NB + 1);
   packed = new Float64Array(0);
   ids = new Int32Array(0);
@@ -88,7 +89,7 @@ class Scratch {
     if (this.l.length < V) {
       this.l = new Float32Array(V);
       this.bits = new Uint32Array(this.l.buffer);
-      this.hbits = new Int16Array(this.l.buffer);
+      this.ibits = new Int32Array(this.l.buffer);
     }
   }
   bucket(n: number): void {
@@ -134,8 +135,18 @@ export function fullRowToken(
   // instead of on-stack-replacing one loop of a long function and deoptimizing after it.)
   if (p.greedy) return fast(greedyToken(logits, state, mask, mods, l));
 
-  // l = fround(x ÷ T) as state.scale, masked, modified tokens processed; lmax its maximum.
-  let lmax = scaleRow(logits, Math.fround(p.temperature), l, V);
+  // l = fround(x ÷ T) as state.scale, masked, modified tokens processed; lmax its maximum. Then
+  // the weights and bucket masses (and the min-p and top-k thresholds). (Fusing the two passes
+  // measured slower: the float store and its reload as bits stall.)
+  const temp = Math.fround(p.temperature);
+  const { cnt, mass } = S;
+  if (S.dirty) {
+    cnt.fill(0);
+    mass.fill(0);
+  }
+  S.dirty = true;
+  let loKey = 0;
+  let lmax = scaleRow(logits, temp, l, V);
   if (mask) {
     applyMask(l, mask, V);
     lmax = maxOf(l, V);
@@ -152,37 +163,36 @@ export function fullRowToken(
     }
     if (rescan) lmax = maxOf(l, V);
   }
-  // Every token masked (or NaN): the reference's sorted order is by id and decide takes its first.
+  // Every token masked (or NaN): the reference's sorted order is by id; decide takes the first.
   if (lmax === -Infinity) return fast(0);
-  if (!(lmax < Infinity)) return giveUp(); // +∞: NaN weights; the full reference defines that case
+  if (!(lmax < Infinity)) return giveUp(); // +∞: NaN weights; the full reference defines that
 
-  // top-k: the kept set is {l ≥ the k-th largest l} (ties at the threshold kept). It commutes with
-  // min-p's prefix (see decide), so both are key thresholds.
-  let loKey = 0;
+  // top-k: the kept set is {l ≥ the k-th largest l} (ties at the threshold kept). It commutes
+  // with min-p's prefix (see decide), so both are key thresholds.
   if (p.topK > 0) loKey = kthLargestKey(S.bits, V, p.topK);
-
-  // Weights and bucket masses (and the min-p threshold).
-  S.cnt.fill(0);
-  S.mass.fill(0);
-  if (p.minP === 0 && loKey === 0) bucketMasses(S.hbits, l, lmax, V, S.cnt, S.mass);
+  if (p.minP === 0 && loKey === 0) bucketMasses(S.ibits, l, lmax, V, cnt, mass);
   else {
-    const minKept = bucketMassesFiltered(S.bits, l, lmax, V, p.minP, loKey, S.cnt, S.mass);
+    const minKept = bucketMassesFiltered(S.bits, l, lmax, V, p.minP, loKey, cnt, mass);
     if (minKept < 0) return giveUp(); // exp not monotone at the min-p threshold (never seen)
     loKey = minKept;
   }
 
   // The kept buckets from the top, with the mass before each.
-  const { order, pre, cnt, mass } = S;
+  const { order, ocnt, pre } = S;
   let nb = 0;
   let n = 0;
   pre[0] = 0;
   for (let b = keyOf(bitsOfF32(lmax)) >>> 16; b >= 0; b--)
     if (cnt[b]! > 0) {
       order[nb] = b;
+      ocnt[nb] = cnt[b]!;
       pre[nb + 1] = pre[nb]! + mass[b]!;
       n += cnt[b]!;
       nb++;
+      cnt[b] = 0; // leave them zero for the next row (no 768 KB fill per row)
+      mass[b] = 0;
     }
+  S.dirty = false;
   const Z = pre[nb]!;
   const gamma = (n * EPS) / (1 - n * EPS);
   const margin =
@@ -251,11 +261,11 @@ function maxOf(l: Float32Array, V: number): number {
 
 /**
  * Every token kept: cnt[b] and mass[b] = Σ fastExp(l − lmax) per bucket b (keyOf's top half,
- * from the int16 top half of each float: no uint32 values past 2³¹, which V8 keeps as doubles).
- * @param hbits [2V] int16 view of l's bits; l [V]
+ * from the signed top half of each float: no uint32 values past 2³¹, which V8 keeps as doubles).
+ * @param ibits [V] int32 view of l's bits; l [V]
  */
 function bucketMasses(
-  hbits: Int16Array,
+  ibits: Int32Array,
   l: Float32Array,
   lmax: number,
   V: number,
@@ -263,7 +273,7 @@ function bucketMasses(
   mass: Float64Array,
 ): void {
   for (let i = 0; i < V; i++) {
-    const h = hbits[2 * i + HI]!;
+    const h = ibits[i]! >> 16;
     const b = (h ^ ((h >> 31) | 0x8000)) & 0xffff; // keyOf's top half, branch-free
     cnt[b]!++;
     mass[b]! += fastExp(l[i]! - lmax);
@@ -359,18 +369,19 @@ function kthLargestKey(bits: Uint32Array, V: number, k: number): number {
     if (key >>> 16 === b) keys[j++] = key;
   }
   keys.sort();
-  return keys[m - 1 - (k - before - 1)]!;
+  cnt.fill(0); // for the masses' pass
+  return keys[m - (k - before)]!;
 }
 
 /**
  * The kept tokens of one bucket, in id order, packed as (0xffff − key's low half)·2³² + id: an
  * ascending sort of these is l descending, ties to the lower id.
- * @param hbits [2V] int16 view of the row's float bits; bits [V] their uint32 view
- * @param hs the bucket's top 16 float bits as an int16
+ * @param ibits [V] int32 view of the row's float bits; bits [V] their uint32 view
+ * @param hs the bucket's top 16 float bits as a signed int (ibits >> 16)
  * @returns how many were written to packed
  */
 function gatherBucket(
-  hbits: Int16Array,
+  ibits: Int32Array,
   bits: Uint32Array,
   hs: number,
   loKey: number,
@@ -379,7 +390,7 @@ function gatherBucket(
 ): number {
   let n = 0;
   for (let i = 0; i < V; i++) {
-    if (hbits[2 * i + HI]! !== hs) continue;
+    if (ibits[i]! >> 16 !== hs) continue;
     const key = keyOf(bits[i]!);
     if (key < loKey) continue;
     packed[n++] = (0xffff - (key & 0xffff)) * 2 ** 32 + i;
@@ -451,11 +462,11 @@ class Walk {
     if (this.cached === q) return;
     const b = this.order[q]!;
     const { l, bits, lmax, loKey, V } = this;
-    // the bucket's floats' top 16 bits (the key's top half, undone), as an int16
+    // the bucket's floats' top 16 bits (the key's top half, undone), signed as ibits >> 16
     const hs = b >= 0x8000 ? b - 0x8000 : -1 - b;
-    S.bucket(S.cnt[b]!); // the pass that counted it kept the same tokens
+    S.bucket(S.ocnt[q]!); // the pass that counted it kept the same tokens
     const packed = S.packed;
-    const n = gatherBucket(S.hbits, bits, hs, loKey, V, packed);
+    const n = gatherBucket(S.ibits, bits, hs, loKey, V, packed);
     // Sort by (key low half descending, id): all keys equal leaves them in id order already.
     const k0 = Math.floor(packed[0]! / 2 ** 32);
     let same = true;
