@@ -5,20 +5,22 @@
 // candidates cannot decide (the draw landed in the tail: most rows of a flat distribution).
 //
 // How. Every l is a float32 (state.scale rounds), so its bits give a monotone uint32 key; buckets
-// are the key's top 16 bits (sign, exponent, 7 mantissa bits), monotone in l. One pass in id order
-// sums each bucket's weights W = exp(l − lmax); walking the buckets from the top finds the one
-// where a threshold (p·Z for top-p, u·Z for the draw) falls, and only that bucket is sorted and
-// walked with the reference's own W. The reference's sums are sorted-order float64 sums we never
-// form, so each decision is checked against a rigorous error bound (`margin`); one that the error
-// could flip is not taken (null: the caller runs the full reference; about V²·2⁻⁴⁹ of rows, ~1e-4
-// at V = 262144, and never where the row's mass is not flat at the threshold).
+// are the key's top 16 bits (sign, exponent, 7 mantissa bits), monotone in l. Two passes in id
+// order form l and sum each bucket's weights W = exp(l − lmax); walking the buckets from the top
+// finds the one where a threshold (p·Z for top-p, u·Z for the draw) falls, and only that bucket is
+// gathered, sorted and walked with the reference's own W. The reference's sums are sorted-order
+// float64 sums we never form, so each decision is checked against a rigorous error bound
+// (`margin`); one that the error could flip is not taken (null: the caller runs the full
+// reference). That happens when u·Z or p·Z falls within the margin of an edge: at most about
+// 2·margin·V/Z ≈ V²·2⁻⁴⁹ of draws, ~1e-4 at V = 262144.
 //
 // Error bound. A float64 sum of N nonnegative terms in any order (recursive, or bucket sums then
 // their sum) is within γ_N·T of its exact value T, γ_N = N·2⁻⁵³/(1 − N·2⁻⁵³) (Higham, Accuracy
 // and Stability, §4.2). Ours use weights from fastExp (relative error ≤ EXP_REL) except inside the
 // walked bucket, where they are the reference's Math.exp values. A prefix sum of ours vs the
-// reference's: ≤ (2γ + δ)·Z apart; a threshold c·Z (c = p or u ≤ 1, one more rounding each side):
-// ≤ (2γ + δ + 2·2⁻⁵³)·Z apart. `margin` is twice their sum.
+// reference's: ≤ (2γ + δ)·Z apart (δ = EXP_REL, and V·1e-300 for the weights fastExp flushes to
+// zero); a threshold c·Z (c = p or u ≤ 1, one more rounding each side): ≤ (2γ + δ + 2·2⁻⁵³)·Z
+// apart. `margin` is twice their sum (Z ours, ×1.01 for the exact one).
 import type { SamplingState } from "./state.js";
 
 const EPS = 2 ** -53;
