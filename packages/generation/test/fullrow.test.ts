@@ -197,6 +197,9 @@ describe("fullRowToken = referenceTokenFull", () => {
     const rng = new Rng(4);
     let rows = 0;
     let gaveUp = 0;
+    let wrongWithoutMargin = 0;
+    let near = 0;
+    let decidedNear = 0;
     for (const V of [989, 4099, 20000])
       for (const shape of ["flat", "bf16", "ties"] as Shape[])
         for (const T of [0.7, 1]) {
@@ -213,7 +216,18 @@ describe("fullRowToken = referenceTokenFull", () => {
             for (const u of around(S[m]! / z)) {
               if (!(u >= 0 && u < 1)) continue;
               if (check(x, state, u, `V ${V} ${shape} T ${T} m ${m} u ${u}`)) gaveUp++;
+              // Without the margin the bucketed sums decide these alone, and some come out wrong.
+              const bare = fullRowToken(x, state, u, { marginScale: 0 });
+              if (bare !== null && bare !== referenceTokenFull(x, state, u)) wrongWithoutMargin++;
               rows++;
+            }
+          // Just outside the margin (≈ 8·V·2⁻⁵³·Z): decided by the fast path, and right.
+          for (const m of at)
+            for (const d of [-400, -40, 40, 400]) {
+              const u = (S[m]! + d * V * 2 ** -53 * z) / z;
+              if (!(u >= 0 && u < 1)) continue;
+              if (!check(x, state, u, `near V ${V} ${shape} T ${T} m ${m} d ${d}`)) decidedNear++;
+              near++;
             }
           // top-p with p on an edge: the cut itself is the close call.
           for (const m of at.slice(0, 6))
@@ -227,6 +241,11 @@ describe("fullRowToken = referenceTokenFull", () => {
     expect(rows).toBeGreaterThan(1000);
     // Most of these are within any error bound of an edge: the give-up path ran, and was right.
     expect(gaveUp).toBeGreaterThan(rows / 4);
+    // The edges are real: a zero margin would have returned wrong tokens.
+    expect(wrongWithoutMargin).toBeGreaterThan(0);
+    // Outside the margin the fast path takes the decision (ties in bf16/tie rows aside: an edge
+    // between equal weights is the same edge for every token of the tie).
+    expect(decidedNear).toBeGreaterThan(near / 2);
   });
 
   it("gives up (and referenceToken still agrees) when the margin is forced wide", () => {
