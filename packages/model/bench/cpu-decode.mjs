@@ -123,8 +123,14 @@ let bytes =
   model.weights.embedTokens.byteLength +
   model.weights.norm.byteLength +
   (model.weights.lmHead?.byteLength ?? 0);
+// Fused layers hold [q; k; v] and [gate; up] once; the parts are row views of them (fuse.ts).
+const views = (l) => [
+  ...(l.qkvProj ? ["qProj", "kProj", "vProj"] : []),
+  ...(l.gateUpProj ? ["gateProj", "upProj"] : []),
+];
 for (const l of model.weights.layers)
-  for (const t of Object.values(l)) bytes += t.byteLength ?? t.data?.byteLength ?? 0;
+  for (const [k, t] of Object.entries(l))
+    if (!views(l).includes(k)) bytes += t.byteLength ?? t.data?.byteLength ?? 0;
 // A token reads every layer's weights and the tied head once; the embedding gather reads one row.
 const embedRow = model.weights.embedTokens.byteLength / cfg.vocab_size;
 const perToken =
