@@ -19,9 +19,10 @@
 // Run after `npx turbo run build` (imports ../dist).
 import { writeFileSync } from "node:fs";
 import { performance } from "node:perf_hooks";
-import { Communicator, Device, Tensor, copyColumns, f32ToBf16, ops } from "@gemma3/native";
+import { Communicator, Device, Tensor, copyColumns, ops } from "@gemma3/native";
 import { loadConfig } from "../dist/config.js";
 import { loadTextModel } from "../dist/load.js";
+import { randomPool, randomRows as randomRowsOf } from "../dist/random.js";
 import { Gemma3TextModel } from "../dist/text_model.js";
 import { tensorParallelLayout } from "../dist/tp/layout.js";
 import { loadTensorParallelModel, tensorParallelDevices } from "../dist/tp/load.js";
@@ -50,51 +51,16 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 let seed = 1;
 const rand = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
 
-// ---- random weights on the devices -------------------------------------------------------------
-const POOL = 1 << 24; // 16M values: a 32 MB bf16 pool per device, tiled into every weight
+// ---- random weights on the devices (packages/model/src/random.ts's rule) -----------------------
 const pools = new Map();
-/** The random pool on `dev`: uniform(−0.03, 0.03) (HF's init scale, std 0.02), in `dt`. */
+/** The random pool on `dev` in `dt` (one per device and dtype, kept for the run). */
 function pool(dev, dt) {
   const key = `${dev}:${dt}`;
-  if (!pools.has(key)) {
-    const v = new Float32Array(POOL);
-    let s = 12345;
-    for (let i = 0; i < POOL; i++) {
-      s = (s * 1103515245 + 12345) % 2 ** 31;
-      v[i] = (s / 2 ** 31 - 0.5) * 0.06;
-    }
-    const t = Tensor.empty([POOL], dt, dev);
-    if (dt === "bf16") t.write(Uint16Array.from(v, (x) => f32ToBf16(x)));
-    else t.write(v);
-    pools.set(key, t);
-  }
+  if (!pools.has(key)) pools.set(key, randomPool(dev, dt));
   return pools.get(key);
 }
-/** A per-name offset into the pool: the same tensor gets the same values at every TP size. */
-function offsetOf(name) {
-  let h = 2166136261;
-  for (const ch of name) h = Math.imul(h ^ ch.charCodeAt(0), 16777619) >>> 0;
-  return h % POOL;
-}
-/**
- * Rows [r0, r0 + shape[0]) of the random tensor `name` of `cols` columns: element k of the whole
- * (row-major) is pool[(offsetOf(name) + k) mod POOL].
- */
-function randomRows(name, shape, r0, dev, dt) {
-  const t = Tensor.empty(shape, dt, dev);
-  const flat = t.view([t.numel]);
-  const p = pool(dev, dt);
-  const cols = shape.length > 1 ? shape[1] : shape[0];
-  let at = 0;
-  let from = (offsetOf(name) + r0 * cols) % POOL;
-  while (at < t.numel) {
-    const len = Math.min(t.numel - at, POOL - from);
-    flat.slice(at, at + len).copyFrom(p.slice(from, from + len));
-    at += len;
-    from = 0;
-  }
-  return t;
-}
+/** Rows [r0, r0 + shape[0]) of the random tensor `name`: the same values at every TP size. */
+const randomRows = (name, shape, r0, dev, dt) => randomRowsOf(name, shape, r0, pool(dev, dt));
 /** Columns [c0, c1) of the random [rows, cols] tensor `name` (made whole, then copied out). */
 function randomCols(name, rows, cols, [c0, c1], dev, dt) {
   if (c0 === 0 && c1 === cols) return randomRows(name, [rows, cols], 0, dev, dt);

@@ -20,7 +20,8 @@ function offsetOf(name: string): number {
   return h % POOL;
 }
 
-function makePool(device: Device, dtype: ComputeDType): Tensor {
+/** The random pool on `device`: POOL values uniform(−0.03, 0.03), in `dtype` (caller disposes). */
+export function randomPool(device: Device, dtype: ComputeDType): Tensor {
   const v = new Float32Array(POOL);
   let s = 12345;
   for (let i = 0; i < POOL; i++) {
@@ -33,14 +34,22 @@ function makePool(device: Device, dtype: ComputeDType): Tensor {
 }
 
 /**
- * The random tensor `name` of `shape`: element k (row-major) is pool[(offsetOf(name) + k) mod POOL].
- * @param pool [POOL] in the tensor's dtype, on its device
+ * Rows [r0, r0 + shape[0]) of the random tensor `name` whose rows have shape[1] columns (the whole
+ * tensor for r0 = 0): element k of the whole, row-major, is pool[(offsetOf(name) + k) mod POOL].
+ * Tensor-parallel benchmarks cut each rank's shard of the same tensors with r0.
+ * @param pool [POOL] from randomPool, in the tensor's dtype, on its device
  */
-function randomTensor(name: string, shape: readonly number[], pool: Tensor): Tensor {
+export function randomRows(
+  name: string,
+  shape: readonly number[],
+  r0: number,
+  pool: Tensor,
+): Tensor {
   const t = Tensor.empty([...shape], pool.dtypeName, pool.device);
   const flat = t.view([t.numel]);
+  const cols = shape.length > 1 ? shape[1]! : shape[0]!;
   let at = 0;
-  let from = offsetOf(name);
+  let from = (offsetOf(name) + r0 * cols) % POOL;
   while (at < t.numel) {
     const len = Math.min(t.numel - at, POOL - from);
     flat.slice(at, at + len).copyFrom(pool.slice(from, from + len));
@@ -64,10 +73,10 @@ export async function randomTextModel(
   const device = Device.of(opts.device ?? "cpu");
   const dtype: ComputeDType = opts.dtype ?? (device.isCuda ? "bf16" : "f32");
   const shapes = new Map(expectedTextWeights(cfg).map((w) => [w.name, w.shape]));
-  const pool = makePool(device, dtype);
+  const pool = randomPool(device, dtype);
   try {
     return await assemble(cfg, device, dtype, opts, async (name) => {
-      const t = randomTensor(name, shapes.get(name)!, pool);
+      const t = randomRows(name, shapes.get(name)!, 0, pool);
       const q = opts.quantize;
       if (!q || !isLinearWeight(name) || !canQuantize(t.shape, q)) return t;
       try {
