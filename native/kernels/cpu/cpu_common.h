@@ -15,7 +15,7 @@
 // compiled a second time for AVX2+FMA and picked at run time (the baseline copy stays portable).
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define G3_CPU_X86_DISPATCH 1
-#define G3_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define G3_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 #else
 #define G3_CPU_X86_DISPATCH 0
 #define G3_TARGET_AVX2
@@ -26,7 +26,8 @@ namespace gemma3::cpu::detail {
 
 inline bool cpu_has_avx2() {
 #if G3_CPU_X86_DISPATCH
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                          __builtin_cpu_supports("f16c");
   return has;
 #else
   return false;

@@ -94,29 +94,69 @@ G3_TARGET_AVX2 inline __m256i weight_ints_avx2(const block_q4_0& b) {
   return _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8));
 }
 
+// MM x rows (compile time, so the accumulators stay in registers) against RR weight rows at a time
+// (two at M <= 2: each x block load is shared, and two independent FMA chains hide the latency).
+// Per block the arithmetic is the portable path's: an exact int32 dot per lane, then
+// fma(f32(d_w * d_x), lane sum, acc) — so the result does not depend on RR.
+template <int MM, int RR, typename TW>
+G3_TARGET_AVX2 void rows_avx2_t(const QX& x, const TW* w, int64_t K, int64_t n0, int64_t n1,
+                                float* out, int64_t ldo) {
+  const int64_t nb = K / kQK;
+  const __m256i ones = _mm256_set1_epi16(1);
+  int64_t n = n0;
+  for (; n + RR <= n1; n += RR) {
+    __m256 acc[RR][MM];
+    for (int r = 0; r < RR; ++r)
+      for (int m = 0; m < MM; ++m) acc[r][m] = _mm256_setzero_ps();
+    const TW* wr = w + n * nb;
+    for (int64_t b = 0; b < nb; ++b) {
+      __m256i wv[RR], aw[RR];
+      __m256 dw[RR];
+      for (int r = 0; r < RR; ++r) {
+        const TW& blk = wr[r * nb + b];
+        wv[r] = weight_ints_avx2(blk);
+        aw[r] = _mm256_sign_epi8(wv[r], wv[r]);  // |w| as unsigned bytes (-128 -> 128)
+        dw[r] = _mm256_set1_ps(_cvtsh_ss(blk.d.bits));
+      }
+      for (int m = 0; m < MM; ++m) {
+        const __m256i xv =
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + m * K + b * kQK));
+        const __m256 dx = _mm256_set1_ps(x.d[m * nb + b]);
+        for (int r = 0; r < RR; ++r) {
+          const __m256i p16 = _mm256_maddubs_epi16(aw[r], _mm256_sign_epi8(xv, wv[r]));
+          const __m256i p32 = _mm256_madd_epi16(p16, ones);
+          acc[r][m] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], dx), _mm256_cvtepi32_ps(p32), acc[r][m]);
+        }
+      }
+    }
+    for (int r = 0; r < RR; ++r)
+      for (int m = 0; m < MM; ++m) out[m * ldo + n + r - n0] = hsum_ps_avx2(acc[r][m]);
+  }
+  if constexpr (RR > 1) {
+    if (n < n1) rows_avx2_t<MM, 1, TW>(x, w, K, n, n1, out + (n - n0), ldo);
+  }
+}
+
 template <typename TW>
 G3_TARGET_AVX2 void rows_avx2(const QX& x, const TW* w, int64_t M, int64_t K, int64_t n0,
                               int64_t n1, float* out, int64_t ldo) {
-  const int64_t nb = K / kQK;
-  const __m256i ones = _mm256_set1_epi16(1);
-  for (int64_t n = n0; n < n1; ++n) {
-    __m256 acc[qdot::kMaxM];
-    for (int64_t m = 0; m < M; ++m) acc[m] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-      const TW& blk = w[n * nb + b];
-      const __m256i wv = weight_ints_avx2(blk);
-      const __m256i aw = _mm256_sign_epi8(wv, wv);  // |w| as unsigned bytes (-128 -> 128)
-      const float dw = f16_to_f32(blk.d);
-      for (int64_t m = 0; m < M; ++m) {
-        const __m256i xv =
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + m * K + b * kQK));
-        const __m256i p16 = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, wv));
-        const __m256i p32 = _mm256_madd_epi16(p16, ones);
-        acc[m] =
-            _mm256_fmadd_ps(_mm256_set1_ps(dw * x.d[m * nb + b]), _mm256_cvtepi32_ps(p32), acc[m]);
-      }
-    }
-    for (int64_t m = 0; m < M; ++m) out[m * ldo + n - n0] = hsum_ps_avx2(acc[m]);
+  switch (M) {
+    case 1:
+      return rows_avx2_t<1, 2, TW>(x, w, K, n0, n1, out, ldo);
+    case 2:
+      return rows_avx2_t<2, 2, TW>(x, w, K, n0, n1, out, ldo);
+    case 3:
+      return rows_avx2_t<3, 1, TW>(x, w, K, n0, n1, out, ldo);
+    case 4:
+      return rows_avx2_t<4, 1, TW>(x, w, K, n0, n1, out, ldo);
+    case 5:
+      return rows_avx2_t<5, 1, TW>(x, w, K, n0, n1, out, ldo);
+    case 6:
+      return rows_avx2_t<6, 1, TW>(x, w, K, n0, n1, out, ldo);
+    case 7:
+      return rows_avx2_t<7, 1, TW>(x, w, K, n0, n1, out, ldo);
+    default:
+      return rows_avx2_t<8, 1, TW>(x, w, K, n0, n1, out, ldo);
   }
 }
 #endif
