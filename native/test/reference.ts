@@ -450,7 +450,7 @@ export function matmulQdot(
       for (let m = 0; m < M; m++) {
         let s = 0;
         for (let j = 0; j < QK; j++) s += wi[j]! * ax.q[m * K + b * QK + j]!;
-        acc[m] += f(f(dw * ax.d[m * nb + b]!) * s);
+        acc[m] = acc[m]! + f(f(dw * ax.d[m * nb + b]!) * s);
       }
     }
     for (let m = 0; m < M; m++) y[m * N + n] = round(acc[m]!);

@@ -77,40 +77,49 @@ describe("device faults", () => {
 const withCuda = deviceCount() > 0 || process.env.GEMMA3_TEST_CUDA === "1";
 const faults = [
   { name: "injected sticky fault (cpu)", spec: "sticky,-1,400", device: "cpu", skip: false },
-  { name: "real illegal-address fault (cuda:0)", spec: "trap,0,400", device: "cuda", skip: !withCuda },
+  {
+    name: "real illegal-address fault (cuda:0)",
+    spec: "trap,0,400",
+    device: "cuda",
+    skip: !withCuda,
+  },
 ];
 
 describe("gemma3 serve exits on a sticky device fault", () => {
   const cli = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "cli", "dist", "cli.js");
   for (const f of faults) {
-    it.skipIf(f.skip)(`${f.name}: answers 503, then exits with code 1 (a supervisor restarts it)`, async () => {
-      // Armed at startup: the fault fires after 400 more launches (past loading, during serving).
-      const env = { ...process.env, GEMMA3_FAULT_INJECTION: "1", GEMMA3_INJECT_FAULT: f.spec };
-      const child = spawn(
-        process.execPath,
-        [cli, "serve", "--model", DEMO, "--device", f.device, "--port", "0", "--quiet"],
-        { env },
-      );
-      let err = "";
-      child.stderr.on("data", (d: Buffer) => (err += d.toString()));
-      const url = await new Promise<string>((resolve, reject) => {
-        const t = setTimeout(() => reject(new Error(`no ready line: ${err}`)), 60_000);
-        child.stderr.on("data", () => {
-          const m = /ready: .* chat page at (http:\/\/[^ ]+)\//.exec(err);
-          if (m) {
-            clearTimeout(t);
-            resolve(m[1]!);
-          }
+    it.skipIf(f.skip)(
+      `${f.name}: answers 503, then exits with code 1 (a supervisor restarts it)`,
+      async () => {
+        // Armed at startup: the fault fires after 400 more launches (past loading, during serving).
+        const env = { ...process.env, GEMMA3_FAULT_INJECTION: "1", GEMMA3_INJECT_FAULT: f.spec };
+        const child = spawn(
+          process.execPath,
+          [cli, "serve", "--model", DEMO, "--device", f.device, "--port", "0", "--quiet"],
+          { env },
+        );
+        let err = "";
+        child.stderr.on("data", (d: Buffer) => (err += d.toString()));
+        const url = await new Promise<string>((resolve, reject) => {
+          const t = setTimeout(() => reject(new Error(`no ready line: ${err}`)), 60_000);
+          child.stderr.on("data", () => {
+            const m = /ready: .* chat page at (http:\/\/[^ ]+)\//.exec(err);
+            if (m) {
+              clearTimeout(t);
+              resolve(m[1]!);
+            }
+          });
         });
-      });
-      const statuses: number[] = [];
-      while (statuses.at(-1) !== 503 && statuses.length < 50) statuses.push((await chat(url)).status);
-      expect(statuses.at(-1)).toBe(503);
-      expect(statuses.slice(0, -1).every((s) => s === 200)).toBe(true);
-      const code = await new Promise<number | null>((resolve) => child.on("exit", resolve));
-      expect(code).toBe(1);
-      expect(err).toMatch(/fatal device error, exiting/);
-      if (f.device === "cuda") expect(err).toMatch(/cudaErrorIllegalAddress/);
-    });
+        const statuses: number[] = [];
+        while (statuses.at(-1) !== 503 && statuses.length < 50)
+          statuses.push((await chat(url)).status);
+        expect(statuses.at(-1)).toBe(503);
+        expect(statuses.slice(0, -1).every((s) => s === 200)).toBe(true);
+        const code = await new Promise<number | null>((resolve) => child.on("exit", resolve));
+        expect(code).toBe(1);
+        expect(err).toMatch(/fatal device error, exiting/);
+        if (f.device === "cuda") expect(err).toMatch(/cudaErrorIllegalAddress/);
+      },
+    );
   }
 });

@@ -7,7 +7,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Tensor, UnsupportedError, ops } from "@gemma3/native";
 import { afterAll, describe, expect, it } from "vitest";
-import { DecoderLayer, type LayerWeights } from "../src/block.js";
+import { DecoderLayer, type StoredLayerWeight } from "../src/block.js";
 import { loadTextModel } from "../src/load.js";
 import {
   ScaledWeight,
@@ -183,7 +183,7 @@ async function decodeLogitsOf(model: Gemma3TextModel, ids: number[]): Promise<Fl
 
 /** fp8 as the layers will run it: every quantizable linear weight replaced by dequant(quant(w)). */
 async function fakeQuantFp8(model: Gemma3TextModel): Promise<void> {
-  const linear: (keyof LayerWeights)[] = [
+  const linear: StoredLayerWeight[] = [
     "qProj",
     "kProj",
     "vProj",

@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { GGMLQuantizationType, gguf as hfGGUF } from "@huggingface/gguf";
 import { Tensor, ops, type DTypeName } from "@gemma3/native";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { LayerWeights } from "../src/block.js";
+import type { StoredLayerWeight } from "../src/block.js";
 import { GGUFFile, type GGMLTypeName } from "../src/gguf.js";
 import { ggufTensorName } from "../src/gguf_load.js";
 import { loadTextModel } from "../src/load.js";
@@ -142,7 +142,7 @@ async function logitsAt(path: string, opts: Parameters<typeof loadTextModel>[1] 
   }
 }
 
-const LINEAR: (keyof LayerWeights)[] = [
+const LINEAR: StoredLayerWeight[] = [
   "qProj",
   "kProj",
   "vProj",
