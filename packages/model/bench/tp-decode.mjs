@@ -23,6 +23,7 @@ import { Communicator, Device, Tensor, copyColumns, ops } from "@gemma3/native";
 import { loadConfig } from "../dist/config.js";
 import { loadTextModel } from "../dist/load.js";
 import { randomPool, randomRows as randomRowsOf } from "../dist/random.js";
+import { fuseProjections } from "../dist/fuse.js";
 import { Gemma3TextModel } from "../dist/text_model.js";
 import { tensorParallelLayout } from "../dist/tp/layout.js";
 import { loadTensorParallelModel, tensorParallelDevices } from "../dist/tp/load.js";
@@ -114,6 +115,8 @@ function randomWeights(c, dev, dt, shard, vocabPerRank) {
       downProj: randomCols(p + "down_proj", h, c.intermediateSize, ffn, dev, dt),
     });
   }
+  // Fused like the loaders do (fuse.ts): each rank's [q; k; v] and [gate; up] shards.
+  for (const l of layers) fuseProjections(l);
   return { embedTokens, norm: vec("norm", h), layers };
 }
 async function randomModel(configPath, tp) {

@@ -24,7 +24,9 @@ import {
   openCheckpoint,
   tensorParallelLayout,
   type KVSequence,
+  type Gemma3Config,
   type TextModel,
+  type TextWeights,
 } from "../src/index.js";
 import { argmax, fixtures, maxAbsDiff } from "./golden.js";
 import { removeTempDirs, tempDir, writeSharded, type TensorSpec } from "./safetensors_writer.js";
@@ -131,6 +133,16 @@ for (const name of ["tiny-1b", "tiny-27b"]) {
         const model = await loadTensorParallelModel(g.dir, { devices: ones(n), dtype: "f32" });
         expect(model).toBeInstanceOf(TensorParallelTextModel);
         expect(model.comm.backend).toBe("host");
+        // Each rank's shards are fused ([q; k; v] and [gate; up] of its heads and units).
+        const ranks = (
+          model as unknown as { ranks: { config: Gemma3Config; weights: TextWeights }[] }
+        ).ranks;
+        for (const rk of ranks) {
+          const w = rk.weights.layers[0]!;
+          const { numAttentionHeads: hq, numKeyValueHeads: hkv, headDim: d } = rk.config;
+          expect(w.qkvProj?.shape[0]).toBe((hq + 2 * hkv) * d);
+          expect(w.gateUpProj?.shape[0]).toBe(2 * rk.config.intermediateSize);
+        }
         const ours = await run(model, g.meta.prompt_ids, steps, V);
         model.dispose();
         const dTp = maxAbsDiff(ours.logits, ref.logits);

@@ -4,8 +4,9 @@
 // assembled whole on any device.
 import { join } from "node:path";
 import { Communicator, Device, UnsupportedError, type Tensor } from "@gemma3/native";
-import type { LayerWeights } from "../block.js";
+import type { LayerWeights, StoredLayerWeight } from "../block.js";
 import { loadConfig } from "../config.js";
+import { fuseProjections } from "../fuse.js";
 import { LAYER_KEYS, loadTextModel, resolveModelPath, type LoadOptions } from "../load.js";
 import { WEIGHT_QUANTIZATIONS, canQuantize, quantizeWeight } from "../quantize.js";
 import { openCheckpoint, type Checkpoint } from "../safetensors.js";
@@ -114,7 +115,7 @@ export async function loadTensorParallelModel(
     );
     for (let i = 0; i < config.numHiddenLayers; i++) {
       const ws = parts.map(() => ({}) as LayerWeights);
-      for (const [field, key] of Object.entries(LAYER_KEYS) as [keyof LayerWeights, string][]) {
+      for (const [field, key] of Object.entries(LAYER_KEYS) as [StoredLayerWeight, string][]) {
         const linear = key.endsWith("_proj");
         const ts = await each(
           `layers.${i}.${key}`,
@@ -123,6 +124,9 @@ export async function loadTensorParallelModel(
         );
         ts.forEach((t, r) => (ws[r]![field] = t));
       }
+      // Each rank's [q; k; v] and [gate; up] shards fuse like a one-device layer's (fuse.ts):
+      // rank-local heads and MLP units, one matmul each.
+      if (opts.fuse ?? true) for (const w of ws) loaded.push(...fuseProjections(w));
       ws.forEach((w, r) => parts[r]!.weights.layers.push(w));
     }
     (await each("norm", () => undefined, false)).forEach((t, r) => (parts[r]!.weights.norm = t));
