@@ -32,11 +32,11 @@ import {
   type Gemma3Config,
 } from "@gemma3/model";
 import {
+  assembleVisionWeights,
   expectedVisionWeights,
   requireVision,
   type LayerNormWeights,
   type LinearWeights,
-  type SiglipLayerWeights,
   type VisionWeights,
 } from "./vision_weights.js";
 
@@ -188,36 +188,27 @@ export async function loadMmprojWeights(
         b: upload(cat(bs), [rows]),
       };
     };
-    const p = v.patch_size;
-    const patch = await lin("vision.embeddings.patch_embedding");
-    const layers: SiglipLayerWeights[] = [];
-    for (let i = 0; i < v.num_hidden_layers; i++) {
-      const l = `vision.encoder.layers.${i}.`;
-      layers.push({
-        layerNorm1: await lin(`${l}layer_norm1`),
-        qkv: await stacked(["q_proj", "k_proj", "v_proj"].map((n) => `${l}self_attn.${n}`)),
-        out: await lin(`${l}self_attn.out_proj`),
-        layerNorm2: await lin(`${l}layer_norm2`),
-        fc1: await lin(`${l}mlp.fc1`),
-        fc2: await lin(`${l}mlp.fc2`),
-      });
-    }
-    const norm = await host("projector.mm_soft_emb_norm.weight");
-    for (let i = 0; i < norm.values.length; i++) norm.values[i] = norm.values[i]! - 1;
-    // HF's [vision hidden, text hidden] matrix, transposed to [text, vision] like the safetensors
-    // path (one rounding to dtype, after the transpose).
-    const proj = await host("projector.mm_input_projection_weight");
-    const [r = 0, c = 0] = proj.info.shape;
-    const t = new Float32Array(r * c);
-    for (let i = 0; i < r; i++) for (let j = 0; j < c; j++) t[j * r + i] = proj.values[i * c + j]!;
-    const weights: VisionWeights = {
-      patchEmbedding: { w: patch.w.view([v.hidden_size, v.num_channels * p * p]), b: patch.b },
-      positionEmbedding: await load("vision.embeddings.position_embedding.weight"),
-      layers,
-      postLayernorm: await lin("vision.post_layernorm"),
-      softEmbNorm: upload(norm.values, norm.info.shape),
-      projection: upload(t, [c, r]),
-    };
+    const weights = await assembleVisionWeights(v, {
+      tensor: (name) => load(name),
+      lin,
+      stacked,
+      softEmbNorm: async () => {
+        // Stored as 1 + w (converter); the layer adds the 1 itself.
+        const norm = await host("projector.mm_soft_emb_norm.weight");
+        for (let i = 0; i < norm.values.length; i++) norm.values[i] = norm.values[i]! - 1;
+        return upload(norm.values, norm.info.shape);
+      },
+      projection: async () => {
+        // HF's [vision hidden, text hidden] matrix, transposed to [text, vision] like the
+        // safetensors path (one rounding to dtype, after the transpose).
+        const proj = await host("projector.mm_input_projection_weight");
+        const [r = 0, c = 0] = proj.info.shape;
+        const t = new Float32Array(r * c);
+        for (let i = 0; i < r; i++)
+          for (let j = 0; j < c; j++) t[j * r + i] = proj.values[i * c + j]!;
+        return upload(t, [c, r]);
+      },
+    });
     return { weights, owners };
   } catch (e) {
     for (const x of owners) x.dispose();

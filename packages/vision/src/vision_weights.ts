@@ -131,6 +131,52 @@ export function checkVisionWeights(cfg: Gemma3Config, ckpt: Checkpoint): void {
   }
 }
 
+/** What a weight source hands assembleVisionWeights (canonical names, as expectedVisionWeights). */
+export interface VisionWeightSource {
+  /** A tensor by canonical name. */
+  tensor(name: string): Promise<Tensor>;
+  /** `${prefix}.weight` and `${prefix}.bias` (Linear or LayerNorm). */
+  lin(prefix: string): Promise<LinearWeights>;
+  /** The [q; k; v] rows of several Linears as one (weight rows and biases stacked). */
+  stacked(prefixes: string[]): Promise<LinearWeights>;
+  /** mm_soft_emb_norm's w (Gemma RMSNorm: the layer scales by 1 + w). */
+  softEmbNorm(): Promise<Tensor>;
+  /** [text hidden, vision hidden]: HF's mm_input_projection_weight transposed. */
+  projection(): Promise<Tensor>;
+}
+
+/**
+ * The tower and projector in the layout the SigLIP code runs (the safetensors and mmproj GGUF
+ * loaders share it; each supplies its own reads).
+ */
+export async function assembleVisionWeights(
+  v: SiglipVisionConfig,
+  src: VisionWeightSource,
+): Promise<VisionWeights> {
+  const p = v.patch_size;
+  const patch = await src.lin("vision.embeddings.patch_embedding");
+  const layers: SiglipLayerWeights[] = [];
+  for (let i = 0; i < v.num_hidden_layers; i++) {
+    const l = `vision.encoder.layers.${i}.`;
+    layers.push({
+      layerNorm1: await src.lin(`${l}layer_norm1`),
+      qkv: await src.stacked(["q_proj", "k_proj", "v_proj"].map((n) => `${l}self_attn.${n}`)),
+      out: await src.lin(`${l}self_attn.out_proj`),
+      layerNorm2: await src.lin(`${l}layer_norm2`),
+      fc1: await src.lin(`${l}mlp.fc1`),
+      fc2: await src.lin(`${l}mlp.fc2`),
+    });
+  }
+  return {
+    patchEmbedding: { w: patch.w.view([v.hidden_size, v.num_channels * p * p]), b: patch.b },
+    positionEmbedding: await src.tensor("vision.embeddings.position_embedding.weight"),
+    layers,
+    postLayernorm: await src.lin("vision.post_layernorm"),
+    softEmbNorm: await src.softEmbNorm(),
+    projection: await src.projection(),
+  };
+}
+
 /**
  * Uploads the tower and projector weights of an open checkpoint to `device` as `dtype`.
  * @returns the weights and the owners to dispose
@@ -177,29 +223,17 @@ export async function loadVisionWeights(
       }
       return { w, b };
     };
-    const p = v.patch_size;
-    const patch = await lin("vision.embeddings.patch_embedding");
-    const layers: SiglipLayerWeights[] = [];
-    for (let i = 0; i < v.num_hidden_layers; i++) {
-      const l = `vision.encoder.layers.${i}.`;
-      layers.push({
-        layerNorm1: await lin(`${l}layer_norm1`),
-        qkv: await stacked(["q_proj", "k_proj", "v_proj"].map((n) => `${l}self_attn.${n}`)),
-        out: await lin(`${l}self_attn.out_proj`),
-        layerNorm2: await lin(`${l}layer_norm2`),
-        fc1: await lin(`${l}mlp.fc1`),
-        fc2: await lin(`${l}mlp.fc2`),
-      });
-    }
-    const weights: VisionWeights = {
-      patchEmbedding: { w: patch.w.view([v.hidden_size, v.num_channels * p * p]), b: patch.b },
-      positionEmbedding: await load("vision.embeddings.position_embedding.weight"),
-      layers,
-      postLayernorm: await lin("vision.post_layernorm"),
-      softEmbNorm: await load("projector.mm_soft_emb_norm.weight"),
-      projection: await transposed(ckpt, "projector.mm_input_projection_weight", device, dtype),
-    };
-    owners.push(weights.projection);
+    const weights = await assembleVisionWeights(v, {
+      tensor: (name) => load(name),
+      lin,
+      stacked,
+      softEmbNorm: () => load("projector.mm_soft_emb_norm.weight"),
+      projection: async () => {
+        const t = await transposed(ckpt, "projector.mm_input_projection_weight", device, dtype);
+        owners.push(t);
+        return t;
+      },
+    });
     return { weights, owners };
   } catch (e) {
     for (const t of owners) t.dispose();
