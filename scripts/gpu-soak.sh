@@ -7,6 +7,7 @@
 #   bash scripts/pack-dists.sh here, then device run, carry [".device", ".dists.tar"]:
 #     bash scripts/gpu-soak.sh start [SECONDS=660]      # then, within 30 s:
 #     bash scripts/gpu-soak.sh wait                      # repeat until it prints "soak finished"
+#   SOAK_DEVICE=cpu SOAK_WARMUP=5 SOAK_CLIENTS=8 … start 25: a dry run of the flow here (no GPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu-soak-out}"
@@ -23,16 +24,20 @@ case "${1:-}" in
     [ -d node_modules/vitest ] || tar -xJf .device/node_modules.tar.xz
     [ -f .dists.tar ] && tar -xf .dists.tar
     export CMAKE_CUDA_ARCHITECTURES=90a
-    (cd native && node scripts/build.mjs) >"$DIR/build.log" 2>&1 || { tail -30 "$DIR/build.log"; exit 1; }
+    [ -f native/build/Release/gemma3.node ] ||
+      (cd native && node scripts/build.mjs) >"$DIR/build.log" 2>&1 || { tail -30 "$DIR/build.log"; exit 1; }
     node apps/cli/scripts/make-demo.mjs >/dev/null && node apps/cli/scripts/copy-tokenizer.mjs >/dev/null
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$DIR/gpu.txt"
+    dev="${SOAK_DEVICE:-cuda}"  # SOAK_DEVICE=cpu: a dry run of the two-call flow without a GPU
+    smi() { command -v nvidia-smi >/dev/null && nvidia-smi "$@" || true; }
+    smi --query-gpu=name,driver_version,memory.total --format=csv >"$DIR/gpu.txt"
     rm -f "$DIR/done" "$DIR/soak-gpu-mem.csv"
     setsid nohup bash -c "
       (while [ ! -f '$DIR/done' ]; do
-        nvidia-smi --query-gpu=timestamp,memory.used --format=csv,noheader >>'$DIR/soak-gpu-mem.csv'
+        command -v nvidia-smi >/dev/null &&
+          nvidia-smi --query-gpu=timestamp,memory.used --format=csv,noheader >>'$DIR/soak-gpu-mem.csv'
         sleep 10
       done) &
-      node apps/server/bench/soak.mjs --seconds $secs --warmup 60 --clients 96 --device cuda \
+      node apps/server/bench/soak.mjs --seconds $secs --warmup ${SOAK_WARMUP:-60} --clients ${SOAK_CLIENTS:-96} --device $dev \
         >'$DIR/soak.json' 2>'$DIR/soak.log'
       echo \$? >'$DIR/done'
     " >/dev/null 2>&1 </dev/null &
@@ -50,7 +55,8 @@ case "${1:-}" in
       echo "soak finished, exit $(cat "$DIR/done")"
       tail -c 1500 "$DIR/soak.json"
       echo
-      awk -F', ' '{v=$2+0; if(NR==1||v<min)min=v; if(v>max)max=v} END{print "device memory", min, "to", max, "MiB over", NR, "samples"}' "$DIR/soak-gpu-mem.csv"
+      [ -f "$DIR/soak-gpu-mem.csv" ] &&
+        awk -F', ' '{v=$2+0; if(NR==1||v<min)min=v; if(v>max)max=v} END{print "device memory", min, "to", max, "MiB over", NR, "samples"}' "$DIR/soak-gpu-mem.csv"
     else
       echo "soak still running at $(date -u +%T): call 'wait' again within 30 s"
     fi
