@@ -722,8 +722,10 @@ std::vector<Case> all_cases() {
     add_matmul<block_q6_K>(cs, "gemm", 2048, kn[0], kn[1]);
   }
 
-  // (qo heads, kv heads, head_dim, seq): 4B at 8k (headline) and 2k, 27B at 4k.
-  const int64_t pre[][4] = {{8, 4, 256, 8192}, {8, 4, 256, 2048}, {32, 16, 128, 4096}};
+  // (qo heads, kv heads, head_dim, seq): 4B at 8k (headline) and 1k…16k (TFLOP/s against the
+  // sequence length, issue 9's plot), 27B at 4k. tools/peers/torch_peers.py lists the same.
+  const int64_t pre[][4] = {{8, 4, 256, 8192}, {8, 4, 256, 1024},  {8, 4, 256, 2048},
+                            {8, 4, 256, 4096}, {8, 4, 256, 16384}, {32, 16, 128, 4096}};
   for (auto& p : pre) {
     int64_t h = p[0], kv = p[1], d = p[2], seq = p[3];
     std::string shape = "b1 h" + std::to_string(h) + " kv" + std::to_string(kv) + " d" +
@@ -735,7 +737,7 @@ std::vector<Case> all_cases() {
   const int64_t dec[][3] = {{8, 4, 256}, {32, 16, 128}};
   for (auto& hk : dec)
     for (int64_t batch : {1, 16})
-      for (int64_t len : {1024, 8192}) {
+      for (int64_t len : {1024, 8192, 32768}) {  // 32K: issue 9's "decode attention at 32K"
         int64_t h = hk[0], kv = hk[1], d = hk[2];
         std::string shape = "b" + std::to_string(batch) + " h" + std::to_string(h) + " kv" +
                             std::to_string(kv) + " d" + std::to_string(d) + " kv_len" +
