@@ -42,6 +42,8 @@ if [ "$mode" != "--tests-only" ]; then
   PYTHONUNBUFFERED=1 python3 tools/peers/torch_peers.py --json "$OUT/torch.json" --md "$OUT/torch.md" \
     >"$OUT/torch.log" 2>&1 || status=1
   python3 tools/peers/merge_bench.py "$OUT/bench.json" "$OUT/torch.json" >"$OUT/merged.md" 2>&1 || true
+  # Issue 9's plot: prefill attention TFLOP/s against the sequence length, ours vs cuDNN / flash.
+  node tools/plot/attention-plot.mjs "$OUT/bench.json" "$OUT/torch.json" "$OUT/attention.svg" || true
   tail -5 "$OUT/torch.log"
   cat "$OUT/bench.md"
   cat "$OUT/merged.md"
