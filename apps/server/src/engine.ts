@@ -10,6 +10,7 @@ import {
   type GenerationConfigDefaults,
   type GenerationRequest,
   type GenerationStream,
+  type SamplingParams,
   type SchedulerStats,
 } from "@gemma3/generation";
 import {
@@ -206,6 +207,14 @@ export class Engine {
 
   submit(req: GenerationRequest): GenerationStream {
     return this.scheduler.submit(req);
+  }
+
+  /**
+   * One request's n = choices.length choices, sharing one prefill of the prompt (Scheduler
+   * .submitGroup): one stream per choice, in order; choices[i] overrides req's sampling fields.
+   */
+  submitGroup(req: GenerationRequest, choices: readonly SamplingParams[]): GenerationStream[] {
+    return this.scheduler.submitGroup(req, choices);
   }
 
   stats(): SchedulerStats {

@@ -1,12 +1,14 @@
-// The OpenAI endpoints over an Engine: request → prompt ids → one scheduler request per choice →
-// a JSON reply or an SSE stream of chunks (OpenAI's shapes, vLLM's extensions). Holds no math.
+// The OpenAI endpoints over an Engine: request → prompt ids → one scheduler group per prompt (its n
+// choices share one prefill) → a JSON reply or an SSE stream of chunks (OpenAI's shapes, vLLM's
+// extensions). Holds no math.
 import type {
   GenerationRequest,
   GenerationStream,
   GenerationSummary,
+  SamplingParams,
   TokenLogprobs,
 } from "@gemma3/generation";
-import { Tensor } from "@gemma3/native";
+import type { Tensor } from "@gemma3/native";
 import { ChatTemplateError } from "@gemma3/tokenizer";
 import { isImageError } from "@gemma3/vision";
 import { ImagePool } from "./image_pool.js";
@@ -154,19 +156,15 @@ export class OpenAIApi {
       );
   }
 
+  /** A prompt's request: choice 0's sampling; the others' come from `choices`. */
   private genRequest(
     p: CommonParams,
     prompt: number[],
-    choice: number,
     signal: AbortSignal,
     features?: Tensor,
   ): GenerationRequest {
-    const sampling = { ...p.sampling };
-    // Distinct but reproducible choices: choice i samples with seed + i.
-    if (sampling.seed !== undefined && choice > 0)
-      sampling.seed = BigInt(sampling.seed) + BigInt(choice);
     return {
-      ...sampling,
+      ...p.sampling,
       prompt,
       ...(p.maxTokens !== undefined ? { maxTokens: p.maxTokens } : {}),
       stop: p.stop,
@@ -174,17 +172,29 @@ export class OpenAIApi {
       ignoreEos: p.ignoreEos,
       skipSpecialTokens: p.skipSpecialTokens,
       ...(p.responseFormat.type !== "text" ? { responseFormat: p.responseFormat } : {}),
-      // Each choice owns its features (the scheduler frees them with the request).
-      ...(features ? { imageFeatures: choice === 0 ? features : cloneTensor(features) } : {}),
+      // The choices' one prefill takes the features (the scheduler frees them with the group).
+      ...(features ? { imageFeatures: features } : {}),
       signal,
     };
   }
 
-  /** Submits every choice; if one is refused, the ones already queued are cancelled. */
-  private submitAll(reqs: GenerationRequest[]): GenerationStream[] {
+  /** What differs between choices: distinct but reproducible, choice i samples with seed + i. */
+  private choices(p: CommonParams, n: number): SamplingParams[] {
+    const seed = p.sampling.seed;
+    return Array.from({ length: n }, (_, i) =>
+      seed !== undefined && i > 0 ? { seed: BigInt(seed) + BigInt(i) } : {},
+    );
+  }
+
+  /**
+   * Submits each prompt's n choices as one scheduler group (one prefill, the KV forked); returns
+   * the streams prompt after prompt, choice after choice. If one is refused, the ones already
+   * queued are cancelled.
+   */
+  private submitAll(p: CommonParams, reqs: GenerationRequest[], n: number): GenerationStream[] {
     const streams: GenerationStream[] = [];
     try {
-      for (const r of reqs) streams.push(this.engine.submit(r));
+      for (const r of reqs) streams.push(...this.engine.submitGroup(r, this.choices(p, n)));
     } catch (e) {
       for (const s of streams) s.cancel();
       throw e;
@@ -280,9 +290,9 @@ export class OpenAIApi {
     try {
       this.checkLength(prompt.ids.length, req.maxTokens);
       streams = this.submitAll(
-        Array.from({ length: req.n }, (_, i) =>
-          this.genRequest(req, prompt.ids, i, signal, prompt.features),
-        ),
+        req,
+        [this.genRequest(req, prompt.ids, signal, prompt.features)],
+        req.n,
       );
     } catch (e) {
       // Features not handed to a request yet are ours to free.
@@ -380,13 +390,13 @@ export class OpenAIApi {
     );
     for (const p of prompts) this.checkLength(p.ids.length, req.maxTokens);
     const jobs = prompts.flatMap((p, pi) =>
-      Array.from({ length: req.n }, (_, c) => ({
-        p,
-        index: pi * req.n + c,
-        r: this.genRequest(req, p.ids, c, signal),
-      })),
+      Array.from({ length: req.n }, (_, c) => ({ p, index: pi * req.n + c })),
     );
-    const streams = this.submitAll(jobs.map((j) => j.r));
+    const streams = this.submitAll(
+      req,
+      prompts.map((p) => this.genRequest(req, p.ids, signal)),
+      req.n,
+    );
     const id = requestId("cmpl");
     const created = Math.floor(Date.now() / 1000);
     const model = this.engine.info.id;
@@ -526,11 +536,4 @@ export class OpenAIApi {
       throw badRequest(`tokens: expected an array of token ids in [0, ${V})`, "tokens");
     return { prompt: this.engine.tokenizer.decode(t as number[]) };
   }
-}
-
-/** A device copy of `t` (each choice of a request owns its image features). */
-function cloneTensor(t: Tensor): Tensor {
-  const c = Tensor.empty(t.shape, t.dtypeName, t.device);
-  c.copyFrom(t);
-  return c;
 }

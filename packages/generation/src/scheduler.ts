@@ -3,6 +3,13 @@
 // at once). Each step runs, in one forwardBatch, the decode token of every sequence past its prompt
 // plus prefill chunks of waiting prompts filling the token budget (chunked prefill mixed with
 // decode), then samples on the device.
+//
+// The n choices of one request (OpenAI's n, submitGroup) share one prefill: the first choice (the
+// group's owner) prefills the prompt while the others wait attached to it, with their KV reserved
+// at admission (n sequences' pages and rings, so the forks below never fail). When the prompt is in,
+// the owner's KV is forked once per other choice (global pages shared copy-on-write, sliding rings
+// copied; HybridKVCache.fork), every choice samples its first token from the same last-position
+// logits row with its own sampling state, and from then on the n sequences decode independently.
 import type {
   HybridKVCache,
   HybridKVCacheOptions,
@@ -11,7 +18,7 @@ import type {
   Span,
 } from "@gemma3/kv-cache";
 import { imageTokenSpans } from "@gemma3/model";
-import type { Tensor } from "@gemma3/native";
+import { Tensor } from "@gemma3/native";
 import {
   createResponseFormatConstraint,
   type GrammarOptions,
@@ -131,6 +138,12 @@ export interface SchedulerStats {
 
 interface Seq {
   readonly stream: GenerationStream;
+  /** (submitGroup) the choice whose prefill this one waits for, while "pending" */
+  owner: Seq | undefined;
+  /** (submitGroup) choices waiting for this sequence's prefill, forked from it when it is done */
+  children: Seq[];
+  /** KV reserved at admission for the children: freed and re-taken by their forks */
+  holds: KVSequence[];
   readonly prompt: number[];
   readonly maxTokens: number;
   /** tokens the KV must hold: prompt + maxTokens − 1 (the last token is never fed back) */
@@ -138,14 +151,15 @@ interface Seq {
   readonly state: SamplingState;
   readonly stopper: StopChecker;
   readonly wantLogprobs: boolean;
-  phase: "waiting" | "running" | "done";
+  /** pending: a group's choice attached to its owner (in neither list) until the owner's prefill */
+  phase: "waiting" | "pending" | "running" | "done";
   kv: KVSequence | undefined;
   fed: number;
   /** prompt tokens taken from the prefix cache */
   cachedTokens: number;
   /** image blocks of the prompt (absolute positions) and their feature rows, consumed in order */
   readonly spans: Span[];
-  readonly features: Tensor | undefined;
+  features: Tensor | undefined;
   featureRow: number;
   readonly tokens: number[];
   readonly logprobs: TokenLogprobs[];
@@ -164,6 +178,7 @@ export class Scheduler {
   private readonly maxQueue: number;
   private readonly pageSize: number;
   private readonly numPages: number;
+  private readonly maxSeqs: number;
   private readonly stopIdsBase: readonly number[];
   private readonly waiting: Seq[] = [];
   private readonly running: Seq[] = [];
@@ -183,9 +198,10 @@ export class Scheduler {
     if (!Number.isInteger(this.maxBatchTokens) || this.maxBatchTokens < 1)
       throw new RangeError(`Scheduler: maxBatchTokens must be a positive integer`);
     this.maxQueue = o.maxQueue ?? Infinity;
+    this.maxSeqs = o.maxSeqs ?? 8;
     this.cache = model.newKVCache({
       ...(o.kv ?? {}),
-      maxSeqs: o.maxSeqs ?? 8,
+      maxSeqs: this.maxSeqs,
       maxSeqLen: this.maxSeqLen,
       ...(o.pageSize !== undefined ? { pageSize: o.pageSize } : {}),
       ...(o.numPages !== undefined ? { numPages: o.numPages } : {}),
@@ -198,8 +214,8 @@ export class Scheduler {
 
   stats(): SchedulerStats {
     return {
-      waiting: this.waiting.length,
-      running: this.running.length,
+      waiting: this.queued(),
+      running: this.running.reduce((n, s) => n + 1 + s.children.length, 0),
       steps: this.steps,
       fallbacks: this.sampler.fallbacks,
       kv: this.cache.stats(),
@@ -212,15 +228,47 @@ export class Scheduler {
    */
   submit(req: GenerationRequest): GenerationStream {
     try {
-      return this.enqueue(req);
+      return this.enqueue(req, [{}])[0]!;
     } catch (e) {
       req.imageFeatures?.dispose();
       throw e;
     }
   }
 
-  private enqueue(req: GenerationRequest): GenerationStream {
+  /**
+   * Queues the n = `choices.length` choices of one request (OpenAI's `n`): one stream per choice,
+   * in order. Choice i is `req` with the sampling fields that `choices[i]` defines put over it (the
+   * server gives choice i the seed `seed + i`); every choice has its own sampling state, stop
+   * checker and constraint, and is cancelled, stopped and freed on its own (an AbortSignal in `req`
+   * cancels them all).
+   *
+   * The choices share one prefill: the prompt (and its image features) runs once, then its KV is
+   * forked for the other choices, and each samples its first token from that one logits row. The
+   * tokens are those of n separate submits of the same choices (on CPU bit for bit: the forked KV
+   * is a copy of the bytes a separate prefill writes). A group is admitted whole: KV is reserved
+   * for all its choices at once. A group that could never be admitted whole (n > maxSeqs, or n
+   * sequences' pages over the cache) runs as consecutive groups of as many choices as fit, each
+   * with its own prefill, queued as separate requests would be; so does a prompt shorter than one
+   * KV page (nothing to share). Throws as submit does, before anything is queued.
+   */
+  submitGroup(req: GenerationRequest, choices: readonly SamplingParams[]): GenerationStream[] {
+    try {
+      return this.enqueue(req, choices);
+    } catch (e) {
+      req.imageFeatures?.dispose();
+      throw e;
+    }
+  }
+
+  /** Choices waiting for admission (a waiting group counts each of its choices). */
+  private queued(): number {
+    return this.waiting.reduce((n, s) => n + 1 + s.children.length, 0);
+  }
+
+  private enqueue(req: GenerationRequest, choices: readonly SamplingParams[]): GenerationStream[] {
     if (this.closed) throw new GenerationError("Scheduler is closed", "E_CLOSED");
+    const n = choices.length;
+    if (n < 1) throw new GenerationError("a request needs at least one choice", "E_INVALID", "n");
     const V = this.model.config.vocabSize;
     const prompt = this.promptIds(req, V);
     const spans = this.imageSpans(prompt, req.imageFeatures);
@@ -249,7 +297,7 @@ export class Scheduler {
       );
     // Requests submitted earlier in this tick may fit now: only those that do not count as queued.
     this.admit();
-    if (this.waiting.length >= this.maxQueue)
+    if (this.queued() + n > this.maxQueue)
       throw new GenerationError(`queue full (${this.maxQueue} requests waiting)`, "E_QUEUE_FULL");
     const stopTokenIds = resolveStopTokenIds({
       eosTokenIds: this.stopIdsBase,
@@ -257,79 +305,119 @@ export class Scheduler {
       stopTokenIds: req.stopTokenIds ?? [],
       ignoreEos: req.ignoreEos ?? false,
     });
-    const sampling: SamplingParams = { ...(gc?.sampling ?? {}) };
-    for (const k of SAMPLING_KEYS)
-      if (req[k] !== undefined) (sampling as Record<string, unknown>)[k] = req[k];
-    const constraint = req.responseFormat
-      ? createResponseFormatConstraint(req.responseFormat, this.tokenizer, {
-          ...(this.o.responseFormat ?? {}),
-          vocabSize: V,
-          stopTokenIds,
-        })
-      : null;
-    const state = new SamplingState(sampling, {
-      vocabSize: V,
-      promptIds: prompt,
-      stopTokenIds,
-      constraint,
-    });
-    if (state.params.minTokens > maxTokens)
-      throw new GenerationError(
-        `minTokens ${state.params.minTokens} exceeds maxTokens ${maxTokens}`,
-        "E_INVALID",
-        "minTokens",
-      );
     const stop = typeof req.stop === "string" ? [req.stop] : [...(req.stop ?? [])];
     if (stop.length > 0 && !this.tokenizer)
       throw new GenerationError("stop strings need a tokenizer", "E_INVALID", "stop");
-    const detok =
-      this.tokenizer?.detokenizer({ skipSpecialTokens: req.skipSpecialTokens ?? true }) ?? null;
-    const stopper = new StopChecker(detok, {
-      stopTokenIds,
-      stop,
-      includeStopStrInOutput: req.includeStopStrInOutput ?? false,
-      maxTokens,
-      minTokens: state.params.minTokens,
-    });
-
-    const id = this.nextId++;
-    let seq: Seq | undefined;
-    const stream = new GenerationStream(id, () => seq && this.cancel(seq));
-    seq = {
-      stream,
-      prompt,
-      maxTokens,
-      need,
-      state,
-      stopper,
-      wantLogprobs: state.params.logprobs >= 0,
-      phase: "waiting",
-      kv: undefined,
-      fed: 0,
-      cachedTokens: 0,
-      spans,
-      features: req.imageFeatures,
-      featureRow: 0,
-      tokens: [],
-      logprobs: [],
-      t0: performance.now(),
-      tAdmit: NaN,
-      tFirst: NaN,
-      detach: () => undefined,
-    };
-    const s = seq;
-    if (req.signal) {
-      if (req.signal.aborted) {
-        this.complete(s, "abort", null);
-        return stream;
+    // Every choice's state first (a bad parameter throws before anything is queued).
+    const made = choices.map((over) => {
+      const sampling: SamplingParams = { ...(gc?.sampling ?? {}) };
+      for (const k of SAMPLING_KEYS) {
+        const v = over[k] ?? req[k];
+        if (v !== undefined) (sampling as Record<string, unknown>)[k] = v;
       }
-      const onAbort = () => this.cancel(s);
-      req.signal.addEventListener("abort", onAbort, { once: true });
-      s.detach = () => req.signal!.removeEventListener("abort", onAbort);
+      const constraint = req.responseFormat
+        ? createResponseFormatConstraint(req.responseFormat, this.tokenizer, {
+            ...(this.o.responseFormat ?? {}),
+            vocabSize: V,
+            stopTokenIds,
+          })
+        : null;
+      const state = new SamplingState(sampling, {
+        vocabSize: V,
+        promptIds: prompt,
+        stopTokenIds,
+        constraint,
+      });
+      if (state.params.minTokens > maxTokens)
+        throw new GenerationError(
+          `minTokens ${state.params.minTokens} exceeds maxTokens ${maxTokens}`,
+          "E_INVALID",
+          "minTokens",
+        );
+      const detok =
+        this.tokenizer?.detokenizer({ skipSpecialTokens: req.skipSpecialTokens ?? true }) ?? null;
+      const stopper = new StopChecker(detok, {
+        stopTokenIds,
+        stop,
+        includeStopStrInOutput: req.includeStopStrInOutput ?? false,
+        maxTokens,
+        minTokens: state.params.minTokens,
+      });
+      return { state, stopper };
+    });
+    // Choices per shared prefill: a group is admitted whole, so at most maxSeqs rings and the
+    // pages of the whole cache (each choice counted at its full length: ≥ what the forks reserve).
+    const perGroup =
+      prompt.length < this.pageSize
+        ? 1
+        : Math.max(
+            1,
+            Math.min(this.maxSeqs, Math.floor(this.numPages / Math.ceil(need / this.pageSize))),
+          );
+
+    const t0 = performance.now();
+    const seqs = made.map(({ state, stopper }) => {
+      const id = this.nextId++;
+      let seq: Seq | undefined;
+      const stream = new GenerationStream(id, () => seq && this.cancel(seq));
+      seq = {
+        stream,
+        owner: undefined,
+        children: [],
+        holds: [],
+        prompt,
+        maxTokens,
+        need,
+        state,
+        stopper,
+        wantLogprobs: state.params.logprobs >= 0,
+        phase: "waiting",
+        kv: undefined,
+        fed: 0,
+        cachedTokens: 0,
+        spans,
+        features: undefined,
+        featureRow: 0,
+        tokens: [],
+        logprobs: [],
+        t0,
+        tAdmit: NaN,
+        tFirst: NaN,
+        detach: () => undefined,
+      };
+      return seq;
+    });
+    // Each group's owner prefills, so it owns the features (the first the caller's, the others a
+    // copy); a pending choice needs none.
+    const f = req.imageFeatures;
+    seqs.forEach((s, i) => {
+      if (i % perGroup !== 0 || !f) return;
+      if (i === 0) s.features = f;
+      else {
+        s.features = Tensor.empty(f.shape, f.dtypeName, f.device);
+        s.features.copyFrom(f);
+      }
+    });
+    if (req.signal?.aborted) {
+      for (const s of seqs) this.complete(s, "abort", null);
+      return seqs.map((s) => s.stream);
     }
-    this.waiting.push(s);
+    seqs.forEach((s, i) => {
+      if (i % perGroup === 0) this.waiting.push(s);
+      else {
+        const owner = seqs[i - (i % perGroup)]!;
+        s.owner = owner;
+        s.phase = "pending";
+        owner.children.push(s);
+      }
+      if (req.signal) {
+        const onAbort = () => this.cancel(s);
+        req.signal.addEventListener("abort", onAbort, { once: true });
+        s.detach = () => req.signal!.removeEventListener("abort", onAbort);
+      }
+    });
     this.kick();
-    return stream;
+    return seqs.map((s) => s.stream);
   }
 
   /** Resolves once nothing is queued or running. */
@@ -341,7 +429,9 @@ export class Scheduler {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    for (const s of [...this.running, ...this.waiting]) this.cancel(s);
+    // One at a time: cancelling a group's owner hands its place to the next choice.
+    while (this.running.length + this.waiting.length > 0)
+      this.cancel((this.running[0] ?? this.waiting[0])!);
     await this.idle();
     this.sampler.dispose();
     this.cache.dispose();
@@ -423,14 +513,27 @@ export class Scheduler {
     await new Promise<void>((r) => setImmediate(r));
   }
 
-  /** Admits waiting requests in order while the cache can reserve their pages. */
+  /**
+   * Admits waiting requests in order while the cache can reserve their pages; a group whole (its
+   * owner's sequence plus one reservation per pending choice, which its fork takes over).
+   */
   private admit(): void {
     while (this.waiting.length > 0) {
       const s = this.waiting[0]!;
       if (this.cache.admission(s.need, s.prompt) !== null) return;
-      this.waiting.shift();
       // With a prefix cache the sequence may start with a cached prefix of its prompt.
-      s.kv = this.cache.sequence(s.need, s.prompt);
+      const kv = this.cache.sequence(s.need, s.prompt);
+      const holds: KVSequence[] = [];
+      while (holds.length < s.children.length && this.cache.admission(s.need) === null)
+        holds.push(this.cache.sequence(s.need));
+      if (holds.length < s.children.length) {
+        for (const h of holds) h.dispose();
+        kv.dispose();
+        return;
+      }
+      this.waiting.shift();
+      s.kv = kv;
+      s.holds = holds;
       s.fed = s.cachedTokens = s.kv.length;
       s.phase = "running";
       s.tAdmit = performance.now();
@@ -494,17 +597,34 @@ export class Scheduler {
         p.s.fed += p.chunk.length;
         p.s.featureRow += p.features;
         // A prompt's last chunk yields its first token.
-        if (p.s.fed === p.s.prompt.length) rows.push({ row: decodes.length + i, s: p.s });
+        // A prompt's last chunk yields its first token; its group's other choices take theirs
+        // from the same row.
+        if (p.s.fed === p.s.prompt.length) {
+          rows.push({ row: decodes.length + i, s: p.s });
+          for (const c of this.forkChildren(p.s)) {
+            rows.push({ row: decodes.length + i, s: c });
+            inStep.push(c);
+          }
+        }
       });
+      // Choices sharing a row get a copy each: a constrained row is masked in place (Sampler).
+      let picked = logits;
+      if (new Set(rows.map((r) => r.row)).size < rows.length) {
+        const V = logits.shape[1]!;
+        picked = Tensor.empty([rows.length, V], "f32", logits.device);
+        rows.forEach(({ row }, k) => picked.slice(k, k + 1).copyFrom(logits.slice(row, row + 1)));
+      }
       let results: SampleResult[];
       try {
         results = await this.sampler.sample(
-          logits,
-          rows.map(({ row, s }) => ({ row, state: s.state })),
+          picked,
+          rows.map(({ row, s }, k) => ({ row: picked === logits ? row : k, state: s.state })),
         );
       } catch (e) {
         for (const s of inStep) this.fail(s, e);
         return;
+      } finally {
+        if (picked !== logits) picked.dispose();
       }
       rows.forEach(({ s }, k) => {
         if (s.phase === "running") this.onToken(s, results[k]!);
@@ -512,6 +632,34 @@ export class Scheduler {
     } finally {
       logits.dispose();
     }
+  }
+
+  /**
+   * The owner's prompt is in: each pending choice becomes a fork of its KV (sharing the prompt's
+   * full pages, a copy of the rings), taking over one reservation made at admission, and runs
+   * right after the owner.
+   */
+  private forkChildren(p: Seq): Seq[] {
+    // Freed first so the forks can reserve those pages again (they need no more: see admit).
+    for (const h of p.holds.splice(0)) h.dispose();
+    const out: Seq[] = [];
+    for (const c of p.children.splice(0)) {
+      c.owner = undefined;
+      c.phase = "running";
+      try {
+        c.kv = p.kv!.fork(p.need);
+      } catch (e) {
+        this.fail(c, e);
+        continue;
+      }
+      c.fed = p.fed;
+      c.cachedTokens = p.cachedTokens;
+      c.featureRow = p.featureRow;
+      c.tAdmit = p.tAdmit;
+      out.push(c);
+    }
+    this.running.splice(this.running.indexOf(p) + 1, 0, ...out);
+    return out;
   }
 
   private onToken(s: Seq, r: SampleResult): void {
@@ -534,16 +682,53 @@ export class Scheduler {
 
   private cancel(s: Seq): void {
     if (s.phase === "done") return;
+    if (s.children.length > 0) this.handOff(s);
     if (!s.stopper.finished) s.stopper.finish();
     this.complete(s, "abort", null);
   }
 
+  /**
+   * A group's owner leaves before its prefill is done: the next choice takes over its place, its
+   * KV, prefill progress and features, so the other choices keep running.
+   */
+  private handOff(p: Seq): void {
+    const [c, ...rest] = p.children;
+    const list = p.phase === "waiting" ? this.waiting : this.running;
+    c!.owner = undefined;
+    c!.phase = p.phase;
+    c!.kv = p.kv;
+    c!.fed = p.fed;
+    c!.cachedTokens = p.cachedTokens;
+    c!.features = p.features;
+    c!.featureRow = p.featureRow;
+    c!.tAdmit = p.tAdmit;
+    c!.children = rest;
+    c!.holds = p.holds;
+    for (const r of rest) r.owner = c;
+    // c no longer needs the reservation kept for its fork.
+    if (c!.holds.length > rest.length) c!.holds.pop()!.dispose();
+    list[list.indexOf(p)] = c!;
+    p.kv = undefined;
+    p.features = undefined;
+    p.children = [];
+    p.holds = [];
+  }
+
   /** Leaves the batch: frees the KV now, then reports. */
   private release(s: Seq): void {
-    const list = s.phase === "waiting" ? this.waiting : this.running;
-    const i = list.indexOf(s);
-    if (i >= 0) list.splice(i, 1);
+    if (s.phase === "pending") {
+      const o = s.owner!;
+      o.children.splice(o.children.indexOf(s), 1);
+      // An admitted owner holds one reservation per pending choice.
+      if (o.holds.length > o.children.length) o.holds.pop()!.dispose();
+      s.owner = undefined;
+    } else {
+      const list = s.phase === "waiting" ? this.waiting : this.running;
+      const i = list.indexOf(s);
+      if (i >= 0) list.splice(i, 1);
+    }
     s.phase = "done";
+    for (const h of s.holds.splice(0)) h.dispose();
     s.kv?.dispose();
     s.kv = undefined;
     s.features?.dispose();
@@ -577,6 +762,8 @@ export class Scheduler {
 
   private fail(s: Seq, e: unknown): void {
     if (s.phase === "done") return;
+    // Choices waiting for this prefill cannot get it.
+    for (const c of [...s.children]) this.fail(c, e);
     this.release(s);
     s.stream.fail(e);
   }
