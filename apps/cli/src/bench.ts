@@ -13,7 +13,9 @@ import { parseArgs } from "node:util";
 import { Scheduler } from "@gemma3/generation";
 import {
   loadModel,
+  randomTensorParallelModel,
   randomTextModel,
+  tensorParallelDevices,
   WEIGHT_QUANTIZATIONS,
   type TextModel,
   type WeightQuantization,
@@ -69,8 +71,6 @@ export async function cmdBench(argv: string[], defaultModel: string): Promise<vo
   if (q !== undefined && !WEIGHT_QUANTIZATIONS.includes(q))
     throw new CliUsageError(`--quantize is one of ${WEIGHT_QUANTIZATIONS.join(", ")}`);
   const modelArg = values.model ?? defaultModel;
-  if (modelArg.startsWith("random:") && tp !== 1)
-    throw new CliUsageError("random: weights run on one device (no --tensor-parallel)");
   const device = Device.of(values.device ?? (cudaAvailable() ? "cuda" : "cpu"));
   const common = {
     device,
@@ -81,9 +81,15 @@ export async function cmdBench(argv: string[], defaultModel: string): Promise<vo
   const t0 = performance.now();
   let model: TextModel;
   if (modelArg.startsWith("random:")) {
-    if (tp !== 1)
-      throw new CliUsageError("random: weights run on one device (no --tensor-parallel)");
-    model = await randomTextModel(modelArg.slice("random:".length), common);
+    const cfg = modelArg.slice("random:".length);
+    model =
+      tp > 1
+        ? await randomTensorParallelModel(cfg, {
+            devices: tensorParallelDevices(tp, device),
+            ...(values.dtype ? { dtype: values.dtype as "f32" | "bf16" } : {}),
+            ...(q ? { quantize: q } : {}),
+          })
+        : await randomTextModel(cfg, common);
   } else {
     model = await loadModel(modelArg, { ...common, ...(tp > 1 ? { tensorParallel: tp } : {}) });
   }

@@ -91,6 +91,34 @@ describe("gemma3 bench", () => {
     expect(r.out).not.toMatch(/prefill/);
     expect(gemma3("bench", "--batch", "0").code).toBe(2);
     expect(gemma3("bench", "--quantize", "q3_x").code).toBe(2);
-    expect(gemma3("bench", "--model", `random:${config}`, "--tensor-parallel", "2").code).toBe(2);
+    expect(gemma3("bench", "--tensor-parallel", "0").code).toBe(2);
+  });
+
+  it("random:CONFIG with --tensor-parallel 2 runs on two CPU ranks", () => {
+    const json = join(mkdtempSync(join(tmpdir(), "bench-")), "bench.json");
+    const r = gemma3(
+      "bench",
+      "--model",
+      `random:${config}`,
+      "--device",
+      "cpu",
+      "--tensor-parallel",
+      "2",
+      "--batch",
+      "2",
+      "--tokens",
+      "4",
+      "--prefill",
+      "0",
+      "--runs",
+      "1",
+      "--json",
+      json,
+    );
+    expect(r.err).toBe("");
+    expect(r.code).toBe(0);
+    const out = JSON.parse(readFileSync(json, "utf8"));
+    expect(out.tensor_parallel).toBe(2);
+    expect(out.decode[0].aggregate_tok_s).toBeGreaterThan(0);
   });
 });

@@ -19,15 +19,10 @@
 // Run after `npx turbo run build` (imports ../dist).
 import { writeFileSync } from "node:fs";
 import { performance } from "node:perf_hooks";
-import { Communicator, Device, Tensor, copyColumns, ops } from "@gemma3/native";
-import { loadConfig } from "../dist/config.js";
+import { Device, Tensor, ops } from "@gemma3/native";
 import { loadTextModel } from "../dist/load.js";
-import { randomPool, randomRows as randomRowsOf } from "../dist/random.js";
-import { fuseProjections } from "../dist/fuse.js";
-import { Gemma3TextModel } from "../dist/text_model.js";
-import { tensorParallelLayout } from "../dist/tp/layout.js";
+import { randomTensorParallelModel, randomTextModel } from "../dist/random.js";
 import { loadTensorParallelModel, tensorParallelDevices } from "../dist/tp/load.js";
-import { TensorParallelTextModel } from "../dist/tp/model.js";
 
 const args = process.argv.slice(2);
 const opt = (name, def) => {
@@ -52,85 +47,12 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 let seed = 1;
 const rand = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
 
-// ---- random weights on the devices (packages/model/src/random.ts's rule) -----------------------
-const pools = new Map();
-/** The random pool on `dev` in `dt` (one per device and dtype, kept for the run). */
-function pool(dev, dt) {
-  const key = `${dev}:${dt}`;
-  if (!pools.has(key)) pools.set(key, randomPool(dev, dt));
-  return pools.get(key);
-}
-/** Rows [r0, r0 + shape[0]) of the random tensor `name`: the same values at every TP size. */
-const randomRows = (name, shape, r0, dev, dt) => randomRowsOf(name, shape, r0, pool(dev, dt));
-/** Columns [c0, c1) of the random [rows, cols] tensor `name` (made whole, then copied out). */
-function randomCols(name, rows, cols, [c0, c1], dev, dt) {
-  if (c0 === 0 && c1 === cols) return randomRows(name, [rows, cols], 0, dev, dt);
-  const whole = randomRows(name, [rows, cols], 0, dev, dt);
-  const t = Tensor.empty([rows, c1 - c0], dt, dev);
-  copyColumns(whole, c0, t, 0, c1 - c0);
-  whole.dispose();
-  return t;
-}
-/**
- * One rank's weights (the whole model for `shard` null): random tensors of the model at config
- * `c`'s shape, every rank holding its shard of the same whole tensors (tp/layout.ts).
- */
-function randomWeights(c, dev, dt, shard, vocabPerRank) {
-  const h = c.hiddenSize;
-  const d = c.headDim;
-  const all = (n) => [0, n];
-  const qh = shard?.qHeads ?? all(c.numAttentionHeads);
-  const kvh = shard?.kvHeads ?? all(c.numKeyValueHeads);
-  const ffn = shard?.ffn ?? all(c.intermediateSize);
-  const rows = (name, [a, b], per) => randomRows(name, [(b - a) * per, h], a * per, dev, dt);
-  const vec = (name, n) => randomRows(name, [n], 0, dev, dt);
-  let embedTokens;
-  if (!shard) embedTokens = randomRows("embed", [c.vocabSize, h], 0, dev, dt);
-  else {
-    // The rank's vocabulary rows, zero padding, then the zero row other ranks' ids gather.
-    const [v0, v1] = shard.vocab;
-    embedTokens = Tensor.zeros([vocabPerRank + 1, h], dt, dev);
-    if (v1 > v0) {
-      const part = randomRows("embed", [v1 - v0, h], v0, dev, dt);
-      embedTokens.slice(0, v1 - v0).copyFrom(part);
-      part.dispose();
-    }
-  }
-  const layers = [];
-  for (let i = 0; i < c.numHiddenLayers; i++) {
-    const p = `layers.${i}.`;
-    layers.push({
-      inputLayernorm: vec(p + "input_layernorm", h),
-      postAttentionLayernorm: vec(p + "post_attention_layernorm", h),
-      preFeedforwardLayernorm: vec(p + "pre_feedforward_layernorm", h),
-      postFeedforwardLayernorm: vec(p + "post_feedforward_layernorm", h),
-      qProj: rows(p + "q_proj", qh, d),
-      kProj: rows(p + "k_proj", kvh, d),
-      vProj: rows(p + "v_proj", kvh, d),
-      oProj: randomCols(p + "o_proj", h, c.numAttentionHeads * d, [qh[0] * d, qh[1] * d], dev, dt),
-      qNorm: vec(p + "q_norm", d),
-      kNorm: vec(p + "k_norm", d),
-      gateProj: rows(p + "gate_proj", ffn, 1),
-      upProj: rows(p + "up_proj", ffn, 1),
-      downProj: randomCols(p + "down_proj", h, c.intermediateSize, ffn, dev, dt),
-    });
-  }
-  // Fused like the loaders do (fuse.ts): each rank's [q; k; v] and [gate; up] shards.
-  for (const l of layers) fuseProjections(l);
-  return { embedTokens, norm: vec("norm", h), layers };
-}
+// Random weights on the devices: packages/model/src/random.ts (each TP rank's shards are slices of
+// the one-device model's tensors, fused and placed as the loaders place them).
 async function randomModel(configPath, tp) {
-  const config = { ...(await loadConfig(configPath)), tieWordEmbeddings: true };
   const devs = tensorParallelDevices(tp, device);
-  if (tp === 1)
-    return new Gemma3TextModel(config, randomWeights(config, devs[0], dtype, null), devs[0], dtype);
-  const layout = tensorParallelLayout(config, tp);
-  const parts = devs.map((d, r) => ({
-    device: d,
-    weights: randomWeights(config, d, dtype, layout.ranks[r], layout.vocabPerRank),
-  }));
-  const comm = Communicator.create(devs, { backend: collective });
-  return new TensorParallelTextModel(config, layout, parts, dtype, comm);
+  if (tp === 1) return randomTextModel(configPath, { device: devs[0], dtype });
+  return randomTensorParallelModel(configPath, { devices: devs, dtype, collective });
 }
 async function openModel(tp) {
   if (path.startsWith("random:")) return randomModel(path.slice(7), tp);
@@ -276,7 +198,5 @@ for (const tp of tps) {
     results.push(r);
   }
   model.dispose();
-  for (const p of pools.values()) p.dispose();
-  pools.clear();
 }
 if (jsonOut) writeFileSync(jsonOut, JSON.stringify(results, null, 2));

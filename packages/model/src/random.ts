@@ -3,12 +3,16 @@
 // back; the loaders themselves are covered by the tests). Values are uniform(−0.03, 0.03) (about
 // HF's init std 0.02), drawn once into a 16 M-value pool per device and tiled into every tensor
 // from a per-name offset, so a tensor's values depend only on its name.
-import { Device, Tensor, f32ToBf16 } from "@gemma3/native";
+import { Communicator, Device, Tensor, copyColumns, f32ToBf16 } from "@gemma3/native";
+import type { LayerWeights } from "./block.js";
 import { loadConfig, type Gemma3Config } from "./config.js";
+import { fuseProjections } from "./fuse.js";
 import { isLinearWeight } from "./gguf_load.js";
 import { assemble, type LoadOptions } from "./load.js";
-import { canQuantize, quantizeWeight } from "./quantize.js";
-import type { ComputeDType, Gemma3TextModel } from "./text_model.js";
+import { canQuantize, quantizeWeight, type WeightQuantization } from "./quantize.js";
+import type { ComputeDType, Gemma3TextModel, TextWeights } from "./text_model.js";
+import { tensorParallelLayout } from "./tp/layout.js";
+import { TensorParallelTextModel } from "./tp/model.js";
 import { expectedTextWeights } from "./weights.js";
 
 const POOL = 1 << 24;
@@ -87,5 +91,111 @@ export async function randomTextModel(
     });
   } finally {
     pool.dispose();
+  }
+}
+
+/**
+ * Columns [c0, c1) of the random [rows, cols] tensor `name` (made whole, then copied out).
+ * @param pool [POOL] from randomPool
+ */
+function randomCols(
+  name: string,
+  rows: number,
+  cols: number,
+  [c0, c1]: readonly [number, number],
+  pool: Tensor,
+): Tensor {
+  const whole = randomRows(name, [rows, cols], 0, pool);
+  if (c0 === 0 && c1 === cols) return whole;
+  const t = Tensor.empty([rows, c1 - c0], pool.dtypeName, pool.device);
+  copyColumns(whole, c0, t, 0, c1 - c0);
+  whole.dispose();
+  return t;
+}
+
+/**
+ * randomTextModel split over `devices` (tensor parallel, tp/layout.ts): each rank holds its shard
+ * of the same random tensors (the rule above, by canonical name), so TP N computes what the one
+ * device model computes up to the all-reduce's summation order. Quantized and fused per rank as
+ * the tensor-parallel loader does. The head is tied.
+ */
+export async function randomTensorParallelModel(
+  config: string | Gemma3Config,
+  opts: {
+    devices: readonly Device[];
+    dtype?: ComputeDType;
+    quantize?: WeightQuantization;
+    collective?: "auto" | "nccl" | "host";
+    fuse?: boolean;
+  },
+): Promise<TensorParallelTextModel> {
+  const parsed = typeof config === "string" ? await loadConfig(config) : config;
+  const cfg: Gemma3Config = { ...parsed, tieWordEmbeddings: true };
+  const devices = opts.devices;
+  const dtype: ComputeDType = opts.dtype ?? (devices[0]?.isCuda ? "bf16" : "f32");
+  const layout = tensorParallelLayout(cfg, devices.length); // refuses splits that do not divide
+  const { hiddenSize: h, headDim: d, numAttentionHeads: hq, intermediateSize: f } = cfg;
+  const owned: Tensor[] = [];
+  const keep = (t: Tensor) => (owned.push(t), t);
+  const linear = (t: Tensor) => {
+    const q = opts.quantize;
+    if (!q || !canQuantize(t.shape, q)) return keep(t);
+    try {
+      return keep(quantizeWeight(t, q));
+    } finally {
+      t.dispose();
+    }
+  };
+  const comm = Communicator.create(devices, { backend: opts.collective ?? "auto" });
+  try {
+    const parts = devices.map((device, r) => {
+      const shard = layout.ranks[r]!;
+      const pool = randomPool(device, dtype);
+      try {
+        const vec = (name: string, n: number) => keep(randomRows(name, [n], 0, pool));
+        const rows = (name: string, [a, b]: readonly [number, number], per: number) =>
+          linear(randomRows(name, [(b - a) * per, h], a * per, pool));
+        // The rank's vocabulary rows, zero padding, then the zero row other ranks' ids gather.
+        const vr = layout.vocabPerRank;
+        const [v0, v1] = shard.vocab;
+        const embedTokens = keep(Tensor.zeros([vr + 1, h], dtype, device));
+        if (v1 > v0) {
+          const part = randomRows("embed_tokens", [v1 - v0, h], v0, pool);
+          embedTokens.slice(0, v1 - v0).copyFrom(part);
+          part.dispose();
+        }
+        const layers: LayerWeights[] = [];
+        for (let i = 0; i < cfg.numHiddenLayers; i++) {
+          const p = `layers.${i}.`;
+          const [q0, q1] = shard.qHeads;
+          const w: LayerWeights = {
+            inputLayernorm: vec(p + "input_layernorm", h),
+            postAttentionLayernorm: vec(p + "post_attention_layernorm", h),
+            preFeedforwardLayernorm: vec(p + "pre_feedforward_layernorm", h),
+            postFeedforwardLayernorm: vec(p + "post_feedforward_layernorm", h),
+            qProj: rows(p + "self_attn.q_proj", shard.qHeads, d),
+            kProj: rows(p + "self_attn.k_proj", shard.kvHeads, d),
+            vProj: rows(p + "self_attn.v_proj", shard.kvHeads, d),
+            oProj: linear(randomCols(p + "self_attn.o_proj", h, hq * d, [q0 * d, q1 * d], pool)),
+            qNorm: vec(p + "self_attn.q_norm", d),
+            kNorm: vec(p + "self_attn.k_norm", d),
+            gateProj: rows(p + "mlp.gate_proj", shard.ffn, 1),
+            upProj: rows(p + "mlp.up_proj", shard.ffn, 1),
+            downProj: linear(randomCols(p + "mlp.down_proj", h, f, shard.ffn, pool)),
+          };
+          if (opts.fuse ?? true) owned.push(...fuseProjections(w));
+          layers.push(w);
+        }
+        const weights = { embedTokens, norm: vec("norm", h), layers } as TextWeights;
+        return { device, weights };
+      } finally {
+        pool.dispose();
+      }
+    });
+    return new TensorParallelTextModel(cfg, layout, parts, dtype, comm);
+  } catch (e) {
+    for (const t of owned) t.dispose();
+    comm.dispose();
+    throw e;
   }
 }

@@ -9,9 +9,11 @@ import {
   expectedTextWeights,
   loadConfig,
   loadTextModel,
+  randomTensorParallelModel,
   randomTextModel,
-  type Gemma3TextModel,
+  type TextModel,
 } from "../src/index.js";
+import { Device } from "@gemma3/native";
 import { ScaledWeight } from "../src/quantize.js";
 import { fixtures } from "./golden.js";
 import { removeTempDirs, tempDir, writeSafetensors } from "./safetensors_writer.js";
@@ -34,7 +36,7 @@ function pool(): Float32Array {
   return v;
 }
 
-async function logits(model: Gemma3TextModel, ids: number[]): Promise<Float32Array> {
+async function logits(model: TextModel, ids: number[]): Promise<Float32Array> {
   const seq = model.newCache(ids.length + 1);
   const l = model.forward(ids, seq, { allLogits: true });
   const out = Float32Array.from((await l.toArray()) as Float32Array);
@@ -96,5 +98,23 @@ describe("randomTextModel", () => {
     expect(layer.downProj instanceof ScaledWeight).toBe(false);
     m.dispose();
     ref.dispose();
+  });
+
+  it("split over N CPU ranks (2, 4): the shards of the same tensors, logits as one device", async () => {
+    const one = await randomTextModel(cfgPath, { device: "cpu", dtype: "f32" });
+    const ref = await logits(one, ids);
+    one.dispose();
+    for (const n of [2, 4]) {
+      const tp = await randomTensorParallelModel(cfgPath, {
+        devices: Array.from({ length: n }, () => Device.cpu),
+        dtype: "f32",
+      });
+      const got = await logits(tp, ids);
+      tp.dispose();
+      let worst = 0;
+      for (let i = 0; i < got.length; i++) worst = Math.max(worst, Math.abs(got[i]! - ref[i]!));
+      // Only the all-reduce's summation order differs (tp.test.ts holds loaded TP models to 1e-4).
+      expect(worst).toBeLessThan(1e-4);
+    }
   });
 });
