@@ -1,13 +1,20 @@
-// A request's own random generator: xoshiro128** seeded through splitmix32, so a seed gives the
-// same stream on every machine and no request's draws depend on another's (batch-invariant).
+// A request's own random generator: xoshiro128** seeded through splitmix64 (the seeding its
+// authors recommend), so a seed gives the same stream on every machine and no request's draws
+// depend on another's (batch-invariant). Every state word mixes all 64 bits of the seed: an earlier
+// seeding ran splitmix32 over each half separately, so every seed below 2^32 shared the word the
+// first output reads, and the first draw (a request's first sampled token) was the same for seeds
+// 1, 2, 3, …
 import { randomBytes } from "node:crypto";
 
-function splitmix32(state: { s: number }): number {
-  state.s = (state.s + 0x9e3779b9) | 0;
-  let z = state.s;
-  z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
-  z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
-  return (z ^ (z >>> 16)) >>> 0;
+const MASK64 = (1n << 64n) - 1n;
+
+/** splitmix64: the next 64-bit output of state `st` (advanced in place). */
+function splitmix64(st: { s: bigint }): bigint {
+  st.s = (st.s + 0x9e3779b97f4a7c15n) & MASK64;
+  let z = st.s;
+  z = ((z ^ (z >> 30n)) * 0xbf58476d1ce4e5b9n) & MASK64;
+  z = ((z ^ (z >> 27n)) * 0x94d049bb133111ebn) & MASK64;
+  return z ^ (z >> 31n);
 }
 
 export class Rng {
@@ -18,14 +25,15 @@ export class Rng {
 
   /** `seed`: any integer (64 bits are used); undefined draws one from the OS. */
   constructor(seed?: bigint | number) {
-    const s =
-      seed === undefined ? randomBytes(8).readBigUInt64LE() : BigInt.asUintN(64, BigInt(seed));
-    const lo = { s: Number(s & 0xffffffffn) | 0 };
-    const hi = { s: Number(s >> 32n) ^ 0x5bd1e995 };
-    this.a = splitmix32(lo);
-    this.b = splitmix32(hi);
-    this.c = splitmix32(lo);
-    this.d = splitmix32(hi);
+    const st = {
+      s: seed === undefined ? randomBytes(8).readBigUInt64LE() : BigInt.asUintN(64, BigInt(seed)),
+    };
+    const w0 = splitmix64(st);
+    const w1 = splitmix64(st);
+    this.a = Number(w0 & 0xffffffffn) | 0;
+    this.b = Number(w0 >> 32n) | 0;
+    this.c = Number(w1 & 0xffffffffn) | 0;
+    this.d = Number(w1 >> 32n) | 0;
     if ((this.a | this.b | this.c | this.d) === 0) this.a = 1; // the all-zero state is a fixed point
   }
 
