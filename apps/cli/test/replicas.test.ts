@@ -199,7 +199,7 @@ describe.skipIf(!withNginx)("nginx routing in front of stand-in upstreams", () =
   it("prefix: every turn of a conversation reaches one upstream; conversations spread", async () => {
     await startNginx("prefix");
     const seen = new Set<number>();
-    for (let c = 0; c < 12; c++) {
+    for (let c = 0; c < 24; c++) {
       const messages: { role: string; content: string }[] = [
         { role: "system", content: "Be brief." },
         { role: "user", content: `Question ${c}: what is ${c} squared?` },
@@ -212,7 +212,10 @@ describe.skipIf(!withNginx)("nginx routing in front of stand-in upstreams", () =
       }
       seen.add(first);
     }
-    expect(seen.size).toBe(3);
+    // Spread, not balance: which upstream a conversation hashes to depends on the upstreams'
+    // ephemeral ports (nginx's consistent hash), so all three need not be hit (12 conversations
+    // missed one about 1 run in 40); all 24 on one upstream would mean no spreading at all.
+    expect(seen.size).toBeGreaterThan(1);
   });
 
   it("prefix: X-Session-Id wins; bodies that are not chats, and GETs, spread", async () => {
