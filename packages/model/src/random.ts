@@ -4,15 +4,16 @@
 // HF's init std 0.02), drawn once into a 16 M-value pool per device and tiled into every tensor
 // from a per-name offset, so a tensor's values depend only on its name.
 import { Communicator, Device, Tensor, copyColumns, f32ToBf16 } from "@gemma3/native";
-import type { LayerWeights } from "./block.js";
+import type { LayerWeights, StoredLayerWeight } from "./block.js";
 import { loadConfig, type Gemma3Config } from "./config.js";
 import { fuseProjections } from "./fuse.js";
 import { isLinearWeight } from "./gguf_load.js";
-import { assemble, type LoadOptions } from "./load.js";
+import { LAYER_KEYS, assemble, type LoadOptions } from "./load.js";
 import { canQuantize, quantizeWeight, type WeightQuantization } from "./quantize.js";
 import type { ComputeDType, Gemma3TextModel, TextWeights } from "./text_model.js";
 import { tensorParallelLayout } from "./tp/layout.js";
 import { TensorParallelTextModel } from "./tp/model.js";
+import { layerShard, type ShardSpec } from "./tp/shard.js";
 import { expectedTextWeights } from "./weights.js";
 
 const POOL = 1 << 24;
@@ -63,6 +64,16 @@ export function randomRows(
   return t;
 }
 
+/** `t` quantized to `q` when `name` is a linear weight whose rows fit q's blocks (disposes t). */
+function quantizeLinear(name: string, t: Tensor, q: WeightQuantization | undefined): Tensor {
+  if (!q || !isLinearWeight(name) || !canQuantize(t.shape, q)) return t;
+  try {
+    return quantizeWeight(t, q);
+  } finally {
+    t.dispose();
+  }
+}
+
 /**
  * A Gemma3TextModel with random weights at `config`'s shape (a config.json path or a parsed
  * config), built on the device like a loaded checkpoint: the same fusing and, with
@@ -79,34 +90,33 @@ export async function randomTextModel(
   const shapes = new Map(expectedTextWeights(cfg).map((w) => [w.name, w.shape]));
   const pool = randomPool(device, dtype);
   try {
-    return await assemble(cfg, device, dtype, opts, async (name) => {
-      const t = randomRows(name, shapes.get(name)!, 0, pool);
-      const q = opts.quantize;
-      if (!q || !isLinearWeight(name) || !canQuantize(t.shape, q)) return t;
-      try {
-        return quantizeWeight(t, q);
-      } finally {
-        t.dispose();
-      }
-    });
+    return await assemble(cfg, device, dtype, opts, async (name) =>
+      quantizeLinear(name, randomRows(name, shapes.get(name)!, 0, pool), opts.quantize),
+    );
   } finally {
     pool.dispose();
   }
 }
 
 /**
- * Columns [c0, c1) of the random [rows, cols] tensor `name` (made whole, then copied out).
+ * Rank shard `spec` (rows or columns, tp/shard.ts) of the random tensor `name` of `shape`: row
+ * ranges are read from the pool directly; column ranges are cut from the whole tensor.
  * @param pool [POOL] from randomPool
  */
-function randomCols(
+function randomShard(
   name: string,
-  rows: number,
-  cols: number,
-  [c0, c1]: readonly [number, number],
+  shape: readonly number[],
+  spec: ShardSpec | undefined,
   pool: Tensor,
 ): Tensor {
-  const whole = randomRows(name, [rows, cols], 0, pool);
-  if (c0 === 0 && c1 === cols) return whole;
+  const [rows, cols = 1] = shape as [number, number?];
+  if (spec?.rows) {
+    const [r0, r1] = spec.rows;
+    return randomRows(name, shape.length > 1 ? [r1 - r0, cols] : [r1 - r0], r0, pool);
+  }
+  const whole = randomRows(name, shape, 0, pool);
+  if (!spec?.cols) return whole;
+  const [c0, c1] = spec.cols;
   const t = Tensor.empty([rows, c1 - c0], pool.dtypeName, pool.device);
   copyColumns(whole, c0, t, 0, c1 - c0);
   whole.dispose();
@@ -134,59 +144,43 @@ export async function randomTensorParallelModel(
   const devices = opts.devices;
   const dtype: ComputeDType = opts.dtype ?? (devices[0]?.isCuda ? "bf16" : "f32");
   const layout = tensorParallelLayout(cfg, devices.length); // refuses splits that do not divide
-  const { hiddenSize: h, headDim: d, numAttentionHeads: hq, intermediateSize: f } = cfg;
+  const shapes = new Map(expectedTextWeights(cfg).map((w) => [w.name, w.shape]));
+  const h = cfg.hiddenSize;
   const owned: Tensor[] = [];
-  const keep = (t: Tensor) => (owned.push(t), t);
-  const linear = (t: Tensor) => {
-    const q = opts.quantize;
-    if (!q || !canQuantize(t.shape, q)) return keep(t);
-    try {
-      return keep(quantizeWeight(t, q));
-    } finally {
-      t.dispose();
-    }
-  };
   const comm = Communicator.create(devices, { backend: opts.collective ?? "auto" });
   try {
     const parts = devices.map((device, r) => {
       const shard = layout.ranks[r]!;
       const pool = randomPool(device, dtype);
       try {
-        const vec = (name: string, n: number) => keep(randomRows(name, [n], 0, pool));
-        const rows = (name: string, [a, b]: readonly [number, number], per: number) =>
-          linear(randomRows(name, [(b - a) * per, h], a * per, pool));
+        /** The rank's part of weight `name`, as the tensor-parallel loader takes it. */
+        const part = (name: string, spec: ShardSpec | undefined) => {
+          const t = quantizeLinear(
+            name,
+            randomShard(name, shapes.get(name)!, spec, pool),
+            opts.quantize,
+          );
+          owned.push(t);
+          return t;
+        };
         // The rank's vocabulary rows, zero padding, then the zero row other ranks' ids gather.
-        const vr = layout.vocabPerRank;
         const [v0, v1] = shard.vocab;
-        const embedTokens = keep(Tensor.zeros([vr + 1, h], dtype, device));
+        const embedTokens = Tensor.zeros([layout.vocabPerRank + 1, h], dtype, device);
+        owned.push(embedTokens);
         if (v1 > v0) {
-          const part = randomRows("embed_tokens", [v1 - v0, h], v0, pool);
-          embedTokens.slice(0, v1 - v0).copyFrom(part);
-          part.dispose();
+          const rows = randomShard("embed_tokens", [cfg.vocabSize, h], { rows: [v0, v1] }, pool);
+          embedTokens.slice(0, v1 - v0).copyFrom(rows);
+          rows.dispose();
         }
         const layers: LayerWeights[] = [];
         for (let i = 0; i < cfg.numHiddenLayers; i++) {
-          const p = `layers.${i}.`;
-          const [q0, q1] = shard.qHeads;
-          const w: LayerWeights = {
-            inputLayernorm: vec(p + "input_layernorm", h),
-            postAttentionLayernorm: vec(p + "post_attention_layernorm", h),
-            preFeedforwardLayernorm: vec(p + "pre_feedforward_layernorm", h),
-            postFeedforwardLayernorm: vec(p + "post_feedforward_layernorm", h),
-            qProj: rows(p + "self_attn.q_proj", shard.qHeads, d),
-            kProj: rows(p + "self_attn.k_proj", shard.kvHeads, d),
-            vProj: rows(p + "self_attn.v_proj", shard.kvHeads, d),
-            oProj: linear(randomCols(p + "self_attn.o_proj", h, hq * d, [q0 * d, q1 * d], pool)),
-            qNorm: vec(p + "self_attn.q_norm", d),
-            kNorm: vec(p + "self_attn.k_norm", d),
-            gateProj: rows(p + "mlp.gate_proj", shard.ffn, 1),
-            upProj: rows(p + "mlp.up_proj", shard.ffn, 1),
-            downProj: linear(randomCols(p + "mlp.down_proj", h, f, shard.ffn, pool)),
-          };
+          const w = {} as LayerWeights;
+          for (const [field, key] of Object.entries(LAYER_KEYS) as [StoredLayerWeight, string][])
+            w[field] = part(`layers.${i}.${key}`, layerShard(key, shard, cfg.headDim));
           if (opts.fuse ?? true) owned.push(...fuseProjections(w));
           layers.push(w);
         }
-        const weights = { embedTokens, norm: vec("norm", h), layers } as TextWeights;
+        const weights = { embedTokens, norm: part("norm", undefined), layers } as TextWeights;
         return { device, weights };
       } finally {
         pool.dispose();

@@ -14,7 +14,7 @@ import type { ComputeDType, TextModel, TextWeights } from "../text_model.js";
 import { checkTextWeights, indexWeights, loadTensor } from "../weights.js";
 import { tensorParallelLayout, type Range, type RankShard } from "./layout.js";
 import { TensorParallelTextModel, type RankWeights } from "./model.js";
-import { loadShard, type ShardSpec } from "./shard.js";
+import { layerShard, loadShard, type ShardSpec } from "./shard.js";
 
 export interface TensorParallelLoadOptions extends Omit<LoadOptions, "device"> {
   /**
@@ -24,27 +24,6 @@ export interface TensorParallelLoadOptions extends Omit<LoadOptions, "device"> {
   devices: readonly (string | Device)[];
   /** All-reduce backend (default "auto": NCCL when built and every rank is CUDA; else the host). */
   collective?: "auto" | "nccl" | "host";
-}
-
-/** The shard of canonical layer tensor `key` rank `s` holds (undefined: the whole tensor). */
-function layerShard(key: string, s: RankShard, headDim: number): ShardSpec | undefined {
-  const heads = ([a, b]: Range): Range => [a * headDim, b * headDim];
-  switch (key) {
-    case "self_attn.q_proj":
-      return { rows: heads(s.qHeads) };
-    case "self_attn.k_proj":
-    case "self_attn.v_proj":
-      return { rows: heads(s.kvHeads) };
-    case "self_attn.o_proj":
-      return { cols: heads(s.qHeads) };
-    case "mlp.gate_proj":
-    case "mlp.up_proj":
-      return { rows: s.ffn };
-    case "mlp.down_proj":
-      return { cols: s.ffn };
-    default:
-      return undefined; // norms: replicated
-  }
 }
 
 /**

@@ -9,7 +9,7 @@ import {
   type SafetensorsDType,
 } from "../safetensors.js";
 import { WeightError, indexWeights, toFloat32 } from "../weights.js";
-import type { Range } from "./layout.js";
+import type { Range, RankShard } from "./layout.js";
 
 export interface ShardSpec {
   /** rows [start, end) of the stored [R, C] tensor (default all) */
@@ -18,6 +18,27 @@ export interface ShardSpec {
   cols?: Range;
   /** rows of the result, ≥ the rows taken; the rows past them are zero (vocabulary padding) */
   padRows?: number;
+}
+
+/** The shard of canonical layer tensor `key` rank `s` holds (undefined: the whole tensor). */
+export function layerShard(key: string, s: RankShard, headDim: number): ShardSpec | undefined {
+  const heads = ([a, b]: Range): Range => [a * headDim, b * headDim];
+  switch (key) {
+    case "self_attn.q_proj":
+      return { rows: heads(s.qHeads) };
+    case "self_attn.k_proj":
+    case "self_attn.v_proj":
+      return { rows: heads(s.kvHeads) };
+    case "self_attn.o_proj":
+      return { cols: heads(s.qHeads) };
+    case "mlp.gate_proj":
+    case "mlp.up_proj":
+      return { rows: s.ffn };
+    case "mlp.down_proj":
+      return { cols: s.ffn };
+    default:
+      return undefined; // norms: replicated
+  }
 }
 
 const FLOAT_SOURCES: ReadonlySet<SafetensorsDType> = new Set([
