@@ -7,6 +7,7 @@
 
 #include "kernels/cpu/cpu_common.h"
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/rope_table.h"
 #include "runtime/threadpool.h"
 
 namespace gemma3::cpu {
@@ -56,37 +57,30 @@ Status qk_norm_rope(const T* q, const T* k, const T* v, const T* q_w, const T* k
   if (!q || !k || !q_w || !k_w || !positions || !q_out || !k_out || (copy_v && !v))
     return invalid(name, "null pointer");
   const int64_t half = head_dim / 2;
-  parallel_for(
-      tokens, grain_for((q_heads + 2 * kv_heads) * head_dim * 8), [&](int64_t b, int64_t e) {
-        float* wq = scratch(kScratchA, size_t(head_dim) * 3 + size_t(half) * 3);
-        float* wk = wq + head_dim;
-        float* xf = wk + head_dim;
-        float* inv_freq = xf + head_dim;
-        float* cs = inv_freq + half;
-        float* sn = cs + half;
-        decode(q_w, 0, head_dim, wq);
-        decode(k_w, 0, head_dim, wk);
-        // rope.cc / HF: inv_freq = 1 / base^(arange(0, dim, 2).float() / dim), then / factor.
-        for (int64_t i = 0; i < half; ++i)
-          inv_freq[i] = 1.0f / std::pow(base, float(2 * i) / float(head_dim)) / scale;
-        for (int64_t t = b; t < e; ++t) {
-          const float p = float(positions[t]);
-          for (int64_t i = 0; i < half; ++i) {
-            const float a = p * inv_freq[i];
-            cs[i] = to_f32(from_f32<T>(std::cos(a)));  // HF casts cos/sin to the activation dtype
-            sn[i] = to_f32(from_f32<T>(std::sin(a)));
-          }
-          for (int64_t h = 0; h < q_heads; ++h)
-            norm_rope_head(q + t * ld_q + h * head_dim, wq, cs, sn,
-                           q_out + (t * q_heads + h) * head_dim, xf, head_dim, eps);
-          for (int64_t h = 0; h < kv_heads; ++h)
-            norm_rope_head(k + t * ld_k + h * head_dim, wk, cs, sn,
-                           k_out + (t * kv_heads + h) * head_dim, xf, head_dim, eps);
-          if (copy_v)
-            std::memmove(v_out + t * kv_heads * head_dim, v + t * ld_v,
-                         size_t(kv_heads * head_dim) * sizeof(T));
-        }
-      });
+  parallel_for(tokens, grain_for((q_heads + 2 * kv_heads) * head_dim * 8),
+               [&](int64_t b, int64_t e) {
+                 float* wq = scratch(kScratchA, size_t(head_dim) * 3 + size_t(half) * 3);
+                 float* wk = wq + head_dim;
+                 float* xf = wk + head_dim;
+                 float* inv_freq = xf + head_dim;
+                 float* cs = inv_freq + half;
+                 float* sn = cs + half;
+                 decode(q_w, 0, head_dim, wq);
+                 decode(k_w, 0, head_dim, wk);
+                 rope_inv_freq(base, scale, head_dim, inv_freq);  // rope.cc's tables
+                 for (int64_t t = b; t < e; ++t) {
+                   rope_cos_sin<T>(float(positions[t]), inv_freq, half, cs, sn);
+                   for (int64_t h = 0; h < q_heads; ++h)
+                     norm_rope_head(q + t * ld_q + h * head_dim, wq, cs, sn,
+                                    q_out + (t * q_heads + h) * head_dim, xf, head_dim, eps);
+                   for (int64_t h = 0; h < kv_heads; ++h)
+                     norm_rope_head(k + t * ld_k + h * head_dim, wk, cs, sn,
+                                    k_out + (t * kv_heads + h) * head_dim, xf, head_dim, eps);
+                   if (copy_v)
+                     std::memmove(v_out + t * kv_heads * head_dim, v + t * ld_v,
+                                  size_t(kv_heads * head_dim) * sizeof(T));
+                 }
+               });
   return Status::Ok();
 }
 

@@ -4,6 +4,7 @@
 
 #include "kernels/cpu/cpu_common.h"
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/rope_table.h"
 #include "runtime/threadpool.h"
 
 namespace gemma3::cpu {
@@ -29,16 +30,9 @@ Status rope(T* x, const int32_t* positions, int64_t tokens, int64_t heads, int64
     float* inv_freq = scratch(kScratchA, size_t(half) * 3);
     float* cs = inv_freq + half;
     float* sn = cs + half;
-    // HF: inv_freq = 1 / base^(arange(0, dim, 2).float() / dim), then / factor (linear).
-    for (int64_t i = 0; i < half; ++i)
-      inv_freq[i] = 1.0f / std::pow(base, float(2 * i) / float(head_dim)) / scale;
+    rope_inv_freq(base, scale, head_dim, inv_freq);
     for (int64_t t = b; t < e; ++t) {
-      const float p = float(positions[t]);
-      for (int64_t i = 0; i < half; ++i) {
-        const float a = p * inv_freq[i];
-        cs[i] = to_f32(from_f32<T>(std::cos(a)));  // HF casts cos/sin to the activation dtype
-        sn[i] = to_f32(from_f32<T>(std::sin(a)));
-      }
+      rope_cos_sin<T>(float(positions[t]), inv_freq, half, cs, sn);
       for (int64_t h = 0; h < heads; ++h) {
         T* v = x + t * ld_token + h * head_dim;
         for (int64_t i = 0; i < half; ++i) {
