@@ -2,11 +2,11 @@
 # Tensor parallelism on a machine of 2+ GPUs (issue 11), in one call: build the addon with CUDA and
 # NCCL (the torch environment's NCCL), run the collective and tensor-parallel tests with ranks on
 # cuda:0…N−1 (NCCL and the host fallback; graph-replayed decode against eager), then time decode
-# at TP 1 vs 2, graph and eager, batch 1 and 64, on random bf16 weights generated on the GPUs at
+# at TP 1 vs 2 (and 4), graph and eager, batch 1 and 64, on random bf16 weights generated on the GPUs at
 # the 4B and the 27B shapes (packages/model/bench/tp-decode.mjs random:CONFIG; no checkpoint is
 # written: the loaders are covered by the tests). NVLink multicast stays off.
-#   device run (kind nvidia-h100-x2), carry [".device", "native/dist", "packages/*/dist" (model,
-#   kv-cache, generation, tokenizer, vision)]:   bash scripts/gpu-tp-check.sh [--no-bench]
+#   bash scripts/pack-dists.sh here, then device run (kind nvidia-h100-x2 or -x4: TP 4 where 4 GPUs are
+#   visible), carry [".device", ".dists.tar"]:   bash scripts/gpu-tp-check.sh [--no-bench]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu-tp}"
@@ -17,7 +17,11 @@ if ! command -v node >/dev/null; then
   export PATH=/tmp/bin:$PATH
 fi
 [ -d node_modules/vitest ] || tar -xJf .device/node_modules.tar.xz
+[ -f .dists.tar ] && tar -xf .dists.tar
 SECONDS=0
+ngpu=$(nvidia-smi -L | wc -l)
+tps=1,2
+[ "$ngpu" -ge 4 ] && tps=1,2,4
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   nvidia-smi topo -m
@@ -63,17 +67,18 @@ grep -E "✓|×|FAIL|Error|Test Files|Tests |TP=|graph vs eager|NCCL" "$OUT/test
 echo "tests done at ${SECONDS}s (status $status)"
 
 if [ "${1:-}" != "--no-bench" ]; then
+  # The 27B shape first (issue 11's numbers), then the 4B shape in the time left.
   cfgs=packages/model/test/fixtures/configs
-  echo "== decode 4B shape: TP 1 vs 2, graph and eager, batch 1 and 64"
-  timeout 120 node packages/model/bench/tp-decode.mjs "random:$cfgs/gemma-3-4b-it.config.json" \
-    --tp 1,2 --batch 1,64 --steps 24 --json "$OUT/tp-decode-4b.json" 2>&1 | tee "$OUT/bench.log"
-  echo "4B done at ${SECONDS}s"
-  left=$((525 - SECONDS))
-  if [ "$left" -gt 60 ]; then
-    echo "== decode 27B shape (${left}s left)"
-    timeout "$left" node packages/model/bench/tp-decode.mjs \
-      "random:$cfgs/gemma-3-27b-it.config.json" --tp 1,2 --batch 1,64 --steps 16 \
-      --json "$OUT/tp-decode-27b.json" 2>&1 | tee -a "$OUT/bench.log"
+  left=$((560 - SECONDS))
+  echo "== decode 27B shape: TP $tps, graph and eager, batch 1 and 64 (${left}s left)"
+  timeout "$left" node packages/model/bench/tp-decode.mjs "random:$cfgs/gemma-3-27b-it.config.json" \
+    --tp "$tps" --batch 1,64 --steps 16 --json "$OUT/tp-decode-27b.json" 2>&1 | tee "$OUT/bench.log"
+  echo "27B done at ${SECONDS}s"
+  left=$((560 - SECONDS))
+  if [ "$left" -gt 45 ]; then
+    echo "== decode 4B shape (${left}s left)"
+    timeout "$left" node packages/model/bench/tp-decode.mjs "random:$cfgs/gemma-3-4b-it.config.json" \
+      --tp "$tps" --batch 1,64 --steps 24 --json "$OUT/tp-decode-4b.json" 2>&1 | tee -a "$OUT/bench.log"
   fi
   echo "bench done at ${SECONDS}s"
 fi
