@@ -34,7 +34,7 @@ case "${1:-}" in
     setsid nohup bash -c "
       (while [ ! -f '$DIR/done' ]; do
         command -v nvidia-smi >/dev/null &&
-          nvidia-smi --query-gpu=timestamp,memory.used --format=csv,noheader >>'$DIR/soak-gpu-mem.csv'
+          nvidia-smi -i ${SOAK_GPU:-0} --query-gpu=timestamp,memory.used --format=csv,noheader >>'$DIR/soak-gpu-mem.csv'
         sleep 10
       done) &
       node apps/server/bench/soak.mjs --seconds $secs --warmup ${SOAK_WARMUP:-60} --clients ${SOAK_CLIENTS:-96} --device $dev \
@@ -46,7 +46,7 @@ case "${1:-}" in
     echo "soak of ${secs}s started at $(date -u +%T); call 'wait' within 30 s of this call's end"
     ;;
   wait)
-    for _ in $(seq 1 114); do
+    for _ in $(seq 1 "${WAIT_POLLS:-114}"); do
       [ -f "$DIR/done" ] && break
       sleep 5
     done
