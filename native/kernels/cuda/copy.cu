@@ -9,6 +9,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/pdl.cuh"
 
 namespace gemma3::cuda {
 namespace {
@@ -24,6 +25,8 @@ __global__ void __launch_bounds__(kThreads)
     copy_rows_kernel(const char* src, char* dst, const int32_t* dst_rows, int64_t n,
                      int64_t capacity, int64_t units, int64_t ld_src, int64_t row_bytes,
                      int group) {
+  pdl_wait();  // pdl.cuh: inputs come from the kernel before
+  pdl_trigger();
   const int lane = threadIdx.x % group;
   const int rows_per_cta = blockDim.x / group;
   for (int64_t i = int64_t(blockIdx.x) * rows_per_cta + threadIdx.x / group; i < n;
@@ -53,9 +56,9 @@ Status launch_copy_rows(const void* src, void* dst, const int32_t* dst_rows, int
   const int group = warp_row ? 32 : kThreads;
   const int64_t rows_per_cta = kThreads / group;
   const int64_t grid = (n + rows_per_cta - 1) / rows_per_cta;
-  copy_rows_kernel<U><<<unsigned(grid < kMaxGrid ? grid : kMaxGrid), kThreads, 0, stream>>>(
-      static_cast<const char*>(src), static_cast<char*>(dst), dst_rows, n, capacity, units,
-      ld_src_bytes, row_bytes, group);
+  launch_pdl(copy_rows_kernel<U>, unsigned(grid < kMaxGrid ? grid : kMaxGrid), kThreads, 0, stream,
+             static_cast<const char*>(src), static_cast<char*>(dst), dst_rows, n, capacity, units,
+             ld_src_bytes, row_bytes, group);
   return check_launch("copy_rows");
 }
 

@@ -7,6 +7,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/vec.cuh"
 
 namespace gemma3::cuda {
@@ -34,6 +35,8 @@ template <typename T, int V>
 __global__ void __launch_bounds__(kThreads)
     gelu_mul_kernel(const T* gate, const T* up, T* out, int64_t rows, int64_t cols, int64_t ld_gate,
                     int64_t ld_up) {
+  pdl_wait();  // pdl.cuh: inputs come from the kernel before
+  pdl_trigger();
   const int64_t i = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * V;
   if (i >= cols) return;
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
@@ -56,6 +59,8 @@ enum class BinOp { kAdd, kScale };
 template <typename T, int V, BinOp kOp>
 __global__ void __launch_bounds__(kThreads)
     binary_kernel(const T* a, const T* b, T* out, int64_t n, float s) {
+  pdl_wait();  // pdl.cuh: inputs come from the kernel before
+  pdl_trigger();
   const int64_t step = int64_t(gridDim.x) * blockDim.x;
   const int64_t nvec = n / V;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < nvec; i += step) {
@@ -88,7 +93,8 @@ Status launch_gelu_mul(const T* gate, const T* up, T* out, int64_t rows, int64_t
   const int64_t nvec = cols / V;
   const dim3 grid(unsigned((nvec + kThreads - 1) / kThreads),
                   unsigned(rows < kMaxGridY ? rows : kMaxGridY));
-  gelu_mul_kernel<T, V><<<grid, kThreads, 0, stream>>>(gate, up, out, rows, cols, ld_gate, ld_up);
+  launch_pdl(gelu_mul_kernel<T, V>, grid, kThreads, 0, stream, gate, up, out, rows, cols, ld_gate,
+             ld_up);
   return check_launch("gelu_mul");
 }
 
@@ -106,9 +112,9 @@ Status launch_binary(const T* a, const T* b, T* out, int64_t n, float s, cudaStr
   int64_t blocks = (items + kThreads - 1) / kThreads;
   if (blocks > kMaxBlocks) blocks = kMaxBlocks;
   if (vec) {
-    binary_kernel<T, V, kOp><<<unsigned(blocks), kThreads, 0, stream>>>(a, b, out, n, s);
+    launch_pdl(binary_kernel<T, V, kOp>, unsigned(blocks), kThreads, 0, stream, a, b, out, n, s);
   } else {
-    binary_kernel<T, 1, kOp><<<unsigned(blocks), kThreads, 0, stream>>>(a, b, out, n, s);
+    launch_pdl(binary_kernel<T, 1, kOp>, unsigned(blocks), kThreads, 0, stream, a, b, out, n, s);
   }
   return check_launch(name);
 }

@@ -12,6 +12,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/vec.cuh"
 #include "runtime/kquant.h"
 
@@ -99,6 +100,8 @@ template <typename TW, typename TY, bool kVec>
 __global__ void __launch_bounds__(kMaxThreads)
     embedding_kernel(const int32_t* ids, const TW* table, TY* out, int64_t n, int64_t dim,
                      int64_t vocab, int64_t row_elems, float s) {
+  pdl_wait();  // pdl.cuh: inputs come from the kernel before
+  pdl_trigger();
   for (int64_t t = blockIdx.x; t < n; t += gridDim.x) {
     const int32_t id = ids[t];
     TY* o = out + t * dim;
@@ -152,11 +155,11 @@ Status embedding(const int32_t* ids, const TW* table, TY* out, int64_t n, int64_
   int threads = int(work < kMaxThreads ? (work + 31) / 32 * 32 : kMaxThreads);
   const unsigned grid = unsigned(n < kMaxGrid ? n : kMaxGrid);
   if (vec) {
-    embedding_kernel<TW, TY, true>
-        <<<grid, threads, 0, stream>>>(ids, table, out, n, dim, vocab, row_elems, s);
+    launch_pdl(embedding_kernel<TW, TY, true>, grid, threads, 0, stream, ids, table, out, n, dim,
+               vocab, row_elems, s);
   } else {
-    embedding_kernel<TW, TY, false>
-        <<<grid, threads, 0, stream>>>(ids, table, out, n, dim, vocab, row_elems, s);
+    launch_pdl(embedding_kernel<TW, TY, false>, grid, threads, 0, stream, ids, table, out, n, dim,
+               vocab, row_elems, s);
   }
   return check_launch("embedding");
 }

@@ -10,6 +10,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/vec.cuh"
 
 namespace gemma3::cuda {
@@ -42,6 +43,8 @@ template <typename T, int V, bool kWarpRow, NormKind kKind>
 __global__ void __launch_bounds__(kWarpRow ? 32 * kWarpsPerCta : 1024)
     norm_kernel(const T* x, const T* w, const T* b, T* out, int64_t rows, int dim, int nvec,
                 float eps) {
+  pdl_wait();  // pdl.cuh: inputs come from the kernel before
+  pdl_trigger();
   __shared__ float red[32];
   const int tid = kWarpRow ? (threadIdx.x & 31) : threadIdx.x;
   const int nthr = kWarpRow ? 32 : blockDim.x;
@@ -139,6 +142,8 @@ template <typename T, int V, bool kWarpRow>
 __global__ void __launch_bounds__(kWarpRow ? 32 * kWarpsPerCta : 1024)
     add_norm_kernel(const T* x, const T* w, T* residual, const T* w_next, T* out, int64_t rows,
                     int dim, int nvec, float eps) {
+  pdl_wait();  // pdl.cuh: inputs come from the kernel before
+  pdl_trigger();
   __shared__ float red[32];
   const int tid = kWarpRow ? (threadIdx.x & 31) : threadIdx.x;
   const int nthr = kWarpRow ? 32 : blockDim.x;
@@ -221,15 +226,14 @@ Status launch_add_norm_v(const T* x, const T* w, T* residual, const T* w_next, T
   const int nvec = int(dim / V);
   if (nvec <= 32 * kCache) {  // as launch_norm_v
     const int64_t grid = (rows + kWarpsPerCta - 1) / kWarpsPerCta;
-    add_norm_kernel<T, V, true>
-        <<<unsigned(grid < kMaxGrid ? grid : kMaxGrid), 32 * kWarpsPerCta, 0, stream>>>(
-            x, w, residual, w_next, out, rows, int(dim), nvec, eps);
+    launch_pdl(add_norm_kernel<T, V, true>, unsigned(grid < kMaxGrid ? grid : kMaxGrid),
+               32 * kWarpsPerCta, 0, stream, x, w, residual, w_next, out, rows, int(dim), nvec,
+               eps);
   } else {
     int threads = ((nvec + 1) / 2 + 31) / 32 * 32;
     threads = threads < 64 ? 64 : (threads > 1024 ? 1024 : threads);
-    add_norm_kernel<T, V, false>
-        <<<unsigned(rows < kMaxGrid ? rows : kMaxGrid), threads, 0, stream>>>(
-            x, w, residual, w_next, out, rows, int(dim), nvec, eps);
+    launch_pdl(add_norm_kernel<T, V, false>, unsigned(rows < kMaxGrid ? rows : kMaxGrid), threads,
+               0, stream, x, w, residual, w_next, out, rows, int(dim), nvec, eps);
   }
   return check_launch("rmsnorm_add_rmsnorm");
 }
@@ -240,15 +244,13 @@ Status launch_norm_v(const T* x, const T* w, const T* b, T* out, int64_t rows, i
   const int nvec = int(dim / V);
   if (nvec <= 32 * kCache) {  // one warp per row
     const int64_t grid = (rows + kWarpsPerCta - 1) / kWarpsPerCta;
-    norm_kernel<T, V, true, kKind>
-        <<<unsigned(grid < kMaxGrid ? grid : kMaxGrid), 32 * kWarpsPerCta, 0, stream>>>(
-            x, w, b, out, rows, int(dim), nvec, eps);
+    launch_pdl(norm_kernel<T, V, true, kKind>, unsigned(grid < kMaxGrid ? grid : kMaxGrid),
+               32 * kWarpsPerCta, 0, stream, x, w, b, out, rows, int(dim), nvec, eps);
   } else {  // one CTA per row; ~2 vectors per thread leaves loads in flight for short grids
     int threads = ((nvec + 1) / 2 + 31) / 32 * 32;
     threads = threads < 64 ? 64 : (threads > 1024 ? 1024 : threads);
-    norm_kernel<T, V, false, kKind>
-        <<<unsigned(rows < kMaxGrid ? rows : kMaxGrid), threads, 0, stream>>>(x, w, b, out, rows,
-                                                                              int(dim), nvec, eps);
+    launch_pdl(norm_kernel<T, V, false, kKind>, unsigned(rows < kMaxGrid ? rows : kMaxGrid),
+               threads, 0, stream, x, w, b, out, rows, int(dim), nvec, eps);
   }
   return check_launch(name);
 }

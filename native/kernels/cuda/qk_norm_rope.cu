@@ -14,6 +14,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/vec.cuh"
 
 namespace gemma3::cuda {
@@ -45,6 +46,8 @@ __global__ void __launch_bounds__(32 * kWarps)
     qk_norm_rope_kernel(const T* q, const T* k, const T* v, const T* __restrict__ q_w,
                         const T* __restrict__ k_w, const int32_t* __restrict__ positions, T* q_out,
                         T* k_out, T* v_out, Args a) {
+  pdl_wait();  // pdl.cuh: inputs come from the kernel before
+  pdl_trigger();
   __shared__ float inv_freq[kMaxHeadDim / 2], cs[kMaxHeadDim / 2], sn[kMaxHeadDim / 2];
   __shared__ float xs[kWarps][kMaxHeadDim];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -135,8 +138,8 @@ Status launch(const T* q, const T* k, const T* v, const T* q_w, const T* k_w,
               cudaStream_t stream) {
   const dim3 grid(unsigned(a.tokens < kMaxGrid ? a.tokens : kMaxGrid),
                   unsigned((a.heads + kWarps - 1) / kWarps));
-  qk_norm_rope_kernel<T, V>
-      <<<grid, 32 * kWarps, 0, stream>>>(q, k, v, q_w, k_w, positions, q_out, k_out, v_out, a);
+  launch_pdl(qk_norm_rope_kernel<T, V>, grid, 32 * kWarps, 0, stream, q, k, v, q_w, k_w, positions,
+             q_out, k_out, v_out, a);
   return check_launch("qk_norm_rope");
 }
 

@@ -9,6 +9,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/vec.cuh"
 
 namespace gemma3::cuda {
@@ -32,6 +33,8 @@ template <typename T, int V>
 __global__ void __launch_bounds__(1024)
     rope_kernel(T* x, const int32_t* positions, int64_t tokens, int heads, int head_dim,
                 int64_t ld_token, float base, float scale) {
+  pdl_wait();  // pdl.cuh: inputs come from the kernel before
+  pdl_trigger();
   __shared__ float cs[kMaxHeadDim / 2], sn[kMaxHeadDim / 2];
   const int half = head_dim / 2;
   const int tid = threadIdx.x;
@@ -86,9 +89,8 @@ Status launch_rope(T* x, const int32_t* positions, int64_t tokens, int heads, in
   int64_t threads = work < 256 ? work : 256;
   if (threads < half) threads = half;
   threads = (threads + 31) / 32 * 32;
-  rope_kernel<T, V>
-      <<<unsigned(tokens < kMaxGrid ? tokens : kMaxGrid), unsigned(threads), 0, stream>>>(
-          x, positions, tokens, heads, head_dim, ld_token, base, scale);
+  launch_pdl(rope_kernel<T, V>, unsigned(tokens < kMaxGrid ? tokens : kMaxGrid), unsigned(threads),
+             0, stream, x, positions, tokens, heads, head_dim, ld_token, base, scale);
   return check_launch("rope");
 }
 

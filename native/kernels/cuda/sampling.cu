@@ -12,6 +12,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/vec.cuh"
 
 namespace gemma3::cuda {
@@ -67,6 +68,8 @@ __device__ __forceinline__ void row_for_each(const T* row, int64_t cols, F&& f) 
 template <typename T>
 __global__ void __launch_bounds__(1024)
     softmax_kernel(const T* x, T* out, int64_t rows, int64_t cols, bool same_phase) {
+  pdl_wait();  // pdl.cuh: inputs come from the kernel before
+  pdl_trigger();
   __shared__ float red[32];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* xr = x + r * cols;
@@ -118,6 +121,8 @@ __device__ __forceinline__ ValIdx better(ValIdx a, ValIdx b) {
 template <typename T>
 __global__ void __launch_bounds__(1024)
     argmax_kernel(const T* x, int32_t* out, int64_t rows, int64_t cols) {
+  pdl_wait();  // pdl.cuh: inputs come from the kernel before
+  pdl_trigger();
   __shared__ float red_v[32];
   __shared__ int32_t red_i[32];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -207,6 +212,8 @@ template <typename T>
 __global__ void __launch_bounds__(kTopkThreads, 1)
     topk_kernel(const T* x, float* values, int32_t* indices, int64_t rows, int64_t cols, int k,
                 int cap) {
+  pdl_wait();  // pdl.cuh: inputs come from the kernel before
+  pdl_trigger();
   extern __shared__ uint64_t smem[];
   uint64_t* sel = smem;                                      // final set, then sorted
   uint64_t* cand = smem + kMaxK;                             // candidates once they fit
@@ -379,8 +386,8 @@ Status softmax(const T* x, T* out, int64_t rows, int64_t cols, cudaStream_t stre
   if (!x || !out) return invalid("softmax: null pointer");
   const bool same_phase =
       ((reinterpret_cast<uintptr_t>(x) ^ reinterpret_cast<uintptr_t>(out)) & 15u) == 0;
-  softmax_kernel<T>
-      <<<row_grid(rows), row_threads(cols), 0, stream>>>(x, out, rows, cols, same_phase);
+  launch_pdl(softmax_kernel<T>, row_grid(rows), row_threads(cols), 0, stream, x, out, rows, cols,
+             same_phase);
   return check_launch("softmax");
 }
 
@@ -389,7 +396,7 @@ Status argmax(const T* x, int32_t* out, int64_t rows, int64_t cols, cudaStream_t
   G3_RETURN_IF_ERROR(check_rows_cols("argmax", rows, cols));
   if (rows == 0) return Status::Ok();
   if (!x || !out) return invalid("argmax: null pointer");
-  argmax_kernel<T><<<row_grid(rows), row_threads(cols), 0, stream>>>(x, out, rows, cols);
+  launch_pdl(argmax_kernel<T>, row_grid(rows), row_threads(cols), 0, stream, x, out, rows, cols);
   return check_launch("argmax");
 }
 
@@ -408,8 +415,8 @@ Status topk(const T* x, float* values, int32_t* indices, int64_t rows, int64_t c
   const size_t smem = size_t(kMaxK + cap) * sizeof(uint64_t) + kBins * sizeof(uint32_t);
   G3_CUDA_RETURN(
       cudaFuncSetAttribute(topk_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  topk_kernel<T>
-      <<<row_grid(rows), kTopkThreads, smem, stream>>>(x, values, indices, rows, cols, int(k), cap);
+  launch_pdl(topk_kernel<T>, row_grid(rows), kTopkThreads, smem, stream, x, values, indices, rows,
+             cols, int(k), cap);
   return check_launch("topk");
 }
 
