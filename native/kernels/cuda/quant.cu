@@ -10,6 +10,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/vec.cuh"
 #include "runtime/kquant.h"
 
@@ -77,6 +78,8 @@ __device__ __forceinline__ void store8(T* p, const float (&v)[8]) {
 template <typename TS, typename TD, bool kVec>
 __global__ void __launch_bounds__(kThreads)
     cast_kernel(const TS* __restrict__ src, TD* __restrict__ dst, int64_t n) {
+  pdl_wait();  // pdl.cuh: inputs come from the kernel before
+  pdl_trigger();
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   int64_t done = 0;
@@ -104,6 +107,8 @@ template <typename TS>
 __global__ void __launch_bounds__(kThreads)
     quantize_q8_0_kernel(const TS* __restrict__ src, block_q8_0* __restrict__ dst,
                          int64_t nblocks) {
+  pdl_wait();  // pdl.cuh: inputs come from the kernel before
+  pdl_trigger();
   const int lane = threadIdx.x & 31;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x >> 5);
   for (int64_t b = int64_t(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5); b < nblocks;
@@ -124,6 +129,8 @@ template <typename TS>
 __global__ void __launch_bounds__(kThreads)
     quantize_q4_0_kernel(const TS* __restrict__ src, block_q4_0* __restrict__ dst,
                          int64_t nblocks) {
+  pdl_wait();  // pdl.cuh: inputs come from the kernel before
+  pdl_trigger();
   const int lane = threadIdx.x & 31;
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x >> 5);
   for (int64_t b = int64_t(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5); b < nblocks;
@@ -168,6 +175,8 @@ template <typename TS>
 __global__ void __launch_bounds__(kThreads)
     quantize_fp8_kernel(const TS* __restrict__ src, fp8e4m3* __restrict__ dst,
                         float* __restrict__ scale, int64_t rows, int64_t cols) {
+  pdl_wait();  // pdl.cuh: inputs come from the kernel before
+  pdl_trigger();
   __shared__ float red[kThreads / 32];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const TS* row = src + r * cols;
@@ -190,6 +199,8 @@ template <typename TD>
 __global__ void __launch_bounds__(kThreads)
     dequantize_q8_0_kernel(const block_q8_0* __restrict__ src, TD* __restrict__ dst,
                            int64_t groups) {
+  pdl_wait();  // pdl.cuh: inputs come from the kernel before
+  pdl_trigger();
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t g = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; g < groups; g += stride) {
     const block_q8_0& b = src[g >> 2];
@@ -204,6 +215,8 @@ template <typename TD>
 __global__ void __launch_bounds__(kThreads)
     dequantize_q4_0_kernel(const block_q4_0* __restrict__ src, TD* __restrict__ dst,
                            int64_t groups) {
+  pdl_wait();  // pdl.cuh: inputs come from the kernel before
+  pdl_trigger();
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t g = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; g < groups; g += stride) {
     const block_q4_0& b = src[g >> 2];
@@ -221,6 +234,8 @@ template <typename TD>
 __global__ void __launch_bounds__(kThreads)
     dequantize_fp8_kernel(const fp8e4m3* __restrict__ src, const float* __restrict__ scale,
                           TD* __restrict__ dst, int64_t rows, int64_t cols) {
+  pdl_wait();  // pdl.cuh: inputs come from the kernel before
+  pdl_trigger();
   const int64_t n = rows * cols, stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
     dst[i] = from_f32<TD>(fp8e4m3_to_f32(src[i]) * scale[i / cols]);
@@ -268,9 +283,11 @@ Status cast(const TS* src, TD* dst, int64_t n, cudaStream_t stream) {
     return Status::Ok();
   } else {
     if (aligned16(src) && aligned16(dst)) {
-      cast_kernel<TS, TD, true><<<grid_for(n, kThreads * 8), kThreads, 0, stream>>>(src, dst, n);
+      launch_pdl(cast_kernel<TS, TD, true>, grid_for(n, kThreads * 8), kThreads, 0, stream, src,
+                 dst, n);
     } else {
-      cast_kernel<TS, TD, false><<<grid_for(n, kThreads), kThreads, 0, stream>>>(src, dst, n);
+      launch_pdl(cast_kernel<TS, TD, false>, grid_for(n, kThreads), kThreads, 0, stream, src, dst,
+                 n);
     }
     return check_launch("cast_kernel");
   }
@@ -288,17 +305,17 @@ Status quantize(const TS* src, TQ* dst, float* scale, int64_t rows, int64_t cols
         check_quant_args("quantize", src, dst, scale, kFp8, kIsBlock<TQ>, rows, cols));
     if (rows == 0) return Status::Ok();
     if constexpr (kFp8) {
-      quantize_fp8_kernel<TS>
-          <<<grid_for(rows, 1), kThreads, 0, stream>>>(src, dst, scale, rows, cols);
+      launch_pdl(quantize_fp8_kernel<TS>, grid_for(rows, 1), kThreads, 0, stream, src, dst, scale,
+                 rows, cols);
       return check_launch("quantize_fp8_kernel");
     } else {
       const int64_t nblocks = rows * (cols / kQK);
       const unsigned grid = grid_for(nblocks, kThreads / 32);
       if constexpr (std::is_same_v<TQ, block_q8_0>) {
-        quantize_q8_0_kernel<TS><<<grid, kThreads, 0, stream>>>(src, dst, nblocks);
+        launch_pdl(quantize_q8_0_kernel<TS>, grid, kThreads, 0, stream, src, dst, nblocks);
         return check_launch("quantize_q8_0_kernel");
       } else {
-        quantize_q4_0_kernel<TS><<<grid, kThreads, 0, stream>>>(src, dst, nblocks);
+        launch_pdl(quantize_q4_0_kernel<TS>, grid, kThreads, 0, stream, src, dst, nblocks);
         return check_launch("quantize_q4_0_kernel");
       }
     }
@@ -317,17 +334,17 @@ Status dequantize(const TQ* src, const float* scale, TD* dst, int64_t rows, int6
         check_quant_args("dequantize", src, dst, scale, kFp8, kIsBlock<TQ>, rows, cols));
     if (rows == 0) return Status::Ok();
     if constexpr (kFp8) {
-      dequantize_fp8_kernel<TD>
-          <<<grid_for(rows * cols, kThreads), kThreads, 0, stream>>>(src, scale, dst, rows, cols);
+      launch_pdl(dequantize_fp8_kernel<TD>, grid_for(rows * cols, kThreads), kThreads, 0, stream,
+                 src, scale, dst, rows, cols);
       return check_launch("dequantize_fp8_kernel");
     } else {
       const int64_t groups = rows * cols / 8;
       const unsigned grid = grid_for(groups, kThreads);
       if constexpr (std::is_same_v<TQ, block_q8_0>) {
-        dequantize_q8_0_kernel<TD><<<grid, kThreads, 0, stream>>>(src, dst, groups);
+        launch_pdl(dequantize_q8_0_kernel<TD>, grid, kThreads, 0, stream, src, dst, groups);
         return check_launch("dequantize_q8_0_kernel");
       } else {
-        dequantize_q4_0_kernel<TD><<<grid, kThreads, 0, stream>>>(src, dst, groups);
+        launch_pdl(dequantize_q4_0_kernel<TD>, grid, kThreads, 0, stream, src, dst, groups);
         return check_launch("dequantize_q4_0_kernel");
       }
     }
