@@ -19,21 +19,32 @@ bool overlaps(const TensorRef& a, const TensorRef& b) {
 
 Status qk_norm_rope(const TensorRef* qkv, const TensorRef& q, const TensorRef& k,
                     const TensorRef* v, const TensorRef& q_w, const TensorRef& k_w,
-                    const TensorRef& positions, float eps, float base, float scale) {
+                    const TensorRef& positions, float eps, float base, float scale,
+                    const TensorRef* kv_rows) {
   const char* op = "qk_norm_rope";
   int dev;
   if (!qkv) v = nullptr;  // separate form: v is not touched
-  G3_RETURN_IF_ERROR(same_device(op, {qkv, &q, &k, v, &q_w, &k_w, &positions}, &dev));
+  if (kv_rows && !qkv)
+    return fail(StatusCode::kInvalidArgument, op, "kv_rows needs the fused form (qkv)");
+  G3_RETURN_IF_ERROR(same_device(op, {qkv, &q, &k, v, &q_w, &k_w, &positions, kv_rows}, &dev));
   G3_RETURN_IF_ERROR(expect_dtype(op, "q", q, {DType::kF32, DType::kBF16}));
   const std::pair<const char*, const TensorRef*> same[] = {
       {"k", &k}, {"q_w", &q_w}, {"k_w", &k_w}, {"v", v}, {"qkv", qkv}};
   for (const auto& [name, t] : same)
     if (t) G3_RETURN_IF_ERROR(expect_same_dtype(op, q, "q", *t, name));
   G3_RETURN_IF_ERROR(expect_dtype(op, "positions", positions, {DType::kI32}));
-  G3_RETURN_IF_ERROR(
-      expect(q.ndim() == 3 && k.ndim() == 3 && q.dim(0) == k.dim(0) && q.dim(2) == k.dim(2), op,
-             named("q", q) + " and " + named("k", k) +
-                 " must be [tokens, heads, head_dim] of one tokens and head_dim"));
+  // k's rows: the tokens', or a KV storage's rows addressed by kv_rows.
+  G3_RETURN_IF_ERROR(expect(
+      q.ndim() == 3 && k.ndim() == 3 && (kv_rows || q.dim(0) == k.dim(0)) && q.dim(2) == k.dim(2),
+      op,
+      named("q", q) + " and " + named("k", k) +
+          " must be [tokens, heads, head_dim] of one tokens and head_dim"));
+  if (kv_rows) {
+    G3_RETURN_IF_ERROR(expect_dtype(op, "kv_rows", *kv_rows, {DType::kI32}));
+    G3_RETURN_IF_ERROR(
+        expect(kv_rows->numel() == q.dim(0), op,
+               named("kv_rows", *kv_rows) + " must have one entry per token of " + named("q", q)));
+  }
   const int64_t T = q.dim(0), Hq = q.dim(1), Hkv = k.dim(1), D = q.dim(2);
   G3_RETURN_IF_ERROR(expect(
       Hq > 0 && Hkv > 0 && D % 2 == 0 && D > 0 && D <= 512, op,
@@ -75,11 +86,12 @@ Status qk_norm_rope(const TensorRef* qkv, const TensorRef& q, const TensorRef& k
     const TT* k_in = qkv ? base_in + Hq * D : kp;
     const TT* v_in = qkv ? base_in + (Hq + Hkv) * D : nullptr;
     const int64_t ld_q = qkv ? ld : Hq * D, ld_k = qkv ? ld : Hkv * D, ld_v = qkv ? ld : Hkv * D;
-    return G3_LAUNCH(dev, keep({qkv, &q, &k, v, &q_w, &k_w, &positions}), qk_norm_rope<TT>, q_in,
-                     k_in, v_in, static_cast<const TT*>(q_w.data()),
+    const int32_t* rows = kv_rows ? static_cast<const int32_t*>(kv_rows->data()) : nullptr;
+    return G3_LAUNCH(dev, keep({qkv, &q, &k, v, &q_w, &k_w, &positions, kv_rows}), qk_norm_rope<TT>,
+                     q_in, k_in, v_in, static_cast<const TT*>(q_w.data()),
                      static_cast<const TT*>(k_w.data()),
-                     static_cast<const int32_t*>(positions.data()), qp, kp, vp, T, Hq, Hkv, D, ld_q,
-                     ld_k, ld_v, eps, base, scale);
+                     static_cast<const int32_t*>(positions.data()), qp, kp, vp, rows, k.dim(0), T,
+                     Hq, Hkv, D, ld_q, ld_k, ld_v, eps, base, scale);
   });
 }
 

@@ -101,10 +101,13 @@ Status copy_rows(const TensorRef& src, const TensorRef& dst, const TensorRef& ds
 // Fused form (qkv given): qkv [tokens, (Hq + 2·Hkv)·D] holds [q | k | v] per row; q [tokens, Hq,
 // D], k [tokens, Hkv, D] and v [tokens, Hkv, D] (v may be null: not copied) are outputs that must
 // not overlap qkv or each other. Separate form (qkv null): q and k are normed and rotated in place.
-// q_w, k_w: [D]; positions: [tokens] i32; one dtype (f32|bf16).
+// q_w, k_w: [D]; positions: [tokens] i32; one dtype (f32|bf16). kv_rows (fused form, optional):
+// [tokens] i32; k and v are then a layer's KV storage [capacity, Hkv, D] and token t's rows go to
+// row kv_rows[t] (< 0 skipped; >= capacity: kOutOfRange on cpu, skipped on cuda, as copy_rows).
 Status qk_norm_rope(const TensorRef* qkv, const TensorRef& q, const TensorRef& k,
                     const TensorRef* v, const TensorRef& q_w, const TensorRef& k_w,
-                    const TensorRef& positions, float eps, float base, float scale);
+                    const TensorRef& positions, float eps, float base, float scale,
+                    const TensorRef* kv_rows = nullptr);
 // residual += rmsnorm(x, w) (as rmsnorm_add), then out = rmsnorm(residual, w_next).
 // x, residual, out: [..., D] (out overlapping neither); w, w_next: [D]; one dtype (f32|bf16).
 Status rmsnorm_add_rmsnorm(const TensorRef& x, const TensorRef& w, const TensorRef& residual,

@@ -108,6 +108,7 @@ export interface Addon {
     eps: number,
     base: number,
     scale: number,
+    kvRows?: OptT,
   ): void;
   rmsnormAddRmsnorm(x: T, w: T, residual: T, wNext: T, out: T, eps: number): void;
   attentionPrefill(

@@ -140,6 +140,9 @@ export interface QkNormRopeParams {
  * kernel (HF Gemma3Attention's q_norm, k_norm, apply_rotary_pos_emb), with v passed through.
  * Fused form: `qkv` [n, (Hq + 2·Hkv)·D] holds one projection's [q | k | v] rows; the results go to
  * `out.q` [n, Hq, D], `out.k` [n, Hkv, D] and `out.v` [n, Hkv, D] (contiguous, overlapping nothing).
+ * With `out.kvRows` ([n] i32), `out.k` and `out.v` are a layer's KV storage [capacity, Hkv, D] and
+ * token t's k and v go to row kvRows[t] (copyRows' rule: < 0 skipped), so the cache write needs no
+ * kernel of its own.
  * Separate form: `{ q, k }` ([n, Hq, D], [n, Hkv, D]) are normed and rotated in place.
  * @param qW [D]; kW [D]; positions [n] i32
  * @returns the normed and rotated q and k (and v in the fused form)
@@ -150,7 +153,7 @@ export function qkNormRope(
   kW: Tensor,
   positions: Tensor,
   p: QkNormRopeParams,
-  out?: { q: Tensor; k: Tensor; v?: Tensor },
+  out?: { q: Tensor; k: Tensor; v?: Tensor; kvRows?: Tensor },
 ): { q: Tensor; k: Tensor; v?: Tensor } {
   const scale = p.scale ?? 1;
   if (!(qkv instanceof Tensor)) {
@@ -161,7 +164,19 @@ export function qkNormRope(
   }
   if (!out) throw new TypeError("qkNormRope: the fused form needs out { q, k, v? }");
   native(() =>
-    addon().qkNormRope(qkv, out.q, out.k, out.v ?? null, qW, kW, positions, p.eps, p.base, scale),
+    addon().qkNormRope(
+      qkv,
+      out.q,
+      out.k,
+      out.v ?? null,
+      qW,
+      kW,
+      positions,
+      p.eps,
+      p.base,
+      scale,
+      out.kvRows ?? null,
+    ),
   );
   return out;
 }

@@ -243,6 +243,22 @@ export function matmulCases(): Case[] {
         [3, 37, 256],
       ] as const)
         cases.push(matmulCase(xd, wd, M, N, K, seed, tieX(M, K, seed++)));
+  // q-dot through CUDA's fused direct GEMV (M <= 2, K % 256 == 0, aligned rows: W in 16-byte
+  // chunks, each holding parts of 2 blocks): one chunk pass, several passes of 32 lanes per row
+  // (q8_0's d two chunks back, lanes at the warp's edge), odd N (a partial row group), split K
+  // (few rows, long K) and ties. The ops.cuda test's unaligned copies take the staged path.
+  for (const xd of ["f32", "bf16"] as const)
+    for (const wd of ["q8_0", "q4_0"] as const) {
+      for (const [M, N, K] of [
+        [1, 19, 256],
+        [1, 37, 2560],
+        [2, 21, 1536],
+        [1, 5, 10240],
+        [2, 3, 4096],
+      ] as const)
+        cases.push(matmulCase(xd, wd, M, N, K, seed++));
+      cases.push(matmulCase(xd, wd, 1, 19, 512, seed, tieX(1, 512, seed++)));
+    }
   // q-dot with x rows too long for CUDA's 4 MiB q8 buffer all at once (8 x 425984 int8 + scales):
   // the rows are rounded and multiplied 7 + 1 at a time.
   cases.push(matmulCase("bf16", "q4_0", 8, 3, 425984, seed++));
@@ -982,7 +998,10 @@ function decodeCase(
       const ix = up(kvIndices, [kvIndices.length], "i32", dev);
       const ln = up(lens, [batch], "i32", dev);
       const wsFloats = withWorkspace ? ops.attentionDecodeWorkspaceFloats(qt, maxKv) : 0;
-      const ws = wsFloats > 0 ? Tensor.empty([wsFloats], "f32", dev) : null;
+      // The layout's offset (20 bytes in "offset") also tests a workspace that is not 16-byte
+      // aligned; NaN-filled so a partial read before it is written shows.
+      const ws = wsFloats > 0 ? alloc([wsFloats], "f32", dev) : null;
+      ws?.fillBytes(0xff);
       const out = alloc([batch, Hq, D], d, dev, l16);
       out.fillBytes(0xff);
       ops.attentionDecode(qt, kt, vt, ip, ix, ln, {
@@ -1103,6 +1122,17 @@ export function attentionCases(): Case[] {
     }
     cases.push(decodeCase(d, [250, 40], 2, 1, 64, 16, 32, true, seed++, scaled));
     cases.push(decodeCase(d, [24, 24], 4, 4, 128, 24, 0, false, seed++, unit));
+    // Long contexts (the split planner's range: ~100 splits at batch 1; stages of 16-512 keys;
+    // splits past a short sequence's end; a chunk that is not a whole number of stages) and the
+    // wide combine, GQA groups 1/2/4/8.
+    cases.push(decodeCase(d, [5000], 8, 4, 256, 16, 0, true, seed++)); // 4B-like heads
+    cases.push(decodeCase(d, [4100, 3, 1500], 8, 2, 128, 16, 0, true, seed++)); // ragged batch
+    cases.push(decodeCase(d, [3001], 8, 1, 64, 8, 0, true, seed++)); // group 8 (8 heads a CTA)
+    cases.push(decodeCase(d, [2999, 2500], 4, 2, 32, 16, 1000, true, seed++)); // window, long
+    cases.push(decodeCase(d, [4097], 2, 2, 256, 16, 0, true, seed++)); // group 1
+    cases.push(decodeCase(d, [3000], 4, 1, 16, 16, 0, true, seed++, scaled)); // fp8, 512 keys/stage
+    cases.push(decodeCase(d, [2600, 90], 8, 2, 256, 16, 0, true, seed++, scaled)); // fp8 D 256
+    cases.push(decodeCase(d, [3000], 8, 1, 128, 16, 0, false, seed++)); // long, no workspace
   }
   return cases;
 }
@@ -1453,6 +1483,48 @@ export function fusedCases(): Case[] {
         reference: () => [Float32Array.of(0, 0, 1)],
         refTol: { kind: "exact", why: "the same kernels' arithmetic on the same device" },
         cudaTol: { kind: "exact", why: "both backends equal their own rmsnorm then rope" },
+      });
+      // Straight into KV storage rows (kvRows; one row -1 = a masked slot, skipped): the storage
+      // equals the fused op's k/v written by copyRows, bit for bit, and rows not addressed keep
+      // what they held.
+      const cap = 2 * tokens + 3;
+      const kvRows = Array.from({ length: tokens }, (_, t) => (t === 1 ? -1 : (t * 5 + 2) % cap));
+      const old = inDType(randn(cap * hkv * hd * 2, seed++), d);
+      cases.push({
+        name: `qkNormRope into KV rows == fused then copyRows, bit for bit (${what})`,
+        async run(dev) {
+          const wq = up(qW, [hd], d, dev);
+          const wk = up(kW, [hd], d, dev);
+          const pt = up(pos, [tokens], "i32", dev);
+          const rows = up(kvRows, [tokens], "i32", dev);
+          const x = up(qkv, [tokens, width], d, dev);
+          const half = cap * hkv * hd;
+          const store = () => [
+            up(old.subarray(0, half), [cap, hkv, hd], d, dev),
+            up(old.subarray(half), [cap, hkv, hd], d, dev),
+          ];
+          // Direct.
+          const [kc, vc] = store();
+          const q1 = alloc([tokens, hq, hd], d, dev);
+          ops.qkNormRope(x, wq, wk, pt, p, { q: q1, k: kc!, v: vc!, kvRows: rows });
+          // Fused, then the cache's own copies.
+          const [kc2, vc2] = store();
+          const q = alloc([tokens, hq, hd], d, dev);
+          const k = alloc([tokens, hkv, hd], d, dev);
+          const v = alloc([tokens, hkv, hd], d, dev);
+          ops.qkNormRope(x, wq, wk, pt, p, { q, k, v });
+          ops.copyRows(k, kc2!, rows);
+          ops.copyRows(v, vc2!, rows);
+          const direct = [await host(q1), await host(kc!), await host(vc!)];
+          const copied = [await host(q), await host(kc2!), await host(vc2!)];
+          disposeAll(wq, wk, pt, rows, x, kc!, vc!, q1, kc2!, vc2!, q, k, v);
+          // Sanity: the copies changed the storage (a no-op op on both sides cannot pass).
+          const changed = maxAbsDiff([copied[1]!], [old.subarray(0, half)]) > 0 ? 1 : 0;
+          return [Float32Array.of(maxAbsDiff(direct, copied), changed)];
+        },
+        reference: () => [Float32Array.of(0, 1)],
+        refTol: { kind: "exact", why: "the same kernel's rows, written directly or copied" },
+        cudaTol: { kind: "exact", why: "the same kernel's rows, written directly or copied" },
       });
     }
 

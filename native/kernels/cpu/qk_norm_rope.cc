@@ -36,9 +36,10 @@ void norm_rope_head(const T* x, const float* wf, const float* cs, const float* s
 
 template <typename T>
 Status qk_norm_rope(const T* q, const T* k, const T* v, const T* q_w, const T* k_w,
-                    const int32_t* positions, T* q_out, T* k_out, T* v_out, int64_t tokens,
-                    int64_t q_heads, int64_t kv_heads, int64_t head_dim, int64_t ld_q, int64_t ld_k,
-                    int64_t ld_v, float eps, float base, float scale) {
+                    const int32_t* positions, T* q_out, T* k_out, T* v_out, const int32_t* kv_rows,
+                    int64_t kv_capacity, int64_t tokens, int64_t q_heads, int64_t kv_heads,
+                    int64_t head_dim, int64_t ld_q, int64_t ld_k, int64_t ld_v, float eps,
+                    float base, float scale) {
   const char* name = "qk_norm_rope";
   if (tokens < 0 || q_heads <= 0 || kv_heads <= 0 || head_dim <= 0 || head_dim % 2 != 0 ||
       head_dim > 512)
@@ -53,9 +54,16 @@ Status qk_norm_rope(const T* q, const T* k, const T* v, const T* q_w, const T* k
   if (!(eps >= 0.0f) || !(base > 0.0f) || !(scale > 0.0f))
     return invalid(name, "eps=" + std::to_string(eps) + " must be >= 0, base=" +
                              std::to_string(base) + " and scale=" + std::to_string(scale) + " > 0");
+  if (kv_rows && kv_capacity < 0) return invalid(name, kv("kv_capacity", kv_capacity) + " < 0");
   if (tokens == 0) return Status::Ok();
   if (!q || !k || !q_w || !k_w || !positions || !q_out || !k_out || (copy_v && !v))
     return invalid(name, "null pointer");
+  // As copy_rows on the CPU: a KV row past the cache is reported (the CUDA kernel skips it).
+  for (int64_t t = 0; kv_rows && t < tokens; ++t)
+    if (kv_rows[t] >= kv_capacity)
+      return Status(StatusCode::kOutOfRange, std::string(name) + ": kv_rows[" + std::to_string(t) +
+                                                 "] = " + std::to_string(kv_rows[t]) +
+                                                 " >= capacity " + std::to_string(kv_capacity));
   const int64_t half = head_dim / 2;
   parallel_for(tokens, grain_for((q_heads + 2 * kv_heads) * head_dim * 8),
                [&](int64_t b, int64_t e) {
@@ -73,21 +81,25 @@ Status qk_norm_rope(const T* q, const T* k, const T* v, const T* q_w, const T* k
                    for (int64_t h = 0; h < q_heads; ++h)
                      norm_rope_head(q + t * ld_q + h * head_dim, wq, cs, sn,
                                     q_out + (t * q_heads + h) * head_dim, xf, head_dim, eps);
+                   // The k/v row: the token's own, or its KV cache row (skipped when out of range).
+                   const int64_t row = kv_rows ? int64_t(kv_rows[t]) : t;
+                   if (row < 0) continue;  // a masked slot
                    for (int64_t h = 0; h < kv_heads; ++h)
                      norm_rope_head(k + t * ld_k + h * head_dim, wk, cs, sn,
-                                    k_out + (t * kv_heads + h) * head_dim, xf, head_dim, eps);
+                                    k_out + (row * kv_heads + h) * head_dim, xf, head_dim, eps);
                    if (copy_v)
-                     std::memmove(v_out + t * kv_heads * head_dim, v + t * ld_v,
+                     std::memmove(v_out + row * kv_heads * head_dim, v + t * ld_v,
                                   size_t(kv_heads * head_dim) * sizeof(T));
                  }
                });
   return Status::Ok();
 }
 
-#define G3_QK_NORM_ROPE(T)                                                                        \
-  template Status qk_norm_rope<T>(const T*, const T*, const T*, const T*, const T*,               \
-                                  const int32_t*, T*, T*, T*, int64_t, int64_t, int64_t, int64_t, \
-                                  int64_t, int64_t, int64_t, float, float, float);
+#define G3_QK_NORM_ROPE(T)                                                                      \
+  template Status qk_norm_rope<T>(const T*, const T*, const T*, const T*, const T*,             \
+                                  const int32_t*, T*, T*, T*, const int32_t*, int64_t, int64_t, \
+                                  int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float,  \
+                                  float, float);
 G3_QK_NORM_ROPE(float)
 G3_QK_NORM_ROPE(bf16)
 #undef G3_QK_NORM_ROPE

@@ -35,6 +35,8 @@ __device__ __forceinline__ float round_t(float v) {
 
 struct Args {
   int64_t tokens, ld_q, ld_k, ld_v;
+  const int32_t* kv_rows;  // null: k/v row t; else the KV cache row (kernels.inc)
+  int64_t kv_capacity;
   int q_heads, kv_heads, heads, head_dim;  // heads: the CTA's work per token (v included or not)
   float eps, base, scale;
 };
@@ -60,6 +62,9 @@ __global__ void __launch_bounds__(32 * kWarps)
   __syncthreads();
   const int gh = blockIdx.y * kWarps + warp;  // this warp's head among the token's work
   for (int64_t t = blockIdx.x; t < a.tokens; t += gridDim.x) {
+    // k and v go to row t, or to the token's KV cache row (out of range: not written).
+    const int64_t row = a.kv_rows ? int64_t(a.kv_rows[t]) : t;
+    const bool kv_ok = !a.kv_rows || (row >= 0 && row < a.kv_capacity);
     for (int i = tid; i < half; i += blockDim.x) {
       // rope.cu: cos/sin of the float32 angle (accurate sincosf, not __sinf), then cast to T.
       float s, c;
@@ -68,12 +73,12 @@ __global__ void __launch_bounds__(32 * kWarps)
       sn[i] = round_t<T>(s);
     }
     __syncthreads();
-    if (gh < a.q_heads + a.kv_heads) {
+    if (gh < a.q_heads + (kv_ok ? a.kv_heads : 0)) {
       const bool is_q = gh < a.q_heads;
       const int h = is_q ? gh : gh - a.q_heads;
       const T* src = is_q ? q + t * a.ld_q + int64_t(h) * D : k + t * a.ld_k + int64_t(h) * D;
       const T* w = is_q ? q_w : k_w;
-      T* dst = is_q ? q_out + (t * a.q_heads + h) * D : k_out + (t * a.kv_heads + h) * D;
+      T* dst = is_q ? q_out + (t * a.q_heads + h) * D : k_out + (row * a.kv_heads + h) * D;
       float* x = xs[warp];
       // norm.cu's warp-per-row rmsnorm: the same vectors per lane, in the same order.
       float acc = 0.0f;
@@ -118,10 +123,10 @@ __global__ void __launch_bounds__(32 * kWarps)
           dst[i + half] = from_f32<T>(y2);
         }
       }
-    } else if (gh < a.heads) {  // v head: a copy
+    } else if (gh >= a.q_heads + a.kv_heads && gh < a.heads && kv_ok) {  // v head: a copy
       const int h = gh - a.q_heads - a.kv_heads;
       const T* src = v + t * a.ld_v + int64_t(h) * D;
-      T* dst = v_out + (t * a.kv_heads + h) * D;
+      T* dst = v_out + (row * a.kv_heads + h) * D;
       for (int i = lane; i < nvec; i += 32) {
         float f[V];
         load_f32<T, V>(src + i * V, f);
@@ -147,14 +152,16 @@ Status launch(const T* q, const T* k, const T* v, const T* q_w, const T* k_w,
 
 template <typename T>
 Status qk_norm_rope(const T* q, const T* k, const T* v, const T* q_w, const T* k_w,
-                    const int32_t* positions, T* q_out, T* k_out, T* v_out, int64_t tokens,
-                    int64_t q_heads, int64_t kv_heads, int64_t head_dim, int64_t ld_q, int64_t ld_k,
-                    int64_t ld_v, float eps, float base, float scale, cudaStream_t stream) {
+                    const int32_t* positions, T* q_out, T* k_out, T* v_out, const int32_t* kv_rows,
+                    int64_t kv_capacity, int64_t tokens, int64_t q_heads, int64_t kv_heads,
+                    int64_t head_dim, int64_t ld_q, int64_t ld_k, int64_t ld_v, float eps,
+                    float base, float scale, cudaStream_t stream) {
   const bool copy_v = v_out != nullptr && v_out != v;
   if (tokens < 0 || q_heads <= 0 || kv_heads <= 0 || q_heads + 2 * kv_heads > 65535 * kWarps ||
-      head_dim <= 0 || head_dim % 2 != 0 || head_dim > kMaxHeadDim || ld_q < q_heads * head_dim ||
-      ld_k < kv_heads * head_dim || (copy_v && ld_v < kv_heads * head_dim) || !(eps >= 0.0f) ||
-      !(base > 0.0f) || !std::isfinite(base) || !(scale > 0.0f) || !std::isfinite(scale)) {
+      (kv_rows && kv_capacity < 0) || head_dim <= 0 || head_dim % 2 != 0 ||
+      head_dim > kMaxHeadDim || ld_q < q_heads * head_dim || ld_k < kv_heads * head_dim ||
+      (copy_v && ld_v < kv_heads * head_dim) || !(eps >= 0.0f) || !(base > 0.0f) ||
+      !std::isfinite(base) || !(scale > 0.0f) || !std::isfinite(scale)) {
     return Status(StatusCode::kInvalidArgument,
                   "qk_norm_rope: need tokens >= 0, heads > 0, even 0 < head_dim <= 512, token "
                   "strides covering the heads, eps >= 0, finite base and scale > 0 (tokens=" +
@@ -166,16 +173,10 @@ Status qk_norm_rope(const T* q, const T* k, const T* v, const T* q_w, const T* k
   if (tokens == 0) return Status::Ok();
   if (!q || !k || !q_w || !k_w || !positions || !q_out || !k_out || (copy_v && !v))
     return Status(StatusCode::kInvalidArgument, "qk_norm_rope: null pointer");
-  const Args a{tokens,
-               ld_q,
-               ld_k,
-               ld_v,
-               int(q_heads),
-               int(kv_heads),
-               int(q_heads + (copy_v ? 2 : 1) * kv_heads),
-               int(head_dim),
-               eps,
-               base,
+  const Args a{tokens,        ld_q,          ld_k,
+               ld_v,          kv_rows,       kv_capacity,
+               int(q_heads),  int(kv_heads), int(q_heads + (copy_v ? 2 : 1) * kv_heads),
+               int(head_dim), eps,           base,
                scale};
   constexpr int V = 16 / sizeof(T);
   // norm.cu's vector rule (dim % V, 16-byte pointers), so the sums take rmsnorm's order.
@@ -186,10 +187,11 @@ Status qk_norm_rope(const T* q, const T* k, const T* v, const T* q_w, const T* k
   return launch<T, 1>(q, k, v, q_w, k_w, positions, q_out, k_out, v_out, a, stream);
 }
 
-#define G3_QK_NORM_ROPE(T)                                                                        \
-  template Status qk_norm_rope<T>(const T*, const T*, const T*, const T*, const T*,               \
-                                  const int32_t*, T*, T*, T*, int64_t, int64_t, int64_t, int64_t, \
-                                  int64_t, int64_t, int64_t, float, float, float, cudaStream_t);
+#define G3_QK_NORM_ROPE(T)                                                                      \
+  template Status qk_norm_rope<T>(const T*, const T*, const T*, const T*, const T*,             \
+                                  const int32_t*, T*, T*, T*, const int32_t*, int64_t, int64_t, \
+                                  int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float,  \
+                                  float, float, cudaStream_t);
 G3_QK_NORM_ROPE(float)
 G3_QK_NORM_ROPE(bf16)
 #undef G3_QK_NORM_ROPE

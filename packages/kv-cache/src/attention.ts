@@ -25,6 +25,30 @@ export interface CachedAttentionOptions {
    * with ops.decodeWorkspaceFloats. Without it decode runs one CTA per (sequence, kv head).
    */
   workspace?: Tensor | null;
+  /**
+   * The new tokens' K/V are already in storage: written by the op that produced them at the rows
+   * `directKvWrite` gave (decode only), so no copy is made here.
+   */
+  stored?: boolean;
+}
+
+/**
+ * Where a decode step's new K/V can go straight into the layer's storage from the op that makes
+ * them (ops.qkNormRope's kvRows), which saves the two copyRows kernels of the cache write: the
+ * storage [rows, Hkv, D] and each new token's row in it. Null where the cache must write them
+ * itself: a prefill (the context gather must come first), e4m3 storage (scaled cast) or storage in
+ * another dtype, and sliding layers that also copy into snapshot storage.
+ * @param dtype the dtype the producing op writes (the model's compute dtype)
+ */
+export function directKvWrite(
+  kv: LayerKV,
+  plan: StepPlan,
+  dtype: DTypeName,
+): { k: Tensor; v: Tensor; rows: Tensor } | null {
+  if (!plan.decode || kv.k.dtypeName !== dtype || kv.v.dtypeName !== dtype) return null;
+  const g = kv.sliding ? plan.ring : plan.global;
+  if (kv.snapshot && g.snapshotRows) return null;
+  return { k: kv.k, v: kv.v, rows: g.writeRows };
 }
 
 /**
@@ -78,7 +102,7 @@ export function cachedAttention(
   };
 
   if (plan.decode) {
-    store();
+    if (!o.stored) store();
     const t = g.decode!;
     const paged = [kv.rows / t.pageSize, t.pageSize, hkv, d];
     ops.attentionDecode(q, kv.k.view(paged), kv.v.view(paged), t.kvIndptr, t.kvIndices, t.kvLen, {

@@ -10,7 +10,7 @@ import { Tensor } from "@gemma3/native";
 // layerOps = @gemma3/native ops whose matmul applies an fp8 weight's per-row scale (quantize.ts).
 import { layerOps as ops } from "./quantize.js";
 import type { Gemma3Config } from "./config.js";
-import { cachedAttention, type KVCache, type StepPlan } from "@gemma3/kv-cache";
+import { cachedAttention, directKvWrite, type KVCache, type StepPlan } from "@gemma3/kv-cache";
 import { Scratch } from "./scratch.js";
 
 /** Weights of one layer. Linear weights are [out, in] (torch layout); norms [hidden] or [head_dim]. */
@@ -170,10 +170,15 @@ export class DecoderLayer {
     const k = s.alloc([n, hkv, d], dt);
     const v = s.alloc([n, hkv, d], dt);
     const rope = { eps, ...this.rope };
+    const kv = cache.layer(this.index);
+    let direct: ReturnType<typeof directKvWrite> = null;
     if (w.qkvProj) {
-      // One matmul into [q | k | v] rows; one kernel norms and rotates q and k out of them.
+      // One matmul into [q | k | v] rows; one kernel norms and rotates q and k out of them, at
+      // decode straight into the cache's rows when it can (no copy kernels for the cache write).
       const qkv = ops.matmul(x, w.qkvProj, { out: s.alloc([n, (hq + 2 * hkv) * d], dt) });
-      ops.qkNormRope(qkv, w.qNorm, w.kNorm, plan.positions, rope, { q, k, v });
+      direct = directKvWrite(kv, plan, dt);
+      const out = direct ? { q, k: direct.k, v: direct.v, kvRows: direct.rows } : { q, k, v };
+      ops.qkNormRope(qkv, w.qNorm, w.kNorm, plan.positions, rope, out);
     } else {
       ops.matmul(x, w.qProj, { out: q.view([n, hq * d]) });
       ops.matmul(x, w.kProj, { out: k.view([n, hkv * d]) });
@@ -190,11 +195,12 @@ export class DecoderLayer {
 
     // Through the cache: scatter + decode attention, or gather context + prefill + scatter
     // (@gemma3/kv-cache cachedAttention; the window applies on sliding layers).
-    const o = cachedAttention(cache.layer(this.index), plan, q, k, v, {
+    const o = cachedAttention(kv, plan, q, k, v, {
       smScale: this.smScale,
       out: s.alloc([n, hq, d], dt),
       alloc: (shape, dtype) => s.alloc(shape, dtype),
       workspace,
+      stored: direct !== null,
     });
     return ops.matmul(o.view([n, hq * d]), w.oProj, {
       out: s.alloc([n, this.cfg.hiddenSize], dt),
