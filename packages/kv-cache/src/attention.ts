@@ -32,6 +32,9 @@ export interface CachedAttentionOptions {
   stored?: boolean;
 }
 
+/** GEMMA3_KV_DIRECT=0: the cache writes decode K/V itself (copyRows), for A/B measurements. */
+const KV_DIRECT_OFF = globalThis.process?.env?.GEMMA3_KV_DIRECT === "0";
+
 /**
  * Where a decode step's new K/V can go straight into the layer's storage from the op that makes
  * them (ops.qkNormRope's kvRows), which saves the two copyRows kernels of the cache write: the
@@ -46,6 +49,7 @@ export function directKvWrite(
   dtype: DTypeName,
 ): { k: Tensor; v: Tensor; rows: Tensor } | null {
   if (!plan.decode || kv.k.dtypeName !== dtype || kv.v.dtypeName !== dtype) return null;
+  if (KV_DIRECT_OFF) return null;
   const g = kv.sliding ? plan.ring : plan.global;
   if (kv.snapshot && g.snapshotRows) return null;
   return { k: kv.k, v: kv.v, rows: g.writeRows };
