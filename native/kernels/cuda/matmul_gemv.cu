@@ -4,19 +4,23 @@
 // Dense formats (f32, bf16, fp8) load W with 16-byte loads straight into registers; the GGUF block
 // formats (q8_0, q4_0) stage it through shared memory (gemv_q_kernel, see its notes) and, by
 // default, read x rounded to int8 blocks by quantize_x_q8_kernel and dot with dp4a ("q-dot",
-// kernels.inc; GEMMA3_QDOT=float keeps x in float and decodes W to float instead).
+// kernels.inc; GEMMA3_QDOT=float keeps x in float and decodes W to float instead). An opt-in
+// direct q-dot GEMV (GEMMA3_QDOT_DIRECT=1, M <= 2, aligned rows) reads W in 16-byte chunks instead.
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <type_traits>
 
 #include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/qdot.h"
 
 namespace gemma3::cuda::detail {
@@ -652,6 +656,313 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
   }
 }
 
+// ---- q-dot, direct (rows of whole 16-byte chunks, M <= 2) ----
+//
+// What the staged kernel above costs at Gemma's shapes (docs/kernels.md, "q-dot direct"): a
+// second launch and its gap before the GEMV may start, and ~40 shared-memory wavefronts per 576
+// bytes of W (32-bit reads at a 4.5-word lane stride, funnel shifts). When every row starts
+// 16-byte aligned (w aligned, K % 256 == 0: 8 blocks are 144 / 272 bytes, 9 / 17 chunks) a lane
+// can take whole 16-byte chunks of a row and read them back as one 16-byte word, conflict-free.
+//
+// A row is a stream of half-words (hw): a block is kHw = 9 (q4_0) / 17 (q8_0) hws, hw 0 its f16 d,
+// hw i >= 1 its qs bytes 2(i-1), 2(i-1)+1. Chunk c holds hws [8c, 8c + 8): at most one d, at
+// position k (k = 8: none). The qs before it belong to block P (whose d is in an earlier chunk:
+// the previous one for q4_0, one of the previous two for q8_0), those after it to block O (whose d
+// it holds). qd_layout_kernel rounds x exactly as quantize_x_q8_kernel does (qdot.h: the same int8
+// values, d_x and block sums) and lays it out per chunk into g_qx, in planes of 16 bytes per chunk:
+// for W word t (hws 2t, 2t+1) the x bytes its 4 bytes multiply (q4_0: one word for the low nibbles,
+// one for the high; a d's bytes get x = 0), then {d_x of P, d_x of O, base, 0} with base = -8 s_O
+// (q4_0's offset, added once per block by the chunk holding its d). Per row then, with maskP_t the
+// bytes of hws before k:
+//   tot = base + sum_t dp4a(w_t, x_t),  sP = sum_t dp4a(w_t, x_t & maskP_t),  sO = tot - sP,
+//   acc += (d_wP d_xP) sP + (d_wO d_xO) sO         (exact integers; each part scaled on its own)
+// d_wO comes from the chunk, d_wP from a lane shuffle; lanes at the warp's edge copy its 4-byte
+// word alongside their chunk.
+//
+// gemv_qd_kernel streams W with a per-lane ring: lane l copies chunk 32 st + l of each of its R
+// rows for step st into its own 16-byte slots (cp.async, NS - 1 steps in flight, ~3 KB a warp
+// continuously) and reads back only its own slots, so the loop has no barrier. Steps of all of a
+// warp's row groups form one stream (as gemv_q_kernel). Both kernels are launched with PDL
+// (pdl.cuh): the GEMV's first W copies are issued before it waits for the layout kernel, which
+// hides that launch and the rounding behind the first DRAM round trip.
+//
+// Opt-in (GEMMA3_QDOT_DIRECT=1): measured on an H100 it is no faster than the staged path (equal
+// at 4B's MLP up, 10-18% slower for q8_0 and at the 4B logits). Both plateau at 2.1-2.6 TB/s where
+// bf16 / fp8 reach 3.1, which points at instructions per byte, not bytes in flight or launches:
+// ~190 per lane and step (32 bytes of W) here, of which only 16-32 are dp4a; the rest is per-chunk
+// bookkeeping (k, masks, the P/O split, d extraction, shuffles) that a block-aligned layout of
+// whole 144 / 272-byte periods per lane would make compile-time. Kept, tested, for that A/B.
+template <typename TW>
+struct DQ;
+template <>
+struct DQ<block_q4_0> {
+  static constexpr int kHw = 9,
+                       kPlanes = 3;  // x planes: {lo0 hi0 lo1 hi1}, {lo2 hi2 lo3 hi3}, scalars
+};
+template <>
+struct DQ<block_q8_0> {
+  static constexpr int kHw = 17, kPlanes = 2;  // {x0 x1 x2 x3}, scalars
+};
+constexpr int kQdRows = 2;    // rows per warp
+constexpr int kQdStages = 4;  // ring depth: 3 steps in flight
+
+// Position of chunk c's d (0..7), or 8 when it holds none.
+template <typename TW>
+__device__ __forceinline__ int qd_chunk_k(int c) {
+  constexpr int H = DQ<TW>::kHw;
+  const int rem = (8 * c) % H;
+  const int k = rem == 0 ? 0 : H - rem;
+  return k < 8 ? k : 8;
+}
+
+// Bytes of x planes in g_qx for M rows: [kPlanes][M][cn] uint4.
+template <typename TW>
+constexpr int64_t qd_planes_bytes(int64_t M, int64_t K) {
+  return DQ<TW>::kPlanes * M * (K / kQK * 2 * DQ<TW>::kHw / 16) * 16;
+}
+
+// One warp per (row m, chunk c) of x [M, K]: rounds blocks P and O (lane l holds element l of
+// each) and writes the chunk's planes into g_qx.
+template <typename TX, typename TW>
+__global__ void __launch_bounds__(kThreads)
+    qd_layout_kernel(const TX* __restrict__ x, int M, int K, int cn) {
+  using D = DQ<TW>;
+  constexpr int H = D::kHw;
+  constexpr bool kQ4 = std::is_same_v<TW, block_q4_0>;
+  pdl_wait();  // x comes from the kernel before; g_qx may still be read by the GEMV before
+  pdl_trigger();
+  const int64_t idx = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  if (idx >= int64_t(M) * cn) return;  // whole warps
+  const int lane = threadIdx.x & 31;
+  const int m = static_cast<int>(idx / cn), c = static_cast<int>(idx - int64_t(m) * cn);
+  const int nb = K / kQK;
+  const int k = qd_chunk_k<TW>(c);
+  const int p = (8 * c) / H, o = k == 0 ? p : p + 1;
+  const TX* const xm = x + int64_t(m) * K;
+  const float vp = to_f32(xm[p * kQK + lane]);
+  const float vo = o < nb ? to_f32(xm[o * kQK + lane]) : 0.f;
+  const float dp = qdot::block_scale(reduce_max_u32(qdot::abs_bits(vp)));
+  const float dn = qdot::block_scale(reduce_max_u32(qdot::abs_bits(vo)));
+  const int qp = qdot::quantize_one(vp, qdot::block_inv_scale(dp));
+  const int qo = qdot::quantize_one(vo, qdot::block_inv_scale(dn));
+  const int so = reduce_add_i32(qo);
+  // Byte `lane` of the chunk's x words (q4_0: 8 words = 32 bytes; q8_0: 4 words, lanes 0..15):
+  // word i, byte j multiplies byte j of W word t = i / 2 (q4_0; i % 2: high nibbles) or t = i.
+  const int i = lane >> 2, j = lane & 3;
+  const int t = kQ4 ? i >> 1 : i, half = kQ4 ? i & 1 : 0;
+  const int hw = 8 * c + 2 * t + (j >> 1);
+  const int b = hw / H, ih = hw - b * H;
+  const int src = ih == 0 ? 0 : 2 * (ih - 1) + (j & 1) + 16 * half;
+  const int from_p = __shfl_sync(0xffffffffu, qp, src), from_o = __shfl_sync(0xffffffffu, qo, src);
+  const uint32_t byte = ih == 0 ? 0u : static_cast<uint32_t>(b == p ? from_p : from_o) & 0xffu;
+  uint32_t word = 0;
+#pragma unroll
+  for (int e = 0; e < 4; ++e) word |= __shfl_sync(0xffffffffu, byte, (lane & ~3) + e) << (8 * e);
+  // Lane q < 4 kPlanes writes component q % 4 of plane q / 4.
+  const int64_t plane = int64_t(M) * cn;
+  uint32_t* const out = reinterpret_cast<uint32_t*>(reinterpret_cast<uint4*>(g_qx) + idx);
+  const int xw = kQ4 ? 8 : 4;  // x words; the scalars follow
+  const uint32_t my_word = __shfl_sync(0xffffffffu, word, 4 * (lane < xw ? lane : 0));
+  if (lane < xw) {
+    out[(lane / 4) * plane * 4 + (lane % 4)] = my_word;
+  } else if (lane < xw + 4) {
+    const int q = lane - xw;
+    const uint32_t v = q == 0   ? (k > 0 ? __float_as_uint(dp) : 0u)
+                       : q == 1 ? (k < 8 ? __float_as_uint(dn) : 0u)
+                       : q == 2 ? (kQ4 && k < 8 ? static_cast<uint32_t>(-8 * so) : 0u)
+                                : 0u;
+    out[(xw / 4) * plane * 4 + q] = v;
+  }
+}
+
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(gmem) : "memory");
+#else
+  *static_cast<uint32_t*>(smem) = *static_cast<const uint32_t*>(gmem);
+#endif
+}
+
+// Warp (team t = blockIdx.x * kWarps / S + warp / S of `teams`, slice s = warp % S) processes row
+// groups [t G / teams, (t + 1) G / teams) of R rows each (rows past N clamped to N - 1, results
+// dropped); slice s takes steps s, s + S, ... of every row. x planes from g_qx.
+template <typename TX, typename TW, int MT>
+__global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
+    gemv_qd_kernel(const TW* __restrict__ w,           // w: [N, K/32] blocks, 16-byte aligned
+                   const float* __restrict__ w_scale,  // w_scale: [N] or null
+                   TX* __restrict__ y,                 // y: [M, N]
+                   int M, int64_t N, int K, int S, int64_t groups) {
+  using D = DQ<TW>;
+  constexpr bool kQ4 = std::is_same_v<TW, block_q4_0>;
+  constexpr int R = kQdRows, NS = kQdStages;
+  __shared__ __align__(16) uint4 ring[kWarps][NS][R][32];
+  __shared__ uint32_t dring[kWarps][NS][R][32];
+  __shared__ float partial[2][kWarps][MT * R];
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int s = warp % S, team_in_cta = warp / S;
+  const int64_t teams = int64_t(gridDim.x) * (kWarps / S);
+  const int64_t team = int64_t(blockIdx.x) * (kWarps / S) + team_in_cta;
+  const int64_t g_begin = team * groups / teams, g_end = (team + 1) * groups / teams;
+
+  const int nb = K / kQK;
+  const int cn = nb * 2 * D::kHw / 16;  // chunks per row
+  const int steps = (cn + 31) / 32;     // steps per row
+  const int T = (steps + S - 1) / S;    // steps per row per slice (some may be empty)
+  const int64_t row_bytes = int64_t(cn) * 16;
+  const char* const wb = reinterpret_cast<const char*>(w);
+
+  // Producer: copies the step after the last one issued (cursor pg, pi) into `slot`, then commits
+  // a copy group (empty past the end) so every lane's group count stays in step with the consumer.
+  int64_t pg = g_begin;
+  int pi = 0;
+  auto issue = [&](int slot) {
+    const int c = (s + pi * S) * 32 + lane;
+    if (pg < g_end && c < cn) {
+      const int k = qd_chunk_k<TW>(c);
+      const bool edge = k > 0 && lane < (kQ4 || qd_chunk_k<TW>(c - 1) < 8 ? 1 : 2);
+      const int64_t p_off = int64_t(8 * c / D::kHw) * (2 * D::kHw);  // block P's d
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const int64_t n = pg * R + r < N ? pg * R + r : N - 1;
+        const char* const row = wb + n * row_bytes;
+        cp_async16(&ring[warp][slot][r][lane], row + int64_t(c) * 16, 16);
+        if (edge) cp_async4(&dring[warp][slot][r][lane], row + (p_off & ~int64_t(3)));
+      }
+    }
+    cp_async_commit();
+    if (++pi == T) pi = 0, ++pg;
+  };
+
+#pragma unroll
+  for (int k = 0; k < NS - 1; ++k) issue(k);  // weights: allowed before pdl_wait
+  pdl_wait();                                 // g_qx comes from qd_layout_kernel
+  pdl_trigger();
+
+  const int64_t plane = int64_t(M) * cn;
+  const uint4* const planes = reinterpret_cast<const uint4*>(g_qx);
+  float acc[MT][R];
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[m][r] = 0.f;
+  int64_t g = g_begin;
+  int i = 0, slot = 0, par = 0;
+  const int64_t flat = g_begin < g_end ? (g_end - g_begin) * T : 0;
+#pragma unroll 1
+  for (int64_t f = 0; f < flat; ++f) {
+    issue(slot == 0 ? NS - 1 : slot - 1);  // the slot consumed last iteration
+    cp_async_wait<NS - 1>();               // this lane's copies of step f have landed
+    const int c = (s + i * S) * 32 + lane;
+    const bool ok = c < cn;
+    const int k = qd_chunk_k<TW>(c);
+    const int back = kQ4 || qd_chunk_k<TW>(c - 1) < 8 ? 1 : 2;
+    uint32_t mask[4];  // bytes of hws before k (block P)
+#pragma unroll
+    for (int t = 0; t < 4; ++t)
+      mask[t] = (2 * t < k ? 0x0000ffffu : 0u) | (2 * t + 1 < k ? 0xffff0000u : 0u);
+    const int p_sh = ((8 * c / D::kHw) * (2 * D::kHw)) & 2 ? 16 : 0;  // d's half of its word
+    constexpr int kW = kQ4 ? 8 : 4;
+    float dwp[R], dwo[R];
+    uint32_t wq[R][kW];  // the words dp4a multiplies with the x words, in plane order
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const uint4 v = ring[warp][slot][r][lane];
+      const uint32_t wsel = (k & 4) ? ((k & 2) ? v.w : v.z) : ((k & 2) ? v.y : v.x);
+      const uint32_t dob = k < 8 ? (wsel >> ((k & 1) * 16)) & 0xffffu : 0u;
+      const uint32_t up1 = __shfl_up_sync(0xffffffffu, dob, 1);
+      uint32_t dpb = up1;
+      if constexpr (!kQ4) {
+        const uint32_t up2 = __shfl_up_sync(0xffffffffu, dob, 2);
+        dpb = back == 1 ? up1 : up2;
+      }
+      if (lane < back) dpb = (dring[warp][slot][r][lane] >> p_sh) & 0xffffu;
+      dwp[r] = f16_bits_to_f32(dpb);
+      dwo[r] = f16_bits_to_f32(dob);
+      const uint32_t vw[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {
+        if constexpr (kQ4) {
+          wq[r][2 * t] = vw[t] & 0x0f0f0f0fu;
+          wq[r][2 * t + 1] = (vw[t] >> 4) & 0x0f0f0f0fu;
+        } else {
+          wq[r][t] = vw[t];
+        }
+      }
+    }
+    if (ok) {
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        if (m == 0 || m < M) {
+          const uint4* const at = planes + int64_t(m) * cn + c;
+          uint32_t xw[kW];
+          const uint4 x0 = __ldg(at);
+          xw[0] = x0.x, xw[1] = x0.y, xw[2] = x0.z, xw[3] = x0.w;
+          uint4 sc;
+          if constexpr (kQ4) {
+            const uint4 x1 = __ldg(at + plane);
+            xw[4] = x1.x, xw[5] = x1.y, xw[6] = x1.z, xw[7] = x1.w;
+            sc = __ldg(at + 2 * plane);
+          } else {
+            sc = __ldg(at + plane);
+          }
+          uint32_t xp[kW];
+#pragma unroll
+          for (int e = 0; e < kW; ++e) xp[e] = xw[e] & mask[kQ4 ? e / 2 : e];
+          const float dxp = __uint_as_float(sc.x), dxo = __uint_as_float(sc.y);
+#pragma unroll
+          for (int r = 0; r < R; ++r) {
+            int tot = static_cast<int>(sc.z), sp = 0;
+#pragma unroll
+            for (int e = 0; e < kW; ++e) {
+              tot = __dp4a(static_cast<int>(wq[r][e]), static_cast<int>(xw[e]), tot);
+              sp = __dp4a(static_cast<int>(wq[r][e]), static_cast<int>(xp[e]), sp);
+            }
+            const float cp = k > 0 ? dwp[r] * dxp : 0.f;
+            const float co = k < 8 ? dwo[r] * dxo : 0.f;
+            acc[m][r] = fmaf(cp, static_cast<float>(sp), acc[m][r]);
+            acc[m][r] = fmaf(co, static_cast<float>(tot - sp), acc[m][r]);
+          }
+        }
+      }
+    }
+    slot = slot + 1 == NS ? 0 : slot + 1;
+    if (++i < T) continue;
+
+    // Group g done: lane m * R + r ends with y[m, g R + r] (S == 1) or this slice's part of it.
+    float v = 0.f;
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const float t = warp_sum(acc[m][r]);
+        if (lane == m * R + r) v = t;
+        acc[m][r] = 0.f;
+      }
+    bool write = true;
+    if (S > 1) {
+      // As gemv_q_kernel: slices meet on the team's barrier, the first sums them in a fixed order.
+      if (lane < MT * R) partial[par][warp][lane] = v;
+      team_sync(1 + team_in_cta, 32 * S);
+      write = s == 0;
+      if (write && lane < MT * R) {
+        v = 0.f;
+        for (int q = 0; q < S; ++q) v += partial[par][warp + q][lane];
+      }
+      par ^= 1;
+    }
+    const int m = lane / R, r = lane % R;
+    const int64_t n = g * R + r;
+    if (write && lane < MT * R && m < M && n < N) {
+      if (w_scale != nullptr) v *= __ldg(w_scale + n);
+      y[m * N + n] = from_f32<TX>(v);
+    }
+    i = 0;
+    ++g;
+  }
+}
+
 // ---- fallback for shapes the vector path cannot take (K % chunk != 0, unaligned pointers) ----
 
 template <typename TW>
@@ -818,11 +1129,77 @@ Status launch_q(const TX* x, const TW* w, const float* w_scale, TX* y, int M, in
 
 bool aligned(const void* p, uintptr_t a) { return (reinterpret_cast<uintptr_t>(p) & (a - 1)) == 0; }
 
+// The direct q-dot path (qd_layout_kernel + gemv_qd_kernel) only with GEMMA3_QDOT_DIRECT=1 (read
+// once): on an H100 it measured no faster than the staged path (equal at 4B's MLP shapes, 10-18%
+// slower for q8_0 and at the 4B logits; docs/kernels.md, "q-dot direct"), so it stays opt-in for
+// the A/B until its instructions per byte come down.
+bool qdot_direct_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("GEMMA3_QDOT_DIRECT");
+    return v != nullptr && std::strcmp(v, "1") == 0;
+  }();
+  return on;
+}
+
+// Resident CTAs per SM of gemv_qd_kernel<TX, TW, MT> (sizes its persistent grid).
+template <typename TX, typename TW, int MT>
+Status qd_blocks_per_sm(int* out) {
+  static std::atomic<int> cache[kMaxDevices];
+  return cached_per_device(
+      cache,
+      [](int, int* c) {
+        const auto kernel = gemv_qd_kernel<TX, TW, MT>;
+        G3_CUDA_RETURN(cudaOccupancyMaxActiveBlocksPerMultiprocessor(c, kernel, kThreads, 0));
+        return Status::Ok();
+      },
+      out);
+}
+
+// Whether the direct path takes this call: M <= 2, rows of whole 16-byte chunks starting 16-byte
+// aligned, the x planes within g_qx.
+template <typename TW>
+bool qd_fits(const TW* w, int M, int64_t K) {
+  return qdot_direct_enabled() && M <= 2 && K % 256 == 0 && aligned(w, 16) &&
+         K / kQK * int64_t(sizeof(TW)) < (int64_t(1) << 31) &&
+         qd_planes_bytes<TW>(M, K) <= kQxBytes;
+}
+
+template <typename TX, typename TW, int MT>
+Status launch_qd(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N, int64_t K,
+                 cudaStream_t stream) {
+  constexpr int R = kQdRows;
+  int sms = 0, per_sm = 0;
+  G3_RETURN_IF_ERROR(sm_count(&sms));
+  G3_RETURN_IF_ERROR((qd_blocks_per_sm<TX, TW, MT>(&per_sm)));
+  const int64_t cn = K / kQK * 2 * DQ<TW>::kHw / 16;
+  const int64_t chunks = int64_t(M) * cn;
+  launch_pdl(qd_layout_kernel<TX, TW>, dim3(static_cast<unsigned>((chunks + kWarps - 1) / kWarps)),
+             dim3(kThreads), 0, stream, x, M, static_cast<int>(K), static_cast<int>(cn));
+  G3_RETURN_IF_ERROR(check_launch("matmul qd_layout_kernel"));
+  const int64_t groups = (N + R - 1) / R;
+  const int64_t steps = (cn + 31) / 32;
+  const int64_t slots = int64_t(sms) * per_sm;  // resident CTAs
+  // Split K over S warps only while row groups alone leave resident warps idle and each slice
+  // keeps at least two steps per row.
+  int S = 1;
+  while (S < kWarps && groups * S < slots * kWarps && steps >= 4 * S) S *= 2;
+  const int64_t teams_per_block = kWarps / S;
+  const int64_t need = (groups + teams_per_block - 1) / teams_per_block;
+  const int64_t blocks = need < slots ? need : slots;
+  launch_pdl(gemv_qd_kernel<TX, TW, MT>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), 0,
+             stream, w, w_scale, y, M, N, static_cast<int>(K), S, groups);
+  return check_launch("matmul gemv_qd_kernel");
+}
+
 // q-dot GEMV (block formats, 1 <= M <= 8): x rows are rounded into g_qx, as many rows per round
 // as it holds (all 8 unless K > ~400k), then the GEMV reads them.
 template <typename TX, typename TW>
 Status gemv_qdot(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N, int64_t K,
                  cudaStream_t stream) {
+  if (qd_fits(w, M, K)) {
+    if (M == 1) return launch_qd<TX, TW, 1>(x, w, w_scale, y, M, N, K, stream);
+    return launch_qd<TX, TW, 2>(x, w, w_scale, y, M, N, K, stream);
+  }
   const int64_t nb = K / kQK;
   const int64_t row_bytes = K + nb * int64_t(sizeof(int2));
   const int64_t fit = kQxBytes / row_bytes;
