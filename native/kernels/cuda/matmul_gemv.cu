@@ -45,6 +45,11 @@ __device__ __forceinline__ uint4 ld_stream16(const void* p) {
 #endif
 }
 
+// Asks L2 for the line holding p (no register result): a weight chunk on its way before its load.
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
 __device__ __forceinline__ float bf16_lo(uint32_t u) { return __uint_as_float(u << 16); }
 __device__ __forceinline__ float bf16_hi(uint32_t u) { return __uint_as_float(u & 0xffff0000u); }
 __device__ __forceinline__ float f16_bits_to_f32(uint32_t h) {
@@ -168,10 +173,25 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[m][r] = 0.f;
 
-  if (n0 < N) {
-    const TW* rows[R];
+  const TW* rows[R];
 #pragma unroll
-    for (int r = 0; r < R; ++r) rows[r] = w + (n0 + r < N ? n0 + r : N - 1) * K;
+  for (int r = 0; r < R; ++r) rows[r] = w + (n0 + r < N ? n0 + r : N - 1) * K;
+  // PDL (pdl.cuh): no kernel of a step writes W, so this warp's first chunks start towards L2
+  // while the kernel before finishes; x and y wait for it.
+  if (n0 < N) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t c = int64_t(s) * 32 * U + lane + u * 32;
+      if (c < nchunks) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) prefetch_l2(rows[r] + c * E);
+      }
+    }
+  }
+  pdl_wait();
+  pdl_trigger();
+
+  if (n0 < N) {
     const int64_t step = int64_t(S) * 32 * U;
     for (int64_t c0 = int64_t(s) * 32 * U + lane; c0 < nchunks; c0 += step) {
       typename F::Raw raw[U][R];
@@ -384,6 +404,8 @@ __device__ __forceinline__ int reduce_add_i32(int v) {
 template <typename TX>
 __global__ void __launch_bounds__(kThreads)
     quantize_x_q8_kernel(const TX* __restrict__ x, int64_t blocks) {
+  pdl_wait();  // pdl.cuh: x comes from the kernel before; g_qx may still be read by the one before
+  pdl_trigger();
   const int64_t b = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   if (b >= blocks) return;  // whole warps
   const int lane = threadIdx.x & 31;
@@ -476,7 +498,10 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
   const int64_t teams = int64_t(gridDim.x) * (kWarps / S);
   const int64_t team = int64_t(blockIdx.x) * (kWarps / S) + team_in_cta;
   const int64_t g_begin = team * groups / teams, g_end = (team + 1) * groups / teams;
-  if (g_begin >= g_end) return;  // the whole team has no rows; no barrier is skipped
+  if (g_begin >= g_end) {  // the whole team has no rows; no barrier is skipped
+    pdl_wait();            // pdl.cuh: the grid still completes only after the kernel before it
+    return;
+  }
 
   const int nb = static_cast<int>(K / kQK);    // blocks per row
   const int steps = (nb + kStep - 1) / kStep;  // steps per row
@@ -558,6 +583,10 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
 
 #pragma unroll
   for (int k = 0; k < NS - 1; ++k) issue(k);
+  // PDL (pdl.cuh): the first steps of W are in flight; x (or g_qx) and y wait for the kernel
+  // before.
+  pdl_wait();
+  pdl_trigger();
   int64_t g = g_begin;
   int i = 0, slot = 0, par = 0;
   consumer_rows(g);
@@ -990,6 +1019,8 @@ __global__ void __launch_bounds__(kThreads)
     gemv_scalar_kernel(const TX* __restrict__ x, const TW* __restrict__ w,
                        const float* __restrict__ w_scale, TX* __restrict__ y, int M, int64_t N,
                        int64_t K) {
+  pdl_wait();  // pdl.cuh
+  pdl_trigger();
   const int lane = threadIdx.x & 31;
   const int64_t n = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   if (n >= N) return;
@@ -1020,6 +1051,8 @@ template <typename TX, typename TW>
 __global__ void __launch_bounds__(kThreads)
     gemv_qdot_scalar_kernel(const TW* __restrict__ w, const float* __restrict__ w_scale,
                             TX* __restrict__ y, int M, int64_t N, int64_t K) {
+  pdl_wait();  // pdl.cuh
+  pdl_trigger();
   const int lane = threadIdx.x & 31;
   const int64_t n = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   if (n >= N) return;
@@ -1100,8 +1133,8 @@ Status launch_vec(const TX* x, const TW* w, const float* w_scale, TX* y, int M, 
   const int64_t groups_per_block = kWarps / S;
   const int64_t blocks = (groups + groups_per_block - 1) / groups_per_block;
   if (blocks > 0x7fffffff) return Status(StatusCode::kUnsupported, "matmul gemv: N too large");
-  gemv_kernel<TX, TW, MT>
-      <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(x, w, w_scale, y, M, N, K, S);
+  launch_pdl(gemv_kernel<TX, TW, MT>, static_cast<unsigned>(blocks), kThreads, 0, stream, x, w,
+             w_scale, y, M, N, K, S);
   return check_launch("matmul gemv_kernel");
 }
 
@@ -1122,8 +1155,8 @@ Status launch_q(const TX* x, const TW* w, const float* w_scale, TX* y, int M, in
   const int64_t teams_per_block = kWarps / S;
   const int64_t need = (groups + teams_per_block - 1) / teams_per_block;
   const int64_t blocks = need < slots ? need : slots;
-  gemv_q_kernel<TX, TW, MT, kDot><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-      x, w, w_scale, y, M, N, K, S, groups);
+  launch_pdl(gemv_q_kernel<TX, TW, MT, kDot>, static_cast<unsigned>(blocks), kThreads, 0, stream, x,
+             w, w_scale, y, M, N, K, S, groups);
   return check_launch("matmul gemv_q_kernel");
 }
 
@@ -1215,15 +1248,14 @@ Status gemv_qdot(const TX* x, const TW* w, const float* w_scale, TX* y, int M, i
     const TX* xm = x + int64_t(m0) * K;
     TX* ym = y + int64_t(m0) * N;
     const int64_t blocks = int64_t(mc) * nb;
-    quantize_x_q8_kernel<TX>
-        <<<static_cast<unsigned>((blocks + kWarps - 1) / kWarps), kThreads, 0, stream>>>(xm,
-                                                                                         blocks);
+    launch_pdl(quantize_x_q8_kernel<TX>, static_cast<unsigned>((blocks + kWarps - 1) / kWarps),
+               kThreads, 0, stream, xm, blocks);
     G3_RETURN_IF_ERROR(check_launch("matmul quantize_x_q8_kernel"));
     if (!vec) {
       const int64_t grid = (N + kWarps - 1) / kWarps;
       if (grid > 0x7fffffff) return Status(StatusCode::kUnsupported, "matmul gemv: N too large");
-      gemv_qdot_scalar_kernel<TX, TW>
-          <<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(w, w_scale, ym, mc, N, K);
+      launch_pdl(gemv_qdot_scalar_kernel<TX, TW>, static_cast<unsigned>(grid), kThreads, 0, stream,
+                 w, w_scale, ym, mc, N, K);
       G3_RETURN_IF_ERROR(check_launch("matmul gemv_qdot_scalar_kernel"));
     } else if (mc == 1) {
       G3_RETURN_IF_ERROR((launch_q<TX, TW, 1, true>(xm, w, w_scale, ym, mc, N, K, stream)));
@@ -1267,8 +1299,8 @@ Status gemv(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, in
   if (!vec) {
     const int64_t blocks = (N + kWarps - 1) / kWarps;
     if (blocks > 0x7fffffff) return Status(StatusCode::kUnsupported, "matmul gemv: N too large");
-    gemv_scalar_kernel<TX, TW>
-        <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(x, w, w_scale, y, m, N, K);
+    launch_pdl(gemv_scalar_kernel<TX, TW>, static_cast<unsigned>(blocks), kThreads, 0, stream, x, w,
+               w_scale, y, m, N, K);
     return check_launch("matmul gemv_scalar_kernel");
   }
   if constexpr (kBlock) {
