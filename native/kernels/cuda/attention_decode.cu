@@ -14,9 +14,11 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <type_traits>
 
@@ -110,6 +112,7 @@ struct DecodeParams {
   float* ws_ml;  // [batch, num_qo_heads, splits, 2] (max in log2 units, sum)
   int num_qo_heads, num_kv_heads, group, head_chunks;
   int page_size;
+  int page_shift;      // log2(page_size) when a power of two, else -1 (decode_pipe_kernel)
   uint32_t num_pages;  // min(num_pages, 2^31): uint32_t(page) < num_pages rejects negatives too
   int num_indices;     // entries of kv_indices (clamped to INT_MAX, as kv_indptr is int32)
   int chunk, splits;   // keys per split (of the visible range), number of splits
@@ -326,27 +329,538 @@ __global__ void decode_combine_kernel(const float* ws_o, const float* ws_ml, T* 
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Pipelined split kernel (issue 9; the default path). Same CTA shape, key mapping and online
+// softmax as decode_kernel, but each lane streams its own 16-byte pieces of K and V through a
+// private ring of kStages stages in shared memory with cp.async, so kStages - 1 stages stay in
+// flight while one is consumed (decode_kernel has kU keys in flight, then none while it computes),
+// and the page indices of a stage are loaded one stage ahead (decode_kernel's page load sat in
+// front of every K/V load). A lane reads back only what it copied itself: cp.async.wait_group
+// orders it, with no CTA barrier in the loop.
+constexpr int kStages = 4;
+
 template <typename T, typename TKV, int D, int kGh>
-Status launch_decode(const DecodeParams& p, int64_t batch, cudaStream_t stream) {
-  const dim3 grid(unsigned(p.splits), unsigned(p.num_kv_heads * p.head_chunks), unsigned(batch));
+struct PipeCfg {
+  using Base = DecodeCfg<T, TKV, D, kGh>;
+  static constexpr int kU = Base::kNv >= 4 ? 1 : 4 / Base::kNv;  // keys per lane per stage
+  static constexpr int kLoads = kU * Base::kNv;  // 16-byte loads per lane per stage, of K and of V
+  static constexpr int kKeys = Base::kGroups * kU;  // keys per stage
+  static constexpr size_t kStageBytes = size_t(kLoads) * 2 * kThreads * 16;
+  static constexpr size_t kMergeBytes =
+      sizeof(float) * (size_t(Base::kGroups) * kGh * D + 3 * size_t(Base::kGroups) * kGh + kGh);
+  static constexpr size_t kSmem =
+      kStages * kStageBytes > kMergeBytes ? kStages* kStageBytes : kMergeBytes;
+  static_assert(kStages * kU <= 32, "validity bits of the stages in flight fit one word");
+};
+
+__device__ __forceinline__ uint32_t smem_u32(const void* ptr) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
+}
+// 16-byte async copy to shared memory, L2 only (streamed once); src_bytes 0 zero-fills without
+// reading src.
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {  // "memory": no shared load moves above it
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// grid: (splits, num_kv_heads * head_chunks, batch); block: kThreads; dynamic shared memory
+// PipeCfg::kSmem.
+template <typename T, typename TKV, int D, int kGh>
+__global__ void __launch_bounds__(kThreads) decode_pipe_kernel(const DecodeParams p) {
+  using Cfg = DecodeCfg<T, TKV, D, kGh>;
+  using Pc = PipeCfg<T, TKV, D, kGh>;
+  constexpr int kVec = Cfg::kVec, kNv = Cfg::kNv, kTpk = Cfg::kTpk, kGroups = Cfg::kGroups,
+                kPer16 = Cfg::kPer16, kNq = Cfg::kNq, kPerQ = Cfg::kPerQ;
+  constexpr int kU = Pc::kU, kLoads = Pc::kLoads, kKeys = Pc::kKeys;
+  extern __shared__ __align__(16) unsigned char smem[];
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // The combine kernel (launched with programmatic stream serialization) may start now; it
+  // waits for this grid's completion and memory (griddepcontrol.wait) before reading.
+  asm volatile("griddepcontrol.launch_dependents;");
+#endif
+
+  const int split = blockIdx.x;
+  const int kvh = blockIdx.y / p.head_chunks, hc = blockIdx.y % p.head_chunks;
+  const int b = blockIdx.z;
+  const int h0 = kvh * p.group + hc * kGh;
+  const int nh = min(kGh, p.group - hc * kGh);
+  const int tid = threadIdx.x, grp = tid / kTpk, tig = tid % kTpk;
+
+  // Sequence b's visible range and this split's part of it: as decode_kernel.
+  const int pg0 = min(max(p.kv_indptr[b], 0), p.num_indices);
+  const int64_t npages = max(min(max(p.kv_indptr[b + 1], 0), p.num_indices) - pg0, 0);
+  const int len = int(min(int64_t(max(p.kv_len[b], 0)), npages * p.page_size));
+  const int start = p.window > 0 ? max(0, len - p.window) : 0;
+  const int64_t sb = int64_t(start) + int64_t(split) * p.chunk;
+  const int beg = int(sb < len ? sb : int64_t(len));
+  const int end =
+      split == p.splits - 1 ? len : int(sb + p.chunk < len ? sb + p.chunk : int64_t(len));
+  const int n_iter = (end - beg + kKeys - 1) / kKeys;  // stages of kKeys keys
+
+  const int64_t row_stride = int64_t(p.num_kv_heads) * D;  // elements per token slot
+  const TKV* kc = static_cast<const TKV*>(p.k_cache) + int64_t(kvh) * D + tig * kVec;
+  const TKV* vc = static_cast<const TKV*>(p.v_cache) + int64_t(kvh) * D + tig * kVec;
+  const int32_t* pages = p.kv_indices + pg0;
+
+  // Stage s, load i (u * kNv + n), K (0) or V (1): this lane's 16 bytes at
+  // [((s * kLoads + i) * 2 + kv) * kThreads + tid] (consecutive lanes, consecutive 16 bytes).
+  const uint4* ring = reinterpret_cast<const uint4*>(smem);
+  const uint32_t ring_u32 = smem_u32(smem) + uint32_t(tid) * 16u;
+  auto slot = [](int s, int i, int kv) { return ((s * kLoads + i) * 2 + kv) * kThreads; };
+
+  // Page index of key u of stage `it` (-1, which no cache has, past the split's end).
+  auto page_of = [&](int it, int u) -> int32_t {
+    const int t = beg + it * kKeys + u * kGroups + grp;
+    return t < end ? __ldg(pages + (p.page_shift >= 0 ? t >> p.page_shift : t / p.page_size)) : -1;
+  };
+  // Copies stage `it` into ring stage it % kStages; returns its keys' validity bits. A masked key
+  // (past the end, or a page outside the cache) is zero-filled: its score is -inf and its V is 0.
+  auto issue = [&](int it, const int32_t(&pidx)[kU]) -> uint32_t {
+    const int s = it % kStages;
+    uint32_t bits = 0;
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int t = beg + it * kKeys + u * kGroups + grp;
+      const bool ok = uint32_t(pidx[u]) < p.num_pages;  // a page outside the cache is never read
+      int64_t off = 0;
+      const int slot_in_page = p.page_shift >= 0 ? t & (p.page_size - 1) : t % p.page_size;
+      if (ok) off = (int64_t(pidx[u]) * p.page_size + slot_in_page) * row_stride;
+      bits |= uint32_t(ok) << u;
+#pragma unroll
+      for (int n = 0; n < kNv; ++n) {
+        const int i = u * kNv + n;
+        cp_async_16(ring_u32 + uint32_t(slot(s, i, 0)) * 16u, ok ? kc + off + n * kPer16 : kc, ok);
+        cp_async_16(ring_u32 + uint32_t(slot(s, i, 1)) * 16u, ok ? vc + off + n * kPer16 : vc, ok);
+      }
+    }
+    return bits;
+  };
+
+  // Prologue: the first kStages - 1 stages (their page indices loaded together), one group each.
+  uint32_t vmask = 0;  // validity bits of the stages in flight, oldest in the low kU bits
+  {
+    int32_t pi[kStages - 1][kU];
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s) {
+#pragma unroll
+      for (int u = 0; u < kU; ++u) pi[s][u] = page_of(s, u);
+    }
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s) {
+      if (s < n_iter) vmask |= issue(s, pi[s]) << (s * kU);
+      cp_async_commit();
+    }
+  }
+  int32_t pn[kU];  // page indices of the next stage to issue
+#pragma unroll
+  for (int u = 0; u < kU; ++u) pn[u] = page_of(kStages - 1, u);
+
+  const T* qb = static_cast<const T*>(p.q) + (int64_t(b) * p.num_qo_heads + h0) * D + tig * kVec;
+  float q[kGh][kVec];
+#pragma unroll
+  for (int hh = 0; hh < kGh; ++hh) {
+#pragma unroll
+    for (int n = 0; n < kNq; ++n) {
+      uint4 u = make_uint4(0, 0, 0, 0);
+      if (hh < nh) u = *reinterpret_cast<const uint4*>(qb + hh * D + n * kPerQ);
+      unpack(u, &q[hh][n * kPerQ], T());
+    }
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) q[hh][e] *= p.scale_log2;
+  }
+
+  float m[kGh], l[kGh], o[kGh][kVec];
+#pragma unroll
+  for (int hh = 0; hh < kGh; ++hh) {
+    m[hh] = kNegInf;
+    l[hh] = 0.f;
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) o[hh][e] = 0.f;
+  }
+
+  for (int it = 0; it < n_iter; ++it) {
+    cp_async_wait<kStages - 2>();  // stage `it` has landed (this lane's own copies)
+    {
+      // Refill the ring stage consumed last iteration; prefetch the page indices after it.
+      const int nx = it + kStages - 1;
+      if (nx < n_iter) vmask |= issue(nx, pn) << ((kStages - 1) * kU);
+      cp_async_commit();
+#pragma unroll
+      for (int u = 0; u < kU; ++u) pn[u] = page_of(nx + 1, u);
+    }
+    const uint32_t valid = vmask;
+    vmask >>= kU;
+    const int s = it % kStages;
+    uint4 kr[kU][kNv], vr[kU][kNv];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+#pragma unroll
+      for (int n = 0; n < kNv; ++n) {
+        kr[u][n] = ring[slot(s, u * kNv + n, 0) + tid];
+        vr[u][n] = ring[slot(s, u * kNv + n, 1) + tid];
+      }
+    }
+
+    // Scores for kU keys x kGh heads, reduced over the key group's lanes.
+    float sc[kU][kGh];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      float kf[kVec];
+#pragma unroll
+      for (int n = 0; n < kNv; ++n) unpack(kr[u][n], &kf[n * kPer16], TKV());
+#pragma unroll
+      for (int hh = 0; hh < kGh; ++hh) {
+        float acc = 0.f;
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) acc = fmaf(q[hh][e], kf[e], acc);
+        sc[u][hh] = acc;
+      }
+    }
+#pragma unroll
+    for (int off = kTpk / 2; off > 0; off >>= 1) {
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+#pragma unroll
+        for (int hh = 0; hh < kGh; ++hh) sc[u][hh] += __shfl_xor_sync(0xffffffffu, sc[u][hh], off);
+      }
+    }
+
+    // One online-softmax rescale per kU keys.
+#pragma unroll
+    for (int hh = 0; hh < kGh; ++hh) {
+      float mx = m[hh];
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        if (!((valid >> u) & 1u)) sc[u][hh] = kNegInf;
+        mx = fmaxf(mx, sc[u][hh]);
+      }
+      const float base_m = mx == kNegInf ? 0.f : mx;
+      const float alpha = fast_exp2(m[hh] - base_m);
+      m[hh] = mx;
+      l[hh] *= alpha;
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) o[hh][e] *= alpha;
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        const float pu = fast_exp2(sc[u][hh] - base_m);
+        l[hh] += pu;
+        float vf[kVec];
+#pragma unroll
+        for (int n = 0; n < kNv; ++n) unpack(vr[u][n], &vf[n * kPer16], TKV());
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) o[hh][e] = fmaf(pu, vf[e], o[hh][e]);
+      }
+    }
+  }
+  cp_async_wait<0>();  // empty groups only by now; the ring is about to be reused
+  __syncthreads();     // every lane is done with its ring: it becomes the merge buffers
+
+  // Merge the key groups as decode_kernel does, in the ring's memory.
+  float* s_o = reinterpret_cast<float*>(smem);  // [kGroups][kGh][D]
+  float* s_m = s_o + kGroups * kGh * D;         // [kGroups][kGh]
+  float* s_l = s_m + kGroups * kGh;             // [kGroups][kGh]
+  float* s_w = s_l + kGroups * kGh;             // [kGroups][kGh]
+  float* s_sum = s_w + kGroups * kGh;           // [kGh]
+#pragma unroll
+  for (int hh = 0; hh < kGh; ++hh) {
+    if constexpr (Cfg::kFp8) {
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) o[hh][e] *= p.v_scale;  // P.V is linear in the values
+    }
+#pragma unroll
+    for (int e = 0; e < kVec; e += 4) {
+      *reinterpret_cast<float4*>(&s_o[(grp * kGh + hh) * D + tig * kVec + e]) =
+          make_float4(o[hh][e], o[hh][e + 1], o[hh][e + 2], o[hh][e + 3]);
+    }
+    if (tig == 0) {
+      s_m[grp * kGh + hh] = m[hh];
+      s_l[grp * kGh + hh] = l[hh];
+    }
+  }
+  __syncthreads();
+  if (tid < kGh) {
+    float mx = kNegInf;
+    for (int g = 0; g < kGroups; ++g) mx = fmaxf(mx, s_m[g * kGh + tid]);
+    float sum = 0.f;
+    for (int g = 0; g < kGroups; ++g) {
+      const float w = mx == kNegInf ? 0.f : fast_exp2(s_m[g * kGh + tid] - mx);
+      s_w[g * kGh + tid] = w;
+      sum += w * s_l[g * kGh + tid];
+    }
+    s_sum[tid] = sum;
+    if (p.ws_o != nullptr && tid < nh) {
+      const int64_t sl = (int64_t(b) * p.num_qo_heads + h0 + tid) * p.splits + split;
+      p.ws_ml[sl * 2] = mx;
+      p.ws_ml[sl * 2 + 1] = sum;
+    }
+  }
+  __syncthreads();
+  for (int idx = tid; idx < nh * D; idx += kThreads) {
+    const int hh = idx / D, d = idx % D;
+    float acc = 0.f;
+#pragma unroll 8
+    for (int g = 0; g < kGroups; ++g)
+      acc = fmaf(s_w[g * kGh + hh], s_o[(g * kGh + hh) * D + d], acc);
+    const int64_t bh = int64_t(b) * p.num_qo_heads + h0 + hh;
+    if (p.ws_o != nullptr) {
+      p.ws_o[(bh * p.splits + split) * D + d] = acc;
+    } else {
+      const float sum = s_sum[hh];
+      static_cast<T*>(p.out)[bh * D + d] = from_f32<T>(sum > 0.f ? acc / sum : 0.f);
+    }
+  }
+}
+
+// Merges the splits of one (sequence, qo head) over a slice of up to 64 dims, the splits spread
+// over the CTA's threads (decode_combine_kernel walks them one after another in one thread per
+// dim: ~splits dependent L2 round trips). out = sum_s w_s o_s / sum_s w_s l_s, w_s = exp2(m_s - M).
+// grid: (batch * num_qo_heads, head_dim / min(head_dim, 64)); block: kCombineThreads.
+// ws_o must be 16-byte aligned (float4 loads); splits <= kMaxSplits.
+constexpr int kCombineThreads = 256;
+
+__device__ __forceinline__ float block_reduce(float v, float* red, bool is_max) {
+  for (int off = 16; off > 0; off >>= 1) {
+    const float o = __shfl_xor_sync(0xffffffffu, v, off);
+    v = is_max ? fmaxf(v, o) : v + o;
+  }
+  const int warp = threadIdx.x / 32;
+  if (threadIdx.x % 32 == 0) red[warp] = v;
+  __syncthreads();
+  v = red[0];
+  for (int w = 1; w < kCombineThreads / 32; ++w) v = is_max ? fmaxf(v, red[w]) : v + red[w];
+  __syncthreads();  // red is reused by the next reduction
+  return v;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kCombineThreads)
+    decode_combine_wide_kernel(const float* ws_o, const float* ws_ml, T* out, int splits,
+                               int head_dim) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // Launched early (programmatic dependent launch): wait for the split kernel's results. A no-op
+  // for an ordinary launch.
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+  __shared__ float s_w[kMaxSplits];
+  __shared__ float red[kCombineThreads / 32];
+  __shared__ float4 s_acc[kCombineThreads];
+  const int64_t bh = blockIdx.x;
+  const int tid = threadIdx.x;
+  const float* ml = ws_ml + bh * splits * 2;
+  float mx = kNegInf;
+  for (int s = tid; s < splits; s += kCombineThreads) mx = fmaxf(mx, ml[2 * s]);
+  mx = block_reduce(mx, red, true);
+  float part = 0.f;
+  for (int s = tid; s < splits; s += kCombineThreads) {
+    const float w = mx == kNegInf ? 0.f : fast_exp2(ml[2 * s] - mx);
+    s_w[s] = w;
+    part = fmaf(w, ml[2 * s + 1], part);
+  }
+  const float sum = block_reduce(part, red, false);  // its barrier also publishes s_w
+
+  const int dims = min(head_dim, 64), lanes = dims / 4, groups = kCombineThreads / lanes;
+  const int lane = tid % lanes, g = tid / lanes;
+  const int d = blockIdx.y * dims + lane * 4;
+  const float* os = ws_o + bh * splits * head_dim + d;
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 4
+  for (int s = g; s < splits; s += groups) {
+    const float w = s_w[s];
+    const float4 v = *reinterpret_cast<const float4*>(os + int64_t(s) * head_dim);
+    acc.x = fmaf(w, v.x, acc.x);
+    acc.y = fmaf(w, v.y, acc.y);
+    acc.z = fmaf(w, v.z, acc.z);
+    acc.w = fmaf(w, v.w, acc.w);
+  }
+  s_acc[tid] = acc;
+  __syncthreads();
+  if (tid < lanes) {
+    float4 t = s_acc[tid];
+    for (int j = 1; j < groups; ++j) {
+      const float4 v = s_acc[j * lanes + tid];
+      t.x += v.x, t.y += v.y, t.z += v.z, t.w += v.w;
+    }
+    T* o = out + bh * head_dim + d;
+    o[0] = from_f32<T>(sum > 0.f ? t.x / sum : 0.f);
+    o[1] = from_f32<T>(sum > 0.f ? t.y / sum : 0.f);
+    o[2] = from_f32<T>(sum > 0.f ? t.z / sum : 0.f);
+    o[3] = from_f32<T>(sum > 0.f ? t.w / sum : 0.f);
+  }
+}
+
+// Launch-time inputs of the split planners (attention_decode fills them).
+struct Plan {
+  int64_t batch, num_qo_heads, head_dim;
+  int64_t visible;    // keys a sequence shows at most: min(max_kv_len, window)
+  int64_t base_ctas;  // CTAs of one split: batch * num_kv_heads * head_chunks
+  float* workspace;
+  int64_t workspace_floats;
+  int dev, sms;
+};
+
+// Extra workspace floats so that the float4-read partials can start on a 16-byte boundary.
+constexpr int64_t kWsAlign = 4;
+
+// Which path runs: GEMMA3_DECODE=legacy keeps v1 (decode_kernel, its planner and the serial
+// combine) for A/B timings; GEMMA3_DECODE_PDL=0 launches the combine without programmatic
+// dependent launch.
+bool legacy_mode() {
+  static const bool v = [] {
+    const char* e = std::getenv("GEMMA3_DECODE");
+    return e != nullptr && std::string(e) == "legacy";
+  }();
+  return v;
+}
+bool pdl_enabled() {
+  static const bool v = [] {
+    const char* e = std::getenv("GEMMA3_DECODE_PDL");
+    return !(e != nullptr && std::string(e) == "0");
+  }();
+  return v;
+}
+
+// v1 planner: enough CTAs to fill the GPU 4 times over, chunks of >= kMinChunk visible keys.
+void plan_legacy(const Plan& in, DecodeParams* p) {
+  int64_t splits = 1;
+  const int64_t per_split = in.batch * in.num_qo_heads * (in.head_dim + 2);
+  if (in.workspace != nullptr && in.visible > kMinChunk) {
+    const int64_t target = std::min<int64_t>(kMaxCtas, 4 * int64_t(in.sms));
+    splits = std::min({max_splits(in.batch, in.visible), ceil_div(target, in.base_ctas),
+                       in.workspace_floats / per_split});
+    splits = std::max<int64_t>(splits, 1);
+  }
+  int64_t chunk = std::max<int64_t>(ceil_div(std::max<int64_t>(in.visible, 1), splits), 1);
+  if (splits > 1) splits = ceil_div(in.visible, chunk);  // no split starts past the visible range
+  p->chunk = int(chunk);
+  p->splits = int(splits);
+  p->ws_o = splits > 1 ? in.workspace : nullptr;
+  p->ws_ml =
+      splits > 1 ? in.workspace + in.batch * in.num_qo_heads * splits * in.head_dim : nullptr;
+}
+
+// Pipelined planner: as many splits as fill the GPU's resident CTA slots exactly once
+// (slots / base_ctas, rounded down: a second, partial wave of equal-sized CTAs would leave most
+// SMs idle at the end), chunks of >= kMinChunk keys rounded up to 16, within the workspace.
+void plan_pipe(const Plan& in, int64_t slots, DecodeParams* p) {
+  float* ws = in.workspace;
+  int64_t avail = in.workspace_floats;
+  if (ws != nullptr) {  // the partials start 16-byte aligned (float4 reads in the combine)
+    const int64_t skip = int64_t((16 - (reinterpret_cast<uintptr_t>(ws) & 15u)) & 15u) / 4;
+    ws += skip;
+    avail -= skip;
+  }
+  int64_t splits = 1;
+  const int64_t per_split = in.batch * in.num_qo_heads * (in.head_dim + 2);
+  if (ws != nullptr && in.visible > kMinChunk && avail > 0) {
+    const int64_t want = std::max<int64_t>(1, slots / in.base_ctas);
+    splits = std::min({want, max_splits(in.batch, in.visible), avail / per_split});
+    splits = std::max<int64_t>(splits, 1);
+  }
+  int64_t chunk = std::max<int64_t>(ceil_div(std::max<int64_t>(in.visible, 1), splits), 1);
+  if (splits > 1) {
+    chunk = ceil_div(chunk, 16) * 16;
+    splits = ceil_div(in.visible, chunk);  // no split starts past the visible range
+  }
+  p->chunk = int(std::min<int64_t>(chunk, INT_MAX));
+  p->splits = int(splits);
+  p->ws_o = splits > 1 ? ws : nullptr;
+  p->ws_ml = splits > 1 ? ws + in.batch * in.num_qo_heads * splits * in.head_dim : nullptr;
+}
+
+template <typename T>
+Status launch_combine_wide(const DecodeParams& p, int64_t batch, int64_t D, cudaStream_t stream) {
+  const int64_t dims = std::min<int64_t>(D, 64);
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(unsigned(batch * p.num_qo_heads), unsigned(D / dims));
+  cfg.blockDim = dim3(kCombineThreads);
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream;
+  // Programmatic dependent launch (sm_90): the combine is scheduled while the split kernel runs
+  // and waits on griddepcontrol.wait, so the gap between the two launches is hidden.
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  const float* ws_o = p.ws_o;
+  const float* ws_ml = p.ws_ml;
+  T* out = static_cast<T*>(p.out);
+  G3_CUDA_RETURN(
+      cudaLaunchKernelEx(&cfg, decode_combine_wide_kernel<T>, ws_o, ws_ml, out, p.splits, int(D)));
+  return check_launch("attention_decode (combine)");
+}
+
+template <typename T, typename TKV, int D, int kGh>
+Status launch_pipe(DecodeParams p, const Plan& in, cudaStream_t stream) {
+  using Pc = PipeCfg<T, TKV, D, kGh>;
+  auto* kern = decode_pipe_kernel<T, TKV, D, kGh>;
+  // Over 48 KB of dynamic shared memory needs the attribute, once per device; the resident CTAs
+  // per SM (occupancy) are the same on every device of one architecture.
+  static std::atomic<uint64_t> attr_set{0};
+  static std::atomic<int> occupancy{0};
+  const uint64_t bit = in.dev < 64 ? uint64_t(1) << in.dev : 0;
+  if (bit == 0 || (attr_set.load() & bit) == 0) {
+    G3_CUDA_RETURN(
+        cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Pc::kSmem)));
+    attr_set.fetch_or(bit);
+  }
+  int occ = occupancy.load();
+  if (occ == 0) {
+    G3_CUDA_RETURN(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, kThreads, Pc::kSmem));
+    occ = std::max(occ, 1);
+    occupancy.store(occ);
+  }
+  plan_pipe(in, int64_t(in.sms) * occ, &p);
+  const dim3 grid(unsigned(p.splits), unsigned(p.num_kv_heads * p.head_chunks), unsigned(in.batch));
+  kern<<<grid, kThreads, Pc::kSmem, stream>>>(p);
+  G3_RETURN_IF_ERROR(check_launch("attention_decode"));
+  if (p.splits > 1) {
+    if (p.splits > kMaxSplits) return Status(StatusCode::kInternal, "attention_decode: splits");
+    return launch_combine_wide<T>(p, in.batch, D, stream);
+  }
+  return Status::Ok();
+}
+
+template <typename T, typename TKV, int D, int kGh>
+Status launch_legacy(DecodeParams p, const Plan& in, cudaStream_t stream) {
+  plan_legacy(in, &p);
+  const dim3 grid(unsigned(p.splits), unsigned(p.num_kv_heads * p.head_chunks), unsigned(in.batch));
   decode_kernel<T, TKV, D, kGh><<<grid, kThreads, 0, stream>>>(p);
-  return check_launch("attention_decode");
+  G3_RETURN_IF_ERROR(check_launch("attention_decode"));
+  if (p.splits > 1) {
+    decode_combine_kernel<T><<<unsigned(in.batch * p.num_qo_heads), unsigned(D), 0, stream>>>(
+        p.ws_o, p.ws_ml, static_cast<T*>(p.out), p.splits, D);
+    G3_RETURN_IF_ERROR(check_launch("attention_decode (combine)"));
+  }
+  return Status::Ok();
+}
+
+template <typename T, typename TKV, int D, int kGh>
+Status launch_decode(const DecodeParams& p, const Plan& in, cudaStream_t stream) {
+  return legacy_mode() ? launch_legacy<T, TKV, D, kGh>(p, in, stream)
+                       : launch_pipe<T, TKV, D, kGh>(p, in, stream);
 }
 
 template <typename T, typename TKV, int D>
-Status launch_decode_d(const DecodeParams& p, int64_t batch, int gh, cudaStream_t stream) {
+Status launch_decode_d(const DecodeParams& p, const Plan& in, int gh, cudaStream_t stream) {
   switch (gh) {
     case 1:
-      return launch_decode<T, TKV, D, 1>(p, batch, stream);
+      return launch_decode<T, TKV, D, 1>(p, in, stream);
     case 2:
-      return launch_decode<T, TKV, D, 2>(p, batch, stream);
+      return launch_decode<T, TKV, D, 2>(p, in, stream);
     case 4:
-      return launch_decode<T, TKV, D, 4>(p, batch, stream);
+      return launch_decode<T, TKV, D, 4>(p, in, stream);
     default:
       if constexpr (std::is_same_v<TKV, fp8e4m3>) {
         return Status(StatusCode::kInternal, "attention_decode: fp8 caches take gh <= 4");
       } else {
-        return launch_decode<T, TKV, D, 8>(p, batch, stream);
+        return launch_decode<T, TKV, D, 8>(p, in, stream);
       }
   }
 }
@@ -363,7 +877,7 @@ int64_t attention_decode_workspace_floats(int64_t batch, int64_t num_qo_heads, i
                                           int64_t max_kv_len) {
   const int64_t splits = max_splits(batch, max_kv_len);
   if (splits <= 1 || num_qo_heads <= 0 || head_dim <= 0) return 0;
-  return batch * num_qo_heads * splits * (head_dim + 2);
+  return batch * num_qo_heads * splits * (head_dim + 2) + kWsAlign;
 }
 
 template <typename T, typename TKV>
@@ -430,25 +944,21 @@ Status attention_decode(const T* q, const TKV* k_cache, const TKV* v_cache, T* o
     return invalid("num_kv_heads " + std::to_string(num_kv_heads) + " too large");
   }
 
-  // Splits: enough CTAs to fill the GPU, chunks of >= kMinChunk visible keys, within the workspace.
-  const int64_t visible = window > 0 ? std::min<int64_t>(max_kv_len, window) : max_kv_len;
-  int64_t splits = 1;
-  const int64_t per_split = batch * num_qo_heads * (D + 2);
-  if (workspace != nullptr && visible > kMinChunk) {
-    int dev = 0, sms = 0;
-    G3_CUDA_RETURN(cudaGetDevice(&dev));
-    G3_CUDA_RETURN(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    const int64_t base_ctas = batch * num_kv_heads * head_chunks;
-    const int64_t target = std::min<int64_t>(kMaxCtas, 4 * int64_t(sms));
-    splits = std::min(
-        {max_splits(batch, visible), ceil_div(target, base_ctas), workspace_floats / per_split});
-    splits = std::max<int64_t>(splits, 1);
-  }
-  int64_t chunk = std::max<int64_t>(ceil_div(std::max<int64_t>(visible, 1), splits), 1);
-  if (splits > 1) splits = ceil_div(visible, chunk);  // no split starts past the visible range
-  const bool split_kv = splits > 1;
+  int dev = 0, sms = 0;
+  G3_CUDA_RETURN(cudaGetDevice(&dev));
+  G3_CUDA_RETURN(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  Plan in{};
+  in.batch = batch;
+  in.num_qo_heads = num_qo_heads;
+  in.head_dim = D;
+  in.visible = window > 0 ? std::min<int64_t>(max_kv_len, window) : max_kv_len;
+  in.base_ctas = batch * num_kv_heads * head_chunks;
+  in.workspace = workspace;
+  in.workspace_floats = workspace_floats;
+  in.dev = dev;
+  in.sms = std::max(sms, 1);
 
-  DecodeParams p{};
+  DecodeParams p{};  // chunk, splits and the workspace pointers are the planner's
   p.q = q;
   p.k_cache = k_cache;
   p.v_cache = v_cache;
@@ -456,47 +966,31 @@ Status attention_decode(const T* q, const TKV* k_cache, const TKV* v_cache, T* o
   p.kv_indptr = kv_indptr;
   p.kv_indices = kv_indices;
   p.kv_len = kv_len;
-  p.ws_o = split_kv ? workspace : nullptr;
-  p.ws_ml = split_kv ? workspace + batch * num_qo_heads * splits * D : nullptr;
   p.num_qo_heads = int(num_qo_heads);
   p.num_kv_heads = int(num_kv_heads);
   p.group = group;
   p.head_chunks = head_chunks;
   p.page_size = int(page_size);
+  p.page_shift = (page_size & (page_size - 1)) == 0 ? __builtin_ctzll(uint64_t(page_size)) : -1;
   p.num_pages = uint32_t(std::min<int64_t>(num_pages, int64_t(1) << 31));
   p.num_indices = int(std::min<int64_t>(num_indices, INT_MAX));
-  p.chunk = int(chunk);
-  p.splits = int(splits);
   // k_scale folds into q: (q * s) . k = q . (k * s). Exactly sm_scale * kLog2e when unscaled.
   p.scale_log2 = kFp8 ? sm_scale * kLog2e * k_scale : sm_scale * kLog2e;
   p.v_scale = v_scale;
   p.window = window;
 
-  Status st;
   switch (D) {
     case 16:
-      st = launch_decode_d<T, TKV, 16>(p, batch, gh, stream);
-      break;
+      return launch_decode_d<T, TKV, 16>(p, in, gh, stream);
     case 32:
-      st = launch_decode_d<T, TKV, 32>(p, batch, gh, stream);
-      break;
+      return launch_decode_d<T, TKV, 32>(p, in, gh, stream);
     case 64:
-      st = launch_decode_d<T, TKV, 64>(p, batch, gh, stream);
-      break;
+      return launch_decode_d<T, TKV, 64>(p, in, gh, stream);
     case 128:
-      st = launch_decode_d<T, TKV, 128>(p, batch, gh, stream);
-      break;
+      return launch_decode_d<T, TKV, 128>(p, in, gh, stream);
     default:
-      st = launch_decode_d<T, TKV, 256>(p, batch, gh, stream);
-      break;
+      return launch_decode_d<T, TKV, 256>(p, in, gh, stream);
   }
-  G3_RETURN_IF_ERROR(st);
-  if (split_kv) {
-    decode_combine_kernel<T><<<unsigned(batch * num_qo_heads), unsigned(D), 0, stream>>>(
-        p.ws_o, p.ws_ml, out, p.splits, int(D));
-    G3_RETURN_IF_ERROR(check_launch("attention_decode (combine)"));
-  }
-  return Status::Ok();
 }
 
 #define G3_DECODE(T, TKV)                                                                          \
