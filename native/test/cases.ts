@@ -1134,7 +1134,7 @@ export function attentionCases(): Case[] {
     cases.push(decodeCase(d, [3000], 4, 1, 16, 16, 0, true, seed++, scaled)); // fp8, 512 keys/stage
     cases.push(decodeCase(d, [2600, 90], 8, 2, 256, 16, 0, true, seed++, scaled)); // fp8 D 256
     cases.push(decodeCase(d, [3000], 8, 1, 128, 16, 0, false, seed++)); // long, no workspace
-    cases.push(decodeCase(d, [20000], 4, 1, 256, 16, 0, true, seed++)); // 1B-like: ~250 splits
+    cases.push(decodeCase(d, [20000], 4, 1, 256, 16, 0, true, seed++)); // 1B-like: at the 128-split cap
   }
   return cases;
 }
