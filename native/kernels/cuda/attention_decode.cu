@@ -25,6 +25,7 @@
 #include "kernels/cuda/attention_decode.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/pdl.cuh"
 
 namespace gemma3::cuda {
 namespace {
@@ -379,11 +380,9 @@ __global__ void __launch_bounds__(kThreads) decode_pipe_kernel(const DecodeParam
   constexpr int kU = Pc::kU, kLoads = Pc::kLoads, kKeys = Pc::kKeys;
   extern __shared__ __align__(16) unsigned char smem[];
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  // The combine kernel (launched with programmatic stream serialization) may start now; it
-  // waits for this grid's completion and memory (griddepcontrol.wait) before reading.
-  asm volatile("griddepcontrol.launch_dependents;");
-#endif
+  // The combine kernel (launched with programmatic stream serialization, pdl.cuh) may start now;
+  // it waits for this grid's completion and memory before reading.
+  pdl_trigger();
 
   const int split = blockIdx.x;
   const int kvh = blockIdx.y / p.head_chunks, hc = blockIdx.y % p.head_chunks;
@@ -642,11 +641,9 @@ template <typename T>
 __global__ void __launch_bounds__(kCombineThreads)
     decode_combine_wide_kernel(const float* ws_o, const float* ws_ml, T* out, int splits,
                                int head_dim) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  // Launched early (programmatic dependent launch): wait for the split kernel's results. A no-op
-  // for an ordinary launch.
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
+  // Launched early (programmatic dependent launch, pdl.cuh): wait for the split kernel's results.
+  // A no-op for an ordinary launch.
+  pdl_wait();
   __shared__ float s_w[kMaxSplits];
   __shared__ float red[kCombineThreads / 32];
   __shared__ float4 s_acc[kCombineThreads];
@@ -708,19 +705,12 @@ struct Plan {
 constexpr int64_t kWsAlign = 4;
 
 // Which path runs: GEMMA3_DECODE=legacy keeps v1 (decode_kernel, its planner and the serial
-// combine) for A/B timings; GEMMA3_DECODE_PDL=0 launches the combine without programmatic
-// dependent launch.
+// combine) for A/B timings. GEMMA3_PDL=0 launches the combine without programmatic dependent
+// launch (pdl.cuh; the combine is a `measured` PDL launch, on by default).
 bool legacy_mode() {
   static const bool v = [] {
     const char* e = std::getenv("GEMMA3_DECODE");
     return e != nullptr && std::string(e) == "legacy";
-  }();
-  return v;
-}
-bool pdl_enabled() {
-  static const bool v = [] {
-    const char* e = std::getenv("GEMMA3_DECODE_PDL");
-    return !(e != nullptr && std::string(e) == "0");
   }();
   return v;
 }
@@ -776,23 +766,12 @@ void plan_pipe(const Plan& in, int64_t slots, DecodeParams* p) {
 template <typename T>
 Status launch_combine_wide(const DecodeParams& p, int64_t batch, int64_t D, cudaStream_t stream) {
   const int64_t dims = std::min<int64_t>(D, 64);
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(unsigned(batch * p.num_qo_heads), unsigned(D / dims));
-  cfg.blockDim = dim3(kCombineThreads);
-  cfg.dynamicSmemBytes = 0;
-  cfg.stream = stream;
-  // Programmatic dependent launch (sm_90): the combine is scheduled while the split kernel runs
-  // and waits on griddepcontrol.wait, so the gap between the two launches is hidden.
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl_enabled() ? 1 : 0;
-  const float* ws_o = p.ws_o;
-  const float* ws_ml = p.ws_ml;
-  T* out = static_cast<T*>(p.out);
-  G3_CUDA_RETURN(
-      cudaLaunchKernelEx(&cfg, decode_combine_wide_kernel<T>, ws_o, ws_ml, out, p.splits, int(D)));
+  // Programmatic dependent launch (pdl.cuh): the combine is scheduled while the split kernel runs
+  // and waits in-kernel, so the gap between the two launches is hidden.
+  launch_pdl_if(pdl_enabled(/*measured=*/true), decode_combine_wide_kernel<T>,
+                dim3(unsigned(batch * p.num_qo_heads), unsigned(D / dims)), dim3(kCombineThreads),
+                0, stream, static_cast<const float*>(p.ws_o), static_cast<const float*>(p.ws_ml),
+                static_cast<T*>(p.out), p.splits, int(D));
   return check_launch("attention_decode (combine)");
 }
 

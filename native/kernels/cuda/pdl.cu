@@ -1,4 +1,4 @@
-// pdl_enabled (pdl.cuh): read once per device; GEMMA3_PDL=0 turns programmatic launches off (A/B).
+// pdl_enabled (pdl.cuh): GEMMA3_PDL read once, the device's compute capability once per device.
 #include <cuda_runtime.h>
 
 #include <atomic>
@@ -9,12 +9,15 @@
 
 namespace gemma3::cuda {
 
-bool pdl_enabled() {
-  static const bool env_on = [] {
+bool pdl_enabled(bool measured) {
+  // 0: off; 1: on for every converted kernel; 2 (unset or anything else): measured launches only.
+  static const int mode = [] {
     const char* v = std::getenv("GEMMA3_PDL");
-    return v == nullptr || std::strcmp(v, "0") != 0;
+    if (v != nullptr && std::strcmp(v, "0") == 0) return 0;
+    if (v != nullptr && std::strcmp(v, "1") == 0) return 1;
+    return 2;
   }();
-  if (!env_on) return false;
+  if (mode == 0 || (mode == 2 && !measured)) return false;
   constexpr int kMaxDevices = 64;
   static std::atomic<int> cache[kMaxDevices];  // 0 unknown, 1 off, 2 on
   int dev = 0;

@@ -34,21 +34,25 @@ __device__ __forceinline__ void pdl_trigger() {
 #endif
 }
 
-/** Whether launch_pdl sets the attribute: GEMMA3_PDL is not "0" and the current device is sm_90+.
+/**
+ * Whether a launch sets the attribute (sm_90+ only). GEMMA3_PDL=1: every kernel launched through
+ * launch_pdl; GEMMA3_PDL=0: none; unset: only launches marked `measured`, whose PDL use has run
+ * its tests and an A/B on a GPU (decode attention's combine so far). The other converted kernels
+ * follow the rule above but stay opt-in until a GPU run checks them (docs/kernels.md, PDL).
  */
-bool pdl_enabled();
+bool pdl_enabled(bool measured = false);
 
 /**
  * kernel<<<grid, block, smem, stream>>>(args...) with programmatic stream serialization allowed
- * when pdl_enabled(). The kernel must follow the rule above. Errors are left for check_launch
+ * when `on`. The kernel must follow the rule above. Errors are left for check_launch
  * (cudaGetLastError) as with <<<>>>.
  */
 template <typename... KArgs, typename... Args>
-void launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
-                Args&&... args) {
+void launch_pdl_if(bool on, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                   cudaStream_t stream, Args&&... args) {
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = pdl_enabled() ? 1 : 0;
+  attr[0].val.programmaticStreamSerializationAllowed = on ? 1 : 0;
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = grid;
   cfg.blockDim = block;
@@ -57,6 +61,13 @@ void launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cu
   cfg.attrs = attr;
   cfg.numAttrs = 1;
   (void)cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+}
+
+/** launch_pdl_if(pdl_enabled(), ...): the launch of every converted kernel. */
+template <typename... KArgs, typename... Args>
+void launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                Args&&... args) {
+  launch_pdl_if(pdl_enabled(), kernel, grid, block, smem, stream, std::forward<Args>(args)...);
 }
 
 }  // namespace gemma3::cuda
