@@ -11,11 +11,7 @@ OUT="${OUT:-/tmp/gpu-check}"
 mkdir -p "$OUT"
 mode="${1:-all}"
 
-if ! command -v node >/dev/null; then
-  mkdir -p /tmp/bin && xz -dc .device/node.xz >/tmp/bin/node && chmod +x /tmp/bin/node
-  export PATH=/tmp/bin:$PATH
-fi
-[ -d node_modules/vitest ] || tar -xJf .device/node_modules.tar.xz
+source scripts/device-env.sh  # the carried Node, node_modules and dists
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 commit=${GEMMA3_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 

@@ -10,11 +10,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu-fused}"
 mkdir -p "$OUT"
-if ! command -v node >/dev/null; then
-  mkdir -p /tmp/bin && xz -dc .device/node.xz >/tmp/bin/node && chmod +x /tmp/bin/node
-  export PATH=/tmp/bin:$PATH
-fi
-[ -d node_modules/vitest ] || tar -xJf .device/node_modules.tar.xz
+source scripts/device-env.sh  # the carried Node, node_modules and dists
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
 t0=$SECONDS
 echo "== build (sm_90a)"

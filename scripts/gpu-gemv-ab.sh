@@ -11,11 +11,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gemv-ab}"
 mkdir -p "$OUT"
-if ! command -v node >/dev/null; then
-  mkdir -p /tmp/bin && xz -dc .device/node.xz >/tmp/bin/node && chmod +x /tmp/bin/node
-  export PATH=/tmp/bin:$PATH
-fi
-[ -d node_modules/vitest ] || tar -xJf .device/node_modules.tar.xz
+source scripts/device-env.sh  # the carried Node, node_modules and dists
 # Other sessions' uncommitted edits in the shared tree, reverted in this copy only (optional).
 [ -f .gemv-others.patch ] && { patch -R -p1 <.gemv-others.patch >"$OUT/patch.log" 2>&1 || tail -5 "$OUT/patch.log"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"

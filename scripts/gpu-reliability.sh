@@ -22,12 +22,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-if ! command -v node >/dev/null; then
-  mkdir -p /tmp/bin && xz -dc .device/node.xz >/tmp/bin/node && chmod +x /tmp/bin/node
-  export PATH=/tmp/bin:$PATH
-fi
-[ -d node_modules/vitest ] || tar -xJf .device/node_modules.tar.xz
-[ -f .dists.tar ] && tar -xf .dists.tar
+source scripts/device-env.sh  # the carried Node, node_modules and dists
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 SECONDS=0
 echo "== build (sm_90a)"

@@ -11,11 +11,7 @@ OUT="${OUT:-/tmp/gpu-serve}"
 mkdir -p "$OUT"
 cfg="${1:-packages/model/test/fixtures/configs/gemma-3-4b-it.config.json}"
 tokens="${2:-128}"
-if ! command -v node >/dev/null; then
-  mkdir -p /tmp/bin && xz -dc .device/node.xz >/tmp/bin/node && chmod +x /tmp/bin/node
-  export PATH=/tmp/bin:$PATH
-fi
-[ -d node_modules/vitest ] || tar -xJf .device/node_modules.tar.xz
+source scripts/device-env.sh  # the carried Node, node_modules and dists
 [ -f native/build/Release/gemma3.node ] || (cd native && CMAKE_CUDA_ARCHITECTURES=90a node scripts/build.mjs >"$OUT/build.log" 2>&1) || { tail -30 "$OUT/build.log"; exit 1; }
 [ -f apps/cli/demo-model/tokenizer.json ] || node apps/cli/scripts/copy-tokenizer.mjs
 ckpt=/tmp/gemma3-random-$(basename "$cfg" .config.json)

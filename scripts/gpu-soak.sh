@@ -13,16 +13,10 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu-soak-out}"
 DIR=/tmp/gpu-soak
 mkdir -p "$OUT" "$DIR"
-if ! command -v node >/dev/null; then
-  mkdir -p /tmp/bin
-  [ -x /tmp/bin/node ] || { xz -dc .device/node.xz >/tmp/bin/node && chmod +x /tmp/bin/node; }
-  export PATH=/tmp/bin:$PATH
-fi
+source scripts/device-env.sh  # the carried Node, node_modules and dists
 case "${1:-}" in
   start)
     secs="${2:-660}"
-    [ -d node_modules/vitest ] || tar -xJf .device/node_modules.tar.xz
-    [ -f .dists.tar ] && tar -xf .dists.tar
     export CMAKE_CUDA_ARCHITECTURES=90a
     [ -f native/build/Release/gemma3.node ] ||
       (cd native && node scripts/build.mjs) >"$DIR/build.log" 2>&1 || { tail -30 "$DIR/build.log"; exit 1; }

@@ -12,12 +12,7 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu-tp}"
 mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 NCCL_DEBUG=WARN
-if ! command -v node >/dev/null; then
-  mkdir -p /tmp/bin && xz -dc .device/node.xz >/tmp/bin/node && chmod +x /tmp/bin/node
-  export PATH=/tmp/bin:$PATH
-fi
-[ -d node_modules/vitest ] || tar -xJf .device/node_modules.tar.xz
-[ -f .dists.tar ] && tar -xf .dists.tar
+source scripts/device-env.sh  # the carried Node, node_modules and dists
 SECONDS=0
 ngpu=$(nvidia-smi -L | wc -l)
 tps=1,2
