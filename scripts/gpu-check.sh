@@ -36,7 +36,9 @@ if [ "$mode" != "--tests-only" ]; then
   echo "== our kernels ($bench)"
   "$bench" --commit "$commit" --json "$OUT/bench.json" --md "$OUT/bench.md" >"$OUT/bench.log" 2>&1 || status=1
   echo "== torch peers"
-  PYTHONUNBUFFERED=1 python3 tools/peers/torch_peers.py --json "$OUT/torch.json" --md "$OUT/torch.md" \
+  # The torch rows' roofline % against the bandwidth bench_kernels used for this card.
+  peak=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['peak_gbs'])" "$OUT/bench.json" 2>/dev/null || echo 2990)
+  PYTHONUNBUFFERED=1 python3 tools/peers/torch_peers.py --peak-gbs "$peak" --json "$OUT/torch.json" --md "$OUT/torch.md" \
     >"$OUT/torch.log" 2>&1 || status=1
   python3 tools/peers/merge_bench.py "$OUT/bench.json" "$OUT/torch.json" >"$OUT/merged.md" 2>&1 || true
   # Issue 9's plot: prefill attention TFLOP/s against the sequence length, ours vs cuDNN / flash.
