@@ -299,6 +299,19 @@ describe.skipIf(!withNginx)("nginx routing in front of stand-in upstreams", () =
 
   it("a refused upstream is retried on another and taken out of rotation", async () => {
     await startNginx("prefix");
+    // nginx writes a request's access-log line after the response has gone out, so a client can
+    // read the log before the line is there: count the lines first, then wait for this test's
+    // three (the pinned request, the retried one, the one after).
+    const logLines = () => {
+      try {
+        return readFileSync(join(dir, "prefix", "access.log"), "utf8")
+          .split("\n")
+          .filter(Boolean);
+      } catch {
+        return [];
+      }
+    };
+    const before = logLines().length;
     const messages = [{ role: "user", content: "pinned conversation" }];
     const home = await to({ messages });
     const i = ports.indexOf(home);
@@ -315,9 +328,11 @@ describe.skipIf(!withNginx)("nginx routing in front of stand-in upstreams", () =
       // Tried the dead one first (then the next on the ring), and then no longer tries it.
       expect(r.headers.get("x-gemma3-upstream")).toBe(`127.0.0.1:${home}, 127.0.0.1:${moved}`);
       expect(await to({ messages })).toBe(moved);
-      const log = readFileSync(join(dir, "prefix", "access.log"), "utf8")
-        .trim()
-        .split("\n");
+      let log = logLines();
+      for (let t = 0; t < 100 && log.length < before + 3; t++) {
+        await new Promise((res) => setTimeout(res, 20));
+        log = logLines();
+      }
       expect(log.at(-1)).toContain(`upstream=127.0.0.1:${moved} upstream_status=200`);
     } finally {
       await new Promise<void>((r) => upstreams[i]!.listen(home, "127.0.0.1", r));
