@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -411,8 +412,85 @@ static Status get_stream(int device, cudaStream_t* s) {
 }
 #endif
 
+// Host reads that the addon runs on worker threads (copy_to_host, synchronize) and graph captures
+// on the same device exclude each other. A read inside another thread's capture would be recorded
+// into the graph and never run (CPU), or would synchronize a capturing stream, an error that also
+// invalidates the capture (CUDA); either way it could not see the ops the capture only records.
+// So a read waits for a capture of its device to end, and a capture waits for the reads in flight
+// (they need only the device to finish). From the capturing thread itself a read is refused, as
+// before. One process serving several models (a scheduler each) on one device meets this.
+namespace {
+
+class CaptureGate {
+ public:
+  /** Before a host read of `device`; pair with leave(). */
+  Status enter(int device, const char* what) {
+    std::unique_lock<std::mutex> lk(mu_);
+    State& st = states_[device];
+    if (st.capturing && st.owner == std::this_thread::get_id())
+      return Status(StatusCode::kInvalidArgument,
+                    std::string(what) + ": not allowed during graph capture");
+    cv_.wait(lk, [&] { return !st.capturing; });
+    ++st.readers;
+    return Status::Ok();
+  }
+  void leave(int device) {
+    std::lock_guard<std::mutex> lk(mu_);
+    --states_[device].readers;
+    cv_.notify_all();
+  }
+  /** Marks a capture by this thread, once the reads in flight are done. */
+  void begin(int device) {
+    std::unique_lock<std::mutex> lk(mu_);
+    State& st = states_[device];
+    cv_.wait(lk, [&] { return st.readers == 0; });
+    st.capturing = true;
+    st.owner = std::this_thread::get_id();
+  }
+  void end(int device) {
+    std::lock_guard<std::mutex> lk(mu_);
+    states_[device].capturing = false;
+    cv_.notify_all();
+  }
+
+ private:
+  struct State {
+    bool capturing = false;
+    std::thread::id owner;
+    int readers = 0;
+  };
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<int, State> states_;
+};
+
+CaptureGate& capture_gate() {
+  static auto* g = new CaptureGate();  // never destroyed: worker threads may outlive main
+  return *g;
+}
+
+// enter() ... leave() around a host read, leave() on every return path.
+class GateScope {
+ public:
+  GateScope(int device, const char* what) : device_(device) {
+    status_ = capture_gate().enter(device, what);
+  }
+  ~GateScope() {
+    if (status_.ok()) capture_gate().leave(device_);
+  }
+  const Status& status() const { return status_; }
+
+ private:
+  int device_;
+  Status status_;
+};
+
+}  // namespace
+
 Status synchronize(int device) {
   G3_RETURN_IF_ERROR(check_device(device));
+  GateScope gate(device, "synchronize");
+  G3_RETURN_IF_ERROR(gate.status());
   if (device == kCpu) return cpu_stream().synchronize();
 #ifdef GEMMA3_WITH_CUDA
   cudaStream_t s;
@@ -467,8 +545,8 @@ Status copy_to_host(const std::shared_ptr<Buffer>& src, int64_t src_offset, void
                     int64_t bytes) {
   G3_RETURN_IF_ERROR(check_range(*src, src_offset, bytes, "copy_to_host"));
   const char* p = static_cast<const char*>(src->data()) + src_offset;
-  if (graph_capturing(src->device()))
-    return Status(StatusCode::kInvalidArgument, "copy_to_host: not allowed during graph capture");
+  GateScope gate(src->device(), "copy_to_host");
+  G3_RETURN_IF_ERROR(gate.status());
   if (src->device() == kCpu) {
     G3_RETURN_IF_ERROR(cpu_submit([src, p, dst, bytes] {
       std::memcpy(dst, p, size_t(bytes));
@@ -585,8 +663,10 @@ class CudaGraph : public Graph {
 
 }  // namespace
 
-Status graph_begin_capture(int device) {
-  G3_RETURN_IF_ERROR(check_device(device));
+namespace {
+
+// The stream side of graph_begin_capture.
+Status begin_capture_stream(int device) {
   if (device == kCpu) return cpu_stream().begin_capture();
 #ifdef GEMMA3_WITH_CUDA
   cudaStream_t s;
@@ -611,11 +691,24 @@ Status graph_begin_capture(int device) {
   return Status::Ok();
 }
 
+}  // namespace
+
+Status graph_begin_capture(int device) {
+  G3_RETURN_IF_ERROR(check_device(device));
+  if (graph_capturing(device))
+    return Status(StatusCode::kInvalidArgument, device_name(device) + ": a capture is active");
+  capture_gate().begin(device);  // after the reads in flight; see CaptureGate
+  Status st = begin_capture_stream(device);
+  if (!st.ok()) capture_gate().end(device);
+  return st;
+}
+
 Status graph_end_capture(int device, std::unique_ptr<Graph>* out) {
   G3_RETURN_IF_ERROR(check_device(device));
   if (device == kCpu) {
     std::vector<Task> tasks;
     G3_RETURN_IF_ERROR(cpu_stream().end_capture(&tasks));
+    capture_gate().end(device);  // the capture is over: waiting reads may run
     out->reset(new CpuGraph(std::move(tasks)));
     return Status::Ok();
   }
@@ -630,6 +723,7 @@ Status graph_end_capture(int device, std::unique_ptr<Graph>* out) {
   }
   cudaGraph_t g = nullptr;
   cudaError_t e = cudaStreamEndCapture(s, &g);
+  capture_gate().end(device);  // the stream captures no more, whatever the outcome
   release_deferred(device);
   if (e != cudaSuccess) {
     cudaGetLastError();

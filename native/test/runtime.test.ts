@@ -143,6 +143,35 @@ describe("graphs (CPU task lists)", () => {
     expect(Array.from(await x.toArray())).toEqual([2, 4, 6]);
   });
 
+  it("a host read started by another flow waits out a capture: not recorded, not refused", async () => {
+    // Host reads (toArray, synchronize) run on libuv's worker threads. Keep them busy behind slow
+    // queued work so that one more read reaches the device while the main thread holds a capture
+    // open: before the capture gate that read was refused ("not allowed during graph capture") or,
+    // a moment later, recorded into the graph and never run.
+    const a = Tensor.from(
+      Float32Array.from({ length: 1024 * 1024 }, (_, i) => ((i * 7919) % 1000) / 1000),
+      [1024, 1024],
+    );
+    const busy = Tensor.empty([1024, 1024], "f32");
+    const t0 = performance.now();
+    for (let i = 0; i < 6; i++) ops.matmul(a, a, { out: busy });
+    const syncs = Array.from({ length: 8 }, () => Device.cpu.synchronize());
+    const x = Tensor.from([1, 2, 3], [3], "f32");
+    const read = x.toArray();
+    const y = Tensor.zeros([3], "f32");
+    const g = Graph.capture("cpu", () => {
+      while (performance.now() - t0 < 1500); // hold the capture open past the queued work
+      ops.scale(x, 2, y);
+    });
+    expect(Array.from(await read)).toEqual([1, 2, 3]);
+    await Promise.all(syncs);
+    expect(g.nodes).toBe(1); // the read was not recorded
+    g.launch();
+    expect(Array.from(await y.toArray())).toEqual([2, 4, 6]);
+    for (const t of [a, busy, x, y]) t.dispose();
+    g.dispose();
+  }, 30_000);
+
   it("ends the capture when the recorded function throws", () => {
     expect(() =>
       Graph.capture("cpu", () => {
