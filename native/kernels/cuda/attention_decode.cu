@@ -23,6 +23,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/attention_decode.h"
+#include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/pdl.cuh"
@@ -354,20 +355,10 @@ struct PipeCfg {
   static_assert(kStages * kU <= 32, "validity bits of the stages in flight fit one word");
 };
 
-__device__ __forceinline__ uint32_t smem_u32(const void* ptr) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
-}
-// 16-byte async copy to shared memory, L2 only (streamed once); src_bytes 0 zero-fills without
-// reading src.
-__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-               "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {  // "memory": no shared load moves above it
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
+using detail::cp_async16_or_zero;  // cp_async.cuh
+using detail::cp_async_commit;
+using detail::cp_async_wait;
+using detail::smem_u32;
 
 // grid: (splits, num_kv_heads * head_chunks, batch); block: kThreads; dynamic shared memory
 // PipeCfg::kSmem.
@@ -434,8 +425,10 @@ __global__ void __launch_bounds__(kThreads) decode_pipe_kernel(const DecodeParam
 #pragma unroll
       for (int n = 0; n < kNv; ++n) {
         const int i = u * kNv + n;
-        cp_async_16(ring_u32 + uint32_t(slot(s, i, 0)) * 16u, ok ? kc + off + n * kPer16 : kc, ok);
-        cp_async_16(ring_u32 + uint32_t(slot(s, i, 1)) * 16u, ok ? vc + off + n * kPer16 : vc, ok);
+        cp_async16_or_zero(ring_u32 + uint32_t(slot(s, i, 0)) * 16u,
+                           ok ? kc + off + n * kPer16 : kc, ok);
+        cp_async16_or_zero(ring_u32 + uint32_t(slot(s, i, 1)) * 16u,
+                           ok ? vc + off + n * kPer16 : vc, ok);
       }
     }
     return bits;

@@ -19,6 +19,7 @@
 #include <string>
 #include <type_traits>
 
+#include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
 
@@ -75,20 +76,10 @@ __device__ __forceinline__ SeqBounds load_seq(const int32_t* qo_indptr, const in
 // ---------------------------------------------------------------------------------------------
 // Tensor-core path (bf16).
 
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte async copy; src_bytes 0 zero-fills the destination without reading src.
-__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-               "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
+using detail::cp_async16_or_zero;  // cp_async.cuh
+using detail::cp_async_commit;
+using detail::cp_async_wait;
+using detail::smem_u32;
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -149,7 +140,7 @@ __device__ __forceinline__ void load_tile_async(uint32_t s_base, const bf16* g, 
     const int r = idx / kLoad, c = idx % kLoad;
     const bool valid = r < valid_rows && c < kReal;
     const bf16* src = valid ? g + r * ld + c * 8 : g;
-    cp_async_16(s_base + swz<kDs>(r, c), src, valid);
+    cp_async16_or_zero(s_base + swz<kDs>(r, c), src, valid);
   }
 }
 

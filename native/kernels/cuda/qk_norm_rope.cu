@@ -26,12 +26,8 @@ constexpr int64_t kMaxGrid = 1 << 30;  // token blocks; CTAs loop over the remai
 
 using vec::aligned16;
 using vec::load_f32;
+using vec::round_t;
 using vec::store_f32;
-
-template <typename T>
-__device__ __forceinline__ float round_t(float v) {
-  return to_f32(from_f32<T>(v));
-}
 
 struct Args {
   int64_t tokens, ld_q, ld_k, ld_v;

@@ -20,12 +20,8 @@ constexpr int64_t kMaxGrid = 1 << 30;
 
 using vec::aligned16;
 using vec::load_f32;
+using vec::round_t;
 using vec::store_f32;
-
-template <typename T>
-__device__ __forceinline__ float round_t(float v) {
-  return to_f32(from_f32<T>(v));
-}
 
 // x: [tokens, heads, head_dim] with token stride ld_token; positions: [tokens] int32.
 // blockDim.x >= half; V = elements of x1 (and of x2) per work item.

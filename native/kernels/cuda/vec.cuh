@@ -9,6 +9,12 @@
 
 namespace gemma3::cuda::vec {
 
+// v rounded to T and back: where HF computes a step in T, the float math rounds there too.
+template <typename T>
+__device__ __forceinline__ float round_t(float v) {
+  return to_f32(from_f32<T>(v));
+}
+
 // Pointer alignment, for the launchers' choice between the vector and the scalar kernel.
 // 16 bytes is what a uint4 access needs; block formats need only 2 for their 16-bit reads.
 __host__ __device__ __forceinline__ bool aligned(const void* p, uintptr_t bytes) {

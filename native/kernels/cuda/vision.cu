@@ -20,6 +20,7 @@ constexpr int64_t kMaxBlocks = 132 * 32;
 
 using vec::aligned16;
 using vec::load_f32;
+using vec::round_t;
 using vec::store_f32;
 
 // torch's gelu(approximate='tanh') in float32, as elementwise.cu.
@@ -28,11 +29,6 @@ __device__ __forceinline__ float gelu_tanh(float x) {
   constexpr float kKappa = 0.044715f;
   const float inner = kBeta * (x + kKappa * (x * x * x));
   return 0.5f * x * (1.0f + tanhf(inner));
-}
-
-template <typename T>
-__device__ __forceinline__ float round_t(float v) {
-  return to_f32(from_f32<T>(v));
 }
 
 // blockIdx.x/threadIdx.x cover V-element vectors of a row, blockIdx.y (with a loop) the rows.
