@@ -10,11 +10,10 @@
 // - HF transformers' float32 goldens (vision_model_goldens.py) within the rounding the file
 //   format adds.
 // Hostile mmproj files get a typed GGUFError naming the key or tensor.
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { open } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { gguf as hfGGUF } from "@huggingface/gguf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { f16ToF32 } from "@gemma3/native";
@@ -35,58 +34,19 @@ import {
   type MmprojGGUF,
 } from "../../model/test/gguf_mmproj_writer.js";
 import { writeGGUF } from "../../model/test/gguf_writer.js";
+import { maxAbsDiff, mmGolden, relL2 } from "./helpers.js";
 
-const here = dirname(fileURLToPath(import.meta.url));
-const repo = join(here, "..", "..", "..");
-const mmFixtures = join(here, "fixtures", "mm");
 const tmp = mkdtempSync(join(tmpdir(), "g3-mmproj-"));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
-interface Goldens {
-  model_dir: string | null;
-  prompt_ids: number[];
-  image_token_id: number;
-  greedy_ids: number[];
-  vocab: number;
-}
-function golden(name: string) {
-  const dir = join(mmFixtures, name);
-  const meta = JSON.parse(readFileSync(join(dir, "goldens.json"), "utf8")) as Goldens;
-  const f32 = (file: string) => {
-    const b = readFileSync(join(dir, file));
-    return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
-  };
-  return {
-    modelDir: meta.model_dir ? join(repo, meta.model_dir) : dir,
-    meta,
-    pixels: f32("pixel_values.f32"),
-    features: f32("image_features.f32"),
-    logits: f32("mm_logits.f32"),
-  };
-}
-
-const maxAbsDiff = (a: ArrayLike<number>, b: ArrayLike<number>) => {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i]! - b[i]!);
-    if (!(d <= m)) m = Number.isNaN(d) ? Infinity : d;
-  }
-  return m;
-};
-const relL2 = (a: ArrayLike<number>, b: ArrayLike<number>) => {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < b.length; i++) {
-    num += (a[i]! - b[i]!) ** 2;
-    den += b[i]! ** 2;
-  }
-  return Math.sqrt(num / den);
-};
 const argmax = (v: Float32Array) => v.reduce((b, x, i) => (x > v[b]! ? i : b), 0);
 
 /** Features, prompt logits (all positions) and 8 greedy tokens with their logits. */
-async function run(model: Gemma3TextModel, enc: Gemma3VisionEncoder, g: ReturnType<typeof golden>) {
+async function run(
+  model: Gemma3TextModel,
+  enc: Gemma3VisionEncoder,
+  g: ReturnType<typeof mmGolden>,
+) {
   const { prompt_ids: ids, greedy_ids, vocab } = g.meta;
   const features = enc.encode(g.pixels);
   const seq = model.newCache(ids.length + greedy_ids.length + 1);
@@ -147,7 +107,7 @@ interface Pair {
 }
 /** Text GGUF (F32) + mmproj at `outtype` + the reference checkpoint of the mmproj's values. */
 async function makePair(name: string, outtype: "F32" | "F16" | "BF16" | "Q8_0"): Promise<Pair> {
-  const { modelDir } = golden(name);
+  const { modelDir } = mmGolden(name);
   const dir = mkdtempSync(join(tmp, `${name}-${outtype}-`));
   const g = await mmprojGGUF(modelDir, outtype);
   const c = g.config;
@@ -177,7 +137,7 @@ const NAMES = ["tiny-27b", "tiny-mm"];
 for (const name of NAMES)
   for (const outtype of ["F32", "F16", "BF16", "Q8_0"] as const)
     describe(`${name}: text GGUF + mmproj ${outtype} (CPU f32)`, () => {
-      const gold = golden(name);
+      const gold = mmGolden(name);
       let pair: Pair;
       let model: Gemma3TextModel;
       let enc: Gemma3VisionEncoder;
@@ -271,7 +231,7 @@ for (const name of NAMES)
 describe("the mmproj file as @huggingface/gguf reads it", () => {
   for (const outtype of ["F32", "F16"] as const)
     it(`tiny-mm ${outtype}: metadata, tensor infos and tensor bytes are the converter's`, async () => {
-      const { modelDir } = golden("tiny-mm");
+      const { modelDir } = mmGolden("tiny-mm");
       const g = await mmprojGGUF(modelDir, outtype);
       const path = writeGGUF(join(tmp, `hf-${outtype}.gguf`), g.metadata, g.tensors);
       const theirs = await hfGGUF(path, { allowLocalFile: true });
@@ -339,7 +299,7 @@ async function sourceValues(dir: string, key: string): Promise<Float32Array> {
 }
 
 describe("pairing and hostile mmproj files", () => {
-  const { modelDir } = golden("tiny-mm");
+  const { modelDir } = mmGolden("tiny-mm");
   let text: string;
   beforeAll(async () => {
     text = await writeGemma3GGUF(modelDir, "F32", join(tmp, "text.gguf"), {
@@ -406,7 +366,7 @@ describe("pairing and hostile mmproj files", () => {
     const b = await loadVisionEncoder(text, {
       mmproj: await mmproj("legacy.gguf", undefined, { legacyFfnNames: true }),
     });
-    const px = golden("tiny-mm").pixels;
+    const px = mmGolden("tiny-mm").pixels;
     const fa = a.encode(px);
     const fb = b.encode(px);
     expect(

@@ -1,10 +1,68 @@
 // Shared by the vision tests: fixture paths, the sample-index rule of the HF goldens, and a PNG
 // writer for hand-made (hostile) files.
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { deflateSync } from "node:zlib";
 import { fileURLToPath } from "node:url";
+import { expect } from "vitest";
 
 export const FIXTURES = fileURLToPath(new URL("./fixtures", import.meta.url));
 export const IMAGES = `${FIXTURES}/images`;
+const REPO = fileURLToPath(new URL("../../..", import.meta.url));
+
+/** goldens.json of a multimodal fixture (tools/reference/vision_model_goldens.py). */
+export interface MmGoldens {
+  model_dir: string | null;
+  pixel_values_shape: number[];
+  image_features_shape: number[];
+  prompt_ids: number[];
+  image_token_id: number;
+  greedy_ids: number[];
+  argmax: number[];
+  top2_margin: number[];
+  vocab: number;
+  bidirectional_effect_max_abs: number;
+}
+
+/** fixtures/mm/<name>: its checkpoint directory, goldens and the HF float32 tensors. */
+export function mmGolden(name: string) {
+  const dir = join(FIXTURES, "mm", name);
+  const meta = JSON.parse(readFileSync(join(dir, "goldens.json"), "utf8")) as MmGoldens;
+  const f32 = (file: string) => {
+    const b = readFileSync(join(dir, file));
+    return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
+  };
+  return {
+    modelDir: meta.model_dir ? join(REPO, meta.model_dir) : dir,
+    meta,
+    pixels: f32("pixel_values.f32"),
+    features: f32("image_features.f32"),
+    logits: f32("mm_logits.f32"),
+    greedyLogits: f32("mm_greedy_logits.f32"),
+  };
+}
+
+/** max |a − b| (NaN anywhere → Infinity). */
+export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  expect(a.length).toBe(b.length);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) {
+    const d = Math.abs(a[i]! - b[i]!);
+    if (!(d <= m)) m = Number.isNaN(d) ? Infinity : d;
+  }
+  return m;
+}
+
+/** ‖a − b‖ / ‖b‖. */
+export function relL2(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < b.length; i++) {
+    num += (a[i]! - b[i]!) ** 2;
+    den += b[i]! ** 2;
+  }
+  return Math.sqrt(num / den);
+}
 
 /**
  * The goldens' sample indices (tools/reference/vision_goldens.py): n ≤ 4096 → all; else

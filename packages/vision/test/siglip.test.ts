@@ -6,7 +6,7 @@
 //   tiny-mm (fixtures/mm/tiny-mm): 8×8 patches avg-pooled 4×4 (the real model's kernel), vision
 //     head_dim 72 (So400m's), 2 vision layers, boi/eoi/image ids inside the vocabulary.
 // Each prompt holds two images (two bidirectional blocks); 8 greedy steps run through the KV cache.
-import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { copyFileSync, existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -21,59 +21,12 @@ import {
 } from "@gemma3/model";
 import { loadVisionEncoder, type Gemma3VisionEncoder } from "../src/index.js";
 import { writeSafetensors, type TensorSpec } from "../../model/test/safetensors_writer.js";
+import { maxAbsDiff, mmGolden, relL2 } from "./helpers.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = join(here, "..", "..", "..");
 const mmFixtures = join(here, "fixtures", "mm");
 
-interface Goldens {
-  model_dir: string | null;
-  pixel_values_shape: number[];
-  image_features_shape: number[];
-  prompt_ids: number[];
-  image_token_id: number;
-  greedy_ids: number[];
-  argmax: number[];
-  top2_margin: number[];
-  vocab: number;
-  bidirectional_effect_max_abs: number;
-}
-
-function golden(name: string) {
-  const dir = join(mmFixtures, name);
-  const meta = JSON.parse(readFileSync(join(dir, "goldens.json"), "utf8")) as Goldens;
-  const f32 = (file: string) => {
-    const b = readFileSync(join(dir, file));
-    return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
-  };
-  return {
-    modelDir: meta.model_dir ? join(repo, meta.model_dir) : dir,
-    meta,
-    pixels: f32("pixel_values.f32"),
-    features: f32("image_features.f32"),
-    logits: f32("mm_logits.f32"),
-    greedyLogits: f32("mm_greedy_logits.f32"),
-  };
-}
-
-function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i]! - b[i]!);
-    if (!(d <= m)) m = Number.isNaN(d) ? Infinity : d;
-  }
-  return m;
-}
-function relL2(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < b.length; i++) {
-    num += (a[i]! - b[i]!) ** 2;
-    den += b[i]! ** 2;
-  }
-  return Math.sqrt(num / den);
-}
 function argmaxRows(x: Float32Array, rows: number, cols: number): number[] {
   return Array.from({ length: rows }, (_, r) => {
     let best = 0;
@@ -83,7 +36,11 @@ function argmaxRows(x: Float32Array, rows: number, cols: number): number[] {
 }
 
 /** Prompt logits with the images, then greedy steps through the cache. */
-async function run(model: Gemma3TextModel, enc: Gemma3VisionEncoder, g: ReturnType<typeof golden>) {
+async function run(
+  model: Gemma3TextModel,
+  enc: Gemma3VisionEncoder,
+  g: ReturnType<typeof mmGolden>,
+) {
   const { prompt_ids: ids, greedy_ids, vocab } = g.meta;
   const features = enc.encode(g.pixels);
   const seq = model.newCache(ids.length + greedy_ids.length + 1);
@@ -120,7 +77,7 @@ describe("multimodal goldens are present", () => {
 
 for (const name of NAMES) {
   describe(`${name}: CPU f32 vs HF transformers float32`, () => {
-    const g = golden(name);
+    const g = mmGolden(name);
     let model: Gemma3TextModel;
     let enc: Gemma3VisionEncoder;
     beforeAll(async () => {
@@ -205,7 +162,7 @@ for (const name of NAMES) {
 
   const gpu = cudaAvailable() || process.env.GEMMA3_TEST_CUDA === "1";
   describe.skipIf(!gpu)(`${name}: CUDA vs HF transformers`, () => {
-    const g = golden(name);
+    const g = mmGolden(name);
     it("f32 on CUDA matches HF like the CPU path", async () => {
       const model = await loadTextModel(g.modelDir, { device: "cuda", dtype: "f32" });
       const enc = await loadVisionEncoder(g.modelDir, { device: "cuda", dtype: "f32" });
@@ -241,7 +198,7 @@ for (const name of NAMES) {
 
 describe("loading", () => {
   it("transformers >= 5 key names (with and without the inner vision_model.) load the same tower", async () => {
-    const g = golden("tiny-mm");
+    const g = mmGolden("tiny-mm");
     for (const inner of ["model.vision_tower.vision_model.", "model.vision_tower."]) {
       const src = await openCheckpoint(g.modelDir);
       const tensors: Record<string, TensorSpec> = {};
