@@ -243,11 +243,10 @@ export function matmulCases(): Case[] {
         [3, 37, 256],
       ] as const)
         cases.push(matmulCase(xd, wd, M, N, K, seed, tieX(M, K, seed++)));
-  // q-dot at the shapes of CUDA's direct GEMV (GEMMA3_QDOT_DIRECT=1; M <= 2, K % 256 == 0,
-  // 16-byte aligned rows: W in 16-byte chunks, each holding parts of 2 blocks; x laid out per
-  // chunk): one step of 32 chunks, several (lanes at the warp's edge, q8_0's d two chunks back),
-  // odd N (a partial row group), split K (few rows, long K) and ties. Without the switch, and in
-  // the ops.cuda test's unaligned copies, they run the staged GEMV.
+  // q-dot at the shapes of the direct GEMV tried in commit e77b8d3 (M <= 2, K % 256 == 0,
+  // 16-byte aligned rows: W in 16-byte chunks, each holding parts of 2 blocks): one step of 32
+  // chunks, several (lanes at the warp's edge, q8_0's d two chunks back), odd N (a partial row
+  // group), split K (few rows, long K) and ties; the staged GEMV runs them.
   for (const xd of ["f32", "bf16"] as const)
     for (const wd of ["q8_0", "q4_0"] as const) {
       for (const [M, N, K] of [
