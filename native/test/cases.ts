@@ -753,6 +753,36 @@ export function miscCases(): Case[] {
             : ULP_TOL.bf16,
       });
     }
+  // argmax over few long rows runs as a cluster of CTAs, each over a slice of the row
+  // (sampling.cu): ties across slices, NaN, -inf, an all-NaN row, rows at odd offsets (odd cols),
+  // and the row-count boundary of that path (32 rows; 33 takes the one-CTA-per-row kernel).
+  for (const d of ["f32", "bf16"] as const)
+    for (const [rows, cols] of [
+      [3, 262208],
+      [5, 40001],
+      [32, 16384],
+      [33, 16385],
+    ] as [number, number][]) {
+      const x = inDType(randn(rows * cols, seed++, 3), d);
+      const at = (r: number, c: number, v: number) => (x[r * cols + c] = v);
+      (at(0, cols - 2, 90), at(0, Math.floor(cols / 3), 90)); // same max in two slices: lower index
+      (at(1, 5, NaN), at(1, cols - 1, 70)); // NaN never wins; the max is the last element
+      for (let c = 0; c < cols; c++) at(2, c, c % 7 === 0 ? NaN : -Infinity); // -inf beats NaN
+      if (rows > 3) for (let c = 0; c < cols; c++) at(3, c, NaN); // all NaN -> 0
+      cases.push({
+        name: `argmax ${d} [${rows}, ${cols}] ties across slices, NaN, -inf`,
+        async run(dev) {
+          const xt = up(x, [rows, cols], d, dev);
+          const am = ops.argmax(xt);
+          const out = [await host(am)];
+          disposeAll(xt, am);
+          return out;
+        },
+        reference: () => [ref.argmax(x, rows, cols)],
+        refTol: { kind: "exact", why: "an index" },
+        cudaTol: { kind: "exact", why: "an index; the order (value, then index) is total" },
+      });
+    }
   for (const d of ["f32", "bf16"] as const)
     for (const [tokens, heads, hd, base, sc] of [
       [1, 1, 16, 1e4, 1],

@@ -1,4 +1,5 @@
-// pdl_enabled (pdl.cuh): GEMMA3_PDL read once, the device's compute capability once per device.
+// pdl_enabled, sm90_or_newer (pdl.cuh): GEMMA3_PDL read once, the device's compute capability
+// once per device.
 #include <cuda_runtime.h>
 
 #include <atomic>
@@ -18,8 +19,12 @@ bool pdl_enabled(bool measured) {
     return 2;
   }();
   if (mode == 0 || (mode == 2 && !measured)) return false;
+  return sm90_or_newer();
+}
+
+bool sm90_or_newer() {
   constexpr int kMaxDevices = 64;
-  static std::atomic<int> cache[kMaxDevices];  // 0 unknown, 1 off, 2 on
+  static std::atomic<int> cache[kMaxDevices];  // 0 unknown, 1 no, 2 yes
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) return false;
   int state = cache[dev].load(std::memory_order_relaxed);

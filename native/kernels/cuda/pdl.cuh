@@ -42,6 +42,9 @@ __device__ __forceinline__ void pdl_trigger() {
  */
 bool pdl_enabled(bool measured = false);
 
+/** Whether the current device is sm_90 or newer (PDL, thread-block clusters); cached per device. */
+bool sm90_or_newer();
+
 /**
  * kernel<<<grid, block, smem, stream>>>(args...) with programmatic stream serialization allowed
  * when `on`. The kernel must follow the rule above. Errors are left for check_launch

@@ -5,6 +5,7 @@
 // ties go to the lower index and every key is distinct): 11-bit digit histograms over the row until
 // the remaining candidates fit shared memory, then the rest runs on the shared-memory copy; the k
 // survivors are bitonic-sorted.
+#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -117,7 +118,44 @@ __device__ __forceinline__ ValIdx better(ValIdx a, ValIdx b) {
   return (b.v > a.v || (b.v == a.v && b.i < a.i)) ? b : a;
 }
 
-// x: [rows, cols]; out: [rows] int32.
+// The CTA's best over its threads' `best`; valid in warp 0 (every lane). red_*: 32 slots each.
+__device__ __forceinline__ ValIdx block_best(ValIdx best, float* red_v, int32_t* red_i) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    best = better(best, ValIdx{__shfl_xor_sync(0xffffffffu, best.v, o),
+                               __shfl_xor_sync(0xffffffffu, best.i, o)});
+  }
+  __syncthreads();  // red_* of the previous row
+  if (lane == 0) red_v[warp] = best.v, red_i[warp] = best.i;
+  __syncthreads();
+  if (warp == 0) {
+    best = lane < int(blockDim.x >> 5) ? ValIdx{red_v[lane], red_i[lane]}
+                                       : ValIdx{-INFINITY, INT32_MAX};
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      best = better(best, ValIdx{__shfl_xor_sync(0xffffffffu, best.v, o),
+                                 __shfl_xor_sync(0xffffffffu, best.i, o)});
+    }
+  }
+  return best;
+}
+
+// This thread's best over row[c0, c1) (indices relative to the row).
+// INT32_MAX marks "nothing yet": -inf elements still win it on the index, NaN never does.
+template <typename T>
+__device__ __forceinline__ ValIdx thread_best(const T* row, int64_t c0, int64_t c1) {
+  ValIdx best{-INFINITY, INT32_MAX};
+  row_for_each<T, 4>(row + c0, c1 - c0, [&](int64_t j0, const auto& v) {
+#pragma unroll
+    for (int j = 0; j < int(sizeof(v) / sizeof(float)); ++j) {
+      best = better(best, ValIdx{v[j], int32_t(c0 + j0 + j)});
+    }
+  });
+  return best;
+}
+
+// x: [rows, cols]; out: [rows] int32. One CTA per row (many rows).
 template <typename T>
 __global__ void __launch_bounds__(1024)
     argmax_kernel(const T* x, int32_t* out, int64_t rows, int64_t cols) {
@@ -125,35 +163,53 @@ __global__ void __launch_bounds__(1024)
   pdl_trigger();
   __shared__ float red_v[32];
   __shared__ int32_t red_i[32];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
-    // INT32_MAX marks "nothing yet": -inf elements still win it on the index, NaN never does.
-    ValIdx best{-INFINITY, INT32_MAX};
-    row_for_each<T, 4>(x + r * cols, cols, [&](int64_t j0, const auto& v) {
-#pragma unroll
-      for (int j = 0; j < int(sizeof(v) / sizeof(float)); ++j) {
-        best = better(best, ValIdx{v[j], int32_t(j0 + j)});
-      }
-    });
+    const ValIdx best = block_best(thread_best(x + r * cols, 0, cols), red_v, red_i);
+    if (threadIdx.x == 0) out[r] = best.i == INT32_MAX ? 0 : best.i;  // an all-NaN row gives 0
+  }
+}
+
+// Few rows (a decode step's logits, batch x 262208): one row would keep a single SM reading 1 MB
+// (19 us on an H200), so a cluster of kArgmaxCluster CTAs splits each row (blockIdx.y) into
+// contiguous slices and the first CTA combines the slices' bests through distributed shared
+// memory. `better` is a total order (value, then lower index), so the split cannot change the
+// result.
+constexpr int kArgmaxCluster = 8;  // the portable cluster size
+constexpr int64_t kArgmaxClusterMaxRows = 32;
+
+template <typename T>
+__global__ void __launch_bounds__(1024)
+    argmax_cluster_kernel(const T* x, int32_t* out, int64_t cols) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // clusters; the launcher checks the device
+  pdl_wait();
+  pdl_trigger();
+  __shared__ float red_v[32];
+  __shared__ int32_t red_i[32];
+  __shared__ ValIdx slice_best;
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  const int64_t r = blockIdx.y;
+  const int rank = int(cluster.block_rank()), n = int(cluster.num_blocks());
+  // Slices in whole 16-byte vectors of the row (any split is correct; this keeps them aligned).
+  const int64_t per = ((cols + n - 1) / n + 7) / 8 * 8;
+  const int64_t c0 = rank * per < cols ? rank * per : cols;
+  const int64_t c1 = c0 + per < cols ? c0 + per : cols;
+  const ValIdx best = block_best(thread_best(x + r * cols, c0, c1), red_v, red_i);
+  if (threadIdx.x == 0) slice_best = best;
+  cluster.sync();  // every slice's best written
+  if (rank == 0 && threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    ValIdx b =
+        lane < n ? *cluster.map_shared_rank(&slice_best, lane) : ValIdx{-INFINITY, INT32_MAX};
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
-      best = better(best, ValIdx{__shfl_xor_sync(0xffffffffu, best.v, o),
-                                 __shfl_xor_sync(0xffffffffu, best.i, o)});
+      b = better(
+          b, ValIdx{__shfl_xor_sync(0xffffffffu, b.v, o), __shfl_xor_sync(0xffffffffu, b.i, o)});
     }
-    __syncthreads();  // red_* of the previous row
-    if (lane == 0) red_v[warp] = best.v, red_i[warp] = best.i;
-    __syncthreads();
-    if (warp == 0) {
-      best = lane < int(blockDim.x >> 5) ? ValIdx{red_v[lane], red_i[lane]}
-                                         : ValIdx{-INFINITY, INT32_MAX};
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) {
-        best = better(best, ValIdx{__shfl_xor_sync(0xffffffffu, best.v, o),
-                                   __shfl_xor_sync(0xffffffffu, best.i, o)});
-      }
-      if (lane == 0) out[r] = best.i == INT32_MAX ? 0 : best.i;  // an all-NaN row gives 0
-    }
+    if (lane == 0) out[r] = b.i == INT32_MAX ? 0 : b.i;
   }
+  cluster.sync();  // the other CTAs' shared memory stays until rank 0 has read it
+#endif
 }
 
 // ---------------------------------------------------------------- top-k
@@ -396,7 +452,24 @@ Status argmax(const T* x, int32_t* out, int64_t rows, int64_t cols, cudaStream_t
   G3_RETURN_IF_ERROR(check_rows_cols("argmax", rows, cols));
   if (rows == 0) return Status::Ok();
   if (!x || !out) return invalid("argmax: null pointer");
-  launch_pdl(argmax_kernel<T>, row_grid(rows), row_threads(cols), 0, stream, x, out, rows, cols);
+  if (rows > kArgmaxClusterMaxRows || cols < 16384 || !sm90_or_newer()) {
+    launch_pdl(argmax_kernel<T>, row_grid(rows), row_threads(cols), 0, stream, x, out, rows, cols);
+    return check_launch("argmax");
+  }
+  cudaLaunchAttribute attr[2];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = pdl_enabled() ? 1 : 0;
+  attr[1].id = cudaLaunchAttributeClusterDimension;
+  attr[1].val.clusterDim.x = kArgmaxCluster;
+  attr[1].val.clusterDim.y = 1;
+  attr[1].val.clusterDim.z = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(kArgmaxCluster, unsigned(rows), 1);
+  cfg.blockDim = dim3(1024, 1, 1);
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 2;
+  G3_CUDA_RETURN(cudaLaunchKernelEx(&cfg, argmax_cluster_kernel<T>, x, out, cols));
   return check_launch("argmax");
 }
 
