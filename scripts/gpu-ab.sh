@@ -41,9 +41,9 @@ for r in $(seq 1 "$rounds"); do
   for m in ${models//,/ }; do
     for v in $values; do
       env "$var=$v" timeout 200 node apps/cli/dist/cli.js bench --model "random:$cfgs/gemma-3-$m-it.config.json" \
-        --device "${AB_DEVICE:-cuda}" ${AB_BENCH:---batch 1 --prefill 0} --json "$OUT/$m-$var=$v-r$r.json" >"$OUT/$m-$var=$v-r$r.txt" 2>&1 ||
-        { status=1; tail -5 "$OUT/$m-$var=$v-r$r.txt"; }
-      echo "$m $var=$v round $r: $(grep -E 'batch +[0-9]+:|TTFT' "$OUT/$m-$var=$v-r$r.txt" | tr -s ' ' | tr '\n' ';') (${SECONDS}s)"
+        --device "${AB_DEVICE:-cuda}" ${AB_BENCH:---batch 1 --prefill 0} --json "$OUT/$m-$var-$v-r$r.json" >"$OUT/$m-$var-$v-r$r.txt" 2>&1 ||
+        { status=1; tail -5 "$OUT/$m-$var-$v-r$r.txt"; }
+      echo "$m $var=$v round $r: $(grep -E 'batch +[0-9]+:|TTFT' "$OUT/$m-$var-$v-r$r.txt" | tr -s ' ' | tr '\n' ';') (${SECONDS}s)"
     done
   done
 done
