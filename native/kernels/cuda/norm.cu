@@ -19,6 +19,10 @@ namespace {
 constexpr int kCache = 4;          // vectors per thread kept in registers between the passes
 constexpr int kWarpsPerCta = 4;    // rows per CTA in the warp-per-row form
 constexpr int kMaxGrid = 1 << 30;  // grid cap; kernels loop over the remaining rows
+// Threads of a CTA-per-row kernel: add_norm_kernel's hoisted loads need ~100 registers a thread
+// (1024 would allow 64). norm_kernel uses the same cap so both reduce a row in the same order.
+// Rows past kNormMaxThreads * kCache vectors take the uncached loops.
+constexpr int kNormMaxThreads = 512;
 
 enum class NormKind { kRms, kRmsAdd, kLayer };
 
@@ -40,7 +44,7 @@ __device__ __forceinline__ float row_sum(float v, float* red) {
 // x, out: [rows, dim] (out may alias x; for kRmsAdd out is the residual, read then written);
 // w, b: [dim] (b only for kLayer). nvec = dim / V.
 template <typename T, int V, bool kWarpRow, NormKind kKind>
-__global__ void __launch_bounds__(kWarpRow ? 32 * kWarpsPerCta : 1024)
+__global__ void __launch_bounds__(kWarpRow ? 32 * kWarpsPerCta : kNormMaxThreads)
     norm_kernel(const T* x, const T* w, const T* b, T* out, int64_t rows, int dim, int nvec,
                 float eps) {
   pdl_wait();  // pdl.cuh: inputs come from the kernel before
@@ -138,12 +142,20 @@ __global__ void __launch_bounds__(kWarpRow ? 32 * kWarpsPerCta : 1024)
 // The row's threads, vectors and reductions are norm_kernel's for the same dim, so each of the two
 // sums runs in the order of the kernel it replaces and the results equal rmsnorm_add + rmsnorm.
 // The rounded residual stays in registers (c) between the two reductions.
+// Latency (a decode step runs this twice a layer on one row, one CTA): every load the row needs is
+// issued up front, so the kernel waits on global memory once, not once per pass. The weights of
+// the register-cached vectors load before pdl_wait (no kernel of a step writes them) and serve
+// every row; x and the residual load together.
 template <typename T, int V, bool kWarpRow>
-__global__ void __launch_bounds__(kWarpRow ? 32 * kWarpsPerCta : 1024)
+__global__ void __launch_bounds__(kWarpRow ? 32 * kWarpsPerCta : kNormMaxThreads)
     add_norm_kernel(const T* x, const T* w, T* residual, const T* w_next, T* out, int64_t rows,
                     int dim, int nvec, float eps) {
-  pdl_wait();  // pdl.cuh: inputs come from the kernel before
-  pdl_trigger();
+  using vec::load_packed;
+  using vec::Packed;
+  using vec::unpack;
+  // Register-cached vectors a thread: the CTA form's launcher gives a thread ~2 (more registers
+  // would spill); the order each thread visits its vectors is the same for any count.
+  constexpr int kC = kWarpRow ? kCache : 2;
   __shared__ float red[32];
   const int tid = kWarpRow ? (threadIdx.x & 31) : threadIdx.x;
   const int nthr = kWarpRow ? 32 : blockDim.x;
@@ -151,22 +163,41 @@ __global__ void __launch_bounds__(kWarpRow ? 32 * kWarpsPerCta : 1024)
       kWarpRow ? int64_t(blockIdx.x) * kWarpsPerCta + (threadIdx.x >> 5) : int64_t(blockIdx.x);
   const int64_t row_step = kWarpRow ? int64_t(gridDim.x) * kWarpsPerCta : int64_t(gridDim.x);
 
+  Packed<T, V> wc[kC], wnc[kC];
+#pragma unroll
+  for (int it = 0; it < kC; ++it) {
+    const int i = tid + it * nthr;
+    if (i < nvec && row0 < rows) {
+      wc[it] = load_packed<T, V>(w + i * V);
+      wnc[it] = load_packed<T, V>(w_next + i * V);
+    }
+  }
+  pdl_wait();  // pdl.cuh: x and the residual come from the kernels before
+  pdl_trigger();
+
   for (int64_t r = row0; r < rows; r += row_step) {
     const T* xr = x + r * dim;
     T* res = residual + r * dim;
     T* outr = out + r * dim;
-    float c[kCache][V];
-    float acc = 0.0f;
+    float c[kC][V];
+    Packed<T, V> hc[kC];
 #pragma unroll
-    for (int it = 0; it < kCache; ++it) {
+    for (int it = 0; it < kC; ++it) {
       const int i = tid + it * nthr;
       if (i < nvec) {
         load_f32<T, V>(xr + i * V, c[it]);
+        hc[it] = load_packed<T, V>(res + i * V);
+      }
+    }
+    float acc = 0.0f;
+#pragma unroll
+    for (int it = 0; it < kC; ++it) {
+      if (tid + it * nthr < nvec) {
 #pragma unroll
         for (int j = 0; j < V; ++j) acc += c[it][j] * c[it][j];
       }
     }
-    for (int i = tid + kCache * nthr; i < nvec; i += nthr) {
+    for (int i = tid + kC * nthr; i < nvec; i += nthr) {
       float t[V];
       load_f32<T, V>(xr + i * V, t);
 #pragma unroll
@@ -176,10 +207,7 @@ __global__ void __launch_bounds__(kWarpRow ? 32 * kWarpsPerCta : 1024)
 
     // residual = T(residual + T(norm(x))) as rmsnorm_add; v becomes the rounded residual.
     float acc2 = 0.0f;
-    auto add = [&](int i, float(&v)[V]) {
-      float wv[V], h[V];
-      load_f32<T, V>(w + i * V, wv);
-      load_f32<T, V>(res + i * V, h);
+    auto add = [&](int i, float(&v)[V], const float(&wv)[V], const float(&h)[V]) {
 #pragma unroll
       for (int j = 0; j < V; ++j)
         v[j] = to_f32(
@@ -189,33 +217,44 @@ __global__ void __launch_bounds__(kWarpRow ? 32 * kWarpsPerCta : 1024)
       for (int j = 0; j < V; ++j) acc2 += v[j] * v[j];
     };
 #pragma unroll
-    for (int it = 0; it < kCache; ++it) {
+    for (int it = 0; it < kC; ++it) {
       const int i = tid + it * nthr;
-      if (i < nvec) add(i, c[it]);
+      if (i < nvec) {
+        float wv[V], h[V];
+        unpack(wc[it], wv);
+        unpack(hc[it], h);
+        add(i, c[it], wv, h);
+      }
     }
-    for (int i = tid + kCache * nthr; i < nvec; i += nthr) {
-      float t[V];
+    for (int i = tid + kC * nthr; i < nvec; i += nthr) {
+      float t[V], wv[V], h[V];
       load_f32<T, V>(xr + i * V, t);
-      add(i, t);
+      load_f32<T, V>(w + i * V, wv);
+      load_f32<T, V>(res + i * V, h);
+      add(i, t, wv, h);
     }
     const float inv2 = 1.0f / sqrtf(row_sum<kWarpRow>(acc2, red) / float(dim) + eps);
 
-    auto norm = [&](int i, const float(&v)[V]) {
-      float wv[V], y[V];
-      load_f32<T, V>(w_next + i * V, wv);
+    auto norm = [&](int i, const float(&v)[V], const float(&wv)[V]) {
+      float y[V];
 #pragma unroll
       for (int j = 0; j < V; ++j) y[j] = (v[j] * inv2) * (1.0f + wv[j]);
       store_f32<T, V>(outr + i * V, y);
     };
 #pragma unroll
-    for (int it = 0; it < kCache; ++it) {
+    for (int it = 0; it < kC; ++it) {
       const int i = tid + it * nthr;
-      if (i < nvec) norm(i, c[it]);
+      if (i < nvec) {
+        float wv[V];
+        unpack(wnc[it], wv);
+        norm(i, c[it], wv);
+      }
     }
-    for (int i = tid + kCache * nthr; i < nvec; i += nthr) {
-      float t[V];
+    for (int i = tid + kC * nthr; i < nvec; i += nthr) {
+      float t[V], wv[V];
       load_f32<T, V>(res + i * V, t);  // this thread's own rounded residual, written above
-      norm(i, t);
+      load_f32<T, V>(w_next + i * V, wv);
+      norm(i, t, wv);
     }
   }
 }
@@ -231,7 +270,7 @@ Status launch_add_norm_v(const T* x, const T* w, T* residual, const T* w_next, T
                eps);
   } else {
     int threads = ((nvec + 1) / 2 + 31) / 32 * 32;
-    threads = threads < 64 ? 64 : (threads > 1024 ? 1024 : threads);
+    threads = threads < 64 ? 64 : (threads > kNormMaxThreads ? kNormMaxThreads : threads);
     launch_pdl(add_norm_kernel<T, V, false>, unsigned(rows < kMaxGrid ? rows : kMaxGrid), threads,
                0, stream, x, w, residual, w_next, out, rows, int(dim), nvec, eps);
   }
@@ -248,7 +287,7 @@ Status launch_norm_v(const T* x, const T* w, const T* b, T* out, int64_t rows, i
                32 * kWarpsPerCta, 0, stream, x, w, b, out, rows, int(dim), nvec, eps);
   } else {  // one CTA per row; ~2 vectors per thread leaves loads in flight for short grids
     int threads = ((nvec + 1) / 2 + 31) / 32 * 32;
-    threads = threads < 64 ? 64 : (threads > 1024 ? 1024 : threads);
+    threads = threads < 64 ? 64 : (threads > kNormMaxThreads ? kNormMaxThreads : threads);
     launch_pdl(norm_kernel<T, V, false, kKind>, unsigned(rows < kMaxGrid ? rows : kMaxGrid),
                threads, 0, stream, x, w, b, out, rows, int(dim), nvec, eps);
   }

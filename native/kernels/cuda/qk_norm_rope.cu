@@ -39,57 +39,99 @@ struct Args {
 
 // grid: (token blocks, ceil(heads / kWarps)); blockDim = 32 * kWarps. V elements per vector load
 // (norm.cu's rule: head_dim % V == 0 and 16-byte pointers and strides, else 1).
+// Latency (a decode step runs this once a layer on one token): the head's norm weight loads before
+// pdl_wait (no kernel of a step writes weights); after it, the head's values and the token's
+// position load together, and the cos/sin arithmetic runs while they are in flight. The first
+// kRegVec vectors of each lane live in registers (a 256-wide bf16 head is 1 vector a lane).
+constexpr int kRegVec = 2;
+
 template <typename T, int V>
 __global__ void __launch_bounds__(32 * kWarps)
     qk_norm_rope_kernel(const T* q, const T* k, const T* v, const T* __restrict__ q_w,
                         const T* __restrict__ k_w, const int32_t* __restrict__ positions, T* q_out,
                         T* k_out, T* v_out, Args a) {
-  pdl_wait();  // pdl.cuh: inputs come from the kernel before
-  pdl_trigger();
-  __shared__ float inv_freq[kMaxHeadDim / 2], cs[kMaxHeadDim / 2], sn[kMaxHeadDim / 2];
+  __shared__ float cs[kMaxHeadDim / 2], sn[kMaxHeadDim / 2];
   __shared__ float xs[kWarps][kMaxHeadDim];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int D = a.head_dim, half = D / 2, nvec = D / V;
-  for (int i = tid; i < half; i += blockDim.x) {
-    // rope.cu: 1 / base^(2i/D) / scale in float32, pow in double rounded to float.
-    const float e = float(2 * i) / float(D);
-    inv_freq[i] = (1.0f / float(pow(double(a.base), double(e)))) / a.scale;
-  }
-  __syncthreads();
   const int gh = blockIdx.y * kWarps + warp;  // this warp's head among the token's work
+  const bool is_q = gh < a.q_heads, is_k = !is_q && gh < a.q_heads + a.kv_heads;
+  const int h = is_q ? gh : (is_k ? gh - a.q_heads : gh - a.q_heads - a.kv_heads);
+  const T* w = is_q ? q_w : k_w;
+  float wr[kRegVec][V];
+  if (is_q || is_k) {
+#pragma unroll
+    for (int m = 0; m < kRegVec; ++m) {
+      const int i = lane + 32 * m;
+      if (i < nvec) load_f32<T, V>(w + i * V, wr[m]);
+    }
+  }
+  pdl_wait();  // pdl.cuh: q, k, v (and positions, kv_rows) may come from the kernels before
+  pdl_trigger();
   for (int64_t t = blockIdx.x; t < a.tokens; t += gridDim.x) {
+    const T* src = is_q
+                       ? q + t * a.ld_q + int64_t(h) * D
+                       : (is_k ? k + t * a.ld_k + int64_t(h) * D : v + t * a.ld_v + int64_t(h) * D);
+    float f[kRegVec][V];
+    if (is_q || is_k) {
+#pragma unroll
+      for (int m = 0; m < kRegVec; ++m) {
+        const int i = lane + 32 * m;
+        if (i < nvec) load_f32<T, V>(src + i * V, f[m]);
+      }
+    }
     // k and v go to row t, or to the token's KV cache row (out of range: not written).
     const int64_t row = a.kv_rows ? int64_t(a.kv_rows[t]) : t;
     const bool kv_ok = !a.kv_rows || (row >= 0 && row < a.kv_capacity);
+    const float pos = float(positions[t]);
     for (int i = tid; i < half; i += blockDim.x) {
-      // rope.cu: cos/sin of the float32 angle (accurate sincosf, not __sinf), then cast to T.
-      float s, c;
-      sincosf(float(positions[t]) * inv_freq[i], &s, &c);
-      cs[i] = round_t<T>(c);
-      sn[i] = round_t<T>(s);
+      // rope.cu: 1 / base^(2i/D) / scale in float32, pow in double rounded to float; cos/sin of
+      // the float32 angle (accurate sincosf, not __sinf), then cast to T.
+      const float e = float(2 * i) / float(D);
+      const float inv_freq = (1.0f / float(pow(double(a.base), double(e)))) / a.scale;
+      float sv, cv;
+      sincosf(pos * inv_freq, &sv, &cv);
+      cs[i] = round_t<T>(cv);
+      sn[i] = round_t<T>(sv);
     }
     __syncthreads();
-    if (gh < a.q_heads + (kv_ok ? a.kv_heads : 0)) {
-      const bool is_q = gh < a.q_heads;
-      const int h = is_q ? gh : gh - a.q_heads;
-      const T* src = is_q ? q + t * a.ld_q + int64_t(h) * D : k + t * a.ld_k + int64_t(h) * D;
-      const T* w = is_q ? q_w : k_w;
+    if (is_q || (is_k && kv_ok)) {
       T* dst = is_q ? q_out + (t * a.q_heads + h) * D : k_out + (row * a.kv_heads + h) * D;
       float* x = xs[warp];
       // norm.cu's warp-per-row rmsnorm: the same vectors per lane, in the same order.
       float acc = 0.0f;
-      for (int i = lane; i < nvec; i += 32) {
-        float f[V];
-        load_f32<T, V>(src + i * V, f);
+#pragma unroll
+      for (int m = 0; m < kRegVec; ++m) {
+        const int i = lane + 32 * m;
+        if (i < nvec) {
+#pragma unroll
+          for (int j = 0; j < V; ++j) {
+            acc += f[m][j] * f[m][j];
+            x[i * V + j] = f[m][j];
+          }
+        }
+      }
+      for (int i = lane + 32 * kRegVec; i < nvec; i += 32) {
+        float g[V];
+        load_f32<T, V>(src + i * V, g);
 #pragma unroll
         for (int j = 0; j < V; ++j) {
-          acc += f[j] * f[j];
-          x[i * V + j] = f[j];
+          acc += g[j] * g[j];
+          x[i * V + j] = g[j];
         }
       }
       const float total = vec::warp_reduce(acc, [](float p, float r) { return p + r; });
       const float inv = 1.0f / sqrtf(total / float(D) + a.eps);
-      for (int i = lane; i < nvec; i += 32) {
+#pragma unroll
+      for (int m = 0; m < kRegVec; ++m) {
+        const int i = lane + 32 * m;
+        if (i < nvec) {
+#pragma unroll
+          for (int j = 0; j < V; ++j)
+            x[i * V + j] = round_t<T>((x[i * V + j] * inv) * (1.0f + wr[m][j]));
+        }
+      }
+      for (int i = lane + 32 * kRegVec; i < nvec; i += 32) {
         float wv[V];
         load_f32<T, V>(w + i * V, wv);
 #pragma unroll
@@ -119,17 +161,15 @@ __global__ void __launch_bounds__(32 * kWarps)
           dst[i + half] = from_f32<T>(y2);
         }
       }
-    } else if (gh >= a.q_heads + a.kv_heads && gh < a.heads && kv_ok) {  // v head: a copy
-      const int h = gh - a.q_heads - a.kv_heads;
-      const T* src = v + t * a.ld_v + int64_t(h) * D;
+    } else if (!is_q && !is_k && gh < a.heads && kv_ok) {  // v head: a copy
       T* dst = v_out + (row * a.kv_heads + h) * D;
       for (int i = lane; i < nvec; i += 32) {
-        float f[V];
-        load_f32<T, V>(src + i * V, f);
-        store_f32<T, V>(dst + i * V, f);
+        float g[V];
+        load_f32<T, V>(src + i * V, g);
+        store_f32<T, V>(dst + i * V, g);
       }
     }
-    __syncthreads();  // cs/sn are rewritten for the next token
+    __syncthreads();  // cs/sn and xs are rewritten for the next token
   }
 }
 

@@ -101,6 +101,33 @@ __device__ __forceinline__ void store_f32(T* p, const float (&f)[V]) {
   }
 }
 
+// V elements of T kept as loaded (raw bits, half the registers of floats for bf16) and converted
+// on use: loads issued early, long before their values are needed. Same accesses as load_f32.
+template <typename T, int V>
+struct alignas(V * sizeof(T) % 16 == 0 ? 16 : alignof(T)) Packed {
+  T v[V];
+};
+template <typename T, int V>
+__device__ __forceinline__ Packed<T, V> load_packed(const T* p) {
+  Packed<T, V> r;
+  if constexpr (V == 1) {
+    r.v[0] = p[0];
+  } else {
+    static_assert(V * sizeof(T) % 16 == 0, "vector loads are 16 bytes");
+    constexpr int kPer = 16 / sizeof(T);
+#pragma unroll
+    for (int k = 0; k < V / kPer; ++k) {
+      *reinterpret_cast<uint4*>(r.v + k * kPer) = *reinterpret_cast<const uint4*>(p + k * kPer);
+    }
+  }
+  return r;
+}
+template <typename T, int V>
+__device__ __forceinline__ void unpack(const Packed<T, V>& r, float (&f)[V]) {
+#pragma unroll
+  for (int j = 0; j < V; ++j) f[j] = to_f32(r.v[j]);
+}
+
 // Butterfly (xor) reduction over the 32 lanes of a full warp; every lane gets the result.
 // The combining order is fixed, so float sums are reproducible run to run.
 template <typename R, typename Op>
