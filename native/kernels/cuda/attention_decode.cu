@@ -3,10 +3,11 @@
 // Flash-decoding: grid (split, kv head x head chunk, sequence). A CTA covers one chunk of a
 // sequence's visible keys for up to kGh qo heads of one GQA group, so K/V rows are read once for
 // the group. Threads form key groups of kTpk lanes; a key group reads one K and one V row with
-// 16-byte loads (kVec elements per lane), kU keys in flight per lane, and keeps its own online
-// softmax state; the key groups merge through shared memory. With a workspace the CTA writes an
-// unnormalized partial (o, max, sum) per split and a combine kernel merges the splits; without one
-// there is a single split and the CTA writes the output directly.
+// 16-byte pieces (kVec elements per lane), streamed through a per-lane cp.async ring in shared
+// memory (kStages stages of kU keys per lane), and keeps its own online softmax state; the key
+// groups merge through shared memory. With several splits the CTA writes an unnormalized partial
+// (o, max, sum) per split and a combine kernel merges the splits; with one split (no workspace, or
+// a short context) the CTA writes the output directly.
 // fp8 e4m3 caches: a 16-byte load carries 16 elements, so a lane takes 16 of a row (key groups of
 // D / 16 lanes); k_scale is folded into q and v_scale into the partial o, so the loop is the same.
 #include <cuda_fp16.h>
@@ -18,7 +19,6 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <string>
 #include <type_traits>
 
@@ -95,10 +95,7 @@ struct DecodeCfg {
   static constexpr int kNq = kVec / kPerQ;                        // 16-byte q loads per lane
   static constexpr int kTpk = D / kVec;                           // lanes per key (<= 32)
   static constexpr int kGroups = kThreads / kTpk;                 // key groups per CTA
-  // Keys in flight per lane. fp8 lanes hold 16 q and o floats per head, so fewer keys (registers).
-  static constexpr int kU = (kFp8 ? (kGh <= 2 ? 8 : 4) : (kGh <= 4 ? 8 : 4)) / kNv;
   static_assert(kTpk >= 1 && kTpk <= 32 && (kTpk & (kTpk - 1)) == 0, "bad key group");
-  static_assert(kU >= 1, "bad unroll");
   static_assert(!kFp8 || kGh <= 4, "fp8 caches take at most 4 heads per CTA (registers)");
 };
 
@@ -114,7 +111,7 @@ struct DecodeParams {
   float* ws_ml;  // [batch, num_qo_heads, splits, 2] (max in log2 units, sum)
   int num_qo_heads, num_kv_heads, group, head_chunks;
   int page_size;
-  int page_shift;      // log2(page_size) when a power of two, else -1 (decode_pipe_kernel)
+  int page_shift;      // log2(page_size) when a power of two, else -1
   uint32_t num_pages;  // min(num_pages, 2^31): uint32_t(page) < num_pages rejects negatives too
   int num_indices;     // entries of kv_indices (clamped to INT_MAX, as kv_indptr is int32)
   int chunk, splits;   // keys per split (of the visible range), number of splits
@@ -123,222 +120,13 @@ struct DecodeParams {
   float v_scale;  // applied to the partial o (fp8 caches; 1 otherwise)
 };
 
-// grid: (splits, num_kv_heads * head_chunks, batch); block: kThreads.
-template <typename T, typename TKV, int D, int kGh>
-__global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p) {
-  using Cfg = DecodeCfg<T, TKV, D, kGh>;
-  constexpr int kVec = Cfg::kVec, kNv = Cfg::kNv, kTpk = Cfg::kTpk, kGroups = Cfg::kGroups,
-                kU = Cfg::kU, kPer16 = Cfg::kPer16, kNq = Cfg::kNq, kPerQ = Cfg::kPerQ;
-  __shared__ __align__(16) float s_o[kGroups][kGh][D];
-  __shared__ float s_m[kGroups][kGh], s_l[kGroups][kGh];
-  __shared__ float s_w[kGroups][kGh], s_sum[kGh];
-
-  const int split = blockIdx.x;
-  const int kvh = blockIdx.y / p.head_chunks, hc = blockIdx.y % p.head_chunks;
-  const int b = blockIdx.z;
-  const int h0 = kvh * p.group + hc * kGh;
-  const int nh = min(kGh, p.group - hc * kGh);
-  const int tid = threadIdx.x, grp = tid / kTpk, tig = tid % kTpk;
-
-  // Sequence b's tokens: at most its pages hold; window keeps the last `window` of them. Both
-  // kv_indptr entries are clamped into [0, num_indices], so the page list stays inside kv_indices.
-  const int pg0 = min(max(p.kv_indptr[b], 0), p.num_indices);
-  const int64_t npages = max(min(max(p.kv_indptr[b + 1], 0), p.num_indices) - pg0, 0);
-  const int len = int(min(int64_t(max(p.kv_len[b], 0)), npages * p.page_size));
-  const int start = p.window > 0 ? max(0, len - p.window) : 0;
-  const int64_t sb = int64_t(start) + int64_t(split) * p.chunk;
-  const int beg = int(sb < len ? sb : int64_t(len));
-  // The last split also takes keys past max_kv_len, so a kv_len above the bound still counts.
-  const int end =
-      split == p.splits - 1 ? len : int(sb + p.chunk < len ? sb + p.chunk : int64_t(len));
-
-  const T* qb = static_cast<const T*>(p.q) + (int64_t(b) * p.num_qo_heads + h0) * D + tig * kVec;
-  float q[kGh][kVec];
-#pragma unroll
-  for (int hh = 0; hh < kGh; ++hh) {
-#pragma unroll
-    for (int n = 0; n < kNq; ++n) {
-      uint4 u = make_uint4(0, 0, 0, 0);
-      if (hh < nh) u = *reinterpret_cast<const uint4*>(qb + hh * D + n * kPerQ);
-      unpack(u, &q[hh][n * kPerQ], T());
-    }
-#pragma unroll
-    for (int e = 0; e < kVec; ++e) q[hh][e] *= p.scale_log2;
-  }
-
-  float m[kGh], l[kGh], o[kGh][kVec];
-#pragma unroll
-  for (int hh = 0; hh < kGh; ++hh) {
-    m[hh] = kNegInf;
-    l[hh] = 0.f;
-#pragma unroll
-    for (int e = 0; e < kVec; ++e) o[hh][e] = 0.f;
-  }
-
-  const int64_t row_stride = int64_t(p.num_kv_heads) * D;  // elements per token slot
-  const TKV* kc = static_cast<const TKV*>(p.k_cache) + int64_t(kvh) * D + tig * kVec;
-  const TKV* vc = static_cast<const TKV*>(p.v_cache) + int64_t(kvh) * D + tig * kVec;
-  const int32_t* pages = p.kv_indices + pg0;
-
-  for (int base = beg; base < end; base += kGroups * kU) {
-    uint4 kr[kU][kNv], vr[kU][kNv];
-    bool valid[kU];
-#pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      const int t = base + u * kGroups + grp;
-      bool ok = t < end;
-      int64_t off = 0;
-      if (ok) {
-        const int page = t / p.page_size;
-        const int32_t pidx = pages[page];
-        ok = uint32_t(pidx) < p.num_pages;  // a page outside the cache is masked, never read
-        off = (int64_t(pidx) * p.page_size + (t - page * p.page_size)) * row_stride;
-      }
-      valid[u] = ok;
-#pragma unroll
-      for (int n = 0; n < kNv; ++n) {
-        kr[u][n] = make_uint4(0, 0, 0, 0);
-        vr[u][n] = make_uint4(0, 0, 0, 0);
-        if (ok) {
-          kr[u][n] = __ldg(reinterpret_cast<const uint4*>(kc + off + n * kPer16));
-          vr[u][n] = __ldg(reinterpret_cast<const uint4*>(vc + off + n * kPer16));
-        }
-      }
-    }
-
-    // Scores for kU keys x kGh heads, reduced over the key group's lanes.
-    float s[kU][kGh];
-#pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      float kf[kVec];
-#pragma unroll
-      for (int n = 0; n < kNv; ++n) unpack(kr[u][n], &kf[n * kPer16], TKV());
-#pragma unroll
-      for (int hh = 0; hh < kGh; ++hh) {
-        float acc = 0.f;
-#pragma unroll
-        for (int e = 0; e < kVec; ++e) acc = fmaf(q[hh][e], kf[e], acc);
-        s[u][hh] = acc;
-      }
-    }
-#pragma unroll
-    for (int off = kTpk / 2; off > 0; off >>= 1) {
-#pragma unroll
-      for (int u = 0; u < kU; ++u) {
-#pragma unroll
-        for (int hh = 0; hh < kGh; ++hh) s[u][hh] += __shfl_xor_sync(0xffffffffu, s[u][hh], off);
-      }
-    }
-
-    // One online-softmax rescale per kU keys.
-#pragma unroll
-    for (int hh = 0; hh < kGh; ++hh) {
-      float mx = m[hh];
-#pragma unroll
-      for (int u = 0; u < kU; ++u) {
-        if (!valid[u]) s[u][hh] = kNegInf;
-        mx = fmaxf(mx, s[u][hh]);
-      }
-      const float base_m = mx == kNegInf ? 0.f : mx;
-      const float alpha = fast_exp2(m[hh] - base_m);
-      m[hh] = mx;
-      l[hh] *= alpha;
-#pragma unroll
-      for (int e = 0; e < kVec; ++e) o[hh][e] *= alpha;
-#pragma unroll
-      for (int u = 0; u < kU; ++u) {
-        const float pu = fast_exp2(s[u][hh] - base_m);
-        l[hh] += pu;
-        float vf[kVec];
-#pragma unroll
-        for (int n = 0; n < kNv; ++n) unpack(vr[u][n], &vf[n * kPer16], TKV());
-#pragma unroll
-        for (int e = 0; e < kVec; ++e) o[hh][e] = fmaf(pu, vf[e], o[hh][e]);
-      }
-    }
-  }
-
-  // Merge the key groups: weights exp2(m_g - M) per (group, head), then a column sum over groups.
-#pragma unroll
-  for (int hh = 0; hh < kGh; ++hh) {
-    if constexpr (Cfg::kFp8) {
-#pragma unroll
-      for (int e = 0; e < kVec; ++e) o[hh][e] *= p.v_scale;  // P.V is linear in the values
-    }
-#pragma unroll
-    for (int e = 0; e < kVec; e += 4) {
-      *reinterpret_cast<float4*>(&s_o[grp][hh][tig * kVec + e]) =
-          make_float4(o[hh][e], o[hh][e + 1], o[hh][e + 2], o[hh][e + 3]);
-    }
-    if (tig == 0) {
-      s_m[grp][hh] = m[hh];
-      s_l[grp][hh] = l[hh];
-    }
-  }
-  __syncthreads();
-  if (tid < kGh) {
-    float mx = kNegInf;
-    for (int g = 0; g < kGroups; ++g) mx = fmaxf(mx, s_m[g][tid]);
-    float sum = 0.f;
-    for (int g = 0; g < kGroups; ++g) {
-      const float w = mx == kNegInf ? 0.f : fast_exp2(s_m[g][tid] - mx);
-      s_w[g][tid] = w;
-      sum += w * s_l[g][tid];
-    }
-    s_sum[tid] = sum;
-    if (p.ws_o != nullptr && tid < nh) {
-      const int64_t slot = (int64_t(b) * p.num_qo_heads + h0 + tid) * p.splits + split;
-      p.ws_ml[slot * 2] = mx;
-      p.ws_ml[slot * 2 + 1] = sum;
-    }
-  }
-  __syncthreads();
-  for (int idx = tid; idx < nh * D; idx += kThreads) {
-    const int hh = idx / D, d = idx % D;
-    float acc = 0.f;
-#pragma unroll 8
-    for (int g = 0; g < kGroups; ++g) acc = fmaf(s_w[g][hh], s_o[g][hh][d], acc);
-    const int64_t bh = int64_t(b) * p.num_qo_heads + h0 + hh;
-    if (p.ws_o != nullptr) {
-      p.ws_o[(bh * p.splits + split) * D + d] = acc;
-    } else {
-      const float sum = s_sum[hh];
-      static_cast<T*>(p.out)[bh * D + d] = from_f32<T>(sum > 0.f ? acc / sum : 0.f);
-    }
-  }
-}
-
-// Merges the splits of one (sequence, qo head): out = sum_s w_s o_s / sum_s w_s l_s with
-// w_s = exp2(m_s - max m). grid: batch * num_qo_heads; block: head_dim threads.
-template <typename T>
-__global__ void decode_combine_kernel(const float* ws_o, const float* ws_ml, T* out, int splits,
-                                      int head_dim) {
-  const int64_t bh = blockIdx.x;
-  const float* ml = ws_ml + bh * splits * 2;
-  const float* os = ws_o + bh * splits * head_dim;
-  float mx = kNegInf;
-  for (int s = 0; s < splits; ++s) mx = fmaxf(mx, ml[2 * s]);
-  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-    float acc = 0.f, sum = 0.f;
-    if (mx != kNegInf) {
-      for (int s = 0; s < splits; ++s) {
-        const float w = fast_exp2(ml[2 * s] - mx);
-        acc = fmaf(w, os[int64_t(s) * head_dim + d], acc);
-        sum = fmaf(w, ml[2 * s + 1], sum);
-      }
-    }
-    out[bh * head_dim + d] = from_f32<T>(sum > 0.f ? acc / sum : 0.f);
-  }
-}
-
 // ---------------------------------------------------------------------------------------------
-// Pipelined split kernel (issue 9; the default path). Same CTA shape, key mapping and online
-// softmax as decode_kernel, but each lane streams its own 16-byte pieces of K and V through a
+// Split kernel (issue 9, "v2"). Each lane streams its own 16-byte pieces of K and V through a
 // private ring of kStages stages in shared memory with cp.async, so kStages - 1 stages stay in
-// flight while one is consumed (decode_kernel has kU keys in flight, then none while it computes),
-// and the page indices of a stage are loaded one stage ahead (decode_kernel's page load sat in
-// front of every K/V load). A lane reads back only what it copied itself: cp.async.wait_group
-// orders it, with no CTA barrier in the loop.
+// flight while one is consumed, and the page indices of a stage are loaded one stage ahead (v1,
+// removed, loaded a page index in front of every K/V load and had nothing in flight while it
+// computed). A lane reads back only what it copied itself: cp.async.wait_group orders it, with no
+// CTA barrier in the loop.
 constexpr int kStages = 4;
 
 template <typename T, typename TKV, int D, int kGh>
@@ -382,7 +170,9 @@ __global__ void __launch_bounds__(kThreads) decode_pipe_kernel(const DecodeParam
   const int nh = min(kGh, p.group - hc * kGh);
   const int tid = threadIdx.x, grp = tid / kTpk, tig = tid % kTpk;
 
-  // Sequence b's visible range and this split's part of it: as decode_kernel.
+  // Sequence b's tokens: at most its pages hold; window keeps the last `window` of them. Both
+  // kv_indptr entries are clamped into [0, num_indices], so the page list stays inside kv_indices.
+  // The last split also takes keys past max_kv_len, so a kv_len above the bound still counts.
   const int pg0 = min(max(p.kv_indptr[b], 0), p.num_indices);
   const int64_t npages = max(min(max(p.kv_indptr[b + 1], 0), p.num_indices) - pg0, 0);
   const int len = int(min(int64_t(max(p.kv_len[b], 0)), npages * p.page_size));
@@ -553,7 +343,8 @@ __global__ void __launch_bounds__(kThreads) decode_pipe_kernel(const DecodeParam
   cp_async_wait<0>();  // empty groups only by now; the ring is about to be reused
   __syncthreads();     // every lane is done with its ring: it becomes the merge buffers
 
-  // Merge the key groups as decode_kernel does, in the ring's memory.
+  // Merge the key groups in the ring's memory: weights exp2(m_g - M) per (group, head), then a
+  // column sum over the groups.
   float* s_o = reinterpret_cast<float*>(smem);  // [kGroups][kGh][D]
   float* s_m = s_o + kGroups * kGh * D;         // [kGroups][kGh]
   float* s_l = s_m + kGroups * kGh;             // [kGroups][kGh]
@@ -610,8 +401,8 @@ __global__ void __launch_bounds__(kThreads) decode_pipe_kernel(const DecodeParam
 }
 
 // Merges the splits of one (sequence, qo head) over a slice of up to 64 dims, the splits spread
-// over the CTA's threads (decode_combine_kernel walks them one after another in one thread per
-// dim: ~splits dependent L2 round trips). out = sum_s w_s o_s / sum_s w_s l_s, w_s = exp2(m_s - M).
+// over the CTA's threads (v1's combine walked them one after another in one thread per dim:
+// ~splits dependent L2 round trips). out = sum_s w_s o_s / sum_s w_s l_s, w_s = exp2(m_s - M).
 // grid: (batch * num_qo_heads, head_dim / min(head_dim, 64)); block: kCombineThreads.
 // ws_o must be 16-byte aligned (float4 loads); splits <= kMaxSplits.
 constexpr int kCombineThreads = 256;
@@ -684,7 +475,7 @@ __global__ void __launch_bounds__(kCombineThreads)
   }
 }
 
-// Launch-time inputs of the split planners (attention_decode fills them).
+// Launch-time inputs of the split planner (attention_decode fills them).
 struct Plan {
   int64_t batch, num_qo_heads, head_dim;
   int64_t visible;    // keys a sequence shows at most: min(max_kv_len, window)
@@ -697,37 +488,7 @@ struct Plan {
 // Extra workspace floats so that the float4-read partials can start on a 16-byte boundary.
 constexpr int64_t kWsAlign = 4;
 
-// Which path runs: GEMMA3_DECODE=legacy keeps v1 (decode_kernel, its planner and the serial
-// combine) for A/B timings. GEMMA3_PDL=0 launches the combine without programmatic dependent
-// launch (pdl.cuh; the combine is a `measured` PDL launch, on by default).
-bool legacy_mode() {
-  static const bool v = [] {
-    const char* e = std::getenv("GEMMA3_DECODE");
-    return e != nullptr && std::string(e) == "legacy";
-  }();
-  return v;
-}
-
-// v1 planner: enough CTAs to fill the GPU 4 times over, chunks of >= kMinChunk visible keys.
-void plan_legacy(const Plan& in, DecodeParams* p) {
-  int64_t splits = 1;
-  const int64_t per_split = in.batch * in.num_qo_heads * (in.head_dim + 2);
-  if (in.workspace != nullptr && in.visible > kMinChunk) {
-    const int64_t target = std::min<int64_t>(kMaxCtas, 4 * int64_t(in.sms));
-    splits = std::min({max_splits(in.batch, in.visible), ceil_div(target, in.base_ctas),
-                       in.workspace_floats / per_split});
-    splits = std::max<int64_t>(splits, 1);
-  }
-  int64_t chunk = std::max<int64_t>(ceil_div(std::max<int64_t>(in.visible, 1), splits), 1);
-  if (splits > 1) splits = ceil_div(in.visible, chunk);  // no split starts past the visible range
-  p->chunk = int(chunk);
-  p->splits = int(splits);
-  p->ws_o = splits > 1 ? in.workspace : nullptr;
-  p->ws_ml =
-      splits > 1 ? in.workspace + in.batch * in.num_qo_heads * splits * in.head_dim : nullptr;
-}
-
-// Pipelined planner: as many splits as fill the GPU's resident CTA slots exactly once
+// Split planner: as many splits as fill the GPU's resident CTA slots exactly once
 // (slots / base_ctas, rounded down: a second, partial wave of equal-sized CTAs would leave most
 // SMs idle at the end), chunks of >= kMinChunk keys rounded up to 16, within the workspace.
 void plan_pipe(const Plan& in, int64_t slots, DecodeParams* p) {
@@ -799,40 +560,20 @@ Status launch_pipe(DecodeParams p, const Plan& in, cudaStream_t stream) {
   return Status::Ok();
 }
 
-template <typename T, typename TKV, int D, int kGh>
-Status launch_legacy(DecodeParams p, const Plan& in, cudaStream_t stream) {
-  plan_legacy(in, &p);
-  const dim3 grid(unsigned(p.splits), unsigned(p.num_kv_heads * p.head_chunks), unsigned(in.batch));
-  decode_kernel<T, TKV, D, kGh><<<grid, kThreads, 0, stream>>>(p);
-  G3_RETURN_IF_ERROR(check_launch("attention_decode"));
-  if (p.splits > 1) {
-    decode_combine_kernel<T><<<unsigned(in.batch * p.num_qo_heads), unsigned(D), 0, stream>>>(
-        p.ws_o, p.ws_ml, static_cast<T*>(p.out), p.splits, D);
-    G3_RETURN_IF_ERROR(check_launch("attention_decode (combine)"));
-  }
-  return Status::Ok();
-}
-
-template <typename T, typename TKV, int D, int kGh>
-Status launch_decode(const DecodeParams& p, const Plan& in, cudaStream_t stream) {
-  return legacy_mode() ? launch_legacy<T, TKV, D, kGh>(p, in, stream)
-                       : launch_pipe<T, TKV, D, kGh>(p, in, stream);
-}
-
 template <typename T, typename TKV, int D>
 Status launch_decode_d(const DecodeParams& p, const Plan& in, int gh, cudaStream_t stream) {
   switch (gh) {
     case 1:
-      return launch_decode<T, TKV, D, 1>(p, in, stream);
+      return launch_pipe<T, TKV, D, 1>(p, in, stream);
     case 2:
-      return launch_decode<T, TKV, D, 2>(p, in, stream);
+      return launch_pipe<T, TKV, D, 2>(p, in, stream);
     case 4:
-      return launch_decode<T, TKV, D, 4>(p, in, stream);
+      return launch_pipe<T, TKV, D, 4>(p, in, stream);
     default:
       if constexpr (std::is_same_v<TKV, fp8e4m3>) {
         return Status(StatusCode::kInternal, "attention_decode: fp8 caches take gh <= 4");
       } else {
-        return launch_decode<T, TKV, D, 8>(p, in, stream);
+        return launch_pipe<T, TKV, D, 8>(p, in, stream);
       }
   }
 }
