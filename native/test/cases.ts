@@ -1108,6 +1108,7 @@ function decodeCase(
 export function attentionCases(): Case[] {
   const cases: Case[] = [];
   let seed = 2000;
+  let shortSeed = 2500; // the short-context decode cases (added later: the others keep their seeds)
   const ragged: Seq[] = [
     { q: 19, kv: 19 },
     { q: 1, kv: 99 },
@@ -1177,6 +1178,20 @@ export function attentionCases(): Case[] {
     cases.push(decodeCase(d, [2600, 90], 8, 2, 256, 16, 0, true, seed++, scaled)); // fp8 D 256
     cases.push(decodeCase(d, [3000], 8, 1, 128, 16, 0, false, seed++)); // long, no workspace
     cases.push(decodeCase(d, [20000], 4, 1, 256, 16, 0, true, seed++)); // 1B-like: at the 128-split cap
+    // Short contexts (the planner's one-split range: a CTA that streams at most 12 ring stages
+    // takes the whole range even with a workspace, and writes the output without a combine).
+    // Stages are 16 keys at D 256 in bf16 (8 in f32), so 96/97 and 192/193 keys sit on either side
+    // of the split boundary in one dtype or the other; 193 in bf16 ends in a 1-key split.
+    for (const len of [96, 97, 140, 192, 193]) {
+      cases.push(decodeCase(d, [len], 8, 4, 256, 16, 0, true, shortSeed++)); // 4B-like heads, batch 1
+    }
+    cases.push(decodeCase(d, [16, 17, 32, 33, 1], 4, 1, 256, 16, 0, true, shortSeed++)); // page edges, batch 5
+    cases.push(decodeCase(d, [150, 60], 4, 2, 128, 16, 100, true, shortSeed++)); // window, short
+    cases.push(decodeCase(d, [100, 33], 8, 4, 256, 16, 0, true, shortSeed++, scaled)); // fp8, short
+    // Ranges that stay split under the one-split rule in both dtypes (the long cases above with
+    // small D fall under it in bf16 / fp8): a window over a split range, and fp8 at D 16.
+    cases.push(decodeCase(d, [3000, 2000], 8, 4, 256, 16, 1000, true, shortSeed++)); // window, split
+    cases.push(decodeCase(d, [8000], 4, 1, 16, 16, 0, true, shortSeed++, scaled)); // fp8 D 16, split
   }
   return cases;
 }

@@ -134,3 +134,139 @@ for (const device of ["cpu", "cuda"] as const) {
     },
   );
 }
+
+// Decode attention in such a chain, as a decode layer runs it: the ops before it write q and the
+// new K/V rows (qk_norm_rope's part), the op after it reads its output. With PDL on, the decode
+// kernel reads the page table and asks the first K/V stages into L2 before it waits for the kernel
+// before it (kernels/cuda/attention_decode.cu); it must still see that kernel's q and K/V rows, and
+// its combine (several splits) must still see its partials.
+const HQ = 8;
+const HKV = 4;
+const D = 256;
+const PAGE = 16;
+
+interface DecodeBuffers {
+  q: Tensor; // [B, HQ, D]
+  tmp: Tensor; // [B, HQ, D]
+  out: Tensor; // [B, HQ, D]
+  w: Tensor; // [D] norm weight
+  k: Tensor; // [pages, PAGE, HKV, D]
+  v: Tensor; // [pages, PAGE, HKV, D]
+  ip: Tensor; // [B + 1] i32
+  ix: Tensor; // [pages] i32
+  ln: Tensor; // [B] i32
+  rows: Tensor; // [2 B] i32: the cache rows of each sequence's last two tokens
+  ws: Tensor | null; // split-KV workspace
+}
+
+function makeDecodeBuffers(dev: Device, lens: number[], seed: number): DecodeBuffers {
+  const B = lens.length;
+  const per = lens.map((l) => Math.ceil(l / PAGE));
+  const pages = per.reduce((a, b) => a + b, 0);
+  // Pages in a scrambled order (a real pool is fragmented).
+  const order = Array.from({ length: pages }, (_, i) => (i * 5 + 3) % pages);
+  expect(new Set(order).size).toBe(pages);
+  const indptr = [0];
+  for (const n of per) indptr.push(indptr[indptr.length - 1]! + n);
+  const rows: number[] = [];
+  lens.forEach((l, b) => {
+    for (const t of [l - 2, l - 1])
+      rows.push(order[indptr[b]! + Math.floor(t / PAGE)]! * PAGE + (t % PAGE));
+  });
+  const bf = (data: Float32Array, shape: number[]) => Tensor.from(data, shape, "bf16", dev);
+  const cacheN = pages * PAGE * HKV * D;
+  const q = bf(randn(B * HQ * D, seed), [B, HQ, D]);
+  const wsFloats = ops.attentionDecodeWorkspaceFloats(q, Math.max(...lens));
+  return {
+    q,
+    tmp: Tensor.zeros([B, HQ, D], "bf16", dev),
+    out: bf(randn(B * HQ * D, seed + 1), [B, HQ, D]),
+    w: bf(randn(D, seed + 2, 0.1), [D]),
+    k: bf(randn(cacheN, seed + 3), [pages, PAGE, HKV, D]),
+    v: bf(randn(cacheN, seed + 4), [pages, PAGE, HKV, D]),
+    ip: Tensor.from(Int32Array.from(indptr), [B + 1], "i32", dev),
+    ix: Tensor.from(Int32Array.from(order), [pages], "i32", dev),
+    ln: Tensor.from(Int32Array.from(lens), [B], "i32", dev),
+    rows: Tensor.from(Int32Array.from(rows), [2 * B], "i32", dev),
+    ws: wsFloats > 0 ? Tensor.zeros([wsFloats], "f32", dev) : null,
+  };
+}
+
+function decodeRound(b: DecodeBuffers, maxKvLen: number, after: () => void): void {
+  const [B = 0] = b.q.shape;
+  const slots = b.k.shape[0]! * PAGE;
+  ops.add(b.out, b.q, b.tmp); // tmp = q + out: RAW on out (the decode before)
+  after();
+  ops.rmsnorm(b.tmp.view([B * HQ, D]), b.w, EPS, b.q.view([B * HQ, D])); // q: WAR (decode read it)
+  after();
+  // The new K rows from q, the new V rows from tmp (two token rows of HKV heads per sequence).
+  ops.copyRows(b.q.view([2 * B, HKV * D]), b.k.view([slots, HKV * D]), b.rows);
+  after();
+  ops.copyRows(b.tmp.view([2 * B, HKV * D]), b.v.view([slots, HKV * D]), b.rows);
+  after();
+  ops.attentionDecode(b.q, b.k, b.v, b.ip, b.ix, b.ln, {
+    smScale: 1 / Math.sqrt(D),
+    maxKvLen,
+    workspace: b.ws,
+    out: b.out, // WAR: add read it
+  });
+  after();
+}
+
+async function decodeSnapshot(b: DecodeBuffers): Promise<Float32Array[]> {
+  return Promise.all([b.out, b.q].map(async (t) => (await t.toArray()) as Float32Array));
+}
+
+function disposeDecode(b: DecodeBuffers): void {
+  for (const t of Object.values(b)) t?.dispose();
+}
+
+for (const device of ["cpu", "cuda"] as const) {
+  describe.skipIf(device === "cuda" && !enabled)(
+    `decode attention in the chain (${device})`,
+    () => {
+      // [37, 140]: one split (no combine); [600]: several splits and the combine.
+      for (const lens of [[37, 140], [600]]) {
+        it(`lens ${lens.join(",")}: eager and graph equal the op-by-op synchronized chain`, async () => {
+          const dev = Device.of(device);
+          const maxKv = Math.max(...lens);
+          const ref = makeDecodeBuffers(dev, lens, 21);
+          for (let i = 0; i < ROUNDS; ++i) {
+            const pending: Promise<void>[] = [];
+            decodeRound(ref, maxKv, () => {
+              pending.push(dev.synchronize());
+            });
+            await Promise.all(pending);
+          }
+          const want = await decodeSnapshot(ref);
+          disposeDecode(ref);
+          expect(want[0]!.every(Number.isFinite)).toBe(true);
+          expect(new Set(want[0]!.slice(0, 64)).size).toBeGreaterThan(8);
+
+          const eager = makeDecodeBuffers(dev, lens, 21);
+          for (let i = 0; i < ROUNDS; ++i) decodeRound(eager, maxKv, () => {});
+          expect(mismatches(await decodeSnapshot(eager), want)).toBe(0);
+          disposeDecode(eager);
+
+          const g = makeDecodeBuffers(dev, lens, 21);
+          const init = await Promise.all(
+            [g.q, g.out, g.k, g.v].map(async (t) => (await t.toArray()) as Float32Array),
+          );
+          const graph = Graph.capture(dev, () => {
+            for (let i = 0; i < ROUNDS; ++i) decodeRound(g, maxKv, () => {});
+          });
+          try {
+            for (let rep = 0; rep < 3; ++rep) {
+              [g.q, g.out, g.k, g.v].forEach((t, i) => t.write(init[i]!));
+              graph.launch();
+              expect(mismatches(await decodeSnapshot(g), want)).toBe(0);
+            }
+          } finally {
+            graph.dispose();
+            disposeDecode(g);
+          }
+        });
+      }
+    },
+  );
+}
