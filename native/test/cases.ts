@@ -235,10 +235,8 @@ export function matmulCases(): Case[] {
   for (const xd of ["f32", "bf16"] as const)
     for (const wd of ["q8_0", "q4_0", "fp8_e4m3"] as const)
       for (const [M, N, K] of qshapes) cases.push(matmulCase(xd, wd, M, N, K, seed++));
-  // Dense GEMVs large enough for the balanced schedule (matmul_gemv.cu gemv_sk_kernel, taken with
-  // GEMMA3_GEMV=streamk when the work has at least one chunk per resident warp): rows split
-  // between warps (short K), one row group split over many warps (long K, few rows), odd N and
-  // every M bucket.
+  // Dense GEMVs past the small shapes above: rows of a row group split over warps of a CTA (few
+  // rows, long K), many CTAs (short K), odd N, every M bucket.
   for (const xd of ["f32", "bf16"] as const)
     for (const wd of ["f32", "bf16", "fp8_e4m3"] as const)
       for (const [M, N, K] of [

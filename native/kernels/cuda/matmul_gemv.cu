@@ -11,8 +11,6 @@
 
 #include <atomic>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <string>
 #include <type_traits>
 
@@ -245,144 +243,6 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
       if (w_scale != nullptr) v *= __ldg(w_scale + n);
       y[m * N + n] = from_f32<TX>(v);
     }
-  }
-}
-
-// ---- dense formats, balanced ("stream-K") schedule ----
-//
-// gemv_kernel's grid is G / (8 / S) CTAs of one row group per warp: when that is 3.2 waves of
-// resident CTAs (4B's MLP: 1280 CTAs on 396 slots), the last wave runs a quarter full and the
-// kernel reaches ~78% of HBM bandwidth (docs/kernels.md). Here the grid is exactly the resident
-// CTAs and the work (row group g, chunk c), flattened as u = g * nchunks + c, is cut into one equal
-// contiguous range per warp, so every warp streams the same number of bytes and all finish
-// together. A range covers whole groups, written directly, and at its two ends parts of groups;
-// a part's per-row sums go to g_sk_part[warp][0 (the range's first group) or 1 (its last)], and
-// the warp that brings the last part of a group (a counter per group's first warp) sums the parts
-// in warp order, so the result does not depend on which warp finishes last. Needs T >= W (every
-// warp gets work) and W <= kSkMaxWarps; the launcher falls back to gemv_kernel otherwise.
-constexpr int kSkMaxWarps = 16384;
-constexpr int kSkSlot = 16;  // floats per part: MT * R <= 8 * 2
-__device__ __align__(16) float g_sk_part[kSkMaxWarps][2][kSkSlot];
-__device__ unsigned g_sk_count[kSkMaxWarps];  // zero between launches (the last part resets it)
-
-// The warp whose range holds unit u, for ranges [floor(w T / W), floor((w + 1) T / W)).
-__device__ __forceinline__ int64_t sk_warp_of(int64_t u, int64_t T, int64_t W) {
-  return ((u + 1) * W - 1) / T;
-}
-
-template <typename TX, typename TW, int MT>
-__global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
-    gemv_sk_kernel(const TX* __restrict__ x,           // x: [M, K]
-                   const TW* __restrict__ w,           // w: [N, K], 16-byte aligned
-                   const float* __restrict__ w_scale,  // w_scale: [N] or null
-                   TX* __restrict__ y,                 // y: [M, N]
-                   int M, int64_t N, int64_t K) {
-  using F = Fmt<TW>;
-  constexpr int R = Tiling<MT>::R, U = Tiling<MT>::U, E = F::kE;
-  const int lane = threadIdx.x & 31;
-  const int64_t W = int64_t(gridDim.x) * kWarps;
-  const int64_t wid = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
-  const int64_t nchunks = K / E, G = (N + R - 1) / R, T = G * nchunks;
-  const int64_t u0 = wid * T / W, u1 = (wid + 1) * T / W;
-
-  // PDL (pdl.cuh): the range's first chunks start towards L2 before the wait, as gemv_kernel.
-  {
-    const int64_t g = u0 / nchunks;
-#pragma unroll
-    for (int q = 0; q < U; ++q) {
-      const int64_t c = u0 - g * nchunks + lane + q * 32;
-      if (c < nchunks && g * nchunks + c < u1) {
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-          const int64_t n = g * R + r < N ? g * R + r : N - 1;
-          prefetch_l2(w + n * K + c * E);
-        }
-      }
-    }
-  }
-  pdl_wait();
-  pdl_trigger();
-
-  for (int64_t u = u0; u < u1;) {
-    const int64_t g = u / nchunks, c_lo = u - g * nchunks;
-    const int64_t c_hi = (u1 - u < nchunks - c_lo) ? c_lo + (u1 - u) : nchunks;
-    const TW* rows[R];
-#pragma unroll
-    for (int r = 0; r < R; ++r) rows[r] = w + (g * R + r < N ? g * R + r : N - 1) * K;
-    float acc[MT][R];
-#pragma unroll
-    for (int m = 0; m < MT; ++m)
-#pragma unroll
-      for (int r = 0; r < R; ++r) acc[m][r] = 0.f;
-    for (int64_t c0 = c_lo + lane; c0 < c_hi; c0 += 32 * U) {
-      typename F::Raw raw[U][R];
-#pragma unroll
-      for (int q = 0; q < U; ++q) {
-        const int64_t c = c0 + q * 32;
-        if (c < c_hi) {
-#pragma unroll
-          for (int r = 0; r < R; ++r) raw[q][r] = F::load(rows[r], c);
-        }
-      }
-#pragma unroll
-      for (int q = 0; q < U; ++q) {
-        const int64_t c = c0 + q * 32;
-        if (c < c_hi) {
-          float wv[R][E];
-#pragma unroll
-          for (int r = 0; r < R; ++r) F::unpack(raw[q][r], wv[r]);
-#pragma unroll
-          for (int m = 0; m < MT; ++m) {
-            if (m < M) {
-              float xv[E];
-              load_x_run<E>(x + m * K + F::x_off(c), xv);
-#pragma unroll
-              for (int r = 0; r < R; ++r)
-#pragma unroll
-                for (int e = 0; e < E; ++e) acc[m][r] = fmaf(wv[r][e], xv[e], acc[m][r]);
-            }
-          }
-        }
-      }
-    }
-    // Lane m * R + r ends up holding row r of x row m's sum for this stretch.
-    float mine = 0.f;
-#pragma unroll
-    for (int m = 0; m < MT; ++m)
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        const float v = warp_sum(acc[m][r]);
-        if (lane == m * R + r) mine = v;
-      }
-    const int m = lane / R, r = lane % R;
-    const int64_t n = g * R + r;
-    const bool out_lane = lane < MT * R && m < M && n < N;
-    if (c_lo == 0 && c_hi == nchunks) {  // the whole group: write it
-      if (out_lane) y[m * N + n] = from_f32<TX>(w_scale ? mine * __ldg(w_scale + n) : mine);
-    } else {
-      const int slot = u == u0 ? 0 : 1;
-      if (lane < MT * R) g_sk_part[wid][slot][lane] = mine;
-      __threadfence();
-      __syncwarp();
-      const int64_t wf = sk_warp_of(g * nchunks, T, W),
-                    wl = sk_warp_of(g * nchunks + nchunks - 1, T, W);
-      unsigned old = 0;
-      if (lane == 0) old = atomicAdd(&g_sk_count[wf], 1u);
-      old = __shfl_sync(0xffffffffu, old, 0);
-      if (old == unsigned(wl - wf)) {  // the last part of this group: sum them in warp order
-        __threadfence();
-        if (lane < MT * R) {
-          float v = 0.f;
-          for (int64_t j = wf; j <= wl; ++j) {
-            const int js = (j * T / W) >= g * nchunks ? 0 : 1;  // the group is j's first or last
-            v += __ldcg(&g_sk_part[j][js][lane]);
-          }
-          if (out_lane) y[m * N + n] = from_f32<TX>(w_scale ? v * __ldg(w_scale + n) : v);
-        }
-        if (lane == 0) g_sk_count[wf] = 0;
-      }
-    }
-    u += c_hi - c_lo;
   }
 }
 
@@ -947,30 +807,6 @@ Status q_blocks_per_sm(int* out) {
       out);
 }
 
-// Resident CTAs per SM of gemv_sk_kernel<TX, TW, MT> (its grid is exactly the resident CTAs).
-template <typename TX, typename TW, int MT>
-Status sk_blocks_per_sm(int* out) {
-  static std::atomic<int> cache[kMaxDevices];
-  return cached_per_device(
-      cache,
-      [](int, int* c) {
-        G3_CUDA_RETURN(cudaOccupancyMaxActiveBlocksPerMultiprocessor(c, gemv_sk_kernel<TX, TW, MT>,
-                                                                     kThreads, 0));
-        return Status::Ok();
-      },
-      out);
-}
-
-// GEMMA3_GEMV=streamk: dense GEMVs take the balanced schedule (gemv_sk_kernel); opt-in until an
-// A/B on a GPU decides.
-bool stream_k_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("GEMMA3_GEMV");
-    return v != nullptr && std::strcmp(v, "streamk") == 0;
-  }();
-  return on;
-}
-
 template <typename TX, typename TW, int MT>
 Status launch_vec(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N,
                   int64_t K, cudaStream_t stream) {
@@ -987,16 +823,6 @@ Status launch_vec(const TX* x, const TW* w, const float* w_scale, TX* y, int M, 
   const int64_t groups_per_block = kWarps / S;
   const int64_t blocks = (groups + groups_per_block - 1) / groups_per_block;
   if (blocks > 0x7fffffff) return Status(StatusCode::kUnsupported, "matmul gemv: N too large");
-  if (stream_k_enabled()) {
-    int per_sm = 0;
-    G3_RETURN_IF_ERROR((sk_blocks_per_sm<TX, TW, MT>(&per_sm)));
-    const int64_t slots = int64_t(sms) * per_sm, W = slots * kWarps;
-    if (groups * nchunks >= W && W <= kSkMaxWarps && MT * R <= kSkSlot) {
-      launch_pdl(gemv_sk_kernel<TX, TW, MT>, static_cast<unsigned>(slots), kThreads, 0, stream, x,
-                 w, w_scale, y, M, N, K);
-      return check_launch("matmul gemv_sk_kernel");
-    }
-  }
   launch_pdl(gemv_kernel<TX, TW, MT>, static_cast<unsigned>(blocks), kThreads, 0, stream, x, w,
              w_scale, y, M, N, K, S);
   return check_launch("matmul gemv_kernel");
