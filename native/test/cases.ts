@@ -287,6 +287,31 @@ export function matmulCases(): Case[] {
   for (const xd of ["f32", "bf16"] as const)
     for (const wd of refK.K_QUANT_TYPES)
       for (const [M, N, K] of kshapes) cases.push(matmulCase(xd, wd, M, N, K, seed++));
+  // CUDA's fused q-dot GEMV (each CTA rounds x into shared memory when the M K / 32 blocks' 40
+  // bytes fit 48 KB and x is 16-byte aligned, i.e. the packed layout) and its two-launch fallback
+  // past that budget, at every M bucket (1, 2, 3..4, 5..8): shapes that fit, the largest that fits
+  // (M K / 32 = 1228) and the first that does not, ties on both sides. The runs of 8 values a
+  // thread rounds: under one pass of 1024, exactly one (2 x 4096), several.
+  for (const xd of ["f32", "bf16"] as const)
+    for (const wd of ["q8_0", "q4_0"] as const) {
+      for (const [M, N, K, tie] of [
+        [2, 21, 1536, true], // fused
+        [4, 19, 768, false],
+        [4, 19, 768, true],
+        [6, 7, 4096, false],
+        [8, 37, 2560, false],
+        [8, 5, 512, true],
+        [4, 5, 9824, false], // fused, 49120 bytes
+        [4, 5, 9856, false], // two launches from here on
+        [1, 3, 40960, false],
+        [2, 5, 20480, true],
+        [3, 7, 13120, false],
+        [8, 3, 5120, true],
+      ] as const) {
+        const s = seed++;
+        cases.push(matmulCase(xd, wd, M, N, K, s, tie ? tieX(M, K, s) : undefined));
+      }
+    }
   return cases;
 }
 
