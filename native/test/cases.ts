@@ -99,6 +99,15 @@ function up(
   return t;
 }
 
+/**
+ * f() on first call, then the same value: a case's inputs are made when it runs, not when the
+ * case list is built (collecting every case eagerly took ~40 s a test file).
+ */
+function lazy<T>(f: () => T): () => T {
+  let v: { value: T } | undefined;
+  return () => (v ??= { value: f() }).value;
+}
+
 /** Disposes tensors made by `up`/`alloc` (their owner when they are views) or by ops. */
 function disposeAll(...ts: (Tensor | null | undefined)[]): void {
   for (const t of ts) (t?.base ?? t)?.dispose();
@@ -118,29 +127,32 @@ function matmulCase(
   seed: number,
   xVals?: Float32Array,
 ): Case {
-  const x = inDType(xVals ?? randn(M * K, seed), xd);
-  const wRaw = randn(N * K, seed + 1, 1 / Math.sqrt(K));
-  // The weight as the device holds it (bytes), and its decoded values for the reference.
-  let wBytes: Uint8Array | undefined;
-  let wVals: Float32Array;
-  let scale: Float32Array | undefined;
-  if (wd === "q8_0") {
-    wBytes = ref.quantizeQ8_0(wRaw, N, K);
-    wVals = ref.dequantizeQ8_0(wBytes, N, K);
-  } else if (wd === "q4_0") {
-    wBytes = ref.quantizeQ4_0(wRaw, N, K);
-    wVals = ref.dequantizeQ4_0(wBytes, N, K);
-  } else if (refK.isKQuantName(wd)) {
-    wBytes = refK.quantizeK(wd, wRaw, N, K);
-    wVals = refK.dequantizeK(wd, wBytes, N, K);
-  } else if (wd === "fp8_e4m3") {
-    const q = ref.quantizeFp8e4m3(wRaw, N, K);
-    wBytes = q.q;
-    scale = q.scale;
-    wVals = ref.decodeFp8e4m3(q.q);
-  } else {
-    wVals = inDType(wRaw, wd);
-  }
+  const data = lazy(() => {
+    const x = inDType(xVals ?? randn(M * K, seed), xd);
+    const wRaw = randn(N * K, seed + 1, 1 / Math.sqrt(K));
+    // The weight as the device holds it (bytes), and its decoded values for the reference.
+    let wBytes: Uint8Array | undefined;
+    let wVals: Float32Array;
+    let scale: Float32Array | undefined;
+    if (wd === "q8_0") {
+      wBytes = ref.quantizeQ8_0(wRaw, N, K);
+      wVals = ref.dequantizeQ8_0(wBytes, N, K);
+    } else if (wd === "q4_0") {
+      wBytes = ref.quantizeQ4_0(wRaw, N, K);
+      wVals = ref.dequantizeQ4_0(wBytes, N, K);
+    } else if (refK.isKQuantName(wd)) {
+      wBytes = refK.quantizeK(wd, wRaw, N, K);
+      wVals = refK.dequantizeK(wd, wBytes, N, K);
+    } else if (wd === "fp8_e4m3") {
+      const q = ref.quantizeFp8e4m3(wRaw, N, K);
+      wBytes = q.q;
+      scale = q.scale;
+      wVals = ref.decodeFp8e4m3(q.q);
+    } else {
+      wVals = inDType(wRaw, wd);
+    }
+    return { x, wBytes, wVals, scale };
+  });
   const tol = K > 1 ? SUM_TOL[xd] : ULP_TOL[xd];
   // q8_0 / q4_0 at M <= 8: the q-dot contract (x rounded to int8 blocks, exact integer dots), on
   // both backends unless GEMMA3_QDOT=float.
@@ -148,6 +160,7 @@ function matmulCase(
   return {
     name: `matmul x=${xd} w=${wd} M=${M} N=${N} K=${K}${xVals ? " (x on rounding ties)" : ""}`,
     async run(dev) {
+      const { x, wBytes, wVals, scale } = data();
       const xt = up(x, [M, K], xd, dev);
       const wt = wBytes ? up(wBytes, [N, K], wd, dev) : up(wVals, [N, K], wd, dev);
       const st = scale ? up(scale, [N], "f32", dev) : undefined;
@@ -158,11 +171,14 @@ function matmulCase(
       disposeAll(xt, wt, st, y);
       return out;
     },
-    reference: () => [
-      qdot
-        ? ref.matmulQdot(x, wBytes!, wd, M, N, K, roundOf(xd))
-        : ref.matmul(x, wVals, M, N, K, scale ?? null, roundOf(xd)),
-    ],
+    reference: () => {
+      const { x, wBytes, wVals, scale } = data();
+      return [
+        qdot
+          ? ref.matmulQdot(x, wBytes!, wd, M, N, K, roundOf(xd))
+          : ref.matmul(x, wVals, M, N, K, scale ?? null, roundOf(xd)),
+      ];
+    },
     refTol: tol,
     cudaTol: qdot
       ? QDOT_CUDA_TOL[xd]
@@ -907,9 +923,11 @@ function prefillCase(
 ): Case {
   const totalQ = seqs.reduce((a, s) => a + s.q, 0);
   const totalKv = seqs.reduce((a, s) => a + s.kv, 0);
-  const q = inDType(randn(totalQ * Hq * D, seed), d);
-  const k = inDType(randn(totalKv * Hkv * D, seed + 1), d);
-  const v = inDType(randn(totalKv * Hkv * D, seed + 2), d);
+  const data = lazy(() => ({
+    q: inDType(randn(totalQ * Hq * D, seed), d),
+    k: inDType(randn(totalKv * Hkv * D, seed + 1), d),
+    v: inDType(randn(totalKv * Hkv * D, seed + 2), d),
+  }));
   const qoIndptr = [0];
   const kvIndptr = [0];
   for (const s of seqs) {
@@ -936,6 +954,7 @@ function prefillCase(
   return {
     name: `attentionPrefill ${d} seqs=${seqs.map((s) => `${s.q}/${s.kv}`).join(",")} Hq=${Hq} Hkv=${Hkv} D=${D} window=${window}${causal ? "" : " non-causal"}${opts.spans ? " spans" : ""}`,
     async run(dev) {
+      const { q, k, v } = data();
       const qt = up(q, [totalQ, Hq, D], d, dev);
       const kt = up(k, [totalKv, Hkv, D], d, dev);
       const vt = up(v, [totalKv, Hkv, D], d, dev);
@@ -958,9 +977,7 @@ function prefillCase(
     },
     reference: () => [
       ref.attentionPrefill({
-        q,
-        k,
-        v,
+        ...data(),
         qoIndptr,
         kvIndptr,
         kvLast,
@@ -1036,18 +1053,21 @@ function decodeCase(
     for (let i = 0; i < n; i++) kvIndices.push(order[kvIndices.length]!);
     kvIndptr.push(kvIndices.length);
   });
-  const q = inDType(randn(batch * Hq * D, seed + 1), d);
   const cacheN = numPages * pageSize * Hkv * D;
   // fp8: the cache holds e4m3(x / scale); its values are e4m3 · scale (float32), as the kernel reads
   // them. V is drawn 20x wider than K, as un-normalized values are, with a scale to match.
   const enc = (x: Float32Array, s: number) => ref.encodeFp8e4m3(x.map((e) => e / s));
   const dec = (b: Uint8Array, s: number) => ref.decodeFp8e4m3(b).map((e) => Math.fround(e * s));
-  const kRaw = randn(cacheN, seed + 2);
-  const vRaw = randn(cacheN, seed + 3, fp8 ? 20 : 1);
-  const kBytes = fp8 ? enc(kRaw, fp8.kScale) : null;
-  const vBytes = fp8 ? enc(vRaw, fp8.vScale) : null;
-  const kc = fp8 && kBytes ? dec(kBytes, fp8.kScale) : inDType(kRaw, d);
-  const vc = fp8 && vBytes ? dec(vBytes, fp8.vScale) : inDType(vRaw, d);
+  const data = lazy(() => {
+    const q = inDType(randn(batch * Hq * D, seed + 1), d);
+    const kRaw = randn(cacheN, seed + 2);
+    const vRaw = randn(cacheN, seed + 3, fp8 ? 20 : 1);
+    const kBytes = fp8 ? enc(kRaw, fp8.kScale) : null;
+    const vBytes = fp8 ? enc(vRaw, fp8.vScale) : null;
+    const kc = fp8 && kBytes ? dec(kBytes, fp8.kScale) : inDType(kRaw, d);
+    const vc = fp8 && vBytes ? dec(vBytes, fp8.vScale) : inDType(vRaw, d);
+    return { q, kBytes, vBytes, kc, vc };
+  });
   const kvDtype: DTypeName = fp8 ? "fp8_e4m3" : d;
   const smScale = 1 / Math.sqrt(D);
   const maxKv = Math.max(...lens);
@@ -1055,6 +1075,7 @@ function decodeCase(
   return {
     name: `attentionDecode ${d}${fp8Name} lens=${lens.join(",")} Hq=${Hq} Hkv=${Hkv} D=${D} page=${pageSize} window=${window}${withWorkspace ? " split" : ""}`,
     async run(dev) {
+      const { q, kBytes, vBytes, kc, vc } = data();
       // Decode requires 16-byte-aligned q/k/v (16-byte vector loads): offset them by 16 only.
       const l16: Layout = layout === "packed" ? "packed" : "offset16";
       const qt = up(q, [batch, Hq, D], d, dev, l16);
@@ -1082,24 +1103,27 @@ function decodeCase(
       disposeAll(qt, kt, vt, ip, ix, ln, ws, out);
       return res;
     },
-    reference: () => [
-      ref.attentionDecode({
-        q,
-        kCache: kc,
-        vCache: vc,
-        kvIndptr,
-        kvIndices,
-        kvLen: lens,
-        batch,
-        numQoHeads: Hq,
-        numKvHeads: Hkv,
-        headDim: D,
-        pageSize,
-        smScale,
-        window,
-        round: roundOf(d),
-      }),
-    ],
+    reference: () => {
+      const { q, kc, vc } = data();
+      return [
+        ref.attentionDecode({
+          q,
+          kCache: kc,
+          vCache: vc,
+          kvIndptr,
+          kvIndices,
+          kvLen: lens,
+          batch,
+          numQoHeads: Hq,
+          numKvHeads: Hkv,
+          headDim: D,
+          pageSize,
+          smScale,
+          window,
+          round: roundOf(d),
+        }),
+      ];
+    },
     // fp8 caches: the reference attends over the same dequantized values (e4m3 · scale in
     // float32), so only the float32 arithmetic differs; V 20x wider scales the absolute error.
     refTol:
