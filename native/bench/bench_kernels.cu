@@ -663,6 +663,39 @@ void run_gelu_mul(Ctx& c, Row& r, int64_t rows, int64_t cols) {
   finish(r, t, c.opt);
 }
 
+// A decode layer's chain without attention, at M = 1: rmsnorm_add_rmsnorm -> QKV GEMV -> O GEMV
+// (on the first q-width of the QKV output) -> rmsnorm_add_rmsnorm -> gate/up GEMV -> gelu_mul ->
+// down GEMV, 7 dependent kernels a launch. The layer's weights (189 MB at the 4B shape) exceed
+// L2, so every launch streams them. Timed as one launch per layer (run it with --graph-below 1000
+// to time graph replays, as the decode step runs): the row isolates what the boundaries between
+// small dependent kernels cost (GEMMA3_PDL=0 vs 1 in two runs) from attention and the host.
+void run_layer_chain(Ctx& c, Row& r, int64_t H, int64_t Q, int64_t KV, int64_t I) {
+  cudaStream_t s = c.stream;
+  const int64_t QKV = Q + 2 * KV;
+  DevBuf<bf16> wqkv{size_t(QKV * H)}, wo{size_t(H * Q)}, wgu{size_t(2 * I * H)},
+      wdown{size_t(H * I)};
+  fill_normal(wqkv.p, QKV * H, 0.02f, s), fill_normal(wo.p, H * Q, 0.02f, s);
+  fill_normal(wgu.p, 2 * I * H, 0.02f, s), fill_normal(wdown.p, H * I, 0.02f, s);
+  DevBuf<bf16> n1{size_t(H)}, n2{size_t(H)}, h{size_t(H)}, xn{size_t(H)}, o{size_t(H)},
+      qkv{size_t(QKV)}, gu{size_t(2 * I)}, act{size_t(I)};
+  for (auto* b : {&n1, &n2, &h, &o}) fill_normal(b->p, H, 0.1f, s);
+  r.bytes = 2.0 * double(QKV * H + H * Q + 2 * I * H + H * I);
+  r.unit = "GB/s";
+  r.copies = 1;
+  Timing t = time_launches(
+      [&](int64_t) {
+        check_status(gk::rmsnorm_add_rmsnorm<bf16>(o.p, n1.p, h.p, n2.p, xn.p, 1, H, 1e-6f, s));
+        check_status(gk::matmul<bf16, bf16>(xn.p, wqkv.p, nullptr, qkv.p, 1, QKV, H, s));
+        check_status(gk::matmul<bf16, bf16>(qkv.p, wo.p, nullptr, o.p, 1, H, Q, s));
+        check_status(gk::rmsnorm_add_rmsnorm<bf16>(o.p, n1.p, h.p, n2.p, xn.p, 1, H, 1e-6f, s));
+        check_status(gk::matmul<bf16, bf16>(xn.p, wgu.p, nullptr, gu.p, 1, 2 * I, H, s));
+        check_status(gk::gelu_mul<bf16>(gu.p, gu.p + I, act.p, 1, I, 2 * I, 2 * I, s));
+        check_status(gk::matmul<bf16, bf16>(act.p, wdown.p, nullptr, o.p, 1, H, I, s));
+      },
+      1, c.opt, s);
+  finish(r, t, c.opt);
+}
+
 // Device-to-device copy: the achievable-bandwidth reference for the GB/s rooflines.
 void run_memcpy(Ctx& c, Row& r, int64_t bytes) {
   cudaStream_t s = c.stream;
@@ -692,6 +725,11 @@ std::vector<Case> all_cases() {
   std::vector<Case> cs;
   const int64_t kVocab4B = 262208;
   cs.push_back({"memcpy_d2d", "1GiB", "u8", [](Ctx& c, Row& r) { run_memcpy(c, r, 1ll << 30); }});
+  // 4B and 1B decode layers without attention (hidden, q width, kv width, intermediate).
+  cs.push_back({"layer_chain", "4B H2560 Q2048 KV1024 I10240", "bf16",
+                [](Ctx& c, Row& r) { run_layer_chain(c, r, 2560, 2048, 1024, 10240); }});
+  cs.push_back({"layer_chain", "1B H1152 Q1024 KV256 I6912", "bf16",
+                [](Ctx& c, Row& r) { run_layer_chain(c, r, 1152, 1024, 256, 6912); }});
 
   // (K, N): 4B MLP up, 27B MLP up, 1B MLP up, 4B logits.
   const int64_t gemv[][2] = {{2560, 10240}, {5376, 21504}, {1152, 6912}, {2560, kVocab4B}};
