@@ -320,6 +320,61 @@ class NativeGraph : public Napi::ObjectWrap<NativeGraph> {
 };
 Napi::FunctionReference* NativeGraph::ctor = nullptr;
 
+// ---- host readbacks (runtime/device.h HostReadback) ----
+class NativeReadback : public Napi::ObjectWrap<NativeReadback> {
+ public:
+  static Napi::FunctionReference* ctor;
+  static Napi::Function Init(Napi::Env env) {
+    Napi::Function f = DefineClass(env, "NativeReadback",
+                                   {InstanceMethod<&NativeReadback::Enqueue>("enqueue"),
+                                    InstanceMethod<&NativeReadback::Wait>("wait"),
+                                    InstanceMethod<&NativeReadback::Dispose>("dispose")});
+    ctor = new Napi::FunctionReference(Napi::Persistent(f));
+    return f;
+  }
+  explicit NativeReadback(const Napi::CallbackInfo& info)
+      : Napi::ObjectWrap<NativeReadback>(info) {}
+  // Shared with a wait in flight, which may outlive dispose().
+  std::shared_ptr<HostReadback> rb;
+
+ private:
+  std::shared_ptr<HostReadback> get() {
+    if (!rb) throw Status(StatusCode::kDisposed, "readback was disposed");
+    return rb;
+  }
+  // (src: NativeBuffer, offset, bytes)
+  Napi::Value Enqueue(const Napi::CallbackInfo& info){
+      G3_BODY{throw_if(env, get()->enqueue(unwrap_buffer(info[0], "src"), to_i64(info[1], "offset"),
+                                           to_i64(info[2], "bytes")));
+  return env.Undefined();
+} G3_END
+}
+// (dst: TypedArray) → Promise<void>
+Napi::Value Wait(const Napi::CallbackInfo& info) {
+  G3_BODY {
+    auto r = get();
+    auto [p, n] = typed_bytes(info[0]);
+    return run_async(
+        env, [r, p = p, n = n] { return r->wait(p, n); }, info[0]);
+  }
+  G3_END
+}
+void Dispose(const Napi::CallbackInfo&) { rb.reset(); }
+}
+;
+Napi::FunctionReference* NativeReadback::ctor = nullptr;
+
+// (device, capacityBytes)
+G3_ENTRY(ReadbackCreate){G3_BODY{std::unique_ptr<HostReadback> r;
+throw_if(env,
+         HostReadback::create(int(to_i64(info[0], "device")), to_i64(info[1], "capacity"), &r));
+Napi::Object o = NativeReadback::ctor->New({});
+NativeReadback::Unwrap(o)->rb = std::move(r);
+return o;
+}
+G3_END
+}
+
 G3_ENTRY(GraphBegin){G3_BODY{throw_if(env, graph_begin_capture(int(to_i64(info[0], "device"))));
 return env.Undefined();
 }
@@ -588,6 +643,7 @@ G3_END
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeBuffer", NativeBuffer::Init(env));
   exports.Set("NativeGraph", NativeGraph::Init(env));
+  exports.Set("NativeReadback", NativeReadback::Init(env));
   exports.Set("NativeCommunicator", NativeCommunicator::Init(env));
 #define EXPORT(name, fn) exports.Set(name, Napi::Function::New(env, fn, name))
   EXPORT("buildInfo", BuildInfo);
@@ -602,6 +658,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   EXPORT("synchronize", Synchronize);
   EXPORT("injectFault", InjectFault);
   EXPORT("graphBegin", GraphBegin);
+  EXPORT("readbackCreate", ReadbackCreate);
   EXPORT("graphEnd", GraphEnd);
   EXPORT("matmul", Matmul);
   EXPORT("rmsnorm", RmsNorm);

@@ -2,6 +2,7 @@
 
 #include <sys/sysinfo.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -226,6 +227,11 @@ class CpuStream {
   bool capturing() {
     std::lock_guard<std::mutex> lk(mu_);
     return capturing_;
+  }
+  /** The deferred error synchronize() will report (kept: synchronize still reports it). */
+  Status error() {
+    std::lock_guard<std::mutex> lk(mu_);
+    return error_;
   }
 
  private:
@@ -606,6 +612,179 @@ Status fill_bytes(const std::shared_ptr<Buffer>& dst, int64_t offset, int64_t by
   G3_CUDA_RETURN(cudaMemsetAsync(d, value, size_t(bytes), st));
 #endif
   return Status::Ok();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host readbacks
+
+namespace {
+
+Status readback_checks(const Buffer& src, int device, int64_t offset, int64_t bytes,
+                       int64_t capacity, bool pending) {
+  G3_RETURN_IF_ERROR(check_range(src, offset, bytes, "readback"));
+  if (src.device() != device)
+    return Status(StatusCode::kDevice, "readback: a buffer on " + device_name(src.device()) +
+                                           " into a readback of " + device_name(device));
+  if (bytes > capacity)
+    return Status(StatusCode::kOutOfRange, "readback: " + std::to_string(bytes) +
+                                               " bytes exceed its capacity of " +
+                                               std::to_string(capacity));
+  // A capture would record the copy instead of running it now.
+  if (graph_capturing(device))
+    return Status(StatusCode::kInvalidArgument, "readback: not allowed during graph capture");
+  if (pending)
+    return Status(StatusCode::kInvalidArgument,
+                  "readback: the previous read was not waited for (one read in flight)");
+  return Status::Ok();
+}
+
+Status readback_wait_checks(bool pending, int64_t enqueued, int64_t bytes) {
+  if (!pending) return Status(StatusCode::kInvalidArgument, "readback: no read enqueued");
+  if (bytes != enqueued)
+    return Status(StatusCode::kInvalidArgument, "readback: waiting for " + std::to_string(bytes) +
+                                                    " bytes, " + std::to_string(enqueued) +
+                                                    " were enqueued");
+  return Status::Ok();
+}
+
+// CPU: the copy is a task on the worker thread; wait() waits for that task, not for the queue.
+class CpuReadback : public HostReadback {
+ public:
+  explicit CpuReadback(int64_t capacity) : st_(std::make_shared<State>()) {
+    st_->data.resize(size_t(capacity));
+  }
+  Status enqueue(const std::shared_ptr<Buffer>& src, int64_t offset, int64_t bytes) override {
+    {
+      std::lock_guard<std::mutex> lk(st_->mu);
+      G3_RETURN_IF_ERROR(
+          readback_checks(*src, kCpu, offset, bytes, int64_t(st_->data.size()), st_->pending));
+      st_->pending = true;
+      st_->done = false;
+      st_->bytes = bytes;
+    }
+    auto st = st_;
+    const char* p = static_cast<const char*>(src->data()) + offset;
+    Status s = cpu_submit([st, src, p, bytes] {
+      std::memcpy(st->data.data(), p, size_t(bytes));
+      // An earlier queued op failed: its output (what was copied) cannot be trusted.
+      Status e = cpu_stream().error();
+      std::lock_guard<std::mutex> lk(st->mu);
+      st->status = e;
+      st->done = true;
+      st->cv.notify_all();
+      return Status::Ok();
+    });
+    if (!s.ok()) {
+      std::lock_guard<std::mutex> lk(st_->mu);
+      st_->pending = false;
+    }
+    return s;
+  }
+  Status wait(void* dst, int64_t bytes) override {
+    std::unique_lock<std::mutex> lk(st_->mu);
+    G3_RETURN_IF_ERROR(readback_wait_checks(st_->pending, st_->bytes, bytes));
+    st_->cv.wait(lk, [this] { return st_->done; });
+    st_->pending = false;
+    if (!st_->status.ok()) return st_->status;
+    std::memcpy(dst, st_->data.data(), size_t(bytes));
+    return Status::Ok();
+  }
+  int device() const override { return kCpu; }
+
+ private:
+  struct State {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::vector<char> data;
+    bool pending = false, done = false;
+    int64_t bytes = 0;
+    Status status;
+  };
+  // Shared with the queued task, which may outlive this object.
+  std::shared_ptr<State> st_;
+};
+
+#ifdef GEMMA3_WITH_CUDA
+// CUDA: an async copy into pinned memory and an event recorded after it; wait() synchronizes on
+// the event only, so the ops enqueued later keep running.
+class CudaReadback : public HostReadback {
+ public:
+  CudaReadback(int device, int64_t capacity) : device_(device), capacity_(capacity) {}
+  ~CudaReadback() override {
+    // cudaFreeHost waits for the device, so a copy still in flight never writes freed memory.
+    if (event_ != nullptr) cudaEventDestroy(event_);
+    if (host_ != nullptr) cudaFreeHost(host_);
+  }
+  Status init() {
+    cudaStream_t s;
+    G3_RETURN_IF_ERROR(get_stream(device_, &s));  // makes the device current
+    G3_CUDA_RETURN(
+        cudaHostAlloc(&host_, size_t(std::max<int64_t>(capacity_, 1)), cudaHostAllocDefault));
+    G3_CUDA_RETURN(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming));
+    return Status::Ok();
+  }
+  Status enqueue(const std::shared_ptr<Buffer>& src, int64_t offset, int64_t bytes) override {
+    std::lock_guard<std::mutex> lk(mu_);
+    G3_RETURN_IF_ERROR(readback_checks(*src, device_, offset, bytes, capacity_, pending_));
+    cudaStream_t s;
+    G3_RETURN_IF_ERROR(get_stream(device_, &s));
+    const char* p = static_cast<const char*>(src->data()) + offset;
+    if (bytes > 0)
+      G3_CUDA_RETURN(cudaMemcpyAsync(host_, p, size_t(bytes), cudaMemcpyDeviceToHost, s));
+    G3_CUDA_RETURN(cudaEventRecord(event_, s));
+    pending_ = true;
+    bytes_ = bytes;
+    return Status::Ok();
+  }
+  Status wait(void* dst, int64_t bytes) override {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      G3_RETURN_IF_ERROR(readback_wait_checks(pending_ && !waiting_, bytes_, bytes));
+      waiting_ = true;
+    }
+    // Not under mu_: an enqueue meanwhile is refused (pending), not blocked.
+    Status st = [&]() -> Status {
+      // As copy_to_host: a host wait waits for a capture of the device to end.
+      GateScope gate(device_, "readback");
+      G3_RETURN_IF_ERROR(gate.status());
+      G3_CUDA_RETURN(cudaEventSynchronize(event_));
+      std::memcpy(dst, host_, size_t(bytes));
+      return Status::Ok();
+    }();
+    std::lock_guard<std::mutex> lk(mu_);
+    waiting_ = pending_ = false;
+    return st;
+  }
+  int device() const override { return device_; }
+
+ private:
+  int device_;
+  int64_t capacity_;
+  void* host_ = nullptr;
+  cudaEvent_t event_ = nullptr;
+  std::mutex mu_;
+  bool pending_ = false, waiting_ = false;
+  int64_t bytes_ = 0;
+};
+#endif
+
+}  // namespace
+
+Status HostReadback::create(int device, int64_t capacity, std::unique_ptr<HostReadback>* out) {
+  G3_RETURN_IF_ERROR(check_device(device));
+  if (capacity < 0) return Status(StatusCode::kInvalidArgument, "readback: negative capacity");
+  if (device == kCpu) {
+    *out = std::make_unique<CpuReadback>(capacity);
+    return Status::Ok();
+  }
+#ifdef GEMMA3_WITH_CUDA
+  auto r = std::make_unique<CudaReadback>(device, capacity);
+  G3_RETURN_IF_ERROR(r->init());
+  *out = std::move(r);
+  return Status::Ok();
+#else
+  return Status(StatusCode::kDevice, "readback: built without CUDA");
+#endif
 }
 
 // ---------------------------------------------------------------------------------------------

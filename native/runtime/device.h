@@ -76,6 +76,23 @@ Status copy_buffer(const std::shared_ptr<Buffer>& dst, int64_t dst_offset,
                    const std::shared_ptr<Buffer>& src, int64_t src_offset, int64_t bytes);
 Status fill_bytes(const std::shared_ptr<Buffer>& dst, int64_t offset, int64_t bytes, uint8_t value);
 
+// A device-to-host copy enqueued now, in stream order, and waited for on its own: wait() returns
+// once the ops enqueued before enqueue() have run, not those enqueued after it (copy_to_host
+// synchronizes the whole stream). Decode pipelining reads step N's tokens while step N+1 runs
+// (vLLM's async scheduling). CUDA: pinned staging and an event; CPU: a task on the worker thread.
+// One read in flight per readback: enqueue, wait, enqueue again.
+class HostReadback {
+ public:
+  static Status create(int device, int64_t capacity, std::unique_ptr<HostReadback>* out);
+  virtual ~HostReadback() = default;
+  // Enqueues a copy of `bytes` (≤ capacity) of `src` from `offset`; refused during a capture.
+  virtual Status enqueue(const std::shared_ptr<Buffer>& src, int64_t offset, int64_t bytes) = 0;
+  // Blocks until the copy enqueued last is done, then copies its bytes to `dst` (off the JS
+  // thread). `bytes` must be those enqueued.
+  virtual Status wait(void* dst, int64_t bytes) = 0;
+  virtual int device() const = 0;
+};
+
 // ---- graphs: record the ops of one stream once, replay them with one call ----
 class Graph {
  public:

@@ -21,6 +21,14 @@ export interface NativeGraph {
   dispose(): void;
 }
 
+/** A device-to-host copy enqueued in stream order, waited for on its own (runtime/device.h). */
+export interface NativeReadback {
+  enqueue(src: NativeBuffer, offset: number, bytes: number): void;
+  /** resolves once the copy enqueued last is done (not the ops enqueued after it) */
+  wait(dst: ArrayBufferView): Promise<void>;
+  dispose(): void;
+}
+
 /** A group of ranks for collectives (native/ops/collective.h). */
 export interface NativeCommunicator {
   readonly backend: "nccl" | "host" | "disposed";
@@ -84,6 +92,7 @@ export interface Addon {
   injectFault(kind: "alloc" | "sticky" | "trap" | "clear", device: number, after: number): void;
   graphBegin(device: number): void;
   graphEnd(device: number): NativeGraph;
+  readbackCreate(device: number, capacity: number): NativeReadback;
 
   matmul(x: T, w: T, wScale: OptT, y: T): void;
   rmsnorm(x: T, w: T, out: T, eps: number): void;

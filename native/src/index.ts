@@ -3,6 +3,7 @@ export { Device, deviceCount, buildInfo, cudaAvailable } from "./device.js";
 export { Tensor, byteSize, type Shape, type HostData } from "./tensor.js";
 export { Arena } from "./arena.js";
 export { Graph } from "./graph.js";
+export { HostReadback } from "./readback.js";
 export {
   DType,
   dtypeCode,
