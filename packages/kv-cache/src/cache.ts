@@ -223,6 +223,10 @@ export class HybridKVCache implements KVCache {
   trim(seq: number, length: number): void {
     this.planner.trim(seq, length);
   }
+  /** The ids of a step planned with idsLater (KVPlanner.provideIds). */
+  provideIds(seq: number, start: number, ids: readonly number[]): boolean {
+    return this.planner.provideIds(seq, start, ids);
+  }
   free(seq: number): void {
     this.planner.free(seq);
   }
@@ -336,6 +340,10 @@ export class KVSequence {
   /** Rolls back to the first `length` tokens. */
   trim(length: number): void {
     this.cache.trim(this.id, length);
+  }
+  /** The ids of positions [start, length) of a step planned with idsLater (KVPlanner.provideIds). */
+  provideIds(start: number, ids: readonly number[]): boolean {
+    return this.cache.provideIds(this.id, start, ids);
   }
   /** Frees the sequence (and its cache when it owns it). */
   dispose(): void {

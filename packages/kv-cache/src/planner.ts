@@ -76,6 +76,13 @@ export interface StepRequest {
    */
   ids?: readonly number[];
   /**
+   * The step's one new token id is not known on the host yet (pipelined decoding: it is the
+   * previous step's argmax, still on the device). It comes later through provideIds(seq, start,
+   * [id]), which registers the blocks it completes; a step planned before it came ends the
+   * registration of the sequence (as a step without ids does).
+   */
+  idsLater?: boolean;
+  /**
    * Bidirectional spans of the sequence (Gemma 3 image blocks: the positions of one image's soft
    * tokens), absolute positions, half-open, disjoint. A query inside a span also sees the span's
    * later keys (HF's token_type_ids mask, OR-ed with causal; sliding layers keep their window).
@@ -94,6 +101,8 @@ export interface StepSeq {
   readonly count: number;
   /** the step's token ids (prefix cache only) */
   readonly ids?: readonly number[];
+  /** the ids come later, through provideIds (prefix cache only) */
+  readonly idsLater?: boolean;
   /** first position of a bidirectional span in this chunk (prefix cache only; see register) */
   readonly firstSpan?: number;
 }
@@ -188,6 +197,8 @@ interface Seq {
   pages: number[];
   /** prefix cache: ids of positions [0, ids.length) (ids.length < length once a step had none) */
   ids: number[];
+  /** prefix cache: the last committed step's ids come later (StepRequest.idsLater) */
+  idsPending: boolean;
   /** prefix cache: no block reaching this position is registered (an image span starts there) */
   noRegisterFrom: number;
   /** prefix cache: index entries of blocks 0 … chain.length − 1 */
@@ -363,6 +374,7 @@ export class KVPlanner {
       maxTokens,
       pages: chain.map((e) => e.page),
       ids: prompt && this.prefix ? prompt.slice(0, reused) : [],
+      idsPending: false,
       noRegisterFrom: Infinity,
       chain,
       snaps: chain.map(() => -1),
@@ -420,6 +432,7 @@ export class KVPlanner {
       maxTokens: max,
       pages,
       ids: [...p.ids],
+      idsPending: false,
       noRegisterFrom: p.noRegisterFrom,
       chain: [...p.chain],
       // The parent keeps filling its snapshot blocks; the child starts its own at its next block.
@@ -467,6 +480,7 @@ export class KVPlanner {
     for (const pg of s.pages.splice(keep).reverse()) this.release(pg);
     for (const slot of s.snaps.splice(keep)) if (slot >= 0) this.prefix!.freeSnapshot(slot);
     if (s.ids.length > length) s.ids.length = length;
+    s.idsPending = false;
     if (s.chain.length > Math.floor(length / this.pageSize))
       s.chain.length = Math.floor(length / this.pageSize);
     s.length = length;
@@ -581,7 +595,9 @@ export class KVPlanner {
               ids: st.ids,
               ...(sp.length > 0 ? { firstSpan: sp[0]!.start } : {}),
             }
-          : { seq: s.id, start: s.length, count: st.count },
+          : this.prefix && st.idsLater
+            ? { seq: s.id, start: s.length, count: st.count, idsLater: true }
+            : { seq: s.id, start: s.length, count: st.count },
       );
     }
     return this.layoutPlan(list, seqs, pageCopies, captures, spans);
@@ -602,11 +618,28 @@ export class KVPlanner {
       s.length = st.start + st.count;
       if (!this.prefix) continue;
       if (st.ids && s.ids.length === st.start) for (const id of st.ids) s.ids.push(id);
+      s.idsPending = !st.ids && st.idsLater === true && s.ids.length === st.start;
       // Image blocks: every image's soft tokens share one id, so blocks from a span on could match
       // a prompt with another image. Never register them (the ids alone cannot tell images apart).
       if (st.firstSpan !== undefined) s.noRegisterFrom = Math.min(s.noRegisterFrom, st.firstSpan);
       this.register(s);
     }
+  }
+
+  /**
+   * The ids of the last committed step of `seq`, planned with idsLater: positions [start, start +
+   * ids.length) = up to the sequence's length. Registers the full blocks they complete (prefix
+   * cache). Returns false, changing nothing, when the sequence does not track its ids there (no
+   * prefix cache, a step without ids, or another step planned since): its blocks from there on
+   * are simply never registered.
+   */
+  provideIds(seq: number, start: number, ids: readonly number[]): boolean {
+    const s = this.get(seq);
+    if (!s.idsPending || s.ids.length !== start || start + ids.length !== s.length) return false;
+    for (const id of ids) s.ids.push(id);
+    s.idsPending = false;
+    this.register(s);
+    return true;
   }
 
   /** Int32s a decode step of `batch` sequences takes (the plan buffer's steady-state size). */
@@ -687,7 +720,7 @@ export class KVPlanner {
   private takeSnapshots(s: Seq, st: StepRequest): boolean {
     if (!this.capture) return false;
     const P = this.pageSize;
-    if (!st.ids || s.ids.length !== s.length) {
+    if (!(st.ids || st.idsLater) || s.ids.length !== s.length) {
       // The blocks being filled can never be registered: give their snapshot blocks back.
       for (let b = 0; b < s.snaps.length; b++)
         if (s.snaps[b]! >= 0) {
@@ -729,8 +762,10 @@ export class KVPlanner {
         index.giveSnapshot(e, slot);
       }
     }
-    // Full blocks that stay unregistered never need their snapshot blocks.
-    for (let b = s.chain.length; b < Math.floor(s.length / P) && b < s.snaps.length; b++)
+    // Full blocks that stay unregistered never need their snapshot blocks (those whose ids are
+    // still to come keep theirs).
+    const settled = Math.floor((s.idsPending ? s.ids.length : s.length) / P);
+    for (let b = s.chain.length; b < settled && b < s.snaps.length; b++)
       if (s.snaps[b]! >= 0) {
         index.freeSnapshot(s.snaps[b]!);
         s.snaps[b] = -1;

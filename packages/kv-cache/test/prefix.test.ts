@@ -150,6 +150,55 @@ describe("prefix reuse: shared pages", () => {
     expect(() => pl.plan([{ seq: a, count: 2, ids: [1] }])).toThrow(/1 ids for 2 tokens/);
   });
 
+  it("idsLater + provideIds (pipelined decoding) registers exactly what steps with ids do", () => {
+    const opts = { maxSeqLen: 64, pageSize: 4, snapshotBlocks: 8 };
+    const eager = new KVPlanner(layout, opts);
+    const late = new KVPlanner(layout, opts);
+    const a = eager.add();
+    const b = late.add();
+    prefill(eager, a, range(0, 6));
+    prefill(late, b, range(0, 6));
+    // Decode 6…17 one token a step: `late` learns each step's id only after committing it.
+    for (let i = 6; i < 18; i++) {
+      const pe = eager.plan([{ seq: a, count: 1, ids: [i] }]);
+      const p = late.plan([{ seq: b, count: 1, idsLater: true }]);
+      // Snapshot rows are written as for a step with ids (the block may still register).
+      expect(field(p, p.ring.snapshotRows!)).toEqual(field(pe, pe.ring.snapshotRows!));
+      eager.commit(pe);
+      late.commit(p);
+      expect(late.provideIds(b, i, [i])).toBe(true);
+      expect(late.stats()).toEqual(eager.stats());
+    }
+    expect(late.stats().prefixPages).toBe(4);
+    const ids = (pl: KVPlanner) => pl.prefix!.entries().map((e) => [e.page, e.snap >= 0]);
+    expect(ids(late)).toEqual(ids(eager));
+    expect(late.prefixLookup([...range(0, 18), 99])).toEqual(
+      eager.prefixLookup([...range(0, 18), 99]),
+    );
+    // A wrong start or length, or ids already given: nothing changes.
+    late.commit(late.plan([{ seq: b, count: 1, idsLater: true }]));
+    expect(late.provideIds(b, 17, [17, 18])).toBe(false);
+    expect(late.provideIds(b, 19, [18])).toBe(false);
+    // The pending position rolled back (the discarded extra token): registrable again with ids.
+    late.trim(b, 18);
+    expect(late.provideIds(b, 18, [18])).toBe(false);
+    late.commit(late.plan([{ seq: b, count: 2, ids: [18, 19] }]));
+    eager.commit(eager.plan([{ seq: a, count: 2, ids: [18, 19] }]));
+    expect(late.stats()).toEqual(eager.stats());
+    // A step planned before the ids came ends registration, as a step without ids does.
+    late.commit(late.plan([{ seq: b, count: 1, idsLater: true }]));
+    late.commit(late.plan([{ seq: b, count: 4, ids: range(21, 25) }]));
+    expect(late.provideIds(b, 20, [20])).toBe(false);
+    expect(late.stats().prefixPages).toBe(5);
+    late.free(b);
+    checkRefcounts(late);
+    // Without a prefix cache there is nothing to register.
+    const plain = new KVPlanner(layout, { maxSeqLen: 64, pageSize: 4 });
+    const c = plain.add();
+    plain.commit(plain.plan([{ seq: c, count: 1, idsLater: true }]));
+    expect(plain.provideIds(c, 0, [0])).toBe(false);
+  });
+
   it("plan: snapshot rows per token (decode offsets still depend on the batch size only)", () => {
     const pl = new KVPlanner(layout, { maxSeqLen: 32, maxSeqs: 2, pageSize: 4, snapshotBlocks: 4 });
     const a = pl.add();
