@@ -14,7 +14,14 @@ import {
 } from "@gemma3/kv-cache";
 import type { Gemma3Config } from "./config.js";
 import { Scratch } from "./scratch.js";
-import { planImageMerge, stepRequests, type ImageMerge } from "./multimodal.js";
+import {
+  checkDeviceIds,
+  copyDeviceIds,
+  planImageMerge,
+  stepRequests,
+  type DeviceIds,
+  type ImageMerge,
+} from "./multimodal.js";
 
 export type ComputeDType = "f32" | "bf16";
 
@@ -35,8 +42,16 @@ export interface TextWeights {
 /** One sequence's share of a forward step. */
 export interface ModelStep {
   seq: KVSequence;
-  /** the new token ids */
+  /** the new token ids ([] with idsFrom) */
   ids: readonly number[];
+  /**
+   * One decode token whose id is on the device only: row `row` of `tensor` ([rows] i32 on the
+   * model's device), e.g. the previous step's argmax (pipelined decoding, Scheduler asyncDecode).
+   * Copied into the step's ids on the device in stream order, so it may be written by ops enqueued
+   * before this forward that have not run yet. The KV cache gets the id later
+   * (KVSequence.provideIds) for its prefix index. Models with `deviceIdsInput` only.
+   */
+  idsFrom?: DeviceIds;
   /** bidirectional spans of the sequence (absolute positions), see StepRequest.spans */
   spans?: readonly Span[];
   /**
@@ -56,6 +71,8 @@ export interface ModelStep {
  */
 export interface TextModel {
   readonly config: Gemma3Config;
+  /** forwardBatch takes ModelStep.idsFrom (the tensor-parallel model does not: ids per rank) */
+  readonly deviceIdsInput?: boolean;
   readonly device: Device;
   /** Every rank's device (tensor parallel only). */
   readonly devices?: readonly Device[];
@@ -83,6 +100,7 @@ export interface TextModel {
 }
 
 export class Gemma3TextModel implements TextModel {
+  readonly deviceIdsInput = true;
   readonly layers: DecoderLayer[];
   /** √hidden_size as HF applies it: cast to the weight dtype first (√2560 → 50.5 in bf16). */
   readonly embedScale: number;
@@ -183,7 +201,10 @@ export class Gemma3TextModel implements TextModel {
     const cache = steps[0]?.seq.cache;
     if (!cache) throw new RangeError("forward: no sequences");
     const requests = stepRequests(steps, cache, this.config);
-    const merge = planImageMerge(steps, this.config, this.dtype, this.device.toString());
+    checkDeviceIds(steps, this.device.toString());
+    // A device id takes one row of the host write (placeholder 0), then its copy overwrites it.
+    const hostSteps = steps.map((st) => (st.idsFrom ? { ...st, ids: [0] } : st));
+    const merge = planImageMerge(hostSteps, this.config, this.dtype, this.device.toString());
     const plan = cache.plan(requests);
     const n = plan.numTokens;
     const batch = steps.length;
@@ -202,6 +223,8 @@ export class Gemma3TextModel implements TextModel {
     try {
       const idsT = s.alloc([n], "i32");
       idsT.write(merge.embedIds);
+      // Before any capture below: a replay reads idsT at this address, whatever wrote it.
+      if (steps.some((st) => st.idsFrom)) copyDeviceIds(idsT, steps);
       const images = merge.copies.length > 0 ? merge : null;
       // The step's ops, from the ids in `idsT` to f32 logits in `logits`.
       const ws = plan.decode ? this.workspaceFor(batch, cache.planner.maxSeqLen) : null;

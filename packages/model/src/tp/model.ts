@@ -19,6 +19,7 @@ import {
   Device,
   Graph,
   Tensor,
+  UnsupportedError,
   bf16ToF32,
   copyColumns,
   f32ToBf16,
@@ -202,6 +203,11 @@ export class TensorParallelTextModel implements TextModel {
     if (!(cache instanceof TensorParallelKVCache) || cache.size !== this.size)
       throw new TypeError(
         "forwardBatch: the sequences' cache is not a tensor-parallel cache of this model (newKVCache)",
+      );
+    if (steps.some((st) => st.idsFrom))
+      throw new UnsupportedError(
+        "forwardBatch: idsFrom (device-side ids) is not supported tensor-parallel (each rank needs its shard's local ids)",
+        "E_UNSUPPORTED",
       );
     const requests = stepRequests(steps, cache, this.config);
     const merge = planImageMerge(steps, this.config, this.dtype, this.device.toString());
