@@ -32,7 +32,7 @@
 // bound (c·2⁻²⁴ relative per chunk, the textbook bound for a sum of c positive terms).
 // Logprobs: x_token − lse, lse = M + log Σ_j exp(m_j − M)/pmax_j; measured error ≤ 1e-5 (1e-6 typ.)
 // at vocab 262144 on the CPU backend; the top-n ids and their order are exact.
-import { Tensor, ops, type Device, type DTypeName } from "@gemma3/native";
+import { HostReadback, Tensor, ops, type Device, type DTypeName } from "@gemma3/native";
 import { maskCount } from "./constraint/mask.js";
 import { decide, sortByValue, type Tail } from "./decide.js";
 import { referenceToken, type SampleResult } from "./reference.js";
@@ -86,6 +86,9 @@ export class Sampler {
   private busy = false;
   private device: Device | undefined;
   private negInfBuf: Tensor | undefined;
+  /** launchGreedy's host copies: two, so one step's read can be in flight behind the next's */
+  private readonly readbacks: (HostReadback | undefined)[] = [undefined, undefined];
+  private nextReadback = 0;
 
   constructor(opts: SamplerOptions = {}) {
     const k = opts.maxCandidates ?? 1024;
@@ -121,12 +124,91 @@ export class Sampler {
     }
   }
 
+  /**
+   * Whether `state` picks its token by the argmax alone, as `sample`'s plain greedy batch does:
+   * greedy, no logprobs, no constraint, no logit processor. `ahead` > 0: for the token sampled
+   * that many tokens after the next one (a pipelined step runs before the host has the token in
+   * flight): then no processor may be set at all, and min-tokens must be over by then.
+   */
+  static plainGreedy(state: SamplingState, ahead = 0): boolean {
+    const p = state.params;
+    if (!p.greedy || p.logprobs >= 0 || state.constraint) return false;
+    if (ahead === 0) return state.modifiedTokens().length === 0;
+    return (
+      p.logitBias.size === 0 &&
+      p.repetitionPenalty === 1 &&
+      p.frequencyPenalty === 0 &&
+      p.presencePenalty === 0 &&
+      state.numOutput + ahead >= p.minTokens
+    );
+  }
+
+  /**
+   * `sample`'s plain greedy path split in two, for pipelined decoding: enqueues the argmax of every
+   * row of `logits` and its host copy (HostReadback) now and returns at once. `ids` can feed the
+   * next step on the device before anything is read; `read()` resolves once the argmax has run
+   * (not the ops enqueued after it) and records each pick's token in its state, as `sample` does.
+   * Every pick must be Sampler.plainGreedy. Call `read()` once, in launch order; at most two
+   * launches may wait unread.
+   * @param logits [batch, vocab] f32
+   * @returns ids: [batch] i32 on the device, valid for the ops enqueued before the next call
+   */
+  launchGreedy(
+    logits: Tensor,
+    picks: readonly SamplePick[],
+  ): { ids: Tensor; read: () => Promise<SampleResult[]> } {
+    if (logits.dtypeName !== "f32" || logits.shape.length !== 2)
+      throw new TypeError(`Sampler.launchGreedy: logits must be [batch, vocab] f32, got ${logits}`);
+    const [B = 0, V = 0] = logits.shape;
+    for (const { row, state } of picks) {
+      if (!Number.isInteger(row) || row < 0 || row >= B)
+        throw new RangeError(`Sampler.launchGreedy: row ${row} outside [0, ${B})`);
+      if (state.vocabSize !== V)
+        throw new RangeError(
+          `Sampler.launchGreedy: state for vocab ${state.vocabSize}, logits have ${V}`,
+        );
+    }
+    if (this.busy) throw new Error("Sampler.launchGreedy: a sample call is still running");
+    this.useDevice(logits.device);
+    this.rows += picks.length;
+    const am = ops.argmax(logits, this.buf("argmax", [B], "i32"));
+    const k = this.nextReadback;
+    this.nextReadback = 1 - k;
+    let rb = this.readbacks[k];
+    if (!rb || rb.capacity < 4 * B) {
+      // Its previous read was awaited before this launch (two in flight at most).
+      rb?.dispose();
+      rb = new HostReadback(logits.device, 4 * Math.max(B, 64));
+      this.readbacks[k] = rb;
+    }
+    rb.enqueue(am);
+    let done = false;
+    const read = async (): Promise<SampleResult[]> => {
+      if (done) throw new Error("Sampler.launchGreedy: read() called twice");
+      done = true;
+      const ids = await rb.read();
+      const t0 = performance.now();
+      const out = picks.map(({ row, state }) => {
+        const token = ids[row]!;
+        state.record(token);
+        return { token };
+      });
+      this.hostMs += performance.now() - t0;
+      return out;
+    };
+    return { ids: am, read };
+  }
+
+  private useDevice(device: Device): void {
+    if (this.device !== device) {
+      this.dispose();
+      this.device = device;
+    }
+  }
+
   private async run(input: Tensor, picks: readonly SamplePick[], B: number, V: number) {
     this.rows += picks.length;
-    if (this.device !== input.device) {
-      this.dispose();
-      this.device = input.device;
-    }
+    this.useDevice(input.device);
     // Constrained rows: their logits masked on the device first; everything below (candidates,
     // logprobs, fallbacks) then reads the masked logits, as vLLM's sampler does.
     const masks = picks.map(({ state }) => state.mask());
@@ -392,6 +474,8 @@ export class Sampler {
   dispose(): void {
     for (const t of this.bufs.values()) t.dispose();
     this.bufs.clear();
+    for (const rb of this.readbacks) rb?.dispose();
+    this.readbacks.fill(undefined);
     this.negInfBuf?.dispose();
     this.negInfBuf = undefined;
   }

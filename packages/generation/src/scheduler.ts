@@ -10,6 +10,19 @@
 // the owner's KV is forked once per other choice (global pages shared copy-on-write, sliding rings
 // copied; HybridKVCache.fork), every choice samples its first token from the same last-position
 // logits row with its own sampling state, and from then on the n sequences decode independently.
+//
+// Pipelined decoding (asyncDecode, opt-in; vLLM's async scheduling). In the steady state (every
+// running sequence decoding and plain greedy, nothing admissible waiting, the same batch as the
+// step in flight, room for one more token each) step N+1 is launched before step N's tokens are
+// read: its ids are step N's argmax on the device (ModelStep.idsFrom), and step N's host copy was
+// enqueued right after that argmax (Sampler.launchGreedy), so it completes with step N while
+// step N+1 runs. The host then handles step N's tokens (stop checks, streaming) during step N+1.
+// A sequence that ends at step N (stop token or string, abort) has one extra token computed in
+// step N+1: never reported, and its KV position is trimmed before the sequence is freed; its id
+// is never given to the KV cache (step N+1's ids come late: provideIds at the next plan), so the
+// prefix index never registers it. Anything else (a request to admit, a finish or cancel, a
+// non-greedy row, the last allowed token) drains the pipeline: the step in flight is read, no new
+// one is launched, and the next step runs as usual, re-entering the pipeline when steady again.
 import type {
   HybridKVCache,
   HybridKVCacheOptions,
@@ -38,6 +51,8 @@ import { GenerationStream, type GenerationSummary, type TokenLogprobs } from "./
 
 /** What the scheduler needs of a model (Gemma3TextModel has it). */
 export interface GenerationModel {
+  /** forwardBatch takes `idsFrom` (device-side ids): needed for asyncDecode */
+  readonly deviceIdsInput?: boolean;
   readonly config: {
     readonly vocabSize: number;
     readonly eosTokenIds: readonly number[];
@@ -54,6 +69,8 @@ export interface GenerationModel {
     steps: readonly {
       seq: KVSequence;
       ids: readonly number[];
+      /** one decode token whose id is row `row` of `tensor` ([rows] i32 on the device); ids [] */
+      idsFrom?: { tensor: Tensor; row: number };
       spans?: readonly Span[];
       imageFeatures?: Tensor;
     }[],
@@ -125,6 +142,12 @@ export interface SchedulerOptions {
   sampler?: SamplerOptions;
   /** Options of response_format grammars (whitespace bound). */
   responseFormat?: GrammarOptions;
+  /**
+   * Pipelined decoding (default false; GEMMA3_ASYNC_DECODE=1 in the apps): in the steady state
+   * of plain greedy decoding, launch each step before the previous step's tokens are read (see
+   * the top of this file). Same tokens, text and usage; needs a model with deviceIdsInput.
+   */
+  asyncDecode?: boolean;
 }
 
 export interface SchedulerStats {
@@ -133,6 +156,8 @@ export interface SchedulerStats {
   steps: number;
   /** sampled rows that needed their full logits row on the host (see Sampler) */
   fallbacks: number;
+  /** steps launched before the previous step's tokens were read (asyncDecode) */
+  pipelined: number;
   kv: PlannerStats;
 }
 
@@ -162,6 +187,8 @@ interface Seq {
   features: Tensor | undefined;
   featureRow: number;
   readonly tokens: number[];
+  /** KV position whose id a device-fed step left for provideIds (asyncDecode), or −1 */
+  lateId: number;
   readonly logprobs: TokenLogprobs[];
   readonly t0: number;
   tAdmit: number;
@@ -186,6 +213,10 @@ export class Scheduler {
   private nextId = 0;
   private steps = 0;
   private closed = false;
+  private readonly asyncDecode: boolean;
+  /** asyncDecode: the decode step launched whose tokens are not read yet */
+  private inflight: InFlight | null = null;
+  private pipelined = 0;
 
   constructor(
     readonly model: GenerationModel,
@@ -210,6 +241,7 @@ export class Scheduler {
     this.numPages = this.cache.planner.numPages;
     this.stopIdsBase = o.eosTokenIds ?? c.eosTokenIds;
     this.sampler = new Sampler(o.sampler);
+    this.asyncDecode = (o.asyncDecode ?? false) && model.deviceIdsInput === true;
   }
 
   stats(): SchedulerStats {
@@ -218,6 +250,7 @@ export class Scheduler {
       running: this.running.reduce((n, s) => n + 1 + s.children.length, 0),
       steps: this.steps,
       fallbacks: this.sampler.fallbacks,
+      pipelined: this.pipelined,
       kv: this.cache.stats(),
     };
   }
@@ -379,6 +412,7 @@ export class Scheduler {
         features: undefined,
         featureRow: 0,
         tokens: [],
+        lateId: -1,
         logprobs: [],
         t0,
         tAdmit: NaN,
@@ -488,7 +522,8 @@ export class Scheduler {
     // Start after the current tick: requests submitted together (n choices, a burst of clients)
     // then share the first step's prefill.
     await Promise.resolve();
-    while (this.waiting.length > 0 || this.running.length > 0) {
+    // A step still in flight is read even when every sequence has left (its host copy pending).
+    while (this.waiting.length > 0 || this.running.length > 0 || this.inflight) {
       try {
         await this.iterate();
       } catch (e) {
@@ -500,6 +535,13 @@ export class Scheduler {
 
   /** One step: admit, run, sample, report. */
   private async iterate(): Promise<void> {
+    if (this.inflight) {
+      // Pipelined: launch the next step from this one's ids on the device, or drain.
+      await this.advance();
+      this.steps++;
+      await new Promise<void>((r) => setImmediate(r));
+      return;
+    }
     this.admit();
     if (this.running.length === 0) {
       // Nothing running and the head still does not fit: it never will (submit checks this).
@@ -507,7 +549,9 @@ export class Scheduler {
       this.fail(s, new GenerationError(`KV cache cannot admit ${s.need} tokens`, "E_TOO_LONG"));
       return;
     }
-    await this.step();
+    // Steady greedy decoding enters the pipeline: launched now, read in the next iteration.
+    if (this.steady(null)) this.inflight = this.launch(null);
+    else await this.step();
     this.steps++;
     // Let submits and aborts that arrived during the step land before the next one.
     await new Promise<void>((r) => setImmediate(r));
@@ -550,6 +594,7 @@ export class Scheduler {
         this.complete(s, "stop", null);
       }
     if (this.running.length === 0) return;
+    this.provideIds();
     const decodes = this.running.filter((s) => s.fed === s.prompt.length);
     const steps: Parameters<GenerationModel["forwardBatch"]>[0][number][] = decodes.map((s) => ({
       seq: s.kv!,
@@ -631,6 +676,99 @@ export class Scheduler {
       });
     } finally {
       logits.dispose();
+    }
+  }
+
+  // ---- pipelined decoding (asyncDecode) ---------------------------------------------------
+
+  /**
+   * Whether the next decode step may be pipelined: every running sequence decodes a plain greedy
+   * token (Sampler.plainGreedy, for the token after the one in flight when `cur` is), none is one
+   * token from its limit counting the step in flight, nothing waiting could be admitted, and
+   * (with `cur`) the batch is the one `cur` runs.
+   */
+  private steady(cur: InFlight | null): boolean {
+    if (!this.asyncDecode || this.running.length === 0) return false;
+    if (cur && !sameSeqs(cur.seqs, this.running)) return false;
+    const ahead = cur ? 1 : 0;
+    for (const s of this.running)
+      if (
+        s.fed !== s.prompt.length ||
+        s.tokens.length === 0 ||
+        s.children.length > 0 ||
+        s.tokens.length + 2 > s.maxTokens ||
+        !Sampler.plainGreedy(s.state, ahead)
+      )
+        return false;
+    const head = this.waiting[0];
+    return !head || this.cache.admission(head.need, head.prompt) !== null;
+  }
+
+  /**
+   * Launches a decode step of every running sequence and its argmax, and enqueues the argmax's
+   * host copy, without waiting for anything: ids from the host (the last token of each), or with
+   * `cur` from `cur`'s argmax on the device, row for row. Returns null when the step failed.
+   */
+  private launch(cur: InFlight | null): InFlight | null {
+    const seqs = [...this.running];
+    this.provideIds();
+    let logits: Tensor;
+    try {
+      logits = this.model.forwardBatch(
+        seqs.map((s, row) =>
+          cur
+            ? { seq: s.kv!, ids: [], idsFrom: { tensor: cur.ids, row } }
+            : { seq: s.kv!, ids: [s.tokens[s.tokens.length - 1]!] },
+        ),
+        { graph: true },
+      );
+    } catch (e) {
+      for (const s of seqs) this.fail(s, e);
+      return null;
+    }
+    try {
+      // The token fed from the device sits at the sequence's last KV position.
+      if (cur) for (const s of seqs) s.lateId = s.kv!.length - 1;
+      const { ids, read } = this.sampler.launchGreedy(
+        logits,
+        seqs.map((s, row) => ({ row, state: s.state })),
+      );
+      if (cur) this.pipelined++;
+      return { seqs, ids, read };
+    } catch (e) {
+      for (const s of seqs) this.fail(s, e);
+      return null;
+    } finally {
+      logits.dispose(); // after the argmax that reads it (stream order)
+    }
+  }
+
+  /** Reads the step in flight, launching the next one first while the pipeline holds. */
+  private async advance(): Promise<void> {
+    const cur = this.inflight!;
+    this.inflight = null;
+    if (this.steady(cur)) this.inflight = this.launch(cur);
+    let results: SampleResult[];
+    try {
+      results = await cur.read();
+    } catch (e) {
+      for (const s of cur.seqs) this.fail(s, e);
+      return;
+    }
+    // Sequences that left meanwhile (finished, cancelled) drop their token: their extra one.
+    cur.seqs.forEach((s, k) => {
+      if (s.phase === "running") this.onToken(s, results[k]!);
+    });
+  }
+
+  /** Gives the KV cache the ids that device-fed steps left out (known once read). */
+  private provideIds(): void {
+    for (const s of this.running) {
+      if (s.lateId < 0) continue;
+      const token = s.tokens[s.lateId - s.prompt.length];
+      if (token === undefined) continue; // not read yet: still in flight
+      s.kv!.provideIds(s.lateId, [token]);
+      s.lateId = -1;
     }
   }
 
@@ -729,6 +867,16 @@ export class Scheduler {
     }
     s.phase = "done";
     for (const h of s.holds.splice(0)) h.dispose();
+    // A pipelined step may have fed a token past the last one reported (asyncDecode): roll that
+    // position back, as if it had never run (its id never reached the prefix index).
+    const keep = s.prompt.length + s.tokens.length - 1;
+    if (this.asyncDecode && s.kv && s.tokens.length > 0 && s.kv.length > keep) {
+      try {
+        s.kv.trim(keep);
+      } catch {
+        // E_KV_ROLLBACK cannot happen for one position (rollback ≥ 1); freed below either way.
+      }
+    }
     s.kv?.dispose();
     s.kv = undefined;
     s.features?.dispose();
@@ -767,6 +915,20 @@ export class Scheduler {
     this.release(s);
     s.stream.fail(e);
   }
+}
+
+/** A pipelined decode step in flight (asyncDecode). */
+interface InFlight {
+  /** the step's sequences, row order */
+  readonly seqs: readonly Seq[];
+  /** [seqs.length] i32 on the device: the step's argmax, the next step's ids */
+  readonly ids: Tensor;
+  /** its tokens, once the step has run (Sampler.launchGreedy) */
+  readonly read: () => Promise<SampleResult[]>;
+}
+
+function sameSeqs(a: readonly Seq[], b: readonly Seq[]): boolean {
+  return a.length === b.length && a.every((s, i) => s === b[i]);
 }
 
 const SAMPLING_KEYS = [
