@@ -95,10 +95,13 @@ export async function cmdBench(argv: string[], defaultModel: string): Promise<vo
   }
   const loadS = (performance.now() - t0) / 1000;
   const maxSeqs = Math.max(...batches);
+  // Pipelined decoding (docs/architecture.md), for A/B runs: GEMMA3_ASYNC_DECODE=1.
+  const asyncDecode = process.env.GEMMA3_ASYNC_DECODE === "1";
   const scheduler = new Scheduler(model, {
     maxSeqs,
     maxSeqLen: Math.max(P + T, prefill + 1) + 8,
     maxBatchTokens: 2048,
+    asyncDecode,
   });
 
   // Deterministic prompt ids in [3, 1000) (the range the HF peer's random prompts use; a smaller
@@ -154,6 +157,7 @@ export async function cmdBench(argv: string[], defaultModel: string): Promise<vo
     const ms = median(rs);
     prefillResult = { prompt: prefill, ttft_ms: ms, tok_s: prefill / (ms / 1000), runs: rs };
   }
+  const pipelined = scheduler.stats().pipelined;
   await scheduler.close();
 
   const c = model.config;
@@ -164,6 +168,8 @@ export async function cmdBench(argv: string[], defaultModel: string): Promise<vo
     dtype: values.dtype ?? (device.isCuda ? "bf16" : "f32"),
     quantize: q ?? null,
     tensor_parallel: tp,
+    async_decode: asyncDecode,
+    pipelined_steps: pipelined,
     shape: {
       layers: c.numHiddenLayers,
       hidden: c.hiddenSize,
@@ -185,7 +191,8 @@ export async function cmdBench(argv: string[], defaultModel: string): Promise<vo
   out.write(
     `gemma3 bench: ${result.model} on ${result.device}, ${result.dtype}` +
       `${q ? ` + ${q}` : ""}${tp > 1 ? `, TP ${tp}` : ""}; ${c.numHiddenLayers} layers, hidden ` +
-      `${c.hiddenSize}, vocab ${c.vocabSize}; loaded in ${loadS.toFixed(1)} s\n`,
+      `${c.hiddenSize}, vocab ${c.vocabSize}; loaded in ${loadS.toFixed(1)} s` +
+      `${asyncDecode ? `; async decode (${pipelined} steps pipelined)` : ""}\n`,
   );
   out.write(`  decode (${P}-token prompts, ${T} tokens each, median of ${runs}):\n`);
   for (const d of decode)

@@ -73,6 +73,11 @@ export interface EngineOptions {
    * where snapshots of its last W − 1 tokens survive; each block costs snapshotBytes().perBlock.
    */
   prefixCacheSnapshotBlocks?: number;
+  /**
+   * Pipelined greedy decoding (SchedulerOptions.asyncDecode): steady greedy decode steps are
+   * launched before the previous step's tokens are read. Default: GEMMA3_ASYNC_DECODE=1, else off.
+   */
+  asyncDecode?: boolean;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -156,6 +161,8 @@ export class Engine {
             }
           : {}),
         generationConfig,
+        // Pipelined greedy decoding (docs/architecture.md); opt-in.
+        asyncDecode: o.asyncDecode ?? process.env.GEMMA3_ASYNC_DECODE === "1",
       });
       let vision: VisionParts | null = null;
       // The model's own config says whether there is a vision tower (a GGUF's: whether an mmproj

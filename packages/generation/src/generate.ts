@@ -14,6 +14,8 @@ export interface GenerateOptions {
   sampler?: SamplerOptions;
   /** Context when the request gives no maxTokens (default min(max_position_embeddings, 8192)). */
   maxSeqLen?: number;
+  /** Pipelined greedy decoding (SchedulerOptions.asyncDecode; default false). */
+  asyncDecode?: boolean;
 }
 
 /**
@@ -41,6 +43,7 @@ export function generate(
     maxSeqLen: Math.max(maxSeqLen, 1),
     ...(opts.generationConfig ? { generationConfig: opts.generationConfig } : {}),
     ...(opts.sampler ? { sampler: opts.sampler } : {}),
+    ...(opts.asyncDecode ? { asyncDecode: true } : {}),
   });
   let stream: GenerationStream;
   try {
