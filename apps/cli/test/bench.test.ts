@@ -24,7 +24,13 @@ const config = join(
 );
 
 function gemma3(...args: string[]) {
-  const r = spawnSync(process.execPath, [cli, ...args], { encoding: "utf8" });
+  return gemma3Env({}, ...args);
+}
+function gemma3Env(env: Record<string, string>, ...args: string[]) {
+  const r = spawnSync(process.execPath, [cli, ...args], {
+    encoding: "utf8",
+    env: { ...process.env, ...env },
+  });
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
 
@@ -70,6 +76,27 @@ describe("gemma3 bench", () => {
     expect(out.prefill.runs).toHaveLength(2);
     expect(out.prefill.tok_s).toBeCloseTo(40 / (out.prefill.ttft_ms / 1000), 6);
     expect(r.out).toMatch(/batch {3}3: .* tok\/s aggregate/);
+  });
+
+  it("GEMMA3_ASYNC_DECODE=1 pipelines the decode steps (reported); =0 does not", () => {
+    const dir = mkdtempSync(join(tmpdir(), "bench-"));
+    const run = (flag: string) => {
+      const json = join(dir, `bench-${flag}.json`);
+      const r = gemma3Env(
+        { GEMMA3_ASYNC_DECODE: flag },
+        ...["bench", "--model", `random:${config}`, "--device", "cpu", "--batch", "1,2"],
+        ...["--tokens", "6", "--prefill", "0", "--runs", "1", "--json", json],
+      );
+      expect(r.err).toBe("");
+      expect(r.code).toBe(0);
+      return { out: r.out, json: JSON.parse(readFileSync(json, "utf8")) };
+    };
+    const on = run("1");
+    // 6 tokens a run: the prefill's, one step entering the pipeline, then 4 pipelined steps (the
+    // batch decodes together); two runs (warm-up and one measured) at batch 1 and two at batch 2.
+    expect(on.json).toMatchObject({ async_decode: true, pipelined_steps: 2 * 4 + 2 * 4 });
+    expect(on.out).toMatch(/async decode \(16 steps pipelined\)/);
+    expect(run("0").json).toMatchObject({ async_decode: false, pipelined_steps: 0 });
   });
 
   it("the bundled demo checkpoint by default; bad arguments are usage errors (exit 2)", () => {
