@@ -1,11 +1,11 @@
 // Pipelined decoding (Scheduler asyncDecode) on the tiny-1b fixture (float32, CPU; CUDA too with
 // GEMMA3_TEST_CUDA=1): with the mode on, every request's token ids, text deltas, finish reason,
-// stop reason and usage equal the mode off (the reference: the plain scheduler, itself checked against HF's greedy ids), for requests
-// ending at max tokens, at a stop id, at a stop string, finishing at different steps, joining
-// mid-decode, cancelled, mixed with a sampled request, and with prefix caching (same cache
-// contents after each request: the extra token of a finished sequence never reaches the index).
-// A model wrapper counts decode steps launched before the previous step's token reached the
-// consumer, so a mode that silently never engages fails.
+// stop reason and usage equal the mode off (the reference: the plain scheduler, itself checked
+// against HF's greedy ids), for requests ending at max tokens, at a stop id, at a stop string,
+// finishing at different steps, joining mid-decode, cancelled, mixed with a sampled request, and
+// with prefix caching (same cache contents after each request: the extra token of a finished
+// sequence never reaches the index). A model wrapper counts decode steps launched before the
+// previous step's token reached the consumer, so a mode that silently never engages fails.
 import { readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
