@@ -6,9 +6,6 @@
 // with prefix caching (same cache contents after each request: the extra token of a finished
 // sequence never reaches the index). A model wrapper counts decode steps launched before the
 // previous step's token reached the consumer, so a mode that silently never engages fails.
-import { readFileSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { loadTextModel, type Gemma3TextModel } from "@gemma3/model";
 import { cudaAvailable } from "@gemma3/native";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -21,14 +18,9 @@ import {
   type SchedulerOptions,
   type TokenizerLike,
 } from "../src/index.js";
+import { fixture, golden, prompts } from "./tiny.js";
 
-const fixture = join(dirname(fileURLToPath(import.meta.url)), "../../model/test/fixtures/tiny-1b");
-const golden = JSON.parse(readFileSync(join(fixture, "goldens.json"), "utf8")) as {
-  prompt_ids: number[];
-  greedy_ids: number[];
-};
 const P = golden.prompt_ids;
-const prompts = [5, 40, 17, 1, 29, 33].map((n, i) => [...P.slice(i), ...P.slice(0, i)].slice(0, n));
 
 /** Token i reads "[i]": stop strings and text deltas without a real vocabulary. */
 const tokenizer: TokenizerLike = {

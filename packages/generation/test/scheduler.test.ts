@@ -2,9 +2,6 @@
 // give exactly the tokens each gives alone (greedy, and seeded sampling), requests join mid-flight,
 // prefill is chunked and mixed with decode, cancellation frees KV at once, a full cache queues
 // requests instead of failing, and bad requests are refused up front.
-import { readFileSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { loadTextModel, type Gemma3TextModel } from "@gemma3/model";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
@@ -16,16 +13,9 @@ import {
   type GenerationStream,
   type GenerationSummary,
 } from "../src/index.js";
+import { fixture, golden, prompts } from "./tiny.js";
 
-const fixture = join(dirname(fileURLToPath(import.meta.url)), "../../model/test/fixtures/tiny-1b");
-const golden = JSON.parse(readFileSync(join(fixture, "goldens.json"), "utf8")) as {
-  prompt_ids: number[];
-  greedy_ids: number[];
-};
 const P = golden.prompt_ids;
-
-/** Prompts of different lengths (slices of the fixture prompt, rotated). */
-const prompts = [5, 40, 17, 1, 29, 33].map((n, i) => [...P.slice(i), ...P.slice(0, i)].slice(0, n));
 const lengths = [12, 4, 20, 9, 1, 15];
 
 async function drain(
