@@ -23,9 +23,6 @@ const config = join(
   "config.json",
 );
 
-function gemma3(...args: string[]) {
-  return gemma3Env({}, ...args);
-}
 function gemma3Env(env: Record<string, string>, ...args: string[]) {
   const r = spawnSync(process.execPath, [cli, ...args], {
     encoding: "utf8",
@@ -33,33 +30,33 @@ function gemma3Env(env: Record<string, string>, ...args: string[]) {
   });
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
+const gemma3 = (...args: string[]) => gemma3Env({}, ...args);
+
+/** `gemma3 bench --model random:<tiny-1b config> --device cpu ARGS --json F`: the run and F. */
+function benchRandom(args: string[], env: Record<string, string> = {}) {
+  const json = join(mkdtempSync(join(tmpdir(), "bench-")), "bench.json");
+  const r = gemma3Env(
+    env,
+    "bench",
+    "--model",
+    `random:${config}`,
+    "--device",
+    "cpu",
+    ...args,
+    "--json",
+    json,
+  );
+  expect(r.err).toBe("");
+  expect(r.code).toBe(0);
+  return { out: r.out, json: JSON.parse(readFileSync(json, "utf8")) };
+}
 
 describe("gemma3 bench", () => {
   it("random:CONFIG: reports the config's shape, a decode row per batch and the prefill", () => {
-    const json = join(mkdtempSync(join(tmpdir(), "bench-")), "bench.json");
-    const r = gemma3(
-      "bench",
-      "--model",
-      `random:${config}`,
-      "--device",
-      "cpu",
-      "--quantize",
-      "q8_0",
-      "--batch",
-      "1,3",
-      "--tokens",
-      "5",
-      "--prefill",
-      "40",
-      "--runs",
-      "2",
-      "--json",
-      json,
-    );
-    expect(r.err).toBe("");
-    expect(r.code).toBe(0);
+    const args = ["--quantize", "q8_0", "--batch", "1,3", "--tokens", "5", "--prefill", "40"];
+    const r = benchRandom([...args, "--runs", "2"]);
     const cfg = JSON.parse(readFileSync(config, "utf8"));
-    const out = JSON.parse(readFileSync(json, "utf8"));
+    const out = r.json;
     expect(out.shape).toMatchObject({
       layers: cfg.num_hidden_layers,
       hidden: cfg.hidden_size,
@@ -79,18 +76,10 @@ describe("gemma3 bench", () => {
   });
 
   it("GEMMA3_ASYNC_DECODE=1 pipelines the decode steps (reported); =0 does not", () => {
-    const dir = mkdtempSync(join(tmpdir(), "bench-"));
-    const run = (flag: string) => {
-      const json = join(dir, `bench-${flag}.json`);
-      const r = gemma3Env(
-        { GEMMA3_ASYNC_DECODE: flag },
-        ...["bench", "--model", `random:${config}`, "--device", "cpu", "--batch", "1,2"],
-        ...["--tokens", "6", "--prefill", "0", "--runs", "1", "--json", json],
-      );
-      expect(r.err).toBe("");
-      expect(r.code).toBe(0);
-      return { out: r.out, json: JSON.parse(readFileSync(json, "utf8")) };
-    };
+    const run = (flag: string) =>
+      benchRandom(["--batch", "1,2", "--tokens", "6", "--prefill", "0", "--runs", "1"], {
+        GEMMA3_ASYNC_DECODE: flag,
+      });
     const on = run("1");
     // 6 tokens a run: the prefill's, one step entering the pipeline, then 4 pipelined steps (the
     // batch decodes together); two runs (warm-up and one measured) at batch 1 and two at batch 2.
@@ -122,13 +111,7 @@ describe("gemma3 bench", () => {
   });
 
   it("random:CONFIG with --tensor-parallel 2 runs on two CPU ranks", () => {
-    const json = join(mkdtempSync(join(tmpdir(), "bench-")), "bench.json");
-    const r = gemma3(
-      "bench",
-      "--model",
-      `random:${config}`,
-      "--device",
-      "cpu",
+    const out = benchRandom([
       "--tensor-parallel",
       "2",
       "--batch",
@@ -139,12 +122,7 @@ describe("gemma3 bench", () => {
       "0",
       "--runs",
       "1",
-      "--json",
-      json,
-    );
-    expect(r.err).toBe("");
-    expect(r.code).toBe(0);
-    const out = JSON.parse(readFileSync(json, "utf8"));
+    ]).json;
     expect(out.tensor_parallel).toBe(2);
     expect(out.decode[0].aggregate_tok_s).toBeGreaterThan(0);
   });
