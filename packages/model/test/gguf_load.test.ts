@@ -13,6 +13,7 @@ import { GGUFError, GGUFFile, parseGGUF, type GGUFTensorInfo } from "../src/gguf
 import { ggufTextConfig, ggufTokenizerInfo } from "../src/gguf_load.js";
 import { loadTextModel, resolveModelPath } from "../src/load.js";
 import { SafetensorsFile } from "../src/safetensors.js";
+import { maxAbsDiff } from "./golden.js";
 import type { Gemma3TextModel } from "../src/text_model.js";
 import { toFloat32 } from "../src/weights.js";
 import { buildGGUF, f32, gemma3GGUF, str, u32, writeGemma3GGUF, type KV } from "./gguf_writer.js";
@@ -50,16 +51,6 @@ async function logitsOf(path: string, ids: number[]): Promise<Float32Array> {
   } finally {
     model.dispose();
   }
-}
-
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i]! - b[i]!);
-    if (!(d <= m)) m = Number.isNaN(d) ? Infinity : d;
-  }
-  return m;
 }
 
 /**

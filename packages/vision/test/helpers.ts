@@ -4,7 +4,6 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { deflateSync } from "node:zlib";
 import { fileURLToPath } from "node:url";
-import { expect } from "vitest";
 
 export const FIXTURES = fileURLToPath(new URL("./fixtures", import.meta.url));
 export const IMAGES = `${FIXTURES}/images`;
@@ -42,16 +41,7 @@ export function mmGolden(name: string) {
   };
 }
 
-/** max |a − b| (NaN anywhere → Infinity). */
-export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i]! - b[i]!);
-    if (!(d <= m)) m = Number.isNaN(d) ? Infinity : d;
-  }
-  return m;
-}
+export { maxAbsDiff } from "../../model/test/golden.js";
 
 /** ‖a − b‖ / ‖b‖. */
 export function relL2(a: ArrayLike<number>, b: ArrayLike<number>): number {
