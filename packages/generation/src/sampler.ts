@@ -103,17 +103,7 @@ export class Sampler {
    * @param logits [batch, vocab] f32 on any device
    */
   async sample(logits: Tensor, picks: readonly SamplePick[]): Promise<SampleResult[]> {
-    if (logits.dtypeName !== "f32" || logits.shape.length !== 2)
-      throw new TypeError(`Sampler.sample: logits must be [batch, vocab] f32, got ${logits}`);
-    const [B = 0, V = 0] = logits.shape;
-    for (const { row, state } of picks) {
-      if (!Number.isInteger(row) || row < 0 || row >= B)
-        throw new RangeError(`Sampler.sample: row ${row} outside [0, ${B})`);
-      if (state.vocabSize !== V)
-        throw new RangeError(
-          `Sampler.sample: state for vocab ${state.vocabSize}, logits have ${V}`,
-        );
-    }
+    const [B, V] = checkPicks("Sampler.sample", logits, picks);
     if (picks.length === 0) return [];
     if (this.busy) throw new Error("Sampler.sample: a previous call is still running");
     this.busy = true;
@@ -157,17 +147,7 @@ export class Sampler {
     logits: Tensor,
     picks: readonly SamplePick[],
   ): { ids: Tensor; read: () => Promise<SampleResult[]> } {
-    if (logits.dtypeName !== "f32" || logits.shape.length !== 2)
-      throw new TypeError(`Sampler.launchGreedy: logits must be [batch, vocab] f32, got ${logits}`);
-    const [B = 0, V = 0] = logits.shape;
-    for (const { row, state } of picks) {
-      if (!Number.isInteger(row) || row < 0 || row >= B)
-        throw new RangeError(`Sampler.launchGreedy: row ${row} outside [0, ${B})`);
-      if (state.vocabSize !== V)
-        throw new RangeError(
-          `Sampler.launchGreedy: state for vocab ${state.vocabSize}, logits have ${V}`,
-        );
-    }
+    const [B] = checkPicks("Sampler.launchGreedy", logits, picks);
     if (this.busy) throw new Error("Sampler.launchGreedy: a sample call is still running");
     this.useDevice(logits.device);
     this.rows += picks.length;
@@ -657,4 +637,18 @@ function decideRow(
       },
     };
   }
+}
+
+/** [batch, vocab] of f32 `logits`, after checking each pick's row and vocabulary against them. */
+function checkPicks(fn: string, logits: Tensor, picks: readonly SamplePick[]): [number, number] {
+  if (logits.dtypeName !== "f32" || logits.shape.length !== 2)
+    throw new TypeError(`${fn}: logits must be [batch, vocab] f32, got ${logits}`);
+  const [B = 0, V = 0] = logits.shape;
+  for (const { row, state } of picks) {
+    if (!Number.isInteger(row) || row < 0 || row >= B)
+      throw new RangeError(`${fn}: row ${row} outside [0, ${B})`);
+    if (state.vocabSize !== V)
+      throw new RangeError(`${fn}: state for vocab ${state.vocabSize}, logits have ${V}`);
+  }
+  return [B, V];
 }
