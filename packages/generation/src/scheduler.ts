@@ -594,7 +594,7 @@ export class Scheduler {
         this.complete(s, "stop", null);
       }
     if (this.running.length === 0) return;
-    this.provideIds();
+    if (this.asyncDecode) this.provideIds();
     const decodes = this.running.filter((s) => s.fed === s.prompt.length);
     const steps: Parameters<GenerationModel["forwardBatch"]>[0][number][] = decodes.map((s) => ({
       seq: s.kv!,

@@ -14,14 +14,8 @@ import {
 } from "@gemma3/kv-cache";
 import type { Gemma3Config } from "./config.js";
 import { Scratch } from "./scratch.js";
-import {
-  checkDeviceIds,
-  copyDeviceIds,
-  planImageMerge,
-  stepRequests,
-  type DeviceIds,
-  type ImageMerge,
-} from "./multimodal.js";
+import { checkDeviceIds, copyDeviceIds, type DeviceIds } from "./device_ids.js";
+import { planImageMerge, stepRequests, type ImageMerge } from "./multimodal.js";
 
 export type ComputeDType = "f32" | "bf16";
 
