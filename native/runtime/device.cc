@@ -629,9 +629,6 @@ Status readback_checks(const Buffer& src, int device, int64_t offset, int64_t by
     return Status(StatusCode::kOutOfRange, "readback: " + std::to_string(bytes) +
                                                " bytes exceed its capacity of " +
                                                std::to_string(capacity));
-  // A capture would record the copy instead of running it now.
-  if (graph_capturing(device))
-    return Status(StatusCode::kInvalidArgument, "readback: not allowed during graph capture");
   if (pending)
     return Status(StatusCode::kInvalidArgument,
                   "readback: the previous read was not waited for (one read in flight)");
@@ -654,6 +651,10 @@ class CpuReadback : public HostReadback {
     st_->data.resize(size_t(capacity));
   }
   Status enqueue(const std::shared_ptr<Buffer>& src, int64_t offset, int64_t bytes) override {
+    // A capture would record the copy instead of running it now: wait for one on another thread
+    // to end (refused on the capturing thread), as copy_to_host does.
+    GateScope gate(kCpu, "readback");
+    G3_RETURN_IF_ERROR(gate.status());
     {
       std::lock_guard<std::mutex> lk(st_->mu);
       G3_RETURN_IF_ERROR(
@@ -724,6 +725,8 @@ class CudaReadback : public HostReadback {
     return Status::Ok();
   }
   Status enqueue(const std::shared_ptr<Buffer>& src, int64_t offset, int64_t bytes) override {
+    GateScope gate(device_, "readback");  // as CpuReadback::enqueue
+    G3_RETURN_IF_ERROR(gate.status());
     std::lock_guard<std::mutex> lk(mu_);
     G3_RETURN_IF_ERROR(readback_checks(*src, device_, offset, bytes, capacity_, pending_));
     cudaStream_t s;
