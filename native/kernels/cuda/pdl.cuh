@@ -47,23 +47,34 @@ bool sm90_or_newer();
 
 /**
  * kernel<<<grid, block, smem, stream>>>(args...) with programmatic stream serialization allowed
- * when `on`. The kernel must follow the rule above. Errors are left for check_launch
- * (cudaGetLastError) as with <<<>>>.
+ * when `on`, and in thread-block clusters of `cluster_x` CTAs along x when cluster_x > 0 (sm_90+).
+ * The kernel must follow the rule above. Returns cudaLaunchKernelEx's error (launch_pdl_if leaves
+ * errors for check_launch, cudaGetLastError, as with <<<>>>).
  */
 template <typename... KArgs, typename... Args>
-void launch_pdl_if(bool on, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
-                   cudaStream_t stream, Args&&... args) {
-  cudaLaunchAttribute attr[1];
+cudaError_t launch_ex(bool on, unsigned cluster_x, void (*kernel)(KArgs...), dim3 grid, dim3 block,
+                      size_t smem, cudaStream_t stream, Args&&... args) {
+  cudaLaunchAttribute attr[2];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = on ? 1 : 0;
+  attr[1].id = cudaLaunchAttributeClusterDimension;
+  attr[1].val.clusterDim.x = cluster_x;
+  attr[1].val.clusterDim.y = 1;
+  attr[1].val.clusterDim.z = 1;
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  (void)cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+  cfg.numAttrs = cluster_x > 0 ? 2 : 1;
+  return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+}
+
+template <typename... KArgs, typename... Args>
+void launch_pdl_if(bool on, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                   cudaStream_t stream, Args&&... args) {
+  (void)launch_ex(on, 0, kernel, grid, block, smem, stream, std::forward<Args>(args)...);
 }
 
 /** launch_pdl_if(pdl_enabled(), ...): the launch of every converted kernel. */

@@ -456,20 +456,9 @@ Status argmax(const T* x, int32_t* out, int64_t rows, int64_t cols, cudaStream_t
     launch_pdl(argmax_kernel<T>, row_grid(rows), row_threads(cols), 0, stream, x, out, rows, cols);
     return check_launch("argmax");
   }
-  cudaLaunchAttribute attr[2];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = pdl_enabled() ? 1 : 0;
-  attr[1].id = cudaLaunchAttributeClusterDimension;
-  attr[1].val.clusterDim.x = kArgmaxCluster;
-  attr[1].val.clusterDim.y = 1;
-  attr[1].val.clusterDim.z = 1;
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(kArgmaxCluster, unsigned(rows), 1);
-  cfg.blockDim = dim3(1024, 1, 1);
-  cfg.stream = stream;
-  cfg.attrs = attr;
-  cfg.numAttrs = 2;
-  G3_CUDA_RETURN(cudaLaunchKernelEx(&cfg, argmax_cluster_kernel<T>, x, out, cols));
+  G3_CUDA_RETURN(launch_ex(pdl_enabled(), kArgmaxCluster, argmax_cluster_kernel<T>,
+                           dim3(kArgmaxCluster, unsigned(rows), 1), dim3(1024), 0, stream, x, out,
+                           cols));
   return check_launch("argmax");
 }
 
