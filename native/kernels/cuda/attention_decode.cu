@@ -118,6 +118,7 @@ struct DecodeParams {
   float scale_log2;    // sm_scale * log2(e) * k_scale
   int window;
   float v_scale;  // applied to the partial o (fp8 caches; 1 otherwise)
+  bool pdl;       // launched with PDL: prefetch the first stages' K/V rows before pdl_wait
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -137,7 +138,7 @@ struct PipeCfg {
   static constexpr int kKeys = Base::kGroups * kU;  // keys per stage
   static constexpr size_t kStageBytes = size_t(kLoads) * 2 * kThreads * 16;
   static constexpr size_t kMergeBytes =
-      sizeof(float) * (size_t(Base::kGroups) * kGh * D + 3 * size_t(Base::kGroups) * kGh + kGh);
+      sizeof(float) * (size_t(Base::kGroups) * kGh * D + 2 * size_t(Base::kGroups) * kGh);
   static constexpr size_t kSmem =
       kStages * kStageBytes > kMergeBytes ? kStages* kStageBytes : kMergeBytes;
   static_assert(kStages * kU <= 32, "validity bits of the stages in flight fit one word");
@@ -147,6 +148,11 @@ using detail::cp_async16_or_zero;  // cp_async.cuh
 using detail::cp_async_commit;
 using detail::cp_async_wait;
 using detail::smem_u32;
+
+// Asks L2 for the line holding ptr; no data comes back, nothing waits on it.
+__device__ __forceinline__ void prefetch_l2(const void* ptr) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(ptr));
+}
 
 // grid: (splits, num_kv_heads * head_chunks, batch); block: kThreads; dynamic shared memory
 // PipeCfg::kSmem.
@@ -159,8 +165,8 @@ __global__ void __launch_bounds__(kThreads) decode_pipe_kernel(const DecodeParam
   constexpr int kU = Pc::kU, kLoads = Pc::kLoads, kKeys = Pc::kKeys;
   extern __shared__ __align__(16) unsigned char smem[];
 
-  // The combine kernel (launched with programmatic stream serialization, pdl.cuh) may start now;
-  // it waits for this grid's completion and memory before reading.
+  // The kernel after this one (the combine, or the step's next kernel; pdl.cuh) may be scheduled
+  // now: it waits for this grid's completion and memory before reading.
   pdl_trigger();
 
   const int split = blockIdx.x;
@@ -173,9 +179,15 @@ __global__ void __launch_bounds__(kThreads) decode_pipe_kernel(const DecodeParam
   // Sequence b's tokens: at most its pages hold; window keeps the last `window` of them. Both
   // kv_indptr entries are clamped into [0, num_indices], so the page list stays inside kv_indices.
   // The last split also takes keys past max_kv_len, so a kv_len above the bound still counts.
-  const int pg0 = min(max(p.kv_indptr[b], 0), p.num_indices);
-  const int64_t npages = max(min(max(p.kv_indptr[b + 1], 0), p.num_indices) - pg0, 0);
-  const int len = int(min(int64_t(max(p.kv_len[b], 0)), npages * p.page_size));
+  // kv_indptr, kv_len and (below) kv_indices are read before pdl_wait: the contract keeps them
+  // unwritten by the kernels of the step (the host uploads them before it), so when this grid is
+  // launched with PDL these loads overlap the tail of the kernel before it (which writes q and the
+  // new K/V rows). The three loads here are independent and go out together.
+  const int ip0 = __ldg(p.kv_indptr + b), ip1 = __ldg(p.kv_indptr + b + 1);
+  const int kvl = __ldg(p.kv_len + b);
+  const int pg0 = min(max(ip0, 0), p.num_indices);
+  const int64_t npages = max(min(max(ip1, 0), p.num_indices) - pg0, 0);
+  const int len = int(min(int64_t(max(kvl, 0)), npages * p.page_size));
   const int start = p.window > 0 ? max(0, len - p.window) : 0;
   const int64_t sb = int64_t(start) + int64_t(split) * p.chunk;
   const int beg = int(sb < len ? sb : int64_t(len));
@@ -199,6 +211,12 @@ __global__ void __launch_bounds__(kThreads) decode_pipe_kernel(const DecodeParam
     const int t = beg + it * kKeys + u * kGroups + grp;
     return t < end ? __ldg(pages + (p.page_shift >= 0 ? t >> p.page_shift : t / p.page_size)) : -1;
   };
+  // Element offset of key u of stage `it` in page pidx (a valid page: pidx < num_pages).
+  auto key_off = [&](int it, int u, int32_t pidx) -> int64_t {
+    const int t = beg + it * kKeys + u * kGroups + grp;
+    const int slot_in_page = p.page_shift >= 0 ? t & (p.page_size - 1) : t % p.page_size;
+    return (int64_t(pidx) * p.page_size + slot_in_page) * row_stride;
+  };
   // Copies stage `it` into ring stage it % kStages; returns its keys' validity bits. A masked key
   // (past the end, or a page outside the cache) is zero-filled: its score is -inf and its V is 0.
   auto issue = [&](int it, const int32_t(&pidx)[kU]) -> uint32_t {
@@ -206,11 +224,8 @@ __global__ void __launch_bounds__(kThreads) decode_pipe_kernel(const DecodeParam
     uint32_t bits = 0;
 #pragma unroll
     for (int u = 0; u < kU; ++u) {
-      const int t = beg + it * kKeys + u * kGroups + grp;
       const bool ok = uint32_t(pidx[u]) < p.num_pages;  // a page outside the cache is never read
-      int64_t off = 0;
-      const int slot_in_page = p.page_shift >= 0 ? t & (p.page_size - 1) : t % p.page_size;
-      if (ok) off = (int64_t(pidx[u]) * p.page_size + slot_in_page) * row_stride;
+      const int64_t off = ok ? key_off(it, u, pidx[u]) : 0;
       bits |= uint32_t(ok) << u;
 #pragma unroll
       for (int n = 0; n < kNv; ++n) {
@@ -224,35 +239,68 @@ __global__ void __launch_bounds__(kThreads) decode_pipe_kernel(const DecodeParam
     return bits;
   };
 
-  // Prologue: the first kStages - 1 stages (their page indices loaded together), one group each.
-  uint32_t vmask = 0;  // validity bits of the stages in flight, oldest in the low kU bits
-  {
-    int32_t pi[kStages - 1][kU];
+  // Page indices of the first kStages stages (the prologue's and the next one), loaded together
+  // (one round trip) and before pdl_wait, as kv_indptr above.
+  int32_t pi[kStages - 1][kU], pn[kU];  // pn: page indices of the next stage to issue
 #pragma unroll
-    for (int s = 0; s < kStages - 1; ++s) {
+  for (int s = 0; s < kStages - 1; ++s) {
 #pragma unroll
-      for (int u = 0; u < kU; ++u) pi[s][u] = page_of(s, u);
-    }
-#pragma unroll
-    for (int s = 0; s < kStages - 1; ++s) {
-      if (s < n_iter) vmask |= issue(s, pi[s]) << (s * kU);
-      cp_async_commit();
-    }
+    for (int u = 0; u < kU; ++u) pi[s][u] = page_of(s, u);
   }
-  int32_t pn[kU];  // page indices of the next stage to issue
 #pragma unroll
   for (int u = 0; u < kU; ++u) pn[u] = page_of(kStages - 1, u);
 
+  if (p.pdl) {
+    // Launched with PDL: the kernel before this one may still be writing the new token's K/V rows,
+    // so the prologue's rows may not be copied yet, but they may be asked into L2. A prefetch
+    // returns no data to this kernel and L2 is the point of coherence for every SM's writes, so
+    // the copies after pdl_wait (cp.async.cg, L2 only) still see those writes; what the prefetch
+    // takes off the chain is the DRAM latency of the first stages.
+#pragma unroll
+    for (int s = 0; s < kStages - 1; ++s) {
+      if (s >= n_iter) break;
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        if (uint32_t(pi[s][u]) >= p.num_pages) continue;
+        const int64_t off = key_off(s, u, pi[s][u]);
+#pragma unroll
+        for (int n = 0; n < kNv; ++n) {
+          prefetch_l2(kc + off + n * kPer16);
+          prefetch_l2(vc + off + n * kPer16);
+        }
+      }
+    }
+  }
+
+  // q and the K/V rows are written by the kernels before this one (pdl.cuh's rule). A no-op
+  // without PDL.
+  pdl_wait();
+
+  // q first: its loads are in flight together with the prologue's copies.
   const T* qb = static_cast<const T*>(p.q) + (int64_t(b) * p.num_qo_heads + h0) * D + tig * kVec;
-  float q[kGh][kVec];
+  uint4 qr[kGh][kNq];
 #pragma unroll
   for (int hh = 0; hh < kGh; ++hh) {
 #pragma unroll
     for (int n = 0; n < kNq; ++n) {
-      uint4 u = make_uint4(0, 0, 0, 0);
-      if (hh < nh) u = *reinterpret_cast<const uint4*>(qb + hh * D + n * kPerQ);
-      unpack(u, &q[hh][n * kPerQ], T());
+      qr[hh][n] = make_uint4(0, 0, 0, 0);
+      if (hh < nh) qr[hh][n] = *reinterpret_cast<const uint4*>(qb + hh * D + n * kPerQ);
     }
+  }
+
+  // Prologue: the first kStages - 1 stages, one group each.
+  uint32_t vmask = 0;  // validity bits of the stages in flight, oldest in the low kU bits
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < n_iter) vmask |= issue(s, pi[s]) << (s * kU);
+    cp_async_commit();
+  }
+
+  float q[kGh][kVec];
+#pragma unroll
+  for (int hh = 0; hh < kGh; ++hh) {
+#pragma unroll
+    for (int n = 0; n < kNq; ++n) unpack(qr[hh][n], &q[hh][n * kPerQ], T());
 #pragma unroll
     for (int e = 0; e < kVec; ++e) q[hh][e] *= p.scale_log2;
   }
@@ -343,13 +391,14 @@ __global__ void __launch_bounds__(kThreads) decode_pipe_kernel(const DecodeParam
   cp_async_wait<0>();  // empty groups only by now; the ring is about to be reused
   __syncthreads();     // every lane is done with its ring: it becomes the merge buffers
 
-  // Merge the key groups in the ring's memory: weights exp2(m_g - M) per (group, head), then a
-  // column sum over the groups.
+  // Merge the key groups in the ring's memory: weights w_g = exp2(m_g - M) per (group, head), then
+  // a column sum over the groups. Every output thread computes the weights of its head itself
+  // (kGroups exp2 from broadcast shared-memory reads) rather than one thread per head computing
+  // them for all behind a further barrier: the same arithmetic in the same order, one barrier and
+  // one serial phase fewer on the kernel's critical path.
   float* s_o = reinterpret_cast<float*>(smem);  // [kGroups][kGh][D]
   float* s_m = s_o + kGroups * kGh * D;         // [kGroups][kGh]
   float* s_l = s_m + kGroups * kGh;             // [kGroups][kGh]
-  float* s_w = s_l + kGroups * kGh;             // [kGroups][kGh]
-  float* s_sum = s_w + kGroups * kGh;           // [kGh]
 #pragma unroll
   for (int hh = 0; hh < kGh; ++hh) {
     if constexpr (Cfg::kFp8) {
@@ -367,34 +416,26 @@ __global__ void __launch_bounds__(kThreads) decode_pipe_kernel(const DecodeParam
     }
   }
   __syncthreads();
-  if (tid < kGh) {
-    float mx = kNegInf;
-    for (int g = 0; g < kGroups; ++g) mx = fmaxf(mx, s_m[g * kGh + tid]);
-    float sum = 0.f;
-    for (int g = 0; g < kGroups; ++g) {
-      const float w = mx == kNegInf ? 0.f : fast_exp2(s_m[g * kGh + tid] - mx);
-      s_w[g * kGh + tid] = w;
-      sum += w * s_l[g * kGh + tid];
-    }
-    s_sum[tid] = sum;
-    if (p.ws_o != nullptr && tid < nh) {
-      const int64_t sl = (int64_t(b) * p.num_qo_heads + h0 + tid) * p.splits + split;
-      p.ws_ml[sl * 2] = mx;
-      p.ws_ml[sl * 2 + 1] = sum;
-    }
-  }
-  __syncthreads();
   for (int idx = tid; idx < nh * D; idx += kThreads) {
     const int hh = idx / D, d = idx % D;
-    float acc = 0.f;
+    float mx = kNegInf;
 #pragma unroll 8
-    for (int g = 0; g < kGroups; ++g)
-      acc = fmaf(s_w[g * kGh + hh], s_o[(g * kGh + hh) * D + d], acc);
+    for (int g = 0; g < kGroups; ++g) mx = fmaxf(mx, s_m[g * kGh + hh]);
+    float acc = 0.f, sum = 0.f;
+#pragma unroll 8
+    for (int g = 0; g < kGroups; ++g) {
+      const float w = mx == kNegInf ? 0.f : fast_exp2(s_m[g * kGh + hh] - mx);
+      sum = fmaf(w, s_l[g * kGh + hh], sum);
+      acc = fmaf(w, s_o[(g * kGh + hh) * D + d], acc);
+    }
     const int64_t bh = int64_t(b) * p.num_qo_heads + h0 + hh;
     if (p.ws_o != nullptr) {
       p.ws_o[(bh * p.splits + split) * D + d] = acc;
+      if (d == 0) {
+        p.ws_ml[(bh * p.splits + split) * 2] = mx;
+        p.ws_ml[(bh * p.splits + split) * 2 + 1] = sum;
+      }
     } else {
-      const float sum = s_sum[hh];
       static_cast<T*>(p.out)[bh * D + d] = from_f32<T>(sum > 0.f ? acc / sum : 0.f);
     }
   }
@@ -426,7 +467,8 @@ __global__ void __launch_bounds__(kCombineThreads)
     decode_combine_wide_kernel(const float* ws_o, const float* ws_ml, T* out, int splits,
                                int head_dim) {
   // Launched early (programmatic dependent launch, pdl.cuh): wait for the split kernel's results.
-  // A no-op for an ordinary launch.
+  // Both no-ops for an ordinary launch; the trigger lets the step's next kernel be scheduled.
+  pdl_trigger();
   pdl_wait();
   __shared__ float s_w[kMaxSplits];
   __shared__ float red[kCombineThreads / 32];
@@ -488,10 +530,18 @@ struct Plan {
 // Extra workspace floats so that the float4-read partials can start on a 16-byte boundary.
 constexpr int64_t kWsAlign = 4;
 
-// Split planner: as many splits as fill the GPU's resident CTA slots exactly once
-// (slots / base_ctas, rounded down: a second, partial wave of equal-sized CTAs would leave most
-// SMs idle at the end), chunks of >= kMinChunk keys rounded up to 16, within the workspace.
-void plan_pipe(const Plan& in, int64_t slots, DecodeParams* p) {
+// A CTA that streams at most this many ring stages (kStages - 1 in flight: ~4 memory round trips)
+// takes the whole visible range: one split, no combine. A split saves ~1 round trip (~0.7 µs) per
+// kStages - 1 stages it removes from the longest CTA, and the combine it needs costs a kernel
+// boundary plus its own chain of ~3 dependent loads and barriers (~2.5 µs; docs/kernels.md, "decode
+// attention at short context"), so below this the split is slower.
+constexpr int64_t kOneSplitStages = 12;
+
+// Split planner: one split up to kOneSplitStages stages of keys_per_stage keys; beyond, as many
+// splits as fill the GPU's resident CTA slots exactly once (slots / base_ctas, rounded down: a
+// second, partial wave of equal-sized CTAs would leave most SMs idle at the end), chunks of
+// >= kMinChunk keys rounded up to 16, within the workspace.
+void plan_pipe(const Plan& in, int64_t slots, int64_t keys_per_stage, DecodeParams* p) {
   float* ws = in.workspace;
   int64_t avail = in.workspace_floats;
   if (ws != nullptr) {  // the partials start 16-byte aligned (float4 reads in the combine)
@@ -501,7 +551,8 @@ void plan_pipe(const Plan& in, int64_t slots, DecodeParams* p) {
   }
   int64_t splits = 1;
   const int64_t per_split = in.batch * in.num_qo_heads * (in.head_dim + 2);
-  if (ws != nullptr && in.visible > kMinChunk && avail > 0) {
+  const bool long_range = in.visible > std::max(kMinChunk, kOneSplitStages * keys_per_stage);
+  if (ws != nullptr && long_range && avail > 0) {
     const int64_t want = std::max<int64_t>(1, slots / in.base_ctas);
     splits = std::min({want, max_splits(in.batch, in.visible), avail / per_split});
     splits = std::max<int64_t>(splits, 1);
@@ -549,9 +600,13 @@ Status launch_pipe(DecodeParams p, const Plan& in, cudaStream_t stream) {
     occ = std::max(occ, 1);
     occupancy.store(occ);
   }
-  plan_pipe(in, int64_t(in.sms) * occ, &p);
+  plan_pipe(in, int64_t(in.sms) * occ, Pc::kKeys, &p);
   const dim3 grid(unsigned(p.splits), unsigned(p.num_kv_heads * p.head_chunks), unsigned(in.batch));
-  kern<<<grid, kThreads, Pc::kSmem, stream>>>(p);
+  // Programmatic dependent launch (pdl.cuh; opt-in, GEMMA3_PDL=1, until a GPU A/B measures it):
+  // the page table is read and the first stages' rows are asked into L2 while the kernel before
+  // this one (in a decode layer, the one that writes q and the new K/V rows) finishes.
+  p.pdl = pdl_enabled();
+  launch_pdl_if(p.pdl, kern, grid, dim3(kThreads), Pc::kSmem, stream, p);
   G3_RETURN_IF_ERROR(check_launch("attention_decode"));
   if (p.splits > 1) {
     if (p.splits > kMaxSplits) return Status(StatusCode::kInternal, "attention_decode: splits");

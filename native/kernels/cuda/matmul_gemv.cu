@@ -3,14 +3,17 @@
 // byte is read once for all M rows of x, and x (small, shared by every warp) is read through L1.
 // Dense formats (f32, bf16, fp8) load W with 16-byte loads straight into registers; the GGUF block
 // formats (q8_0, q4_0) stage it through shared memory (gemv_q_kernel, see its notes) and, by
-// default, read x rounded to int8 blocks by quantize_x_q8_kernel and dot with dp4a ("q-dot",
-// kernels.inc; GEMMA3_QDOT=float keeps x in float and decodes W to float instead).
+// default, read x rounded to int8 blocks and dot with dp4a ("q-dot", kernels.inc; GEMMA3_QDOT=float
+// keeps x in float and decodes W to float instead). Each CTA rounds x into its shared memory when
+// all M rows fit 48 KB ("fused"), else quantize_x_q8_kernel rounds it into g_qx first.
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <type_traits>
 
@@ -362,21 +365,34 @@ constexpr int slot_bytes() {
 
 // ---- q-dot (kernels.inc, matmul; kernels/qdot.h): x rounded to int8 blocks, dp4a dots ----
 //
-// llama.cpp's MMVQ arithmetic: quantize_x_q8_kernel rounds x once per call into g_qx (int8 values
-// [M, K], then per block {d_x as f32 bits, s = sum of the block's int8 values} [M, K/32]); the
-// GEMV then reads those instead of x and, per weight block, forms the exact integer dot with
-// __dp4a (4 byte products + add per instruction) and one FFMA: acc += (d_w d_x) * float(dot).
-// q4_0: the nibbles n are unsigned (0..15) bytes, so sum (n - 8) q = dp4a(n, q) - 8 s, the -8 s
-// added once per block (by lane h = 0). A lane's part of the block (16 / 8 weights) is scaled on
-// its own; the warp sums the parts at the end (float rounding of each part, integer parts exact).
-// Per lane and block, per W row: 4 (q4_0) / 2 (q8_0) dp4a + 4 / 0 LOP3 to split the nibbles + 1
-// FMUL + 1 I2F + 1 FFMA; per x row: 2 / 1 8-byte loads + 1 for {d_x, s}. See docs/kernels.md.
+// llama.cpp's MMVQ arithmetic: x is rounded once per call (int8 values [M, K], then per block
+// {d_x as f32 bits, s = sum of the block's int8 values} [M, K/32]); the GEMV reads those instead
+// of x and, per weight block, forms the exact integer dot with __dp4a (4 byte products + add per
+// instruction) and one FFMA: acc += (d_w d_x) * float(dot). q4_0: the nibbles n are unsigned
+// (0..15) bytes, so sum (n - 8) q = dp4a(n, q) - 8 s, the -8 s added once per block (by lane
+// h = 0). A lane's part of the block (16 / 8 weights) is scaled on its own; the warp sums the parts
+// at the end (float rounding of each part, integer parts exact). Per lane and block, per W row:
+// 4 (q4_0) / 2 (q8_0) dp4a + 4 / 0 LOP3 to split the nibbles + 1 FMUL + 1 I2F + 1 FFMA; per x row:
+// 2 / 1 loads + 1 for {d_x, s}. See docs/kernels.md.
 //
+// Where the rounded x lives (XIn): in the CTA's shared memory, rounded by the GEMV's own prologue
+// when all M rows fit kFusedXBytes (one launch), else in g_qx, rounded by quantize_x_q8_kernel
+// launched before the GEMV (GEMMA3_QDOT_FUSED=0 forces this). Both round bit-identically.
+enum class XIn { kFloat, kQ8Global, kQ8Shared };
+
 // g_qx is a module global, one per device: every launch on a device is ordered on that device's
 // one stream (runtime/device.cc), so a quantize / GEMV pair never overlaps another; no allocation,
 // and graph capture records a fixed address.
 constexpr int64_t kQxBytes = int64_t(4) << 20;
 __device__ __align__(16) char g_qx[kQxBytes];
+
+// Dynamic shared memory for the rounded x of the fused path (on top of gemv_q_kernel's ~36-39 KB
+// of static stages): M K int8 values + M K/32 {d_x, s} = 40 bytes per block of 32, so M K <= 39321
+// (4B: K = 2048 / 2560 at M <= 8, the down projection K = 10240 at M <= 3; 27B: K = 4096 at
+// M <= 8, 5376 at M <= 7, 21504 at M = 1). At most ~88 KB a CTA, under the opt-in limit of sm_80+
+// (163 / 99 / 227 KB on sm_80 / sm_86 / sm_90).
+constexpr int kFusedXBytes = 48 << 10;
+constexpr int kXBlockBytes = kQK + int(sizeof(int2));
 
 __device__ __forceinline__ uint32_t reduce_max_u32(uint32_t v) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
@@ -414,13 +430,92 @@ __global__ void __launch_bounds__(kThreads)
   if (lane == 0) reinterpret_cast<int2*>(g_qx + blocks * kQK)[b] = make_int2(__float_as_int(d), s);
 }
 
+// Byte offset in a block of the int8 values of its run t (values [8t, 8t + 8)) in the fused path's
+// shared memory. q4_0 stores the runs in the order 0, 2, 1, 3: lane h of a block reads its low run
+// (h) and high run (h + 2) as one 16-byte load, and a warp's 16 lanes read 512 contiguous bytes
+// (no bank conflict). q8_0's lane h reads run h, already contiguous across the warp.
+template <typename TW>
+__device__ __forceinline__ int x_run_offset(int t) {
+  if constexpr (std::is_same_v<TW, block_q4_0>) return 8 * ((t & 1) * 2 + (t >> 1));
+  return 8 * t;
+}
+
+// The fused prologue: the CTA rounds x [`blocks` blocks of 32, contiguous, 16-byte aligned] into
+// sx: int8 values (runs placed by x_run_offset) [blocks][32], then {d_x f32 bits, s} [blocks]. A
+// thread takes one run of 8 values (4 threads a block; kIn runs in flight per thread, loads first).
+// The block max of |x| bits and the sum of its int8 values are exact in any order, and d_x and
+// each q come from the same qdot:: functions as in quantize_x_q8_kernel: bit-identical to g_qx.
+template <typename TX, typename TW>
+__device__ __forceinline__ void quantize_x_shared(const TX* __restrict__ x, int blocks, char* sx) {
+  constexpr int kIn = 4;
+  const int runs = blocks * 4;
+  int2* const sds = reinterpret_cast<int2*>(sx + blocks * kQK);
+#pragma unroll 1
+  for (int c0 = 0; c0 < runs; c0 += kIn * kThreads) {  // uniform over the CTA: shuffles below
+    float v[kIn][8];
+#pragma unroll
+    for (int i = 0; i < kIn; ++i) {
+      const int c = c0 + i * kThreads + static_cast<int>(threadIdx.x);
+      if (c < runs) {
+        load_x_run<8>(x + int64_t(c) * 8, v[i]);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) v[i][e] = 0.f;
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kIn; ++i) {
+      const int c = c0 + i * kThreads + static_cast<int>(threadIdx.x);
+      if (c0 + i * kThreads >= runs) break;  // uniform: no thread of the CTA has a run left
+      uint32_t amax = 0;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) amax = max(amax, qdot::abs_bits(v[i][e]));
+      // The 4 runs of a block are lanes 4k..4k+3 of one warp.
+      amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+      amax = max(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+      const float d = qdot::block_scale(amax);
+      const float id = qdot::block_inv_scale(d);
+      int q[8], s = 0;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        q[e] = qdot::quantize_one(v[i][e], id);
+        s += q[e];
+      }
+      s += __shfl_xor_sync(0xffffffffu, s, 1);
+      s += __shfl_xor_sync(0xffffffffu, s, 2);
+      if (c < runs) {
+        const uint32_t lo =
+            __byte_perm(__byte_perm(q[0], q[1], 0x0040), __byte_perm(q[2], q[3], 0x0040), 0x5410);
+        const uint32_t hi =
+            __byte_perm(__byte_perm(q[4], q[5], 0x0040), __byte_perm(q[6], q[7], 0x0040), 0x5410);
+        *reinterpret_cast<uint2*>(sx + (c >> 2) * kQK + x_run_offset<TW>(c & 3)) =
+            make_uint2(lo, hi);
+        if ((c & 3) == 0) sds[c >> 2] = make_int2(__float_as_int(d), s);
+      }
+    }
+  }
+}
+
 // One pass of the GEMV consumer under q-dot: block `bi` of each of the R rows (qs words q[r],
-// scale dw[r]), this lane's bytes [8h, 8h + 8) of it, against x rows 0..M-1 from g_qx.
-template <typename TW, int MT, int R>
+// scale dw[r]), this lane's bytes [8h, 8h + 8) of it, against x rows 0..M-1 rounded to int8:
+// from g_qx (kX = kQ8Global) or from the CTA's shared copy sx (kQ8Shared; x_run_offset layout).
+template <typename TW, int MT, int R, XIn kX>
 __device__ __forceinline__ void dot_pass(const uint32_t (&q)[R][2], const float (&dw)[R], int bi,
-                                         int h, int M, int64_t K, float (&acc)[MT][R]) {
-  const int8_t* const gq = reinterpret_cast<const int8_t*>(g_qx);
-  const int2* const gds = reinterpret_cast<const int2*>(g_qx + int64_t(M) * K);
+                                         int h, int M, int64_t K, const char* sx,
+                                         float (&acc)[MT][R]) {
+  static_assert(kX != XIn::kFloat, "q-dot only");
+  constexpr bool kShared = kX == XIn::kQ8Shared;
+  // Loads of the lane's x bytes and of a block's {d_x, s}: shared memory, or g_qx through L1.
+  auto ld8 = [](const int8_t* p) {
+    if constexpr (kShared) return *reinterpret_cast<const int2*>(p);
+    return __ldg(reinterpret_cast<const int2*>(p));
+  };
+  auto ld_ds = [](const int2* p) {
+    if constexpr (kShared) return *p;
+    return __ldg(p);
+  };
+  const int8_t* const gq = reinterpret_cast<const int8_t*>(kShared ? sx : g_qx);
+  const int2* const gds = reinterpret_cast<const int2*>(gq + int64_t(M) * K);
   const int64_t nb = K / kQK;
   if constexpr (std::is_same_v<TW, block_q4_0>) {
     int lo[R][2], hi[R][2];
@@ -434,10 +529,16 @@ __device__ __forceinline__ void dot_pass(const uint32_t (&q)[R][2], const float 
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
       if (m == 0 || m < M) {
-        const int8_t* xq = gq + m * K + int64_t(bi) * kQK + 8 * h;
-        const int2 xl = __ldg(reinterpret_cast<const int2*>(xq));
-        const int2 xh = __ldg(reinterpret_cast<const int2*>(xq + 16));
-        const int2 ds = __ldg(gds + m * nb + bi);
+        int2 xl, xh;
+        if constexpr (kShared) {
+          // Runs h and h + 2 side by side (x_run_offset): one 16-byte load.
+          const int4 xv = *reinterpret_cast<const int4*>(gq + m * K + int64_t(bi) * kQK + 16 * h);
+          xl = make_int2(xv.x, xv.y), xh = make_int2(xv.z, xv.w);
+        } else {
+          const int8_t* xq = gq + m * K + int64_t(bi) * kQK + 8 * h;
+          xl = ld8(xq), xh = ld8(xq + 16);
+        }
+        const int2 ds = ld_ds(gds + m * nb + bi);
         const float dx = __int_as_float(ds.x);
         const int base = h == 0 ? -8 * ds.y : 0;
 #pragma unroll
@@ -454,9 +555,8 @@ __device__ __forceinline__ void dot_pass(const uint32_t (&q)[R][2], const float 
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
       if (m == 0 || m < M) {
-        const int8_t* xq = gq + m * K + int64_t(bi) * kQK + 8 * h;
-        const int2 xv = __ldg(reinterpret_cast<const int2*>(xq));
-        const float dx = __int_as_float(__ldg(gds + m * nb + bi).x);
+        const int2 xv = ld8(gq + m * K + int64_t(bi) * kQK + 8 * h);
+        const float dx = __int_as_float(ld_ds(gds + m * nb + bi).x);
 #pragma unroll
         for (int r = 0; r < R; ++r) {
           const int v =
@@ -471,8 +571,9 @@ __device__ __forceinline__ void dot_pass(const uint32_t (&q)[R][2], const float 
 // Warp (team t = blockIdx.x * kWarps / S + warp / S of `teams`, slice s = warp % S) processes row
 // groups [t G / teams, (t + 1) G / teams) of R rows each (rows past N clamped to N - 1, results
 // dropped); slice s takes steps s, s + S, ... of every row. MT >= M is x's compile-time row count.
-// Host guarantees K / 32 * kBytes < 2^31 (in-row byte offsets are int).
-template <typename TX, typename TW, int MT, bool kDot>
+// kX: where x comes from (XIn; kQ8Shared takes M K / 32 * kXBlockBytes bytes of dynamic shared
+// memory). Host guarantees K / 32 * kBytes < 2^31 (in-row byte offsets are int).
+template <typename TX, typename TW, int MT, XIn kX>
 __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
     gemv_q_kernel(const TX* __restrict__ x,           // x: [M, K], 16-byte aligned
                   const TW* __restrict__ w,           // w: [N, K/32] blocks, 2-byte aligned
@@ -480,6 +581,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
                   TX* __restrict__ y,                 // y: [M, N]
                   int M, int64_t N, int64_t K, int S, int64_t groups) {
   using Q = QFmt<TW>;
+  constexpr bool kDot = kX != XIn::kFloat;
   constexpr int R = QTiling<MT>::R, P = QTiling<MT>::P, NS = QTiling<MT>::NS;
   constexpr int kPass = 32 / Q::kLanes;           // blocks per row per pass
   constexpr int kStep = P * kPass;                // blocks per row per step
@@ -489,14 +591,17 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
   static_assert(kStepBytes % 16 == 0, "a step keeps a row's 16-byte phase");
   __shared__ __align__(16) uint32_t stage[kWarps][NS][R][kSlot];
   __shared__ float partial[2][kWarps][MT * R];
+  extern __shared__ __align__(16) char sx[];  // kQ8Shared: x rounded to int8 blocks
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int s = warp % S, team_in_cta = warp / S;
   const int64_t teams = int64_t(gridDim.x) * (kWarps / S);
   const int64_t team = int64_t(blockIdx.x) * (kWarps / S) + team_in_cta;
   const int64_t g_begin = team * groups / teams, g_end = (team + 1) * groups / teams;
-  if (g_begin >= g_end) {  // the whole team has no rows; no barrier is skipped
-    pdl_wait();            // pdl.cuh: the grid still completes only after the kernel before it
+  // The whole team has no rows: it leaves now, unless the CTA's x prologue needs all its threads
+  // (then it leaves after that prologue's barrier); no team barrier is skipped either way.
+  if (kX != XIn::kQ8Shared && g_begin >= g_end) {
+    pdl_wait();  // pdl.cuh: the grid still completes only after the kernel before it
     return;
   }
 
@@ -579,11 +684,17 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
   };
 
 #pragma unroll
-  for (int k = 0; k < NS - 1; ++k) issue(k);
+  for (int k = 0; k < NS - 1; ++k) issue(k);  // a team without rows commits empty groups
   // PDL (pdl.cuh): the first steps of W are in flight; x (or g_qx) and y wait for the kernel
   // before.
   pdl_wait();
   pdl_trigger();
+  if constexpr (kX == XIn::kQ8Shared) {
+    // Rounding x here (~M K / 2048 runs of 8 values a thread) overlaps the W copies just issued.
+    quantize_x_shared<TX, TW>(x, M * static_cast<int>(K / kQK), sx);
+    __syncthreads();
+    if (g_begin >= g_end) return;
+  }
   int64_t g = g_begin;
   int i = 0, slot = 0, par = 0;
   consumer_rows(g);
@@ -617,7 +728,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
           q[r][1] = __funnelshift_r(w1, w2, qsh[r]);
         }
         if constexpr (kDot) {
-          dot_pass<TW, MT, R>(q, dwf, st * kStep + pass * kPass + j, h, M, K, acc);
+          dot_pass<TW, MT, R, kX>(q, dwf, st * kStep + pass * kPass + j, h, M, K, sx, acc);
         } else {
 #pragma unroll
           for (int half = 0; half < Q::kHalves; ++half) {
@@ -793,18 +904,58 @@ Status sm_count(int* out) {
       out);
 }
 
-// Resident CTAs per SM of gemv_q_kernel<TX, TW, MT, kDot> (sizes its persistent grid).
-template <typename TX, typename TW, int MT, bool kDot>
-Status q_blocks_per_sm(int* out) {
-  static std::atomic<int> cache[kMaxDevices];
+// Resident CTAs per SM of gemv_q_kernel<TX, TW, MT, kX> with `smem` bytes of dynamic shared
+// memory (the fused path's x; a multiple of 1 KB up to kFusedXBytes): sizes its persistent grid.
+template <typename TX, typename TW, int MT, XIn kX>
+Status q_blocks_per_sm(int smem, int* out) {
+  static std::atomic<int> cache[kFusedXBytes / 1024 + 1][kMaxDevices];
+  if (smem < 0 || smem > kFusedXBytes || smem % 1024 != 0)
+    return Status(StatusCode::kInternal, "matmul gemv: dynamic shared memory not in 1 KB steps");
   return cached_per_device(
-      cache,
-      [](int, int* c) {
-        const auto kernel = gemv_q_kernel<TX, TW, MT, kDot>;
-        G3_CUDA_RETURN(cudaOccupancyMaxActiveBlocksPerMultiprocessor(c, kernel, kThreads, 0));
+      cache[smem / 1024],
+      [smem](int, int* c) {
+        const auto kernel = gemv_q_kernel<TX, TW, MT, kX>;
+        G3_CUDA_RETURN(cudaOccupancyMaxActiveBlocksPerMultiprocessor(c, kernel, kThreads, smem));
         return Status::Ok();
       },
       out);
+}
+
+// Whether gemv_q_kernel<TX, TW, MT, kQ8Shared> may take kFusedXBytes of dynamic shared memory on
+// the current device: its static stages + kFusedXBytes within the opt-in limit, then the limit
+// raised once per device (cudaFuncAttributeMaxDynamicSharedMemorySize defaults to 48 KB - static).
+template <typename TX, typename TW, int MT>
+Status fused_x_ready(bool* out) {
+  static std::atomic<int> cache[kMaxDevices];  // 2: ready, 1: no (two launches)
+  int c = 0;
+  G3_RETURN_IF_ERROR(cached_per_device(
+      cache,
+      [](int dev, int* c) {
+        const auto kernel = gemv_q_kernel<TX, TW, MT, XIn::kQ8Shared>;
+        cudaFuncAttributes fa{};
+        G3_CUDA_RETURN(cudaFuncGetAttributes(&fa, kernel));
+        int optin = 0;
+        G3_CUDA_RETURN(
+            cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+        *c = 1;
+        if (fa.sharedSizeBytes + kFusedXBytes > static_cast<size_t>(optin)) return Status::Ok();
+        G3_CUDA_RETURN(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            kFusedXBytes));
+        *c = 2;
+        return Status::Ok();
+      },
+      &c));
+  *out = c == 2;
+  return Status::Ok();
+}
+
+// f(std::integral_constant<int, MT>) for the GEMV's compile-time row count MT of M rows.
+template <typename F>
+Status by_m_bucket(int M, F&& f) {
+  if (M == 1) return f(std::integral_constant<int, 1>{});
+  if (M == 2) return f(std::integral_constant<int, 2>{});
+  if (M <= 4) return f(std::integral_constant<int, 4>{});
+  return f(std::integral_constant<int, 8>{});
 }
 
 template <typename TX, typename TW, int MT>
@@ -828,13 +979,14 @@ Status launch_vec(const TX* x, const TW* w, const float* w_scale, TX* y, int M, 
   return check_launch("matmul gemv_kernel");
 }
 
-template <typename TX, typename TW, int MT, bool kDot>
+// `smem`: dynamic shared memory bytes (kQ8Shared: the rounded x, in 1 KB steps; else 0).
+template <typename TX, typename TW, int MT, XIn kX>
 Status launch_q(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N, int64_t K,
-                cudaStream_t stream) {
+                int smem, cudaStream_t stream) {
   constexpr int R = QTiling<MT>::R, kStep = QTiling<MT>::P * 32 / QFmt<TW>::kLanes;
   int sms = 0, per_sm = 0;
   G3_RETURN_IF_ERROR(sm_count(&sms));
-  G3_RETURN_IF_ERROR((q_blocks_per_sm<TX, TW, MT, kDot>(&per_sm)));
+  G3_RETURN_IF_ERROR((q_blocks_per_sm<TX, TW, MT, kX>(smem, &per_sm)));
   const int64_t groups = (N + R - 1) / R;
   const int64_t steps = (K / kQK + kStep - 1) / kStep;
   const int64_t slots = int64_t(sms) * per_sm;  // resident CTAs
@@ -845,19 +997,46 @@ Status launch_q(const TX* x, const TW* w, const float* w_scale, TX* y, int M, in
   const int64_t teams_per_block = kWarps / S;
   const int64_t need = (groups + teams_per_block - 1) / teams_per_block;
   const int64_t blocks = need < slots ? need : slots;
-  launch_pdl(gemv_q_kernel<TX, TW, MT, kDot>, static_cast<unsigned>(blocks), kThreads, 0, stream, x,
-             w, w_scale, y, M, N, K, S, groups);
+  launch_pdl(gemv_q_kernel<TX, TW, MT, kX>, static_cast<unsigned>(blocks), kThreads,
+             static_cast<size_t>(smem), stream, x, w, w_scale, y, M, N, K, S, groups);
   return check_launch("matmul gemv_q_kernel");
 }
 
 bool aligned(const void* p, uintptr_t a) { return (reinterpret_cast<uintptr_t>(p) & (a - 1)) == 0; }
 
-// q-dot GEMV (block formats, 1 <= M <= 8): x rows are rounded into g_qx, as many rows per round
-// as it holds (all 8 unless K > ~400k), then the GEMV reads them.
+// False when GEMMA3_QDOT_FUSED=0 (read once): the q-dot GEMV always rounds x in a launch of its
+// own (the A/B of the fused prologue).
+bool qdot_fused_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("GEMMA3_QDOT_FUSED");
+    return !(v != nullptr && std::strcmp(v, "0") == 0);
+  }();
+  return on;
+}
+
+// q-dot GEMV (block formats, 1 <= M <= 8). One launch when the rounded x of all M rows fits
+// kFusedXBytes (each CTA rounds it into shared memory); else x rows are rounded into g_qx, as many
+// rows per round as it holds (all 8 unless K > ~400k), then the GEMV reads them.
 template <typename TX, typename TW>
 Status gemv_qdot(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N, int64_t K,
                  cudaStream_t stream) {
   const int64_t nb = K / kQK;
+  const bool vec = aligned(w, 2) && nb * int64_t(sizeof(TW)) < (int64_t(1) << 31);
+  const int64_t fused_bytes = int64_t(M) * nb * kXBlockBytes;
+  // The prologue loads x in 16-byte runs.
+  if (vec && aligned(x, 16) && fused_bytes <= kFusedXBytes && qdot_fused_enabled()) {
+    bool launched = false;
+    G3_RETURN_IF_ERROR(by_m_bucket(M, [&](auto mt) {
+      constexpr int MT = decltype(mt)::value;
+      bool ready = false;
+      G3_RETURN_IF_ERROR((fused_x_ready<TX, TW, MT>(&ready)));
+      if (!ready) return Status::Ok();
+      launched = true;
+      const int smem = static_cast<int>((fused_bytes + 1023) / 1024 * 1024);
+      return launch_q<TX, TW, MT, XIn::kQ8Shared>(x, w, w_scale, y, M, N, K, smem, stream);
+    }));
+    if (launched) return Status::Ok();
+  }
   const int64_t row_bytes = K + nb * int64_t(sizeof(int2));
   const int64_t fit = kQxBytes / row_bytes;
   if (fit < 1) {
@@ -866,7 +1045,6 @@ Status gemv_qdot(const TX* x, const TW* w, const float* w_scale, TX* y, int M, i
                       " bytes of q8 activations per row, over the " + std::to_string(kQxBytes) +
                       "-byte q-dot workspace (GEMMA3_QDOT=float)");
   }
-  const bool vec = aligned(w, 2) && nb * int64_t(sizeof(TW)) < (int64_t(1) << 31);
   for (int m0 = 0; m0 < M;) {
     const int mc = static_cast<int>(M - m0 < fit ? M - m0 : fit);
     const TX* xm = x + int64_t(m0) * K;
@@ -881,14 +1059,11 @@ Status gemv_qdot(const TX* x, const TW* w, const float* w_scale, TX* y, int M, i
       launch_pdl(gemv_qdot_scalar_kernel<TX, TW>, static_cast<unsigned>(grid), kThreads, 0, stream,
                  w, w_scale, ym, mc, N, K);
       G3_RETURN_IF_ERROR(check_launch("matmul gemv_qdot_scalar_kernel"));
-    } else if (mc == 1) {
-      G3_RETURN_IF_ERROR((launch_q<TX, TW, 1, true>(xm, w, w_scale, ym, mc, N, K, stream)));
-    } else if (mc == 2) {
-      G3_RETURN_IF_ERROR((launch_q<TX, TW, 2, true>(xm, w, w_scale, ym, mc, N, K, stream)));
-    } else if (mc <= 4) {
-      G3_RETURN_IF_ERROR((launch_q<TX, TW, 4, true>(xm, w, w_scale, ym, mc, N, K, stream)));
     } else {
-      G3_RETURN_IF_ERROR((launch_q<TX, TW, 8, true>(xm, w, w_scale, ym, mc, N, K, stream)));
+      G3_RETURN_IF_ERROR(by_m_bucket(mc, [&](auto mt) {
+        return launch_q<TX, TW, decltype(mt)::value, XIn::kQ8Global>(xm, w, w_scale, ym, mc, N, K,
+                                                                     0, stream);
+      }));
     }
     m0 += mc;
   }
@@ -928,10 +1103,10 @@ Status gemv(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, in
     return check_launch("matmul gemv_scalar_kernel");
   }
   if constexpr (kBlock) {
-    if (m == 1) return launch_q<TX, TW, 1, false>(x, w, w_scale, y, m, N, K, stream);
-    if (m == 2) return launch_q<TX, TW, 2, false>(x, w, w_scale, y, m, N, K, stream);
-    if (m <= 4) return launch_q<TX, TW, 4, false>(x, w, w_scale, y, m, N, K, stream);
-    return launch_q<TX, TW, 8, false>(x, w, w_scale, y, m, N, K, stream);
+    return by_m_bucket(m, [&](auto mt) {
+      return launch_q<TX, TW, decltype(mt)::value, XIn::kFloat>(x, w, w_scale, y, m, N, K, 0,
+                                                                stream);
+    });
   } else {
     if (m == 1) return launch_vec<TX, TW, 1>(x, w, w_scale, y, m, N, K, stream);
     if (m == 2) return launch_vec<TX, TW, 2>(x, w, w_scale, y, m, N, K, stream);
