@@ -95,8 +95,8 @@ export async function cmdBench(argv: string[], defaultModel: string): Promise<vo
   }
   const loadS = (performance.now() - t0) / 1000;
   const maxSeqs = Math.max(...batches);
-  // Pipelined decoding (docs/architecture.md), for A/B runs: GEMMA3_ASYNC_DECODE=1.
-  const asyncDecode = process.env.GEMMA3_ASYNC_DECODE === "1";
+  // Pipelined decoding (docs/architecture.md), as `serve` runs it; GEMMA3_ASYNC_DECODE=0 for A/Bs.
+  const asyncDecode = process.env.GEMMA3_ASYNC_DECODE !== "0";
   const scheduler = new Scheduler(model, {
     maxSeqs,
     maxSeqLen: Math.max(P + T, prefill + 1) + 8,

@@ -75,7 +75,7 @@ export interface EngineOptions {
   prefixCacheSnapshotBlocks?: number;
   /**
    * Pipelined greedy decoding (SchedulerOptions.asyncDecode): steady greedy decode steps are
-   * launched before the previous step's tokens are read. Default: GEMMA3_ASYNC_DECODE=1, else off.
+   * launched before the previous step's tokens are read. Default on; GEMMA3_ASYNC_DECODE=0 turns it off.
    */
   asyncDecode?: boolean;
   onProgress?: (done: number, total: number) => void;
@@ -161,8 +161,8 @@ export class Engine {
             }
           : {}),
         generationConfig,
-        // Pipelined greedy decoding (docs/architecture.md); opt-in.
-        asyncDecode: o.asyncDecode ?? process.env.GEMMA3_ASYNC_DECODE === "1",
+        // Pipelined greedy decoding (docs/architecture.md): +7% (4B) to +10% (1B) on an H100.
+        asyncDecode: o.asyncDecode ?? process.env.GEMMA3_ASYNC_DECODE !== "0",
       });
       let vision: VisionParts | null = null;
       // The model's own config says whether there is a vision tower (a GGUF's: whether an mmproj

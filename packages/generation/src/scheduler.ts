@@ -143,7 +143,7 @@ export interface SchedulerOptions {
   /** Options of response_format grammars (whitespace bound). */
   responseFormat?: GrammarOptions;
   /**
-   * Pipelined decoding (default false; GEMMA3_ASYNC_DECODE=1 in the apps): in the steady state
+   * Pipelined decoding (default false here; on in the apps unless GEMMA3_ASYNC_DECODE=0): in the steady state
    * of plain greedy decoding, launch each step before the previous step's tokens are read (see
    * the top of this file). Same tokens, text and usage; needs a model with deviceIdsInput.
    */
