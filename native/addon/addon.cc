@@ -462,13 +462,15 @@ G3_ENTRY(Rope){G3_BODY{OP_RESULT(ops::rope(T(0, "x"), T(1, "positions"), to_f32(
 }
 G3_END
 }
-// (qkv|null, q, k, v|null, q_w, k_w, positions, eps, base, scale, kv_rows|null)
+// (qkv|null, q, k, v|null, q_w, k_w, positions, eps, base, scale, kv_rows|null, x|null, w|null)
 G3_ENTRY(QkNormRope){G3_BODY{auto qkv = OPT(0, "qkv");
 auto v = OPT(3, "v");
 auto kv_rows = OPT(10, "kv_rows");
+auto x = OPT(11, "x");
+auto w = OPT(12, "w");
 OP_RESULT(ops::qk_norm_rope(qkv.get(), T(1, "q"), T(2, "k"), v.get(), T(4, "q_w"), T(5, "k_w"),
                             T(6, "positions"), to_f32(info[7], "eps"), to_f32(info[8], "base"),
-                            to_f32(info[9], "scale"), kv_rows.get()));
+                            to_f32(info[9], "scale"), kv_rows.get(), x.get(), w.get()));
 }
 G3_END
 }

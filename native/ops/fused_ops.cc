@@ -20,13 +20,17 @@ bool overlaps(const TensorRef& a, const TensorRef& b) {
 Status qk_norm_rope(const TensorRef* qkv, const TensorRef& q, const TensorRef& k,
                     const TensorRef* v, const TensorRef& q_w, const TensorRef& k_w,
                     const TensorRef& positions, float eps, float base, float scale,
-                    const TensorRef* kv_rows) {
+                    const TensorRef* kv_rows, const TensorRef* x, const TensorRef* w) {
   const char* op = "qk_norm_rope";
   int dev;
   if (!qkv) v = nullptr;  // separate form: v is not touched
   if (kv_rows && !qkv)
     return fail(StatusCode::kInvalidArgument, op, "kv_rows needs the fused form (qkv)");
-  G3_RETURN_IF_ERROR(same_device(op, {qkv, &q, &k, v, &q_w, &k_w, &positions, kv_rows}, &dev));
+  if ((x || w) && !(x && w && qkv))
+    return fail(StatusCode::kInvalidArgument, op,
+                "the projection needs x, w and the fused form (qkv, its output)");
+  G3_RETURN_IF_ERROR(
+      same_device(op, {qkv, &q, &k, v, &q_w, &k_w, &positions, kv_rows, x, w}, &dev));
   G3_RETURN_IF_ERROR(expect_dtype(op, "q", q, {DType::kF32, DType::kBF16}));
   const std::pair<const char*, const TensorRef*> same[] = {
       {"k", &k}, {"q_w", &q_w}, {"k_w", &k_w}, {"v", v}, {"qkv", qkv}};
@@ -75,6 +79,24 @@ Status qk_norm_rope(const TensorRef* qkv, const TensorRef& q, const TensorRef& k
   } else if (overlaps(q, k)) {
     return fail(StatusCode::kInvalidArgument, op, "q and k must not overlap");
   }
+  // The projection: qkv = matmul(x, w) first. Weights of x's dtype run with the norm and rope
+  // (on CUDA, one GEMV at decode); other formats (quantized) as matmul, then the kernel below.
+  const bool dense = x && w->dtype == q.dtype;
+  if (x) {
+    if (!dense) {
+      G3_RETURN_IF_ERROR(matmul(*x, *w, nullptr, *qkv));
+    } else {
+      G3_RETURN_IF_ERROR(expect_same_dtype(op, q, "q", *x, "x"));
+      G3_RETURN_IF_ERROR(expect(
+          x->ndim() == 2 && x->dim(0) == T && w->ndim() == 2 && w->dim(0) == ld &&
+              w->dim(1) == x->dim(1),
+          op,
+          named("x", *x) + " and " + named("w", *w) + " must be [" + std::to_string(T) +
+              ", K] and [" + std::to_string(ld) + ", K]"));
+      if (overlaps(*x, *qkv) || overlaps(*w, *qkv))
+        return fail(StatusCode::kInvalidArgument, op, "qkv must not overlap x or w");
+    }
+  }
   if (T == 0) return Status::Ok();
   return dispatch_float(op, q, [&](auto t) {
     using TT = typename decltype(t)::type;
@@ -87,6 +109,19 @@ Status qk_norm_rope(const TensorRef* qkv, const TensorRef& q, const TensorRef& k
     const TT* v_in = qkv ? base_in + (Hq + Hkv) * D : nullptr;
     const int64_t ld_q = qkv ? ld : Hq * D, ld_k = qkv ? ld : Hkv * D, ld_v = qkv ? ld : Hkv * D;
     const int32_t* rows = kv_rows ? static_cast<const int32_t*>(kv_rows->data()) : nullptr;
+    if (dense) {
+      // G3_LAUNCH evaluates its arguments when the stream runs it, so nothing through x or w.
+      const TT* xp = static_cast<const TT*>(x->data());
+      const TT* wp = static_cast<const TT*>(w->data());
+      TT* yp = static_cast<TT*>(qkv->data());
+      const TT* qwp = static_cast<const TT*>(q_w.data());
+      const TT* kwp = static_cast<const TT*>(k_w.data());
+      const int32_t* pp = static_cast<const int32_t*>(positions.data());
+      const int64_t cap = k.dim(0), K = x->dim(1);
+      return G3_LAUNCH(dev, keep({x, w, qkv, &q, &k, v, &q_w, &k_w, &positions, kv_rows}),
+                       matmul_qk_norm_rope<TT>, xp, wp, yp, qwp, kwp, pp, qp, kp, vp, rows, cap, T,
+                       K, Hq, Hkv, D, eps, base, scale);
+    }
     return G3_LAUNCH(dev, keep({qkv, &q, &k, v, &q_w, &k_w, &positions, kv_rows}), qk_norm_rope<TT>,
                      q_in, k_in, v_in, static_cast<const TT*>(q_w.data()),
                      static_cast<const TT*>(k_w.data()),

@@ -104,10 +104,14 @@ Status copy_rows(const TensorRef& src, const TensorRef& dst, const TensorRef& ds
 // q_w, k_w: [D]; positions: [tokens] i32; one dtype (f32|bf16). kv_rows (fused form, optional):
 // [tokens] i32; k and v are then a layer's KV storage [capacity, Hkv, D] and token t's rows go to
 // row kv_rows[t] (< 0 skipped; >= capacity: kOutOfRange on cpu, skipped on cuda, as copy_rows).
+// x [tokens, K] and w [(Hq + 2·Hkv)·D, K] (fused form, optional, both or neither): the projection
+// qkv = matmul(x, w) runs first, qkv being its output (kernels.inc matmul_qk_norm_rope when w has
+// x's dtype: one GEMV on CUDA at decode; matmul then the kernel for other weight formats).
 Status qk_norm_rope(const TensorRef* qkv, const TensorRef& q, const TensorRef& k,
                     const TensorRef* v, const TensorRef& q_w, const TensorRef& k_w,
                     const TensorRef& positions, float eps, float base, float scale,
-                    const TensorRef* kv_rows = nullptr);
+                    const TensorRef* kv_rows = nullptr, const TensorRef* x = nullptr,
+                    const TensorRef* w = nullptr);
 // residual += rmsnorm(x, w) (as rmsnorm_add), then out = rmsnorm(residual, w_next).
 // x, residual, out: [..., D] (out overlapping neither); w, w_next: [D]; one dtype (f32|bf16).
 Status rmsnorm_add_rmsnorm(const TensorRef& x, const TensorRef& w, const TensorRef& residual,

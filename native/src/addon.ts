@@ -118,6 +118,8 @@ export interface Addon {
     base: number,
     scale: number,
     kvRows?: OptT,
+    x?: OptT,
+    w?: OptT,
   ): void;
   rmsnormAddRmsnorm(x: T, w: T, residual: T, wNext: T, out: T, eps: number): void;
   attentionPrefill(

@@ -143,6 +143,9 @@ export interface QkNormRopeParams {
  * With `out.kvRows` ([n] i32), `out.k` and `out.v` are a layer's KV storage [capacity, Hkv, D] and
  * token t's k and v go to row kvRows[t] (copyRows' rule: < 0 skipped), so the cache write needs no
  * kernel of its own.
+ * With `proj` (fused form), `qkv` is first computed as `matmul(proj.x, proj.w)` ([n, K] and
+ * [(Hq + 2·Hkv)·D, K]): on CUDA at decode that is one GEMV whose CTA finishing a head norms and
+ * rotates it, with the same bits as matmul then this op (kernels.inc matmul_qk_norm_rope).
  * Separate form: `{ q, k }` ([n, Hq, D], [n, Hkv, D]) are normed and rotated in place.
  * @param qW [D]; kW [D]; positions [n] i32
  * @returns the normed and rotated q and k (and v in the fused form)
@@ -154,6 +157,7 @@ export function qkNormRope(
   positions: Tensor,
   p: QkNormRopeParams,
   out?: { q: Tensor; k: Tensor; v?: Tensor; kvRows?: Tensor },
+  proj?: { x: Tensor; w: Tensor },
 ): { q: Tensor; k: Tensor; v?: Tensor } {
   const scale = p.scale ?? 1;
   if (!(qkv instanceof Tensor)) {
@@ -176,6 +180,8 @@ export function qkNormRope(
       p.base,
       scale,
       out.kvRows ?? null,
+      proj?.x ?? null,
+      proj?.w ?? null,
     ),
   );
   return out;

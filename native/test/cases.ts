@@ -1647,6 +1647,82 @@ export function fusedCases(): Case[] {
       });
     }
 
+  // With the projection (proj: qkv = matmul(x, w) inside the op): equal, bit for bit, to matmul
+  // then qkNormRope on the same device. On CUDA that compares the one-launch GEMV whose CTAs norm
+  // and rotate the heads they finish with the two launches, where it applies: M <= 2 bf16 / 8 f32,
+  // head_dim >= 16, aligned ("packed"); the other shapes and layouts check the two-launch fallback.
+  // [M, K, q heads, kv heads, head_dim, KV rows?, weight format]
+  const projShapes: [number, number, number, number, number, boolean, "dense" | "q8_0"][] = [
+    [1, 2560, 8, 4, 256, true, "dense"], // 4B decode, into the KV rows
+    [2, 1152, 4, 1, 256, true, "dense"], // 1B, two sequences
+    [1, 200, 2, 1, 128, false, "dense"],
+    [3, 96, 2, 2, 16, true, "dense"], // f32: fused at M = 3; bf16: two launches
+    [8, 40, 1, 1, 32, false, "dense"],
+    [1, 48, 2, 1, 8, false, "dense"], // head_dim 8: two launches
+    [1, 256, 2, 1, 64, true, "q8_0"], // a quantized projection: matmul, then the kernel
+  ];
+  for (const d of ["f32", "bf16"] as const)
+    for (const [M, K, hq, hkv, hd, direct, wf] of projShapes) {
+      const N = (hq + 2 * hkv) * hd;
+      const xv = inDType(randn(M * K, seed++), d);
+      const wRaw = randn(N * K, seed++, 1 / Math.sqrt(K));
+      const wq8 = wf === "q8_0" ? ref.quantizeQ8_0(wRaw, N, K) : null;
+      const wv = inDType(wRaw, d);
+      const qW = inDType(randn(hd, seed++, 0.5), d);
+      const kW = inDType(randn(hd, seed++, 0.5), d);
+      const pos = Array.from({ length: M }, (_, i) => 17 * i + 3);
+      const cap = 2 * M + 3;
+      const kvRows = Array.from({ length: M }, (_, t) =>
+        M > 1 && t === 1 ? -1 : (t * 5 + 2) % cap,
+      );
+      const old = inDType(randn(cap * hkv * hd * 2, seed++), d);
+      const p = { eps, base: 1e6, scale: 8 };
+      cases.push({
+        name: `qkNormRope with the projection == matmul then qkNormRope, bit for bit (${d} M=${M} K=${K} heads=${hq}/${hkv} head_dim=${hd}${direct ? " into KV rows" : ""}${wf === "q8_0" ? " w=q8_0" : ""})`,
+        async run(dev) {
+          const x = up(xv, [M, K], d, dev);
+          const w = wq8 ? up(wq8, [N, K], "q8_0", dev) : up(wv, [N, K], d, dev);
+          const wq = up(qW, [hd], d, dev);
+          const wk = up(kW, [hd], d, dev);
+          const pt = up(pos, [M], "i32", dev);
+          const rows = up(kvRows, [M], "i32", dev);
+          const half = cap * hkv * hd;
+          // Outputs poisoned with NaN: an output the op leaves unwritten fails the comparison.
+          const outs = () => {
+            const q = alloc([M, hq, hd], d, dev);
+            const qkv = alloc([M, N], d, dev);
+            q.fillBytes(0xff);
+            qkv.fillBytes(0xff);
+            const [k, v] = direct
+              ? [
+                  up(old.subarray(0, half), [cap, hkv, hd], d, dev),
+                  up(old.subarray(half), [cap, hkv, hd], d, dev),
+                ]
+              : [alloc([M, hkv, hd], d, dev), alloc([M, hkv, hd], d, dev)];
+            if (!direct) (k.fillBytes(0xff), v.fillBytes(0xff));
+            return { q, k, v, qkv, ...(direct ? { kvRows: rows } : {}) };
+          };
+          const a = outs();
+          ops.qkNormRope(a.qkv, wq, wk, pt, p, a, { x, w });
+          const b = outs();
+          ops.matmul(x, w, { out: b.qkv });
+          ops.qkNormRope(b.qkv, wq, wk, pt, p, b);
+          const get = async (o: typeof a) => [
+            await host(o.q),
+            await host(o.k),
+            await host(o.v),
+            await host(o.qkv),
+          ];
+          const [one, two] = [await get(a), await get(b)];
+          disposeAll(x, w, wq, wk, pt, rows, a.q, a.k, a.v, a.qkv, b.q, b.k, b.v, b.qkv);
+          return [Float32Array.of(maxAbsDiff(one, two))];
+        },
+        reference: () => [Float32Array.of(0)],
+        refTol: { kind: "exact", why: "the same kernels' arithmetic, in one op or two" },
+        cudaTol: { kind: "exact", why: "the fused GEMV's epilogue runs qk_norm_rope's head code" },
+      });
+    }
+
   for (const d of ["f32", "bf16"] as const)
     for (const [rows, dim] of [
       [1, 1],

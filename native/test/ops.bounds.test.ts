@@ -379,50 +379,71 @@ for (const dev of DEVICES) {
   });
 
   describe(`bounds of qk_norm_rope kv_rows on ${dev}`, () => {
-    const [T, Hq, Hkv, D] = [3, 2, 1, 8];
+    // head_dim 16: with the projection, CUDA's one-launch GEMV (whose epilogue writes the rows).
+    const [T, Hq, Hkv, D, K] = [3, 2, 1, 16, 40];
     const width = (Hq + 2 * Hkv) * D;
     const qkv = randn(T * width, 9101);
     const cache0 = randn(5 * Hkv * D, 9102);
     const row = (a: Float32Array, r: number) => Array.from(a.subarray(r * D, r * D + D));
     const p = { eps: 1e-6, base: 1e4 };
 
-    for (const bad of [5, I32_MAX]) {
-      it(`kv_rows ${bad} >= capacity 5 ${cpu ? "is rejected" : "is skipped"}`, async () => {
-        const x = Tensor.from(qkv, [T, width], "f32", dev);
-        const w = Tensor.from(randn(D, 9103, 0.5), [D], "f32", dev);
-        const pos = Tensor.from([0, 7, 9], [T], "i32", dev);
-        const q = Tensor.empty([T, Hq, D], "f32", dev);
-        const kc = Tensor.from(cache0, [5, Hkv, D], "f32", dev);
-        const vc = Tensor.from(cache0, [5, Hkv, D], "f32", dev);
-        const rows = Tensor.from([1, bad, 3], [T], "i32", dev);
-        ops.qkNormRope(x, w, w, pos, p, { q, k: kc, v: vc, kvRows: rows });
-        if (cpu) {
-          await expect(Device.cpu.synchronize()).rejects.toThrow(OutOfRangeError);
-          // Every index is checked before anything is written.
-          expect(Array.from(await kc.toArray())).toEqual(Array.from(cache0));
-          expect(Array.from(await vc.toArray())).toEqual(Array.from(cache0));
-        } else {
-          // The op's own k/v rows, from the form without kv_rows.
-          const k = Tensor.empty([T, Hkv, D], "f32", dev);
-          const v = Tensor.empty([T, Hkv, D], "f32", dev);
-          const q2 = Tensor.empty([T, Hq, D], "f32", dev);
-          ops.qkNormRope(x, w, w, pos, p, { q: q2, k, v });
-          const [gk, gv, wk, wv] = (await Promise.all(
-            [kc, vc, k, v].map((t) => t.toArray()),
-          )) as Float32Array[];
-          for (const [got, want] of [
-            [gk!, wk!],
-            [gv!, wv!],
-          ] as const) {
-            expect(row(got, 1)).toEqual(row(want, 0));
-            expect(row(got, 3)).toEqual(row(want, 2));
-            for (const r of [0, 2, 4]) expect(row(got, r)).toEqual(row(cache0, r));
+    for (const proj of [false, true])
+      for (const bad of [5, I32_MAX]) {
+        const how = proj ? " (with the projection)" : "";
+        it(`kv_rows ${bad} >= capacity 5 ${cpu ? "is rejected" : "is skipped"}${how}`, async () => {
+          // With the projection, qkv = xin · wp inside the op (x is then its output).
+          const xin = Tensor.from(randn(T * K, 9104), [T, K], "f32", dev);
+          const wp = Tensor.from(randn(width * K, 9105, 0.2), [width, K], "f32", dev);
+          const pj = proj ? { x: xin, w: wp } : undefined;
+          const x = Tensor.from(qkv, [T, width], "f32", dev);
+          const w = Tensor.from(randn(D, 9103, 0.5), [D], "f32", dev);
+          const pos = Tensor.from([0, 7, 9], [T], "i32", dev);
+          const q = Tensor.empty([T, Hq, D], "f32", dev);
+          const kc = Tensor.from(cache0, [5, Hkv, D], "f32", dev);
+          const vc = Tensor.from(cache0, [5, Hkv, D], "f32", dev);
+          const rows = Tensor.from([1, bad, 3], [T], "i32", dev);
+          ops.qkNormRope(x, w, w, pos, p, { q, k: kc, v: vc, kvRows: rows }, pj);
+          if (cpu) {
+            await expect(Device.cpu.synchronize()).rejects.toThrow(OutOfRangeError);
+            // Every index is checked before anything is written.
+            expect(Array.from(await kc.toArray())).toEqual(Array.from(cache0));
+            expect(Array.from(await vc.toArray())).toEqual(Array.from(cache0));
+          } else {
+            // The op's own k/v rows, from the form without kv_rows.
+            const k = Tensor.empty([T, Hkv, D], "f32", dev);
+            const v = Tensor.empty([T, Hkv, D], "f32", dev);
+            const q2 = Tensor.empty([T, Hq, D], "f32", dev);
+            ops.qkNormRope(x, w, w, pos, p, { q: q2, k, v }, pj);
+            const [gk, gv, wk, wv] = (await Promise.all(
+              [kc, vc, k, v].map((t) => t.toArray()),
+            )) as Float32Array[];
+            for (const [got, want] of [
+              [gk!, wk!],
+              [gv!, wv!],
+            ] as const) {
+              expect(row(got, 1)).toEqual(row(want, 0));
+              expect(row(got, 3)).toEqual(row(want, 2));
+              for (const r of [0, 2, 4]) expect(row(got, r)).toEqual(row(cache0, r));
+            }
+            for (const t of [k, v, q2]) t.dispose();
           }
-          for (const t of [k, v, q2]) t.dispose();
-        }
-        for (const t of [x, w, pos, q, kc, vc, rows]) t.dispose();
-      });
-    }
+          for (const t of [x, w, pos, q, kc, vc, rows, xin, wp]) t.dispose();
+        });
+      }
+
+    it("a projection of the wrong shape is refused before anything runs", () => {
+      const x = Tensor.from(qkv, [T, width], "f32", dev);
+      const w = Tensor.from(randn(D, 9103, 0.5), [D], "f32", dev);
+      const pos = Tensor.from([0, 7, 9], [T], "i32", dev);
+      const q = Tensor.empty([T, Hq, D], "f32", dev);
+      const k = Tensor.empty([T, Hkv, D], "f32", dev);
+      const xin = Tensor.from(randn(T * K, 9104), [T, K], "f32", dev);
+      const wBad = Tensor.empty([width + 1, K], "f32", dev);
+      expect(() => ops.qkNormRope(x, w, w, pos, p, { q, k }, { x: xin, w: wBad })).toThrow(
+        /qk_norm_rope: .*must be \[3, K\] and \[64, K\]/,
+      );
+      for (const t of [x, w, pos, q, k, xin, wBad]) t.dispose();
+    });
   });
 
   describe(`bounds of copy_rows on ${dev}`, () => {

@@ -95,11 +95,28 @@ Status qk_norm_rope(const T* q, const T* k, const T* v, const T* q_w, const T* k
   return Status::Ok();
 }
 
+template <typename T>
+Status matmul_qk_norm_rope(const T* x, const T* w, T* qkv, const T* q_w, const T* k_w,
+                           const int32_t* positions, T* q_out, T* k_out, T* v_out,
+                           const int32_t* kv_rows, int64_t kv_capacity, int64_t M, int64_t K,
+                           int64_t q_heads, int64_t kv_heads, int64_t head_dim, float eps,
+                           float base, float scale) {
+  const int64_t N = (q_heads + 2 * kv_heads) * head_dim;
+  G3_RETURN_IF_ERROR((matmul<T, T>(x, w, nullptr, qkv, M, N, K)));
+  return qk_norm_rope<T>(qkv, qkv + q_heads * head_dim, qkv + (q_heads + kv_heads) * head_dim, q_w,
+                         k_w, positions, q_out, k_out, v_out, kv_rows, kv_capacity, M, q_heads,
+                         kv_heads, head_dim, N, N, N, eps, base, scale);
+}
+
 #define G3_QK_NORM_ROPE(T)                                                                      \
   template Status qk_norm_rope<T>(const T*, const T*, const T*, const T*, const T*,             \
                                   const int32_t*, T*, T*, T*, const int32_t*, int64_t, int64_t, \
                                   int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float,  \
-                                  float, float);
+                                  float, float);                                                \
+  template Status matmul_qk_norm_rope<T>(const T*, const T*, T*, const T*, const T*,            \
+                                         const int32_t*, T*, T*, T*, const int32_t*, int64_t,   \
+                                         int64_t, int64_t, int64_t, int64_t, int64_t, float,    \
+                                         float, float);
 G3_QK_NORM_ROPE(float)
 G3_QK_NORM_ROPE(bf16)
 #undef G3_QK_NORM_ROPE

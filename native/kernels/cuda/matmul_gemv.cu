@@ -21,6 +21,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/pdl.cuh"
+#include "kernels/cuda/qk_norm_rope.cuh"
 #include "kernels/qdot.h"
 
 namespace gemma3::cuda::detail {
@@ -133,6 +134,82 @@ struct Fmt<fp8e4m3> {
   __device__ static int64_t x_off(int64_t c) { return c * 16; }
 };
 
+// ---- decode QKV epilogue (matmul_qk_norm_rope, kernels.inc) ----
+// y is one projection's [q | k | v] rows, heads of head_dim rows each. Every CTA counts the rows
+// it wrote into a per-(token, head) counter; the CTA whose count completes a head norms and rotates
+// it (q into q_out, k into its KV row) or copies it (v), with qk_norm_rope.cuh's warp-per-head
+// code, so the result equals qk_norm_rope's bit for bit and the step needs no kernel for it.
+// Classic last-block pattern: each writer's __threadfence, then the count; the last CTA reads the
+// head through L2 (ld.global.cg) and resets the counter for the next launch (launches on a device
+// are ordered on its one stream, so g_qk_rows, like g_qx, needs no allocation).
+using qknr::QkEpilogue;
+
+constexpr int kQkMaxCounters = 8 * 1024;  // M (token, head) pairs at most: M <= 8, 1024 heads
+// Heads one CTA may finish: M <= 8 tokens x the 2 heads its <= 16 rows touch (head_dim >= 16).
+constexpr int kQkMaxItems = 16;
+__device__ unsigned g_qk_rows[kQkMaxCounters];
+
+template <typename T>
+__device__ __forceinline__ void qk_epilogue(const T* y, int M, int64_t N, int64_t r0, int64_t r1,
+                                            const QkEpilogue<T>& e) {
+  constexpr int V = 16 / sizeof(T);
+  __shared__ int s_items[kQkMaxItems], s_n;
+  __shared__ float s_cs[kWarps][qknr::kMaxHeadDim / 2], s_sn[kWarps][qknr::kMaxHeadDim / 2];
+  __shared__ float s_x[kWarps][qknr::kMaxHeadDim];
+  const int D = e.head_dim, heads = e.q_heads + 2 * e.kv_heads;
+  __threadfence();  // this thread's y rows, device-wide, before the CTA counts them
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int n = 0;
+    for (int m = 0; m < M; ++m) {
+      for (int64_t h = r0 / D; h * D < r1; ++h) {
+        const int64_t lo = r0 > h * D ? r0 : h * D, hi = r1 < (h + 1) * D ? r1 : (h + 1) * D;
+        unsigned* c = g_qk_rows + m * heads + h;
+        const unsigned add = unsigned(hi - lo);
+        if (atomicAdd(c, add) + add == unsigned(D)) {
+          atomicExch(c, 0u);  // every row of the head is counted: ready for the next launch
+          if (n < kQkMaxItems) s_items[n++] = m * heads + int(h);
+        }
+      }
+    }
+    s_n = n;
+  }
+  __syncthreads();
+  const int n = s_n;
+  if (n == 0) return;
+  __threadfence();  // the other CTAs' rows of the finished heads are read after their counts
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nvec = D / V;
+  for (int it = warp; it < n; it += kWarps) {
+    const int m = s_items[it] / heads, gh = s_items[it] % heads;
+    const T* src = y + int64_t(m) * N + int64_t(gh) * D;
+    const bool is_q = gh < e.q_heads, is_k = !is_q && gh < e.q_heads + e.kv_heads;
+    const int h = is_q ? gh : (is_k ? gh - e.q_heads : gh - e.q_heads - e.kv_heads);
+    const int64_t row = e.kv_rows ? int64_t(e.kv_rows[m]) : m;
+    const bool kv_ok = !e.kv_rows || (row >= 0 && row < e.kv_capacity);
+    if (is_q || (is_k && kv_ok)) {
+      const T* w = is_q ? e.q_w : e.k_w;
+      float f[qknr::kRegVec][V], wr[qknr::kRegVec][V];
+#pragma unroll
+      for (int i = 0; i < qknr::kRegVec; ++i) {
+        if (lane + 32 * i < nvec) {
+          qknr::load_f32_cg<T, V>(src + (lane + 32 * i) * V, f[i]);
+          vec::load_f32<T, V>(w + (lane + 32 * i) * V, wr[i]);
+        }
+      }
+      qknr::rope_table<T>(float(e.positions[m]), D, e.base, e.scale, s_cs[warp], s_sn[warp], lane,
+                          32);
+      __syncwarp();
+      T* dst = is_q ? e.q_out + (int64_t(m) * e.q_heads + h) * D
+                    : e.k_out + (row * e.kv_heads + h) * D;
+      qknr::norm_rope_head<T, V, true>(src, f, w, wr, dst, s_x[warp], s_cs[warp], s_sn[warp], D,
+                                       e.eps, lane);
+    } else if (!is_q && !is_k && e.v_out && kv_ok) {
+      qknr::copy_head<T, V, true>(src, e.v_out + (row * e.kv_heads + h) * D, nvec, lane);
+    }
+    __syncwarp();  // the warp's s_cs / s_sn / s_x are rewritten for its next head
+  }
+}
+
 // Rows per warp (R) and chunks in flight per row (U): enough 16-byte loads in flight per lane to
 // cover DRAM latency, few enough registers at M = 8.
 template <int MT>
@@ -150,13 +227,14 @@ __device__ __forceinline__ float warp_sum(float v) {
 // Group g = (block, warp / S) owns rows [g R, g R + R); its slice s = warp % S takes chunks
 // s*32*U + lane + i*S*32*U. MT >= M is x's compile-time row count (rows >= M are skipped). The
 // min-blocks bound stops ptxas from trading spills for occupancy; 2-3 CTAs/SM keep loads in flight.
-template <typename TX, typename TW, int MT>
+template <typename TX, typename TW, int MT, bool kQk = false>
 __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
     gemv_kernel(const TX* __restrict__ x,           // x: [M, K]
                 const TW* __restrict__ w,           // w: [N, K], 16-byte aligned
                 const float* __restrict__ w_scale,  // w_scale: [N] or null
                 TX* __restrict__ y,                 // y: [M, N]
-                int M, int64_t N, int64_t K, int S) {
+                int M, int64_t N, int64_t K, int S,
+                QkEpilogue<TX> qk) {  // kQk: norm and rotate each finished head (below)
   using F = Fmt<TW>;
   constexpr int R = Tiling<MT>::R, U = Tiling<MT>::U, E = F::kE;
   __shared__ float partial[kWarps][MT * R];
@@ -246,6 +324,11 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
       if (w_scale != nullptr) v *= __ldg(w_scale + n);
       y[m * N + n] = from_f32<TX>(v);
     }
+  }
+  if constexpr (kQk) {
+    const int64_t rows = int64_t(kWarps / S) * R;  // this CTA's rows [r0, r1) of y
+    const int64_t r0 = int64_t(blockIdx.x) * rows, r1 = r0 + rows < N ? r0 + rows : N;
+    qk_epilogue(y, M, N, r0, r1, qk);
   }
 }
 
@@ -958,9 +1041,9 @@ Status by_m_bucket(int M, F&& f) {
   return f(std::integral_constant<int, 8>{});
 }
 
-template <typename TX, typename TW, int MT>
+template <typename TX, typename TW, int MT, bool kQk = false>
 Status launch_vec(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N,
-                  int64_t K, cudaStream_t stream) {
+                  int64_t K, cudaStream_t stream, const QkEpilogue<TX>& qk = {}) {
   constexpr int R = Tiling<MT>::R, U = Tiling<MT>::U;
   int sms = 0;
   G3_RETURN_IF_ERROR(sm_count(&sms));
@@ -974,8 +1057,8 @@ Status launch_vec(const TX* x, const TW* w, const float* w_scale, TX* y, int M, 
   const int64_t groups_per_block = kWarps / S;
   const int64_t blocks = (groups + groups_per_block - 1) / groups_per_block;
   if (blocks > 0x7fffffff) return Status(StatusCode::kUnsupported, "matmul gemv: N too large");
-  launch_pdl(gemv_kernel<TX, TW, MT>, static_cast<unsigned>(blocks), kThreads, 0, stream, x, w,
-             w_scale, y, M, N, K, S);
+  launch_pdl(gemv_kernel<TX, TW, MT, kQk>, static_cast<unsigned>(blocks), kThreads, 0, stream, x,
+             w, w_scale, y, M, N, K, S, qk);
   return check_launch("matmul gemv_kernel");
 }
 
@@ -1114,6 +1197,29 @@ Status gemv(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, in
     return launch_vec<TX, TW, 8>(x, w, w_scale, y, m, N, K, stream);
   }
 }
+
+// matmul_qk_norm_rope's one-launch form (qk_norm_rope.cu decides when it applies): the dense GEMV
+// of x [M, K] and w [N, K] (one float type, 16-byte aligned, K % (16 / sizeof(T)) == 0) into
+// y [M, N], N = (q_heads + 2 kv_heads) head_dim, with the QKV epilogue above. 1 <= M <= 8,
+// M * heads <= kQkMaxCounters, 16 <= head_dim <= 512, head_dim % (16 / sizeof(T)) == 0, and every
+// pointer of qk 16-byte aligned.
+template <typename T>
+Status gemv_qk(const T* x, const T* w, T* y, int64_t M, int64_t K, const QkEpilogue<T>& qk,
+               cudaStream_t stream) {
+  const int64_t heads = qk.q_heads + 2 * int64_t(qk.kv_heads), N = heads * qk.head_dim;
+  if (M < 1 || M > 8 || M * heads > kQkMaxCounters || qk.head_dim < 16 ||
+      qk.head_dim > qknr::kMaxHeadDim) {
+    return Status(StatusCode::kInternal, "matmul_qk_norm_rope: shapes outside the fused GEMV");
+  }
+  const int m = static_cast<int>(M);
+  return by_m_bucket(m, [&](auto mt) {
+    return launch_vec<T, T, decltype(mt)::value, true>(x, w, nullptr, y, m, N, K, stream, qk);
+  });
+}
+template Status gemv_qk<float>(const float*, const float*, float*, int64_t, int64_t,
+                               const QkEpilogue<float>&, cudaStream_t);
+template Status gemv_qk<bf16>(const bf16*, const bf16*, bf16*, int64_t, int64_t,
+                              const QkEpilogue<bf16>&, cudaStream_t);
 
 #define G3_GEMV_INSTANTIATE(TX, TW)                                                                \
   template Status gemv<TX, TW>(const TX*, const TW*, const float*, TX*, int64_t, int64_t, int64_t, \

@@ -10,24 +10,27 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/pdl.cuh"
+#include "kernels/cuda/qk_norm_rope.cuh"
 #include "kernels/cuda/vec.cuh"
 
 namespace gemma3::cuda {
 namespace {
 
-constexpr int kMaxHeadDim = 512;
+using qknr::kMaxHeadDim;
+using qknr::kRegVec;
 constexpr int kWarps = 4;  // heads per CTA: 4B's 16 (8 q, 4 k, 4 v) heads a token fill 4 CTAs
 constexpr int64_t kMaxGrid = 1 << 30;  // token blocks; CTAs loop over the remaining tokens
 
 using vec::aligned16;
 using vec::load_f32;
-using vec::round_t;
-using vec::store_f32;
 
 struct Args {
   int64_t tokens, ld_q, ld_k, ld_v;
@@ -41,9 +44,8 @@ struct Args {
 // (norm.cu's rule: head_dim % V == 0 and 16-byte pointers and strides, else 1).
 // Latency (a decode step runs this once a layer on one token): the head's norm weight loads before
 // pdl_wait (no kernel of a step writes weights); after it, the head's values and the token's
-// position load together, and the cos/sin arithmetic runs while they are in flight. The first
-// kRegVec vectors of each lane live in registers (a 256-wide bf16 head is 1 vector a lane).
-constexpr int kRegVec = 2;
+// position load together, and the cos/sin arithmetic runs while they are in flight. The per-head
+// arithmetic is qk_norm_rope.cuh's (shared with the decode QKV GEMV's epilogue).
 
 template <typename T, int V>
 __global__ void __launch_bounds__(32 * kWarps)
@@ -53,7 +55,7 @@ __global__ void __launch_bounds__(32 * kWarps)
   __shared__ float cs[kMaxHeadDim / 2], sn[kMaxHeadDim / 2];
   __shared__ float xs[kWarps][kMaxHeadDim];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int D = a.head_dim, half = D / 2, nvec = D / V;
+  const int D = a.head_dim, nvec = D / V;
   const int gh = blockIdx.y * kWarps + warp;  // this warp's head among the token's work
   const bool is_q = gh < a.q_heads, is_k = !is_q && gh < a.q_heads + a.kv_heads;
   const int h = is_q ? gh : (is_k ? gh - a.q_heads : gh - a.q_heads - a.kv_heads);
@@ -83,91 +85,13 @@ __global__ void __launch_bounds__(32 * kWarps)
     // k and v go to row t, or to the token's KV cache row (out of range: not written).
     const int64_t row = a.kv_rows ? int64_t(a.kv_rows[t]) : t;
     const bool kv_ok = !a.kv_rows || (row >= 0 && row < a.kv_capacity);
-    const float pos = float(positions[t]);
-    for (int i = tid; i < half; i += blockDim.x) {
-      // rope.cu: 1 / base^(2i/D) / scale in float32, pow in double rounded to float; cos/sin of
-      // the float32 angle (accurate sincosf, not __sinf), then cast to T.
-      const float e = float(2 * i) / float(D);
-      const float inv_freq = (1.0f / float(pow(double(a.base), double(e)))) / a.scale;
-      float sv, cv;
-      sincosf(pos * inv_freq, &sv, &cv);
-      cs[i] = round_t<T>(cv);
-      sn[i] = round_t<T>(sv);
-    }
+    qknr::rope_table<T>(float(positions[t]), D, a.base, a.scale, cs, sn, tid, blockDim.x);
     __syncthreads();
     if (is_q || (is_k && kv_ok)) {
       T* dst = is_q ? q_out + (t * a.q_heads + h) * D : k_out + (row * a.kv_heads + h) * D;
-      float* x = xs[warp];
-      // norm.cu's warp-per-row rmsnorm: the same vectors per lane, in the same order.
-      float acc = 0.0f;
-#pragma unroll
-      for (int m = 0; m < kRegVec; ++m) {
-        const int i = lane + 32 * m;
-        if (i < nvec) {
-#pragma unroll
-          for (int j = 0; j < V; ++j) {
-            acc += f[m][j] * f[m][j];
-            x[i * V + j] = f[m][j];
-          }
-        }
-      }
-      for (int i = lane + 32 * kRegVec; i < nvec; i += 32) {
-        float g[V];
-        load_f32<T, V>(src + i * V, g);
-#pragma unroll
-        for (int j = 0; j < V; ++j) {
-          acc += g[j] * g[j];
-          x[i * V + j] = g[j];
-        }
-      }
-      const float total = vec::warp_reduce(acc, [](float p, float r) { return p + r; });
-      const float inv = 1.0f / sqrtf(total / float(D) + a.eps);
-#pragma unroll
-      for (int m = 0; m < kRegVec; ++m) {
-        const int i = lane + 32 * m;
-        if (i < nvec) {
-#pragma unroll
-          for (int j = 0; j < V; ++j)
-            x[i * V + j] = round_t<T>((x[i * V + j] * inv) * (1.0f + wr[m][j]));
-        }
-      }
-      for (int i = lane + 32 * kRegVec; i < nvec; i += 32) {
-        float wv[V];
-        load_f32<T, V>(w + i * V, wv);
-#pragma unroll
-        for (int j = 0; j < V; ++j)
-          x[i * V + j] = round_t<T>((x[i * V + j] * inv) * (1.0f + wv[j]));
-      }
-      __syncwarp();
-      // rope.cu's rotation of the rounded normed values (no FMA: each op is its own HF tensor op).
-      const auto rotate = [&](int i, float& y1, float& y2) {
-        const float x1 = x[i], x2 = x[i + half], c = cs[i], s = sn[i];
-        y1 = __fsub_rn(round_t<T>(__fmul_rn(x1, c)), round_t<T>(__fmul_rn(x2, s)));
-        y2 = __fadd_rn(round_t<T>(__fmul_rn(x2, c)), round_t<T>(__fmul_rn(x1, s)));
-      };
-      if (half % V == 0) {
-        for (int i0 = lane * V; i0 < half; i0 += 32 * V) {
-          float y1[V], y2[V];
-#pragma unroll
-          for (int j = 0; j < V; ++j) rotate(i0 + j, y1[j], y2[j]);
-          store_f32<T, V>(dst + i0, y1);
-          store_f32<T, V>(dst + i0 + half, y2);
-        }
-      } else {  // halves of partial vectors (head_dim 8 in bf16): scalar stores
-        for (int i = lane; i < half; i += 32) {
-          float y1, y2;
-          rotate(i, y1, y2);
-          dst[i] = from_f32<T>(y1);
-          dst[i + half] = from_f32<T>(y2);
-        }
-      }
+      qknr::norm_rope_head<T, V, false>(src, f, w, wr, dst, xs[warp], cs, sn, D, a.eps, lane);
     } else if (!is_q && !is_k && gh < a.heads && kv_ok) {  // v head: a copy
-      T* dst = v_out + (row * a.kv_heads + h) * D;
-      for (int i = lane; i < nvec; i += 32) {
-        float g[V];
-        load_f32<T, V>(src + i * V, g);
-        store_f32<T, V>(dst + i * V, g);
-      }
+      qknr::copy_head<T, V, false>(src, v_out + (row * a.kv_heads + h) * D, nvec, lane);
     }
     __syncthreads();  // cs/sn and xs are rewritten for the next token
   }
@@ -223,11 +147,64 @@ Status qk_norm_rope(const T* q, const T* k, const T* v, const T* q_w, const T* k
   return launch<T, 1>(q, k, v, q_w, k_w, positions, q_out, k_out, v_out, a, stream);
 }
 
+namespace detail {
+int64_t bf16_gemv_max_m();  // matmul.cu: rows up to which bf16 matmul takes the GEMV
+template <typename T>       // matmul_gemv.cu: the GEMV with the QKV epilogue
+Status gemv_qk(const T* x, const T* w, T* y, int64_t M, int64_t K, const qknr::QkEpilogue<T>& qk,
+               cudaStream_t stream);
+}  // namespace detail
+
+namespace {
+// False when GEMMA3_QKV_EPILOGUE=0 (read once): matmul_qk_norm_rope always runs as two launches.
+bool qkv_epilogue_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("GEMMA3_QKV_EPILOGUE");
+    return !(v != nullptr && std::strcmp(v, "0") == 0);
+  }();
+  return on;
+}
+}  // namespace
+
+template <typename T>
+Status matmul_qk_norm_rope(const T* x, const T* w, T* qkv, const T* q_w, const T* k_w,
+                           const int32_t* positions, T* q_out, T* k_out, T* v_out,
+                           const int32_t* kv_rows, int64_t kv_capacity, int64_t M, int64_t K,
+                           int64_t q_heads, int64_t kv_heads, int64_t head_dim, float eps,
+                           float base, float scale, cudaStream_t stream) {
+  const int64_t heads = q_heads + 2 * kv_heads, N = heads * head_dim;
+  constexpr int V = 16 / sizeof(T);
+  // The one-launch GEMV only where the two launches would be matmul's GEMV and qk_norm_rope's
+  // vector kernel: then both sum and round in the same order (same bits).
+  const int64_t gemv_m = std::is_same_v<T, bf16> ? detail::bf16_gemv_max_m() : 8;
+  const bool ptrs = x && w && qkv && q_w && k_w && positions && q_out && k_out;
+  const bool fused =
+      qkv_epilogue_enabled() && ptrs && M >= 1 && M <= gemv_m && K >= 1 && K % V == 0 &&
+      q_heads > 0 && kv_heads > 0 && M * heads <= 8 * 1024 && head_dim >= 16 &&
+      head_dim <= qknr::kMaxHeadDim && head_dim % V == 0 && (!kv_rows || kv_capacity >= 0) &&
+      eps >= 0.0f && base > 0.0f && std::isfinite(base) && scale > 0.0f && std::isfinite(scale) &&
+      aligned16(x) && aligned16(w) && aligned16(qkv) && aligned16(q_w) && aligned16(k_w) &&
+      aligned16(q_out) && aligned16(k_out) && (!v_out || aligned16(v_out));
+  if (fused) {
+    const qknr::QkEpilogue<T> e{q_w,          k_w,           positions,      q_out, k_out,
+                                v_out,        kv_rows,       kv_capacity,    int(q_heads),
+                                int(kv_heads), int(head_dim), eps,           base, scale};
+    return detail::gemv_qk<T>(x, w, qkv, M, K, e, stream);
+  }
+  G3_RETURN_IF_ERROR((matmul<T, T>(x, w, nullptr, qkv, M, N, K, stream)));
+  return qk_norm_rope<T>(qkv, qkv + q_heads * head_dim, qkv + (q_heads + kv_heads) * head_dim, q_w,
+                         k_w, positions, q_out, k_out, v_out, kv_rows, kv_capacity, M, q_heads,
+                         kv_heads, head_dim, N, N, N, eps, base, scale, stream);
+}
+
 #define G3_QK_NORM_ROPE(T)                                                                      \
   template Status qk_norm_rope<T>(const T*, const T*, const T*, const T*, const T*,             \
                                   const int32_t*, T*, T*, T*, const int32_t*, int64_t, int64_t, \
                                   int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float,  \
-                                  float, float, cudaStream_t);
+                                  float, float, cudaStream_t);                                  \
+  template Status matmul_qk_norm_rope<T>(const T*, const T*, T*, const T*, const T*,            \
+                                         const int32_t*, T*, T*, T*, const int32_t*, int64_t,   \
+                                         int64_t, int64_t, int64_t, int64_t, int64_t, float,    \
+                                         float, float, cudaStream_t);
 G3_QK_NORM_ROPE(float)
 G3_QK_NORM_ROPE(bf16)
 #undef G3_QK_NORM_ROPE

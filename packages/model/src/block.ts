@@ -173,12 +173,17 @@ export class DecoderLayer {
     const kv = cache.layer(this.index);
     let direct: ReturnType<typeof directKvWrite> = null;
     if (w.qkvProj) {
-      // One matmul into [q | k | v] rows; one kernel norms and rotates q and k out of them, at
-      // decode straight into the cache's rows when it can (no copy kernels for the cache write).
-      const qkv = ops.matmul(x, w.qkvProj, { out: s.alloc([n, (hq + 2 * hkv) * d], dt) });
+      // One matmul into [q | k | v] rows, then q and k normed and rotated out of them, at decode
+      // straight into the cache's rows when it can (no copy kernels for the cache write). Weights
+      // in x's dtype go in as the op's projection: on CUDA at decode one GEMV whose CTA finishing
+      // a head norms and rotates it; quantized ones (fp8 with its scale) through matmul first.
+      const qkv = s.alloc([n, (hq + 2 * hkv) * d], dt);
       direct = directKvWrite(kv, plan, dt);
       const out = direct ? { q, k: direct.k, v: direct.v, kvRows: direct.rows } : { q, k, v };
-      ops.qkNormRope(qkv, w.qNorm, w.kNorm, plan.positions, rope, out);
+      const dense = w.qkvProj.dtypeName === dt;
+      if (!dense) ops.matmul(x, w.qkvProj, { out: qkv });
+      const proj = dense ? { x, w: w.qkvProj } : undefined;
+      ops.qkNormRope(qkv, w.qNorm, w.kNorm, plan.positions, rope, out, proj);
     } else {
       ops.matmul(x, w.qProj, { out: q.view([n, hq * d]) });
       ops.matmul(x, w.kProj, { out: k.view([n, hkv * d]) });
