@@ -573,7 +573,7 @@ Status launch_combine_wide(const DecodeParams& p, int64_t batch, int64_t D, cuda
   const int64_t dims = std::min<int64_t>(D, 64);
   // Programmatic dependent launch (pdl.cuh): the combine is scheduled while the split kernel runs
   // and waits in-kernel, so the gap between the two launches is hidden.
-  launch_pdl_if(pdl_enabled(/*measured=*/true), decode_combine_wide_kernel<T>,
+  launch_pdl_if(pdl_enabled(), decode_combine_wide_kernel<T>,
                 dim3(unsigned(batch * p.num_qo_heads), unsigned(D / dims)), dim3(kCombineThreads),
                 0, stream, static_cast<const float*>(p.ws_o), static_cast<const float*>(p.ws_ml),
                 static_cast<T*>(p.out), p.splits, int(D));

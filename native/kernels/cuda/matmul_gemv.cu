@@ -151,13 +151,13 @@ __device__ unsigned g_qk_rows[kQkMaxCounters];
 
 template <typename T>
 __device__ __forceinline__ void qk_epilogue(const T* y, int M, int64_t N, int64_t r0, int64_t r1,
-                                            const QkEpilogue<T>& e) {
-  constexpr int V = 16 / sizeof(T);
+                                            bool wrote, const QkEpilogue<T>& e) {
+  constexpr int V = 16 / sizeof(T), kHalf = qknr::kMaxHeadDim / 2;
   __shared__ int s_items[kQkMaxItems], s_n;
-  __shared__ float s_cs[kWarps][qknr::kMaxHeadDim / 2], s_sn[kWarps][qknr::kMaxHeadDim / 2];
+  __shared__ float s_cs[8][kHalf], s_sn[8][kHalf];  // RoPE tables of the M <= 8 tokens
   __shared__ float s_x[kWarps][qknr::kMaxHeadDim];
   const int D = e.head_dim, heads = e.q_heads + 2 * e.kv_heads;
-  __threadfence();  // this thread's y rows, device-wide, before the CTA counts them
+  if (wrote) __threadfence();  // this thread's y rows, device-wide, before the CTA counts them
   __syncthreads();
   if (threadIdx.x == 0) {
     int n = 0;
@@ -173,6 +173,11 @@ __device__ __forceinline__ void qk_epilogue(const T* y, int M, int64_t N, int64_
       }
     }
     s_n = n;
+  } else if (threadIdx.x >= 32) {
+    // While warp 0 waits on the counts: the tokens' cos/sin tables (any CTA may finish a head).
+    for (int m = 0; m < M; ++m)
+      qknr::rope_table<T>(float(e.positions[m]), D, e.base, e.scale, s_cs[m], s_sn[m],
+                          threadIdx.x - 32, kThreads - 32);
   }
   __syncthreads();
   const int n = s_n;
@@ -196,17 +201,14 @@ __device__ __forceinline__ void qk_epilogue(const T* y, int M, int64_t N, int64_
           vec::load_f32<T, V>(w + (lane + 32 * i) * V, wr[i]);
         }
       }
-      qknr::rope_table<T>(float(e.positions[m]), D, e.base, e.scale, s_cs[warp], s_sn[warp], lane,
-                          32);
-      __syncwarp();
       T* dst = is_q ? e.q_out + (int64_t(m) * e.q_heads + h) * D
                     : e.k_out + (row * e.kv_heads + h) * D;
-      qknr::norm_rope_head<T, V, true>(src, f, w, wr, dst, s_x[warp], s_cs[warp], s_sn[warp], D,
-                                       e.eps, lane);
+      qknr::norm_rope_head<T, V, true>(src, f, w, wr, dst, s_x[warp], s_cs[m], s_sn[m], D, e.eps,
+                                       lane);
     } else if (!is_q && !is_k && e.v_out && kv_ok) {
       qknr::copy_head<T, V, true>(src, e.v_out + (row * e.kv_heads + h) * D, nvec, lane);
     }
-    __syncwarp();  // the warp's s_cs / s_sn / s_x are rewritten for its next head
+    __syncwarp();  // the warp's s_x is rewritten for its next head
   }
 }
 
@@ -328,7 +330,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
   if constexpr (kQk) {
     const int64_t rows = int64_t(kWarps / S) * R;  // this CTA's rows [r0, r1) of y
     const int64_t r0 = int64_t(blockIdx.x) * rows, r1 = r0 + rows < N ? r0 + rows : N;
-    qk_epilogue(y, M, N, r0, r1, qk);
+    qk_epilogue(y, M, N, r0, r1, s == 0 && n0 < N && lane < MT * R, qk);
   }
 }
 
