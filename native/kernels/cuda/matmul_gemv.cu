@@ -149,12 +149,13 @@ constexpr int kQkMaxCounters = 8 * 1024;  // M (token, head) pairs at most: M <=
 constexpr int kQkMaxItems = 16;
 __device__ unsigned g_qk_rows[kQkMaxCounters];
 
-template <typename T>
+// MT >= M: the GEMV's compile-time row count (sizes the RoPE tables).
+template <typename T, int MT>
 __device__ __forceinline__ void qk_epilogue(const T* y, int M, int64_t N, int64_t r0, int64_t r1,
                                             bool wrote, const QkEpilogue<T>& e) {
   constexpr int V = 16 / sizeof(T), kHalf = qknr::kMaxHeadDim / 2;
   __shared__ int s_items[kQkMaxItems], s_n;
-  __shared__ float s_cs[8][kHalf], s_sn[8][kHalf];  // RoPE tables of the M <= 8 tokens
+  __shared__ float s_cs[MT][kHalf], s_sn[MT][kHalf];  // RoPE tables of the M tokens
   __shared__ float s_x[kWarps][qknr::kMaxHeadDim];
   const int D = e.head_dim, heads = e.q_heads + 2 * e.kv_heads;
   if (wrote) __threadfence();  // this thread's y rows, device-wide, before the CTA counts them
@@ -229,8 +230,10 @@ __device__ __forceinline__ float warp_sum(float v) {
 // Group g = (block, warp / S) owns rows [g R, g R + R); its slice s = warp % S takes chunks
 // s*32*U + lane + i*S*32*U. MT >= M is x's compile-time row count (rows >= M are skipped). The
 // min-blocks bound stops ptxas from trading spills for occupancy; 2-3 CTAs/SM keep loads in flight.
+// kQk (the QKV epilogue) bounds registers to what the plain kernel uses at M = 1 (40: 6 CTAs an SM,
+// so the 4B QKV GEMV's 512 CTAs run in one wave, not two), spilling in the epilogue instead.
 template <typename TX, typename TW, int MT, bool kQk = false>
-__global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
+__global__ void __launch_bounds__(kThreads, kQk ? (MT == 1 ? 6 : 4) : (MT == 1 ? 3 : 2))
     gemv_kernel(const TX* __restrict__ x,           // x: [M, K]
                 const TW* __restrict__ w,           // w: [N, K], 16-byte aligned
                 const float* __restrict__ w_scale,  // w_scale: [N] or null
@@ -330,7 +333,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
   if constexpr (kQk) {
     const int64_t rows = int64_t(kWarps / S) * R;  // this CTA's rows [r0, r1) of y
     const int64_t r0 = int64_t(blockIdx.x) * rows, r1 = r0 + rows < N ? r0 + rows : N;
-    qk_epilogue(y, M, N, r0, r1, s == 0 && n0 < N && lane < MT * R, qk);
+    qk_epilogue<TX, MT>(y, M, N, r0, r1, s == 0 && n0 < N && lane < MT * R, qk);
   }
 }
 
