@@ -144,8 +144,8 @@ export interface QkNormRopeParams {
  * token t's k and v go to row kvRows[t] (copyRows' rule: < 0 skipped), so the cache write needs no
  * kernel of its own.
  * With `proj` (fused form), `qkv` is first computed as `matmul(proj.x, proj.w)` ([n, K] and
- * [(Hq + 2·Hkv)·D, K]): on CUDA at decode that is one GEMV whose CTA finishing a head norms and
- * rotates it, with the same bits as matmul then this op (kernels.inc matmul_qk_norm_rope).
+ * [(Hq + 2·Hkv)·D, K]), with the same bits as matmul then this op (kernels.inc
+ * matmul_qk_norm_rope; GEMMA3_QKV_EPILOGUE=1 makes it one GEMV on CUDA at decode).
  * Separate form: `{ q, k }` ([n, Hq, D], [n, Hkv, D]) are normed and rotated in place.
  * @param qW [D]; kW [D]; positions [n] i32
  * @returns the normed and rotated q and k (and v in the fused form)

@@ -175,8 +175,8 @@ export class DecoderLayer {
     if (w.qkvProj) {
       // One matmul into [q | k | v] rows, then q and k normed and rotated out of them, at decode
       // straight into the cache's rows when it can (no copy kernels for the cache write). Weights
-      // in x's dtype go in as the op's projection: on CUDA at decode one GEMV whose CTA finishing
-      // a head norms and rotates it; quantized ones (fp8 with its scale) through matmul first.
+      // in x's dtype go in as the op's projection (GEMMA3_QKV_EPILOGUE=1: one GEMV on CUDA at
+      // decode); quantized ones (fp8 with its scale) through matmul first.
       const qkv = s.alloc([n, (hq + 2 * hkv) * d], dt);
       direct = directKvWrite(kv, plan, dt);
       const out = direct ? { q, k: direct.k, v: direct.v, kvRows: direct.rows } : { q, k, v };
