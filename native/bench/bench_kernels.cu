@@ -778,7 +778,7 @@ std::vector<Case> all_cases() {
     for (int64_t batch : {1, 16})
       // 32K: issue 9's "decode attention at 32K"; 16-256 at batch 1: the one-split range and its
       // edge (docs/kernels.md, "decode attention at short context").
-      for (int64_t len : {16, 128, 256, 1024, 8192, 32768}) {
+      for (int64_t len : {16, 64, 96, 128, 256, 1024, 8192, 32768}) {
         if (len < 1024 && batch != 1) continue;
         int64_t h = hk[0], kv = hk[1], d = hk[2];
         std::string shape = "b" + std::to_string(batch) + " h" + std::to_string(h) + " kv" +

@@ -1238,11 +1238,12 @@ export function attentionCases(): Case[] {
     cases.push(decodeCase(d, [2600, 90], 8, 2, 256, 16, 0, true, seed++, scaled)); // fp8 D 256
     cases.push(decodeCase(d, [3000], 8, 1, 128, 16, 0, false, seed++)); // long, no workspace
     cases.push(decodeCase(d, [20000], 4, 1, 256, 16, 0, true, seed++)); // 1B-like: at the 128-split cap
-    // Short contexts (the planner's one-split range: a CTA that streams at most 12 ring stages
-    // takes the whole range even with a workspace, and writes the output without a combine).
-    // Stages are 16 keys at D 256 in bf16 (8 in f32), so 96/97 and 192/193 keys sit on either side
-    // of the split boundary in one dtype or the other; 193 in bf16 ends in a 1-key split.
-    for (const len of [96, 97, 140, 192, 193]) {
+    // Short contexts (the planner's one-split range: a CTA that streams at most 4 ring stages by
+    // default takes the whole range even with a workspace, and writes the output without a
+    // combine). Stages are 16 keys at D 256 in bf16 (8 in f32), so 64/65 keys sit on either side
+    // of the edge in bf16 (32/33 in f32, past kMinChunk's 64 only from 65); 96/97 and 192/193 were
+    // the edges at 12 stages (GEMMA3_DECODE_ONE_SPLIT_STAGES=12); 193 ends in a 1-key split.
+    for (const len of [33, 64, 65, 96, 97, 140, 192, 193]) {
       cases.push(decodeCase(d, [len], 8, 4, 256, 16, 0, true, shortSeed++)); // 4B-like heads, batch 1
     }
     cases.push(decodeCase(d, [16, 17, 32, 33, 1], 4, 1, 256, 16, 0, true, shortSeed++)); // page edges, batch 5

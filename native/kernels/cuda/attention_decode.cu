@@ -19,6 +19,7 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <type_traits>
 
@@ -530,14 +531,21 @@ struct Plan {
 // Extra workspace floats so that the float4-read partials can start on a 16-byte boundary.
 constexpr int64_t kWsAlign = 4;
 
-// A CTA that streams at most this many ring stages (kStages - 1 in flight: ~4 memory round trips)
-// takes the whole visible range: one split, no combine. A split saves ~1 round trip (~0.7 µs) per
-// kStages - 1 stages it removes from the longest CTA, and the combine it needs costs a kernel
-// boundary plus its own chain of ~3 dependent loads and barriers (~2.5 µs; docs/kernels.md, "decode
-// attention at short context"), so below this the split is slower.
-constexpr int64_t kOneSplitStages = 12;
+// A CTA that streams at most this many ring stages takes the whole visible range: one split, no
+// combine. Session 5 set 12, predicting ~0.23 µs a stage; the H100 bench of session 6 measured ~1 µs
+// a stage past the first (4B shape, graph-timed with PDL: 16 keys 2.5 µs, 128 keys 9.4 µs in one
+// split, 256 keys 6.8 µs split with its combine), so the split wins from ~6 stages and the edge is 4
+// (64 keys at 4B bf16, 128 at d 128). GEMMA3_DECODE_ONE_SPLIT_STAGES=N (1..64) overrides it (A/B).
+int64_t one_split_stages() {
+  static const int64_t v = [] {
+    const char* e = std::getenv("GEMMA3_DECODE_ONE_SPLIT_STAGES");
+    const long n = e ? std::strtol(e, nullptr, 10) : 0;
+    return n >= 1 && n <= 64 ? int64_t(n) : int64_t(4);
+  }();
+  return v;
+}
 
-// Split planner: one split up to kOneSplitStages stages of keys_per_stage keys; beyond, as many
+// Split planner: one split up to one_split_stages() stages of keys_per_stage keys; beyond, as many
 // splits as fill the GPU's resident CTA slots exactly once (slots / base_ctas, rounded down: a
 // second, partial wave of equal-sized CTAs would leave most SMs idle at the end), chunks of
 // >= kMinChunk keys rounded up to 16, within the workspace.
@@ -551,7 +559,7 @@ void plan_pipe(const Plan& in, int64_t slots, int64_t keys_per_stage, DecodePara
   }
   int64_t splits = 1;
   const int64_t per_split = in.batch * in.num_qo_heads * (in.head_dim + 2);
-  const bool long_range = in.visible > std::max(kMinChunk, kOneSplitStages * keys_per_stage);
+  const bool long_range = in.visible > std::max(kMinChunk, one_split_stages() * keys_per_stage);
   if (ws != nullptr && long_range && avail > 0) {
     const int64_t want = std::max<int64_t>(1, slots / in.base_ctas);
     splits = std::min({want, max_splits(in.batch, in.visible), avail / per_split});
