@@ -5,7 +5,9 @@
 // formats (q8_0, q4_0) stage it through shared memory (gemv_q_kernel, see its notes) and, by
 // default, read x rounded to int8 blocks and dot with dp4a ("q-dot", kernels.inc; GEMMA3_QDOT=float
 // keeps x in float and decodes W to float instead). Each CTA rounds x into its shared memory when
-// all M rows fit 48 KB ("fused"), else quantize_x_q8_kernel rounds it into g_qx first.
+// all M rows fit 48 KB ("fused"), else quantize_x_q8_kernel rounds it into g_qx first. The dense
+// GEMV can also norm and rotate the heads of a QKV projection as it finishes them (gemv_qk, the
+// opt-in one-launch form of matmul_qk_norm_rope).
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>

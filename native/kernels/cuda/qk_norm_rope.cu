@@ -6,6 +6,8 @@
 // pairs with rope.cu's arithmetic. So the output equals rmsnorm then rope bit for bit wherever
 // rmsnorm gives the head one warp too (16-byte-aligned heads of <= 128 vectors; unaligned heads of
 // more than 128 scalars it sums per CTA), and in place is safe: a warp reads its head first.
+// Also here: matmul_qk_norm_rope's launcher (the QKV projection, then this kernel; or, opt-in, one
+// GEMV whose epilogue runs the same per-head code, matmul_gemv.cu).
 #include <cuda_runtime.h>
 
 #include <cmath>
