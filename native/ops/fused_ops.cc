@@ -87,12 +87,12 @@ Status qk_norm_rope(const TensorRef* qkv, const TensorRef& q, const TensorRef& k
       G3_RETURN_IF_ERROR(matmul(*x, *w, nullptr, *qkv));
     } else {
       G3_RETURN_IF_ERROR(expect_same_dtype(op, q, "q", *x, "x"));
-      G3_RETURN_IF_ERROR(expect(
-          x->ndim() == 2 && x->dim(0) == T && w->ndim() == 2 && w->dim(0) == ld &&
-              w->dim(1) == x->dim(1),
-          op,
-          named("x", *x) + " and " + named("w", *w) + " must be [" + std::to_string(T) +
-              ", K] and [" + std::to_string(ld) + ", K]"));
+      G3_RETURN_IF_ERROR(expect(x->ndim() == 2 && x->dim(0) == T && w->ndim() == 2 &&
+                                    w->dim(0) == ld && w->dim(1) == x->dim(1),
+                                op,
+                                named("x", *x) + " and " + named("w", *w) + " must be [" +
+                                    std::to_string(T) + ", K] and [" + std::to_string(ld) +
+                                    ", K]"));
       if (overlaps(*x, *qkv) || overlaps(*w, *qkv))
         return fail(StatusCode::kInvalidArgument, op, "qkv must not overlap x or w");
     }

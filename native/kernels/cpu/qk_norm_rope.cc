@@ -113,10 +113,9 @@ Status matmul_qk_norm_rope(const T* x, const T* w, T* qkv, const T* q_w, const T
                                   const int32_t*, T*, T*, T*, const int32_t*, int64_t, int64_t, \
                                   int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float,  \
                                   float, float);                                                \
-  template Status matmul_qk_norm_rope<T>(const T*, const T*, T*, const T*, const T*,            \
-                                         const int32_t*, T*, T*, T*, const int32_t*, int64_t,   \
-                                         int64_t, int64_t, int64_t, int64_t, int64_t, float,    \
-                                         float, float);
+  template Status matmul_qk_norm_rope<T>(                                                       \
+      const T*, const T*, T*, const T*, const T*, const int32_t*, T*, T*, T*, const int32_t*,   \
+      int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float, float, float);
 G3_QK_NORM_ROPE(float)
 G3_QK_NORM_ROPE(bf16)
 #undef G3_QK_NORM_ROPE

@@ -532,10 +532,11 @@ struct Plan {
 constexpr int64_t kWsAlign = 4;
 
 // A CTA that streams at most this many ring stages takes the whole visible range: one split, no
-// combine. Session 5 set 12, predicting ~0.23 µs a stage; the H100 bench of session 6 measured ~1 µs
-// a stage past the first (4B shape, graph-timed with PDL: 16 keys 2.5 µs, 128 keys 9.4 µs in one
-// split, 256 keys 6.8 µs split with its combine), so the split wins from ~6 stages and the edge is 4
-// (64 keys at 4B bf16, 128 at d 128). GEMMA3_DECODE_ONE_SPLIT_STAGES=N (1..64) overrides it (A/B).
+// combine. Session 5 set 12, predicting ~0.23 µs a stage; the H100 bench of session 6 measured ~1
+// µs a stage past the first (4B shape, graph-timed with PDL: 16 keys 2.5 µs, 128 keys 9.4 µs in one
+// split, 256 keys 6.8 µs split with its combine), so the split wins from ~6 stages and the edge is
+// 4 (64 keys at 4B bf16, 128 at d 128). GEMMA3_DECODE_ONE_SPLIT_STAGES=N (1..64) overrides it
+// (A/B).
 int64_t one_split_stages() {
   static const int64_t v = [] {
     const char* e = std::getenv("GEMMA3_DECODE_ONE_SPLIT_STAGES");

@@ -204,8 +204,8 @@ __device__ __forceinline__ void qk_epilogue(const T* y, int M, int64_t N, int64_
           vec::load_f32<T, V>(w + (lane + 32 * i) * V, wr[i]);
         }
       }
-      T* dst = is_q ? e.q_out + (int64_t(m) * e.q_heads + h) * D
-                    : e.k_out + (row * e.kv_heads + h) * D;
+      T* dst =
+          is_q ? e.q_out + (int64_t(m) * e.q_heads + h) * D : e.k_out + (row * e.kv_heads + h) * D;
       qknr::norm_rope_head<T, V, true>(src, f, w, wr, dst, s_x[warp], s_cs[m], s_sn[m], D, e.eps,
                                        lane);
     } else if (!is_q && !is_k && e.v_out && kv_ok) {
@@ -1064,8 +1064,8 @@ Status launch_vec(const TX* x, const TW* w, const float* w_scale, TX* y, int M, 
   const int64_t groups_per_block = kWarps / S;
   const int64_t blocks = (groups + groups_per_block - 1) / groups_per_block;
   if (blocks > 0x7fffffff) return Status(StatusCode::kUnsupported, "matmul gemv: N too large");
-  launch_pdl(gemv_kernel<TX, TW, MT, kQk>, static_cast<unsigned>(blocks), kThreads, 0, stream, x,
-             w, w_scale, y, M, N, K, S, qk);
+  launch_pdl(gemv_kernel<TX, TW, MT, kQk>, static_cast<unsigned>(blocks), kThreads, 0, stream, x, w,
+             w_scale, y, M, N, K, S, qk);
   return check_launch("matmul gemv_kernel");
 }
 

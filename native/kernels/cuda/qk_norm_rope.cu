@@ -182,17 +182,17 @@ Status matmul_qk_norm_rope(const T* x, const T* w, T* qkv, const T* q_w, const T
   // vector kernel: then both sum and round in the same order (same bits).
   const int64_t gemv_m = std::is_same_v<T, bf16> ? detail::bf16_gemv_max_m() : 8;
   const bool ptrs = x && w && qkv && q_w && k_w && positions && q_out && k_out;
-  const bool fused =
-      qkv_epilogue_enabled() && ptrs && M >= 1 && M <= gemv_m && K >= 1 && K % V == 0 &&
-      q_heads > 0 && kv_heads > 0 && M * heads <= 8 * 1024 && head_dim >= 16 &&
-      head_dim <= qknr::kMaxHeadDim && head_dim % V == 0 && (!kv_rows || kv_capacity >= 0) &&
-      eps >= 0.0f && base > 0.0f && std::isfinite(base) && scale > 0.0f && std::isfinite(scale) &&
-      aligned16(x) && aligned16(w) && aligned16(qkv) && aligned16(q_w) && aligned16(k_w) &&
-      aligned16(q_out) && aligned16(k_out) && (!v_out || aligned16(v_out));
+  const bool fused = qkv_epilogue_enabled() && ptrs && M >= 1 && M <= gemv_m && K >= 1 &&
+                     K % V == 0 && q_heads > 0 && kv_heads > 0 && M * heads <= 8 * 1024 &&
+                     head_dim >= 16 && head_dim <= qknr::kMaxHeadDim && head_dim % V == 0 &&
+                     (!kv_rows || kv_capacity >= 0) && eps >= 0.0f && base > 0.0f &&
+                     std::isfinite(base) && scale > 0.0f && std::isfinite(scale) && aligned16(x) &&
+                     aligned16(w) && aligned16(qkv) && aligned16(q_w) && aligned16(k_w) &&
+                     aligned16(q_out) && aligned16(k_out) && (!v_out || aligned16(v_out));
   if (fused) {
-    const qknr::QkEpilogue<T> e{q_w,          k_w,           positions,      q_out, k_out,
-                                v_out,        kv_rows,       kv_capacity,    int(q_heads),
-                                int(kv_heads), int(head_dim), eps,           base, scale};
+    const qknr::QkEpilogue<T> e{q_w,           k_w,     positions,   q_out,        k_out,
+                                v_out,         kv_rows, kv_capacity, int(q_heads), int(kv_heads),
+                                int(head_dim), eps,     base,        scale};
     return detail::gemv_qk<T>(x, w, qkv, M, K, e, stream);
   }
   G3_RETURN_IF_ERROR((matmul<T, T>(x, w, nullptr, qkv, M, N, K, stream)));
@@ -206,10 +206,9 @@ Status matmul_qk_norm_rope(const T* x, const T* w, T* qkv, const T* q_w, const T
                                   const int32_t*, T*, T*, T*, const int32_t*, int64_t, int64_t, \
                                   int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float,  \
                                   float, float, cudaStream_t);                                  \
-  template Status matmul_qk_norm_rope<T>(const T*, const T*, T*, const T*, const T*,            \
-                                         const int32_t*, T*, T*, T*, const int32_t*, int64_t,   \
-                                         int64_t, int64_t, int64_t, int64_t, int64_t, float,    \
-                                         float, float, cudaStream_t);
+  template Status matmul_qk_norm_rope<T>(                                                       \
+      const T*, const T*, T*, const T*, const T*, const int32_t*, T*, T*, T*, const int32_t*,   \
+      int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float, float, float, cudaStream_t);
 G3_QK_NORM_ROPE(float)
 G3_QK_NORM_ROPE(bf16)
 #undef G3_QK_NORM_ROPE

@@ -56,9 +56,9 @@ __device__ __forceinline__ void load_head(const T* p, float (&f)[V]) {
   }
 }
 
-// RoPE's T(cos), T(sin) at `pos` for pairs i = i0, i0 + step, ... < D / 2, as rope.cu computes them:
-// 1 / base^(2i/D) / scale in float32 (pow in double rounded to float), then accurate sincosf of
-// the float32 angle, rounded to T.
+// RoPE's T(cos), T(sin) at `pos` for pairs i = i0, i0 + step, ... < D / 2, as rope.cu computes
+// them: 1 / base^(2i/D) / scale in float32 (pow in double rounded to float), then accurate sincosf
+// of the float32 angle, rounded to T.
 template <typename T>
 __device__ __forceinline__ void rope_table(float pos, int D, float base, float scale, float* cs,
                                            float* sn, int i0, int step) {
@@ -120,7 +120,8 @@ __device__ __forceinline__ void norm_rope_head(const T* src, const float (&f)[kR
     float wv[V];
     vec::load_f32<T, V>(w + i * V, wv);
 #pragma unroll
-    for (int j = 0; j < V; ++j) x[i * V + j] = vec::round_t<T>((x[i * V + j] * inv) * (1.0f + wv[j]));
+    for (int j = 0; j < V; ++j)
+      x[i * V + j] = vec::round_t<T>((x[i * V + j] * inv) * (1.0f + wv[j]));
   }
   __syncwarp();
   // rope.cu's rotation of the rounded normed values (no FMA: each op is its own HF tensor op).
