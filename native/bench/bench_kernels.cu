@@ -1,6 +1,7 @@
 // Standalone kernel benchmarks: every gemma3::cuda launcher at Gemma 3 shapes, timed with CUDA
 // events (median, p10, p90 per iteration), against cuBLAS where it has a peer and against a
 // roofline. Plain executable, no Node. Usage and column meanings: native/bench/README.md.
+#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -710,6 +711,80 @@ void run_memcpy(Ctx& c, Row& r, int64_t bytes) {
   finish(r, t, c.opt);
 }
 
+// ---------------------------------------------------------- grid barrier ----
+// What one grid-wide barrier costs (docs/kernels.md, session 6 "Next": a persistent decode-layer
+// kernel would put these where kernel boundaries are now). `rounds` barriers among `ctas` resident
+// CTAs of 256 threads; the row reports the time of one barrier (kernel time / rounds).
+constexpr int kBarrierRounds = 200;
+
+// Cooperative groups' grid.sync (needs a cooperative launch).
+__global__ void grid_sync_kernel(int rounds, unsigned* sink) {
+  cooperative_groups::grid_group g = cooperative_groups::this_grid();
+  for (int i = 0; i < rounds; ++i) g.sync();
+  if (threadIdx.x == 0 && blockIdx.x == 0) sink[0] = unsigned(rounds);
+}
+
+// A counter and a generation word in global memory: each CTA's thread 0 arrives with atomicAdd;
+// the last to arrive resets the counter and bumps the generation, the others spin until it moves.
+// Needs every CTA resident at once (the launcher checks the occupancy).
+__global__ void flag_barrier_kernel(int rounds, unsigned* count, unsigned* gen) {
+  volatile unsigned* vgen = gen;
+  unsigned seen = 0;
+  if (threadIdx.x == 0) seen = *vgen;
+  for (int i = 0; i < rounds; ++i) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      __threadfence();  // this CTA's writes before its arrival (as a real phase would need)
+      if (atomicAdd(count, 1u) == gridDim.x - 1) {
+        atomicExch(count, 0u);
+        __threadfence();
+        atomicAdd(gen, 1u);
+      } else {
+        while (*vgen == seen) {
+        }
+      }
+      ++seen;
+      __threadfence();
+    }
+    __syncthreads();
+  }
+}
+
+void run_grid_barrier(Ctx& c, Row& r, bool cooperative, int per_sm) {
+  cudaStream_t s = c.stream;
+  r.unit = "";
+  r.impl = cooperative ? "cg grid.sync" : "atomic flag";
+  int dev = 0, sms = 0, occ = 0;
+  CK(cudaGetDevice(&dev));
+  CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  if (cooperative) {
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, grid_sync_kernel, 256, 0));
+  } else {
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, flag_barrier_kernel, 256, 0));
+  }
+  if (occ < per_sm) throw BenchError("only " + std::to_string(occ) + " CTAs an SM fit");
+  const unsigned ctas = unsigned(sms * per_sm);
+  DevBuf<unsigned> words(2);
+  CK(cudaMemsetAsync(words.p, 0, 2 * sizeof(unsigned), s));
+  int rounds = kBarrierRounds;
+  unsigned* count = words.p;
+  unsigned* gen = words.p + 1;
+  Timing t = time_launches(
+      [&](int64_t) {
+        if (cooperative) {
+          void* args[] = {&rounds, &count};
+          CK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(grid_sync_kernel),
+                                         dim3(ctas), dim3(256), args, 0, s));
+        } else {
+          flag_barrier_kernel<<<ctas, 256, 0, s>>>(rounds, count, gen);
+          CK(cudaGetLastError());
+        }
+      },
+      1, c.opt, s);
+  finish(r, t, c.opt);
+  for (double* v : {&r.median_us, &r.p10_us, &r.p90_us, &r.single_us}) *v /= kBarrierRounds;
+}
+
 // ----------------------------------------------------------------- cases ----
 std::string mkn(int64_t M, int64_t K, int64_t N) {
   return "M" + std::to_string(M) + " K" + std::to_string(K) + " N" + std::to_string(N);
@@ -726,6 +801,12 @@ std::vector<Case> all_cases() {
   const int64_t kVocab4B = 262208;
   cs.push_back({"memcpy_d2d", "1GiB", "u8", [](Ctx& c, Row& r) { run_memcpy(c, r, 1ll << 30); }});
   // 4B and 1B decode layers without attention (hidden, q width, kv width, intermediate).
+  for (int per_sm : {1, 4})
+    for (bool coop : {true, false})
+      cs.push_back({"grid_barrier",
+                    std::to_string(per_sm) + " CTA/SM x 256 threads, " +
+                        (coop ? "cg grid.sync" : "atomic flag") + ", per barrier",
+                    "-", [=](Ctx& c, Row& r) { run_grid_barrier(c, r, coop, per_sm); }});
   cs.push_back({"layer_chain", "4B H2560 Q2048 KV1024 I10240", "bf16",
                 [](Ctx& c, Row& r) { run_layer_chain(c, r, 2560, 2048, 1024, 10240); }});
   cs.push_back({"layer_chain", "1B H1152 Q1024 KV256 I6912", "bf16",
