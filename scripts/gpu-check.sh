@@ -13,7 +13,8 @@ mode="${1:-all}"
 
 source scripts/device-env.sh  # the carried Node, node_modules and dists
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
-commit=${GEMMA3_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+# The commit of the tree that was sent (pack-dists.sh), not the device copy's lagging git HEAD.
+commit=${GEMMA3_COMMIT:-$(cat .dists-commit 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 
 echo "== build (sm_90a, CUDA + benchmarks)"
 export CMAKE_CUDA_ARCHITECTURES=90a GEMMA3_BENCH=1
