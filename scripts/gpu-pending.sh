@@ -5,7 +5,8 @@
 # default in one run, and the grid_barrier rows (the first measurement toward a persistent
 # decode-layer kernel, docs/kernels.md).
 #   here first: npx turbo run build && bash scripts/pack-dists.sh, then device run,
-#   carry [".device", ".dists.tar"]:  bash scripts/gpu-pending.sh
+#   carry [".device", ".dists.tar"]:  bash scripts/device-run.sh scripts/gpu-pending.sh
+#   (device-run.sh returns every output file in one results.tgz: a call returns at most 8 files)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu-pending}"
