@@ -19,11 +19,22 @@
 namespace gemma3::cpu::detail {
 namespace {
 
-// x rows rounded to the contract: q [M, K] int8, d [M, K/32] f32.
+// x rows rounded to the contract: q [M, K] int8, d [M, K/32] f32. s8 (q4_0 on AVX2, else null):
+// [M, K/32, 8] int32, 8 x the sum of each 4 consecutive q values (an AVX2 lane's share of a block).
 struct QX {
   const int8_t* q;
   const float* d;
+  const int32_t* s8;
 };
+
+// s8 of QX: for block b of row m, lane l holds 8 * (q[4l] + q[4l+1] + q[4l+2] + q[4l+3]).
+void lane_sums8(const int8_t* q, int64_t blocks, int32_t* s8) {
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int l = 0; l < 8; ++l) {
+      const int8_t* v = q + b * kQK + 4 * l;
+      s8[b * 8 + l] = 8 * (int32_t(v[0]) + v[1] + v[2] + v[3]);
+    }
+}
 
 template <typename TX>
 void quantize_rows(const TX* x, int64_t M, int64_t K, int8_t* q, float* d) {
@@ -87,11 +98,12 @@ G3_TARGET_AVX2 inline float hsum_ps_avx2(__m256 v) {
 G3_TARGET_AVX2 inline __m256i weight_ints_avx2(const block_q8_0& b) {
   return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qs));
 }
-G3_TARGET_AVX2 inline __m256i weight_ints_avx2(const block_q4_0& b) {
+// q4_0's nibbles in element order (0..15, not yet minus 8).
+G3_TARGET_AVX2 inline __m256i nibbles_avx2(const block_q4_0& b) {
   const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs));
   const __m128i m = _mm_set1_epi8(0x0f);
   const __m128i lo = _mm_and_si128(v, m), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
-  return _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8));
+  return _mm256_set_m128i(hi, lo);
 }
 
 // MM x rows (compile time, so the accumulators stay in registers) against RR weight rows at a time
@@ -103,6 +115,8 @@ G3_TARGET_AVX2 void rows_avx2_t(const QX& x, const TW* w, int64_t K, int64_t n0,
                                 float* out, int64_t ldo) {
   const int64_t nb = K / kQK;
   const __m256i ones = _mm256_set1_epi16(1);
+  // q4_0: nibbles n (0..15) against q (|q| <= 127): a maddubs pair is at most 2 * 15 * 127 < 2^15.
+  constexpr bool kQ4 = std::is_same_v<TW, block_q4_0>;
   int64_t n = n0;
   for (; n + RR <= n1; n += RR) {
     __m256 acc[RR][MM];
@@ -114,17 +128,31 @@ G3_TARGET_AVX2 void rows_avx2_t(const QX& x, const TW* w, int64_t K, int64_t n0,
       __m256 dw[RR];
       for (int r = 0; r < RR; ++r) {
         const TW& blk = wr[r * nb + b];
-        wv[r] = weight_ints_avx2(blk);
-        aw[r] = _mm256_sign_epi8(wv[r], wv[r]);  // |w| as unsigned bytes (-128 -> 128)
+        if constexpr (kQ4) {
+          aw[r] = nibbles_avx2(blk);  // unsigned 0..15: maddubs takes them as they are
+        } else {
+          wv[r] = weight_ints_avx2(blk);
+          aw[r] = _mm256_sign_epi8(wv[r], wv[r]);  // |w| as unsigned bytes (-128 -> 128)
+        }
         dw[r] = _mm256_set1_ps(_cvtsh_ss(blk.d.bits));
       }
       for (int m = 0; m < MM; ++m) {
         const __m256i xv =
             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + m * K + b * kQK));
         const __m256 dx = _mm256_set1_ps(x.d[m * nb + b]);
+        // q4_0: sum (n - 8) q per lane = sum n q - 8 sum q, the second term from x.s8 (exact
+        // either way, so the lane sums and everything after them are the q8_0 form's bits).
+        __m256i xs8;
+        if constexpr (kQ4)
+          xs8 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.s8 + (m * nb + b) * 8));
         for (int r = 0; r < RR; ++r) {
-          const __m256i p16 = _mm256_maddubs_epi16(aw[r], _mm256_sign_epi8(xv, wv[r]));
-          const __m256i p32 = _mm256_madd_epi16(p16, ones);
+          __m256i p32;
+          if constexpr (kQ4) {
+            p32 = _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(aw[r], xv), ones), xs8);
+          } else {
+            const __m256i p16 = _mm256_maddubs_epi16(aw[r], _mm256_sign_epi8(xv, wv[r]));
+            p32 = _mm256_madd_epi16(p16, ones);
+          }
           acc[r][m] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], dx), _mm256_cvtepi32_ps(p32), acc[r][m]);
         }
       }
@@ -169,17 +197,25 @@ template <typename TX, typename TW>
 Status matmul_qdot(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, int64_t N,
                    int64_t K) {
   const int64_t nb = K / kQK;
-  // One f32 scratch holds d [M, nb] then q [M, K] bytes (read-only for the workers).
-  float* buf = scratch(kScratchCaller, size_t(M * nb + (M * K + 3) / 4));
+  // One f32 scratch holds d [M, nb], then s8 [M, nb, 8] int32 (q4_0 on AVX2), then q [M, K] bytes
+  // (read-only for the workers).
+  float* buf = scratch(kScratchCaller, size_t(M * nb + M * nb * 8 + (M * K + 3) / 4));
   float* xd = buf;
-  int8_t* xq = reinterpret_cast<int8_t*>(buf + M * nb);
+  int32_t* s8 = reinterpret_cast<int32_t*>(buf + M * nb);
+  int8_t* xq = reinterpret_cast<int8_t*>(buf + M * nb + M * nb * 8);
   quantize_rows(x, M, K, xq, xd);
-  const QX qx{xq, xd};
+  QX qx{xq, xd, nullptr};
 
   void (*rows)(const QX&, const TW*, int64_t, int64_t, int64_t, int64_t, float*, int64_t) =
       rows_portable<TW>;
 #if G3_CPU_X86_DISPATCH
-  if (cpu_has_avx2()) rows = rows_avx2<TW>;
+  if (cpu_has_avx2()) {
+    rows = rows_avx2<TW>;
+    if constexpr (std::is_same_v<TW, block_q4_0>) {
+      lane_sums8(xq, M * nb, s8);
+      qx.s8 = s8;
+    }
+  }
 #endif
   constexpr int64_t kRows = 64;  // W rows per inner call (out tile: kMaxM x kRows floats)
   parallel_for(N, grain_for(K * M, 1 << 16), [&](int64_t b, int64_t e) {
