@@ -2,8 +2,10 @@
 // kernels/qdot.h). x is rounded once per call to int8 blocks of 32 with an f32 scale each, then
 // every (x block, weight block) pair is an exact integer dot product scaled by d_w * d_x, as
 // llama.cpp's ggml_vec_dot_q4_0_q8_0 / ggml_vec_dot_q8_0_q8_0 compute it. The AVX2 path uses
-// llama.cpp's mul_sum_i8_pairs: maddubs(|w|, sign(x, w)) then madd with ones, exact in int32
-// (|w| <= 128, |q_x| <= 127: a pair sums to at most 32512 < 2^15).
+// llama.cpp's mul_sum_i8_pairs for q8_0: maddubs(|w|, sign(x, w)) then madd with ones, exact in
+// int32 (|w| <= 128, |q_x| <= 127: a pair sums to at most 32512 < 2^15); for q4_0 the nibbles n
+// go in unsigned, maddubs(n, q_x) then madd, minus 8 x each lane's sum of q_x (QX::s8): the same
+// exact lane sums with two fewer instructions per weight block.
 #include <algorithm>
 #include <type_traits>
 
