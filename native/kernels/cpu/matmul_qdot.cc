@@ -201,10 +201,11 @@ Status matmul_qdot(const TX* x, const TW* w, const float* w_scale, TX* y, int64_
   const int64_t nb = K / kQK;
   // One f32 scratch holds d [M, nb], then s8 [M, nb, 8] int32 (q4_0 on AVX2), then q [M, K] bytes
   // (read-only for the workers).
-  float* buf = scratch(kScratchCaller, size_t(M * nb + M * nb * 8 + (M * K + 3) / 4));
+  const int64_t s8n = std::is_same_v<TW, block_q4_0> ? M * nb * 8 : 0;
+  float* buf = scratch(kScratchCaller, size_t(M * nb + s8n + (M * K + 3) / 4));
   float* xd = buf;
   int32_t* s8 = reinterpret_cast<int32_t*>(buf + M * nb);
-  int8_t* xq = reinterpret_cast<int8_t*>(buf + M * nb + M * nb * 8);
+  int8_t* xq = reinterpret_cast<int8_t*>(buf + M * nb + s8n);
   quantize_rows(x, M, K, xq, xd);
   QX qx{xq, xd, nullptr};
 

@@ -582,10 +582,10 @@ Status launch_combine_wide(const DecodeParams& p, int64_t batch, int64_t D, cuda
   const int64_t dims = std::min<int64_t>(D, 64);
   // Programmatic dependent launch (pdl.cuh): the combine is scheduled while the split kernel runs
   // and waits in-kernel, so the gap between the two launches is hidden.
-  launch_pdl_if(pdl_enabled(), decode_combine_wide_kernel<T>,
-                dim3(unsigned(batch * p.num_qo_heads), unsigned(D / dims)), dim3(kCombineThreads),
-                0, stream, static_cast<const float*>(p.ws_o), static_cast<const float*>(p.ws_ml),
-                static_cast<T*>(p.out), p.splits, int(D));
+  launch_pdl(decode_combine_wide_kernel<T>,
+             dim3(unsigned(batch * p.num_qo_heads), unsigned(D / dims)), dim3(kCombineThreads), 0,
+             stream, static_cast<const float*>(p.ws_o), static_cast<const float*>(p.ws_ml),
+             static_cast<T*>(p.out), p.splits, int(D));
   return check_launch("attention_decode (combine)");
 }
 
@@ -611,9 +611,9 @@ Status launch_pipe(DecodeParams p, const Plan& in, cudaStream_t stream) {
   }
   plan_pipe(in, int64_t(in.sms) * occ, Pc::kKeys, &p);
   const dim3 grid(unsigned(p.splits), unsigned(p.num_kv_heads * p.head_chunks), unsigned(in.batch));
-  // Programmatic dependent launch (pdl.cuh; opt-in, GEMMA3_PDL=1, until a GPU A/B measures it):
-  // the page table is read and the first stages' rows are asked into L2 while the kernel before
-  // this one (in a decode layer, the one that writes q and the new K/V rows) finishes.
+  // Programmatic dependent launch (pdl.cuh; on unless GEMMA3_PDL=0): the page table is read and
+  // the first stages' rows are asked into L2 while the kernel before this one (in a decode layer,
+  // the one that writes q and the new K/V rows) finishes.
   p.pdl = pdl_enabled();
   launch_pdl_if(p.pdl, kern, grid, dim3(kThreads), Pc::kSmem, stream, p);
   G3_RETURN_IF_ERROR(check_launch("attention_decode"));

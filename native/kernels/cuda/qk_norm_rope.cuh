@@ -24,26 +24,15 @@ __device__ __forceinline__ void load_f32_cg(const T* p, float (&f)[V]) {
   if constexpr (V == 1) {
     if constexpr (sizeof(T) == 4) {
       f[0] = __ldcg(reinterpret_cast<const float*>(p));
-    } else {
-      const unsigned short b = __ldcg(reinterpret_cast<const unsigned short*>(p));
-      f[0] = __uint_as_float(uint32_t(b) << 16);
+    } else {  // bf16: its bits are the top half of the float
+      f[0] = __uint_as_float(uint32_t(__ldcg(reinterpret_cast<const unsigned short*>(p))) << 16);
     }
   } else {
     static_assert(V * sizeof(T) % 16 == 0, "vector loads are 16 bytes");
     constexpr int kPer = 16 / sizeof(T);
 #pragma unroll
-    for (int k = 0; k < V / kPer; ++k) {
-      const uint4 u = __ldcg(reinterpret_cast<const uint4*>(p + k * kPer));
-      const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        if constexpr (sizeof(T) == 4) {
-          f[k * kPer + i] = __uint_as_float(w[i]);
-        } else {
-          vec::unpack_bf16x2(w[i], f[k * kPer + 2 * i], f[k * kPer + 2 * i + 1]);
-        }
-      }
-    }
+    for (int k = 0; k < V / kPer; ++k)
+      vec::unpack16_f32<T>(__ldcg(reinterpret_cast<const uint4*>(p + k * kPer)), f + k * kPer);
   }
 }
 

@@ -35,11 +35,11 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   return uint32_t(from_f32<bf16>(lo).bits) | (uint32_t(from_f32<bf16>(hi).bits) << 16);
 }
 
-// 16 bytes of T (float or bf16) at p (16-byte aligned) as 16 / sizeof(T) floats, and back.
-// One uint4 access each way; load_f32/store_f32 below are the interface.
+// 16 bytes of T (float or bf16) as 16 / sizeof(T) floats (unpack16_f32 from a loaded uint4,
+// load16_f32 from p, 16-byte aligned), and back. One uint4 access each way; load_f32/store_f32
+// below are the interface.
 template <typename T>
-__device__ __forceinline__ void load16_f32(const T* p, float* f) {
-  const uint4 u = *reinterpret_cast<const uint4*>(p);
+__device__ __forceinline__ void unpack16_f32(const uint4& u, float* f) {
   const uint32_t w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -49,6 +49,10 @@ __device__ __forceinline__ void load16_f32(const T* p, float* f) {
       unpack_bf16x2(w[i], f[2 * i], f[2 * i + 1]);
     }
   }
+}
+template <typename T>
+__device__ __forceinline__ void load16_f32(const T* p, float* f) {
+  unpack16_f32<T>(*reinterpret_cast<const uint4*>(p), f);
 }
 template <typename T>
 __device__ __forceinline__ void store16_f32(T* p, const float* f) {
