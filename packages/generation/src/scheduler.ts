@@ -11,7 +11,8 @@
 // copied; HybridKVCache.fork), every choice samples its first token from the same last-position
 // logits row with its own sampling state, and from then on the n sequences decode independently.
 //
-// Pipelined decoding (asyncDecode, opt-in; vLLM's async scheduling). In the steady state (every
+// Pipelined decoding (asyncDecode: off by default here, on in `serve` and `bench`; vLLM's async
+// scheduling). In the steady state (every
 // running sequence decoding and plain greedy, nothing admissible waiting, the same batch as the
 // step in flight, room for one more token each) step N+1 is launched before step N's tokens are
 // read: its ids are step N's argmax on the device (ModelStep.idsFrom), and step N's host copy was
@@ -143,9 +144,10 @@ export interface SchedulerOptions {
   /** Options of response_format grammars (whitespace bound). */
   responseFormat?: GrammarOptions;
   /**
-   * Pipelined decoding (default false here; on in the apps unless GEMMA3_ASYNC_DECODE=0): in the steady state
-   * of plain greedy decoding, launch each step before the previous step's tokens are read (see
-   * the top of this file). Same tokens, text and usage; needs a model with deviceIdsInput.
+   * Pipelined decoding (default false here; on in the apps unless GEMMA3_ASYNC_DECODE=0): in the
+   * steady state of plain greedy decoding, launch each step before the previous step's tokens are
+   * read (see the top of this file). Same tokens, text and usage; needs a model with
+   * deviceIdsInput.
    */
   asyncDecode?: boolean;
 }
