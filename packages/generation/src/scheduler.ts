@@ -13,16 +13,17 @@
 //
 // Pipelined decoding (asyncDecode: off by default here, on in `serve` and `bench`; vLLM's async
 // scheduling). In the steady state (every running sequence decoding and plain greedy, nothing
-// admissible waiting, the same batch as the step in flight, room for one more token each) step
-// N+1 is launched before step N's tokens are read: its ids are step N's argmax on the device
+// admissible waiting, the same batch as the step in flight, room for one more token each) step N+1
+// is launched before step N's tokens are read: its ids are step N's argmax on the device
 // (ModelStep.idsFrom), and step N's host copy was enqueued right after that argmax
-// (Sampler.launchGreedy), so it completes with step N while step N+1 runs. The host then handles step N's tokens (stop checks, streaming) during step N+1.
-// A sequence that ends at step N (stop token or string, abort) has one extra token computed in
-// step N+1: never reported, and its KV position is trimmed before the sequence is freed; its id
-// is never given to the KV cache (step N+1's ids come late: provideIds at the next plan), so the
-// prefix index never registers it. Anything else (a request to admit, a finish or cancel, a
-// non-greedy row, the last allowed token) drains the pipeline: the step in flight is read, no new
-// one is launched, and the next step runs as usual, re-entering the pipeline when steady again.
+// (Sampler.launchGreedy), so it completes with step N while step N+1 runs. The host then handles
+// step N's tokens (stop checks, streaming) during step N+1. A sequence that ends at step N (stop
+// token or string, abort) has one extra token computed in step N+1: never reported, and its KV
+// position is trimmed before the sequence is freed; its id is never given to the KV cache (step
+// N+1's ids come late: provideIds at the next plan), so the prefix index never registers it.
+// Anything else (a request to admit, a finish or cancel, a non-greedy row, the last allowed token)
+// drains the pipeline: the step in flight is read, no new one is launched, and the next step runs
+// as usual, re-entering the pipeline when steady again.
 import type {
   HybridKVCache,
   HybridKVCacheOptions,
