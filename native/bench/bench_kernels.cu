@@ -824,6 +824,13 @@ std::vector<Case> all_cases() {
       add_matmul<block_q6_K>(cs, "gemv", 1, kn[0], kn[1]);
     }
   }
+  // The decode layer's fused dense GEMVs as the model runs them (QKV, O, gate/up, down): 1B, 4B.
+  const int64_t layer[][2] = {{1152, 1536}, {1024, 1152}, {1152, 13824}, {6912, 1152},
+                              {2560, 4096}, {2048, 2560}, {2560, 20480}};
+  for (auto& kn : layer) {
+    add_matmul<bf16>(cs, "gemv_layer", 1, kn[0], kn[1]);
+    add_matmul<fp8e4m3>(cs, "gemv_layer", 1, kn[0], kn[1]);
+  }
   // Down projections (small N, long K: the GEMVs split K across warps): 4B, 27B.
   const int64_t down[][2] = {{10240, 2560}, {21504, 5376}};
   for (auto& kn : down) {

@@ -215,8 +215,12 @@ __device__ __forceinline__ void qk_epilogue(const T* y, int M, int64_t N, int64_
   }
 }
 
-// Rows per warp (R) and chunks in flight per row (U): enough 16-byte loads in flight per lane to
-// cover DRAM latency, few enough registers at M = 8.
+// Rows per warp (R) and chunks in flight per row (U). Streamed (the default U): a warp loops over
+// its slice of K, U chunks of each row per lane per round trip; few enough registers at M = 8.
+// One-shot (U = kOneShotU, M <= 2, GEMMA3_GEMV_ONESHOT): the launcher splits K so a slice is at
+// most 32 U chunks, and the warp issues all of them before pdl_wait (W needs nothing from the
+// kernel before): one DRAM round trip a warp, overlapping the previous kernel's tail.
+constexpr int kOneShotU = 5;
 template <int MT>
 struct Tiling {
   static constexpr int R = 2;
@@ -234,7 +238,7 @@ __device__ __forceinline__ float warp_sum(float v) {
 // min-blocks bound stops ptxas from trading spills for occupancy; 2-3 CTAs/SM keep loads in flight.
 // kQk (the QKV epilogue) bounds registers to what the plain kernel uses at M = 1 (40: 6 CTAs an SM,
 // so the 4B QKV GEMV's 512 CTAs run in one wave, not two), spilling in the epilogue instead.
-template <typename TX, typename TW, int MT, bool kQk = false>
+template <typename TX, typename TW, int MT, int U, bool kQk = false>
 __global__ void __launch_bounds__(kThreads, kQk ? (MT == 1 ? 6 : 4) : (MT == 1 ? 3 : 2))
     gemv_kernel(const TX* __restrict__ x,           // x: [M, K]
                 const TW* __restrict__ w,           // w: [N, K], 16-byte aligned
@@ -243,7 +247,8 @@ __global__ void __launch_bounds__(kThreads, kQk ? (MT == 1 ? 6 : 4) : (MT == 1 ?
                 int M, int64_t N, int64_t K, int S,
                 QkEpilogue<TX> qk) {  // kQk: norm and rotate each finished head (below)
   using F = Fmt<TW>;
-  constexpr int R = Tiling<MT>::R, U = Tiling<MT>::U, E = F::kE;
+  constexpr int R = Tiling<MT>::R, E = F::kE;
+  constexpr bool kOneShot = U == kOneShotU;
   __shared__ float partial[kWarps][MT * R];
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -261,15 +266,32 @@ __global__ void __launch_bounds__(kThreads, kQk ? (MT == 1 ? 6 : 4) : (MT == 1 ?
   const TW* rows[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) rows[r] = w + (n0 + r < N ? n0 + r : N - 1) * K;
-  // PDL (pdl.cuh): no kernel of a step writes W, so this warp's first chunks start towards L2
-  // while the kernel before finishes; x and y wait for it.
-  if (n0 < N) {
+  typename F::Raw raw[U][R];
+  auto load_round = [&](int64_t c0) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int64_t c = int64_t(s) * 32 * U + lane + u * 32;
+      const int64_t c = c0 + u * 32;
       if (c < nchunks) {
 #pragma unroll
-        for (int r = 0; r < R; ++r) prefetch_l2(rows[r] + c * E);
+        for (int r = 0; r < R; ++r) raw[u][r] = F::load(rows[r], c);
+      }
+    }
+  };
+  // PDL (pdl.cuh): no kernel of a step writes W, so this warp's first chunks start on their way
+  // while the kernel before finishes (one-shot: its first round into registers; streamed: towards
+  // L2); x and y wait for it.
+  const int64_t first = int64_t(s) * 32 * U + lane;
+  if (n0 < N) {
+    if constexpr (kOneShot) {
+      load_round(first);
+    } else {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int64_t c = first + u * 32;
+        if (c < nchunks) {
+#pragma unroll
+          for (int r = 0; r < R; ++r) prefetch_l2(rows[r] + c * E);
+        }
       }
     }
   }
@@ -278,16 +300,8 @@ __global__ void __launch_bounds__(kThreads, kQk ? (MT == 1 ? 6 : 4) : (MT == 1 ?
 
   if (n0 < N) {
     const int64_t step = int64_t(S) * 32 * U;
-    for (int64_t c0 = int64_t(s) * 32 * U + lane; c0 < nchunks; c0 += step) {
-      typename F::Raw raw[U][R];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int64_t c = c0 + u * 32;
-        if (c < nchunks) {
-#pragma unroll
-          for (int r = 0; r < R; ++r) raw[u][r] = F::load(rows[r], c);
-        }
-      }
+    for (int64_t c0 = first; c0 < nchunks; c0 += step) {
+      if (!kOneShot || c0 != first) load_round(c0);
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int64_t c = c0 + u * 32;
@@ -1048,25 +1062,51 @@ Status by_m_bucket(int M, F&& f) {
   return f(std::integral_constant<int, 8>{});
 }
 
+// False when GEMMA3_GEMV_ONESHOT=0 (read once): the dense GEMV streams at every M (the A/B of the
+// one-shot tiling).
+bool gemv_oneshot_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("GEMMA3_GEMV_ONESHOT");
+    return !(v != nullptr && std::strcmp(v, "0") == 0);
+  }();
+  return on;
+}
+
 template <typename TX, typename TW, int MT, bool kQk = false>
 Status launch_vec(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N,
                   int64_t K, cudaStream_t stream, const QkEpilogue<TX>& qk = {}) {
-  constexpr int R = Tiling<MT>::R, U = Tiling<MT>::U;
+  constexpr int R = Tiling<MT>::R;
   int sms = 0;
   G3_RETURN_IF_ERROR(sm_count(&sms));
-  // Split K over S warps per row group only when the row groups alone leave SMs idle (small N,
-  // long K: e.g. the down projection) and each slice still gets at least two unrolled steps.
   const int64_t groups = (N + R - 1) / R;
   const int64_t nchunks = K / Fmt<TW>::kE;
+  auto launch = [&](auto u, int S) {
+    const int64_t groups_per_block = kWarps / S;
+    const int64_t blocks = (groups + groups_per_block - 1) / groups_per_block;
+    if (blocks > 0x7fffffff) return Status(StatusCode::kUnsupported, "matmul gemv: N too large");
+    launch_pdl(gemv_kernel<TX, TW, MT, decltype(u)::value, kQk>, static_cast<unsigned>(blocks),
+               kThreads, 0, stream, x, w, w_scale, y, M, N, K, S, qk);
+    return check_launch("matmul gemv_kernel");
+  };
+  if constexpr (MT <= 2 && !kQk) {
+    if (gemv_oneshot_enabled()) {
+      // Split K until a slice fits one round (32 kOneShotU chunks a lane row), at most kWarps
+      // ways (longer K loops); then, while the grid leaves SMs without a CTA, split further as
+      // long as each lane keeps at least two chunks a row (small GEMVs: the 1B QKV and O).
+      const int64_t per_lane = (nchunks + 31) / 32;
+      int S = 1;
+      while (S < kWarps && per_lane > int64_t(S) * kOneShotU) S *= 2;
+      while (S < kWarps && (groups * S + kWarps - 1) / kWarps < sms && per_lane >= 4 * S) S *= 2;
+      return launch(std::integral_constant<int, kOneShotU>{}, S);
+    }
+  }
+  // Streamed: split K over S warps per row group only when the row groups alone leave SMs idle
+  // (small N, long K: e.g. the down projection) and each slice still gets at least two rounds.
+  constexpr int U = Tiling<MT>::U;
   const int64_t target_warps = int64_t(sms) * 64;
   int S = 1;
   while (S < kWarps && groups * S < target_warps && nchunks >= int64_t(S) * 2 * 2 * 32 * U) S *= 2;
-  const int64_t groups_per_block = kWarps / S;
-  const int64_t blocks = (groups + groups_per_block - 1) / groups_per_block;
-  if (blocks > 0x7fffffff) return Status(StatusCode::kUnsupported, "matmul gemv: N too large");
-  launch_pdl(gemv_kernel<TX, TW, MT, kQk>, static_cast<unsigned>(blocks), kThreads, 0, stream, x, w,
-             w_scale, y, M, N, K, S, qk);
-  return check_launch("matmul gemv_kernel");
+  return launch(std::integral_constant<int, U>{}, S);
 }
 
 // `smem`: dynamic shared memory bytes (kQ8Shared: the rounded x, in 1 KB steps; else 0).
