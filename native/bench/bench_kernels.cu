@@ -830,6 +830,10 @@ std::vector<Case> all_cases() {
   for (auto& kn : layer) {
     add_matmul<bf16>(cs, "gemv_layer", 1, kn[0], kn[1]);
     add_matmul<fp8e4m3>(cs, "gemv_layer", 1, kn[0], kn[1]);
+    if (kn[0] % 256 == 0) {  // 4B: the quantized checkpoints' layers (issue 8)
+      add_matmul<block_q8_0>(cs, "gemv_layer", 1, kn[0], kn[1]);
+      add_matmul<block_q4_0>(cs, "gemv_layer", 1, kn[0], kn[1]);
+    }
   }
   // Down projections (small N, long K: the GEMVs split K across warps): 4B, 27B.
   const int64_t down[][2] = {{10240, 2560}, {21504, 5376}};
@@ -861,7 +865,7 @@ std::vector<Case> all_cases() {
                   [=](Ctx& c, Row& r) { run_prefill(c, r, h, kv, d, seq); }});
   }
 
-  const int64_t dec[][3] = {{8, 4, 256}, {32, 16, 128}};
+  const int64_t dec[][3] = {{8, 4, 256}, {32, 16, 128}, {4, 1, 256}};  // 4B, 27B, 1B
   for (auto& hk : dec)
     for (int64_t batch : {1, 16})
       // 32K: issue 9's "decode attention at 32K"; 16-256 at batch 1: the one-split range and its

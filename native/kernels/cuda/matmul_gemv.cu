@@ -217,10 +217,14 @@ __device__ __forceinline__ void qk_epilogue(const T* y, int M, int64_t N, int64_
 
 // Rows per warp (R) and chunks in flight per row (U). Streamed (the default U): a warp loops over
 // its slice of K, U chunks of each row per lane per round trip; few enough registers at M = 8.
-// One-shot (U = kOneShotU, M <= 2, GEMMA3_GEMV_ONESHOT): the launcher splits K so a slice is at
-// most 32 U chunks, and the warp issues all of them before pdl_wait (W needs nothing from the
-// kernel before): one DRAM round trip a warp, overlapping the previous kernel's tail.
+// One-shot (U = kOneShotU; M = 1, f32 / bf16 W of at most kOneShotMaxBytes; GEMMA3_GEMV_ONESHOT):
+// the launcher splits K so a slice is at most 32 U chunks, and the warp issues all of them before
+// pdl_wait (W needs nothing from the kernel before): one DRAM round trip a warp, overlapping the
+// previous kernel's tail. H100, graph-timed, bf16 (docs/kernels.md, session 7): the 1B layer's
+// GEMVs and the 4B QKV / O gain 0.3-2.6 µs each (1B gate/up 14.6 -> 11.9 µs); W of 52 MB and more
+// (4B gate/up, down), and fp8 rows, lose up to 2.5 µs, hence the byte limit and bf16 / f32 only.
 constexpr int kOneShotU = 5;
+constexpr int64_t kOneShotMaxBytes = int64_t(40) << 20;
 template <int MT>
 struct Tiling {
   static constexpr int R = 2;
@@ -1088,8 +1092,8 @@ Status launch_vec(const TX* x, const TW* w, const float* w_scale, TX* y, int M, 
                kThreads, 0, stream, x, w, w_scale, y, M, N, K, S, qk);
     return check_launch("matmul gemv_kernel");
   };
-  if constexpr (MT <= 2 && !kQk) {
-    if (gemv_oneshot_enabled()) {
+  if constexpr (MT == 1 && !kQk && sizeof(TW) >= 2) {
+    if (N * K * int64_t(sizeof(TW)) <= kOneShotMaxBytes && gemv_oneshot_enabled()) {
       // Split K until a slice fits one round (32 kOneShotU chunks a lane row), at most kWarps
       // ways (longer K loops); then, while the grid leaves SMs without a CTA, split further as
       // long as each lane keeps at least two chunks a row (small GEMVs: the 1B QKV and O).
