@@ -265,9 +265,9 @@ export function matmulCases(): Case[] {
     for (const wd of ["q8_0", "q4_0", "fp8_e4m3"] as const)
       for (const [M, N, K] of qshapes) cases.push(matmulCase(xd, wd, M, N, K, seed++));
   // Dense GEMVs past the small shapes above: rows of a row group split over warps of a CTA (few
-  // rows, long K), many CTAs (short K), odd N, every M bucket. At M = 1 with f32 / bf16 W the one-shot
-  // tiling: one round with idle lanes (K 1152), K split to fit a round and further to spread a
-  // small grid (1001 x 2048), slices of two rounds, the second partial (K 20000, 12352).
+  // rows, long K), many CTAs (short K), odd N, every M bucket. M = 1 with bf16 W and K <= 1280 takes the one-shot
+  // tiling: one round with idle lanes (3001 x 1152), K split in two to spread a small grid
+  // (37 x 1024); long K at M = 1 streams (20000, 12352).
   for (const xd of ["f32", "bf16"] as const)
     for (const wd of ["f32", "bf16", "fp8_e4m3"] as const)
       for (const [M, N, K] of [
@@ -276,6 +276,7 @@ export function matmulCases(): Case[] {
         [8, 5000, 64],
         [2, 777, 4096],
         [1, 3001, 1152],
+        [1, 37, 1024],
         [1, 5, 20000],
         [1, 33, 12352],
       ] as [number, number, number][])

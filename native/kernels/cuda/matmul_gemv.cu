@@ -217,12 +217,13 @@ __device__ __forceinline__ void qk_epilogue(const T* y, int M, int64_t N, int64_
 
 // Rows per warp (R) and chunks in flight per row (U). Streamed (the default U): a warp loops over
 // its slice of K, U chunks of each row per lane per round trip; few enough registers at M = 8.
-// One-shot (U = kOneShotU; M = 1, f32 / bf16 W of at most kOneShotMaxBytes; GEMMA3_GEMV_ONESHOT):
-// the launcher splits K so a slice is at most 32 U chunks, and the warp issues all of them before
-// pdl_wait (W needs nothing from the kernel before): one DRAM round trip a warp, overlapping the
-// previous kernel's tail. H100, graph-timed, bf16 (docs/kernels.md, session 7): the 1B layer's
-// GEMVs and the 4B QKV / O gain 0.3-2.6 µs each (1B gate/up 14.6 -> 11.9 µs); W of 52 MB and more
-// (4B gate/up, down), and fp8 rows, lose up to 2.5 µs, hence the byte limit and bf16 / f32 only.
+// One-shot (U = kOneShotU; M = 1, f32 / bf16 W of at most kOneShotMaxBytes whose row fits one
+// round of a warp, K <= 32 U chunks: the 1B layer's QKV, O and gate/up; GEMMA3_GEMV_ONESHOT): the
+// warp issues its whole row group before pdl_wait (W needs nothing from the kernel before): one
+// DRAM round trip a warp, overlapping the previous kernel's tail. H100, graph-timed, bf16
+// (docs/kernels.md, session 7): the 1B QKV, O and gate/up gain 0.4-2.6 µs each (gate/up 14.6 ->
+// 11.9 µs), 1B decode +2-3% end to end; with K split to fit (the 4B QKV and O, 0.3-0.9 µs faster
+// alone) 4B decode lost 1.6%, W of 52 MB and more (4B gate/up, down) and fp8 rows lost up to 2.5 µs.
 constexpr int kOneShotU = 5;
 constexpr int64_t kOneShotMaxBytes = int64_t(40) << 20;
 template <int MT>
@@ -1093,13 +1094,12 @@ Status launch_vec(const TX* x, const TW* w, const float* w_scale, TX* y, int M, 
     return check_launch("matmul gemv_kernel");
   };
   if constexpr (MT == 1 && !kQk && sizeof(TW) >= 2) {
-    if (N * K * int64_t(sizeof(TW)) <= kOneShotMaxBytes && gemv_oneshot_enabled()) {
-      // Split K until a slice fits one round (32 kOneShotU chunks a lane row), at most kWarps
-      // ways (longer K loops); then, while the grid leaves SMs without a CTA, split further as
-      // long as each lane keeps at least two chunks a row (small GEMVs: the 1B QKV and O).
-      const int64_t per_lane = (nchunks + 31) / 32;
+    const int64_t per_lane = (nchunks + 31) / 32;  // chunks of a row per lane
+    if (per_lane <= kOneShotU && N * K * int64_t(sizeof(TW)) <= kOneShotMaxBytes &&
+        gemv_oneshot_enabled()) {
+      // While the grid leaves SMs without a CTA, split K as long as each lane keeps at least two
+      // chunks a row (small GEMVs: the 1B QKV and O).
       int S = 1;
-      while (S < kWarps && per_lane > int64_t(S) * kOneShotU) S *= 2;
       while (S < kWarps && (groups * S + kWarps - 1) / kWarps < sms && per_lane >= 4 * S) S *= 2;
       return launch(std::integral_constant<int, kOneShotU>{}, S);
     }
