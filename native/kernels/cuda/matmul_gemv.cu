@@ -223,7 +223,8 @@ __device__ __forceinline__ void qk_epilogue(const T* y, int M, int64_t N, int64_
 // DRAM round trip a warp, overlapping the previous kernel's tail. H100, graph-timed, bf16
 // (docs/kernels.md, session 7): the 1B QKV, O and gate/up gain 0.4-2.6 µs each (gate/up 14.6 ->
 // 11.9 µs), 1B decode +2-3% end to end; with K split to fit (the 4B QKV and O, 0.3-0.9 µs faster
-// alone) 4B decode lost 1.6%, W of 52 MB and more (4B gate/up, down) and fp8 rows lost up to 2.5 µs.
+// alone) 4B decode lost 1.6%, W of 52 MB and more (4B gate/up, down) and fp8 rows lost up to 2.5
+// µs.
 constexpr int kOneShotU = 5;
 constexpr int64_t kOneShotMaxBytes = int64_t(40) << 20;
 template <int MT>
@@ -902,6 +903,211 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
   }
 }
 
+// ---- q-dot with a lane per block (q8_0, q4_0 at M <= 2; GEMMA3_QDOT_LANE) ----
+//
+// The staged kernel above splits a block over 2 / 4 lanes and pays, per half block, for shared-
+// memory staging, word realignment and scaling: Nsight Compute (H100, session 7) counts 6.0 M
+// warp instructions for a 14.7 MB q4_0 GEMV (2.45 bytes of W each), so at ~2.5 IPC it is
+// issue-bound at ~1.6 TB/s. Here lane j of a warp takes whole blocks j, j + 32, ... of each of its
+// R rows, straight from global memory: the 5 / 9 aligned words that hold a block (cached in L1,
+// which the warp's other loads of the same sectors hit), its d and qs words realigned with one
+// funnel shift per word at the row's (lane-constant) 2-byte phase, then the whole block's integer
+// dot (q4_0: low nibbles u8 x s8, high nibbles masked in place, i.e. 16x, then shifted back; the
+// -8 offset as -8 s of the x block) and one FFMA: acc += (d_w d_x) * float(dot), the reference's
+// per-block term exactly. ~35 instructions per block and row: ~16 bytes of W per warp instruction.
+template <typename TW>
+struct LaneFmt;
+template <>
+struct LaneFmt<block_q4_0> {
+  static constexpr int kBytes = 18, kWords = 5, kQsWords = 4;
+};
+template <>
+struct LaneFmt<block_q8_0> {
+  static constexpr int kBytes = 34, kWords = 9, kQsWords = 8;
+};
+
+// dp4a with unsigned bytes in a and signed bytes in b (the q4_0 nibbles against int8 x).
+__device__ __forceinline__ int dp4a_us(uint32_t a, int b, int c) {
+  int d;
+  asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+
+// The words of the block at p (2-byte aligned): kWords words from p rounded down to 4 bytes. At
+// phase 0 the last word's upper half lies past the block (maybe past the tensor), so only its
+// lower half is read.
+template <typename TW>
+__device__ __forceinline__ void load_block_words(const char* p, bool phase2,
+                                                 uint32_t (&wd)[LaneFmt<TW>::kWords]) {
+  constexpr int kW = LaneFmt<TW>::kWords;
+  const uint32_t* q =
+      reinterpret_cast<const uint32_t*>(reinterpret_cast<uintptr_t>(p) & ~uintptr_t(3));
+#pragma unroll
+  for (int i = 0; i < kW - 1; ++i) wd[i] = __ldg(q + i);
+  wd[kW - 1] = phase2 ? __ldg(q + kW - 1)
+                      : uint32_t(__ldg(reinterpret_cast<const unsigned short*>(q + kW - 1)));
+}
+
+// Exact integer dot of one block (words wd at the given phase) with the int8 x block xw (8 words;
+// s = the sum of its values, for q4_0's -8 offset); d_w returned as f32.
+template <typename TW>
+__device__ __forceinline__ int block_dot_lane(const uint32_t (&wd)[LaneFmt<TW>::kWords], int sq,
+                                              const int4& x0, const int4& x1, int s, float* dw,
+                                              int sd) {
+  *dw = f16_bits_to_f32((wd[0] >> sd) & 0xffffu);
+  uint32_t q[LaneFmt<TW>::kQsWords];
+#pragma unroll
+  for (int i = 0; i < LaneFmt<TW>::kQsWords; ++i) q[i] = __funnelshift_rc(wd[i], wd[i + 1], sq);
+  if constexpr (std::is_same_v<TW, block_q4_0>) {
+    int lo = -8 * s, hi = 0;
+    lo = dp4a_us(q[0] & 0x0f0f0f0fu, x0.x, lo);
+    lo = dp4a_us(q[1] & 0x0f0f0f0fu, x0.y, lo);
+    lo = dp4a_us(q[2] & 0x0f0f0f0fu, x0.z, lo);
+    lo = dp4a_us(q[3] & 0x0f0f0f0fu, x0.w, lo);
+    hi = dp4a_us(q[0] & 0xf0f0f0f0u, x1.x, hi);
+    hi = dp4a_us(q[1] & 0xf0f0f0f0u, x1.y, hi);
+    hi = dp4a_us(q[2] & 0xf0f0f0f0u, x1.z, hi);
+    hi = dp4a_us(q[3] & 0xf0f0f0f0u, x1.w, hi);
+    return lo + (hi >> 4);  // every high product is 16 n x: the shift is exact
+  } else {
+    int v = __dp4a(int(q[0]), x0.x, 0);
+    v = __dp4a(int(q[1]), x0.y, v);
+    v = __dp4a(int(q[2]), x0.z, v);
+    v = __dp4a(int(q[3]), x0.w, v);
+    v = __dp4a(int(q[4]), x1.x, v);
+    v = __dp4a(int(q[5]), x1.y, v);
+    v = __dp4a(int(q[6]), x1.z, v);
+    return __dp4a(int(q[7]), x1.w, v);
+  }
+}
+
+template <typename TW, int MT>
+struct LaneTiling {
+  static constexpr int R = std::is_same_v<TW, block_q4_0> && MT == 1 ? 4 : 2;  // rows per warp
+  static constexpr int U = 2;  // blocks per lane and row in flight
+};
+
+// Group g = (block, warp / S) owns rows [g R, g R + R) (rows past N clamped, results dropped);
+// slice s = warp % S takes blocks [s nb / S, (s + 1) nb / S) of each row, lane j blocks j, j + 32,
+// ... of the slice. x rounded to int8 blocks (identity layout) in g_qx or in the CTA's shared
+// memory (kQ8Shared: rounded by the CTA's prologue). Host guarantees nb * kBytes < 2^31.
+template <typename TX, typename TW, int MT, XIn kX>
+__global__ void __launch_bounds__(kThreads, 2)
+    gemv_qlane_kernel(const TX* __restrict__ x,           // x: [M, K], 16-byte aligned
+                      const TW* __restrict__ w,           // w: [N, K/32] blocks, 2-byte aligned
+                      const float* __restrict__ w_scale,  // w_scale: [N] or null
+                      TX* __restrict__ y,                 // y: [M, N]
+                      int M, int64_t N, int64_t K, int S) {
+  static_assert(kX != XIn::kFloat, "q-dot only");
+  using L = LaneFmt<TW>;
+  constexpr int R = LaneTiling<TW, MT>::R, U = LaneTiling<TW, MT>::U, kW = L::kWords;
+  __shared__ float partial[kWarps][MT * R];
+  extern __shared__ __align__(16) char sx[];
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t group = int64_t(blockIdx.x) * (kWarps / S) + warp / S;
+  const int s = warp % S;
+  const int64_t n0 = group * R;
+  const int nb = static_cast<int>(K / kQK);
+  const int b_begin = int(int64_t(s) * nb / S), b_end = int(int64_t(s + 1) * nb / S);
+  const int64_t row_bytes = int64_t(nb) * L::kBytes;
+
+  const char* rows[R];
+  bool phase2[R];
+  int sq[R], sd[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    rows[r] = reinterpret_cast<const char*>(w) + (n0 + r < N ? n0 + r : N - 1) * row_bytes;
+    // Blocks b and b + 32 of a row share the 2-byte phase (32 * kBytes % 4 == 0).
+    phase2[r] =
+        ((reinterpret_cast<uintptr_t>(rows[r]) + uintptr_t(b_begin + lane) * L::kBytes) & 2) != 0;
+    sd[r] = phase2[r] ? 16 : 0;   // d: the low or high half of word 0
+    sq[r] = phase2[r] ? 32 : 16;  // qs word i: words i, i + 1 shifted (32: word i + 1 as is)
+  }
+  uint32_t wd[U][R][kW];
+  auto load_round = [&](int b0) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int b = b0 + 32 * u;
+      if (b < b_end) {
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+          load_block_words<TW>(rows[r] + int64_t(b) * L::kBytes, phase2[r], wd[u][r]);
+      }
+    }
+  };
+  // PDL (pdl.cuh): W needs nothing from the kernel before, so the first round is on its way
+  // while that kernel finishes; x (g_qx, or the x this CTA rounds) and y wait for it.
+  const bool active = n0 < N;
+  const int first = b_begin + lane;
+  if (active) load_round(first);
+  pdl_wait();
+  pdl_trigger();
+  if constexpr (kX == XIn::kQ8Shared) {
+    quantize_x_shared<TX, block_q8_0>(x, M * nb, sx);  // identity run layout
+    __syncthreads();
+  }
+  const int8_t* const xq = reinterpret_cast<const int8_t*>(kX == XIn::kQ8Shared ? sx : g_qx);
+  const int2* const xds = reinterpret_cast<const int2*>(xq + int64_t(M) * K);
+
+  float acc[MT][R];
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[m][r] = 0.f;
+  if (active) {
+    for (int b0 = first; b0 < b_end; b0 += 32 * U) {
+      if (b0 != first) load_round(b0);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int b = b0 + 32 * u;
+        if (b < b_end) {
+#pragma unroll
+          for (int m = 0; m < MT; ++m) {
+            if (m == 0 || m < M) {
+              const int4* xb = reinterpret_cast<const int4*>(xq + m * K + int64_t(b) * kQK);
+              int4 x0, x1;
+              int2 ds;
+              if constexpr (kX == XIn::kQ8Shared) {
+                x0 = xb[0], x1 = xb[1], ds = xds[m * nb + b];
+              } else {
+                x0 = __ldg(xb), x1 = __ldg(xb + 1), ds = __ldg(xds + m * nb + b);
+              }
+              const float dx = __int_as_float(ds.x);
+#pragma unroll
+              for (int r = 0; r < R; ++r) {
+                float dw;
+                const int v = block_dot_lane<TW>(wd[u][r], sq[r], x0, x1, ds.y, &dw, sd[r]);
+                acc[m][r] = fmaf(dw * dx, static_cast<float>(v), acc[m][r]);
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+
+  // The warp's sums, then the S slices of each group in a fixed order (deterministic).
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const float v = warp_sum(acc[m][r]);
+      if (lane == 0) partial[warp][m * R + r] = v;
+    }
+  __syncthreads();
+  if (s == 0 && active && lane < MT * R) {
+    const int m = lane / R, r = lane % R;
+    const int64_t n = n0 + r;
+    if (m < M && n < N) {
+      float v = 0.f;
+      for (int i = 0; i < S; ++i) v += partial[warp + i][lane];
+      if (w_scale != nullptr) v *= __ldg(w_scale + n);
+      y[m * N + n] = from_f32<TX>(v);
+    }
+  }
+}
+
 // ---- fallback for shapes the vector path cannot take (K % chunk != 0, unaligned pointers) ----
 
 template <typename TW>
@@ -1136,6 +1342,40 @@ Status launch_q(const TX* x, const TW* w, const float* w_scale, TX* y, int M, in
   return check_launch("matmul gemv_q_kernel");
 }
 
+// The lane-per-block q-dot GEMV (gemv_qlane_kernel). Its grid is one CTA per kWarps / S row groups:
+// S (K split over the warps of a CTA) doubles while the grid has fewer than 32 warps an SM and each
+// slice keeps at least 16 blocks a row.
+template <typename TX, typename TW, int MT, XIn kX>
+Status launch_qlane(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N,
+                    int64_t K, int smem, cudaStream_t stream) {
+  constexpr int R = LaneTiling<TW, MT>::R;
+  int sms = 0;
+  G3_RETURN_IF_ERROR(sm_count(&sms));
+  const int64_t groups = (N + R - 1) / R, nb = K / kQK;
+  int S = 1;
+  while (S < kWarps && groups * S < int64_t(sms) * 32 && nb / (2 * S) >= 16) S *= 2;
+  const int64_t per_block = kWarps / S;
+  const int64_t blocks = (groups + per_block - 1) / per_block;
+  if (blocks > 0x7fffffff) return Status(StatusCode::kUnsupported, "matmul gemv: N too large");
+  launch_pdl(gemv_qlane_kernel<TX, TW, MT, kX>, static_cast<unsigned>(blocks), kThreads,
+             static_cast<size_t>(smem), stream, x, w, w_scale, y, M, N, K, S);
+  return check_launch("matmul gemv_qlane_kernel");
+}
+
+// False when GEMMA3_QDOT_LANE=0 (read once): q-dot GEMVs at M <= 2 take the staged kernel (the A/B
+// of the lane-per-block kernel).
+bool qdot_lane_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("GEMMA3_QDOT_LANE");
+    return !(v != nullptr && std::strcmp(v, "0") == 0);
+  }();
+  return on;
+}
+
+// The lane kernel rounds x in its own prologue (every CTA, all of x) up to this many values a row
+// of x; longer rows are rounded once into g_qx by quantize_x_q8_kernel launched before it.
+constexpr int64_t kLaneFusedMaxK = 4096;
+
 bool aligned(const void* p, uintptr_t a) { return (reinterpret_cast<uintptr_t>(p) & (a - 1)) == 0; }
 
 // False when GEMMA3_QDOT_FUSED=0 (read once): the q-dot GEMV always rounds x in a launch of its
@@ -1157,8 +1397,15 @@ Status gemv_qdot(const TX* x, const TW* w, const float* w_scale, TX* y, int M, i
   const int64_t nb = K / kQK;
   const bool vec = aligned(w, 2) && nb * int64_t(sizeof(TW)) < (int64_t(1) << 31);
   const int64_t fused_bytes = int64_t(M) * nb * kXBlockBytes;
-  // The prologue loads x in 16-byte runs.
-  if (vec && aligned(x, 16) && fused_bytes <= kFusedXBytes && qdot_fused_enabled()) {
+  const bool lane = vec && M <= 2 && qdot_lane_enabled();
+  // The prologues load x in 16-byte runs.
+  if (lane && aligned(x, 16) && K <= kLaneFusedMaxK && qdot_fused_enabled()) {
+    const int smem = static_cast<int>(fused_bytes);  // <= 2 * 128 * 40 bytes: no opt-in needed
+    if (M == 1)
+      return launch_qlane<TX, TW, 1, XIn::kQ8Shared>(x, w, w_scale, y, M, N, K, smem, stream);
+    return launch_qlane<TX, TW, 2, XIn::kQ8Shared>(x, w, w_scale, y, M, N, K, smem, stream);
+  }
+  if (!lane && vec && aligned(x, 16) && fused_bytes <= kFusedXBytes && qdot_fused_enabled()) {
     bool launched = false;
     G3_RETURN_IF_ERROR(by_m_bucket(M, [&](auto mt) {
       constexpr int MT = decltype(mt)::value;
@@ -1187,7 +1434,13 @@ Status gemv_qdot(const TX* x, const TW* w, const float* w_scale, TX* y, int M, i
     launch_pdl(quantize_x_q8_kernel<TX>, static_cast<unsigned>((blocks + kWarps - 1) / kWarps),
                kThreads, 0, stream, xm, blocks);
     G3_RETURN_IF_ERROR(check_launch("matmul quantize_x_q8_kernel"));
-    if (!vec) {
+    if (lane) {
+      const Status st =
+          mc == 1
+              ? launch_qlane<TX, TW, 1, XIn::kQ8Global>(xm, w, w_scale, ym, mc, N, K, 0, stream)
+              : launch_qlane<TX, TW, 2, XIn::kQ8Global>(xm, w, w_scale, ym, mc, N, K, 0, stream);
+      G3_RETURN_IF_ERROR(st);
+    } else if (!vec) {
       const int64_t grid = (N + kWarps - 1) / kWarps;
       if (grid > 0x7fffffff) return Status(StatusCode::kUnsupported, "matmul gemv: N too large");
       launch_pdl(gemv_qdot_scalar_kernel<TX, TW>, static_cast<unsigned>(grid), kThreads, 0, stream,
