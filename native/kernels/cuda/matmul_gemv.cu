@@ -576,7 +576,8 @@ __device__ __forceinline__ void quantize_x_shared(const TX* __restrict__ x, int 
 #pragma unroll
     for (int i = 0; i < kIn; ++i) {
       const int c = c0 + i * kThreads + static_cast<int>(threadIdx.x);
-      if (c0 + i * kThreads >= runs) break;  // uniform: no thread of the CTA has a run left
+      // Warp-uniform (the shuffles stay within a warp): no lane of this warp has a run left.
+      if (c0 + i * kThreads + (static_cast<int>(threadIdx.x) & ~31) >= runs) break;
       uint32_t amax = 0;
 #pragma unroll
       for (int e = 0; e < 8; ++e) amax = max(amax, qdot::abs_bits(v[i][e]));
