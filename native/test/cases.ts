@@ -292,7 +292,8 @@ export function matmulCases(): Case[] {
   // q-dot at the shapes of the direct GEMV tried in commit e77b8d3 (M <= 2, K % 256 == 0,
   // 16-byte aligned rows: W in 16-byte chunks, each holding parts of 2 blocks): one step of 32
   // chunks, several (lanes at the warp's edge, q8_0's d two chunks back), odd N (a partial row
-  // group), split K (few rows, long K) and ties; the staged GEMV runs them.
+  // group), split K (few rows, long K) and ties; the staged GEMV runs them, the lane kernel the
+  // last two (qdot_lane_auto).
   for (const xd of ["f32", "bf16"] as const)
     for (const wd of ["q8_0", "q4_0"] as const) {
       for (const [M, N, K] of [
@@ -301,6 +302,8 @@ export function matmulCases(): Case[] {
         [2, 21, 1536],
         [1, 5, 10240],
         [2, 3, 4096],
+        [2, 7, 8224], // lane kernel (qdot_lane_auto: long K), x in g_qx, an odd block count
+        [1, 65537, 64], // lane kernel for q8_0 (a logits-sized N), staged for q4_0
       ] as const)
         cases.push(matmulCase(xd, wd, M, N, K, seed++));
       cases.push(matmulCase(xd, wd, 1, 19, 512, seed, tieX(1, 512, seed++)));

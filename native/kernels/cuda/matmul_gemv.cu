@@ -915,7 +915,11 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
 // funnel shift per word at the row's (lane-constant) 2-byte phase, then the whole block's integer
 // dot (q4_0: low nibbles u8 x s8, high nibbles masked in place, i.e. 16x, then shifted back; the
 // -8 offset as -8 s of the x block) and one FFMA: acc += (d_w d_x) * float(dot), the reference's
-// per-block term exactly. ~35 instructions per block and row: ~16 bytes of W per warp instruction.
+// per-block term exactly. The inner loop is ~35 instructions per block and row, but Nsight Compute
+// counted 5.2 M warp instructions at 10240 x 2560 q4_0 (staged: 6.0 M): a warp's fixed work (rows,
+// phases, reductions; ~1-2 blocks a lane) and each CTA rounding all of x dominate, and at 118
+// registers 2 CTAs an SM fit. It wins where a row is long (down projections) or the grid is large
+// and x is rounded once (qdot_lane_auto); making its warps persistent is the next step.
 template <typename TW>
 struct LaneFmt;
 template <>
@@ -1363,18 +1367,31 @@ Status launch_qlane(const TX* x, const TW* w, const float* w_scale, TX* y, int M
   return check_launch("matmul gemv_qlane_kernel");
 }
 
-// False when GEMMA3_QDOT_LANE=0 (read once): q-dot GEMVs at M <= 2 take the staged kernel (the A/B
-// of the lane-per-block kernel).
-bool qdot_lane_enabled() {
-  static const bool on = [] {
+// GEMMA3_QDOT_LANE (read once): 0 = the staged kernel at every shape, 1 = the lane kernel at every
+// M <= 2 shape (x rounded in its prologue up to kLaneFusedMaxK), unset = auto (qdot_lane_auto).
+int qdot_lane_mode() {
+  static const int mode = [] {
     const char* v = std::getenv("GEMMA3_QDOT_LANE");
-    return !(v != nullptr && std::strcmp(v, "0") == 0);
+    if (v != nullptr && std::strcmp(v, "0") == 0) return 0;
+    if (v != nullptr && std::strcmp(v, "1") == 0) return 1;
+    return 2;
   }();
-  return on;
+  return mode;
 }
 
-// The lane kernel rounds x in its own prologue (every CTA, all of x) up to this many values a row
-// of x; longer rows are rounded once into g_qx by quantize_x_q8_kernel launched before it.
+// Where the lane kernel, with x rounded once into g_qx, beat the staged kernel on the H100
+// (session 7, graph-timed, M = 1; docs/kernels.md): q8_0 at K > 4096 (the down projections,
+// 9-13%) and at N >= 65536 (the logits, 268 -> 237 µs at 4B); q4_0 only at K > 8192 (4-6%).
+// Elsewhere the staged kernel was as fast or up to 17% faster (q4_0 at K 2560).
+template <typename TW>
+bool qdot_lane_auto(int64_t N, int64_t K) {
+  if constexpr (std::is_same_v<TW, block_q8_0>) return K > 4096 || N >= 65536;
+  return K > 8192;
+}
+
+// With GEMMA3_QDOT_LANE=1 the lane kernel rounds x in its own prologue (every CTA, all of x) up to
+// this many values a row of x; longer rows, and the auto choice, round it once into g_qx
+// (quantize_x_q8_kernel, launched before it).
 constexpr int64_t kLaneFusedMaxK = 4096;
 
 bool aligned(const void* p, uintptr_t a) { return (reinterpret_cast<uintptr_t>(p) & (a - 1)) == 0; }
@@ -1398,9 +1415,11 @@ Status gemv_qdot(const TX* x, const TW* w, const float* w_scale, TX* y, int M, i
   const int64_t nb = K / kQK;
   const bool vec = aligned(w, 2) && nb * int64_t(sizeof(TW)) < (int64_t(1) << 31);
   const int64_t fused_bytes = int64_t(M) * nb * kXBlockBytes;
-  const bool lane = vec && M <= 2 && qdot_lane_enabled();
+  const int lane_mode = qdot_lane_mode();
+  const bool lane =
+      vec && M <= 2 && (lane_mode == 1 || (lane_mode == 2 && qdot_lane_auto<TW>(N, K)));
   // The prologues load x in 16-byte runs.
-  if (lane && aligned(x, 16) && K <= kLaneFusedMaxK && qdot_fused_enabled()) {
+  if (lane && lane_mode == 1 && aligned(x, 16) && K <= kLaneFusedMaxK && qdot_fused_enabled()) {
     const int smem = static_cast<int>(fused_bytes);  // <= 2 * 128 * 40 bytes: no opt-in needed
     if (M == 1)
       return launch_qlane<TX, TW, 1, XIn::kQ8Shared>(x, w, w_scale, y, M, N, K, smem, stream);
