@@ -1,11 +1,14 @@
 // GEMV path of matmul (1 <= M <= kGemvMaxM): y[m, n] = sum_k x[m, k] * W[n, k], bound by the bytes
 // of W. A warp streams R rows of W (S warps split K when N alone cannot fill the GPU), every weight
 // byte is read once for all M rows of x, and x (small, shared by every warp) is read through L1.
-// Dense formats (f32, bf16, fp8) load W with 16-byte loads straight into registers; the GGUF block
-// formats (q8_0, q4_0) stage it through shared memory (gemv_q_kernel, see its notes) and, by
-// default, read x rounded to int8 blocks and dot with dp4a ("q-dot", kernels.inc; GEMMA3_QDOT=float
-// keeps x in float and decodes W to float instead). Each CTA rounds x into its shared memory when
-// all M rows fit 48 KB ("fused"), else quantize_x_q8_kernel rounds it into g_qx first. The dense
+// Dense formats (f32, bf16, fp8) load W with 16-byte loads straight into registers (gemv_kernel;
+// short rows at M = 1 in one round, "one-shot"); the GGUF block formats (q8_0, q4_0) stage it
+// through shared memory (gemv_q_kernel, see its notes) or, at M <= 2 where it measured faster, read
+// whole blocks a lane straight from global (gemv_qlane_kernel), and by default read x rounded to
+// int8 blocks and dot with dp4a ("q-dot", kernels.inc; GEMMA3_QDOT=float keeps x in float and
+// decodes W to float instead). Each CTA rounds x into its shared memory when all M rows fit 48 KB
+// ("fused"), else quantize_x_q8_kernel rounds it into g_qx first. Cases: native/test/cases.ts
+// (matmulCases); rows: bench_kernels gemv, gemv_layer, layer_chain. The dense
 // GEMV can also norm and rotate the heads of a QKV projection as it finishes them (gemv_qk, the
 // opt-in one-launch form of matmul_qk_norm_rope).
 #include <cuda_fp16.h>
