@@ -242,6 +242,37 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// The end of a GEMV whose row groups are split over S consecutive warps of the CTA (slices): each
+// warp sums its lanes' MT x R accumulators, then the group's first warp (s == 0) adds its S slices
+// in a fixed order (deterministic), scales by w_scale and writes y rows [n0, n0 + R). Called by
+// every thread of the CTA (one barrier); `active`: the group has rows (n0 < N).
+template <typename TX, int MT, int R>
+__device__ __forceinline__ void store_slices(const float (&acc)[MT][R],
+                                             float (&partial)[kWarps][MT * R], int s, int S,
+                                             bool active, int64_t n0, int M, int64_t N,
+                                             const float* __restrict__ w_scale,
+                                             TX* __restrict__ y) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const float v = warp_sum(acc[m][r]);
+      if (lane == 0) partial[warp][m * R + r] = v;
+    }
+  __syncthreads();
+  if (s == 0 && active && lane < MT * R) {
+    const int m = lane / R, r = lane % R;
+    const int64_t n = n0 + r;
+    if (m < M && n < N) {
+      float v = 0.f;
+      for (int i = 0; i < S; ++i) v += partial[warp + i][lane];
+      if (w_scale != nullptr) v *= __ldg(w_scale + n);
+      y[m * N + n] = from_f32<TX>(v);
+    }
+  }
+}
+
 // Group g = (block, warp / S) owns rows [g R, g R + R); its slice s = warp % S takes chunks
 // s*32*U + lane + i*S*32*U. MT >= M is x's compile-time row count (rows >= M are skipped). The
 // min-blocks bound stops ptxas from trading spills for occupancy; 2-3 CTAs/SM keep loads in flight.
@@ -335,26 +366,7 @@ __global__ void __launch_bounds__(kThreads, kQk ? (MT == 1 ? 6 : 4) : (MT == 1 ?
     }
   }
 
-#pragma unroll
-  for (int m = 0; m < MT; ++m)
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const float v = warp_sum(acc[m][r]);
-      if (lane == 0) partial[warp][m * R + r] = v;
-    }
-  __syncthreads();
-
-  // The first warp of each group sums the S slices in a fixed order (deterministic).
-  if (s == 0 && n0 < N && lane < MT * R) {
-    const int m = lane / R, r = lane % R;
-    const int64_t n = n0 + r;
-    if (m < M && n < N) {
-      float v = 0.f;
-      for (int i = 0; i < S; ++i) v += partial[warp + i][lane];
-      if (w_scale != nullptr) v *= __ldg(w_scale + n);
-      y[m * N + n] = from_f32<TX>(v);
-    }
-  }
+  store_slices<TX, MT, R>(acc, partial, s, S, n0 < N, n0, M, N, w_scale, y);
   if constexpr (kQk) {
     const int64_t rows = int64_t(kWarps / S) * R;  // this CTA's rows [r0, r1) of y
     const int64_t r0 = int64_t(blockIdx.x) * rows, r1 = r0 + rows < N ? r0 + rows : N;
@@ -1095,25 +1107,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
   }
 
-  // The warp's sums, then the S slices of each group in a fixed order (deterministic).
-#pragma unroll
-  for (int m = 0; m < MT; ++m)
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const float v = warp_sum(acc[m][r]);
-      if (lane == 0) partial[warp][m * R + r] = v;
-    }
-  __syncthreads();
-  if (s == 0 && active && lane < MT * R) {
-    const int m = lane / R, r = lane % R;
-    const int64_t n = n0 + r;
-    if (m < M && n < N) {
-      float v = 0.f;
-      for (int i = 0; i < S; ++i) v += partial[warp + i][lane];
-      if (w_scale != nullptr) v *= __ldg(w_scale + n);
-      y[m * N + n] = from_f32<TX>(v);
-    }
-  }
+  store_slices<TX, MT, R>(acc, partial, s, S, active, n0, M, N, w_scale, y);
 }
 
 // ---- fallback for shapes the vector path cannot take (K % chunk != 0, unaligned pointers) ----
