@@ -36,16 +36,26 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kNegInf = -__builtin_huge_valf();
 constexpr int kThreads = 128;
 // Split planning; attention_decode_workspace_floats uses the same constants.
-constexpr int64_t kMinChunk = 64;    // keys per split at least
 constexpr int64_t kMaxSplits = 128;  // splits per sequence at most
 constexpr int64_t kMaxCtas = 2048;   // split CTAs at most (bounds the workspace by batch)
+
+// Keys per split at least: 64, or GEMMA3_DECODE_MIN_CHUNK = 16 / 32 / 64 (read once; A/B of short
+// contexts split finer: one KV head, as the 1B has, is one CTA per split).
+int64_t min_chunk() {
+  static const int64_t v = [] {
+    const char* e = std::getenv("GEMMA3_DECODE_MIN_CHUNK");
+    const long n = e ? std::strtol(e, nullptr, 10) : 0;
+    return n == 16 || n == 32 || n == 64 ? int64_t(n) : int64_t(64);
+  }();
+  return v;
+}
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 int64_t max_splits(int64_t batch, int64_t kv_len) {
   if (batch <= 0 || kv_len <= 0) return 1;
   return std::max<int64_t>(
-      1, std::min({ceil_div(kv_len, kMinChunk), kMaxSplits, ceil_div(kMaxCtas, batch)}));
+      1, std::min({ceil_div(kv_len, min_chunk()), kMaxSplits, ceil_div(kMaxCtas, batch)}));
 }
 
 __device__ __forceinline__ float fast_exp2(float x) {  // ex2(-inf) = +0
@@ -549,7 +559,7 @@ int64_t one_split_stages() {
 // Split planner: one split up to one_split_stages() stages of keys_per_stage keys; beyond, as many
 // splits as fill the GPU's resident CTA slots exactly once (slots / base_ctas, rounded down: a
 // second, partial wave of equal-sized CTAs would leave most SMs idle at the end), chunks of
-// >= kMinChunk keys rounded up to 16, within the workspace.
+// >= min_chunk() keys rounded up to 16, within the workspace.
 void plan_pipe(const Plan& in, int64_t slots, int64_t keys_per_stage, DecodeParams* p) {
   float* ws = in.workspace;
   int64_t avail = in.workspace_floats;
@@ -560,7 +570,7 @@ void plan_pipe(const Plan& in, int64_t slots, int64_t keys_per_stage, DecodePara
   }
   int64_t splits = 1;
   const int64_t per_split = in.batch * in.num_qo_heads * (in.head_dim + 2);
-  const bool long_range = in.visible > std::max(kMinChunk, one_split_stages() * keys_per_stage);
+  const bool long_range = in.visible > std::max(min_chunk(), one_split_stages() * keys_per_stage);
   if (ws != nullptr && long_range && avail > 0) {
     const int64_t want = std::max<int64_t>(1, slots / in.base_ctas);
     splits = std::min({want, max_splits(in.batch, in.visible), avail / per_split});
