@@ -39,13 +39,16 @@ constexpr int kThreads = 128;
 constexpr int64_t kMaxSplits = 128;  // splits per sequence at most
 constexpr int64_t kMaxCtas = 2048;   // split CTAs at most (bounds the workspace by batch)
 
-// Keys per split at least: 64, or GEMMA3_DECODE_MIN_CHUNK = 16 / 32 / 64 (read once; A/B of short
-// contexts split finer: one KV head, as the 1B has, is one CTA per split).
+// Keys per split at least: 16, or GEMMA3_DECODE_MIN_CHUNK = 16 / 32 / 64 (read once). Session 7,
+// H100, graph-timed, 64 -> 16: 128 keys 7.27 -> 4.64 µs (4B shape), 8.35 -> 5.27 (1B: one KV head,
+// one CTA a split), 1024 keys 7.81 -> 6.35 / 8.53 -> 6.14; decode 1B 741 -> 787, 4B 295 -> 302
+// tok/s. Batch 16 at 1024 keys and the 27B shape at 1024 keys lose 4-10% (more splits than SMs
+// need); docs/kernels.md.
 int64_t min_chunk() {
   static const int64_t v = [] {
     const char* e = std::getenv("GEMMA3_DECODE_MIN_CHUNK");
     const long n = e ? std::strtol(e, nullptr, 10) : 0;
-    return n == 16 || n == 32 || n == 64 ? int64_t(n) : int64_t(64);
+    return n == 16 || n == 32 || n == 64 ? int64_t(n) : int64_t(16);
   }();
   return v;
 }
