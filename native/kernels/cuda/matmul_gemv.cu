@@ -225,7 +225,7 @@ __device__ __forceinline__ void qk_epilogue(const T* y, int M, int64_t N, int64_
 // warp issues its whole row group before pdl_wait (W needs nothing from the kernel before): one
 // DRAM round trip a warp, overlapping the previous kernel's tail. H100, graph-timed, bf16
 // (docs/kernels.md, session 7): the 1B QKV, O and gate/up gain 0.4-2.6 µs each (gate/up 14.6 ->
-// 11.9 µs), 1B decode +2-3% end to end; with K split to fit (the 4B QKV and O, 0.3-0.9 µs faster
+// 11.9 µs), 1B decode +5.8% (H200); with K split to fit (the 4B QKV and O, 0.3-0.9 µs faster
 // alone) 4B decode lost 1.6%, W of 52 MB and more (4B gate/up, down) and fp8 rows lost up to 2.5
 // µs.
 constexpr int kOneShotU = 5;
@@ -306,16 +306,20 @@ __global__ void __launch_bounds__(kThreads, kQk ? (MT == 1 ? 6 : 4) : (MT == 1 ?
   const TW* rows[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) rows[r] = w + (n0 + r < N ? n0 + r : N - 1) * K;
-  typename F::Raw raw[U][R];
-  auto load_round = [&](int64_t c0) {
+  // f(u, r, c) for chunk c = c0 + 32 u (< nchunks) of each row r: one round of this lane.
+  auto each_chunk = [&](int64_t c0, auto&& f) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int64_t c = c0 + u * 32;
       if (c < nchunks) {
 #pragma unroll
-        for (int r = 0; r < R; ++r) raw[u][r] = F::load(rows[r], c);
+        for (int r = 0; r < R; ++r) f(u, r, c);
       }
     }
+  };
+  typename F::Raw raw[U][R];
+  auto load_round = [&](int64_t c0) {
+    each_chunk(c0, [&](int u, int r, int64_t c) { raw[u][r] = F::load(rows[r], c); });
   };
   // PDL (pdl.cuh): no kernel of a step writes W, so this warp's first chunks start on their way
   // while the kernel before finishes (one-shot: its first round into registers; streamed: towards
@@ -325,14 +329,7 @@ __global__ void __launch_bounds__(kThreads, kQk ? (MT == 1 ? 6 : 4) : (MT == 1 ?
     if constexpr (kOneShot) {
       load_round(first);
     } else {
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int64_t c = first + u * 32;
-        if (c < nchunks) {
-#pragma unroll
-          for (int r = 0; r < R; ++r) prefetch_l2(rows[r] + c * E);
-        }
-      }
+      each_chunk(first, [&](int, int r, int64_t c) { prefetch_l2(rows[r] + c * E); });
     }
   }
   pdl_wait();
@@ -1275,13 +1272,16 @@ Status by_m_bucket(int M, F&& f) {
   return f(std::integral_constant<int, 8>{});
 }
 
-// False when GEMMA3_GEMV_ONESHOT=0 (read once): the dense GEMV streams at every M (the A/B of the
-// one-shot tiling).
+// Whether environment variable `name` is set to `value` (the A/B switches below read it once).
+bool env_is(const char* name, const char* value) {
+  const char* v = std::getenv(name);
+  return v != nullptr && std::strcmp(v, value) == 0;
+}
+
+// False when GEMMA3_GEMV_ONESHOT=0: the dense GEMV streams at every M (the A/B of the one-shot
+// tiling).
 bool gemv_oneshot_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("GEMMA3_GEMV_ONESHOT");
-    return !(v != nullptr && std::strcmp(v, "0") == 0);
-  }();
+  static const bool on = !env_is("GEMMA3_GEMV_ONESHOT", "0");
   return on;
 }
 
@@ -1348,8 +1348,8 @@ Status launch_q(const TX* x, const TW* w, const float* w_scale, TX* y, int M, in
 // S (K split over the warps of a CTA) doubles while the grid has fewer than 32 warps an SM and each
 // slice keeps at least 16 blocks a row.
 template <typename TX, typename TW, int MT, XIn kX>
-Status launch_qlane(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N,
-                    int64_t K, int smem, cudaStream_t stream) {
+Status launch_qlane_m(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N,
+                      int64_t K, int smem, cudaStream_t stream) {
   constexpr int R = LaneTiling<TW, MT>::R;
   int sms = 0;
   G3_RETURN_IF_ERROR(sm_count(&sms));
@@ -1363,16 +1363,19 @@ Status launch_qlane(const TX* x, const TW* w, const float* w_scale, TX* y, int M
              static_cast<size_t>(smem), stream, x, w, w_scale, y, M, N, K, S);
   return check_launch("matmul gemv_qlane_kernel");
 }
+// M = 1 or 2 rows of x.
+template <typename TX, typename TW, XIn kX>
+Status launch_qlane(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N,
+                    int64_t K, int smem, cudaStream_t stream) {
+  if (M == 2) return launch_qlane_m<TX, TW, 2, kX>(x, w, w_scale, y, M, N, K, smem, stream);
+  return launch_qlane_m<TX, TW, 1, kX>(x, w, w_scale, y, M, N, K, smem, stream);
+}
 
 // GEMMA3_QDOT_LANE (read once): 0 = the staged kernel at every shape, 1 = the lane kernel at every
 // M <= 2 shape (x rounded in its prologue up to kLaneFusedMaxK), unset = auto (qdot_lane_auto).
 int qdot_lane_mode() {
-  static const int mode = [] {
-    const char* v = std::getenv("GEMMA3_QDOT_LANE");
-    if (v != nullptr && std::strcmp(v, "0") == 0) return 0;
-    if (v != nullptr && std::strcmp(v, "1") == 0) return 1;
-    return 2;
-  }();
+  static const int mode =
+      env_is("GEMMA3_QDOT_LANE", "0") ? 0 : (env_is("GEMMA3_QDOT_LANE", "1") ? 1 : 2);
   return mode;
 }
 
@@ -1396,10 +1399,7 @@ bool aligned(const void* p, uintptr_t a) { return (reinterpret_cast<uintptr_t>(p
 // False when GEMMA3_QDOT_FUSED=0 (read once): the q-dot GEMV always rounds x in a launch of its
 // own (the A/B of the fused prologue).
 bool qdot_fused_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("GEMMA3_QDOT_FUSED");
-    return !(v != nullptr && std::strcmp(v, "0") == 0);
-  }();
+  static const bool on = !env_is("GEMMA3_QDOT_FUSED", "0");
   return on;
 }
 
@@ -1418,9 +1418,7 @@ Status gemv_qdot(const TX* x, const TW* w, const float* w_scale, TX* y, int M, i
   // The prologues load x in 16-byte runs.
   if (lane && lane_mode == 1 && aligned(x, 16) && K <= kLaneFusedMaxK && qdot_fused_enabled()) {
     const int smem = static_cast<int>(fused_bytes);  // <= 2 * 128 * 40 bytes: no opt-in needed
-    if (M == 1)
-      return launch_qlane<TX, TW, 1, XIn::kQ8Shared>(x, w, w_scale, y, M, N, K, smem, stream);
-    return launch_qlane<TX, TW, 2, XIn::kQ8Shared>(x, w, w_scale, y, M, N, K, smem, stream);
+    return launch_qlane<TX, TW, XIn::kQ8Shared>(x, w, w_scale, y, M, N, K, smem, stream);
   }
   if (!lane && vec && aligned(x, 16) && fused_bytes <= kFusedXBytes && qdot_fused_enabled()) {
     bool launched = false;
@@ -1452,11 +1450,8 @@ Status gemv_qdot(const TX* x, const TW* w, const float* w_scale, TX* y, int M, i
                kThreads, 0, stream, xm, blocks);
     G3_RETURN_IF_ERROR(check_launch("matmul quantize_x_q8_kernel"));
     if (lane) {
-      const Status st =
-          mc == 1
-              ? launch_qlane<TX, TW, 1, XIn::kQ8Global>(xm, w, w_scale, ym, mc, N, K, 0, stream)
-              : launch_qlane<TX, TW, 2, XIn::kQ8Global>(xm, w, w_scale, ym, mc, N, K, 0, stream);
-      G3_RETURN_IF_ERROR(st);
+      G3_RETURN_IF_ERROR(
+          (launch_qlane<TX, TW, XIn::kQ8Global>(xm, w, w_scale, ym, mc, N, K, 0, stream)));
     } else if (!vec) {
       const int64_t grid = (N + kWarps - 1) / kWarps;
       if (grid > 0x7fffffff) return Status(StatusCode::kUnsupported, "matmul gemv: N too large");
