@@ -560,6 +560,10 @@ OP_RESULT(ops::dequantize(T(0, "src"), s.get(), T(2, "dst")));
 }
 G3_END
 }
+G3_ENTRY(Repack) {
+  G3_BODY { OP_RESULT(ops::repack(T(0, "src"), T(1, "dst"))); }
+  G3_END
+}
 G3_ENTRY(CopyRows) {
   G3_BODY { OP_RESULT(ops::copy_rows(T(0, "src"), T(1, "dst"), T(2, "dst_rows"))); }
   G3_END
@@ -686,6 +690,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   EXPORT("cast", Cast);
   EXPORT("quantize", Quantize);
   EXPORT("dequantize", Dequantize);
+  EXPORT("repack", Repack);
   EXPORT("copyRows", CopyRows);
   EXPORT("communicatorCreate", CommunicatorCreate);
   EXPORT("copyColumns", CopyColumns);

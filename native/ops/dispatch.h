@@ -167,6 +167,20 @@ Status launch(int device, std::vector<std::shared_ptr<Buffer>> bufs, CpuCall cpu
 #endif
 }
 
+#ifdef GEMMA3_WITH_CUDA
+// Runs a launcher only the CUDA backend has (weights in q4_0s, the GPU row layout): a CPU tensor
+// gets kUnsupported (G3_LAUNCH_CUDA below). cuda_call(cudaStream_t) is enqueued now.
+template <class CudaCall>
+Status launch_cuda_only(const char* op, int device, std::vector<std::shared_ptr<Buffer>> bufs,
+                        CudaCall cuda_call) {
+  if (device == kCpu) {
+    return fail(StatusCode::kUnsupported, op,
+                "q4_0s is the CUDA row layout of q4_0; a CPU tensor must be q4_0 (ops.repack)");
+  }
+  return launch(device, std::move(bufs), [] { return Status(); }, cuda_call);
+}
+#endif
+
 }  // namespace gemma3::ops::detail
 
 #define G3_COMMA ,
@@ -181,4 +195,13 @@ Status launch(int device, std::vector<std::shared_ptr<Buffer>> bufs, CpuCall cpu
   ::gemma3::ops::detail::launch(                                   \
       dev, bufs, [=]() { return ::gemma3::cpu::FN(__VA_ARGS__); }, \
       [](auto) { return ::gemma3::Status(); })
+#endif
+// G3_LAUNCH_CUDA(op, device, buffers, kernel<T...>, args...): a launcher of the CUDA backend only.
+#ifdef GEMMA3_WITH_CUDA
+#define G3_LAUNCH_CUDA(op, dev, bufs, FN, ...)           \
+  ::gemma3::ops::detail::launch_cuda_only(op, dev, bufs, \
+                                          [=](cudaStream_t stream_) { return ::gemma3::cuda::FN(__VA_ARGS__, stream_); })
+#else
+#define G3_LAUNCH_CUDA(op, dev, bufs, FN, ...) \
+  ::gemma3::ops::detail::fail(::gemma3::StatusCode::kUnsupported, op, "q4_0s needs the CUDA backend")
 #endif

@@ -43,6 +43,17 @@ Status matmul(const TensorRef& x, const TensorRef& w, const TensorRef* w_scale,
   }
   if (M == 0 || N == 0) return Status::Ok();
   const float* sp = w_scale ? static_cast<const float*>(w_scale->data()) : nullptr;
+  if (w.dtype == DType::kQ4_0S) {
+    G3_RETURN_IF_ERROR(expect(K % kQK == 0, op, named("w", w) + ": K % 32 != 0"));
+    return dispatch_float(op, x, [&](auto tx) {
+      using TX = typename decltype(tx)::type;
+      auto xp = static_cast<const TX*>(x.data());
+      auto wp = static_cast<const block_q4_0s*>(w.data());
+      auto yp = static_cast<TX*>(y.data());
+      return G3_LAUNCH_CUDA(op, dev, keep({&x, &w, &y}), matmul<TX G3_COMMA block_q4_0s>, xp, wp,
+                            nullptr, yp, M, N, K);
+    });
+  }
   return dispatch_float(op, x, [&](auto tx) {
     using TX = typename decltype(tx)::type;
     return dispatch_weight(op, w, true, [&](auto tw) {
@@ -193,6 +204,16 @@ Status embedding(const TensorRef& ids, const TensorRef& table, const TensorRef& 
                                 std::to_string(D) + "] for " + named("ids", ids) + ", " +
                                 named("table", table)));
   if (n == 0) return Status::Ok();
+  if (table.dtype == DType::kQ4_0S) {
+    return dispatch_float(op, out, [&](auto ty) {
+      using TY = typename decltype(ty)::type;
+      return G3_LAUNCH_CUDA(op, dev, keep({&ids, &table, &out}),
+                            embedding<block_q4_0s G3_COMMA TY>,
+                            static_cast<const int32_t*>(ids.data()),
+                            static_cast<const block_q4_0s*>(table.data()),
+                            static_cast<TY*>(out.data()), n, D, V, s);
+    });
+  }
   // fp8 tables take the scalar s only (a row gather of an fp8 KV cache), no per-row scale.
   return dispatch_weight(op, table, true, [&](auto tw) {
     using TW = typename decltype(tw)::type;
@@ -488,6 +509,27 @@ Status dequantize(const TensorRef& src, const TensorRef* scale, const TensorRef&
                        dst.rows(), dst.last());
     });
   });
+}
+
+Status repack(const TensorRef& src, const TensorRef& dst) {
+  const char* op = "repack";
+  int dev;
+  G3_RETURN_IF_ERROR(same_device(op, {&src, &dst}, &dev));
+  const bool to_split = src.dtype == DType::kQ4_0 && dst.dtype == DType::kQ4_0S;
+  G3_RETURN_IF_ERROR(expect(to_split || (src.dtype == DType::kQ4_0S && dst.dtype == DType::kQ4_0),
+                            op,
+                            "converts q4_0 <-> q4_0s, got " + named("src", src) + " -> " +
+                                named("dst", dst)));
+  G3_RETURN_IF_ERROR(expect(src.shape == dst.shape && src.ndim() >= 1 && src.last() % kQK == 0,
+                            op,
+                            named("src", src) + " and " + named("dst", dst) +
+                                " must have one shape with a last dim % 32 == 0"));
+  G3_RETURN_IF_ERROR(expect(src.buf != dst.buf || src.offset + src.nbytes() <= dst.offset ||
+                                dst.offset + dst.nbytes() <= src.offset,
+                            op, "src and dst must not overlap"));
+  if (src.numel() == 0) return Status::Ok();
+  return G3_LAUNCH(dev, keep({&src, &dst}), repack_q4_0, src.data(), dst.data(), src.rows(),
+                   src.last(), to_split);
 }
 
 Status copy_rows(const TensorRef& src, const TensorRef& dst, const TensorRef& dst_rows) {

@@ -165,6 +165,7 @@ export interface Addon {
   cast(src: T, dst: T): void;
   quantize(src: T, dst: T, scale: OptT): void;
   dequantize(src: T, scale: OptT, dst: T): void;
+  repack(src: T, dst: T): void;
   copyRows(src: T, dst: T, dstRows: T): void;
   communicatorCreate(devices: number[], backend: "auto" | "nccl" | "host"): NativeCommunicator;
   copyColumns(src: T, srcCol: number, dst: T, dstCol: number, width: number): void;

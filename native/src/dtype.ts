@@ -11,6 +11,9 @@ export const DType = {
   q4_k: 7,
   q5_k: 8,
   q6_k: 9,
+  // q4_0 in the GPU's row layout (CUDA only; ops.repack converts to and from q4_0): each row's
+  // nibble runs, then its f16 scales. Same bytes per row as q4_0 (native/runtime/dtype.h).
+  q4_0s: 10,
 } as const;
 export type DTypeName = keyof typeof DType;
 
@@ -32,9 +35,9 @@ export type KQuantName = (typeof K_QUANTS)[number];
 export function isKQuant(d: DTypeName): d is KQuantName {
   return d === "q4_k" || d === "q5_k" || d === "q6_k";
 }
-/** Elements per block: 32 for q8_0/q4_0, 256 for the K-quants, else 1. */
+/** Elements per block: 32 for q8_0/q4_0/q4_0s, 256 for the K-quants, else 1. */
 export function blockSize(d: DTypeName): number {
-  return d === "q8_0" || d === "q4_0" ? 32 : isKQuant(d) ? 256 : 1;
+  return d === "q8_0" || d === "q4_0" || d === "q4_0s" ? 32 : isKQuant(d) ? 256 : 1;
 }
 /** Whether the dtype stores raw GGUF blocks (bytes, not numbers, cross the API). */
 export function isBlock(d: DTypeName): boolean {
@@ -54,6 +57,7 @@ export function rowBytes(d: DTypeName, n: number): number {
     case "q8_0":
       return (n / 32) * 34;
     case "q4_0":
+    case "q4_0s":
       return (n / 32) * 18;
     case "q4_k":
       return (n / 256) * 144;
@@ -64,5 +68,5 @@ export function rowBytes(d: DTypeName, n: number): number {
   }
 }
 export function isQuantized(d: DTypeName): boolean {
-  return d === "q8_0" || d === "q4_0" || d === "fp8_e4m3" || isKQuant(d);
+  return d === "q8_0" || d === "q4_0" || d === "q4_0s" || d === "fp8_e4m3" || isKQuant(d);
 }

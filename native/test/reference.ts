@@ -302,6 +302,23 @@ export function dequantizeQ8_0(bytes: Uint8Array, rows: number, cols: number): F
 }
 
 /** bytes: [rows, cols/32] Q4_0 blocks → [rows, cols] float32 (x = (q - 8) * d). */
+/**
+ * q4_0 blocks [rows, cols] in the q4_0s row layout (native/runtime/dtype.h): each row's 16 nibble
+ * bytes of block b at 16 b, then block b's f16 d at 16 nb + 2 b.
+ */
+export function repackQ4_0s(bytes: Uint8Array, rows: number, cols: number): Uint8Array {
+  const nb = cols / 32;
+  const rowBytes = nb * 18;
+  const out = new Uint8Array(bytes.length);
+  for (let r = 0; r < rows; r++)
+    for (let b = 0; b < nb; b++) {
+      const g = r * rowBytes + b * 18;
+      out.set(bytes.subarray(g, g + 2), r * rowBytes + 16 * nb + 2 * b);
+      out.set(bytes.subarray(g + 2, g + 18), r * rowBytes + 16 * b);
+    }
+  return out;
+}
+
 export function dequantizeQ4_0(bytes: Uint8Array, rows: number, cols: number): Float32Array {
   checkBlockCols(cols);
   const out = new Float32Array(rows * cols);

@@ -1,5 +1,5 @@
 // CUDA embedding gather with scale: one CTA per token id, each thread converting 8-element chunks
-// (16-byte loads/stores for float/bf16; one q8_0/q4_0 quarter block per chunk; one 8-byte load for
+// (16-byte loads/stores for float/bf16; one q8_0/q4_0/q4_0s quarter block per chunk; one 8-byte load for
 // fp8 e4m3, the dequantizing row gather of an fp8 KV cache; K-quants via runtime/kquant.h). Ids
 // outside [0, vocab) write a NaN row and read nothing.
 #include <cuda_fp16.h>
@@ -34,9 +34,11 @@ __device__ __forceinline__ float2 fp8x2_to_float2(uint32_t w) {
   return __half22float2(__half2(h));
 }
 
-// Elements [8c, 8c + 8) of a table row as float. row points at the row's first element (or block).
+// Elements [8c, 8c + 8) of a table row as float. row points at the row's first element (or block);
+// nb: storage units per row (q4_0s finds its d after the row's nb nibble runs).
 template <typename TW>
-__device__ __forceinline__ void load_chunk(const TW* row, int64_t c, float (&f)[kChunk]) {
+__device__ __forceinline__ void load_chunk(const TW* row, int64_t c, int64_t nb,
+                                           float (&f)[kChunk]) {
   if constexpr (std::is_same_v<TW, float> || std::is_same_v<TW, bf16>) {
     load_f32<TW, kChunk>(row + c * kChunk, f);
   } else if constexpr (std::is_same_v<TW, fp8e4m3>) {
@@ -61,11 +63,20 @@ __device__ __forceinline__ void load_chunk(const TW* row, int64_t c, float (&f)[
       f[2 * i] = float(int8_t(w & 0xff)) * d;
       f[2 * i + 1] = float(int8_t(w >> 8)) * d;
     }
-  } else {  // block_q4_0: byte j holds element j (low nibble) and j + 16 (high nibble)
-    const TW& blk = row[c >> 2];
-    const float d = f16_to_f32(blk.d);
+  } else {  // q4_0 / q4_0s: byte j holds element j (low nibble) and j + 16 (high nibble)
     const int part = int(c & 3);
-    const uint16_t* q = reinterpret_cast<const uint16_t*>(blk.qs + (part & 1) * kChunk);
+    const uint8_t* qs;
+    float d;
+    if constexpr (std::is_same_v<TW, block_q4_0s>) {  // nibble runs, then the d (dtype.h)
+      const uint8_t* base = reinterpret_cast<const uint8_t*>(row);
+      qs = base + (c >> 2) * 16;
+      d = f16_to_f32(f16{reinterpret_cast<const uint16_t*>(base + nb * 16)[c >> 2]});
+    } else {
+      const TW& blk = row[c >> 2];
+      qs = blk.qs;
+      d = f16_to_f32(blk.d);
+    }
+    const uint16_t* q = reinterpret_cast<const uint16_t*>(qs + (part & 1) * kChunk);
     const int shift = (part >> 1) * 4;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
@@ -76,9 +87,9 @@ __device__ __forceinline__ void load_chunk(const TW* row, int64_t c, float (&f)[
   }
 }
 
-// Element j of a table row as float.
+// Element j of a table row as float (nb as load_chunk).
 template <typename TW>
-__device__ __forceinline__ float load_one(const TW* row, int64_t j) {
+__device__ __forceinline__ float load_one(const TW* row, int64_t j, int64_t nb) {
   if constexpr (std::is_same_v<TW, float> || std::is_same_v<TW, bf16> ||
                 std::is_same_v<TW, fp8e4m3>) {
     return to_f32(row[j]);
@@ -87,6 +98,13 @@ __device__ __forceinline__ float load_one(const TW* row, int64_t j) {
   } else if constexpr (std::is_same_v<TW, block_q8_0>) {
     const TW& blk = row[j / kQK];
     return float(blk.qs[j % kQK]) * f16_to_f32(blk.d);
+  } else if constexpr (std::is_same_v<TW, block_q4_0s>) {
+    const uint8_t* base = reinterpret_cast<const uint8_t*>(row);
+    const int64_t b = j / kQK;
+    const int k = int(j % kQK);
+    const uint8_t byte = base[b * 16 + k % 16];
+    const int q = k < 16 ? (byte & 0xf) : (byte >> 4);
+    return float(q - 8) * f16_to_f32(f16{reinterpret_cast<const uint16_t*>(base + nb * 16)[b]});
   } else {
     const TW& blk = row[j / kQK];
     const int k = int(j % kQK);
@@ -114,14 +132,14 @@ __global__ void __launch_bounds__(kMaxThreads)
     if constexpr (kVec) {
       for (int64_t c = threadIdx.x; c < dim / kChunk; c += blockDim.x) {
         float f[kChunk];
-        load_chunk<TW>(row, c, f);
+        load_chunk<TW>(row, c, row_elems, f);
 #pragma unroll
         for (int i = 0; i < kChunk; ++i) f[i] *= s;
         store_f32<TY, kChunk>(o + c * kChunk, f);
       }
     } else {
       for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) {
-        o[j] = from_f32<TY>(load_one<TW>(row, j) * s);
+        o[j] = from_f32<TY>(load_one<TW>(row, j, row_elems) * s);
       }
     }
   }
@@ -132,8 +150,8 @@ __global__ void __launch_bounds__(kMaxThreads)
 template <typename TW, typename TY>
 Status embedding(const int32_t* ids, const TW* table, TY* out, int64_t n, int64_t dim,
                  int64_t vocab, float s, cudaStream_t stream) {
-  constexpr bool kBlock =
-      std::is_same_v<TW, block_q8_0> || std::is_same_v<TW, block_q4_0> || is_kquant_v<TW>;
+  constexpr bool kBlock = std::is_same_v<TW, block_q8_0> || std::is_same_v<TW, block_q4_0> ||
+                          std::is_same_v<TW, block_q4_0s> || is_kquant_v<TW>;
   constexpr int64_t kElems = is_kquant_v<TW> ? kQK_K : kBlock ? kQK : 1;  // per storage unit
   if (n < 0 || dim <= 0 || vocab <= 0 || dim % kElems != 0) {
     return Status(StatusCode::kInvalidArgument,
@@ -175,6 +193,8 @@ G3_INSTANTIATE(block_q8_0, float)
 G3_INSTANTIATE(block_q8_0, bf16)
 G3_INSTANTIATE(block_q4_0, float)
 G3_INSTANTIATE(block_q4_0, bf16)
+G3_INSTANTIATE(block_q4_0s, float)
+G3_INSTANTIATE(block_q4_0s, bf16)
 G3_INSTANTIATE(fp8e4m3, float)
 G3_INSTANTIATE(fp8e4m3, bf16)
 G3_INSTANTIATE(block_q4_K, float)

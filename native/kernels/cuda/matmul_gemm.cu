@@ -1,5 +1,5 @@
 // GEMM path of matmul (M > kGemvMaxM): y[m, n] = sum_k x[m, k] * W[n, k].
-//  - TX = bf16, TW in {bf16, fp8e4m3, q8_0, q4_0, q4_K, q5_K, q6_K}: tensor cores (mma.sync
+//  - TX = bf16, TW in {bf16, fp8e4m3, q8_0, q4_0, q4_0s, q4_K, q5_K, q6_K}: tensor cores (mma.sync
 //    m16n8k16 bf16 -> f32), 128x128x32 CTA tiles, 8 warps of 64x32, double-buffered shared memory
 //    (cp.async for bf16 tiles; quantized W is loaded to registers one tile ahead and expanded to
 //    bf16 in shared memory). Every expansion is exact: fp8 e4m3 values are bf16 values, and the
@@ -198,7 +198,24 @@ struct Q8Loader {
 };
 
 // q4_0 W: thread -> (row tid/2, half h: qs[8h .. 8h + 7]) = weights 8h.. (low nibbles) and
-// 16 + 8h.. (high nibbles), stored as q - 8.
+// 16 + 8h.. (high nibbles), stored as q - 8. d: the f16 bits; q: the half's bytes as 4 words of 2.
+__device__ __forceinline__ void store_q4_tile(uint32_t d, const uint32_t (&q)[4], Tile* s,
+                                              float* sd) {
+  const int row = threadIdx.x >> 1, h = threadIdx.x & 1;
+  if (h == 0) sd[row] = __half2float(__ushort_as_half(static_cast<unsigned short>(d)));
+  uint32_t lo[4], hi[4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const uint32_t w = q[j];  // bytes 2j, 2j + 1
+    const float l0 = float(int32_t(w & 0xfu) - 8), l1 = float(int32_t((w >> 8) & 0xfu) - 8);
+    const float h0 = float(int32_t((w >> 4) & 0xfu) - 8),
+                h1 = float(int32_t((w >> 12) & 0xfu) - 8);
+    lo[j] = pack2(exact_bf16_bits(l0), exact_bf16_bits(l1));
+    hi[j] = pack2(exact_bf16_bits(h0), exact_bf16_bits(h1));
+  }
+  *reinterpret_cast<uint4*>(&s[row][8 * h]) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+  *reinterpret_cast<uint4*>(&s[row][16 + 8 * h]) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
+}
 struct Q4Loader {
   const block_q4_0* p;
   int64_t rows, K, r0;
@@ -206,22 +223,31 @@ struct Q4Loader {
   __device__ void issue(Tile*, int64_t k0) {
     load_block_words(p, rows, K, r0, k0, 0x8888u, d, q);  // fill: nibbles of 8 = zero weights
   }
-  __device__ void commit(Tile* s, float* sd) const {
+  __device__ void commit(Tile* s, float* sd) const { store_q4_tile(d, q, s, sd); }
+  static constexpr int kMode = kTileScale;
+};
+// q4_0s W (DType::kQ4_0S): the same tile, the half's 8 nibble bytes read from byte 16 kb + 8h of
+// the row and d from byte 16 nb + 2 kb (rows are 2-byte aligned: 16-bit loads).
+struct Q4SLoader {
+  const block_q4_0s* p;
+  int64_t rows, K, r0;
+  uint32_t d, q[4];
+  __device__ void issue(Tile*, int64_t k0) {
     const int row = threadIdx.x >> 1, h = threadIdx.x & 1;
-    if (h == 0) sd[row] = __half2float(__ushort_as_half(static_cast<unsigned short>(d)));
-    uint32_t lo[4], hi[4];
+    const int64_t r = r0 + row, nb = K / kQK, kb = k0 / kQK;
+    if (r < rows) {
+      const char* base = reinterpret_cast<const char*>(p + r * nb);
+      const unsigned short* qs = reinterpret_cast<const unsigned short*>(base + kb * 16 + 8 * h);
+      d = __ldg(reinterpret_cast<const unsigned short*>(base + nb * 16) + kb);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const uint32_t w = q[j];  // bytes 2j, 2j + 1
-      const float l0 = float(int32_t(w & 0xfu) - 8), l1 = float(int32_t((w >> 8) & 0xfu) - 8);
-      const float h0 = float(int32_t((w >> 4) & 0xfu) - 8),
-                  h1 = float(int32_t((w >> 12) & 0xfu) - 8);
-      lo[j] = pack2(exact_bf16_bits(l0), exact_bf16_bits(l1));
-      hi[j] = pack2(exact_bf16_bits(h0), exact_bf16_bits(h1));
+      for (int j = 0; j < 4; ++j) q[j] = __ldg(qs + j);
+    } else {
+      d = 0;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) q[j] = 0x8888u;  // nibbles of 8 = zero weights
     }
-    *reinterpret_cast<uint4*>(&s[row][8 * h]) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
-    *reinterpret_cast<uint4*>(&s[row][16 + 8 * h]) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
   }
+  __device__ void commit(Tile* s, float* sd) const { store_q4_tile(d, q, s, sd); }
   static constexpr int kMode = kTileScale;
 };
 
@@ -352,6 +378,10 @@ struct WLoaderFor<block_q4_0, kVec> {
   using type = Q4Loader;
 };
 template <bool kVec>
+struct WLoaderFor<block_q4_0s, kVec> {
+  using type = Q4SLoader;
+};
+template <bool kVec>
 struct WLoaderFor<block_q4_K, kVec> {
   using type = QKxLoader<block_q4_K>;
 };
@@ -462,7 +492,10 @@ __device__ __forceinline__ void mma_tile(const Tile* sa, const Tile* sb, const f
 // Block formats hold a second 64-float accumulator (tmp): one CTA per SM; others fit two.
 template <typename TW>
 constexpr int kMmaMinBlocks =
-    std::is_same_v<TW, block_q8_0> || std::is_same_v<TW, block_q4_0> || is_kquant_v<TW> ? 1 : 2;
+    std::is_same_v<TW, block_q8_0> || std::is_same_v<TW, block_q4_0> ||
+            std::is_same_v<TW, block_q4_0s> || is_kquant_v<TW>
+        ? 1
+        : 2;
 
 // CTA (blockIdx.x, blockIdx.y) = (M tile, N tile): M varies fastest so CTAs running together share
 // one W tile (read from DRAM once, then L2). Warp (warp_m, warp_n) in 2 x 4 owns 64 x 32 outputs.
@@ -557,6 +590,20 @@ __device__ __forceinline__ void w_run8(const TW* w, int64_t n, int64_t N, int64_
       return;
     }
     kq_dequant8(w[n * (K / kQK_K) + k / kQK_K], static_cast<int>(k % kQK_K), v);
+  } else if constexpr (std::is_same_v<TW, block_q4_0s>) {  // the row's nibble runs, then its d
+    if (n >= N || k >= K) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[j] = 0.f;
+      return;
+    }
+    const int64_t nb = K / kQK, kb = k / kQK;
+    const uint8_t* row = reinterpret_cast<const uint8_t*>(w + n * nb);
+    const float d = f16_to_f32(f16{reinterpret_cast<const uint16_t*>(row + nb * 16)[kb]});
+    const int j0 = static_cast<int>(k % kQK);  // 0, 8, 16 or 24
+    const int shift = j0 < kQK / 2 ? 0 : 4;
+    const uint8_t* qs = row + kb * 16 + j0 % (kQK / 2);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] = float(int((qs[j] >> shift) & 0xf) - 8) * d;
   } else if constexpr (!std::is_same_v<TW, block_q8_0> && !std::is_same_v<TW, block_q4_0>) {
 #pragma unroll
     for (int j = 0; j < 8; ++j) v[j] = (n < N && k + j < K) ? to_f32(w[n * K + k + j]) : 0.f;
@@ -677,11 +724,13 @@ G3_GEMM_INSTANTIATE(float, float)
 G3_GEMM_INSTANTIATE(float, bf16)
 G3_GEMM_INSTANTIATE(float, block_q8_0)
 G3_GEMM_INSTANTIATE(float, block_q4_0)
+G3_GEMM_INSTANTIATE(float, block_q4_0s)
 G3_GEMM_INSTANTIATE(float, fp8e4m3)
 G3_GEMM_INSTANTIATE(bf16, float)
 G3_GEMM_INSTANTIATE(bf16, bf16)
 G3_GEMM_INSTANTIATE(bf16, block_q8_0)
 G3_GEMM_INSTANTIATE(bf16, block_q4_0)
+G3_GEMM_INSTANTIATE(bf16, block_q4_0s)
 G3_GEMM_INSTANTIATE(bf16, fp8e4m3)
 G3_GEMM_INSTANTIATE(float, block_q4_K)
 G3_GEMM_INSTANTIATE(float, block_q5_K)

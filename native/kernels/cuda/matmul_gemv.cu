@@ -932,6 +932,9 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
 // phases, reductions; ~1-2 blocks a lane) and each CTA rounding all of x dominate, and at 118
 // registers 2 CTAs an SM fit. It wins where a row is long (down projections) or the grid is large
 // and x is rounded once (qdot_lane_auto); making its warps persistent is the next step.
+// q4_0s (DType::kQ4_0S, the GPU row layout) takes the same kernel with none of that realignment:
+// a block's nibbles are one 16-byte load (a warp's 32 loads are 512 contiguous bytes) and its d one
+// 16-bit load, so the inner loop is the dot alone; it serves q4_0s at every M <= 8 (LaneRow).
 template <typename TW>
 struct LaneFmt;
 template <>
@@ -942,6 +945,10 @@ template <>
 struct LaneFmt<block_q8_0> {
   static constexpr int kBytes = 34, kWords = 9, kQsWords = 8;
 };
+template <>
+struct LaneFmt<block_q4_0s> {
+  static constexpr int kBytes = 18, kWords = 5, kQsWords = 4;  // words: 4 of nibbles, then d
+};
 
 // dp4a with unsigned bytes in a and signed bytes in b (the q4_0 nibbles against int8 x).
 __device__ __forceinline__ int dp4a_us(uint32_t a, int b, int c) {
@@ -950,32 +957,86 @@ __device__ __forceinline__ int dp4a_us(uint32_t a, int b, int c) {
   return d;
 }
 
-// The words of the block at p (2-byte aligned): kWords words from p rounded down to 4 bytes. At
-// phase 0 the last word's upper half lies past the block (maybe past the tensor), so only its
-// lower half is read.
-template <typename TW>
-__device__ __forceinline__ void load_block_words(const char* p, bool phase2,
-                                                 uint32_t (&wd)[LaneFmt<TW>::kWords]) {
-  constexpr int kW = LaneFmt<TW>::kWords;
-  const uint32_t* q =
-      reinterpret_cast<const uint32_t*>(reinterpret_cast<uintptr_t>(p) & ~uintptr_t(3));
+// 16 bytes at p, p aligned to kA (16, 8 or 2) bytes, as 4 words; read once (no L1 allocation).
+template <int kA>
+__device__ __forceinline__ void ld16_aligned(const char* p, uint32_t* w) {
+  if constexpr (kA == 16) {
+    const uint4 v = ld_stream16(p);
+    w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
+  } else if constexpr (kA == 8) {
+    const uint2 a = __ldg(reinterpret_cast<const uint2*>(p));
+    const uint2 b = __ldg(reinterpret_cast<const uint2*>(p) + 1);
+    w[0] = a.x, w[1] = a.y, w[2] = b.x, w[3] = b.y;
+  } else {
+    static_assert(kA == 2, "q4_0s rows are 2-, 8- or 16-byte aligned");
+    const unsigned short* u = reinterpret_cast<const unsigned short*>(p);
 #pragma unroll
-  for (int i = 0; i < kW - 1; ++i) wd[i] = __ldg(q + i);
-  wd[kW - 1] = phase2 ? __ldg(q + kW - 1)
-                      : uint32_t(__ldg(reinterpret_cast<const unsigned short*>(q + kW - 1)));
+    for (int i = 0; i < 4; ++i) w[i] = uint32_t(__ldg(u + 2 * i)) | (uint32_t(__ldg(u + 2 * i + 1)) << 16);
+  }
 }
 
-// Exact integer dot of one block (words wd at the given phase) with the int8 x block xw (8 words;
-// s = the sum of its values, for q4_0's -8 offset); d_w returned as f32.
-template <typename TW>
-__device__ __forceinline__ int block_dot_lane(const uint32_t (&wd)[LaneFmt<TW>::kWords], int sq,
-                                              const int4& x0, const int4& x1, int s, float* dw,
-                                              int sd) {
-  *dw = f16_bits_to_f32((wd[0] >> sd) & 0xffffu);
-  uint32_t q[LaneFmt<TW>::kQsWords];
+// One W row as the lane kernel reads it: load(b) fetches the words holding block b, decode() turns
+// them into the block's qs words and d_w. GGUF blocks (q8_0, q4_0): the kWords aligned words from
+// the block's start rounded down to 4 bytes, realigned by one funnel shift each at the row's
+// 2-byte phase (blocks b and b + 32 share it: 32 kBytes % 4 == 0); at phase 0 the last word's
+// upper half lies past the block (maybe past the tensor), so only its lower half is read. kA: the
+// q4_0s row alignment (unused here).
+template <typename TW, int kA>
+struct LaneRow {
+  using L = LaneFmt<TW>;
+  const char* p;
+  bool phase2;
+  __device__ __forceinline__ void init(const char* row, int, int b_lane) {
+    p = row;
+    phase2 = ((reinterpret_cast<uintptr_t>(row) + uintptr_t(b_lane) * L::kBytes) & 2) != 0;
+  }
+  __device__ __forceinline__ void load(int b, uint32_t (&wd)[L::kWords]) const {
+    const uint32_t* q = reinterpret_cast<const uint32_t*>(
+        reinterpret_cast<uintptr_t>(p + int64_t(b) * L::kBytes) & ~uintptr_t(3));
 #pragma unroll
-  for (int i = 0; i < LaneFmt<TW>::kQsWords; ++i) q[i] = __funnelshift_rc(wd[i], wd[i + 1], sq);
-  if constexpr (std::is_same_v<TW, block_q4_0>) {
+    for (int i = 0; i < L::kWords - 1; ++i) wd[i] = __ldg(q + i);
+    wd[L::kWords - 1] = phase2 ? __ldg(q + L::kWords - 1)
+                               : uint32_t(__ldg(reinterpret_cast<const unsigned short*>(
+                                     q + L::kWords - 1)));
+  }
+  __device__ __forceinline__ void decode(const uint32_t (&wd)[L::kWords],
+                                         uint32_t (&q)[L::kQsWords], float* dw) const {
+    // d: the low or high half of word 0; qs word i: words i, i + 1 shifted (32: word i + 1 as is)
+    *dw = f16_bits_to_f32((wd[0] >> (phase2 ? 16 : 0)) & 0xffffu);
+    const int sq = phase2 ? 32 : 16;
+#pragma unroll
+    for (int i = 0; i < L::kQsWords; ++i) q[i] = __funnelshift_rc(wd[i], wd[i + 1], sq);
+  }
+};
+// q4_0s: block b's nibbles at byte 16 b of the row (kA-aligned), its d at byte 16 nb + 2 b.
+template <int kA>
+struct LaneRow<block_q4_0s, kA> {
+  using L = LaneFmt<block_q4_0s>;
+  const char* qs;
+  const unsigned short* d;
+  __device__ __forceinline__ void init(const char* row, int nb, int) {
+    qs = row;
+    d = reinterpret_cast<const unsigned short*>(row + int64_t(nb) * 16);
+  }
+  __device__ __forceinline__ void load(int b, uint32_t (&wd)[L::kWords]) const {
+    ld16_aligned<kA>(qs + int64_t(b) * 16, wd);
+    wd[4] = __ldg(d + b);
+  }
+  __device__ __forceinline__ void decode(const uint32_t (&wd)[L::kWords],
+                                         uint32_t (&q)[L::kQsWords], float* dw) const {
+    *dw = f16_bits_to_f32(wd[4]);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) q[i] = wd[i];
+  }
+};
+
+// Exact integer dot of one block's qs words with the int8 x block (x0, x1; s = the sum of its
+// values, for q4_0's -8 offset). q4_0 / q4_0s: low nibbles u8 x s8; high nibbles masked in place
+// (16 n) and the sum shifted back, exact.
+template <typename TW>
+__device__ __forceinline__ int block_dot_lane(const uint32_t (&q)[LaneFmt<TW>::kQsWords],
+                                              const int4& x0, const int4& x1, int s) {
+  if constexpr (!std::is_same_v<TW, block_q8_0>) {
     int lo = -8 * s, hi = 0;
     lo = dp4a_us(q[0] & 0x0f0f0f0fu, x0.x, lo);
     lo = dp4a_us(q[1] & 0x0f0f0f0fu, x0.y, lo);
@@ -998,17 +1059,20 @@ __device__ __forceinline__ int block_dot_lane(const uint32_t (&wd)[LaneFmt<TW>::
   }
 }
 
+// Rows per warp (R) and blocks per lane and row in flight (U). q4_0s runs every M <= 8 here.
 template <typename TW, int MT>
 struct LaneTiling {
-  static constexpr int R = std::is_same_v<TW, block_q4_0> && MT == 1 ? 4 : 2;  // rows per warp
-  static constexpr int U = 2;  // blocks per lane and row in flight
+  static constexpr bool kNib = !std::is_same_v<TW, block_q8_0>;
+  static constexpr int R = kNib && MT == 1 ? 4 : 2;
+  static constexpr int U = MT <= 2 ? 2 : 1;
 };
 
 // Group g = (block, warp / S) owns rows [g R, g R + R) (rows past N clamped, results dropped);
 // slice s = warp % S takes blocks [s nb / S, (s + 1) nb / S) of each row, lane j blocks j, j + 32,
 // ... of the slice. x rounded to int8 blocks (identity layout) in g_qx or in the CTA's shared
-// memory (kQ8Shared: rounded by the CTA's prologue). Host guarantees nb * kBytes < 2^31.
-template <typename TX, typename TW, int MT, XIn kX>
+// memory (kQ8Shared: rounded by the CTA's prologue). Host guarantees nb * kBytes < 2^31. kA: the
+// q4_0s rows' alignment (16, 8 or 2; 0 for q8_0 / q4_0).
+template <typename TX, typename TW, int MT, XIn kX, int kA = 0>
 __global__ void __launch_bounds__(kThreads, 2)
     gemv_qlane_kernel(const TX* __restrict__ x,           // x: [M, K], 16-byte aligned
                       const TW* __restrict__ w,           // w: [N, K/32] blocks, 2-byte aligned
@@ -1029,17 +1093,11 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int b_begin = int(int64_t(s) * nb / S), b_end = int(int64_t(s + 1) * nb / S);
   const int64_t row_bytes = int64_t(nb) * L::kBytes;
 
-  const char* rows[R];
-  bool phase2[R];
-  int sq[R], sd[R];
+  LaneRow<TW, kA> rows[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    rows[r] = reinterpret_cast<const char*>(w) + (n0 + r < N ? n0 + r : N - 1) * row_bytes;
-    // Blocks b and b + 32 of a row share the 2-byte phase (32 * kBytes % 4 == 0).
-    phase2[r] =
-        ((reinterpret_cast<uintptr_t>(rows[r]) + uintptr_t(b_begin + lane) * L::kBytes) & 2) != 0;
-    sd[r] = phase2[r] ? 16 : 0;   // d: the low or high half of word 0
-    sq[r] = phase2[r] ? 32 : 16;  // qs word i: words i, i + 1 shifted (32: word i + 1 as is)
+    rows[r].init(reinterpret_cast<const char*>(w) + (n0 + r < N ? n0 + r : N - 1) * row_bytes, nb,
+                 b_begin + lane);
   }
   uint32_t wd[U][R][kW];
   auto load_round = [&](int b0) {
@@ -1048,8 +1106,7 @@ __global__ void __launch_bounds__(kThreads, 2)
       const int b = b0 + 32 * u;
       if (b < b_end) {
 #pragma unroll
-        for (int r = 0; r < R; ++r)
-          load_block_words<TW>(rows[r] + int64_t(b) * L::kBytes, phase2[r], wd[u][r]);
+        for (int r = 0; r < R; ++r) rows[r].load(b, wd[u][r]);
       }
     }
   };
@@ -1079,6 +1136,10 @@ __global__ void __launch_bounds__(kThreads, 2)
       for (int u = 0; u < U; ++u) {
         const int b = b0 + 32 * u;
         if (b < b_end) {
+          uint32_t q[R][L::kQsWords];
+          float dw[R];
+#pragma unroll
+          for (int r = 0; r < R; ++r) rows[r].decode(wd[u][r], q[r], &dw[r]);
 #pragma unroll
           for (int m = 0; m < MT; ++m) {
             if (m == 0 || m < M) {
@@ -1093,9 +1154,8 @@ __global__ void __launch_bounds__(kThreads, 2)
               const float dx = __int_as_float(ds.x);
 #pragma unroll
               for (int r = 0; r < R; ++r) {
-                float dw;
-                const int v = block_dot_lane<TW>(wd[u][r], sq[r], x0, x1, ds.y, &dw, sd[r]);
-                acc[m][r] = fmaf(dw * dx, static_cast<float>(v), acc[m][r]);
+                const int v = block_dot_lane<TW>(q[r], x0, x1, ds.y);
+                acc[m][r] = fmaf(dw[r] * dx, static_cast<float>(v), acc[m][r]);
               }
             }
           }
@@ -1347,7 +1407,7 @@ Status launch_q(const TX* x, const TW* w, const float* w_scale, TX* y, int M, in
 // The lane-per-block q-dot GEMV (gemv_qlane_kernel). Its grid is one CTA per kWarps / S row groups:
 // S (K split over the warps of a CTA) doubles while the grid has fewer than 32 warps an SM and each
 // slice keeps at least 16 blocks a row.
-template <typename TX, typename TW, int MT, XIn kX>
+template <typename TX, typename TW, int MT, XIn kX, int kA>
 Status launch_qlane_m(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N,
                       int64_t K, int smem, cudaStream_t stream) {
   constexpr int R = LaneTiling<TW, MT>::R;
@@ -1359,16 +1419,29 @@ Status launch_qlane_m(const TX* x, const TW* w, const float* w_scale, TX* y, int
   const int64_t per_block = kWarps / S;
   const int64_t blocks = (groups + per_block - 1) / per_block;
   if (blocks > 0x7fffffff) return Status(StatusCode::kUnsupported, "matmul gemv: N too large");
-  launch_pdl(gemv_qlane_kernel<TX, TW, MT, kX>, static_cast<unsigned>(blocks), kThreads,
+  launch_pdl(gemv_qlane_kernel<TX, TW, MT, kX, kA>, static_cast<unsigned>(blocks), kThreads,
              static_cast<size_t>(smem), stream, x, w, w_scale, y, M, N, K, S);
   return check_launch("matmul gemv_qlane_kernel");
 }
-// M = 1 or 2 rows of x.
+// q8_0 / q4_0: M = 1 or 2 rows of x. q4_0s: any M <= 8, rows aligned to kA = 16, 8 or 2 bytes.
 template <typename TX, typename TW, XIn kX>
 Status launch_qlane(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N,
                     int64_t K, int smem, cudaStream_t stream) {
-  if (M == 2) return launch_qlane_m<TX, TW, 2, kX>(x, w, w_scale, y, M, N, K, smem, stream);
-  return launch_qlane_m<TX, TW, 1, kX>(x, w, w_scale, y, M, N, K, smem, stream);
+  if constexpr (std::is_same_v<TW, block_q4_0s>) {
+    const uintptr_t bits = reinterpret_cast<uintptr_t>(w) | uintptr_t(K / kQK * 18);
+    const int a = (bits & 15) == 0 ? 16 : (bits & 7) == 0 ? 8 : 2;
+    return by_m_bucket(M, [&](auto mt) {
+      constexpr int MT = decltype(mt)::value;
+      if (a == 16)
+        return launch_qlane_m<TX, TW, MT, kX, 16>(x, w, w_scale, y, M, N, K, smem, stream);
+      if (a == 8)
+        return launch_qlane_m<TX, TW, MT, kX, 8>(x, w, w_scale, y, M, N, K, smem, stream);
+      return launch_qlane_m<TX, TW, MT, kX, 2>(x, w, w_scale, y, M, N, K, smem, stream);
+    });
+  } else {
+    if (M == 2) return launch_qlane_m<TX, TW, 2, kX, 0>(x, w, w_scale, y, M, N, K, smem, stream);
+    return launch_qlane_m<TX, TW, 1, kX, 0>(x, w, w_scale, y, M, N, K, smem, stream);
+  }
 }
 
 // GEMMA3_QDOT_LANE (read once): 0 = the staged kernel at every shape, 1 = the lane kernel at every
@@ -1393,6 +1466,9 @@ bool qdot_lane_auto(int64_t N, int64_t K) {
 // this many values a row of x; longer rows, and the auto choice, round it once into g_qx
 // (quantize_x_q8_kernel, launched before it).
 constexpr int64_t kLaneFusedMaxK = 4096;
+// The q4_0s lane kernel's x in shared memory (M K / 32 blocks of kXBlockBytes) up to this many
+// bytes: under the 48 KB a CTA may take without opting in, beside its kWarps x 8 x 4-byte partials.
+constexpr int64_t kLaneSharedXBytes = 46 << 10;
 
 bool aligned(const void* p, uintptr_t a) { return (reinterpret_cast<uintptr_t>(p) & (a - 1)) == 0; }
 
@@ -1409,17 +1485,26 @@ bool qdot_fused_enabled() {
 template <typename TX, typename TW>
 Status gemv_qdot(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N, int64_t K,
                  cudaStream_t stream) {
+  constexpr bool kQ4s = std::is_same_v<TW, block_q4_0s>;
   const int64_t nb = K / kQK;
   const bool vec = aligned(w, 2) && nb * int64_t(sizeof(TW)) < (int64_t(1) << 31);
+  if (kQ4s && !vec) {
+    return Status(StatusCode::kUnsupported,
+                  "matmul: q4_0s weights must be 2-byte aligned with rows under 2 GiB");
+  }
   const int64_t fused_bytes = int64_t(M) * nb * kXBlockBytes;
   const int lane_mode = qdot_lane_mode();
-  const bool lane =
-      vec && M <= 2 && (lane_mode == 1 || (lane_mode == 2 && qdot_lane_auto<TW>(N, K)));
-  // The prologues load x in 16-byte runs.
-  if (lane && lane_mode == 1 && aligned(x, 16) && K <= kLaneFusedMaxK && qdot_fused_enabled()) {
-    const int smem = static_cast<int>(fused_bytes);  // <= 2 * 128 * 40 bytes: no opt-in needed
+  const bool lane = kQ4s || (vec && M <= 2 &&
+                             (lane_mode == 1 || (lane_mode == 2 && qdot_lane_auto<TW>(N, K))));
+  // The prologues load x in 16-byte runs. q4_0s rounds x per CTA while it fits the static shared
+  // memory limit (no opt-in); the others only under GEMMA3_QDOT_LANE=1 and K <= kLaneFusedMaxK.
+  const bool lane_fused = kQ4s ? fused_bytes <= kLaneSharedXBytes
+                               : lane_mode == 1 && K <= kLaneFusedMaxK;
+  if (lane && lane_fused && aligned(x, 16) && qdot_fused_enabled()) {
+    const int smem = static_cast<int>(fused_bytes);
     return launch_qlane<TX, TW, XIn::kQ8Shared>(x, w, w_scale, y, M, N, K, smem, stream);
   }
+  if constexpr (!kQ4s) {
   if (!lane && vec && aligned(x, 16) && fused_bytes <= kFusedXBytes && qdot_fused_enabled()) {
     bool launched = false;
     G3_RETURN_IF_ERROR(by_m_bucket(M, [&](auto mt) {
@@ -1432,6 +1517,7 @@ Status gemv_qdot(const TX* x, const TW* w, const float* w_scale, TX* y, int M, i
       return launch_q<TX, TW, MT, XIn::kQ8Shared>(x, w, w_scale, y, M, N, K, smem, stream);
     }));
     if (launched) return Status::Ok();
+  }
   }
   const int64_t row_bytes = K + nb * int64_t(sizeof(int2));
   const int64_t fit = kQxBytes / row_bytes;
@@ -1452,6 +1538,8 @@ Status gemv_qdot(const TX* x, const TW* w, const float* w_scale, TX* y, int M, i
     if (lane) {
       G3_RETURN_IF_ERROR(
           (launch_qlane<TX, TW, XIn::kQ8Global>(xm, w, w_scale, ym, mc, N, K, 0, stream)));
+    } else if constexpr (kQ4s) {
+      return Status(StatusCode::kInternal, "matmul gemv: q4_0s reached the staged path");
     } else if (!vec) {
       const int64_t grid = (N + kWarps - 1) / kWarps;
       if (grid > 0x7fffffff) return Status(StatusCode::kUnsupported, "matmul gemv: N too large");
@@ -1481,6 +1569,10 @@ Status gemv(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, in
                   "matmul gemv: M = " + std::to_string(M) + " not in [1, 8]");
   }
   const int m = static_cast<int>(M);
+  if constexpr (std::is_same_v<TW, block_q4_0s>) {
+    // matmul.cu sends q4_0s here only under q-dot (GEMMA3_QDOT=float takes its GEMM).
+    return gemv_qdot<TX, TW>(x, w, w_scale, y, m, N, K, stream);
+  } else {
   if constexpr (kBlock) {
     if (qdot::enabled() && K % kQK == 0)
       return gemv_qdot<TX, TW>(x, w, w_scale, y, m, N, K, stream);
@@ -1511,6 +1603,7 @@ Status gemv(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, in
     if (m == 2) return launch_vec<TX, TW, 2>(x, w, w_scale, y, m, N, K, stream);
     if (m <= 4) return launch_vec<TX, TW, 4>(x, w, w_scale, y, m, N, K, stream);
     return launch_vec<TX, TW, 8>(x, w, w_scale, y, m, N, K, stream);
+  }
   }
 }
 
@@ -1544,11 +1637,13 @@ G3_GEMV_INSTANTIATE(float, float)
 G3_GEMV_INSTANTIATE(float, bf16)
 G3_GEMV_INSTANTIATE(float, block_q8_0)
 G3_GEMV_INSTANTIATE(float, block_q4_0)
+G3_GEMV_INSTANTIATE(float, block_q4_0s)
 G3_GEMV_INSTANTIATE(float, fp8e4m3)
 G3_GEMV_INSTANTIATE(bf16, float)
 G3_GEMV_INSTANTIATE(bf16, bf16)
 G3_GEMV_INSTANTIATE(bf16, block_q8_0)
 G3_GEMV_INSTANTIATE(bf16, block_q4_0)
+G3_GEMV_INSTANTIATE(bf16, block_q4_0s)
 G3_GEMV_INSTANTIATE(bf16, fp8e4m3)
 #undef G3_GEMV_INSTANTIATE
 

@@ -1,0 +1,132 @@
+// Device weight layouts (layout.ts): q4_0 weights become q4_0s on CUDA. On the CPU the repack of a
+// loaded model is checked byte for byte against the layout as the test reference writes it (every
+// weight, the fused projections' views remade on the repacked owners); on CUDA a repacked model's
+// logits match the same model kept in GGUF blocks (GEMMA3_Q4_0_LAYOUT=gguf) to a float32
+// accumulation bound: the two GEMVs form the same per-block integer dots and differ only in the
+// order they sum the block terms.
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { cudaAvailable, type Tensor } from "@gemma3/native";
+import { repackQ4_0s } from "../../../native/test/reference.js";
+import type { LayerWeights } from "../src/block.js";
+import { loadTextModel } from "../src/load.js";
+import { repackQ4Weights } from "../src/layout.js";
+import type { Gemma3TextModel } from "../src/text_model.js";
+import { fixtures, maxAbsDiff } from "./golden.js";
+import { writeGemma3GGUF } from "./gguf_writer.js";
+import { removeTempDirs, tempDir } from "./safetensors_writer.js";
+
+const gpu = cudaAvailable() || process.env.GEMMA3_TEST_CUDA === "1";
+afterAll(removeTempDirs);
+
+/** Every weight of a text model with its name. */
+function named(w: Gemma3TextModel["weights"]): [string, Tensor][] {
+  const out: [string, Tensor][] = [["embedTokens", w.embedTokens]];
+  if (w.lmHead) out.push(["lmHead", w.lmHead]);
+  w.layers.forEach((l, i) => {
+    for (const [k, t] of Object.entries(l) as [keyof LayerWeights, Tensor][])
+      out.push([`layers.${i}.${k}`, t]);
+  });
+  return out;
+}
+
+/** Prompt logits and 6 greedy decode steps' logits (graph-replayed). */
+async function run(model: Gemma3TextModel, ids: number[]): Promise<Float32Array[]> {
+  const seq = model.newCache(ids.length + 7);
+  const l = model.forward(ids, seq, { allLogits: true });
+  const out = [(await l.toArray()) as Float32Array];
+  l.dispose();
+  let next = ids[ids.length - 1]!;
+  for (let i = 0; i < 6; i++) {
+    const s = model.forward([next], seq, { graph: true });
+    const v = Float32Array.from((await s.toArray()) as Float32Array);
+    s.dispose();
+    out.push(v);
+    next = v.indexOf(Math.max(...v));
+  }
+  seq.dispose();
+  return out;
+}
+
+/** A model loaded with GEMMA3_Q4_0_LAYOUT set to `layout` (undefined: the default). */
+async function loadWith(
+  layout: string | undefined,
+  path: string,
+  o: Parameters<typeof loadTextModel>[1],
+): Promise<Gemma3TextModel> {
+  const before = process.env.GEMMA3_Q4_0_LAYOUT;
+  if (layout === undefined) delete process.env.GEMMA3_Q4_0_LAYOUT;
+  else process.env.GEMMA3_Q4_0_LAYOUT = layout;
+  try {
+    return await loadTextModel(path, o);
+  } finally {
+    if (before === undefined) delete process.env.GEMMA3_Q4_0_LAYOUT;
+    else process.env.GEMMA3_Q4_0_LAYOUT = before;
+  }
+}
+
+for (const name of ["tiny-1b", "tiny-27b"]) {
+  const dir = join(fixtures, name);
+  const g = JSON.parse(readFileSync(join(dir, "goldens.json"), "utf8")) as { prompt_ids: number[] };
+
+  it(`${name}: repackQ4Weights turns every q4_0 weight into its q4_0s bytes, views included`, async () => {
+    const model = await loadTextModel(dir, { device: "cpu", dtype: "f32", quantize: "q4_0" });
+    try {
+      const before = new Map<string, { bytes: Uint8Array; shape: number[]; dtype: string }>();
+      for (const [k, t] of named(model.weights))
+        before.set(k, { bytes: await t.bytes(), shape: [...t.shape], dtype: t.dtypeName });
+      const owned: Tensor[] = [];
+      repackQ4Weights(model.weights, owned);
+      let q4 = 0;
+      for (const [k, t] of named(model.weights)) {
+        const b = before.get(k)!;
+        expect(t.shape, k).toEqual(b.shape);
+        if (b.dtype !== "q4_0") {
+          expect(t.dtypeName, k).toBe(b.dtype);
+          continue;
+        }
+        q4++;
+        expect(t.dtypeName, k).toBe("q4_0s");
+        const [rows, cols] = b.shape as [number, number];
+        expect(Array.from(await t.bytes()), k).toEqual(
+          Array.from(repackQ4_0s(b.bytes, rows, cols)),
+        );
+      }
+      // Linear weights whose rows are whole blocks were quantized (not tiny-27b's K = 48 rows).
+      expect(q4).toBeGreaterThan(0);
+      for (const l of model.weights.layers) {
+        if (l.qkvProj?.dtypeName === "q4_0s") expect(l.qProj.base).toBe(l.qkvProj);
+        if (l.gateUpProj?.dtypeName === "q4_0s") expect(l.upProj.base).toBe(l.gateUpProj);
+      }
+    } finally {
+      model.dispose();
+    }
+  });
+
+  describe.skipIf(!gpu)(`${name}: q4_0s vs GGUF blocks on CUDA (f32)`, () => {
+    it("quantize-on-load q4_0, and a GGUF Q4_0 file (token_embd, the tied head, in q4_0s)", async () => {
+      const gguf = await writeGemma3GGUF(dir, "Q4_0", join(tempDir("layout"), `${name}.gguf`));
+      for (const [path, o] of [
+        [dir, { device: "cuda", dtype: "f32", quantize: "q4_0" }],
+        [gguf, { device: "cuda", dtype: "f32" }],
+      ] as const) {
+        const split = await loadWith(undefined, path, o);
+        const blocks = await loadWith("gguf", path, o);
+        try {
+          expect(split.weights.layers[0]!.downProj.dtypeName).toBe("q4_0s");
+          expect(blocks.weights.layers[0]!.downProj.dtypeName).toBe("q4_0");
+          if (path === gguf) expect(split.weights.embedTokens.dtypeName).toBe("q4_0s");
+          const a = await run(split, g.prompt_ids);
+          const b = await run(blocks, g.prompt_ids);
+          // Same integer block dots, float32 sums in another order: ~1e-6 relative per dot
+          // product, carried through the layers.
+          a.forEach((x, i) => expect(maxAbsDiff(x, b[i]!), `${path} output ${i}`).toBeLessThan(1e-3));
+        } finally {
+          split.dispose();
+          blocks.dispose();
+        }
+      }
+    });
+  });
+}
