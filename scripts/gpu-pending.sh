@@ -28,13 +28,31 @@ vt() {  # NAME "VAR=VALUE ..." vitest-args...
   grep -E "^ *(×|FAIL)" "$OUT/tests-$name.log" | head -10
 }
 vt q4s "" native/test/ops.cuda.test.ts -t "q4_0s|repack"
-vt lane "GEMMA3_QDOT_LANE=1" native/test/ops.cuda.test.ts -t "w=q[48]_0 M=[12] "
-vt layout "" packages/model/test/layout.test.ts packages/model/test/fuse.test.ts
+vt q4s-r2 "GEMMA3_Q4S_R=2 GEMMA3_QLANE_MIN_SLICE=32" native/test/ops.cuda.test.ts -t "w=q4_0s"
+vt layout "" packages/model/test/layout.test.ts
 bench=$(find native/build -name bench_kernels -type f -perm -u+x | head -1)
-timeout 200 "$bench" --filter "q4_0" --graph-below 1000 --md "$OUT/q4-rows.md" >"$OUT/q4-rows.txt" 2>&1 || status=1
-grep -E "^\| gemv|^\| gemm" "$OUT/q4-rows.txt" | cut -d'|' -f2-5,7,8
+# The q4_0s lane GEMV's tiling (rows per warp, shortest K slice, where x is rounded per CTA) against
+# the q4_0 kernels, graph-timed, same card.
+timeout 100 "$bench" --filter " q4_0" --graph-below 1000 >"$OUT/rows-q4_0.txt" 2>&1 || status=1
+for cfg in "GEMMA3_Q4S_R=4" "GEMMA3_Q4S_R=2" "GEMMA3_QLANE_MIN_SLICE=32" \
+  "GEMMA3_Q4S_R=2 GEMMA3_QLANE_MIN_SLICE=32" "GEMMA3_Q4S_FUSED_MAXK=1" \
+  "GEMMA3_Q4S_R=2 GEMMA3_QLANE_MIN_SLICE=32 GEMMA3_Q4S_FUSED_MAXK=1"; do
+  tag=$(echo "$cfg" | tr -c 'A-Z0-9\n' '_')
+  env $cfg timeout 100 "$bench" --filter "q4_0s" --graph-below 1000 >"$OUT/rows-$tag.txt" 2>&1 || status=1
+done
+for f in "$OUT"/rows-*.txt; do
+  echo "$(basename "$f"): $(grep -E "^\| gemv" "$f" | cut -d'|' -f3,5 | tr -s ' ' | tr '\n' ';')"
+done
 echo "kernels done at ${SECONDS}s (status $status)"
-OUT="$OUT/ab-layout" AB_VAR=GEMMA3_Q4_0_LAYOUT AB_VALUES="gguf split" \
-  AB_BENCH="--batch 1 --prefill 0 --quantize q4_0" bash scripts/gpu-ab.sh --models 4b --rounds 2 || status=1
+cfgs=packages/model/test/fixtures/configs
+for r in 1 2; do
+  for cfg in "GEMMA3_Q4_0_LAYOUT=gguf" "GEMMA3_Q4_0_LAYOUT=split" "GEMMA3_Q4S_R=2" \
+    "GEMMA3_Q4S_R=2 GEMMA3_QLANE_MIN_SLICE=32"; do
+    tag=$(echo "$cfg" | tr -c 'A-Z0-9\n' '_')
+    env $cfg timeout 100 node apps/cli/dist/cli.js bench --model "random:$cfgs/gemma-3-4b-it.config.json" \
+      --device cuda --batch 1 --prefill 0 --quantize q4_0 --json "$OUT/e2e-$tag-r$r.json" >"$OUT/e2e-$tag-r$r.txt" 2>&1 || status=1
+    echo "4b q4_0 $cfg r$r: $(grep -E 'batch +[0-9]+:' "$OUT/e2e-$tag-r$r.txt" | tr -s ' ')"
+  done
+done
 echo "done at ${SECONDS}s (status $status)"
 exit $status

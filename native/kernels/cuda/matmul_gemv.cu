@@ -1072,7 +1072,7 @@ struct LaneTiling {
 // ... of the slice. x rounded to int8 blocks (identity layout) in g_qx or in the CTA's shared
 // memory (kQ8Shared: rounded by the CTA's prologue). Host guarantees nb * kBytes < 2^31. kA: the
 // q4_0s rows' alignment (16, 8 or 2; 0 for q8_0 / q4_0).
-template <typename TX, typename TW, int MT, XIn kX, int kA = 0>
+template <typename TX, typename TW, int MT, XIn kX, int kA = 0, int R = LaneTiling<TW, MT>::R>
 __global__ void __launch_bounds__(kThreads, 2)
     gemv_qlane_kernel(const TX* __restrict__ x,           // x: [M, K], 16-byte aligned
                       const TW* __restrict__ w,           // w: [N, K/32] blocks, 2-byte aligned
@@ -1081,7 +1081,7 @@ __global__ void __launch_bounds__(kThreads, 2)
                       int M, int64_t N, int64_t K, int S) {
   static_assert(kX != XIn::kFloat, "q-dot only");
   using L = LaneFmt<TW>;
-  constexpr int R = LaneTiling<TW, MT>::R, U = LaneTiling<TW, MT>::U, kW = L::kWords;
+  constexpr int U = LaneTiling<TW, MT>::U, kW = L::kWords;
   __shared__ float partial[kWarps][MT * R];
   extern __shared__ __align__(16) char sx[];
 
@@ -1404,32 +1404,43 @@ Status launch_q(const TX* x, const TW* w, const float* w_scale, TX* y, int M, in
   return check_launch("matmul gemv_q_kernel");
 }
 
+// A positive integer from environment variable `name` (read by the caller once), else `fallback`.
+int env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  const long n = v ? std::strtol(v, nullptr, 10) : 0;
+  return n > 0 && n < (1 << 20) ? static_cast<int>(n) : fallback;
+}
+
 // The lane-per-block q-dot GEMV (gemv_qlane_kernel). Its grid is one CTA per kWarps / S row groups:
 // S (K split over the warps of a CTA) doubles while the grid has fewer than 32 warps an SM and each
-// slice keeps at least 16 blocks a row.
-template <typename TX, typename TW, int MT, XIn kX, int kA>
+// slice keeps at least min_slice blocks a row (GEMMA3_QLANE_MIN_SLICE, default 16).
+template <typename TX, typename TW, int MT, XIn kX, int kA, int R = LaneTiling<TW, MT>::R>
 Status launch_qlane_m(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N,
                       int64_t K, int smem, cudaStream_t stream) {
-  constexpr int R = LaneTiling<TW, MT>::R;
+  static const int min_slice = env_int("GEMMA3_QLANE_MIN_SLICE", 16);
   int sms = 0;
   G3_RETURN_IF_ERROR(sm_count(&sms));
   const int64_t groups = (N + R - 1) / R, nb = K / kQK;
   int S = 1;
-  while (S < kWarps && groups * S < int64_t(sms) * 32 && nb / (2 * S) >= 16) S *= 2;
+  while (S < kWarps && groups * S < int64_t(sms) * 32 && nb / (2 * S) >= min_slice) S *= 2;
   const int64_t per_block = kWarps / S;
   const int64_t blocks = (groups + per_block - 1) / per_block;
   if (blocks > 0x7fffffff) return Status(StatusCode::kUnsupported, "matmul gemv: N too large");
-  launch_pdl(gemv_qlane_kernel<TX, TW, MT, kX, kA>, static_cast<unsigned>(blocks), kThreads,
+  launch_pdl(gemv_qlane_kernel<TX, TW, MT, kX, kA, R>, static_cast<unsigned>(blocks), kThreads,
              static_cast<size_t>(smem), stream, x, w, w_scale, y, M, N, K, S);
   return check_launch("matmul gemv_qlane_kernel");
 }
-// q8_0 / q4_0: M = 1 or 2 rows of x. q4_0s: any M <= 8, rows aligned to kA = 16, 8 or 2 bytes.
+// q8_0 / q4_0: M = 1 or 2 rows of x. q4_0s: any M <= 8, rows aligned to kA = 16, 8 or 2 bytes; at
+// M = 1 rows per warp R = 4, or 2 with GEMMA3_Q4S_R=2.
 template <typename TX, typename TW, XIn kX>
 Status launch_qlane(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N,
                     int64_t K, int smem, cudaStream_t stream) {
   if constexpr (std::is_same_v<TW, block_q4_0s>) {
+    static const bool r2 = env_is("GEMMA3_Q4S_R", "2");
     const uintptr_t bits = reinterpret_cast<uintptr_t>(w) | uintptr_t(K / kQK * 18);
     const int a = (bits & 15) == 0 ? 16 : (bits & 7) == 0 ? 8 : 2;
+    if (M == 1 && r2 && a == 16)
+      return launch_qlane_m<TX, TW, 1, kX, 16, 2>(x, w, w_scale, y, M, N, K, smem, stream);
     return by_m_bucket(M, [&](auto mt) {
       constexpr int MT = decltype(mt)::value;
       if (a == 16)
@@ -1496,9 +1507,11 @@ Status gemv_qdot(const TX* x, const TW* w, const float* w_scale, TX* y, int M, i
   const int lane_mode = qdot_lane_mode();
   const bool lane = kQ4s || (vec && M <= 2 &&
                              (lane_mode == 1 || (lane_mode == 2 && qdot_lane_auto<TW>(N, K))));
-  // The prologues load x in 16-byte runs. q4_0s rounds x per CTA while it fits the static shared
-  // memory limit (no opt-in); the others only under GEMMA3_QDOT_LANE=1 and K <= kLaneFusedMaxK.
-  const bool lane_fused = kQ4s ? fused_bytes <= kLaneSharedXBytes
+  // The prologues load x in 16-byte runs. q4_0s rounds x per CTA up to K = q4s_fused_max_k() (in
+  // the static shared memory limit, no opt-in); the others only under GEMMA3_QDOT_LANE=1 and
+  // K <= kLaneFusedMaxK.
+  static const int q4s_max_k = env_int("GEMMA3_Q4S_FUSED_MAXK", int(kLaneFusedMaxK));
+  const bool lane_fused = kQ4s ? fused_bytes <= kLaneSharedXBytes && K <= q4s_max_k
                                : lane_mode == 1 && K <= kLaneFusedMaxK;
   if (lane && lane_fused && aligned(x, 16) && qdot_fused_enabled()) {
     const int smem = static_cast<int>(fused_bytes);
