@@ -27,32 +27,14 @@ vt() {  # NAME "VAR=VALUE ..." vitest-args...
   echo "tests $name: $(grep -E 'Tests ' "$OUT/tests-$name.log" | tail -1 | tr -s ' ') (${SECONDS}s)"
   grep -E "^ *(×|FAIL)" "$OUT/tests-$name.log" | head -10
 }
-vt q4s "" native/test/ops.cuda.test.ts -t "q4_0s|repack"
-vt q4s-r2 "GEMMA3_Q4S_R=2 GEMMA3_QLANE_MIN_SLICE=32" native/test/ops.cuda.test.ts -t "w=q4_0s"
-vt layout "" packages/model/test/layout.test.ts
+vt matmul "" native/test/ops.cuda.test.ts -t "matmul|embedding|repack"
+vt layout "" packages/model/test/layout.test.ts packages/model/test/graph.test.ts
 bench=$(find native/build -name bench_kernels -type f -perm -u+x | head -1)
-# The q4_0s lane GEMV's tiling (rows per warp, shortest K slice, where x is rounded per CTA) against
-# the q4_0 kernels, graph-timed, same card.
-timeout 100 "$bench" --filter " q4_0" --graph-below 1000 >"$OUT/rows-q4_0.txt" 2>&1 || status=1
-for cfg in "GEMMA3_Q4S_R=4" "GEMMA3_Q4S_R=2" "GEMMA3_QLANE_MIN_SLICE=32" \
-  "GEMMA3_Q4S_R=2 GEMMA3_QLANE_MIN_SLICE=32" "GEMMA3_Q4S_FUSED_MAXK=1" \
-  "GEMMA3_Q4S_R=2 GEMMA3_QLANE_MIN_SLICE=32 GEMMA3_Q4S_FUSED_MAXK=1"; do
-  tag=$(echo "$cfg" | tr -c 'A-Z0-9\n' '_')
-  env $cfg timeout 100 "$bench" --filter "q4_0s" --graph-below 1000 >"$OUT/rows-$tag.txt" 2>&1 || status=1
-done
-for f in "$OUT"/rows-*.txt; do
-  echo "$(basename "$f"): $(grep -E "^\| gemv" "$f" | cut -d'|' -f3,5 | tr -s ' ' | tr '\n' ';')"
-done
+# q4_0 (GGUF blocks) and q4_0s rows, graph-timed, same card.
+timeout 100 "$bench" --filter " q4_0" --graph-below 1000 --md "$OUT/rows-q4.md" >"$OUT/rows-q4.txt" 2>&1 || status=1
+grep -E "^\| gemv" "$OUT/rows-q4.txt" | cut -d'|' -f2-5,7,8
 echo "kernels done at ${SECONDS}s (status $status)"
-cfgs=packages/model/test/fixtures/configs
-for r in 1 2; do
-  for cfg in "GEMMA3_Q4_0_LAYOUT=gguf" "GEMMA3_Q4_0_LAYOUT=split" "GEMMA3_Q4S_R=2" \
-    "GEMMA3_Q4S_R=2 GEMMA3_QLANE_MIN_SLICE=32"; do
-    tag=$(echo "$cfg" | tr -c 'A-Z0-9\n' '_')
-    env $cfg timeout 100 node apps/cli/dist/cli.js bench --model "random:$cfgs/gemma-3-4b-it.config.json" \
-      --device cuda --batch 1 --prefill 0 --quantize q4_0 --json "$OUT/e2e-$tag-r$r.json" >"$OUT/e2e-$tag-r$r.txt" 2>&1 || status=1
-    echo "4b q4_0 $cfg r$r: $(grep -E 'batch +[0-9]+:' "$OUT/e2e-$tag-r$r.txt" | tr -s ' ')"
-  done
-done
+OUT="$OUT/ab-layout" AB_VAR=GEMMA3_Q4_0_LAYOUT AB_VALUES="gguf split" \
+  AB_BENCH="--batch 1 --prefill 0 --quantize q4_0" bash scripts/gpu-ab.sh --models 1b,4b,27b --rounds 2 || status=1
 echo "done at ${SECONDS}s (status $status)"
 exit $status

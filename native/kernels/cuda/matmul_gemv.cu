@@ -1413,11 +1413,10 @@ int env_int(const char* name, int fallback) {
 
 // The lane-per-block q-dot GEMV (gemv_qlane_kernel). Its grid is one CTA per kWarps / S row groups:
 // S (K split over the warps of a CTA) doubles while the grid has fewer than 32 warps an SM and each
-// slice keeps at least min_slice blocks a row (GEMMA3_QLANE_MIN_SLICE, default 16).
+// slice keeps at least min_slice blocks a row.
 template <typename TX, typename TW, int MT, XIn kX, int kA, int R = LaneTiling<TW, MT>::R>
 Status launch_qlane_m(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N,
-                      int64_t K, int smem, cudaStream_t stream) {
-  static const int min_slice = env_int("GEMMA3_QLANE_MIN_SLICE", 16);
+                      int64_t K, int smem, int min_slice, cudaStream_t stream) {
   int sms = 0;
   G3_RETURN_IF_ERROR(sm_count(&sms));
   const int64_t groups = (N + R - 1) / R, nb = K / kQK;
@@ -1430,28 +1429,45 @@ Status launch_qlane_m(const TX* x, const TW* w, const float* w_scale, TX* y, int
              static_cast<size_t>(smem), stream, x, w, w_scale, y, M, N, K, S);
   return check_launch("matmul gemv_qlane_kernel");
 }
-// q8_0 / q4_0: M = 1 or 2 rows of x. q4_0s: any M <= 8, rows aligned to kA = 16, 8 or 2 bytes; at
-// M = 1 rows per warp R = 4, or 2 with GEMMA3_Q4S_R=2.
+
+// q4_0s lane-kernel tiling, measured on an H200 (session 8, graph-timed, M = 1; docs/kernels.md):
+// K slices of at least 32 blocks (every lane busy; 16 left half the lanes idle: the 4B O
+// projection 4.16 -> 2.30 µs, QKV 5.43 -> 3.71); at M = 1 R = 4 rows a warp where each CTA rounds x
+// (K <= 4096, N <= kQ4sFusedMaxN: the 4B gate/up 12.0 µs, R = 2 there doubles the CTAs and each
+// rounds x), R = 2 where x is rounded once into g_qx (the 4B down 8.84 -> 7.91, 27B up 22.3 ->
+// 19.9, the 4B logits 126.8 -> 116.6 with g_qx). GEMMA3_QLANE_MIN_SLICE, GEMMA3_Q4S_R (2 | 4)
+// and GEMMA3_Q4S_FUSED_MAXK override them for A/Bs.
+constexpr int kQ4sMinSlice = 32;
+constexpr int64_t kQ4sFusedMaxN = 32768;
+
+// q8_0 / q4_0: M = 1 or 2 rows of x (K slices of >= 16 blocks, measured in session 7). q4_0s: any
+// M <= 8, rows aligned to kA = 16, 8 or 2 bytes, the tiling above.
 template <typename TX, typename TW, XIn kX>
 Status launch_qlane(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N,
                     int64_t K, int smem, cudaStream_t stream) {
   if constexpr (std::is_same_v<TW, block_q4_0s>) {
-    static const bool r2 = env_is("GEMMA3_Q4S_R", "2");
+    static const int min_slice = env_int("GEMMA3_QLANE_MIN_SLICE", kQ4sMinSlice);
+    static const int force_r = env_int("GEMMA3_Q4S_R", 0);
     const uintptr_t bits = reinterpret_cast<uintptr_t>(w) | uintptr_t(K / kQK * 18);
     const int a = (bits & 15) == 0 ? 16 : (bits & 7) == 0 ? 8 : 2;
-    if (M == 1 && r2 && a == 16)
-      return launch_qlane_m<TX, TW, 1, kX, 16, 2>(x, w, w_scale, y, M, N, K, smem, stream);
+    const int r = force_r == 2 || force_r == 4 ? force_r : kX == XIn::kQ8Shared ? 4 : 2;
+    if (M == 1 && r == 2 && a == 16)
+      return launch_qlane_m<TX, TW, 1, kX, 16, 2>(x, w, w_scale, y, M, N, K, smem, min_slice,
+                                                  stream);
     return by_m_bucket(M, [&](auto mt) {
       constexpr int MT = decltype(mt)::value;
       if (a == 16)
-        return launch_qlane_m<TX, TW, MT, kX, 16>(x, w, w_scale, y, M, N, K, smem, stream);
+        return launch_qlane_m<TX, TW, MT, kX, 16>(x, w, w_scale, y, M, N, K, smem, min_slice,
+                                                  stream);
       if (a == 8)
-        return launch_qlane_m<TX, TW, MT, kX, 8>(x, w, w_scale, y, M, N, K, smem, stream);
-      return launch_qlane_m<TX, TW, MT, kX, 2>(x, w, w_scale, y, M, N, K, smem, stream);
+        return launch_qlane_m<TX, TW, MT, kX, 8>(x, w, w_scale, y, M, N, K, smem, min_slice,
+                                                 stream);
+      return launch_qlane_m<TX, TW, MT, kX, 2>(x, w, w_scale, y, M, N, K, smem, min_slice,
+                                               stream);
     });
   } else {
-    if (M == 2) return launch_qlane_m<TX, TW, 2, kX, 0>(x, w, w_scale, y, M, N, K, smem, stream);
-    return launch_qlane_m<TX, TW, 1, kX, 0>(x, w, w_scale, y, M, N, K, smem, stream);
+    if (M == 2) return launch_qlane_m<TX, TW, 2, kX, 0>(x, w, w_scale, y, M, N, K, smem, 16, stream);
+    return launch_qlane_m<TX, TW, 1, kX, 0>(x, w, w_scale, y, M, N, K, smem, 16, stream);
   }
 }
 
@@ -1507,12 +1523,13 @@ Status gemv_qdot(const TX* x, const TW* w, const float* w_scale, TX* y, int M, i
   const int lane_mode = qdot_lane_mode();
   const bool lane = kQ4s || (vec && M <= 2 &&
                              (lane_mode == 1 || (lane_mode == 2 && qdot_lane_auto<TW>(N, K))));
-  // The prologues load x in 16-byte runs. q4_0s rounds x per CTA up to K = q4s_fused_max_k() (in
-  // the static shared memory limit, no opt-in); the others only under GEMMA3_QDOT_LANE=1 and
-  // K <= kLaneFusedMaxK.
+  // The prologues load x in 16-byte runs. q4_0s rounds x per CTA up to K = 4096 and N =
+  // kQ4sFusedMaxN (launch_qlane; within the static shared memory limit, no opt-in); the others only
+  // under GEMMA3_QDOT_LANE=1 and K <= kLaneFusedMaxK.
   static const int q4s_max_k = env_int("GEMMA3_Q4S_FUSED_MAXK", int(kLaneFusedMaxK));
-  const bool lane_fused = kQ4s ? fused_bytes <= kLaneSharedXBytes && K <= q4s_max_k
-                               : lane_mode == 1 && K <= kLaneFusedMaxK;
+  const bool lane_fused =
+      kQ4s ? fused_bytes <= kLaneSharedXBytes && K <= q4s_max_k && N <= kQ4sFusedMaxN
+           : lane_mode == 1 && K <= kLaneFusedMaxK;
   if (lane && lane_fused && aligned(x, 16) && qdot_fused_enabled()) {
     const int smem = static_cast<int>(fused_bytes);
     return launch_qlane<TX, TW, XIn::kQ8Shared>(x, w, w_scale, y, M, N, K, smem, stream);

@@ -117,7 +117,11 @@ for (const name of ["tiny-1b", "tiny-27b"]) {
           const dtypes = (m: Gemma3TextModel) => new Set(named(m.weights).map(([, t]) => t.dtypeName));
           expect(dtypes(split).has("q4_0s") && !dtypes(split).has("q4_0")).toBe(true);
           expect(dtypes(blocks).has("q4_0") && !dtypes(blocks).has("q4_0s")).toBe(true);
-          if (path === gguf) expect(split.weights.embedTokens.dtypeName).toBe("q4_0s");
+          const e = blocks.weights.embedTokens.dtypeName;
+          expect(split.weights.embedTokens.dtypeName).toBe(e === "q4_0" ? "q4_0s" : e);
+          // tiny-1b's GGUF token_embd is Q4_0 (the embedding and the tied head read q4_0s);
+          // tiny-27b's 48-wide rows are not whole blocks and stay F32.
+          if (path === gguf && name === "tiny-1b") expect(e).toBe("q4_0");
           const a = await run(split, g.prompt_ids);
           const b = await run(blocks, g.prompt_ids);
           // Same integer block dots, float32 sums in another order: ~1e-6 relative per dot
