@@ -27,14 +27,23 @@ vt() {  # NAME "VAR=VALUE ..." vitest-args...
   echo "tests $name: $(grep -E 'Tests ' "$OUT/tests-$name.log" | tail -1 | tr -s ' ') (${SECONDS}s)"
   grep -E "^ *(×|FAIL)" "$OUT/tests-$name.log" | head -10
 }
-vt matmul "" native/test/ops.cuda.test.ts -t "matmul|embedding|repack"
-vt layout "" packages/model/test/layout.test.ts packages/model/test/graph.test.ts
+vt q4s-u3 "GEMMA3_Q4S_U=3" native/test/ops.cuda.test.ts -t "w=q4_0s M=1 "
 bench=$(find native/build -name bench_kernels -type f -perm -u+x | head -1)
-# q4_0 (GGUF blocks) and q4_0s rows, graph-timed, same card.
-timeout 100 "$bench" --filter " q4_0" --graph-below 1000 --md "$OUT/rows-q4.md" >"$OUT/rows-q4.txt" 2>&1 || status=1
-grep -E "^\| gemv" "$OUT/rows-q4.txt" | cut -d'|' -f2-5,7,8
+# Every GEMV row (bf16, fp8, q8_0, q4_0, q4_0s, K-quants; cuBLAS bf16 peer where built), then the
+# q4_0s rows with 3 blocks a row in flight (GEMMA3_Q4S_U=3), graph-timed, same card.
+timeout 240 "$bench" --filter "gemv" --graph-below 1000 --md "$OUT/rows-gemv.md" >"$OUT/rows-gemv.txt" 2>&1 || status=1
+grep -E "^\| gemv" "$OUT/rows-gemv.txt" | grep -E "q4_0|q8_0" | cut -d'|' -f2-5,7,8
+GEMMA3_Q4S_U=3 timeout 100 "$bench" --filter "q4_0s" --graph-below 1000 >"$OUT/rows-q4s-u3.txt" 2>&1 || status=1
+echo "U=3: $(grep -E "^\| gemv" "$OUT/rows-q4s-u3.txt" | cut -d'|' -f3,5 | tr -s ' ' | tr '\n' ';')"
 echo "kernels done at ${SECONDS}s (status $status)"
-OUT="$OUT/ab-layout" AB_VAR=GEMMA3_Q4_0_LAYOUT AB_VALUES="gguf split" \
-  AB_BENCH="--batch 1 --prefill 0 --quantize q4_0" bash scripts/gpu-ab.sh --models 1b,4b,27b --rounds 2 || status=1
+cfgs=packages/model/test/fixtures/configs
+for r in 1 2; do
+  for cfg in "GEMMA3_Q4_0_LAYOUT=gguf" "GEMMA3_Q4_0_LAYOUT=split" "GEMMA3_Q4S_U=3"; do
+    tag=$(echo "$cfg" | tr -c 'A-Z0-9\n' '_')
+    env $cfg timeout 100 node apps/cli/dist/cli.js bench --model "random:$cfgs/gemma-3-4b-it.config.json" \
+      --device cuda --batch 1 --prefill 0 --quantize q4_0 --json "$OUT/e2e-$tag-r$r.json" >"$OUT/e2e-$tag-r$r.txt" 2>&1 || status=1
+    echo "4b q4_0 $cfg r$r: $(grep -E 'batch +[0-9]+:' "$OUT/e2e-$tag-r$r.txt" | tr -s ' ')"
+  done
+done
 echo "done at ${SECONDS}s (status $status)"
 exit $status

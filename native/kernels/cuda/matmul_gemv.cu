@@ -1072,7 +1072,8 @@ struct LaneTiling {
 // ... of the slice. x rounded to int8 blocks (identity layout) in g_qx or in the CTA's shared
 // memory (kQ8Shared: rounded by the CTA's prologue). Host guarantees nb * kBytes < 2^31. kA: the
 // q4_0s rows' alignment (16, 8 or 2; 0 for q8_0 / q4_0).
-template <typename TX, typename TW, int MT, XIn kX, int kA = 0, int R = LaneTiling<TW, MT>::R>
+template <typename TX, typename TW, int MT, XIn kX, int kA = 0, int R = LaneTiling<TW, MT>::R,
+          int U = LaneTiling<TW, MT>::U>
 __global__ void __launch_bounds__(kThreads, 2)
     gemv_qlane_kernel(const TX* __restrict__ x,           // x: [M, K], 16-byte aligned
                       const TW* __restrict__ w,           // w: [N, K/32] blocks, 2-byte aligned
@@ -1081,7 +1082,7 @@ __global__ void __launch_bounds__(kThreads, 2)
                       int M, int64_t N, int64_t K, int S) {
   static_assert(kX != XIn::kFloat, "q-dot only");
   using L = LaneFmt<TW>;
-  constexpr int U = LaneTiling<TW, MT>::U, kW = L::kWords;
+  constexpr int kW = L::kWords;
   __shared__ float partial[kWarps][MT * R];
   extern __shared__ __align__(16) char sx[];
 
@@ -1414,7 +1415,8 @@ int env_int(const char* name, int fallback) {
 // The lane-per-block q-dot GEMV (gemv_qlane_kernel). Its grid is one CTA per kWarps / S row groups:
 // S (K split over the warps of a CTA) doubles while the grid has fewer than 32 warps an SM and each
 // slice keeps at least min_slice blocks a row.
-template <typename TX, typename TW, int MT, XIn kX, int kA, int R = LaneTiling<TW, MT>::R>
+template <typename TX, typename TW, int MT, XIn kX, int kA, int R = LaneTiling<TW, MT>::R,
+          int U = LaneTiling<TW, MT>::U>
 Status launch_qlane_m(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N,
                       int64_t K, int smem, int min_slice, cudaStream_t stream) {
   int sms = 0;
@@ -1425,7 +1427,7 @@ Status launch_qlane_m(const TX* x, const TW* w, const float* w_scale, TX* y, int
   const int64_t per_block = kWarps / S;
   const int64_t blocks = (groups + per_block - 1) / per_block;
   if (blocks > 0x7fffffff) return Status(StatusCode::kUnsupported, "matmul gemv: N too large");
-  launch_pdl(gemv_qlane_kernel<TX, TW, MT, kX, kA, R>, static_cast<unsigned>(blocks), kThreads,
+  launch_pdl(gemv_qlane_kernel<TX, TW, MT, kX, kA, R, U>, static_cast<unsigned>(blocks), kThreads,
              static_cast<size_t>(smem), stream, x, w, w_scale, y, M, N, K, S);
   return check_launch("matmul gemv_qlane_kernel");
 }
@@ -1448,9 +1450,15 @@ Status launch_qlane(const TX* x, const TW* w, const float* w_scale, TX* y, int M
   if constexpr (std::is_same_v<TW, block_q4_0s>) {
     static const int min_slice = env_int("GEMMA3_QLANE_MIN_SLICE", kQ4sMinSlice);
     static const int force_r = env_int("GEMMA3_Q4S_R", 0);
+    static const bool u3 = env_is("GEMMA3_Q4S_U", "3");  // A/B: 3 blocks a row in flight, not 2
     const uintptr_t bits = reinterpret_cast<uintptr_t>(w) | uintptr_t(K / kQK * 18);
     const int a = (bits & 15) == 0 ? 16 : (bits & 7) == 0 ? 8 : 2;
     const int r = force_r == 2 || force_r == 4 ? force_r : kX == XIn::kQ8Shared ? 4 : 2;
+    if constexpr (kX == XIn::kQ8Shared) {
+      if (M == 1 && r == 4 && a == 16 && u3)
+        return launch_qlane_m<TX, TW, 1, kX, 16, 4, 3>(x, w, w_scale, y, M, N, K, smem, min_slice,
+                                                       stream);
+    }
     if (M == 1 && r == 2 && a == 16)
       return launch_qlane_m<TX, TW, 1, kX, 16, 2>(x, w, w_scale, y, M, N, K, smem, min_slice,
                                                   stream);
