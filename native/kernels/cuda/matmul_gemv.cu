@@ -1437,8 +1437,10 @@ Status launch_qlane_m(const TX* x, const TW* w, const float* w_scale, TX* y, int
 // projection 4.16 -> 2.30 µs, QKV 5.43 -> 3.71); at M = 1 R = 4 rows a warp where each CTA rounds x
 // (K <= 4096, N <= kQ4sFusedMaxN: the 4B gate/up 12.0 µs, R = 2 there doubles the CTAs and each
 // rounds x), R = 2 where x is rounded once into g_qx (the 4B down 8.84 -> 7.91, 27B up 22.3 ->
-// 19.9, the 4B logits 126.8 -> 116.6 with g_qx). GEMMA3_QLANE_MIN_SLICE, GEMMA3_Q4S_R (2 | 4)
-// and GEMMA3_Q4S_FUSED_MAXK override them for A/Bs.
+// 19.9, the 4B logits 126.8 -> 116.6 with g_qx); with R = 4 and 16-byte rows, U = 3 blocks a row
+// in flight (the 4B gate/up's 80-block rows in one round: 13.46 -> 11.97 µs, 4B q4_0 decode 494 ->
+// 511 tok/s on an H100; 128 registers, still 2 CTAs an SM). GEMMA3_QLANE_MIN_SLICE,
+// GEMMA3_Q4S_R (2 | 4), GEMMA3_Q4S_U (2 | 3) and GEMMA3_Q4S_FUSED_MAXK override them for A/Bs.
 constexpr int kQ4sMinSlice = 32;
 constexpr int64_t kQ4sFusedMaxN = 32768;
 
@@ -1450,7 +1452,7 @@ Status launch_qlane(const TX* x, const TW* w, const float* w_scale, TX* y, int M
   if constexpr (std::is_same_v<TW, block_q4_0s>) {
     static const int min_slice = env_int("GEMMA3_QLANE_MIN_SLICE", kQ4sMinSlice);
     static const int force_r = env_int("GEMMA3_Q4S_R", 0);
-    static const bool u3 = env_is("GEMMA3_Q4S_U", "3");  // A/B: 3 blocks a row in flight, not 2
+    static const bool u3 = !env_is("GEMMA3_Q4S_U", "2");
     const uintptr_t bits = reinterpret_cast<uintptr_t>(w) | uintptr_t(K / kQK * 18);
     const int a = (bits & 15) == 0 ? 16 : (bits & 7) == 0 ? 8 : 2;
     const int r = force_r == 2 || force_r == 4 ? force_r : kX == XIn::kQ8Shared ? 4 : 2;
