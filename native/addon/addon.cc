@@ -560,9 +560,9 @@ OP_RESULT(ops::dequantize(T(0, "src"), s.get(), T(2, "dst")));
 }
 G3_END
 }
-G3_ENTRY(Repack) {
-  G3_BODY { OP_RESULT(ops::repack(T(0, "src"), T(1, "dst"))); }
-  G3_END
+G3_ENTRY(Repack){G3_BODY{OP_RESULT(ops::repack(T(0, "src"), T(1, "dst")));
+}
+G3_END
 }
 G3_ENTRY(CopyRows) {
   G3_BODY { OP_RESULT(ops::copy_rows(T(0, "src"), T(1, "dst"), T(2, "dst_rows"))); }

@@ -46,6 +46,7 @@ using gemma3::block_q4_0s;
 using gemma3::block_q4_K;
 using gemma3::block_q6_K;
 using gemma3::block_q8_0;
+using gemma3::block_q8_0s;
 using gemma3::fp8e4m3;
 using gemma3::Status;
 namespace gk = gemma3::cuda;
@@ -366,6 +367,7 @@ const char* wname() {
   if constexpr (std::is_same_v<TW, block_q8_0>) return "q8_0";
   if constexpr (std::is_same_v<TW, block_q4_0>) return "q4_0";
   if constexpr (std::is_same_v<TW, block_q4_0s>) return "q4_0s";
+  if constexpr (std::is_same_v<TW, block_q8_0s>) return "q8_0s";
   if constexpr (std::is_same_v<TW, block_q4_K>) return "q4_k";
   if constexpr (std::is_same_v<TW, block_q6_K>) return "q6_k";
   if constexpr (std::is_same_v<TW, fp8e4m3>) return "fp8e4m3";
@@ -377,7 +379,7 @@ template <typename TW>
 int64_t w_elems(int64_t N, int64_t K) {
   if constexpr (gemma3::is_kquant_v<TW>) return N * K / gemma3::kQK_K;
   return std::is_same_v<TW, block_q8_0> || std::is_same_v<TW, block_q4_0> ||
-                 std::is_same_v<TW, block_q4_0s>
+                 std::is_same_v<TW, block_q4_0s> || std::is_same_v<TW, block_q8_0s>
              ? N * K / gemma3::kQK
              : N * K;
 }
@@ -397,10 +399,12 @@ void make_weight(DevBuf<TW>* w, DevBuf<float>* scale, DevBuf<bf16>* tmp, int64_t
   } else {
     if (!tmp->p) *tmp = DevBuf<bf16>(size_t(N * K));
     fill_normal(tmp->p, N * K, sd, s);
-    if constexpr (std::is_same_v<TW, block_q4_0s>) {  // q4_0 blocks, repacked (ops.repack)
-      DevBuf<block_q4_0> q(size_t(N * K / gemma3::kQK));
-      check_status(gk::quantize<bf16, block_q4_0>(tmp->p, q.p, nullptr, N, K, s));
-      check_status(gk::repack_q4_0(q.p, w->p, N, K, true, s));
+    if constexpr (std::is_same_v<TW, block_q4_0s> || std::is_same_v<TW, block_q8_0s>) {
+      // GGUF blocks, repacked to the split row layout (ops.repack)
+      using TB = std::conditional_t<std::is_same_v<TW, block_q4_0s>, block_q4_0, block_q8_0>;
+      DevBuf<TB> q(size_t(N * K / gemma3::kQK));
+      check_status(gk::quantize<bf16, TB>(tmp->p, q.p, nullptr, N, K, s));
+      check_status(gk::repack_split(q.p, w->p, N, K, int(sizeof(TB)) - 2, true, s));
       CK(cudaStreamSynchronize(s));  // q is freed on return
     } else {
       if constexpr (std::is_same_v<TW, fp8e4m3>) *scale = DevBuf<float>(static_cast<size_t>(N));
@@ -830,6 +834,7 @@ std::vector<Case> all_cases() {
     add_matmul<block_q8_0>(cs, "gemv", 1, kn[0], kn[1]);
     add_matmul<block_q4_0>(cs, "gemv", 1, kn[0], kn[1]);
     add_matmul<block_q4_0s>(cs, "gemv", 1, kn[0], kn[1]);
+    add_matmul<block_q8_0s>(cs, "gemv", 1, kn[0], kn[1]);
     add_matmul<fp8e4m3>(cs, "gemv", 1, kn[0], kn[1]);
     if (kn[0] % gemma3::kQK_K == 0) {  // K-quant rows are whole 256-blocks (not 1B's 1152)
       add_matmul<block_q4_K>(cs, "gemv", 1, kn[0], kn[1]);
@@ -846,6 +851,7 @@ std::vector<Case> all_cases() {
       add_matmul<block_q8_0>(cs, "gemv_layer", 1, kn[0], kn[1]);
       add_matmul<block_q4_0>(cs, "gemv_layer", 1, kn[0], kn[1]);
       add_matmul<block_q4_0s>(cs, "gemv_layer", 1, kn[0], kn[1]);
+      add_matmul<block_q8_0s>(cs, "gemv_layer", 1, kn[0], kn[1]);
     }
   }
   // Down projections (small N, long K: the GEMVs split K across warps): 4B, 27B.
@@ -855,6 +861,7 @@ std::vector<Case> all_cases() {
     add_matmul<block_q8_0>(cs, "gemv", 1, kn[0], kn[1]);
     add_matmul<block_q4_0>(cs, "gemv", 1, kn[0], kn[1]);
     add_matmul<block_q4_0s>(cs, "gemv", 1, kn[0], kn[1]);
+    add_matmul<block_q8_0s>(cs, "gemv", 1, kn[0], kn[1]);
     add_matmul<block_q4_K>(cs, "gemv", 1, kn[0], kn[1]);
     add_matmul<block_q6_K>(cs, "gemv", 1, kn[0], kn[1]);
   }
@@ -864,6 +871,7 @@ std::vector<Case> all_cases() {
     add_matmul<block_q8_0>(cs, "gemm", 2048, kn[0], kn[1]);
     add_matmul<block_q4_0>(cs, "gemm", 2048, kn[0], kn[1]);
     add_matmul<block_q4_0s>(cs, "gemm", 2048, kn[0], kn[1]);
+    add_matmul<block_q8_0s>(cs, "gemm", 2048, kn[0], kn[1]);
     add_matmul<block_q4_K>(cs, "gemm", 2048, kn[0], kn[1]);
     add_matmul<block_q6_K>(cs, "gemm", 2048, kn[0], kn[1]);
   }

@@ -124,6 +124,13 @@ Status dispatch_weight(const char* op, const TensorRef& t, bool allow_fp8, F&& f
   }
 }
 
+// f(Tag<block_q4_0s | block_q8_0s>{}) for a weight in a split row layout (callers check dtype).
+template <class F>
+Status dispatch_split(const TensorRef& t, F&& f) {
+  if (t.dtype == DType::kQ8_0S) return f(Tag<block_q8_0s>{});
+  return f(Tag<block_q4_0s>{});
+}
+
 template <class F>
 Status dispatch_quant(const char* op, const TensorRef& t, F&& f) {
   switch (t.dtype) {
@@ -168,16 +175,18 @@ Status launch(int device, std::vector<std::shared_ptr<Buffer>> bufs, CpuCall cpu
 }
 
 #ifdef GEMMA3_WITH_CUDA
-// Runs a launcher only the CUDA backend has (weights in q4_0s, the GPU row layout): a CPU tensor
-// gets kUnsupported (G3_LAUNCH_CUDA below). cuda_call(cudaStream_t) is enqueued now.
+// Runs a launcher only the CUDA backend has (weights in q4_0s / q8_0s, the split row layouts): a
+// CPU tensor gets kUnsupported (G3_LAUNCH_CUDA below). cuda_call(cudaStream_t) is enqueued now.
 template <class CudaCall>
 Status launch_cuda_only(const char* op, int device, std::vector<std::shared_ptr<Buffer>> bufs,
                         CudaCall cuda_call) {
   if (device == kCpu) {
-    return fail(StatusCode::kUnsupported, op,
-                "q4_0s is the CUDA row layout of q4_0; a CPU tensor must be q4_0 (ops.repack)");
+    return fail(
+        StatusCode::kUnsupported, op,
+        "q4_0s / q8_0s are CUDA row layouts; a CPU tensor keeps the GGUF blocks (ops.repack)");
   }
-  return launch(device, std::move(bufs), [] { return Status(); }, cuda_call);
+  return launch(
+      device, std::move(bufs), [] { return Status(); }, cuda_call);
 }
 #endif
 
@@ -198,10 +207,12 @@ Status launch_cuda_only(const char* op, int device, std::vector<std::shared_ptr<
 #endif
 // G3_LAUNCH_CUDA(op, device, buffers, kernel<T...>, args...): a launcher of the CUDA backend only.
 #ifdef GEMMA3_WITH_CUDA
-#define G3_LAUNCH_CUDA(op, dev, bufs, FN, ...)           \
-  ::gemma3::ops::detail::launch_cuda_only(op, dev, bufs, \
-                                          [=](cudaStream_t stream_) { return ::gemma3::cuda::FN(__VA_ARGS__, stream_); })
+#define G3_LAUNCH_CUDA(op, dev, bufs, FN, ...)                                       \
+  ::gemma3::ops::detail::launch_cuda_only(op, dev, bufs, [=](cudaStream_t stream_) { \
+    return ::gemma3::cuda::FN(__VA_ARGS__, stream_);                                 \
+  })
 #else
-#define G3_LAUNCH_CUDA(op, dev, bufs, FN, ...) \
-  ::gemma3::ops::detail::fail(::gemma3::StatusCode::kUnsupported, op, "q4_0s needs the CUDA backend")
+#define G3_LAUNCH_CUDA(op, dev, bufs, FN, ...)                        \
+  ::gemma3::ops::detail::fail(::gemma3::StatusCode::kUnsupported, op, \
+                              "q4_0s / q8_0s need the CUDA backend")
 #endif

@@ -43,15 +43,18 @@ Status matmul(const TensorRef& x, const TensorRef& w, const TensorRef* w_scale,
   }
   if (M == 0 || N == 0) return Status::Ok();
   const float* sp = w_scale ? static_cast<const float*>(w_scale->data()) : nullptr;
-  if (w.dtype == DType::kQ4_0S) {
+  if (w.dtype == DType::kQ4_0S || w.dtype == DType::kQ8_0S) {  // split layouts: CUDA only
     G3_RETURN_IF_ERROR(expect(K % kQK == 0, op, named("w", w) + ": K % 32 != 0"));
     return dispatch_float(op, x, [&](auto tx) {
       using TX = typename decltype(tx)::type;
-      auto xp = static_cast<const TX*>(x.data());
-      auto wp = static_cast<const block_q4_0s*>(w.data());
-      auto yp = static_cast<TX*>(y.data());
-      return G3_LAUNCH_CUDA(op, dev, keep({&x, &w, &y}), matmul<TX G3_COMMA block_q4_0s>, xp, wp,
-                            nullptr, yp, M, N, K);
+      return dispatch_split(w, [&](auto tw) {
+        using TW = typename decltype(tw)::type;
+        auto xp = static_cast<const TX*>(x.data());
+        auto wp = static_cast<const TW*>(w.data());
+        auto yp = static_cast<TX*>(y.data());
+        return G3_LAUNCH_CUDA(op, dev, keep({&x, &w, &y}), matmul<TX G3_COMMA TW>, xp, wp, nullptr,
+                              yp, M, N, K);
+      });
     });
   }
   return dispatch_float(op, x, [&](auto tx) {
@@ -204,14 +207,16 @@ Status embedding(const TensorRef& ids, const TensorRef& table, const TensorRef& 
                                 std::to_string(D) + "] for " + named("ids", ids) + ", " +
                                 named("table", table)));
   if (n == 0) return Status::Ok();
-  if (table.dtype == DType::kQ4_0S) {
+  if (table.dtype == DType::kQ4_0S || table.dtype == DType::kQ8_0S) {  // CUDA only
     return dispatch_float(op, out, [&](auto ty) {
       using TY = typename decltype(ty)::type;
-      return G3_LAUNCH_CUDA(op, dev, keep({&ids, &table, &out}),
-                            embedding<block_q4_0s G3_COMMA TY>,
-                            static_cast<const int32_t*>(ids.data()),
-                            static_cast<const block_q4_0s*>(table.data()),
-                            static_cast<TY*>(out.data()), n, D, V, s);
+      return dispatch_split(table, [&](auto tw) {
+        using TW = typename decltype(tw)::type;
+        return G3_LAUNCH_CUDA(op, dev, keep({&ids, &table, &out}), embedding<TW G3_COMMA TY>,
+                              static_cast<const int32_t*>(ids.data()),
+                              static_cast<const TW*>(table.data()), static_cast<TY*>(out.data()), n,
+                              D, V, s);
+      });
     });
   }
   // fp8 tables take the scalar s only (a row gather of an fp8 KV cache), no per-row scale.
@@ -515,21 +520,24 @@ Status repack(const TensorRef& src, const TensorRef& dst) {
   const char* op = "repack";
   int dev;
   G3_RETURN_IF_ERROR(same_device(op, {&src, &dst}, &dev));
-  const bool to_split = src.dtype == DType::kQ4_0 && dst.dtype == DType::kQ4_0S;
-  G3_RETURN_IF_ERROR(expect(to_split || (src.dtype == DType::kQ4_0S && dst.dtype == DType::kQ4_0),
-                            op,
-                            "converts q4_0 <-> q4_0s, got " + named("src", src) + " -> " +
-                                named("dst", dst)));
-  G3_RETURN_IF_ERROR(expect(src.shape == dst.shape && src.ndim() >= 1 && src.last() % kQK == 0,
-                            op,
+  // (GGUF, split) pairs and their quant bytes a block.
+  const bool q4 = (src.dtype == DType::kQ4_0 && dst.dtype == DType::kQ4_0S) ||
+                  (src.dtype == DType::kQ4_0S && dst.dtype == DType::kQ4_0);
+  const bool q8 = (src.dtype == DType::kQ8_0 && dst.dtype == DType::kQ8_0S) ||
+                  (src.dtype == DType::kQ8_0S && dst.dtype == DType::kQ8_0);
+  G3_RETURN_IF_ERROR(expect(q4 || q8, op,
+                            "converts q4_0 <-> q4_0s or q8_0 <-> q8_0s, got " + named("src", src) +
+                                " -> " + named("dst", dst)));
+  const bool to_split = dst.dtype == DType::kQ4_0S || dst.dtype == DType::kQ8_0S;
+  G3_RETURN_IF_ERROR(expect(src.shape == dst.shape && src.ndim() >= 1 && src.last() % kQK == 0, op,
                             named("src", src) + " and " + named("dst", dst) +
                                 " must have one shape with a last dim % 32 == 0"));
   G3_RETURN_IF_ERROR(expect(src.buf != dst.buf || src.offset + src.nbytes() <= dst.offset ||
                                 dst.offset + dst.nbytes() <= src.offset,
                             op, "src and dst must not overlap"));
   if (src.numel() == 0) return Status::Ok();
-  return G3_LAUNCH(dev, keep({&src, &dst}), repack_q4_0, src.data(), dst.data(), src.rows(),
-                   src.last(), to_split);
+  return G3_LAUNCH(dev, keep({&src, &dst}), repack_split, src.data(), dst.data(), src.rows(),
+                   src.last(), q4 ? 16 : 32, to_split);
 }
 
 Status copy_rows(const TensorRef& src, const TensorRef& dst, const TensorRef& dst_rows) {

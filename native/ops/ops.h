@@ -90,8 +90,8 @@ Status cast(const TensorRef& src, const TensorRef& dst);
 // src: [..., C] f32|bf16 -> dst q8_0|q4_0|fp8 (scale: [rows] f32 for fp8).
 Status quantize(const TensorRef& src, const TensorRef& dst, const TensorRef* scale);
 Status dequantize(const TensorRef& src, const TensorRef* scale, const TensorRef& dst);
-// q4_0 <-> q4_0s (the CUDA row layout, runtime/dtype.h): src, dst [..., C], C % 32 == 0, not
-// overlapping. matmul and embedding take q4_0s weights on CUDA only.
+// q4_0 <-> q4_0s, q8_0 <-> q8_0s (the CUDA split row layouts, runtime/dtype.h): src, dst [..., C],
+// C % 32 == 0, not overlapping. matmul and embedding take the split layouts on CUDA only.
 Status repack(const TensorRef& src, const TensorRef& dst);
 
 // dst rows (first dim) dst_rows[i] <- src row i. src: [n, ...]; dst: [capacity, ...] with the same

@@ -25,14 +25,16 @@ enum class DType : int32_t {
   kQ4_K = 7,  // f16 d, dmin + 8 x (6-bit scale, 6-bit min) + 4-bit q: x = d sc q - dmin m
   kQ5_K = 8,  // as q4_K with a fifth bit per weight (qh)
   kQ6_K = 9,  // 6-bit q (ql + qh) + 16 x int8 scale + f16 d: x = d sc (q - 32)
-  // q4_0 in the GPU's row layout (CUDA only; ops.repack converts): a row's nb = K / 32 blocks keep
-  // their 16 nibble bytes and f16 d, but the row holds all the nibble runs first (block b's at
-  // byte 16 b) and then all the d (block b's at byte 16 nb + 2 b). Same bytes per row as q4_0, rows
-  // independent (row views and row concatenation hold), so a lane's block is one aligned 16-byte
-  // load and a warp's loads are contiguous (block_q4_0s, matmul_gemv.cu).
+  // q4_0 / q8_0 in the GPU's "split" row layout (CUDA only; ops.repack converts): a row's nb =
+  // K / 32 blocks keep their quant bytes (16 / 32) and f16 d, but the row holds all the quant runs
+  // first (block b's at byte Q b) and then all the d (block b's at byte Q nb + 2 b). Same bytes per
+  // row as the GGUF blocks, rows independent (row views and row concatenation hold), so a lane's
+  // block is one (q8_0: two) aligned 16-byte loads and a warp's loads are contiguous
+  // (block_q4_0s / block_q8_0s, matmul_gemv.cu).
   kQ4_0S = 10,
+  kQ8_0S = 11,
 };
-constexpr int kNumDTypes = 11;  // codes are 0 .. kNumDTypes - 1
+constexpr int kNumDTypes = 12;  // codes are 0 .. kNumDTypes - 1
 
 struct bf16 {
   uint16_t bits;
@@ -55,15 +57,20 @@ struct block_q4_0 {
 };
 static_assert(sizeof(block_q8_0) == 34, "q8_0 block is 34 bytes in GGUF");
 static_assert(sizeof(block_q4_0) == 18, "q4_0 block is 18 bytes in GGUF");
-// A q4_0s row's storage unit (DType::kQ4_0S): 18 bytes per 32 weights like q4_0, but not a block
-// of its own (the row layout above); kernels address rows, never a unit alone.
+// A split row's storage unit (DType::kQ4_0S / kQ8_0S): the GGUF block's bytes per 32 weights, but
+// not a block of its own (the row layout above); kernels address rows, never a unit alone.
 struct block_q4_0s {
   uint8_t bytes[18];
 };
+struct block_q8_0s {
+  uint8_t bytes[34];
+};
 static_assert(sizeof(block_q4_0s) == 18, "q4_0s keeps q4_0's 18 bytes per 32 weights");
-// Byte offsets in a q4_0s row of nb blocks: block b's 16 nibble bytes, and its f16 d.
-G3_HD int64_t q4_0s_qs_offset(int64_t b) { return 16 * b; }
-G3_HD int64_t q4_0s_d_offset(int64_t nb, int64_t b) { return 16 * nb + 2 * b; }
+static_assert(sizeof(block_q8_0s) == 34, "q8_0s keeps q8_0's 34 bytes per 32 weights");
+// Byte offsets in a split row of nb blocks with q quant bytes a block (16: q4_0s, 32: q8_0s):
+// block b's quants, and its f16 d.
+G3_HD int64_t split_qs_offset(int64_t q, int64_t b) { return q * b; }
+G3_HD int64_t split_d_offset(int64_t q, int64_t nb, int64_t b) { return q * nb + 2 * b; }
 
 // K-quant super-blocks (ggml-common.h layouts, byte for byte). Element e of a q4_K / q5_K block is
 // sub-block e / 32 (its scale and min packed 6-bit in `scales`, get_scale_min_k4); q6_K has 16
@@ -102,6 +109,7 @@ inline int64_t dtype_row_bytes(DType t, int64_t n) {
     case DType::kFP8E4M3:
       return n;
     case DType::kQ8_0:
+    case DType::kQ8_0S:
       return n / kQK * 34;
     case DType::kQ4_0:
     case DType::kQ4_0S:
@@ -121,6 +129,7 @@ inline int64_t dtype_block_elems(DType t) {
     case DType::kQ8_0:
     case DType::kQ4_0:
     case DType::kQ4_0S:
+    case DType::kQ8_0S:
       return kQK;
     case DType::kQ4_K:
     case DType::kQ5_K:
@@ -155,6 +164,8 @@ inline const char* dtype_name(DType t) {
       return "q6_k";
     case DType::kQ4_0S:
       return "q4_0s";
+    case DType::kQ8_0S:
+      return "q8_0s";
   }
   return "?";
 }

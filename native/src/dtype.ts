@@ -11,9 +11,10 @@ export const DType = {
   q4_k: 7,
   q5_k: 8,
   q6_k: 9,
-  // q4_0 in the GPU's row layout (CUDA only; ops.repack converts to and from q4_0): each row's
-  // nibble runs, then its f16 scales. Same bytes per row as q4_0 (native/runtime/dtype.h).
+  // q4_0 / q8_0 in the GPU's split row layout (CUDA only; ops.repack converts to and from the GGUF
+  // blocks): each row's quant runs, then its f16 scales. Same bytes per row (native/runtime/dtype.h).
   q4_0s: 10,
+  q8_0s: 11,
 } as const;
 export type DTypeName = keyof typeof DType;
 
@@ -35,9 +36,13 @@ export type KQuantName = (typeof K_QUANTS)[number];
 export function isKQuant(d: DTypeName): d is KQuantName {
   return d === "q4_k" || d === "q5_k" || d === "q6_k";
 }
-/** Elements per block: 32 for q8_0/q4_0/q4_0s, 256 for the K-quants, else 1. */
+/** Elements per block: 32 for q8_0/q4_0 (and their split layouts), 256 for the K-quants, else 1. */
 export function blockSize(d: DTypeName): number {
-  return d === "q8_0" || d === "q4_0" || d === "q4_0s" ? 32 : isKQuant(d) ? 256 : 1;
+  return d === "q8_0" || d === "q4_0" || d === "q4_0s" || d === "q8_0s"
+    ? 32
+    : isKQuant(d)
+      ? 256
+      : 1;
 }
 /** Whether the dtype stores raw GGUF blocks (bytes, not numbers, cross the API). */
 export function isBlock(d: DTypeName): boolean {
@@ -55,6 +60,7 @@ export function rowBytes(d: DTypeName, n: number): number {
     case "fp8_e4m3":
       return n;
     case "q8_0":
+    case "q8_0s":
       return (n / 32) * 34;
     case "q4_0":
     case "q4_0s":
@@ -68,5 +74,12 @@ export function rowBytes(d: DTypeName, n: number): number {
   }
 }
 export function isQuantized(d: DTypeName): boolean {
-  return d === "q8_0" || d === "q4_0" || d === "q4_0s" || d === "fp8_e4m3" || isKQuant(d);
+  return (
+    d === "q8_0" ||
+    d === "q4_0" ||
+    d === "q4_0s" ||
+    d === "q8_0s" ||
+    d === "fp8_e4m3" ||
+    isKQuant(d)
+  );
 }

@@ -16,7 +16,7 @@ const rowCount = (t: Tensor): number => lead(t).reduce((a, b) => a * b, 1);
 /**
  * y = x·Wᵀ (float32 accumulate).
  * @param x [..., K] f32|bf16
- * @param w [N, K] f32|bf16|q8_0|q4_0|fp8_e4m3|q4_k|q5_k|q6_k, or q4_0s on CUDA (K % 32 / % 256 for the blocks)
+ * @param w [N, K] f32|bf16|q8_0|q4_0|fp8_e4m3|q4_k|q5_k|q6_k, or q4_0s/q8_0s on CUDA (K % 32 / % 256 for the blocks)
  * @param opts.scale [N] f32, required for fp8_e4m3 weights (per-row scale)
  * @returns y [..., N] with x's dtype
  */
@@ -75,7 +75,7 @@ export function scale(x: Tensor, s: number, out?: Tensor): Tensor {
  * Embedding gather with scale: out[t] = table[ids[t]] · s. Ids outside [0, V) give NaN rows.
  * An fp8_e4m3 table is e4m3 · s (the dequantizing row gather of an fp8 KV cache).
  * @param ids [n] i32
- * @param table [V, D] f32|bf16|q8_0|q4_0|fp8_e4m3|q4_k|q5_k|q6_k, or q4_0s on CUDA
+ * @param table [V, D] f32|bf16|q8_0|q4_0|fp8_e4m3|q4_k|q5_k|q6_k, or q4_0s/q8_0s on CUDA
  * @returns [n, D] of `dtype` (default bf16 for bf16/quantized tables, else f32)
  */
 export function embedding(
@@ -366,13 +366,18 @@ export function dequantize(
 }
 
 /**
- * q4_0 ↔ q4_0s, the CUDA row layout of q4_0 (each row's 16-byte nibble runs, then its f16 scales;
- * the same bytes per row, so row views and row concatenation still hold). matmul and embedding take
- * q4_0s weights on CUDA only, where its GEMV reads a block with one aligned 16-byte load.
- * @param src [..., C] q4_0 or q4_0s (C % 32 == 0)
- * @returns [..., C] in `dtype` (the other one), a new tensor unless `out` is given (no overlap)
+ * GGUF blocks ↔ their CUDA split row layout: q4_0 ↔ q4_0s, q8_0 ↔ q8_0s (each row's quant runs,
+ * then its f16 scales; the same bytes per row, so row views and row concatenation still hold).
+ * matmul and embedding take the split layouts on CUDA only, where the GEMV reads a block with
+ * aligned 16-byte loads.
+ * @param src [..., C] q4_0, q4_0s, q8_0 or q8_0s (C % 32 == 0)
+ * @returns [..., C] in `dtype` (its pair), a new tensor unless `out` is given (no overlap)
  */
-export function repack(src: Tensor, dtype: "q4_0" | "q4_0s", out?: Tensor): Tensor {
+export function repack(
+  src: Tensor,
+  dtype: "q4_0" | "q4_0s" | "q8_0" | "q8_0s",
+  out?: Tensor,
+): Tensor {
   const y = outOr(out, src.shape, dtype, src);
   native(() => addon().repack(src, y));
   return y;

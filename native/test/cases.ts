@@ -77,11 +77,13 @@ function alloc(shape: number[], dtype: DTypeName, device: string, l: Layout = la
       ? 34
       : dtype === "q4_0" || dtype === "q4_0s"
         ? 18
-        : dtype === "f32" || dtype === "i32"
-          ? 4
-          : dtype === "fp8_e4m3"
-            ? 1
-            : 2;
+        : dtype === "q8_0s"
+          ? 34
+          : dtype === "f32" || dtype === "i32"
+            ? 4
+            : dtype === "fp8_e4m3"
+              ? 1
+              : 2;
   const pad = 16 + (l === "offset" ? elem : 0);
   const owner = Tensor.empty([byteSize(shape, dtype) + pad], "fp8_e4m3", device);
   return Tensor.viewAt(owner, pad, shape, dtype);
@@ -116,16 +118,21 @@ function disposeAll(...ts: (Tensor | null | undefined)[]): void {
 // ---------------------------------------------------------------------------------------------
 // matmul
 
-type WFormat = "f32" | "bf16" | "q8_0" | "q4_0" | "q4_0s" | "fp8_e4m3" | refK.KQuant;
+type WFormat = "f32" | "bf16" | "q8_0" | "q4_0" | "q4_0s" | "q8_0s" | "fp8_e4m3" | refK.KQuant;
+type Split = "q4_0s" | "q8_0s";
+const isSplit = (d: string): d is Split => d === "q4_0s" || d === "q8_0s";
+/** What the host holds for a weight format (a split layout: its GGUF blocks, see onDevice). */
+const storedAs = <D extends string>(d: D) =>
+  (d === "q4_0s" ? "q4_0" : d === "q8_0s" ? "q8_0" : d) as Exclude<D, Split>;
 
 /**
- * The weight as `dev` takes it: q4_0s (CUDA only) is repacked on the device from the q4_0 blocks
- * `t` holds (into the case's layout, so "offset" gives its GEMV 2-byte-aligned rows); on the CPU
- * it stays q4_0, the reference it must match. Other formats: `t` itself.
+ * The weight as `dev` takes it: q4_0s / q8_0s (CUDA only) are repacked on the device from the GGUF
+ * blocks `t` holds (into the case's layout, so "offset" gives their GEMV 2-byte-aligned rows); on
+ * the CPU they stay q4_0 / q8_0, the reference they must match. Other formats: `t` itself.
  */
 function onDevice(t: Tensor, wd: WFormat, dev: string): Tensor {
-  if (wd !== "q4_0s" || dev === "cpu") return t;
-  const s = ops.repack(t, "q4_0s", alloc([...t.shape], "q4_0s", dev));
+  if (!isSplit(wd) || dev === "cpu") return t;
+  const s = ops.repack(t, wd, alloc([...t.shape], wd, dev));
   disposeAll(t);
   return s;
 }
@@ -146,7 +153,7 @@ function matmulCase(
     let wBytes: Uint8Array | undefined;
     let wVals: Float32Array;
     let scale: Float32Array | undefined;
-    if (wd === "q8_0") {
+    if (wd === "q8_0" || wd === "q8_0s") {
       wBytes = ref.quantizeQ8_0(wRaw, N, K);
       wVals = ref.dequantizeQ8_0(wBytes, N, K);
     } else if (wd === "q4_0" || wd === "q4_0s") {
@@ -168,9 +175,8 @@ function matmulCase(
   const tol = K > 1 ? SUM_TOL[xd] : ULP_TOL[xd];
   // q8_0 / q4_0 at M <= 8: the q-dot contract (x rounded to int8 blocks, exact integer dots), on
   // both backends unless GEMMA3_QDOT=float.
-  const qdot =
-    (wd === "q8_0" || wd === "q4_0" || wd === "q4_0s") && M <= ref.QDOT_MAX_M && ref.qdotEnabled();
-  const stored = wd === "q4_0s" ? "q4_0" : wd; // what the host holds (q4_0s: see onDevice)
+  const stored = storedAs(wd); // what the host holds (split layouts: see onDevice)
+  const qdot = (stored === "q8_0" || stored === "q4_0") && M <= ref.QDOT_MAX_M && ref.qdotEnabled();
   return {
     name: `matmul x=${xd} w=${wd} M=${M} N=${N} K=${K}${xVals ? " (x on rounding ties)" : ""}`,
     async run(dev) {
@@ -368,35 +374,37 @@ export function matmulCases(): Case[] {
         cases.push(matmulCase(xd, wd, M, N, K, s, tie ? tieX(M, K, s) : undefined));
       }
     }
-  // q4_0s (the CUDA row layout, repacked on the device; q4_0 on the CPU): its lane GEMV at every M
-  // bucket, rows 16-byte (K % 256 == 0), 8-byte (K = 1152, the 1B's) and 2-byte aligned (odd block
-  // counts; every row in the "offset" layout), x rounded per CTA and (past 46 KB: 4 x 9856, long
-  // K, 8 rows of 425984 in two rounds) in g_qx, split K (few rows), a partial row group, ties; the
-  // GEMM at M > 8.
-  for (const xd of ["f32", "bf16"] as const) {
-    for (const [M, N, K, tie] of [
-      [1, 1, 32, false],
-      [1, 19, 96, true],
-      [2, 99, 992, false],
-      [1, 1001, 1152, false],
-      [1, 37, 2560, false],
-      [3, 37, 256, true],
-      [4, 19, 768, false],
-      [5, 37, 256, false],
-      [8, 37, 2560, false],
-      [1, 5, 10240, false],
-      [2, 7, 8224, false],
-      [4, 5, 9856, false],
-      [1, 3, 40960, true],
-      [1, 65537, 64, false],
-      [19, 99, 64, false],
-      [130, 65, 160, false],
-    ] as const) {
-      const s = seed++;
-      cases.push(matmulCase(xd, "q4_0s", M, N, K, s, tie ? tieX(M, K, s) : undefined));
+  // q4_0s / q8_0s (the CUDA split row layouts, repacked on the device; the GGUF blocks on the
+  // CPU): the lane GEMV at every M bucket, rows 16-byte (K % 256 == 0), 8-byte (K = 1152, the
+  // 1B's) and 2-byte aligned (odd block counts; every row in the "offset" layout), x rounded per
+  // CTA and (past K = 4096 or N = 32768, 4 x 9856, 8 rows of 425984 in two rounds) in g_qx, split K
+  // (few rows), a partial row group, ties; the GEMM at M > 8.
+  for (const wd of ["q4_0s", "q8_0s"] as const)
+    for (const xd of ["f32", "bf16"] as const) {
+      for (const [M, N, K, tie] of [
+        [1, 1, 32, false],
+        [1, 19, 96, true],
+        [2, 99, 992, false],
+        [1, 1001, 1152, false],
+        [1, 37, 2560, false],
+        [3, 37, 256, true],
+        [4, 19, 768, false],
+        [5, 37, 256, false],
+        [8, 37, 2560, false],
+        [1, 5, 10240, false],
+        [2, 7, 8224, false],
+        [4, 5, 9856, false],
+        [1, 3, 40960, true],
+        [1, 65537, 64, false],
+        [19, 99, 64, false],
+        [130, 65, 160, false],
+      ] as const) {
+        const s = seed++;
+        cases.push(matmulCase(xd, wd, M, N, K, s, tie ? tieX(M, K, s) : undefined));
+      }
     }
-  }
   cases.push(matmulCase("bf16", "q4_0s", 8, 3, 425984, seed++));
+  cases.push(matmulCase("bf16", "q8_0s", 8, 3, 425984, seed++));
   return cases;
 }
 
@@ -734,21 +742,24 @@ export function quantCases(): Case[] {
 export function miscCases(): Case[] {
   const cases: Case[] = [];
   let seed = 900;
-  for (const td of ["f32", "bf16", "q8_0", "q4_0", "q4_0s"] as const)
+  for (const td of ["f32", "bf16", "q8_0", "q4_0", "q4_0s", "q8_0s"] as const)
     for (const outD of ["f32", "bf16"] as const) {
       const V = 37;
-      const q4 = td === "q4_0" || td === "q4_0s";
-      const D = td === "q8_0" || q4 ? 96 : 19;
+      const stored = storedAs(td); // split layouts: repacked on CUDA (onDevice)
+      const D = stored === "q8_0" || stored === "q4_0" ? 96 : 19;
       const raw = randn(V * D, seed++);
       const bytes =
-        td === "q8_0" ? ref.quantizeQ8_0(raw, V, D) : q4 ? ref.quantizeQ4_0(raw, V, D) : undefined;
+        stored === "q8_0"
+          ? ref.quantizeQ8_0(raw, V, D)
+          : stored === "q4_0"
+            ? ref.quantizeQ4_0(raw, V, D)
+            : undefined;
       const vals =
-        td === "q8_0"
+        stored === "q8_0"
           ? ref.dequantizeQ8_0(bytes!, V, D)
-          : q4
+          : stored === "q4_0"
             ? ref.dequantizeQ4_0(bytes!, V, D)
-            : inDType(raw, td);
-      const stored = td === "q4_0s" ? "q4_0" : td; // q4_0s: repacked on CUDA (onDevice)
+            : inDType(raw, stored);
       const ids = [0, 36, 5, 5, -1, 37, 12]; // repeats and two out-of-range ids (NaN rows)
       const s = Math.fround(ref.roundBf16(Math.sqrt(2560)));
       cases.push({
@@ -972,29 +983,36 @@ export function miscCases(): Case[] {
       cudaTol: { kind: "exact", why: "a byte copy" },
     });
   }
-  // q4_0 -> q4_0s -> q4_0: the repacked bytes (against the layout as reference.ts writes it) and
+  // GGUF -> split -> GGUF: the repacked bytes (against the layout as reference.ts writes it) and
   // the round trip; an odd block count per row (K = 96) and a 1B-sized row (K = 1152).
-  for (const [rows, cols] of [
-    [5, 96],
-    [3, 1152],
-  ] as const) {
-    const bytes = ref.quantizeQ4_0(randn(rows * cols, seed++), rows, cols);
-    const asF32 = (u: Uint8Array) => Float32Array.from(u);
-    cases.push({
-      name: `repack q4_0 -> q4_0s -> q4_0 [${rows}, ${cols}]`,
-      async run(dev) {
-        const q = up(bytes, [rows, cols], "q4_0", dev);
-        const s = ops.repack(q, "q4_0s", alloc([rows, cols], "q4_0s", dev));
-        const back = ops.repack(s, "q4_0");
-        const out = [asF32(await s.bytes()), asF32(await back.bytes())];
-        disposeAll(q, s, back);
-        return out;
-      },
-      reference: () => [asF32(ref.repackQ4_0s(bytes, rows, cols)), asF32(bytes)],
-      refTol: { kind: "exact", why: "a byte permutation" },
-      cudaTol: { kind: "exact", why: "a byte permutation" },
-    });
-  }
+  for (const split of ["q4_0s", "q8_0s"] as const)
+    for (const [rows, cols] of [
+      [5, 96],
+      [3, 1152],
+    ] as const) {
+      const gguf = storedAs(split);
+      const q = gguf === "q4_0" ? 16 : 32;
+      const bytes = (gguf === "q4_0" ? ref.quantizeQ4_0 : ref.quantizeQ8_0)(
+        randn(rows * cols, seed++),
+        rows,
+        cols,
+      );
+      const asF32 = (u: Uint8Array) => Float32Array.from(u);
+      cases.push({
+        name: `repack ${gguf} -> ${split} -> ${gguf} [${rows}, ${cols}]`,
+        async run(dev) {
+          const g = up(bytes, [rows, cols], gguf, dev);
+          const s = ops.repack(g, split, alloc([rows, cols], split, dev));
+          const back = ops.repack(s, gguf);
+          const out = [asF32(await s.bytes()), asF32(await back.bytes())];
+          disposeAll(g, s, back);
+          return out;
+        },
+        reference: () => [asF32(ref.repackSplit(bytes, rows, cols, q)), asF32(bytes)],
+        refTol: { kind: "exact", why: "a byte permutation" },
+        cudaTol: { kind: "exact", why: "a byte permutation" },
+      });
+    }
   return cases;
 }
 

@@ -4,7 +4,14 @@
 // cannot report from the device, so it clamps indptr and skips bad pages / rows. Either way the
 // process keeps working: each case ends with a normal op that must give the right answer.
 import { describe, expect, it } from "vitest";
-import { Device, InvalidArgumentError, OutOfRangeError, Tensor, ops } from "../src/index.js";
+import {
+  Device,
+  InvalidArgumentError,
+  OutOfRangeError,
+  Tensor,
+  UnsupportedError,
+  ops,
+} from "../src/index.js";
 import type { FloatDType, Tol } from "./cases.js";
 import { expectOutputs } from "./compare.js";
 import { cudaTestsEnabled, randn, rng } from "./helpers.js";
@@ -483,3 +490,24 @@ for (const dev of DEVICES) {
     }
   });
 }
+
+// The split row layouts (q4_0s / q8_0s) are CUDA-only weight formats: the CPU refuses them by name,
+// repack refuses pairs that are not a format and its split layout, and neither touches memory.
+describe("split weight layouts outside CUDA", () => {
+  it("matmul and embedding with q4_0s / q8_0s on the CPU are refused; repack checks its pair", async () => {
+    const bytes = ref.quantizeQ4_0(randn(4 * 64, 7), 4, 64);
+    const w = Tensor.from(bytes, [4, 64], "q4_0", "cpu");
+    const s = ops.repack(w, "q4_0s");
+    const x = Tensor.from(randn(64, 8), [1, 64], "f32", "cpu");
+    expect(() => ops.matmul(x, s)).toThrow(UnsupportedError);
+    expect(() => ops.matmul(x, s)).toThrow(/q4_0s \/ q8_0s are CUDA row layouts/);
+    const ids = Tensor.from([0, 3], [2], "i32", "cpu");
+    expect(() => ops.embedding(ids, s, 1)).toThrow(/CUDA row layouts/);
+    expect(() => ops.repack(w, "q8_0s")).toThrow(/converts q4_0 <-> q4_0s or q8_0 <-> q8_0s/);
+    expect(() => ops.repack(s, "q4_0s")).toThrow(/converts/);
+    // The round trip still holds after the refusals.
+    const back = ops.repack(s, "q4_0");
+    expect(Array.from(await back.bytes())).toEqual(Array.from(bytes));
+    for (const t of [w, s, x, ids, back]) t.dispose();
+  });
+});

@@ -303,18 +303,19 @@ export function dequantizeQ8_0(bytes: Uint8Array, rows: number, cols: number): F
 
 /** bytes: [rows, cols/32] Q4_0 blocks → [rows, cols] float32 (x = (q - 8) * d). */
 /**
- * q4_0 blocks [rows, cols] in the q4_0s row layout (native/runtime/dtype.h): each row's 16 nibble
- * bytes of block b at 16 b, then block b's f16 d at 16 nb + 2 b.
+ * q4_0 / q8_0 blocks [rows, cols] (q = 16 / 32 quant bytes a block) in their split row layout
+ * (q4_0s / q8_0s, native/runtime/dtype.h): each row's q quant bytes of block b at q b, then block
+ * b's f16 d at q nb + 2 b.
  */
-export function repackQ4_0s(bytes: Uint8Array, rows: number, cols: number): Uint8Array {
+export function repackSplit(bytes: Uint8Array, rows: number, cols: number, q: 16 | 32): Uint8Array {
   const nb = cols / 32;
-  const rowBytes = nb * 18;
+  const rowBytes = nb * (2 + q);
   const out = new Uint8Array(bytes.length);
   for (let r = 0; r < rows; r++)
     for (let b = 0; b < nb; b++) {
-      const g = r * rowBytes + b * 18;
-      out.set(bytes.subarray(g, g + 2), r * rowBytes + 16 * nb + 2 * b);
-      out.set(bytes.subarray(g + 2, g + 18), r * rowBytes + 16 * b);
+      const g = r * rowBytes + b * (2 + q);
+      out.set(bytes.subarray(g, g + 2), r * rowBytes + q * nb + 2 * b);
+      out.set(bytes.subarray(g + 2, g + 2 + q), r * rowBytes + q * b);
     }
   return out;
 }

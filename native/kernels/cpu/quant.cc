@@ -113,25 +113,27 @@ Status dequantize(const TQ* src, const float* scale, TD* dst, int64_t rows, int6
   return Status::Ok();
 }
 
-Status repack_q4_0(const void* src, void* dst, int64_t rows, int64_t cols, bool to_split) {
-  if (rows < 0 || cols <= 0 || cols % kQK != 0)
-    return invalid("repack_q4_0", kv("rows", rows) + ", " + kv("cols", cols) +
-                                      " (need rows >= 0, cols > 0, cols % 32 == 0)");
+Status repack_split(const void* src, void* dst, int64_t rows, int64_t cols, int qs_bytes,
+                    bool to_split) {
+  if (rows < 0 || cols <= 0 || cols % kQK != 0 || (qs_bytes != 16 && qs_bytes != 32))
+    return invalid("repack_split", kv("rows", rows) + ", " + kv("cols", cols) + ", " +
+                                       kv("qs_bytes", qs_bytes) +
+                                       " (need rows >= 0, cols > 0, cols % 32 == 0, 16 or 32)");
   if (rows == 0) return Status::Ok();
-  if (src == nullptr || dst == nullptr) return invalid("repack_q4_0", "null pointer");
-  const int64_t nb = cols / kQK, row_bytes = nb * int64_t(sizeof(block_q4_0));
+  if (src == nullptr || dst == nullptr) return invalid("repack_split", "null pointer");
+  const int64_t nb = cols / kQK, q = qs_bytes, row_bytes = nb * (2 + q);
   parallel_for(rows, grain_for(cols), [&](int64_t b0, int64_t e) {
     for (int64_t r = b0; r < e; ++r) {
       const uint8_t* s = static_cast<const uint8_t*>(src) + r * row_bytes;
       uint8_t* d = static_cast<uint8_t*>(dst) + r * row_bytes;
       for (int64_t b = 0; b < nb; ++b) {
-        const int64_t g = b * int64_t(sizeof(block_q4_0));  // the GGUF block: d, then 16 qs
+        const int64_t g = b * (2 + q);  // the GGUF block: d, then the quants
         if (to_split) {
-          std::memcpy(d + q4_0s_d_offset(nb, b), s + g, 2);
-          std::memcpy(d + q4_0s_qs_offset(b), s + g + 2, 16);
+          std::memcpy(d + split_d_offset(q, nb, b), s + g, 2);
+          std::memcpy(d + split_qs_offset(q, b), s + g + 2, size_t(q));
         } else {
-          std::memcpy(d + g, s + q4_0s_d_offset(nb, b), 2);
-          std::memcpy(d + g + 2, s + q4_0s_qs_offset(b), 16);
+          std::memcpy(d + g, s + split_d_offset(q, nb, b), 2);
+          std::memcpy(d + g + 2, s + split_qs_offset(q, b), size_t(q));
         }
       }
     }

@@ -1,7 +1,7 @@
 // CUDA embedding gather with scale: one CTA per token id, each thread converting 8-element chunks
-// (16-byte loads/stores for float/bf16; one q8_0/q4_0/q4_0s quarter block per chunk; one 8-byte load for
-// fp8 e4m3, the dequantizing row gather of an fp8 KV cache; K-quants via runtime/kquant.h). Ids
-// outside [0, vocab) write a NaN row and read nothing.
+// (16-byte loads/stores for float/bf16; one q8_0/q4_0 (or split) quarter block per chunk; one
+// 8-byte load for fp8 e4m3, the dequantizing row gather of an fp8 KV cache; K-quants via
+// runtime/kquant.h). Ids outside [0, vocab) write a NaN row and read nothing.
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
@@ -52,11 +52,20 @@ __device__ __forceinline__ void load_chunk(const TW* row, int64_t c, int64_t nb,
     }
   } else if constexpr (is_kquant_v<TW>) {
     kq_dequant8(row[c / (kQK_K / kChunk)], static_cast<int>(c % (kQK_K / kChunk)) * kChunk, f);
-  } else if constexpr (std::is_same_v<TW, block_q8_0>) {
+  } else if constexpr (std::is_same_v<TW, block_q8_0> || std::is_same_v<TW, block_q8_0s>) {
     // A 34-byte block is only 2-byte aligned: read its quarter as four 16-bit words.
-    const TW& blk = row[c >> 2];
-    const float d = f16_to_f32(blk.d);
-    const uint16_t* q = reinterpret_cast<const uint16_t*>(blk.qs + (c & 3) * kChunk);
+    const int8_t* qs;
+    float d;
+    if constexpr (std::is_same_v<TW, block_q8_0s>) {  // quant runs, then the d (dtype.h)
+      const uint8_t* base = reinterpret_cast<const uint8_t*>(row);
+      qs = reinterpret_cast<const int8_t*>(base + (c >> 2) * 32);
+      d = f16_to_f32(f16{reinterpret_cast<const uint16_t*>(base + nb * 32)[c >> 2]});
+    } else {
+      const TW& blk = row[c >> 2];
+      qs = blk.qs;
+      d = f16_to_f32(blk.d);
+    }
+    const uint16_t* q = reinterpret_cast<const uint16_t*>(qs + (c & 3) * kChunk);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const uint16_t w = q[i];
@@ -98,6 +107,11 @@ __device__ __forceinline__ float load_one(const TW* row, int64_t j, int64_t nb) 
   } else if constexpr (std::is_same_v<TW, block_q8_0>) {
     const TW& blk = row[j / kQK];
     return float(blk.qs[j % kQK]) * f16_to_f32(blk.d);
+  } else if constexpr (std::is_same_v<TW, block_q8_0s>) {
+    const uint8_t* base = reinterpret_cast<const uint8_t*>(row);
+    const int64_t b = j / kQK;
+    return float(int8_t(base[b * 32 + j % kQK])) *
+           f16_to_f32(f16{reinterpret_cast<const uint16_t*>(base + nb * 32)[b]});
   } else if constexpr (std::is_same_v<TW, block_q4_0s>) {
     const uint8_t* base = reinterpret_cast<const uint8_t*>(row);
     const int64_t b = j / kQK;
@@ -151,7 +165,8 @@ template <typename TW, typename TY>
 Status embedding(const int32_t* ids, const TW* table, TY* out, int64_t n, int64_t dim,
                  int64_t vocab, float s, cudaStream_t stream) {
   constexpr bool kBlock = std::is_same_v<TW, block_q8_0> || std::is_same_v<TW, block_q4_0> ||
-                          std::is_same_v<TW, block_q4_0s> || is_kquant_v<TW>;
+                          std::is_same_v<TW, block_q4_0s> || std::is_same_v<TW, block_q8_0s> ||
+                          is_kquant_v<TW>;
   constexpr int64_t kElems = is_kquant_v<TW> ? kQK_K : kBlock ? kQK : 1;  // per storage unit
   if (n < 0 || dim <= 0 || vocab <= 0 || dim % kElems != 0) {
     return Status(StatusCode::kInvalidArgument,
@@ -195,6 +210,8 @@ G3_INSTANTIATE(block_q4_0, float)
 G3_INSTANTIATE(block_q4_0, bf16)
 G3_INSTANTIATE(block_q4_0s, float)
 G3_INSTANTIATE(block_q4_0s, bf16)
+G3_INSTANTIATE(block_q8_0s, float)
+G3_INSTANTIATE(block_q8_0s, bf16)
 G3_INSTANTIATE(fp8e4m3, float)
 G3_INSTANTIATE(fp8e4m3, bf16)
 G3_INSTANTIATE(block_q4_K, float)

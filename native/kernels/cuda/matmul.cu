@@ -147,7 +147,7 @@ template <typename TX, typename TW>
 Status matmul(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, int64_t N,
               int64_t K, cudaStream_t stream) {
   constexpr bool kBlock = std::is_same_v<TW, block_q8_0> || std::is_same_v<TW, block_q4_0> ||
-                          std::is_same_v<TW, block_q4_0s>;
+                          std::is_same_v<TW, block_q4_0s> || std::is_same_v<TW, block_q8_0s>;
   // Same argument rules as the CPU backend: K > 0, M == 0 or N == 0 is a no-op.
   if (M < 0 || N < 0 || K <= 0) {
     return Status(StatusCode::kInvalidArgument,
@@ -168,8 +168,10 @@ Status matmul(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, 
   }
   // bf16 x bf16 with cuBLAS: the GEMV only up to bf16_gemv_max_m() rows (its x re-reads make it
   // slower than cuBLAS's tensor cores past a few rows; see docs/kernels.md, "GEMV vs cuBLAS").
-  // q4_0s (CUDA only) has a q-dot GEMV only; GEMMA3_QDOT=float sends it to the GEMM at every M.
-  const bool gemv_ok = !std::is_same_v<TW, block_q4_0s> || qdot::enabled();
+  // q4_0s / q8_0s (CUDA only) have a q-dot GEMV only; GEMMA3_QDOT=float sends them to the GEMM
+  // at every M.
+  constexpr bool kSplit = std::is_same_v<TW, block_q4_0s> || std::is_same_v<TW, block_q8_0s>;
+  const bool gemv_ok = !kSplit || qdot::enabled();
   if (M <= detail::kGemvMaxM && gemv_ok &&
       !(kCublasBf16<TX, TW> && w_scale == nullptr && M > detail::bf16_gemv_max_m())) {
     if constexpr (is_kquant_v<TW>) {
@@ -196,12 +198,14 @@ G3_MATMUL_INSTANTIATE(float, bf16)
 G3_MATMUL_INSTANTIATE(float, block_q8_0)
 G3_MATMUL_INSTANTIATE(float, block_q4_0)
 G3_MATMUL_INSTANTIATE(float, block_q4_0s)
+G3_MATMUL_INSTANTIATE(float, block_q8_0s)
 G3_MATMUL_INSTANTIATE(float, fp8e4m3)
 G3_MATMUL_INSTANTIATE(bf16, float)
 G3_MATMUL_INSTANTIATE(bf16, bf16)
 G3_MATMUL_INSTANTIATE(bf16, block_q8_0)
 G3_MATMUL_INSTANTIATE(bf16, block_q4_0)
 G3_MATMUL_INSTANTIATE(bf16, block_q4_0s)
+G3_MATMUL_INSTANTIATE(bf16, block_q8_0s)
 G3_MATMUL_INSTANTIATE(bf16, fp8e4m3)
 G3_MATMUL_INSTANTIATE(float, block_q4_K)
 G3_MATMUL_INSTANTIATE(float, block_q5_K)

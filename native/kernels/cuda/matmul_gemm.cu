@@ -1,5 +1,6 @@
 // GEMM path of matmul (M > kGemvMaxM): y[m, n] = sum_k x[m, k] * W[n, k].
-//  - TX = bf16, TW in {bf16, fp8e4m3, q8_0, q4_0, q4_0s, q4_K, q5_K, q6_K}: tensor cores (mma.sync
+//  - TX = bf16, TW in {bf16, fp8e4m3, q8_0, q4_0, q4_0s, q8_0s, q4_K, q5_K, q6_K}: tensor cores
+//  (mma.sync
 //    m16n8k16 bf16 -> f32), 128x128x32 CTA tiles, 8 warps of 64x32, double-buffered shared memory
 //    (cp.async for bf16 tiles; quantized W is loaded to registers one tile ahead and expanded to
 //    bf16 in shared memory). Every expansion is exact: fp8 e4m3 values are bf16 values, and the
@@ -176,24 +177,26 @@ __device__ __forceinline__ void load_block_words(const TB* p, int64_t rows, int6
 
 // q8_0 W: a k-tile is one block per row; thread -> (row tid/2, half h: qs[16h .. 16h + 15]).
 // Blocks are 2-byte aligned, so u16 loads. smem gets the integers q, d goes to the scale row.
+__device__ __forceinline__ void store_q8_tile(uint32_t d, const uint32_t (&q)[8], Tile* s,
+                                              float* sd) {
+  const int row = threadIdx.x >> 1, h = threadIdx.x & 1;
+  if (h == 0) sd[row] = __half2float(__ushort_as_half(static_cast<unsigned short>(d)));
+  uint32_t out[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const int lo = int32_t(q[j] << 24) >> 24, hi = int32_t(q[j] << 16) >> 24;
+    out[j] = pack2(exact_bf16_bits(float(lo)), exact_bf16_bits(float(hi)));
+  }
+  uint4* dst = reinterpret_cast<uint4*>(&s[row][16 * h]);
+  dst[0] = make_uint4(out[0], out[1], out[2], out[3]);
+  dst[1] = make_uint4(out[4], out[5], out[6], out[7]);
+}
 struct Q8Loader {
   const block_q8_0* p;
   int64_t rows, K, r0;
   uint32_t d, q[8];
   __device__ void issue(Tile*, int64_t k0) { load_block_words(p, rows, K, r0, k0, 0u, d, q); }
-  __device__ void commit(Tile* s, float* sd) const {
-    const int row = threadIdx.x >> 1, h = threadIdx.x & 1;
-    if (h == 0) sd[row] = __half2float(__ushort_as_half(static_cast<unsigned short>(d)));
-    uint32_t out[8];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const int lo = int32_t(q[j] << 24) >> 24, hi = int32_t(q[j] << 16) >> 24;
-      out[j] = pack2(exact_bf16_bits(float(lo)), exact_bf16_bits(float(hi)));
-    }
-    uint4* dst = reinterpret_cast<uint4*>(&s[row][16 * h]);
-    dst[0] = make_uint4(out[0], out[1], out[2], out[3]);
-    dst[1] = make_uint4(out[4], out[5], out[6], out[7]);
-  }
+  __device__ void commit(Tile* s, float* sd) const { store_q8_tile(d, q, s, sd); }
   static constexpr int kMode = kTileScale;
 };
 
@@ -208,8 +211,7 @@ __device__ __forceinline__ void store_q4_tile(uint32_t d, const uint32_t (&q)[4]
   for (int j = 0; j < 4; ++j) {
     const uint32_t w = q[j];  // bytes 2j, 2j + 1
     const float l0 = float(int32_t(w & 0xfu) - 8), l1 = float(int32_t((w >> 8) & 0xfu) - 8);
-    const float h0 = float(int32_t((w >> 4) & 0xfu) - 8),
-                h1 = float(int32_t((w >> 12) & 0xfu) - 8);
+    const float h0 = float(int32_t((w >> 4) & 0xfu) - 8), h1 = float(int32_t((w >> 12) & 0xfu) - 8);
     lo[j] = pack2(exact_bf16_bits(l0), exact_bf16_bits(l1));
     hi[j] = pack2(exact_bf16_bits(h0), exact_bf16_bits(h1));
   }
@@ -226,28 +228,37 @@ struct Q4Loader {
   __device__ void commit(Tile* s, float* sd) const { store_q4_tile(d, q, s, sd); }
   static constexpr int kMode = kTileScale;
 };
-// q4_0s W (DType::kQ4_0S): the same tile, the half's 8 nibble bytes read from byte 16 kb + 8h of
-// the row and d from byte 16 nb + 2 kb (rows are 2-byte aligned: 16-bit loads).
-struct Q4SLoader {
-  const block_q4_0s* p;
+// Split layouts (DType::kQ4_0S / kQ8_0S, kQ = 16 / 32 quant bytes a block): the tile of the GGUF
+// loader above, the half's kQ / 2 quant bytes read from byte kQ kb + h kQ / 2 of the row and d
+// from byte kQ nb + 2 kb (rows are 2-byte aligned: 16-bit loads).
+template <int kQ>
+struct SplitLoader {
+  const void* p;
   int64_t rows, K, r0;
-  uint32_t d, q[4];
+  uint32_t d, q[kQ / 4];
   __device__ void issue(Tile*, int64_t k0) {
     const int row = threadIdx.x >> 1, h = threadIdx.x & 1;
     const int64_t r = r0 + row, nb = K / kQK, kb = k0 / kQK;
     if (r < rows) {
-      const char* base = reinterpret_cast<const char*>(p + r * nb);
-      const unsigned short* qs = reinterpret_cast<const unsigned short*>(base + kb * 16 + 8 * h);
-      d = __ldg(reinterpret_cast<const unsigned short*>(base + nb * 16) + kb);
+      const char* base = static_cast<const char*>(p) + r * nb * (2 + kQ);
+      const unsigned short* qs =
+          reinterpret_cast<const unsigned short*>(base + kb * kQ + h * (kQ / 2));
+      d = __ldg(reinterpret_cast<const unsigned short*>(base + nb * kQ) + kb);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) q[j] = __ldg(qs + j);
+      for (int j = 0; j < kQ / 4; ++j) q[j] = __ldg(qs + j);
     } else {
       d = 0;
 #pragma unroll
-      for (int j = 0; j < 4; ++j) q[j] = 0x8888u;  // nibbles of 8 = zero weights
+      for (int j = 0; j < kQ / 4; ++j) q[j] = kQ == 16 ? 0x8888u : 0u;  // zero weights
     }
   }
-  __device__ void commit(Tile* s, float* sd) const { store_q4_tile(d, q, s, sd); }
+  __device__ void commit(Tile* s, float* sd) const {
+    if constexpr (kQ == 16) {
+      store_q4_tile(d, q, s, sd);
+    } else {
+      store_q8_tile(d, q, s, sd);
+    }
+  }
   static constexpr int kMode = kTileScale;
 };
 
@@ -379,7 +390,11 @@ struct WLoaderFor<block_q4_0, kVec> {
 };
 template <bool kVec>
 struct WLoaderFor<block_q4_0s, kVec> {
-  using type = Q4SLoader;
+  using type = SplitLoader<16>;
+};
+template <bool kVec>
+struct WLoaderFor<block_q8_0s, kVec> {
+  using type = SplitLoader<32>;
 };
 template <bool kVec>
 struct WLoaderFor<block_q4_K, kVec> {
@@ -493,7 +508,7 @@ __device__ __forceinline__ void mma_tile(const Tile* sa, const Tile* sb, const f
 template <typename TW>
 constexpr int kMmaMinBlocks =
     std::is_same_v<TW, block_q8_0> || std::is_same_v<TW, block_q4_0> ||
-            std::is_same_v<TW, block_q4_0s> || is_kquant_v<TW>
+            std::is_same_v<TW, block_q4_0s> || std::is_same_v<TW, block_q8_0s> || is_kquant_v<TW>
         ? 1
         : 2;
 
@@ -590,20 +605,27 @@ __device__ __forceinline__ void w_run8(const TW* w, int64_t n, int64_t N, int64_
       return;
     }
     kq_dequant8(w[n * (K / kQK_K) + k / kQK_K], static_cast<int>(k % kQK_K), v);
-  } else if constexpr (std::is_same_v<TW, block_q4_0s>) {  // the row's nibble runs, then its d
-    if (n >= N || k >= K) {
+  } else if constexpr (std::is_same_v<TW, block_q4_0s> || std::is_same_v<TW, block_q8_0s>) {
+    if (n >= N || k >= K) {  // split rows: the quant runs, then the d
 #pragma unroll
       for (int j = 0; j < 8; ++j) v[j] = 0.f;
       return;
     }
+    constexpr int kQ = sizeof(TW) - 2;  // quant bytes a block
     const int64_t nb = K / kQK, kb = k / kQK;
     const uint8_t* row = reinterpret_cast<const uint8_t*>(w + n * nb);
-    const float d = f16_to_f32(f16{reinterpret_cast<const uint16_t*>(row + nb * 16)[kb]});
+    const float d = f16_to_f32(f16{reinterpret_cast<const uint16_t*>(row + nb * kQ)[kb]});
     const int j0 = static_cast<int>(k % kQK);  // 0, 8, 16 or 24
-    const int shift = j0 < kQK / 2 ? 0 : 4;
-    const uint8_t* qs = row + kb * 16 + j0 % (kQK / 2);
+    if constexpr (kQ == 32) {
+      const int8_t* qs = reinterpret_cast<const int8_t*>(row + kb * kQ + j0);
 #pragma unroll
-    for (int j = 0; j < 8; ++j) v[j] = float(int((qs[j] >> shift) & 0xf) - 8) * d;
+      for (int j = 0; j < 8; ++j) v[j] = float(qs[j]) * d;
+    } else {
+      const int shift = j0 < kQK / 2 ? 0 : 4;
+      const uint8_t* qs = row + kb * kQ + j0 % (kQK / 2);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[j] = float(int((qs[j] >> shift) & 0xf) - 8) * d;
+    }
   } else if constexpr (!std::is_same_v<TW, block_q8_0> && !std::is_same_v<TW, block_q4_0>) {
 #pragma unroll
     for (int j = 0; j < 8; ++j) v[j] = (n < N && k + j < K) ? to_f32(w[n * K + k + j]) : 0.f;
@@ -725,12 +747,14 @@ G3_GEMM_INSTANTIATE(float, bf16)
 G3_GEMM_INSTANTIATE(float, block_q8_0)
 G3_GEMM_INSTANTIATE(float, block_q4_0)
 G3_GEMM_INSTANTIATE(float, block_q4_0s)
+G3_GEMM_INSTANTIATE(float, block_q8_0s)
 G3_GEMM_INSTANTIATE(float, fp8e4m3)
 G3_GEMM_INSTANTIATE(bf16, float)
 G3_GEMM_INSTANTIATE(bf16, bf16)
 G3_GEMM_INSTANTIATE(bf16, block_q8_0)
 G3_GEMM_INSTANTIATE(bf16, block_q4_0)
 G3_GEMM_INSTANTIATE(bf16, block_q4_0s)
+G3_GEMM_INSTANTIATE(bf16, block_q8_0s)
 G3_GEMM_INSTANTIATE(bf16, fp8e4m3)
 G3_GEMM_INSTANTIATE(float, block_q4_K)
 G3_GEMM_INSTANTIATE(float, block_q5_K)

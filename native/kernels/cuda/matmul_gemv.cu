@@ -949,6 +949,15 @@ template <>
 struct LaneFmt<block_q4_0s> {
   static constexpr int kBytes = 18, kWords = 5, kQsWords = 4;  // words: 4 of nibbles, then d
 };
+template <>
+struct LaneFmt<block_q8_0s> {
+  static constexpr int kBytes = 34, kWords = 9, kQsWords = 8;  // words: 8 of quants, then d
+};
+// The split row layouts (DType::kQ4_0S / kQ8_0S) and the 4-bit formats.
+template <typename TW>
+constexpr bool kSplitW = std::is_same_v<TW, block_q4_0s> || std::is_same_v<TW, block_q8_0s>;
+template <typename TW>
+constexpr bool kNibbleW = std::is_same_v<TW, block_q4_0> || std::is_same_v<TW, block_q4_0s>;
 
 // dp4a with unsigned bytes in a and signed bytes in b (the q4_0 nibbles against int8 x).
 __device__ __forceinline__ int dp4a_us(uint32_t a, int b, int c) {
@@ -971,7 +980,8 @@ __device__ __forceinline__ void ld16_aligned(const char* p, uint32_t* w) {
     static_assert(kA == 2, "q4_0s rows are 2-, 8- or 16-byte aligned");
     const unsigned short* u = reinterpret_cast<const unsigned short*>(p);
 #pragma unroll
-    for (int i = 0; i < 4; ++i) w[i] = uint32_t(__ldg(u + 2 * i)) | (uint32_t(__ldg(u + 2 * i + 1)) << 16);
+    for (int i = 0; i < 4; ++i)
+      w[i] = uint32_t(__ldg(u + 2 * i)) | (uint32_t(__ldg(u + 2 * i + 1)) << 16);
   }
 }
 
@@ -981,7 +991,7 @@ __device__ __forceinline__ void ld16_aligned(const char* p, uint32_t* w) {
 // 2-byte phase (blocks b and b + 32 share it: 32 kBytes % 4 == 0); at phase 0 the last word's
 // upper half lies past the block (maybe past the tensor), so only its lower half is read. kA: the
 // q4_0s row alignment (unused here).
-template <typename TW, int kA>
+template <typename TW, int kA, typename = void>
 struct LaneRow {
   using L = LaneFmt<TW>;
   const char* p;
@@ -995,9 +1005,9 @@ struct LaneRow {
         reinterpret_cast<uintptr_t>(p + int64_t(b) * L::kBytes) & ~uintptr_t(3));
 #pragma unroll
     for (int i = 0; i < L::kWords - 1; ++i) wd[i] = __ldg(q + i);
-    wd[L::kWords - 1] = phase2 ? __ldg(q + L::kWords - 1)
-                               : uint32_t(__ldg(reinterpret_cast<const unsigned short*>(
-                                     q + L::kWords - 1)));
+    wd[L::kWords - 1] =
+        phase2 ? __ldg(q + L::kWords - 1)
+               : uint32_t(__ldg(reinterpret_cast<const unsigned short*>(q + L::kWords - 1)));
   }
   __device__ __forceinline__ void decode(const uint32_t (&wd)[L::kWords],
                                          uint32_t (&q)[L::kQsWords], float* dw) const {
@@ -1008,25 +1018,28 @@ struct LaneRow {
     for (int i = 0; i < L::kQsWords; ++i) q[i] = __funnelshift_rc(wd[i], wd[i + 1], sq);
   }
 };
-// q4_0s: block b's nibbles at byte 16 b of the row (kA-aligned), its d at byte 16 nb + 2 b.
-template <int kA>
-struct LaneRow<block_q4_0s, kA> {
-  using L = LaneFmt<block_q4_0s>;
+// Split layouts (q4_0s / q8_0s): block b's Q = 16 / 32 quant bytes at byte Q b of the row (kA-
+// aligned: one / two 16-byte loads), its d at byte Q nb + 2 b.
+template <typename TW, int kA>
+struct LaneRow<TW, kA, std::enable_if_t<kSplitW<TW>>> {
+  using L = LaneFmt<TW>;
+  static constexpr int kQ = 4 * L::kQsWords;
   const char* qs;
   const unsigned short* d;
   __device__ __forceinline__ void init(const char* row, int nb, int) {
     qs = row;
-    d = reinterpret_cast<const unsigned short*>(row + int64_t(nb) * 16);
+    d = reinterpret_cast<const unsigned short*>(row + int64_t(nb) * kQ);
   }
   __device__ __forceinline__ void load(int b, uint32_t (&wd)[L::kWords]) const {
-    ld16_aligned<kA>(qs + int64_t(b) * 16, wd);
-    wd[4] = __ldg(d + b);
+#pragma unroll
+    for (int h = 0; h < kQ / 16; ++h) ld16_aligned<kA>(qs + int64_t(b) * kQ + 16 * h, wd + 4 * h);
+    wd[L::kQsWords] = __ldg(d + b);
   }
   __device__ __forceinline__ void decode(const uint32_t (&wd)[L::kWords],
                                          uint32_t (&q)[L::kQsWords], float* dw) const {
-    *dw = f16_bits_to_f32(wd[4]);
+    *dw = f16_bits_to_f32(wd[L::kQsWords]);
 #pragma unroll
-    for (int i = 0; i < 4; ++i) q[i] = wd[i];
+    for (int i = 0; i < L::kQsWords; ++i) q[i] = wd[i];
   }
 };
 
@@ -1036,7 +1049,7 @@ struct LaneRow<block_q4_0s, kA> {
 template <typename TW>
 __device__ __forceinline__ int block_dot_lane(const uint32_t (&q)[LaneFmt<TW>::kQsWords],
                                               const int4& x0, const int4& x1, int s) {
-  if constexpr (!std::is_same_v<TW, block_q8_0>) {
+  if constexpr (kNibbleW<TW>) {
     int lo = -8 * s, hi = 0;
     lo = dp4a_us(q[0] & 0x0f0f0f0fu, x0.x, lo);
     lo = dp4a_us(q[1] & 0x0f0f0f0fu, x0.y, lo);
@@ -1062,8 +1075,7 @@ __device__ __forceinline__ int block_dot_lane(const uint32_t (&q)[LaneFmt<TW>::k
 // Rows per warp (R) and blocks per lane and row in flight (U). q4_0s runs every M <= 8 here.
 template <typename TW, int MT>
 struct LaneTiling {
-  static constexpr bool kNib = !std::is_same_v<TW, block_q8_0>;
-  static constexpr int R = kNib && MT == 1 ? 4 : 2;
+  static constexpr int R = kNibbleW<TW> && MT == 1 ? 4 : 2;
   static constexpr int U = MT <= 2 ? 2 : 1;
 };
 
@@ -1441,29 +1453,34 @@ Status launch_qlane_m(const TX* x, const TW* w, const float* w_scale, TX* y, int
 // in flight (the 4B gate/up's 80-block rows in one round: 13.46 -> 11.97 µs, 4B q4_0 decode 494 ->
 // 511 tok/s on an H100; 128 registers, still 2 CTAs an SM). GEMMA3_QLANE_MIN_SLICE,
 // GEMMA3_Q4S_R (2 | 4), GEMMA3_Q4S_U (2 | 3) and GEMMA3_Q4S_FUSED_MAXK override them for A/Bs.
+// q8_0s (34-byte blocks, 9 words a block and row) keeps R = 2, U = 2 and the same slices and
+// x placement, not swept separately.
 constexpr int kQ4sMinSlice = 32;
 constexpr int64_t kQ4sFusedMaxN = 32768;
 
-// q8_0 / q4_0: M = 1 or 2 rows of x (K slices of >= 16 blocks, measured in session 7). q4_0s: any
-// M <= 8, rows aligned to kA = 16, 8 or 2 bytes, the tiling above.
+// q8_0 / q4_0: M = 1 or 2 rows of x (K slices of >= 16 blocks, measured in session 7). q4_0s /
+// q8_0s: any M <= 8, rows aligned to kA = 16, 8 or 2 bytes, the tiling above.
 template <typename TX, typename TW, XIn kX>
 Status launch_qlane(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N,
                     int64_t K, int smem, cudaStream_t stream) {
-  if constexpr (std::is_same_v<TW, block_q4_0s>) {
+  if constexpr (kSplitW<TW>) {
+    constexpr bool kQ4 = std::is_same_v<TW, block_q4_0s>;
     static const int min_slice = env_int("GEMMA3_QLANE_MIN_SLICE", kQ4sMinSlice);
     static const int force_r = env_int("GEMMA3_Q4S_R", 0);
     static const bool u3 = !env_is("GEMMA3_Q4S_U", "2");
-    const uintptr_t bits = reinterpret_cast<uintptr_t>(w) | uintptr_t(K / kQK * 18);
+    const uintptr_t bits = reinterpret_cast<uintptr_t>(w) | uintptr_t(K / kQK * sizeof(TW));
     const int a = (bits & 15) == 0 ? 16 : (bits & 7) == 0 ? 8 : 2;
-    const int r = force_r == 2 || force_r == 4 ? force_r : kX == XIn::kQ8Shared ? 4 : 2;
-    if constexpr (kX == XIn::kQ8Shared) {
-      if (M == 1 && r == 4 && a == 16 && u3)
-        return launch_qlane_m<TX, TW, 1, kX, 16, 4, 3>(x, w, w_scale, y, M, N, K, smem, min_slice,
-                                                       stream);
+    if constexpr (kQ4) {  // q8_0s: R = 2, U = 2 (LaneTiling), its 9-word blocks
+      const int r = force_r == 2 || force_r == 4 ? force_r : kX == XIn::kQ8Shared ? 4 : 2;
+      if constexpr (kX == XIn::kQ8Shared) {
+        if (M == 1 && r == 4 && a == 16 && u3)
+          return launch_qlane_m<TX, TW, 1, kX, 16, 4, 3>(x, w, w_scale, y, M, N, K, smem, min_slice,
+                                                         stream);
+      }
+      if (M == 1 && r == 2 && a == 16)
+        return launch_qlane_m<TX, TW, 1, kX, 16, 2>(x, w, w_scale, y, M, N, K, smem, min_slice,
+                                                    stream);
     }
-    if (M == 1 && r == 2 && a == 16)
-      return launch_qlane_m<TX, TW, 1, kX, 16, 2>(x, w, w_scale, y, M, N, K, smem, min_slice,
-                                                  stream);
     return by_m_bucket(M, [&](auto mt) {
       constexpr int MT = decltype(mt)::value;
       if (a == 16)
@@ -1472,11 +1489,11 @@ Status launch_qlane(const TX* x, const TW* w, const float* w_scale, TX* y, int M
       if (a == 8)
         return launch_qlane_m<TX, TW, MT, kX, 8>(x, w, w_scale, y, M, N, K, smem, min_slice,
                                                  stream);
-      return launch_qlane_m<TX, TW, MT, kX, 2>(x, w, w_scale, y, M, N, K, smem, min_slice,
-                                               stream);
+      return launch_qlane_m<TX, TW, MT, kX, 2>(x, w, w_scale, y, M, N, K, smem, min_slice, stream);
     });
   } else {
-    if (M == 2) return launch_qlane_m<TX, TW, 2, kX, 0>(x, w, w_scale, y, M, N, K, smem, 16, stream);
+    if (M == 2)
+      return launch_qlane_m<TX, TW, 2, kX, 0>(x, w, w_scale, y, M, N, K, smem, 16, stream);
     return launch_qlane_m<TX, TW, 1, kX, 0>(x, w, w_scale, y, M, N, K, smem, 16, stream);
   }
 }
@@ -1522,42 +1539,42 @@ bool qdot_fused_enabled() {
 template <typename TX, typename TW>
 Status gemv_qdot(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N, int64_t K,
                  cudaStream_t stream) {
-  constexpr bool kQ4s = std::is_same_v<TW, block_q4_0s>;
+  constexpr bool kSplit = kSplitW<TW>;  // q4_0s or q8_0s: the lane kernel only
   const int64_t nb = K / kQK;
   const bool vec = aligned(w, 2) && nb * int64_t(sizeof(TW)) < (int64_t(1) << 31);
-  if (kQ4s && !vec) {
+  if (kSplit && !vec) {
     return Status(StatusCode::kUnsupported,
-                  "matmul: q4_0s weights must be 2-byte aligned with rows under 2 GiB");
+                  "matmul: q4_0s / q8_0s weights must be 2-byte aligned with rows under 2 GiB");
   }
   const int64_t fused_bytes = int64_t(M) * nb * kXBlockBytes;
   const int lane_mode = qdot_lane_mode();
-  const bool lane = kQ4s || (vec && M <= 2 &&
-                             (lane_mode == 1 || (lane_mode == 2 && qdot_lane_auto<TW>(N, K))));
-  // The prologues load x in 16-byte runs. q4_0s rounds x per CTA up to K = 4096 and N =
+  const bool lane =
+      kSplit || (vec && M <= 2 && (lane_mode == 1 || (lane_mode == 2 && qdot_lane_auto<TW>(N, K))));
+  // The prologues load x in 16-byte runs. q4_0s / q8_0s round x per CTA up to K = 4096 and N =
   // kQ4sFusedMaxN (launch_qlane; within the static shared memory limit, no opt-in); the others only
   // under GEMMA3_QDOT_LANE=1 and K <= kLaneFusedMaxK.
   static const int q4s_max_k = env_int("GEMMA3_Q4S_FUSED_MAXK", int(kLaneFusedMaxK));
   const bool lane_fused =
-      kQ4s ? fused_bytes <= kLaneSharedXBytes && K <= q4s_max_k && N <= kQ4sFusedMaxN
-           : lane_mode == 1 && K <= kLaneFusedMaxK;
+      kSplit ? fused_bytes <= kLaneSharedXBytes && K <= q4s_max_k && N <= kQ4sFusedMaxN
+             : lane_mode == 1 && K <= kLaneFusedMaxK;
   if (lane && lane_fused && aligned(x, 16) && qdot_fused_enabled()) {
     const int smem = static_cast<int>(fused_bytes);
     return launch_qlane<TX, TW, XIn::kQ8Shared>(x, w, w_scale, y, M, N, K, smem, stream);
   }
-  if constexpr (!kQ4s) {
-  if (!lane && vec && aligned(x, 16) && fused_bytes <= kFusedXBytes && qdot_fused_enabled()) {
-    bool launched = false;
-    G3_RETURN_IF_ERROR(by_m_bucket(M, [&](auto mt) {
-      constexpr int MT = decltype(mt)::value;
-      bool ready = false;
-      G3_RETURN_IF_ERROR((fused_x_ready<TX, TW, MT>(&ready)));
-      if (!ready) return Status::Ok();
-      launched = true;
-      const int smem = static_cast<int>((fused_bytes + 1023) / 1024 * 1024);
-      return launch_q<TX, TW, MT, XIn::kQ8Shared>(x, w, w_scale, y, M, N, K, smem, stream);
-    }));
-    if (launched) return Status::Ok();
-  }
+  if constexpr (!kSplit) {
+    if (!lane && vec && aligned(x, 16) && fused_bytes <= kFusedXBytes && qdot_fused_enabled()) {
+      bool launched = false;
+      G3_RETURN_IF_ERROR(by_m_bucket(M, [&](auto mt) {
+        constexpr int MT = decltype(mt)::value;
+        bool ready = false;
+        G3_RETURN_IF_ERROR((fused_x_ready<TX, TW, MT>(&ready)));
+        if (!ready) return Status::Ok();
+        launched = true;
+        const int smem = static_cast<int>((fused_bytes + 1023) / 1024 * 1024);
+        return launch_q<TX, TW, MT, XIn::kQ8Shared>(x, w, w_scale, y, M, N, K, smem, stream);
+      }));
+      if (launched) return Status::Ok();
+    }
   }
   const int64_t row_bytes = K + nb * int64_t(sizeof(int2));
   const int64_t fit = kQxBytes / row_bytes;
@@ -1578,8 +1595,8 @@ Status gemv_qdot(const TX* x, const TW* w, const float* w_scale, TX* y, int M, i
     if (lane) {
       G3_RETURN_IF_ERROR(
           (launch_qlane<TX, TW, XIn::kQ8Global>(xm, w, w_scale, ym, mc, N, K, 0, stream)));
-    } else if constexpr (kQ4s) {
-      return Status(StatusCode::kInternal, "matmul gemv: q4_0s reached the staged path");
+    } else if constexpr (kSplit) {
+      return Status(StatusCode::kInternal, "matmul gemv: a split layout reached the staged path");
     } else if (!vec) {
       const int64_t grid = (N + kWarps - 1) / kWarps;
       if (grid > 0x7fffffff) return Status(StatusCode::kUnsupported, "matmul gemv: N too large");
@@ -1609,41 +1626,41 @@ Status gemv(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, in
                   "matmul gemv: M = " + std::to_string(M) + " not in [1, 8]");
   }
   const int m = static_cast<int>(M);
-  if constexpr (std::is_same_v<TW, block_q4_0s>) {
-    // matmul.cu sends q4_0s here only under q-dot (GEMMA3_QDOT=float takes its GEMM).
+  if constexpr (kSplitW<TW>) {
+    // matmul.cu sends q4_0s / q8_0s here only under q-dot (GEMMA3_QDOT=float takes its GEMM).
     return gemv_qdot<TX, TW>(x, w, w_scale, y, m, N, K, stream);
   } else {
-  if constexpr (kBlock) {
-    if (qdot::enabled() && K % kQK == 0)
-      return gemv_qdot<TX, TW>(x, w, w_scale, y, m, N, K, stream);
-  }
-  // Vector paths: x read in 16-byte runs; dense rows whole 16-byte chunks and 16-byte aligned;
-  // block formats any K % 32 == 0 with (naturally) 2-byte aligned blocks.
-  bool vec = aligned(x, 16);
-  if constexpr (kBlock) {
-    vec =
-        vec && aligned(w, 2) && K % kQK == 0 && K / kQK * int64_t(sizeof(TW)) < (int64_t(1) << 31);
-  } else {
-    vec = vec && aligned(w, 16) && K % Fmt<TW>::kE == 0;
-  }
-  if (!vec) {
-    const int64_t blocks = (N + kWarps - 1) / kWarps;
-    if (blocks > 0x7fffffff) return Status(StatusCode::kUnsupported, "matmul gemv: N too large");
-    launch_pdl(gemv_scalar_kernel<TX, TW>, static_cast<unsigned>(blocks), kThreads, 0, stream, x, w,
-               w_scale, y, m, N, K);
-    return check_launch("matmul gemv_scalar_kernel");
-  }
-  if constexpr (kBlock) {
-    return by_m_bucket(m, [&](auto mt) {
-      return launch_q<TX, TW, decltype(mt)::value, XIn::kFloat>(x, w, w_scale, y, m, N, K, 0,
-                                                                stream);
-    });
-  } else {
-    if (m == 1) return launch_vec<TX, TW, 1>(x, w, w_scale, y, m, N, K, stream);
-    if (m == 2) return launch_vec<TX, TW, 2>(x, w, w_scale, y, m, N, K, stream);
-    if (m <= 4) return launch_vec<TX, TW, 4>(x, w, w_scale, y, m, N, K, stream);
-    return launch_vec<TX, TW, 8>(x, w, w_scale, y, m, N, K, stream);
-  }
+    if constexpr (kBlock) {
+      if (qdot::enabled() && K % kQK == 0)
+        return gemv_qdot<TX, TW>(x, w, w_scale, y, m, N, K, stream);
+    }
+    // Vector paths: x read in 16-byte runs; dense rows whole 16-byte chunks and 16-byte aligned;
+    // block formats any K % 32 == 0 with (naturally) 2-byte aligned blocks.
+    bool vec = aligned(x, 16);
+    if constexpr (kBlock) {
+      vec = vec && aligned(w, 2) && K % kQK == 0 &&
+            K / kQK * int64_t(sizeof(TW)) < (int64_t(1) << 31);
+    } else {
+      vec = vec && aligned(w, 16) && K % Fmt<TW>::kE == 0;
+    }
+    if (!vec) {
+      const int64_t blocks = (N + kWarps - 1) / kWarps;
+      if (blocks > 0x7fffffff) return Status(StatusCode::kUnsupported, "matmul gemv: N too large");
+      launch_pdl(gemv_scalar_kernel<TX, TW>, static_cast<unsigned>(blocks), kThreads, 0, stream, x,
+                 w, w_scale, y, m, N, K);
+      return check_launch("matmul gemv_scalar_kernel");
+    }
+    if constexpr (kBlock) {
+      return by_m_bucket(m, [&](auto mt) {
+        return launch_q<TX, TW, decltype(mt)::value, XIn::kFloat>(x, w, w_scale, y, m, N, K, 0,
+                                                                  stream);
+      });
+    } else {
+      if (m == 1) return launch_vec<TX, TW, 1>(x, w, w_scale, y, m, N, K, stream);
+      if (m == 2) return launch_vec<TX, TW, 2>(x, w, w_scale, y, m, N, K, stream);
+      if (m <= 4) return launch_vec<TX, TW, 4>(x, w, w_scale, y, m, N, K, stream);
+      return launch_vec<TX, TW, 8>(x, w, w_scale, y, m, N, K, stream);
+    }
   }
 }
 
@@ -1678,12 +1695,14 @@ G3_GEMV_INSTANTIATE(float, bf16)
 G3_GEMV_INSTANTIATE(float, block_q8_0)
 G3_GEMV_INSTANTIATE(float, block_q4_0)
 G3_GEMV_INSTANTIATE(float, block_q4_0s)
+G3_GEMV_INSTANTIATE(float, block_q8_0s)
 G3_GEMV_INSTANTIATE(float, fp8e4m3)
 G3_GEMV_INSTANTIATE(bf16, float)
 G3_GEMV_INSTANTIATE(bf16, bf16)
 G3_GEMV_INSTANTIATE(bf16, block_q8_0)
 G3_GEMV_INSTANTIATE(bf16, block_q4_0)
 G3_GEMV_INSTANTIATE(bf16, block_q4_0s)
+G3_GEMV_INSTANTIATE(bf16, block_q8_0s)
 G3_GEMV_INSTANTIATE(bf16, fp8e4m3)
 #undef G3_GEMV_INSTANTIATE
 

@@ -352,47 +352,55 @@ Status dequantize(const TQ* src, const float* scale, TD* dst, int64_t rows, int6
 }
 
 namespace {
-// One thread per block: its f16 d and 16 nibble bytes move between the GGUF block (18 b of the
-// row) and the q4_0s places (runtime/dtype.h), as 16-bit words (every place is 2-byte aligned).
+// One thread per block: its f16 d and q quant bytes move between the GGUF block ((2 + q) b of the
+// row) and the split places (runtime/dtype.h), as 16-bit words (every place is 2-byte aligned).
+template <int q>
 __global__ void __launch_bounds__(kThreads)
-    repack_q4_0_kernel(const uint8_t* __restrict__ src, uint8_t* __restrict__ dst, int64_t blocks,
-                       int64_t nb, bool to_split) {
+    repack_split_kernel(const uint8_t* __restrict__ src, uint8_t* __restrict__ dst, int64_t blocks,
+                        int64_t nb, bool to_split) {
   pdl_wait();  // pdl.cuh
   pdl_trigger();
-  const int64_t row_bytes = nb * int64_t(sizeof(block_q4_0));
+  const int64_t row_bytes = nb * (2 + q);
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < blocks;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t r = i / nb, b = i % nb, g = r * row_bytes + b * int64_t(sizeof(block_q4_0));
-    const int64_t d_at = r * row_bytes + q4_0s_d_offset(nb, b);
-    const int64_t qs_at = r * row_bytes + q4_0s_qs_offset(b);
+    const int64_t r = i / nb, b = i % nb, g = r * row_bytes + b * (2 + q);
+    const int64_t d_at = r * row_bytes + split_d_offset(q, nb, b);
+    const int64_t qs_at = r * row_bytes + split_qs_offset(q, b);
     const uint16_t* sd = reinterpret_cast<const uint16_t*>(src + (to_split ? g : d_at));
     const uint16_t* sq = reinterpret_cast<const uint16_t*>(src + (to_split ? g + 2 : qs_at));
     uint16_t* dd = reinterpret_cast<uint16_t*>(dst + (to_split ? d_at : g));
     uint16_t* dq = reinterpret_cast<uint16_t*>(dst + (to_split ? qs_at : g + 2));
     *dd = *sd;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) dq[j] = sq[j];
+    for (int j = 0; j < q / 2; ++j) dq[j] = sq[j];
   }
 }
 }  // namespace
 
-Status repack_q4_0(const void* src, void* dst, int64_t rows, int64_t cols, bool to_split,
-                   cudaStream_t stream) {
-  if (rows < 0 || cols <= 0 || cols % kQK != 0) {
+Status repack_split(const void* src, void* dst, int64_t rows, int64_t cols, int qs_bytes,
+                    bool to_split, cudaStream_t stream) {
+  if (rows < 0 || cols <= 0 || cols % kQK != 0 || (qs_bytes != 16 && qs_bytes != 32)) {
     return Status(StatusCode::kInvalidArgument,
-                  "repack_q4_0: rows = " + std::to_string(rows) + ", cols = " +
-                      std::to_string(cols) + " (need rows >= 0, cols > 0, cols % 32 == 0)");
+                  "repack_split: rows = " + std::to_string(rows) + ", cols = " +
+                      std::to_string(cols) + ", qs_bytes = " + std::to_string(qs_bytes) +
+                      " (need rows >= 0, cols > 0, cols % 32 == 0, 16 or 32)");
   }
   if (rows == 0) return Status::Ok();
   if (src == nullptr || dst == nullptr)
-    return Status(StatusCode::kInvalidArgument, "repack_q4_0: null pointer");
+    return Status(StatusCode::kInvalidArgument, "repack_split: null pointer");
   if ((reinterpret_cast<uintptr_t>(src) | reinterpret_cast<uintptr_t>(dst)) & 1)
-    return Status(StatusCode::kInvalidArgument, "repack_q4_0: pointers must be 2-byte aligned");
+    return Status(StatusCode::kInvalidArgument, "repack_split: pointers must be 2-byte aligned");
   const int64_t blocks = rows * (cols / kQK);
-  launch_pdl(repack_q4_0_kernel, grid_for(blocks, kThreads), kThreads, 0, stream,
-             static_cast<const uint8_t*>(src), static_cast<uint8_t*>(dst), blocks, cols / kQK,
-             to_split);
-  return check_launch("repack_q4_0_kernel");
+  const auto* s = static_cast<const uint8_t*>(src);
+  auto* d = static_cast<uint8_t*>(dst);
+  if (qs_bytes == 16) {
+    launch_pdl(repack_split_kernel<16>, grid_for(blocks, kThreads), kThreads, 0, stream, s, d,
+               blocks, cols / kQK, to_split);
+  } else {
+    launch_pdl(repack_split_kernel<32>, grid_for(blocks, kThreads), kThreads, 0, stream, s, d,
+               blocks, cols / kQK, to_split);
+  }
+  return check_launch("repack_split_kernel");
 }
 
 #define G3_CAST(TS, TD) template Status cast<TS, TD>(const TS*, TD*, int64_t, cudaStream_t);

@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { Device, Tensor, UnsupportedError } from "@gemma3/native";
 import { DecoderLayer, type LayerWeights, type StoredLayerWeight } from "./block.js";
 import { fuseProjections } from "./fuse.js";
-import { prefersQ4Split, repackQ4Weights } from "./layout.js";
+import { repackSplitWeights, splitFormats } from "./layout.js";
 import { loadConfig, type Gemma3Config } from "./config.js";
 import { GGUFError, GGUFFile } from "./gguf.js";
 import { ggufMultimodalConfig, isMmprojFileName, resolveMmproj } from "./gguf_mmproj.js";
@@ -192,7 +192,7 @@ export async function assemble(
     const norm = await load("norm");
     const weights: TextWeights = { embedTokens, norm, layers };
     if (!config.tieWordEmbeddings) weights.lmHead = await load("lm_head");
-    if (prefersQ4Split(device)) repackQ4Weights(weights, loaded);
+    repackSplitWeights(weights, splitFormats(device), loaded);
     return new Gemma3TextModel(config, weights, device, dtype, { fusedOps: fuse });
   } catch (e) {
     for (const t of loaded) t.dispose();
