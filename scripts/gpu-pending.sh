@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # One device call for the work written but not yet run on a GPU (docs/kernels.md): builds the addon
 # (sm_90a), runs the CUDA tests of the pending parts, then the A/Bs that decide their defaults.
-# Under ~10 minutes on one H100/H200. Pending in session 8: q8_0s (q8_0 in the split row layout
-# that q4_0s introduced): every matmul / embedding / repack case, the layout test, the q8_0 / q8_0s
-# rows, then the q8_0 decode A/B of GEMMA3_Q8_0_LAYOUT (gguf = blocks, split = q8_0s) at 1B / 4B /
-# 27B, and 4B q4_0 once more (the shared code changed).
+# Under ~10 minutes on one H100/H200. Nothing is pending now; as last run (session 8, call 5):
+# q8_0s (q8_0 in the split row layout that q4_0s introduced): every matmul / embedding / repack
+# case, the layout test, the q8_0 / q8_0s rows, then the q8_0 decode A/B of GEMMA3_Q8_0_LAYOUT
+# (gguf = blocks, split = q8_0s) at 1B / 4B / 27B, and 4B q4_0 once more (the shared code changed).
 #   here first: npx turbo run build && bash scripts/pack-dists.sh, then device run,
 #   carry [".device", ".dists.tar"]:  bash scripts/device-run.sh scripts/gpu-pending.sh
 #   (device-run.sh returns every output file in one results.tgz: a call returns at most 8 files)
