@@ -10,27 +10,13 @@ import { describe, expect, it } from "vitest";
 import { cudaAvailable, type Tensor } from "@gemma3/native";
 import { loadTextModel, type Gemma3TextModel } from "../src/index.js";
 import { ScaledWeight, type WeightQuantization } from "../src/quantize.js";
-import { fixtures, maxAbsDiff } from "./golden.js";
+import { fixtures, maxAbsDiff, promptAndGreedy } from "./golden.js";
 
 const gpu = cudaAvailable() || process.env.GEMMA3_TEST_CUDA === "1";
 
-/** Prompt logits (every position) and 8 greedy decode steps' logits, graph-replayed or not. */
-async function run(model: Gemma3TextModel, ids: number[], graph = false): Promise<Float32Array[]> {
-  const seq = model.newCache(ids.length + 9);
-  const l = model.forward(ids, seq, { allLogits: true });
-  const out = [(await l.toArray()) as Float32Array];
-  l.dispose();
-  let next = ids[ids.length - 1]!;
-  for (let i = 0; i < 8; i++) {
-    const s = model.forward([next], seq, { graph });
-    const v = Float32Array.from((await s.toArray()) as Float32Array);
-    s.dispose();
-    out.push(v);
-    next = v.indexOf(Math.max(...v));
-  }
-  seq.dispose();
-  return out;
-}
+/** Prompt logits and 8 greedy decode steps' logits, graph-replayed or not. */
+const run = (model: Gemma3TextModel, ids: number[], graph = false) =>
+  promptAndGreedy(model, ids, { graph });
 
 const bytesOf = async (t: Tensor) => Array.from(await t.bytes());
 

@@ -32,3 +32,27 @@ export async function take(model: Gemma3TextModel, ids: number[], seq: KVSequenc
   t.dispose();
   return v;
 }
+
+/**
+ * Prompt logits (every position), then `steps` greedy decode steps' logits (graph-replayed when
+ * `graph`), each on the host.
+ */
+export async function promptAndGreedy(
+  model: Gemma3TextModel,
+  ids: number[],
+  opts: { steps?: number; graph?: boolean } = {},
+): Promise<Float32Array[]> {
+  const steps = opts.steps ?? 8;
+  const seq = model.newCache(ids.length + steps + 1);
+  const out = [await take(model, ids, seq)];
+  let next = ids[ids.length - 1]!;
+  for (let i = 0; i < steps; i++) {
+    const s = model.forward([next], seq, { graph: opts.graph ?? false });
+    const v = Float32Array.from((await s.toArray()) as Float32Array);
+    s.dispose();
+    out.push(v);
+    next = argmax(v);
+  }
+  seq.dispose();
+  return out;
+}

@@ -13,7 +13,7 @@ import type { LayerWeights } from "../src/block.js";
 import { loadTextModel } from "../src/load.js";
 import { repackSplitWeights } from "../src/layout.js";
 import type { Gemma3TextModel } from "../src/text_model.js";
-import { fixtures, maxAbsDiff } from "./golden.js";
+import { fixtures, maxAbsDiff, promptAndGreedy } from "./golden.js";
 import { writeGemma3GGUF } from "./gguf_writer.js";
 import { removeTempDirs, tempDir } from "./safetensors_writer.js";
 
@@ -28,24 +28,6 @@ function named(w: Gemma3TextModel["weights"]): [string, Tensor][] {
     for (const [k, t] of Object.entries(l) as [keyof LayerWeights, Tensor][])
       out.push([`layers.${i}.${k}`, t]);
   });
-  return out;
-}
-
-/** Prompt logits and 6 greedy decode steps' logits (graph-replayed). */
-async function run(model: Gemma3TextModel, ids: number[]): Promise<Float32Array[]> {
-  const seq = model.newCache(ids.length + 7);
-  const l = model.forward(ids, seq, { allLogits: true });
-  const out = [(await l.toArray()) as Float32Array];
-  l.dispose();
-  let next = ids[ids.length - 1]!;
-  for (let i = 0; i < 6; i++) {
-    const s = model.forward([next], seq, { graph: true });
-    const v = Float32Array.from((await s.toArray()) as Float32Array);
-    s.dispose();
-    out.push(v);
-    next = v.indexOf(Math.max(...v));
-  }
-  seq.dispose();
   return out;
 }
 
@@ -131,8 +113,8 @@ for (const name of ["tiny-1b", "tiny-27b"]) {
             // tiny-1b's GGUF token_embd is in the file's type (the embedding and the tied head read
             // the split layout); tiny-27b's 48-wide rows are not whole blocks and stay F32.
             if (path === gguf && name === "tiny-1b") expect(e).toBe(q);
-            const a = await run(split, g.prompt_ids);
-            const b = await run(blocks, g.prompt_ids);
+            const a = await promptAndGreedy(split, g.prompt_ids, { steps: 6, graph: true });
+            const b = await promptAndGreedy(blocks, g.prompt_ids, { steps: 6, graph: true });
             // Same integer block dots, float32 sums in another order: ~1e-6 relative per dot
             // product, carried through the layers.
             a.forEach((x, i) =>
