@@ -34,8 +34,25 @@ __device__ __forceinline__ float2 fp8x2_to_float2(uint32_t w) {
   return __half22float2(__half2(h));
 }
 
+// Block b of a row of q8_0 / q4_0 blocks or of their split layouts (q8_0s / q4_0s, runtime/dtype.h:
+// the quant runs, then the d; nb blocks a row): its quant bytes, and d as float.
+template <typename TW>
+__device__ __forceinline__ const uint8_t* block_at(const TW* row, int64_t b, int64_t nb, float* d) {
+  if constexpr (std::is_same_v<TW, block_q4_0s> || std::is_same_v<TW, block_q8_0s>) {
+    constexpr int64_t kQ = sizeof(TW) - 2;  // quant bytes a block
+    const uint8_t* base = reinterpret_cast<const uint8_t*>(row);
+    *d = f16_to_f32(f16{reinterpret_cast<const uint16_t*>(base + nb * kQ)[b]});
+    return base + b * kQ;
+  } else {
+    *d = f16_to_f32(row[b].d);
+    return reinterpret_cast<const uint8_t*>(row[b].qs);
+  }
+}
+template <typename TW>
+constexpr bool kQ8Row = std::is_same_v<TW, block_q8_0> || std::is_same_v<TW, block_q8_0s>;
+
 // Elements [8c, 8c + 8) of a table row as float. row points at the row's first element (or block);
-// nb: storage units per row (q4_0s finds its d after the row's nb nibble runs).
+// nb: storage units per row (the split layouts find their d after the row's nb quant runs).
 template <typename TW>
 __device__ __forceinline__ void load_chunk(const TW* row, int64_t c, int64_t nb,
                                            float (&f)[kChunk]) {
@@ -52,19 +69,10 @@ __device__ __forceinline__ void load_chunk(const TW* row, int64_t c, int64_t nb,
     }
   } else if constexpr (is_kquant_v<TW>) {
     kq_dequant8(row[c / (kQK_K / kChunk)], static_cast<int>(c % (kQK_K / kChunk)) * kChunk, f);
-  } else if constexpr (std::is_same_v<TW, block_q8_0> || std::is_same_v<TW, block_q8_0s>) {
+  } else if constexpr (kQ8Row<TW>) {
     // A 34-byte block is only 2-byte aligned: read its quarter as four 16-bit words.
-    const int8_t* qs;
     float d;
-    if constexpr (std::is_same_v<TW, block_q8_0s>) {  // quant runs, then the d (dtype.h)
-      const uint8_t* base = reinterpret_cast<const uint8_t*>(row);
-      qs = reinterpret_cast<const int8_t*>(base + (c >> 2) * 32);
-      d = f16_to_f32(f16{reinterpret_cast<const uint16_t*>(base + nb * 32)[c >> 2]});
-    } else {
-      const TW& blk = row[c >> 2];
-      qs = blk.qs;
-      d = f16_to_f32(blk.d);
-    }
+    const uint8_t* qs = block_at(row, c >> 2, nb, &d);
     const uint16_t* q = reinterpret_cast<const uint16_t*>(qs + (c & 3) * kChunk);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
@@ -74,17 +82,8 @@ __device__ __forceinline__ void load_chunk(const TW* row, int64_t c, int64_t nb,
     }
   } else {  // q4_0 / q4_0s: byte j holds element j (low nibble) and j + 16 (high nibble)
     const int part = int(c & 3);
-    const uint8_t* qs;
     float d;
-    if constexpr (std::is_same_v<TW, block_q4_0s>) {  // nibble runs, then the d (dtype.h)
-      const uint8_t* base = reinterpret_cast<const uint8_t*>(row);
-      qs = base + (c >> 2) * 16;
-      d = f16_to_f32(f16{reinterpret_cast<const uint16_t*>(base + nb * 16)[c >> 2]});
-    } else {
-      const TW& blk = row[c >> 2];
-      qs = blk.qs;
-      d = f16_to_f32(blk.d);
-    }
+    const uint8_t* qs = block_at(row, c >> 2, nb, &d);
     const uint16_t* q = reinterpret_cast<const uint16_t*>(qs + (part & 1) * kChunk);
     const int shift = (part >> 1) * 4;
 #pragma unroll
@@ -104,26 +103,13 @@ __device__ __forceinline__ float load_one(const TW* row, int64_t j, int64_t nb) 
     return to_f32(row[j]);
   } else if constexpr (is_kquant_v<TW>) {
     return kq_dequant1(row[j / kQK_K], static_cast<int>(j % kQK_K));
-  } else if constexpr (std::is_same_v<TW, block_q8_0>) {
-    const TW& blk = row[j / kQK];
-    return float(blk.qs[j % kQK]) * f16_to_f32(blk.d);
-  } else if constexpr (std::is_same_v<TW, block_q8_0s>) {
-    const uint8_t* base = reinterpret_cast<const uint8_t*>(row);
-    const int64_t b = j / kQK;
-    return float(int8_t(base[b * 32 + j % kQK])) *
-           f16_to_f32(f16{reinterpret_cast<const uint16_t*>(base + nb * 32)[b]});
-  } else if constexpr (std::is_same_v<TW, block_q4_0s>) {
-    const uint8_t* base = reinterpret_cast<const uint8_t*>(row);
-    const int64_t b = j / kQK;
-    const int k = int(j % kQK);
-    const uint8_t byte = base[b * 16 + k % 16];
-    const int q = k < 16 ? (byte & 0xf) : (byte >> 4);
-    return float(q - 8) * f16_to_f32(f16{reinterpret_cast<const uint16_t*>(base + nb * 16)[b]});
   } else {
-    const TW& blk = row[j / kQK];
+    float d;
+    const uint8_t* qs = block_at(row, j / kQK, nb, &d);
     const int k = int(j % kQK);
-    const int q = k < 16 ? (blk.qs[k] & 0xf) : (blk.qs[k - 16] >> 4);
-    return float(q - 8) * f16_to_f32(blk.d);
+    if constexpr (kQ8Row<TW>) return float(int8_t(qs[k])) * d;
+    const uint8_t byte = qs[k % 16];
+    return float((k < 16 ? (byte & 0xf) : (byte >> 4)) - 8) * d;
   }
 }
 
