@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One device call for the work written but not yet run on a GPU (docs/kernels.md): builds the addon
 # (sm_90a), runs the CUDA tests of the pending parts, then the A/Bs that decide their defaults.
-# Under ~10 minutes on one H100/H200. Pending in session 8 (its last call): the embedding gather's
-# one block_at for q8_0 / q4_0 and their split layouts (embedding.cu), with the split GEMV and
-# layout tests around it.
+# Under ~10 minutes on one H100/H200. Nothing is pending; as last run (session 8, call 6): the
+# embedding gather's one block_at for q8_0 / q4_0 and their split layouts (embedding.cu), with the
+# split GEMV and layout tests around it.
 #   here first: npx turbo run build && bash scripts/pack-dists.sh, then device run,
 #   carry [".device", ".dists.tar"]:  bash scripts/device-run.sh scripts/gpu-pending.sh
 #   (device-run.sh returns every output file in one results.tgz: a call returns at most 8 files)
