@@ -4,13 +4,14 @@
 // Dense formats (f32, bf16, fp8) load W with 16-byte loads straight into registers (gemv_kernel;
 // short rows at M = 1 in one round, "one-shot"); the GGUF block formats (q8_0, q4_0) stage it
 // through shared memory (gemv_q_kernel, see its notes) or, at M <= 2 where it measured faster, read
-// whole blocks a lane straight from global (gemv_qlane_kernel), and by default read x rounded to
-// int8 blocks and dot with dp4a ("q-dot", kernels.inc; GEMMA3_QDOT=float keeps x in float and
-// decodes W to float instead). Each CTA rounds x into its shared memory when all M rows fit 48 KB
-// ("fused"), else quantize_x_q8_kernel rounds it into g_qx first. Cases: native/test/cases.ts
-// (matmulCases); rows: bench_kernels gemv, gemv_layer, layer_chain. The dense
-// GEMV can also norm and rotate the heads of a QKV projection as it finishes them (gemv_qk, the
-// opt-in one-launch form of matmul_qk_norm_rope).
+// whole blocks a lane straight from global (gemv_qlane_kernel, which also takes their CUDA split
+// row layouts q4_0s / q8_0s at every M: one or two aligned 16-byte loads a block), and by default
+// read x rounded to int8 blocks and dot with dp4a ("q-dot", kernels.inc; GEMMA3_QDOT=float keeps x
+// in float and decodes W to float instead, the split layouts then going to the GEMM). Each CTA
+// rounds x into its shared memory when all M rows fit 48 KB ("fused"), else quantize_x_q8_kernel
+// rounds it into g_qx first. Cases: native/test/cases.ts (matmulCases); rows: bench_kernels gemv,
+// gemv_layer, layer_chain. The dense GEMV can also norm and rotate the heads of a QKV projection as
+// it finishes them (gemv_qk, the opt-in one-launch form of matmul_qk_norm_rope).
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
@@ -916,7 +917,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 3 : 2)
   }
 }
 
-// ---- q-dot with a lane per block (q8_0, q4_0 at M <= 2; GEMMA3_QDOT_LANE) ----
+// ---- q-dot with a lane per block (q8_0, q4_0 at M <= 2, GEMMA3_QDOT_LANE; q4_0s, q8_0s) ----
 //
 // The staged kernel above splits a block over 2 / 4 lanes and pays, per half block, for shared-
 // memory staging, word realignment and scaling: Nsight Compute (H100, session 7) counts 6.0 M
@@ -1072,7 +1073,8 @@ __device__ __forceinline__ int block_dot_lane(const uint32_t (&q)[LaneFmt<TW>::k
   }
 }
 
-// Rows per warp (R) and blocks per lane and row in flight (U). q4_0s runs every M <= 8 here.
+// Rows per warp (R) and blocks per lane and row in flight (U); launch_qlane may override both. The
+// split layouts run every M <= 8 here.
 template <typename TW, int MT>
 struct LaneTiling {
   static constexpr int R = kNibbleW<TW> && MT == 1 ? 4 : 2;
@@ -1083,7 +1085,7 @@ struct LaneTiling {
 // slice s = warp % S takes blocks [s nb / S, (s + 1) nb / S) of each row, lane j blocks j, j + 32,
 // ... of the slice. x rounded to int8 blocks (identity layout) in g_qx or in the CTA's shared
 // memory (kQ8Shared: rounded by the CTA's prologue). Host guarantees nb * kBytes < 2^31. kA: the
-// q4_0s rows' alignment (16, 8 or 2; 0 for q8_0 / q4_0).
+// split layouts' row alignment (16, 8 or 2; 0 for q8_0 / q4_0).
 template <typename TX, typename TW, int MT, XIn kX, int kA = 0, int R = LaneTiling<TW, MT>::R,
           int U = LaneTiling<TW, MT>::U>
 __global__ void __launch_bounds__(kThreads, 2)
