@@ -1472,6 +1472,12 @@ Status launch_qlane(const TX* x, const TW* w, const float* w_scale, TX* y, int M
     static const bool u3 = !env_is("GEMMA3_Q4S_U", "2");
     const uintptr_t bits = reinterpret_cast<uintptr_t>(w) | uintptr_t(K / kQK * sizeof(TW));
     const int a = (bits & 15) == 0 ? 16 : (bits & 7) == 0 ? 8 : 2;
+    if constexpr (!kQ4 && kX == XIn::kQ8Shared) {  // q8_0s: R = 2 (9-word blocks); U = 3: A/B
+      static const bool q8_u3 = env_is("GEMMA3_Q8S_U", "3");
+      if (M == 1 && a == 16 && q8_u3)
+        return launch_qlane_m<TX, TW, 1, kX, 16, 2, 3>(x, w, w_scale, y, M, N, K, smem, min_slice,
+                                                       stream);
+    }
     if constexpr (kQ4) {  // q8_0s: R = 2, U = 2 (LaneTiling), its 9-word blocks
       const int r = force_r == 2 || force_r == 4 ? force_r : kX == XIn::kQ8Shared ? 4 : 2;
       if constexpr (kX == XIn::kQ8Shared) {
