@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One device call for the work written but not yet run on a GPU (docs/kernels.md): builds the addon
 # (sm_90a), runs the CUDA tests of the pending parts, then the A/Bs that decide their defaults.
-# Under ~10 minutes on one H100/H200. Pending in session 8: q8_0s with 3 blocks a row in flight at
-# M = 1 where CTAs round x (GEMMA3_Q8S_U=3, the step that gave q4_0s +3.5%): its M = 1 cases, the
-# q8_0s rows both ways, 4B q8_0 decode both ways.
+# Under ~10 minutes on one H100/H200. Pending since session 8 (written when its device time was
+# spent, never run): q8_0s with 3 blocks a row in flight at M = 1 where CTAs round x
+# (GEMMA3_Q8S_U=3, the step that gave q4_0s +3.5%): its M = 1 cases, the q8_0s rows both ways, 4B
+# q8_0 decode both ways. Flip the default in launch_qlane (matmul_gemv.cu) if it wins.
 #   here first: npx turbo run build && bash scripts/pack-dists.sh, then device run,
 #   carry [".device", ".dists.tar"]:  bash scripts/device-run.sh scripts/gpu-pending.sh
 #   (device-run.sh returns every output file in one results.tgz: a call returns at most 8 files)
