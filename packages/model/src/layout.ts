@@ -56,13 +56,20 @@ export function repackSplitWeights(
     const start = at / rowBytes;
     return owner(base).slice(start, start + t.shape[0]!);
   };
+  // The originals go as soon as their tensors are remade (a layer's views share its owners), so the
+  // device holds one layer's weights twice at most, not the whole model (27B q4_0: ~15 GB).
+  const flush = () => {
+    for (const old of done.keys()) old.dispose();
+    done.clear();
+  };
   w.embedTokens = remake(w.embedTokens);
   if (w.lmHead) w.lmHead = remake(w.lmHead);
+  flush();
   for (const layer of w.layers) {
     for (const key of Object.keys(layer) as (keyof LayerWeights)[]) {
       const t = layer[key];
       if (t) layer[key] = remake(t);
     }
+    flush();
   }
-  for (const old of done.keys()) old.dispose();
 }

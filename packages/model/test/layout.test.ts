@@ -65,7 +65,10 @@ for (const name of ["tiny-1b", "tiny-27b"]) {
         for (const [k, t] of named(model.weights))
           before.set(k, { bytes: await t.bytes(), shape: [...t.shape], dtype: t.dtypeName });
         const owned: Tensor[] = [];
+        const originals = named(model.weights).map(([, t]) => t.base ?? t);
         repackSplitWeights(model.weights, [q], owned);
+        // Every repacked original is freed (repackSplitWeights frees them layer by layer).
+        for (const t of originals) expect(t.disposed, `${t}`).toBe(t.dtypeName === q);
         let split = 0;
         for (const [k, t] of named(model.weights)) {
           const b = before.get(k)!;
