@@ -502,6 +502,11 @@ Status quantize(const TensorRef& src, const TensorRef& dst, const TensorRef* sca
 Status dequantize(const TensorRef& src, const TensorRef* scale, const TensorRef& dst) {
   const char* op = "dequantize";
   int dev;
+  if (src.dtype == DType::kQ4_0S || src.dtype == DType::kQ8_0S) {
+    return fail(
+        StatusCode::kUnsupported, op,
+        named("src", src) + " is a CUDA split layout: ops.repack it to its GGUF blocks first");
+  }
   G3_RETURN_IF_ERROR(check_quant(op, dst, src, scale, &dev));
   if (src.numel() == 0) return Status::Ok();
   const float* sp = scale ? static_cast<const float*>(scale->data()) : nullptr;

@@ -505,6 +505,7 @@ describe("split weight layouts outside CUDA", () => {
     expect(() => ops.embedding(ids, s, 1)).toThrow(/CUDA row layouts/);
     expect(() => ops.repack(w, "q8_0s")).toThrow(/converts q4_0 <-> q4_0s or q8_0 <-> q8_0s/);
     expect(() => ops.repack(s, "q4_0s")).toThrow(/converts/);
+    expect(() => ops.dequantize(s)).toThrow(/split layout: ops.repack it to its GGUF blocks/);
     // The round trip still holds after the refusals.
     const back = ops.repack(s, "q4_0");
     expect(Array.from(await back.bytes())).toEqual(Array.from(bytes));
