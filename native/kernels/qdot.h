@@ -12,6 +12,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "runtime/env.h"
+
 #if defined(__CUDACC__)
 #define G3_QDOT_HD __host__ __device__
 #else
@@ -25,10 +27,7 @@ constexpr int64_t kMaxM = 8;
 
 // True unless GEMMA3_QDOT=float (read once per process).
 inline bool enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("GEMMA3_QDOT");
-    return !(v != nullptr && std::strcmp(v, "float") == 0);
-  }();
+  static const bool on = !env_is("GEMMA3_QDOT", "float");
   return on;
 }
 

@@ -28,6 +28,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/pdl.cuh"
+#include "runtime/env.h"
 
 namespace gemma3::cuda {
 namespace {
@@ -46,8 +47,7 @@ constexpr int64_t kMaxCtas = 2048;   // split CTAs at most (bounds the workspace
 // need); docs/kernels.md.
 int64_t min_chunk() {
   static const int64_t v = [] {
-    const char* e = std::getenv("GEMMA3_DECODE_MIN_CHUNK");
-    const long n = e ? std::strtol(e, nullptr, 10) : 0;
+    const long n = env_long("GEMMA3_DECODE_MIN_CHUNK");
     return n == 16 || n == 32 || n == 64 ? int64_t(n) : int64_t(16);
   }();
   return v;
@@ -552,8 +552,7 @@ constexpr int64_t kWsAlign = 4;
 // (A/B).
 int64_t one_split_stages() {
   static const int64_t v = [] {
-    const char* e = std::getenv("GEMMA3_DECODE_ONE_SPLIT_STAGES");
-    const long n = e ? std::strtol(e, nullptr, 10) : 0;
+    const long n = env_long("GEMMA3_DECODE_ONE_SPLIT_STAGES");
     return n >= 1 && n <= 64 ? int64_t(n) : int64_t(4);
   }();
   return v;

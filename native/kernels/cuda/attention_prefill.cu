@@ -22,6 +22,7 @@
 #include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "runtime/env.h"
 
 namespace gemma3::cuda {
 namespace {
@@ -639,10 +640,7 @@ Status attention_prefill(const T* q, const T* k, const T* v, T* out, const int32
       if (D == 128) return launch_mma<128, 4, 3>(p, batch, max_q_len, stream);
       if (D == 72) {
         // GEMMA3_ATTN_D72_TILE=64 picks 64-row tiles (16 rows per warp), for A/B benchmarks.
-        static const bool rows64 = [] {
-          const char* e = std::getenv("GEMMA3_ATTN_D72_TILE");
-          return e != nullptr && std::string(e) == "64";
-        }();
+        static const bool rows64 = env_is("GEMMA3_ATTN_D72_TILE", "64");
         if (rows64) return launch_mma<72, 4, 3>(p, batch, max_q_len, stream);
         return launch_mma<72, 4, 2, 2>(p, batch, max_q_len, stream);
       }

@@ -20,6 +20,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/qdot.h"
+#include "runtime/env.h"
 #include "runtime/kquant.h"
 
 #if GEMMA3_WITH_CUBLAS
@@ -37,8 +38,7 @@ constexpr int64_t kGemvMaxM = 8;
 // GEMMA3_BF16_GEMV_MAX_M (1..8) overrides the default, for measuring the crossover.
 int64_t bf16_gemv_max_m() {
   static const int64_t v = [] {
-    const char* e = std::getenv("GEMMA3_BF16_GEMV_MAX_M");
-    const long n = e ? std::strtol(e, nullptr, 10) : 0;
+    const long n = env_long("GEMMA3_BF16_GEMV_MAX_M");
     // Measured on H100 (4B decode step, docs/kernels.md): GEMV wins at M <= 2, cuBLAS from 3.
     return n >= 1 && n <= kGemvMaxM ? int64_t(n) : int64_t(2);
   }();

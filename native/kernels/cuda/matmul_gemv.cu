@@ -26,15 +26,14 @@
 #include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/gemv_common.cuh"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/qk_norm_rope.cuh"
 #include "kernels/qdot.h"
+#include "runtime/env.h"
 
 namespace gemma3::cuda::detail {
 namespace {
-
-constexpr int kWarps = 8;  // warps per CTA
-constexpr int kThreads = kWarps * 32;
 
 // ---- loads ----
 
@@ -236,43 +235,6 @@ struct Tiling {
   static constexpr int R = 2;
   static constexpr int U = MT <= 2 ? 2 : 1;
 };
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-// The end of a GEMV whose row groups are split over S consecutive warps of the CTA (slices): each
-// warp sums its lanes' MT x R accumulators, then the group's first warp (s == 0) adds its S slices
-// in a fixed order (deterministic), scales by w_scale and writes y rows [n0, n0 + R). Called by
-// every thread of the CTA (one barrier); `active`: the group has rows (n0 < N).
-template <typename TX, int MT, int R>
-__device__ __forceinline__ void store_slices(const float (&acc)[MT][R],
-                                             float (&partial)[kWarps][MT * R], int s, int S,
-                                             bool active, int64_t n0, int M, int64_t N,
-                                             const float* __restrict__ w_scale,
-                                             TX* __restrict__ y) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-#pragma unroll
-  for (int m = 0; m < MT; ++m)
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const float v = warp_sum(acc[m][r]);
-      if (lane == 0) partial[warp][m * R + r] = v;
-    }
-  __syncthreads();
-  if (s == 0 && active && lane < MT * R) {
-    const int m = lane / R, r = lane % R;
-    const int64_t n = n0 + r;
-    if (m < M && n < N) {
-      float v = 0.f;
-      for (int i = 0; i < S; ++i) v += partial[warp + i][lane];
-      if (w_scale != nullptr) v *= __ldg(w_scale + n);
-      y[m * N + n] = from_f32<TX>(v);
-    }
-  }
-}
 
 // Group g = (block, warp / S) owns rows [g R, g R + R); its slice s = warp % S takes chunks
 // s*32*U + lane + i*S*32*U. MT >= M is x's compile-time row count (rows >= M are skipped). The
@@ -1263,36 +1225,6 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---- host side ----
 
-constexpr int kMaxDevices = 64;
-
-// A per-device integer attribute, queried once per device: `cache` holds 0 until known.
-template <typename Query>
-Status cached_per_device(std::atomic<int>* cache, Query query, int* out) {
-  int dev = 0;
-  G3_CUDA_RETURN(cudaGetDevice(&dev));
-  if (dev >= 0 && dev < kMaxDevices) {
-    const int c = cache[dev].load(std::memory_order_relaxed);
-    if (c > 0) return *out = c, Status::Ok();
-  }
-  int c = 0;
-  G3_RETURN_IF_ERROR(query(dev, &c));
-  if (c <= 0) c = 1;
-  if (dev >= 0 && dev < kMaxDevices) cache[dev].store(c, std::memory_order_relaxed);
-  *out = c;
-  return Status::Ok();
-}
-
-Status sm_count(int* out) {
-  static std::atomic<int> cache[kMaxDevices];
-  return cached_per_device(
-      cache,
-      [](int dev, int* c) {
-        G3_CUDA_RETURN(cudaDeviceGetAttribute(c, cudaDevAttrMultiProcessorCount, dev));
-        return Status::Ok();
-      },
-      out);
-}
-
 // Resident CTAs per SM of gemv_q_kernel<TX, TW, MT, kX> with `smem` bytes of dynamic shared
 // memory (the fused path's x; a multiple of 1 KB up to kFusedXBytes): sizes its persistent grid.
 template <typename TX, typename TW, int MT, XIn kX>
@@ -1345,12 +1277,6 @@ Status by_m_bucket(int M, F&& f) {
   if (M == 2) return f(std::integral_constant<int, 2>{});
   if (M <= 4) return f(std::integral_constant<int, 4>{});
   return f(std::integral_constant<int, 8>{});
-}
-
-// Whether environment variable `name` is set to `value` (the A/B switches below read it once).
-bool env_is(const char* name, const char* value) {
-  const char* v = std::getenv(name);
-  return v != nullptr && std::strcmp(v, value) == 0;
 }
 
 // False when GEMMA3_GEMV_ONESHOT=0: the dense GEMV streams at every M (the A/B of the one-shot
@@ -1417,13 +1343,6 @@ Status launch_q(const TX* x, const TW* w, const float* w_scale, TX* y, int M, in
   launch_pdl(gemv_q_kernel<TX, TW, MT, kX>, static_cast<unsigned>(blocks), kThreads,
              static_cast<size_t>(smem), stream, x, w, w_scale, y, M, N, K, S, groups);
   return check_launch("matmul gemv_q_kernel");
-}
-
-// A positive integer from environment variable `name` (read by the caller once), else `fallback`.
-int env_int(const char* name, int fallback) {
-  const char* v = std::getenv(name);
-  const long n = v ? std::strtol(v, nullptr, 10) : 0;
-  return n > 0 && n < (1 << 20) ? static_cast<int>(n) : fallback;
 }
 
 // The lane-per-block q-dot GEMV (gemv_qlane_kernel). Its grid is one CTA per kWarps / S row groups:

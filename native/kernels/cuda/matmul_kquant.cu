@@ -29,13 +29,13 @@
 #include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/gemv_common.cuh"
+#include "runtime/env.h"
 #include "runtime/kquant.h"
 
 namespace gemma3::cuda::detail {
 namespace {
 
-constexpr int kWarps = 8;  // warps per CTA
-constexpr int kThreads = kWarps * 32;
 constexpr int kR = 2;  // rows of W per warp
 // Shared-memory stages per warp (kStages - 1 steps in flight) is a template parameter,
 // GEMMA3_KQ_STAGES = 3 / 6 / 8 for measuring. Predicted: 3 stages (~9 KB in flight per SM) starve
@@ -139,12 +139,6 @@ __device__ __forceinline__ void load_x8(const bf16* p, float* v) {
   }
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 // Warp (block, w) owns row group g = block * (kWarps / S) + w / S (rows g R .. g R + R - 1) and
 // slice s = w % S of its super-blocks: s, s + S, ... MT >= M is x's compile-time row count.
 template <typename TX, typename TB, int MT, int kStages>
@@ -232,24 +226,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
   cp_async_wait<0>();  // no copy may land after the CTA exits
 
-#pragma unroll
-  for (int m = 0; m < MT; ++m)
-#pragma unroll
-    for (int r = 0; r < kR; ++r) {
-      const float v = warp_sum(acc[m][r]);
-      if (lane == 0) partial[warp][m * kR + r] = v;
-    }
-  __syncthreads();
-  // The first slice of each group sums the S slices in a fixed order (deterministic).
-  if (s == 0 && lane < MT * kR) {
-    const int m = lane / kR, r = lane % kR;
-    const int64_t n = n0 + r;
-    if (m < M && n < N) {
-      float v = 0.f;
-      for (int k = 0; k < S; ++k) v += partial[warp + k][lane];
-      y[m * N + n] = from_f32<TX>(v);
-    }
-  }
+  store_slices<TX, MT, kR>(acc, partial, s, S, true, n0, M, N, nullptr, y);  // n < N is checked
 }
 
 // Any layout (x not 16-byte aligned): a warp per row of W, lanes take 8 weights of each block.
@@ -274,29 +251,10 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-constexpr int kMaxDevices = 64;
-
-Status sm_count(int* out) {
-  static std::atomic<int> cache[kMaxDevices];
-  int dev = 0;
-  G3_CUDA_RETURN(cudaGetDevice(&dev));
-  if (dev >= 0 && dev < kMaxDevices) {
-    const int c = cache[dev].load(std::memory_order_relaxed);
-    if (c > 0) return *out = c, Status::Ok();
-  }
-  int c = 0;
-  G3_CUDA_RETURN(cudaDeviceGetAttribute(&c, cudaDevAttrMultiProcessorCount, dev));
-  if (c <= 0) c = 1;
-  if (dev >= 0 && dev < kMaxDevices) cache[dev].store(c, std::memory_order_relaxed);
-  *out = c;
-  return Status::Ok();
-}
-
 int kq_stages() {
   static const int v = [] {
-    const char* e = std::getenv("GEMMA3_KQ_STAGES");
-    const int n = e ? std::atoi(e) : 0;
-    return n == 3 || n == 6 || n == 8 ? n : kDefaultStages;
+    const long n = env_long("GEMMA3_KQ_STAGES");
+    return n == 3 || n == 6 || n == 8 ? int(n) : kDefaultStages;
   }();
   return v;
 }

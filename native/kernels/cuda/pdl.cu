@@ -7,15 +7,13 @@
 #include <cstring>
 
 #include "kernels/cuda/pdl.cuh"
+#include "runtime/env.h"
 
 namespace gemma3::cuda {
 
 bool pdl_enabled() {
   // On unless GEMMA3_PDL=0 (the H100 A/B of session 6, with pipelined decoding: 1B +8-10%, 4B +5%).
-  static const bool on = [] {
-    const char* v = std::getenv("GEMMA3_PDL");
-    return !(v != nullptr && std::strcmp(v, "0") == 0);
-  }();
+  static const bool on = !env_is("GEMMA3_PDL", "0");
   return on && sm90_or_newer();
 }
 

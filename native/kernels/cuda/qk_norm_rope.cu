@@ -22,6 +22,7 @@
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/qk_norm_rope.cuh"
 #include "kernels/cuda/vec.cuh"
+#include "runtime/env.h"
 
 namespace gemma3::cuda {
 namespace {
@@ -162,10 +163,7 @@ namespace {
 // norm and rotation after a grid-wide count is a serial tail longer than the qk_norm_rope launch
 // it saves (docs/kernels.md, session 6).
 bool qkv_epilogue_enabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("GEMMA3_QKV_EPILOGUE");
-    return v != nullptr && std::strcmp(v, "1") == 0;
-  }();
+  static const bool on = env_is("GEMMA3_QKV_EPILOGUE", "1");
   return on;
 }
 }  // namespace
