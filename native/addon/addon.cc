@@ -427,8 +427,12 @@ G3_ENTRY(LayerNorm){G3_BODY{
 }
 G3_END
 }
+// (gate, up|null, out, x?, w?, w_scale?): with x and w, gate = matmul(x, w) first (ops.h).
 G3_ENTRY(GeluMul){G3_BODY{auto up = OPT(1, "up");
-OP_RESULT(ops::gelu_mul(T(0, "gate"), up.get(), T(2, "out")));
+auto x = OPT(3, "x");
+auto w = OPT(4, "w");
+auto s = OPT(5, "w_scale");
+OP_RESULT(ops::gelu_mul(T(0, "gate"), up.get(), T(2, "out"), x.get(), w.get(), s.get()));
 }
 G3_END
 }

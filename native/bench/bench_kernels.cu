@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -451,7 +452,9 @@ double cublas_peer_us(Ctx& c, int64_t M, int64_t K, int64_t N) {
 #endif
 
 template <typename TW>
-void run_matmul(Ctx& c, Row& r, int64_t M, int64_t K, int64_t N) {
+// gelu: W is a [gate; up] projection and the op is matmul_gelu_mul (the gated-MLP epilogue at
+// decode; GEMMA3_GELU_EPILOGUE=0 times matmul + gelu_mul instead).
+void run_matmul(Ctx& c, Row& r, int64_t M, int64_t K, int64_t N, bool gelu = false) {
   cudaStream_t s = c.stream;
   double wb = w_bytes<TW>(N, K);
   // GEMV: effective GB/s counts the weight bytes only; GEMM: operands too, for the roofline.
@@ -467,12 +470,16 @@ void run_matmul(Ctx& c, Row& r, int64_t M, int64_t K, int64_t N) {
     for (int i = 0; i < copies; ++i) make_weight<TW>(&w[size_t(i)], &sc[size_t(i)], &tmp, N, K, s);
     CK(cudaStreamSynchronize(s));
   }
-  DevBuf<bf16> x(size_t(M * K)), y(size_t(M * N));
+  DevBuf<bf16> x(size_t(M * K)), y(size_t(M * N)), act(size_t(M * N / 2));
   fill_normal(x.p, M * K, 1.0f, s);
   Timing t = time_launches(
       [&](int64_t i) {
         size_t j = size_t(i % copies);
-        check_status(gk::matmul<bf16, TW>(x.p, w[j].p, sc[j].p, y.p, M, N, K, s));
+        if (gelu)
+          check_status(
+              gk::matmul_gelu_mul<bf16, TW>(x.p, w[j].p, sc[j].p, y.p, act.p, M, N / 2, K, s));
+        else
+          check_status(gk::matmul<bf16, TW>(x.p, w[j].p, sc[j].p, y.p, M, N, K, s));
       },
       copies, c.opt, s);
   finish(r, t, c.opt);
@@ -680,8 +687,9 @@ void run_gelu_mul(Ctx& c, Row& r, int64_t rows, int64_t cols) {
 }
 
 // A decode layer's chain without attention, at M = 1: rmsnorm_add_rmsnorm -> QKV GEMV -> O GEMV
-// (on the first q-width of the QKV output) -> rmsnorm_add_rmsnorm -> gate/up GEMV -> gelu_mul ->
-// down GEMV, 7 dependent kernels a launch. The layer's weights (189 MB at the 4B shape) exceed
+// (on the first q-width of the QKV output) -> rmsnorm_add_rmsnorm -> gate/up GEMV with gelu_mul
+// (matmul_gelu_mul: one kernel, or two under GEMMA3_GELU_EPILOGUE=0) -> down GEMV, 6 (7) dependent
+// kernels a launch. The layer's weights (189 MB at the 4B shape) exceed
 // L2, so every launch streams them. Timed as one launch per layer (run it with --graph-below 1000
 // to time graph replays, as the decode step runs): the row isolates what the boundaries between
 // small dependent kernels cost (GEMMA3_PDL=0 vs 1 in two runs) from attention and the host.
@@ -704,8 +712,8 @@ void run_layer_chain(Ctx& c, Row& r, int64_t H, int64_t Q, int64_t KV, int64_t I
         check_status(gk::matmul<bf16, bf16>(xn.p, wqkv.p, nullptr, qkv.p, 1, QKV, H, s));
         check_status(gk::matmul<bf16, bf16>(qkv.p, wo.p, nullptr, o.p, 1, H, Q, s));
         check_status(gk::rmsnorm_add_rmsnorm<bf16>(o.p, n1.p, h.p, n2.p, xn.p, 1, H, 1e-6f, s));
-        check_status(gk::matmul<bf16, bf16>(xn.p, wgu.p, nullptr, gu.p, 1, 2 * I, H, s));
-        check_status(gk::gelu_mul<bf16>(gu.p, gu.p + I, act.p, 1, I, 2 * I, 2 * I, s));
+        check_status(
+            gk::matmul_gelu_mul<bf16, bf16>(xn.p, wgu.p, nullptr, gu.p, act.p, 1, I, H, s));
         check_status(gk::matmul<bf16, bf16>(act.p, wdown.p, nullptr, o.p, 1, H, I, s));
       },
       1, c.opt, s);
@@ -806,9 +814,10 @@ std::string mkn(int64_t M, int64_t K, int64_t N) {
 }
 
 template <typename TW>
-void add_matmul(std::vector<Case>& cs, const char* name, int64_t M, int64_t K, int64_t N) {
-  cs.push_back(
-      {name, mkn(M, K, N), wname<TW>(), [=](Ctx& c, Row& r) { run_matmul<TW>(c, r, M, K, N); }});
+void add_matmul(std::vector<Case>& cs, const char* name, int64_t M, int64_t K, int64_t N,
+                bool gelu = false) {
+  cs.push_back({name, mkn(M, K, N), wname<TW>(),
+                [=](Ctx& c, Row& r) { run_matmul<TW>(c, r, M, K, N, gelu); }});
 }
 
 std::vector<Case> all_cases() {
@@ -853,6 +862,15 @@ std::vector<Case> all_cases() {
       add_matmul<block_q4_0s>(cs, "gemv_layer", 1, kn[0], kn[1]);
       add_matmul<block_q8_0s>(cs, "gemv_layer", 1, kn[0], kn[1]);
     }
+  }
+  // The gate/up projections with gelu_mul as the model runs them at decode (matmul_gelu_mul: one
+  // GEMV with the gated-MLP epilogue; GEMMA3_GELU_EPILOGUE=0: the GEMV, then gelu_mul): 1B, 4B,
+  // 27B.
+  for (auto& kn : {std::array<int64_t, 2>{1152, 13824}, {2560, 20480}, {5376, 43008}}) {
+    add_matmul<bf16>(cs, "gate_up_gelu", 1, kn[0], kn[1], true);
+    add_matmul<fp8e4m3>(cs, "gate_up_gelu", 1, kn[0], kn[1], true);
+    add_matmul<block_q4_0s>(cs, "gate_up_gelu", 1, kn[0], kn[1], true);
+    add_matmul<block_q8_0s>(cs, "gate_up_gelu", 1, kn[0], kn[1], true);
   }
   // Down projections (small N, long K: the GEMVs split K across warps): 4B, 27B.
   const int64_t down[][2] = {{10240, 2560}, {21504, 5376}};
@@ -1074,11 +1092,12 @@ std::string md_table(const std::vector<Row>& rows, const Options& o) {
 
 // ------------------------------------------------------------------ main ----
 int usage(const char* argv0) {
-  std::fprintf(stderr,
-               "usage: %s [--json PATH] [--md PATH] [--filter SUBSTR] [--iters N] [--warmup N]\n"
-               "          [--commit SHA] [--device N] [--peak-gbs X] [--peak-tflops X]\n"
-               "          [--graph-below US] [--list]\n",
-               argv0);
+  std::fprintf(
+      stderr,
+      "usage: %s [--json PATH] [--md PATH] [--filter SUBSTR[|SUBSTR...]] [--iters N] [--warmup N]\n"
+      "          [--commit SHA] [--device N] [--peak-gbs X] [--peak-tflops X]\n"
+      "          [--graph-below US] [--list]\n",
+      argv0);
   return 2;
 }
 
@@ -1146,10 +1165,19 @@ int run_main(int argc, char** argv) {
   if (!parse(argc, argv, &o)) return usage(argv[0]);
   std::vector<Case> cases = all_cases();
   std::vector<Case> picked;
+  // --filter A|B: rows whose "name shape dtype" holds A or B.
+  auto matches = [&](const std::string& row) {
+    if (o.filter.empty()) return true;
+    for (size_t b = 0; b <= o.filter.size();) {
+      size_t e = o.filter.find('|', b);
+      if (e == std::string::npos) e = o.filter.size();
+      if (e > b && row.find(o.filter.substr(b, e - b)) != std::string::npos) return true;
+      b = e + 1;
+    }
+    return false;
+  };
   for (auto& c : cases)
-    if (o.filter.empty() ||
-        (c.name + " " + c.shape + " " + c.dtype).find(o.filter) != std::string::npos)
-      picked.push_back(c);
+    if (matches(c.name + " " + c.shape + " " + c.dtype)) picked.push_back(c);
   if (o.list) {
     for (auto& c : picked)
       std::printf("%s %s %s\n", c.name.c_str(), c.shape.c_str(), c.dtype.c_str());

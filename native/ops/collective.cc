@@ -204,11 +204,6 @@ class NcclCommunicator : public Communicator {
 };
 #endif
 
-bool overlaps(const TensorRef& a, const TensorRef& b) {
-  if (a.buf != b.buf) return false;
-  return a.offset < b.offset + b.nbytes() && b.offset < a.offset + a.nbytes();
-}
-
 }  // namespace
 
 Status Communicator::create(const std::vector<int>& devices, const std::string& backend,
@@ -264,7 +259,7 @@ Status Communicator::all_reduce_sum(const std::vector<TensorRef>& t) {
     if (t[r].shape != t[0].shape)
       return fail(StatusCode::kShape, t[0].desc() + " and " + t[r].desc());
     for (int q = 0; q < r; ++q)
-      if (overlaps(t[q], t[r]))
+      if (t[q].overlaps(t[r]))
         return fail(StatusCode::kInvalidArgument, "the tensors of ranks " + std::to_string(q) +
                                                       " and " + std::to_string(r) + " overlap");
   }

@@ -8,14 +8,7 @@
 namespace gemma3::ops {
 using namespace detail;
 
-namespace {
-
-bool overlaps(const TensorRef& a, const TensorRef& b) {
-  if (a.buf != b.buf) return false;
-  return a.offset < b.offset + b.nbytes() && b.offset < a.offset + a.nbytes();
-}
-
-}  // namespace
+namespace {}  // namespace
 
 Status qk_norm_rope(const TensorRef* qkv, const TensorRef& q, const TensorRef& k,
                     const TensorRef* v, const TensorRef& q_w, const TensorRef& k_w,
@@ -71,12 +64,12 @@ Status qk_norm_rope(const TensorRef* qkv, const TensorRef& q, const TensorRef& k
     if (v)
       G3_RETURN_IF_ERROR(
           expect(v->shape == k.shape, op, named("v", *v) + " must be shaped as " + named("k", k)));
-    const bool clash = overlaps(q, *qkv) || overlaps(k, *qkv) || overlaps(q, k) ||
-                       (v && (overlaps(*v, *qkv) || overlaps(*v, q) || overlaps(*v, k)));
+    const bool clash = q.overlaps(*qkv) || k.overlaps(*qkv) || q.overlaps(k) ||
+                       (v && (v->overlaps(*qkv) || v->overlaps(q) || v->overlaps(k)));
     if (clash)
       return fail(StatusCode::kInvalidArgument, op,
                   "the outputs q, k, v must not overlap qkv or each other");
-  } else if (overlaps(q, k)) {
+  } else if (q.overlaps(k)) {
     return fail(StatusCode::kInvalidArgument, op, "q and k must not overlap");
   }
   // The projection: qkv = matmul(x, w) first. Weights of x's dtype run with the norm and rope
@@ -93,7 +86,7 @@ Status qk_norm_rope(const TensorRef* qkv, const TensorRef& q, const TensorRef& k
                                 named("x", *x) + " and " + named("w", *w) + " must be [" +
                                     std::to_string(T) + ", K] and [" + std::to_string(ld) +
                                     ", K]"));
-      if (overlaps(*x, *qkv) || overlaps(*w, *qkv))
+      if (x->overlaps(*qkv) || w->overlaps(*qkv))
         return fail(StatusCode::kInvalidArgument, op, "qkv must not overlap x or w");
     }
   }
@@ -147,7 +140,7 @@ Status rmsnorm_add_rmsnorm(const TensorRef& x, const TensorRef& w, const TensorR
                             named("w", w) + " and " + named("w_next", w_next) + " must have " +
                                 std::to_string(D) + " elements"));
   if (!(eps >= 0.0f)) return fail(StatusCode::kInvalidArgument, op, "eps must be >= 0");
-  if (overlaps(out, x) || overlaps(out, residual))
+  if (out.overlaps(x) || out.overlaps(residual))
     return fail(StatusCode::kInvalidArgument, op, "out must not overlap x or residual");
   if (x.numel() == 0) return Status::Ok();
   return dispatch_float(op, x, [&](auto t) {

@@ -12,17 +12,17 @@
 namespace gemma3::ops {
 using namespace detail;
 
-Status matmul(const TensorRef& x, const TensorRef& w, const TensorRef* w_scale,
-              const TensorRef& y) {
-  const char* op = "matmul";
-  int dev;
-  G3_RETURN_IF_ERROR(same_device(op, {&x, &w, w_scale, &y}, &dev));
+// matmul's checks, shared with gelu_mul's projection: x [..., K] float, w [N, K], y x's leading
+// dims + [N] in x's dtype, w_scale [N] f32 for fp8 weights only.
+static Status check_matmul(const char* op, const TensorRef& x, const TensorRef& w,
+                           const TensorRef* w_scale, const TensorRef& y, int* dev) {
+  G3_RETURN_IF_ERROR(same_device(op, {&x, &w, w_scale, &y}, dev));
   G3_RETURN_IF_ERROR(expect_dtype(op, "x", x, {DType::kF32, DType::kBF16}));
   G3_RETURN_IF_ERROR(expect_same_dtype(op, x, "x", y, "y"));
   G3_RETURN_IF_ERROR(expect(w.ndim() == 2, op, named("w", w) + " must be [N, K]"));
   G3_RETURN_IF_ERROR(expect(x.ndim() >= 1 && y.ndim() == x.ndim(), op,
                             named("x", x) + " and " + named("y", y) + " must have the same rank"));
-  const int64_t K = w.dim(1), N = w.dim(0), M = x.rows();
+  const int64_t K = w.dim(1), N = w.dim(0);
   G3_RETURN_IF_ERROR(expect(x.last() == K, op,
                             named("x", x) + " and " + named("w", w) + " disagree on K (" +
                                 std::to_string(x.last()) + " vs " + std::to_string(K) + ")"));
@@ -31,8 +31,7 @@ Status matmul(const TensorRef& x, const TensorRef& w, const TensorRef* w_scale,
   G3_RETURN_IF_ERROR(expect(lead_ok, op,
                             named("y", y) + " must be x's leading dims + [" + std::to_string(N) +
                                 "] for " + named("x", x) + ", " + named("w", w)));
-  const bool fp8 = w.dtype == DType::kFP8E4M3;
-  if (fp8) {
+  if (w.dtype == DType::kFP8E4M3) {
     if (!w_scale) return fail(StatusCode::kInvalidArgument, op, "fp8_e4m3 weights need a scale");
     G3_RETURN_IF_ERROR(expect_dtype(op, "w_scale", *w_scale, {DType::kF32}));
     G3_RETURN_IF_ERROR(
@@ -41,32 +40,42 @@ Status matmul(const TensorRef& x, const TensorRef& w, const TensorRef* w_scale,
   } else if (w_scale) {
     return fail(StatusCode::kInvalidArgument, op, "w_scale is only for fp8_e4m3 weights");
   }
+  if ((w.dtype == DType::kQ4_0S || w.dtype == DType::kQ8_0S) && K % kQK != 0)
+    return fail(StatusCode::kInvalidArgument, op, named("w", w) + ": K % 32 != 0");
+  return Status::Ok();
+}
+
+// f(TX, TW) with the kernel types of x and w: the split layouts (CUDA only) or dispatch_weight's.
+template <typename F>
+static Status dispatch_matmul(const char* op, const TensorRef& x, const TensorRef& w, F&& f) {
+  return dispatch_float(op, x, [&](auto tx) {
+    if (w.dtype == DType::kQ4_0S || w.dtype == DType::kQ8_0S)
+      return dispatch_split(w, [&](auto tw) { return f(tx, tw); });
+    return dispatch_weight(op, w, true, [&](auto tw) { return f(tx, tw); });
+  });
+}
+
+Status matmul(const TensorRef& x, const TensorRef& w, const TensorRef* w_scale,
+              const TensorRef& y) {
+  const char* op = "matmul";
+  int dev;
+  G3_RETURN_IF_ERROR(check_matmul(op, x, w, w_scale, y, &dev));
+  const int64_t K = w.dim(1), N = w.dim(0), M = x.rows();
   if (M == 0 || N == 0) return Status::Ok();
   const float* sp = w_scale ? static_cast<const float*>(w_scale->data()) : nullptr;
-  if (w.dtype == DType::kQ4_0S || w.dtype == DType::kQ8_0S) {  // split layouts: CUDA only
-    G3_RETURN_IF_ERROR(expect(K % kQK == 0, op, named("w", w) + ": K % 32 != 0"));
-    return dispatch_float(op, x, [&](auto tx) {
-      using TX = typename decltype(tx)::type;
-      return dispatch_split(w, [&](auto tw) {
-        using TW = typename decltype(tw)::type;
-        auto xp = static_cast<const TX*>(x.data());
-        auto wp = static_cast<const TW*>(w.data());
-        auto yp = static_cast<TX*>(y.data());
-        return G3_LAUNCH_CUDA(op, dev, keep({&x, &w, &y}), matmul<TX G3_COMMA TW>, xp, wp, nullptr,
-                              yp, M, N, K);
-      });
-    });
-  }
-  return dispatch_float(op, x, [&](auto tx) {
+  return dispatch_matmul(op, x, w, [&](auto tx, auto tw) {
     using TX = typename decltype(tx)::type;
-    return dispatch_weight(op, w, true, [&](auto tw) {
-      using TW = typename decltype(tw)::type;
-      auto xp = static_cast<const TX*>(x.data());
-      auto wp = static_cast<const TW*>(w.data());
-      auto yp = static_cast<TX*>(y.data());
+    using TW = typename decltype(tw)::type;
+    auto xp = static_cast<const TX*>(x.data());
+    auto wp = static_cast<const TW*>(w.data());
+    auto yp = static_cast<TX*>(y.data());
+    if constexpr (std::is_same_v<TW, block_q4_0s> || std::is_same_v<TW, block_q8_0s>) {
+      return G3_LAUNCH_CUDA(op, dev, keep({&x, &w, &y}), matmul<TX G3_COMMA TW>, xp, wp, nullptr,
+                            yp, M, N, K);
+    } else {
       return G3_LAUNCH(dev, keep({&x, &w, w_scale, &y}), matmul<TX G3_COMMA TW>, xp, wp, sp, yp, M,
                        N, K);
-    });
+    }
   });
 }
 
@@ -125,10 +134,16 @@ Status layernorm(const TensorRef& x, const TensorRef& w, const TensorRef& b, con
   });
 }
 
-Status gelu_mul(const TensorRef& gate, const TensorRef* up, const TensorRef& out) {
+// With the projection (x, w given): gate is matmul(x, w)'s output [..., 2F] (scratch the fused
+// CUDA GEMV leaves unwritten) and the kernel is matmul_gelu_mul.
+Status gelu_mul(const TensorRef& gate, const TensorRef* up, const TensorRef& out,
+                const TensorRef* x, const TensorRef* w, const TensorRef* w_scale) {
   const char* op = "gelu_mul";
   int dev;
-  G3_RETURN_IF_ERROR(same_device(op, {&gate, up, &out}, &dev));
+  if ((x || w || w_scale) && !(x && w && !up))
+    return fail(StatusCode::kInvalidArgument, op,
+                "the projection needs x, w and the fused form (gate [..., 2F], up null)");
+  G3_RETURN_IF_ERROR(same_device(op, {&gate, up, &out, x, w, w_scale}, &dev));
   G3_RETURN_IF_ERROR(expect_dtype(op, "gate", gate, {DType::kF32, DType::kBF16}));
   G3_RETURN_IF_ERROR(expect_same_dtype(op, gate, "gate", out, "out"));
   const int64_t F = out.last(), rows = out.rows();
@@ -149,7 +164,32 @@ Status gelu_mul(const TensorRef& gate, const TensorRef* up, const TensorRef& out
     ld_gate = ld_up = 2 * F;
     up_ptr = static_cast<const char*>(gate.data()) + dtype_row_bytes(gate.dtype, F);
   }
+  if (x) {
+    G3_RETURN_IF_ERROR(check_matmul(op, *x, *w, w_scale, gate, &dev));
+    if (out.overlaps(gate) || out.overlaps(*x) || gate.overlaps(*x))
+      return fail(StatusCode::kInvalidArgument, op,
+                  "x, gate (matmul's output) and out must not overlap");
+  }
   if (out.numel() == 0) return Status::Ok();
+  if (x) {
+    const int64_t K = w->dim(1);
+    const float* sp = w_scale ? static_cast<const float*>(w_scale->data()) : nullptr;
+    return dispatch_matmul(op, *x, *w, [&](auto tx, auto tw) {
+      using TX = typename decltype(tx)::type;
+      using TW = typename decltype(tw)::type;
+      auto xp = static_cast<const TX*>(x->data());
+      auto wp = static_cast<const TW*>(w->data());
+      auto gp = static_cast<TX*>(gate.data());
+      auto op_ = static_cast<TX*>(out.data());
+      if constexpr (std::is_same_v<TW, block_q4_0s> || std::is_same_v<TW, block_q8_0s>) {
+        return G3_LAUNCH_CUDA(op, dev, keep({x, w, &gate, &out}), matmul_gelu_mul<TX G3_COMMA TW>,
+                              xp, wp, nullptr, gp, op_, rows, F, K);
+      } else {
+        return G3_LAUNCH(dev, keep({x, w, w_scale, &gate, &out}), matmul_gelu_mul<TX G3_COMMA TW>,
+                         xp, wp, sp, gp, op_, rows, F, K);
+      }
+    });
+  }
   return dispatch_float(op, gate, [&](auto t) {
     using T = typename decltype(t)::type;
     return G3_LAUNCH(dev, keep({&gate, up, &out}), gelu_mul<T>, static_cast<const T*>(gate.data()),

@@ -18,8 +18,12 @@ Status layernorm(const TensorRef& x, const TensorRef& w, const TensorRef& b, con
                  float eps);
 
 // out = gelu_tanh(gate) * up. gate, up, out: [..., F]; or up == nullptr and gate: [..., 2F] holding
-// [gate | up] per row (a fused projection).
-Status gelu_mul(const TensorRef& gate, const TensorRef* up, const TensorRef& out);
+// [gate | up] per row (a fused projection). With the projection (fused form; x [..., K], w [2F, K],
+// w_scale as matmul's): gate = matmul(x, w) runs first, gate being its output, which CUDA's one
+// GEMV at decode leaves unwritten (kernels.inc matmul_gelu_mul); x, gate and out must not overlap.
+Status gelu_mul(const TensorRef& gate, const TensorRef* up, const TensorRef& out,
+                const TensorRef* x = nullptr, const TensorRef* w = nullptr,
+                const TensorRef* w_scale = nullptr);
 Status add(const TensorRef& a, const TensorRef& b, const TensorRef& out);
 Status scale(const TensorRef& x, const TensorRef& out, float s);
 

@@ -27,6 +27,10 @@ struct TensorRef {
   int64_t nbytes() const { return rows() * dtype_row_bytes(dtype, last()); }
   void* data() const { return static_cast<char*>(buf->data()) + offset; }
   std::string desc() const;  // "[3, 19] bf16 on cuda:0"
+  // Whether the two share any byte (same buffer, intersecting byte ranges).
+  bool overlaps(const TensorRef& o) const {
+    return buf == o.buf && offset < o.offset + o.nbytes() && o.offset < offset + nbytes();
+  }
 };
 
 Status make_tensor_ref(std::shared_ptr<Buffer> buf, int64_t offset, DType dtype,

@@ -98,7 +98,7 @@ export interface Addon {
   rmsnorm(x: T, w: T, out: T, eps: number): void;
   rmsnormAdd(x: T, w: T, residual: T, eps: number): void;
   layernorm(x: T, w: T, b: T, out: T, eps: number): void;
-  geluMul(gate: T, up: OptT, out: T): void;
+  geluMul(gate: T, up: OptT, out: T, x?: OptT, w?: OptT, wScale?: OptT): void;
   add(a: T, b: T, out: T): void;
   scale(x: T, out: T, s: number): void;
   embedding(ids: T, table: T, out: T, scale: number): void;

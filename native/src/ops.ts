@@ -48,12 +48,25 @@ export function layernorm(x: Tensor, w: Tensor, b: Tensor, eps: number, out?: Te
 
 /**
  * gelu_tanh(gate) · up. gate, up: [..., F]; or `up` null and gate [..., 2F] = [gate | up] per row.
+ * With `proj` (that fused form): `gate` is first computed as `matmul(proj.x, proj.w)` ([..., K] and
+ * [2F, K], `proj.scale` as matmul's), with the same bits as matmul then this op (kernels.inc
+ * matmul_gelu_mul). On CUDA at decode that is one GEMV that writes only the result: `gate` is then
+ * scratch left unwritten. x, gate and out must not overlap.
  * @returns [..., F]
  */
-export function geluMul(gate: Tensor, up: Tensor | null, out?: Tensor): Tensor {
+export function geluMul(
+  gate: Tensor,
+  up: Tensor | null,
+  out?: Tensor,
+  proj?: { x: Tensor; w: Tensor; scale?: Tensor },
+): Tensor {
   const F = up ? lastDim(gate) : lastDim(gate) / 2;
   const y = outOr(out, [...lead(gate), F], gate.dtypeName, gate);
-  native(() => addon().geluMul(gate, up, y));
+  native(() =>
+    proj
+      ? addon().geluMul(gate, up, y, proj.x, proj.w, proj.scale ?? null)
+      : addon().geluMul(gate, up, y),
+  );
   return y;
 }
 

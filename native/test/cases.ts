@@ -137,6 +137,40 @@ function onDevice(t: Tensor, wd: WFormat, dev: string): Tensor {
   return s;
 }
 
+/** A random weight [N, K] in format wd: the bytes a device holds, its decoded values, fp8's scale. */
+interface WeightData {
+  wBytes?: Uint8Array;
+  wVals: Float32Array;
+  scale?: Float32Array;
+}
+function makeWeight(wd: WFormat, N: number, K: number, seed: number): WeightData {
+  const wRaw = randn(N * K, seed, 1 / Math.sqrt(K));
+  if (wd === "q8_0" || wd === "q8_0s") {
+    const wBytes = ref.quantizeQ8_0(wRaw, N, K);
+    return { wBytes, wVals: ref.dequantizeQ8_0(wBytes, N, K) };
+  } else if (wd === "q4_0" || wd === "q4_0s") {
+    const wBytes = ref.quantizeQ4_0(wRaw, N, K);
+    return { wBytes, wVals: ref.dequantizeQ4_0(wBytes, N, K) };
+  } else if (refK.isKQuantName(wd)) {
+    const wBytes = refK.quantizeK(wd, wRaw, N, K);
+    return { wBytes, wVals: refK.dequantizeK(wd, wBytes, N, K) };
+  } else if (wd === "fp8_e4m3") {
+    const q = ref.quantizeFp8e4m3(wRaw, N, K);
+    return { wBytes: q.q, wVals: ref.decodeFp8e4m3(q.q), scale: q.scale };
+  }
+  return { wVals: inDType(wRaw, wd) };
+}
+/** The weight on `dev` as matmul takes it (split layouts repacked on CUDA) and fp8's scale. */
+function uploadWeight(w: WeightData, wd: WFormat, N: number, K: number, dev: string) {
+  const stored = storedAs(wd);
+  const wt = onDevice(
+    w.wBytes ? up(w.wBytes, [N, K], stored, dev) : up(w.wVals, [N, K], stored, dev),
+    wd,
+    dev,
+  );
+  return { wt, st: w.scale ? up(w.scale, [N], "f32", dev) : undefined };
+}
+
 function matmulCase(
   xd: FloatDType,
   wd: WFormat,
@@ -146,32 +180,10 @@ function matmulCase(
   seed: number,
   xVals?: Float32Array,
 ): Case {
-  const data = lazy(() => {
-    const x = inDType(xVals ?? randn(M * K, seed), xd);
-    const wRaw = randn(N * K, seed + 1, 1 / Math.sqrt(K));
-    // The weight as the device holds it (bytes), and its decoded values for the reference.
-    let wBytes: Uint8Array | undefined;
-    let wVals: Float32Array;
-    let scale: Float32Array | undefined;
-    if (wd === "q8_0" || wd === "q8_0s") {
-      wBytes = ref.quantizeQ8_0(wRaw, N, K);
-      wVals = ref.dequantizeQ8_0(wBytes, N, K);
-    } else if (wd === "q4_0" || wd === "q4_0s") {
-      wBytes = ref.quantizeQ4_0(wRaw, N, K);
-      wVals = ref.dequantizeQ4_0(wBytes, N, K);
-    } else if (refK.isKQuantName(wd)) {
-      wBytes = refK.quantizeK(wd, wRaw, N, K);
-      wVals = refK.dequantizeK(wd, wBytes, N, K);
-    } else if (wd === "fp8_e4m3") {
-      const q = ref.quantizeFp8e4m3(wRaw, N, K);
-      wBytes = q.q;
-      scale = q.scale;
-      wVals = ref.decodeFp8e4m3(q.q);
-    } else {
-      wVals = inDType(wRaw, wd);
-    }
-    return { x, wBytes, wVals, scale };
-  });
+  const data = lazy(() => ({
+    x: inDType(xVals ?? randn(M * K, seed), xd),
+    ...makeWeight(wd, N, K, seed + 1),
+  }));
   const tol = K > 1 ? SUM_TOL[xd] : ULP_TOL[xd];
   // q8_0 / q4_0 at M <= 8: the q-dot contract (x rounded to int8 blocks, exact integer dots), on
   // both backends unless GEMMA3_QDOT=float.
@@ -180,14 +192,9 @@ function matmulCase(
   return {
     name: `matmul x=${xd} w=${wd} M=${M} N=${N} K=${K}${xVals ? " (x on rounding ties)" : ""}`,
     async run(dev) {
-      const { x, wBytes, wVals, scale } = data();
-      const xt = up(x, [M, K], xd, dev);
-      const wt = onDevice(
-        wBytes ? up(wBytes, [N, K], stored, dev) : up(wVals, [N, K], stored, dev),
-        wd,
-        dev,
-      );
-      const st = scale ? up(scale, [N], "f32", dev) : undefined;
+      const d = data();
+      const xt = up(d.x, [M, K], xd, dev);
+      const { wt, st } = uploadWeight(d, wd, N, K, dev);
       const y = alloc([M, N], xd, dev);
       y.fillBytes(0xff); // poison: every element must be written
       ops.matmul(xt, wt, { out: y, ...(st ? { scale: st } : {}) });
@@ -1822,6 +1829,68 @@ export function fusedCases(): Case[] {
         cudaTol: { kind: "exact", why: "the fused GEMV's epilogue runs qk_norm_rope's head code" },
       });
     }
+
+  // geluMul with the projection (gate = matmul(x, w) inside the op, w = [gate; up] rows [2F, K]):
+  // equal, bit for bit, to matmul then geluMul on the same device. On CUDA that compares the GEMV
+  // whose row groups read gate and up rows in pairs and write gelu_mul's output (matmul_gelu_mul)
+  // with the two launches where it applies (M <= 8, bf16 weights M <= 2, dense rows 16-byte
+  // aligned, q4_0s / q8_0s); the other shapes and formats check the two-launch fallback.
+  // [M, F, K, weight formats]
+  const dense = ["f32", "bf16", "fp8_e4m3"] as const;
+  const split = ["q4_0s", "q8_0s"] as const;
+  const geluShapes: [number, number, number, readonly WFormat[]][] = [
+    [1, 1000, 1152, dense], // as the 1B gate/up: bf16 one-shot (rows of one round)
+    [1, 37, 1024, dense], // small grid: K split over the warps of a CTA
+    [2, 100, 2560, dense], // M = 2, streamed
+    [3, 19, 256, dense], // f32 / fp8: GEMV at M = 3; bf16: cuBLAS / GEMM, two launches
+    [8, 5, 64, dense],
+    [1, 1, 16, ["f32", "bf16"]], // F = 1
+    [1, 9, 36, ["bf16"]], // K % 8 != 0: no 16-byte rows, two launches
+    [1, 1000, 2560, split], // as the 4B gate/up: x rounded by each CTA, R = 4, U = 3 (q4_0s)
+    [1, 37, 320, split], // odd F: the last group's second pair past the end
+    [2, 40, 5376, split], // x rounded once (g_qx), R = 2
+    [5, 21, 96, split], // M bucket 8, 2-byte-aligned rows
+    [1, 16500, 64, split], // N = 33000 > 32768: g_qx at short K
+    [1, 40, 256, ["q4_0", "q8_0", "q6_k"]], // GGUF blocks, K-quants: two launches
+  ];
+  for (const xd of ["f32", "bf16"] as const)
+    for (const [M, F, K, formats] of geluShapes)
+      for (const wd of formats) {
+        const data = lazy(() => ({
+          x: inDType(randn(M * K, seed), xd),
+          ...makeWeight(wd, 2 * F, K, seed + 1),
+        }));
+        seed += 2;
+        cases.push({
+          name: `geluMul with the projection == matmul then geluMul, bit for bit (x=${xd} w=${wd} M=${M} F=${F} K=${K})`,
+          async run(dev) {
+            const d = data();
+            const x = up(d.x, [M, K], xd, dev);
+            const { wt, st } = uploadWeight(d, wd, 2 * F, K, dev);
+            // Outputs poisoned with NaN: an output the op leaves unwritten fails the comparison.
+            const outs = () => {
+              const gateUp = alloc([M, 2 * F], xd, dev);
+              const act = alloc([M, F], xd, dev);
+              act.fillBytes(0xff);
+              return { gateUp, act };
+            };
+            const a = outs();
+            ops.geluMul(a.gateUp, null, a.act, { x, w: wt, ...(st ? { scale: st } : {}) });
+            const b = outs();
+            ops.matmul(x, wt, { out: b.gateUp, ...(st ? { scale: st } : {}) });
+            ops.geluMul(b.gateUp, null, b.act);
+            const [one, two] = [await host(a.act), await host(b.act)];
+            disposeAll(x, wt, st, a.gateUp, a.act, b.gateUp, b.act);
+            return [Float32Array.of(maxAbsDiff([one], [two]))];
+          },
+          reference: () => [Float32Array.of(0)],
+          refTol: { kind: "exact", why: "the same kernels' arithmetic, in one op or two" },
+          cudaTol: {
+            kind: "exact",
+            why: "the GEMV's epilogue runs gelu_mul's arithmetic on its sums",
+          },
+        });
+      }
 
   for (const d of ["f32", "bf16"] as const)
     for (const [rows, dim] of [

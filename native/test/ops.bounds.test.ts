@@ -453,6 +453,58 @@ for (const dev of DEVICES) {
     });
   });
 
+  describe(`bounds of gelu_mul's projection on ${dev}`, () => {
+    // x [2, 64], w [2F = 10, 64]: gate [2, 10] (matmul's output), out [2, 5].
+    const make = () => ({
+      x: Tensor.from(randn(2 * 64, 9301), [2, 64], "f32", dev),
+      w: Tensor.from(randn(10 * 64, 9302, 0.1), [10, 64], "f32", dev),
+      gate: Tensor.empty([2, 10], "f32", dev),
+      out: Tensor.from(new Float32Array(10).fill(7), [2, 5], "f32", dev),
+    });
+    const refused: [string, (t: ReturnType<typeof make>) => void, RegExp][] = [
+      [
+        "a projection with separate gate and up",
+        (t) => ops.geluMul(t.gate.view([2, 10]), t.gate, t.out, { x: t.x, w: t.w }),
+        /gelu_mul: the projection needs x, w and the fused form/,
+      ],
+      [
+        "w rows that are not gate's 2F",
+        (t) => ops.geluMul(t.gate, null, t.out, { x: t.x, w: t.w.view([5, 128]) }),
+        /gelu_mul: .*disagree on K|gelu_mul: .*must be x's leading dims/,
+      ],
+      [
+        "out overlapping gate",
+        (t) => ops.geluMul(t.gate, null, t.gate.view([4, 5]).slice(1, 3), { x: t.x, w: t.w }),
+        /gelu_mul: x, gate \(matmul's output\) and out must not overlap/,
+      ],
+      [
+        "out overlapping x",
+        (t) => ops.geluMul(t.gate, null, Tensor.viewAt(t.x, 0, [2, 5], "f32"), { x: t.x, w: t.w }),
+        /gelu_mul: x, gate \(matmul's output\) and out must not overlap/,
+      ],
+      [
+        "fp8 weights without a scale",
+        (t) => {
+          const w8 = ops.quantize(t.w, "fp8_e4m3");
+          try {
+            ops.geluMul(t.gate, null, t.out, { x: t.x, w: w8.data });
+          } finally {
+            w8.data.dispose();
+            w8.scale?.dispose();
+          }
+        },
+        /gelu_mul: fp8_e4m3 weights need a scale/,
+      ],
+    ];
+    for (const [what, call, msg] of refused)
+      it(`${what} is refused and nothing is written`, async () => {
+        const t = make();
+        expect(() => call(t)).toThrow(msg);
+        expect(Array.from(await t.out.toArray())).toEqual(new Array(10).fill(7));
+        for (const u of Object.values(t)) u.dispose();
+      });
+  });
+
   describe(`bounds of copy_rows on ${dev}`, () => {
     const src = randn(3 * 2 * 4, 9001);
     const dst0 = randn(5 * 2 * 4, 9002);

@@ -63,6 +63,51 @@ describe.skipIf(!enabled)("CUDA runtime", () => {
     expect(Array.from(await x.toArray())).toEqual([2, 4, 6]);
   });
 
+  // matmul_gelu_mul at decode is one GEMV (the gated-MLP epilogue; its bits are checked against
+  // the two launches in the cases above). Counted as graph nodes: 1 where the GEMV rounds x itself
+  // or reads it as is, 2 where x is first rounded into int8 blocks by a launch of its own; one more
+  // each when GEMMA3_GELU_EPILOGUE=0 runs matmul and gelu_mul separately.
+  it("geluMul with the projection runs as one GEMV at decode", async () => {
+    const dev = Device.of("cuda");
+    const twoLaunches = process.env.GEMMA3_GELU_EPILOGUE === "0" ? 1 : 0;
+    // [format, M, F, K, launches of the fused op]
+    const shapes: ["bf16" | "q4_0s" | "q8_0s", number, number, number, number][] = [
+      ["bf16", 1, 1000, 1152, 1],
+      ["bf16", 2, 300, 2560, 1],
+      ["q4_0s", 1, 1000, 2560, 1],
+      ["q8_0s", 1, 600, 2560, 1],
+      ["q4_0s", 1, 300, 5120, 2], // K > 4096: x rounded into g_qx first
+    ];
+    for (const [wd, M, F, K, launches] of shapes) {
+      const w16 = Tensor.from(
+        Array.from({ length: 2 * F * K }, (_, i) => Math.sin(i) / 32),
+        [2 * F, K],
+        "bf16",
+        dev,
+      );
+      let w = w16;
+      if (wd !== "bf16") {
+        const q = ops.quantize(w16, wd === "q4_0s" ? "q4_0" : "q8_0").data;
+        w = ops.repack(q, wd);
+        q.dispose();
+        w16.dispose();
+      }
+      const x = Tensor.from(
+        Array.from({ length: M * K }, (_, i) => Math.cos(i)),
+        [M, K],
+        "bf16",
+        dev,
+      );
+      const gateUp = Tensor.empty([M, 2 * F], "bf16", dev);
+      const act = Tensor.empty([M, F], "bf16", dev);
+      await dev.synchronize();
+      const g = Graph.capture(dev, () => ops.geluMul(gateUp, null, act, { x, w }));
+      expect(g.nodes, `${wd} M=${M} F=${F} K=${K}`).toBe(launches + twoLaunches);
+      g.dispose();
+      for (const t of [w, x, gateUp, act]) t.dispose();
+    }
+  });
+
   it("copies across devices go through the host", async () => {
     const a = Tensor.from([1, 2], [2], "f32", "cuda");
     const b = Tensor.zeros([2], "f32", "cpu");

@@ -311,9 +311,22 @@ Status matmul(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, 
   return Status::Ok();
 }
 
-#define G3_MATMUL(TX, TW)                                                                   \
-  template Status matmul<TX, TW>(const TX*, const TW*, const float*, TX*, int64_t, int64_t, \
-                                 int64_t);
+template <typename TX, typename TW>
+Status matmul_gelu_mul(const TX* x, const TW* w, const float* w_scale, TX* gate_up, TX* out,
+                       int64_t M, int64_t F, int64_t K) {
+  if (M < 0 || F < 0 || K <= 0 || F > (int64_t(1) << 61))
+    return invalid("matmul_gelu_mul",
+                   kv("M", M) + ", " + kv("F", F) + ", " + kv("K", K) + " (need M, F >= 0, K > 0)");
+  if (M == 0 || F == 0) return Status::Ok();
+  G3_RETURN_IF_ERROR((matmul<TX, TW>(x, w, w_scale, gate_up, M, 2 * F, K)));
+  return gelu_mul<TX>(gate_up, gate_up + F, out, M, F, 2 * F, 2 * F);
+}
+
+#define G3_MATMUL(TX, TW)                                                                        \
+  template Status matmul<TX, TW>(const TX*, const TW*, const float*, TX*, int64_t, int64_t,      \
+                                 int64_t);                                                       \
+  template Status matmul_gelu_mul<TX, TW>(const TX*, const TW*, const float*, TX*, TX*, int64_t, \
+                                          int64_t, int64_t);
 #define G3_MATMUL_TW(TX)    \
   G3_MATMUL(TX, float)      \
   G3_MATMUL(TX, bf16)       \

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string>
 
+#include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/pdl.cuh"
@@ -20,14 +21,6 @@ constexpr unsigned kMaxGridY = 65535;
 using vec::aligned16;
 using vec::load_f32;
 using vec::store_f32;
-
-// torch's gelu(approximate='tanh') in float32 (the opmath of bf16), same constants and order.
-__device__ __forceinline__ float gelu_tanh(float x) {
-  constexpr float kBeta = 0.7978845608028654f;  // M_SQRT2 * M_2_SQRTPI * 0.5
-  constexpr float kKappa = 0.044715f;
-  const float inner = kBeta * (x + kKappa * (x * x * x));
-  return 0.5f * x * (1.0f + tanhf(inner));
-}
 
 // gate: [rows, cols] stride ld_gate; up: [rows, cols] stride ld_up; out: [rows, cols] contiguous.
 // blockIdx.x/threadIdx.x cover the vectors of a row, blockIdx.y (with a loop) the rows.
@@ -45,8 +38,7 @@ __global__ void __launch_bounds__(kThreads)
     load_f32<T, V>(up + r * ld_up + i, u);
 #pragma unroll
     for (int j = 0; j < V; ++j) {
-      // HF: act_fn(gate) is a T tensor before the multiply.
-      y[j] = to_f32(from_f32<T>(gelu_tanh(g[j]))) * u[j];
+      y[j] = gelu_mul_f32<T>(g[j], u[j]);
     }
     store_f32<T, V>(out + r * cols + i, y);
   }

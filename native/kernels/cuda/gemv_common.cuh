@@ -1,12 +1,13 @@
 // What the GEMV kernels share (matmul_gemv.cu, matmul_kquant.cu): the CTA shape, the warp sum, the
-// end of a row group split over S warps (store_slices), and the per-device SM count their grids
-// are sized by.
+// rows a row group reads (gemv_row) and the end of a row group split over S warps (store_slices),
+// with the gated-MLP epilogue (GeluPairs), and the per-device SM count their grids are sized by.
 #pragma once
 #include <cuda_runtime.h>
 
 #include <atomic>
 #include <cstdint>
 
+#include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "runtime/dtype.h"
 #include "runtime/status.h"
@@ -22,16 +23,44 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// The gated-MLP epilogue (kernels.inc matmul_gelu_mul): W is one [gate; up] projection of N = 2F
+// rows, and instead of y [M, N] the GEMV writes out[m, f] = T(gelu_mul(T(y[m, f]), T(y[m, F + f])))
+// [M, F], the bits of matmul then gelu_mul. A group of R rows (R even) then reads R / 2 gate rows
+// and the R / 2 up rows that pair with them, so both halves of an output land in one warp. The
+// group count and each row's sum are the plain GEMV's (same N, same S), only which rows a group
+// takes changes. F == 0: off (y written as usual).
+template <typename TX>
+struct GeluPairs {
+  TX* out = nullptr;  // [M, F]
+  int64_t F = 0;
+};
+
+// The weight row that row r of group g reads: g R + r, or with the epilogue (kGelu) gate row
+// g R / 2 + r % (R / 2) for r < R / 2 and its up row (+ F) after. Rows past the end are clamped to
+// a real row (their results are dropped).
+template <int R, bool kGelu>
+__device__ __forceinline__ int64_t gemv_row(int64_t g, int r, int64_t N, int64_t F) {
+  if constexpr (!kGelu) {
+    const int64_t n = g * R + r;
+    return n < N ? n : N - 1;
+  }
+  static_assert(R % 2 == 0, "the epilogue pairs a group's rows");
+  constexpr int H = R / 2;
+  const int64_t f = g * H + r % H;
+  return (f < F ? f : F - 1) + (r < H ? 0 : F);
+}
+
 // The end of a GEMV whose row groups are split over S consecutive warps of the CTA (slices): each
 // warp sums its lanes' MT x R accumulators, then the group's first warp (s == 0) adds its S slices
-// in a fixed order (deterministic), scales by w_scale (null: none) and writes y rows [n0, n0 + R).
+// in a fixed order (deterministic), scales by w_scale (null: none) and writes y rows [n0, n0 + R),
+// or with the epilogue (kGelu) the R / 2 outputs of its row pairs (gemv_row) into gp.out.
 // Called by every thread of the CTA (one barrier); `active`: the group has rows (n0 < N).
-template <typename TX, int MT, int R>
+template <typename TX, int MT, int R, bool kGelu = false>
 __device__ __forceinline__ void store_slices(const float (&acc)[MT][R],
                                              float (&partial)[kWarps][MT * R], int s, int S,
                                              bool active, int64_t n0, int M, int64_t N,
-                                             const float* __restrict__ w_scale,
-                                             TX* __restrict__ y) {
+                                             const float* __restrict__ w_scale, TX* __restrict__ y,
+                                             const GeluPairs<TX>& gp = {}) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 #pragma unroll
   for (int m = 0; m < MT; ++m)
@@ -41,14 +70,34 @@ __device__ __forceinline__ void store_slices(const float (&acc)[MT][R],
       if (lane == 0) partial[warp][m * R + r] = v;
     }
   __syncthreads();
-  if (s == 0 && active && lane < MT * R) {
+  if constexpr (!kGelu) {
+    if (s == 0 && active && lane < MT * R) {
+      const int m = lane / R, r = lane % R;
+      const int64_t n = n0 + r;
+      if (m < M && n < N) {
+        float v = 0.f;
+        for (int i = 0; i < S; ++i) v += partial[warp + i][lane];
+        if (w_scale != nullptr) v *= __ldg(w_scale + n);
+        y[m * N + n] = from_f32<TX>(v);
+      }
+    }
+  } else if (s == 0 && active) {  // warp-uniform: the whole warp takes part in the shuffle
+    // Lane m R + r holds row r of x row m: for r < R / 2 the gate of output f, R / 2 lanes on its
+    // up.
+    constexpr int H = R / 2;
     const int m = lane / R, r = lane % R;
-    const int64_t n = n0 + r;
-    if (m < M && n < N) {
-      float v = 0.f;
+    const int64_t f = n0 / R * H + r % H;
+    const bool mine = lane < MT * R && m < M && f < gp.F;
+    float v = 0.f;
+    if (mine) {
       for (int i = 0; i < S; ++i) v += partial[warp + i][lane];
-      if (w_scale != nullptr) v *= __ldg(w_scale + n);
-      y[m * N + n] = from_f32<TX>(v);
+      if (w_scale != nullptr) v *= __ldg(w_scale + (r < H ? f : gp.F + f));
+    }
+    const float up = __shfl_down_sync(0xffffffffu, v, H);
+    if (mine && r < H) {
+      // matmul rounds gate and up to TX; gelu_mul reads them back as float.
+      const float g = to_f32(from_f32<TX>(v)), u = to_f32(from_f32<TX>(up));
+      gp.out[m * gp.F + f] = from_f32<TX>(gelu_mul_f32<TX>(g, u));
     }
   }
 }

@@ -19,6 +19,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/gemv_common.cuh"
 #include "kernels/qdot.h"
 #include "runtime/env.h"
 #include "runtime/kquant.h"
@@ -45,10 +46,12 @@ int64_t bf16_gemv_max_m() {
   return v;
 }
 
-// matmul_gemv.cu: 1 <= M <= kGemvMaxM.
+// matmul_gemv.cu: 1 <= M <= kGemvMaxM; gp: the gated-MLP epilogue, where gemv_pairs_ok.
 template <typename TX, typename TW>
 Status gemv(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, int64_t N, int64_t K,
-            cudaStream_t stream);
+            cudaStream_t stream, const GeluPairs<TX>& gp = {});
+template <typename TX, typename TW>
+bool gemv_pairs_ok(const TX* x, const TW* w, int64_t K);
 // matmul_kquant.cu: the K-quants, 1 <= M <= kGemvMaxM.
 template <typename TX, typename TB>
 Status kq_gemv(const TX* x, const TB* w, TX* y, int64_t M, int64_t N, int64_t K,
@@ -143,6 +146,28 @@ template <typename TX, typename TW>
 constexpr bool kCublasBf16 = false;
 #endif
 
+namespace {
+
+// Whether matmul runs M rows on the GEMV: M <= 8, except bf16 x bf16 with cuBLAS past
+// bf16_gemv_max_m() rows (its x re-reads make it slower than cuBLAS's tensor cores past a few rows;
+// docs/kernels.md, "GEMV vs cuBLAS") and q4_0s / q8_0s (CUDA only, a q-dot GEMV only) under
+// GEMMA3_QDOT=float, which sends them to the GEMM at every M.
+template <typename TX, typename TW>
+bool takes_gemv(int64_t M, const float* w_scale) {
+  constexpr bool kSplit = std::is_same_v<TW, block_q4_0s> || std::is_same_v<TW, block_q8_0s>;
+  return M <= detail::kGemvMaxM && (!kSplit || qdot::enabled()) &&
+         !(kCublasBf16<TX, TW> && w_scale == nullptr && M > detail::bf16_gemv_max_m());
+}
+
+// False when GEMMA3_GELU_EPILOGUE=0 (read once): matmul_gelu_mul always runs two launches (the A/B
+// of the fused epilogue).
+bool gelu_epilogue_enabled() {
+  static const bool on = !env_is("GEMMA3_GELU_EPILOGUE", "0");
+  return on;
+}
+
+}  // namespace
+
 template <typename TX, typename TW>
 Status matmul(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, int64_t N,
               int64_t K, cudaStream_t stream) {
@@ -166,14 +191,7 @@ Status matmul(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, 
   if (x == nullptr || w == nullptr || y == nullptr) {
     return Status(StatusCode::kInvalidArgument, "matmul: null pointer");
   }
-  // bf16 x bf16 with cuBLAS: the GEMV only up to bf16_gemv_max_m() rows (its x re-reads make it
-  // slower than cuBLAS's tensor cores past a few rows; see docs/kernels.md, "GEMV vs cuBLAS").
-  // q4_0s / q8_0s (CUDA only) have a q-dot GEMV only; GEMMA3_QDOT=float sends them to the GEMM
-  // at every M.
-  constexpr bool kSplit = std::is_same_v<TW, block_q4_0s> || std::is_same_v<TW, block_q8_0s>;
-  const bool gemv_ok = !kSplit || qdot::enabled();
-  if (M <= detail::kGemvMaxM && gemv_ok &&
-      !(kCublasBf16<TX, TW> && w_scale == nullptr && M > detail::bf16_gemv_max_m())) {
+  if (takes_gemv<TX, TW>(M, w_scale)) {
     if constexpr (is_kquant_v<TW>) {
       return detail::kq_gemv<TX, TW>(x, w, y, M, N, K, stream);  // w_scale is fp8-only (ops)
     } else {
@@ -190,9 +208,38 @@ Status matmul(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, 
   return detail::gemm<TX, TW>(x, w, w_scale, y, M, N, K, stream);
 }
 
-#define G3_MATMUL_INSTANTIATE(TX, TW)                                                       \
-  template Status matmul<TX, TW>(const TX*, const TW*, const float*, TX*, int64_t, int64_t, \
-                                 int64_t, cudaStream_t);
+// Decode (where the GEMV takes the epilogue: takes_gemv, gemv_pairs_ok): one GEMV whose row groups
+// read gate and up rows in pairs and write gelu_mul's output (gemv_common.cuh GeluPairs); gate_up
+// is not written. Otherwise matmul into gate_up, then gelu_mul over its two halves. Same bits
+// either way.
+template <typename TX, typename TW>
+Status matmul_gelu_mul(const TX* x, const TW* w, const float* w_scale, TX* gate_up, TX* out,
+                       int64_t M, int64_t F, int64_t K, cudaStream_t stream) {
+  if (M < 0 || F < 0 || K <= 0 || F > (int64_t(1) << 61)) {
+    return Status(StatusCode::kInvalidArgument,
+                  "matmul_gelu_mul: M = " + std::to_string(M) + ", F = " + std::to_string(F) +
+                      ", K = " + std::to_string(K) + " (need M, F >= 0, K > 0)");
+  }
+  if (M == 0 || F == 0) return Status::Ok();
+  if (x == nullptr || w == nullptr || gate_up == nullptr || out == nullptr) {
+    return Status(StatusCode::kInvalidArgument, "matmul_gelu_mul: null pointer");
+  }
+  if constexpr (!is_kquant_v<TW>) {
+    if (gelu_epilogue_enabled() && takes_gemv<TX, TW>(M, w_scale) &&
+        detail::gemv_pairs_ok<TX, TW>(x, w, K)) {
+      return detail::gemv<TX, TW>(x, w, w_scale, gate_up, M, 2 * F, K, stream,
+                                  detail::GeluPairs<TX>{out, F});
+    }
+  }
+  G3_RETURN_IF_ERROR((matmul<TX, TW>(x, w, w_scale, gate_up, M, 2 * F, K, stream)));
+  return gelu_mul<TX>(gate_up, gate_up + F, out, M, F, 2 * F, 2 * F, stream);
+}
+
+#define G3_MATMUL_INSTANTIATE(TX, TW)                                                            \
+  template Status matmul<TX, TW>(const TX*, const TW*, const float*, TX*, int64_t, int64_t,      \
+                                 int64_t, cudaStream_t);                                         \
+  template Status matmul_gelu_mul<TX, TW>(const TX*, const TW*, const float*, TX*, TX*, int64_t, \
+                                          int64_t, int64_t, cudaStream_t);
 G3_MATMUL_INSTANTIATE(float, float)
 G3_MATMUL_INSTANTIATE(float, bf16)
 G3_MATMUL_INSTANTIATE(float, block_q8_0)

@@ -241,14 +241,18 @@ struct Tiling {
 // min-blocks bound stops ptxas from trading spills for occupancy; 2-3 CTAs/SM keep loads in flight.
 // kQk (the QKV epilogue) bounds registers to what the plain kernel uses at M = 1 (40: 6 CTAs an SM,
 // so the 4B QKV GEMV's 512 CTAs run in one wave, not two), spilling in the epilogue instead.
-template <typename TX, typename TW, int MT, int U, bool kQk = false>
-__global__ void __launch_bounds__(kThreads, kQk ? (MT == 1 ? 6 : 4) : (MT == 1 ? 3 : 2))
+// kGelu (the gated-MLP epilogue) keeps the plain streamed kernel's 40 registers at M = 1 too.
+template <typename TX, typename TW, int MT, int U, bool kQk = false, bool kGelu = false>
+__global__ void __launch_bounds__(kThreads, MT == 1 && (kQk || (kGelu && U != kOneShotU))
+                                                ? 6
+                                                : (kQk ? 4 : (MT == 1 ? 3 : 2)))
     gemv_kernel(const TX* __restrict__ x,           // x: [M, K]
                 const TW* __restrict__ w,           // w: [N, K], 16-byte aligned
                 const float* __restrict__ w_scale,  // w_scale: [N] or null
                 TX* __restrict__ y,                 // y: [M, N]
                 int M, int64_t N, int64_t K, int S,
-                QkEpilogue<TX> qk) {  // kQk: norm and rotate each finished head (below)
+                QkEpilogue<TX> qk,   // kQk: norm and rotate each finished head (below)
+                GeluPairs<TX> gp) {  // kGelu: the gated-MLP epilogue (gemv_common.cuh)
   using F = Fmt<TW>;
   constexpr int R = Tiling<MT>::R, E = F::kE;
   constexpr bool kOneShot = U == kOneShotU;
@@ -268,7 +272,7 @@ __global__ void __launch_bounds__(kThreads, kQk ? (MT == 1 ? 6 : 4) : (MT == 1 ?
 
   const TW* rows[R];
 #pragma unroll
-  for (int r = 0; r < R; ++r) rows[r] = w + (n0 + r < N ? n0 + r : N - 1) * K;
+  for (int r = 0; r < R; ++r) rows[r] = w + gemv_row<R, kGelu>(group, r, N, gp.F) * K;
   // f(u, r, c) for chunk c = c0 + 32 u (< nchunks) of each row r: one round of this lane.
   auto each_chunk = [&](int64_t c0, auto&& f) {
 #pragma unroll
@@ -326,7 +330,7 @@ __global__ void __launch_bounds__(kThreads, kQk ? (MT == 1 ? 6 : 4) : (MT == 1 ?
     }
   }
 
-  store_slices<TX, MT, R>(acc, partial, s, S, n0 < N, n0, M, N, w_scale, y);
+  store_slices<TX, MT, R, kGelu>(acc, partial, s, S, n0 < N, n0, M, N, w_scale, y, gp);
   if constexpr (kQk) {
     const int64_t rows = int64_t(kWarps / S) * R;  // this CTA's rows [r0, r1) of y
     const int64_t r0 = int64_t(blockIdx.x) * rows, r1 = r0 + rows < N ? r0 + rows : N;
@@ -1049,13 +1053,14 @@ struct LaneTiling {
 // memory (kQ8Shared: rounded by the CTA's prologue). Host guarantees nb * kBytes < 2^31. kA: the
 // split layouts' row alignment (16, 8 or 2; 0 for q8_0 / q4_0).
 template <typename TX, typename TW, int MT, XIn kX, int kA = 0, int R = LaneTiling<TW, MT>::R,
-          int U = LaneTiling<TW, MT>::U>
+          int U = LaneTiling<TW, MT>::U, bool kGelu = false>
 __global__ void __launch_bounds__(kThreads, 2)
     gemv_qlane_kernel(const TX* __restrict__ x,           // x: [M, K], 16-byte aligned
                       const TW* __restrict__ w,           // w: [N, K/32] blocks, 2-byte aligned
                       const float* __restrict__ w_scale,  // w_scale: [N] or null
                       TX* __restrict__ y,                 // y: [M, N]
-                      int M, int64_t N, int64_t K, int S) {
+                      int M, int64_t N, int64_t K, int S,
+                      GeluPairs<TX> gp) {  // kGelu: the gated-MLP epilogue
   static_assert(kX != XIn::kFloat, "q-dot only");
   using L = LaneFmt<TW>;
   constexpr int kW = L::kWords;
@@ -1073,8 +1078,9 @@ __global__ void __launch_bounds__(kThreads, 2)
   LaneRow<TW, kA> rows[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    rows[r].init(reinterpret_cast<const char*>(w) + (n0 + r < N ? n0 + r : N - 1) * row_bytes, nb,
-                 b_begin + lane);
+    rows[r].init(
+        reinterpret_cast<const char*>(w) + gemv_row<R, kGelu>(group, r, N, gp.F) * row_bytes, nb,
+        b_begin + lane);
   }
   uint32_t wd[U][R][kW];
   auto load_round = [&](int b0) {
@@ -1141,7 +1147,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
   }
 
-  store_slices<TX, MT, R>(acc, partial, s, S, active, n0, M, N, w_scale, y);
+  store_slices<TX, MT, R, kGelu>(acc, partial, s, S, active, n0, M, N, w_scale, y, gp);
 }
 
 // ---- fallback for shapes the vector path cannot take (K % chunk != 0, unaligned pointers) ----
@@ -1288,7 +1294,8 @@ bool gemv_oneshot_enabled() {
 
 template <typename TX, typename TW, int MT, bool kQk = false>
 Status launch_vec(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N,
-                  int64_t K, cudaStream_t stream, const QkEpilogue<TX>& qk = {}) {
+                  int64_t K, cudaStream_t stream, const QkEpilogue<TX>& qk = {},
+                  const GeluPairs<TX>& gp = {}) {
   constexpr int R = Tiling<MT>::R;
   int sms = 0;
   G3_RETURN_IF_ERROR(sm_count(&sms));
@@ -1298,8 +1305,16 @@ Status launch_vec(const TX* x, const TW* w, const float* w_scale, TX* y, int M, 
     const int64_t groups_per_block = kWarps / S;
     const int64_t blocks = (groups + groups_per_block - 1) / groups_per_block;
     if (blocks > 0x7fffffff) return Status(StatusCode::kUnsupported, "matmul gemv: N too large");
-    launch_pdl(gemv_kernel<TX, TW, MT, decltype(u)::value, kQk>, static_cast<unsigned>(blocks),
-               kThreads, 0, stream, x, w, w_scale, y, M, N, K, S, qk);
+    constexpr int kU = decltype(u)::value;
+    if constexpr (!kQk) {  // the QKV epilogue and the gated-MLP one never meet
+      if (gp.F != 0) {
+        launch_pdl(gemv_kernel<TX, TW, MT, kU, false, true>, static_cast<unsigned>(blocks),
+                   kThreads, 0, stream, x, w, w_scale, y, M, N, K, S, qk, gp);
+        return check_launch("matmul gemv_kernel (gated-MLP epilogue)");
+      }
+    }
+    launch_pdl(gemv_kernel<TX, TW, MT, kU, kQk>, static_cast<unsigned>(blocks), kThreads, 0, stream,
+               x, w, w_scale, y, M, N, K, S, qk, gp);
     return check_launch("matmul gemv_kernel");
   };
   if constexpr (MT == 1 && !kQk && sizeof(TW) >= 2) {
@@ -1351,7 +1366,8 @@ Status launch_q(const TX* x, const TW* w, const float* w_scale, TX* y, int M, in
 template <typename TX, typename TW, int MT, XIn kX, int kA, int R = LaneTiling<TW, MT>::R,
           int U = LaneTiling<TW, MT>::U>
 Status launch_qlane_m(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N,
-                      int64_t K, int smem, int min_slice, cudaStream_t stream) {
+                      int64_t K, int smem, int min_slice, cudaStream_t stream,
+                      const GeluPairs<TX>& gp) {
   int sms = 0;
   G3_RETURN_IF_ERROR(sm_count(&sms));
   const int64_t groups = (N + R - 1) / R, nb = K / kQK;
@@ -1360,8 +1376,15 @@ Status launch_qlane_m(const TX* x, const TW* w, const float* w_scale, TX* y, int
   const int64_t per_block = kWarps / S;
   const int64_t blocks = (groups + per_block - 1) / per_block;
   if (blocks > 0x7fffffff) return Status(StatusCode::kUnsupported, "matmul gemv: N too large");
+  if constexpr (kSplitW<TW>) {  // the gated-MLP epilogue: split layouts only (gemv_pairs_ok)
+    if (gp.F != 0) {
+      launch_pdl(gemv_qlane_kernel<TX, TW, MT, kX, kA, R, U, true>, static_cast<unsigned>(blocks),
+                 kThreads, static_cast<size_t>(smem), stream, x, w, w_scale, y, M, N, K, S, gp);
+      return check_launch("matmul gemv_qlane_kernel (gated-MLP epilogue)");
+    }
+  }
   launch_pdl(gemv_qlane_kernel<TX, TW, MT, kX, kA, R, U>, static_cast<unsigned>(blocks), kThreads,
-             static_cast<size_t>(smem), stream, x, w, w_scale, y, M, N, K, S);
+             static_cast<size_t>(smem), stream, x, w, w_scale, y, M, N, K, S, gp);
   return check_launch("matmul gemv_qlane_kernel");
 }
 
@@ -1383,7 +1406,7 @@ constexpr int64_t kQ4sFusedMaxN = 32768;
 // q8_0s: any M <= 8, rows aligned to kA = 16, 8 or 2 bytes, the tiling above.
 template <typename TX, typename TW, XIn kX>
 Status launch_qlane(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N,
-                    int64_t K, int smem, cudaStream_t stream) {
+                    int64_t K, int smem, cudaStream_t stream, const GeluPairs<TX>& gp) {
   if constexpr (kSplitW<TW>) {
     constexpr bool kQ4 = std::is_same_v<TW, block_q4_0s>;
     static const int min_slice = env_int("GEMMA3_QLANE_MIN_SLICE", kQ4sMinSlice);
@@ -1395,33 +1418,34 @@ Status launch_qlane(const TX* x, const TW* w, const float* w_scale, TX* y, int M
       static const bool q8_u3 = env_is("GEMMA3_Q8S_U", "3");
       if (M == 1 && a == 16 && q8_u3)
         return launch_qlane_m<TX, TW, 1, kX, 16, 2, 3>(x, w, w_scale, y, M, N, K, smem, min_slice,
-                                                       stream);
+                                                       stream, gp);
     }
     if constexpr (kQ4) {  // q8_0s: R = 2, U = 2 (LaneTiling), its 9-word blocks
       const int r = force_r == 2 || force_r == 4 ? force_r : kX == XIn::kQ8Shared ? 4 : 2;
       if constexpr (kX == XIn::kQ8Shared) {
         if (M == 1 && r == 4 && a == 16 && u3)
           return launch_qlane_m<TX, TW, 1, kX, 16, 4, 3>(x, w, w_scale, y, M, N, K, smem, min_slice,
-                                                         stream);
+                                                         stream, gp);
       }
       if (M == 1 && r == 2 && a == 16)
         return launch_qlane_m<TX, TW, 1, kX, 16, 2>(x, w, w_scale, y, M, N, K, smem, min_slice,
-                                                    stream);
+                                                    stream, gp);
     }
     return by_m_bucket(M, [&](auto mt) {
       constexpr int MT = decltype(mt)::value;
       if (a == 16)
         return launch_qlane_m<TX, TW, MT, kX, 16>(x, w, w_scale, y, M, N, K, smem, min_slice,
-                                                  stream);
+                                                  stream, gp);
       if (a == 8)
-        return launch_qlane_m<TX, TW, MT, kX, 8>(x, w, w_scale, y, M, N, K, smem, min_slice,
-                                                 stream);
-      return launch_qlane_m<TX, TW, MT, kX, 2>(x, w, w_scale, y, M, N, K, smem, min_slice, stream);
+        return launch_qlane_m<TX, TW, MT, kX, 8>(x, w, w_scale, y, M, N, K, smem, min_slice, stream,
+                                                 gp);
+      return launch_qlane_m<TX, TW, MT, kX, 2>(x, w, w_scale, y, M, N, K, smem, min_slice, stream,
+                                               gp);
     });
   } else {
     if (M == 2)
-      return launch_qlane_m<TX, TW, 2, kX, 0>(x, w, w_scale, y, M, N, K, smem, 16, stream);
-    return launch_qlane_m<TX, TW, 1, kX, 0>(x, w, w_scale, y, M, N, K, smem, 16, stream);
+      return launch_qlane_m<TX, TW, 2, kX, 0>(x, w, w_scale, y, M, N, K, smem, 16, stream, gp);
+    return launch_qlane_m<TX, TW, 1, kX, 0>(x, w, w_scale, y, M, N, K, smem, 16, stream, gp);
   }
 }
 
@@ -1465,7 +1489,7 @@ bool qdot_fused_enabled() {
 // rows per round as it holds (all 8 unless K > ~400k), then the GEMV reads them.
 template <typename TX, typename TW>
 Status gemv_qdot(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N, int64_t K,
-                 cudaStream_t stream) {
+                 cudaStream_t stream, const GeluPairs<TX>& gp) {
   constexpr bool kSplit = kSplitW<TW>;  // q4_0s or q8_0s: the lane kernel only
   const int64_t nb = K / kQK;
   const bool vec = aligned(w, 2) && nb * int64_t(sizeof(TW)) < (int64_t(1) << 31);
@@ -1486,7 +1510,11 @@ Status gemv_qdot(const TX* x, const TW* w, const float* w_scale, TX* y, int M, i
              : lane_mode == 1 && K <= kLaneFusedMaxK;
   if (lane && lane_fused && aligned(x, 16) && qdot_fused_enabled()) {
     const int smem = static_cast<int>(fused_bytes);
-    return launch_qlane<TX, TW, XIn::kQ8Shared>(x, w, w_scale, y, M, N, K, smem, stream);
+    return launch_qlane<TX, TW, XIn::kQ8Shared>(x, w, w_scale, y, M, N, K, smem, stream, gp);
+  }
+  if (gp.F != 0 && !lane) {
+    return Status(StatusCode::kInternal,
+                  "matmul gemv: the gated-MLP epilogue reached the staged path");
   }
   if constexpr (!kSplit) {
     if (!lane && vec && aligned(x, 16) && fused_bytes <= kFusedXBytes && qdot_fused_enabled()) {
@@ -1515,13 +1543,14 @@ Status gemv_qdot(const TX* x, const TW* w, const float* w_scale, TX* y, int M, i
     const int mc = static_cast<int>(M - m0 < fit ? M - m0 : fit);
     const TX* xm = x + int64_t(m0) * K;
     TX* ym = y + int64_t(m0) * N;
+    const GeluPairs<TX> gpm{gp.out ? gp.out + int64_t(m0) * gp.F : nullptr, gp.F};
     const int64_t blocks = int64_t(mc) * nb;
     launch_pdl(quantize_x_q8_kernel<TX>, static_cast<unsigned>((blocks + kWarps - 1) / kWarps),
                kThreads, 0, stream, xm, blocks);
     G3_RETURN_IF_ERROR(check_launch("matmul quantize_x_q8_kernel"));
     if (lane) {
       G3_RETURN_IF_ERROR(
-          (launch_qlane<TX, TW, XIn::kQ8Global>(xm, w, w_scale, ym, mc, N, K, 0, stream)));
+          (launch_qlane<TX, TW, XIn::kQ8Global>(xm, w, w_scale, ym, mc, N, K, 0, stream, gpm)));
     } else if constexpr (kSplit) {
       return Status(StatusCode::kInternal, "matmul gemv: a split layout reached the staged path");
     } else if (!vec) {
@@ -1543,23 +1572,41 @@ Status gemv_qdot(const TX* x, const TW* w, const float* w_scale, TX* y, int M, i
 
 }  // namespace
 
-// Called by matmul<TX, TW> (matmul.cu) with 1 <= M <= 8, N >= 1, K >= 1, block formats K % 32 == 0.
+// Whether gemv takes the gated-MLP epilogue (GeluPairs) for these arguments: where it runs the
+// dense vector kernel or the split layouts' lane kernel. Elsewhere (GGUF blocks, unaligned or
+// ragged rows) matmul_gelu_mul runs matmul, then gelu_mul.
+template <typename TX, typename TW>
+bool gemv_pairs_ok(const TX* x, const TW* w, int64_t K) {
+  if constexpr (kSplitW<TW>) {
+    return aligned(w, 2) && K % kQK == 0 && K / kQK * int64_t(sizeof(TW)) < (int64_t(1) << 31);
+  } else if constexpr (std::is_same_v<TW, block_q8_0> || std::is_same_v<TW, block_q4_0>) {
+    return false;
+  } else {
+    return aligned(x, 16) && aligned(w, 16) && K % Fmt<TW>::kE == 0;
+  }
+}
+
+// Called by matmul<TX, TW> (matmul.cu) with 1 <= M <= 8, N >= 1, K >= 1, block formats K % 32 == 0;
+// with the gated-MLP epilogue (gp.F > 0, N = 2 gp.F) by matmul_gelu_mul where gemv_pairs_ok.
 template <typename TX, typename TW>
 Status gemv(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, int64_t N, int64_t K,
-            cudaStream_t stream) {
+            cudaStream_t stream, const GeluPairs<TX>& gp) {
   constexpr bool kBlock = std::is_same_v<TW, block_q8_0> || std::is_same_v<TW, block_q4_0>;
   if (M < 1 || M > 8) {
     return Status(StatusCode::kInternal,
                   "matmul gemv: M = " + std::to_string(M) + " not in [1, 8]");
   }
+  if (gp.F != 0 && (N != 2 * gp.F || gp.out == nullptr || !gemv_pairs_ok(x, w, K))) {
+    return Status(StatusCode::kInternal, "matmul gemv: the gated-MLP epilogue does not apply");
+  }
   const int m = static_cast<int>(M);
   if constexpr (kSplitW<TW>) {
     // matmul.cu sends q4_0s / q8_0s here only under q-dot (GEMMA3_QDOT=float takes its GEMM).
-    return gemv_qdot<TX, TW>(x, w, w_scale, y, m, N, K, stream);
+    return gemv_qdot<TX, TW>(x, w, w_scale, y, m, N, K, stream, gp);
   } else {
     if constexpr (kBlock) {
       if (qdot::enabled() && K % kQK == 0)
-        return gemv_qdot<TX, TW>(x, w, w_scale, y, m, N, K, stream);
+        return gemv_qdot<TX, TW>(x, w, w_scale, y, m, N, K, stream, {});
     }
     // Vector paths: x read in 16-byte runs; dense rows whole 16-byte chunks and 16-byte aligned;
     // block formats any K % 32 == 0 with (naturally) 2-byte aligned blocks.
@@ -1583,10 +1630,9 @@ Status gemv(const TX* x, const TW* w, const float* w_scale, TX* y, int64_t M, in
                                                                   stream);
       });
     } else {
-      if (m == 1) return launch_vec<TX, TW, 1>(x, w, w_scale, y, m, N, K, stream);
-      if (m == 2) return launch_vec<TX, TW, 2>(x, w, w_scale, y, m, N, K, stream);
-      if (m <= 4) return launch_vec<TX, TW, 4>(x, w, w_scale, y, m, N, K, stream);
-      return launch_vec<TX, TW, 8>(x, w, w_scale, y, m, N, K, stream);
+      return by_m_bucket(m, [&](auto mt) {
+        return launch_vec<TX, TW, decltype(mt)::value>(x, w, w_scale, y, m, N, K, stream, {}, gp);
+      });
     }
   }
 }
@@ -1616,7 +1662,8 @@ template Status gemv_qk<bf16>(const bf16*, const bf16*, bf16*, int64_t, int64_t,
 
 #define G3_GEMV_INSTANTIATE(TX, TW)                                                                \
   template Status gemv<TX, TW>(const TX*, const TW*, const float*, TX*, int64_t, int64_t, int64_t, \
-                               cudaStream_t);
+                               cudaStream_t, const GeluPairs<TX>&);                                \
+  template bool gemv_pairs_ok<TX, TW>(const TX*, const TW*, int64_t);
 G3_GEMV_INSTANTIATE(float, float)
 G3_GEMV_INSTANTIATE(float, bf16)
 G3_GEMV_INSTANTIATE(float, block_q8_0)

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 
+#include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/vec.cuh"
@@ -22,14 +23,6 @@ using vec::aligned16;
 using vec::load_f32;
 using vec::round_t;
 using vec::store_f32;
-
-// torch's gelu(approximate='tanh') in float32, as elementwise.cu.
-__device__ __forceinline__ float gelu_tanh(float x) {
-  constexpr float kBeta = 0.7978845608028654f;
-  constexpr float kKappa = 0.044715f;
-  const float inner = kBeta * (x + kKappa * (x * x * x));
-  return 0.5f * x * (1.0f + tanhf(inner));
-}
 
 // blockIdx.x/threadIdx.x cover V-element vectors of a row, blockIdx.y (with a loop) the rows.
 template <typename T, int V>

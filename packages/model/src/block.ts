@@ -143,9 +143,11 @@ export class DecoderLayer {
     const w = this.w;
     let act: Tensor;
     if (w.gateUpProj) {
-      // One matmul: each row is [gate | up], which geluMul reads as two halves.
-      const gateUp = ops.matmul(x, w.gateUpProj, { out: s.alloc([n, 2 * f], dt) });
-      act = ops.geluMul(gateUp, null, s.alloc([n, f], dt));
+      // One [gate; up] projection whose rows geluMul reads as two halves, given to geluMul as its
+      // projection: on CUDA at decode one GEMV writes gelu(gate)·up straight from its sums
+      // (kernels.inc matmul_gelu_mul; the [n, 2f] scratch is then left unwritten).
+      const gateUp = s.alloc([n, 2 * f], dt);
+      act = ops.geluMul(gateUp, null, s.alloc([n, f], dt), { x, w: w.gateUpProj });
     } else {
       const gate = ops.matmul(x, w.gateProj, { out: s.alloc([n, f], dt) });
       const up = ops.matmul(x, w.upProj, { out: s.alloc([n, f], dt) });

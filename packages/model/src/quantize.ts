@@ -57,6 +57,8 @@ export function scaleOf(w: Tensor): Tensor | undefined {
 export const layerOps: typeof nativeOps = {
   ...nativeOps,
   matmul: (x, w, opts = {}) => nativeOps.matmul(x, w, { ...opts, scale: opts.scale ?? scaleOf(w) }),
+  geluMul: (gate, up, out, proj) =>
+    nativeOps.geluMul(gate, up, out, proj && { ...proj, scale: proj.scale ?? scaleOf(proj.w) }),
 };
 
 /**
