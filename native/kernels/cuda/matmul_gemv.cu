@@ -241,9 +241,12 @@ struct Tiling {
 // min-blocks bound stops ptxas from trading spills for occupancy; 2-3 CTAs/SM keep loads in flight.
 // kQk (the QKV epilogue) bounds registers to what the plain kernel uses at M = 1 (40: 6 CTAs an SM,
 // so the 4B QKV GEMV's 512 CTAs run in one wave, not two), spilling in the epilogue instead.
-// kGelu (the gated-MLP epilogue) keeps the plain streamed kernel's 40 registers at M = 1 too.
+// kGelu (the gated-MLP epilogue) keeps the plain streamed kernel's 40 registers at M = 1 for
+// 16-bit weights (bf16: 6 CTAs an SM); fp8 (46 without it) would spill (H100: 1B gate/up 10.5 ->
+// 11.4 µs when bounded).
 template <typename TX, typename TW, int MT, int U, bool kQk = false, bool kGelu = false>
-__global__ void __launch_bounds__(kThreads, MT == 1 && (kQk || (kGelu && U != kOneShotU))
+__global__ void __launch_bounds__(kThreads, MT == 1 && (kQk || (kGelu && U != kOneShotU &&
+                                                                 sizeof(TW) == 2))
                                                 ? 6
                                                 : (kQk ? 4 : (MT == 1 ? 3 : 2)))
     gemv_kernel(const TX* __restrict__ x,           // x: [M, K]
@@ -1397,8 +1400,10 @@ Status launch_qlane_m(const TX* x, const TW* w, const float* w_scale, TX* y, int
 // in flight (the 4B gate/up's 80-block rows in one round: 13.46 -> 11.97 µs, 4B q4_0 decode 494 ->
 // 511 tok/s on an H100; 128 registers, still 2 CTAs an SM). GEMMA3_QLANE_MIN_SLICE,
 // GEMMA3_Q4S_R (2 | 4), GEMMA3_Q4S_U (2 | 3) and GEMMA3_Q4S_FUSED_MAXK override them for A/Bs.
-// q8_0s (34-byte blocks, 9 words a block and row) keeps R = 2, U = 2 and the same slices and
-// x placement, not swept separately.
+// q8_0s (34-byte blocks, 9 words a block and row) keeps R = 2 and the same slices and x
+// placement; U = 3 at M = 1 where CTAs round x and rows are 16-byte aligned (the 4B gate/up 23.5 ->
+// 19.7 µs on an H100, session 9; 121 registers, no spills), else U = 2. GEMMA3_Q8S_U=2: U = 2
+// everywhere (the A/B).
 constexpr int kQ4sMinSlice = 32;
 constexpr int64_t kQ4sFusedMaxN = 32768;
 
@@ -1414,8 +1419,8 @@ Status launch_qlane(const TX* x, const TW* w, const float* w_scale, TX* y, int M
     static const bool u3 = !env_is("GEMMA3_Q4S_U", "2");
     const uintptr_t bits = reinterpret_cast<uintptr_t>(w) | uintptr_t(K / kQK * sizeof(TW));
     const int a = (bits & 15) == 0 ? 16 : (bits & 7) == 0 ? 8 : 2;
-    if constexpr (!kQ4 && kX == XIn::kQ8Shared) {  // q8_0s: R = 2 (9-word blocks); U = 3: A/B
-      static const bool q8_u3 = env_is("GEMMA3_Q8S_U", "3");
+    if constexpr (!kQ4 && kX == XIn::kQ8Shared) {  // q8_0s: R = 2 (9-word blocks), U = 3
+      static const bool q8_u3 = !env_is("GEMMA3_Q8S_U", "2");
       if (M == 1 && a == 16 && q8_u3)
         return launch_qlane_m<TX, TW, 1, kX, 16, 2, 3>(x, w, w_scale, y, M, N, K, smem, min_slice,
                                                        stream, gp);
