@@ -6,7 +6,21 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu-pending-ab}"
+mkdir -p "$OUT"
+source scripts/device-env.sh
 status=0
+SECONDS=0
+export CMAKE_CUDA_ARCHITECTURES=90a GEMMA3_BENCH=1  # gpu-ab.sh's build then keeps bench_kernels
+(cd native && node scripts/build.mjs) >"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+echo "built at ${SECONDS}s"
+bench=$(find native/build -name bench_kernels -type f -perm -u+x | head -1)
+for v in 0 1; do  # the fp8 epilogue's register bound, rechecked
+  GEMMA3_GELU_EPILOGUE=$v timeout 60 "$bench" --filter "gate_up_gelu" --graph-below 1000 \
+    >"$OUT/rows-gelu$v.txt" 2>&1 || status=1
+  echo "GEMMA3_GELU_EPILOGUE=$v:"
+  grep -E "^\| gate_up" "$OUT/rows-gelu$v.txt" | cut -d'|' -f3-5 | tr -s ' ' | tr '\n' ';'
+  echo
+done
 ab() {  # TAG VAR "VALUES" MODELS BENCH-ARGS
   OUT="$OUT/$1" AB_VAR=$2 AB_VALUES="$3" AB_BENCH="$5" bash scripts/gpu-ab.sh --models "$4" \
     --rounds 2 || status=1
