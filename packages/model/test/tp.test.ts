@@ -500,4 +500,46 @@ describe.skipIf(gpus < 2)("tensor parallel on CUDA ranks", () => {
           await bf16Parity(name, devices, "cuda:0", backend);
         });
       }
+
+  // Quantized ranks: q4_0 / q8_0 shards in the split layouts (layout.ts) give the logits of the
+  // same shards kept in GGUF blocks (GEMMA3_Q4_0_LAYOUT / GEMMA3_Q8_0_LAYOUT=gguf) to a float32
+  // accumulation bound (the same integer block dots summed in another order), over a prompt and
+  // graph-replayed decode steps.
+  for (const q of ["q4_0", "q8_0"] as const)
+    it(`tiny-1b N = 2, ${q}: the split layouts equal the GGUF blocks`, async () => {
+      const g = golden("tiny-1b");
+      const V = g.meta.vocab;
+      const vars = ["GEMMA3_Q4_0_LAYOUT", "GEMMA3_Q8_0_LAYOUT"] as const;
+      const load = async (layout: string | undefined) => {
+        const old = vars.map((v) => process.env[v]);
+        for (const v of vars) if (layout) process.env[v] = layout;
+        try {
+          return await loadTensorParallelModel(g.dir, {
+            devices: ["cuda:0", "cuda:1"],
+            dtype: "f32",
+            quantize: q,
+          });
+        } finally {
+          vars.forEach((v, i) =>
+            old[i] === undefined ? delete process.env[v] : (process.env[v] = old[i]),
+          );
+        }
+      };
+      const dtypes = (m: TensorParallelTextModel) =>
+        new Set(
+          (m as unknown as { ranks: { weights: TextWeights }[] }).ranks.flatMap((rk) =>
+            Object.values(rk.weights.layers[0]!).map((t: Tensor) => t.dtypeName),
+          ),
+        );
+      const split = await load(undefined);
+      const blocks = await load("gguf");
+      expect(dtypes(split).has(`${q}s`)).toBe(true);
+      expect(dtypes(blocks).has(`${q}s`)).toBe(false);
+      const a = await run(split, g.meta.prompt_ids, 6, V);
+      const b = await run(blocks, g.meta.prompt_ids, 6, V);
+      split.dispose();
+      blocks.dispose();
+      expect(maxAbsDiff(a.logits, b.logits)).toBeLessThan(1e-3);
+      expect(maxAbsDiff(a.stepLogits, b.stepLogits)).toBeLessThan(1e-3);
+    });
 });

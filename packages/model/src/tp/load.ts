@@ -7,6 +7,7 @@ import { Communicator, Device, UnsupportedError, type Tensor } from "@gemma3/nat
 import type { LayerWeights, StoredLayerWeight } from "../block.js";
 import { loadConfig } from "../config.js";
 import { fuseProjections } from "../fuse.js";
+import { repackSplitWeights, splitFormats } from "../layout.js";
 import { LAYER_KEYS, loadTextModel, resolveModelPath, type LoadOptions } from "../load.js";
 import { WEIGHT_QUANTIZATIONS, canQuantize, quantizeWeight } from "../quantize.js";
 import { openCheckpoint, type Checkpoint } from "../safetensors.js";
@@ -113,6 +114,8 @@ export async function loadTensorParallelModel(
       (await each("lm_head", (s) => ({ rows: s.vocab, padRows: vr }), false)).forEach(
         (t, r) => (parts[r]!.weights.lmHead = t),
       );
+    // CUDA ranks take q4_0 / q8_0 weights in the GPU row layouts (layout.ts), as one device does.
+    for (const p of parts) repackSplitWeights(p.weights, splitFormats(p.device), loaded);
     return new TensorParallelTextModel(config, layout, parts, dtype, comm);
   } catch (e) {
     for (const t of loaded) t.dispose();
