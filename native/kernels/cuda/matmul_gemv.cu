@@ -1425,6 +1425,14 @@ Status launch_qlane(const TX* x, const TW* w, const float* w_scale, TX* y, int M
         return launch_qlane_m<TX, TW, 1, kX, 16, 2, 3>(x, w, w_scale, y, M, N, K, smem, min_slice,
                                                        stream, gp);
     }
+    if constexpr (kX == XIn::kQ8Global) {
+      // x rounded once (g_qx), R = 2: GEMMA3_QS_GQX_U=3 takes 3 blocks a row in flight (the long
+      // rows of the down projections and the logits in fewer rounds; A/B, session 9).
+      static const bool gqx_u3 = env_is("GEMMA3_QS_GQX_U", "3");
+      if (M == 1 && a == 16 && gqx_u3 && (!kQ4 || force_r != 4))
+        return launch_qlane_m<TX, TW, 1, kX, 16, 2, 3>(x, w, w_scale, y, M, N, K, smem, min_slice,
+                                                       stream, gp);
+    }
     if constexpr (kQ4) {  // q8_0s: R = 2, U = 2 (LaneTiling), its 9-word blocks
       const int r = force_r == 2 || force_r == 4 ? force_r : kX == XIn::kQ8Shared ? 4 : 2;
       if constexpr (kX == XIn::kQ8Shared) {
