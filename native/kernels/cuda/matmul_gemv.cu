@@ -245,10 +245,10 @@ struct Tiling {
 // 16-bit weights (bf16: 6 CTAs an SM); fp8 (46 without it) would spill (H100: 1B gate/up 10.5 ->
 // 11.4 µs when bounded).
 template <typename TX, typename TW, int MT, int U, bool kQk = false, bool kGelu = false>
-__global__ void __launch_bounds__(kThreads, MT == 1 && (kQk || (kGelu && U != kOneShotU &&
-                                                                 sizeof(TW) == 2))
-                                                ? 6
-                                                : (kQk ? 4 : (MT == 1 ? 3 : 2)))
+__global__ void __launch_bounds__(kThreads,
+                                  MT == 1 && (kQk || (kGelu && U != kOneShotU && sizeof(TW) == 2))
+                                      ? 6
+                                      : (kQk ? 4 : (MT == 1 ? 3 : 2)))
     gemv_kernel(const TX* __restrict__ x,           // x: [M, K]
                 const TW* __restrict__ w,           // w: [N, K], 16-byte aligned
                 const float* __restrict__ w_scale,  // w_scale: [N] or null
@@ -1366,16 +1366,25 @@ Status launch_q(const TX* x, const TW* w, const float* w_scale, TX* y, int M, in
 // The lane-per-block q-dot GEMV (gemv_qlane_kernel). Its grid is one CTA per kWarps / S row groups:
 // S (K split over the warps of a CTA) doubles while the grid has fewer than 32 warps an SM and each
 // slice keeps at least min_slice blocks a row.
+// The K split (S) of the lane kernel at R rows a warp: S doubles while the grid has fewer than 32
+// warps an SM and each slice keeps at least min_slice blocks a row.
+Status qlane_slices(int64_t N, int R, int64_t K, int min_slice, int* S) {
+  int sms = 0;
+  G3_RETURN_IF_ERROR(sm_count(&sms));
+  const int64_t groups = (N + R - 1) / R, nb = K / kQK;
+  *S = 1;
+  while (*S < kWarps && groups * *S < int64_t(sms) * 32 && nb / (2 * *S) >= min_slice) *S *= 2;
+  return Status::Ok();
+}
+
 template <typename TX, typename TW, int MT, XIn kX, int kA, int R = LaneTiling<TW, MT>::R,
           int U = LaneTiling<TW, MT>::U>
 Status launch_qlane_m(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N,
                       int64_t K, int smem, int min_slice, cudaStream_t stream,
                       const GeluPairs<TX>& gp) {
-  int sms = 0;
-  G3_RETURN_IF_ERROR(sm_count(&sms));
-  const int64_t groups = (N + R - 1) / R, nb = K / kQK;
   int S = 1;
-  while (S < kWarps && groups * S < int64_t(sms) * 32 && nb / (2 * S) >= min_slice) S *= 2;
+  G3_RETURN_IF_ERROR(qlane_slices(N, R, K, min_slice, &S));
+  const int64_t groups = (N + R - 1) / R;
   const int64_t per_block = kWarps / S;
   const int64_t blocks = (groups + per_block - 1) / per_block;
   if (blocks > 0x7fffffff) return Status(StatusCode::kUnsupported, "matmul gemv: N too large");
@@ -1426,10 +1435,20 @@ Status launch_qlane(const TX* x, const TW* w, const float* w_scale, TX* y, int M
                                                        stream, gp);
     }
     if constexpr (kX == XIn::kQ8Global) {
-      // x rounded once (g_qx), R = 2: GEMMA3_QS_GQX_U=3 takes 3 blocks a row in flight (the long
-      // rows of the down projections and the logits in fewer rounds; A/B, session 9).
-      static const bool gqx_u3 = env_is("GEMMA3_QS_GQX_U", "3");
-      if (M == 1 && a == 16 && gqx_u3 && (!kQ4 || force_r != 4))
+      // x rounded once (g_qx), R = 2: q4_0s takes 3 blocks a row in flight where that leaves a
+      // slice one round of loads fewer (H100, session 9: the 4B logits 145.3 -> 117.9 µs, 4B down
+      // 8.72 -> 8.49, 27B down 25.41 -> 24.50; the 1B down, one round either way, 4.04 -> 4.13).
+      // q8_0s stays at U = 2 (U = 3 lost 5-20% but at the logits). GEMMA3_QS_GQX_U=2 / 3 forces
+      // U for both formats (the A/B).
+      static const int gqx_u = env_int("GEMMA3_QS_GQX_U", 0);
+      bool u3 = gqx_u == 3;
+      if (kQ4 && gqx_u == 0 && M == 1 && a == 16) {
+        int S = 1;
+        G3_RETURN_IF_ERROR(qlane_slices(N, 2, K, min_slice, &S));
+        const int64_t slice = (K / kQK + S - 1) / S;  // blocks of a row's longest slice
+        u3 = (slice + 63) / 64 > (slice + 95) / 96;
+      }
+      if (M == 1 && a == 16 && u3 && (!kQ4 || force_r != 4))
         return launch_qlane_m<TX, TW, 1, kX, 16, 2, 3>(x, w, w_scale, y, M, N, K, smem, min_slice,
                                                        stream, gp);
     }
