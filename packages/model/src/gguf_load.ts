@@ -79,6 +79,11 @@ export function isLinearWeight(canonical: string): boolean {
   return /\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$/.test(canonical);
 }
 
+/** The embedding (the tied output head) and an untied lm_head: what `quantizeHead` applies to. */
+export function isHeadWeight(canonical: string): boolean {
+  return canonical === "embed_tokens" || canonical === "lm_head";
+}
+
 /** Tensor types this runtime loads. */
 export const GGUF_LOADABLE_TYPES: readonly GGMLTypeName[] = [
   "F32",
@@ -402,7 +407,7 @@ export function ggufFloats(bytes: Uint8Array, type: GGMLTypeName): Float32Array 
 export interface LoadGGUFTensorOptions {
   /**
    * Quantize a float-stored weight to this format on the device (stored blocks stay; rows that are
-   * not whole 32-blocks stay float).
+   * not whole blocks, 32 or 256 for the K-quants, stay float).
    */
   quantize?: WeightQuantization;
   /** Host bytes per read (whole rows, at least one; default 64 MB). */

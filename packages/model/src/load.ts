@@ -1,7 +1,7 @@
 // Loading a model onto a device: a directory of config.json + *.safetensors (single or sharded),
 // or a llama.cpp-convention gemma3 .gguf file (or a directory holding one). Linear weights can be
-// quantized on load (q8_0, q4_0, fp8_e4m3, q4_k/q5_k/q6_k); embeddings, the head and norms stay in
-// the compute dtype.
+// quantized on load (q8_0, q4_0, fp8_e4m3, q4_k/q5_k/q6_k), and, opt-in, the embedding table (the
+// tied head) to a block format; norms stay in the compute dtype.
 import { readdir, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { Device, Tensor, UnsupportedError } from "@gemma3/native";
@@ -14,13 +14,16 @@ import { ggufMultimodalConfig, isMmprojFileName, resolveMmproj } from "./gguf_mm
 import {
   checkGGUFTextWeights,
   ggufTextConfig,
+  isHeadWeight,
   isLinearWeight,
   loadGGUFTensor,
 } from "./gguf_load.js";
 import {
+  HEAD_QUANTIZATIONS,
   WEIGHT_QUANTIZATIONS,
   canQuantize,
   quantizeWeight,
+  type HeadQuantization,
   type WeightQuantization,
 } from "./quantize.js";
 import { openCheckpoint } from "./safetensors.js";
@@ -39,6 +42,18 @@ export interface LoadOptions {
    * not whole blocks (32, or 256 for the K-quants) stays in `dtype`.
    */
   quantize?: WeightQuantization;
+  /**
+   * Quantize the token embedding table on load (Gemma 3 ties it to the output head; an untied
+   * lm_head is quantized too): q8_0 / q4_0 / q4_k / q5_k / q6_k, from the stored precision as
+   * `quantize` does. Default: none; the table stays in `dtype` (bf16 on CUDA). llama.cpp's
+   * llama-quantize quantizes the tied head by default (Q6_K in a Q4_0 file, Q8_0 in a Q8_0 file);
+   * here it is opt-in. At decode the head is the largest weight read per token (4B: 262208 × 2560,
+   * 1.34 GB in bf16). Applies where the table is stored as floats (safetensors; GGUF F32/F16/BF16)
+   * and its rows are whole blocks (hidden % 32, % 256 for the K-quants), else it stays in `dtype`;
+   * a GGUF token_embd stored as blocks keeps them. Not fp8_e4m3: the embedding gather applies one
+   * per-tensor fp8 scale, quantize-on-load makes one per row.
+   */
+  quantizeHead?: HeadQuantization;
   /** Progress over the text weights: (tensors done, fractional, tensors total). */
   onProgress?: (done: number, total: number) => void;
   /**
@@ -132,6 +147,7 @@ export async function loadTextModel(
   const device = Device.of(opts.device ?? "cpu");
   const dtype: ComputeDType = opts.dtype ?? (device.isCuda ? "bf16" : "f32");
   checkQuantize(opts.quantize);
+  checkQuantizeHead(opts.quantizeHead);
   const src = await resolveModelPath(path, opts);
   return src.format === "gguf"
     ? loadFromGGUF(src.file, src.mmproj, device, dtype, opts)
@@ -155,6 +171,34 @@ function checkQuantize(q: WeightQuantization | undefined): void {
         "(block.ts must use layerOps from quantize.ts and set DecoderLayer.supportsWeightScales)",
       "E_UNSUPPORTED",
     );
+}
+
+/**
+ * Refuses a `quantizeHead` that is not one of HEAD_QUANTIZATIONS, before any weight is read.
+ * (Internal: the tensor-parallel and random-weight loaders share it.)
+ */
+export function checkQuantizeHead(q: HeadQuantization | undefined): void {
+  if (q === undefined) return;
+  if (!HEAD_QUANTIZATIONS.includes(q))
+    throw new RangeError(
+      `quantizeHead: "${String(q)}" is not one of ${HEAD_QUANTIZATIONS.join(", ")}` +
+        ((q as string) === "fp8_e4m3"
+          ? " (the embedding gather applies one per-tensor fp8 scale, not per-row scales)"
+          : ""),
+    );
+}
+
+/**
+ * The format `opts` quantizes canonical weight `name` to: `quantize` for the linear weights,
+ * `quantizeHead` for embed_tokens and lm_head, none for the norms. (Internal: for the loaders.)
+ */
+export function quantizationOf(
+  name: string,
+  opts: Pick<LoadOptions, "quantize" | "quantizeHead">,
+): WeightQuantization | undefined {
+  if (isLinearWeight(name)) return opts.quantize;
+  if (isHeadWeight(name)) return opts.quantizeHead;
+  return undefined;
 }
 
 /**
@@ -213,8 +257,8 @@ async function loadFromSafetensors(
     const stored = (name: string) => ckpt.tensors.get(indexWeights(ckpt).names.get(name)!)!.info;
     return await assemble(config, device, dtype, opts, async (name, progress) => {
       const onProgress = (d: number, all: number) => progress(d / Math.max(all, 1));
-      const q = opts.quantize;
-      if (!q || !isLinearWeight(name) || !canQuantize(stored(name).shape, q))
+      const q = quantizationOf(name, opts);
+      if (!q || !canQuantize(stored(name).shape, q))
         return loadTensor(ckpt, name, device, dtype, { onProgress });
       // Quantize from the stored precision: bf16 as bf16, anything else through f32.
       const src = stored(name).dtype === "BF16" ? "bf16" : "f32";
@@ -243,7 +287,7 @@ async function loadFromGGUF(
     const infos = checkGGUFTextWeights(config, f);
     return await assemble(config, device, dtype, opts, (name) =>
       loadGGUFTensor(f, name, infos.get(name)!, device, dtype, {
-        quantize: isLinearWeight(name) ? opts.quantize : undefined,
+        quantize: quantizationOf(name, opts),
       }),
     );
   } finally {

@@ -1,4 +1,5 @@
-// Weight quantization for the linear layers, and the tools to measure what it costs.
+// Weight quantization for the linear layers (and, opt-in, the embedding / output head), and the
+// tools to measure what it costs.
 //   q8_0 / q4_0: GGUF blocks (llama.cpp reference rules, ops.quantize on the weight's device).
 //   q4_k / q5_k / q6_k: GGUF K-quant super-blocks of 256 (llama.cpp's reference quantizers, as
 //                llama-quantize without an importance matrix; ops.quantize on the weight's device).
@@ -14,6 +15,20 @@ export const WEIGHT_QUANTIZATIONS: readonly WeightQuantization[] = [
   "q8_0",
   "q4_0",
   "fp8_e4m3",
+  "q4_k",
+  "q5_k",
+  "q6_k",
+];
+
+/**
+ * Formats the embedding table (and the tied output head) can be quantized to: the block formats.
+ * Not fp8_e4m3: the embedding gather applies one per-tensor fp8 scale, quantize-on-load makes one
+ * per row.
+ */
+export type HeadQuantization = Exclude<WeightQuantization, "fp8_e4m3">;
+export const HEAD_QUANTIZATIONS: readonly HeadQuantization[] = [
+  "q8_0",
+  "q4_0",
   "q4_k",
   "q5_k",
   "q6_k",

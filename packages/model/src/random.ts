@@ -7,9 +7,19 @@ import { Communicator, Device, Tensor, copyColumns, f32ToBf16 } from "@gemma3/na
 import type { LayerWeights, StoredLayerWeight } from "./block.js";
 import { loadConfig, type Gemma3Config } from "./config.js";
 import { fuseProjections } from "./fuse.js";
-import { isLinearWeight } from "./gguf_load.js";
-import { LAYER_KEYS, assemble, type LoadOptions } from "./load.js";
-import { canQuantize, quantizeWeight, type WeightQuantization } from "./quantize.js";
+import {
+  LAYER_KEYS,
+  assemble,
+  checkQuantizeHead,
+  quantizationOf,
+  type LoadOptions,
+} from "./load.js";
+import {
+  canQuantize,
+  quantizeWeight,
+  type HeadQuantization,
+  type WeightQuantization,
+} from "./quantize.js";
 import type { ComputeDType, Gemma3TextModel, TextWeights } from "./text_model.js";
 import { tensorParallelLayout } from "./tp/layout.js";
 import { TensorParallelTextModel } from "./tp/model.js";
@@ -64,9 +74,9 @@ export function randomRows(
   return t;
 }
 
-/** `t` quantized to `q` when `name` is a linear weight whose rows fit q's blocks (disposes t). */
-function quantizeLinear(name: string, t: Tensor, q: WeightQuantization | undefined): Tensor {
-  if (!q || !isLinearWeight(name) || !canQuantize(t.shape, q)) return t;
+/** `t` quantized to `q` when q is set and t's rows fit its blocks (then t is disposed), else t. */
+function quantizeTo(t: Tensor, q: WeightQuantization | undefined): Tensor {
+  if (!q || !canQuantize(t.shape, q)) return t;
   try {
     return quantizeWeight(t, q);
   } finally {
@@ -77,7 +87,8 @@ function quantizeLinear(name: string, t: Tensor, q: WeightQuantization | undefin
 /**
  * A Gemma3TextModel with random weights at `config`'s shape (a config.json path or a parsed
  * config), built on the device like a loaded checkpoint: the same fusing and, with
- * `opts.quantize`, the same on-device quantization of the linear weights. The head is tied.
+ * `opts.quantize` / `opts.quantizeHead`, the same on-device quantization of the linear weights and
+ * of the embedding. The head is tied.
  */
 export async function randomTextModel(
   config: string | Gemma3Config,
@@ -87,11 +98,12 @@ export async function randomTextModel(
   const cfg: Gemma3Config = { ...parsed, tieWordEmbeddings: true };
   const device = Device.of(opts.device ?? "cpu");
   const dtype: ComputeDType = opts.dtype ?? (device.isCuda ? "bf16" : "f32");
+  checkQuantizeHead(opts.quantizeHead);
   const shapes = new Map(expectedTextWeights(cfg).map((w) => [w.name, w.shape]));
   const pool = randomPool(device, dtype);
   try {
     return await assemble(cfg, device, dtype, opts, async (name) =>
-      quantizeLinear(name, randomRows(name, shapes.get(name)!, 0, pool), opts.quantize),
+      quantizeTo(randomRows(name, shapes.get(name)!, 0, pool), quantizationOf(name, opts)),
     );
   } finally {
     pool.dispose();
@@ -135,6 +147,7 @@ export async function randomTensorParallelModel(
     devices: readonly Device[];
     dtype?: ComputeDType;
     quantize?: WeightQuantization;
+    quantizeHead?: HeadQuantization;
     collective?: "auto" | "nccl" | "host";
     fuse?: boolean;
   },
@@ -144,6 +157,7 @@ export async function randomTensorParallelModel(
   const devices = opts.devices;
   const dtype: ComputeDType = opts.dtype ?? (devices[0]?.isCuda ? "bf16" : "f32");
   const layout = tensorParallelLayout(cfg, devices.length); // refuses splits that do not divide
+  checkQuantizeHead(opts.quantizeHead);
   const shapes = new Map(expectedTextWeights(cfg).map((w) => [w.name, w.shape]));
   const h = cfg.hiddenSize;
   const owned: Tensor[] = [];
@@ -155,23 +169,25 @@ export async function randomTensorParallelModel(
       try {
         /** The rank's part of weight `name`, as the tensor-parallel loader takes it. */
         const part = (name: string, spec: ShardSpec | undefined) => {
-          const t = quantizeLinear(
-            name,
+          const t = quantizeTo(
             randomShard(name, shapes.get(name)!, spec, pool),
-            opts.quantize,
+            quantizationOf(name, opts),
           );
           owned.push(t);
           return t;
         };
-        // The rank's vocabulary rows, zero padding, then the zero row other ranks' ids gather.
+        // The rank's vocabulary rows, zero padding, then the zero row other ranks' ids gather
+        // (quantized per row with the rest: zero rows stay zero).
         const [v0, v1] = shard.vocab;
-        const embedTokens = Tensor.zeros([layout.vocabPerRank + 1, h], dtype, device);
-        owned.push(embedTokens);
+        const table = Tensor.zeros([layout.vocabPerRank + 1, h], dtype, device);
+        owned.push(table);
         if (v1 > v0) {
           const rows = randomShard("embed_tokens", [cfg.vocabSize, h], { rows: [v0, v1] }, pool);
-          embedTokens.slice(0, v1 - v0).copyFrom(rows);
+          table.slice(0, v1 - v0).copyFrom(rows);
           rows.dispose();
         }
+        const embedTokens = quantizeTo(table, quantizationOf("embed_tokens", opts));
+        if (embedTokens !== table) owned.push(embedTokens);
         const layers: LayerWeights[] = [];
         for (let i = 0; i < cfg.numHiddenLayers; i++) {
           const w = {} as LayerWeights;

@@ -59,7 +59,14 @@ for (const name of ["tiny-1b", "tiny-27b"]) {
 
   for (const q of ["q4_0", "q8_0"] as const)
     it(`${name}: repackSplitWeights turns every ${q} weight into its ${q}s bytes, views included`, async () => {
-      const model = await loadTextModel(dir, { device: "cpu", dtype: "f32", quantize: q });
+      // quantizeHead too: the tied table (tiny-1b's; tiny-27b's 48-wide rows stay f32) is repacked
+      // like the layers' weights.
+      const model = await loadTextModel(dir, {
+        device: "cpu",
+        dtype: "f32",
+        quantize: q,
+        quantizeHead: q,
+      });
       try {
         const before = new Map<string, { bytes: Uint8Array; shape: number[]; dtype: string }>();
         for (const [k, t] of named(model.weights))
@@ -86,6 +93,7 @@ for (const name of ["tiny-1b", "tiny-27b"]) {
         }
         // Linear weights whose rows are whole blocks were quantized (not tiny-27b's K = 48 rows).
         expect(split).toBeGreaterThan(0);
+        expect(model.weights.embedTokens.dtypeName).toBe(name === "tiny-1b" ? `${q}s` : "f32");
         for (const l of model.weights.layers) {
           if (l.qkvProj?.dtypeName === `${q}s`) expect(l.qProj.base).toBe(l.qkvProj);
           if (l.gateUpProj?.dtypeName === `${q}s`) expect(l.upProj.base).toBe(l.gateUpProj);
@@ -102,6 +110,7 @@ for (const name of ["tiny-1b", "tiny-27b"]) {
         const gguf = await writeGemma3GGUF(dir, type, join(tempDir("layout"), `${name}-${q}.gguf`));
         for (const [path, o] of [
           [dir, { device: "cuda", dtype: "f32", quantize: q }],
+          [dir, { device: "cuda", dtype: "f32", quantize: q, quantizeHead: q }],
           [gguf, { device: "cuda", dtype: "f32" }],
         ] as const) {
           const split = await loadWith(undefined, path, o);
@@ -113,9 +122,10 @@ for (const name of ["tiny-1b", "tiny-27b"]) {
             expect(dtypes(blocks).has(q) && !dtypes(blocks).has(`${q}s`)).toBe(true);
             const e = blocks.weights.embedTokens.dtypeName;
             expect(split.weights.embedTokens.dtypeName).toBe(e === q ? `${q}s` : e);
-            // tiny-1b's GGUF token_embd is in the file's type (the embedding and the tied head read
-            // the split layout); tiny-27b's 48-wide rows are not whole blocks and stay F32.
-            if (path === gguf && name === "tiny-1b") expect(e).toBe(q);
+            // tiny-1b's GGUF token_embd is in the file's type, and so is its table with quantizeHead
+            // (the embedding and the tied head read the split layout); tiny-27b's 48-wide rows are
+            // not whole blocks and stay F32.
+            if ((path === gguf || "quantizeHead" in o) && name === "tiny-1b") expect(e).toBe(q);
             const a = await promptAndGreedy(split, g.prompt_ids, { steps: 6, graph: true });
             const b = await promptAndGreedy(blocks, g.prompt_ids, { steps: 6, graph: true });
             // Same integer block dots, float32 sums in another order: ~1e-6 relative per dot

@@ -100,6 +100,31 @@ describe("randomTextModel", () => {
     ref.dispose();
   });
 
+  it("quantizeHead quantizes the tied table, on one device and on each rank's padded table", async () => {
+    const o = { dtype: "f32", quantizeHead: "q8_0" } as const;
+    const m = await randomTextModel(cfgPath, { device: "cpu", ...o });
+    expect(m.weights.embedTokens.dtypeName).toBe("q8_0");
+    expect(m.weights.layers[0]!.downProj.dtypeName).toBe("f32");
+    const ref = await randomTextModel(cfgPath, { device: "cpu", dtype: "f32" });
+    const [a, b] = [await logits(m, ids), await logits(ref, ids)];
+    ref.dispose();
+    m.dispose();
+    let worst = 0;
+    for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i]! - b[i]!));
+    expect(worst).toBeGreaterThan(0); // quantized
+    expect(worst).toBeLessThan(0.05); // q8_0 of uniform(±0.03) weights stays close
+    const tp = await randomTensorParallelModel(cfgPath, {
+      devices: [Device.cpu, Device.cpu],
+      ...o,
+    });
+    const got = await logits(tp, ids);
+    tp.dispose();
+    let d = 0;
+    for (let i = 0; i < got.length; i++) d = Math.max(d, Math.abs(got[i]! - a[i]!));
+    // Rows quantize independently: the ranks hold one device's blocks (below: 1e-4).
+    expect(d).toBeLessThan(1e-4);
+  });
+
   it("split over N CPU ranks (2, 4): the shards of the same tensors, logits as one device", async () => {
     const one = await randomTextModel(cfgPath, { device: "cpu", dtype: "f32" });
     const ref = await logits(one, ids);

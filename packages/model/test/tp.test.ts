@@ -212,6 +212,42 @@ for (const name of ["tiny-1b", "tiny-27b"]) {
   });
 }
 
+describe("tiny-1b: quantizeHead q8_0 on CPU ranks", () => {
+  it("N = 2 and 4: each rank's padded table in q8_0; logits equal the one-device model's", async () => {
+    // Rows quantize independently, so each rank's vocabulary rows hold the blocks one device
+    // holds (the padding rows are zero blocks): TP changes only the summation order, as above.
+    const g = golden("tiny-1b");
+    const V = g.meta.vocab;
+    const steps = g.meta.greedy_ids.length;
+    const single = await loadTextModel(g.dir, {
+      device: "cpu",
+      dtype: "f32",
+      quantizeHead: "q8_0",
+    });
+    expect(single.weights.embedTokens.dtypeName).toBe("q8_0");
+    const ref = await run(single, g.meta.prompt_ids, steps, V);
+    single.dispose();
+    for (const n of [2, 4]) {
+      const tp = await loadTensorParallelModel(g.dir, {
+        devices: ones(n),
+        dtype: "f32",
+        quantizeHead: "q8_0",
+      });
+      const ranks = (tp as unknown as { ranks: { weights: TextWeights }[] }).ranks;
+      for (const rk of ranks) {
+        expect(rk.weights.embedTokens.dtypeName).toBe("q8_0");
+        expect(rk.weights.embedTokens.shape).toEqual([tp.layout.vocabPerRank + 1, 64]);
+        expect(rk.weights.layers[0]!.downProj.dtypeName).toBe("f32");
+      }
+      const got = await run(tp, g.meta.prompt_ids, steps, V);
+      tp.dispose();
+      expect(maxAbsDiff(got.logits, ref.logits)).toBeLessThan(TP_TOL);
+      expect(maxAbsDiff(got.stepLogits, ref.stepLogits)).toBeLessThan(TP_TOL);
+      expect(got.ids).toEqual(ref.ids);
+    }
+  });
+});
+
 /**
  * `n` sequences of one cache decoding together (batch n) for `steps` greedy steps after their
  * prompts (rotations of the golden prompt), with or without graph replay; every step's logits.
@@ -434,16 +470,28 @@ describe("sharded loading", () => {
       }),
     );
     const prompt = golden("tiny-1b").meta.prompt_ids.map((id) => id % 510);
-    const single = await loadTextModel(dir, { device: "cpu", dtype: "f32" });
-    const tp = await loadTensorParallelModel(dir, { devices: ones(4), dtype: "f32" });
-    expect(tp.layout.vocabPerRank).toBe(128);
-    const want = await run(single, prompt, 8, 510);
-    const got = await run(tp, prompt, 8, 510);
-    single.dispose();
-    tp.dispose();
-    expect(maxAbsDiff(got.logits, want.logits)).toBeLessThan(TP_TOL);
-    expect(maxAbsDiff(got.stepLogits, want.stepLogits)).toBeLessThan(TP_TOL);
-    expect(got.ids).toEqual(want.ids);
+    // Float, then with quantizeHead q8_0: the untied lm_head is quantized too (from bf16), the
+    // last rank's padding rows included.
+    for (const quantizeHead of [undefined, "q8_0"] as const) {
+      const o = { dtype: "f32", ...(quantizeHead ? { quantizeHead } : {}) } as const;
+      const single = await loadTextModel(dir, { device: "cpu", ...o });
+      const tp = await loadTensorParallelModel(dir, { devices: ones(4), ...o });
+      expect(tp.layout.vocabPerRank).toBe(128);
+      const heads = [
+        single.weights.lmHead!,
+        ...(tp as unknown as { ranks: { weights: TextWeights }[] }).ranks.map(
+          (rk) => rk.weights.lmHead!,
+        ),
+      ];
+      for (const t of heads) expect(t.dtypeName).toBe(quantizeHead ?? "f32");
+      const want = await run(single, prompt, 8, 510);
+      const got = await run(tp, prompt, 8, 510);
+      single.dispose();
+      tp.dispose();
+      expect(maxAbsDiff(got.logits, want.logits)).toBeLessThan(TP_TOL);
+      expect(maxAbsDiff(got.stepLogits, want.stepLogits)).toBeLessThan(TP_TOL);
+      expect(got.ids).toEqual(want.ids);
+    }
   });
 });
 

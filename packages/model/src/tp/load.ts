@@ -8,8 +8,20 @@ import type { LayerWeights, StoredLayerWeight } from "../block.js";
 import { loadConfig } from "../config.js";
 import { fuseProjections } from "../fuse.js";
 import { repackSplitWeights, splitFormats } from "../layout.js";
-import { LAYER_KEYS, loadTextModel, resolveModelPath, type LoadOptions } from "../load.js";
-import { WEIGHT_QUANTIZATIONS, canQuantize, quantizeWeight } from "../quantize.js";
+import {
+  LAYER_KEYS,
+  checkQuantizeHead,
+  loadTextModel,
+  quantizationOf,
+  resolveModelPath,
+  type LoadOptions,
+} from "../load.js";
+import {
+  WEIGHT_QUANTIZATIONS,
+  canQuantize,
+  quantizeWeight,
+  type WeightQuantization,
+} from "../quantize.js";
 import { openCheckpoint, type Checkpoint } from "../safetensors.js";
 import type { ComputeDType, TextModel, TextWeights } from "../text_model.js";
 import { checkTextWeights, indexWeights, loadTensor } from "../weights.js";
@@ -45,6 +57,7 @@ export async function loadTensorParallelModel(
     throw new RangeError(
       `quantize: "${String(q)}" is not one of ${WEIGHT_QUANTIZATIONS.join(", ")}`,
     );
+  checkQuantizeHead(opts.quantizeHead);
   const src = await resolveModelPath(path);
   if (src.format === "gguf")
     throw new UnsupportedError(
@@ -66,22 +79,15 @@ export async function loadTensorParallelModel(
     const names = 2 + (config.tieWordEmbeddings ? 0 : 1) + config.numHiddenLayers * 13;
     const total = names * devices.length;
     let done = 0;
-    /** Every rank's shard of one tensor. */
+    /** Every rank's shard of one tensor, quantized to `quantize` where its rows are whole blocks. */
     const each = async (
       name: string,
       shard: (s: RankShard) => ShardSpec | undefined,
-      quantize: boolean,
+      quantize: WeightQuantization | undefined,
     ): Promise<Tensor[]> => {
       const out: Tensor[] = [];
       for (const [r, s] of layout.ranks.entries()) {
-        const t = await loadPart(
-          ckpt,
-          name,
-          devices[r]!,
-          dtype,
-          shard(s),
-          quantize ? q : undefined,
-        );
+        const t = await loadPart(ckpt, name, devices[r]!, dtype, shard(s), quantize);
         loaded.push(t);
         out.push(t);
         opts.onProgress?.(++done, total);
@@ -89,18 +95,23 @@ export async function loadTensorParallelModel(
       return out;
     };
     const vr = layout.vocabPerRank;
-    // Embedding: the rank's vocabulary rows, zero-padded to vocabPerRank, plus the zero row.
-    (await each("embed_tokens", (s) => ({ rows: s.vocab, padRows: vr + 1 }), false)).forEach(
-      (t, r) => (parts[r]!.weights.embedTokens = t),
-    );
+    // Embedding: the rank's vocabulary rows, zero-padded to vocabPerRank, plus the zero row
+    // (with quantizeHead, quantized per row: the zero rows stay zero).
+    (
+      await each(
+        "embed_tokens",
+        (s) => ({ rows: s.vocab, padRows: vr + 1 }),
+        quantizationOf("embed_tokens", opts),
+      )
+    ).forEach((t, r) => (parts[r]!.weights.embedTokens = t));
     for (let i = 0; i < config.numHiddenLayers; i++) {
       const ws = parts.map(() => ({}) as LayerWeights);
       for (const [field, key] of Object.entries(LAYER_KEYS) as [StoredLayerWeight, string][]) {
-        const linear = key.endsWith("_proj");
+        const name = `layers.${i}.${key}`;
         const ts = await each(
-          `layers.${i}.${key}`,
+          name,
           (s) => layerShard(key, s, config.headDim),
-          linear,
+          quantizationOf(name, opts),
         );
         ts.forEach((t, r) => (ws[r]![field] = t));
       }
@@ -109,11 +120,17 @@ export async function loadTensorParallelModel(
       if (opts.fuse ?? true) for (const w of ws) loaded.push(...fuseProjections(w));
       ws.forEach((w, r) => parts[r]!.weights.layers.push(w));
     }
-    (await each("norm", () => undefined, false)).forEach((t, r) => (parts[r]!.weights.norm = t));
+    (await each("norm", () => undefined, undefined)).forEach(
+      (t, r) => (parts[r]!.weights.norm = t),
+    );
     if (!config.tieWordEmbeddings)
-      (await each("lm_head", (s) => ({ rows: s.vocab, padRows: vr }), false)).forEach(
-        (t, r) => (parts[r]!.weights.lmHead = t),
-      );
+      (
+        await each(
+          "lm_head",
+          (s) => ({ rows: s.vocab, padRows: vr }),
+          quantizationOf("lm_head", opts),
+        )
+      ).forEach((t, r) => (parts[r]!.weights.lmHead = t));
     // CUDA ranks take q4_0 / q8_0 weights in the GPU row layouts (layout.ts), as one device does.
     for (const p of parts) repackSplitWeights(p.weights, splitFormats(p.device), loaded);
     return new TensorParallelTextModel(config, layout, parts, dtype, comm);
@@ -133,7 +150,7 @@ async function loadPart(
   device: Device,
   dtype: ComputeDType,
   spec: ShardSpec | undefined,
-  quantize: LoadOptions["quantize"],
+  quantize: WeightQuantization | undefined,
 ): Promise<Tensor> {
   const stored = ckpt.tensors.get(indexWeights(ckpt).names.get(name) ?? "")?.info;
   // Quantize from the stored precision: bf16 as bf16, anything else through f32 (as load.ts).
