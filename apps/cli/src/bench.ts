@@ -16,7 +16,9 @@ import {
   randomTensorParallelModel,
   randomTextModel,
   tensorParallelDevices,
+  HEAD_QUANTIZATIONS,
   WEIGHT_QUANTIZATIONS,
+  type HeadQuantization,
   type TextModel,
   type WeightQuantization,
 } from "@gemma3/model";
@@ -24,8 +26,9 @@ import { cudaAvailable, Device } from "@gemma3/native";
 import { CliUsageError } from "./serve.js";
 
 export const BENCH_USAGE = `  gemma3 bench [--model DIR|FILE.gguf|random:CONFIG.json] [--device cuda|cpu] [--dtype bf16]
-               [--quantize q4_0|…] [--tensor-parallel N] [--batch 1,8,32,64] [--tokens 128]
-               [--prompt 16] [--prefill 2048] [--runs 3] [--json FILE]`;
+               [--quantize q4_0|…] [--quantize-head q6_k|…] [--tensor-parallel N]
+               [--batch 1,8,32,64] [--tokens 128] [--prompt 16] [--prefill 2048] [--runs 3]
+               [--json FILE]`;
 
 interface DecodeResult {
   batch: number;
@@ -44,6 +47,7 @@ export async function cmdBench(argv: string[], defaultModel: string): Promise<vo
       device: { type: "string" },
       dtype: { type: "string" },
       quantize: { type: "string" },
+      "quantize-head": { type: "string" },
       "tensor-parallel": { type: "string" },
       batch: { type: "string", default: "1,8,32,64" },
       tokens: { type: "string", default: "128" },
@@ -70,12 +74,16 @@ export async function cmdBench(argv: string[], defaultModel: string): Promise<vo
   const q = values.quantize as WeightQuantization | undefined;
   if (q !== undefined && !WEIGHT_QUANTIZATIONS.includes(q))
     throw new CliUsageError(`--quantize is one of ${WEIGHT_QUANTIZATIONS.join(", ")}`);
+  const qh = values["quantize-head"] as HeadQuantization | undefined;
+  if (qh !== undefined && !HEAD_QUANTIZATIONS.includes(qh))
+    throw new CliUsageError(`--quantize-head is one of ${HEAD_QUANTIZATIONS.join(", ")}`);
   const modelArg = values.model ?? defaultModel;
   const device = Device.of(values.device ?? (cudaAvailable() ? "cuda" : "cpu"));
   const common = {
     device,
     ...(values.dtype ? { dtype: values.dtype as "f32" | "bf16" } : {}),
     ...(q ? { quantize: q } : {}),
+    ...(qh ? { quantizeHead: qh } : {}),
   };
 
   const t0 = performance.now();
@@ -88,6 +96,7 @@ export async function cmdBench(argv: string[], defaultModel: string): Promise<vo
             devices: tensorParallelDevices(tp, device),
             ...(values.dtype ? { dtype: values.dtype as "f32" | "bf16" } : {}),
             ...(q ? { quantize: q } : {}),
+            ...(qh ? { quantizeHead: qh } : {}),
           })
         : await randomTextModel(cfg, common);
   } else {
@@ -167,6 +176,7 @@ export async function cmdBench(argv: string[], defaultModel: string): Promise<vo
     device: `${device} (${info.name})`,
     dtype: values.dtype ?? (device.isCuda ? "bf16" : "f32"),
     quantize: q ?? null,
+    quantize_head: qh ?? null,
     tensor_parallel: tp,
     async_decode: asyncDecode,
     pipelined_steps: pipelined,
@@ -190,7 +200,8 @@ export async function cmdBench(argv: string[], defaultModel: string): Promise<vo
   const out = process.stdout;
   out.write(
     `gemma3 bench: ${result.model} on ${result.device}, ${result.dtype}` +
-      `${q ? ` + ${q}` : ""}${tp > 1 ? `, TP ${tp}` : ""}; ${c.numHiddenLayers} layers, hidden ` +
+      `${q ? ` + ${q}` : ""}${qh ? `, head ${qh}` : ""}${tp > 1 ? `, TP ${tp}` : ""}; ` +
+      `${c.numHiddenLayers} layers, hidden ` +
       `${c.hiddenSize}, vocab ${c.vocabSize}; loaded in ${loadS.toFixed(1)} s` +
       `${asyncDecode ? `; async decode (${pipelined} steps pipelined)` : ""}\n`,
   );

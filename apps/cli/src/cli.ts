@@ -9,6 +9,7 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import {
   GGUFError,
+  HEAD_QUANTIZATIONS,
   MissingTokenizerError,
   WEIGHT_QUANTIZATIONS,
   inspectConfig,
@@ -18,6 +19,7 @@ import {
   loadTokenizer,
   resolveModelPath,
   type Gemma3Config,
+  type HeadQuantization,
   type TextModel,
   type WeightQuantization,
 } from "@gemma3/model";
@@ -50,7 +52,8 @@ const USAGE = `usage:
                   [--image PATH ... [--pan-and-scan]]
                   [--max-tokens 24] [--temperature 0] [--seed 0] [--logprobs N]
                   [--device cpu|cuda|cuda:N] [--dtype f32|bf16] [--quantize q8_0|q4_0|q4_k|…]
-                  [--tensor-parallel N] [--ignore-eos] [--json] [--stats]
+                  [--quantize-head q8_0|q4_0|q6_k|…] [--tensor-parallel N] [--ignore-eos] [--json]
+                  [--stats]
   gemma3 tokenize [--model DIR] (--text TEXT | --chat FILE.json [--image PATH ...] [--pan-and-scan])
                   [--no-special-tokens] [--json]
   gemma3 inspect --config FILE [--context N [--batch B] [--kv-dtype bf16|f32|fp8]] [--json]
@@ -68,6 +71,10 @@ ${BENCH_USAGE}
                 mmproj-*.gguf inside it without this flag.
   --quantize Q  quantize the linear weights on load (q8_0, q4_0, q4_k, q5_k, q6_k: GGUF blocks;
                 fp8_e4m3: per-row scale); embeddings, head and norms stay in --dtype.
+  --quantize-head Q  quantize the token embedding, which is also the tied output head, on load
+                (q8_0, q4_0, q4_k, q5_k, q6_k; off by default: it stays in --dtype). llama.cpp
+                does this by default (Q6_K in Q4_0 files); here it is opt-in. Rows must be whole
+                blocks (hidden % 32, % 256 for the K-quants), else the table stays in --dtype.
   --tensor-parallel N  split the model over N GPUs (cuda:0 … cuda:N−1, or from --device cuda:K;
                 N CPU ranks with --device cpu): heads, MLP units and vocabulary per GPU, summed with
                 NCCL's all-reduce when the addon was built with it. Safetensors checkpoints only.
@@ -126,6 +133,7 @@ async function cmdGenerate(argv: string[]): Promise<void> {
       device: { type: "string" },
       dtype: { type: "string" },
       quantize: { type: "string" },
+      "quantize-head": { type: "string" },
       "tensor-parallel": { type: "string" },
       "ignore-eos": { type: "boolean" },
       json: { type: "boolean" },
@@ -143,6 +151,11 @@ async function cmdGenerate(argv: string[]): Promise<void> {
   if (quantize !== undefined && !WEIGHT_QUANTIZATIONS.includes(quantize))
     throw new UsageError(
       `--quantize: one of ${WEIGHT_QUANTIZATIONS.join(", ")}, got "${String(quantize)}"`,
+    );
+  const quantizeHead = values["quantize-head"] as HeadQuantization | undefined;
+  if (quantizeHead !== undefined && !HEAD_QUANTIZATIONS.includes(quantizeHead))
+    throw new UsageError(
+      `--quantize-head: one of ${HEAD_QUANTIZATIONS.join(", ")}, got "${String(quantizeHead)}"`,
     );
   const tensorParallel = num(values["tensor-parallel"], 1, "--tensor-parallel", 1);
   if (!Number.isInteger(tensorParallel))
@@ -177,6 +190,7 @@ async function cmdGenerate(argv: string[]): Promise<void> {
     tensorParallel,
     ...(dtype ? { dtype } : {}),
     ...(quantize ? { quantize } : {}),
+    ...(quantizeHead ? { quantizeHead } : {}),
     ...mm,
   });
   let imageFeatures: Tensor | undefined;

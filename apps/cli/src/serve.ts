@@ -5,16 +5,22 @@ import { createInterface } from "node:readline/promises";
 import { parseArgs } from "node:util";
 import { Engine, startServer, type EngineOptions } from "@gemma3/server";
 import type { ChatMessage } from "@gemma3/tokenizer";
-import { WEIGHT_QUANTIZATIONS, type WeightQuantization } from "@gemma3/model";
+import {
+  HEAD_QUANTIZATIONS,
+  WEIGHT_QUANTIZATIONS,
+  type HeadQuantization,
+  type WeightQuantization,
+} from "@gemma3/model";
 import { formatBytes } from "@gemma3/kv-cache/estimate";
 
 export const SERVE_USAGE = `  gemma3 serve [--model DIR|FILE.gguf [--mmproj MMPROJ.gguf]] [--port 8000] [--host 127.0.0.1] [--api-key KEY]
                [--device cpu|cuda|cuda:N] [--dtype f32|bf16] [--quantize q8_0|q4_0|q4_k|…]
-               [--tensor-parallel N] [--max-seqs 16] [--max-model-len N] [--max-queue 256]
+               [--quantize-head q8_0|q4_0|q6_k|…] [--tensor-parallel N] [--max-seqs 16]
+               [--max-model-len N] [--max-queue 256]
                [--cors ORIGIN] [--allow-image-urls] [--served-model-name NAME]
                [--enable-prefix-caching [--prefix-cache-snapshot-blocks N]] [--listen-after-load]
   gemma3 chat  [--model DIR|FILE.gguf [--mmproj MMPROJ.gguf]] [--device …] [--dtype …] [--quantize …] [--max-tokens 512]
-               [--temperature T] [--system TEXT]`;
+               [--quantize-head …] [--temperature T] [--system TEXT]`;
 
 const MODEL_OPTIONS = {
   model: { type: "string" },
@@ -22,6 +28,7 @@ const MODEL_OPTIONS = {
   device: { type: "string" },
   dtype: { type: "string" },
   quantize: { type: "string" },
+  "quantize-head": { type: "string" },
   "tensor-parallel": { type: "string" },
   "max-seqs": { type: "string" },
   "max-model-len": { type: "string" },
@@ -71,6 +78,14 @@ function engineOptions(
     throw new CliUsageError(
       `--quantize: one of ${WEIGHT_QUANTIZATIONS.join(", ")}, got "${quantize}"`,
     );
+  const quantizeHead = values["quantize-head"] as string | undefined;
+  if (
+    quantizeHead !== undefined &&
+    !(HEAD_QUANTIZATIONS as readonly string[]).includes(quantizeHead)
+  )
+    throw new CliUsageError(
+      `--quantize-head: one of ${HEAD_QUANTIZATIONS.join(", ")}, got "${quantizeHead}"`,
+    );
   const model = (values.model as string | undefined) ?? demo;
   if (values.model === undefined)
     process.stderr.write(
@@ -88,6 +103,7 @@ function engineOptions(
     ...(values.device !== undefined ? { device: values.device as string } : {}),
     ...(dtype ? { dtype: dtype as "f32" | "bf16" } : {}),
     ...(quantize ? { quantize: quantize as WeightQuantization } : {}),
+    ...(quantizeHead ? { quantizeHead: quantizeHead as HeadQuantization } : {}),
     ...(maxSeqs !== undefined ? { maxSeqs } : {}),
     ...(maxSeqLen !== undefined ? { maxSeqLen } : {}),
     ...(tensorParallel !== undefined ? { tensorParallel } : {}),

@@ -53,7 +53,10 @@ function benchRandom(args: string[], env: Record<string, string | undefined> = {
 
 describe("gemma3 bench", () => {
   it("random:CONFIG: reports the config's shape, a decode row per batch and the prefill", () => {
-    const args = ["--quantize", "q8_0", "--batch", "1,3", "--tokens", "5", "--prefill", "40"];
+    const args = [
+      ...["--quantize", "q8_0", "--quantize-head", "q8_0"],
+      ...["--batch", "1,3", "--tokens", "5", "--prefill", "40"],
+    ];
     const r = benchRandom([...args, "--runs", "2"]);
     const cfg = JSON.parse(readFileSync(config, "utf8"));
     const out = r.json;
@@ -63,6 +66,8 @@ describe("gemma3 bench", () => {
       vocab: cfg.vocab_size,
     });
     expect(out.quantize).toBe("q8_0");
+    expect(out.quantize_head).toBe("q8_0");
+    expect(r.out).toMatch(/f32 \+ q8_0, head q8_0;/);
     expect(out.decode.map((d: { batch: number }) => d.batch)).toEqual([1, 3]);
     for (const d of out.decode) {
       expect(d.runs).toHaveLength(2);
@@ -84,6 +89,7 @@ describe("gemma3 bench", () => {
     // 6 tokens a run: the prefill's, one step entering the pipeline, then 4 pipelined steps (the
     // batch decodes together); two runs (warm-up and one measured) at batch 1 and two at batch 2.
     expect(on.json).toMatchObject({ async_decode: true, pipelined_steps: 2 * 4 + 2 * 4 });
+    expect(on.json).toMatchObject({ quantize: null, quantize_head: null });
     expect(on.out).toMatch(/async decode \(16 steps pipelined\)/);
     expect(run("0").json).toMatchObject({ async_decode: false, pipelined_steps: 0 });
   });
@@ -107,6 +113,9 @@ describe("gemma3 bench", () => {
     expect(r.out).not.toMatch(/prefill/);
     expect(gemma3("bench", "--batch", "0").code).toBe(2);
     expect(gemma3("bench", "--quantize", "q3_x").code).toBe(2);
+    const head = gemma3("bench", "--quantize-head", "fp8_e4m3");
+    expect(head.code).toBe(2);
+    expect(head.err).toMatch(/--quantize-head is one of q8_0, q4_0, q4_k, q5_k, q6_k/);
     expect(gemma3("bench", "--tensor-parallel", "0").code).toBe(2);
   });
 

@@ -1,4 +1,5 @@
-// `gemma3 generate` on a .gguf --model and with --quantize (built dist/cli.js in a child process).
+// `gemma3 generate` on a .gguf --model and with --quantize / --quantize-head (built dist/cli.js in a
+// child process; serve and chat refuse a bad --quantize-head the same way).
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -148,6 +149,25 @@ describe("gemma3 generate --quantize", () => {
     const r = gemma3("generate", "--prompt-ids", "2", "--quantize", "q3_k");
     expect(r.code).toBe(2);
     expect(r.err).toMatch(/--quantize: one of q8_0, q4_0, fp8_e4m3, q4_k, q5_k, q6_k, got "q3_k"/);
+  });
+
+  it("--quantize-head q8_0 (the tied head) runs; fp8_e4m3 or an unknown format is a usage error", () => {
+    const g = goldens("tiny-1b");
+    const r = greedy(join(fixtures, "tiny-1b"), g.prompt_ids, "--quantize-head", "q8_0");
+    expect(r.err).toBe("");
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.out).tokens).toHaveLength(24);
+    // Refused while parsing, before any model is read (serve and chat: before Engine.load).
+    for (const [args, bad] of [
+      [["generate", "--prompt-ids", "2"], "fp8_e4m3"],
+      [["generate", "--prompt-ids", "2"], "q3_k"],
+      [["serve"], "fp8_e4m3"],
+      [["chat"], "q3_k"],
+    ] as const) {
+      const e = gemma3(...args, "--quantize-head", bad);
+      expect(e.code, `${args[0]} ${bad}`).toBe(2);
+      expect(e.err).toContain(`--quantize-head: one of q8_0, q4_0, q4_k, q5_k, q6_k, got "${bad}"`);
+    }
   });
 
   it("fp8_e4m3 is refused with the reason until the layers apply weight scales", () => {

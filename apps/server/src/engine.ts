@@ -17,6 +17,7 @@ import {
   loadModel,
   loadTokenizer,
   resolveModelPath,
+  type HeadQuantization,
   type TextModel,
   type WeightQuantization,
 } from "@gemma3/model";
@@ -51,6 +52,8 @@ export interface EngineOptions {
   device?: string;
   dtype?: "f32" | "bf16";
   quantize?: WeightQuantization;
+  /** The token embedding / tied head's format (LoadOptions.quantizeHead; default: `dtype`). */
+  quantizeHead?: HeadQuantization;
   /** Tensor-parallel ranks (default 1): the model splits over `device`'s cuda:0 … cuda:N−1. */
   tensorParallel?: number;
   /** Sequences decoded together (default 16). */
@@ -125,6 +128,7 @@ export class Engine {
       ...(o.tensorParallel !== undefined ? { tensorParallel: o.tensorParallel } : {}),
       ...(o.dtype !== undefined ? { dtype: o.dtype } : {}),
       ...(o.quantize !== undefined ? { quantize: o.quantize } : {}),
+      ...(o.quantizeHead !== undefined ? { quantizeHead: o.quantizeHead } : {}),
       ...(o.onProgress ? { onProgress: o.onProgress } : {}),
       ...mm,
     });
