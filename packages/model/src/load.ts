@@ -154,7 +154,12 @@ export async function loadTextModel(
     : loadFromSafetensors(src.dir, device, dtype, opts);
 }
 
-function checkQuantize(q: WeightQuantization | undefined): void {
+/**
+ * Refuses a `quantize` that is not one of WEIGHT_QUANTIZATIONS (or fp8 where DecoderLayer cannot
+ * apply its scales), before any weight is read. (Internal: the tensor-parallel and random-weight
+ * loaders share it.)
+ */
+export function checkQuantize(q: WeightQuantization | undefined): void {
   if (q === undefined) return;
   if (!WEIGHT_QUANTIZATIONS.includes(q))
     throw new RangeError(

@@ -7,9 +7,11 @@ import { Communicator, Device, Tensor, copyColumns, f32ToBf16 } from "@gemma3/na
 import type { LayerWeights, StoredLayerWeight } from "./block.js";
 import { loadConfig, type Gemma3Config } from "./config.js";
 import { fuseProjections } from "./fuse.js";
+import { repackSplitWeights, splitFormats } from "./layout.js";
 import {
   LAYER_KEYS,
   assemble,
+  checkQuantize,
   checkQuantizeHead,
   quantizationOf,
   type LoadOptions,
@@ -98,6 +100,7 @@ export async function randomTextModel(
   const cfg: Gemma3Config = { ...parsed, tieWordEmbeddings: true };
   const device = Device.of(opts.device ?? "cpu");
   const dtype: ComputeDType = opts.dtype ?? (device.isCuda ? "bf16" : "f32");
+  checkQuantize(opts.quantize);
   checkQuantizeHead(opts.quantizeHead);
   const shapes = new Map(expectedTextWeights(cfg).map((w) => [w.name, w.shape]));
   const pool = randomPool(device, dtype);
@@ -157,6 +160,7 @@ export async function randomTensorParallelModel(
   const devices = opts.devices;
   const dtype: ComputeDType = opts.dtype ?? (devices[0]?.isCuda ? "bf16" : "f32");
   const layout = tensorParallelLayout(cfg, devices.length); // refuses splits that do not divide
+  checkQuantize(opts.quantize);
   checkQuantizeHead(opts.quantizeHead);
   const shapes = new Map(expectedTextWeights(cfg).map((w) => [w.name, w.shape]));
   const h = cfg.hiddenSize;
@@ -202,6 +206,8 @@ export async function randomTensorParallelModel(
         pool.dispose();
       }
     });
+    // CUDA ranks take q4_0 / q8_0 in the GPU row layouts, as the tensor-parallel loader does.
+    for (const p of parts) repackSplitWeights(p.weights, splitFormats(p.device), owned);
     return new TensorParallelTextModel(cfg, layout, parts, dtype, comm);
   } catch (e) {
     for (const t of owned) t.dispose();

@@ -10,18 +10,14 @@ import { fuseProjections } from "../fuse.js";
 import { repackSplitWeights, splitFormats } from "../layout.js";
 import {
   LAYER_KEYS,
+  checkQuantize,
   checkQuantizeHead,
   loadTextModel,
   quantizationOf,
   resolveModelPath,
   type LoadOptions,
 } from "../load.js";
-import {
-  WEIGHT_QUANTIZATIONS,
-  canQuantize,
-  quantizeWeight,
-  type WeightQuantization,
-} from "../quantize.js";
+import { canQuantize, quantizeWeight, type WeightQuantization } from "../quantize.js";
 import { openCheckpoint, type Checkpoint } from "../safetensors.js";
 import type { ComputeDType, TextModel, TextWeights } from "../text_model.js";
 import { checkTextWeights, indexWeights, loadTensor } from "../weights.js";
@@ -53,10 +49,7 @@ export async function loadTensorParallelModel(
   if (devices.length < 1) throw new RangeError("tensor parallel: no devices");
   const dtype: ComputeDType = opts.dtype ?? (devices[0]!.isCuda ? "bf16" : "f32");
   const q = opts.quantize;
-  if (q !== undefined && !WEIGHT_QUANTIZATIONS.includes(q))
-    throw new RangeError(
-      `quantize: "${String(q)}" is not one of ${WEIGHT_QUANTIZATIONS.join(", ")}`,
-    );
+  checkQuantize(q);
   checkQuantizeHead(opts.quantizeHead);
   const src = await resolveModelPath(path);
   if (src.format === "gguf")
