@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One device call for the work written but not yet run on a GPU (docs/kernels.md): builds the addon
 # (sm_90a), runs the CUDA tests of the pending parts, then the A/Bs that decide their defaults.
-# Under ~4 minutes on one H100/H200. Pending since session 9: the quantized head
-# (`--quantize-head`, LoadOptions.quantizeHead): the layout tests on CUDA (their quantizeHead case
-# repacks the q8_0 / q4_0 table into q8_0s / q4_0s), then decode with and without it.
+# Nothing is pending after session 9: its last call (call 6) ran this script as it stands, the
+# quantized head (`--quantize-head`, LoadOptions.quantizeHead): the layout tests on CUDA (their
+# quantizeHead case repacks the q8_0 / q4_0 table into q8_0s / q4_0s), then decode with and
+# without it. Put the next unverified GPU work here (its cases first, then the A/Bs). ~3 minutes.
 #   here first: npx turbo run build && bash scripts/pack-dists.sh, then device run,
 #   carry [".device", ".dists.tar"]:  bash scripts/device-run.sh scripts/gpu-pending.sh
 #   (device-run.sh returns every output file in one results.tgz: a call returns at most 8 files)
