@@ -13,7 +13,7 @@ import { GGUFError, GGUFFile, parseGGUF, type GGUFTensorInfo } from "../src/gguf
 import { ggufTextConfig, ggufTokenizerInfo } from "../src/gguf_load.js";
 import { loadTextModel, resolveModelPath } from "../src/load.js";
 import { SafetensorsFile } from "../src/safetensors.js";
-import { maxAbsDiff } from "./golden.js";
+import { maxAbsDiff, promptLogits } from "./golden.js";
 import type { Gemma3TextModel } from "../src/text_model.js";
 import { toFloat32 } from "../src/weights.js";
 import { buildGGUF, f32, gemma3GGUF, str, u32, writeGemma3GGUF, type KV } from "./gguf_writer.js";
@@ -33,16 +33,6 @@ interface Goldens {
 }
 const goldens = (name: string) =>
   JSON.parse(readFileSync(join(fixtures, name, "goldens.json"), "utf8")) as Goldens;
-
-/** Prompt logits [T, vocab] of a model. */
-export async function promptLogits(model: Gemma3TextModel, ids: number[]): Promise<Float32Array> {
-  const cache = model.newCache(ids.length + 1);
-  const l = model.forward(ids, cache, { allLogits: true });
-  const out = (await l.toArray()) as Float32Array;
-  l.dispose();
-  cache.dispose();
-  return out;
-}
 
 async function logitsOf(path: string, ids: number[]): Promise<Float32Array> {
   const model = await loadTextModel(path, { device: "cpu", dtype: "f32" });

@@ -26,6 +26,16 @@ export function argmax(x: ArrayLike<number>): number {
 }
 
 /** Runs `ids` through the model on `seq` and returns the logits on the host. */
+/** Logits [T, vocab] of every position of `ids` in one forward (a fresh cache, disposed after). */
+export async function promptLogits(model: Gemma3TextModel, ids: number[]): Promise<Float32Array> {
+  const cache = model.newCache(ids.length + 1);
+  const l = model.forward(ids, cache, { allLogits: true });
+  const out = (await l.toArray()) as Float32Array;
+  l.dispose();
+  cache.dispose();
+  return out;
+}
+
 export async function take(model: Gemma3TextModel, ids: number[], seq: KVSequence, all = true) {
   const t = model.forward(ids, seq, { allLogits: all });
   const v = (await t.toArray()) as Float32Array;

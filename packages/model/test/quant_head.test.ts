@@ -14,7 +14,7 @@ import { compareLogits, type LogitComparison } from "../src/quantize.js";
 import { randomTextModel } from "../src/random.js";
 import type { Gemma3TextModel } from "../src/text_model.js";
 import { loadTensorParallelModel } from "../src/tp/load.js";
-import { fixtures, promptAndGreedy } from "./golden.js";
+import { fixtures, promptAndGreedy, promptLogits } from "./golden.js";
 import { writeGemma3GGUF } from "./gguf_writer.js";
 import { removeTempDirs, tempDir } from "./safetensors_writer.js";
 
@@ -31,15 +31,8 @@ const ids = [...g.prompt_ids, ...g.greedy_ids];
 const load = (path: string, o: LoadOptions = {}) =>
   loadTextModel(path, { device: "cpu", dtype: "f32", ...o });
 
-/** Logits [T, vocab] of prompt + HF's greedy continuation, teacher-forced (64 positions). */
-async function logitsOf(model: Gemma3TextModel): Promise<Float32Array> {
-  const cache = model.newCache(ids.length + 1);
-  const l = model.forward(ids, cache, { allLogits: true });
-  const out = (await l.toArray()) as Float32Array;
-  l.dispose();
-  cache.dispose();
-  return out;
-}
+/** Logits [T, vocab] of `ids`, teacher-forced. */
+const logitsOf = (model: Gemma3TextModel) => promptLogits(model, ids);
 
 /** Every layer weight with its name (fused owners and their row views included). */
 function layerWeights(m: Gemma3TextModel): [string, Tensor][] {

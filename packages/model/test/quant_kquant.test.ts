@@ -18,6 +18,7 @@ import { ggufTensorName } from "../src/gguf_load.js";
 import { loadTextModel } from "../src/load.js";
 import { compareLogits, dequantizeBlocks, type LogitComparison } from "../src/quantize.js";
 import type { Gemma3TextModel } from "../src/text_model.js";
+import { promptLogits } from "./golden.js";
 import { q4KMTypeOf, useMoreBits, writeGemma3GGUF } from "./gguf_writer.js";
 import {
   removeTempDirs,
@@ -125,14 +126,8 @@ const ids = (() => {
   return out;
 })();
 
-async function logitsOf(model: Gemma3TextModel): Promise<Float32Array> {
-  const cache = model.newCache(ids.length + 1);
-  const l = model.forward(ids, cache, { allLogits: true });
-  const out = (await l.toArray()) as Float32Array;
-  l.dispose();
-  cache.dispose();
-  return out;
-}
+/** Logits [T, vocab] of `ids`, teacher-forced. */
+const logitsOf = (model: Gemma3TextModel) => promptLogits(model, ids);
 async function logitsAt(path: string, opts: Parameters<typeof loadTextModel>[1] = {}) {
   const m = await loadTextModel(path, { device: "cpu", dtype: "f32", ...opts });
   try {
