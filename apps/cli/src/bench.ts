@@ -35,6 +35,8 @@ interface DecodeResult {
   aggregate_tok_s: number;
   per_request_tok_s: number;
   runs: number[];
+  /** weight_bytes_per_step × per_request_tok_s / 1e9 (null: the model cannot say) */
+  weight_gb_s?: number | null;
 }
 
 const median = (xs: readonly number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
@@ -168,6 +170,12 @@ export async function cmdBench(argv: string[], defaultModel: string): Promise<vo
   }
   const pipelined = scheduler.stats().pipelined;
   await scheduler.close();
+  // Weights one decode step reads (all ranks), and what that is per second at each batch's steady
+  // step rate (a request's tokens per second: one token a step): the number to set against the
+  // card's memory bandwidth (docs/benchmarks.md's rooflines).
+  const stepBytes = model.decodeWeightBytes?.() ?? null;
+  for (const d of decode)
+    d.weight_gb_s = stepBytes === null ? null : (stepBytes * d.per_request_tok_s) / 1e9;
 
   const c = model.config;
   const info = device.info();
@@ -188,6 +196,7 @@ export async function cmdBench(argv: string[], defaultModel: string): Promise<vo
       vocab: c.vocabSize,
     },
     load_s: loadS,
+    weight_bytes_per_step: stepBytes,
     prompt: P,
     tokens: T,
     runs,
@@ -205,11 +214,15 @@ export async function cmdBench(argv: string[], defaultModel: string): Promise<vo
       `${c.hiddenSize}, vocab ${c.vocabSize}; loaded in ${loadS.toFixed(1)} s` +
       `${asyncDecode ? `; async decode (${pipelined} steps pipelined)` : ""}\n`,
   );
-  out.write(`  decode (${P}-token prompts, ${T} tokens each, median of ${runs}):\n`);
+  out.write(
+    `  decode (${P}-token prompts, ${T} tokens each, median of ${runs}` +
+      `${stepBytes === null ? "" : `; ${(stepBytes / 1e9).toFixed(2)} GB of weights a step`}):\n`,
+  );
   for (const d of decode)
     out.write(
       `    batch ${String(d.batch).padStart(3)}: ${d.aggregate_tok_s.toFixed(1).padStart(9)} tok/s` +
-        ` aggregate, ${d.per_request_tok_s.toFixed(1)} tok/s per request\n`,
+        ` aggregate, ${d.per_request_tok_s.toFixed(1)} tok/s per request` +
+        `${d.weight_gb_s == null ? "" : ` (weights at ${Math.round(d.weight_gb_s)} GB/s)`}\n`,
     );
   if (prefillResult)
     out.write(

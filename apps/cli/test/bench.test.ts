@@ -74,6 +74,18 @@ describe("gemma3 bench", () => {
       expect(d.aggregate_tok_s).toBeGreaterThan(0);
       expect(d.per_request_tok_s).toBeGreaterThan(0);
     }
+    // Weights a decode step reads, counted here from the config: every linear weight and the tied
+    // head in q8_0 (34 bytes per 32 weights), the norms in f32; fused views not counted twice.
+    const { hidden_size: h, intermediate_size: f, head_dim: hd } = cfg;
+    const [hq, hkv] = [cfg.num_attention_heads, cfg.num_key_value_heads];
+    const q8 = (n: number, k: number) => (n * k * 34) / 32;
+    const layer =
+      q8((hq + 2 * hkv) * hd, h) + q8(h, hq * hd) + q8(2 * f, h) + q8(h, f) + 4 * (4 * h + 2 * hd);
+    const stepBytes = cfg.num_hidden_layers * layer + 4 * h + q8(cfg.vocab_size, h);
+    expect(out.weight_bytes_per_step).toBe(stepBytes);
+    for (const d of out.decode)
+      expect(d.weight_gb_s).toBeCloseTo((stepBytes * d.per_request_tok_s) / 1e9, 9);
+    expect(r.out).toMatch(new RegExp(`${(stepBytes / 1e9).toFixed(2)} GB of weights a step`));
     expect(out.prefill.prompt).toBe(40);
     expect(out.prefill.runs).toHaveLength(2);
     expect(out.prefill.tok_s).toBeCloseTo(40 / (out.prefill.ttft_ms / 1000), 6);

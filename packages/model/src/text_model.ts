@@ -33,6 +33,22 @@ export interface TextWeights {
   lmHead?: Tensor;
 }
 
+/**
+ * Bytes of weights one decode step reads on its device(s): every layer weight once (a fused
+ * projection and its row views counted once, by owner), the final norm, and the output head (the
+ * untied lm_head, else the whole tied embedding table; the embedding gather's few rows are not
+ * counted). At batch B one step serves B tokens, so a step rate × this is the weight bandwidth
+ * the step sustains (gemma3 bench reports it against the card's).
+ */
+export function decodeWeightBytes(w: TextWeights): number {
+  const owners = new Set<Tensor>([w.norm, w.lmHead ?? w.embedTokens]);
+  for (const layer of w.layers)
+    for (const t of Object.values(layer) as (Tensor | undefined)[]) if (t) owners.add(t.base ?? t);
+  let bytes = 0;
+  for (const t of owners) bytes += t.byteLength;
+  return bytes;
+}
+
 /** One sequence's share of a forward step. */
 export interface ModelStep {
   seq: KVSequence;
@@ -90,6 +106,8 @@ export interface TextModel {
     steps: readonly ModelStep[],
     opts?: { allLogits?: boolean; graph?: boolean },
   ): Tensor;
+  /** decodeWeightBytes of the model's weights (all ranks together under tensor parallelism). */
+  decodeWeightBytes?(): number;
   dispose(): void;
 }
 
@@ -369,6 +387,10 @@ export class Gemma3TextModel implements TextModel {
     this.graphs.clear();
     this.graphOut?.t.dispose();
     this.graphOut = null;
+  }
+
+  decodeWeightBytes(): number {
+    return decodeWeightBytes(this.weights);
   }
 
   dispose(): void {

@@ -38,6 +38,7 @@ import { planImageMerge, stepRequests, type ImageMerge } from "../multimodal.js"
 import { Scratch } from "../scratch.js";
 import {
   MAX_GRAPH_BATCH,
+  decodeWeightBytes,
   type ComputeDType,
   type ModelStep,
   type TextModel,
@@ -518,6 +519,10 @@ export class TensorParallelTextModel implements TextModel {
       rk.decodeWs = Tensor.empty([floats], "f32", rk.device);
     }
     return rk.decodeWs;
+  }
+
+  decodeWeightBytes(): number {
+    return this.ranks.reduce((a, r) => a + decodeWeightBytes(r.weights), 0);
   }
 
   dispose(): void {
