@@ -146,5 +146,13 @@ describe("gemma3 bench", () => {
     ]).json;
     expect(out.tensor_parallel).toBe(2);
     expect(out.decode[0].aggregate_tok_s).toBeGreaterThan(0);
+    // Weights a step reads over both ranks (f32): each rank's q heads, the one KV head (replicated),
+    // half the MLP, its norms, and its vocabulary rows padded to ceil(V / 2) plus the zero row.
+    const cfg = JSON.parse(readFileSync(config, "utf8"));
+    const { hidden_size: h, intermediate_size: f, head_dim: hd, vocab_size: v } = cfg;
+    const [hq, hkv] = [cfg.num_attention_heads / 2, cfg.num_key_value_heads];
+    const layer = (hq + 2 * hkv) * hd * h + h * hq * hd + 2 * (f / 2) * h + h * (f / 2);
+    const rank = cfg.num_hidden_layers * (layer + 4 * h + 2 * hd) + h + (Math.ceil(v / 2) + 1) * h;
+    expect(out.weight_bytes_per_step).toBe(2 * 4 * rank);
   });
 });
