@@ -273,6 +273,17 @@ function tieX(M: number, K: number, seed: number): Float32Array {
 export function matmulCases(): Case[] {
   const cases: Case[] = [];
   let seed = 100;
+  /** A matmulCase per [M, N, K, tie] (tie: x on rounding ties, tieX), seeds in order. */
+  const pushTieShapes = (
+    xd: FloatDType,
+    wd: WFormat,
+    shapes: readonly (readonly [number, number, number, boolean])[],
+  ) => {
+    for (const [M, N, K, tie] of shapes) {
+      const s = seed++;
+      cases.push(matmulCase(xd, wd, M, N, K, s, tie ? tieX(M, K, s) : undefined));
+    }
+  };
   const shapes: [number, number, number][] = [
     [1, 1, 1],
     [1, 19, 19],
@@ -363,7 +374,7 @@ export function matmulCases(): Case[] {
   // thread rounds: under one pass of 1024, exactly one (2 x 4096), several.
   for (const xd of ["f32", "bf16"] as const)
     for (const wd of ["q8_0", "q4_0"] as const) {
-      for (const [M, N, K, tie] of [
+      pushTieShapes(xd, wd, [
         [2, 21, 1536, true], // fused
         [4, 19, 768, false],
         [4, 19, 768, true],
@@ -376,10 +387,7 @@ export function matmulCases(): Case[] {
         [2, 5, 20480, true],
         [3, 7, 13120, false],
         [8, 3, 5120, true],
-      ] as const) {
-        const s = seed++;
-        cases.push(matmulCase(xd, wd, M, N, K, s, tie ? tieX(M, K, s) : undefined));
-      }
+      ]);
     }
   // q4_0s / q8_0s (the CUDA split row layouts, repacked on the device; the GGUF blocks on the
   // CPU): the lane GEMV at every M bucket, rows 16-byte (K % 256 == 0), 8-byte (K = 1152, the
@@ -388,7 +396,7 @@ export function matmulCases(): Case[] {
   // (few rows), a partial row group, ties; the GEMM at M > 8.
   for (const wd of ["q4_0s", "q8_0s"] as const)
     for (const xd of ["f32", "bf16"] as const) {
-      for (const [M, N, K, tie] of [
+      pushTieShapes(xd, wd, [
         [1, 1, 32, false],
         [1, 19, 96, true],
         [2, 99, 992, false],
@@ -405,10 +413,7 @@ export function matmulCases(): Case[] {
         [1, 65537, 64, false],
         [19, 99, 64, false],
         [130, 65, 160, false],
-      ] as const) {
-        const s = seed++;
-        cases.push(matmulCase(xd, wd, M, N, K, s, tie ? tieX(M, K, s) : undefined));
-      }
+      ]);
     }
   cases.push(matmulCase("bf16", "q4_0s", 8, 3, 425984, seed++));
   cases.push(matmulCase("bf16", "q8_0s", 8, 3, 425984, seed++));

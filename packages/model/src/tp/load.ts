@@ -72,12 +72,12 @@ export async function loadTensorParallelModel(
     const names = 2 + (config.tieWordEmbeddings ? 0 : 1) + config.numHiddenLayers * 13;
     const total = names * devices.length;
     let done = 0;
-    /** Every rank's shard of one tensor, quantized to `quantize` where its rows are whole blocks. */
+    /** Every rank's shard of one tensor, quantized as `opts` asks for it (quantizationOf). */
     const each = async (
       name: string,
       shard: (s: RankShard) => ShardSpec | undefined,
-      quantize: WeightQuantization | undefined,
     ): Promise<Tensor[]> => {
+      const quantize = quantizationOf(name, opts);
       const out: Tensor[] = [];
       for (const [r, s] of layout.ranks.entries()) {
         const t = await loadPart(ckpt, name, devices[r]!, dtype, shard(s), quantize);
@@ -90,22 +90,13 @@ export async function loadTensorParallelModel(
     const vr = layout.vocabPerRank;
     // Embedding: the rank's vocabulary rows, zero-padded to vocabPerRank, plus the zero row
     // (with quantizeHead, quantized per row: the zero rows stay zero).
-    (
-      await each(
-        "embed_tokens",
-        (s) => ({ rows: s.vocab, padRows: vr + 1 }),
-        quantizationOf("embed_tokens", opts),
-      )
-    ).forEach((t, r) => (parts[r]!.weights.embedTokens = t));
+    (await each("embed_tokens", (s) => ({ rows: s.vocab, padRows: vr + 1 }))).forEach(
+      (t, r) => (parts[r]!.weights.embedTokens = t),
+    );
     for (let i = 0; i < config.numHiddenLayers; i++) {
       const ws = parts.map(() => ({}) as LayerWeights);
       for (const [field, key] of Object.entries(LAYER_KEYS) as [StoredLayerWeight, string][]) {
-        const name = `layers.${i}.${key}`;
-        const ts = await each(
-          name,
-          (s) => layerShard(key, s, config.headDim),
-          quantizationOf(name, opts),
-        );
+        const ts = await each(`layers.${i}.${key}`, (s) => layerShard(key, s, config.headDim));
         ts.forEach((t, r) => (ws[r]![field] = t));
       }
       // Each rank's [q; k; v] and [gate; up] shards fuse like a one-device layer's (fuse.ts):
@@ -113,17 +104,11 @@ export async function loadTensorParallelModel(
       if (opts.fuse ?? true) for (const w of ws) loaded.push(...fuseProjections(w));
       ws.forEach((w, r) => parts[r]!.weights.layers.push(w));
     }
-    (await each("norm", () => undefined, undefined)).forEach(
-      (t, r) => (parts[r]!.weights.norm = t),
-    );
+    (await each("norm", () => undefined)).forEach((t, r) => (parts[r]!.weights.norm = t));
     if (!config.tieWordEmbeddings)
-      (
-        await each(
-          "lm_head",
-          (s) => ({ rows: s.vocab, padRows: vr }),
-          quantizationOf("lm_head", opts),
-        )
-      ).forEach((t, r) => (parts[r]!.weights.lmHead = t));
+      (await each("lm_head", (s) => ({ rows: s.vocab, padRows: vr }))).forEach(
+        (t, r) => (parts[r]!.weights.lmHead = t),
+      );
     // CUDA ranks take q4_0 / q8_0 weights in the GPU row layouts (layout.ts), as one device does.
     for (const p of parts) repackSplitWeights(p.weights, splitFormats(p.device), loaded);
     return new TensorParallelTextModel(config, layout, parts, dtype, comm);
