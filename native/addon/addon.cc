@@ -484,6 +484,16 @@ G3_ENTRY(RmsNormAddRmsNorm){G3_BODY{
 }
 G3_END
 }
+// attentionDecode's params object: {maxKvLen, smScale, window, kScale?, vScale?}.
+ops::DecodeParams decode_params(const Napi::Object& o) {
+  ops::DecodeParams p;
+  p.max_kv_len = to_i64(o.Get("maxKvLen"), "maxKvLen");
+  p.sm_scale = to_f32(o.Get("smScale"), "smScale");
+  p.window = int32_t(to_i64(o.Get("window"), "window"));
+  if (!o.Get("kScale").IsUndefined()) p.k_scale = to_f32(o.Get("kScale"), "kScale");
+  if (!o.Get("vScale").IsUndefined()) p.v_scale = to_f32(o.Get("vScale"), "vScale");
+  return p;
+}
 // (q, k, v, out, qo_indptr, kv_indptr, kv_last|null, {maxQLen, smScale, window, causal})
 G3_ENTRY(AttentionPrefill){G3_BODY{auto last = OPT(6, "kv_last");
 Napi::Object o = to_obj(info[7], "params");
@@ -500,16 +510,22 @@ G3_END
 // (q, k_cache, v_cache, out, kv_indptr, kv_indices, kv_len, workspace|null, {maxKvLen, smScale,
 // window, kScale?, vScale?})
 G3_ENTRY(AttentionDecode){G3_BODY{auto ws = OPT(7, "workspace");
-Napi::Object o = to_obj(info[8], "params");
-ops::DecodeParams p;
-p.max_kv_len = to_i64(o.Get("maxKvLen"), "maxKvLen");
-p.sm_scale = to_f32(o.Get("smScale"), "smScale");
-p.window = int32_t(to_i64(o.Get("window"), "window"));
-if (!o.Get("kScale").IsUndefined()) p.k_scale = to_f32(o.Get("kScale"), "kScale");
-if (!o.Get("vScale").IsUndefined()) p.v_scale = to_f32(o.Get("vScale"), "vScale");
+const Napi::Object o = to_obj(info[8], "params");
 OP_RESULT(ops::attention_decode(T(0, "q"), T(1, "k_cache"), T(2, "v_cache"), T(3, "out"),
                                 T(4, "kv_indptr"), T(5, "kv_indices"), T(6, "kv_len"), ws.get(),
-                                p));
+                                decode_params(o)));
+}
+G3_END
+}
+// (qkv, q, q_w, k_w, positions, kv_rows, k_cache, v_cache, out, kv_indptr, kv_indices, kv_len,
+// workspace|null, {maxKvLen, smScale, window, eps, base, ropeScale})
+G3_ENTRY(AttentionDecodeQkv){G3_BODY{auto ws = OPT(12, "workspace");
+const Napi::Object o = to_obj(info[13], "params");
+OP_RESULT(ops::attention_decode_qkv(
+    T(0, "qkv"), T(1, "q"), T(2, "q_w"), T(3, "k_w"), T(4, "positions"), T(5, "kv_rows"),
+    to_f32(o.Get("eps"), "eps"), to_f32(o.Get("base"), "base"),
+    to_f32(o.Get("ropeScale"), "ropeScale"), T(6, "k_cache"), T(7, "v_cache"), T(8, "out"),
+    T(9, "kv_indptr"), T(10, "kv_indices"), T(11, "kv_len"), ws.get(), decode_params(o)));
 }
 G3_END
 }
@@ -686,6 +702,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   EXPORT("rmsnormAddRmsnorm", RmsNormAddRmsNorm);
   EXPORT("attentionPrefill", AttentionPrefill);
   EXPORT("attentionDecode", AttentionDecode);
+  EXPORT("attentionDecodeQkv", AttentionDecodeQkv);
   EXPORT("attentionDecodeWorkspaceFloats", AttentionDecodeWorkspaceFloats);
   EXPORT("biasAdd", BiasAdd);
   EXPORT("patchify", Patchify);

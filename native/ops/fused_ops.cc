@@ -8,22 +8,16 @@
 namespace gemma3::ops {
 using namespace detail;
 
-namespace {}  // namespace
-
-Status qk_norm_rope(const TensorRef* qkv, const TensorRef& q, const TensorRef& k,
-                    const TensorRef* v, const TensorRef& q_w, const TensorRef& k_w,
-                    const TensorRef& positions, float eps, float base, float scale,
-                    const TensorRef* kv_rows, const TensorRef* x, const TensorRef* w) {
-  const char* op = "qk_norm_rope";
-  int dev;
-  if (!qkv) v = nullptr;  // separate form: v is not touched
+namespace {
+// qk_norm_rope's checks of everything but the projection (shared with attention_decode_qkv, which
+// names itself in op). v is null in the separate form.
+Status check_qk_norm_rope(const char* op, const TensorRef* qkv, const TensorRef& q,
+                          const TensorRef& k, const TensorRef* v, const TensorRef& q_w,
+                          const TensorRef& k_w, const TensorRef& positions, float eps, float base,
+                          float scale, const TensorRef* kv_rows, int* dev) {
   if (kv_rows && !qkv)
     return fail(StatusCode::kInvalidArgument, op, "kv_rows needs the fused form (qkv)");
-  if ((x || w) && !(x && w && qkv))
-    return fail(StatusCode::kInvalidArgument, op,
-                "the projection needs x, w and the fused form (qkv, its output)");
-  G3_RETURN_IF_ERROR(
-      same_device(op, {qkv, &q, &k, v, &q_w, &k_w, &positions, kv_rows, x, w}, &dev));
+  G3_RETURN_IF_ERROR(same_device(op, {qkv, &q, &k, v, &q_w, &k_w, &positions, kv_rows}, dev));
   G3_RETURN_IF_ERROR(expect_dtype(op, "q", q, {DType::kF32, DType::kBF16}));
   const std::pair<const char*, const TensorRef*> same[] = {
       {"k", &k}, {"q_w", &q_w}, {"k_w", &k_w}, {"v", v}, {"qkv", qkv}};
@@ -72,6 +66,25 @@ Status qk_norm_rope(const TensorRef* qkv, const TensorRef& q, const TensorRef& k
   } else if (q.overlaps(k)) {
     return fail(StatusCode::kInvalidArgument, op, "q and k must not overlap");
   }
+  return Status::Ok();
+}
+}  // namespace
+
+Status qk_norm_rope(const TensorRef* qkv, const TensorRef& q, const TensorRef& k,
+                    const TensorRef* v, const TensorRef& q_w, const TensorRef& k_w,
+                    const TensorRef& positions, float eps, float base, float scale,
+                    const TensorRef* kv_rows, const TensorRef* x, const TensorRef* w) {
+  const char* op = "qk_norm_rope";
+  int dev;
+  if (!qkv) v = nullptr;  // separate form: v is not touched
+  if ((x || w) && !(x && w && qkv))
+    return fail(StatusCode::kInvalidArgument, op,
+                "the projection needs x, w and the fused form (qkv, its output)");
+  G3_RETURN_IF_ERROR(
+      check_qk_norm_rope(op, qkv, q, k, v, q_w, k_w, positions, eps, base, scale, kv_rows, &dev));
+  G3_RETURN_IF_ERROR(same_device(op, {&q, qkv, x, w}, &dev));
+  const int64_t T = q.dim(0), Hq = q.dim(1), Hkv = k.dim(1), D = q.dim(2);
+  const int64_t ld = (Hq + 2 * Hkv) * D;
   // The projection: qkv = matmul(x, w) first. Weights of x's dtype run with the norm and rope
   // (on CUDA, one GEMV at decode); other formats (quantized) as matmul, then the kernel below.
   const bool dense = x && w->dtype == q.dtype;
@@ -120,6 +133,49 @@ Status qk_norm_rope(const TensorRef* qkv, const TensorRef& q, const TensorRef& k
                      static_cast<const TT*>(k_w.data()),
                      static_cast<const int32_t*>(positions.data()), qp, kp, vp, rows, k.dim(0), T,
                      Hq, Hkv, D, ld_q, ld_k, ld_v, eps, base, scale);
+  });
+}
+
+Status attention_decode_qkv(const TensorRef& qkv, const TensorRef& q, const TensorRef& q_w,
+                            const TensorRef& k_w, const TensorRef& positions,
+                            const TensorRef& kv_rows, float eps, float base, float scale,
+                            const TensorRef& k_cache, const TensorRef& v_cache,
+                            const TensorRef& out, const TensorRef& kv_indptr,
+                            const TensorRef& kv_indices, const TensorRef& kv_len,
+                            const TensorRef* workspace, const DecodeParams& p) {
+  const char* op = "attention_decode_qkv";
+  int dev;
+  G3_RETURN_IF_ERROR(check_attention_decode(op, q, k_cache, v_cache, out, kv_indptr, kv_indices,
+                                            kv_len, workspace, p, &dev));
+  G3_RETURN_IF_ERROR(expect_same_dtype(op, q, "q", k_cache, "k_cache (the prologue writes it)"));
+  // The caches as qk_norm_rope's KV storage: [pages · page_size, Hkv, D].
+  TensorRef k_rows = k_cache, v_rows = v_cache;
+  k_rows.shape = {k_cache.dim(0) * k_cache.dim(1), k_cache.dim(2), k_cache.dim(3)};
+  v_rows.shape = k_rows.shape;
+  G3_RETURN_IF_ERROR(check_qk_norm_rope(op, &qkv, q, k_rows, &v_rows, q_w, k_w, positions, eps,
+                                        base, scale, &kv_rows, &dev));
+  if (out.overlaps(q) || out.overlaps(qkv) || out.overlaps(k_cache) || out.overlaps(v_cache))
+    return fail(StatusCode::kInvalidArgument, op, "out must not overlap q, qkv or the caches");
+  if (q.numel() == 0) return Status::Ok();
+  const int64_t batch = q.dim(0), Hq = q.dim(1), Hkv = k_cache.dim(2), D = q.dim(2);
+  const int64_t page = k_cache.dim(1), num_pages = k_cache.dim(0), num_indices = kv_indices.numel();
+  const int64_t max_kv = p.max_kv_len > 0 ? p.max_kv_len : num_pages * page;
+  float* ws = workspace ? static_cast<float*>(workspace->data()) : nullptr;
+  const int64_t ws_n = workspace ? workspace->numel() : 0;
+  return dispatch_float(op, q, [&](auto t) {
+    using TT = typename decltype(t)::type;
+    return G3_LAUNCH(dev,
+                     keep({&qkv, &q, &q_w, &k_w, &positions, &kv_rows, &k_cache, &v_cache, &out,
+                           &kv_indptr, &kv_indices, &kv_len, workspace}),
+                     attention_decode_qkv<TT>, static_cast<const TT*>(qkv.data()),
+                     static_cast<const TT*>(q_w.data()), static_cast<const TT*>(k_w.data()),
+                     static_cast<const int32_t*>(positions.data()),
+                     static_cast<const int32_t*>(kv_rows.data()), static_cast<TT*>(q.data()),
+                     static_cast<TT*>(k_cache.data()), static_cast<TT*>(v_cache.data()),
+                     static_cast<TT*>(out.data()), static_cast<const int32_t*>(kv_indptr.data()),
+                     static_cast<const int32_t*>(kv_indices.data()),
+                     static_cast<const int32_t*>(kv_len.data()), batch, Hq, Hkv, D, page, num_pages,
+                     num_indices, max_kv, p.sm_scale, p.window, eps, base, scale, ws, ws_n);
   });
 }
 

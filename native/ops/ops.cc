@@ -415,11 +415,12 @@ int64_t attention_decode_workspace_floats(int device, int64_t batch, int64_t num
   return 0;
 }
 
-Status attention_decode(const TensorRef& q, const TensorRef& k_cache, const TensorRef& v_cache,
-                        const TensorRef& out, const TensorRef& kv_indptr,
-                        const TensorRef& kv_indices, const TensorRef& kv_len,
-                        const TensorRef* workspace, const DecodeParams& p) {
-  const char* op = "attention_decode";
+// attention_decode's checks (shared with attention_decode_qkv, which names itself in op).
+Status detail::check_attention_decode(const char* op, const TensorRef& q, const TensorRef& k_cache,
+                                      const TensorRef& v_cache, const TensorRef& out,
+                                      const TensorRef& kv_indptr, const TensorRef& kv_indices,
+                                      const TensorRef& kv_len, const TensorRef* workspace,
+                                      const DecodeParams& p, int* dev_out) {
   int dev;
   G3_RETURN_IF_ERROR(same_device(
       op, {&q, &k_cache, &v_cache, &out, &kv_indptr, &kv_indices, &kv_len, workspace}, &dev));
@@ -453,6 +454,20 @@ Status attention_decode(const TensorRef& q, const TensorRef& k_cache, const Tens
   if (workspace) G3_RETURN_IF_ERROR(expect_dtype(op, "workspace", *workspace, {DType::kF32}));
   if (p.window < 0 || p.max_kv_len < 0)
     return fail(StatusCode::kInvalidArgument, op, "window and max_kv_len must be >= 0");
+  *dev_out = dev;
+  return Status::Ok();
+}
+
+Status attention_decode(const TensorRef& q, const TensorRef& k_cache, const TensorRef& v_cache,
+                        const TensorRef& out, const TensorRef& kv_indptr,
+                        const TensorRef& kv_indices, const TensorRef& kv_len,
+                        const TensorRef* workspace, const DecodeParams& p) {
+  const char* op = "attention_decode";
+  int dev;
+  G3_RETURN_IF_ERROR(check_attention_decode(op, q, k_cache, v_cache, out, kv_indptr, kv_indices,
+                                            kv_len, workspace, p, &dev));
+  const bool fp8 = k_cache.dtype == DType::kFP8E4M3;
+  const int64_t batch = q.dim(0);
   if (q.numel() == 0) return Status::Ok();
   const int64_t Hq = q.dim(1), Hkv = k_cache.dim(2), D = q.dim(2), page = k_cache.dim(1);
   // Bounds for data-dependent page indices and kv_indptr entries (kernels.inc).

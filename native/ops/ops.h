@@ -119,9 +119,30 @@ Status qk_norm_rope(const TensorRef* qkv, const TensorRef& q, const TensorRef& k
                     const TensorRef& positions, float eps, float base, float scale,
                     const TensorRef* kv_rows = nullptr, const TensorRef* x = nullptr,
                     const TensorRef* w = nullptr);
+// Decode attention with its prologue (kernels.inc attention_decode_qkv): qk_norm_rope's fused form
+// of qkv [batch, (Hq + 2·Hkv)·D] into q [batch, Hq, D] and, at rows kv_rows [batch] i32 of the
+// caches viewed as [pages · page_size, Hkv, D], into k_cache and v_cache (q's dtype), then
+// attention_decode of q over the caches into out (p as there, its scales 1). Checks are both ops'
+// (named attention_decode_qkv); out must not overlap q, qkv or the caches.
+Status attention_decode_qkv(const TensorRef& qkv, const TensorRef& q, const TensorRef& q_w,
+                            const TensorRef& k_w, const TensorRef& positions,
+                            const TensorRef& kv_rows, float eps, float base, float scale,
+                            const TensorRef& k_cache, const TensorRef& v_cache,
+                            const TensorRef& out, const TensorRef& kv_indptr,
+                            const TensorRef& kv_indices, const TensorRef& kv_len,
+                            const TensorRef* workspace, const DecodeParams& p);
 // residual += rmsnorm(x, w) (as rmsnorm_add), then out = rmsnorm(residual, w_next).
 // x, residual, out: [..., D] (out overlapping neither); w, w_next: [D]; one dtype (f32|bf16).
 Status rmsnorm_add_rmsnorm(const TensorRef& x, const TensorRef& w, const TensorRef& residual,
                            const TensorRef& w_next, const TensorRef& out, float eps);
+
+namespace detail {
+// attention_decode's checks, named op (ops.cc; attention_decode_qkv runs them too).
+Status check_attention_decode(const char* op, const TensorRef& q, const TensorRef& k_cache,
+                              const TensorRef& v_cache, const TensorRef& out,
+                              const TensorRef& kv_indptr, const TensorRef& kv_indices,
+                              const TensorRef& kv_len, const TensorRef* workspace,
+                              const DecodeParams& p, int* dev);
+}  // namespace detail
 
 }  // namespace gemma3::ops

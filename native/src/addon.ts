@@ -143,6 +143,22 @@ export interface Addon {
     workspace: OptT,
     p: DecodeParamsArg,
   ): void;
+  attentionDecodeQkv(
+    qkv: T,
+    q: T,
+    qW: T,
+    kW: T,
+    positions: T,
+    kvRows: T,
+    kCache: T,
+    vCache: T,
+    out: T,
+    kvIndptr: T,
+    kvIndices: T,
+    kvLen: T,
+    workspace: OptT,
+    p: DecodeParamsArg & { eps: number; base: number; ropeScale: number },
+  ): void;
   attentionDecodeWorkspaceFloats(
     device: number,
     batch: number,

@@ -275,6 +275,27 @@ export interface DecodeOptions {
   /** f32 scratch for split-KV (see attentionDecodeWorkspaceFloats); null = no split. */
   workspace?: Tensor | null;
   out?: Tensor;
+  /**
+   * The attention's prologue, run by the op itself: `q` is first written as qkNormRope's fused
+   * form of `qkv` (q into `q`, k and v into the caches at `kvRows`), then attended. The same bits
+   * as qkNormRope then attentionDecode (kernels.inc attention_decode_qkv; one kernel on CUDA,
+   * GEMMA3_DECODE_PROLOGUE=0 for two). Caches of q's dtype only (kScale, vScale 1); no sequence's
+   * new row may be visible to another sequence of the batch.
+   */
+  prologue?: DecodePrologue;
+}
+
+/** What attentionDecode's prologue makes q and the new K/V rows from. */
+export interface DecodePrologue {
+  /** [batch, (Hq + 2·Hkv)·D]: the step's [q | k | v] projection rows, one token a sequence */
+  qkv: Tensor;
+  qW: Tensor;
+  kW: Tensor;
+  /** [batch] i32 */
+  positions: Tensor;
+  /** [batch] i32: each token's row of the caches seen as [pages · page_size, Hkv, D] (< 0: none) */
+  kvRows: Tensor;
+  rope: QkNormRopeParams;
 }
 
 /**
@@ -302,6 +323,21 @@ export function attentionDecode(
     kScale: o.kScale ?? 1,
     vScale: o.vScale ?? 1,
   };
+  const pro = o.prologue;
+  if (pro) {
+    const { eps, base, scale = 1 } = pro.rope;
+    const ws = o.workspace ?? null;
+    const args = [pro.qkv, q, pro.qW, pro.kW, pro.positions, pro.kvRows, kCache, vCache] as const;
+    native(() =>
+      addon().attentionDecodeQkv(...args, y, kvIndptr, kvIndices, kvLen, ws, {
+        ...p,
+        eps,
+        base,
+        ropeScale: scale,
+      }),
+    );
+    return y;
+  }
   native(() =>
     addon().attentionDecode(
       q,

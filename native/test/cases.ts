@@ -1378,6 +1378,7 @@ export function allCases(): Case[] {
     ...attentionCases(),
     ...visionCases(),
     ...fusedCases(),
+    ...decodePrologueCases(),
   ];
 }
 
@@ -1964,5 +1965,156 @@ export function fusedCases(): Case[] {
         cudaTol: { kind: "exact", why: "both backends equal their own two-kernel sequence" },
       });
     }
+  return cases;
+}
+
+// ---------------------------------------------------------------------------------------------
+// decode attention with its prologue (kernels.inc attention_decode_qkv)
+
+/**
+ * attentionDecode with the prologue == qkNormRope (into the caches at kvRows) then attentionDecode,
+ * bit for bit, on the same device: q, out and both caches. On CUDA that compares the one kernel
+ * (q normed and rotated in every CTA, the new row taken from shared memory, split 0 writing q and
+ * the rows) with the two launches, under the same split plan; group > 8 checks the fallback.
+ * `ring`: each sequence is one page of pageSize slots (a sliding layer's ring, kv_len =
+ * min(n, slots)) and its new row is slot position % slots, anywhere in the page; else pages in a
+ * scrambled order and the new row is the sequence's last key. kvRows of a sequence listed in
+ * `skip` is -1 (no write: both read the row the cache held).
+ */
+function decodePrologueCase(
+  d: FloatDType,
+  lens: number[],
+  Hq: number,
+  Hkv: number,
+  D: number,
+  pageSize: number,
+  o: { ring?: boolean; window?: number; split?: boolean; skip?: number[] },
+  seed: number,
+): Case {
+  const batch = lens.length;
+  const pagesPer = lens.map((l) => (o.ring ? 1 : Math.max(1, Math.ceil(l / pageSize))));
+  const numPages = pagesPer.reduce((a, b) => a + b, 0) + 2;
+  const order = Array.from({ length: numPages }, (_, i) => i);
+  const r = rng(seed);
+  for (let i = order.length - 1; i > 0; i--) {
+    const j = Math.floor(r() * (i + 1));
+    [order[i], order[j]] = [order[j]!, order[i]!];
+  }
+  const kvIndptr = [0];
+  const kvIndices: number[] = [];
+  pagesPer.forEach((n) => {
+    for (let i = 0; i < n; i++) kvIndices.push(order[kvIndices.length]!);
+    kvIndptr.push(kvIndices.length);
+  });
+  // A ring sequence of n tokens shows min(n, slots); its new token (position n - 1) is at slot
+  // (n - 1) % slots. A paged one shows n, the new token last.
+  const kvLen = lens.map((n) => (o.ring ? Math.min(n, pageSize) : n));
+  const positions = lens.map((n) => n - 1);
+  const kvRows = lens.map((n, b) => {
+    if (o.skip?.includes(b)) return -1;
+    const page = kvIndices[kvIndptr[b]! + (o.ring ? 0 : Math.floor((n - 1) / pageSize))]!;
+    return page * pageSize + ((n - 1) % pageSize);
+  });
+  const rows = numPages * pageSize;
+  const width = (Hq + 2 * Hkv) * D;
+  const data = lazy(() => ({
+    qkv: inDType(randn(batch * width, seed + 1, 2), d),
+    qW: inDType(randn(D, seed + 2, 0.5), d),
+    kW: inDType(randn(D, seed + 3, 0.5), d),
+    kc: inDType(randn(rows * Hkv * D, seed + 4), d),
+    vc: inDType(randn(rows * Hkv * D, seed + 5), d),
+  }));
+  const rope = { eps: 1e-6, base: 1e6, scale: 8 };
+  const smScale = 1 / Math.sqrt(D);
+  const maxKv = Math.max(...kvLen);
+  const window = o.window ?? 0;
+  const what = `${d} lens=${lens.join(",")} Hq=${Hq} Hkv=${Hkv} D=${D} page=${pageSize}${o.ring ? " ring" : ""}${window ? ` window=${window}` : ""}${o.split ? " split" : ""}${o.skip ? " skip" : ""}`;
+  return {
+    name: `attentionDecode with the prologue == qkNormRope then attentionDecode, bit for bit (${what})`,
+    async run(dev) {
+      const { qkv, qW, kW, kc, vc } = data();
+      const l16: Layout = layout === "packed" ? "packed" : "offset16";
+      const x = up(qkv, [batch, width], d, dev, l16);
+      const wq = up(qW, [D], d, dev, l16);
+      const wk = up(kW, [D], d, dev, l16);
+      const pos = up(positions, [batch], "i32", dev);
+      const kr = up(kvRows, [batch], "i32", dev);
+      const ip = up(kvIndptr, [batch + 1], "i32", dev);
+      const ix = up(kvIndices, [kvIndices.length], "i32", dev);
+      const ln = up(kvLen, [batch], "i32", dev);
+      const paged = [numPages, pageSize, Hkv, D];
+      const side = () => {
+        const q = alloc([batch, Hq, D], d, dev, l16);
+        const out = alloc([batch, Hq, D], d, dev, l16);
+        q.fillBytes(0xff); // NaN: an output left unwritten fails the comparison
+        out.fillBytes(0xff);
+        const floats = o.split ? ops.attentionDecodeWorkspaceFloats(q, maxKv) : 0;
+        const ws = floats > 0 ? alloc([floats], "f32", dev) : null;
+        ws?.fillBytes(0xff);
+        return {
+          q,
+          out,
+          ws,
+          k: up(kc, paged, d, dev, l16),
+          v: up(vc, paged, d, dev, l16),
+        };
+      };
+      const opts = (a: ReturnType<typeof side>) => ({
+        smScale,
+        window,
+        maxKvLen: maxKv,
+        workspace: a.ws,
+        out: a.out,
+      });
+      const a = side();
+      ops.attentionDecode(a.q, a.k, a.v, ip, ix, ln, {
+        ...opts(a),
+        prologue: { qkv: x, qW: wq, kW: wk, positions: pos, kvRows: kr, rope },
+      });
+      const b = side();
+      const asRows = (t: Tensor) => t.view([rows, Hkv, D]);
+      ops.qkNormRope(x, wq, wk, pos, rope, { q: b.q, k: asRows(b.k), v: asRows(b.v), kvRows: kr });
+      ops.attentionDecode(b.q, b.k, b.v, ip, ix, ln, opts(b));
+      const get = async (t: typeof a) => [
+        await host(t.q),
+        await host(t.out),
+        await host(t.k),
+        await host(t.v),
+      ];
+      const [one, two] = [await get(a), await get(b)];
+      disposeAll(x, wq, wk, pos, kr, ip, ix, ln, a.q, a.out, a.ws, a.k, a.v);
+      disposeAll(b.q, b.out, b.ws, b.k, b.v);
+      // Sanity: the rows were written (a no-op prologue on both sides cannot pass).
+      const changed = maxAbsDiff([two[2]!], [kc]) > 0 ? 1 : 0;
+      return [Float32Array.of(maxAbsDiff(one, two), changed)];
+    },
+    reference: () => [Float32Array.of(0, kvRows.some((x) => x >= 0) ? 1 : 0)],
+    refTol: { kind: "exact", why: "the composition itself on the CPU" },
+    cudaTol: { kind: "exact", why: "one kernel runs qk_norm_rope's head code and the same plan" },
+  };
+}
+
+export function decodePrologueCases(): Case[] {
+  const cases: Case[] = [];
+  let seed = 6000;
+  for (const d of ["f32", "bf16"] as const) {
+    const push = (
+      lens: number[],
+      hq: number,
+      hkv: number,
+      D: number,
+      page: number,
+      o: Parameters<typeof decodePrologueCase>[6] = {},
+    ) => cases.push(decodePrologueCase(d, lens, hq, hkv, D, page, o, (seed += 10)));
+    push([1], 4, 1, 256, 16, { split: true }); // 1B, the first token
+    push([37, 300], 4, 1, 256, 16, { split: true }); // 1B, one split and several
+    push([600, 100, 512], 4, 1, 256, 512, { ring: true, split: true }); // 1B sliding ring
+    push([1000], 8, 4, 256, 16, { split: true }); // 4B, many splits
+    push([70, 5, 129], 8, 4, 256, 16, { skip: [1] }); // no workspace; one row not written
+    push([260, 3], 32, 16, 128, 16, { split: true }); // 27B's heads
+    push([90, 17], 8, 1, 64, 8, { window: 50, split: true, skip: [0] }); // group 8, window
+    push([40], 16, 1, 32, 4, { split: true }); // group 16: the two launches
+    push([33, 64], 2, 2, 16, 1, { split: true }); // page size 1 (a ring with rollback slots)
+  }
   return cases;
 }

@@ -10,6 +10,8 @@
 // a short context) the CTA writes the output directly.
 // fp8 e4m3 caches: a 16-byte load carries 16 elements, so a lane takes 16 of a row (key groups of
 // D / 16 lanes); k_scale is folded into q and v_scale into the partial o, so the loop is the same.
+// attention_decode_qkv (kQkv): the same kernel with qk_norm_rope's work as its prologue (below,
+// "The prologue").
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
@@ -28,6 +30,8 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/pdl.cuh"
+#include "kernels/cuda/qk_norm_rope.cuh"
+#include "kernels/cuda/vec.cuh"
 #include "runtime/env.h"
 
 namespace gemma3::cuda {
@@ -135,6 +139,22 @@ struct DecodeParams {
   bool pdl;       // launched with PDL: prefetch the first stages' K/V rows before pdl_wait
 };
 
+// The prologue (attention_decode_qkv): what the kernel needs to make q and the new K/V rows from
+// the step's projection rows itself, as qk_norm_rope would (kernels.inc).
+template <typename T>
+struct QkvPrologue {
+  const T* qkv;  // [batch, ld]: [q | k | v] per row
+  const T* q_w;
+  const T* k_w;
+  const int32_t* positions;  // [batch]
+  const int32_t* kv_rows;    // [batch]: the new token's row of the caches (out of range: none)
+  T* q_out;                  // [batch, num_qo_heads, D]: written by split 0
+  T* k_cache;                // the caches, writable: split 0 writes the new rows
+  T* v_cache;
+  int64_t ld, kv_capacity;  // rows of the caches: num_pages * page_size
+  float eps, base, scale;
+};
+
 // ---------------------------------------------------------------------------------------------
 // Split kernel (issue 9, "v2"). Each lane streams its own 16-byte pieces of K and V through a
 // private ring of kStages stages in shared memory with cp.async, so kStages - 1 stages stay in
@@ -168,10 +188,38 @@ __device__ __forceinline__ void prefetch_l2(const void* ptr) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(ptr));
 }
 
+// The prologue's shared memory (static, beside the ring): RoPE's table, one staging row per warp
+// (qk_norm_rope.cuh), the CTA's normed and rotated q heads, and the new key and value rows.
+constexpr int kWarps = kThreads / 32;
+template <typename T, int D, int kGh, bool kQkv>
+struct PrologueSmem {
+  float cs[D / 2], sn[D / 2];
+  float xs[kWarps][D];
+  __align__(16) T q[kGh][D];
+  __align__(16) T k[D];
+  __align__(16) T v[D];
+};
+template <typename T, int D, int kGh>
+struct PrologueSmem<T, D, kGh, false> {};
+
 // grid: (splits, num_kv_heads * head_chunks, batch); block: kThreads; dynamic shared memory
 // PipeCfg::kSmem.
-template <typename T, typename TKV, int D, int kGh>
-__global__ void __launch_bounds__(kThreads) decode_pipe_kernel(const DecodeParams p) {
+//
+// The prologue (kQkv; head_chunks == 1, TKV == T): qk_norm_rope's per-head arithmetic
+// (qk_norm_rope.cuh, the same bits) runs in every CTA, so no kernel boundary separates it from the
+// attention:
+// - before pdl_wait (inputs no kernel of the step writes): the token's position and new row, the
+//   norm weights, and RoPE's table;
+// - after it: the ring's first stages are issued first, then each warp norms and rotates its q
+//   heads (and the new k; the new v is copied) into shared memory, where the score loop's q load
+//   finds them;
+// - the new token's key and value are taken from shared memory wherever a stage holds the new
+//   row (its copy from the cache is skipped), so no CTA reads the row split 0 writes: the result
+//   is that of qk_norm_rope's write then attention_decode's read;
+// - split 0 writes q and the new K/V rows (the op's outputs) once its prologue is done.
+template <typename T, typename TKV, int D, int kGh, bool kQkv = false>
+__global__ void __launch_bounds__(kThreads)
+    decode_pipe_kernel(const DecodeParams p, const QkvPrologue<T> pro) {
   using Cfg = DecodeCfg<T, TKV, D, kGh>;
   using Pc = PipeCfg<T, TKV, D, kGh>;
   constexpr int kVec = Cfg::kVec, kNv = Cfg::kNv, kTpk = Cfg::kTpk, kGroups = Cfg::kGroups,
@@ -214,6 +262,30 @@ __global__ void __launch_bounds__(kThreads) decode_pipe_kernel(const DecodeParam
   const TKV* vc = static_cast<const TKV*>(p.v_cache) + int64_t(kvh) * D + tig * kVec;
   const int32_t* pages = p.kv_indices + pg0;
 
+  // The prologue's inputs that no kernel of the step writes (kernels.inc: read early).
+  __shared__ PrologueSmem<T, D, kGh, kQkv> ps;
+  constexpr int V = 16 / int(sizeof(T));  // qk_norm_rope's vector width (aligned heads)
+  constexpr int kTasks = (kGh + 2 + kWarps - 1) / kWarps;  // heads a warp norms or copies
+  [[maybe_unused]] int64_t new_off = -1;  // element offset of the new row's slot in the caches
+  [[maybe_unused]] float wq[qknr::kRegVec][V], wk[qknr::kRegVec][V];
+  if constexpr (kQkv) {
+    static_assert(std::is_same_v<T, TKV>, "the prologue writes caches of q's dtype");
+    static_assert(D / V <= 32 * qknr::kRegVec, "a lane's part of a head fits its registers");
+    const int lane = tid & 31;
+    const int64_t row = __ldg(pro.kv_rows + b);
+    if (row >= 0 && row < pro.kv_capacity) new_off = row * row_stride;
+#pragma unroll
+    for (int m = 0; m < qknr::kRegVec; ++m) {
+      const int i = lane + 32 * m;
+      if (i < D / V) {
+        vec::load_f32<T, V>(pro.q_w + i * V, wq[m]);
+        vec::load_f32<T, V>(pro.k_w + i * V, wk[m]);
+      }
+    }
+    qknr::rope_table<T>(float(__ldg(pro.positions + b)), D, pro.base, pro.scale, ps.cs, ps.sn, tid,
+                        kThreads);
+  }
+
   // Stage s, load i (u * kNv + n), K (0) or V (1): this lane's 16 bytes at
   // [((s * kLoads + i) * 2 + kv) * kThreads + tid] (consecutive lanes, consecutive 16 bytes).
   const uint4* ring = reinterpret_cast<const uint4*>(smem);
@@ -233,21 +305,30 @@ __global__ void __launch_bounds__(kThreads) decode_pipe_kernel(const DecodeParam
   };
   // Copies stage `it` into ring stage it % kStages; returns its keys' validity bits. A masked key
   // (past the end, or a page outside the cache) is zero-filled: its score is -inf and its V is 0.
-  auto issue = [&](int it, const int32_t(&pidx)[kU]) -> uint32_t {
+  // The prologue's new row is valid but not copied (zero-filled; its bit in `fresh`): the loop
+  // takes it from shared memory.
+  auto issue = [&](int it, const int32_t(&pidx)[kU], uint32_t& fresh) -> uint32_t {
     const int s = it % kStages;
     uint32_t bits = 0;
+    fresh = 0;
 #pragma unroll
     for (int u = 0; u < kU; ++u) {
       const bool ok = uint32_t(pidx[u]) < p.num_pages;  // a page outside the cache is never read
       const int64_t off = ok ? key_off(it, u, pidx[u]) : 0;
       bits |= uint32_t(ok) << u;
+      bool copy = ok;
+      if constexpr (kQkv) {
+        const bool is_new = ok && off == new_off;
+        fresh |= uint32_t(is_new) << u;
+        copy = ok && !is_new;
+      }
 #pragma unroll
       for (int n = 0; n < kNv; ++n) {
         const int i = u * kNv + n;
         cp_async16_or_zero(ring_u32 + uint32_t(slot(s, i, 0)) * 16u,
-                           ok ? kc + off + n * kPer16 : kc, ok);
+                           copy ? kc + off + n * kPer16 : kc, copy);
         cp_async16_or_zero(ring_u32 + uint32_t(slot(s, i, 1)) * 16u,
-                           ok ? vc + off + n * kPer16 : vc, ok);
+                           copy ? vc + off + n * kPer16 : vc, copy);
       }
     }
     return bits;
@@ -290,24 +371,98 @@ __global__ void __launch_bounds__(kThreads) decode_pipe_kernel(const DecodeParam
   // without PDL.
   pdl_wait();
 
-  // q first: its loads are in flight together with the prologue's copies.
-  const T* qb = static_cast<const T*>(p.q) + (int64_t(b) * p.num_qo_heads + h0) * D + tig * kVec;
-  uint4 qr[kGh][kNq];
-#pragma unroll
-  for (int hh = 0; hh < kGh; ++hh) {
-#pragma unroll
-    for (int n = 0; n < kNq; ++n) {
-      qr[hh][n] = make_uint4(0, 0, 0, 0);
-      if (hh < nh) qr[hh][n] = *reinterpret_cast<const uint4*>(qb + hh * D + n * kPerQ);
-    }
-  }
-
-  // Prologue: the first kStages - 1 stages, one group each.
   uint32_t vmask = 0;  // validity bits of the stages in flight, oldest in the low kU bits
+  uint32_t nmask = 0;  // the same stages' bits of the prologue's new row (kQkv)
+  // The ring's first kStages - 1 stages, one group each.
+  auto issue_first = [&] {
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    if (s < n_iter) vmask |= issue(s, pi[s]) << (s * kU);
-    cp_async_commit();
+    for (int s = 0; s < kStages - 1; ++s) {
+      if (s < n_iter) {
+        uint32_t fresh;
+        vmask |= issue(s, pi[s], fresh) << (s * kU);
+        nmask |= fresh << (s * kU);
+      }
+      cp_async_commit();
+    }
+  };
+
+  uint4 qr[kGh][kNq];
+  if constexpr (!kQkv) {
+    // q first: its loads are in flight together with the ring's first copies.
+    const T* qb = static_cast<const T*>(p.q) + (int64_t(b) * p.num_qo_heads + h0) * D + tig * kVec;
+#pragma unroll
+    for (int hh = 0; hh < kGh; ++hh) {
+#pragma unroll
+      for (int n = 0; n < kNq; ++n) {
+        qr[hh][n] = make_uint4(0, 0, 0, 0);
+        if (hh < nh) qr[hh][n] = *reinterpret_cast<const uint4*>(qb + hh * D + n * kPerQ);
+      }
+    }
+    issue_first();
+  } else {
+    // The ring's copies first (the stages' old keys), then the heads from the projection rows:
+    // task j < nh is q head h0 + j, task nh the new k, nh + 1 the new v; warp w takes w, w + 4, ...
+    issue_first();
+    const int lane = tid & 31, warp = tid >> 5;
+    const T* row = pro.qkv + int64_t(b) * pro.ld;
+    const int nq = p.num_qo_heads;
+    auto head_of = [&](int j) -> const T* {
+      return row + int64_t(j < nh ? h0 + j : (j == nh ? nq + kvh : nq + p.num_kv_heads + kvh)) * D;
+    };
+    float f[kTasks][qknr::kRegVec][V];
+#pragma unroll
+    for (int t = 0; t < kTasks; ++t) {
+      const int j = warp + kWarps * t;
+      if (j >= nh + 2) continue;
+#pragma unroll
+      for (int m = 0; m < qknr::kRegVec; ++m) {
+        const int i = lane + 32 * m;
+        if (i < D / V) vec::load_f32<T, V>(head_of(j) + i * V, f[t][m]);
+      }
+    }
+    __syncthreads();  // RoPE's table
+#pragma unroll
+    for (int t = 0; t < kTasks; ++t) {
+      const int j = warp + kWarps * t;
+      if (j >= nh + 2) continue;
+      if (j <= nh) {
+        T* dst = j < nh ? ps.q[j] : ps.k;
+        qknr::norm_rope_head<T, V, false>(head_of(j), f[t], j < nh ? pro.q_w : pro.k_w,
+                                          j < nh ? wq : wk, dst, ps.xs[warp], ps.cs, ps.sn, D,
+                                          pro.eps, lane);
+        __syncwarp();  // the warp's staging row is rewritten by its next head
+      } else {
+#pragma unroll
+        for (int m = 0; m < qknr::kRegVec; ++m) {
+          const int i = lane + 32 * m;
+          if (i < D / V) vec::store_f32<T, V>(ps.v + i * V, f[t][m]);
+        }
+      }
+    }
+    __syncthreads();  // q heads and the new row in shared memory
+#pragma unroll
+    for (int hh = 0; hh < kGh; ++hh) {
+#pragma unroll
+      for (int n = 0; n < kNq; ++n) {
+        qr[hh][n] = make_uint4(0, 0, 0, 0);
+        if (hh < nh) qr[hh][n] = *reinterpret_cast<const uint4*>(&ps.q[hh][tig * kVec + n * kPerQ]);
+      }
+    }
+    if (split == 0) {  // the op's outputs: q, and the new K/V rows
+      constexpr int kPer = 16 / int(sizeof(T));
+      T* qo = pro.q_out + (int64_t(b) * p.num_qo_heads + h0) * D;
+      for (int i = tid; i < nh * D / kPer; i += kThreads)
+        reinterpret_cast<uint4*>(qo)[i] = reinterpret_cast<const uint4*>(&ps.q[0][0])[i];
+      if (new_off >= 0) {
+        const int64_t at = new_off + int64_t(kvh) * D;
+        for (int i = tid; i < 2 * D / kPer; i += kThreads) {
+          const bool is_v = i >= D / kPer;
+          const int e = is_v ? i - D / kPer : i;
+          reinterpret_cast<uint4*>((is_v ? pro.v_cache : pro.k_cache) + at)[e] =
+              reinterpret_cast<const uint4*>(is_v ? ps.v : ps.k)[e];
+        }
+      }
+    }
   }
 
   float q[kGh][kVec];
@@ -333,7 +488,11 @@ __global__ void __launch_bounds__(kThreads) decode_pipe_kernel(const DecodeParam
     {
       // Refill the ring stage consumed last iteration; prefetch the page indices after it.
       const int nx = it + kStages - 1;
-      if (nx < n_iter) vmask |= issue(nx, pn) << ((kStages - 1) * kU);
+      if (nx < n_iter) {
+        uint32_t fresh;
+        vmask |= issue(nx, pn, fresh) << ((kStages - 1) * kU);
+        nmask |= fresh << ((kStages - 1) * kU);
+      }
       cp_async_commit();
 #pragma unroll
       for (int u = 0; u < kU; ++u) pn[u] = page_of(nx + 1, u);
@@ -348,6 +507,21 @@ __global__ void __launch_bounds__(kThreads) decode_pipe_kernel(const DecodeParam
       for (int n = 0; n < kNv; ++n) {
         kr[u][n] = ring[slot(s, u * kNv + n, 0) + tid];
         vr[u][n] = ring[slot(s, u * kNv + n, 1) + tid];
+      }
+    }
+    if constexpr (kQkv) {  // the new row, from the prologue's shared memory
+      const uint32_t fresh = nmask;
+      nmask >>= kU;
+      if (fresh != 0) {
+#pragma unroll
+        for (int u = 0; u < kU; ++u) {
+          if (!((fresh >> u) & 1u)) continue;
+#pragma unroll
+          for (int n = 0; n < kNv; ++n) {
+            kr[u][n] = reinterpret_cast<const uint4*>(ps.k)[tig * kNv + n];
+            vr[u][n] = reinterpret_cast<const uint4*>(ps.v)[tig * kNv + n];
+          }
+        }
       }
     }
 
@@ -601,15 +775,16 @@ Status launch_combine_wide(const DecodeParams& p, int64_t batch, int64_t D, cuda
   return check_launch("attention_decode (combine)");
 }
 
-template <typename T, typename TKV, int D, int kGh>
-Status launch_pipe(DecodeParams p, const Plan& in, cudaStream_t stream) {
+// Sets the split kernel's dynamic shared memory attribute on this device (once per device) and
+// returns its resident CTAs per SM (the same on every device of one architecture).
+template <typename T, typename TKV, int D, int kGh, bool kQkv>
+Status prepare_pipe(int dev, int* occ_out) {
   using Pc = PipeCfg<T, TKV, D, kGh>;
-  auto* kern = decode_pipe_kernel<T, TKV, D, kGh>;
-  // Over 48 KB of dynamic shared memory needs the attribute, once per device; the resident CTAs
-  // per SM (occupancy) are the same on every device of one architecture.
+  auto* kern = decode_pipe_kernel<T, TKV, D, kGh, kQkv>;
+  // Over 48 KB of dynamic shared memory needs the attribute, once per device.
   static std::atomic<uint64_t> attr_set{0};
   static std::atomic<int> occupancy{0};
-  const uint64_t bit = in.dev < 64 ? uint64_t(1) << in.dev : 0;
+  const uint64_t bit = dev < 64 ? uint64_t(1) << dev : 0;
   if (bit == 0 || (attr_set.load() & bit) == 0) {
     G3_CUDA_RETURN(
         cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(Pc::kSmem)));
@@ -621,13 +796,32 @@ Status launch_pipe(DecodeParams p, const Plan& in, cudaStream_t stream) {
     occ = std::max(occ, 1);
     occupancy.store(occ);
   }
+  *occ_out = occ;
+  return Status::Ok();
+}
+
+template <typename T, typename TKV, int D, int kGh, bool kQkv = false>
+Status launch_pipe(DecodeParams p, const Plan& in, cudaStream_t stream,
+                   const QkvPrologue<T>& pro = {}) {
+  using Pc = PipeCfg<T, TKV, D, kGh>;
+  auto* kern = decode_pipe_kernel<T, TKV, D, kGh, kQkv>;
+  int occ = 0, occ_own = 0;
+  G3_RETURN_IF_ERROR((prepare_pipe<T, TKV, D, kGh, kQkv>(in.dev, &occ_own)));
+  // The plain kernel's occupancy plans both kernels, so the prologue's kernel splits as the plain
+  // one would (the same sums: bit-equal to the two launches). Its own static shared memory can
+  // only lower its occupancy; a split it cannot keep resident waits for a slot.
+  if constexpr (kQkv) {
+    G3_RETURN_IF_ERROR((prepare_pipe<T, TKV, D, kGh, false>(in.dev, &occ)));
+  } else {
+    occ = occ_own;
+  }
   plan_pipe(in, int64_t(in.sms) * occ, Pc::kKeys, &p);
   const dim3 grid(unsigned(p.splits), unsigned(p.num_kv_heads * p.head_chunks), unsigned(in.batch));
   // Programmatic dependent launch (pdl.cuh; on unless GEMMA3_PDL=0): the page table is read and
   // the first stages' rows are asked into L2 while the kernel before this one (in a decode layer,
-  // the one that writes q and the new K/V rows) finishes.
+  // the one that writes q and the new K/V rows, or with the prologue the QKV projection) finishes.
   p.pdl = pdl_enabled();
-  launch_pdl_if(p.pdl, kern, grid, dim3(kThreads), Pc::kSmem, stream, p);
+  launch_pdl_if(p.pdl, kern, grid, dim3(kThreads), Pc::kSmem, stream, p, pro);
   G3_RETURN_IF_ERROR(check_launch("attention_decode"));
   if (p.splits > 1) {
     if (p.splits > kMaxSplits) return Status(StatusCode::kInternal, "attention_decode: splits");
@@ -636,21 +830,39 @@ Status launch_pipe(DecodeParams p, const Plan& in, cudaStream_t stream) {
   return Status::Ok();
 }
 
-template <typename T, typename TKV, int D>
-Status launch_decode_d(const DecodeParams& p, const Plan& in, int gh, cudaStream_t stream) {
+template <typename T, typename TKV, int D, bool kQkv = false>
+Status launch_decode_d(const DecodeParams& p, const Plan& in, int gh, cudaStream_t stream,
+                       const QkvPrologue<T>& pro = {}) {
   switch (gh) {
     case 1:
-      return launch_pipe<T, TKV, D, 1>(p, in, stream);
+      return launch_pipe<T, TKV, D, 1, kQkv>(p, in, stream, pro);
     case 2:
-      return launch_pipe<T, TKV, D, 2>(p, in, stream);
+      return launch_pipe<T, TKV, D, 2, kQkv>(p, in, stream, pro);
     case 4:
-      return launch_pipe<T, TKV, D, 4>(p, in, stream);
+      return launch_pipe<T, TKV, D, 4, kQkv>(p, in, stream, pro);
     default:
       if constexpr (std::is_same_v<TKV, fp8e4m3>) {
         return Status(StatusCode::kInternal, "attention_decode: fp8 caches take gh <= 4");
       } else {
-        return launch_pipe<T, TKV, D, 8>(p, in, stream);
+        return launch_pipe<T, TKV, D, 8, kQkv>(p, in, stream, pro);
       }
+  }
+}
+
+template <typename T, typename TKV, bool kQkv = false>
+Status launch_decode(const DecodeParams& p, const Plan& in, int gh, cudaStream_t stream,
+                     const QkvPrologue<T>& pro = {}) {
+  switch (in.head_dim) {
+    case 16:
+      return launch_decode_d<T, TKV, 16, kQkv>(p, in, gh, stream, pro);
+    case 32:
+      return launch_decode_d<T, TKV, 32, kQkv>(p, in, gh, stream, pro);
+    case 64:
+      return launch_decode_d<T, TKV, 64, kQkv>(p, in, gh, stream, pro);
+    case 128:
+      return launch_decode_d<T, TKV, 128, kQkv>(p, in, gh, stream, pro);
+    default:
+      return launch_decode_d<T, TKV, 256, kQkv>(p, in, gh, stream, pro);
   }
 }
 
@@ -669,14 +881,17 @@ int64_t attention_decode_workspace_floats(int64_t batch, int64_t num_qo_heads, i
   return batch * num_qo_heads * splits * (head_dim + 2) + kWsAlign;
 }
 
+namespace {
+// attention_decode's checks and launch parameters (shared with attention_decode_qkv): fills p, in
+// and gh; *run is false when there is nothing to launch (batch 0).
 template <typename T, typename TKV>
-Status attention_decode(const T* q, const TKV* k_cache, const TKV* v_cache, T* out,
-                        const int32_t* kv_indptr, const int32_t* kv_indices, const int32_t* kv_len,
-                        int64_t batch, int64_t num_qo_heads, int64_t num_kv_heads, int64_t head_dim,
-                        int64_t page_size, int64_t num_pages, int64_t num_indices,
-                        int64_t max_kv_len, float sm_scale, float k_scale, float v_scale,
-                        int32_t window, float* workspace, int64_t workspace_floats,
-                        cudaStream_t stream) {
+Status setup_decode(const T* q, const TKV* k_cache, const TKV* v_cache, T* out,
+                    const int32_t* kv_indptr, const int32_t* kv_indices, const int32_t* kv_len,
+                    int64_t batch, int64_t num_qo_heads, int64_t num_kv_heads, int64_t head_dim,
+                    int64_t page_size, int64_t num_pages, int64_t num_indices, int64_t max_kv_len,
+                    float sm_scale, float k_scale, float v_scale, int32_t window, float* workspace,
+                    int64_t workspace_floats, DecodeParams* pp, Plan* inp, int* ghp, bool* run) {
+  *run = false;
   constexpr bool kFp8 = std::is_same_v<TKV, fp8e4m3>;
   const int64_t D = head_dim;
   if (D != 16 && D != 32 && D != 64 && D != 128 && D != 256) {
@@ -717,6 +932,7 @@ Status attention_decode(const T* q, const TKV* k_cache, const TKV* v_cache, T* o
                    (kFp8 ? " (must be finite and > 0)" : " (must be 1 for a cache of q's dtype)"));
   }
   if (batch == 0) return Status::Ok();
+  *run = true;
   if (q == nullptr || k_cache == nullptr || v_cache == nullptr || out == nullptr ||
       kv_indptr == nullptr || kv_indices == nullptr || kv_len == nullptr) {
     return invalid("null pointer argument");
@@ -736,7 +952,8 @@ Status attention_decode(const T* q, const TKV* k_cache, const TKV* v_cache, T* o
   int dev = 0, sms = 0;
   G3_CUDA_RETURN(cudaGetDevice(&dev));
   G3_CUDA_RETURN(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  Plan in{};
+  Plan& in = *inp;
+  in = Plan{};
   in.batch = batch;
   in.num_qo_heads = num_qo_heads;
   in.head_dim = D;
@@ -747,7 +964,8 @@ Status attention_decode(const T* q, const TKV* k_cache, const TKV* v_cache, T* o
   in.dev = dev;
   in.sms = std::max(sms, 1);
 
-  DecodeParams p{};  // chunk, splits and the workspace pointers are the planner's
+  DecodeParams& p = *pp;
+  p = DecodeParams{};  // chunk, splits and the workspace pointers are the planner's
   p.q = q;
   p.k_cache = k_cache;
   p.v_cache = v_cache;
@@ -767,19 +985,78 @@ Status attention_decode(const T* q, const TKV* k_cache, const TKV* v_cache, T* o
   p.scale_log2 = kFp8 ? sm_scale * kLog2e * k_scale : sm_scale * kLog2e;
   p.v_scale = v_scale;
   p.window = window;
+  *ghp = gh;
+  return Status::Ok();
+}
 
-  switch (D) {
-    case 16:
-      return launch_decode_d<T, TKV, 16>(p, in, gh, stream);
-    case 32:
-      return launch_decode_d<T, TKV, 32>(p, in, gh, stream);
-    case 64:
-      return launch_decode_d<T, TKV, 64>(p, in, gh, stream);
-    case 128:
-      return launch_decode_d<T, TKV, 128>(p, in, gh, stream);
-    default:
-      return launch_decode_d<T, TKV, 256>(p, in, gh, stream);
+// True unless GEMMA3_DECODE_PROLOGUE=0 (read once): attention_decode_qkv as one kernel.
+bool prologue_enabled() {
+  static const bool on = !env_is("GEMMA3_DECODE_PROLOGUE", "0");
+  return on;
+}
+}  // namespace
+
+template <typename T, typename TKV>
+Status attention_decode(const T* q, const TKV* k_cache, const TKV* v_cache, T* out,
+                        const int32_t* kv_indptr, const int32_t* kv_indices, const int32_t* kv_len,
+                        int64_t batch, int64_t num_qo_heads, int64_t num_kv_heads, int64_t head_dim,
+                        int64_t page_size, int64_t num_pages, int64_t num_indices,
+                        int64_t max_kv_len, float sm_scale, float k_scale, float v_scale,
+                        int32_t window, float* workspace, int64_t workspace_floats,
+                        cudaStream_t stream) {
+  DecodeParams p;
+  Plan in;
+  int gh = 0;
+  bool run = false;
+  G3_RETURN_IF_ERROR((setup_decode<T, TKV>(
+      q, k_cache, v_cache, out, kv_indptr, kv_indices, kv_len, batch, num_qo_heads, num_kv_heads,
+      head_dim, page_size, num_pages, num_indices, max_kv_len, sm_scale, k_scale, v_scale, window,
+      workspace, workspace_floats, &p, &in, &gh, &run)));
+  if (!run) return Status::Ok();
+  return launch_decode<T, TKV>(p, in, gh, stream);
+}
+
+template <typename T>
+Status attention_decode_qkv(const T* qkv, const T* q_w, const T* k_w, const int32_t* positions,
+                            const int32_t* kv_rows, T* q, T* k_cache, T* v_cache, T* out,
+                            const int32_t* kv_indptr, const int32_t* kv_indices,
+                            const int32_t* kv_len, int64_t batch, int64_t num_qo_heads,
+                            int64_t num_kv_heads, int64_t head_dim, int64_t page_size,
+                            int64_t num_pages, int64_t num_indices, int64_t max_kv_len,
+                            float sm_scale, int32_t window, float eps, float base, float scale,
+                            float* workspace, int64_t workspace_floats, cudaStream_t stream) {
+  const int64_t hq = num_qo_heads, hkv = num_kv_heads, D = head_dim, ld = (hq + 2 * hkv) * D;
+  const int64_t capacity = num_pages * page_size;
+  // The two launches: where the one kernel does not apply (a GQA group of more than 8 heads takes
+  // several CTAs a KV head; unaligned pointers), or when GEMMA3_DECODE_PROLOGUE=0.
+  const bool aligned = aligned16(qkv) && aligned16(q_w) && aligned16(k_w) && aligned16(q) &&
+                       aligned16(k_cache) && aligned16(v_cache);
+  const bool fused = prologue_enabled() && aligned && hkv > 0 && hq % hkv == 0 && hq / hkv <= 8 &&
+                     batch > 0 && kv_rows != nullptr && positions != nullptr && eps >= 0.0f &&
+                     base > 0.0f && std::isfinite(base) && scale > 0.0f && std::isfinite(scale) &&
+                     num_pages >= 0 && page_size > 0 && capacity / page_size == num_pages;
+  if (!fused) {
+    G3_RETURN_IF_ERROR(qk_norm_rope<T>(qkv, qkv + hq * D, qkv + (hq + hkv) * D, q_w, k_w, positions,
+                                       q, k_cache, v_cache, kv_rows, capacity, batch, hq, hkv, D,
+                                       ld, ld, ld, eps, base, scale, stream));
+    return attention_decode<T, T>(q, k_cache, v_cache, out, kv_indptr, kv_indices, kv_len, batch,
+                                  hq, hkv, D, page_size, num_pages, num_indices, max_kv_len,
+                                  sm_scale, 1.0f, 1.0f, window, workspace, workspace_floats,
+                                  stream);
   }
+  DecodeParams p;
+  Plan in;
+  int gh = 0;
+  bool run = false;
+  G3_RETURN_IF_ERROR(
+      (setup_decode<T, T>(q, k_cache, v_cache, out, kv_indptr, kv_indices, kv_len, batch, hq, hkv,
+                          D, page_size, num_pages, num_indices, max_kv_len, sm_scale, 1.0f, 1.0f,
+                          window, workspace, workspace_floats, &p, &in, &gh, &run)));
+  if (!run) return Status::Ok();
+  if (!qkv || !q_w || !k_w) return invalid("null pointer argument");
+  const QkvPrologue<T> pro{qkv,     q_w, k_w,      positions, kv_rows, q,    k_cache,
+                           v_cache, ld,  capacity, eps,       base,    scale};
+  return launch_decode<T, T, true>(p, in, gh, stream, pro);
 }
 
 #define G3_DECODE(T, TKV)                                                                          \
@@ -792,5 +1069,14 @@ G3_DECODE(bf16, bf16)
 G3_DECODE(float, fp8e4m3)
 G3_DECODE(bf16, fp8e4m3)
 #undef G3_DECODE
+#define G3_DECODE_QKV(T)                                                                           \
+  template Status attention_decode_qkv<T>(                                                         \
+      const T*, const T*, const T*, const int32_t*, const int32_t*, T*, T*, T*, T*,                \
+      const int32_t*, const int32_t*, const int32_t*, int64_t, int64_t, int64_t, int64_t, int64_t, \
+      int64_t, int64_t, int64_t, float, int32_t, float, float, float, float*, int64_t,             \
+      cudaStream_t);
+G3_DECODE_QKV(float)
+G3_DECODE_QKV(bf16)
+#undef G3_DECODE_QKV
 
 }  // namespace gemma3::cuda

@@ -30,6 +30,12 @@ export interface CachedAttentionOptions {
    * `directKvWrite` gave (decode only), so no copy is made here.
    */
   stored?: boolean;
+  /**
+   * Decode with a direct write (`directKvWrite` non-null) only: the attention op makes q (into
+   * the `q` given) and the new K/V rows itself from the projection rows (ops.attentionDecode's
+   * prologue; one kernel on CUDA), so `k` and `v` are not read.
+   */
+  prologue?: Omit<ops.DecodePrologue, "kvRows">;
 }
 
 /** GEMMA3_KV_DIRECT=0: the cache writes decode K/V itself (copyRows), for A/B measurements. */
@@ -105,8 +111,11 @@ export function cachedAttention(
     }
   };
 
+  if (o.prologue && !directKvWrite(kv, plan, q.dtypeName)) {
+    throw new Error("cachedAttention: a prologue needs a decode step with a direct K/V write");
+  }
   if (plan.decode) {
-    if (!o.stored) store();
+    if (!o.stored && !o.prologue) store();
     const t = g.decode!;
     const paged = [kv.rows / t.pageSize, t.pageSize, hkv, d];
     ops.attentionDecode(q, kv.k.view(paged), kv.v.view(paged), t.kvIndptr, t.kvIndices, t.kvLen, {
@@ -116,6 +125,7 @@ export function cachedAttention(
       vScale,
       workspace: o.workspace ?? null,
       out,
+      ...(o.prologue ? { prologue: { ...o.prologue, kvRows: g.writeRows } } : {}),
     });
     for (const t of temps) t.dispose(); // freed after the queued ops that use them
     return out;

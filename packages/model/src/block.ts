@@ -6,7 +6,7 @@
 // Fused (the default): one [q; k; v] matmul and one [gate; up] matmul when the loader fused the
 // weights (fuse.ts); q/k norm + RoPE as one kernel; each residual add with the norm that follows it
 // (the next sublayer's, or the next layer's input norm) as one kernel. Same arithmetic either way.
-import { Tensor } from "@gemma3/native";
+import { Tensor, type ops as nativeOps } from "@gemma3/native";
 // layerOps = @gemma3/native ops whose matmul applies an fp8 weight's per-row scale (quantize.ts).
 import { layerOps as ops } from "./quantize.js";
 import type { Gemma3Config } from "./config.js";
@@ -174,18 +174,24 @@ export class DecoderLayer {
     const rope = { eps, ...this.rope };
     const kv = cache.layer(this.index);
     let direct: ReturnType<typeof directKvWrite> = null;
+    let prologue: Omit<nativeOps.DecodePrologue, "kvRows"> | undefined;
     if (w.qkvProj) {
-      // One matmul into [q | k | v] rows, then q and k normed and rotated out of them, at decode
-      // straight into the cache's rows when it can (no copy kernels for the cache write). Weights
-      // in x's dtype go in as the op's projection (GEMMA3_QKV_EPILOGUE=1: one GEMV on CUDA at
-      // decode); quantized ones (fp8 with its scale) through matmul first.
+      // One matmul into [q | k | v] rows. At decode, when the cache takes the new rows directly,
+      // the attention op norms and rotates q and k and stores k and v itself (its prologue: one
+      // kernel on CUDA). Otherwise q and k are normed and rotated out of the rows by qkNormRope;
+      // weights in x's dtype go in as its projection (GEMMA3_QKV_EPILOGUE=1: one GEMV on CUDA),
+      // quantized ones (fp8 with its scale) through matmul first.
       const qkv = s.alloc([n, (hq + 2 * hkv) * d], dt);
       direct = directKvWrite(kv, plan, dt);
-      const out = direct ? { q, k: direct.k, v: direct.v, kvRows: direct.rows } : { q, k, v };
       const dense = w.qkvProj.dtypeName === dt;
-      if (!dense) ops.matmul(x, w.qkvProj, { out: qkv });
-      const proj = dense ? { x, w: w.qkvProj } : undefined;
-      ops.qkNormRope(qkv, w.qNorm, w.kNorm, plan.positions, rope, out, proj);
+      if (direct) {
+        ops.matmul(x, w.qkvProj, { out: qkv });
+        prologue = { qkv, qW: w.qNorm, kW: w.kNorm, positions: plan.positions, rope };
+      } else {
+        if (!dense) ops.matmul(x, w.qkvProj, { out: qkv });
+        const proj = dense ? { x, w: w.qkvProj } : undefined;
+        ops.qkNormRope(qkv, w.qNorm, w.kNorm, plan.positions, rope, { q, k, v }, proj);
+      }
     } else {
       ops.matmul(x, w.qProj, { out: q.view([n, hq * d]) });
       ops.matmul(x, w.kProj, { out: k.view([n, hkv * d]) });
@@ -208,6 +214,7 @@ export class DecoderLayer {
       alloc: (shape, dtype) => s.alloc(shape, dtype),
       workspace,
       stored: direct !== null,
+      ...(prologue ? { prologue } : {}),
     });
     return ops.matmul(o.view([n, hq * d]), w.oProj, {
       out: s.alloc([n, this.cfg.hiddenSize], dt),
