@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One device call for the work written but not yet run on a GPU (docs/kernels.md): builds the addon
-# (sm_90a), runs the CUDA tests of the pending parts, then the A/Bs that decide their defaults.
-# Nothing is pending after session 9: its last call (call 6) ran this script as it stands, the
-# quantized head (`--quantize-head`, LoadOptions.quantizeHead): the layout tests on CUDA (their
-# quantizeHead case repacks the q8_0 / q4_0 table into q8_0s / q4_0s), then decode with and
-# without it. Put the next unverified GPU work here (its cases first, then the A/Bs). ~3 minutes.
+# (sm_90a), runs the CUDA tests of the pending parts, then the rows and A/Bs that decide defaults.
+# Pending (session 10): attention_decode_qkv, decode attention with qk_norm_rope as its prologue
+# (one kernel; GEMMA3_DECODE_PROLOGUE=0 = two launches): its bit-for-bit cases against the two
+# launches, the plain decode cases (the kernel gained a template flag), the model's CUDA tests;
+# then bench_kernels' attention_block rows (peer: the two launches, same call) and the plain
+# attention_decode rows at batch 1, then decode tok/s with the prologue off and on. ~8 minutes.
 #   here first: npx turbo run build && bash scripts/pack-dists.sh, then device run,
 #   carry [".device", ".dists.tar"]:  bash scripts/device-run.sh scripts/gpu-pending.sh
 #   (device-run.sh returns every output file in one results.tgz: a call returns at most 8 files)
@@ -27,19 +28,23 @@ vt() {  # NAME "VAR=VALUE ..." vitest-args...
   echo "tests $name: $(grep -E 'Tests ' "$OUT/tests-$name.log" | tail -1 | tr -s ' ') (${SECONDS}s)"
   grep -E "^ *(×|FAIL)" "$OUT/tests-$name.log" | head -10
 }
-vt layout "" packages/model/test/layout.test.ts
+vt ops "" native/test/ops.cuda.test.ts -t "prologue|attentionDecode|qkNormRope"
+vt model "" packages/model/test
+bench=$(find native/build -name bench_kernels -type f -perm -u+x | head -1)
+"$bench" --filter "attention_block|attention_decode b1 " --json "$OUT/bench.json" --md "$OUT/bench.md" \
+  >"$OUT/bench.log" 2>&1 || status=1
+cat "$OUT/bench.md"
+echo "bench at ${SECONDS}s"
 cfgs=packages/model/test/fixtures/configs
-run() {  # MODEL TAG ARGS...
-  local m=$1 tag=$2
-  shift 2
-  timeout 100 node apps/cli/dist/cli.js bench --model "random:$cfgs/gemma-3-$m-it.config.json" \
-    --device cuda --batch 1 --prefill 0 "$@" --json "$OUT/$m-$tag.json" >"$OUT/$m-$tag.txt" 2>&1 || status=1
-  echo "$m $tag: $(grep -E 'batch +[0-9]+:' "$OUT/$m-$tag.txt" | tr -s ' ') (${SECONDS}s)"
-}
-run 4b q4_0 --quantize q4_0
-run 4b q4_0-head-q8_0 --quantize q4_0 --quantize-head q8_0
-run 4b q4_0-head-q4_0 --quantize q4_0 --quantize-head q4_0
-run 1b q4_0 --quantize q4_0
-run 1b q4_0-head-q8_0 --quantize q4_0 --quantize-head q8_0
+for r in 1 2; do
+  for m in 1b 4b; do
+    for v in 0 1; do
+      tag="$m-prologue-$v-r$r"
+      GEMMA3_DECODE_PROLOGUE=$v timeout 150 node apps/cli/dist/cli.js bench --model "random:$cfgs/gemma-3-$m-it.config.json" \
+        --device cuda --batch 1 --prefill 0 --json "$OUT/$tag.json" >"$OUT/$tag.txt" 2>&1 || status=1
+      echo "$tag: $(grep -E 'batch +[0-9]+:' "$OUT/$tag.txt" | tr -s ' ') (${SECONDS}s)"
+    done
+  done
+done
 echo "done at ${SECONDS}s (status $status)"
 exit $status

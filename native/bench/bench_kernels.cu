@@ -414,12 +414,13 @@ void make_weight(DevBuf<TW>* w, DevBuf<float>* scale, DevBuf<bf16>* tmp, int64_t
   }
 }
 
-#ifdef GEMMA3_WITH_CUBLAS
 void set_peer(Row& r, const char* peer, double peer_us) {
   r.peer = peer;
   r.peer_us = peer_us;
   r.ratio = r.median_us > 0 ? peer_us / r.median_us : 0;
 }
+
+#ifdef GEMMA3_WITH_CUBLAS
 
 // y[M, N] = x[M, K] W[N, K]^T in cuBLAS column-major terms: y^T = W * x^T, i.e. TN with lda = K.
 void cublas_matmul_bf16(Ctx& c, const bf16* x, const bf16* w, bf16* y, int64_t M, int64_t N,
@@ -720,6 +721,59 @@ void run_layer_chain(Ctx& c, Row& r, int64_t H, int64_t Q, int64_t KV, int64_t I
   finish(r, t, c.opt);
 }
 
+// A decode layer's attention block at batch 1: the QKV GEMV -> attention with its prologue
+// (attention_decode_qkv: one kernel unless GEMMA3_DECODE_PROLOGUE=0) -> the O GEMV, against the
+// same chain with qk_norm_rope and attention_decode launched apart (the peer, same call, same
+// buffers). The new token is key kv_len - 1 of one contiguous sequence; every launch rewrites its
+// row. Bytes: the two projections' weights and the K/V read.
+void run_attention_block(Ctx& c, Row& r, int64_t H, int64_t h, int64_t kv, int64_t d,
+                         int64_t kv_len) {
+  cudaStream_t s = c.stream;
+  const int64_t page = 16, pages = (kv_len + page - 1) / page, QKV = (h + 2 * kv) * d;
+  const int64_t cache = pages * page * kv * d;
+  DevBuf<bf16> wqkv{size_t(QKV * H)}, wo{size_t(H * h * d)}, x{size_t(H)}, qkv{size_t(QKV)},
+      q{size_t(h * d)}, att{size_t(h * d)}, o{size_t(H)}, qw{size_t(d)}, kw{size_t(d)},
+      kc{size_t(cache)}, vc{size_t(cache)};
+  fill_normal(wqkv.p, QKV * H, 0.02f, s), fill_normal(wo.p, H * h * d, 0.02f, s);
+  fill_normal(x.p, H, 1.0f, s), fill_normal(qw.p, d, 0.5f, s), fill_normal(kw.p, d, 0.5f, s);
+  fill_normal(kc.p, cache, 1.0f, s), fill_normal(vc.p, cache, 1.0f, s);
+  std::vector<int32_t> indices(static_cast<size_t>(pages));
+  for (int64_t i = 0; i < pages; ++i) indices[size_t(i)] = int32_t(i);
+  DevBuf<int32_t> d_indptr = upload(std::vector<int32_t>{0, int32_t(pages)}, s),
+                  d_indices = upload(indices, s),
+                  d_len = upload(std::vector<int32_t>{int32_t(kv_len)}, s),
+                  d_pos = upload(std::vector<int32_t>{int32_t(kv_len - 1)}, s),
+                  d_row = upload(std::vector<int32_t>{int32_t(kv_len - 1)}, s);
+  const int64_t ws_floats = gk::attention_decode_workspace_floats(1, h, d, kv_len);
+  DevBuf<float> ws(size_t(std::max<int64_t>(ws_floats, 0)));
+  const float sm = 1.0f / std::sqrt(float(d)), eps = 1e-6f, base = 1e6f;
+  r.bytes = 2.0 * double(QKV * H + H * h * d) + 2.0 * double(kv_len * kv * d) * 2;
+  r.unit = "GB/s";
+  r.copies = 1;
+  auto chain = [&](bool one) {
+    check_status(gk::matmul<bf16, bf16>(x.p, wqkv.p, nullptr, qkv.p, 1, QKV, H, s));
+    if (one) {
+      check_status(gk::attention_decode_qkv<bf16>(
+          qkv.p, qw.p, kw.p, d_pos.p, d_row.p, q.p, kc.p, vc.p, att.p, d_indptr.p, d_indices.p,
+          d_len.p, 1, h, kv, d, page, pages, pages, kv_len, sm, 0, eps, base, 1.0f, ws.p,
+          int64_t(ws.n), s));
+    } else {
+      check_status(gk::qk_norm_rope<bf16>(qkv.p, qkv.p + h * d, qkv.p + (h + kv) * d, qw.p, kw.p,
+                                          d_pos.p, q.p, kc.p, vc.p, d_row.p, pages * page, 1, h,
+                                          kv, d, QKV, QKV, QKV, eps, base, 1.0f, s));
+      check_status(gk::attention_decode<bf16, bf16>(q.p, kc.p, vc.p, att.p, d_indptr.p,
+                                                    d_indices.p, d_len.p, 1, h, kv, d, page, pages,
+                                                    pages, kv_len, sm, 1.0f, 1.0f, 0, ws.p,
+                                                    int64_t(ws.n), s));
+    }
+    check_status(gk::matmul<bf16, bf16>(att.p, wo.p, nullptr, o.p, 1, H, h * d, s));
+  };
+  finish(r, time_launches([&](int64_t) { chain(true); }, 1, c.opt, s), c.opt);
+  set_peer(r, "qk_norm_rope + attention_decode", time_launches([&](int64_t) { chain(false); }, 1,
+                                                               c.opt, s)
+                                                    .st.median);
+}
+
 // Device-to-device copy: the achievable-bandwidth reference for the GB/s rooflines.
 void run_memcpy(Ctx& c, Row& r, int64_t bytes) {
   cudaStream_t s = c.stream;
@@ -835,6 +889,19 @@ std::vector<Case> all_cases() {
                 [](Ctx& c, Row& r) { run_layer_chain(c, r, 2560, 2048, 1024, 10240); }});
   cs.push_back({"layer_chain", "1B H1152 Q1024 KV256 I6912", "bf16",
                 [](Ctx& c, Row& r) { run_layer_chain(c, r, 1152, 1024, 256, 6912); }});
+  // (model, hidden, q heads, kv heads, head_dim) x kv_len: the decode attention block.
+  const std::tuple<const char*, int64_t, int64_t, int64_t, int64_t> blocks[] = {
+      {"1B", 1152, 4, 1, 256}, {"4B", 2560, 8, 4, 256}, {"27B", 5376, 32, 16, 128}};
+  for (const auto& [model, H, h, kv, d] : blocks)
+    for (int64_t len : {128, 1024}) {
+      std::string shape = std::string(model) + " b1 H" + std::to_string(H) + " h" +
+                          std::to_string(h) + " kv" + std::to_string(kv) + " d" +
+                          std::to_string(d) + " kv_len" + std::to_string(len);
+      const int64_t H_ = H, h_ = h, kv_ = kv, d_ = d;
+      cs.push_back({"attention_block", shape, "bf16", [=](Ctx& c, Row& r) {
+                      run_attention_block(c, r, H_, h_, kv_, d_, len);
+                    }});
+    }
 
   // (K, N): 4B MLP up, 27B MLP up, 1B MLP up, 4B logits.
   const int64_t gemv[][2] = {{2560, 10240}, {5376, 21504}, {1152, 6912}, {2560, kVocab4B}};

@@ -427,9 +427,14 @@ __global__ void __launch_bounds__(kThreads)
       if (j >= nh + 2) continue;
       if (j <= nh) {
         T* dst = j < nh ? ps.q[j] : ps.k;
-        qknr::norm_rope_head<T, V, false>(head_of(j), f[t], j < nh ? pro.q_w : pro.k_w,
-                                          j < nh ? wq : wk, dst, ps.xs[warp], ps.cs, ps.sn, D,
-                                          pro.eps, lane);
+        float wj[qknr::kRegVec][V];  // selected by value: a reference to either array would
+#pragma unroll                     // put both in local memory
+        for (int m = 0; m < qknr::kRegVec; ++m) {
+#pragma unroll
+          for (int e = 0; e < V; ++e) wj[m][e] = j < nh ? wq[m][e] : wk[m][e];
+        }
+        qknr::norm_rope_head<T, V, false>(head_of(j), f[t], j < nh ? pro.q_w : pro.k_w, wj, dst,
+                                          ps.xs[warp], ps.cs, ps.sn, D, pro.eps, lane);
         __syncwarp();  // the warp's staging row is rewritten by its next head
       } else {
 #pragma unroll
