@@ -727,9 +727,10 @@ void run_layer_chain(Ctx& c, Row& r, int64_t H, int64_t Q, int64_t KV, int64_t I
 // buffers). The new token is key kv_len - 1 of one contiguous sequence; every launch rewrites its
 // row. Bytes: the two projections' weights and the K/V read.
 void run_attention_block(Ctx& c, Row& r, int64_t H, int64_t h, int64_t kv, int64_t d,
-                         int64_t kv_len) {
+                         int64_t kv_len, int64_t ring = 0) {
   cudaStream_t s = c.stream;
-  const int64_t page = 16, pages = (kv_len + page - 1) / page, QKV = (h + 2 * kv) * d;
+  const int64_t page = ring > 0 ? ring : 16, pages = ring > 0 ? 1 : (kv_len + page - 1) / page;
+  const int64_t QKV = (h + 2 * kv) * d, max_kv = ring > 0 ? ring : kv_len;
   const int64_t cache = pages * page * kv * d;
   DevBuf<bf16> wqkv{size_t(QKV * H)}, wo{size_t(H * h * d)}, x{size_t(H)}, qkv{size_t(QKV)},
       q{size_t(h * d)}, att{size_t(h * d)}, o{size_t(H)}, qw{size_t(d)}, kw{size_t(d)},
@@ -744,7 +745,7 @@ void run_attention_block(Ctx& c, Row& r, int64_t H, int64_t h, int64_t kv, int64
                   d_len = upload(std::vector<int32_t>{int32_t(kv_len)}, s),
                   d_pos = upload(std::vector<int32_t>{int32_t(kv_len - 1)}, s),
                   d_row = upload(std::vector<int32_t>{int32_t(kv_len - 1)}, s);
-  const int64_t ws_floats = gk::attention_decode_workspace_floats(1, h, d, kv_len);
+  const int64_t ws_floats = gk::attention_decode_workspace_floats(1, h, d, max_kv);
   DevBuf<float> ws(size_t(std::max<int64_t>(ws_floats, 0)));
   const float sm = 1.0f / std::sqrt(float(d)), eps = 1e-6f, base = 1e6f;
   r.bytes = 2.0 * double(QKV * H + H * h * d) + 2.0 * double(kv_len * kv * d) * 2;
@@ -755,7 +756,7 @@ void run_attention_block(Ctx& c, Row& r, int64_t H, int64_t h, int64_t kv, int64
     if (one) {
       check_status(gk::attention_decode_qkv<bf16>(
           qkv.p, qw.p, kw.p, d_pos.p, d_row.p, q.p, kc.p, vc.p, att.p, d_indptr.p, d_indices.p,
-          d_len.p, 1, h, kv, d, page, pages, pages, kv_len, sm, 0, eps, base, 1.0f, ws.p,
+          d_len.p, 1, h, kv, d, page, pages, pages, max_kv, sm, 0, eps, base, 1.0f, ws.p,
           int64_t(ws.n), s));
     } else {
       check_status(gk::qk_norm_rope<bf16>(qkv.p, qkv.p + h * d, qkv.p + (h + kv) * d, qw.p, kw.p,
@@ -763,7 +764,7 @@ void run_attention_block(Ctx& c, Row& r, int64_t H, int64_t h, int64_t kv, int64
                                           kv, d, QKV, QKV, QKV, eps, base, 1.0f, s));
       check_status(gk::attention_decode<bf16, bf16>(q.p, kc.p, vc.p, att.p, d_indptr.p,
                                                     d_indices.p, d_len.p, 1, h, kv, d, page, pages,
-                                                    pages, kv_len, sm, 1.0f, 1.0f, 0, ws.p,
+                                                    pages, max_kv, sm, 1.0f, 1.0f, 0, ws.p,
                                                     int64_t(ws.n), s));
     }
     check_status(gk::matmul<bf16, bf16>(att.p, wo.p, nullptr, o.p, 1, H, h * d, s));
@@ -902,6 +903,9 @@ std::vector<Case> all_cases() {
                       run_attention_block(c, r, H_, h_, kv_, d_, len);
                     }});
     }
+  for (int64_t len : {16, 100, 512})  // a sliding layer's ring (one page of 512 slots)
+    cs.push_back({"attention_block", "1B ring512 b1 H1152 h4 kv1 d256 kv_len" + std::to_string(len),
+                  "bf16", [=](Ctx& c, Row& r) { run_attention_block(c, r, 1152, 4, 1, 256, len, 512); }});
 
   // (K, N): 4B MLP up, 27B MLP up, 1B MLP up, 4B logits.
   const int64_t gemv[][2] = {{2560, 10240}, {5376, 21504}, {1152, 6912}, {2560, kVocab4B}};

@@ -153,6 +153,7 @@ struct QkvPrologue {
   T* v_cache;
   int64_t ld, kv_capacity;  // rows of the caches: num_pages * page_size
   float eps, base, scale;
+  int exp;  // EXPERIMENT (GEMMA3_PROLOGUE_EXP bits): 1 rope after wait, 2 empty skip, 4 loads first
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -282,8 +283,9 @@ __global__ void __launch_bounds__(kThreads)
         vec::load_f32<T, V>(pro.k_w + i * V, wk[m]);
       }
     }
-    qknr::rope_table<T>(float(__ldg(pro.positions + b)), D, pro.base, pro.scale, ps.cs, ps.sn, tid,
-                        kThreads);
+    if (!(pro.exp & 1))
+      qknr::rope_table<T>(float(__ldg(pro.positions + b)), D, pro.base, pro.scale, ps.cs, ps.sn,
+                          tid, kThreads);
   }
 
   // Stage s, load i (u * kNv + n), K (0) or V (1): this lane's 16 bytes at
@@ -402,8 +404,9 @@ __global__ void __launch_bounds__(kThreads)
   } else {
     // The ring's copies first (the stages' old keys), then the heads from the projection rows:
     // task j < nh is q head h0 + j, task nh the new k, nh + 1 the new v; warp w takes w, w + 4, ...
-    issue_first();
+    if (!(pro.exp & 4)) issue_first();
     const int lane = tid & 31, warp = tid >> 5;
+    const bool idle = (pro.exp & 2) && n_iter == 0 && split != 0;
     const T* row = pro.qkv + int64_t(b) * pro.ld;
     const int nq = p.num_qo_heads;
     auto head_of = [&](int j) -> const T* {
@@ -413,18 +416,22 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int t = 0; t < kTasks; ++t) {
       const int j = warp + kWarps * t;
-      if (j >= nh + 2) continue;
+      if (j >= nh + 2 || idle) continue;
 #pragma unroll
       for (int m = 0; m < qknr::kRegVec; ++m) {
         const int i = lane + 32 * m;
         if (i < D / V) vec::load_f32<T, V>(head_of(j) + i * V, f[t][m]);
       }
     }
+    if (pro.exp & 4) issue_first();
+    if ((pro.exp & 1) && !idle)
+      qknr::rope_table<T>(float(__ldg(pro.positions + b)), D, pro.base, pro.scale, ps.cs, ps.sn,
+                          tid, kThreads);
     __syncthreads();  // RoPE's table
 #pragma unroll
     for (int t = 0; t < kTasks; ++t) {
       const int j = warp + kWarps * t;
-      if (j >= nh + 2) continue;
+      if (j >= nh + 2 || idle) continue;
       if (j <= nh) {
         T* dst = j < nh ? ps.q[j] : ps.k;
         float wj[qknr::kRegVec][V];  // selected by value: a reference to either array would
@@ -1059,8 +1066,9 @@ Status attention_decode_qkv(const T* qkv, const T* q_w, const T* k_w, const int3
                           window, workspace, workspace_floats, &p, &in, &gh, &run)));
   if (!run) return Status::Ok();
   if (!qkv || !q_w || !k_w) return invalid("null pointer argument");
-  const QkvPrologue<T> pro{qkv,     q_w, k_w,      positions, kv_rows, q,    k_cache,
-                           v_cache, ld,  capacity, eps,       base,    scale};
+  static const int exp = int(env_long("GEMMA3_PROLOGUE_EXP"));
+  const QkvPrologue<T> pro{qkv,     q_w, k_w,      positions, kv_rows, q,     k_cache,
+                           v_cache, ld,  capacity, eps,       base,    scale, exp};
   return launch_decode<T, T, true>(p, in, gh, stream, pro);
 }
 
