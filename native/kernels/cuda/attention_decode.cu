@@ -153,7 +153,8 @@ struct QkvPrologue {
   T* v_cache;
   int64_t ld, kv_capacity;  // rows of the caches: num_pages * page_size
   float eps, base, scale;
-  int exp;  // EXPERIMENT (GEMMA3_PROLOGUE_EXP bits): 1 rope after wait, 2 empty skip, 4 loads first
+  int exp;  // EXPERIMENT (GEMMA3_PROLOGUE_EXP bits): 1 rope after wait, 2 empty skip, 4 loads
+            // first, 8 no norm (wrong values), 16 no RoPE table (wrong values)
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -189,10 +190,12 @@ __device__ __forceinline__ void prefetch_l2(const void* ptr) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(ptr));
 }
 
-// The prologue's shared memory (static, beside the ring): RoPE's table, one staging row per warp
-// (qk_norm_rope.cuh), the CTA's normed and rotated q heads, and the new key and value rows.
+// The prologue's scratch: RoPE's table, one staging row per warp (qk_norm_rope.cuh), the CTA's
+// normed and rotated q heads, and the new key and value rows. It lives in the ring's last stage,
+// which the first copies leave free until the loop's first refill, so the kernel's shared memory
+// (hence its occupancy and the SM's shared-memory carveout) stays the plain kernel's.
 constexpr int kWarps = kThreads / 32;
-template <typename T, int D, int kGh, bool kQkv>
+template <typename T, int D, int kGh>
 struct PrologueSmem {
   float cs[D / 2], sn[D / 2];
   float xs[kWarps][D];
@@ -200,8 +203,6 @@ struct PrologueSmem {
   __align__(16) T k[D];
   __align__(16) T v[D];
 };
-template <typename T, int D, int kGh>
-struct PrologueSmem<T, D, kGh, false> {};
 
 // grid: (splits, num_kv_heads * head_chunks, batch); block: kThreads; dynamic shared memory
 // PipeCfg::kSmem.
@@ -264,13 +265,14 @@ __global__ void __launch_bounds__(kThreads)
   const int32_t* pages = p.kv_indices + pg0;
 
   // The prologue's inputs that no kernel of the step writes (kernels.inc: read early).
-  __shared__ PrologueSmem<T, D, kGh, kQkv> ps;
+  auto& ps = *reinterpret_cast<PrologueSmem<T, D, kGh>*>(smem + (kStages - 1) * Pc::kStageBytes);
   constexpr int V = 16 / int(sizeof(T));  // qk_norm_rope's vector width (aligned heads)
   constexpr int kTasks = (kGh + 2 + kWarps - 1) / kWarps;  // heads a warp norms or copies
   [[maybe_unused]] int64_t new_off = -1;  // element offset of the new row's slot in the caches
   [[maybe_unused]] float wq[qknr::kRegVec][V], wk[qknr::kRegVec][V];
   if constexpr (kQkv) {
     static_assert(std::is_same_v<T, TKV>, "the prologue writes caches of q's dtype");
+    static_assert(sizeof(PrologueSmem<T, D, kGh>) <= Pc::kStageBytes, "scratch fits a stage");
     static_assert(D / V <= 32 * qknr::kRegVec, "a lane's part of a head fits its registers");
     const int lane = tid & 31;
     const int64_t row = __ldg(pro.kv_rows + b);
@@ -283,7 +285,7 @@ __global__ void __launch_bounds__(kThreads)
         vec::load_f32<T, V>(pro.k_w + i * V, wk[m]);
       }
     }
-    if (!(pro.exp & 1))
+    if (!(pro.exp & 17))
       qknr::rope_table<T>(float(__ldg(pro.positions + b)), D, pro.base, pro.scale, ps.cs, ps.sn,
                           tid, kThreads);
   }
@@ -389,6 +391,7 @@ __global__ void __launch_bounds__(kThreads)
   };
 
   uint4 qr[kGh][kNq];
+  [[maybe_unused]] uint4 knew[kNv], vnew[kNv];  // kQkv: this lane's part of the new K/V row
   if constexpr (!kQkv) {
     // q first: its loads are in flight together with the ring's first copies.
     const T* qb = static_cast<const T*>(p.q) + (int64_t(b) * p.num_qo_heads + h0) * D + tig * kVec;
@@ -424,7 +427,7 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
     if (pro.exp & 4) issue_first();
-    if ((pro.exp & 1) && !idle)
+    if ((pro.exp & 1) && !(pro.exp & 16) && !idle)
       qknr::rope_table<T>(float(__ldg(pro.positions + b)), D, pro.base, pro.scale, ps.cs, ps.sn,
                           tid, kThreads);
     __syncthreads();  // RoPE's table
@@ -432,7 +435,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int t = 0; t < kTasks; ++t) {
       const int j = warp + kWarps * t;
       if (j >= nh + 2 || idle) continue;
-      if (j <= nh) {
+      if (j <= nh && !(pro.exp & 8)) {
         T* dst = j < nh ? ps.q[j] : ps.k;
         float wj[qknr::kRegVec][V];  // selected by value: a reference to either array would
 #pragma unroll                     // put both in local memory
@@ -447,7 +450,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int m = 0; m < qknr::kRegVec; ++m) {
           const int i = lane + 32 * m;
-          if (i < D / V) vec::store_f32<T, V>(ps.v + i * V, f[t][m]);
+          T* dst = j < nh ? ps.q[j] : (j == nh ? ps.k : ps.v);
+          if (i < D / V) vec::store_f32<T, V>(dst + i * V, f[t][m]);
         }
       }
     }
@@ -459,6 +463,11 @@ __global__ void __launch_bounds__(kThreads)
         qr[hh][n] = make_uint4(0, 0, 0, 0);
         if (hh < nh) qr[hh][n] = *reinterpret_cast<const uint4*>(&ps.q[hh][tig * kVec + n * kPerQ]);
       }
+    }
+#pragma unroll
+    for (int n = 0; n < kNv; ++n) {
+      knew[n] = reinterpret_cast<const uint4*>(ps.k)[tig * kNv + n];
+      vnew[n] = reinterpret_cast<const uint4*>(ps.v)[tig * kNv + n];
     }
     if (split == 0) {  // the op's outputs: q, and the new K/V rows
       constexpr int kPer = 16 / int(sizeof(T));
@@ -475,6 +484,7 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
     }
+    __syncthreads();  // the scratch is read: the loop's first refill may overwrite its stage
   }
 
   float q[kGh][kVec];
@@ -521,7 +531,7 @@ __global__ void __launch_bounds__(kThreads)
         vr[u][n] = ring[slot(s, u * kNv + n, 1) + tid];
       }
     }
-    if constexpr (kQkv) {  // the new row, from the prologue's shared memory
+    if constexpr (kQkv) {  // the new row, from the prologue (registers)
       const uint32_t fresh = nmask;
       nmask >>= kU;
       if (fresh != 0) {
@@ -530,8 +540,8 @@ __global__ void __launch_bounds__(kThreads)
           if (!((fresh >> u) & 1u)) continue;
 #pragma unroll
           for (int n = 0; n < kNv; ++n) {
-            kr[u][n] = reinterpret_cast<const uint4*>(ps.k)[tig * kNv + n];
-            vr[u][n] = reinterpret_cast<const uint4*>(ps.v)[tig * kNv + n];
+            kr[u][n] = knew[n];
+            vr[u][n] = vnew[n];
           }
         }
       }
