@@ -378,9 +378,10 @@ __global__ void __launch_bounds__(kThreads)
   uint32_t vmask = 0;  // validity bits of the stages in flight, oldest in the low kU bits
   uint32_t nmask = 0;  // the same stages' bits of the prologue's new row (kQkv)
   // The ring's first kStages - 1 stages, one group each.
-  auto issue_first = [&] {
+  auto issue_first = [&](int s0 = 0, int s1 = kStages - 1) {
 #pragma unroll
     for (int s = 0; s < kStages - 1; ++s) {
+      if (s < s0 || s >= s1) continue;
       if (s < n_iter) {
         uint32_t fresh;
         vmask |= issue(s, pi[s], fresh) << (s * kU);
@@ -407,7 +408,8 @@ __global__ void __launch_bounds__(kThreads)
   } else {
     // The ring's copies first (the stages' old keys), then the heads from the projection rows:
     // task j < nh is q head h0 + j, task nh the new k, nh + 1 the new v; warp w takes w, w + 4, ...
-    if (!(pro.exp & 4)) issue_first();
+    const int first_hi = (pro.exp & 32) ? 0 : (pro.exp & 64) ? 1 : kStages - 1;
+    if (!(pro.exp & 4)) issue_first(0, first_hi);
     const int lane = tid & 31, warp = tid >> 5;
     const bool idle = (pro.exp & 2) && n_iter == 0 && split != 0;
     const T* row = pro.qkv + int64_t(b) * pro.ld;
@@ -426,7 +428,7 @@ __global__ void __launch_bounds__(kThreads)
         if (i < D / V) vec::load_f32<T, V>(head_of(j) + i * V, f[t][m]);
       }
     }
-    if (pro.exp & 4) issue_first();
+    if (pro.exp & 4) issue_first(0, first_hi);
     if ((pro.exp & 1) && !(pro.exp & 16) && !idle)
       qknr::rope_table<T>(float(__ldg(pro.positions + b)), D, pro.base, pro.scale, ps.cs, ps.sn,
                           tid, kThreads);
@@ -455,6 +457,7 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
     }
+    issue_first(first_hi, kStages - 1);
     __syncthreads();  // q heads and the new row in shared memory
 #pragma unroll
     for (int hh = 0; hh < kGh; ++hh) {
