@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# EXPERIMENT (session 10, call 2): why the prologue kernel lost 805 -> 758 tok/s on the 1B while
-# its attention_block row gained. GEMMA3_PROLOGUE_EXP bits: 1 RoPE's table after pdl_wait, 2 CTAs
-# with no keys skip the heads, 4 the head loads before the ring's first copies, 8 no norm, 16 no
-# RoPE table (8 and 16: wrong values, timing only), 32 the ring's first copies after the norms,
-# 64 stage 0 before, the rest after. Call 3: the scratch moved into the ring.
+# One device call for the work written but not yet run on a GPU (docs/kernels.md): builds the addon
+# (sm_90a), runs the CUDA tests of the pending parts, then the rows and A/Bs that decide defaults.
+# Pending (session 10): attention_decode_qkv, decode attention with qk_norm_rope as its prologue
+# (one kernel; GEMMA3_DECODE_PROLOGUE=0 = two launches): its bit-for-bit cases against the two
+# launches, the plain decode cases (the kernel gained a template flag), the model's CUDA tests;
+# then bench_kernels' attention_block rows (peer: the two launches, same call) and the plain
+# attention_decode rows at batch 1, then decode tok/s with the prologue off and on. ~8 minutes.
+#   here first: npx turbo run build && bash scripts/pack-dists.sh, then device run,
+#   carry [".device", ".dists.tar"]:  bash scripts/device-run.sh scripts/gpu-pending.sh
+#   (device-run.sh returns every output file in one results.tgz: a call returns at most 8 files)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu-pending}"
@@ -15,27 +20,32 @@ export CMAKE_CUDA_ARCHITECTURES=90a GEMMA3_BENCH=1
 (cd native && node scripts/build.mjs) >"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 echo "built at ${SECONDS}s"
 status=0
-for e in 32 64; do
-  GEMMA3_PROLOGUE_EXP=$e GEMMA3_TEST_CUDA=1 timeout 200 node node_modules/vitest/vitest.mjs run native/test/ops.cuda.test.ts -t prologue \
-    >"$OUT/tests-exp$e.log" 2>&1 || status=1
-  echo "tests exp$e: $(grep -E 'Tests ' "$OUT/tests-exp$e.log" | tail -1 | tr -s ' ') (${SECONDS}s)"
-done
+vt() {  # NAME "VAR=VALUE ..." vitest-args...
+  local name=$1 vars=$2
+  shift 2
+  env $vars GEMMA3_TEST_CUDA=1 timeout 300 node node_modules/vitest/vitest.mjs run "$@" \
+    >"$OUT/tests-$name.log" 2>&1 || status=1
+  echo "tests $name: $(grep -E 'Tests ' "$OUT/tests-$name.log" | tail -1 | tr -s ' ') (${SECONDS}s)"
+  grep -E "^ *(×|FAIL)" "$OUT/tests-$name.log" | head -10
+}
+vt ops "" native/test/ops.cuda.test.ts -t "prologue|attentionDecode|qkNormRope"
+vt model "" packages/model/test
+vt model-off GEMMA3_DECODE_PROLOGUE=0 packages/model/test/parity.test.ts packages/model/test/graph.test.ts
 bench=$(find native/build -name bench_kernels -type f -perm -u+x | head -1)
-for e in 0 32 64 68 40; do
-  GEMMA3_PROLOGUE_EXP=$e "$bench" --graph-below 1000 --filter "attention_block" --md "$OUT/bench-exp$e.md" >"$OUT/bench-exp$e.log" 2>&1 || status=1
-  echo "== exp $e"; grep "attention_block" "$OUT/bench-exp$e.md" | awk -F'|' '{print $3, "|", $5, "| peer", $11}'
-done
+"$bench" --graph-below 1000 --filter "attention_block|attention_decode b1 h4 " --json "$OUT/bench.json" --md "$OUT/bench.md" \
+  >"$OUT/bench.log" 2>&1 || status=1
+cat "$OUT/bench.md"
 echo "bench at ${SECONDS}s"
 cfgs=packages/model/test/fixtures/configs
-b() {  # TAG VARS...
-  local tag=$1; shift
-  env "$@" timeout 150 node apps/cli/dist/cli.js bench --model "random:$cfgs/gemma-3-1b-it.config.json" \
-    --device cuda --batch 1 --prefill 0 --json "$OUT/$tag.json" >"$OUT/$tag.txt" 2>&1 || status=1
-  echo "$tag: $(grep -E 'batch +[0-9]+:' "$OUT/$tag.txt" | tr -s ' ') (${SECONDS}s)"
-}
 for r in 1 2; do
-  b 1b-off-r$r GEMMA3_DECODE_PROLOGUE=0
-  for e in 0 32 68; do b 1b-exp$e-r$r GEMMA3_PROLOGUE_EXP=$e; done
+  for m in 1b 4b; do
+    for v in 0 1; do
+      tag="$m-prologue-$v-r$r"
+      GEMMA3_DECODE_PROLOGUE=$v timeout 150 node apps/cli/dist/cli.js bench --model "random:$cfgs/gemma-3-$m-it.config.json" \
+        --device cuda --batch 1 --prefill 0 --json "$OUT/$tag.json" >"$OUT/$tag.txt" 2>&1 || status=1
+      echo "$tag: $(grep -E 'batch +[0-9]+:' "$OUT/$tag.txt" | tr -s ' ') (${SECONDS}s)"
+    done
+  done
 done
 echo "done at ${SECONDS}s (status $status)"
 exit $status

@@ -153,8 +153,6 @@ struct QkvPrologue {
   T* v_cache;
   int64_t ld, kv_capacity;  // rows of the caches: num_pages * page_size
   float eps, base, scale;
-  int exp;  // EXPERIMENT (GEMMA3_PROLOGUE_EXP bits): 1 rope after wait, 2 empty skip, 4 loads
-            // first, 8 no norm (wrong values), 16 no RoPE table (wrong values)
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -285,9 +283,8 @@ __global__ void __launch_bounds__(kThreads)
         vec::load_f32<T, V>(pro.k_w + i * V, wk[m]);
       }
     }
-    if (!(pro.exp & 17))
-      qknr::rope_table<T>(float(__ldg(pro.positions + b)), D, pro.base, pro.scale, ps.cs, ps.sn,
-                          tid, kThreads);
+    qknr::rope_table<T>(float(__ldg(pro.positions + b)), D, pro.base, pro.scale, ps.cs, ps.sn, tid,
+                        kThreads);
   }
 
   // Stage s, load i (u * kNv + n), K (0) or V (1): this lane's 16 bytes at
@@ -378,10 +375,9 @@ __global__ void __launch_bounds__(kThreads)
   uint32_t vmask = 0;  // validity bits of the stages in flight, oldest in the low kU bits
   uint32_t nmask = 0;  // the same stages' bits of the prologue's new row (kQkv)
   // The ring's first kStages - 1 stages, one group each.
-  auto issue_first = [&](int s0 = 0, int s1 = kStages - 1) {
+  auto issue_first = [&] {
 #pragma unroll
     for (int s = 0; s < kStages - 1; ++s) {
-      if (s < s0 || s >= s1) continue;
       if (s < n_iter) {
         uint32_t fresh;
         vmask |= issue(s, pi[s], fresh) << (s * kU);
@@ -408,10 +404,11 @@ __global__ void __launch_bounds__(kThreads)
   } else {
     // The ring's copies first (the stages' old keys), then the heads from the projection rows:
     // task j < nh is q head h0 + j, task nh the new k, nh + 1 the new v; warp w takes w, w + 4, ...
-    const int first_hi = (pro.exp & 32) ? 0 : (pro.exp & 64) ? 1 : kStages - 1;
-    if (!(pro.exp & 4)) issue_first(0, first_hi);
+    // The heads load together; the per-head code runs in a loop that is not unrolled, so the
+    // kernel holds one copy of it (each CTA runs it on an SM whose instruction cache is cold for
+    // this kernel: code size is latency here).
+    issue_first();
     const int lane = tid & 31, warp = tid >> 5;
-    const bool idle = (pro.exp & 2) && n_iter == 0 && split != 0;
     const T* row = pro.qkv + int64_t(b) * pro.ld;
     const int nq = p.num_qo_heads;
     auto head_of = [&](int j) -> const T* {
@@ -421,43 +418,45 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int t = 0; t < kTasks; ++t) {
       const int j = warp + kWarps * t;
-      if (j >= nh + 2 || idle) continue;
+      if (j >= nh + 2) continue;
 #pragma unroll
       for (int m = 0; m < qknr::kRegVec; ++m) {
         const int i = lane + 32 * m;
         if (i < D / V) vec::load_f32<T, V>(head_of(j) + i * V, f[t][m]);
       }
     }
-    if (pro.exp & 4) issue_first(0, first_hi);
-    if ((pro.exp & 1) && !(pro.exp & 16) && !idle)
-      qknr::rope_table<T>(float(__ldg(pro.positions + b)), D, pro.base, pro.scale, ps.cs, ps.sn,
-                          tid, kThreads);
     __syncthreads();  // RoPE's table
-#pragma unroll
+#pragma unroll 1
     for (int t = 0; t < kTasks; ++t) {
       const int j = warp + kWarps * t;
-      if (j >= nh + 2 || idle) continue;
-      if (j <= nh && !(pro.exp & 8)) {
-        T* dst = j < nh ? ps.q[j] : ps.k;
-        float wj[qknr::kRegVec][V];  // selected by value: a reference to either array would
-#pragma unroll                     // put both in local memory
-        for (int m = 0; m < qknr::kRegVec; ++m) {
+      if (j >= nh + 2) break;
+      // This task's values and norm weight, selected by value (a reference into either array
+      // would put them in local memory).
+      float fj[qknr::kRegVec][V], wj[qknr::kRegVec][V];
 #pragma unroll
-          for (int e = 0; e < V; ++e) wj[m][e] = j < nh ? wq[m][e] : wk[m][e];
+      for (int m = 0; m < qknr::kRegVec; ++m) {
+#pragma unroll
+        for (int e = 0; e < V; ++e) {
+          float x = f[0][m][e];
+#pragma unroll
+          for (int u = 1; u < kTasks; ++u) x = t == u ? f[u][m][e] : x;
+          fj[m][e] = x;
+          wj[m][e] = j < nh ? wq[m][e] : wk[m][e];
         }
-        qknr::norm_rope_head<T, V, false>(head_of(j), f[t], j < nh ? pro.q_w : pro.k_w, wj, dst,
-                                          ps.xs[warp], ps.cs, ps.sn, D, pro.eps, lane);
+      }
+      if (j <= nh) {
+        qknr::norm_rope_head<T, V, false>(head_of(j), fj, j < nh ? pro.q_w : pro.k_w, wj,
+                                          j < nh ? ps.q[j] : ps.k, ps.xs[warp], ps.cs, ps.sn, D,
+                                          pro.eps, lane);
         __syncwarp();  // the warp's staging row is rewritten by its next head
       } else {
 #pragma unroll
         for (int m = 0; m < qknr::kRegVec; ++m) {
           const int i = lane + 32 * m;
-          T* dst = j < nh ? ps.q[j] : (j == nh ? ps.k : ps.v);
-          if (i < D / V) vec::store_f32<T, V>(dst + i * V, f[t][m]);
+          if (i < D / V) vec::store_f32<T, V>(ps.v + i * V, fj[m]);
         }
       }
     }
-    issue_first(first_hi, kStages - 1);
     __syncthreads();  // q heads and the new row in shared memory
 #pragma unroll
     for (int hh = 0; hh < kGh; ++hh) {
@@ -1079,9 +1078,8 @@ Status attention_decode_qkv(const T* qkv, const T* q_w, const T* k_w, const int3
                           window, workspace, workspace_floats, &p, &in, &gh, &run)));
   if (!run) return Status::Ok();
   if (!qkv || !q_w || !k_w) return invalid("null pointer argument");
-  static const int exp = int(env_long("GEMMA3_PROLOGUE_EXP"));
-  const QkvPrologue<T> pro{qkv,     q_w, k_w,      positions, kv_rows, q,     k_cache,
-                           v_cache, ld,  capacity, eps,       base,    scale, exp};
+  const QkvPrologue<T> pro{qkv,     q_w, k_w,      positions, kv_rows, q,    k_cache,
+                           v_cache, ld,  capacity, eps,       base,    scale};
   return launch_decode<T, T, true>(p, in, gh, stream, pro);
 }
 
