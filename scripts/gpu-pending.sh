@@ -28,7 +28,7 @@ vt() {  # NAME "VAR=VALUE ..." vitest-args...
   echo "tests $name: $(grep -E 'Tests ' "$OUT/tests-$name.log" | tail -1 | tr -s ' ') (${SECONDS}s)"
   grep -E "^ *(×|FAIL)" "$OUT/tests-$name.log" | head -10
 }
-vt ops "" native/test/ops.cuda.test.ts -t "prologue|attentionDecode|qkNormRope"
+vt ops "" native/test/ops.cuda.test.ts -t "prologue"
 vt model "" packages/model/test
 vt model-off GEMMA3_DECODE_PROLOGUE=0 packages/model/test/parity.test.ts packages/model/test/graph.test.ts
 bench=$(find native/build -name bench_kernels -type f -perm -u+x | head -1)
