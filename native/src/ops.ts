@@ -278,9 +278,9 @@ export interface DecodeOptions {
   /**
    * The attention's prologue, run by the op itself: `q` is first written as qkNormRope's fused
    * form of `qkv` (q into `q`, k and v into the caches at `kvRows`), then attended. The same bits
-   * as qkNormRope then attentionDecode (kernels.inc attention_decode_qkv; one kernel on CUDA,
-   * GEMMA3_DECODE_PROLOGUE=0 for two). Caches of q's dtype only (kScale, vScale 1); no sequence's
-   * new row may be visible to another sequence of the batch.
+   * as qkNormRope then attentionDecode (kernels.inc attention_decode_qkv; on CUDA two launches, or
+   * one kernel with GEMMA3_DECODE_PROLOGUE=1, measured slower). Caches of q's dtype only (kScale,
+   * vScale 1); no sequence's new row may be visible to another sequence of the batch.
    */
   prologue?: DecodePrologue;
 }

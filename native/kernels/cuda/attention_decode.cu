@@ -1013,9 +1013,13 @@ Status setup_decode(const T* q, const TKV* k_cache, const TKV* v_cache, T* out,
   return Status::Ok();
 }
 
-// True unless GEMMA3_DECODE_PROLOGUE=0 (read once): attention_decode_qkv as one kernel.
+// True only when GEMMA3_DECODE_PROLOGUE=1 (read once): attention_decode_qkv as one kernel. It
+// passes every case bit for bit but lost its H100 A/Bs (1B decode 805 -> 765 tok/s, 4B equal; the
+// attention_block rows 13.8 -> 16.5 µs at the 1B shape): in this kernel the per-head norm costs
+// ~1.5 µs a head and RoPE's table ~1 µs, where qk_norm_rope's own launch hides them
+// (docs/kernels.md, session 10).
 bool prologue_enabled() {
-  static const bool on = !env_is("GEMMA3_DECODE_PROLOGUE", "0");
+  static const bool on = env_is("GEMMA3_DECODE_PROLOGUE", "1");
   return on;
 }
 }  // namespace
@@ -1051,8 +1055,8 @@ Status attention_decode_qkv(const T* qkv, const T* q_w, const T* k_w, const int3
                             float* workspace, int64_t workspace_floats, cudaStream_t stream) {
   const int64_t hq = num_qo_heads, hkv = num_kv_heads, D = head_dim, ld = (hq + 2 * hkv) * D;
   const int64_t capacity = num_pages * page_size;
-  // The two launches: where the one kernel does not apply (a GQA group of more than 8 heads takes
-  // several CTAs a KV head; unaligned pointers), or when GEMMA3_DECODE_PROLOGUE=0.
+  // The two launches: by default, and where the one kernel does not apply (a GQA group of more
+  // than 8 heads takes several CTAs a KV head; unaligned pointers).
   const bool aligned = aligned16(qkv) && aligned16(q_w) && aligned16(k_w) && aligned16(q) &&
                        aligned16(k_cache) && aligned16(v_cache);
   const bool fused = prologue_enabled() && aligned && hkv > 0 && hq % hkv == 0 && hq / hkv <= 8 &&

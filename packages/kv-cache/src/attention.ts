@@ -33,7 +33,7 @@ export interface CachedAttentionOptions {
   /**
    * Decode with a direct write (`directKvWrite` non-null) only: the attention op makes q (into
    * the `q` given) and the new K/V rows itself from the projection rows (ops.attentionDecode's
-   * prologue; one kernel on CUDA), so `k` and `v` are not read.
+   * prologue), so `k` and `v` are not read.
    */
   prologue?: Omit<ops.DecodePrologue, "kvRows">;
 }

@@ -177,10 +177,12 @@ export class DecoderLayer {
     let prologue: Omit<nativeOps.DecodePrologue, "kvRows"> | undefined;
     if (w.qkvProj) {
       // One matmul into [q | k | v] rows. At decode, when the cache takes the new rows directly,
-      // the attention op norms and rotates q and k and stores k and v itself (its prologue: one
-      // kernel on CUDA). Otherwise q and k are normed and rotated out of the rows by qkNormRope;
-      // weights in x's dtype go in as its projection (GEMMA3_QKV_EPILOGUE=1: one GEMV on CUDA),
-      // quantized ones (fp8 with its scale) through matmul first.
+      // the attention op norms and rotates q and k and stores k and v itself (its prologue: on
+      // CUDA qk_norm_rope's launch then the attention's, or one kernel with
+      // GEMMA3_DECODE_PROLOGUE=1). Otherwise q and k are normed and rotated out of the rows by
+      // qkNormRope; weights in x's dtype go in as its projection (GEMMA3_QKV_EPILOGUE=1: one GEMV
+      // on CUDA, which decode no longer takes), quantized ones (fp8 with its scale) through
+      // matmul first.
       const qkv = s.alloc([n, (hq + 2 * hkv) * d], dt);
       direct = directKvWrite(kv, plan, dt);
       const dense = w.qkvProj.dtypeName === dt;
