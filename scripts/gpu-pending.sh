@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # One device call for the work written but not yet run on a GPU (docs/kernels.md): builds the addon
 # (sm_90a), runs the CUDA tests of the pending parts, then the rows and A/Bs that decide defaults.
-# Pending (session 10): attention_decode_qkv, decode attention with qk_norm_rope as its prologue
-# (one kernel; GEMMA3_DECODE_PROLOGUE=0 = two launches): its bit-for-bit cases against the two
-# launches, the plain decode cases (the kernel gained a template flag), the model's CUDA tests;
-# then bench_kernels' attention_block rows (peer: the two launches, same call) and the plain
-# attention_decode rows at batch 1, then decode tok/s with the prologue off and on. ~8 minutes.
+# Nothing is pending after session 10: as it stands this re-runs its last call (call 6) on the
+# opt-in prologue kernel (attention_decode_qkv with GEMMA3_DECODE_PROLOGUE=1): its bit-for-bit
+# cases, the model's CUDA tests with it on and off, the attention_block rows (peer: the two
+# launches) and the decode A/B. Put the next unverified GPU work here. ~5 minutes.
 #   here first: npx turbo run build && bash scripts/pack-dists.sh, then device run,
 #   carry [".device", ".dists.tar"]:  bash scripts/device-run.sh scripts/gpu-pending.sh
 #   (device-run.sh returns every output file in one results.tgz: a call returns at most 8 files)
@@ -28,11 +27,11 @@ vt() {  # NAME "VAR=VALUE ..." vitest-args...
   echo "tests $name: $(grep -E 'Tests ' "$OUT/tests-$name.log" | tail -1 | tr -s ' ') (${SECONDS}s)"
   grep -E "^ *(×|FAIL)" "$OUT/tests-$name.log" | head -10
 }
-vt ops "" native/test/ops.cuda.test.ts -t "prologue"
+vt ops GEMMA3_DECODE_PROLOGUE=1 native/test/ops.cuda.test.ts -t "prologue"
 vt model "" packages/model/test
-vt model-off GEMMA3_DECODE_PROLOGUE=0 packages/model/test/parity.test.ts packages/model/test/graph.test.ts
+vt model-on GEMMA3_DECODE_PROLOGUE=1 packages/model/test/parity.test.ts packages/model/test/graph.test.ts
 bench=$(find native/build -name bench_kernels -type f -perm -u+x | head -1)
-"$bench" --graph-below 1000 --filter "attention_block|attention_decode b1 h4 " --json "$OUT/bench.json" --md "$OUT/bench.md" \
+GEMMA3_DECODE_PROLOGUE=1 "$bench" --graph-below 1000 --filter "attention_block|attention_decode b1 h4 " --json "$OUT/bench.json" --md "$OUT/bench.md" \
   >"$OUT/bench.log" 2>&1 || status=1
 cat "$OUT/bench.md"
 echo "bench at ${SECONDS}s"

@@ -722,10 +722,11 @@ void run_layer_chain(Ctx& c, Row& r, int64_t H, int64_t Q, int64_t KV, int64_t I
 }
 
 // A decode layer's attention block at batch 1: the QKV GEMV -> attention with its prologue
-// (attention_decode_qkv: one kernel unless GEMMA3_DECODE_PROLOGUE=0) -> the O GEMV, against the
-// same chain with qk_norm_rope and attention_decode launched apart (the peer, same call, same
-// buffers). The new token is key kv_len - 1 of one contiguous sequence; every launch rewrites its
-// row. Bytes: the two projections' weights and the K/V read.
+// (attention_decode_qkv: one kernel with GEMMA3_DECODE_PROLOGUE=1, else the peer's two launches
+// again) -> the O GEMV, against the same chain with qk_norm_rope and attention_decode launched
+// apart (the peer, same call, same buffers). The new token is key kv_len - 1 of one sequence
+// (contiguous pages, or one ring page of `ring` slots); every launch rewrites its row. Bytes: the
+// two projections' weights and the K/V read.
 void run_attention_block(Ctx& c, Row& r, int64_t H, int64_t h, int64_t kv, int64_t d,
                          int64_t kv_len, int64_t ring = 0) {
   cudaStream_t s = c.stream;
@@ -754,25 +755,23 @@ void run_attention_block(Ctx& c, Row& r, int64_t H, int64_t h, int64_t kv, int64
   auto chain = [&](bool one) {
     check_status(gk::matmul<bf16, bf16>(x.p, wqkv.p, nullptr, qkv.p, 1, QKV, H, s));
     if (one) {
-      check_status(gk::attention_decode_qkv<bf16>(
-          qkv.p, qw.p, kw.p, d_pos.p, d_row.p, q.p, kc.p, vc.p, att.p, d_indptr.p, d_indices.p,
-          d_len.p, 1, h, kv, d, page, pages, pages, max_kv, sm, 0, eps, base, 1.0f, ws.p,
-          int64_t(ws.n), s));
+      check_status(gk::attention_decode_qkv<bf16>(qkv.p, qw.p, kw.p, d_pos.p, d_row.p, q.p, kc.p,
+                                                  vc.p, att.p, d_indptr.p, d_indices.p, d_len.p, 1,
+                                                  h, kv, d, page, pages, pages, max_kv, sm, 0, eps,
+                                                  base, 1.0f, ws.p, int64_t(ws.n), s));
     } else {
       check_status(gk::qk_norm_rope<bf16>(qkv.p, qkv.p + h * d, qkv.p + (h + kv) * d, qw.p, kw.p,
-                                          d_pos.p, q.p, kc.p, vc.p, d_row.p, pages * page, 1, h,
-                                          kv, d, QKV, QKV, QKV, eps, base, 1.0f, s));
-      check_status(gk::attention_decode<bf16, bf16>(q.p, kc.p, vc.p, att.p, d_indptr.p,
-                                                    d_indices.p, d_len.p, 1, h, kv, d, page, pages,
-                                                    pages, max_kv, sm, 1.0f, 1.0f, 0, ws.p,
-                                                    int64_t(ws.n), s));
+                                          d_pos.p, q.p, kc.p, vc.p, d_row.p, pages * page, 1, h, kv,
+                                          d, QKV, QKV, QKV, eps, base, 1.0f, s));
+      check_status(gk::attention_decode<bf16, bf16>(
+          q.p, kc.p, vc.p, att.p, d_indptr.p, d_indices.p, d_len.p, 1, h, kv, d, page, pages, pages,
+          max_kv, sm, 1.0f, 1.0f, 0, ws.p, int64_t(ws.n), s));
     }
     check_status(gk::matmul<bf16, bf16>(att.p, wo.p, nullptr, o.p, 1, H, h * d, s));
   };
   finish(r, time_launches([&](int64_t) { chain(true); }, 1, c.opt, s), c.opt);
-  set_peer(r, "qk_norm_rope + attention_decode", time_launches([&](int64_t) { chain(false); }, 1,
-                                                               c.opt, s)
-                                                    .st.median);
+  set_peer(r, "qk_norm_rope + attention_decode",
+           time_launches([&](int64_t) { chain(false); }, 1, c.opt, s).st.median);
 }
 
 // Device-to-device copy: the achievable-bandwidth reference for the GB/s rooflines.
@@ -899,13 +898,13 @@ std::vector<Case> all_cases() {
                           std::to_string(h) + " kv" + std::to_string(kv) + " d" +
                           std::to_string(d) + " kv_len" + std::to_string(len);
       const int64_t H_ = H, h_ = h, kv_ = kv, d_ = d;
-      cs.push_back({"attention_block", shape, "bf16", [=](Ctx& c, Row& r) {
-                      run_attention_block(c, r, H_, h_, kv_, d_, len);
-                    }});
+      cs.push_back({"attention_block", shape, "bf16",
+                    [=](Ctx& c, Row& r) { run_attention_block(c, r, H_, h_, kv_, d_, len); }});
     }
   for (int64_t len : {16, 100, 512})  // a sliding layer's ring (one page of 512 slots)
     cs.push_back({"attention_block", "1B ring512 b1 H1152 h4 kv1 d256 kv_len" + std::to_string(len),
-                  "bf16", [=](Ctx& c, Row& r) { run_attention_block(c, r, 1152, 4, 1, 256, len, 512); }});
+                  "bf16",
+                  [=](Ctx& c, Row& r) { run_attention_block(c, r, 1152, 4, 1, 256, len, 512); }});
 
   // (K, N): 4B MLP up, 27B MLP up, 1B MLP up, 4B logits.
   const int64_t gemv[][2] = {{2560, 10240}, {5376, 21504}, {1152, 6912}, {2560, kVocab4B}};
