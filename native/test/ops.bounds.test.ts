@@ -505,6 +505,98 @@ for (const dev of DEVICES) {
       });
   });
 
+  describe(`bounds of attention_decode's prologue on ${dev}`, () => {
+    // batch 2, Hq 2, Hkv 1, D 16, 3 pages of 4 slots: qkv [2, 64], caches [3, 4, 1, 16].
+    const [B, Hq, Hkv, D, P, S] = [2, 2, 1, 16, 3, 4];
+    const width = (Hq + 2 * Hkv) * D;
+    const cache0 = randn(P * S * Hkv * D, 9401);
+    const make = (kvDtype: "f32" | "fp8_e4m3" = "f32") => ({
+      qkv: Tensor.from(randn(B * width, 9402), [B, width], "f32", dev),
+      w: Tensor.from(randn(D, 9403, 0.5), [D], "f32", dev),
+      pos: Tensor.from([2, 5], [B], "i32", dev),
+      rows: Tensor.from([2, 9], [B], "i32", dev),
+      q: Tensor.empty([B, Hq, D], "f32", dev),
+      kc:
+        kvDtype === "f32"
+          ? Tensor.from(cache0, [P, S, Hkv, D], "f32", dev)
+          : Tensor.empty([P, S, Hkv, D], kvDtype, dev),
+      vc:
+        kvDtype === "f32"
+          ? Tensor.from(cache0, [P, S, Hkv, D], "f32", dev)
+          : Tensor.empty([P, S, Hkv, D], kvDtype, dev),
+      ip: Tensor.from([0, 1, 3], [B + 1], "i32", dev),
+      ix: Tensor.from([0, 1, 2], [3], "i32", dev),
+      ln: Tensor.from([3, 6], [B], "i32", dev),
+      out: Tensor.from(new Float32Array(B * Hq * D).fill(7), [B, Hq, D], "f32", dev),
+    });
+    type T = ReturnType<typeof make>;
+    const run = (t: T, over: Partial<T> = {}) => {
+      const u = { ...t, ...over };
+      const rope = { eps: 1e-6, base: 1e4 };
+      const prologue = { qkv: u.qkv, qW: u.w, kW: u.w, positions: u.pos, kvRows: u.rows, rope };
+      ops.attentionDecode(u.q, u.kc, u.vc, u.ip, u.ix, u.ln, {
+        smScale: 0.25,
+        out: u.out,
+        prologue,
+      });
+    };
+    const refused: [string, (t: T) => void, RegExp, ("f32" | "fp8_e4m3")?][] = [
+      [
+        "fp8 caches",
+        (t) => run(t),
+        /attention_decode_qkv: .*k_cache \(the prologue writes it\)/,
+        "fp8_e4m3",
+      ],
+      [
+        "qkv of the wrong width",
+        (t) => run(t, { qkv: t.qkv.view([4, width / 2]) }),
+        /attention_decode_qkv: qkv .*must be \[2, 64\]/,
+      ],
+      [
+        "kv_rows of the wrong length",
+        (t) => run(t, { rows: t.ln.view([2]).slice(0, 1) }),
+        /attention_decode_qkv: kv_rows .*one entry per token/,
+      ],
+      [
+        "out overlapping q",
+        (t) => run(t, { out: t.q }),
+        /attention_decode_qkv: out must not overlap q, qkv or the caches/,
+      ],
+      [
+        "q overlapping qkv",
+        (t) => run(t, { q: Tensor.viewAt(t.qkv, 0, [B, Hq, D], "f32") }),
+        /attention_decode_qkv: the outputs q, k, v must not overlap qkv or each other/,
+      ],
+    ];
+    for (const [what, call, msg, kvDtype] of refused)
+      it(`${what} is refused and nothing is written`, async () => {
+        const t = make(kvDtype);
+        expect(() => call(t)).toThrow(msg);
+        expect(Array.from(await t.out.toArray())).toEqual(new Array(B * Hq * D).fill(7));
+        if (!kvDtype) expect(Array.from(await t.kc.toArray())).toEqual(Array.from(cache0));
+        for (const u of Object.values(t)) u.dispose();
+      });
+
+    it(`kv_rows past the caches ${cpu ? "are rejected" : "are skipped"}, as qk_norm_rope's`, async () => {
+      const t = make();
+      run(t, { rows: Tensor.from([2, P * S], [B], "i32", dev) });
+      if (cpu) {
+        await expect(Device.cpu.synchronize()).rejects.toThrow(OutOfRangeError);
+        expect(Array.from(await t.kc.toArray())).toEqual(Array.from(cache0));
+      } else {
+        const k = Array.from(await t.kc.toArray());
+        // Row 2 (sequence 0's new key) was written; every other row kept what it held.
+        expect(k.slice(2 * D, 3 * D)).not.toEqual(Array.from(cache0.subarray(2 * D, 3 * D)));
+        for (let r = 0; r < P * S; r++)
+          if (r !== 2)
+            expect(k.slice(r * D, r * D + D)).toEqual(
+              Array.from(cache0.subarray(r * D, r * D + D)),
+            );
+      }
+      for (const u of Object.values(t)) u.dispose();
+    });
+  });
+
   describe(`bounds of copy_rows on ${dev}`, () => {
     const src = randn(3 * 2 * 4, 9001);
     const dst0 = randn(5 * 2 * 4, 9002);
