@@ -1148,6 +1148,30 @@ function prefillCase(
   };
 }
 
+/**
+ * A page table for sequences of `pagesPer` pages each, with two unused pages, handed out in a
+ * scrambled order (a real pool is fragmented).
+ */
+function scrambledPages(
+  pagesPer: number[],
+  seed: number,
+): { numPages: number; kvIndptr: number[]; kvIndices: number[] } {
+  const numPages = pagesPer.reduce((a, b) => a + b, 0) + 2;
+  const order = Array.from({ length: numPages }, (_, i) => i);
+  const r = rng(seed);
+  for (let i = order.length - 1; i > 0; i--) {
+    const j = Math.floor(r() * (i + 1));
+    [order[i], order[j]] = [order[j]!, order[i]!];
+  }
+  const kvIndptr = [0];
+  const kvIndices: number[] = [];
+  pagesPer.forEach((n) => {
+    for (let i = 0; i < n; i++) kvIndices.push(order[kvIndices.length]!);
+    kvIndptr.push(kvIndices.length);
+  });
+  return { numPages, kvIndptr, kvIndices };
+}
+
 function decodeCase(
   d: FloatDType,
   lens: number[],
@@ -1162,21 +1186,10 @@ function decodeCase(
   fp8?: { kScale: number; vScale: number },
 ): Case {
   const batch = lens.length;
-  const pagesPer = lens.map((l) => Math.max(1, Math.ceil(l / pageSize)));
-  const numPages = pagesPer.reduce((a, b) => a + b, 0) + 2; // two unused pages
-  // Pages handed out in a scrambled order (a real pool is fragmented).
-  const order = Array.from({ length: numPages }, (_, i) => i);
-  const r = rng(seed);
-  for (let i = order.length - 1; i > 0; i--) {
-    const j = Math.floor(r() * (i + 1));
-    [order[i], order[j]] = [order[j]!, order[i]!];
-  }
-  const kvIndptr = [0];
-  const kvIndices: number[] = [];
-  pagesPer.forEach((n) => {
-    for (let i = 0; i < n; i++) kvIndices.push(order[kvIndices.length]!);
-    kvIndptr.push(kvIndices.length);
-  });
+  const { numPages, kvIndptr, kvIndices } = scrambledPages(
+    lens.map((l) => Math.max(1, Math.ceil(l / pageSize))),
+    seed,
+  );
   const cacheN = numPages * pageSize * Hkv * D;
   // fp8: the cache holds e4m3(x / scale); its values are e4m3 · scale (float32), as the kernel reads
   // them. V is drawn 20x wider than K, as un-normalized values are, with a scale to match.
@@ -1992,20 +2005,10 @@ function decodePrologueCase(
   seed: number,
 ): Case {
   const batch = lens.length;
-  const pagesPer = lens.map((l) => (o.ring ? 1 : Math.max(1, Math.ceil(l / pageSize))));
-  const numPages = pagesPer.reduce((a, b) => a + b, 0) + 2;
-  const order = Array.from({ length: numPages }, (_, i) => i);
-  const r = rng(seed);
-  for (let i = order.length - 1; i > 0; i--) {
-    const j = Math.floor(r() * (i + 1));
-    [order[i], order[j]] = [order[j]!, order[i]!];
-  }
-  const kvIndptr = [0];
-  const kvIndices: number[] = [];
-  pagesPer.forEach((n) => {
-    for (let i = 0; i < n; i++) kvIndices.push(order[kvIndices.length]!);
-    kvIndptr.push(kvIndices.length);
-  });
+  const { numPages, kvIndptr, kvIndices } = scrambledPages(
+    lens.map((l) => (o.ring ? 1 : Math.max(1, Math.ceil(l / pageSize)))),
+    seed,
+  );
   // A ring sequence of n tokens shows min(n, slots); its new token (position n - 1) is at slot
   // (n - 1) % slots. A paged one shows n, the new token last.
   const kvLen = lens.map((n) => (o.ring ? Math.min(n, pageSize) : n));
