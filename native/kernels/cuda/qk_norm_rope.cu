@@ -41,6 +41,7 @@ struct Args {
   int64_t kv_capacity;
   int q_heads, kv_heads, heads, head_dim;  // heads: the CTA's work per token (v included or not)
   float eps, base, scale;
+  bool early_inv;  // RoPE's inv_freq before pdl_wait (GEMMA3_ROPE_EARLY, default on)
 };
 
 // grid: (token blocks, ceil(heads / kWarps)); blockDim = 32 * kWarps. V elements per vector load
@@ -55,7 +56,7 @@ __global__ void __launch_bounds__(32 * kWarps)
     qk_norm_rope_kernel(const T* q, const T* k, const T* v, const T* __restrict__ q_w,
                         const T* __restrict__ k_w, const int32_t* __restrict__ positions, T* q_out,
                         T* k_out, T* v_out, Args a) {
-  __shared__ float cs[kMaxHeadDim / 2], sn[kMaxHeadDim / 2];
+  __shared__ float cs[kMaxHeadDim / 2], sn[kMaxHeadDim / 2], inv[kMaxHeadDim / 2];
   __shared__ float xs[kWarps][kMaxHeadDim];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int D = a.head_dim, nvec = D / V;
@@ -71,6 +72,12 @@ __global__ void __launch_bounds__(32 * kWarps)
       if (i < nvec) load_f32<T, V>(w + i * V, wr[m]);
     }
   }
+  // RoPE's inv_freq depends on no step input: its double-precision pow runs while the kernel
+  // before this one finishes. Each thread keeps the entries it later turns into cos / sin (no
+  // barrier needed).
+  if (a.early_inv)
+    for (int i = tid; i < D / 2; i += blockDim.x)
+      inv[i] = qknr::rope_inv_freq(i, D, a.base, a.scale);
   pdl_wait();  // pdl.cuh: q, k, v (and positions, kv_rows) may come from the kernels before
   pdl_trigger();
   for (int64_t t = blockIdx.x; t < a.tokens; t += gridDim.x) {
@@ -88,7 +95,13 @@ __global__ void __launch_bounds__(32 * kWarps)
     // k and v go to row t, or to the token's KV cache row (out of range: not written).
     const int64_t row = a.kv_rows ? int64_t(a.kv_rows[t]) : t;
     const bool kv_ok = !a.kv_rows || (row >= 0 && row < a.kv_capacity);
-    qknr::rope_table<T>(float(positions[t]), D, a.base, a.scale, cs, sn, tid, blockDim.x);
+    if (a.early_inv) {
+      const float pos = float(positions[t]);
+      for (int i = tid; i < D / 2; i += blockDim.x)
+        qknr::rope_entry<T>(pos, inv[i], cs + i, sn + i);
+    } else {
+      qknr::rope_table<T>(float(positions[t]), D, a.base, a.scale, cs, sn, tid, blockDim.x);
+    }
     __syncthreads();
     if (is_q || (is_k && kv_ok)) {
       T* dst = is_q ? q_out + (t * a.q_heads + h) * D : k_out + (row * a.kv_heads + h) * D;
@@ -136,11 +149,12 @@ Status qk_norm_rope(const T* q, const T* k, const T* v, const T* q_w, const T* k
   if (tokens == 0) return Status::Ok();
   if (!q || !k || !q_w || !k_w || !positions || !q_out || !k_out || (copy_v && !v))
     return Status(StatusCode::kInvalidArgument, "qk_norm_rope: null pointer");
+  static const bool early = !env_is("GEMMA3_ROPE_EARLY", "0");
   const Args a{tokens,        ld_q,          ld_k,
                ld_v,          kv_rows,       kv_capacity,
                int(q_heads),  int(kv_heads), int(q_heads + (copy_v ? 2 : 1) * kv_heads),
                int(head_dim), eps,           base,
-               scale};
+               scale,         early};
   constexpr int V = 16 / sizeof(T);
   // norm.cu's vector rule (dim % V, 16-byte pointers), so the sums take rmsnorm's order.
   bool vec = head_dim % V == 0 && ld_q % V == 0 && ld_k % V == 0 && aligned16(q) && aligned16(k) &&

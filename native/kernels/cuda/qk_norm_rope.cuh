@@ -48,17 +48,25 @@ __device__ __forceinline__ void load_head(const T* p, float (&f)[V]) {
 // RoPE's T(cos), T(sin) at `pos` for pairs i = i0, i0 + step, ... < D / 2, as rope.cu computes
 // them: 1 / base^(2i/D) / scale in float32 (pow in double rounded to float), then accurate sincosf
 // of the float32 angle, rounded to T.
+// The position-free half, rope.cu's inv_freq of pair i: 1 / base^(2i/D) / scale in float32 (pow in
+// double rounded to float). A kernel may compute it before pdl_wait (it reads no step input).
+__device__ __forceinline__ float rope_inv_freq(int i, int D, float base, float scale) {
+  const float e = float(2 * i) / float(D);
+  return (1.0f / float(pow(double(base), double(e)))) / scale;
+}
+// The other half: T(cos), T(sin) of pos * inv_freq (accurate sincosf of the float32 angle).
+template <typename T>
+__device__ __forceinline__ void rope_entry(float pos, float inv_freq, float* cs, float* sn) {
+  float sv, cv;
+  sincosf(pos * inv_freq, &sv, &cv);
+  *cs = vec::round_t<T>(cv);
+  *sn = vec::round_t<T>(sv);
+}
 template <typename T>
 __device__ __forceinline__ void rope_table(float pos, int D, float base, float scale, float* cs,
                                            float* sn, int i0, int step) {
-  for (int i = i0; i < D / 2; i += step) {
-    const float e = float(2 * i) / float(D);
-    const float inv_freq = (1.0f / float(pow(double(base), double(e)))) / scale;
-    float sv, cv;
-    sincosf(pos * inv_freq, &sv, &cv);
-    cs[i] = vec::round_t<T>(cv);
-    sn[i] = vec::round_t<T>(sv);
-  }
+  for (int i = i0; i < D / 2; i += step)
+    rope_entry<T>(pos, rope_inv_freq(i, D, base, scale), cs + i, sn + i);
 }
 
 // One warp norms one head and rotates it into dst: norm.cu's warp-per-row rmsnorm (vector
