@@ -55,6 +55,7 @@ const SUM_TOL: Record<FloatDType, Tol> = {
 async function host(t: Tensor): Promise<Float32Array | Int32Array> {
   return t.toArray();
 }
+const hostAll = (...ts: Tensor[]) => Promise.all(ts.map(host));
 
 /**
  * Where tensors live inside their allocation. "packed": a fresh allocation each (256-byte aligned).
@@ -1833,12 +1834,7 @@ export function fusedCases(): Case[] {
           const b = outs();
           ops.matmul(x, w, { out: b.qkv });
           ops.qkNormRope(b.qkv, wq, wk, pt, p, b);
-          const get = async (o: typeof a) => [
-            await host(o.q),
-            await host(o.k),
-            await host(o.v),
-            await host(o.qkv),
-          ];
+          const get = (o: typeof a) => hostAll(o.q, o.k, o.v, o.qkv);
           const [one, two] = [await get(a), await get(b)];
           disposeAll(x, w, wq, wk, pt, rows, a.q, a.k, a.v, a.qkv, b.q, b.k, b.v, b.qkv);
           return [Float32Array.of(maxAbsDiff(one, two))];
@@ -2078,12 +2074,7 @@ function decodePrologueCase(
       const asRows = (t: Tensor) => t.view([rows, Hkv, D]);
       ops.qkNormRope(x, wq, wk, pos, rope, { q: b.q, k: asRows(b.k), v: asRows(b.v), kvRows: kr });
       ops.attentionDecode(b.q, b.k, b.v, ip, ix, ln, opts(b));
-      const get = async (t: typeof a) => [
-        await host(t.q),
-        await host(t.out),
-        await host(t.k),
-        await host(t.v),
-      ];
+      const get = (t: typeof a) => hostAll(t.q, t.out, t.k, t.v);
       const [one, two] = [await get(a), await get(b)];
       disposeAll(x, wq, wk, pos, kr, ip, ix, ln, a.q, a.out, a.ws, a.k, a.v);
       disposeAll(b.q, b.out, b.ws, b.k, b.v);
