@@ -405,8 +405,8 @@ __global__ void __launch_bounds__(kThreads)
     // The ring's copies first (the stages' old keys), then the heads from the projection rows:
     // task j < nh is q head h0 + j, task nh the new k, nh + 1 the new v; warp w takes w, w + 4, ...
     // The heads load together; the per-head code runs in a loop that is not unrolled, so the
-    // kernel holds one copy of it (each CTA runs it on an SM whose instruction cache is cold for
-    // this kernel: code size is latency here).
+    // kernel holds one copy of it (Nsight Compute showed instruction fetch as this kernel's main
+    // stall: code size is latency here; ~1 µs at the 1B shape, docs/kernels.md session 10).
     issue_first();
     const int lane = tid & 31, warp = tid >> 5;
     const T* row = pro.qkv + int64_t(b) * pro.ld;
