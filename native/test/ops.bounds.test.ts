@@ -577,6 +577,53 @@ for (const dev of DEVICES) {
         for (const u of Object.values(t)) u.dispose();
       });
 
+    if (cpu) {
+      it("a page table the attention refuses writes neither q nor the cache rows", async () => {
+        const t = make();
+        t.q.write(new Float32Array(B * Hq * D).fill(3));
+        run(t, { ip: Tensor.from([0, 2, 1], [B + 1], "i32", dev) }); // decreasing kv_indptr
+        await expect(Device.cpu.synchronize()).rejects.toThrow(InvalidArgumentError);
+        expect(Array.from(await t.kc.toArray())).toEqual(Array.from(cache0));
+        expect(Array.from(await t.q.toArray())).toEqual(new Array(B * Hq * D).fill(3));
+        for (const u of Object.values(t)) u.dispose();
+      });
+    } else {
+      it("a head_dim the attention kernel lacks (512) writes neither q nor the cache rows", async () => {
+        const D2 = 512;
+        const kc = Tensor.from(randn(2 * D2, 9404), [2, 1, 1, D2], "f32", dev);
+        const q = Tensor.from(new Float32Array(D2).fill(3), [1, 1, D2], "f32", dev);
+        const w = Tensor.from(randn(D2, 9405, 0.5), [D2], "f32", dev);
+        const args = {
+          qkv: Tensor.from(randn(3 * D2, 9406), [1, 3 * D2], "f32", dev),
+          pos: Tensor.from([1], [1], "i32", dev),
+          rows: Tensor.from([1], [1], "i32", dev),
+          ip: Tensor.from([0, 2], [2], "i32", dev),
+          ix: Tensor.from([0, 1], [2], "i32", dev),
+          ln: Tensor.from([2], [1], "i32", dev),
+          out: Tensor.empty([1, 1, D2], "f32", dev),
+        };
+        const before = Array.from(await kc.toArray());
+        const prologue = {
+          qkv: args.qkv,
+          qW: w,
+          kW: w,
+          positions: args.pos,
+          kvRows: args.rows,
+          rope: { eps: 1e-6, base: 1e4 },
+        };
+        expect(() =>
+          ops.attentionDecode(q, kc, kc, args.ip, args.ix, args.ln, {
+            smScale: 0.05,
+            out: args.out,
+            prologue,
+          }),
+        ).toThrow(UnsupportedError);
+        expect(Array.from(await kc.toArray())).toEqual(before);
+        expect(Array.from(await q.toArray())).toEqual(new Array(D2).fill(3));
+        for (const u of [kc, q, w, ...Object.values(args)]) u.dispose();
+      });
+    }
+
     it(`kv_rows past the caches ${cpu ? "are rejected" : "are skipped"}, as qk_norm_rope's`, async () => {
       const t = make();
       run(t, { rows: Tensor.from([2, P * S], [B], "i32", dev) });

@@ -188,16 +188,14 @@ Status attention_prefill(const T* q, const T* k, const T* v, T* out, const int32
   return Status::Ok();
 }
 
-template <typename T, typename TKV>
-Status attention_decode(const T* q, const TKV* k_cache, const TKV* v_cache, T* out,
-                        const int32_t* kv_indptr, const int32_t* kv_indices, const int32_t* kv_len,
-                        int64_t batch, int64_t num_qo_heads, int64_t num_kv_heads, int64_t head_dim,
-                        int64_t page_size, int64_t num_pages, int64_t num_indices,
-                        int64_t max_kv_len, float sm_scale, float k_scale, float v_scale,
-                        int32_t window, float* workspace, int64_t workspace_floats) {
-  const char* kName = "attention_decode";
-  (void)workspace;  // the CPU kernel does not split KV
-  (void)workspace_floats;
+namespace {
+// attention_decode's checks (also attention_decode_qkv's, before its prologue writes anything).
+Status check_decode(const char* kName, bool same_dtype, const void* q, const void* k_cache,
+                    const void* v_cache, const void* out, const int32_t* kv_indptr,
+                    const int32_t* kv_indices, const int32_t* kv_len, int64_t batch,
+                    int64_t num_qo_heads, int64_t num_kv_heads, int64_t head_dim, int64_t page_size,
+                    int64_t num_pages, int64_t num_indices, int64_t max_kv_len, float k_scale,
+                    float v_scale, int32_t window) {
   if (batch < 0 || page_size <= 0 || num_pages < 0 || num_indices < 0 || max_kv_len < 0)
     return invalid(kName, kv("batch", batch) + ", " + kv("page_size", page_size) + ", " +
                               kv("num_pages", num_pages) + ", " + kv("num_indices", num_indices) +
@@ -205,13 +203,31 @@ Status attention_decode(const T* q, const TKV* k_cache, const TKV* v_cache, T* o
                               " (need page_size > 0, the others >= 0)");
   G3_RETURN_IF_ERROR(check_heads(kName, num_qo_heads, num_kv_heads, head_dim));
   if (window < 0) return invalid(kName, kv("window", window) + " must be >= 0");
-  G3_RETURN_IF_ERROR(check_kv_scales(kName, std::is_same_v<T, TKV>, k_scale, v_scale));
+  G3_RETURN_IF_ERROR(check_kv_scales(kName, same_dtype, k_scale, v_scale));
   if (batch == 0) return Status::Ok();
   G3_RETURN_IF_ERROR(
       check_indptr(kName, "kv_indptr", kv_indptr, batch, num_indices, "num_indices"));
   if (q == nullptr || k_cache == nullptr || v_cache == nullptr || out == nullptr ||
       kv_indices == nullptr || kv_len == nullptr)
     return invalid(kName, "null pointer");
+  return Status::Ok();
+}
+}  // namespace
+
+template <typename T, typename TKV>
+Status attention_decode(const T* q, const TKV* k_cache, const TKV* v_cache, T* out,
+                        const int32_t* kv_indptr, const int32_t* kv_indices, const int32_t* kv_len,
+                        int64_t batch, int64_t num_qo_heads, int64_t num_kv_heads, int64_t head_dim,
+                        int64_t page_size, int64_t num_pages, int64_t num_indices,
+                        int64_t max_kv_len, float sm_scale, float k_scale, float v_scale,
+                        int32_t window, float* workspace, int64_t workspace_floats) {
+  (void)workspace;  // the CPU kernel does not split KV
+  (void)workspace_floats;
+  G3_RETURN_IF_ERROR(check_decode("attention_decode", std::is_same_v<T, TKV>, q, k_cache, v_cache,
+                                  out, kv_indptr, kv_indices, kv_len, batch, num_qo_heads,
+                                  num_kv_heads, head_dim, page_size, num_pages, num_indices,
+                                  max_kv_len, k_scale, v_scale, window));
+  if (batch == 0) return Status::Ok();
 
   const int64_t group = num_qo_heads / num_kv_heads, D = head_dim;
   // Heads per item: the whole GQA group when there are enough items to fill the pool, else one
@@ -249,6 +265,30 @@ Status attention_decode(const T* q, const TKV* k_cache, const TKV* v_cache, T* o
   return Status::Ok();
 }
 
+// Decode attention with its prologue (kernels.inc attention_decode_qkv): the composition itself
+// (the CPU has no launch boundary to save), the attention's checks first so that a refused call
+// writes neither q nor the cache rows.
+template <typename T>
+Status attention_decode_qkv(const T* qkv, const T* q_w, const T* k_w, const int32_t* positions,
+                            const int32_t* kv_rows, T* q, T* k_cache, T* v_cache, T* out,
+                            const int32_t* kv_indptr, const int32_t* kv_indices,
+                            const int32_t* kv_len, int64_t batch, int64_t num_qo_heads,
+                            int64_t num_kv_heads, int64_t head_dim, int64_t page_size,
+                            int64_t num_pages, int64_t num_indices, int64_t max_kv_len,
+                            float sm_scale, int32_t window, float eps, float base, float scale,
+                            float* workspace, int64_t workspace_floats) {
+  const int64_t hq = num_qo_heads, hkv = num_kv_heads, D = head_dim, ld = (hq + 2 * hkv) * D;
+  G3_RETURN_IF_ERROR(check_decode("attention_decode", true, q, k_cache, v_cache, out, kv_indptr,
+                                  kv_indices, kv_len, batch, hq, hkv, D, page_size, num_pages,
+                                  num_indices, max_kv_len, 1.0f, 1.0f, window));
+  G3_RETURN_IF_ERROR(qk_norm_rope<T>(qkv, qkv + hq * D, qkv + (hq + hkv) * D, q_w, k_w, positions,
+                                     q, k_cache, v_cache, kv_rows, num_pages * page_size, batch, hq,
+                                     hkv, D, ld, ld, ld, eps, base, scale));
+  return attention_decode<T, T>(q, k_cache, v_cache, out, kv_indptr, kv_indices, kv_len, batch, hq,
+                                hkv, D, page_size, num_pages, num_indices, max_kv_len, sm_scale,
+                                1.0f, 1.0f, window, workspace, workspace_floats);
+}
+
 #define G3_PREFILL(T)                                                                             \
   template Status attention_prefill<T>(const T*, const T*, const T*, T*, const int32_t*,          \
                                        const int32_t*, const int32_t*, int64_t, int64_t, int64_t, \
@@ -263,6 +303,18 @@ G3_PREFILL(float)
 G3_PREFILL(bf16)
 G3_DECODE(float, float)
 G3_DECODE(bf16, bf16)
+template Status attention_decode_qkv<float>(const float*, const float*, const float*,
+                                            const int32_t*, const int32_t*, float*, float*, float*,
+                                            float*, const int32_t*, const int32_t*, const int32_t*,
+                                            int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                            int64_t, int64_t, float, int32_t, float, float, float,
+                                            float*, int64_t);
+template Status attention_decode_qkv<bf16>(const bf16*, const bf16*, const bf16*, const int32_t*,
+                                           const int32_t*, bf16*, bf16*, bf16*, bf16*,
+                                           const int32_t*, const int32_t*, const int32_t*, int64_t,
+                                           int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                           int64_t, float, int32_t, float, float, float, float*,
+                                           int64_t);
 G3_DECODE(float, fp8e4m3)
 G3_DECODE(bf16, fp8e4m3)
 #undef G3_DECODE

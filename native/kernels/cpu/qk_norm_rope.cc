@@ -108,37 +108,14 @@ Status matmul_qk_norm_rope(const T* x, const T* w, T* qkv, const T* q_w, const T
                          kv_heads, head_dim, N, N, N, eps, base, scale);
 }
 
-// The composition itself: the CPU has no launch boundary to save.
-template <typename T>
-Status attention_decode_qkv(const T* qkv, const T* q_w, const T* k_w, const int32_t* positions,
-                            const int32_t* kv_rows, T* q, T* k_cache, T* v_cache, T* out,
-                            const int32_t* kv_indptr, const int32_t* kv_indices,
-                            const int32_t* kv_len, int64_t batch, int64_t num_qo_heads,
-                            int64_t num_kv_heads, int64_t head_dim, int64_t page_size,
-                            int64_t num_pages, int64_t num_indices, int64_t max_kv_len,
-                            float sm_scale, int32_t window, float eps, float base, float scale,
-                            float* workspace, int64_t workspace_floats) {
-  const int64_t hq = num_qo_heads, hkv = num_kv_heads, D = head_dim, ld = (hq + 2 * hkv) * D;
-  G3_RETURN_IF_ERROR(qk_norm_rope<T>(qkv, qkv + hq * D, qkv + (hq + hkv) * D, q_w, k_w, positions,
-                                     q, k_cache, v_cache, kv_rows, num_pages * page_size, batch, hq,
-                                     hkv, D, ld, ld, ld, eps, base, scale));
-  return attention_decode<T, T>(q, k_cache, v_cache, out, kv_indptr, kv_indices, kv_len, batch, hq,
-                                hkv, D, page_size, num_pages, num_indices, max_kv_len, sm_scale,
-                                1.0f, 1.0f, window, workspace, workspace_floats);
-}
-
-#define G3_QK_NORM_ROPE(T)                                                                         \
-  template Status qk_norm_rope<T>(const T*, const T*, const T*, const T*, const T*,                \
-                                  const int32_t*, T*, T*, T*, const int32_t*, int64_t, int64_t,    \
-                                  int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float,     \
-                                  float, float);                                                   \
-  template Status matmul_qk_norm_rope<T>(                                                          \
-      const T*, const T*, T*, const T*, const T*, const int32_t*, T*, T*, T*, const int32_t*,      \
-      int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float, float, float);                  \
-  template Status attention_decode_qkv<T>(                                                         \
-      const T*, const T*, const T*, const int32_t*, const int32_t*, T*, T*, T*, T*,                \
-      const int32_t*, const int32_t*, const int32_t*, int64_t, int64_t, int64_t, int64_t, int64_t, \
-      int64_t, int64_t, int64_t, float, int32_t, float, float, float, float*, int64_t);
+#define G3_QK_NORM_ROPE(T)                                                                      \
+  template Status qk_norm_rope<T>(const T*, const T*, const T*, const T*, const T*,             \
+                                  const int32_t*, T*, T*, T*, const int32_t*, int64_t, int64_t, \
+                                  int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float,  \
+                                  float, float);                                                \
+  template Status matmul_qk_norm_rope<T>(                                                       \
+      const T*, const T*, T*, const T*, const T*, const int32_t*, T*, T*, T*, const int32_t*,   \
+      int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float, float, float);
 G3_QK_NORM_ROPE(float)
 G3_QK_NORM_ROPE(bf16)
 #undef G3_QK_NORM_ROPE

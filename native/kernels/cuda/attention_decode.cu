@@ -1063,6 +1063,16 @@ Status attention_decode_qkv(const T* qkv, const T* q_w, const T* k_w, const int3
                      batch > 0 && kv_rows != nullptr && positions != nullptr && eps >= 0.0f &&
                      base > 0.0f && std::isfinite(base) && scale > 0.0f && std::isfinite(scale) &&
                      num_pages >= 0 && page_size > 0 && capacity / page_size == num_pages;
+  // The attention's checks first, whichever form runs: the two launches must not write q and the
+  // cache rows and then refuse the attention (bad input loses nothing).
+  DecodeParams p;
+  Plan in;
+  int gh = 0;
+  bool run = false;
+  G3_RETURN_IF_ERROR(
+      (setup_decode<T, T>(q, k_cache, v_cache, out, kv_indptr, kv_indices, kv_len, batch, hq, hkv,
+                          D, page_size, num_pages, num_indices, max_kv_len, sm_scale, 1.0f, 1.0f,
+                          window, workspace, workspace_floats, &p, &in, &gh, &run)));
   if (!fused) {
     G3_RETURN_IF_ERROR(qk_norm_rope<T>(qkv, qkv + hq * D, qkv + (hq + hkv) * D, q_w, k_w, positions,
                                        q, k_cache, v_cache, kv_rows, capacity, batch, hq, hkv, D,
@@ -1072,14 +1082,6 @@ Status attention_decode_qkv(const T* qkv, const T* q_w, const T* k_w, const int3
                                   sm_scale, 1.0f, 1.0f, window, workspace, workspace_floats,
                                   stream);
   }
-  DecodeParams p;
-  Plan in;
-  int gh = 0;
-  bool run = false;
-  G3_RETURN_IF_ERROR(
-      (setup_decode<T, T>(q, k_cache, v_cache, out, kv_indptr, kv_indices, kv_len, batch, hq, hkv,
-                          D, page_size, num_pages, num_indices, max_kv_len, sm_scale, 1.0f, 1.0f,
-                          window, workspace, workspace_floats, &p, &in, &gh, &run)));
   if (!run) return Status::Ok();
   if (!qkv || !q_w || !k_w) return invalid("null pointer argument");
   const QkvPrologue<T> pro{qkv,     q_w, k_w,      positions, kv_rows, q,    k_cache,
