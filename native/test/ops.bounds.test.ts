@@ -591,6 +591,7 @@ for (const dev of DEVICES) {
       it("a head_dim the attention kernel lacks (512) writes neither q nor the cache rows", async () => {
         const D2 = 512;
         const kc = Tensor.from(randn(2 * D2, 9404), [2, 1, 1, D2], "f32", dev);
+        const vc = Tensor.from(randn(2 * D2, 9407), [2, 1, 1, D2], "f32", dev);
         const q = Tensor.from(new Float32Array(D2).fill(3), [1, 1, D2], "f32", dev);
         const w = Tensor.from(randn(D2, 9405, 0.5), [D2], "f32", dev);
         const args = {
@@ -602,7 +603,7 @@ for (const dev of DEVICES) {
           ln: Tensor.from([2], [1], "i32", dev),
           out: Tensor.empty([1, 1, D2], "f32", dev),
         };
-        const before = Array.from(await kc.toArray());
+        const before = [Array.from(await kc.toArray()), Array.from(await vc.toArray())];
         const prologue = {
           qkv: args.qkv,
           qW: w,
@@ -612,15 +613,15 @@ for (const dev of DEVICES) {
           rope: { eps: 1e-6, base: 1e4 },
         };
         expect(() =>
-          ops.attentionDecode(q, kc, kc, args.ip, args.ix, args.ln, {
+          ops.attentionDecode(q, kc, vc, args.ip, args.ix, args.ln, {
             smScale: 0.05,
             out: args.out,
             prologue,
           }),
         ).toThrow(UnsupportedError);
-        expect(Array.from(await kc.toArray())).toEqual(before);
+        expect([Array.from(await kc.toArray()), Array.from(await vc.toArray())]).toEqual(before);
         expect(Array.from(await q.toArray())).toEqual(new Array(D2).fill(3));
-        for (const u of [kc, q, w, ...Object.values(args)]) u.dispose();
+        for (const u of [kc, vc, q, w, ...Object.values(args)]) u.dispose();
       });
     }
 
