@@ -1055,14 +1055,6 @@ Status attention_decode_qkv(const T* qkv, const T* q_w, const T* k_w, const int3
                             float* workspace, int64_t workspace_floats, cudaStream_t stream) {
   const int64_t hq = num_qo_heads, hkv = num_kv_heads, D = head_dim, ld = (hq + 2 * hkv) * D;
   const int64_t capacity = num_pages * page_size;
-  // The two launches: by default, and where the one kernel does not apply (a GQA group of more
-  // than 8 heads takes several CTAs a KV head; unaligned pointers).
-  const bool aligned = aligned16(qkv) && aligned16(q_w) && aligned16(k_w) && aligned16(q) &&
-                       aligned16(k_cache) && aligned16(v_cache);
-  const bool fused = prologue_enabled() && aligned && hkv > 0 && hq % hkv == 0 && hq / hkv <= 8 &&
-                     batch > 0 && kv_rows != nullptr && positions != nullptr && eps >= 0.0f &&
-                     base > 0.0f && std::isfinite(base) && scale > 0.0f && std::isfinite(scale) &&
-                     num_pages >= 0 && page_size > 0 && capacity / page_size == num_pages;
   // The attention's checks first, whichever form runs: the two launches must not write q and the
   // cache rows and then refuse the attention (bad input loses nothing).
   DecodeParams p;
@@ -1073,6 +1065,14 @@ Status attention_decode_qkv(const T* qkv, const T* q_w, const T* k_w, const int3
       (setup_decode<T, T>(q, k_cache, v_cache, out, kv_indptr, kv_indices, kv_len, batch, hq, hkv,
                           D, page_size, num_pages, num_indices, max_kv_len, sm_scale, 1.0f, 1.0f,
                           window, workspace, workspace_floats, &p, &in, &gh, &run)));
+  // The two launches: by default, and where the one kernel does not apply (a GQA group of more
+  // than 8 heads takes several CTAs a KV head; unaligned or missing prologue inputs). The heads,
+  // pages and batch are setup_decode's checks.
+  const bool fused = prologue_enabled() && run && p.group <= 8 && qkv && q_w && k_w && kv_rows &&
+                     positions && aligned16(qkv) && aligned16(q_w) && aligned16(k_w) &&
+                     aligned16(q) && aligned16(k_cache) && aligned16(v_cache) && eps >= 0.0f &&
+                     base > 0.0f && std::isfinite(base) && scale > 0.0f && std::isfinite(scale) &&
+                     capacity / page_size == num_pages;
   if (!fused) {
     G3_RETURN_IF_ERROR(qk_norm_rope<T>(qkv, qkv + hq * D, qkv + (hq + hkv) * D, q_w, k_w, positions,
                                        q, k_cache, v_cache, kv_rows, capacity, batch, hq, hkv, D,
@@ -1082,8 +1082,6 @@ Status attention_decode_qkv(const T* qkv, const T* q_w, const T* k_w, const int3
                                   sm_scale, 1.0f, 1.0f, window, workspace, workspace_floats,
                                   stream);
   }
-  if (!run) return Status::Ok();
-  if (!qkv || !q_w || !k_w) return invalid("null pointer argument");
   const QkvPrologue<T> pro{qkv,     q_w, k_w,      positions, kv_rows, q,    k_cache,
                            v_cache, ld,  capacity, eps,       base,    scale};
   return launch_decode<T, T, true>(p, in, gh, stream, pro);

@@ -173,7 +173,6 @@ export class DecoderLayer {
     const v = s.alloc([n, hkv, d], dt);
     const rope = { eps, ...this.rope };
     const kv = cache.layer(this.index);
-    let direct: ReturnType<typeof directKvWrite> = null;
     let prologue: Omit<nativeOps.DecodePrologue, "kvRows"> | undefined;
     if (w.qkvProj) {
       // One matmul into [q | k | v] rows. At decode, when the cache takes the new rows directly,
@@ -184,12 +183,11 @@ export class DecoderLayer {
       // on CUDA, which decode no longer takes), quantized ones (fp8 with its scale) through
       // matmul first.
       const qkv = s.alloc([n, (hq + 2 * hkv) * d], dt);
-      direct = directKvWrite(kv, plan, dt);
-      const dense = w.qkvProj.dtypeName === dt;
-      if (direct) {
+      if (directKvWrite(kv, plan, dt)) {
         ops.matmul(x, w.qkvProj, { out: qkv });
         prologue = { qkv, qW: w.qNorm, kW: w.kNorm, positions: plan.positions, rope };
       } else {
+        const dense = w.qkvProj.dtypeName === dt;
         if (!dense) ops.matmul(x, w.qkvProj, { out: qkv });
         const proj = dense ? { x, w: w.qkvProj } : undefined;
         ops.qkNormRope(qkv, w.qNorm, w.kNorm, plan.positions, rope, { q, k, v }, proj);
@@ -215,7 +213,6 @@ export class DecoderLayer {
       out: s.alloc([n, hq, d], dt),
       alloc: (shape, dtype) => s.alloc(shape, dtype),
       workspace,
-      stored: direct !== null,
       ...(prologue ? { prologue } : {}),
     });
     return ops.matmul(o.view([n, hq * d]), w.oProj, {
