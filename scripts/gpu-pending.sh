@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One device call for the work written but not yet run on a GPU (docs/kernels.md): builds the addon
 # (sm_90a), runs the CUDA tests of the pending parts, then the rows and A/Bs that decide defaults.
-# Nothing is pending after session 10 (its call 9 ran RoPE's early inv_freq, now the default): as
-# it stands this re-runs its call 6 on the opt-in prologue kernel (attention_decode_qkv with GEMMA3_DECODE_PROLOGUE=1): its bit-for-bit
-# cases, the model's CUDA tests with it on and off, the attention_block rows (peer: the two
-# launches) and the decode A/B. Put the next unverified GPU work here. ~5 minutes.
+# Pending (session 11): the wgmma prefill attention (attention_prefill_sm90.cu): its SASS (HGMMA),
+# the attentionPrefill cases on it and on the mma.sync kernel (GEMMA3_ATTN_WGMMA=0), the
+# attention_prefill rows with both and torch SDPA (cuDNN, flash) in the same call, the 4B 2048-token
+# prefill A/B; and session 10's last two unverified changes (the CUDA bounds test at head_dim 512,
+# attention_decode_qkv's fused/fallback condition): ops.bounds with GEMMA3_DECODE_PROLOGUE 0 and 1.
 #   here first: npx turbo run build && bash scripts/pack-dists.sh, then device run,
 #   carry [".device", ".dists.tar"]:  bash scripts/device-run.sh scripts/gpu-pending.sh
 #   (device-run.sh returns every output file in one results.tgz: a call returns at most 8 files)
@@ -27,23 +28,33 @@ vt() {  # NAME "VAR=VALUE ..." vitest-args...
   echo "tests $name: $(grep -E 'Tests ' "$OUT/tests-$name.log" | tail -1 | tr -s ' ') (${SECONDS}s)"
   grep -E "^ *(×|FAIL)" "$OUT/tests-$name.log" | head -10
 }
-vt ops GEMMA3_DECODE_PROLOGUE=1 native/test/ops.cuda.test.ts -t "prologue"
-vt model "" packages/model/test
-vt model-on GEMMA3_DECODE_PROLOGUE=1 packages/model/test/parity.test.ts packages/model/test/graph.test.ts
+obj=$(find native/build -name attention_prefill_sm90.cu.o | head -1)
+if command -v cuobjdump >/dev/null; then
+  cuobjdump -sass "$obj" >"$OUT/wgmma.sass" 2>&1 || true
+  echo "sass: $(grep -c HGMMA "$OUT/wgmma.sass") HGMMA, $(grep -cE 'LDL|STL' "$OUT/wgmma.sass") local ld/st"
+fi
+vt prefill-wgmma "" native/test/ops.cuda.test.ts -t "attentionPrefill"
+vt prefill-mma GEMMA3_ATTN_WGMMA=0 native/test/ops.cuda.test.ts -t "attentionPrefill"
+vt bounds-0 GEMMA3_DECODE_PROLOGUE=0 native/test/ops.bounds.test.ts
+vt bounds-1 GEMMA3_DECODE_PROLOGUE=1 native/test/ops.bounds.test.ts
+vt prologue-1 GEMMA3_DECODE_PROLOGUE=1 native/test/ops.cuda.test.ts -t "prologue"
 bench=$(find native/build -name bench_kernels -type f -perm -u+x | head -1)
-GEMMA3_DECODE_PROLOGUE=1 "$bench" --graph-below 1000 --filter "attention_block|attention_decode b1 h4 " --json "$OUT/bench.json" --md "$OUT/bench.md" \
-  >"$OUT/bench.log" 2>&1 || status=1
-cat "$OUT/bench.md"
+for v in 1 0; do
+  GEMMA3_ATTN_WGMMA=$v "$bench" --filter "attention_prefill" --json "$OUT/bench-wgmma$v.json" --md "$OUT/bench-wgmma$v.md" \
+    >"$OUT/bench-wgmma$v.log" 2>&1 || status=1
+  echo "== GEMMA3_ATTN_WGMMA=$v"; cat "$OUT/bench-wgmma$v.md"
+done
+PYTHONUNBUFFERED=1 timeout 300 python3 tools/peers/torch_peers.py --filter attention_prefill --json "$OUT/torch.json" \
+  --md "$OUT/torch.md" >"$OUT/torch.log" 2>&1 || status=1
+cat "$OUT/torch.md"
 echo "bench at ${SECONDS}s"
 cfgs=packages/model/test/fixtures/configs
-for r in 1 2; do
-  for m in 1b 4b; do
-    for v in 0 1; do
-      tag="$m-prologue-$v-r$r"
-      GEMMA3_DECODE_PROLOGUE=$v timeout 150 node apps/cli/dist/cli.js bench --model "random:$cfgs/gemma-3-$m-it.config.json" \
-        --device cuda --batch 1 --prefill 0 --json "$OUT/$tag.json" >"$OUT/$tag.txt" 2>&1 || status=1
-      echo "$tag: $(grep -E 'batch +[0-9]+:' "$OUT/$tag.txt" | tr -s ' ') (${SECONDS}s)"
-    done
+for r in 1; do
+  for v in 0 1; do
+    tag="4b-prefill-wgmma$v-r$r"
+    GEMMA3_ATTN_WGMMA=$v timeout 200 node apps/cli/dist/cli.js bench --model "random:$cfgs/gemma-3-4b-it.config.json" \
+      --device cuda --batch 1 --prefill 2048 --json "$OUT/$tag.json" >"$OUT/$tag.txt" 2>&1 || status=1
+    echo "$tag: $(grep -iE 'prefill' "$OUT/$tag.txt" | tr -s ' ' | head -3) (${SECONDS}s)"
   done
 done
 echo "done at ${SECONDS}s (status $status)"

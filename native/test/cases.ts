@@ -1334,6 +1334,58 @@ export function attentionCases(): Case[] {
       ),
     );
     cases.push(prefillCase(d, [{ q: 1, kv: 1 }], 1, 1, 256, {}, seed++));
+    if (d === "bf16") {
+      // The sm_90a wgmma kernel's shapes (D 128 / 256; 128 query rows a CTA in two warpgroups of
+      // 64, key tiles of 64): several q tiles and a partial last one, key ranges past a q tile
+      // (chunked prefill), a window that starts and ends mid-tile, a bidirectional span, a
+      // warpgroup with no visible key in a tile, non-causal, GQA groups 1 / 2 / 4.
+      let s = 2800;
+      cases.push(
+        prefillCase(
+          d,
+          [
+            { q: 300, kv: 300 },
+            { q: 77, kv: 200 },
+          ],
+          8,
+          4,
+          256,
+          {},
+          s++,
+        ),
+      );
+      cases.push(prefillCase(d, [{ q: 257, kv: 257 }], 4, 1, 256, { window: 100 }, s++));
+      cases.push(
+        prefillCase(
+          d,
+          [
+            { q: 200, kv: 200 },
+            { q: 1, kv: 50 },
+          ],
+          4,
+          2,
+          128,
+          {},
+          s++,
+        ),
+      );
+      cases.push(prefillCase(d, [{ q: 150, kv: 150 }], 2, 2, 256, { spans: true }, s++));
+      cases.push(prefillCase(d, [{ q: 130, kv: 130 }], 2, 1, 128, { causal: false }, s++));
+      cases.push(
+        prefillCase(
+          d,
+          [
+            { q: 64, kv: 1000 },
+            { q: 65, kv: 65 },
+          ],
+          2,
+          1,
+          256,
+          {},
+          s++,
+        ),
+      );
+    }
     for (const D of [32, 128, 256]) {
       cases.push(decodeCase(d, [1, 19, 99], 4, 2, D, 16, 0, false, seed++));
       cases.push(decodeCase(d, [300, 7], 8, 2, D, 16, 0, true, seed++));

@@ -19,6 +19,7 @@
 #include <string>
 #include <type_traits>
 
+#include "kernels/cuda/attention_prefill.cuh"
 #include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
@@ -27,52 +28,7 @@
 namespace gemma3::cuda {
 namespace {
 
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kNegInf = -__builtin_huge_valf();
-
-__device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
-__device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-
-__device__ __forceinline__ float fast_exp2(float x) {  // ex2(-inf) = +0
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
-// Visible key range [lo, hi) of a query at position p (0-based key index within its sequence).
-// Causal: keys <= max(p, kv_last); window > 0 also requires key > p - window; always key < kv_len.
-// The union of the causal prefix and the bidirectional span is a prefix, so the range is
-// contiguous.
-__device__ __forceinline__ void visible_range(int64_t p, int64_t kv_last, int kv_len, bool causal,
-                                              int window, int& lo, int& hi) {
-  int64_t l = 0, h = kv_len;
-  if (causal) {
-    h = min64(h, max64(p, kv_last) + 1);
-    if (window > 0) l = max64(0, p - window + 1);
-  }
-  h = max64(h, 0);
-  lo = int(min64(l, h));
-  hi = int(h);
-}
-
-struct SeqBounds {
-  int64_t q0, kv0;
-  int q_len, kv_len;
-};
-
-// Every indptr entry is clamped into [0, total] (the rows of q/out or k/v), and an inverted range
-// is empty, so no garbage index can reach a row outside the tensors.
-__device__ __forceinline__ SeqBounds load_seq(const int32_t* qo_indptr, const int32_t* kv_indptr,
-                                              int b, int total_q, int total_kv) {
-  SeqBounds s;
-  const int q0 = min(max(qo_indptr[b], 0), total_q), q1 = min(max(qo_indptr[b + 1], 0), total_q);
-  const int k0 = min(max(kv_indptr[b], 0), total_kv), k1 = min(max(kv_indptr[b + 1], 0), total_kv);
-  s.q0 = q0;
-  s.kv0 = k0;
-  s.q_len = max(q1 - q0, 0);
-  s.kv_len = max(k1 - k0, 0);
-  return s;
-}
+using namespace prefill;  // attention_prefill.cuh
 
 // ---------------------------------------------------------------------------------------------
 // Tensor-core path (bf16).
@@ -103,12 +59,6 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Two floats to bf16x2 (round to nearest even); lo lands in the low half (lower column index).
-__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
-  uint32_t r;
-  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-  return r;
-}
 
 template <int D, int kWarps, int kM>
 struct MmaCfg {
@@ -145,21 +95,6 @@ __device__ __forceinline__ void load_tile_async(uint32_t s_base, const bf16* g, 
   }
 }
 
-struct PrefillParams {
-  const bf16* q;
-  const bf16* k;
-  const bf16* v;
-  bf16* out;
-  const int32_t* qo_indptr;
-  const int32_t* kv_indptr;
-  const int32_t* kv_last;
-  int64_t ld_q, ld_k, ld_v;
-  int total_q, total_kv;    // rows of q/out and k/v (clamped to INT_MAX, as indptr is int32)
-  int num_qo_heads, group;  // group = num_qo_heads / num_kv_heads
-  float scale_log2;         // sm_scale * log2(e)
-  int window;
-  bool causal;
-};
 
 // grid: (num_qo_heads, q tiles, batch); q tiles run in reverse so the longest causal tiles start
 // first. block: kWarps warps, each owning kM m-tiles of 16 query rows (kM = 2 reuses every K/V
@@ -191,38 +126,10 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks)
   // Per-row visible ranges, plus the CTA-wide reductions that drive tile skipping/masking:
   // [lo_min, hi_max) over rows that see something bounds the visited tiles; a tile inside
   // [lo_max, hi_min) (over all rows) is visible to every row and needs no mask.
-  if (tid < kBr) {
-    int lo = 0, hi = 0;
-    const bool row_ok = tid < q_rows;
-    if (row_ok) {
-      const int i = q_begin + tid;
-      const int64_t pos = int64_t(sb.kv_len) - sb.q_len + i;
-      const int64_t kl = p.kv_last != nullptr ? p.kv_last[sb.q0 + i] : -1;
-      visible_range(pos, kl, sb.kv_len, p.causal, p.window, lo, hi);
-    }
-    s_row_lo[tid] = lo;
-    s_row_hi[tid] = hi;
-    const bool nonempty = row_ok && lo < hi;
-    const int r0 = __reduce_min_sync(0xffffffffu, nonempty ? lo : INT_MAX);
-    const int r1 = __reduce_max_sync(0xffffffffu, nonempty ? hi : INT_MIN);
-    const int r2 = __reduce_max_sync(0xffffffffu, row_ok ? lo : INT_MIN);
-    const int r3 = __reduce_min_sync(0xffffffffu, row_ok ? hi : INT_MAX);
-    if (lane == 0) {
-      s_red[warp][0] = r0;
-      s_red[warp][1] = r1;
-      s_red[warp][2] = r2;
-      s_red[warp][3] = r3;
-    }
-  }
+  tile_row_bounds<kBr>(p, sb, q_begin, q_rows, tid, s_row_lo, s_row_hi, s_red);
   __syncthreads();
-  int lo_min = INT_MAX, hi_max = INT_MIN, lo_max = INT_MIN, hi_min = INT_MAX;
-#pragma unroll
-  for (int w = 0; w < kBr / 32; ++w) {
-    lo_min = min(lo_min, s_red[w][0]);
-    hi_max = max(hi_max, s_red[w][1]);
-    lo_max = max(lo_max, s_red[w][2]);
-    hi_min = min(hi_min, s_red[w][3]);
-  }
+  const TileBounds tb(s_red, 0, kBr / 32);
+  const int lo_min = tb.lo_min, hi_max = tb.hi_max, lo_max = tb.lo_max, hi_min = tb.hi_min;
   const int t_first = lo_min < hi_max ? lo_min / kBc : 0;
   const int t_end = lo_min < hi_max ? (hi_max + kBc - 1) / kBc : 0;
 
@@ -636,6 +543,11 @@ Status attention_prefill(const T* q, const T* k, const T* v, T* out, const int32
       // D 256: 64-row tiles, 4 warps, 96 KB smem, 2 CTAs/SM (O alone is 128 f32 regs/thread).
       // D 128 / 64: 64-row tiles, 4 warps, 48 / 24 KB smem, 3-4 CTAs/SM.
       // D 72: 128-row tiles, 4 warps of 32 rows (two m-tiles share each K/V fragment), 64 KB.
+      // D 256 / 128 on sm_90a: the wgmma kernel (attention_prefill_sm90.cu) unless
+      // GEMMA3_ATTN_WGMMA=0.
+      if ((D == 256 || D == 128) && wgmma_available()) {
+        return launch_wgmma(p, int(D), batch, max_q_len, stream);
+      }
       if (D == 256) return launch_mma<256, 4, 2>(p, batch, max_q_len, stream);
       if (D == 128) return launch_mma<128, 4, 3>(p, batch, max_q_len, stream);
       if (D == 72) {

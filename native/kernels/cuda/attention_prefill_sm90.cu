@@ -1,0 +1,318 @@
+// Prefill attention on Hopper's warpgroup MMA (sm_90a wgmma), bf16, head_dim 128 / 256, 16-byte
+// aligned operands (contract: kernels/kernels.inc, attention_prefill; dispatch in
+// attention_prefill.cu, which keeps the FlashAttention-2 mma.sync kernel for other devices and
+// for GEMMA3_ATTN_WGMMA=0).
+//
+// One CTA per (qo head, q tile of 128 rows, sequence): two warpgroups of 64 query rows each. The
+// CTA's 256 threads copy tiles with cp.async into 128-byte-swizzled shared memory (wgmma.cuh):
+// Q once, then K and V tiles of 64 keys, double-buffered (K(t+1) and V(t+1) load while tile t is
+// computed). Each warpgroup computes S = Q K^T with wgmma m64n64k16 (A = its 64 Q rows, B = the K
+// tile, both from shared memory, K-major), the online softmax in registers (f32, exp2, the
+// scores' layout is mma.sync's, so the masking and row reductions are the FA2 kernel's), and
+// O += P V with wgmma m64n{D}k16: P is the A operand straight from registers (bf16, rounded as HF
+// rounds the probabilities before P.V), V the B operand N-major from shared memory. O stays in
+// registers (128 f32 a thread at D 256). A warpgroup skips the MMAs of a key tile none of its rows
+// sees (causal diagonal, windows).
+#include <cuda_runtime.h>
+
+#include <climits>
+#include <cstdint>
+#include <string>
+
+#include "kernels/cuda/attention_prefill.cuh"
+#include "kernels/cuda/cp_async.cuh"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/wgmma.cuh"
+#include "runtime/env.h"
+
+namespace gemma3::cuda::prefill {
+namespace {
+
+using detail::cp_async16_or_zero;
+using detail::cp_async_commit;
+using detail::cp_async_wait;
+using detail::smem_u32;
+
+template <int D>
+struct Sm90Cfg {
+  static constexpr int kThreads = 256;  // two warpgroups
+  static constexpr int kBr = 128;       // query rows a CTA, 64 a warpgroup
+  static constexpr int kBc = 64;        // keys a K/V tile
+  static constexpr int kQBytes = kBr * D * 2;
+  static constexpr int kTileBytes = kBc * D * 2;
+  // Q, two K and two V buffers, plus slack to align the base to the swizzle's 1024 bytes.
+  static constexpr int kSmemBytes = kQBytes + 4 * kTileBytes + 1024;
+  static_assert(D == 128 || D == 256, "column blocks of 64 dims; O of 64 x D in registers");
+};
+
+// Copies rows [0, kRows) of a [rows, D] slice (row stride ld elements) into a swizzled tile;
+// rows >= valid_rows are zero-filled, so padding keys and queries contribute exact zeros.
+template <int D, int kRows>
+__device__ __forceinline__ void load_tile_sw128(uint32_t s_base, const bf16* g, int64_t ld,
+                                                int valid_rows, int tid) {
+  constexpr int kChunks = D / 8;
+#pragma unroll
+  for (int idx = tid; idx < kRows * kChunks; idx += 256) {
+    const int r = idx / kChunks, c = idx % kChunks;
+    const bool valid = r < valid_rows;
+    cp_async16_or_zero(s_base + wg::sw128_offset(kRows, r, c), valid ? g + r * ld + c * 8 : g,
+                       valid);
+  }
+}
+
+template <int D>
+__global__ void __launch_bounds__(256, 1) prefill_wgmma_kernel(const PrefillParams p) {
+#if defined(GEMMA3_WGMMA)
+  using Cfg = Sm90Cfg<D>;
+  constexpr int kBr = Cfg::kBr, kBc = Cfg::kBc;
+  constexpr int kNt = kBc / 8;  // n8 blocks of S a thread's fragment spans
+  constexpr int kDt = D / 8;    // n8 blocks of O
+  extern __shared__ uint8_t smem_raw[];
+  __shared__ int s_row_lo[kBr], s_row_hi[kBr];
+  __shared__ int s_red[kBr / 32][4];
+
+  const int h = blockIdx.x;
+  const int qt = gridDim.y - 1 - blockIdx.y;  // longest causal tiles first
+  const int b = blockIdx.z;
+  const SeqBounds sb = load_seq(p.qo_indptr, p.kv_indptr, b, p.total_q, p.total_kv);
+  const int q_begin = qt * kBr;
+  if (q_begin >= sb.q_len) return;
+  const int q_rows = min(kBr, sb.q_len - q_begin);
+  const int kvh = h / p.group;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wgi = warp >> 2;  // warpgroup: query rows [64 wgi, 64 wgi + 64)
+
+  tile_row_bounds<kBr>(p, sb, q_begin, q_rows, tid, s_row_lo, s_row_hi, s_red);
+  __syncthreads();
+  // The CTA visits key tiles [t_first, t_end); each warpgroup computes those its rows see (rows
+  // 64 wgi.. are warps 2 wgi, 2 wgi + 1 of the bounds pass) and masks those not all of them see.
+  const TileBounds cta(s_red, 0, kBr / 32);
+  const TileBounds mine(s_red, 2 * wgi, 2 * wgi + 2);
+  const int t_first = cta.any() ? cta.lo_min / kBc : 0;
+  const int t_end = cta.any() ? (cta.hi_max + kBc - 1) / kBc : 0;
+
+  const int g = lane >> 2, t4 = lane & 3;
+  const int row0 = wgi * 64 + (warp & 3) * 16 + g;  // this thread's rows: row0, row0 + 8
+  int row_lo[2], row_hi[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    row_lo[r] = s_row_lo[row0 + 8 * r];
+    row_hi[r] = s_row_hi[row0 + 8 * r];
+  }
+
+  const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t sK = sQ + Cfg::kQBytes;         // K buffer i at sK + i * kTileBytes
+  const uint32_t sV = sK + 2 * Cfg::kTileBytes;  // V buffer i at sV + i * kTileBytes
+  const bf16* q_g = p.q + (sb.q0 + q_begin) * p.ld_q + int64_t(h) * D;
+  const bf16* k_g = p.k + sb.kv0 * p.ld_k + int64_t(kvh) * D;
+  const bf16* v_g = p.v + sb.kv0 * p.ld_v + int64_t(kvh) * D;
+
+  load_tile_sw128<D, kBr>(sQ, q_g, p.ld_q, q_rows, tid);
+  if (t_first < t_end) {
+    const int j0 = t_first * kBc;
+    load_tile_sw128<D, kBc>(sK, k_g + j0 * p.ld_k, p.ld_k, sb.kv_len - j0, tid);
+  }
+  cp_async_commit();
+  if (t_first < t_end) {
+    const int j0 = t_first * kBc;
+    load_tile_sw128<D, kBc>(sV, v_g + j0 * p.ld_v, p.ld_v, sb.kv_len - j0, tid);
+  }
+  cp_async_commit();
+
+  float o[D / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+  float m[2] = {kNegInf, kNegInf}, l[2] = {0.f, 0.f};
+
+  // This warpgroup's Q rows: column block c of the Q tile at sQ + c * kBr * 128, rows 64 wgi..
+  const uint32_t q_rows_base = sQ + uint32_t(wgi * 64 * 128);
+
+  for (int t = t_first; t < t_end; ++t) {
+    const int buf = (t - t_first) & 1;
+    const uint32_t k_s = sK + buf * Cfg::kTileBytes, v_s = sV + buf * Cfg::kTileBytes;
+    cp_async_wait<1>();  // Q and K(t) landed (V(t) may still be in flight)
+    wg::fence_proxy_async();
+    __syncthreads();  // ... for every thread; and both warpgroups are done with tile t - 1
+    if (t + 1 < t_end) {
+      const int j1 = (t + 1) * kBc;
+      load_tile_sw128<D, kBc>(sK + (buf ^ 1) * Cfg::kTileBytes, k_g + j1 * p.ld_k, p.ld_k,
+                              sb.kv_len - j1, tid);
+    }
+    cp_async_commit();
+    if (t + 1 < t_end) {
+      const int j1 = (t + 1) * kBc;
+      load_tile_sw128<D, kBc>(sV + (buf ^ 1) * Cfg::kTileBytes, v_g + j1 * p.ld_v, p.ld_v,
+                              sb.kv_len - j1, tid);
+    }
+    cp_async_commit();
+
+    const int j0 = t * kBc;
+    const bool active = mine.any() && j0 < mine.hi_max && j0 + kBc > mine.lo_min;
+    uint32_t pa[kBc / 16][4];  // P as the A fragments of the P.V k16 steps
+    if (active) {
+      // S = Q K^T: D / 16 k16 steps; step ks reads 32 bytes at (ks % 4) * 32 of column block ks / 4.
+      float s[kBc / 2];
+      wg::fence();
+#pragma unroll
+      for (int ks = 0; ks < D / 16; ++ks) {
+        const uint32_t off = uint32_t((ks & 3) * 32);
+        const uint64_t da = wg::desc_sw128(q_rows_base + (ks >> 2) * kBr * 128 + off, 16, 1024);
+        const uint64_t db = wg::desc_sw128(k_s + (ks >> 2) * kBc * 128 + off, 16, 1024);
+        wg::wgmma_m64n64k16_ss(s, da, db, ks > 0);
+      }
+      wg::commit();
+      wg::wait<0>();
+
+      // Online softmax (log2 domain). s[4n + 2r + e] is row row0 + 8r, key j0 + 8n + 2 t4 + e.
+      const bool need_mask = !(j0 >= mine.lo_max && j0 + kBc <= mine.hi_min);
+      float alpha[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float mx = m[r];
+#pragma unroll
+        for (int n = 0; n < kNt; ++n) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float x = s[4 * n + 2 * r + e] * p.scale_log2;
+            if (need_mask) {
+              const int j = j0 + n * 8 + 2 * t4 + e;
+              if (j < row_lo[r] || j >= row_hi[r]) x = kNegInf;
+            }
+            s[4 * n + 2 * r + e] = x;
+            mx = fmaxf(mx, x);
+          }
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float base = mx == kNegInf ? 0.f : mx;  // a row that has seen no key stays at zero
+        alpha[r] = fast_exp2(m[r] - base);
+        m[r] = mx;
+        float rs = 0.f;
+#pragma unroll
+        for (int n = 0; n < kNt; ++n) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float pv = fast_exp2(s[4 * n + 2 * r + e] - base);
+            s[4 * n + 2 * r + e] = pv;
+            rs += pv;
+          }
+        }
+        l[r] = l[r] * alpha[r] + rs;  // per-thread partial; the quad sums at the end
+      }
+#pragma unroll
+      for (int i = 0; i < kDt; ++i) {
+        o[4 * i + 0] *= alpha[0];
+        o[4 * i + 1] *= alpha[0];
+        o[4 * i + 2] *= alpha[1];
+        o[4 * i + 3] *= alpha[1];
+      }
+#pragma unroll
+      for (int kk = 0; kk < kBc / 16; ++kk) {
+        pa[kk][0] = pack_bf16x2(s[8 * kk + 0], s[8 * kk + 1]);
+        pa[kk][1] = pack_bf16x2(s[8 * kk + 2], s[8 * kk + 3]);
+        pa[kk][2] = pack_bf16x2(s[8 * kk + 4], s[8 * kk + 5]);
+        pa[kk][3] = pack_bf16x2(s[8 * kk + 6], s[8 * kk + 7]);
+      }
+    }
+
+    cp_async_wait<2>();  // V(t) landed (K(t+1), V(t+1) may still be in flight)
+    wg::fence_proxy_async();
+    __syncthreads();
+    if (active) {
+      // O += P V: keys 16 kk.. are rows 16 kk.. of the V tile (2048 bytes a k16 step); N = D runs
+      // over the D / 64 column blocks, kBc * 128 bytes apart (LBO).
+      wg::fence();
+#pragma unroll
+      for (int kk = 0; kk < kBc / 16; ++kk) {
+        const uint64_t db = wg::desc_sw128(v_s + kk * 16 * 128, kBc * 128, 1024);
+        if constexpr (D == 256) {
+          wg::wgmma_m64n256k16_rs_tb(o, pa[kk], db);
+        } else {
+          wg::wgmma_m64n128k16_rs_tb(o, pa[kk], db);
+        }
+      }
+      wg::commit();
+      wg::wait<0>();
+    }
+  }
+  cp_async_wait<0>();  // nothing may still be landing in sQ when it is reused below
+
+  // Epilogue: normalize, stage this thread's rows in their own sQ rows (each warp reads back only
+  // the 16 rows it wrote), then 16-byte stores of the contiguous output rows.
+  uint8_t* smem = smem_raw + (sQ - smem_u32(smem_raw));
+  float inv[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float lr = l[r];
+    lr += __shfl_xor_sync(0xffffffffu, lr, 1);
+    lr += __shfl_xor_sync(0xffffffffu, lr, 2);
+    inv[r] = lr > 0.f ? 1.f / lr : 0.f;  // a query that sees no key gets zeros
+  }
+#pragma unroll
+  for (int n = 0; n < kDt; ++n) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const uint32_t val =
+          pack_bf16x2(o[4 * n + 2 * r] * inv[r], o[4 * n + 2 * r + 1] * inv[r]);
+      *reinterpret_cast<uint32_t*>(smem + wg::sw128_offset(kBr, row0 + 8 * r, n) + t4 * 4) = val;
+    }
+  }
+  __syncwarp();
+  constexpr int kChunks = D / 8;
+  const int64_t out_ld = int64_t(p.num_qo_heads) * D;
+  bf16* out_g = p.out + (sb.q0 + q_begin) * out_ld + int64_t(h) * D;
+  const int warp_row = wgi * 64 + (warp & 3) * 16;
+#pragma unroll 4
+  for (int idx = lane; idx < 16 * kChunks; idx += 32) {
+    const int row = warp_row + idx / kChunks, c = idx % kChunks;
+    if (row < q_rows) {
+      const uint4 val = *reinterpret_cast<const uint4*>(smem + wg::sw128_offset(kBr, row, c));
+      *reinterpret_cast<uint4*>(out_g + row * out_ld + c * 8) = val;
+    }
+  }
+#else
+  __trap();  // never launched: wgmma_available() is false without sm_90a code
+#endif
+}
+
+template <int D>
+Status launch(const PrefillParams& p, int64_t batch, int64_t max_q_len, cudaStream_t stream) {
+  using Cfg = Sm90Cfg<D>;
+  const int64_t tiles = (max_q_len + Cfg::kBr - 1) / Cfg::kBr;
+  if (tiles > 65535) {
+    return Status(StatusCode::kInvalidArgument,
+                  "attention_prefill: max_q_len " + std::to_string(max_q_len) + " too large");
+  }
+  auto kernel = prefill_wgmma_kernel<D>;
+  G3_CUDA_RETURN(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
+  const dim3 grid(unsigned(p.num_qo_heads), unsigned(tiles), unsigned(batch));
+  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
+  return check_launch("attention_prefill (wgmma)");
+}
+
+}  // namespace
+
+bool wgmma_available() {
+#if defined(GEMMA3_HAVE_SM90A)
+  static const bool off = env_is("GEMMA3_ATTN_WGMMA", "0");
+  if (off) return false;
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+    return false;
+  }
+  return major == 9 && minor == 0;
+#else
+  return false;
+#endif
+}
+
+Status launch_wgmma(const PrefillParams& p, int head_dim, int64_t batch, int64_t max_q_len,
+                    cudaStream_t stream) {
+  if (head_dim == 256) return launch<256>(p, batch, max_q_len, stream);
+  return launch<128>(p, batch, max_q_len, stream);
+}
+
+}  // namespace gemma3::cuda::prefill
