@@ -34,11 +34,17 @@ if command -v cuobjdump >/dev/null; then
   echo "sass: $(grep -c HGMMA "$OUT/wgmma.sass") HGMMA, $(grep -cE 'LDL|STL' "$OUT/wgmma.sass") local ld/st"
 fi
 vt prefill-wgmma "" native/test/ops.cuda.test.ts -t "attentionPrefill"
-vt prefill-mma GEMMA3_ATTN_WGMMA=0 native/test/ops.cuda.test.ts -t "attentionPrefill"
+bench=$(find native/build -name bench_kernels -type f -perm -u+x | head -1)
+[ "${QUICK:-0}" = 1 ] || vt prefill-mma GEMMA3_ATTN_WGMMA=0 native/test/ops.cuda.test.ts -t "attentionPrefill"
+if [ "${QUICK:-0}" = 1 ]; then  # QUICK=1: the wgmma cases and rows only (kernel iterations)
+  GEMMA3_ATTN_WGMMA=1 "$bench" --filter "attention_prefill" --json "$OUT/bench-wgmma1.json" --md "$OUT/bench-wgmma1.md" \
+    >"$OUT/bench-wgmma1.log" 2>&1 || status=1
+  cat "$OUT/bench-wgmma1.md"
+  exit $status
+fi
 vt bounds-0 GEMMA3_DECODE_PROLOGUE=0 native/test/ops.bounds.test.ts
 vt bounds-1 GEMMA3_DECODE_PROLOGUE=1 native/test/ops.bounds.test.ts
 vt prologue-1 GEMMA3_DECODE_PROLOGUE=1 native/test/ops.cuda.test.ts -t "prologue"
-bench=$(find native/build -name bench_kernels -type f -perm -u+x | head -1)
 for v in 1 0; do
   GEMMA3_ATTN_WGMMA=$v "$bench" --filter "attention_prefill" --json "$OUT/bench-wgmma$v.json" --md "$OUT/bench-wgmma$v.md" \
     >"$OUT/bench-wgmma$v.log" 2>&1 || status=1

@@ -1,5 +1,5 @@
 // Writes native/kernels/cuda/wgmma_gen.inc: the wgmma.mma_async wrappers the sm_90a kernels use,
-// one function per (shape, operand source), each an inline-asm statement with its accumulators as
+// one function per (shape, operand source), each an inline-asm statement (sm_90a device code only) with its accumulators as
 // "+f" operands (N / 2 of them, too many to write by hand). Run after changing the list below:
 //   node native/scripts/gen-wgmma.mjs
 import { writeFileSync } from "node:fs";
@@ -28,11 +28,13 @@ function wrapper(n, kind) {
       `// d (+)= A(64x16, K-major smem) * B(16x${n}, K-major smem); accumulate = 0 overwrites d.`,
       `__device__ __forceinline__ void wgmma_m64n${n}k16_ss(float (&d)[${acc}], uint64_t a, uint64_t b,`,
       `                                                    int accumulate) {`,
+      `#if defined(GEMMA3_WGMMA)`,
       `  asm volatile(`,
       `      "{\\n.reg .pred p;\\nsetp.ne.b32 p, %${s}, 0;\\n"`,
       `      "wgmma.mma_async.sync.aligned.m64n${n}k16.f32.bf16.bf16 {${dList}}, %${a}, %${b}, p, 1, 1, 0, 0;\\n}\\n"`,
       `      : ${outs.join(", ")}`,
       `      : "l"(a), "l"(b), "r"(accumulate));`,
+      `#endif`,
       `}`,
     );
   } else {
@@ -43,10 +45,12 @@ function wrapper(n, kind) {
       `// smem, imm-trans-b = 1).`,
       `__device__ __forceinline__ void wgmma_m64n${n}k16_rs_tb(float (&d)[${acc}], const uint32_t (&a)[4],`,
       `                                                       uint64_t b) {`,
+      `#if defined(GEMMA3_WGMMA)`,
       `  asm volatile(`,
       `      "wgmma.mma_async.sync.aligned.m64n${n}k16.f32.bf16.bf16 {${dList}}, {%${a0}, %${a0 + 1}, %${a0 + 2}, %${a0 + 3}}, %${b}, 1, 1, 1, 1;\\n"`,
       `      : ${outs.join(", ")}`,
       `      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));`,
+      `#endif`,
       `}`,
     );
   }

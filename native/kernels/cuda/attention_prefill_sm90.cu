@@ -60,12 +60,102 @@ __device__ __forceinline__ void load_tile_sw128(uint32_t s_base, const bf16* g, 
   }
 }
 
+// S = Q K^T for one warpgroup's 64 rows and a tile of kBc keys, issued and committed (not
+// waited): D / 16 k16 steps; step ks reads 32 bytes at (ks % 4) * 32 of column block ks / 4 of
+// the Q rows (q_wg: this warpgroup's first row of block 0) and of the K tile.
+template <int D, int kBr, int kBc>
+__device__ __forceinline__ void issue_s(float (&s)[kBc / 2], uint32_t q_wg, uint32_t k_s) {
+  static_assert(kBc == 64, "m64n64k16");
+  wg::fence();
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) {
+    const uint32_t off = uint32_t((ks & 3) * 32);
+    const uint64_t da = wg::desc_sw128(q_wg + (ks >> 2) * kBr * 128 + off, 16, 1024);
+    const uint64_t db = wg::desc_sw128(k_s + (ks >> 2) * kBc * 128 + off, 16, 1024);
+    wg::wgmma_m64n64k16_ss(s, da, db, ks > 0);
+  }
+  wg::commit();
+}
+
+// O += P V, issued and committed: keys 16 kk.. are rows 16 kk.. of the V tile (2048 bytes a k16
+// step); N = D runs over the D / 64 column blocks, kBc * 128 bytes apart (the N-major LBO).
+template <int D, int kBc>
+__device__ __forceinline__ void issue_pv(float (&o)[D / 2], const uint32_t (&pa)[kBc / 16][4],
+                                         uint32_t v_s) {
+  wg::fence();
+#pragma unroll
+  for (int kk = 0; kk < kBc / 16; ++kk) {
+    const uint64_t db = wg::desc_sw128(v_s + kk * 16 * 128, kBc * 128, 1024);
+    if constexpr (D == 256) {
+      wg::wgmma_m64n256k16_rs_tb(o, pa[kk], db);
+    } else {
+      wg::wgmma_m64n128k16_rs_tb(o, pa[kk], db);
+    }
+  }
+  wg::commit();
+}
+
+// The online softmax of a tile of scores starting at key j0 (log2 domain): s[4n + 2r + e] is the
+// thread's row r (of 2), key j0 + 8n + 2 t4 + e. Updates the running max m and the thread's
+// partial sums l (the quad sums them at the end), returns the factor O must be scaled by, and
+// writes P, rounded to bf16 as HF rounds the probabilities before P.V, as the A fragments of the
+// P.V k16 steps. Keys outside a row's [lo, hi) are masked unless the tile is inside
+// [lo_max, hi_min) of the warpgroup's rows.
+template <int kBc>
+__device__ __forceinline__ void softmax_tile(float (&s)[kBc / 2], int j0, const TileBounds& tb,
+                                             const int (&row_lo)[2], const int (&row_hi)[2],
+                                             int t4, float scale_log2, float (&m)[2],
+                                             float (&l)[2], float (&alpha)[2],
+                                             uint32_t (&pa)[kBc / 16][4]) {
+  constexpr int kNt = kBc / 8;
+  const bool need_mask = !(j0 >= tb.lo_max && j0 + kBc <= tb.hi_min);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float mx = m[r];
+#pragma unroll
+    for (int n = 0; n < kNt; ++n) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        float x = s[4 * n + 2 * r + e] * scale_log2;
+        if (need_mask) {
+          const int j = j0 + n * 8 + 2 * t4 + e;
+          if (j < row_lo[r] || j >= row_hi[r]) x = kNegInf;
+        }
+        s[4 * n + 2 * r + e] = x;
+        mx = fmaxf(mx, x);
+      }
+    }
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float base = mx == kNegInf ? 0.f : mx;  // a row that has seen no key stays at zero
+    alpha[r] = fast_exp2(m[r] - base);
+    m[r] = mx;
+    float rs = 0.f;
+#pragma unroll
+    for (int n = 0; n < kNt; ++n) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const float pv = fast_exp2(s[4 * n + 2 * r + e] - base);
+        s[4 * n + 2 * r + e] = pv;
+        rs += pv;
+      }
+    }
+    l[r] = l[r] * alpha[r] + rs;
+  }
+#pragma unroll
+  for (int kk = 0; kk < kBc / 16; ++kk) {
+    pa[kk][0] = pack_bf16x2(s[8 * kk + 0], s[8 * kk + 1]);
+    pa[kk][1] = pack_bf16x2(s[8 * kk + 2], s[8 * kk + 3]);
+    pa[kk][2] = pack_bf16x2(s[8 * kk + 4], s[8 * kk + 5]);
+    pa[kk][3] = pack_bf16x2(s[8 * kk + 6], s[8 * kk + 7]);
+  }
+}
+
 template <int D>
 __global__ void __launch_bounds__(256, 1) prefill_wgmma_kernel(const PrefillParams p) {
 #if defined(GEMMA3_WGMMA)
   using Cfg = Sm90Cfg<D>;
   constexpr int kBr = Cfg::kBr, kBc = Cfg::kBc;
-  constexpr int kNt = kBc / 8;  // n8 blocks of S a thread's fragment spans
   constexpr int kDt = D / 8;    // n8 blocks of O
   extern __shared__ uint8_t smem_raw[];
   __shared__ int s_row_lo[kBr], s_row_hi[kBr];
@@ -106,99 +196,83 @@ __global__ void __launch_bounds__(256, 1) prefill_wgmma_kernel(const PrefillPara
   const bf16* q_g = p.q + (sb.q0 + q_begin) * p.ld_q + int64_t(h) * D;
   const bf16* k_g = p.k + sb.kv0 * p.ld_k + int64_t(kvh) * D;
   const bf16* v_g = p.v + sb.kv0 * p.ld_v + int64_t(kvh) * D;
+  const uint32_t q_wg = sQ + uint32_t(wgi * 64 * 128);  // this warpgroup's rows of each block
 
-  load_tile_sw128<D, kBr>(sQ, q_g, p.ld_q, q_rows, tid);
-  if (t_first < t_end) {
-    const int j0 = t_first * kBc;
-    load_tile_sw128<D, kBc>(sK, k_g + j0 * p.ld_k, p.ld_k, sb.kv_len - j0, tid);
-  }
-  cp_async_commit();
-  if (t_first < t_end) {
-    const int j0 = t_first * kBc;
-    load_tile_sw128<D, kBc>(sV, v_g + j0 * p.ld_v, p.ld_v, sb.kv_len - j0, tid);
-  }
-  cp_async_commit();
+  // Tile t's K lands in K buffer (t - t_first) & 1, its V in V buffer (t - t_first) & 1.
+  auto load_k = [&](int t) {
+    const int j = t * kBc;
+    load_tile_sw128<D, kBc>(sK + ((t - t_first) & 1) * Cfg::kTileBytes, k_g + j * p.ld_k, p.ld_k,
+                            sb.kv_len - j, tid);
+  };
+  auto load_v = [&](int t) {
+    const int j = t * kBc;
+    load_tile_sw128<D, kBc>(sV + ((t - t_first) & 1) * Cfg::kTileBytes, v_g + j * p.ld_v, p.ld_v,
+                            sb.kv_len - j, tid);
+  };
+  // Whether this warpgroup's rows see any key of tile t.
+  auto active = [&](int t) {
+    return mine.any() && t * kBc < mine.hi_max && (t + 1) * kBc > mine.lo_min;
+  };
 
   float o[D / 2];
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
   float m[2] = {kNegInf, kNegInf}, l[2] = {0.f, 0.f};
-
-  // This warpgroup's Q rows: column block c of the Q tile at sQ + c * kBr * 128, rows 64 wgi..
-  const uint32_t q_rows_base = sQ + uint32_t(wgi * 64 * 128);
-
-  for (int t = t_first; t < t_end; ++t) {
-    const int buf = (t - t_first) & 1;
-    const uint32_t k_s = sK + buf * Cfg::kTileBytes, v_s = sV + buf * Cfg::kTileBytes;
-    cp_async_wait<1>();  // Q and K(t) landed (V(t) may still be in flight)
+  uint32_t pa[kBc / 16][4];  // P(t) as the A fragments of P.V's k16 steps
+  float s[kBc / 2];          // S(t + 1)
+  if (t_first < t_end) {
+    load_tile_sw128<D, kBr>(sQ, q_g, p.ld_q, q_rows, tid);
+    load_k(t_first);
+    cp_async_commit();
+    load_v(t_first);
+    cp_async_commit();
+    if (t_first + 1 < t_end) load_k(t_first + 1);
+    cp_async_commit();
+    cp_async_wait<2>();  // Q and K(t_first)
     wg::fence_proxy_async();
-    __syncthreads();  // ... for every thread; and both warpgroups are done with tile t - 1
-    if (t + 1 < t_end) {
-      const int j1 = (t + 1) * kBc;
-      load_tile_sw128<D, kBc>(sK + (buf ^ 1) * Cfg::kTileBytes, k_g + j1 * p.ld_k, p.ld_k,
-                              sb.kv_len - j1, tid);
-    }
-    cp_async_commit();
-    if (t + 1 < t_end) {
-      const int j1 = (t + 1) * kBc;
-      load_tile_sw128<D, kBc>(sV + (buf ^ 1) * Cfg::kTileBytes, v_g + j1 * p.ld_v, p.ld_v,
-                              sb.kv_len - j1, tid);
-    }
-    cp_async_commit();
-
-    const int j0 = t * kBc;
-    const bool active = mine.any() && j0 < mine.hi_max && j0 + kBc > mine.lo_min;
-    uint32_t pa[kBc / 16][4];  // P as the A fragments of the P.V k16 steps
-    if (active) {
-      // S = Q K^T: D / 16 k16 steps; step ks reads 32 bytes at (ks % 4) * 32 of column block ks / 4.
-      float s[kBc / 2];
-      wg::fence();
-#pragma unroll
-      for (int ks = 0; ks < D / 16; ++ks) {
-        const uint32_t off = uint32_t((ks & 3) * 32);
-        const uint64_t da = wg::desc_sw128(q_rows_base + (ks >> 2) * kBr * 128 + off, 16, 1024);
-        const uint64_t db = wg::desc_sw128(k_s + (ks >> 2) * kBc * 128 + off, 16, 1024);
-        wg::wgmma_m64n64k16_ss(s, da, db, ks > 0);
-      }
-      wg::commit();
+    __syncthreads();
+    if (active(t_first)) {
+      issue_s<D, kBr, kBc>(s, q_wg, sK);
       wg::wait<0>();
-
-      // Online softmax (log2 domain). s[4n + 2r + e] is row row0 + 8r, key j0 + 8n + 2 t4 + e.
-      const bool need_mask = !(j0 >= mine.lo_max && j0 + kBc <= mine.hi_min);
+      wg::fence_regs(s);
       float alpha[2];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float mx = m[r];
-#pragma unroll
-        for (int n = 0; n < kNt; ++n) {
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            float x = s[4 * n + 2 * r + e] * p.scale_log2;
-            if (need_mask) {
-              const int j = j0 + n * 8 + 2 * t4 + e;
-              if (j < row_lo[r] || j >= row_hi[r]) x = kNegInf;
-            }
-            s[4 * n + 2 * r + e] = x;
-            mx = fmaxf(mx, x);
-          }
-        }
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float base = mx == kNegInf ? 0.f : mx;  // a row that has seen no key stays at zero
-        alpha[r] = fast_exp2(m[r] - base);
-        m[r] = mx;
-        float rs = 0.f;
-#pragma unroll
-        for (int n = 0; n < kNt; ++n) {
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const float pv = fast_exp2(s[4 * n + 2 * r + e] - base);
-            s[4 * n + 2 * r + e] = pv;
-            rs += pv;
-          }
-        }
-        l[r] = l[r] * alpha[r] + rs;  // per-thread partial; the quad sums at the end
+      softmax_tile<kBc>(s, t_first * kBc, mine, row_lo, row_hi, t4, p.scale_log2, m, l, alpha, pa);
+    }
+  }
+
+  // Steady state, one barrier a tile. Entering iteration t: P(t) in registers, V(t) and K(t + 1)
+  // requested. The warpgroup issues S(t + 1) = Q K(t + 1)^T, then O += P(t) V(t), and runs the
+  // softmax of S(t + 1) while P(t) V(t) is still on the tensor cores; O is rescaled after it.
+  for (int t = t_first; t < t_end; ++t) {
+    const bool next = t + 1 < t_end;
+    cp_async_wait<0>();  // V(t), K(t + 1)
+    wg::fence_proxy_async();
+    __syncthreads();  // ... landed for every thread; both warpgroups finished S(t) and P.V(t - 1)
+    // V(t + 1) replaces V(t - 1), K(t + 2) replaces K(t): both read by MMAs that completed.
+    if (next) load_v(t + 1);
+    cp_async_commit();
+    if (t + 2 < t_end) load_k(t + 2);
+    cp_async_commit();
+
+    const bool do_s = next && active(t + 1), do_pv = active(t);
+    if (do_s) issue_s<D, kBr, kBc>(s, q_wg, sK + ((t + 1 - t_first) & 1) * Cfg::kTileBytes);
+    if (do_pv) issue_pv<D, kBc>(o, pa, sV + ((t - t_first) & 1) * Cfg::kTileBytes);
+    float alpha[2] = {1.f, 1.f};
+    if (do_s) {
+      if (do_pv) {
+        wg::wait<1>();  // S(t + 1); P(t) V(t) may still run
+      } else {
+        wg::wait<0>();
       }
+      wg::fence_regs(s);
+      softmax_tile<kBc>(s, (t + 1) * kBc, mine, row_lo, row_hi, t4, p.scale_log2, m, l, alpha,
+                        pa);
+    }
+    if (do_pv) {
+      wg::wait<0>();
+      wg::fence_regs(o);
+    }
+    if (do_s) {
 #pragma unroll
       for (int i = 0; i < kDt; ++i) {
         o[4 * i + 0] *= alpha[0];
@@ -206,33 +280,6 @@ __global__ void __launch_bounds__(256, 1) prefill_wgmma_kernel(const PrefillPara
         o[4 * i + 2] *= alpha[1];
         o[4 * i + 3] *= alpha[1];
       }
-#pragma unroll
-      for (int kk = 0; kk < kBc / 16; ++kk) {
-        pa[kk][0] = pack_bf16x2(s[8 * kk + 0], s[8 * kk + 1]);
-        pa[kk][1] = pack_bf16x2(s[8 * kk + 2], s[8 * kk + 3]);
-        pa[kk][2] = pack_bf16x2(s[8 * kk + 4], s[8 * kk + 5]);
-        pa[kk][3] = pack_bf16x2(s[8 * kk + 6], s[8 * kk + 7]);
-      }
-    }
-
-    cp_async_wait<2>();  // V(t) landed (K(t+1), V(t+1) may still be in flight)
-    wg::fence_proxy_async();
-    __syncthreads();
-    if (active) {
-      // O += P V: keys 16 kk.. are rows 16 kk.. of the V tile (2048 bytes a k16 step); N = D runs
-      // over the D / 64 column blocks, kBc * 128 bytes apart (LBO).
-      wg::fence();
-#pragma unroll
-      for (int kk = 0; kk < kBc / 16; ++kk) {
-        const uint64_t db = wg::desc_sw128(v_s + kk * 16 * 128, kBc * 128, 1024);
-        if constexpr (D == 256) {
-          wg::wgmma_m64n256k16_rs_tb(o, pa[kk], db);
-        } else {
-          wg::wgmma_m64n128k16_rs_tb(o, pa[kk], db);
-        }
-      }
-      wg::commit();
-      wg::wait<0>();
     }
   }
   cp_async_wait<0>();  // nothing may still be landing in sQ when it is reused below

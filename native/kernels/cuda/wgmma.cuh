@@ -30,27 +30,41 @@ __device__ __forceinline__ uint64_t desc_sw128(uint32_t addr, uint32_t lbo, uint
          (uint64_t((sbo & 0x3FFFF) >> 4) << 32) | (uint64_t(1) << 62);
 }
 
+// GEMMA3_WGMMA: this compilation pass emits sm_90a code. The functions below exist in every pass
+// (so kernels parse everywhere) and are empty outside it; the host never launches a kernel that
+// uses them on a device without sm_90a code (wgmma_available() in attention_prefill_sm90.cu).
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define GEMMA3_WGMMA 1
+#define GEMMA3_WG_ASM(...) asm volatile(__VA_ARGS__)
+#else
+#define GEMMA3_WG_ASM(...) \
+  do {                     \
+  } while (0)
+#endif
 
 // Orders this warpgroup's earlier register accesses before the wgmma that follow.
-__device__ __forceinline__ void fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void fence() { GEMMA3_WG_ASM("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void commit() {
-  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+  GEMMA3_WG_ASM("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 }
 // Waits until at most N of this warpgroup's committed wgmma groups are pending.
 template <int N>
 __device__ __forceinline__ void wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+  GEMMA3_WG_ASM("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
 // Makes this thread's ordinary (generic-proxy) shared-memory writes, cp.async included, visible to
 // the async proxy (wgmma operand reads) once a barrier orders them.
 __device__ __forceinline__ void fence_proxy_async() {
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  GEMMA3_WG_ASM("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+// Keeps the compiler from moving reads or writes of an accumulator array across this point (after a
+// wait: the asynchronous MMA wrote the registers without the compiler seeing it).
+template <int N>
+__device__ __forceinline__ void fence_regs(float (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
 }
 
 #include "kernels/cuda/wgmma_gen.inc"
-
-#endif
 
 }  // namespace gemma3::cuda::wg
