@@ -33,7 +33,11 @@ if command -v cuobjdump >/dev/null; then
   cuobjdump -sass "$obj" >"$OUT/wgmma.sass" 2>&1 || true
   echo "sass: $(grep -c HGMMA "$OUT/wgmma.sass") HGMMA, $(grep -cE 'LDL|STL' "$OUT/wgmma.sass") local ld/st"
 fi
-vt prefill-wgmma "" native/test/ops.cuda.test.ts -t "attentionPrefill"
+if [ "${QUICK:-0}" = 1 ]; then
+  vt prefill-wgmma "" native/test/ops.cuda.test.ts -t "attentionPrefill bf16"
+else
+  vt prefill-wgmma "" native/test/ops.cuda.test.ts -t "attentionPrefill"
+fi
 bench=$(find native/build -name bench_kernels -type f -perm -u+x | head -1)
 [ "${QUICK:-0}" = 1 ] || vt prefill-mma GEMMA3_ATTN_WGMMA=0 native/test/ops.cuda.test.ts -t "attentionPrefill"
 if [ "${QUICK:-0}" = 1 ]; then  # QUICK=1: the wgmma cases and rows only (kernel iterations)
