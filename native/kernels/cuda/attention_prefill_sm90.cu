@@ -151,7 +151,9 @@ __device__ __forceinline__ void softmax_tile(float (&s)[kBc / 2], int j0, const 
   }
 }
 
-template <int D>
+// kExp: throwaway timing knob (GEMMA3_PREFILL_EXP): 1 skips the steady-state softmax (P = last
+// P), 2 skips the steady-state K/V loads (tiles computed on stale shared memory), 3 both.
+template <int D, int kExp>
 __global__ void __launch_bounds__(256, 1) prefill_wgmma_kernel(const PrefillParams p) {
 #if defined(GEMMA3_WGMMA)
   using Cfg = Sm90Cfg<D>;
@@ -249,9 +251,9 @@ __global__ void __launch_bounds__(256, 1) prefill_wgmma_kernel(const PrefillPara
     wg::fence_proxy_async();
     __syncthreads();  // ... landed for every thread; both warpgroups finished S(t) and P.V(t - 1)
     // V(t + 1) replaces V(t - 1), K(t + 2) replaces K(t): both read by MMAs that completed.
-    if (next) load_v(t + 1);
+    if (next && !(kExp & 2)) load_v(t + 1);
     cp_async_commit();
-    if (t + 2 < t_end) load_k(t + 2);
+    if (t + 2 < t_end && !(kExp & 2)) load_k(t + 2);
     cp_async_commit();
 
     const bool do_s = next && active(t + 1), do_pv = active(t);
@@ -265,7 +267,7 @@ __global__ void __launch_bounds__(256, 1) prefill_wgmma_kernel(const PrefillPara
         wg::wait<0>();
       }
       wg::fence_regs(s);
-      softmax_tile<kBc>(s, (t + 1) * kBc, mine, row_lo, row_hi, t4, p.scale_log2, m, l, alpha,
+      if (!(kExp & 1)) softmax_tile<kBc>(s, (t + 1) * kBc, mine, row_lo, row_hi, t4, p.scale_log2, m, l, alpha,
                         pa);
     }
     if (do_pv) {
@@ -330,7 +332,11 @@ Status launch(const PrefillParams& p, int64_t batch, int64_t max_q_len, cudaStre
     return Status(StatusCode::kInvalidArgument,
                   "attention_prefill: max_q_len " + std::to_string(max_q_len) + " too large");
   }
-  auto kernel = prefill_wgmma_kernel<D>;
+  static const int exp = env_int("GEMMA3_PREFILL_EXP", 0);
+  auto kernel = exp == 1   ? prefill_wgmma_kernel<D, 1>
+                : exp == 2 ? prefill_wgmma_kernel<D, 2>
+                : exp == 3 ? prefill_wgmma_kernel<D, 3>
+                           : prefill_wgmma_kernel<D, 0>;
   G3_CUDA_RETURN(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
   const dim3 grid(unsigned(p.num_qo_heads), unsigned(tiles), unsigned(batch));
