@@ -59,7 +59,6 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-
 template <int D, int kWarps, int kM>
 struct MmaCfg {
   static constexpr int kThreads = kWarps * 32;
@@ -94,7 +93,6 @@ __device__ __forceinline__ void load_tile_async(uint32_t s_base, const bf16* g, 
     cp_async16_or_zero(s_base + swz<kDs>(r, c), src, valid);
   }
 }
-
 
 // grid: (num_qo_heads, q tiles, batch); q tiles run in reverse so the longest causal tiles start
 // first. block: kWarps warps, each owning kM m-tiles of 16 query rows (kM = 2 reuses every K/V
@@ -544,8 +542,8 @@ Status attention_prefill(const T* q, const T* k, const T* v, T* out, const int32
       // D 128 / 64: 64-row tiles, 4 warps, 48 / 24 KB smem, 3-4 CTAs/SM.
       // D 72: 128-row tiles, 4 warps of 32 rows (two m-tiles share each K/V fragment), 64 KB.
       // D 256 / 128 on sm_90a: the wgmma kernel (attention_prefill_sm90.cu) unless
-      // GEMMA3_ATTN_WGMMA=0.
-      if ((D == 256 || D == 128) && wgmma_available()) {
+      // GEMMA3_ATTN_WGMMA=0; it takes row maxima of unscaled scores, so sm_scale > 0.
+      if ((D == 256 || D == 128) && scale_log2 > 0.f && wgmma_available()) {
         return launch_wgmma(p, int(D), batch, max_q_len, stream);
       }
       if (D == 256) return launch_mma<256, 4, 2>(p, batch, max_q_len, stream);

@@ -45,34 +45,54 @@ struct Sm90Cfg {
   static_assert(D == 128 || D == 256, "column blocks of 64 dims; O of 64 x D in registers");
 };
 
-// Copies rows [0, kRows) of a [rows, D] slice (row stride ld elements) into a swizzled tile;
-// rows >= valid_rows are zero-filled, so padding keys and queries contribute exact zeros.
-template <int D, int kRows>
-__device__ __forceinline__ void load_tile_sw128(uint32_t s_base, const bf16* g, int64_t ld,
-                                                int valid_rows, int tid) {
-  constexpr int kChunks = D / 8;
-#pragma unroll
-  for (int idx = tid; idx < kRows * kChunks; idx += 256) {
-    const int r = idx / kChunks, c = idx % kChunks;
-    const bool valid = r < valid_rows;
-    cp_async16_or_zero(s_base + wg::sw128_offset(kRows, r, c), valid ? g + r * ld + c * 8 : g,
-                       valid);
+// A thread's share of copying a [kRows, D] tile into its swizzled layout: with 256 threads and
+// D / 8 chunks a row, the thread always copies chunk c = tid % (D / 8) of rows r0 + i * kStep
+// (r0 = tid / (D / 8), kStep = 256 / (D / 8), a multiple of 8), so the swizzle term is the same
+// for every i and the shared offsets are off + i * kStep * 128: only the global address and the
+// row's validity change a step. Rows >= valid_rows are zero-filled, so padding keys and queries
+// contribute exact zeros.
+template <int D>
+struct TileCopy {
+  static constexpr int kChunks = D / 8, kStep = 256 / kChunks;
+  static_assert(kStep % 8 == 0, "the swizzle term must not depend on the step");
+  int r0;
+  uint32_t col;   // byte offset of the chunk in row 0 of its column block, before the row term
+  int64_t g_off;  // elements from a tile's first row to this thread's first chunk
+  __device__ __forceinline__ TileCopy(int tid, int64_t ld) {
+    const int c = tid % kChunks;
+    r0 = tid / kChunks;
+    col = uint32_t((((c & 7) ^ (r0 & 7)) << 4) + r0 * 128);
+    g_off = r0 * ld + c * 8;
+    col_block = uint32_t(c >> 3);
   }
-}
+  uint32_t col_block;
+  template <int kRows>
+  __device__ __forceinline__ void copy(uint32_t s_base, const bf16* g, int64_t ld,
+                                       int valid_rows) const {
+    const uint32_t s0 = s_base + col_block * (kRows * 128) + col;
+    const bf16* src = g + g_off;
+    const int64_t g_step = kStep * ld;
+#pragma unroll
+    for (int i = 0; i < kRows / kStep; ++i) {
+      const bool valid = r0 + i * kStep < valid_rows;
+      cp_async16_or_zero(s0 + i * kStep * 128, valid ? src + i * g_step : g, valid);
+    }
+  }
+};
 
 // S = Q K^T for one warpgroup's 64 rows and a tile of kBc keys, issued and committed (not
 // waited): D / 16 k16 steps; step ks reads 32 bytes at (ks % 4) * 32 of column block ks / 4 of
-// the Q rows (q_wg: this warpgroup's first row of block 0) and of the K tile.
+// the Q rows and of the K tile. dq / dk: the descriptors of step 0; a step adds its byte offset
+// >> 4 to the start address field (no carry: shared addresses are < 2^18).
 template <int D, int kBr, int kBc>
-__device__ __forceinline__ void issue_s(float (&s)[kBc / 2], uint32_t q_wg, uint32_t k_s) {
+__device__ __forceinline__ void issue_s(float (&s)[kBc / 2], uint64_t dq, uint64_t dk) {
   static_assert(kBc == 64, "m64n64k16");
   wg::fence();
 #pragma unroll
   for (int ks = 0; ks < D / 16; ++ks) {
     const uint32_t off = uint32_t((ks & 3) * 32);
-    const uint64_t da = wg::desc_sw128(q_wg + (ks >> 2) * kBr * 128 + off, 16, 1024);
-    const uint64_t db = wg::desc_sw128(k_s + (ks >> 2) * kBc * 128 + off, 16, 1024);
-    wg::wgmma_m64n64k16_ss(s, da, db, ks > 0);
+    wg::wgmma_m64n64k16_ss(s, dq + (((ks >> 2) * kBr * 128 + off) >> 4),
+                           dk + (((ks >> 2) * kBc * 128 + off) >> 4), ks > 0);
   }
   wg::commit();
 }
@@ -81,11 +101,11 @@ __device__ __forceinline__ void issue_s(float (&s)[kBc / 2], uint32_t q_wg, uint
 // step); N = D runs over the D / 64 column blocks, kBc * 128 bytes apart (the N-major LBO).
 template <int D, int kBc>
 __device__ __forceinline__ void issue_pv(float (&o)[D / 2], const uint32_t (&pa)[kBc / 16][4],
-                                         uint32_t v_s) {
+                                         uint64_t dv) {
   wg::fence();
 #pragma unroll
   for (int kk = 0; kk < kBc / 16; ++kk) {
-    const uint64_t db = wg::desc_sw128(v_s + kk * 16 * 128, kBc * 128, 1024);
+    const uint64_t db = dv + ((kk * 16 * 128) >> 4);
     if constexpr (D == 256) {
       wg::wgmma_m64n256k16_rs_tb(o, pa[kk], db);
     } else {
@@ -95,47 +115,51 @@ __device__ __forceinline__ void issue_pv(float (&o)[D / 2], const uint32_t (&pa)
   wg::commit();
 }
 
-// The online softmax of a tile of scores starting at key j0 (log2 domain): s[4n + 2r + e] is the
-// thread's row r (of 2), key j0 + 8n + 2 t4 + e. Updates the running max m and the thread's
-// partial sums l (the quad sums them at the end), returns the factor O must be scaled by, and
-// writes P, rounded to bf16 as HF rounds the probabilities before P.V, as the A fragments of the
-// P.V k16 steps. Keys outside a row's [lo, hi) are masked unless the tile is inside
-// [lo_max, hi_min) of the warpgroup's rows.
+// The online softmax of a tile of raw scores starting at key j0: s[4n + 2r + e] is the thread's
+// row r (of 2), key j0 + 8n + 2 t4 + e. Keys outside a row's [lo, hi) are masked (-inf) unless
+// the tile is inside [lo_max, hi_min) of the warpgroup's rows. The running max m is of raw
+// scores (scale_log2 > 0 keeps the order), and p = 2^(s * scale_log2 - m * scale_log2), one FFMA
+// and one ex2 a score. Updates m and the thread's partial sums l (the quad sums them at the
+// end), returns the factor O must be scaled by, and writes P, rounded to bf16 as HF rounds the
+// probabilities before P.V, as the A fragments of the P.V k16 steps.
 template <int kBc>
 __device__ __forceinline__ void softmax_tile(float (&s)[kBc / 2], int j0, const TileBounds& tb,
-                                             const int (&row_lo)[2], const int (&row_hi)[2],
-                                             int t4, float scale_log2, float (&m)[2],
-                                             float (&l)[2], float (&alpha)[2],
-                                             uint32_t (&pa)[kBc / 16][4]) {
+                                             const int (&row_lo)[2], const int (&row_hi)[2], int t4,
+                                             float scale_log2, float (&m)[2], float (&l)[2],
+                                             float (&alpha)[2], uint32_t (&pa)[kBc / 16][4]) {
   constexpr int kNt = kBc / 8;
-  const bool need_mask = !(j0 >= tb.lo_max && j0 + kBc <= tb.hi_min);
+  if (!(j0 >= tb.lo_max && j0 + kBc <= tb.hi_min)) {  // warpgroup-uniform
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      // Keys [lo, hi) of this row, relative to the thread's first key of the tile.
+      const int lo = row_lo[r] - j0 - 2 * t4, hi = row_hi[r] - j0 - 2 * t4;
+#pragma unroll
+      for (int n = 0; n < kNt; ++n) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int j = n * 8 + e;
+          if (j < lo || j >= hi) s[4 * n + 2 * r + e] = kNegInf;
+        }
+      }
+    }
+  }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     float mx = m[r];
 #pragma unroll
-    for (int n = 0; n < kNt; ++n) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        float x = s[4 * n + 2 * r + e] * scale_log2;
-        if (need_mask) {
-          const int j = j0 + n * 8 + 2 * t4 + e;
-          if (j < row_lo[r] || j >= row_hi[r]) x = kNegInf;
-        }
-        s[4 * n + 2 * r + e] = x;
-        mx = fmaxf(mx, x);
-      }
-    }
+    for (int n = 0; n < kNt; ++n) mx = fmaxf(mx, fmaxf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    const float base = mx == kNegInf ? 0.f : mx;  // a row that has seen no key stays at zero
-    alpha[r] = fast_exp2(m[r] - base);
+    // A row that has seen no key stays at zero: 2^(-inf - 0) = 0.
+    const float base = mx == kNegInf ? 0.f : mx * scale_log2;
+    alpha[r] = fast_exp2(m[r] * scale_log2 - base);  // m = -inf (first tile): 0
     m[r] = mx;
     float rs = 0.f;
 #pragma unroll
     for (int n = 0; n < kNt; ++n) {
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        const float pv = fast_exp2(s[4 * n + 2 * r + e] - base);
+        const float pv = fast_exp2(fmaf(s[4 * n + 2 * r + e], scale_log2, -base));
         s[4 * n + 2 * r + e] = pv;
         rs += pv;
       }
@@ -151,14 +175,12 @@ __device__ __forceinline__ void softmax_tile(float (&s)[kBc / 2], int j0, const 
   }
 }
 
-// kExp: throwaway timing knob (GEMMA3_PREFILL_EXP): 1 skips the steady-state softmax (P = last
-// P), 2 skips the steady-state K/V loads (tiles computed on stale shared memory), 3 both.
-template <int D, int kExp>
+template <int D>
 __global__ void __launch_bounds__(256, 1) prefill_wgmma_kernel(const PrefillParams p) {
 #if defined(GEMMA3_WGMMA)
   using Cfg = Sm90Cfg<D>;
   constexpr int kBr = Cfg::kBr, kBc = Cfg::kBc;
-  constexpr int kDt = D / 8;    // n8 blocks of O
+  constexpr int kDt = D / 8;  // n8 blocks of O
   extern __shared__ uint8_t smem_raw[];
   __shared__ int s_row_lo[kBr], s_row_hi[kBr];
   __shared__ int s_red[kBr / 32][4];
@@ -198,18 +220,24 @@ __global__ void __launch_bounds__(256, 1) prefill_wgmma_kernel(const PrefillPara
   const bf16* q_g = p.q + (sb.q0 + q_begin) * p.ld_q + int64_t(h) * D;
   const bf16* k_g = p.k + sb.kv0 * p.ld_k + int64_t(kvh) * D;
   const bf16* v_g = p.v + sb.kv0 * p.ld_v + int64_t(kvh) * D;
-  const uint32_t q_wg = sQ + uint32_t(wgi * 64 * 128);  // this warpgroup's rows of each block
+  // Descriptors of step 0: this warpgroup's Q rows (K-major, SBO 1024), K buffer 0 (the same),
+  // V buffer 0 (N-major: LBO = the column-block stride); buffer 1 is kTileBytes >> 4 further.
+  const uint64_t dq = wg::desc_sw128(sQ + uint32_t(wgi * 64 * 128), 16, 1024);
+  const uint64_t dk = wg::desc_sw128(sK, 16, 1024);
+  const uint64_t dv = wg::desc_sw128(sV, kBc * 128, 1024);
+  constexpr uint64_t kBufDesc = Cfg::kTileBytes >> 4;
 
   // Tile t's K lands in K buffer (t - t_first) & 1, its V in V buffer (t - t_first) & 1.
+  const TileCopy<D> kv_copy(tid, p.ld_k), v_copy(tid, p.ld_v);
   auto load_k = [&](int t) {
     const int j = t * kBc;
-    load_tile_sw128<D, kBc>(sK + ((t - t_first) & 1) * Cfg::kTileBytes, k_g + j * p.ld_k, p.ld_k,
-                            sb.kv_len - j, tid);
+    kv_copy.template copy<kBc>(sK + ((t - t_first) & 1) * Cfg::kTileBytes, k_g + j * p.ld_k, p.ld_k,
+                               sb.kv_len - j);
   };
   auto load_v = [&](int t) {
     const int j = t * kBc;
-    load_tile_sw128<D, kBc>(sV + ((t - t_first) & 1) * Cfg::kTileBytes, v_g + j * p.ld_v, p.ld_v,
-                            sb.kv_len - j, tid);
+    v_copy.template copy<kBc>(sV + ((t - t_first) & 1) * Cfg::kTileBytes, v_g + j * p.ld_v, p.ld_v,
+                              sb.kv_len - j);
   };
   // Whether this warpgroup's rows see any key of tile t.
   auto active = [&](int t) {
@@ -223,7 +251,7 @@ __global__ void __launch_bounds__(256, 1) prefill_wgmma_kernel(const PrefillPara
   uint32_t pa[kBc / 16][4];  // P(t) as the A fragments of P.V's k16 steps
   float s[kBc / 2];          // S(t + 1)
   if (t_first < t_end) {
-    load_tile_sw128<D, kBr>(sQ, q_g, p.ld_q, q_rows, tid);
+    TileCopy<D>(tid, p.ld_q).template copy<kBr>(sQ, q_g, p.ld_q, q_rows);
     load_k(t_first);
     cp_async_commit();
     load_v(t_first);
@@ -234,7 +262,7 @@ __global__ void __launch_bounds__(256, 1) prefill_wgmma_kernel(const PrefillPara
     wg::fence_proxy_async();
     __syncthreads();
     if (active(t_first)) {
-      issue_s<D, kBr, kBc>(s, q_wg, sK);
+      issue_s<D, kBr, kBc>(s, dq, dk);
       wg::wait<0>();
       wg::fence_regs(s);
       float alpha[2];
@@ -251,14 +279,14 @@ __global__ void __launch_bounds__(256, 1) prefill_wgmma_kernel(const PrefillPara
     wg::fence_proxy_async();
     __syncthreads();  // ... landed for every thread; both warpgroups finished S(t) and P.V(t - 1)
     // V(t + 1) replaces V(t - 1), K(t + 2) replaces K(t): both read by MMAs that completed.
-    if (next && !(kExp & 2)) load_v(t + 1);
+    if (next) load_v(t + 1);
     cp_async_commit();
-    if (t + 2 < t_end && !(kExp & 2)) load_k(t + 2);
+    if (t + 2 < t_end) load_k(t + 2);
     cp_async_commit();
 
     const bool do_s = next && active(t + 1), do_pv = active(t);
-    if (do_s) issue_s<D, kBr, kBc>(s, q_wg, sK + ((t + 1 - t_first) & 1) * Cfg::kTileBytes);
-    if (do_pv) issue_pv<D, kBc>(o, pa, sV + ((t - t_first) & 1) * Cfg::kTileBytes);
+    if (do_s) issue_s<D, kBr, kBc>(s, dq, dk + ((t + 1 - t_first) & 1) * kBufDesc);
+    if (do_pv) issue_pv<D, kBc>(o, pa, dv + ((t - t_first) & 1) * kBufDesc);
     float alpha[2] = {1.f, 1.f};
     if (do_s) {
       if (do_pv) {
@@ -267,14 +295,14 @@ __global__ void __launch_bounds__(256, 1) prefill_wgmma_kernel(const PrefillPara
         wg::wait<0>();
       }
       wg::fence_regs(s);
-      if (!(kExp & 1)) softmax_tile<kBc>(s, (t + 1) * kBc, mine, row_lo, row_hi, t4, p.scale_log2, m, l, alpha,
-                        pa);
+      softmax_tile<kBc>(s, (t + 1) * kBc, mine, row_lo, row_hi, t4, p.scale_log2, m, l, alpha, pa);
     }
     if (do_pv) {
       wg::wait<0>();
       wg::fence_regs(o);
     }
-    if (do_s) {
+    // alpha is exactly 1 for a row whose max did not move (2^0): most tiles of a long row.
+    if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
 #pragma unroll
       for (int i = 0; i < kDt; ++i) {
         o[4 * i + 0] *= alpha[0];
@@ -301,8 +329,7 @@ __global__ void __launch_bounds__(256, 1) prefill_wgmma_kernel(const PrefillPara
   for (int n = 0; n < kDt; ++n) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const uint32_t val =
-          pack_bf16x2(o[4 * n + 2 * r] * inv[r], o[4 * n + 2 * r + 1] * inv[r]);
+      const uint32_t val = pack_bf16x2(o[4 * n + 2 * r] * inv[r], o[4 * n + 2 * r + 1] * inv[r]);
       *reinterpret_cast<uint32_t*>(smem + wg::sw128_offset(kBr, row0 + 8 * r, n) + t4 * 4) = val;
     }
   }
@@ -332,11 +359,7 @@ Status launch(const PrefillParams& p, int64_t batch, int64_t max_q_len, cudaStre
     return Status(StatusCode::kInvalidArgument,
                   "attention_prefill: max_q_len " + std::to_string(max_q_len) + " too large");
   }
-  static const int exp = env_int("GEMMA3_PREFILL_EXP", 0);
-  auto kernel = exp == 1   ? prefill_wgmma_kernel<D, 1>
-                : exp == 2 ? prefill_wgmma_kernel<D, 2>
-                : exp == 3 ? prefill_wgmma_kernel<D, 3>
-                           : prefill_wgmma_kernel<D, 0>;
+  auto kernel = prefill_wgmma_kernel<D>;
   G3_CUDA_RETURN(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
   const dim3 grid(unsigned(p.num_qo_heads), unsigned(tiles), unsigned(batch));

@@ -43,7 +43,9 @@ __device__ __forceinline__ uint64_t desc_sw128(uint32_t addr, uint32_t lbo, uint
 #endif
 
 // Orders this warpgroup's earlier register accesses before the wgmma that follow.
-__device__ __forceinline__ void fence() { GEMMA3_WG_ASM("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void fence() {
+  GEMMA3_WG_ASM("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
 __device__ __forceinline__ void commit() {
   GEMMA3_WG_ASM("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 }
