@@ -31,7 +31,7 @@ vt() {  # NAME "VAR=VALUE ..." vitest-args...
 obj=$(find native/build -name attention_prefill_sm90.cu.o | head -1)
 if command -v cuobjdump >/dev/null; then
   cuobjdump -sass "$obj" >"$OUT/wgmma.sass" 2>&1 || true
-  echo "sass: $(grep -c HGMMA "$OUT/wgmma.sass") HGMMA, $(grep -cE 'LDL|STL' "$OUT/wgmma.sass") local ld/st"
+  echo "sass: $(grep -c HGMMA "$OUT/wgmma.sass") HGMMA, $(grep -c 'WARPGROUP.DEPBAR' "$OUT/wgmma.sass") wgmma waits, $(grep -cE 'LDL|STL' "$OUT/wgmma.sass") local ld/st"
 fi
 if [ "${QUICK:-0}" = 1 ]; then
   vt prefill-wgmma "" native/test/ops.cuda.test.ts -t "attentionPrefill bf16"
@@ -62,6 +62,10 @@ PYTHONUNBUFFERED=1 timeout 300 python3 tools/peers/torch_peers.py --filter atten
   --md "$OUT/torch.md" >"$OUT/torch.log" 2>&1 || status=1
 cat "$OUT/torch.md"
 echo "bench at ${SECONDS}s"
+ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
+timeout 100 "$ncu" --set full --import-source no -k "regex:prefill_wgmma" --launch-skip 2 --launch-count 1 \
+  "$bench" --filter "attention_prefill b1 h8 kv4 d256 s8192" --iters 3 --warmup 2 >"$OUT/ncu.txt" 2>&1
+grep -E "Duration|Compute \(SM\)|Issue Slots|Executed Instructions  |Eligible Warps|highest-utilized" "$OUT/ncu.txt" | cut -c1-160
 cfgs=packages/model/test/fixtures/configs
 for r in 1; do
   for v in 0 1; do

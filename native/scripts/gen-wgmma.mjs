@@ -22,18 +22,25 @@ function wrapper(n, kind) {
   const lines = [];
   if (kind === "ss") {
     const a = acc,
-      b = acc + 1,
-      s = acc + 2;
+      b = acc + 1;
     lines.push(
-      `// d (+)= A(64x16, K-major smem) * B(16x${n}, K-major smem); accumulate = 0 overwrites d.`,
-      `__device__ __forceinline__ void wgmma_m64n${n}k16_ss(float (&d)[${acc}], uint64_t a, uint64_t b,`,
-      `                                                    int accumulate) {`,
+      `// d (+)= A(64x16, K-major smem) * B(16x${n}, K-major smem); kAccumulate false overwrites d. The`,
+      `// scale-d predicate is an immediate: a setp before the wgmma would be a non-wgmma instruction`,
+      `// defining its input inside the pipeline, and ptxas would serialize every wgmma (C7513).`,
+      `template <bool kAccumulate>`,
+      `__device__ __forceinline__ void wgmma_m64n${n}k16_ss(float (&d)[${acc}], uint64_t a, uint64_t b) {`,
       `#if defined(GEMMA3_WGMMA)`,
-      `  asm volatile(`,
-      `      "{\\n.reg .pred p;\\nsetp.ne.b32 p, %${s}, 0;\\n"`,
-      `      "wgmma.mma_async.sync.aligned.m64n${n}k16.f32.bf16.bf16 {${dList}}, %${a}, %${b}, p, 1, 1, 0, 0;\\n}\\n"`,
-      `      : ${outs.join(", ")}`,
-      `      : "l"(a), "l"(b), "r"(accumulate));`,
+      `  if constexpr (kAccumulate) {`,
+      `    asm volatile(`,
+      `        "wgmma.mma_async.sync.aligned.m64n${n}k16.f32.bf16.bf16 {${dList}}, %${a}, %${b}, 1, 1, 1, 0, 0;\\n"`,
+      `        : ${outs.join(", ")}`,
+      `        : "l"(a), "l"(b));`,
+      `  } else {`,
+      `    asm volatile(`,
+      `        "wgmma.mma_async.sync.aligned.m64n${n}k16.f32.bf16.bf16 {${dList}}, %${a}, %${b}, 0, 1, 1, 0, 0;\\n"`,
+      `        : ${outs.join(", ")}`,
+      `        : "l"(a), "l"(b));`,
+      `  }`,
       `#endif`,
       `}`,
     );

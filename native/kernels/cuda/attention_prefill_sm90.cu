@@ -55,22 +55,18 @@ template <int D>
 struct TileCopy {
   static constexpr int kChunks = D / 8, kStep = 256 / kChunks;
   static_assert(kStep % 8 == 0, "the swizzle term must not depend on the step");
-  int r0;
-  uint32_t col;   // byte offset of the chunk in row 0 of its column block, before the row term
-  int64_t g_off;  // elements from a tile's first row to this thread's first chunk
-  __device__ __forceinline__ TileCopy(int tid, int64_t ld) {
-    const int c = tid % kChunks;
+  int r0, c;
+  uint32_t col;  // byte offset of the chunk in row r0 of column block 0
+  __device__ __forceinline__ explicit TileCopy(int tid) {
+    c = tid % kChunks;
     r0 = tid / kChunks;
     col = uint32_t((((c & 7) ^ (r0 & 7)) << 4) + r0 * 128);
-    g_off = r0 * ld + c * 8;
-    col_block = uint32_t(c >> 3);
   }
-  uint32_t col_block;
   template <int kRows>
   __device__ __forceinline__ void copy(uint32_t s_base, const bf16* g, int64_t ld,
                                        int valid_rows) const {
-    const uint32_t s0 = s_base + col_block * (kRows * 128) + col;
-    const bf16* src = g + g_off;
+    const uint32_t s0 = s_base + uint32_t(c >> 3) * (kRows * 128) + col;
+    const bf16* src = g + (r0 * ld + c * 8);
     const int64_t g_step = kStep * ld;
 #pragma unroll
     for (int i = 0; i < kRows / kStep; ++i) {
@@ -91,8 +87,13 @@ __device__ __forceinline__ void issue_s(float (&s)[kBc / 2], uint64_t dq, uint64
 #pragma unroll
   for (int ks = 0; ks < D / 16; ++ks) {
     const uint32_t off = uint32_t((ks & 3) * 32);
-    wg::wgmma_m64n64k16_ss(s, dq + (((ks >> 2) * kBr * 128 + off) >> 4),
-                           dk + (((ks >> 2) * kBc * 128 + off) >> 4), ks > 0);
+    const uint64_t da = dq + (((ks >> 2) * kBr * 128 + off) >> 4);
+    const uint64_t db = dk + (((ks >> 2) * kBc * 128 + off) >> 4);
+    if (ks == 0) {
+      wg::wgmma_m64n64k16_ss<false>(s, da, db);
+    } else {
+      wg::wgmma_m64n64k16_ss<true>(s, da, db);
+    }
   }
   wg::commit();
 }
@@ -116,7 +117,8 @@ __device__ __forceinline__ void issue_pv(float (&o)[D / 2], const uint32_t (&pa)
 }
 
 // The online softmax of a tile of raw scores starting at key j0: s[4n + 2r + e] is the thread's
-// row r (of 2), key j0 + 8n + 2 t4 + e. Keys outside a row's [lo, hi) are masked (-inf) unless
+// row r (of 2), key j0 + 8n + 2 t4 + e. Keys outside a row's [lo, hi) (row_lo / row_hi: the
+// thread's first row's entries in shared memory, its second 8 further) are masked (-inf) unless
 // the tile is inside [lo_max, hi_min) of the warpgroup's rows. The running max m is of raw
 // scores (scale_log2 > 0 keeps the order), and p = 2^(s * scale_log2 - m * scale_log2), one FFMA
 // and one ex2 a score. Updates m and the thread's partial sums l (the quad sums them at the
@@ -124,7 +126,7 @@ __device__ __forceinline__ void issue_pv(float (&o)[D / 2], const uint32_t (&pa)
 // probabilities before P.V, as the A fragments of the P.V k16 steps.
 template <int kBc>
 __device__ __forceinline__ void softmax_tile(float (&s)[kBc / 2], int j0, const TileBounds& tb,
-                                             const int (&row_lo)[2], const int (&row_hi)[2], int t4,
+                                             const int* row_lo, const int* row_hi, int t4,
                                              float scale_log2, float (&m)[2], float (&l)[2],
                                              float (&alpha)[2], uint32_t (&pa)[kBc / 16][4]) {
   constexpr int kNt = kBc / 8;
@@ -132,7 +134,7 @@ __device__ __forceinline__ void softmax_tile(float (&s)[kBc / 2], int j0, const 
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       // Keys [lo, hi) of this row, relative to the thread's first key of the tile.
-      const int lo = row_lo[r] - j0 - 2 * t4, hi = row_hi[r] - j0 - 2 * t4;
+      const int lo = row_lo[8 * r] - j0 - 2 * t4, hi = row_hi[8 * r] - j0 - 2 * t4;
 #pragma unroll
       for (int n = 0; n < kNt; ++n) {
 #pragma unroll
@@ -194,7 +196,10 @@ __global__ void __launch_bounds__(256, 1) prefill_wgmma_kernel(const PrefillPara
   const int q_rows = min(kBr, sb.q_len - q_begin);
   const int kvh = h / p.group;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int wgi = warp >> 2;  // warpgroup: query rows [64 wgi, 64 wgi + 64)
+  // Values broadcast from lane 0 (__shfl_sync) are warp-uniform to ptxas, which keeps what is
+  // derived from them (the loop counter, the descriptors) in uniform registers; the wgmma then
+  // issue back to back (with a descriptor in a per-thread register ptxas serializes them, C7513).
+  const int wgi = __shfl_sync(0xffffffffu, warp >> 2, 0);  // query rows [64 wgi, 64 wgi + 64)
 
   tile_row_bounds<kBr>(p, sb, q_begin, q_rows, tid, s_row_lo, s_row_hi, s_red);
   __syncthreads();
@@ -202,17 +207,13 @@ __global__ void __launch_bounds__(256, 1) prefill_wgmma_kernel(const PrefillPara
   // 64 wgi.. are warps 2 wgi, 2 wgi + 1 of the bounds pass) and masks those not all of them see.
   const TileBounds cta(s_red, 0, kBr / 32);
   const TileBounds mine(s_red, 2 * wgi, 2 * wgi + 2);
-  const int t_first = cta.any() ? cta.lo_min / kBc : 0;
-  const int t_end = cta.any() ? (cta.hi_max + kBc - 1) / kBc : 0;
+  const int t_first = __shfl_sync(0xffffffffu, cta.any() ? cta.lo_min / kBc : 0, 0);
+  const int t_end = __shfl_sync(0xffffffffu, cta.any() ? (cta.hi_max + kBc - 1) / kBc : 0, 0);
 
   const int g = lane >> 2, t4 = lane & 3;
   const int row0 = wgi * 64 + (warp & 3) * 16 + g;  // this thread's rows: row0, row0 + 8
-  int row_lo[2], row_hi[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    row_lo[r] = s_row_lo[row0 + 8 * r];
-    row_hi[r] = s_row_hi[row0 + 8 * r];
-  }
+  const int* row_lo = s_row_lo + row0;              // read only for tiles that need a mask
+  const int* row_hi = s_row_hi + row0;
 
   const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t sK = sQ + Cfg::kQBytes;         // K buffer i at sK + i * kTileBytes
@@ -228,30 +229,29 @@ __global__ void __launch_bounds__(256, 1) prefill_wgmma_kernel(const PrefillPara
   constexpr uint64_t kBufDesc = Cfg::kTileBytes >> 4;
 
   // Tile t's K lands in K buffer (t - t_first) & 1, its V in V buffer (t - t_first) & 1.
-  const TileCopy<D> kv_copy(tid, p.ld_k), v_copy(tid, p.ld_v);
+  const TileCopy<D> tile_copy(tid);
   auto load_k = [&](int t) {
     const int j = t * kBc;
-    kv_copy.template copy<kBc>(sK + ((t - t_first) & 1) * Cfg::kTileBytes, k_g + j * p.ld_k, p.ld_k,
-                               sb.kv_len - j);
+    tile_copy.template copy<kBc>(sK + ((t - t_first) & 1) * Cfg::kTileBytes, k_g + j * p.ld_k,
+                                 p.ld_k, sb.kv_len - j);
   };
   auto load_v = [&](int t) {
     const int j = t * kBc;
-    v_copy.template copy<kBc>(sV + ((t - t_first) & 1) * Cfg::kTileBytes, v_g + j * p.ld_v, p.ld_v,
-                              sb.kv_len - j);
+    tile_copy.template copy<kBc>(sV + ((t - t_first) & 1) * Cfg::kTileBytes, v_g + j * p.ld_v,
+                                 p.ld_v, sb.kv_len - j);
   };
-  // Whether this warpgroup's rows see any key of tile t.
-  auto active = [&](int t) {
-    return mine.any() && t * kBc < mine.hi_max && (t + 1) * kBc > mine.lo_min;
-  };
-
   float o[D / 2];
 #pragma unroll
   for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
   float m[2] = {kNegInf, kNegInf}, l[2] = {0.f, 0.f};
-  uint32_t pa[kBc / 16][4];  // P(t) as the A fragments of P.V's k16 steps
-  float s[kBc / 2];          // S(t + 1)
+  // Every wgmma below is issued and waited for in straight-line code of one branch: ptxas
+  // serializes wgmma (a wait after each one, info C7518) when an issue and its wait sit in
+  // different branches. So a warpgroup also computes tiles none of its rows sees (the diagonal
+  // tile of causal rows, tiles before a window): the mask makes them contribute exact zeros.
   if (t_first < t_end) {
-    TileCopy<D>(tid, p.ld_q).template copy<kBr>(sQ, q_g, p.ld_q, q_rows);
+    uint32_t pa[kBc / 16][4];  // P(t) as the A fragments of P.V's k16 steps
+    float s[kBc / 2];          // S(t + 1)
+    tile_copy.template copy<kBr>(sQ, q_g, p.ld_q, q_rows);
     load_k(t_first);
     cp_async_commit();
     load_v(t_first);
@@ -261,56 +261,59 @@ __global__ void __launch_bounds__(256, 1) prefill_wgmma_kernel(const PrefillPara
     cp_async_wait<2>();  // Q and K(t_first)
     wg::fence_proxy_async();
     __syncthreads();
-    if (active(t_first)) {
-      issue_s<D, kBr, kBc>(s, dq, dk);
-      wg::wait<0>();
-      wg::fence_regs(s);
-      float alpha[2];
-      softmax_tile<kBc>(s, t_first * kBc, mine, row_lo, row_hi, t4, p.scale_log2, m, l, alpha, pa);
-    }
-  }
+    issue_s<D, kBr, kBc>(s, dq, dk);
+    wg::wait<0>();
+    wg::fence_regs(s);
+    float alpha[2];
+    softmax_tile<kBc>(s, t_first * kBc, mine, row_lo, row_hi, t4, p.scale_log2, m, l, alpha, pa);
 
-  // Steady state, one barrier a tile. Entering iteration t: P(t) in registers, V(t) and K(t + 1)
-  // requested. The warpgroup issues S(t + 1) = Q K(t + 1)^T, then O += P(t) V(t), and runs the
-  // softmax of S(t + 1) while P(t) V(t) is still on the tensor cores; O is rescaled after it.
-  for (int t = t_first; t < t_end; ++t) {
-    const bool next = t + 1 < t_end;
-    cp_async_wait<0>();  // V(t), K(t + 1)
-    wg::fence_proxy_async();
-    __syncthreads();  // ... landed for every thread; both warpgroups finished S(t) and P.V(t - 1)
-    // V(t + 1) replaces V(t - 1), K(t + 2) replaces K(t): both read by MMAs that completed.
-    if (next) load_v(t + 1);
-    cp_async_commit();
-    if (t + 2 < t_end) load_k(t + 2);
-    cp_async_commit();
+    // Steady state, one barrier a tile. Entering iteration t: P(t) in registers, V(t) and
+    // K(t + 1) requested. The warpgroup issues S(t + 1) = Q K(t + 1)^T, then O += P(t) V(t), and
+    // runs the softmax of S(t + 1) while P(t) V(t) is still on the tensor cores; O is rescaled
+    // after it. The last tile's P.V follows the loop.
+    for (int t = t_first;; ++t) {
+      const bool last = t + 1 == t_end;
+      cp_async_wait<0>();  // V(t), K(t + 1)
+      wg::fence_proxy_async();
+      __syncthreads();  // ... landed for every thread; both warpgroups finished S(t), P.V(t - 1)
+      if (last) break;
+      // V(t + 1) replaces V(t - 1), K(t + 2) replaces K(t): both read by MMAs that completed.
+      load_v(t + 1);
+      cp_async_commit();
+      if (t + 2 < t_end) load_k(t + 2);
+      cp_async_commit();
 
-    const bool do_s = next && active(t + 1), do_pv = active(t);
-    if (do_s) issue_s<D, kBr, kBc>(s, dq, dk + ((t + 1 - t_first) & 1) * kBufDesc);
-    if (do_pv) issue_pv<D, kBc>(o, pa, dv + ((t - t_first) & 1) * kBufDesc);
-    float alpha[2] = {1.f, 1.f};
-    if (do_s) {
-      if (do_pv) {
-        wg::wait<1>();  // S(t + 1); P(t) V(t) may still run
-      } else {
-        wg::wait<0>();
-      }
+      const uint64_t dk_t = dk + ((t + 1 - t_first) & 1) * kBufDesc;
+      const uint64_t dv_t = dv + ((t - t_first) & 1) * kBufDesc;
+      wg::fence_regs(pa);
+      issue_s<D, kBr, kBc>(s, dq, dk_t);
+      issue_pv<D, kBc>(o, pa, dv_t);
+      wg::wait<1>();  // S(t + 1); P(t) V(t) may still run, reading pa
       wg::fence_regs(s);
-      softmax_tile<kBc>(s, (t + 1) * kBc, mine, row_lo, row_hi, t4, p.scale_log2, m, l, alpha, pa);
-    }
-    if (do_pv) {
+      uint32_t pn[kBc / 16][4];  // P(t + 1): pa may not change before P(t) V(t) completes
+      softmax_tile<kBc>(s, (t + 1) * kBc, mine, row_lo, row_hi, t4, p.scale_log2, m, l, alpha, pn);
       wg::wait<0>();
       wg::fence_regs(o);
-    }
-    // alpha is exactly 1 for a row whose max did not move (2^0): most tiles of a long row.
-    if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
+      // pa stays live (so its registers are not reused for pn) until P(t) V(t) has completed.
+      wg::fence_regs(pa);
 #pragma unroll
-      for (int i = 0; i < kDt; ++i) {
-        o[4 * i + 0] *= alpha[0];
-        o[4 * i + 1] *= alpha[0];
-        o[4 * i + 2] *= alpha[1];
-        o[4 * i + 3] *= alpha[1];
+      for (int kk = 0; kk < kBc / 16; ++kk)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) pa[kk][i] = pn[kk][i];
+      // alpha is exactly 1 for a row whose max did not move (2^0): most tiles of a long row.
+      if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
+#pragma unroll
+        for (int i = 0; i < kDt; ++i) {
+          o[4 * i + 0] *= alpha[0];
+          o[4 * i + 1] *= alpha[0];
+          o[4 * i + 2] *= alpha[1];
+          o[4 * i + 3] *= alpha[1];
+        }
       }
     }
+    issue_pv<D, kBc>(o, pa, dv + ((t_end - 1 - t_first) & 1) * kBufDesc);
+    wg::wait<0>();
+    wg::fence_regs(o);
   }
   cp_async_wait<0>();  // nothing may still be landing in sQ when it is reused below
 

@@ -67,6 +67,18 @@ __device__ __forceinline__ void fence_regs(float (&r)[N]) {
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
 }
 
+// The same for a wgmma's register inputs (the A fragments, descriptors): pins their definitions
+// before the first wgmma of a pipeline, where ptxas wants every input defined (else it serializes
+// the wgmma, info C7513).
+template <int M, int N>
+__device__ __forceinline__ void fence_regs(uint32_t (&r)[M][N]) {
+#pragma unroll
+  for (int i = 0; i < M; ++i)
+#pragma unroll
+    for (int j = 0; j < N; ++j) asm volatile("" : "+r"(r[i][j])::"memory");
+}
+__device__ __forceinline__ void fence_reg(uint64_t& r) { asm volatile("" : "+l"(r)::"memory"); }
+
 #include "kernels/cuda/wgmma_gen.inc"
 
 }  // namespace gemma3::cuda::wg
