@@ -33,13 +33,11 @@ using detail::cp_async_commit;
 using detail::cp_async_wait;
 using detail::smem_u32;
 
-// kBc: keys a K/V tile. 64 at D 256 (O alone is 128 registers a thread); 128 at D 128, which
-// halves the tile steps (barrier, copies, row statistics) a key.
-template <int D, int kBc_>
+template <int D>
 struct Sm90Cfg {
   static constexpr int kThreads = 256;  // two warpgroups
   static constexpr int kBr = 128;       // query rows a CTA, 64 a warpgroup
-  static constexpr int kBc = kBc_;
+  static constexpr int kBc = 64;        // keys a K/V tile
   static constexpr int kQBytes = kBr * D * 2;
   static constexpr int kTileBytes = kBc * D * 2;
   // Q, two K and two V buffers, plus slack to align the base to the swizzle's 1024 bytes.
@@ -84,25 +82,17 @@ struct TileCopy {
 // >> 4 to the start address field (no carry: shared addresses are < 2^18).
 template <int D, int kBr, int kBc>
 __device__ __forceinline__ void issue_s(float (&s)[kBc / 2], uint64_t dq, uint64_t dk) {
-  static_assert(kBc == 64 || kBc == 128, "m64n64k16 / m64n128k16");
+  static_assert(kBc == 64, "m64n64k16");
   wg::fence();
 #pragma unroll
   for (int ks = 0; ks < D / 16; ++ks) {
     const uint32_t off = uint32_t((ks & 3) * 32);
     const uint64_t da = dq + (((ks >> 2) * kBr * 128 + off) >> 4);
     const uint64_t db = dk + (((ks >> 2) * kBc * 128 + off) >> 4);
-    if constexpr (kBc == 64) {
-      if (ks == 0) {
-        wg::wgmma_m64n64k16_ss<false>(s, da, db);
-      } else {
-        wg::wgmma_m64n64k16_ss<true>(s, da, db);
-      }
+    if (ks == 0) {
+      wg::wgmma_m64n64k16_ss<false>(s, da, db);
     } else {
-      if (ks == 0) {
-        wg::wgmma_m64n128k16_ss<false>(s, da, db);
-      } else {
-        wg::wgmma_m64n128k16_ss<true>(s, da, db);
-      }
+      wg::wgmma_m64n64k16_ss<true>(s, da, db);
     }
   }
   wg::commit();
@@ -187,10 +177,10 @@ __device__ __forceinline__ void softmax_tile(float (&s)[kBc / 2], int j0, const 
   }
 }
 
-template <int D, int kBc_>
+template <int D>
 __global__ void __launch_bounds__(256, 1) prefill_wgmma_kernel(const PrefillParams p) {
 #if defined(GEMMA3_WGMMA)
-  using Cfg = Sm90Cfg<D, kBc_>;
+  using Cfg = Sm90Cfg<D>;
   constexpr int kBr = Cfg::kBr, kBc = Cfg::kBc;
   constexpr int kDt = D / 8;  // n8 blocks of O
   extern __shared__ uint8_t smem_raw[];
@@ -364,15 +354,15 @@ __global__ void __launch_bounds__(256, 1) prefill_wgmma_kernel(const PrefillPara
 #endif
 }
 
-template <int D, int kBc>
+template <int D>
 Status launch(const PrefillParams& p, int64_t batch, int64_t max_q_len, cudaStream_t stream) {
-  using Cfg = Sm90Cfg<D, kBc>;
+  using Cfg = Sm90Cfg<D>;
   const int64_t tiles = (max_q_len + Cfg::kBr - 1) / Cfg::kBr;
   if (tiles > 65535) {
     return Status(StatusCode::kInvalidArgument,
                   "attention_prefill: max_q_len " + std::to_string(max_q_len) + " too large");
   }
-  auto kernel = prefill_wgmma_kernel<D, kBc>;
+  auto kernel = prefill_wgmma_kernel<D>;
   G3_CUDA_RETURN(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
   const dim3 grid(unsigned(p.num_qo_heads), unsigned(tiles), unsigned(batch));
@@ -400,11 +390,8 @@ bool wgmma_available() {
 
 Status launch_wgmma(const PrefillParams& p, int head_dim, int64_t batch, int64_t max_q_len,
                     cudaStream_t stream) {
-  if (head_dim == 256) return launch<256, 64>(p, batch, max_q_len, stream);
-  // GEMMA3_ATTN_D128_BC=64: key tiles of 64 at D 128 too (A/B).
-  static const bool bc64 = env_is("GEMMA3_ATTN_D128_BC", "64");
-  if (bc64) return launch<128, 64>(p, batch, max_q_len, stream);
-  return launch<128, 128>(p, batch, max_q_len, stream);
+  if (head_dim == 256) return launch<256>(p, batch, max_q_len, stream);
+  return launch<128>(p, batch, max_q_len, stream);
 }
 
 }  // namespace gemma3::cuda::prefill
