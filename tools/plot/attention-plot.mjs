@@ -2,6 +2,7 @@
 // 4B's global layers), ours vs torch SDPA's cuDNN and flash backends, from the JSON files one
 // `scripts/gpu-check.sh` call writes (bench_kernels --json, torch_peers.py --json).
 //   node tools/plot/attention-plot.mjs BENCH.json TORCH.json OUT.svg [--shape "h8 kv4 d256"]
+//     [--label "ours"] [--extra "LABEL=OTHER_BENCH.json" ...]  (e.g. the same rows with a switch off)
 import { execFileSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -11,6 +12,13 @@ import { fileURLToPath } from "node:url";
 const args = process.argv.slice(2);
 const at = args.indexOf("--shape");
 const heads = at >= 0 ? args.splice(at, 2)[1] : "h8 kv4 d256";
+const lat = args.indexOf("--label");
+const label = lat >= 0 ? args.splice(lat, 2)[1] : "ours";
+const extras = [];
+for (let i = args.indexOf("--extra"); i >= 0; i = args.indexOf("--extra")) {
+  const [name, file] = args.splice(i, 2)[1].split("=");
+  extras.push({ name, rows: JSON.parse(readFileSync(file, "utf8")).rows });
+}
 const [benchFile, torchFile, outFile] = args;
 if (!outFile) {
   console.error("usage: attention-plot.mjs BENCH.json TORCH.json OUT.svg [--shape 'h8 kv4 d256']");
@@ -47,7 +55,8 @@ const spec = {
   yLabel: "TFLOP/s",
   xLog2: true,
   series: [
-    { name: "ours", points: series(bench.rows, null) },
+    { name: label, points: series(bench.rows, null) },
+    ...extras.map((e) => ({ name: e.name, points: series(e.rows, null) })),
     { name: "torch cuDNN", points: series(torchRows, "torch_sdpa_cudnn") },
     { name: "torch flash", points: series(torchRows, "torch_sdpa_flash") },
   ].filter((s) => s.points.length > 0),
