@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # One device call for the work written but not yet run on a GPU (docs/kernels.md): builds the addon
 # (sm_90a), runs the CUDA tests of the pending parts, then the rows and A/Bs that decide defaults.
-# Pending (session 11): the wgmma prefill attention (attention_prefill_sm90.cu): its SASS (HGMMA),
-# the attentionPrefill cases on it and on the mma.sync kernel (GEMMA3_ATTN_WGMMA=0), the
-# attention_prefill rows with both and torch SDPA (cuDNN, flash) in the same call, the 4B 2048-token
-# prefill A/B; and session 10's last two unverified changes (the CUDA bounds test at head_dim 512,
-# attention_decode_qkv's fused/fallback condition): ops.bounds with GEMMA3_DECODE_PROLOGUE 0 and 1.
+# Nothing is pending after session 11 (its call 5 ran everything the session changed). As it
+# stands this re-runs that call on the wgmma prefill attention (attention_prefill_sm90.cu): its SASS
+# (HGMMA count and waits: serialized wgmma shows one wait per HGMMA), the attentionPrefill cases on
+# it and on the mma.sync kernel (GEMMA3_ATTN_WGMMA=0), ops.bounds and the prologue cases, the
+# attention_prefill rows with both kernels and torch SDPA (cuDNN, flash) in the same call, Nsight
+# Compute of the s8192 row, the 4B 2048-token prefill A/B. QUICK=1: the bf16 cases and the rows
+# only (~4 minutes of device time with the build). Put the next unverified GPU work here.
 #   here first: npx turbo run build && bash scripts/pack-dists.sh, then device run,
 #   carry [".device", ".dists.tar"]:  bash scripts/device-run.sh scripts/gpu-pending.sh
 #   (device-run.sh returns every output file in one results.tgz: a call returns at most 8 files)
