@@ -30,7 +30,7 @@ if [ "$mode" != "--bench-only" ]; then
   GEMMA3_TEST_CUDA=1 node node_modules/vitest/vitest.mjs run --reporter=verbose --exclude "apps/server/**" --exclude "apps/cli/test/replicas.test.ts" >"$OUT/tests.log" 2>&1
   status=$?
   grep -E "✓|✗|×|FAIL|Test Files|Tests " "$OUT/tests.log" | tail -80
-  echo "== the opt-ins (GEMMA3_QKV_EPILOGUE=1, GEMMA3_DECODE_PROLOGUE=1), and the chains without PDL (GEMMA3_PDL=0)"
+  echo "== the opt-ins (GEMMA3_QKV_EPILOGUE=1, GEMMA3_DECODE_PROLOGUE=1), the chains without PDL (GEMMA3_PDL=0), mma.sync prefill (GEMMA3_ATTN_WGMMA=0)"
   GEMMA3_QKV_EPILOGUE=1 GEMMA3_TEST_CUDA=1 node node_modules/vitest/vitest.mjs run \
     native/test/ops.cuda.test.ts native/test/ops.bounds.test.ts -t "projection|qkNormRope|qk_norm_rope" \
     >"$OUT/tests-opt-in.log" 2>&1 || status=1
@@ -41,6 +41,9 @@ if [ "$mode" != "--bench-only" ]; then
     packages/model/test/parity.test.ts >>"$OUT/tests-opt-in.log" 2>&1 || status=1
   GEMMA3_PDL=0 GEMMA3_TEST_CUDA=1 node node_modules/vitest/vitest.mjs run \
     native/test/pdl.cuda.test.ts packages/model/test/graph.test.ts >>"$OUT/tests-opt-in.log" 2>&1 || status=1
+  # The mma.sync prefill attention, which sm_90a devices leave for the wgmma kernel by default.
+  GEMMA3_ATTN_WGMMA=0 GEMMA3_TEST_CUDA=1 node node_modules/vitest/vitest.mjs run \
+    native/test/ops.cuda.test.ts -t "attentionPrefill" >>"$OUT/tests-opt-in.log" 2>&1 || status=1
   grep -E "×|FAIL|Test Files|Tests " "$OUT/tests-opt-in.log" | tail -20
 fi
 
