@@ -1037,13 +1037,23 @@ interface Seq {
   kv: number;
 }
 
+type PrefillOpts = { window?: number; causal?: boolean; spans?: boolean };
+
+/** "q/kv,q/kv" → the sequences of a ragged batch. */
+function parseSeqs(text: string): Seq[] {
+  return text.split(",").map((s) => {
+    const [q, kv] = s.split("/").map(Number);
+    return { q: q!, kv: kv! };
+  });
+}
+
 function prefillCase(
   d: FloatDType,
   seqs: Seq[],
   Hq: number,
   Hkv: number,
   D: number,
-  opts: { window?: number; causal?: boolean; spans?: boolean },
+  opts: PrefillOpts,
   seed: number,
 ): Case {
   const totalQ = seqs.reduce((a, s) => a + s.q, 0);
@@ -1339,51 +1349,16 @@ export function attentionCases(): Case[] {
       // 64, key tiles of 64): several q tiles and a partial last one, key ranges past a q tile
       // (chunked prefill), a window that starts and ends mid-tile, a bidirectional span, a
       // warpgroup with no visible key in a tile, non-causal, GQA groups 1 / 2 / 4.
-      let s = 2800;
-      cases.push(
-        prefillCase(
-          d,
-          [
-            { q: 300, kv: 300 },
-            { q: 77, kv: 200 },
-          ],
-          8,
-          4,
-          256,
-          {},
-          s++,
-        ),
-      );
-      cases.push(prefillCase(d, [{ q: 257, kv: 257 }], 4, 1, 256, { window: 100 }, s++));
-      cases.push(
-        prefillCase(
-          d,
-          [
-            { q: 200, kv: 200 },
-            { q: 1, kv: 50 },
-          ],
-          4,
-          2,
-          128,
-          {},
-          s++,
-        ),
-      );
-      cases.push(prefillCase(d, [{ q: 150, kv: 150 }], 2, 2, 256, { spans: true }, s++));
-      cases.push(prefillCase(d, [{ q: 130, kv: 130 }], 2, 1, 128, { causal: false }, s++));
-      cases.push(
-        prefillCase(
-          d,
-          [
-            { q: 64, kv: 1000 },
-            { q: 65, kv: 65 },
-          ],
-          2,
-          1,
-          256,
-          {},
-          s++,
-        ),
+      const wg: [string, number, number, number, PrefillOpts][] = [
+        ["300/300,77/200", 8, 4, 256, {}],
+        ["257/257", 4, 1, 256, { window: 100 }],
+        ["200/200,1/50", 4, 2, 128, {}],
+        ["150/150", 2, 2, 256, { spans: true }],
+        ["130/130", 2, 1, 128, { causal: false }],
+        ["64/1000,65/65", 2, 1, 256, {}],
+      ];
+      wg.forEach(([seqs, hq, hkv, dim, opts], i) =>
+        cases.push(prefillCase(d, parseSeqs(seqs), hq, hkv, dim, opts, 2800 + i)),
       );
     }
     for (const D of [32, 128, 256]) {
