@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One device call for the work written but not yet run on a GPU (docs/kernels.md): builds the addon
 # (sm_90a), runs the CUDA tests of the pending parts, then the rows and A/Bs that decide defaults.
-# Nothing is pending after session 11 (its call 5 ran everything the session changed). As it
-# stands this re-runs that call on the wgmma prefill attention (attention_prefill_sm90.cu): its SASS
+# Pending (written in session 11 after its device time was spent): the chunked-prefill row
+# `attention_prefill b1 h8 kv4 d256 q512 kv2048 causal` in bench_kernels and its torch peers
+# (SDPA with a lower-right causal mask; a backend may refuse it, which the row then says). The
+# kernels are as session 11's call 5 ran them. Otherwise this re-runs that call on the wgmma prefill attention (attention_prefill_sm90.cu): its SASS
 # (HGMMA count and waits: serialized wgmma shows one wait per HGMMA), the attentionPrefill cases on
 # it and on the mma.sync kernel (GEMMA3_ATTN_WGMMA=0), ops.bounds and the prologue cases, the
 # attention_prefill rows with both kernels and torch SDPA (cuDNN, flash) in the same call, Nsight

@@ -497,24 +497,32 @@ void run_matmul(Ctx& c, Row& r, int64_t M, int64_t K, int64_t N, bool gelu = fal
 }
 
 // ------------------------------------------------------------- attention ----
-void run_prefill(Ctx& c, Row& r, int64_t h, int64_t kv, int64_t d, int64_t seq) {
+// Causal prefill of q_len queries (the last q_len positions, as a chunk of a longer prompt) over
+// seq keys; q_len = seq is a whole prompt.
+void run_prefill(Ctx& c, Row& r, int64_t h, int64_t kv, int64_t d, int64_t seq, int64_t q_len = 0) {
   cudaStream_t s = c.stream;
-  r.flops = 2.0 * 2.0 * double(seq) * seq * d * h / 2.0;  // QK^T and PV, causal half
-  r.bytes = double(seq) * (2 * h + 2 * kv) * d * 2;
+  if (q_len <= 0) q_len = seq;
+  // QK^T and PV over the visible pairs: query i of the chunk sees seq - q_len + i + 1 keys (for
+  // q_len = seq, the causal half plus the diagonal's half, which the rows have always left out).
+  const double pairs = q_len == seq
+                           ? double(seq) * seq / 2.0
+                           : double(q_len) * (seq - q_len) + double(q_len) * (q_len + 1) / 2;
+  r.flops = 2.0 * 2.0 * pairs * d * h;
+  r.bytes = double(q_len) * 2 * h * d * 2 + double(seq) * 2 * kv * d * 2;
   r.unit = "TFLOP/s";
-  DevBuf<bf16> q(size_t(seq * h * d)), k(size_t(seq * kv * d)), v(size_t(seq * kv * d));
-  DevBuf<bf16> out(size_t(seq * h * d));
-  fill_normal(q.p, seq * h * d, 1.0f, s);
+  DevBuf<bf16> q(size_t(q_len * h * d)), k(size_t(seq * kv * d)), v(size_t(seq * kv * d));
+  DevBuf<bf16> out(size_t(q_len * h * d));
+  fill_normal(q.p, q_len * h * d, 1.0f, s);
   fill_normal(k.p, seq * kv * d, 1.0f, s);
   fill_normal(v.p, seq * kv * d, 1.0f, s);
-  std::vector<int32_t> indptr = {0, int32_t(seq)};
-  DevBuf<int32_t> qo_indptr = upload(indptr, s), kv_indptr = upload(indptr, s);
+  DevBuf<int32_t> qo_indptr = upload(std::vector<int32_t>{0, int32_t(q_len)}, s);
+  DevBuf<int32_t> kv_indptr = upload(std::vector<int32_t>{0, int32_t(seq)}, s);
   float sm_scale = 1.0f / std::sqrt(float(d));
   Timing t = time_launches(
       [&](int64_t) {
         check_status(gk::attention_prefill<bf16>(q.p, k.p, v.p, out.p, qo_indptr.p, kv_indptr.p,
-                                                 nullptr, 1, seq, seq, seq, h, kv, d, h * d, kv * d,
-                                                 kv * d, sm_scale, 0, true, s));
+                                                 nullptr, 1, q_len, seq, q_len, h, kv, d, h * d,
+                                                 kv * d, kv * d, sm_scale, 0, true, s));
       },
       1, c.opt, s);
   finish(r, t, c.opt);
@@ -975,6 +983,11 @@ std::vector<Case> all_cases() {
     cs.push_back({"attention_prefill", shape, "bf16",
                   [=](Ctx& c, Row& r) { run_prefill(c, r, h, kv, d, seq); }});
   }
+  // The scheduler prefills in chunks of 512 tokens: the 4B heads' last chunk of a 2048-token
+  // prompt (32 CTAs of 128 query rows for 132 SMs: the small-grid case, docs/kernels.md session
+  // 11).
+  cs.push_back({"attention_prefill", "b1 h8 kv4 d256 q512 kv2048 causal", "bf16",
+                [=](Ctx& c, Row& r) { run_prefill(c, r, 8, 4, 256, 2048, 512); }});
 
   const int64_t dec[][3] = {{8, 4, 256}, {32, 16, 128}, {4, 1, 256}};  // 4B, 27B, 1B
   for (auto& hk : dec)

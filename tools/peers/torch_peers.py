@@ -27,6 +27,8 @@ GEMM_KN = [(2560, 10240), (5376, 21504)]
 GEMM_M = [16, 128, 2048]
 # (qo heads, kv heads, head_dim, seq): 4B at 8k (headline) and 2k, 27B at 4k.
 PREFILL = [(8, 4, 256, 8192), (8, 4, 256, 1024), (8, 4, 256, 2048), (8, 4, 256, 4096), (8, 4, 256, 16384), (32, 16, 128, 4096)]
+# (qo heads, kv heads, head_dim, queries, keys): the last 512-token chunk of a 2048-token prompt.
+PREFILL_CHUNK = [(8, 4, 256, 512, 2048)]
 
 
 def percentile(sorted_v, q):
@@ -180,6 +182,29 @@ def run_sdpa(b, torch, row, backend, h, kv, d, s):
     return finish(row, t, b.args)
 
 
+def run_sdpa_chunk(b, torch, row, backend, h, kv, d, q_len, s):
+    """The last q_len queries of an s-token causal prompt (a chunked prefill's last chunk), as
+    bench_kernels' "q{q_len} kv{s}" row: SDPA with a lower-right causal mask (torch >= 2.3)."""
+    from torch.nn.attention import sdpa_kernel
+    from torch.nn.attention.bias import causal_lower_right
+
+    f = torch.nn.functional
+    pairs = q_len * (s - q_len) + q_len * (q_len + 1) / 2.0
+    row["flops"] = 2.0 * 2.0 * pairs * d * h
+    row["bytes"] = q_len * 2 * h * d * 2.0 + s * 2 * kv * d * 2.0
+    row["unit"] = "TFLOP/s"
+    q = torch.randn(1, h, q_len, d, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, h, s, d, device="cuda", dtype=torch.bfloat16)  # GQA expanded: see note
+    v = torch.randn(1, h, s, d, device="cuda", dtype=torch.bfloat16)
+    mask = causal_lower_right(q_len, s)
+    row["note"] = f"kv expanded to {h} heads (a CausalBias mask with enable_gqa is not portable)"
+    with sdpa_kernel(backend):
+        f.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        torch.cuda.synchronize()
+        t = b.time(lambda i: f.scaled_dot_product_attention(q, k, v, attn_mask=mask), 1)
+    return finish(row, t, b.args)
+
+
 def first_line(e):
     s = str(e).strip().splitlines()
     return (s[0] if s else type(e).__name__)[:200]
@@ -209,6 +234,12 @@ def cases(torch):
         shape = f"b1 h{h} kv{kv} d{d} s{s} causal"
         for impl, be in backends:
             out.append(("attention_prefill", shape, "bf16", impl, sdpa(be, h, kv, d, s)))
+    for h, kv, d, q_len, s in PREFILL_CHUNK:
+        shape = f"b1 h{h} kv{kv} d{d} q{q_len} kv{s} causal"
+        for impl, be in backends:
+            out.append(("attention_prefill", shape, "bf16", impl,
+                        lambda b, r, be=be, h=h, kv=kv, d=d, q_len=q_len, s=s:
+                        run_sdpa_chunk(b, torch, r, be, h, kv, d, q_len, s)))
     return out
 
 
