@@ -1,18 +1,21 @@
 // Prefill attention on Hopper's warpgroup MMA (sm_90a wgmma), bf16, head_dim 128 / 256, 16-byte
-// aligned operands (contract: kernels/kernels.inc, attention_prefill; dispatch in
+// aligned operands, sm_scale > 0 (contract: kernels/kernels.inc, attention_prefill; dispatch in
 // attention_prefill.cu, which keeps the FlashAttention-2 mma.sync kernel for other devices and
-// for GEMMA3_ATTN_WGMMA=0).
+// for GEMMA3_ATTN_WGMMA=0). Versions, measurements and the ptxas traps: docs/kernels.md, session 11.
 //
 // One CTA per (qo head, q tile of 128 rows, sequence): two warpgroups of 64 query rows each. The
 // CTA's 256 threads copy tiles with cp.async into 128-byte-swizzled shared memory (wgmma.cuh):
-// Q once, then K and V tiles of 64 keys, double-buffered (K(t+1) and V(t+1) load while tile t is
-// computed). Each warpgroup computes S = Q K^T with wgmma m64n64k16 (A = its 64 Q rows, B = the K
-// tile, both from shared memory, K-major), the online softmax in registers (f32, exp2, the
-// scores' layout is mma.sync's, so the masking and row reductions are the FA2 kernel's), and
-// O += P V with wgmma m64n{D}k16: P is the A operand straight from registers (bf16, rounded as HF
-// rounds the probabilities before P.V), V the B operand N-major from shared memory. O stays in
-// registers (128 f32 a thread at D 256). A warpgroup skips the MMAs of a key tile none of its rows
-// sees (causal diagonal, windows).
+// Q once, then K and V tiles of 64 keys into two buffers each. Each warpgroup computes S = Q K^T
+// with wgmma m64n64k16 (A = its 64 Q rows, B = the K tile, both from shared memory, K-major), the
+// online softmax in registers (f32, exp2; the scores' layout is mma.sync's, so the masks and row
+// reductions are the FA2 kernel's), and O += P V with wgmma m64n{D}k16: P is the A operand
+// straight from registers (bf16, rounded as HF rounds the probabilities before P.V), V the B
+// operand N-major from shared memory. O stays in registers (128 f32 a thread at D 256).
+// Pipelining: in step t a warpgroup issues S(t + 1) and P(t) V(t), then runs the softmax of
+// S(t + 1) while P(t) V(t) is still on the tensor cores, while the copies of V(t + 1) and K(t + 2)
+// land; one CTA barrier a step. Every warpgroup computes every tile the CTA visits (the mask
+// zeroes what its rows do not see): skipping them per warpgroup put a wgmma in a branch apart
+// from its wait, which made ptxas serialize every wgmma (native/test/wgmma-ptxas.test.ts).
 #include <cuda_runtime.h>
 
 #include <climits>
