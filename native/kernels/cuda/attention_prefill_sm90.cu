@@ -1,7 +1,8 @@
 // Prefill attention on Hopper's warpgroup MMA (sm_90a wgmma), bf16, head_dim 128 / 256, 16-byte
 // aligned operands, sm_scale > 0 (contract: kernels/kernels.inc, attention_prefill; dispatch in
 // attention_prefill.cu, which keeps the FlashAttention-2 mma.sync kernel for other devices and
-// for GEMMA3_ATTN_WGMMA=0). Versions, measurements and the ptxas traps: docs/kernels.md, session 11.
+// for GEMMA3_ATTN_WGMMA=0). Versions, measurements and the ptxas traps: docs/kernels.md,
+// session 11.
 //
 // One CTA per (qo head, q tile of 128 rows, sequence): two warpgroups of 64 query rows each. The
 // CTA's 256 threads copy tiles with cp.async into 128-byte-swizzled shared memory (wgmma.cuh):
