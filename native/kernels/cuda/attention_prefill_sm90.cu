@@ -26,6 +26,7 @@
 #include "kernels/cuda/attention_prefill.cuh"
 #include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/wgmma.cuh"
 #include "runtime/env.h"
 
@@ -379,14 +380,7 @@ Status launch(const PrefillParams& p, int64_t batch, int64_t max_q_len, cudaStre
 bool wgmma_available() {
 #if defined(GEMMA3_HAVE_SM90A)
   static const bool off = env_is("GEMMA3_ATTN_WGMMA", "0");
-  if (off) return false;
-  int dev = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
-    return false;
-  }
-  return major == 9 && minor == 0;
+  return !off && compute_capability() == 90;  // sm_90a code runs on 9.0 only
 #else
   return false;
 #endif

@@ -1,5 +1,5 @@
-// pdl_enabled, sm90_or_newer (pdl.cuh): GEMMA3_PDL read once, the device's compute capability
-// once per device.
+// pdl_enabled, compute_capability, sm90_or_newer (pdl.cuh): GEMMA3_PDL read once, the device's
+// compute capability once per device.
 #include <cuda_runtime.h>
 
 #include <atomic>
@@ -17,21 +17,24 @@ bool pdl_enabled() {
   return on && sm90_or_newer();
 }
 
-bool sm90_or_newer() {
+int compute_capability() {
   constexpr int kMaxDevices = 64;
-  static std::atomic<int> cache[kMaxDevices];  // 0 unknown, 1 no, 2 yes
+  static std::atomic<int> cache[kMaxDevices];  // 0 unknown, else 10 * major + minor + 1
   int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) return false;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) return 0;
   int state = cache[dev].load(std::memory_order_relaxed);
   if (state == 0) {
-    int major = 0;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
-      return false;
+    int major = 0, minor = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+      return 0;
     }
-    state = major >= 9 ? 2 : 1;
+    state = 10 * major + minor + 1;
     cache[dev].store(state, std::memory_order_relaxed);
   }
-  return state == 2;
+  return state - 1;
 }
+
+bool sm90_or_newer() { return compute_capability() >= 90; }
 
 }  // namespace gemma3::cuda

@@ -42,6 +42,10 @@ __device__ __forceinline__ void pdl_trigger() {
  */
 bool pdl_enabled();
 
+/** The current device's compute capability as 10 * major + minor (90 for sm_90), 0 when it
+ * cannot be read; queried once per device. */
+int compute_capability();
+
 /** Whether the current device is sm_90 or newer (PDL, thread-block clusters); cached per device. */
 bool sm90_or_newer();
 
