@@ -1,15 +1,13 @@
 #!/usr/bin/env bash
 # One device call for the work written but not yet run on a GPU (docs/kernels.md): builds the addon
 # (sm_90a), runs the CUDA tests of the pending parts, then the rows and A/Bs that decide defaults.
-# Pending (written in session 11 after its device time was spent): the chunked-prefill row
-# `attention_prefill b1 h8 kv4 d256 q512 kv2048 causal` in bench_kernels and its torch peers
-# (SDPA with a lower-right causal mask; a backend may refuse it, which the row then says). The
-# kernels are as session 11's call 5 ran them. Otherwise this re-runs that call on the wgmma prefill attention (attention_prefill_sm90.cu): its SASS
-# (HGMMA count and waits: serialized wgmma shows one wait per HGMMA), the attentionPrefill cases on
-# it and on the mma.sync kernel (GEMMA3_ATTN_WGMMA=0), ops.bounds and the prologue cases, the
-# attention_prefill rows with both kernels and torch SDPA (cuDNN, flash) in the same call, Nsight
-# Compute of the s8192 row, the 4B 2048-token prefill A/B. QUICK=1: the bf16 cases and the rows
-# only (~4 minutes of device time with the build). Put the next unverified GPU work here.
+# Pending (session 12): the wgmma prefill kernel in FlashAttention-3's order (O rescaled while
+# S(t + 1) runs, P packed after P.V completes, the tile copies requested after the MMAs) and its
+# warp-specialized form (GEMMA3_ATTN_WGMMA=2: a producer warpgroup on mbarriers, ping-pong
+# consumers, setmaxnreg 40 / 232). Runs the attentionPrefill cases on both, then the
+# attention_prefill rows with GEMMA3_ATTN_WGMMA 1, 2 and 0 and torch SDPA (cuDNN, flash) in the
+# same call, the chunked-prefill row (q512 kv2048) included. FULL=1 adds ops.bounds, the mma.sync
+# cases, Nsight Compute of the s8192 row and the 4B 2048-token prefill A/B.
 #   here first: npx turbo run build && bash scripts/pack-dists.sh, then device run,
 #   carry [".device", ".dists.tar"]:  bash scripts/device-run.sh scripts/gpu-pending.sh
 #   (device-run.sh returns every output file in one results.tgz: a call returns at most 8 files)
@@ -37,28 +35,11 @@ if command -v cuobjdump >/dev/null; then
   cuobjdump -sass "$obj" >"$OUT/wgmma.sass" 2>&1 || true
   echo "sass: $(grep -c HGMMA "$OUT/wgmma.sass") HGMMA, $(grep -c 'WARPGROUP.DEPBAR' "$OUT/wgmma.sass") wgmma waits, $(grep -cE 'LDL|STL' "$OUT/wgmma.sass") local ld/st"
 fi
-if [ "${QUICK:-0}" = 1 ]; then
-  vt prefill-wgmma "" native/test/ops.cuda.test.ts -t "attentionPrefill bf16"
-else
-  vt prefill-wgmma "" native/test/ops.cuda.test.ts -t "attentionPrefill"
-fi
+vt prefill-wgmma GEMMA3_ATTN_WGMMA=1 native/test/ops.cuda.test.ts -t "attentionPrefill"
+vt prefill-ws GEMMA3_ATTN_WGMMA=2 native/test/ops.cuda.test.ts -t "attentionPrefill"
 bench=$(find native/build -name bench_kernels -type f -perm -u+x | head -1)
-[ "${QUICK:-0}" = 1 ] || vt prefill-mma GEMMA3_ATTN_WGMMA=0 native/test/ops.cuda.test.ts -t "attentionPrefill"
-if [ "${QUICK:-0}" = 1 ]; then  # QUICK=1: the wgmma cases and rows only (kernel iterations)
-  GEMMA3_ATTN_WGMMA=1 "$bench" --filter "attention_prefill" --json "$OUT/bench-wgmma1.json" --md "$OUT/bench-wgmma1.md" \
-    >"$OUT/bench-wgmma1.log" 2>&1 || status=1
-  cat "$OUT/bench-wgmma1.md"
-  ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
-  timeout 200 "$ncu" --set full --import-source no -k "regex:prefill_wgmma" --launch-skip 2 --launch-count 1 \
-    "$bench" --filter "attention_prefill b1 h8 kv4 d256 s8192" --iters 3 --warmup 2 >"$OUT/ncu.txt" 2>&1
-  grep -E "Duration|Compute \(SM\)|Issue Slots|Executed Instructions  |Eligible Warps|highest-utilized" "$OUT/ncu.txt" | cut -c1-160
-  exit $status
-fi
-vt bounds-0 GEMMA3_DECODE_PROLOGUE=0 native/test/ops.bounds.test.ts
-vt bounds-1 GEMMA3_DECODE_PROLOGUE=1 native/test/ops.bounds.test.ts
-vt prologue-1 GEMMA3_DECODE_PROLOGUE=1 native/test/ops.cuda.test.ts -t "prologue"
-for v in 1 0; do
-  GEMMA3_ATTN_WGMMA=$v "$bench" --filter "attention_prefill" --json "$OUT/bench-wgmma$v.json" --md "$OUT/bench-wgmma$v.md" \
+for v in 1 2 0; do
+  GEMMA3_ATTN_WGMMA=$v timeout 150 "$bench" --filter "attention_prefill" --json "$OUT/bench-wgmma$v.json" --md "$OUT/bench-wgmma$v.md" \
     >"$OUT/bench-wgmma$v.log" 2>&1 || status=1
   echo "== GEMMA3_ATTN_WGMMA=$v"; cat "$OUT/bench-wgmma$v.md"
 done
@@ -66,18 +47,25 @@ PYTHONUNBUFFERED=1 timeout 300 python3 tools/peers/torch_peers.py --filter atten
   --md "$OUT/torch.md" >"$OUT/torch.log" 2>&1 || status=1
 cat "$OUT/torch.md"
 echo "bench at ${SECONDS}s"
+if [ "${FULL:-0}" != 1 ]; then
+  echo "done at ${SECONDS}s (status $status)"
+  exit $status
+fi
+vt prefill-mma GEMMA3_ATTN_WGMMA=0 native/test/ops.cuda.test.ts -t "attentionPrefill"
+vt bounds "" native/test/ops.bounds.test.ts
 ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
-timeout 100 "$ncu" --set full --import-source no -k "regex:prefill_wgmma" --launch-skip 2 --launch-count 1 \
-  "$bench" --filter "attention_prefill b1 h8 kv4 d256 s8192" --iters 3 --warmup 2 >"$OUT/ncu.txt" 2>&1
-grep -E "Duration|Compute \(SM\)|Issue Slots|Executed Instructions  |Eligible Warps|highest-utilized" "$OUT/ncu.txt" | cut -c1-160
+for v in 1 2; do
+  GEMMA3_ATTN_WGMMA=$v timeout 100 "$ncu" --set full --import-source no -k "regex:prefill_wgmma" --launch-skip 2 --launch-count 1 \
+    "$bench" --filter "attention_prefill b1 h8 kv4 d256 s8192" --iters 3 --warmup 2 >"$OUT/ncu$v.txt" 2>&1
+  echo "== ncu GEMMA3_ATTN_WGMMA=$v"
+  grep -E "Duration|Compute \(SM\)|Issue Slots|Executed Instructions  |Eligible Warps|highest-utilized" "$OUT/ncu$v.txt" | cut -c1-160
+done
 cfgs=packages/model/test/fixtures/configs
-for r in 1; do
-  for v in 0 1; do
-    tag="4b-prefill-wgmma$v-r$r"
-    GEMMA3_ATTN_WGMMA=$v timeout 200 node apps/cli/dist/cli.js bench --model "random:$cfgs/gemma-3-4b-it.config.json" \
-      --device cuda --batch 1 --prefill 2048 --json "$OUT/$tag.json" >"$OUT/$tag.txt" 2>&1 || status=1
-    echo "$tag: $(grep -iE 'prefill' "$OUT/$tag.txt" | tr -s ' ' | head -3) (${SECONDS}s)"
-  done
+for v in 0 1 2; do
+  tag="4b-prefill-wgmma$v"
+  GEMMA3_ATTN_WGMMA=$v timeout 200 node apps/cli/dist/cli.js bench --model "random:$cfgs/gemma-3-4b-it.config.json" \
+    --device cuda --batch 1 --prefill 2048 --json "$OUT/$tag.json" >"$OUT/$tag.txt" 2>&1 || status=1
+  echo "$tag: $(grep -iE 'prefill' "$OUT/$tag.txt" | tr -s ' ' | head -3) (${SECONDS}s)"
 done
 echo "done at ${SECONDS}s (status $status)"
 exit $status

@@ -127,13 +127,13 @@ __device__ __forceinline__ void issue_pv(float (&o)[D / 2], const uint32_t (&pa)
 // the tile is inside [lo_max, hi_min) of the warpgroup's rows. The running max m is of raw
 // scores (scale_log2 > 0 keeps the order), and p = 2^(s * scale_log2 - m * scale_log2), one FFMA
 // and one ex2 a score. Updates m and the thread's partial sums l (the quad sums them at the
-// end), returns the factor O must be scaled by, and writes P, rounded to bf16 as HF rounds the
-// probabilities before P.V, as the A fragments of the P.V k16 steps.
+// end), returns in alpha the factor O must be scaled by before this tile's P.V, and leaves the
+// probabilities in s (f32; pack_p makes them P.V's A fragments).
 template <int kBc>
 __device__ __forceinline__ void softmax_tile(float (&s)[kBc / 2], int j0, const TileBounds& tb,
                                              const int* row_lo, const int* row_hi, int t4,
                                              float scale_log2, float (&m)[2], float (&l)[2],
-                                             float (&alpha)[2], uint32_t (&pa)[kBc / 16][4]) {
+                                             float (&alpha)[2]) {
   constexpr int kNt = kBc / 8;
   if (!(j0 >= tb.lo_max && j0 + kBc <= tb.hi_min)) {  // warpgroup-uniform
 #pragma unroll
@@ -173,6 +173,12 @@ __device__ __forceinline__ void softmax_tile(float (&s)[kBc / 2], int j0, const 
     }
     l[r] = l[r] * alpha[r] + rs;
   }
+}
+
+// P of a tile (s after softmax_tile), rounded to bf16 as HF rounds the probabilities before P.V,
+// as the A fragments of the P.V k16 steps.
+template <int kBc>
+__device__ __forceinline__ void pack_p(const float (&s)[kBc / 2], uint32_t (&pa)[kBc / 16][4]) {
 #pragma unroll
   for (int kk = 0; kk < kBc / 16; ++kk) {
     pa[kk][0] = pack_bf16x2(s[8 * kk + 0], s[8 * kk + 1]);
@@ -182,12 +188,64 @@ __device__ __forceinline__ void softmax_tile(float (&s)[kBc / 2], int j0, const 
   }
 }
 
+// The epilogue of a warpgroup: normalizes its O rows (the quad sums l), stages them as bf16 in its
+// own rows of the Q tile (smem: the tile's generic address; each warp reads back only the 16 rows
+// it wrote, so a __syncwarp orders it), then writes rows warp_row.. warp_row + 15 of the tile that
+// are below q_rows with 16-byte stores (output row q0 + row, head h).
+template <int D, int kBr>
+__device__ __forceinline__ void store_rows(const float (&o)[D / 2], const float (&l)[2],
+                                           uint8_t* smem, int row0, int t4, int lane, int warp_row,
+                                           int q_rows, const PrefillParams& p, int64_t q0, int h) {
+  float inv[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float lr = l[r];
+    lr += __shfl_xor_sync(0xffffffffu, lr, 1);
+    lr += __shfl_xor_sync(0xffffffffu, lr, 2);
+    inv[r] = lr > 0.f ? 1.f / lr : 0.f;  // a query that sees no key gets zeros
+  }
+#pragma unroll
+  for (int n = 0; n < D / 8; ++n) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const uint32_t val = pack_bf16x2(o[4 * n + 2 * r] * inv[r], o[4 * n + 2 * r + 1] * inv[r]);
+      *reinterpret_cast<uint32_t*>(smem + wg::sw128_offset(kBr, row0 + 8 * r, n) + t4 * 4) = val;
+    }
+  }
+  __syncwarp();
+  constexpr int kChunks = D / 8;
+  const int64_t out_ld = int64_t(p.num_qo_heads) * D;
+  bf16* out_g = p.out + q0 * out_ld + int64_t(h) * D;
+#pragma unroll 4
+  for (int idx = lane; idx < 16 * kChunks; idx += 32) {
+    const int row = warp_row + idx / kChunks, c = idx % kChunks;
+    if (row < q_rows) {
+      const uint4 val = *reinterpret_cast<const uint4*>(smem + wg::sw128_offset(kBr, row, c));
+      *reinterpret_cast<uint4*>(out_g + row * out_ld + c * 8) = val;
+    }
+  }
+}
+
+// O *= alpha, the factor of each of the thread's two rows; skipped when it is exactly 1 for every
+// row of the warp (2^0: the row max did not move, as on most tiles of a long row).
+template <int D>
+__device__ __forceinline__ void rescale_o(float (&o)[D / 2], const float (&alpha)[2]) {
+  if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) {
+      o[4 * i + 0] *= alpha[0];
+      o[4 * i + 1] *= alpha[0];
+      o[4 * i + 2] *= alpha[1];
+      o[4 * i + 3] *= alpha[1];
+    }
+  }
+}
+
 template <int D>
 __global__ void __launch_bounds__(256, 1) prefill_wgmma_kernel(const PrefillParams p) {
 #if defined(GEMMA3_WGMMA)
   using Cfg = Sm90Cfg<D>;
   constexpr int kBr = Cfg::kBr, kBc = Cfg::kBc;
-  constexpr int kDt = D / 8;  // n8 blocks of O
   extern __shared__ uint8_t smem_raw[];
   __shared__ int s_row_lo[kBr], s_row_hi[kBr];
   __shared__ int s_red[kBr / 32][4];
@@ -270,89 +328,252 @@ __global__ void __launch_bounds__(256, 1) prefill_wgmma_kernel(const PrefillPara
     wg::wait<0>();
     wg::fence_regs(s);
     float alpha[2];
-    softmax_tile<kBc>(s, t_first * kBc, mine, row_lo, row_hi, t4, p.scale_log2, m, l, alpha, pa);
+    softmax_tile<kBc>(s, t_first * kBc, mine, row_lo, row_hi, t4, p.scale_log2, m, l, alpha);
+    pack_p<kBc>(s, pa);
 
-    // Steady state, one barrier a tile. Entering iteration t: P(t) in registers, V(t) and
-    // K(t + 1) requested. The warpgroup issues S(t + 1) = Q K(t + 1)^T, then O += P(t) V(t), and
-    // runs the softmax of S(t + 1) while P(t) V(t) is still on the tensor cores; O is rescaled
-    // after it. The last tile's P.V follows the loop.
+    // Steady state, one barrier a tile (FlashAttention-3's order within a warpgroup). Entering
+    // iteration t: P(t) in pa, alpha(t) (O's factor for it) in registers, V(t) and K(t + 1)
+    // requested. The warpgroup issues S(t + 1) = Q K(t + 1)^T, rescales O by alpha(t) while it
+    // runs, issues O += P(t) V(t), and runs the softmax of S(t + 1) (in place, f32) while P(t) V(t)
+    // is still on the tensor cores; P(t + 1) is packed into pa once that MMA completed. So no
+    // register an MMA in flight reads is written (ptxas serializes every wgmma otherwise, C7513),
+    // and the rescale is off the path from the last MMA to the next tile's issue.
     for (int t = t_first;; ++t) {
       const bool last = t + 1 == t_end;
       cp_async_wait<0>();  // V(t), K(t + 1)
       wg::fence_proxy_async();
       __syncthreads();  // ... landed for every thread; both warpgroups finished S(t), P.V(t - 1)
       if (last) break;
+      const uint64_t dk_t = dk + ((t + 1 - t_first) & 1) * kBufDesc;
+      const uint64_t dv_t = dv + ((t - t_first) & 1) * kBufDesc;
+      issue_s<D, kBr, kBc>(s, dq, dk_t);
+      rescale_o<D>(o, alpha);
+      issue_pv<D, kBc>(o, pa, dv_t);
       // V(t + 1) replaces V(t - 1), K(t + 2) replaces K(t): both read by MMAs that completed.
+      // Requested after the MMAs are issued, so the tensor cores do not wait for the addressing.
       load_v(t + 1);
       cp_async_commit();
       if (t + 2 < t_end) load_k(t + 2);
       cp_async_commit();
-
-      const uint64_t dk_t = dk + ((t + 1 - t_first) & 1) * kBufDesc;
-      const uint64_t dv_t = dv + ((t - t_first) & 1) * kBufDesc;
-      wg::fence_regs(pa);
-      issue_s<D, kBr, kBc>(s, dq, dk_t);
-      issue_pv<D, kBc>(o, pa, dv_t);
       wg::wait<1>();  // S(t + 1); P(t) V(t) may still run, reading pa
       wg::fence_regs(s);
-      uint32_t pn[kBc / 16][4];  // P(t + 1): pa may not change before P(t) V(t) completes
-      softmax_tile<kBc>(s, (t + 1) * kBc, mine, row_lo, row_hi, t4, p.scale_log2, m, l, alpha, pn);
+      softmax_tile<kBc>(s, (t + 1) * kBc, mine, row_lo, row_hi, t4, p.scale_log2, m, l, alpha);
       wg::wait<0>();
       wg::fence_regs(o);
-      // pa stays live (so its registers are not reused for pn) until P(t) V(t) has completed.
       wg::fence_regs(pa);
-#pragma unroll
-      for (int kk = 0; kk < kBc / 16; ++kk)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) pa[kk][i] = pn[kk][i];
-      // alpha is exactly 1 for a row whose max did not move (2^0): most tiles of a long row.
-      if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
-#pragma unroll
-        for (int i = 0; i < kDt; ++i) {
-          o[4 * i + 0] *= alpha[0];
-          o[4 * i + 1] *= alpha[0];
-          o[4 * i + 2] *= alpha[1];
-          o[4 * i + 3] *= alpha[1];
-        }
-      }
+      pack_p<kBc>(s, pa);
     }
+    rescale_o<D>(o, alpha);
     issue_pv<D, kBc>(o, pa, dv + ((t_end - 1 - t_first) & 1) * kBufDesc);
     wg::wait<0>();
     wg::fence_regs(o);
   }
   cp_async_wait<0>();  // nothing may still be landing in sQ when it is reused below
 
-  // Epilogue: normalize, stage this thread's rows in their own sQ rows (each warp reads back only
-  // the 16 rows it wrote), then 16-byte stores of the contiguous output rows.
-  uint8_t* smem = smem_raw + (sQ - smem_u32(smem_raw));
-  float inv[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float lr = l[r];
-    lr += __shfl_xor_sync(0xffffffffu, lr, 1);
-    lr += __shfl_xor_sync(0xffffffffu, lr, 2);
-    inv[r] = lr > 0.f ? 1.f / lr : 0.f;  // a query that sees no key gets zeros
+  // Epilogue: this warpgroup's rows of O, normalized, to the output (sQ's rows as staging).
+  store_rows<D, kBr>(o, l, smem_raw + (sQ - smem_u32(smem_raw)), row0, t4, lane,
+                     wgi * 64 + (warp & 3) * 16, q_rows, p, sb.q0 + q_begin, h);
+#else
+  __trap();  // never launched: wgmma_available() is false without sm_90a code
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// Warp-specialized form (GEMMA3_ATTN_WGMMA=2): FlashAttention-3's structure on the same tiles,
+// MMAs and per-warpgroup loop. Warpgroup 0 only copies: Q once, then K and V tiles into two stages
+// each, with cp.async completing on mbarriers ("full": the 128 producer threads' copies landed).
+// Warpgroups 1 and 2 are the consumers of 64 query rows each, with no CTA-wide barrier a tile: a K
+// stage is released ("empty", one arrival a consumer warp) once S on it completed, a V stage once
+// P.V on it completed, so the producer refills a stage about two tiles before it is needed. The
+// consumers take turns issuing their MMAs (named barriers 1 and 2, FA3's ping-pong): each one's
+// softmax runs while the other's MMAs hold the tensor cores. setmaxnreg moves registers from the
+// producer to the consumers.
+template <int D>
+struct WsCfg {
+  static constexpr int kThreads = 384;
+  static constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // 40 * 128 + 232 * 256 = 168 * 384
+};
+
+// The producer's share of copying a [kRows, D] tile (128 threads): thread tid copies chunk
+// c = tid % (D / 8) of rows r0 + i * kStep (r0 = tid / (D / 8), kStep = 128 / (D / 8): 4 or 8).
+// The swizzle term of row r is (c ^ r) & 7; with kStep 4 it alternates between two values.
+// A loop that is not unrolled: the producer runs on few registers.
+template <int D>
+struct ProducerCopy {
+  static constexpr int kChunks = D / 8, kStep = 128 / kChunks;
+  static_assert(kStep == 4 || kStep == 8, "head_dim 128 or 256");
+  int r0, c;
+  uint32_t col0, col1;  // byte offsets in row r0 of column block 0, for even / odd passes
+  __device__ __forceinline__ explicit ProducerCopy(int tid) {
+    c = tid % kChunks;
+    r0 = tid / kChunks;
+    col0 = uint32_t((((c & 7) ^ (r0 & 7)) << 4) + r0 * 128);
+    col1 = uint32_t((((c & 7) ^ ((r0 + kStep) & 7)) << 4) + r0 * 128);
   }
-#pragma unroll
-  for (int n = 0; n < kDt; ++n) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const uint32_t val = pack_bf16x2(o[4 * n + 2 * r] * inv[r], o[4 * n + 2 * r + 1] * inv[r]);
-      *reinterpret_cast<uint32_t*>(smem + wg::sw128_offset(kBr, row0 + 8 * r, n) + t4 * 4) = val;
+  template <int kRows>
+  __device__ __forceinline__ void copy(uint32_t s_base, const bf16* g, int64_t ld,
+                                       int valid_rows) const {
+    const uint32_t s0 = s_base + uint32_t(c >> 3) * (kRows * 128);
+    const bf16* src = g + (r0 * ld + c * 8);
+    const int64_t g_step = kStep * ld;
+#pragma unroll 2
+    for (int i = 0; i < kRows / kStep; ++i) {
+      const bool valid = r0 + i * kStep < valid_rows;
+      const uint32_t dst = s0 + uint32_t(i * kStep * 128) + ((i & 1) ? col1 : col0);
+      cp_async16_or_zero(dst, valid ? src : g, valid);
+      src += g_step;
     }
   }
-  __syncwarp();
-  constexpr int kChunks = D / 8;
-  const int64_t out_ld = int64_t(p.num_qo_heads) * D;
-  bf16* out_g = p.out + (sb.q0 + q_begin) * out_ld + int64_t(h) * D;
-  const int warp_row = wgi * 64 + (warp & 3) * 16;
-#pragma unroll 4
-  for (int idx = lane; idx < 16 * kChunks; idx += 32) {
-    const int row = warp_row + idx / kChunks, c = idx % kChunks;
-    if (row < q_rows) {
-      const uint4 val = *reinterpret_cast<const uint4*>(smem + wg::sw128_offset(kBr, row, c));
-      *reinterpret_cast<uint4*>(out_g + row * out_ld + c * 8) = val;
+};
+
+template <int D>
+__global__ void __launch_bounds__(384, 1) prefill_wgmma_ws_kernel(const PrefillParams p) {
+#if defined(GEMMA3_WGMMA)
+  using Cfg = Sm90Cfg<D>;
+  using Ws = WsCfg<D>;
+  constexpr int kBr = Cfg::kBr, kBc = Cfg::kBc;
+  extern __shared__ uint8_t smem_raw[];
+  __shared__ int s_row_lo[kBr], s_row_hi[kBr];
+  __shared__ int s_red[kBr / 32][4];
+  // full_q, full_k[2], full_v[2], empty_k[2], empty_v[2]
+  __shared__ __align__(8) uint64_t s_bar[9];
+
+  const int h = blockIdx.x;
+  const int qt = gridDim.y - 1 - blockIdx.y;  // longest causal tiles first
+  const int b = blockIdx.z;
+  const SeqBounds sb = load_seq(p.qo_indptr, p.kv_indptr, b, p.total_q, p.total_kv);
+  const int q_begin = qt * kBr;
+  if (q_begin >= sb.q_len) return;  // the whole CTA
+  const int q_rows = min(kBr, sb.q_len - q_begin);
+  const int kvh = h / p.group;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wgi = __shfl_sync(0xffffffffu, warp >> 2, 0);  // 0: producer; 1, 2: consumers
+
+  const uint32_t bar0 = smem_u32(s_bar);
+  const uint32_t full_q = bar0;
+  auto full_k = [&](int st) { return bar0 + 8u * uint32_t(1 + st); };
+  auto full_v = [&](int st) { return bar0 + 8u * uint32_t(3 + st); };
+  auto empty_k = [&](int st) { return bar0 + 8u * uint32_t(5 + st); };
+  auto empty_v = [&](int st) { return bar0 + 8u * uint32_t(7 + st); };
+  if (tid == 0) {
+    wg::mbar_init(full_q, 128);
+    for (int st = 0; st < 2; ++st) {
+      wg::mbar_init(full_k(st), 128);
+      wg::mbar_init(full_v(st), 128);
+      wg::mbar_init(empty_k(st), 8);
+      wg::mbar_init(empty_v(st), 8);
     }
+    wg::mbar_fence_init();
+  }
+  tile_row_bounds<kBr>(p, sb, q_begin, q_rows, tid, s_row_lo, s_row_hi, s_red);
+  __syncthreads();
+  const TileBounds cta(s_red, 0, kBr / 32);
+  const int t_first = __shfl_sync(0xffffffffu, cta.any() ? cta.lo_min / kBc : 0, 0);
+  const int t_end = __shfl_sync(0xffffffffu, cta.any() ? (cta.hi_max + kBc - 1) / kBc : 0, 0);
+
+  const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  const uint32_t sK = sQ + Cfg::kQBytes;         // K stage i at sK + i * kTileBytes
+  const uint32_t sV = sK + 2 * Cfg::kTileBytes;  // V stage i at sV + i * kTileBytes
+  // Tile t uses stage (t - t_first) & 1, for the n-th time, n = (t - t_first) >> 1: its full
+  // barrier completes phase n, and the producer's n-th fill waits for the release of use n - 1.
+
+  if (wgi == 0) {
+    wg::setmaxnreg_dec<Ws::kProducerRegs>();
+    if (t_first < t_end) {
+      const bf16* k_g = p.k + sb.kv0 * p.ld_k + int64_t(kvh) * D;
+      const bf16* v_g = p.v + sb.kv0 * p.ld_v + int64_t(kvh) * D;
+      const ProducerCopy<D> copy(tid);
+      copy.template copy<kBr>(sQ, p.q + (sb.q0 + q_begin) * p.ld_q + int64_t(h) * D, p.ld_q,
+                              q_rows);
+      wg::cp_async_mbar_arrive(full_q);
+      for (int t = t_first; t < t_end; ++t) {
+        const int st = (t - t_first) & 1, n = (t - t_first) >> 1;
+        const int j = t * kBc;
+        if (n > 0) wg::mbar_wait(empty_k(st), uint32_t(n - 1) & 1);
+        copy.template copy<kBc>(sK + st * Cfg::kTileBytes, k_g + j * p.ld_k, p.ld_k, sb.kv_len - j);
+        wg::cp_async_mbar_arrive(full_k(st));
+        if (n > 0) wg::mbar_wait(empty_v(st), uint32_t(n - 1) & 1);
+        copy.template copy<kBc>(sV + st * Cfg::kTileBytes, v_g + j * p.ld_v, p.ld_v, sb.kv_len - j);
+        wg::cp_async_mbar_arrive(full_v(st));
+      }
+      cp_async_wait<0>();  // no copy of this thread outlives the CTA
+    }
+  } else {
+    wg::setmaxnreg_inc<Ws::kConsumerRegs>();
+    const int cw = wgi - 1;  // consumer: query rows [64 cw, 64 cw + 64)
+    const TileBounds mine(s_red, 2 * cw, 2 * cw + 2);
+    const int g = lane >> 2, t4 = lane & 3;
+    const int row0 = cw * 64 + (warp & 3) * 16 + g;  // this thread's rows: row0, row0 + 8
+    const int* row_lo = s_row_lo + row0;
+    const int* row_hi = s_row_hi + row0;
+    const uint64_t dq = wg::desc_sw128(sQ + uint32_t(cw * 64 * 128), 16, 1024);
+    const uint64_t dk = wg::desc_sw128(sK, 16, 1024);
+    const uint64_t dv = wg::desc_sw128(sV, kBc * 128, 1024);
+    constexpr uint64_t kBufDesc = Cfg::kTileBytes >> 4;
+    // Ping-pong: consumer c issues its MMAs after named barrier 1 + c completes, then arrives on
+    // the other's. Consumer 1 opens the first turn; consumer 0 takes the last arrival below.
+    const uint32_t my_turn = 1 + cw, other_turn = 2 - cw;
+    if (cw == 1) wg::named_arrive<256>(1);
+    auto wait_full = [&](uint32_t bar, int t) {
+      wg::mbar_wait(bar, uint32_t((t - t_first) >> 1) & 1);
+      wg::fence_proxy_async();  // the copies' writes, before wgmma reads them
+    };
+    auto release = [&](uint32_t bar) {
+      if (lane == 0) wg::mbar_arrive(bar);
+    };
+
+    float o[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+    float m[2] = {kNegInf, kNegInf}, l[2] = {0.f, 0.f};
+    if (t_first < t_end) {
+      uint32_t pa[kBc / 16][4];  // P(t) as the A fragments of P.V's k16 steps
+      float s[kBc / 2];          // S(t + 1)
+      float alpha[2];
+      wg::mbar_wait(full_q, 0);
+      wait_full(full_k(0), t_first);
+      wg::named_sync<256>(my_turn);
+      issue_s<D, kBr, kBc>(s, dq, dk);
+      wg::named_arrive<256>(other_turn);
+      wg::wait<0>();
+      wg::fence_regs(s);
+      release(empty_k(0));
+      softmax_tile<kBc>(s, t_first * kBc, mine, row_lo, row_hi, t4, p.scale_log2, m, l, alpha);
+      pack_p<kBc>(s, pa);
+      // The loop of prefill_wgmma_kernel, with the stage barriers in place of the CTA's.
+      for (int t = t_first;; ++t) {
+        const bool last = t + 1 == t_end;
+        const int s0 = (t - t_first) & 1, s1 = s0 ^ 1;
+        wait_full(full_v(s0), t);
+        if (last) break;
+        wait_full(full_k(s1), t + 1);
+        const uint64_t dk_t = dk + s1 * kBufDesc, dv_t = dv + s0 * kBufDesc;
+        wg::named_sync<256>(my_turn);
+        issue_s<D, kBr, kBc>(s, dq, dk_t);
+        rescale_o<D>(o, alpha);
+        issue_pv<D, kBc>(o, pa, dv_t);
+        wg::named_arrive<256>(other_turn);
+        wg::wait<1>();  // S(t + 1); P(t) V(t) may still run, reading pa
+        wg::fence_regs(s);
+        release(empty_k(s1));
+        softmax_tile<kBc>(s, (t + 1) * kBc, mine, row_lo, row_hi, t4, p.scale_log2, m, l, alpha);
+        wg::wait<0>();
+        wg::fence_regs(o);
+        wg::fence_regs(pa);
+        release(empty_v(s0));
+        pack_p<kBc>(s, pa);
+      }
+      rescale_o<D>(o, alpha);
+      wg::named_sync<256>(my_turn);
+      issue_pv<D, kBc>(o, pa, dv + ((t_end - 1 - t_first) & 1) * kBufDesc);
+      wg::named_arrive<256>(other_turn);
+      wg::wait<0>();
+      wg::fence_regs(o);
+      wg::fence_regs(pa);
+    }
+    if (cw == 0) wg::named_sync<256>(1);  // consumer 1's last arrival on barrier 1
+    store_rows<D, kBr>(o, l, smem_raw + (sQ - smem_u32(smem_raw)), row0, t4, lane,
+                       cw * 64 + (warp & 3) * 16, q_rows, p, sb.q0 + q_begin, h);
   }
 #else
   __trap();  // never launched: wgmma_available() is false without sm_90a code
@@ -367,12 +588,15 @@ Status launch(const PrefillParams& p, int64_t batch, int64_t max_q_len, cudaStre
     return Status(StatusCode::kInvalidArgument,
                   "attention_prefill: max_q_len " + std::to_string(max_q_len) + " too large");
   }
-  auto kernel = prefill_wgmma_kernel<D>;
+  // GEMMA3_ATTN_WGMMA=2: the warp-specialized form.
+  static const bool ws = env_is("GEMMA3_ATTN_WGMMA", "2");
+  auto kernel = ws ? prefill_wgmma_ws_kernel<D> : prefill_wgmma_kernel<D>;
   G3_CUDA_RETURN(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
   const dim3 grid(unsigned(p.num_qo_heads), unsigned(tiles), unsigned(batch));
-  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
-  return check_launch("attention_prefill (wgmma)");
+  kernel<<<grid, ws ? WsCfg<D>::kThreads : Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
+  return check_launch(ws ? "attention_prefill (wgmma, warp-specialized)"
+                         : "attention_prefill (wgmma)");
 }
 
 }  // namespace

@@ -79,6 +79,52 @@ __device__ __forceinline__ void fence_regs(uint32_t (&r)[M][N]) {
 }
 __device__ __forceinline__ void fence_reg(uint64_t& r) { asm volatile("" : "+l"(r)::"memory"); }
 
+// mbarriers (shared memory, CTA scope) for producer / consumer pipelines: a barrier completes a
+// phase when `count` arrivals have happened; waiters name the phase by its parity.
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+  GEMMA3_WG_ASM("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+// Makes the inits visible to the other threads and the async proxy before the CTA barrier that
+// follows them (CUTLASS's fence_barrier_init).
+__device__ __forceinline__ void mbar_fence_init() {
+  GEMMA3_WG_ASM("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  GEMMA3_WG_ASM(
+      "{\n.reg .pred p;\nWAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+      "@!p bra WAIT;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  GEMMA3_WG_ASM("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Arrives on `bar` once every cp.async this thread issued before it has completed; the arrival is
+// one of the barrier's `count` (.noinc).
+__device__ __forceinline__ void cp_async_mbar_arrive(uint32_t bar) {
+  GEMMA3_WG_ASM("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+// Named barriers 1..15 among kThreads threads: sync waits for the count, arrive only adds to it.
+template <int kThreads>
+__device__ __forceinline__ void named_sync(uint32_t id) {
+  GEMMA3_WG_ASM("bar.sync %0, %1;\n" ::"r"(id), "n"(kThreads) : "memory");
+}
+template <int kThreads>
+__device__ __forceinline__ void named_arrive(uint32_t id) {
+  GEMMA3_WG_ASM("bar.arrive %0, %1;\n" ::"r"(id), "n"(kThreads) : "memory");
+}
+// Warpgroup register reallocation; the kernel must start with a register cap (launch bounds with a
+// minimum of 1 block).
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  GEMMA3_WG_ASM("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  GEMMA3_WG_ASM("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+
 #include "kernels/cuda/wgmma_gen.inc"
 
 }  // namespace gemma3::cuda::wg
