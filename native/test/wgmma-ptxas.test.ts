@@ -1,8 +1,9 @@
 // The sm_90a kernels' wgmma must issue back to back. ptxas serializes them (a wait after each one,
 // no overlap of the MMAs with anything) when it cannot prove the pipeline safe, and says so only as
 // an info line (C7510-C7518), not a warning or an error. Session 11's change that removed it took
-// the 8K prefill attention row from 645 to 540 µs (docs/kernels.md), and removing the loop's
-// barrier alone brings it back. So this compiles attention_prefill_sm90.cu with
+// the 8K prefill attention row from 645 to 540 µs (docs/kernels.md). Building P(t + 1) in other
+// registers while P(t) V(t) runs and copying it over after the wait (session 11's loop) brings it
+// back here (checked in session 12). So this compiles attention_prefill_sm90.cu with
 // `-Xptxas -v` (where nvcc exists; no GPU needed) and fails on any such line or a spill.
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -45,10 +46,9 @@ describe("sm_90a kernels under ptxas", () => {
         const entries = (kernel: string) =>
           log.match(new RegExp(`Compiling entry function '[^']*${kernel}[^']*'`, "g")) ?? [];
         expect(entries("prefill_wgmma_kernel").length, log).toBe(2); // head_dim 128 and 256
-        expect(entries("prefill_wgmma_ws_kernel").length, log).toBe(2); // warp-specialized
         expect(log.match(/\(C75\d\d\)[^\n]*/g) ?? []).toEqual([]);
         const spills = [...log.matchAll(/(\d+) bytes spill stores/g)].map((m) => Number(m[1]));
-        expect(spills.length).toBeGreaterThanOrEqual(4);
+        expect(spills.length).toBeGreaterThanOrEqual(2);
         expect(
           spills.every((n) => n === 0),
           log,

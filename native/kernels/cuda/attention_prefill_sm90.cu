@@ -2,21 +2,30 @@
 // aligned operands, sm_scale > 0 (contract: kernels/kernels.inc, attention_prefill; dispatch in
 // attention_prefill.cu, which keeps the FlashAttention-2 mma.sync kernel for other devices and
 // for GEMMA3_ATTN_WGMMA=0). Versions, measurements and the ptxas traps: docs/kernels.md,
-// session 11.
+// sessions 11 and 12.
 //
-// One CTA per (qo head, q tile of 128 rows, sequence): two warpgroups of 64 query rows each. The
-// CTA's 256 threads copy tiles with cp.async into 128-byte-swizzled shared memory (wgmma.cuh):
-// Q once, then K and V tiles of 64 keys into two buffers each. Each warpgroup computes S = Q K^T
-// with wgmma m64n64k16 (A = its 64 Q rows, B = the K tile, both from shared memory, K-major), the
-// online softmax in registers (f32, exp2; the scores' layout is mma.sync's, so the masks and row
-// reductions are the FA2 kernel's), and O += P V with wgmma m64n{D}k16: P is the A operand
-// straight from registers (bf16, rounded as HF rounds the probabilities before P.V), V the B
-// operand N-major from shared memory. O stays in registers (128 f32 a thread at D 256).
-// Pipelining: in step t a warpgroup issues S(t + 1) and P(t) V(t), then runs the softmax of
-// S(t + 1) while P(t) V(t) is still on the tensor cores, while the copies of V(t + 1) and K(t + 2)
-// land; one CTA barrier a step. Every warpgroup computes every tile the CTA visits (the mask
-// zeroes what its rows do not see): skipping them per warpgroup put a wgmma in a branch apart
-// from its wait, which made ptxas serialize every wgmma (native/test/wgmma-ptxas.test.ts).
+// FlashAttention-3's structure. One CTA per (qo head, q tile of 128 rows, sequence), three
+// warpgroups:
+// - warpgroup 0, the producer, only copies: Q once, then K and V tiles of 64 keys into two stages
+//   each, with cp.async into the 128-byte swizzle wgmma reads (wgmma.cuh), completing on
+//   mbarriers ("full": the producer's 128 threads' copies landed). Rows past the sequence are
+//   zero-filled, so padding keys and queries contribute exact zeros.
+// - warpgroups 1 and 2, the consumers, own 64 query rows each. S = Q K^T is wgmma m64n64k16 (both
+//   operands from shared memory, K-major); the online softmax runs in registers (f32, exp2; the
+//   scores' layout is mma.sync's, so the masks and row reductions are the FA2 kernel's); O += P V
+//   is wgmma m64n{D}k16 with P the A operand from registers (bf16, rounded as HF rounds the
+//   probabilities before P.V) and V the B operand N-major from shared memory. O stays in
+//   registers (128 f32 a thread at D 256).
+// - No CTA-wide barrier a tile: a consumer releases a K stage ("empty", one arrival a warp) once
+//   S on it completed and a V stage once P.V on it completed, so the producer refills a stage
+//   about two tiles before it is needed.
+// - Within a consumer, S(t + 1) and P(t) V(t) are in flight while the softmax of S(t + 1) runs;
+//   across the two, the MMAs are issued in turns (named barriers 1 and 2, FA3's ping-pong), so
+//   one's softmax runs while the other's MMAs hold the tensor cores.
+// - setmaxnreg gives the consumers 232 registers and the producer 40.
+// Every consumer computes every tile the CTA visits (the mask zeroes what its rows do not see):
+// skipping them per warpgroup put a wgmma in a branch apart from its wait, which made ptxas
+// serialize every wgmma (native/test/wgmma-ptxas.test.ts).
 #include <cuda_runtime.h>
 
 #include <climits>
@@ -34,51 +43,22 @@ namespace gemma3::cuda::prefill {
 namespace {
 
 using detail::cp_async16_or_zero;
-using detail::cp_async_commit;
 using detail::cp_async_wait;
 using detail::smem_u32;
 
 template <int D>
 struct Sm90Cfg {
-  static constexpr int kThreads = 256;  // two warpgroups
-  static constexpr int kBr = 128;       // query rows a CTA, 64 a warpgroup
-  static constexpr int kBc = 64;        // keys a K/V tile
+  static constexpr int kThreads = 384;  // a producer and two consumer warpgroups
+  // setmaxnreg moves registers from the producer to the consumers: 40 * 128 + 232 * 256 = the
+  // 168 * 384 the launch gives (launch bounds 384, 1).
+  static constexpr int kProducerRegs = 40, kConsumerRegs = 232;
+  static constexpr int kBr = 128;  // query rows a CTA, 64 a consumer
+  static constexpr int kBc = 64;   // keys a K/V tile
   static constexpr int kQBytes = kBr * D * 2;
   static constexpr int kTileBytes = kBc * D * 2;
   // Q, two K and two V buffers, plus slack to align the base to the swizzle's 1024 bytes.
   static constexpr int kSmemBytes = kQBytes + 4 * kTileBytes + 1024;
   static_assert(D == 128 || D == 256, "column blocks of 64 dims; O of 64 x D in registers");
-};
-
-// A thread's share of copying a [kRows, D] tile into its swizzled layout: with 256 threads and
-// D / 8 chunks a row, the thread always copies chunk c = tid % (D / 8) of rows r0 + i * kStep
-// (r0 = tid / (D / 8), kStep = 256 / (D / 8), a multiple of 8), so the swizzle term is the same
-// for every i and the shared offsets are off + i * kStep * 128: only the global address and the
-// row's validity change a step. Rows >= valid_rows are zero-filled, so padding keys and queries
-// contribute exact zeros.
-template <int D>
-struct TileCopy {
-  static constexpr int kChunks = D / 8, kStep = 256 / kChunks;
-  static_assert(kStep % 8 == 0, "the swizzle term must not depend on the step");
-  int r0, c;
-  uint32_t col;  // byte offset of the chunk in row r0 of column block 0
-  __device__ __forceinline__ explicit TileCopy(int tid) {
-    c = tid % kChunks;
-    r0 = tid / kChunks;
-    col = uint32_t((((c & 7) ^ (r0 & 7)) << 4) + r0 * 128);
-  }
-  template <int kRows>
-  __device__ __forceinline__ void copy(uint32_t s_base, const bf16* g, int64_t ld,
-                                       int valid_rows) const {
-    const uint32_t s0 = s_base + uint32_t(c >> 3) * (kRows * 128) + col;
-    const bf16* src = g + (r0 * ld + c * 8);
-    const int64_t g_step = kStep * ld;
-#pragma unroll
-    for (int i = 0; i < kRows / kStep; ++i) {
-      const bool valid = r0 + i * kStep < valid_rows;
-      cp_async16_or_zero(s0 + i * kStep * 128, valid ? src + i * g_step : g, valid);
-    }
-  }
 };
 
 // S = Q K^T for one warpgroup's 64 rows and a tile of kBc keys, issued and committed (not
@@ -241,159 +221,6 @@ __device__ __forceinline__ void rescale_o(float (&o)[D / 2], const float (&alpha
   }
 }
 
-template <int D>
-__global__ void __launch_bounds__(256, 1) prefill_wgmma_kernel(const PrefillParams p) {
-#if defined(GEMMA3_WGMMA)
-  using Cfg = Sm90Cfg<D>;
-  constexpr int kBr = Cfg::kBr, kBc = Cfg::kBc;
-  extern __shared__ uint8_t smem_raw[];
-  __shared__ int s_row_lo[kBr], s_row_hi[kBr];
-  __shared__ int s_red[kBr / 32][4];
-
-  const int h = blockIdx.x;
-  const int qt = gridDim.y - 1 - blockIdx.y;  // longest causal tiles first
-  const int b = blockIdx.z;
-  const SeqBounds sb = load_seq(p.qo_indptr, p.kv_indptr, b, p.total_q, p.total_kv);
-  const int q_begin = qt * kBr;
-  if (q_begin >= sb.q_len) return;
-  const int q_rows = min(kBr, sb.q_len - q_begin);
-  const int kvh = h / p.group;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  // Values broadcast from lane 0 (__shfl_sync) are warp-uniform to ptxas, which keeps what is
-  // derived from them (the loop counter, the descriptors) in uniform registers; the wgmma then
-  // issue back to back (with a descriptor in a per-thread register ptxas serializes them, C7513).
-  const int wgi = __shfl_sync(0xffffffffu, warp >> 2, 0);  // query rows [64 wgi, 64 wgi + 64)
-
-  tile_row_bounds<kBr>(p, sb, q_begin, q_rows, tid, s_row_lo, s_row_hi, s_red);
-  __syncthreads();
-  // The CTA visits key tiles [t_first, t_end); each warpgroup computes those its rows see (rows
-  // 64 wgi.. are warps 2 wgi, 2 wgi + 1 of the bounds pass) and masks those not all of them see.
-  const TileBounds cta(s_red, 0, kBr / 32);
-  const TileBounds mine(s_red, 2 * wgi, 2 * wgi + 2);
-  const int t_first = __shfl_sync(0xffffffffu, cta.any() ? cta.lo_min / kBc : 0, 0);
-  const int t_end = __shfl_sync(0xffffffffu, cta.any() ? (cta.hi_max + kBc - 1) / kBc : 0, 0);
-
-  const int g = lane >> 2, t4 = lane & 3;
-  const int row0 = wgi * 64 + (warp & 3) * 16 + g;  // this thread's rows: row0, row0 + 8
-  const int* row_lo = s_row_lo + row0;              // read only for tiles that need a mask
-  const int* row_hi = s_row_hi + row0;
-
-  const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
-  const uint32_t sK = sQ + Cfg::kQBytes;         // K buffer i at sK + i * kTileBytes
-  const uint32_t sV = sK + 2 * Cfg::kTileBytes;  // V buffer i at sV + i * kTileBytes
-  const bf16* q_g = p.q + (sb.q0 + q_begin) * p.ld_q + int64_t(h) * D;
-  const bf16* k_g = p.k + sb.kv0 * p.ld_k + int64_t(kvh) * D;
-  const bf16* v_g = p.v + sb.kv0 * p.ld_v + int64_t(kvh) * D;
-  // Descriptors of step 0: this warpgroup's Q rows (K-major, SBO 1024), K buffer 0 (the same),
-  // V buffer 0 (N-major: LBO = the column-block stride); buffer 1 is kTileBytes >> 4 further.
-  const uint64_t dq = wg::desc_sw128(sQ + uint32_t(wgi * 64 * 128), 16, 1024);
-  const uint64_t dk = wg::desc_sw128(sK, 16, 1024);
-  const uint64_t dv = wg::desc_sw128(sV, kBc * 128, 1024);
-  constexpr uint64_t kBufDesc = Cfg::kTileBytes >> 4;
-
-  // Tile t's K lands in K buffer (t - t_first) & 1, its V in V buffer (t - t_first) & 1.
-  const TileCopy<D> tile_copy(tid);
-  auto load_k = [&](int t) {
-    const int j = t * kBc;
-    tile_copy.template copy<kBc>(sK + ((t - t_first) & 1) * Cfg::kTileBytes, k_g + j * p.ld_k,
-                                 p.ld_k, sb.kv_len - j);
-  };
-  auto load_v = [&](int t) {
-    const int j = t * kBc;
-    tile_copy.template copy<kBc>(sV + ((t - t_first) & 1) * Cfg::kTileBytes, v_g + j * p.ld_v,
-                                 p.ld_v, sb.kv_len - j);
-  };
-  float o[D / 2];
-#pragma unroll
-  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-  float m[2] = {kNegInf, kNegInf}, l[2] = {0.f, 0.f};
-  // Every wgmma below is issued and waited for in straight-line code of one branch: ptxas
-  // serializes wgmma (a wait after each one, info C7518) when an issue and its wait sit in
-  // different branches. So a warpgroup also computes tiles none of its rows sees (the diagonal
-  // tile of causal rows, tiles before a window): the mask makes them contribute exact zeros.
-  if (t_first < t_end) {
-    uint32_t pa[kBc / 16][4];  // P(t) as the A fragments of P.V's k16 steps
-    float s[kBc / 2];          // S(t + 1)
-    tile_copy.template copy<kBr>(sQ, q_g, p.ld_q, q_rows);
-    load_k(t_first);
-    cp_async_commit();
-    load_v(t_first);
-    cp_async_commit();
-    if (t_first + 1 < t_end) load_k(t_first + 1);
-    cp_async_commit();
-    cp_async_wait<2>();  // Q and K(t_first)
-    wg::fence_proxy_async();
-    __syncthreads();
-    issue_s<D, kBr, kBc>(s, dq, dk);
-    wg::wait<0>();
-    wg::fence_regs(s);
-    float alpha[2];
-    softmax_tile<kBc>(s, t_first * kBc, mine, row_lo, row_hi, t4, p.scale_log2, m, l, alpha);
-    pack_p<kBc>(s, pa);
-
-    // Steady state, one barrier a tile (FlashAttention-3's order within a warpgroup). Entering
-    // iteration t: P(t) in pa, alpha(t) (O's factor for it) in registers, V(t) and K(t + 1)
-    // requested. The warpgroup issues S(t + 1) = Q K(t + 1)^T, rescales O by alpha(t) while it
-    // runs, issues O += P(t) V(t), and runs the softmax of S(t + 1) (in place, f32) while P(t) V(t)
-    // is still on the tensor cores; P(t + 1) is packed into pa once that MMA completed. So no
-    // register an MMA in flight reads is written (ptxas serializes every wgmma otherwise, C7513),
-    // and the rescale is off the path from the last MMA to the next tile's issue.
-    for (int t = t_first;; ++t) {
-      const bool last = t + 1 == t_end;
-      cp_async_wait<0>();  // V(t), K(t + 1)
-      wg::fence_proxy_async();
-      __syncthreads();  // ... landed for every thread; both warpgroups finished S(t), P.V(t - 1)
-      if (last) break;
-      const uint64_t dk_t = dk + ((t + 1 - t_first) & 1) * kBufDesc;
-      const uint64_t dv_t = dv + ((t - t_first) & 1) * kBufDesc;
-      issue_s<D, kBr, kBc>(s, dq, dk_t);
-      rescale_o<D>(o, alpha);
-      issue_pv<D, kBc>(o, pa, dv_t);
-      // V(t + 1) replaces V(t - 1), K(t + 2) replaces K(t): both read by MMAs that completed.
-      // Requested after the MMAs are issued, so the tensor cores do not wait for the addressing.
-      load_v(t + 1);
-      cp_async_commit();
-      if (t + 2 < t_end) load_k(t + 2);
-      cp_async_commit();
-      wg::wait<1>();  // S(t + 1); P(t) V(t) may still run, reading pa
-      wg::fence_regs(s);
-      softmax_tile<kBc>(s, (t + 1) * kBc, mine, row_lo, row_hi, t4, p.scale_log2, m, l, alpha);
-      wg::wait<0>();
-      wg::fence_regs(o);
-      wg::fence_regs(pa);
-      pack_p<kBc>(s, pa);
-    }
-    rescale_o<D>(o, alpha);
-    issue_pv<D, kBc>(o, pa, dv + ((t_end - 1 - t_first) & 1) * kBufDesc);
-    wg::wait<0>();
-    wg::fence_regs(o);
-  }
-  cp_async_wait<0>();  // nothing may still be landing in sQ when it is reused below
-
-  // Epilogue: this warpgroup's rows of O, normalized, to the output (sQ's rows as staging).
-  store_rows<D, kBr>(o, l, smem_raw + (sQ - smem_u32(smem_raw)), row0, t4, lane,
-                     wgi * 64 + (warp & 3) * 16, q_rows, p, sb.q0 + q_begin, h);
-#else
-  __trap();  // never launched: wgmma_available() is false without sm_90a code
-#endif
-}
-
-// ---------------------------------------------------------------------------------------------
-// Warp-specialized form (GEMMA3_ATTN_WGMMA=2): FlashAttention-3's structure on the same tiles,
-// MMAs and per-warpgroup loop. Warpgroup 0 only copies: Q once, then K and V tiles into two stages
-// each, with cp.async completing on mbarriers ("full": the 128 producer threads' copies landed).
-// Warpgroups 1 and 2 are the consumers of 64 query rows each, with no CTA-wide barrier a tile: a K
-// stage is released ("empty", one arrival a consumer warp) once S on it completed, a V stage once
-// P.V on it completed, so the producer refills a stage about two tiles before it is needed. The
-// consumers take turns issuing their MMAs (named barriers 1 and 2, FA3's ping-pong): each one's
-// softmax runs while the other's MMAs hold the tensor cores. setmaxnreg moves registers from the
-// producer to the consumers.
-template <int D>
-struct WsCfg {
-  static constexpr int kThreads = 384;
-  static constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // 40 * 128 + 232 * 256 = 168 * 384
-};
-
 // The producer's share of copying a [kRows, D] tile (128 threads): thread tid copies chunk
 // c = tid % (D / 8) of rows r0 + i * kStep (r0 = tid / (D / 8), kStep = 128 / (D / 8): 4 or 8).
 // The swizzle term of row r is (c ^ r) & 7; with kStep 4 it alternates between two values.
@@ -427,10 +254,10 @@ struct ProducerCopy {
 };
 
 template <int D>
-__global__ void __launch_bounds__(384, 1) prefill_wgmma_ws_kernel(const PrefillParams p) {
+__global__ void __launch_bounds__(Sm90Cfg<D>::kThreads, 1)
+    prefill_wgmma_kernel(const PrefillParams p) {
 #if defined(GEMMA3_WGMMA)
   using Cfg = Sm90Cfg<D>;
-  using Ws = WsCfg<D>;
   constexpr int kBr = Cfg::kBr, kBc = Cfg::kBc;
   extern __shared__ uint8_t smem_raw[];
   __shared__ int s_row_lo[kBr], s_row_hi[kBr];
@@ -478,7 +305,7 @@ __global__ void __launch_bounds__(384, 1) prefill_wgmma_ws_kernel(const PrefillP
   // barrier completes phase n, and the producer's n-th fill waits for the release of use n - 1.
 
   if (wgi == 0) {
-    wg::setmaxnreg_dec<Ws::kProducerRegs>();
+    wg::setmaxnreg_dec<Cfg::kProducerRegs>();
     if (t_first < t_end) {
       const bf16* k_g = p.k + sb.kv0 * p.ld_k + int64_t(kvh) * D;
       const bf16* v_g = p.v + sb.kv0 * p.ld_v + int64_t(kvh) * D;
@@ -499,7 +326,7 @@ __global__ void __launch_bounds__(384, 1) prefill_wgmma_ws_kernel(const PrefillP
       cp_async_wait<0>();  // no copy of this thread outlives the CTA
     }
   } else {
-    wg::setmaxnreg_inc<Ws::kConsumerRegs>();
+    wg::setmaxnreg_inc<Cfg::kConsumerRegs>();
     const int cw = wgi - 1;  // consumer: query rows [64 cw, 64 cw + 64)
     const TileBounds mine(s_red, 2 * cw, 2 * cw + 2);
     const int g = lane >> 2, t4 = lane & 3;
@@ -540,7 +367,12 @@ __global__ void __launch_bounds__(384, 1) prefill_wgmma_ws_kernel(const PrefillP
       release(empty_k(0));
       softmax_tile<kBc>(s, t_first * kBc, mine, row_lo, row_hi, t4, p.scale_log2, m, l, alpha);
       pack_p<kBc>(s, pa);
-      // The loop of prefill_wgmma_kernel, with the stage barriers in place of the CTA's.
+      // Steady state (FlashAttention-3's order within a warpgroup). Entering iteration t: P(t) in
+      // pa, alpha(t) (O's factor for it) in registers. The consumer issues S(t + 1) = Q K(t + 1)^T,
+      // rescales O by alpha(t) while it runs, issues O += P(t) V(t), and runs the softmax of
+      // S(t + 1) (in place, f32) while P(t) V(t) is still on the tensor cores; P(t + 1) is packed
+      // into pa once that MMA completed. So no register an MMA in flight reads is written (ptxas
+      // serializes every wgmma otherwise, C7513), and the rescale is off the path between MMAs.
       for (int t = t_first;; ++t) {
         const bool last = t + 1 == t_end;
         const int s0 = (t - t_first) & 1, s1 = s0 ^ 1;
@@ -588,15 +420,12 @@ Status launch(const PrefillParams& p, int64_t batch, int64_t max_q_len, cudaStre
     return Status(StatusCode::kInvalidArgument,
                   "attention_prefill: max_q_len " + std::to_string(max_q_len) + " too large");
   }
-  // GEMMA3_ATTN_WGMMA=2: the warp-specialized form.
-  static const bool ws = env_is("GEMMA3_ATTN_WGMMA", "2");
-  auto kernel = ws ? prefill_wgmma_ws_kernel<D> : prefill_wgmma_kernel<D>;
+  auto kernel = prefill_wgmma_kernel<D>;
   G3_CUDA_RETURN(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
   const dim3 grid(unsigned(p.num_qo_heads), unsigned(tiles), unsigned(batch));
-  kernel<<<grid, ws ? WsCfg<D>::kThreads : Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
-  return check_launch(ws ? "attention_prefill (wgmma, warp-specialized)"
-                         : "attention_prefill (wgmma)");
+  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
+  return check_launch("attention_prefill (wgmma)");
 }
 
 }  // namespace
