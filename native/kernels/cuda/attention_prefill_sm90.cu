@@ -46,14 +46,14 @@ using detail::cp_async16_or_zero;
 using detail::cp_async_wait;
 using detail::smem_u32;
 
-template <int D>
+template <int D, int kBc_>
 struct Sm90Cfg {
   static constexpr int kThreads = 384;  // a producer and two consumer warpgroups
   // setmaxnreg moves registers from the producer to the consumers: 40 * 128 + 232 * 256 = the
   // 168 * 384 the launch gives (launch bounds 384, 1).
   static constexpr int kProducerRegs = 40, kConsumerRegs = 232;
-  static constexpr int kBr = 128;  // query rows a CTA, 64 a consumer
-  static constexpr int kBc = 64;   // keys a K/V tile
+  static constexpr int kBr = 128;   // query rows a CTA, 64 a consumer
+  static constexpr int kBc = kBc_;  // keys a K/V tile: 64 at D 256, 128 at D 128
   static constexpr int kQBytes = kBr * D * 2;
   static constexpr int kTileBytes = kBc * D * 2;
   // Q, two K and two V buffers, plus slack to align the base to the swizzle's 1024 bytes.
@@ -67,17 +67,25 @@ struct Sm90Cfg {
 // >> 4 to the start address field (no carry: shared addresses are < 2^18).
 template <int D, int kBr, int kBc>
 __device__ __forceinline__ void issue_s(float (&s)[kBc / 2], uint64_t dq, uint64_t dk) {
-  static_assert(kBc == 64, "m64n64k16");
+  static_assert(kBc == 64 || kBc == 128, "m64n64k16 or m64n128k16");
   wg::fence();
 #pragma unroll
   for (int ks = 0; ks < D / 16; ++ks) {
     const uint32_t off = uint32_t((ks & 3) * 32);
     const uint64_t da = dq + (((ks >> 2) * kBr * 128 + off) >> 4);
     const uint64_t db = dk + (((ks >> 2) * kBc * 128 + off) >> 4);
-    if (ks == 0) {
-      wg::wgmma_m64n64k16_ss<false>(s, da, db);
+    if constexpr (kBc == 64) {
+      if (ks == 0) {
+        wg::wgmma_m64n64k16_ss<false>(s, da, db);
+      } else {
+        wg::wgmma_m64n64k16_ss<true>(s, da, db);
+      }
     } else {
-      wg::wgmma_m64n64k16_ss<true>(s, da, db);
+      if (ks == 0) {
+        wg::wgmma_m64n128k16_ss<false>(s, da, db);
+      } else {
+        wg::wgmma_m64n128k16_ss<true>(s, da, db);
+      }
     }
   }
   wg::commit();
@@ -253,20 +261,22 @@ struct ProducerCopy {
   }
 };
 
-template <int D>
-__global__ void __launch_bounds__(Sm90Cfg<D>::kThreads, 1)
-    prefill_wgmma_kernel(const PrefillParams p) {
+// q_fast: the grid is (q tiles, heads, sequences) instead of (heads, q tiles, sequences).
+template <int D, int kBc>
+__global__ void __launch_bounds__(Sm90Cfg<D, kBc>::kThreads, 1)
+    prefill_wgmma_kernel(const PrefillParams p, int q_fast) {
 #if defined(GEMMA3_WGMMA)
-  using Cfg = Sm90Cfg<D>;
-  constexpr int kBr = Cfg::kBr, kBc = Cfg::kBc;
+  using Cfg = Sm90Cfg<D, kBc>;
+  constexpr int kBr = Cfg::kBr;
   extern __shared__ uint8_t smem_raw[];
   __shared__ int s_row_lo[kBr], s_row_hi[kBr];
   __shared__ int s_red[kBr / 32][4];
   // full_q, full_k[2], full_v[2], empty_k[2], empty_v[2]
   __shared__ __align__(8) uint64_t s_bar[9];
 
-  const int h = blockIdx.x;
-  const int qt = gridDim.y - 1 - blockIdx.y;  // longest causal tiles first
+  const int h = q_fast ? blockIdx.y : blockIdx.x;
+  // Longest causal tiles first.
+  const int qt = q_fast ? gridDim.x - 1 - blockIdx.x : gridDim.y - 1 - blockIdx.y;
   const int b = blockIdx.z;
   const SeqBounds sb = load_seq(p.qo_indptr, p.kv_indptr, b, p.total_q, p.total_kv);
   const int q_begin = qt * kBr;
@@ -412,19 +422,21 @@ __global__ void __launch_bounds__(Sm90Cfg<D>::kThreads, 1)
 #endif
 }
 
-template <int D>
+template <int D, int kBc>
 Status launch(const PrefillParams& p, int64_t batch, int64_t max_q_len, cudaStream_t stream) {
-  using Cfg = Sm90Cfg<D>;
+  using Cfg = Sm90Cfg<D, kBc>;
   const int64_t tiles = (max_q_len + Cfg::kBr - 1) / Cfg::kBr;
   if (tiles > 65535) {
     return Status(StatusCode::kInvalidArgument,
                   "attention_prefill: max_q_len " + std::to_string(max_q_len) + " too large");
   }
-  auto kernel = prefill_wgmma_kernel<D>;
+  auto kernel = prefill_wgmma_kernel<D, kBc>;
   G3_CUDA_RETURN(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
-  const dim3 grid(unsigned(p.num_qo_heads), unsigned(tiles), unsigned(batch));
-  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
+  static const int q_fast = env_is("GEMMA3_ATTN_QFAST", "1") ? 1 : 0;  // session 12 A/B
+  const dim3 grid = q_fast ? dim3(unsigned(tiles), unsigned(p.num_qo_heads), unsigned(batch))
+                           : dim3(unsigned(p.num_qo_heads), unsigned(tiles), unsigned(batch));
+  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p, q_fast);
   return check_launch("attention_prefill (wgmma)");
 }
 
@@ -441,8 +453,10 @@ bool wgmma_available() {
 
 Status launch_wgmma(const PrefillParams& p, int head_dim, int64_t batch, int64_t max_q_len,
                     cudaStream_t stream) {
-  if (head_dim == 256) return launch<256>(p, batch, max_q_len, stream);
-  return launch<128>(p, batch, max_q_len, stream);
+  if (head_dim == 256) return launch<256, 64>(p, batch, max_q_len, stream);
+  static const bool bc64 = env_is("GEMMA3_ATTN_D128_BC", "64");  // session 12 A/B
+  if (bc64) return launch<128, 64>(p, batch, max_q_len, stream);
+  return launch<128, 128>(p, batch, max_q_len, stream);
 }
 
 }  // namespace gemma3::cuda::prefill
