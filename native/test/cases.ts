@@ -1348,7 +1348,8 @@ export function attentionCases(): Case[] {
       // The sm_90a wgmma kernel's shapes (D 128 / 256; 128 query rows a CTA in two warpgroups of
       // 64, key tiles of 64): several q tiles and a partial last one, key ranges past a q tile
       // (chunked prefill), a window that starts and ends mid-tile, a bidirectional span, a
-      // warpgroup with no visible key in a tile, non-causal, GQA groups 1 / 2 / 4.
+      // warpgroup with no visible key in a tile, non-causal, GQA groups 1 / 2 / 4; key ranges
+      // split over CTAs (attention_prefill_sm90.cu, choose_splits).
       const wg: [string, number, number, number, PrefillOpts][] = [
         ["300/300,77/200", 8, 4, 256, {}],
         ["257/257", 4, 1, 256, { window: 100 }],
@@ -1356,6 +1357,11 @@ export function attentionCases(): Case[] {
         ["150/150", 2, 2, 256, { spans: true }],
         ["130/130", 2, 1, 128, { causal: false }],
         ["64/1000,65/65", 2, 1, 256, {}],
+        // Grids small enough for the CUDA kernel to split the key range (a 512-token chunk's
+        // shape, shrunk): whole splits, a window, spans, two sequences of unequal length.
+        ["100/2100", 4, 2, 256, {}],
+        ["200/1600,30/700", 2, 1, 128, { window: 900 }],
+        ["129/1200", 2, 2, 256, { spans: true }],
       ];
       wg.forEach(([seqs, hq, hkv, dim, opts], i) =>
         cases.push(prefillCase(d, parseSeqs(seqs), hq, hkv, dim, opts, 2800 + i)),

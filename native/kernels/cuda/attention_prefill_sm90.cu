@@ -28,13 +28,16 @@
 // serialize every wgmma (native/test/wgmma-ptxas.test.ts).
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 
 #include "kernels/cuda/attention_prefill.cuh"
 #include "kernels/cuda/cp_async.cuh"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/gemv_common.cuh"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/wgmma.cuh"
 #include "runtime/env.h"
@@ -214,6 +217,89 @@ __device__ __forceinline__ void store_rows(const float (&o)[D / 2], const float 
   }
 }
 
+// Split key ranges (small grids: chunked prefill, short batches). With splits > 1 the CTA of
+// (head, q tile, split) attends to its share of the q tile's key tiles and writes, per query row
+// and head, O unnormalized (f32) and (m, l): the row max in log2 units (scores * scale_log2) and
+// the sum of 2^(s * scale_log2 - m). prefill_combine_kernel merges the splits into the output.
+// o: [splits][total_q][heads][D], ml: [splits][total_q][heads][2].
+struct SplitOut {
+  int splits = 1;
+  float* o = nullptr;
+  float* ml = nullptr;
+};
+
+// A consumer warp's rows of a split: rows row0, row0 + 8 of the tile (those below q_rows), the
+// thread's columns 8 n + 2 t4, + 1.
+template <int D>
+__device__ __forceinline__ void store_partial(const float (&o)[D / 2], const float (&m)[2],
+                                              const float (&l)[2], int row0, int t4, int q_rows,
+                                              const PrefillParams& p, const SplitOut& so, int split,
+                                              int64_t q0, int h) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float lr = l[r];
+    lr += __shfl_xor_sync(0xffffffffu, lr, 1);
+    lr += __shfl_xor_sync(0xffffffffu, lr, 2);
+    const int row = row0 + 8 * r;
+    if (row >= q_rows) continue;
+    const int64_t rh = (int64_t(split) * p.total_q + q0 + row) * p.num_qo_heads + h;
+    float* dst = so.o + rh * D + 2 * t4;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      *reinterpret_cast<float2*>(dst + 8 * n) = make_float2(o[4 * n + 2 * r], o[4 * n + 2 * r + 1]);
+    }
+    if (t4 == 0) {
+      *reinterpret_cast<float2*>(so.ml + 2 * rh) =
+          make_float2(m[r] == kNegInf ? kNegInf : m[r] * p.scale_log2, lr);
+    }
+  }
+}
+
+// out[row, h] = sum_s 2^(m_s - M) O_s / sum_s 2^(m_s - M) l_s (M = max m_s), bf16; zeros for a
+// row that saw no key. One warp a (row, head), D / 32 consecutive values a lane.
+template <int D>
+__global__ void __launch_bounds__(128)
+    prefill_combine_kernel(const PrefillParams p, const SplitOut so) {
+  constexpr int kPer = D / 32;
+  static_assert(kPer % 4 == 0, "float4 loads");
+  const int64_t rows = int64_t(p.total_q) * p.num_qo_heads;
+  const int64_t rh = int64_t(blockIdx.x) * 4 + (threadIdx.x >> 5);
+  if (rh >= rows) return;
+  const int lane = threadIdx.x & 31;
+  float mx = kNegInf;
+  for (int s = 0; s < so.splits; ++s) mx = fmaxf(mx, so.ml[2 * (s * rows + rh)]);
+  float acc[kPer] = {};
+  float sum = 0.f;
+  if (mx != kNegInf) {
+    for (int s = 0; s < so.splits; ++s) {
+      const float2 ml = *reinterpret_cast<const float2*>(so.ml + 2 * (s * rows + rh));
+      const float w = exp2f(ml.x - mx);  // 0 for a split that saw no key
+      sum += w * ml.y;
+      const float* src = so.o + (s * rows + rh) * D + lane * kPer;
+#pragma unroll
+      for (int i = 0; i < kPer; i += 4) {
+        const float4 v = *reinterpret_cast<const float4*>(src + i);
+        acc[i] += w * v.x;
+        acc[i + 1] += w * v.y;
+        acc[i + 2] += w * v.z;
+        acc[i + 3] += w * v.w;
+      }
+    }
+  }
+  const float inv = sum > 0.f ? 1.f / sum : 0.f;
+  // rh = q row * heads + h, and the output row of q row is heads * D wide: rh * D is the offset.
+  bf16* dst = p.out + rh * D + lane * kPer;
+#pragma unroll
+  for (int i = 0; i < kPer; i += 8) {
+    uint4 v;
+    v.x = pack_bf16x2(acc[i] * inv, acc[i + 1] * inv);
+    v.y = pack_bf16x2(acc[i + 2] * inv, acc[i + 3] * inv);
+    v.z = pack_bf16x2(acc[i + 4] * inv, acc[i + 5] * inv);
+    v.w = pack_bf16x2(acc[i + 6] * inv, acc[i + 7] * inv);
+    *reinterpret_cast<uint4*>(dst + i) = v;
+  }
+}
+
 // O *= alpha, the factor of each of the thread's two rows; skipped when it is exactly 1 for every
 // row of the warp (2^0: the row max did not move, as on most tiles of a long row).
 template <int D>
@@ -263,7 +349,7 @@ struct ProducerCopy {
 
 template <int D, int kBc>
 __global__ void __launch_bounds__(Sm90Cfg<D, kBc>::kThreads, 1)
-    prefill_wgmma_kernel(const PrefillParams p) {
+    prefill_wgmma_kernel(const PrefillParams p, const SplitOut so) {
 #if defined(GEMMA3_WGMMA)
   using Cfg = Sm90Cfg<D, kBc>;
   constexpr int kBr = Cfg::kBr;
@@ -274,7 +360,7 @@ __global__ void __launch_bounds__(Sm90Cfg<D, kBc>::kThreads, 1)
   __shared__ __align__(8) uint64_t s_bar[9];
 
   // Heads fastest and the longest causal tiles first (q tiles fastest measured slower: session 12).
-  const int h = blockIdx.x;
+  const int h = blockIdx.x / so.splits, split = blockIdx.x % so.splits;
   const int qt = gridDim.y - 1 - blockIdx.y;
   const int b = blockIdx.z;
   const SeqBounds sb = load_seq(p.qo_indptr, p.kv_indptr, b, p.total_q, p.total_kv);
@@ -304,8 +390,14 @@ __global__ void __launch_bounds__(Sm90Cfg<D, kBc>::kThreads, 1)
   tile_row_bounds<kBr>(p, sb, q_begin, q_rows, tid, s_row_lo, s_row_hi, s_red);
   __syncthreads();
   const TileBounds cta(s_red, 0, kBr / 32);
-  const int t_first = __shfl_sync(0xffffffffu, cta.any() ? cta.lo_min / kBc : 0, 0);
-  const int t_end = __shfl_sync(0xffffffffu, cta.any() ? (cta.hi_max + kBc - 1) / kBc : 0, 0);
+  int t0 = cta.any() ? cta.lo_min / kBc : 0, t1 = cta.any() ? (cta.hi_max + kBc - 1) / kBc : 0;
+  if (so.splits > 1) {  // this split's share of the key tiles (may be none)
+    const int n = t1 - t0;
+    t1 = t0 + n * (split + 1) / so.splits;
+    t0 += n * split / so.splits;
+  }
+  const int t_first = __shfl_sync(0xffffffffu, t0, 0);
+  const int t_end = __shfl_sync(0xffffffffu, t1, 0);
 
   const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
   const uint32_t sK = sQ + Cfg::kQBytes;         // K stage i at sK + i * kTileBytes
@@ -413,12 +505,60 @@ __global__ void __launch_bounds__(Sm90Cfg<D, kBc>::kThreads, 1)
       wg::fence_regs(pa);
     }
     if (cw == 0) wg::named_sync<256>(1);  // consumer 1's last arrival on barrier 1
-    store_rows<D, kBr>(o, l, smem_raw + (sQ - smem_u32(smem_raw)), row0, t4, lane,
-                       cw * 64 + (warp & 3) * 16, q_rows, p, sb.q0 + q_begin, h);
+    if (so.splits > 1) {
+      store_partial<D>(o, m, l, row0, t4, q_rows, p, so, split, sb.q0 + q_begin, h);
+    } else {
+      store_rows<D, kBr>(o, l, smem_raw + (sQ - smem_u32(smem_raw)), row0, t4, lane,
+                         cw * 64 + (warp & 3) * 16, q_rows, p, sb.q0 + q_begin, h);
+    }
   }
 #else
   __trap();  // never launched: wgmma_available() is false without sm_90a code
 #endif
+}
+
+// The split-KV workspace: one per thread and device, grown on demand outside graph capture and
+// kept (like cuBLAS's workspace in matmul.cu, it assumes one stream at a time per thread and
+// device). A failed allocation only turns splitting off.
+struct SplitWorkspace {
+  float* ptr = nullptr;
+  int64_t floats = 0;
+};
+thread_local SplitWorkspace t_split_ws[detail::kMaxDevices];
+
+float* split_workspace(int64_t floats, cudaStream_t stream) {
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= detail::kMaxDevices) return nullptr;
+  SplitWorkspace& ws = t_split_ws[dev];
+  if (ws.floats >= floats) return ws.ptr;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess ||
+      capture != cudaStreamCaptureStatusNone) {
+    return nullptr;
+  }
+  if (ws.ptr != nullptr) cudaFree(ws.ptr);  // synchronizes: no kernel still reads it
+  ws = {};
+  void* p = nullptr;
+  if (cudaMalloc(&p, size_t(floats) * sizeof(float)) != cudaSuccess) {
+    (void)cudaGetLastError();  // the failed allocation is not an error of this call
+    return nullptr;
+  }
+  ws = {static_cast<float*>(p), floats};
+  return ws.ptr;
+}
+
+// Splits of the key range: only when the grid fills under half the SMs, as many as keep it within
+// one wave, at least 512 keys a split by the mean key count of a sequence, at most 8.
+// GEMMA3_ATTN_SPLITS=N forces N (tests: empty splits, every tile split).
+int choose_splits(int64_t ctas, int64_t mean_kv, int sms) {
+  static const int forced = [] {
+    const char* v = std::getenv("GEMMA3_ATTN_SPLITS");
+    return v != nullptr ? std::atoi(v) : 0;
+  }();
+  if (forced > 0) return std::min(forced, 64);
+  if (ctas <= 0 || 2 * ctas > sms) return 1;
+  const int64_t by_grid = sms / ctas, by_keys = mean_kv / 512;
+  return int(std::max<int64_t>(1, std::min<int64_t>({8, by_grid, by_keys})));
 }
 
 template <int D, int kBc>
@@ -429,12 +569,30 @@ Status launch(const PrefillParams& p, int64_t batch, int64_t max_q_len, cudaStre
     return Status(StatusCode::kInvalidArgument,
                   "attention_prefill: max_q_len " + std::to_string(max_q_len) + " too large");
   }
+  int sms = 0;
+  G3_RETURN_IF_ERROR(detail::sm_count(&sms));
+  SplitOut so;
+  so.splits = choose_splits(p.num_qo_heads * tiles * batch, p.total_kv / batch, sms);
+  if (so.splits > 1) {
+    const int64_t rows = int64_t(p.total_q) * p.num_qo_heads;
+    float* ws = split_workspace(so.splits * rows * (D + 2), stream);
+    if (ws == nullptr) {
+      so.splits = 1;
+    } else {
+      so.o = ws;
+      so.ml = ws + so.splits * rows * D;
+    }
+  }
   auto kernel = prefill_wgmma_kernel<D, kBc>;
   G3_CUDA_RETURN(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
-  const dim3 grid(unsigned(p.num_qo_heads), unsigned(tiles), unsigned(batch));
-  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
-  return check_launch("attention_prefill (wgmma)");
+  const dim3 grid(unsigned(p.num_qo_heads * so.splits), unsigned(tiles), unsigned(batch));
+  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p, so);
+  G3_RETURN_IF_ERROR(check_launch("attention_prefill (wgmma)"));
+  if (so.splits == 1) return Status::Ok();
+  const int64_t rows = int64_t(p.total_q) * p.num_qo_heads;
+  prefill_combine_kernel<D><<<unsigned((rows + 3) / 4), 128, 0, stream>>>(p, so);
+  return check_launch("attention_prefill (wgmma, combine)");
 }
 
 }  // namespace
