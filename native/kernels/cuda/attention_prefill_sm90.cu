@@ -290,14 +290,13 @@ __global__ void __launch_bounds__(128)
   // rh = q row * heads + h, and the output row of q row is heads * D wide: rh * D is the offset.
   bf16* dst = p.out + rh * D + lane * kPer;
 #pragma unroll
-  for (int i = 0; i < kPer; i += 8) {
-    uint4 v;
+  for (int i = 0; i < kPer; i += 4) {  // 8-byte stores: 4 values (D 128 gives a lane 4)
+    uint2 v;
     v.x = pack_bf16x2(acc[i] * inv, acc[i + 1] * inv);
     v.y = pack_bf16x2(acc[i + 2] * inv, acc[i + 3] * inv);
-    v.z = pack_bf16x2(acc[i + 4] * inv, acc[i + 5] * inv);
-    v.w = pack_bf16x2(acc[i + 6] * inv, acc[i + 7] * inv);
-    *reinterpret_cast<uint4*>(dst + i) = v;
+    *reinterpret_cast<uint2*>(dst + i) = v;
   }
+}
 }
 
 // O *= alpha, the factor of each of the thread's two rows; skipped when it is exactly 1 for every
