@@ -297,7 +297,6 @@ __global__ void __launch_bounds__(128)
     *reinterpret_cast<uint2*>(dst + i) = v;
   }
 }
-}
 
 // O *= alpha, the factor of each of the thread's two rows; skipped when it is exactly 1 for every
 // row of the warp (2^0: the row max did not move, as on most tiles of a long row).
