@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
 # One device call for the work written but not yet run on a GPU (docs/kernels.md): builds the addon
 # (sm_90a), runs the CUDA tests of the pending parts, then the rows and A/Bs that decide defaults.
-# Pending (session 12, call 3): split key ranges in the wgmma prefill attention for small grids
-# (chunked prefill: attention_prefill_sm90.cu, choose_splits; partials in f32 and a combine
-# kernel). Runs the attentionPrefill cases with the default choice (three new cases split) and with
-# GEMMA3_ATTN_SPLITS=3 forced on every bf16 case (empty splits included), the attention_prefill
-# rows with the default and GEMMA3_ATTN_SPLITS=1, torch SDPA in the same call, and the 4B
-# 2048-token prefill (512-token chunks) with both, alternating, two rounds.
-# FULL=1 adds ops.bounds, the mma.sync cases and Nsight Compute.
+# Pending (session 12, call 4): the checks around split key ranges in the wgmma prefill attention
+# (call 3 ran its cases and rows): ops.bounds, the model's CUDA tests that prefill (parity,
+# chunked, spans, prefix, graph), and a long prompt end to end, where the global layers' chunks see
+# many keys: the 4B 8192-token prefill (16 chunks of 512) with the default choice and with
+# GEMMA3_ATTN_SPLITS=1, alternating, two rounds. FULL=1 adds Nsight Compute.
 #   here first: npx turbo run build && bash scripts/pack-dists.sh, then device run,
 #   carry [".device", ".dists.tar"]:  bash scripts/device-run.sh scripts/gpu-pending.sh
 #   (device-run.sh returns every output file in one results.tgz: a call returns at most 8 files)
@@ -35,26 +33,16 @@ if command -v cuobjdump >/dev/null; then
   cuobjdump -sass "$obj" >"$OUT/wgmma.sass" 2>&1 || true
   echo "sass: $(grep -c HGMMA "$OUT/wgmma.sass") HGMMA, $(grep -c 'WARPGROUP.DEPBAR' "$OUT/wgmma.sass") wgmma waits, $(grep -cE 'LDL|STL' "$OUT/wgmma.sass") local ld/st"
 fi
-vt prefill-wgmma "" native/test/ops.cuda.test.ts -t "attentionPrefill"
-vt prefill-split3 GEMMA3_ATTN_SPLITS=3 native/test/ops.cuda.test.ts -t "attentionPrefill bf16"
+vt bounds "" native/test/ops.bounds.test.ts
+vt model "" packages/model/test/parity.test.ts packages/model/test/chunked.test.ts \
+  packages/model/test/spans.test.ts packages/model/test/prefix.test.ts packages/model/test/graph.test.ts
 bench=$(find native/build -name bench_kernels -type f -perm -u+x | head -1)
-for v in default GEMMA3_ATTN_SPLITS=1; do
-  tag=${v//[^a-zA-Z0-9]/_}
-  [ "$v" = default ] && vars="" || vars=$v
-  env $vars timeout 150 "$bench" --filter "attention_prefill" --json "$OUT/bench-$tag.json" --md "$OUT/bench-$tag.md" \
-    >"$OUT/bench-$tag.log" 2>&1 || status=1
-  echo "== $v"; grep attention_prefill "$OUT/bench-$tag.md" | cut -d'|' -f3,5,8
-done
-PYTHONUNBUFFERED=1 timeout 300 python3 tools/peers/torch_peers.py --filter attention_prefill --json "$OUT/torch.json" \
-  --md "$OUT/torch.md" >"$OUT/torch.log" 2>&1 || status=1
-cat "$OUT/torch.md"
-echo "bench at ${SECONDS}s"
 cfgs=packages/model/test/fixtures/configs
 for r in 1 2; do
   for v in 1 0; do  # GEMMA3_ATTN_SPLITS=0: the default choice; 1: no split
-    tag="4b-prefill-splits$v-r$r"
+    tag="4b-prefill8k-splits$v-r$r"
     GEMMA3_ATTN_SPLITS=$v timeout 200 node apps/cli/dist/cli.js bench --model "random:$cfgs/gemma-3-4b-it.config.json" \
-      --device cuda --batch 1 --prefill 2048 --json "$OUT/$tag.json" >"$OUT/$tag.txt" 2>&1 || status=1
+      --device cuda --batch 1 --prefill 8192 --json "$OUT/$tag.json" >"$OUT/$tag.txt" 2>&1 || status=1
     echo "$tag: $(grep -iE 'prefill' "$OUT/$tag.txt" | tr -s ' ' | head -3) (${SECONDS}s)"
   done
 done
@@ -62,8 +50,6 @@ if [ "${FULL:-0}" != 1 ]; then
   echo "done at ${SECONDS}s (status $status)"
   exit $status
 fi
-vt prefill-mma GEMMA3_ATTN_WGMMA=0 native/test/ops.cuda.test.ts -t "attentionPrefill"
-vt bounds "" native/test/ops.bounds.test.ts
 ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
 timeout 100 "$ncu" --set full --import-source no -k "regex:prefill_wgmma" --launch-skip 2 --launch-count 1 \
   "$bench" --filter "attention_prefill b1 h8 kv4 d256 s8192" --iters 3 --warmup 2 >"$OUT/ncu.txt" 2>&1
