@@ -28,7 +28,7 @@ import { CliUsageError } from "./serve.js";
 export const BENCH_USAGE = `  gemma3 bench [--model DIR|FILE.gguf|random:CONFIG.json] [--device cuda|cpu] [--dtype bf16]
                [--quantize q4_0|…] [--quantize-head q6_k|…] [--tensor-parallel N]
                [--batch 1,8,32,64] [--tokens 128] [--prompt 16] [--prefill 2048] [--runs 3]
-               [--json FILE]`;
+               [--batch-tokens 2048] [--json FILE]`;
 
 interface DecodeResult {
   batch: number;
@@ -56,6 +56,8 @@ export async function cmdBench(argv: string[], defaultModel: string): Promise<vo
       prompt: { type: "string", default: "16" },
       prefill: { type: "string", default: "2048" },
       runs: { type: "string", default: "3" },
+      // The scheduler's token budget a step: a longer prompt is prefilled in chunks of this many.
+      "batch-tokens": { type: "string", default: "2048" },
       json: { type: "string" },
     },
   });
@@ -70,6 +72,7 @@ export async function cmdBench(argv: string[], defaultModel: string): Promise<vo
   const P = int("prompt", values.prompt, 1);
   const prefill = int("prefill", values.prefill, 0);
   const runs = int("runs", values.runs, 1);
+  const batchTokens = int("batch-tokens", values["batch-tokens"], 1);
   const tp = values["tensor-parallel"] ? int("tensor-parallel", values["tensor-parallel"], 1) : 1;
   if (values.dtype !== undefined && values.dtype !== "f32" && values.dtype !== "bf16")
     throw new CliUsageError(`--dtype is f32 or bf16, got "${values.dtype}"`);
@@ -111,7 +114,7 @@ export async function cmdBench(argv: string[], defaultModel: string): Promise<vo
   const scheduler = new Scheduler(model, {
     maxSeqs,
     maxSeqLen: Math.max(P + T, prefill + 1) + 8,
-    maxBatchTokens: 2048,
+    maxBatchTokens: batchTokens,
     asyncDecode,
   });
 
@@ -202,6 +205,7 @@ export async function cmdBench(argv: string[], defaultModel: string): Promise<vo
     runs,
     decode,
     prefill: prefillResult,
+    batch_tokens: batchTokens,
     date: new Date().toISOString(),
   };
   model.dispose();

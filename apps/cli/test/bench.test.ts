@@ -55,7 +55,7 @@ describe("gemma3 bench", () => {
   it("random:CONFIG: reports the config's shape, a decode row per batch and the prefill", () => {
     const args = [
       ...["--quantize", "q8_0", "--quantize-head", "q8_0"],
-      ...["--batch", "1,3", "--tokens", "5", "--prefill", "40"],
+      ...["--batch", "1,3", "--tokens", "5", "--prefill", "40", "--batch-tokens", "16"],
     ];
     const r = benchRandom([...args, "--runs", "2"]);
     const cfg = JSON.parse(readFileSync(config, "utf8"));
@@ -87,6 +87,7 @@ describe("gemma3 bench", () => {
       expect(d.weight_gb_s).toBeCloseTo((stepBytes * d.per_request_tok_s) / 1e9, 9);
     expect(r.out).toMatch(new RegExp(`${(stepBytes / 1e9).toFixed(2)} GB of weights a step`));
     expect(out.prefill.prompt).toBe(40);
+    expect(out.batch_tokens).toBe(16); // the 40-token prompt prefilled in chunks of 16
     expect(out.prefill.runs).toHaveLength(2);
     expect(out.prefill.tok_s).toBeCloseTo(40 / (out.prefill.ttft_ms / 1000), 6);
     expect(r.out).toMatch(/batch {3}3: .* tok\/s aggregate/);
@@ -129,6 +130,7 @@ describe("gemma3 bench", () => {
     expect(head.code).toBe(2);
     expect(head.err).toMatch(/--quantize-head is one of q8_0, q4_0, q4_k, q5_k, q6_k/);
     expect(gemma3("bench", "--tensor-parallel", "0").code).toBe(2);
+    expect(gemma3("bench", "--batch-tokens", "0").code).toBe(2);
   });
 
   it("random:CONFIG with --tensor-parallel 2 runs on two CPU ranks", () => {
