@@ -1,11 +1,9 @@
 #!/usr/bin/env bash
 # One device call for the work written but not yet run on a GPU (docs/kernels.md): builds the addon
 # (sm_90a), runs the CUDA tests of the pending parts, then the rows and A/Bs that decide defaults.
-# Pending (session 12, call 5): split key ranges end to end where they apply. `gemma3 bench`
-# prefills in chunks of its --batch-tokens (2048 by default, so call 4's 8192-token prompt gave each
-# attention call 16 q tiles x 8 heads = 128 CTAs and never split); the server's scheduler default
-# is 512. Here: the 4B 8192-token prefill with --batch-tokens 512 (16 chunks of 32 CTAs a call),
-# the default choice vs GEMMA3_ATTN_SPLITS=1, alternating, two rounds.
+# Pending (session 12, call 6): three K / V stages at head_dim 128 (225 KB of shared memory;
+# GEMMA3_ATTN_D128_STAGES=2 keeps two). Runs the bf16 D 128 attentionPrefill cases with three
+# stages, also with GEMMA3_ATTN_SPLITS=3, and the attention_prefill rows with 3 and 2 stages.
 #   here first: npx turbo run build && bash scripts/pack-dists.sh, then device run,
 #   carry [".device", ".dists.tar"]:  bash scripts/device-run.sh scripts/gpu-pending.sh
 #   (device-run.sh returns every output file in one results.tgz: a call returns at most 8 files)
@@ -33,14 +31,16 @@ if command -v cuobjdump >/dev/null; then
   cuobjdump -sass "$obj" >"$OUT/wgmma.sass" 2>&1 || true
   echo "sass: $(grep -c HGMMA "$OUT/wgmma.sass") HGMMA, $(grep -c 'WARPGROUP.DEPBAR' "$OUT/wgmma.sass") wgmma waits, $(grep -cE 'LDL|STL' "$OUT/wgmma.sass") local ld/st"
 fi
+vt d128 "" native/test/ops.cuda.test.ts -t "attentionPrefill bf16.*D=128 "
+vt d128-split3 GEMMA3_ATTN_SPLITS=3 native/test/ops.cuda.test.ts -t "attentionPrefill bf16.*D=128 "
 bench=$(find native/build -name bench_kernels -type f -perm -u+x | head -1)
-cfgs=packages/model/test/fixtures/configs
 for r in 1 2; do
-  for v in 1 0; do  # GEMMA3_ATTN_SPLITS=0: the default choice; 1: no split
-    tag="4b-prefill8k-chunk512-splits$v-r$r"
-    GEMMA3_ATTN_SPLITS=$v timeout 200 node apps/cli/dist/cli.js bench --model "random:$cfgs/gemma-3-4b-it.config.json" \
-      --device cuda --batch 1 --prefill 8192 --batch-tokens 512 --json "$OUT/$tag.json" >"$OUT/$tag.txt" 2>&1 || status=1
-    echo "$tag: $(grep -iE 'prefill' "$OUT/$tag.txt" | tr -s ' ' | head -3) (${SECONDS}s)"
+  for v in default GEMMA3_ATTN_D128_STAGES=2; do
+    tag=${v//[^a-zA-Z0-9]/_}-r$r
+    [ "$v" = default ] && vars="" || vars=$v
+    env $vars timeout 100 "$bench" --filter "attention_prefill b1 h32" --json "$OUT/bench-$tag.json" --md "$OUT/bench-$tag.md" \
+      >"$OUT/bench-$tag.log" 2>&1 || status=1
+    echo "== $v r$r"; grep attention_prefill "$OUT/bench-$tag.md" | cut -d'|' -f3,5,6,7,8
   done
 done
 if [ "${FULL:-0}" != 1 ]; then

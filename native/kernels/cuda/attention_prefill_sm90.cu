@@ -49,18 +49,20 @@ using detail::cp_async16_or_zero;
 using detail::cp_async_wait;
 using detail::smem_u32;
 
-template <int D, int kBc_>
+template <int D, int kBc_, int kStages_>
 struct Sm90Cfg {
   static constexpr int kThreads = 384;  // a producer and two consumer warpgroups
   // setmaxnreg moves registers from the producer to the consumers: 40 * 128 + 232 * 256 = the
   // 168 * 384 the launch gives (launch bounds 384, 1).
   static constexpr int kProducerRegs = 40, kConsumerRegs = 232;
-  static constexpr int kBr = 128;   // query rows a CTA, 64 a consumer
-  static constexpr int kBc = kBc_;  // keys a K/V tile: 64 at D 256, 128 at D 128
+  static constexpr int kBr = 128;           // query rows a CTA, 64 a consumer
+  static constexpr int kBc = kBc_;          // keys a K/V tile: 64 at D 256, 128 at D 128
+  static constexpr int kStages = kStages_;  // K / V tiles in flight: 2 at D 256, 3 at D 128
   static constexpr int kQBytes = kBr * D * 2;
   static constexpr int kTileBytes = kBc * D * 2;
-  // Q, two K and two V buffers, plus slack to align the base to the swizzle's 1024 bytes.
-  static constexpr int kSmemBytes = kQBytes + 4 * kTileBytes + 1024;
+  // Q, the K and V stages, plus slack to align the base to the swizzle's 1024 bytes.
+  static constexpr int kSmemBytes = kQBytes + 2 * kStages * kTileBytes + 1024;
+  static_assert(kSmemBytes + 2048 <= 227 * 1024, "shared memory of one CTA an SM");
   static_assert(D == 128 || D == 256, "column blocks of 64 dims; O of 64 x D in registers");
 };
 
@@ -345,17 +347,17 @@ struct ProducerCopy {
   }
 };
 
-template <int D, int kBc>
-__global__ void __launch_bounds__(Sm90Cfg<D, kBc>::kThreads, 1)
+template <int D, int kBc, int kStages>
+__global__ void __launch_bounds__(Sm90Cfg<D, kBc, kStages>::kThreads, 1)
     prefill_wgmma_kernel(const PrefillParams p, const SplitOut so) {
 #if defined(GEMMA3_WGMMA)
-  using Cfg = Sm90Cfg<D, kBc>;
+  using Cfg = Sm90Cfg<D, kBc, kStages>;
   constexpr int kBr = Cfg::kBr;
   extern __shared__ uint8_t smem_raw[];
   __shared__ int s_row_lo[kBr], s_row_hi[kBr];
   __shared__ int s_red[kBr / 32][4];
-  // full_q, full_k[2], full_v[2], empty_k[2], empty_v[2]
-  __shared__ __align__(8) uint64_t s_bar[9];
+  // full_q, full_k[kStages], full_v[kStages], empty_k[kStages], empty_v[kStages]
+  __shared__ __align__(8) uint64_t s_bar[1 + 4 * kStages];
 
   // Heads fastest and the longest causal tiles first (q tiles fastest measured slower: session 12).
   const int h = blockIdx.x / so.splits, split = blockIdx.x % so.splits;
@@ -372,12 +374,12 @@ __global__ void __launch_bounds__(Sm90Cfg<D, kBc>::kThreads, 1)
   const uint32_t bar0 = smem_u32(s_bar);
   const uint32_t full_q = bar0;
   auto full_k = [&](int st) { return bar0 + 8u * uint32_t(1 + st); };
-  auto full_v = [&](int st) { return bar0 + 8u * uint32_t(3 + st); };
-  auto empty_k = [&](int st) { return bar0 + 8u * uint32_t(5 + st); };
-  auto empty_v = [&](int st) { return bar0 + 8u * uint32_t(7 + st); };
+  auto full_v = [&](int st) { return bar0 + 8u * uint32_t(1 + kStages + st); };
+  auto empty_k = [&](int st) { return bar0 + 8u * uint32_t(1 + 2 * kStages + st); };
+  auto empty_v = [&](int st) { return bar0 + 8u * uint32_t(1 + 3 * kStages + st); };
   if (tid == 0) {
     wg::mbar_init(full_q, 128);
-    for (int st = 0; st < 2; ++st) {
+    for (int st = 0; st < kStages; ++st) {
       wg::mbar_init(full_k(st), 128);
       wg::mbar_init(full_v(st), 128);
       wg::mbar_init(empty_k(st), 8);
@@ -398,10 +400,11 @@ __global__ void __launch_bounds__(Sm90Cfg<D, kBc>::kThreads, 1)
   const int t_end = __shfl_sync(0xffffffffu, t1, 0);
 
   const uint32_t sQ = (smem_u32(smem_raw) + 1023u) & ~1023u;
-  const uint32_t sK = sQ + Cfg::kQBytes;         // K stage i at sK + i * kTileBytes
-  const uint32_t sV = sK + 2 * Cfg::kTileBytes;  // V stage i at sV + i * kTileBytes
-  // Tile t uses stage (t - t_first) & 1, for the n-th time, n = (t - t_first) >> 1: its full
-  // barrier completes phase n, and the producer's n-th fill waits for the release of use n - 1.
+  const uint32_t sK = sQ + Cfg::kQBytes;               // K stage i at sK + i * kTileBytes
+  const uint32_t sV = sK + kStages * Cfg::kTileBytes;  // V stage i at sV + i * kTileBytes
+  // Tile t uses stage (t - t_first) % kStages, for the n-th time, n = (t - t_first) / kStages: its
+  // full barrier completes phase n, and the producer's n-th fill waits for the release of use
+  // n - 1.
 
   if (wgi == 0) {
     wg::setmaxnreg_dec<Cfg::kProducerRegs>();
@@ -413,7 +416,7 @@ __global__ void __launch_bounds__(Sm90Cfg<D, kBc>::kThreads, 1)
                               q_rows);
       wg::cp_async_mbar_arrive(full_q);
       for (int t = t_first; t < t_end; ++t) {
-        const int st = (t - t_first) & 1, n = (t - t_first) >> 1;
+        const int st = (t - t_first) % kStages, n = (t - t_first) / kStages;
         const int j = t * kBc;
         if (n > 0) wg::mbar_wait(empty_k(st), uint32_t(n - 1) & 1);
         copy.template copy<kBc>(sK + st * Cfg::kTileBytes, k_g + j * p.ld_k, p.ld_k, sb.kv_len - j);
@@ -441,7 +444,7 @@ __global__ void __launch_bounds__(Sm90Cfg<D, kBc>::kThreads, 1)
     const uint32_t my_turn = 1 + cw, other_turn = 2 - cw;
     if (cw == 1) wg::named_arrive<256>(1);
     auto wait_full = [&](uint32_t bar, int t) {
-      wg::mbar_wait(bar, uint32_t((t - t_first) >> 1) & 1);
+      wg::mbar_wait(bar, uint32_t((t - t_first) / kStages) & 1);
       wg::fence_proxy_async();  // the copies' writes, before wgmma reads them
     };
     auto release = [&](uint32_t bar) {
@@ -474,7 +477,7 @@ __global__ void __launch_bounds__(Sm90Cfg<D, kBc>::kThreads, 1)
       // serializes every wgmma otherwise, C7513), and the rescale is off the path between MMAs.
       for (int t = t_first;; ++t) {
         const bool last = t + 1 == t_end;
-        const int s0 = (t - t_first) & 1, s1 = s0 ^ 1;
+        const int s0 = (t - t_first) % kStages, s1 = (t + 1 - t_first) % kStages;
         wait_full(full_v(s0), t);
         if (last) break;
         wait_full(full_k(s1), t + 1);
@@ -496,7 +499,7 @@ __global__ void __launch_bounds__(Sm90Cfg<D, kBc>::kThreads, 1)
       }
       rescale_o<D>(o, alpha);
       wg::named_sync<256>(my_turn);
-      issue_pv<D, kBc>(o, pa, dv + ((t_end - 1 - t_first) & 1) * kBufDesc);
+      issue_pv<D, kBc>(o, pa, dv + ((t_end - 1 - t_first) % kStages) * kBufDesc);
       wg::named_arrive<256>(other_turn);
       wg::wait<0>();
       wg::fence_regs(o);
@@ -559,9 +562,9 @@ int choose_splits(int64_t ctas, int64_t mean_kv, int sms) {
   return int(std::max<int64_t>(1, std::min<int64_t>({8, by_grid, by_keys})));
 }
 
-template <int D, int kBc>
+template <int D, int kBc, int kStages>
 Status launch(const PrefillParams& p, int64_t batch, int64_t max_q_len, cudaStream_t stream) {
-  using Cfg = Sm90Cfg<D, kBc>;
+  using Cfg = Sm90Cfg<D, kBc, kStages>;
   const int64_t tiles = (max_q_len + Cfg::kBr - 1) / Cfg::kBr;
   if (tiles > 65535) {
     return Status(StatusCode::kInvalidArgument,
@@ -581,7 +584,7 @@ Status launch(const PrefillParams& p, int64_t batch, int64_t max_q_len, cudaStre
       so.ml = ws + so.splits * rows * D;
     }
   }
-  auto kernel = prefill_wgmma_kernel<D, kBc>;
+  auto kernel = prefill_wgmma_kernel<D, kBc, kStages>;
   G3_CUDA_RETURN(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
   const dim3 grid(unsigned(p.num_qo_heads * so.splits), unsigned(tiles), unsigned(batch));
@@ -608,8 +611,10 @@ Status launch_wgmma(const PrefillParams& p, int head_dim, int64_t batch, int64_t
                     cudaStream_t stream) {
   // Key tiles of 64 at D 256 (O and S fill the consumers' registers), 128 at D 128 (18% faster
   // than 64 at the 27B shape: session 12).
-  if (head_dim == 256) return launch<256, 64>(p, batch, max_q_len, stream);
-  return launch<128, 128>(p, batch, max_q_len, stream);
+  if (head_dim == 256) return launch<256, 64, 2>(p, batch, max_q_len, stream);
+  static const bool two = env_is("GEMMA3_ATTN_D128_STAGES", "2");  // session 12 A/B
+  if (two) return launch<128, 128, 2>(p, batch, max_q_len, stream);
+  return launch<128, 128, 3>(p, batch, max_q_len, stream);
 }
 
 }  // namespace gemma3::cuda::prefill
