@@ -57,7 +57,7 @@ struct Sm90Cfg {
   static constexpr int kProducerRegs = 40, kConsumerRegs = 232;
   static constexpr int kBr = 128;           // query rows a CTA, 64 a consumer
   static constexpr int kBc = kBc_;          // keys a K/V tile: 64 at D 256, 128 at D 128
-  static constexpr int kStages = kStages_;  // K / V tiles in flight: 2 at D 256, 3 at D 128
+  static constexpr int kStages = kStages_;  // K / V stages (2; launch_wgmma says why)
   static constexpr int kQBytes = kBr * D * 2;
   static constexpr int kTileBytes = kBc * D * 2;
   // Q, the K and V stages, plus slack to align the base to the swizzle's 1024 bytes.
@@ -611,10 +611,9 @@ Status launch_wgmma(const PrefillParams& p, int head_dim, int64_t batch, int64_t
                     cudaStream_t stream) {
   // Key tiles of 64 at D 256 (O and S fill the consumers' registers), 128 at D 128 (18% faster
   // than 64 at the 27B shape: session 12).
+  // Two K / V stages: three at D 128 (225 KB) measured 251 against 250 µs at the 27B shape.
   if (head_dim == 256) return launch<256, 64, 2>(p, batch, max_q_len, stream);
-  static const bool two = env_is("GEMMA3_ATTN_D128_STAGES", "2");  // session 12 A/B
-  if (two) return launch<128, 128, 2>(p, batch, max_q_len, stream);
-  return launch<128, 128, 3>(p, batch, max_q_len, stream);
+  return launch<128, 128, 2>(p, batch, max_q_len, stream);
 }
 
 }  // namespace gemma3::cuda::prefill
