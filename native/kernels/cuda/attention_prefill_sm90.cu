@@ -518,9 +518,10 @@ __global__ void __launch_bounds__(Sm90Cfg<D, kBc, kStages>::kThreads, 1)
 #endif
 }
 
-// The split-KV workspace: one per thread and device, grown on demand outside graph capture and
-// kept (like cuBLAS's workspace in matmul.cu, it assumes one stream at a time per thread and
-// device). A failed allocation only turns splitting off.
+// The split-KV workspace: one per thread and device, grown on demand and kept (like cuBLAS's
+// workspace in matmul.cu, it assumes one stream at a time per thread and device). Never used
+// under graph capture: growing it frees the old buffer, which a captured graph would still hold.
+// A failed allocation only turns splitting off.
 struct SplitWorkspace {
   float* ptr = nullptr;
   int64_t floats = 0;
@@ -531,13 +532,19 @@ float* split_workspace(int64_t floats, cudaStream_t stream) {
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= detail::kMaxDevices) return nullptr;
   SplitWorkspace& ws = t_split_ws[dev];
-  if (ws.floats >= floats) return ws.ptr;
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess ||
       capture != cudaStreamCaptureStatusNone) {
+    (void)cudaGetLastError();
     return nullptr;
   }
-  if (ws.ptr != nullptr) cudaFree(ws.ptr);  // synchronizes: no kernel still reads it
+  if (ws.floats >= floats) return ws.ptr;
+  // cudaFree synchronizes: no kernel still reads the old buffer. It fails while another thread
+  // captures in global mode; the buffer is then kept and this call does not split.
+  if (ws.ptr != nullptr && cudaFree(ws.ptr) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return nullptr;
+  }
   ws = {};
   void* p = nullptr;
   if (cudaMalloc(&p, size_t(floats) * sizeof(float)) != cudaSuccess) {
