@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call for the work written but not yet run on a GPU (docs/kernels.md): builds the addon
 # (sm_90a), runs the CUDA tests of the pending parts, then the rows and A/Bs that decide defaults.
-# Pending after session 12: only a host-side guard (the split workspace is not used under graph
-# capture; attention_prefill_sm90.cu) ran no GPU code since call 6. This re-runs the session's
+# Pending after session 12: since call 6 only a host-side guard changed (the split workspace is not
+# used under graph capture; attention_prefill_sm90.cu), not yet run. This re-runs the session's
 # prefill attention checks on HEAD: the attentionPrefill cases with the default choice and with
 # GEMMA3_ATTN_SPLITS=3, ops.bounds, the model's prefill CUDA tests, then the attention_prefill
 # rows and torch SDPA (cuDNN, flash) in the same call. FULL=1 adds Nsight Compute of the s8192 row.
