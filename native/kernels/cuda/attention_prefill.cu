@@ -448,11 +448,8 @@ __global__ void __launch_bounds__(kSimpleWarps * 32)
 template <int D, int kWarps, int kMinBlocks, int kM = 1>
 Status launch_mma(const PrefillParams& p, int64_t batch, int64_t max_q_len, cudaStream_t stream) {
   using Cfg = MmaCfg<D, kWarps, kM>;
-  const int64_t tiles = (max_q_len + Cfg::kBr - 1) / Cfg::kBr;
-  if (tiles > 65535) {
-    return Status(StatusCode::kInvalidArgument,
-                  "attention_prefill: max_q_len " + std::to_string(max_q_len) + " too large");
-  }
+  int64_t tiles = 0;
+  G3_RETURN_IF_ERROR(q_tile_count(max_q_len, Cfg::kBr, &tiles));
   auto kernel = prefill_mma_kernel<D, kWarps, kMinBlocks, kM>;
   G3_CUDA_RETURN(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmemBytes));
@@ -466,11 +463,8 @@ Status launch_mma(const PrefillParams& p, int64_t batch, int64_t max_q_len, cuda
 template <typename T, int D>
 Status launch_simple(const SimpleParams<T>& p, int64_t batch, int64_t max_q_len,
                      cudaStream_t stream) {
-  const int64_t rows = (max_q_len + kSimpleWarps - 1) / kSimpleWarps;
-  if (rows > 65535) {
-    return Status(StatusCode::kInvalidArgument,
-                  "attention_prefill: max_q_len " + std::to_string(max_q_len) + " too large");
-  }
+  int64_t rows = 0;  // a warp a query row
+  G3_RETURN_IF_ERROR(q_tile_count(max_q_len, kSimpleWarps, &rows));
   const dim3 grid(unsigned(p.num_qo_heads), unsigned(rows), unsigned(batch));
   prefill_simple_kernel<T, D><<<grid, kSimpleWarps * 32, 0, stream>>>(p);
   return check_launch("attention_prefill (simple)");

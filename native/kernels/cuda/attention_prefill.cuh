@@ -6,6 +6,7 @@
 
 #include <climits>
 #include <cstdint>
+#include <string>
 
 #include "kernels/cuda/cuda_kernels.h"
 #include "runtime/status.h"
@@ -129,6 +130,17 @@ struct TileBounds {
   }
   __device__ __forceinline__ bool any() const { return lo_min < hi_max; }
 };
+
+// q tiles of kBr rows covering max_q_len (a grid's y dimension, so at most 65535), for every
+// prefill launcher.
+inline Status q_tile_count(int64_t max_q_len, int kBr, int64_t* tiles) {
+  *tiles = (max_q_len + kBr - 1) / kBr;
+  if (*tiles > 65535) {
+    return Status(StatusCode::kInvalidArgument,
+                  "attention_prefill: max_q_len " + std::to_string(max_q_len) + " too large");
+  }
+  return Status::Ok();
+}
 
 // The sm_90a wgmma kernel for head_dim 128 / 256 (attention_prefill_sm90.cu). Whether it runs:
 // wgmma_available() (the build has sm_90a code, the current device is compute capability 9.0, and

@@ -31,7 +31,6 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
-#include <cstdlib>
 #include <string>
 
 #include "kernels/cuda/attention_prefill.cuh"
@@ -251,8 +250,8 @@ __device__ __forceinline__ void store_partial(const float (&o)[D / 2], const flo
       *reinterpret_cast<float2*>(dst + 8 * n) = make_float2(o[4 * n + 2 * r], o[4 * n + 2 * r + 1]);
     }
     if (t4 == 0) {
-      *reinterpret_cast<float2*>(so.ml + 2 * rh) =
-          make_float2(m[r] == kNegInf ? kNegInf : m[r] * p.scale_log2, lr);
+      // scale_log2 > 0 (the dispatch's condition): a row with no key keeps m = -inf.
+      *reinterpret_cast<float2*>(so.ml + 2 * rh) = make_float2(m[r] * p.scale_log2, lr);
     }
   }
 }
@@ -559,10 +558,7 @@ float* split_workspace(int64_t floats, cudaStream_t stream) {
 // one wave, at least 512 keys a split by the mean key count of a sequence, at most 8.
 // GEMMA3_ATTN_SPLITS=N forces N (tests: empty splits, every tile split).
 int choose_splits(int64_t ctas, int64_t mean_kv, int sms) {
-  static const int forced = [] {
-    const char* v = std::getenv("GEMMA3_ATTN_SPLITS");
-    return v != nullptr ? std::atoi(v) : 0;
-  }();
+  static const int forced = env_int("GEMMA3_ATTN_SPLITS", 0);
   if (forced > 0) return std::min(forced, 64);
   if (ctas <= 0 || 2 * ctas > sms) return 1;
   const int64_t by_grid = sms / ctas, by_keys = mean_kv / 512;
@@ -572,17 +568,14 @@ int choose_splits(int64_t ctas, int64_t mean_kv, int sms) {
 template <int D, int kBc, int kStages>
 Status launch(const PrefillParams& p, int64_t batch, int64_t max_q_len, cudaStream_t stream) {
   using Cfg = Sm90Cfg<D, kBc, kStages>;
-  const int64_t tiles = (max_q_len + Cfg::kBr - 1) / Cfg::kBr;
-  if (tiles > 65535) {
-    return Status(StatusCode::kInvalidArgument,
-                  "attention_prefill: max_q_len " + std::to_string(max_q_len) + " too large");
-  }
+  int64_t tiles = 0;
+  G3_RETURN_IF_ERROR(q_tile_count(max_q_len, Cfg::kBr, &tiles));
   int sms = 0;
   G3_RETURN_IF_ERROR(detail::sm_count(&sms));
   SplitOut so;
   so.splits = choose_splits(p.num_qo_heads * tiles * batch, p.total_kv / batch, sms);
+  const int64_t rows = int64_t(p.total_q) * p.num_qo_heads;  // (q row, head) pairs
   if (so.splits > 1) {
-    const int64_t rows = int64_t(p.total_q) * p.num_qo_heads;
     float* ws = split_workspace(so.splits * rows * (D + 2), stream);
     if (ws == nullptr) {
       so.splits = 1;
@@ -598,7 +591,6 @@ Status launch(const PrefillParams& p, int64_t batch, int64_t max_q_len, cudaStre
   kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p, so);
   G3_RETURN_IF_ERROR(check_launch("attention_prefill (wgmma)"));
   if (so.splits == 1) return Status::Ok();
-  const int64_t rows = int64_t(p.total_q) * p.num_qo_heads;
   prefill_combine_kernel<D><<<unsigned((rows + 3) / 4), 128, 0, stream>>>(p, so);
   return check_launch("attention_prefill (wgmma, combine)");
 }
