@@ -2,11 +2,12 @@
 # One device call for the work written but not yet run on a GPU (docs/kernels.md): builds the addon
 # (sm_90a), runs the CUDA tests of the pending parts, then the rows and A/Bs that decide defaults.
 # Pending after session 12 (two parts):
-# 1. Since call 6 only a host-side guard changed in the prefill attention (the split workspace is
-#    not used under graph capture; attention_prefill_sm90.cu), not yet run: the session's prefill
-#    attention checks on HEAD (attentionPrefill cases with the default choice and with
-#    GEMMA3_ATTN_SPLITS=3, ops.bounds, the model's prefill CUDA tests, the attention_prefill rows
-#    and torch SDPA in the same call).
+# 1. Since call 6 the prefill attention changed only in ways not yet run: the split workspace is
+#    not used under graph capture, and the review's mends (one q-tile count for the three prefill
+#    launchers, the split's row max stored without a redundant test). The session's prefill
+#    attention checks on HEAD: attentionPrefill cases with the default choice, with
+#    GEMMA3_ATTN_SPLITS=3 and on the mma.sync kernel (GEMMA3_ATTN_WGMMA=0), ops.bounds, the
+#    model's prefill CUDA tests, the attention_prefill rows and torch SDPA in the same call.
 # 2. Written, not run: GEMMA3_GEMV_PREFETCH=all (matmul_gemv.cu): a streamed dense GEMV whose W is
 #    at most 32 MB asks all of it into L2 before pdl_wait (the 4B QKV and O; by default only the
 #    first round). The bf16 matmul cases with it, the layer_chain / attention_block rows
@@ -42,6 +43,7 @@ if command -v cuobjdump >/dev/null; then
 fi
 vt prefill "" native/test/ops.cuda.test.ts -t "attentionPrefill"
 vt prefill-split3 GEMMA3_ATTN_SPLITS=3 native/test/ops.cuda.test.ts -t "attentionPrefill bf16"
+vt prefill-mma GEMMA3_ATTN_WGMMA=0 native/test/ops.cuda.test.ts -t "attentionPrefill"
 vt bounds "" native/test/ops.bounds.test.ts
 vt model "" packages/model/test/parity.test.ts packages/model/test/chunked.test.ts \
   packages/model/test/spans.test.ts packages/model/test/prefix.test.ts packages/model/test/graph.test.ts
