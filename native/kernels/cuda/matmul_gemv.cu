@@ -254,9 +254,8 @@ __global__ void __launch_bounds__(kThreads,
                 const float* __restrict__ w_scale,  // w_scale: [N] or null
                 TX* __restrict__ y,                 // y: [M, N]
                 int M, int64_t N, int64_t K, int S,
-                QkEpilogue<TX> qk,      // kQk: norm and rotate each finished head (below)
-                GeluPairs<TX> gp,       // kGelu: the gated-MLP epilogue (gemv_common.cuh)
-                int prefetch_rounds) {  // streamed: rounds of W asked into L2 before pdl_wait
+                QkEpilogue<TX> qk,   // kQk: norm and rotate each finished head (below)
+                GeluPairs<TX> gp) {  // kGelu: the gated-MLP epilogue (gemv_common.cuh)
   using F = Fmt<TW>;
   constexpr int R = Tiling<MT>::R, E = F::kE;
   constexpr bool kOneShot = U == kOneShotU;
@@ -293,23 +292,21 @@ __global__ void __launch_bounds__(kThreads,
     each_chunk(c0, [&](int u, int r, int64_t c) { raw[u][r] = F::load(rows[r], c); });
   };
   // PDL (pdl.cuh): no kernel of a step writes W, so this warp's first chunks start on their way
-  // while the kernel before finishes (one-shot: its first round into registers; streamed: its
-  // first prefetch_rounds rounds towards L2); x and y wait for it.
+  // while the kernel before finishes (one-shot: its first round into registers; streamed: towards
+  // L2); x and y wait for it.
   const int64_t first = int64_t(s) * 32 * U + lane;
-  const int64_t step = int64_t(S) * 32 * U;
   if (n0 < N) {
     if constexpr (kOneShot) {
       load_round(first);
     } else {
-      int64_t c0 = first;
-      for (int i = 0; i < prefetch_rounds && c0 < nchunks; ++i, c0 += step)
-        each_chunk(c0, [&](int, int r, int64_t c) { prefetch_l2(rows[r] + c * E); });
+      each_chunk(first, [&](int, int r, int64_t c) { prefetch_l2(rows[r] + c * E); });
     }
   }
   pdl_wait();
   pdl_trigger();
 
   if (n0 < N) {
+    const int64_t step = int64_t(S) * 32 * U;
     for (int64_t c0 = first; c0 < nchunks; c0 += step) {
       if (!kOneShot || c0 != first) load_round(c0);
 #pragma unroll
@@ -1307,12 +1304,6 @@ Status launch_vec(const TX* x, const TW* w, const float* w_scale, TX* y, int M, 
   G3_RETURN_IF_ERROR(sm_count(&sms));
   const int64_t groups = (N + R - 1) / R;
   const int64_t nchunks = K / Fmt<TW>::kE;
-  // GEMMA3_GEMV_PREFETCH=all (session 12, not yet measured): a streamed GEMV whose W is at most
-  // 32 MB asks all of it into L2 before pdl_wait, while the kernel before (a norm, qk_norm_rope,
-  // attention: short and latency-bound) runs; by default only its first round.
-  static const bool prefetch_all = env_is("GEMMA3_GEMV_PREFETCH", "all");
-  const bool small_w = N * K * int64_t(sizeof(TW)) <= (int64_t(32) << 20);
-  const int prefetch_rounds = prefetch_all && small_w ? 1 << 30 : 1;
   auto launch = [&](auto u, int S) {
     const int64_t groups_per_block = kWarps / S;
     const int64_t blocks = (groups + groups_per_block - 1) / groups_per_block;
@@ -1321,12 +1312,12 @@ Status launch_vec(const TX* x, const TW* w, const float* w_scale, TX* y, int M, 
     if constexpr (!kQk) {  // the QKV epilogue and the gated-MLP one never meet
       if (gp.F != 0) {
         launch_pdl(gemv_kernel<TX, TW, MT, kU, false, true>, static_cast<unsigned>(blocks),
-                   kThreads, 0, stream, x, w, w_scale, y, M, N, K, S, qk, gp, prefetch_rounds);
+                   kThreads, 0, stream, x, w, w_scale, y, M, N, K, S, qk, gp);
         return check_launch("matmul gemv_kernel (gated-MLP epilogue)");
       }
     }
     launch_pdl(gemv_kernel<TX, TW, MT, kU, kQk>, static_cast<unsigned>(blocks), kThreads, 0, stream,
-               x, w, w_scale, y, M, N, K, S, qk, gp, prefetch_rounds);
+               x, w, w_scale, y, M, N, K, S, qk, gp);
     return check_launch("matmul gemv_kernel");
   };
   if constexpr (MT == 1 && !kQk && sizeof(TW) >= 2) {
