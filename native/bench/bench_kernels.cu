@@ -702,7 +702,10 @@ void run_gelu_mul(Ctx& c, Row& r, int64_t rows, int64_t cols) {
 // L2, so every launch streams them. Timed as one launch per layer (run it with --graph-below 1000
 // to time graph replays, as the decode step runs): the row isolates what the boundaries between
 // small dependent kernels cost (GEMMA3_PDL=0 vs 1 in two runs) from attention and the host.
-void run_layer_chain(Ctx& c, Row& r, int64_t H, int64_t Q, int64_t KV, int64_t I) {
+// norms = false drops both rmsnorm_add_rmsnorm launches (values then meaningless): the chain's time
+// without them bounds what folding the norms into the GEMVs that read them could save.
+void run_layer_chain(Ctx& c, Row& r, int64_t H, int64_t Q, int64_t KV, int64_t I,
+                     bool norms = true) {
   cudaStream_t s = c.stream;
   const int64_t QKV = Q + 2 * KV;
   DevBuf<bf16> wqkv{size_t(QKV * H)}, wo{size_t(H * Q)}, wgu{size_t(2 * I * H)},
@@ -717,10 +720,12 @@ void run_layer_chain(Ctx& c, Row& r, int64_t H, int64_t Q, int64_t KV, int64_t I
   r.copies = 1;
   Timing t = time_launches(
       [&](int64_t) {
-        check_status(gk::rmsnorm_add_rmsnorm<bf16>(o.p, n1.p, h.p, n2.p, xn.p, 1, H, 1e-6f, s));
+        if (norms)
+          check_status(gk::rmsnorm_add_rmsnorm<bf16>(o.p, n1.p, h.p, n2.p, xn.p, 1, H, 1e-6f, s));
         check_status(gk::matmul<bf16, bf16>(xn.p, wqkv.p, nullptr, qkv.p, 1, QKV, H, s));
         check_status(gk::matmul<bf16, bf16>(qkv.p, wo.p, nullptr, o.p, 1, H, Q, s));
-        check_status(gk::rmsnorm_add_rmsnorm<bf16>(o.p, n1.p, h.p, n2.p, xn.p, 1, H, 1e-6f, s));
+        if (norms)
+          check_status(gk::rmsnorm_add_rmsnorm<bf16>(o.p, n1.p, h.p, n2.p, xn.p, 1, H, 1e-6f, s));
         check_status(
             gk::matmul_gelu_mul<bf16, bf16>(xn.p, wgu.p, nullptr, gu.p, act.p, 1, I, H, s));
         check_status(gk::matmul<bf16, bf16>(act.p, wdown.p, nullptr, o.p, 1, H, I, s));
@@ -897,6 +902,10 @@ std::vector<Case> all_cases() {
                 [](Ctx& c, Row& r) { run_layer_chain(c, r, 2560, 2048, 1024, 10240); }});
   cs.push_back({"layer_chain", "1B H1152 Q1024 KV256 I6912", "bf16",
                 [](Ctx& c, Row& r) { run_layer_chain(c, r, 1152, 1024, 256, 6912); }});
+  cs.push_back({"layer_chain", "4B GEMVs only (no norms)", "bf16",
+                [](Ctx& c, Row& r) { run_layer_chain(c, r, 2560, 2048, 1024, 10240, false); }});
+  cs.push_back({"layer_chain", "1B GEMVs only (no norms)", "bf16",
+                [](Ctx& c, Row& r) { run_layer_chain(c, r, 1152, 1024, 256, 6912, false); }});
   // (model, hidden, q heads, kv heads, head_dim) x kv_len: the decode attention block.
   const std::tuple<const char*, int64_t, int64_t, int64_t, int64_t> blocks[] = {
       {"1B", 1152, 4, 1, 256}, {"4B", 2560, 8, 4, 256}, {"27B", 5376, 32, 16, 128}};
