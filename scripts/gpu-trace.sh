@@ -32,6 +32,7 @@ for spec in ${@:-1b 4b 4b:q4_0}; do
     ${q:+--quantize $q} >"$OUT/step-$tag.json" 2>"$OUT/step-$tag.err" || { status=1; tail -5 "$OUT/step-$tag.err"; }
   echo "== $tag: $(cat "$OUT/step-$tag.json") (${SECONDS}s)"
   node tools/trace/step-timeline.mjs "$OUT/trace-$tag.csv" --layer 20 | tee "$OUT/timeline-$tag.md"
+  gzip -f "$OUT/trace-$tag.csv"
 done
 echo "done at ${SECONDS}s (status $status)"
 exit $status
