@@ -584,10 +584,6 @@ G3_ENTRY(Repack){G3_BODY{OP_RESULT(ops::repack(T(0, "src"), T(1, "dst")));
 }
 G3_END
 }
-G3_ENTRY(PrefetchL2){G3_BODY{OP_RESULT(ops::prefetch_l2(T(0, "t"), to_i64(info[1], "max_bytes")));
-}
-G3_END
-}
 G3_ENTRY(CopyRows) {
   G3_BODY { OP_RESULT(ops::copy_rows(T(0, "src"), T(1, "dst"), T(2, "dst_rows"))); }
   G3_END
@@ -717,7 +713,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   EXPORT("dequantize", Dequantize);
   EXPORT("repack", Repack);
   EXPORT("copyRows", CopyRows);
-  EXPORT("prefetchL2", PrefetchL2);
   EXPORT("communicatorCreate", CommunicatorCreate);
   EXPORT("copyColumns", CopyColumns);
 #undef EXPORT

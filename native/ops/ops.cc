@@ -600,12 +600,6 @@ Status repack(const TensorRef& src, const TensorRef& dst) {
                    src.last(), q4 ? 16 : 32, to_split);
 }
 
-Status prefetch_l2(const TensorRef& t, int64_t max_bytes) {
-  const int64_t bytes = max_bytes < 0 ? t.nbytes() : std::min(t.nbytes(), max_bytes);
-  if (bytes == 0) return Status::Ok();
-  return G3_LAUNCH(t.device(), keep({&t}), prefetch_l2, t.data(), bytes);
-}
-
 Status copy_rows(const TensorRef& src, const TensorRef& dst, const TensorRef& dst_rows) {
   const char* op = "copy_rows";
   int dev;

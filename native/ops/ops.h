@@ -102,9 +102,6 @@ Status repack(const TensorRef& src, const TensorRef& dst);
 // trailing shape and dtype; dst_rows: [n] i32 (negative = skip; >= capacity is an error on CPU and
 // skipped on CUDA).
 Status copy_rows(const TensorRef& src, const TensorRef& dst, const TensorRef& dst_rows);
-// Asks the first min(t's bytes, max_bytes) bytes of t into the device's L2 (max_bytes < 0: all of
-// it); nothing is written (kernels.inc prefetch_l2). Any dtype.
-Status prefetch_l2(const TensorRef& t, int64_t max_bytes);
 
 // Decoder-layer fusions (ops/fused_ops.cc).
 // Per-head RMSNorm of q and k, then RoPE, v passed through (kernels.inc qk_norm_rope).

@@ -183,7 +183,6 @@ export interface Addon {
   dequantize(src: T, scale: OptT, dst: T): void;
   repack(src: T, dst: T): void;
   copyRows(src: T, dst: T, dstRows: T): void;
-  prefetchL2(t: T, maxBytes: number): void;
   communicatorCreate(devices: number[], backend: "auto" | "nccl" | "host"): NativeCommunicator;
   copyColumns(src: T, srcCol: number, dst: T, dstCol: number, width: number): void;
 }

@@ -432,15 +432,6 @@ export function repack(
   return y;
 }
 
-/**
- * Asks the first `maxBytes` bytes of `t` (all of it by default) into the device's L2 cache, in
- * stream order; writes nothing, changes no result (a no-op on the CPU). The decode step issues it
- * for a later op's weights while short latency-bound kernels leave the memory bus idle.
- */
-export function prefetchL2(t: Tensor, maxBytes = -1): void {
-  native(() => addon().prefetchL2(t, maxBytes));
-}
-
 /** dst[dstRows[i]] = src[i] along the first dim (KV cache writes); negative rows are skipped. */
 export function copyRows(src: Tensor, dst: Tensor, dstRows: Tensor): Tensor {
   native(() => addon().copyRows(src, dst, dstRows));

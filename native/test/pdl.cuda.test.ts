@@ -46,10 +46,6 @@ function makeBuffers(dev: Device, rows: number, dim: number, seed: number): Buff
 function round(b: Buffers, after: () => void): void {
   ops.rmsnormAdd(b.r, b.w, b.h, EPS); // h += norm(r): reads r, h
   after();
-  // Between a write and its read: prefetch_l2 may start early and waits only at its end, so the
-  // read below is ordered after the write only if the prefetch's completion implies the write's.
-  ops.prefetchL2(b.dst);
-  after();
   ops.rmsnorm(b.h, b.w2, EPS, b.x); // x = norm(h): RAW on h
   after();
   ops.scale(b.x, 1.01, b.r); // r = 1.01 x: RAW on x, WAR on r (read two ops back)

@@ -8,12 +8,6 @@
 namespace gemma3::cpu {
 using namespace detail;
 
-Status prefetch_l2(const void* p, int64_t bytes) {
-  if (bytes < 0 || (bytes > 0 && p == nullptr))
-    return invalid("prefetch_l2", kv("bytes", bytes) + " (need bytes >= 0 and a pointer)");
-  return Status::Ok();  // no device cache to warm
-}
-
 Status copy_rows(const void* src, void* dst, const int32_t* dst_rows, int64_t n,
                  int64_t dst_capacity_rows, int64_t row_bytes, int64_t ld_src_bytes) {
   if (n < 0 || dst_capacity_rows < 0 || row_bytes <= 0 || ld_src_bytes < row_bytes)

@@ -4,7 +4,6 @@
 // write outside dst).
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -63,57 +62,7 @@ Status launch_copy_rows(const void* src, void* dst, const int32_t* dst_rows, int
   return check_launch("copy_rows");
 }
 
-// prefetch_l2: each lane of the grid asks pieces of kPiece bytes into L2, round robin, then waits
-// for the kernel before (pdl.cuh: its completion must imply that kernel's, for the kernels after).
-// The requests are fire-and-forget; the kernel is done once they are issued. sm_90+ issues one
-// bulk request a piece (cp.async.bulk.prefetch.L2: the SM's copy engine walks it); older devices
-// one prefetch.global.L2 per 128-byte line.
-constexpr int64_t kPiece = 32 << 10;
-constexpr int kPrefetchThreads = 32;
-
-__global__ void __launch_bounds__(kPrefetchThreads)
-    prefetch_l2_kernel(const char* p, int64_t bytes) {
-  pdl_trigger();  // the next kernel may be scheduled at once
-  const int64_t pieces = (bytes + kPiece - 1) / kPiece;
-  for (int64_t i = int64_t(blockIdx.x) * kPrefetchThreads + threadIdx.x; i < pieces;
-       i += int64_t(gridDim.x) * kPrefetchThreads) {
-    const int64_t off = i * kPiece;
-    const int64_t n = bytes - off < kPiece ? bytes - off : kPiece;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    // 16-byte granules: the launcher aligned p and the length
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p + off), "r"(uint32_t(n))
-                 : "memory");
-#else
-    for (int64_t b = 0; b < n; b += 128)
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(p + off + b));
-#endif
-  }
-  pdl_wait();
-}
-
 }  // namespace
-
-Status prefetch_l2(const void* p, int64_t bytes, cudaStream_t stream) {
-  if (bytes < 0 || (bytes > 0 && p == nullptr))
-    return Status(
-        StatusCode::kInvalidArgument,
-        "prefetch_l2: need bytes >= 0 and a pointer (bytes=" + std::to_string(bytes) + ")");
-  // Whole 16-byte granules inside the range (bulk copies need 16-byte addresses and sizes).
-  const uintptr_t a = reinterpret_cast<uintptr_t>(p), b = a + uintptr_t(bytes);
-  const uintptr_t a16 = (a + 15) & ~uintptr_t(15), b16 = b & ~uintptr_t(15);
-  if (b16 <= a16) return Status::Ok();
-  const int64_t n = int64_t(b16 - a16);
-  int dev = 0, sms = 0;
-  G3_CUDA_RETURN(cudaGetDevice(&dev));
-  G3_CUDA_RETURN(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  // A few pieces a lane on every SM: the requests leave from all the SMs' copy engines at once.
-  const int64_t lanes = (n + kPiece - 1) / kPiece;
-  const int64_t grid = std::max<int64_t>(
-      1, std::min<int64_t>(sms, (lanes + kPrefetchThreads - 1) / kPrefetchThreads));
-  launch_pdl(prefetch_l2_kernel, unsigned(grid), kPrefetchThreads, 0, stream,
-             reinterpret_cast<const char*>(a16), n);
-  return check_launch("prefetch_l2");
-}
 
 Status copy_rows(const void* src, void* dst, const int32_t* dst_rows, int64_t n,
                  int64_t dst_capacity_rows, int64_t row_bytes, int64_t ld_src_bytes,

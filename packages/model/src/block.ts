@@ -13,15 +13,6 @@ import type { Gemma3Config } from "./config.js";
 import { cachedAttention, directKvWrite, type KVCache, type StepPlan } from "@gemma3/kv-cache";
 import { Scratch } from "./scratch.js";
 
-/**
- * Decode steps ask the MLP's first weight (gate/up) into L2 while the attention's short,
- * latency-bound kernels leave the memory bus idle (docs/kernels.md, session 13):
- * GEMMA3_L2_PREFETCH=qkv issues it after the QKV projection, =o before the O projection; the first
- * GEMMA3_L2_PREFETCH_MB megabytes (default 32). Off unless set; results are the same either way.
- */
-const L2_PREFETCH = process.env.GEMMA3_L2_PREFETCH ?? "";
-const L2_PREFETCH_BYTES = Number(process.env.GEMMA3_L2_PREFETCH_MB ?? "32") * 2 ** 20;
-
 /** Weights of one layer. Linear weights are [out, in] (torch layout); norms [hidden] or [head_dim]. */
 export interface LayerWeights {
   inputLayernorm: Tensor;
@@ -194,7 +185,6 @@ export class DecoderLayer {
       const qkv = s.alloc([n, (hq + 2 * hkv) * d], dt);
       if (directKvWrite(kv, plan, dt)) {
         ops.matmul(x, w.qkvProj, { out: qkv });
-        if (L2_PREFETCH === "qkv") this.prefetchMlp(plan);
         prologue = { qkv, qW: w.qNorm, kW: w.kNorm, positions: plan.positions, rope };
       } else {
         const dense = w.qkvProj.dtypeName === dt;
@@ -225,15 +215,8 @@ export class DecoderLayer {
       workspace,
       ...(prologue ? { prologue } : {}),
     });
-    if (L2_PREFETCH === "o") this.prefetchMlp(plan);
     return ops.matmul(o.view([n, hq * d]), w.oProj, {
       out: s.alloc([n, this.cfg.hiddenSize], dt),
     });
-  }
-
-  /** GEMMA3_L2_PREFETCH: the MLP's first weight towards L2, at decode on a GPU. */
-  private prefetchMlp(plan: StepPlan): void {
-    const w = this.w.gateUpProj ?? this.w.gateProj;
-    if (plan.decode && w.device.isCuda) ops.prefetchL2(w, L2_PREFETCH_BYTES);
   }
 }
