@@ -30,6 +30,7 @@ vt() {  # NAME vitest-args...
 }
 vt pdl native/test/pdl.cuda.test.ts
 vt model packages/model/test/parity.test.ts packages/model/test/graph.test.ts packages/model/test/chunked.test.ts
+vt matmul native/test/ops.cuda.test.ts -t "(matmul x=bf16 w=(bf16|f32) M=1 |geluMul with the projection)"
 for f in .ab-base/*; do cp "$f" "native/kernels/cuda/$(basename "$f")"; done
 (cd native && node scripts/build.mjs) >"$OUT/build-a.log" 2>&1 || { tail -30 "$OUT/build-a.log"; exit 1; }
 cp native/build/Release/gemma3.node /tmp/a.node
