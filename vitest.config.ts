@@ -11,6 +11,7 @@ export default defineConfig({
       "packages/*/test/**/*.test.ts",
       "apps/*/test/**/*.test.ts",
       "fuzz/test/**/*.test.ts",
+      "tools/test/**/*.test.ts",
     ],
     testTimeout: 120_000,
     hookTimeout: 120_000,
