@@ -13,10 +13,10 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu-ab-build}"
 mkdir -p "$OUT"
 source scripts/device-env.sh
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
+gpu_header
 SECONDS=0
 export CMAKE_CUDA_ARCHITECTURES=90a
-(cd native && node scripts/build.mjs) >"$OUT/build-b.log" 2>&1 || { tail -30 "$OUT/build-b.log"; exit 1; }
+build_addon build-b.log
 cp native/build/Release/gemma3.node /tmp/b.node
 echo "built B at ${SECONDS}s"
 status=0
@@ -32,7 +32,7 @@ vt pdl native/test/pdl.cuda.test.ts
 vt model packages/model/test/parity.test.ts packages/model/test/graph.test.ts packages/model/test/chunked.test.ts
 vt matmul native/test/ops.cuda.test.ts -t "(matmul x=bf16 w=(bf16|f32) M=1 |geluMul with the projection)"
 for f in .ab-base/*; do cp "$f" "native/kernels/cuda/$(basename "$f")"; done
-(cd native && node scripts/build.mjs) >"$OUT/build-a.log" 2>&1 || { tail -30 "$OUT/build-a.log"; exit 1; }
+build_addon build-a.log
 cp native/build/Release/gemma3.node /tmp/a.node
 echo "built A at ${SECONDS}s"
 cfgs=packages/model/test/fixtures/configs
@@ -58,10 +58,7 @@ for spec in 1b 4b 4b:q4_0; do
     echo "$tag: $(grep -E 'batch +1:' "$OUT/$tag.txt" | tr -s ' ' | head -1) (${SECONDS}s)"
   done
 done
-inc=$(dirname "$(find / -name cupti.h -not -path '/proc/*' 2>/dev/null | head -1)")
-lib=$(dirname "$(find / -name 'libcupti.so' -not -path '/proc/*' 2>/dev/null | head -1)")
-g++ -O2 -shared -fPIC -I"$inc" -I/usr/local/cuda/include tools/trace/cupti_trace.cc -o /tmp/libg3trace.so \
-  -L"$lib" -lcupti -Wl,-rpath,"$lib" || exit 1
+build_tracer
 for m in 1b 4b; do
   GEMMA3_ADDON_PATH=/tmp/b.node CUDA_INJECTION64_PATH=/tmp/libg3trace.so G3_TRACE_OUT="$OUT/trace-$m-b.csv" timeout 200 \
     node tools/bench/decode-step.mjs "$cfgs/gemma-3-$m-it.config.json" --steps 3 --only replay >/dev/null 2>&1

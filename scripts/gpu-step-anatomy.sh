@@ -11,10 +11,10 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu-step-anatomy}"
 mkdir -p "$OUT"
 source scripts/device-env.sh
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
+gpu_header
 SECONDS=0
 export CMAKE_CUDA_ARCHITECTURES=90a GEMMA3_BENCH=1
-(cd native && node scripts/build.mjs) >"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+build_addon
 echo "built at ${SECONDS}s"
 status=0
 bench=$(find native/build -name bench_kernels -type f -perm -u+x | head -1)

@@ -10,17 +10,14 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu-trace}"
 mkdir -p "$OUT"
 source scripts/device-env.sh
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
+gpu_header
 SECONDS=0
 export CMAKE_CUDA_ARCHITECTURES=90a
 if [ ! -f native/build/Release/gemma3.node ]; then
-  (cd native && node scripts/build.mjs) >"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+  build_addon
 fi
 echo "built at ${SECONDS}s"
-inc=$(dirname "$(find / -name cupti.h -not -path '/proc/*' 2>/dev/null | head -1)")
-lib=$(dirname "$(find / -name 'libcupti.so' -not -path '/proc/*' 2>/dev/null | head -1)")
-g++ -O2 -shared -fPIC -I"$inc" -I/usr/local/cuda/include tools/trace/cupti_trace.cc -o /tmp/libg3trace.so \
-  -L"$lib" -lcupti -Wl,-rpath,"$lib" || exit 1
+build_tracer
 status=0
 cfgs=packages/model/test/fixtures/configs
 for spec in ${@:-1b 4b 4b:q4_0}; do
