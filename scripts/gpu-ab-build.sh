@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu-ab-build}"
 mkdir -p "$OUT"
 source scripts/device-env.sh
+ls .ab-base/* >/dev/null 2>&1 || { echo "no .ab-base/: carry the baseline's files (header)"; exit 1; }
 gpu_header
 SECONDS=0
 export CMAKE_CUDA_ARCHITECTURES=90a

@@ -26,7 +26,10 @@ const { values, positionals } = parseArgs({
   },
 });
 const cfgPath = positionals[0];
-if (!cfgPath) throw new Error("usage: decode-step.mjs CONFIG [--steps N] [--quantize q4_0]");
+if (!cfgPath)
+  throw new Error(
+    "usage: decode-step.mjs CONFIG [--steps N] [--quantize q4_0] [--device cuda] [--only replay]",
+  );
 const N = Number(values.steps);
 const device = Device.of(values.device);
 const model = await randomTextModel(cfgPath, {
@@ -75,8 +78,9 @@ out.argmax = await time(async () => {
     l.dispose();
   }
 });
-// The head alone: final norm, head GEMV (bf16 out), cast to f32, argmax.
-const { hiddenSize: H, vocabSize: V, rmsNormEps: eps } = model.config;
+// The head alone: final norm, head GEMV (bf16 out), cast to f32, argmax. (The native matmul: an fp8
+// head's per-row scale is not applied, which changes values, not time.)
+const { hiddenSize: H, rmsNormEps: eps } = model.config;
 const w = model.weights;
 const xf = Float32Array.from({ length: H }, (_, i) => Math.sin(i));
 const x = Tensor.from(xf, [1, H], model.dtype, device);
@@ -91,6 +95,7 @@ const x = Tensor.from(xf, [1, H], model.dtype, device);
       (y.dispose(), f.dispose(), id.dispose());
     }
   });
+  (xn.dispose(), x.dispose());
 }
 console.log(JSON.stringify(out));
 seq.dispose();
