@@ -13,32 +13,21 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu-pending}"
-mkdir -p "$OUT"
 source scripts/device-env.sh
-gpu_header
-SECONDS=0
+start_call
 export CMAKE_CUDA_ARCHITECTURES=90a GEMMA3_BENCH=1
 build_addon
 echo "built at ${SECONDS}s"
-status=0
-vt() {  # NAME "VAR=VALUE ..." vitest-args...
-  local name=$1 vars=$2
-  shift 2
-  env $vars GEMMA3_TEST_CUDA=1 timeout 300 node node_modules/vitest/vitest.mjs run "$@" \
-    >"$OUT/tests-$name.log" 2>&1 || status=1
-  echo "tests $name: $(grep -E 'Tests ' "$OUT/tests-$name.log" | tail -1 | tr -s ' ') (${SECONDS}s)"
-  grep -E "^ *(×|FAIL)" "$OUT/tests-$name.log" | head -10
-}
 obj=$(find native/build -name attention_prefill_sm90.cu.o | head -1)
 if command -v cuobjdump >/dev/null; then
   cuobjdump -sass "$obj" >"$OUT/wgmma.sass" 2>&1 || true
   echo "sass: $(grep -c HGMMA "$OUT/wgmma.sass") HGMMA, $(grep -c 'WARPGROUP.DEPBAR' "$OUT/wgmma.sass") wgmma waits, $(grep -cE 'LDL|STL' "$OUT/wgmma.sass") local ld/st"
 fi
-vt prefill "" native/test/ops.cuda.test.ts -t "attentionPrefill"
-vt prefill-split3 GEMMA3_ATTN_SPLITS=3 native/test/ops.cuda.test.ts -t "attentionPrefill bf16"
-vt prefill-mma GEMMA3_ATTN_WGMMA=0 native/test/ops.cuda.test.ts -t "attentionPrefill"
-vt bounds "" native/test/ops.bounds.test.ts
-vt model "" packages/model/test/parity.test.ts packages/model/test/chunked.test.ts \
+run_tests prefill "" native/test/ops.cuda.test.ts -t "attentionPrefill"
+run_tests prefill-split3 GEMMA3_ATTN_SPLITS=3 native/test/ops.cuda.test.ts -t "attentionPrefill bf16"
+run_tests prefill-mma GEMMA3_ATTN_WGMMA=0 native/test/ops.cuda.test.ts -t "attentionPrefill"
+run_tests bounds "" native/test/ops.bounds.test.ts
+run_tests model "" packages/model/test/parity.test.ts packages/model/test/chunked.test.ts \
   packages/model/test/spans.test.ts packages/model/test/prefix.test.ts packages/model/test/graph.test.ts
 bench=$(find native/build -name bench_kernels -type f -perm -u+x | head -1)
 timeout 150 "$bench" --filter "attention_prefill" --json "$OUT/bench.json" --md "$OUT/bench.md" >"$OUT/bench.log" 2>&1 || status=1

@@ -8,28 +8,19 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu-trace}"
-mkdir -p "$OUT"
 source scripts/device-env.sh
-gpu_header
-SECONDS=0
+start_call
 export CMAKE_CUDA_ARCHITECTURES=90a
 if [ ! -f native/build/Release/gemma3.node ]; then
   build_addon
 fi
 echo "built at ${SECONDS}s"
 build_tracer
-status=0
-cfgs=packages/model/test/fixtures/configs
 for spec in ${@:-1b 4b 4b:q4_0}; do
-  m=${spec%%:*} q=${spec#*:}
-  [ "$q" = "$spec" ] && q=""
-  tag=$m${q:+-$q}
-  CUDA_INJECTION64_PATH=/tmp/libg3trace.so G3_TRACE_OUT="$OUT/trace-$tag.csv" timeout 200 \
-    node tools/bench/decode-step.mjs "$cfgs/gemma-3-$m-it.config.json" --steps 3 --only replay \
-    ${q:+--quantize $q} >"$OUT/step-$tag.json" 2>"$OUT/step-$tag.err" || { status=1; tail -5 "$OUT/step-$tag.err"; }
-  echo "== $tag: $(cat "$OUT/step-$tag.json") (${SECONDS}s)"
-  node tools/trace/step-timeline.mjs "$OUT/trace-$tag.csv" --layer 20 | tee "$OUT/timeline-$tag.md"
-  gzip -f "$OUT/trace-$tag.csv"
+  tag=$(spec_tag "$spec")
+  trace_step "$OUT/trace-$tag" "$spec"
+  echo "== $tag: $(cat "$OUT/trace-$tag.json") (${SECONDS}s)"
+  cat "$OUT/trace-$tag.md"
 done
 echo "done at ${SECONDS}s (status $status)"
 exit $status
