@@ -219,6 +219,79 @@ export function rmsnormAddRmsnorm(
   return y;
 }
 
+/** The weights of one layer's MLP half (mlpBlock). */
+export interface MlpBlockWeights {
+  /** [H] post_attention_layernorm */
+  attnPost: Tensor;
+  /** [H] pre_feedforward_layernorm */
+  ffnPre: Tensor;
+  /** [2F, H] the fused [gate; up] projection */
+  gateUp: Tensor;
+  /** [H, F] down_proj */
+  down: Tensor;
+  /** [H] post_feedforward_layernorm */
+  ffnPost: Tensor;
+}
+
+/** Scratch of mlpBlock: what the op sequence writes, and the one-launch kernel's own. */
+export interface MlpBlockScratch {
+  /** [rows, H] */
+  x2: Tensor;
+  /** [rows, 2F] */
+  gateUpOut: Tensor;
+  /** [rows, F] */
+  act: Tensor;
+  /** [rows, H] */
+  r2: Tensor;
+  /** f32, at least 16·H elements (the CUDA kernel's partial sums) */
+  part: Tensor;
+  /** i32, at least 4 elements: zero before first use, then owned by the op (the kernel's counters) */
+  sync: Tensor;
+}
+
+/** Elements of MlpBlockScratch.part for hidden size H. */
+export const mlpBlockPartElements = (hidden: number): number => 16 * hidden;
+
+/**
+ * One layer's MLP half at decode, Gemma's
+ * `h += post_attn_norm(r); x = pre_ffn_norm(h); h += post_ffn_norm(down(gelu(gate(x))·up(x)))`,
+ * then `next.out = next.norm(h)` when `next` is given. On CUDA with bf16 weights and one row this
+ * is one persistent kernel (native/kernels/cuda/mlp_block.cu); otherwise rmsnormAddRmsnorm,
+ * geluMul, matmul and rmsnormAdd(Rmsnorm) in sequence. Equal within bf16 rounding of sums taken in
+ * another order.
+ * @param r [rows, H] the attention branch's output; residual [rows, H] (updated)
+ * @returns whether the one-launch kernel ran
+ */
+export function mlpBlock(
+  r: Tensor,
+  residual: Tensor,
+  w: MlpBlockWeights,
+  next: { norm: Tensor; out: Tensor } | null,
+  s: MlpBlockScratch,
+  eps: number,
+): boolean {
+  return native(() =>
+    addon().mlpBlock(
+      r,
+      residual,
+      w.attnPost,
+      w.ffnPre,
+      w.gateUp,
+      w.down,
+      w.ffnPost,
+      next?.norm ?? null,
+      next?.out ?? null,
+      s.x2,
+      s.gateUpOut,
+      s.act,
+      s.r2,
+      s.part,
+      s.sync,
+      eps,
+    ),
+  );
+}
+
 export interface PrefillOptions {
   /** Softmax scale (Gemma: query_pre_attn_scalar ** -0.5). */
   smScale: number;

@@ -1426,7 +1426,94 @@ export function allCases(): Case[] {
     ...visionCases(),
     ...fusedCases(),
     ...decodePrologueCases(),
+    ...mlpBlockCases(),
   ];
+}
+
+// ---------------------------------------------------------------------------------------------
+// mlpBlock: a layer's MLP half (one CUDA kernel for one bf16 row, mlp_block.cu; else the sequence)
+
+/** The shapes of mlpBlockCases: [rows, H, F, with the next layer's norm]. */
+export const MLP_BLOCK_SHAPES: [number, number, number, boolean][] = [
+  [1, 512, 2048, true], // many warps a CTA with work (the 1B shape: ops.cuda.test.ts)
+  [1, 200, 328, true], // odd vector counts: 25 of H, 41 of F
+  [1, 64, 1032, false], // the last layer (no next norm); few rows, more slices
+  [3, 200, 328, true], // rows > 1: the sequence on every backend
+  [1, 100, 52, true], // H % 8 != 0: the sequence
+];
+
+export function mlpBlockCases(): Case[] {
+  const cases: Case[] = [];
+  let seed = 9100;
+  const eps = 1e-6;
+  // The sequence vs the reference, and the CUDA kernel vs the CPU sequence, differ by bf16 flips
+  // of values whose float sums run in another order (the norms' reductions, the down projection's
+  // K slices); a flip in act moves r2 by one ulp of one term of its sum. Norm-wise, over h and out.
+  const tol: Record<FloatDType, Tol> = {
+    f32: { kind: "norm", rel: 2e-5, why: "float32 sums in another order, through two norms" },
+    bf16: {
+      kind: "norm",
+      rel: 1e-2,
+      why: "bf16 flips (2^-8) of x2, act and r2 from float sums in another order",
+    },
+  };
+  for (const d of ["f32", "bf16"] as const)
+    for (const [rows, H, F, withNext] of MLP_BLOCK_SHAPES) {
+      const inputs = lazy(() => ({
+        r: inDType(randn(rows * H, seed + 1, 3), d),
+        h: inDType(randn(rows * H, seed + 2, 8), d),
+        wAttn: inDType(randn(H, seed + 3, 0.3), d),
+        wPre: inDType(randn(H, seed + 4, 0.3), d),
+        wGu: inDType(randn(2 * F * H, seed + 5, 1 / Math.sqrt(H)), d),
+        wDown: inDType(randn(H * F, seed + 6, 1 / Math.sqrt(F)), d),
+        wPost: inDType(randn(H, seed + 7, 0.3), d),
+        wNext: inDType(randn(H, seed + 8, 0.3), d),
+      }));
+      seed += 10;
+      const round = roundOf(d);
+      const what = `${d} rows=${rows} H=${H} F=${F}${withNext ? "" : " (no next norm)"}`;
+      cases.push({
+        name: `mlpBlock ${what}`,
+        async run(dev) {
+          const v = inputs();
+          const t = {
+            r: up(v.r, [rows, H], d, dev),
+            h: up(v.h, [rows, H], d, dev),
+            attnPost: up(v.wAttn, [H], d, dev),
+            ffnPre: up(v.wPre, [H], d, dev),
+            gateUp: up(v.wGu, [2 * F, H], d, dev),
+            down: up(v.wDown, [H, F], d, dev),
+            ffnPost: up(v.wPost, [H], d, dev),
+            norm: up(v.wNext, [H], d, dev),
+            out: alloc([rows, H], d, dev),
+          };
+          const s = {
+            x2: alloc([rows, H], d, dev),
+            gateUpOut: alloc([rows, 2 * F], d, dev),
+            act: alloc([rows, F], d, dev),
+            r2: alloc([rows, H], d, dev),
+            part: alloc([ops.mlpBlockPartElements(H)], "f32", dev),
+            sync: Tensor.zeros([4], "i32", dev),
+          };
+          ops.mlpBlock(t.r, t.h, t, withNext ? { norm: t.norm, out: t.out } : null, s, eps);
+          const out = withNext ? [await host(t.h), await host(t.out)] : [await host(t.h)];
+          disposeAll(...Object.values(t), ...Object.values(s));
+          return out;
+        },
+        reference: () => {
+          const v = inputs();
+          const [h1, x2] = ref.rmsnormAddRmsnorm(v.r, v.wAttn, v.h, v.wPre, rows, H, eps, round);
+          const gu = ref.matmul(x2!, v.wGu, rows, 2 * F, H, null, round);
+          const act = ref.geluMul(gu, gu.subarray(F), rows, F, 2 * F, 2 * F, round);
+          const r2 = ref.matmul(act, v.wDown, rows, H, F, null, round);
+          if (!withNext) return [ref.rmsnormAdd(r2, v.wPost, h1!, rows, H, eps, round)];
+          return ref.rmsnormAddRmsnorm(r2, v.wPost, h1!, v.wNext, rows, H, eps, round);
+        },
+        refTol: tol[d],
+        cudaTol: tol[d],
+      });
+    }
+  return cases;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,450 @@
+// The decode MLP block as one persistent launch (mlp_block.h; docs/kernels.md, session 14).
+//
+// Why: at batch 1 a layer's MLP half is four dependent kernels (add-norm, gate/up with GELU, down,
+// add-norm), and session 13's trace of the replayed 1B step put 25.3 µs of critical path on them
+// against a 16 µs byte floor: each boundary costs an L2 round trip for its inputs plus the
+// grid-completion hand-off, even under PDL. Here one cooperative grid (one 512-thread CTA an SM)
+// runs the block with one grid-wide wait:
+//   A. every CTA recomputes h + norm(r) and norm of that (H values from L2, two CTA reductions)
+//      into its shared memory, with its first gate/up weight tile already in flight;
+//   B. gate/up: warp w takes output rows u = w, w + warps, ... (its gate row and up row over all
+//      of K, the GELU product written by lane 0), interleaved over CTAs so a short last round
+//      spreads over every SM;
+//   -- one grid barrier (an arrival counter that only grows: no reset, no race with the next
+//      launch) --
+//   C. down: row pairs x S slices of K, partial sums in f32 to `part`, each CTA's first tile
+//      loaded before the barrier;
+//   D. the last CTA to finish C (a second counter) sums the S partials in order, adds the norm to
+//      its own copy of the residual from A, writes h and the next layer's input norm.
+// Each residual, norm and GELU rounds to bf16 where rmsnorm_add_rmsnorm, matmul_gelu_mul and
+// matmul round; the sums (norm reductions over 512 threads, the down projection's slices) run in
+// this kernel's order, so results match the sequence within its bf16 rounding, not bit for bit.
+// Reference: the same op on the CPU backend (the sequence); test: native/test/cases.ts
+// mlpBlockCases; bench: bench_kernels `mlp_block` against the sequence (`layer_chain` MLP rows).
+#include "kernels/cuda/mlp_block.h"
+
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstdint>
+
+#include "kernels/cuda/activation.cuh"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/gemv_common.cuh"
+#include "kernels/cuda/pdl.cuh"
+#include "kernels/cuda/vec.cuh"
+#include "runtime/env.h"
+
+namespace gemma3::cuda {
+namespace {
+
+constexpr int kThreads = 512;
+constexpr int kWarps = kThreads / 32;
+constexpr int kVecs = 2;    // 8-value vectors of H a thread: H <= kVecs * 8 * kThreads = 8192
+constexpr int kGuU = 5;     // gate/up: 16-byte chunks a lane and row in flight (K = 1152 in one)
+constexpr int kDownU = 4;   // down: the same per lane and row of a slice
+constexpr int kMaxSlicesUsed = 8;  // fewer slices than part holds: D reads S * H floats alone
+
+using detail::ld_stream16;
+using detail::warp_sum;
+
+struct Args {
+  const bf16* r;
+  bf16* h;
+  const bf16* w_attn_post;
+  const bf16* w_ffn_pre;
+  const bf16* w_gu;
+  const bf16* w_down;
+  const bf16* w_ffn_post;
+  const bf16* w_next;
+  bf16* out;
+  bf16* act;
+  float* part;
+  unsigned long long* sync;
+  int H, F, S;
+  float eps;
+  bool preload;
+};
+
+__device__ __forceinline__ float bf_lo(uint32_t u) { return __uint_as_float(u << 16); }
+__device__ __forceinline__ float bf_hi(uint32_t u) { return __uint_as_float(u & 0xffff0000u); }
+
+// acc + the dot of 8 bf16 weights with 8 bf16 x values, in element order.
+__device__ __forceinline__ float dot8(const uint4& w, const uint4& x, float acc) {
+  acc = fmaf(bf_lo(w.x), bf_lo(x.x), acc);
+  acc = fmaf(bf_hi(w.x), bf_hi(x.x), acc);
+  acc = fmaf(bf_lo(w.y), bf_lo(x.y), acc);
+  acc = fmaf(bf_hi(w.y), bf_hi(x.y), acc);
+  acc = fmaf(bf_lo(w.z), bf_lo(x.z), acc);
+  acc = fmaf(bf_hi(w.z), bf_hi(x.z), acc);
+  acc = fmaf(bf_lo(w.w), bf_lo(x.w), acc);
+  acc = fmaf(bf_hi(w.w), bf_hi(x.w), acc);
+  return acc;
+}
+
+__device__ __forceinline__ void unpack8(const uint4& u, float (&f)[8]) {
+  f[0] = bf_lo(u.x), f[1] = bf_hi(u.x), f[2] = bf_lo(u.y), f[3] = bf_hi(u.y);
+  f[4] = bf_lo(u.z), f[5] = bf_hi(u.z), f[6] = bf_lo(u.w), f[7] = bf_hi(u.w);
+}
+
+__device__ __forceinline__ uint4 pack8(const float (&f)[8]) {
+  return make_uint4(vec::pack_bf16x2(f[0], f[1]), vec::pack_bf16x2(f[2], f[3]),
+                    vec::pack_bf16x2(f[4], f[5]), vec::pack_bf16x2(f[6], f[7]));
+}
+
+__device__ __forceinline__ uint4 ld_vec(const bf16* p) { return *reinterpret_cast<const uint4*>(p); }
+// Written by other CTAs of this launch: read from L2, never from a stale L1 line.
+__device__ __forceinline__ uint4 ld_vec_l2(const bf16* p) {
+  return __ldcg(reinterpret_cast<const uint4*>(p));
+}
+
+__device__ __forceinline__ unsigned long long ld_acquire(const unsigned long long* p) {
+  unsigned long long v;
+  asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+  return v;
+}
+
+__device__ __forceinline__ float block_sum(float v, float* red) {
+  return vec::block_reduce(v, [](float a, float b) { return a + b; }, 0.0f, red);
+}
+
+// Every CTA of the grid arrives once: the counter only grows, and since no CTA can arrive at a
+// later barrier before all have arrived at this one, old / G names this barrier's generation.
+__device__ __forceinline__ void grid_barrier(unsigned long long* counter) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const unsigned long long G = gridDim.x;
+    __threadfence();
+    const unsigned long long old = atomicAdd(counter, 1ull);
+    const unsigned long long target = (old / G + 1) * G;
+    while (ld_acquire(counter) < target) {
+    }
+  }
+  __syncthreads();
+}
+
+__global__ void __launch_bounds__(kThreads, 1) mlp_block_kernel(Args a) {
+  extern __shared__ uint4 smem[];
+  const int H = a.H, F = a.F;
+  const int xs_len = (H > F ? H : F);
+  bf16* xs = reinterpret_cast<bf16*>(smem);        // [max(H, F)]: x2 (A, B), then act (C)
+  float* hs = reinterpret_cast<float*>(xs + xs_len);  // [H]: the residual after A, as float
+  __shared__ float red[32];
+  __shared__ int is_last;
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int G = gridDim.x, nw = G * kWarps;
+  const int gw = blockIdx.x + G * warp;  // this warp's first unit, warps interleaved over CTAs
+  const int kc = H / 8, nvec = H / 8;     // 16-byte chunks of a gate/up row; vectors of H
+
+  // Weights first (nothing in a step writes them): the norms' vectors and B's first tile.
+  uint4 wa[kVecs], wf[kVecs], wp[kVecs], wn[kVecs];
+#pragma unroll
+  for (int it = 0; it < kVecs; ++it) {
+    const int i = tid + it * kThreads;
+    if (i < nvec) {
+      wa[it] = ld_vec(a.w_attn_post + 8 * i);
+      wf[it] = ld_vec(a.w_ffn_pre + 8 * i);
+      wp[it] = ld_vec(a.w_ffn_post + 8 * i);
+      if (a.w_next != nullptr) wn[it] = ld_vec(a.w_next + 8 * i);
+    }
+  }
+  uint4 wg[2][kGuU];
+  auto load_gu = [&](int u, int c) {
+    const bf16* g = a.w_gu + int64_t(u) * H;
+    const bf16* up = a.w_gu + int64_t(F + u) * H;
+#pragma unroll
+    for (int i = 0; i < kGuU; ++i) {
+      const int cc = c + 32 * i;
+      if (cc < kc) {
+        wg[0][i] = ld_stream16(g + 8 * cc);
+        wg[1][i] = ld_stream16(up + 8 * cc);
+      }
+    }
+  };
+  if (a.preload && gw < F) load_gu(gw, lane);
+  pdl_wait();  // pdl.cuh: r and h come from the kernels before
+
+  // ---- A: h' = T(h + T(norm(r))), x2 = T(norm(h')), every CTA for itself ----
+  uint4 rv[kVecs], hv[kVecs];
+#pragma unroll
+  for (int it = 0; it < kVecs; ++it) {
+    const int i = tid + it * kThreads;
+    if (i < nvec) rv[it] = ld_vec(a.r + 8 * i), hv[it] = ld_vec(a.h + 8 * i);
+  }
+  float ss = 0.f;
+#pragma unroll
+  for (int it = 0; it < kVecs; ++it) {
+    if (tid + it * kThreads < nvec) {
+      float v[8];
+      unpack8(rv[it], v);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) ss += v[j] * v[j];
+    }
+  }
+  const float inv = 1.0f / sqrtf(block_sum(ss, red) / float(H) + a.eps);
+  float ss2 = 0.f;
+#pragma unroll
+  for (int it = 0; it < kVecs; ++it) {
+    const int i = tid + it * kThreads;
+    if (i < nvec) {
+      float v[8], w[8], hh[8];
+      unpack8(rv[it], v);
+      unpack8(wa[it], w);
+      unpack8(hv[it], hh);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        // rmsnorm_add: the norm rounds to T, then the residual add rounds (no FMA contraction).
+        v[j] = vec::round_t<bf16>(
+            __fadd_rn(hh[j], vec::round_t<bf16>((v[j] * inv) * (1.0f + w[j]))));
+        hs[8 * i + j] = v[j];
+        ss2 += v[j] * v[j];
+      }
+    }
+  }
+  const float inv2 = 1.0f / sqrtf(block_sum(ss2, red) / float(H) + a.eps);
+#pragma unroll
+  for (int it = 0; it < kVecs; ++it) {
+    const int i = tid + it * kThreads;
+    if (i < nvec) {
+      float y[8], w[8];
+      unpack8(wf[it], w);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) y[j] = (hs[8 * i + j] * inv2) * (1.0f + w[j]);
+      *reinterpret_cast<uint4*>(xs + 8 * i) = pack8(y);
+    }
+  }
+  __syncthreads();
+
+  // ---- B: act[u] = T(gelu_mul(T(x2 . Wg[u]), T(x2 . Wu[u]))) ----
+  for (int u = gw; u < F; u += nw) {
+    float acc0 = 0.f, acc1 = 0.f;
+    for (int c = lane; c < kc; c += 32 * kGuU) {
+      if (!(a.preload && u == gw && c == lane)) load_gu(u, c);
+#pragma unroll
+      for (int i = 0; i < kGuU; ++i) {
+        const int cc = c + 32 * i;
+        if (cc < kc) {
+          const uint4 xv = *reinterpret_cast<const uint4*>(xs + 8 * cc);
+          acc0 = dot8(wg[0][i], xv, acc0);
+          acc1 = dot8(wg[1][i], xv, acc1);
+        }
+      }
+    }
+    acc0 = warp_sum(acc0);
+    acc1 = warp_sum(acc1);
+    if (lane == 0) {
+      const float g = vec::round_t<bf16>(acc0), up = vec::round_t<bf16>(acc1);
+      a.act[u] = from_f32<bf16>(gelu_mul_f32<bf16>(g, up));
+    }
+  }
+  __threadfence();  // this thread's act rows before the barrier's arrival
+
+  // C's units: v = s * P + p, row pair p (rows 2p, 2p + 1) over slice s of K = F.
+  const int P = H / 2, S = a.S, kd = F / 8, units = P * S;
+  uint4 wd[2][kDownU];
+  auto load_down = [&](int v) {
+    const int s = v / P, p = v - s * P;
+    const int c0 = int(int64_t(s) * kd / S), c1 = int(int64_t(s + 1) * kd / S);
+    const bf16* r0 = a.w_down + int64_t(2 * p) * F;
+    const bf16* r1 = r0 + F;
+#pragma unroll
+    for (int i = 0; i < kDownU; ++i) {
+      const int cc = c0 + lane + 32 * i;
+      if (cc < c1) {
+        wd[0][i] = ld_stream16(r0 + 8 * cc);
+        wd[1][i] = ld_stream16(r1 + 8 * cc);
+      }
+    }
+  };
+  if (a.preload && gw < units) load_down(gw);
+
+  grid_barrier(a.sync);  // every act row is written
+  for (int i = tid; i < kd; i += kThreads)
+    *reinterpret_cast<uint4*>(xs + 8 * i) = ld_vec_l2(a.act + 8 * i);
+  __syncthreads();
+
+  // ---- C: part[s, n] = act[slice s] . Wd[n, slice s] ----
+  for (int v = gw; v < units; v += nw) {
+    const int s = v / P, p = v - s * P;
+    const int c0 = int(int64_t(s) * kd / S), c1 = int(int64_t(s + 1) * kd / S);
+    const bf16* r0 = a.w_down + int64_t(2 * p) * F;
+    const bf16* r1 = r0 + F;
+    float acc0 = 0.f, acc1 = 0.f;
+    for (int c = c0 + lane; c < c1; c += 32 * kDownU) {
+      if (a.preload && v == gw && c == c0 + lane) {
+        // first tile loaded before the barrier
+      } else {
+#pragma unroll
+        for (int i = 0; i < kDownU; ++i) {
+          const int cc = c + 32 * i;
+          if (cc < c1) {
+            wd[0][i] = ld_stream16(r0 + 8 * cc);
+            wd[1][i] = ld_stream16(r1 + 8 * cc);
+          }
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < kDownU; ++i) {
+        const int cc = c + 32 * i;
+        if (cc < c1) {
+          const uint4 xv = *reinterpret_cast<const uint4*>(xs + 8 * cc);
+          acc0 = dot8(wd[0][i], xv, acc0);
+          acc1 = dot8(wd[1][i], xv, acc1);
+        }
+      }
+    }
+    acc0 = warp_sum(acc0);
+    acc1 = warp_sum(acc1);
+    if (lane == 0)
+      *reinterpret_cast<float2*>(a.part + int64_t(s) * H + 2 * p) = make_float2(acc0, acc1);
+  }
+  __threadfence();  // this thread's partials before the arrival below
+
+  // ---- D: the last CTA out adds the down projection's norm and norms for the next layer ----
+  pdl_trigger();  // the next kernel's CTAs may take the SMs that the others leave
+  __syncthreads();
+  if (tid == 0) {
+    __threadfence();
+    const unsigned long long old = atomicAdd(a.sync + 1, 1ull);
+    is_last = (old % (unsigned long long)G) == (unsigned long long)(G - 1);
+    if (is_last) __threadfence();
+  }
+  __syncthreads();
+  if (!is_last) return;
+
+  float r2[kVecs][8];
+  float ss3 = 0.f;
+#pragma unroll
+  for (int it = 0; it < kVecs; ++it) {
+    const int i = tid + it * kThreads;
+    if (i < nvec) {
+      float sum[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+      for (int s = 0; s < S; ++s) {
+        const float4* q = reinterpret_cast<const float4*>(a.part + int64_t(s) * H + 8 * i);
+        const float4 lo = __ldcg(q), hi = __ldcg(q + 1);
+        sum[0] += lo.x, sum[1] += lo.y, sum[2] += lo.z, sum[3] += lo.w;
+        sum[4] += hi.x, sum[5] += hi.y, sum[6] += hi.z, sum[7] += hi.w;
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        r2[it][j] = vec::round_t<bf16>(sum[j]);  // matmul's output, rounded once
+        ss3 += r2[it][j] * r2[it][j];
+      }
+    }
+  }
+  const float inv3 = 1.0f / sqrtf(block_sum(ss3, red) / float(H) + a.eps);
+  float ss4 = 0.f;
+#pragma unroll
+  for (int it = 0; it < kVecs; ++it) {
+    const int i = tid + it * kThreads;
+    if (i < nvec) {
+      float w[8];
+      unpack8(wp[it], w);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        r2[it][j] = vec::round_t<bf16>(
+            __fadd_rn(hs[8 * i + j], vec::round_t<bf16>((r2[it][j] * inv3) * (1.0f + w[j]))));
+        ss4 += r2[it][j] * r2[it][j];
+      }
+      *reinterpret_cast<uint4*>(a.h + 8 * i) = pack8(r2[it]);
+    }
+  }
+  if (a.w_next == nullptr) return;
+  const float inv4 = 1.0f / sqrtf(block_sum(ss4, red) / float(H) + a.eps);
+#pragma unroll
+  for (int it = 0; it < kVecs; ++it) {
+    const int i = tid + it * kThreads;
+    if (i < nvec) {
+      float w[8], y[8];
+      unpack8(wn[it], w);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) y[j] = (r2[it][j] * inv4) * (1.0f + w[j]);
+      *reinterpret_cast<uint4*>(a.out + 8 * i) = pack8(y);
+    }
+  }
+}
+
+size_t smem_bytes(int64_t H, int64_t F) {
+  const int64_t xs = (H > F ? H : F) * 2;
+  return size_t((xs + 15) / 16 * 16 + H * 4);
+}
+
+// Slices of K for C: the count whose units (row pairs x slices) fill the warps' rounds best, at
+// least a chunk a lane in each slice.
+int pick_slices(int64_t H, int64_t F, int64_t warps) {
+  const int64_t P = H / 2, kd = F / 8;
+  int best = 1;
+  double best_cost = 1e30;
+  for (int s = 1; s <= kMaxSlicesUsed && s <= kMlpBlockMaxSlices; ++s) {
+    if (s > 1 && kd / s < 32) break;
+    const int64_t rounds = (P * s + warps - 1) / warps;
+    const double cost = double(rounds) / s;  // the busiest warp's share of a row pair's bytes
+    if (cost < best_cost * 0.999) best = s, best_cost = cost;
+  }
+  return best;
+}
+
+bool aligned16(const void* p) { return p == nullptr || vec::aligned16(p); }
+
+}  // namespace
+
+Status mlp_block_decode(const bf16* r, bf16* h, const bf16* w_attn_post, const bf16* w_ffn_pre,
+                        const bf16* w_gate_up, const bf16* w_down, const bf16* w_ffn_post,
+                        const bf16* w_next, bf16* out, bf16* act, float* part,
+                        unsigned long long* sync, int64_t H, int64_t F, float eps, bool* taken,
+                        cudaStream_t stream) {
+  *taken = false;
+  if (H <= 0 || F <= 0 || H % 8 != 0 || F % 8 != 0 || H > int64_t(kVecs) * 8 * kThreads ||
+      F > (int64_t(1) << 24) || !sm90_or_newer())
+    return Status::Ok();
+  for (const void* p : {static_cast<const void*>(r), static_cast<const void*>(h),
+                        static_cast<const void*>(w_attn_post), static_cast<const void*>(w_ffn_pre),
+                        static_cast<const void*>(w_gate_up), static_cast<const void*>(w_down),
+                        static_cast<const void*>(w_ffn_post), static_cast<const void*>(w_next),
+                        static_cast<const void*>(out), static_cast<const void*>(act),
+                        static_cast<const void*>(part)})
+    if (!aligned16(p)) return Status::Ok();
+  if ((w_next == nullptr) != (out == nullptr) || !vec::aligned(sync, 8)) return Status::Ok();
+
+  const size_t smem = smem_bytes(H, F);
+  int dev = 0, sms = 0, occ = 0;
+  G3_CUDA_RETURN(cudaGetDevice(&dev));
+  G3_RETURN_IF_ERROR(detail::sm_count(&sms));
+  int coop = 0;
+  G3_CUDA_RETURN(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
+  if (!coop) return Status::Ok();
+  if (smem > 48 * 1024) {
+    int optin = 0;
+    G3_CUDA_RETURN(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    if (smem > size_t(optin)) return Status::Ok();
+    G3_CUDA_RETURN(cudaFuncSetAttribute(mlp_block_kernel,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  }
+  G3_CUDA_RETURN(
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, mlp_block_kernel, kThreads, smem));
+  if (occ < 1) return Status::Ok();
+
+  static const bool preload = !env_is("GEMMA3_MLP_BLOCK_PRELOAD", "0");
+  Args a{r,  h,   w_attn_post, w_ffn_pre, w_gate_up, w_down, w_ffn_post, w_next, out, act,
+         part, sync, int(H),     int(F),    0,         eps,    preload};
+  a.S = pick_slices(H, F, int64_t(sms) * kWarps);
+
+  cudaLaunchAttribute attr[2];
+  attr[0].id = cudaLaunchAttributeCooperative;
+  attr[0].val.cooperative = 1;
+  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[1].val.programmaticStreamSerializationAllowed = pdl_enabled() ? 1 : 0;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(unsigned(sms));
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 2;
+  G3_CUDA_RETURN(cudaLaunchKernelEx(&cfg, mlp_block_kernel, a));
+  *taken = true;
+  return check_launch("mlp_block");
+}
+
+}  // namespace gemma3::cuda
