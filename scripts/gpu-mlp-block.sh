@@ -24,7 +24,7 @@ for pre in 1 0; do
     --json "$OUT/rows-preload$pre.json" --md "$OUT/rows-preload$pre.md" \
     >"$OUT/rows-preload$pre.log" 2>&1 || status=1
   echo "== mlp_block rows, preload $pre"
-  grep -E '^\|' "$OUT/rows-preload$pre.md" | cut -d'|' -f2,3,5,6,9- | tail -n +3
+  grep -E '^\|' "$OUT/rows-preload$pre.md" | tail -n +3
 done
 for spec in ${@:-1b 4b}; do
   tag=$(spec_tag "$spec")

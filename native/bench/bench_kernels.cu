@@ -763,6 +763,36 @@ void run_mlp_block(Ctx& c, Row& r, int64_t H, int64_t I) {
       },
       1, c.opt, s);
   finish(r, t, c.opt);
+  // Where a launch's time goes: each phase's end (the latest CTA's) after the earliest start, µs,
+  // median of 21 launches each run alone (mlp_block.cu `stamp`).
+  int sms = 0;
+  CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  DevBuf<long long> prof{size_t(sms) * 8};
+  std::vector<long long> hp(size_t(sms) * 8);
+  std::vector<std::vector<double>> ends(5);
+  for (int rep = 0; rep < 21; ++rep) {
+    CK(cudaMemsetAsync(prof.p, 0, hp.size() * sizeof(long long), s));
+    check_status(gk::mlp_block_decode(o.p, h.p, n1.p, n2.p, wgu.p, wdown.p, n3.p, n4.p, xn.p, act.p,
+                                      part.p, sync.p, H, I, 1e-6f, &taken, s, prof.p));
+    CK(cudaMemcpyAsync(hp.data(), prof.p, hp.size() * sizeof(long long), cudaMemcpyDeviceToHost,
+                       s));
+    CK(cudaStreamSynchronize(s));
+    long long t0 = hp[0], e[5] = {0, 0, 0, 0, 0};
+    for (int b = 0; b < sms; ++b) t0 = std::min(t0, hp[size_t(b) * 8]);
+    for (int b = 0; b < sms; ++b)
+      for (int k = 1; k <= 5; ++k) e[k - 1] = std::max(e[k - 1], hp[size_t(b) * 8 + k] - t0);
+    for (int k = 0; k < 5; ++k) ends[size_t(k)].push_back(double(e[k]) * 1e-3);
+  }
+  char buf[160];
+  double m[5];
+  for (int k = 0; k < 5; ++k) {
+    std::sort(ends[size_t(k)].begin(), ends[size_t(k)].end());
+    m[k] = ends[size_t(k)][ends[size_t(k)].size() / 2];
+  }
+  std::snprintf(buf, sizeof buf,
+                "gemma3 (alone, phase ends: A %.1f, B %.1f, barrier %.1f, C %.1f, D %.1f us)", m[0],
+                m[1], m[2], m[3], m[4]);
+  r.impl = buf;
   set_peer(
       r, "add_norm + gate/up gelu + down + add_norm",
       time_launches(

@@ -21,8 +21,6 @@
 // this kernel's order, so results match the sequence within its bf16 rounding, not bit for bit.
 // Reference: the same op on the CPU backend (the sequence); test: native/test/cases.ts
 // mlpBlockCases; bench: bench_kernels `mlp_block` against the sequence (`layer_chain` MLP rows).
-#include "kernels/cuda/mlp_block.h"
-
 #include <cuda_runtime.h>
 
 #include <atomic>
@@ -31,6 +29,7 @@
 #include "kernels/cuda/activation.cuh"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/gemv_common.cuh"
+#include "kernels/cuda/mlp_block.h"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/vec.cuh"
 #include "runtime/env.h"
@@ -40,9 +39,9 @@ namespace {
 
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
-constexpr int kVecs = 2;    // 8-value vectors of H a thread: H <= kVecs * 8 * kThreads = 8192
-constexpr int kGuU = 5;     // gate/up: 16-byte chunks a lane and row in flight (K = 1152 in one)
-constexpr int kDownU = 4;   // down: the same per lane and row of a slice
+constexpr int kVecs = 2;   // 8-value vectors of H a thread: H <= kVecs * 8 * kThreads = 8192
+constexpr int kGuU = 5;    // gate/up: 16-byte chunks a lane and row in flight (K = 1152 in one)
+constexpr int kDownU = 4;  // down: the same per lane and row of a slice
 constexpr int kMaxSlicesUsed = 8;  // fewer slices than part holds: D reads S * H floats alone
 
 using detail::ld_stream16;
@@ -64,6 +63,7 @@ struct Args {
   int H, F, S;
   float eps;
   bool preload;
+  long long* prof;
 };
 
 __device__ __forceinline__ float bf_lo(uint32_t u) { return __uint_as_float(u << 16); }
@@ -92,7 +92,9 @@ __device__ __forceinline__ uint4 pack8(const float (&f)[8]) {
                     vec::pack_bf16x2(f[4], f[5]), vec::pack_bf16x2(f[6], f[7]));
 }
 
-__device__ __forceinline__ uint4 ld_vec(const bf16* p) { return *reinterpret_cast<const uint4*>(p); }
+__device__ __forceinline__ uint4 ld_vec(const bf16* p) {
+  return *reinterpret_cast<const uint4*>(p);
+}
 // Written by other CTAs of this launch: read from L2, never from a stale L1 line.
 __device__ __forceinline__ uint4 ld_vec_l2(const bf16* p) {
   return __ldcg(reinterpret_cast<const uint4*>(p));
@@ -105,7 +107,8 @@ __device__ __forceinline__ unsigned long long ld_acquire(const unsigned long lon
 }
 
 __device__ __forceinline__ float block_sum(float v, float* red) {
-  return vec::block_reduce(v, [](float a, float b) { return a + b; }, 0.0f, red);
+  return vec::block_reduce(
+      v, [](float a, float b) { return a + b; }, 0.0f, red);
 }
 
 // Every CTA of the grid arrives once: the counter only grows, and since no CTA can arrive at a
@@ -123,46 +126,79 @@ __device__ __forceinline__ void grid_barrier(unsigned long long* counter) {
   __syncthreads();
 }
 
+// A warp's stream of n work items, item i + 1's weight loads issued before item i is consumed
+// (two register buffers, named statically so they stay in registers). Item 0 is issued by the
+// caller when `first_issued` (before pdl_wait, or before the grid barrier).
+template <int U, class Issue, class Consume>
+__device__ __forceinline__ void warp_stream(int n, bool first_issued, uint4 (&a)[2][U],
+                                            uint4 (&b)[2][U], Issue issue, Consume consume) {
+  if (n <= 0) return;
+  if (!first_issued) issue(a, 0);
+  for (int i = 0;;) {
+    if (i + 1 < n) issue(b, i + 1);
+    consume(a, i);
+    if (++i >= n) break;
+    if (i + 1 < n) issue(a, i + 1);
+    consume(b, i);
+    if (++i >= n) break;
+  }
+}
+
+// Phase timestamps (globaltimer ns) of CTA b when a.prof != null: prof[b * 8 + k] for the start,
+// after A, after B, after the barrier, after C and (last CTA only) after D; bench_kernels reads
+// them.
+__device__ __forceinline__ void stamp(long long* prof, int k) {
+  if (prof != nullptr && threadIdx.x == 0) {
+    long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    prof[blockIdx.x * 8 + k] = t;
+  }
+}
+
 __global__ void __launch_bounds__(kThreads, 1) mlp_block_kernel(Args a) {
   extern __shared__ uint4 smem[];
   const int H = a.H, F = a.F;
   const int xs_len = (H > F ? H : F);
-  bf16* xs = reinterpret_cast<bf16*>(smem);        // [max(H, F)]: x2 (A, B), then act (C)
+  bf16* xs = reinterpret_cast<bf16*>(smem);           // [max(H, F)]: x2 (A, B), then act (C)
   float* hs = reinterpret_cast<float*>(xs + xs_len);  // [H]: the residual after A, as float
+  bf16* wsm = reinterpret_cast<bf16*>(hs + H);        // [4][H]: the four norm weights
   __shared__ float red[32];
   __shared__ int is_last;
+  stamp(a.prof, 0);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int G = gridDim.x, nw = G * kWarps;
   const int gw = blockIdx.x + G * warp;  // this warp's first unit, warps interleaved over CTAs
-  const int kc = H / 8, nvec = H / 8;     // 16-byte chunks of a gate/up row; vectors of H
+  const int kc = H / 8, nvec = H / 8;    // 16-byte chunks of a gate/up row; vectors of H
 
-  // Weights first (nothing in a step writes them): the norms' vectors and B's first tile.
-  uint4 wa[kVecs], wf[kVecs], wp[kVecs], wn[kVecs];
-#pragma unroll
-  for (int it = 0; it < kVecs; ++it) {
-    const int i = tid + it * kThreads;
-    if (i < nvec) {
-      wa[it] = ld_vec(a.w_attn_post + 8 * i);
-      wf[it] = ld_vec(a.w_ffn_pre + 8 * i);
-      wp[it] = ld_vec(a.w_ffn_post + 8 * i);
-      if (a.w_next != nullptr) wn[it] = ld_vec(a.w_next + 8 * i);
-    }
-  }
-  uint4 wg[2][kGuU];
-  auto load_gu = [&](int u, int c) {
+  // B's items: (unit u, tile t), u = gw + (i / tg) nw the output row (gate row u, up row F + u),
+  // tile t its chunks t 32 kGuU + lane + 32 j.
+  const int tg = (kc + 32 * kGuU - 1) / (32 * kGuU);
+  const int ng = gw < F ? tg * ((F - 1 - gw) / nw + 1) : 0;
+  auto issue_gu = [&](uint4(&w)[2][kGuU], int i) {
+    const int u = gw + (i / tg) * nw, c = (i % tg) * 32 * kGuU + lane;
     const bf16* g = a.w_gu + int64_t(u) * H;
     const bf16* up = a.w_gu + int64_t(F + u) * H;
 #pragma unroll
-    for (int i = 0; i < kGuU; ++i) {
-      const int cc = c + 32 * i;
+    for (int j = 0; j < kGuU; ++j) {
+      const int cc = c + 32 * j;
       if (cc < kc) {
-        wg[0][i] = ld_stream16(g + 8 * cc);
-        wg[1][i] = ld_stream16(up + 8 * cc);
+        w[0][j] = ld_stream16(g + 8 * cc);
+        w[1][j] = ld_stream16(up + 8 * cc);
       }
     }
   };
-  if (a.preload && gw < F) load_gu(gw, lane);
+  uint4 ba[2][kGuU], bb[2][kGuU];
+  const bool preload = a.preload && ng > 0;
+  if (preload) issue_gu(ba, 0);
+  // The norm weights into shared memory (nothing in a step writes them).
+  for (int i = tid; i < nvec; i += kThreads) {
+    const bf16* src[4] = {a.w_attn_post, a.w_ffn_pre, a.w_ffn_post, a.w_next};
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+      if (src[k] != nullptr)
+        *reinterpret_cast<uint4*>(wsm + k * H + 8 * i) = ld_vec(src[k] + 8 * i);
+  }
   pdl_wait();  // pdl.cuh: r and h come from the kernels before
 
   // ---- A: h' = T(h + T(norm(r))), x2 = T(norm(h')), every CTA for itself ----
@@ -190,13 +226,13 @@ __global__ void __launch_bounds__(kThreads, 1) mlp_block_kernel(Args a) {
     if (i < nvec) {
       float v[8], w[8], hh[8];
       unpack8(rv[it], v);
-      unpack8(wa[it], w);
+      unpack8(ld_vec(wsm + 8 * i), w);
       unpack8(hv[it], hh);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         // rmsnorm_add: the norm rounds to T, then the residual add rounds (no FMA contraction).
-        v[j] = vec::round_t<bf16>(
-            __fadd_rn(hh[j], vec::round_t<bf16>((v[j] * inv) * (1.0f + w[j]))));
+        v[j] =
+            vec::round_t<bf16>(__fadd_rn(hh[j], vec::round_t<bf16>((v[j] * inv) * (1.0f + w[j]))));
         hs[8 * i + j] = v[j];
         ss2 += v[j] * v[j];
       }
@@ -208,98 +244,106 @@ __global__ void __launch_bounds__(kThreads, 1) mlp_block_kernel(Args a) {
     const int i = tid + it * kThreads;
     if (i < nvec) {
       float y[8], w[8];
-      unpack8(wf[it], w);
+      unpack8(ld_vec(wsm + H + 8 * i), w);
 #pragma unroll
       for (int j = 0; j < 8; ++j) y[j] = (hs[8 * i + j] * inv2) * (1.0f + w[j]);
       *reinterpret_cast<uint4*>(xs + 8 * i) = pack8(y);
     }
   }
   __syncthreads();
+  stamp(a.prof, 1);
 
   // ---- B: act[u] = T(gelu_mul(T(x2 . Wg[u]), T(x2 . Wu[u]))) ----
-  for (int u = gw; u < F; u += nw) {
+  {
     float acc0 = 0.f, acc1 = 0.f;
-    for (int c = lane; c < kc; c += 32 * kGuU) {
-      if (!(a.preload && u == gw && c == lane)) load_gu(u, c);
+    auto consume = [&](uint4(&w)[2][kGuU], int i) {
+      const int t = i % tg, c = t * 32 * kGuU + lane;
 #pragma unroll
-      for (int i = 0; i < kGuU; ++i) {
-        const int cc = c + 32 * i;
+      for (int j = 0; j < kGuU; ++j) {
+        const int cc = c + 32 * j;
         if (cc < kc) {
           const uint4 xv = *reinterpret_cast<const uint4*>(xs + 8 * cc);
-          acc0 = dot8(wg[0][i], xv, acc0);
-          acc1 = dot8(wg[1][i], xv, acc1);
+          acc0 = dot8(w[0][j], xv, acc0);
+          acc1 = dot8(w[1][j], xv, acc1);
         }
       }
-    }
-    acc0 = warp_sum(acc0);
-    acc1 = warp_sum(acc1);
-    if (lane == 0) {
-      const float g = vec::round_t<bf16>(acc0), up = vec::round_t<bf16>(acc1);
-      a.act[u] = from_f32<bf16>(gelu_mul_f32<bf16>(g, up));
-    }
+      if (t == tg - 1) {
+        const float s0 = warp_sum(acc0), s1 = warp_sum(acc1);
+        if (lane == 0) {
+          const int u = gw + (i / tg) * nw;
+          const float g = vec::round_t<bf16>(s0), up = vec::round_t<bf16>(s1);
+          a.act[u] = from_f32<bf16>(gelu_mul_f32<bf16>(g, up));
+        }
+        acc0 = acc1 = 0.f;
+      }
+    };
+    warp_stream<kGuU>(ng, preload, ba, bb, issue_gu, consume);
   }
   __threadfence();  // this thread's act rows before the barrier's arrival
+  stamp(a.prof, 2);
 
-  // C's units: v = s * P + p, row pair p (rows 2p, 2p + 1) over slice s of K = F.
+  // C's items: (unit v, tile t), v = gw + (i / td) nw = s P + p: row pair p (rows 2p, 2p + 1)
+  // over slice s of K = F, chunks c0 + t 32 kDownU + lane + 32 j below c1.
   const int P = H / 2, S = a.S, kd = F / 8, units = P * S;
-  uint4 wd[2][kDownU];
-  auto load_down = [&](int v) {
-    const int s = v / P, p = v - s * P;
-    const int c0 = int(int64_t(s) * kd / S), c1 = int(int64_t(s + 1) * kd / S);
+  const int td = ((kd + S - 1) / S + 32 * kDownU - 1) / (32 * kDownU);
+  const int nd = gw < units ? td * ((units - 1 - gw) / nw + 1) : 0;
+  auto slice = [&](int i, int& s, int& p, int& c0, int& c1) {
+    const int v = gw + (i / td) * nw;
+    s = v / P, p = v - s * P;
+    c0 = int(int64_t(s) * kd / S), c1 = int(int64_t(s + 1) * kd / S);
+  };
+  auto issue_down = [&](uint4(&w)[2][kDownU], int i) {
+    int s, p, c0, c1;
+    slice(i, s, p, c0, c1);
+    const int c = c0 + (i % td) * 32 * kDownU + lane;
     const bf16* r0 = a.w_down + int64_t(2 * p) * F;
     const bf16* r1 = r0 + F;
 #pragma unroll
-    for (int i = 0; i < kDownU; ++i) {
-      const int cc = c0 + lane + 32 * i;
+    for (int j = 0; j < kDownU; ++j) {
+      const int cc = c + 32 * j;
       if (cc < c1) {
-        wd[0][i] = ld_stream16(r0 + 8 * cc);
-        wd[1][i] = ld_stream16(r1 + 8 * cc);
+        w[0][j] = ld_stream16(r0 + 8 * cc);
+        w[1][j] = ld_stream16(r1 + 8 * cc);
       }
     }
   };
-  if (a.preload && gw < units) load_down(gw);
+  uint4 da[2][kDownU], db[2][kDownU];
+  const bool preload_down = a.preload && nd > 0;
+  if (preload_down) issue_down(da, 0);
 
   grid_barrier(a.sync);  // every act row is written
   for (int i = tid; i < kd; i += kThreads)
     *reinterpret_cast<uint4*>(xs + 8 * i) = ld_vec_l2(a.act + 8 * i);
   __syncthreads();
+  stamp(a.prof, 3);
 
   // ---- C: part[s, n] = act[slice s] . Wd[n, slice s] ----
-  for (int v = gw; v < units; v += nw) {
-    const int s = v / P, p = v - s * P;
-    const int c0 = int(int64_t(s) * kd / S), c1 = int(int64_t(s + 1) * kd / S);
-    const bf16* r0 = a.w_down + int64_t(2 * p) * F;
-    const bf16* r1 = r0 + F;
+  {
     float acc0 = 0.f, acc1 = 0.f;
-    for (int c = c0 + lane; c < c1; c += 32 * kDownU) {
-      if (a.preload && v == gw && c == c0 + lane) {
-        // first tile loaded before the barrier
-      } else {
+    auto consume = [&](uint4(&w)[2][kDownU], int i) {
+      int s, p, c0, c1;
+      slice(i, s, p, c0, c1);
+      const int t = i % td, c = c0 + t * 32 * kDownU + lane;
 #pragma unroll
-        for (int i = 0; i < kDownU; ++i) {
-          const int cc = c + 32 * i;
-          if (cc < c1) {
-            wd[0][i] = ld_stream16(r0 + 8 * cc);
-            wd[1][i] = ld_stream16(r1 + 8 * cc);
-          }
-        }
-      }
-#pragma unroll
-      for (int i = 0; i < kDownU; ++i) {
-        const int cc = c + 32 * i;
+      for (int j = 0; j < kDownU; ++j) {
+        const int cc = c + 32 * j;
         if (cc < c1) {
           const uint4 xv = *reinterpret_cast<const uint4*>(xs + 8 * cc);
-          acc0 = dot8(wd[0][i], xv, acc0);
-          acc1 = dot8(wd[1][i], xv, acc1);
+          acc0 = dot8(w[0][j], xv, acc0);
+          acc1 = dot8(w[1][j], xv, acc1);
         }
       }
-    }
-    acc0 = warp_sum(acc0);
-    acc1 = warp_sum(acc1);
-    if (lane == 0)
-      *reinterpret_cast<float2*>(a.part + int64_t(s) * H + 2 * p) = make_float2(acc0, acc1);
+      if (t == td - 1) {
+        const float s0 = warp_sum(acc0), s1 = warp_sum(acc1);
+        if (lane == 0)
+          *reinterpret_cast<float2*>(a.part + int64_t(s) * H + 2 * p) = make_float2(s0, s1);
+        acc0 = acc1 = 0.f;
+      }
+    };
+    warp_stream<kDownU>(nd, preload_down, da, db, issue_down, consume);
   }
   __threadfence();  // this thread's partials before the arrival below
+  stamp(a.prof, 4);
 
   // ---- D: the last CTA out adds the down projection's norm and norms for the next layer ----
   pdl_trigger();  // the next kernel's CTAs may take the SMs that the others leave
@@ -340,7 +384,7 @@ __global__ void __launch_bounds__(kThreads, 1) mlp_block_kernel(Args a) {
     const int i = tid + it * kThreads;
     if (i < nvec) {
       float w[8];
-      unpack8(wp[it], w);
+      unpack8(ld_vec(wsm + 2 * H + 8 * i), w);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         r2[it][j] = vec::round_t<bf16>(
@@ -350,24 +394,26 @@ __global__ void __launch_bounds__(kThreads, 1) mlp_block_kernel(Args a) {
       *reinterpret_cast<uint4*>(a.h + 8 * i) = pack8(r2[it]);
     }
   }
-  if (a.w_next == nullptr) return;
-  const float inv4 = 1.0f / sqrtf(block_sum(ss4, red) / float(H) + a.eps);
+  if (a.w_next != nullptr) {
+    const float inv4 = 1.0f / sqrtf(block_sum(ss4, red) / float(H) + a.eps);
 #pragma unroll
-  for (int it = 0; it < kVecs; ++it) {
-    const int i = tid + it * kThreads;
-    if (i < nvec) {
-      float w[8], y[8];
-      unpack8(wn[it], w);
+    for (int it = 0; it < kVecs; ++it) {
+      const int i = tid + it * kThreads;
+      if (i < nvec) {
+        float w[8], y[8];
+        unpack8(ld_vec(wsm + 3 * H + 8 * i), w);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) y[j] = (r2[it][j] * inv4) * (1.0f + w[j]);
-      *reinterpret_cast<uint4*>(a.out + 8 * i) = pack8(y);
+        for (int j = 0; j < 8; ++j) y[j] = (r2[it][j] * inv4) * (1.0f + w[j]);
+        *reinterpret_cast<uint4*>(a.out + 8 * i) = pack8(y);
+      }
     }
   }
+  stamp(a.prof, 5);
 }
 
 size_t smem_bytes(int64_t H, int64_t F) {
   const int64_t xs = (H > F ? H : F) * 2;
-  return size_t((xs + 15) / 16 * 16 + H * 4);
+  return size_t((xs + 15) / 16 * 16 + H * 4 + 4 * H * 2);
 }
 
 // Slices of K for C: the count whose units (row pairs x slices) fill the warps' rounds best, at
@@ -393,7 +439,7 @@ Status mlp_block_decode(const bf16* r, bf16* h, const bf16* w_attn_post, const b
                         const bf16* w_gate_up, const bf16* w_down, const bf16* w_ffn_post,
                         const bf16* w_next, bf16* out, bf16* act, float* part,
                         unsigned long long* sync, int64_t H, int64_t F, float eps, bool* taken,
-                        cudaStream_t stream) {
+                        cudaStream_t stream, long long* prof) {
   *taken = false;
   if (H <= 0 || F <= 0 || H % 8 != 0 || F % 8 != 0 || H > int64_t(kVecs) * 8 * kThreads ||
       F > (int64_t(1) << 24) || !sm90_or_newer())
@@ -426,8 +472,8 @@ Status mlp_block_decode(const bf16* r, bf16* h, const bf16* w_attn_post, const b
   if (occ < 1) return Status::Ok();
 
   static const bool preload = !env_is("GEMMA3_MLP_BLOCK_PRELOAD", "0");
-  Args a{r,  h,   w_attn_post, w_ffn_pre, w_gate_up, w_down, w_ffn_post, w_next, out, act,
-         part, sync, int(H),     int(F),    0,         eps,    preload};
+  Args a{r,   h,    w_attn_post, w_ffn_pre, w_gate_up, w_down, w_ffn_post, w_next,  out,
+         act, part, sync,        int(H),    int(F),    0,      eps,        preload, prof};
   a.S = pick_slices(H, F, int64_t(sms) * kWarps);
 
   cudaLaunchAttribute attr[2];

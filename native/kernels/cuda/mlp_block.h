@@ -28,11 +28,12 @@ constexpr int kMlpBlockMaxSlices = 16;
 // every launch that shares them must come from the same device and stream order).
 // Sets *taken = false and enqueues nothing when this device or these sizes do not suit the kernel
 // (the caller then runs the sequence): it needs a cooperative launch of one 512-thread CTA on
-// every SM, H % 8 == 0, F % 8 == 0, 16-byte aligned rows. GEMMA3_MLP_BLOCK=0 turns it off.
+// every SM, H % 8 == 0, F % 8 == 0, 16-byte aligned rows; H <= 8192. prof (bench_kernels only;
+// null: off): [SMs * 8] for each CTA's phase timestamps (globaltimer ns), mlp_block.cu's `stamp`.
 Status mlp_block_decode(const bf16* r, bf16* h, const bf16* w_attn_post, const bf16* w_ffn_pre,
                         const bf16* w_gate_up, const bf16* w_down, const bf16* w_ffn_post,
                         const bf16* w_next, bf16* out, bf16* act, float* part,
                         unsigned long long* sync, int64_t H, int64_t F, float eps, bool* taken,
-                        cudaStream_t stream);
+                        cudaStream_t stream, long long* prof = nullptr);
 
 }  // namespace gemma3::cuda
