@@ -746,7 +746,7 @@ void run_mlp_block(Ctx& c, Row& r, int64_t H, int64_t I) {
   DevBuf<bf16> n1{size_t(H)}, n2{size_t(H)}, n3{size_t(H)}, n4{size_t(H)}, h{size_t(H)},
       o{size_t(H)}, xn{size_t(H)}, x2{size_t(H)}, gu{size_t(2 * I)}, act{size_t(I)}, r2{size_t(H)};
   for (auto* b : {&n1, &n2, &n3, &n4, &h, &o}) fill_normal(b->p, H, 0.1f, s);
-  DevBuf<float> part{size_t(gk::kMlpBlockMaxSlices * H)};
+  DevBuf<float> part{size_t(H)};
   DevBuf<unsigned long long> sync{2};
   CK(cudaMemsetAsync(sync.p, 0, 2 * sizeof(unsigned long long), s));
   r.bytes = 2.0 * double(2 * I * H + H * I);

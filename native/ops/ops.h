@@ -142,7 +142,7 @@ Status rmsnorm_add_rmsnorm(const TensorRef& x, const TensorRef& w, const TensorR
 //   residual += rmsnorm(r2, ffn_post);  out = rmsnorm(residual, next)        (next null: no out)
 // r, residual, out: [rows, H]; attn_post, ffn_pre, ffn_post, next: [H]; gate_up: [2F, H] (gate rows
 // then up rows); down: [H, F]; one float dtype, weights included. Scratch: x2, r2 [rows, H];
-// gate_up_out [rows, 2F]; act [rows, F]; part f32 of at least 16 H elements; sync i32 of at least
+// gate_up_out [rows, 2F]; act [rows, F]; part f32 of at least H elements; sync i32 of at least
 // 4 elements, zero when first used and then left to this op. On CUDA, bf16 and one row, one
 // persistent kernel runs the block (cuda/mlp_block.h; *fused set true), else the four ops above in
 // sequence (their kernels, *fused false). The two agree within bf16 rounding of float sums taken

@@ -243,14 +243,14 @@ export interface MlpBlockScratch {
   act: Tensor;
   /** [rows, H] */
   r2: Tensor;
-  /** f32, at least 16·H elements (the CUDA kernel's partial sums) */
+  /** f32, at least H elements (the CUDA kernel's row sums) */
   part: Tensor;
   /** i32, at least 4 elements: zero before first use, then owned by the op (the kernel's counters) */
   sync: Tensor;
 }
 
 /** Elements of MlpBlockScratch.part for hidden size H. */
-export const mlpBlockPartElements = (hidden: number): number => 16 * hidden;
+export const mlpBlockPartElements = (hidden: number): number => hidden;
 
 /**
  * One layer's MLP half at decode, Gemma's

@@ -6,19 +6,19 @@
 // grid-completion hand-off, even under PDL. Here one cooperative grid (one 512-thread CTA an SM)
 // runs the block with one grid-wide wait:
 //   A. every CTA recomputes h + norm(r) and norm of that (H values from L2, two CTA reductions)
-//      into its shared memory, with its first gate/up weight tile already in flight;
+//      into its shared memory; its first gate/up weight tile is issued behind A's loads;
 //   B. gate/up: warp w takes output rows u = w, w + warps, ... (its gate row and up row over all
 //      of K, the GELU product written by lane 0), interleaved over CTAs so a short last round
-//      spreads over every SM;
+//      spreads over every SM; each warp's next tile is in flight while it uses one (warp_stream);
 //   -- one grid barrier (an arrival counter that only grows: no reset, no race with the next
-//      launch) --
-//   C. down: row pairs x S slices of K, partial sums in f32 to `part`, each CTA's first tile
-//      loaded before the barrier;
-//   D. the last CTA to finish C (a second counter) sums the S partials in order, adds the norm to
-//      its own copy of the residual from A, writes h and the next layer's input norm.
+//      launch); C's first tile is issued before it --
+//   C. down: CTA b owns rows b, b + G, ...; its 16 warps split K, sum in shared memory in a fixed
+//      order and write the CTA's rows (f32) to `part`;
+//   D. the last CTA to finish C (a second counter) adds the norm of those rows to its own copy of
+//      the residual from A, writes h and the next layer's input norm.
 // Each residual, norm and GELU rounds to bf16 where rmsnorm_add_rmsnorm, matmul_gelu_mul and
-// matmul round; the sums (norm reductions over 512 threads, the down projection's slices) run in
-// this kernel's order, so results match the sequence within its bf16 rounding, not bit for bit.
+// matmul round; the sums (norm reductions over 512 threads, the down projection's 16 slices) run
+// in this kernel's order, so results match the sequence within its bf16 rounding, not bit for bit.
 // Reference: the same op on the CPU backend (the sequence); test: native/test/cases.ts
 // mlpBlockCases; bench: bench_kernels `mlp_block` against the sequence (`layer_chain` MLP rows).
 #include <cuda_runtime.h>
@@ -42,7 +42,6 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kVecs = 2;   // 8-value vectors of H a thread: H <= kVecs * 8 * kThreads = 8192
 constexpr int kGuU = 5;    // gate/up: 16-byte chunks a lane and row in flight (K = 1152 in one)
 constexpr int kDownU = 4;  // down: the same per lane and row of a slice
-constexpr int kMaxSlicesUsed = 8;  // fewer slices than part holds: D reads S * H floats alone
 
 using detail::ld_stream16;
 using detail::warp_sum;
@@ -60,7 +59,7 @@ struct Args {
   bf16* act;
   float* part;
   unsigned long long* sync;
-  int H, F, S;
+  int H, F;
   float eps;
   bool preload;
   long long* prof;
@@ -190,7 +189,6 @@ __global__ void __launch_bounds__(kThreads, 1) mlp_block_kernel(Args a) {
   };
   uint4 ba[2][kGuU], bb[2][kGuU];
   const bool preload = a.preload && ng > 0;
-  if (preload) issue_gu(ba, 0);
   // The norm weights into shared memory (nothing in a step writes them).
   for (int i = tid; i < nvec; i += kThreads) {
     const bf16* src[4] = {a.w_attn_post, a.w_ffn_pre, a.w_ffn_post, a.w_next};
@@ -208,6 +206,10 @@ __global__ void __launch_bounds__(kThreads, 1) mlp_block_kernel(Args a) {
     const int i = tid + it * kThreads;
     if (i < nvec) rv[it] = ld_vec(a.r + 8 * i), hv[it] = ld_vec(a.h + 8 * i);
   }
+  // B's first tile behind A's loads, not before them and not before pdl_wait: weight traffic
+  // issued first delays the few L2 round trips A waits on (session 13; call 2 of session 14: A
+  // 2.4 -> 5.2 µs with the tile issued before pdl_wait).
+  if (preload) issue_gu(ba, 0);
   float ss = 0.f;
 #pragma unroll
   for (int it = 0; it < kVecs; ++it) {
@@ -282,29 +284,21 @@ __global__ void __launch_bounds__(kThreads, 1) mlp_block_kernel(Args a) {
   __threadfence();  // this thread's act rows before the barrier's arrival
   stamp(a.prof, 2);
 
-  // C's items: (unit v, tile t), v = gw + (i / td) nw = s P + p: row pair p (rows 2p, 2p + 1)
-  // over slice s of K = F, chunks c0 + t 32 kDownU + lane + 32 j below c1.
-  const int P = H / 2, S = a.S, kd = F / 8, units = P * S;
-  const int td = ((kd + S - 1) / S + 32 * kDownU - 1) / (32 * kDownU);
-  const int nd = gw < units ? td * ((units - 1 - gw) / nw + 1) : 0;
-  auto slice = [&](int i, int& s, int& p, int& c0, int& c1) {
-    const int v = gw + (i / td) * nw;
-    s = v / P, p = v - s * P;
-    c0 = int(int64_t(s) * kd / S), c1 = int(int64_t(s + 1) * kd / S);
-  };
+  // C's items: CTA b owns rows n = b + G k (k < nr); warp w takes slice w of K = F (chunks
+  // [c0, c1)) of every owned row, tile t of item i = k td + t its chunks c0 + t 32 kDownU + lane +
+  // 32 j below c1. Each warp's row sums go to shared memory; the CTA adds its 16 slices in order.
+  const int kd = F / 8, nr = blockIdx.x < H ? (H - 1 - int(blockIdx.x)) / G + 1 : 0;
+  const int c0 = int(int64_t(warp) * kd / kWarps), c1 = int(int64_t(warp + 1) * kd / kWarps);
+  const int td = (c1 - c0 + 32 * kDownU - 1) / (32 * kDownU);
+  const int nd = c1 > c0 ? nr * td : 0;
+  float* cpart = hs + 3 * H;  // [nr][kWarps], after the norm weights (4 H bf16 = 2 H floats)
   auto issue_down = [&](uint4(&w)[2][kDownU], int i) {
-    int s, p, c0, c1;
-    slice(i, s, p, c0, c1);
-    const int c = c0 + (i % td) * 32 * kDownU + lane;
-    const bf16* r0 = a.w_down + int64_t(2 * p) * F;
-    const bf16* r1 = r0 + F;
+    const int n = int(blockIdx.x) + G * (i / td), c = c0 + (i % td) * 32 * kDownU + lane;
+    const bf16* row = a.w_down + int64_t(n) * F;
 #pragma unroll
     for (int j = 0; j < kDownU; ++j) {
       const int cc = c + 32 * j;
-      if (cc < c1) {
-        w[0][j] = ld_stream16(r0 + 8 * cc);
-        w[1][j] = ld_stream16(r1 + 8 * cc);
-      }
+      if (cc < c1) w[0][j] = ld_stream16(row + 8 * cc);
     }
   };
   uint4 da[2][kDownU], db[2][kDownU];
@@ -317,32 +311,32 @@ __global__ void __launch_bounds__(kThreads, 1) mlp_block_kernel(Args a) {
   __syncthreads();
   stamp(a.prof, 3);
 
-  // ---- C: part[s, n] = act[slice s] . Wd[n, slice s] ----
+  // ---- C: r2[n] = act . Wd[n], the CTA's rows ----
   {
-    float acc0 = 0.f, acc1 = 0.f;
+    float acc = 0.f;
     auto consume = [&](uint4(&w)[2][kDownU], int i) {
-      int s, p, c0, c1;
-      slice(i, s, p, c0, c1);
       const int t = i % td, c = c0 + t * 32 * kDownU + lane;
 #pragma unroll
       for (int j = 0; j < kDownU; ++j) {
         const int cc = c + 32 * j;
-        if (cc < c1) {
-          const uint4 xv = *reinterpret_cast<const uint4*>(xs + 8 * cc);
-          acc0 = dot8(w[0][j], xv, acc0);
-          acc1 = dot8(w[1][j], xv, acc1);
-        }
+        if (cc < c1) acc = dot8(w[0][j], *reinterpret_cast<const uint4*>(xs + 8 * cc), acc);
       }
       if (t == td - 1) {
-        const float s0 = warp_sum(acc0), s1 = warp_sum(acc1);
-        if (lane == 0)
-          *reinterpret_cast<float2*>(a.part + int64_t(s) * H + 2 * p) = make_float2(s0, s1);
-        acc0 = acc1 = 0.f;
+        const float sum = warp_sum(acc);
+        if (lane == 0) cpart[(i / td) * kWarps + warp] = sum;
+        acc = 0.f;
       }
     };
     warp_stream<kDownU>(nd, preload_down, da, db, issue_down, consume);
   }
-  __threadfence();  // this thread's partials before the arrival below
+  __syncthreads();
+  for (int k = tid; k < nr; k += kThreads) {
+    float sum = 0.f;
+    for (int w = 0; w < kWarps; ++w)  // a warp whose slice is empty (kd < 16) wrote nothing
+      if (int64_t(w + 1) * kd / kWarps > int64_t(w) * kd / kWarps) sum += cpart[k * kWarps + w];
+    a.part[int(blockIdx.x) + G * k] = sum;
+  }
+  __threadfence();  // this thread's rows before the arrival below
   stamp(a.prof, 4);
 
   // ---- D: the last CTA out adds the down projection's norm and norms for the next layer ----
@@ -363,13 +357,9 @@ __global__ void __launch_bounds__(kThreads, 1) mlp_block_kernel(Args a) {
   for (int it = 0; it < kVecs; ++it) {
     const int i = tid + it * kThreads;
     if (i < nvec) {
-      float sum[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-      for (int s = 0; s < S; ++s) {
-        const float4* q = reinterpret_cast<const float4*>(a.part + int64_t(s) * H + 8 * i);
-        const float4 lo = __ldcg(q), hi = __ldcg(q + 1);
-        sum[0] += lo.x, sum[1] += lo.y, sum[2] += lo.z, sum[3] += lo.w;
-        sum[4] += hi.x, sum[5] += hi.y, sum[6] += hi.z, sum[7] += hi.w;
-      }
+      const float4* q = reinterpret_cast<const float4*>(a.part + 8 * i);
+      const float4 lo = __ldcg(q), hi = __ldcg(q + 1);
+      const float sum[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         r2[it][j] = vec::round_t<bf16>(sum[j]);  // matmul's output, rounded once
@@ -411,24 +401,10 @@ __global__ void __launch_bounds__(kThreads, 1) mlp_block_kernel(Args a) {
   stamp(a.prof, 5);
 }
 
-size_t smem_bytes(int64_t H, int64_t F) {
-  const int64_t xs = (H > F ? H : F) * 2;
-  return size_t((xs + 15) / 16 * 16 + H * 4 + 4 * H * 2);
-}
-
-// Slices of K for C: the count whose units (row pairs x slices) fill the warps' rounds best, at
-// least a chunk a lane in each slice.
-int pick_slices(int64_t H, int64_t F, int64_t warps) {
-  const int64_t P = H / 2, kd = F / 8;
-  int best = 1;
-  double best_cost = 1e30;
-  for (int s = 1; s <= kMaxSlicesUsed && s <= kMlpBlockMaxSlices; ++s) {
-    if (s > 1 && kd / s < 32) break;
-    const int64_t rounds = (P * s + warps - 1) / warps;
-    const double cost = double(rounds) / s;  // the busiest warp's share of a row pair's bytes
-    if (cost < best_cost * 0.999) best = s, best_cost = cost;
-  }
-  return best;
+// x (max(H, F) bf16), the residual (H floats), the norm weights (4 H bf16) and C's row sums.
+size_t smem_bytes(int64_t H, int64_t F, int64_t ctas) {
+  const int64_t xs = (H > F ? H : F) * 2, rows = (H + ctas - 1) / ctas;
+  return size_t((xs + 15) / 16 * 16 + H * 4 + 4 * H * 2 + rows * kWarps * 4);
 }
 
 bool aligned16(const void* p) { return p == nullptr || vec::aligned16(p); }
@@ -453,10 +429,10 @@ Status mlp_block_decode(const bf16* r, bf16* h, const bf16* w_attn_post, const b
     if (!aligned16(p)) return Status::Ok();
   if ((w_next == nullptr) != (out == nullptr) || !vec::aligned(sync, 8)) return Status::Ok();
 
-  const size_t smem = smem_bytes(H, F);
   int dev = 0, sms = 0, occ = 0;
   G3_CUDA_RETURN(cudaGetDevice(&dev));
   G3_RETURN_IF_ERROR(detail::sm_count(&sms));
+  const size_t smem = smem_bytes(H, F, sms);
   int coop = 0;
   G3_CUDA_RETURN(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
   if (!coop) return Status::Ok();
@@ -472,9 +448,8 @@ Status mlp_block_decode(const bf16* r, bf16* h, const bf16* w_attn_post, const b
   if (occ < 1) return Status::Ok();
 
   static const bool preload = !env_is("GEMMA3_MLP_BLOCK_PRELOAD", "0");
-  Args a{r,   h,    w_attn_post, w_ffn_pre, w_gate_up, w_down, w_ffn_post, w_next,  out,
-         act, part, sync,        int(H),    int(F),    0,      eps,        preload, prof};
-  a.S = pick_slices(H, F, int64_t(sms) * kWarps);
+  Args a{r,   h,    w_attn_post, w_ffn_pre, w_gate_up, w_down, w_ffn_post, w_next, out,
+         act, part, sync,        int(H),    int(F),    eps,    preload,    prof};
 
   cudaLaunchAttribute attr[2];
   attr[0].id = cudaLaunchAttributeCooperative;

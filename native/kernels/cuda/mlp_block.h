@@ -10,10 +10,6 @@
 
 namespace gemma3::cuda {
 
-// Slices of K the down projection's rows may be split into: `part` holds kMlpBlockMaxSlices * H
-// floats.
-constexpr int kMlpBlockMaxSlices = 16;
-
 // One layer's MLP half for one token (M = 1), bf16 throughout. The same arithmetic as
 //   rmsnorm_add_rmsnorm(r, w_attn_post, h, w_ffn_pre, x2)        h += norm(r);  x2 = norm(h)
 //   matmul_gelu_mul(x2, w_gate_up, act)                          act = gelu(x2 Wg^T) * (x2 Wu^T)
@@ -23,7 +19,7 @@ constexpr int kMlpBlockMaxSlices = 16;
 // only the float sums run in this kernel's own order (the norms' reductions, the down projection's
 // K split over slices).
 // r, h, out: [H]; w_attn_post, w_ffn_pre, w_ffn_post, w_next: [H]; w_gate_up: [2F, H] (gate rows,
-// then up rows); w_down: [H, F]; act: [F] scratch; part: [kMlpBlockMaxSlices * H] float scratch;
+// then up rows); w_down: [H, F]; act: [F] scratch; part: [H] float scratch;
 // sync: 2 counters, zero before the first launch and then left to this kernel (they only grow;
 // every launch that shares them must come from the same device and stream order).
 // Sets *taken = false and enqueues nothing when this device or these sizes do not suit the kernel
