@@ -478,22 +478,6 @@ OP_RESULT(ops::qk_norm_rope(qkv.get(), T(1, "q"), T(2, "k"), v.get(), T(4, "q_w"
 }
 G3_END
 }
-// (r, residual, attnPost, ffnPre, gateUp, down, ffnPost, next|null, out|null, x2, gateUpOut, act,
-// r2, part, sync, eps) -> whether the one-launch CUDA kernel ran (ops.h mlp_block).
-G3_ENTRY(MlpBlock){G3_BODY{auto next = OPT(7, "next");
-auto out = OPT(8, "out");
-const TensorRef r = T(0, "r"), res = T(1, "residual"), ap = T(2, "attnPost"), fp = T(3, "ffnPre"),
-                gu = T(4, "gateUp"), dn = T(5, "down"), pp = T(6, "ffnPost"), x2 = T(9, "x2"),
-                guo = T(10, "gateUpOut"), act = T(11, "act"), r2 = T(12, "r2"),
-                part = T(13, "part"), sync = T(14, "sync");
-bool fused = false;
-Status st = ops::mlp_block(r, res, {&ap, &fp, &gu, &dn, &pp, next.get()}, out.get(),
-                           {&x2, &guo, &act, &r2, &part, &sync}, to_f32(info[15], "eps"), &fused);
-throw_if(env, st);
-return Napi::Boolean::New(env, fused);
-}
-G3_END
-}
 G3_ENTRY(RmsNormAddRmsNorm){G3_BODY{
     OP_RESULT(ops::rmsnorm_add_rmsnorm(T(0, "x"), T(1, "w"), T(2, "residual"), T(3, "w_next"),
                                        T(4, "out"), to_f32(info[5], "eps")));
@@ -716,7 +700,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   EXPORT("rope", Rope);
   EXPORT("qkNormRope", QkNormRope);
   EXPORT("rmsnormAddRmsnorm", RmsNormAddRmsNorm);
-  EXPORT("mlpBlock", MlpBlock);
   EXPORT("attentionPrefill", AttentionPrefill);
   EXPORT("attentionDecode", AttentionDecode);
   EXPORT("attentionDecodeQkv", AttentionDecodeQkv);

@@ -21,7 +21,6 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
-#include "kernels/cuda/mlp_block.h"
 #include "runtime/dtype.h"
 #include "runtime/kquant.h"
 #include "runtime/status.h"
@@ -735,79 +734,6 @@ void run_layer_chain(Ctx& c, Row& r, int64_t H, int64_t Q, int64_t KV, int64_t I
   finish(r, t, c.opt);
 }
 
-// A decode layer's MLP half at batch 1 (the bytes of gate/up and down): mlp_block_decode, one
-// persistent launch (kernels/cuda/mlp_block.cu), against the four kernels it replaces on the
-// same buffers (the peer): rmsnorm_add_rmsnorm -> gate/up GEMV with gelu_mul -> down GEMV ->
-// rmsnorm_add_rmsnorm. Run with --graph-below 1000 to time graph replays as the decode step runs.
-void run_mlp_block(Ctx& c, Row& r, int64_t H, int64_t I) {
-  cudaStream_t s = c.stream;
-  DevBuf<bf16> wgu{size_t(2 * I * H)}, wdown{size_t(H * I)};
-  fill_normal(wgu.p, 2 * I * H, 0.02f, s), fill_normal(wdown.p, H * I, 0.02f, s);
-  DevBuf<bf16> n1{size_t(H)}, n2{size_t(H)}, n3{size_t(H)}, n4{size_t(H)}, h{size_t(H)},
-      o{size_t(H)}, xn{size_t(H)}, x2{size_t(H)}, gu{size_t(2 * I)}, act{size_t(I)}, r2{size_t(H)};
-  for (auto* b : {&n1, &n2, &n3, &n4, &h, &o}) fill_normal(b->p, H, 0.1f, s);
-  DevBuf<float> part{size_t(H)};
-  DevBuf<unsigned long long> sync{2};
-  CK(cudaMemsetAsync(sync.p, 0, 2 * sizeof(unsigned long long), s));
-  r.bytes = 2.0 * double(2 * I * H + H * I);
-  r.unit = "GB/s";
-  r.copies = 1;
-  bool taken = false;
-  check_status(gk::mlp_block_decode(o.p, h.p, n1.p, n2.p, wgu.p, wdown.p, n3.p, n4.p, xn.p, act.p,
-                                    part.p, sync.p, H, I, 1e-6f, &taken, s));
-  if (!taken) throw BenchError("mlp_block_decode does not take this device or shape");
-  Timing t = time_launches(
-      [&](int64_t) {
-        check_status(gk::mlp_block_decode(o.p, h.p, n1.p, n2.p, wgu.p, wdown.p, n3.p, n4.p, xn.p,
-                                          act.p, part.p, sync.p, H, I, 1e-6f, &taken, s));
-      },
-      1, c.opt, s);
-  finish(r, t, c.opt);
-  // Where a launch's time goes: each phase's end (the latest CTA's) after the earliest start, µs,
-  // median of 21 launches each run alone (mlp_block.cu `stamp`).
-  int sms = 0;
-  CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
-  DevBuf<long long> prof{size_t(sms) * 8};
-  std::vector<long long> hp(size_t(sms) * 8);
-  std::vector<std::vector<double>> ends(5);
-  for (int rep = 0; rep < 21; ++rep) {
-    CK(cudaMemsetAsync(prof.p, 0, hp.size() * sizeof(long long), s));
-    check_status(gk::mlp_block_decode(o.p, h.p, n1.p, n2.p, wgu.p, wdown.p, n3.p, n4.p, xn.p, act.p,
-                                      part.p, sync.p, H, I, 1e-6f, &taken, s, prof.p));
-    CK(cudaMemcpyAsync(hp.data(), prof.p, hp.size() * sizeof(long long), cudaMemcpyDeviceToHost,
-                       s));
-    CK(cudaStreamSynchronize(s));
-    long long t0 = hp[0], e[5] = {0, 0, 0, 0, 0};
-    for (int b = 0; b < sms; ++b) t0 = std::min(t0, hp[size_t(b) * 8]);
-    for (int b = 0; b < sms; ++b)
-      for (int k = 1; k <= 5; ++k) e[k - 1] = std::max(e[k - 1], hp[size_t(b) * 8 + k] - t0);
-    for (int k = 0; k < 5; ++k) ends[size_t(k)].push_back(double(e[k]) * 1e-3);
-  }
-  char buf[160];
-  double m[5];
-  for (int k = 0; k < 5; ++k) {
-    std::sort(ends[size_t(k)].begin(), ends[size_t(k)].end());
-    m[k] = ends[size_t(k)][ends[size_t(k)].size() / 2];
-  }
-  std::snprintf(buf, sizeof buf,
-                "gemma3 (alone, phase ends: A %.1f, B %.1f, barrier %.1f, C %.1f, D %.1f us)", m[0],
-                m[1], m[2], m[3], m[4]);
-  r.impl = buf;
-  set_peer(
-      r, "add_norm + gate/up gelu + down + add_norm",
-      time_launches(
-          [&](int64_t) {
-            check_status(gk::rmsnorm_add_rmsnorm<bf16>(o.p, n1.p, h.p, n2.p, x2.p, 1, H, 1e-6f, s));
-            check_status(
-                gk::matmul_gelu_mul<bf16, bf16>(x2.p, wgu.p, nullptr, gu.p, act.p, 1, I, H, s));
-            check_status(gk::matmul<bf16, bf16>(act.p, wdown.p, nullptr, r2.p, 1, H, I, s));
-            check_status(
-                gk::rmsnorm_add_rmsnorm<bf16>(r2.p, n3.p, h.p, n4.p, xn.p, 1, H, 1e-6f, s));
-          },
-          1, c.opt, s)
-          .st.median);
-}
-
 // A decode layer's attention block at batch 1: the QKV GEMV -> attention with its prologue
 // (attention_decode_qkv: one kernel with GEMMA3_DECODE_PROLOGUE=1, else the peer's two launches
 // again) -> the O GEMV, against the same chain with qk_norm_rope and attention_decode launched
@@ -976,12 +902,6 @@ std::vector<Case> all_cases() {
                 [](Ctx& c, Row& r) { run_layer_chain(c, r, 2560, 2048, 1024, 10240); }});
   cs.push_back({"layer_chain", "1B H1152 Q1024 KV256 I6912", "bf16",
                 [](Ctx& c, Row& r) { run_layer_chain(c, r, 1152, 1024, 256, 6912); }});
-  cs.push_back({"mlp_block", "4B H2560 I10240", "bf16",
-                [](Ctx& c, Row& r) { run_mlp_block(c, r, 2560, 10240); }});
-  cs.push_back({"mlp_block", "1B H1152 I6912", "bf16",
-                [](Ctx& c, Row& r) { run_mlp_block(c, r, 1152, 6912); }});
-  cs.push_back({"mlp_block", "27B H5376 I21504", "bf16",
-                [](Ctx& c, Row& r) { run_mlp_block(c, r, 5376, 21504); }});
   cs.push_back({"layer_chain", "4B GEMVs only (no norms)", "bf16",
                 [](Ctx& c, Row& r) { run_layer_chain(c, r, 2560, 2048, 1024, 10240, false); }});
   cs.push_back({"layer_chain", "1B GEMVs only (no norms)", "bf16",

@@ -4,9 +4,6 @@
 
 #include "ops/dispatch.h"
 #include "ops/ops.h"
-#ifdef GEMMA3_WITH_CUDA
-#include "kernels/cuda/mlp_block.h"
-#endif
 
 namespace gemma3::ops {
 using namespace detail;
@@ -209,91 +206,6 @@ Status rmsnorm_add_rmsnorm(const TensorRef& x, const TensorRef& w, const TensorR
                      static_cast<TT*>(residual.data()), static_cast<const TT*>(w_next.data()),
                      static_cast<TT*>(out.data()), x.rows(), D, eps);
   });
-}
-
-Status mlp_block(const TensorRef& r, const TensorRef& residual, const MlpBlockWeights& w,
-                 const TensorRef* out, const MlpBlockScratch& s, float eps, bool* fused) {
-  const char* op = "mlp_block";
-  *fused = false;
-  if (!w.attn_post || !w.ffn_pre || !w.gate_up || !w.down || !w.ffn_post || !s.x2 ||
-      !s.gate_up_out || !s.act || !s.r2 || !s.part || !s.sync)
-    return fail(StatusCode::kInvalidArgument, op, "missing a weight or scratch tensor");
-  if ((w.next == nullptr) != (out == nullptr))
-    return fail(StatusCode::kInvalidArgument, op, "next and out come together");
-  int dev;
-  G3_RETURN_IF_ERROR(
-      same_device(op,
-                  {&r, &residual, w.attn_post, w.ffn_pre, w.gate_up, w.down, w.ffn_post, w.next,
-                   out, s.x2, s.gate_up_out, s.act, s.r2, s.part, s.sync},
-                  &dev));
-  G3_RETURN_IF_ERROR(expect_dtype(op, "r", r, {DType::kF32, DType::kBF16}));
-  const std::pair<const char*, const TensorRef*> same[] = {{"residual", &residual},
-                                                           {"attn_post", w.attn_post},
-                                                           {"ffn_pre", w.ffn_pre},
-                                                           {"gate_up", w.gate_up},
-                                                           {"down", w.down},
-                                                           {"ffn_post", w.ffn_post},
-                                                           {"next", w.next},
-                                                           {"out", out},
-                                                           {"x2", s.x2},
-                                                           {"gate_up_out", s.gate_up_out},
-                                                           {"act", s.act},
-                                                           {"r2", s.r2}};
-  for (const auto& [name, t] : same)
-    if (t) G3_RETURN_IF_ERROR(expect_same_dtype(op, r, "r", *t, name));
-  G3_RETURN_IF_ERROR(expect_dtype(op, "part", *s.part, {DType::kF32}));
-  G3_RETURN_IF_ERROR(expect_dtype(op, "sync", *s.sync, {DType::kI32}));
-  G3_RETURN_IF_ERROR(
-      expect(r.ndim() == 2 && residual.shape == r.shape, op,
-             named("r", r) + " and " + named("residual", residual) + " must be one [rows, H]"));
-  const int64_t rows = r.dim(0), H = r.dim(1);
-  G3_RETURN_IF_ERROR(
-      expect(w.gate_up->ndim() == 2 && w.gate_up->dim(1) == H && w.gate_up->dim(0) % 2 == 0, op,
-             named("gate_up", *w.gate_up) + " must be [2F, " + std::to_string(H) + "]"));
-  const int64_t F = w.gate_up->dim(0) / 2;
-  G3_RETURN_IF_ERROR(expect(
-      w.down->ndim() == 2 && w.down->dim(0) == H && w.down->dim(1) == F, op,
-      named("down", *w.down) + " must be [" + std::to_string(H) + ", " + std::to_string(F) + "]"));
-  for (const TensorRef* t : {w.attn_post, w.ffn_pre, w.ffn_post, w.next})
-    if (t) G3_RETURN_IF_ERROR(expect(t->numel() == H, op, "norm weights must have H elements"));
-  const auto rows_by = [&](const TensorRef* t, int64_t cols) {
-    return t->ndim() == 2 && t->dim(0) == rows && t->dim(1) == cols;
-  };
-  G3_RETURN_IF_ERROR(
-      expect((!out || rows_by(out, H)) && rows_by(s.x2, H) && rows_by(s.r2, H) &&
-                 rows_by(s.gate_up_out, 2 * F) && rows_by(s.act, F),
-             op, "out, x2, r2 must be [rows, H], gate_up_out [rows, 2F], act [rows, F]"));
-  G3_RETURN_IF_ERROR(expect(
-      s.part->numel() >= H && s.sync->numel() >= 4, op,
-      named("part", *s.part) + " needs H floats and " + named("sync", *s.sync) + " 4 elements"));
-  if (!(eps >= 0.0f)) return fail(StatusCode::kInvalidArgument, op, "eps must be >= 0");
-  if (out && (out->overlaps(r) || out->overlaps(residual)))
-    return fail(StatusCode::kInvalidArgument, op, "out must not overlap r or residual");
-  if (rows == 0) return Status::Ok();
-
-#ifdef GEMMA3_WITH_CUDA
-  const bool dense_bf16 = r.dtype == DType::kBF16 && w.gate_up->dtype == DType::kBF16;
-  if (dev != kCpu && rows == 1 && dense_bf16) {
-    bool taken = false;
-    bool* tp = &taken;
-    const auto b = [](const TensorRef* t) { return t ? static_cast<bf16*>(t->data()) : nullptr; };
-    G3_RETURN_IF_ERROR(launch(
-        dev, {}, [] { return Status(); },
-        [&, tp](cudaStream_t st) {
-          return cuda::mlp_block_decode(
-              b(&r), b(&residual), b(w.attn_post), b(w.ffn_pre), b(w.gate_up), b(w.down),
-              b(w.ffn_post), b(w.next), b(out), b(s.act), static_cast<float*>(s.part->data()),
-              static_cast<unsigned long long*>(s.sync->data()), H, F, eps, tp, st);
-        }));
-    if (taken) return *fused = true, Status::Ok();
-  }
-#endif
-  // The sequence (either backend).
-  G3_RETURN_IF_ERROR(rmsnorm_add_rmsnorm(r, *w.attn_post, residual, *w.ffn_pre, *s.x2, eps));
-  G3_RETURN_IF_ERROR(gelu_mul(*s.gate_up_out, nullptr, *s.act, s.x2, w.gate_up, nullptr));
-  G3_RETURN_IF_ERROR(matmul(*s.act, *w.down, nullptr, *s.r2));
-  if (w.next) return rmsnorm_add_rmsnorm(*s.r2, *w.ffn_post, residual, *w.next, *out, eps);
-  return rmsnorm_add(*s.r2, *w.ffn_post, residual, eps);
 }
 
 }  // namespace gemma3::ops

@@ -136,36 +136,6 @@ Status attention_decode_qkv(const TensorRef& qkv, const TensorRef& q, const Tens
 Status rmsnorm_add_rmsnorm(const TensorRef& x, const TensorRef& w, const TensorRef& residual,
                            const TensorRef& w_next, const TensorRef& out, float eps);
 
-// One layer's MLP half at decode (docs/kernels.md, session 14):
-//   residual += rmsnorm(r, attn_post);  x2 = rmsnorm(residual, ffn_pre)     (rmsnorm_add_rmsnorm)
-//   act = gelu_mul(matmul(x2, gate_up));  r2 = matmul(act, down)             (gelu_mul, matmul)
-//   residual += rmsnorm(r2, ffn_post);  out = rmsnorm(residual, next)        (next null: no out)
-// r, residual, out: [rows, H]; attn_post, ffn_pre, ffn_post, next: [H]; gate_up: [2F, H] (gate rows
-// then up rows); down: [H, F]; one float dtype, weights included. Scratch: x2, r2 [rows, H];
-// gate_up_out [rows, 2F]; act [rows, F]; part f32 of at least H elements; sync i32 of at least
-// 4 elements, zero when first used and then left to this op. On CUDA, bf16 and one row, one
-// persistent kernel runs the block (cuda/mlp_block.h; *fused set true), else the four ops above in
-// sequence (their kernels, *fused false). The two agree within bf16 rounding of float sums taken
-// in another order.
-struct MlpBlockWeights {
-  const TensorRef* attn_post;
-  const TensorRef* ffn_pre;
-  const TensorRef* gate_up;
-  const TensorRef* down;
-  const TensorRef* ffn_post;
-  const TensorRef* next;  // may be null
-};
-struct MlpBlockScratch {
-  const TensorRef* x2;
-  const TensorRef* gate_up_out;
-  const TensorRef* act;
-  const TensorRef* r2;
-  const TensorRef* part;
-  const TensorRef* sync;
-};
-Status mlp_block(const TensorRef& r, const TensorRef& residual, const MlpBlockWeights& w,
-                 const TensorRef* out, const MlpBlockScratch& s, float eps, bool* fused);
-
 namespace detail {
 // attention_decode's checks, named op (ops.cc; attention_decode_qkv runs them too).
 Status check_attention_decode(const char* op, const TensorRef& q, const TensorRef& k_cache,

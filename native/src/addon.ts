@@ -122,24 +122,6 @@ export interface Addon {
     w?: OptT,
   ): void;
   rmsnormAddRmsnorm(x: T, w: T, residual: T, wNext: T, out: T, eps: number): void;
-  mlpBlock(
-    r: T,
-    residual: T,
-    attnPost: T,
-    ffnPre: T,
-    gateUp: T,
-    down: T,
-    ffnPost: T,
-    next: OptT,
-    out: OptT,
-    x2: T,
-    gateUpOut: T,
-    act: T,
-    r2: T,
-    part: T,
-    sync: T,
-    eps: number,
-  ): boolean;
   attentionPrefill(
     q: T,
     k: T,

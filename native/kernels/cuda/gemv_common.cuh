@@ -1,7 +1,6 @@
-// What the GEMV kernels share (matmul_gemv.cu, matmul_kquant.cu, mlp_block.cu): the streamed weight
-// load, the CTA shape, the warp sum, the rows a row group reads (gemv_row) and the end of a row
-// group split over S warps (store_slices), with the gated-MLP epilogue (GeluPairs), and the
-// per-device SM count their grids are sized by.
+// What the GEMV kernels share (matmul_gemv.cu, matmul_kquant.cu): the CTA shape, the warp sum, the
+// rows a row group reads (gemv_row) and the end of a row group split over S warps (store_slices),
+// with the gated-MLP epilogue (GeluPairs), and the per-device SM count their grids are sized by.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -17,20 +16,6 @@ namespace gemma3::cuda::detail {
 
 constexpr int kWarps = 8;  // warps per CTA
 constexpr int kThreads = kWarps * 32;
-
-// W is streamed exactly once: 16-byte load that does not allocate in L1 (keeps L1 for x) and asks
-// L2 to fetch 256-byte sectors ahead.
-__device__ __forceinline__ uint4 ld_stream16(const void* p) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  uint4 r;
-  asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-      : "l"(p));
-  return r;
-#else
-  return __ldg(reinterpret_cast<const uint4*>(p));
-#endif
-}
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

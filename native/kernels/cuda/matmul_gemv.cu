@@ -37,6 +37,20 @@ namespace {
 
 // ---- loads ----
 
+// W is streamed exactly once: 16-byte load that does not allocate in L1 (keeps L1 for x) and asks
+// L2 to fetch 256-byte sectors ahead.
+__device__ __forceinline__ uint4 ld_stream16(const void* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  uint4 r;
+  asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"(p));
+  return r;
+#else
+  return __ldg(reinterpret_cast<const uint4*>(p));
+#endif
+}
+
 // Asks L2 for the line holding p (no register result): a weight chunk on its way before its load.
 __device__ __forceinline__ void prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(p));

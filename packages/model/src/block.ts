@@ -52,12 +52,6 @@ export class DecoderLayer {
   /** The layer passes fp8 weights' scales to matmul (loaders may hand it ScaledWeight tensors). */
   static readonly supportsWeightScales = true;
 
-  /**
-   * The counters of ops.mlpBlock's one-launch kernel (i32 [4], zeroed, on the layer's device),
-   * set by the model to run a one-token step's MLP half as ops.mlpBlock; null: the separate ops.
-   */
-  mlpSync: Tensor | null = null;
-
   readonly sliding: boolean;
   private readonly rope: { base: number; scale: number };
   private readonly smScale: number;
@@ -96,12 +90,8 @@ export class DecoderLayer {
     } = cfg;
     const b = (cols: number) => Scratch.bytes([n, cols], dtype);
     const ctx = contextRows > 0 ? 2 * Scratch.bytes([contextRows, hkv * d], dtype) : 0;
-    // x, r, x2, down; q, o; k, v; the fused [q | k | v] rows; gate, up, act (or [gate | up], act);
-    // mlpBlock's partial sums.
-    const part = Scratch.bytes([ops.mlpBlockPartElements(h)], "f32");
-    return (
-      4 * b(h) + 2 * b(hq * d) + 2 * b(hkv * d) + b((hq + 2 * hkv) * d) + 3 * b(f) + ctx + part
-    );
+    // x, r, x2, down; q, o; k, v; the fused [q | k | v] rows; gate, up, act (or [gate | up], act).
+    return 4 * b(h) + 2 * b(hq * d) + 2 * b(hkv * d) + b((hq + 2 * hkv) * d) + 3 * b(f) + ctx;
   }
 
   /**
@@ -123,32 +113,6 @@ export class DecoderLayer {
     const eps = this.cfg.rmsNormEps;
     x ??= ops.rmsnorm(h, w.inputLayernorm, eps, s.alloc(h.shape, h.dtypeName));
     const r = this.attention(x, cache, plan, s, workspace ?? null);
-    if (this.mlpSync && w.gateUpProj && h.shape[0] === 1) {
-      // The MLP half as one op: on CUDA (bf16) one persistent kernel (mlp_block.cu).
-      const [n, dt, f] = [1, h.dtypeName, this.cfg.intermediateSize];
-      ops.mlpBlock(
-        r,
-        h,
-        {
-          attnPost: w.postAttentionLayernorm,
-          ffnPre: w.preFeedforwardLayernorm,
-          gateUp: w.gateUpProj,
-          down: w.downProj,
-          ffnPost: w.postFeedforwardLayernorm,
-        },
-        next ?? null,
-        {
-          x2: s.alloc(h.shape, dt),
-          gateUpOut: s.alloc([n, 2 * f], dt),
-          act: s.alloc([n, f], dt),
-          r2: s.alloc(h.shape, dt),
-          part: s.alloc([ops.mlpBlockPartElements(h.shape[1]!)], "f32"),
-          sync: this.mlpSync,
-        },
-        eps,
-      );
-      return;
-    }
     // h += post_attention_layernorm(r); x2 = pre_feedforward_layernorm(h)
     const x2 = this.addNorm(r, w.postAttentionLayernorm, h, {
       norm: w.preFeedforwardLayernorm,

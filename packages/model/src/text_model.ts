@@ -117,8 +117,6 @@ export class Gemma3TextModel implements TextModel {
   /** √hidden_size as HF applies it: cast to the weight dtype first (√2560 → 50.5 in bf16). */
   readonly embedScale: number;
   private readonly scratch: Scratch;
-  /** ops.mlpBlock's counters, shared by every layer (they run in stream order); null: off. */
-  private readonly mlpSync: Tensor | null = null;
   /** Captured decode steps per batch size, with what their addresses depend on. */
   private readonly graphs = new Map<
     number,
@@ -141,17 +139,9 @@ export class Gemma3TextModel implements TextModel {
     readonly weights: TextWeights,
     readonly device: Device,
     readonly dtype: ComputeDType,
-    opts: { fusedOps?: boolean; mlpBlock?: boolean } = {},
+    opts: { fusedOps?: boolean } = {},
   ) {
     this.layers = weights.layers.map((w, i) => new DecoderLayer(i, config, w, opts.fusedOps));
-    // One-token steps run each layer's MLP half as ops.mlpBlock (one CUDA kernel with bf16
-    // weights; it falls back to the separate ops where the kernel does not apply). Opt-in with
-    // GEMMA3_MLP_BLOCK=1 until measured (docs/kernels.md, session 14).
-    const mlpBlock = opts.mlpBlock ?? process.env.GEMMA3_MLP_BLOCK === "1";
-    if (mlpBlock && device.isCuda && opts.fusedOps !== false) {
-      this.mlpSync = Tensor.zeros([4], "i32", device);
-      for (const l of this.layers) l.mlpSync = this.mlpSync;
-    }
     const s = Math.sqrt(config.hiddenSize);
     this.embedScale = dtype === "bf16" ? bf16ToF32(f32ToBf16(s)) : Math.fround(s);
     this.scratch = new Scratch(device);
@@ -407,7 +397,6 @@ export class Gemma3TextModel implements TextModel {
     this.dropGraphs();
     this.decodeWs?.dispose();
     this.decodeWs = null;
-    this.mlpSync?.dispose();
     const w = this.weights;
     w.embedTokens.dispose();
     w.norm.dispose();
