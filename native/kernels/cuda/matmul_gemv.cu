@@ -1055,10 +1055,8 @@ struct LaneTiling {
 // ... of the slice. x rounded to int8 blocks (identity layout) in g_qx or in the CTA's shared
 // memory (kQ8Shared: rounded by the CTA's prologue). Host guarantees nb * kBytes < 2^31. kA: the
 // split layouts' row alignment (16, 8 or 2; 0 for q8_0 / q4_0).
-// kPipe: a warp's next round of loads is issued before it uses the current one (two register
-// buffers), for slices of several rounds (launch_qlane_m's one-wave grid).
 template <typename TX, typename TW, int MT, XIn kX, int kA = 0, int R = LaneTiling<TW, MT>::R,
-          int U = LaneTiling<TW, MT>::U, bool kGelu = false, bool kPipe = false>
+          int U = LaneTiling<TW, MT>::U, bool kGelu = false>
 __global__ void __launch_bounds__(kThreads, 2)
     gemv_qlane_kernel(const TX* __restrict__ x,           // x: [M, K], 16-byte aligned
                       const TW* __restrict__ w,           // w: [N, K/32] blocks, 2-byte aligned
@@ -1087,14 +1085,14 @@ __global__ void __launch_bounds__(kThreads, 2)
         reinterpret_cast<const char*>(w) + gemv_row<R, kGelu>(group, r, N, gp.F) * row_bytes, nb,
         b_begin + lane);
   }
-  uint32_t wd[U][R][kW], wd2[kPipe ? U : 1][R][kW];
-  auto load_into = [&](uint32_t(&buf)[U][R][kW], int b0) {
+  uint32_t wd[U][R][kW];
+  auto load_round = [&](int b0) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int b = b0 + 32 * u;
       if (b < b_end) {
 #pragma unroll
-        for (int r = 0; r < R; ++r) rows[r].load(b, buf[u][r]);
+        for (int r = 0; r < R; ++r) rows[r].load(b, wd[u][r]);
       }
     }
   };
@@ -1102,7 +1100,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   // while that kernel finishes; x (g_qx, or the x this CTA rounds) and y wait for it.
   const bool active = n0 < N;
   const int first = b_begin + lane;
-  if (active) load_into(wd, first);
+  if (active) load_round(first);
   pdl_wait();
   pdl_trigger();
   if constexpr (kX == XIn::kQ8Shared) {
@@ -1117,51 +1115,37 @@ __global__ void __launch_bounds__(kThreads, 2)
   for (int m = 0; m < MT; ++m)
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[m][r] = 0.f;
-  auto consume = [&](const uint32_t(&buf)[U][R][kW], int b0) {
+  if (active) {
+    for (int b0 = first; b0 < b_end; b0 += 32 * U) {
+      if (b0 != first) load_round(b0);
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int b = b0 + 32 * u;
-      if (b < b_end) {
-        uint32_t q[R][L::kQsWords];
-        float dw[R];
+      for (int u = 0; u < U; ++u) {
+        const int b = b0 + 32 * u;
+        if (b < b_end) {
+          uint32_t q[R][L::kQsWords];
+          float dw[R];
 #pragma unroll
-        for (int r = 0; r < R; ++r) rows[r].decode(buf[u][r], q[r], &dw[r]);
+          for (int r = 0; r < R; ++r) rows[r].decode(wd[u][r], q[r], &dw[r]);
 #pragma unroll
-        for (int m = 0; m < MT; ++m) {
-          if (m == 0 || m < M) {
-            const int4* xb = reinterpret_cast<const int4*>(xq + m * K + int64_t(b) * kQK);
-            int4 x0, x1;
-            int2 ds;
-            if constexpr (kX == XIn::kQ8Shared) {
-              x0 = xb[0], x1 = xb[1], ds = xds[m * nb + b];
-            } else {
-              x0 = __ldg(xb), x1 = __ldg(xb + 1), ds = __ldg(xds + m * nb + b);
-            }
-            const float dx = __int_as_float(ds.x);
+          for (int m = 0; m < MT; ++m) {
+            if (m == 0 || m < M) {
+              const int4* xb = reinterpret_cast<const int4*>(xq + m * K + int64_t(b) * kQK);
+              int4 x0, x1;
+              int2 ds;
+              if constexpr (kX == XIn::kQ8Shared) {
+                x0 = xb[0], x1 = xb[1], ds = xds[m * nb + b];
+              } else {
+                x0 = __ldg(xb), x1 = __ldg(xb + 1), ds = __ldg(xds + m * nb + b);
+              }
+              const float dx = __int_as_float(ds.x);
 #pragma unroll
-            for (int r = 0; r < R; ++r) {
-              const int v = block_dot_lane<TW>(q[r], x0, x1, ds.y);
-              acc[m][r] = fmaf(dw[r] * dx, static_cast<float>(v), acc[m][r]);
+              for (int r = 0; r < R; ++r) {
+                const int v = block_dot_lane<TW>(q[r], x0, x1, ds.y);
+                acc[m][r] = fmaf(dw[r] * dx, static_cast<float>(v), acc[m][r]);
+              }
             }
           }
         }
-      }
-    }
-  };
-  if (active) {
-    if constexpr (!kPipe) {
-      for (int b0 = first; b0 < b_end; b0 += 32 * U) {
-        if (b0 != first) load_into(wd, b0);
-        consume(wd, b0);
-      }
-    } else {  // the same rounds in the same order, round b0 + 32 U loading while b0 is used
-      for (int b0 = first; b0 < b_end; b0 += 64 * U) {
-        const int b1 = b0 + 32 * U;
-        if (b1 < b_end) load_into(wd2, b1);
-        consume(wd, b0);
-        if (b1 >= b_end) break;
-        if (b1 + 32 * U < b_end) load_into(wd, b1 + 32 * U);
-        consume(wd2, b1);
       }
     }
   }
@@ -1393,32 +1377,13 @@ Status qlane_slices(int64_t N, int R, int64_t K, int min_slice, int* S) {
   return Status::Ok();
 }
 
-// The pipelined lane kernel's K split (kPipe): the largest S (a power of two up to kWarps) whose
-// grid fits the resident CTA slots once, so every CTA loads from the start and a warp streams its
-// slice in several pipelined rounds instead of the grid running in waves of one round each.
-template <typename Kernel>
-Status qlane_slices_one_wave(Kernel kernel, int64_t N, int R, int* S) {
-  int sms = 0, occ = 0;
-  G3_RETURN_IF_ERROR(sm_count(&sms));
-  G3_CUDA_RETURN(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kernel, kThreads, 0));
-  const int64_t groups = (N + R - 1) / R, slots = int64_t(sms) * (occ > 0 ? occ : 1);
-  *S = 1;
-  while (*S < kWarps && (groups * 2 * *S + kWarps - 1) / kWarps <= slots) *S *= 2;
-  return Status::Ok();
-}
-
 template <typename TX, typename TW, int MT, XIn kX, int kA, int R = LaneTiling<TW, MT>::R,
-          int U = LaneTiling<TW, MT>::U, bool kPipe = false>
+          int U = LaneTiling<TW, MT>::U>
 Status launch_qlane_m(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N,
                       int64_t K, int smem, int min_slice, cudaStream_t stream,
                       const GeluPairs<TX>& gp) {
   int S = 1;
-  if constexpr (kPipe) {
-    G3_RETURN_IF_ERROR(
-        qlane_slices_one_wave(gemv_qlane_kernel<TX, TW, MT, kX, kA, R, U, false, true>, N, R, &S));
-  } else {
-    G3_RETURN_IF_ERROR(qlane_slices(N, R, K, min_slice, &S));
-  }
+  G3_RETURN_IF_ERROR(qlane_slices(N, R, K, min_slice, &S));
   const int64_t groups = (N + R - 1) / R;
   const int64_t per_block = kWarps / S;
   const int64_t blocks = (groups + per_block - 1) / per_block;
@@ -1430,9 +1395,8 @@ Status launch_qlane_m(const TX* x, const TW* w, const float* w_scale, TX* y, int
       return check_launch("matmul gemv_qlane_kernel (gated-MLP epilogue)");
     }
   }
-  launch_pdl(gemv_qlane_kernel<TX, TW, MT, kX, kA, R, U, false, kPipe>,
-             static_cast<unsigned>(blocks), kThreads, static_cast<size_t>(smem), stream, x, w,
-             w_scale, y, M, N, K, S, gp);
+  launch_pdl(gemv_qlane_kernel<TX, TW, MT, kX, kA, R, U>, static_cast<unsigned>(blocks), kThreads,
+             static_cast<size_t>(smem), stream, x, w, w_scale, y, M, N, K, S, gp);
   return check_launch("matmul gemv_qlane_kernel");
 }
 
@@ -1483,14 +1447,6 @@ Status launch_qlane(const TX* x, const TW* w, const float* w_scale, TX* y, int M
         G3_RETURN_IF_ERROR(qlane_slices(N, 2, K, min_slice, &S));
         const int64_t slice = (K / kQK + S - 1) / S;  // blocks of a row's longest slice
         u3 = (slice + 63) / 64 > (slice + 95) / 96;
-      }
-      // GEMMA3_QLANE_PIPE=0: the grid in waves of one round (the A/B of session 14's one-wave,
-      // pipelined grid for the q4_0s rows with x in g_qx).
-      if constexpr (kQ4) {
-        static const bool pipe = !env_is("GEMMA3_QLANE_PIPE", "0");
-        if (M == 1 && a == 16 && pipe && gp.F == 0 && force_r != 4)
-          return launch_qlane_m<TX, TW, 1, kX, 16, 2, 3, true>(x, w, w_scale, y, M, N, K, smem,
-                                                               min_slice, stream, gp);
       }
       if (M == 1 && a == 16 && u3 && (!kQ4 || force_r != 4))
         return launch_qlane_m<TX, TW, 1, kX, 16, 2, 3>(x, w, w_scale, y, M, N, K, smem, min_slice,
