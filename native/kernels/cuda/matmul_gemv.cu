@@ -1055,12 +1055,8 @@ struct LaneTiling {
 // ... of the slice. x rounded to int8 blocks (identity layout) in g_qx or in the CTA's shared
 // memory (kQ8Shared: rounded by the CTA's prologue). Host guarantees nb * kBytes < 2^31. kA: the
 // split layouts' row alignment (16, 8 or 2; 0 for q8_0 / q4_0).
-// kXPre (kQ8Global, MT = 1): a round's x blocks are loaded right after its W loads are issued
-// (the first round's right after pdl_wait), not after W has arrived, so a round waits for one
-// memory latency rather than DRAM's then L2's in turn (session 14, Nsight Compute on the 4B
-// down: half the stall cycles on global loads, 31% occupancy).
 template <typename TX, typename TW, int MT, XIn kX, int kA = 0, int R = LaneTiling<TW, MT>::R,
-          int U = LaneTiling<TW, MT>::U, bool kGelu = false, bool kXPre = false>
+          int U = LaneTiling<TW, MT>::U, bool kGelu = false>
 __global__ void __launch_bounds__(kThreads, 2)
     gemv_qlane_kernel(const TX* __restrict__ x,           // x: [M, K], 16-byte aligned
                       const TW* __restrict__ w,           // w: [N, K/32] blocks, 2-byte aligned
@@ -1119,22 +1115,9 @@ __global__ void __launch_bounds__(kThreads, 2)
   for (int m = 0; m < MT; ++m)
 #pragma unroll
     for (int r = 0; r < R; ++r) acc[m][r] = 0.f;
-  static_assert(!kXPre || (kX == XIn::kQ8Global && MT == 1), "x prefetch: g_qx, one row");
-  int4 px0[kXPre ? U : 1], px1[kXPre ? U : 1];
-  int2 pds[kXPre ? U : 1];
   if (active) {
     for (int b0 = first; b0 < b_end; b0 += 32 * U) {
       if (b0 != first) load_round(b0);
-      if constexpr (kXPre) {
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          const int b = b0 + 32 * u;
-          if (b < b_end) {
-            const int4* xb = reinterpret_cast<const int4*>(xq + int64_t(b) * kQK);
-            px0[u] = __ldg(xb), px1[u] = __ldg(xb + 1), pds[u] = __ldg(xds + b);
-          }
-        }
-      }
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int b = b0 + 32 * u;
@@ -1149,9 +1132,7 @@ __global__ void __launch_bounds__(kThreads, 2)
               const int4* xb = reinterpret_cast<const int4*>(xq + m * K + int64_t(b) * kQK);
               int4 x0, x1;
               int2 ds;
-              if constexpr (kXPre) {
-                x0 = px0[u], x1 = px1[u], ds = pds[u];
-              } else if constexpr (kX == XIn::kQ8Shared) {
+              if constexpr (kX == XIn::kQ8Shared) {
                 x0 = xb[0], x1 = xb[1], ds = xds[m * nb + b];
               } else {
                 x0 = __ldg(xb), x1 = __ldg(xb + 1), ds = __ldg(xds + m * nb + b);
@@ -1412,16 +1393,6 @@ Status launch_qlane_m(const TX* x, const TW* w, const float* w_scale, TX* y, int
       launch_pdl(gemv_qlane_kernel<TX, TW, MT, kX, kA, R, U, true>, static_cast<unsigned>(blocks),
                  kThreads, static_cast<size_t>(smem), stream, x, w, w_scale, y, M, N, K, S, gp);
       return check_launch("matmul gemv_qlane_kernel (gated-MLP epilogue)");
-    }
-  }
-  if constexpr (kX == XIn::kQ8Global && MT == 1) {
-    // GEMMA3_QLANE_XPRE=0: x loaded after W arrives (the A/B of session 14's kXPre).
-    static const bool xpre = !env_is("GEMMA3_QLANE_XPRE", "0");
-    if (xpre) {
-      launch_pdl(gemv_qlane_kernel<TX, TW, MT, kX, kA, R, U, false, true>,
-                 static_cast<unsigned>(blocks), kThreads, static_cast<size_t>(smem), stream, x, w,
-                 w_scale, y, M, N, K, S, gp);
-      return check_launch("matmul gemv_qlane_kernel");
     }
   }
   launch_pdl(gemv_qlane_kernel<TX, TW, MT, kX, kA, R, U>, static_cast<unsigned>(blocks), kThreads,
