@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# One device call: the q4_0s lane GEMV's existing tiling switches (matmul_gemv.cu launch_qlane:
-# GEMMA3_QLANE_MIN_SLICE, GEMMA3_QS_GQX_U, GEMMA3_Q4S_R) on the rows whose x is rounded into g_qx
-# (4B / 1B / 27B down, the 4B logits), then the 4B q4_0 replayed step under each (two rounds).
-# Session 14: after the one-wave grid and the x prefetch lost, whether the tiling itself has room.
+# One device call: the q-dot lane GEMV's tiling switches (matmul_gemv.cu launch_qlane:
+# GEMMA3_QLANE_MIN_SLICE, GEMMA3_QS_GQX_U, GEMMA3_Q4S_R) on bench_kernels rows, then the replayed
+# decode step of each model under each setting (two alternating rounds) and `gemma3 bench` of the
+# first model under each. Session 14: after the one-wave grid and the x prefetch lost, whether the
+# tiling itself has room.
+#   SWEEP: the settings, VAR=VALUE words (default below; BASE=1 is the defaults);
+#   ROWS: the bench_kernels --filter (default: the q4_0s rows whose x is rounded into g_qx);
+#   TESTS / TESTS_ENV: a vitest -t filter of native/test/ops.cuda.test.ts run first, under TESTS_ENV.
 #   here: npx turbo run build && bash scripts/pack-dists.sh; device run, carry [".device",
-#   ".dists.tar"]:  bash scripts/device-run.sh scripts/gpu-qlane-sweep.sh
+#   ".dists.tar"]:  bash scripts/device-run.sh scripts/gpu-qlane-sweep.sh [4b:q4_0 ...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu-qlane-sweep}"
@@ -13,9 +17,11 @@ start_call
 export CMAKE_CUDA_ARCHITECTURES=90a GEMMA3_BENCH=1
 build_addon
 echo "built at ${SECONDS}s"
+[ -z "${TESTS:-}" ] || run_tests sweep "${TESTS_ENV:-}" native/test/ops.cuda.test.ts -t "$TESTS"
 bench=$(find native/build -name bench_kernels -type f -perm -u+x | head -1)
-rows="K10240 N2560 q4_0s|K6912 N1152 q4_0s|K21504 N5376 q4_0s|K2560 N262208 q4_0s"
-settings="BASE=1 GEMMA3_QLANE_MIN_SLICE=16 GEMMA3_QLANE_MIN_SLICE=64 GEMMA3_QS_GQX_U=2 GEMMA3_QS_GQX_U=3 GEMMA3_Q4S_R=4"
+rows="${ROWS:-K10240 N2560 q4_0s|K6912 N1152 q4_0s|K21504 N5376 q4_0s|K2560 N262208 q4_0s}"
+settings="${SWEEP:-BASE=1 GEMMA3_QLANE_MIN_SLICE=16 GEMMA3_QLANE_MIN_SLICE=64 GEMMA3_QS_GQX_U=2 GEMMA3_QS_GQX_U=3 GEMMA3_Q4S_R=4}"
+specs="${*:-4b:q4_0}"
 for set in $settings; do
   tag=${set//=/-}
   env "$set" timeout 120 "$bench" --filter "$rows" --graph-below 1000 --json "$OUT/rows-$tag.json" \
@@ -23,12 +29,19 @@ for set in $settings; do
   echo "== $set (${SECONDS}s)"
   grep -E '^\|' "$OUT/rows-$tag.md" | tail -n +3 | cut -d'|' -f2,3,4,5,8,9
 done
-for round in 1 2; do
-  for set in $settings; do
-    tag=${set//=/-}
-    (export "$set" && decode_step "$OUT/step-$tag-r$round" 4b:q4_0 --only replay)
-    echo "step 4b-q4_0 $set r$round: $(grep -o '"median_us":[0-9.]*' "$OUT/step-$tag-r$round.json") (${SECONDS}s)"
+for spec in $specs; do
+  stag=$(spec_tag "$spec")
+  for round in 1 2; do
+    for set in $settings; do
+      tag=${set//=/-}
+      (export "$set" && decode_step "$OUT/step-$stag-$tag-r$round" "$spec" --only replay)
+      echo "step $stag $set r$round: $(grep -o '"median_us":[0-9.]*' "$OUT/step-$stag-$tag-r$round.json") (${SECONDS}s)"
+    done
   done
+done
+first=${specs%% *}
+for set in $settings; do
+  (export "$set" && cli_bench "$OUT/bench-$(spec_tag "$first")-${set//=/-}" "$first")
 done
 echo "done at ${SECONDS}s (status $status)"
 exit $status
