@@ -1413,7 +1413,14 @@ Status launch_qlane_m(const TX* x, const TW* w, const float* w_scale, TX* y, int
 // placement; U = 3 at M = 1 where CTAs round x and rows are 16-byte aligned (the 4B gate/up 23.5 ->
 // 19.7 µs on an H100, session 9; 121 registers, no spills), else U = 2. GEMMA3_Q8S_U=2: U = 2
 // everywhere (the A/B).
+// Where each CTA rounds x (kQ8Shared) the slices are at least 64 blocks: every split multiplies
+// the CTAs that round all of x, and at the 4B's QKV / O / up rows that costs more than the split
+// buys (H100, session 14, 32 -> 64: QKV 4.00 -> 3.31 µs q4_0s, 6.65 -> 5.45 q8_0s; O 2.56 ->
+// 2.40 / 4.57 -> 3.41; up 9.32 -> 7.81; 4B q8_0 decode step 2485 -> 2392 µs, 4B q4_0 1935 ->
+// 1918). With x in g_qx it stays 32 (the 1B down 4.04 -> 4.36 µs at 64, the 1B q4_0 / q8_0 steps
+// +0.9 / +1.8%). GEMMA3_QLANE_MIN_SLICE sets both.
 constexpr int kQ4sMinSlice = 32;
+constexpr int kQ4sMinSliceShared = 64;
 constexpr int64_t kQ4sFusedMaxN = 32768;
 
 // q8_0 / q4_0: M = 1 or 2 rows of x (K slices of >= 16 blocks, measured in session 7). q4_0s /
@@ -1423,7 +1430,8 @@ Status launch_qlane(const TX* x, const TW* w, const float* w_scale, TX* y, int M
                     int64_t K, int smem, cudaStream_t stream, const GeluPairs<TX>& gp) {
   if constexpr (kSplitW<TW>) {
     constexpr bool kQ4 = std::is_same_v<TW, block_q4_0s>;
-    static const int min_slice = env_int("GEMMA3_QLANE_MIN_SLICE", kQ4sMinSlice);
+    static const int min_slice =
+        env_int("GEMMA3_QLANE_MIN_SLICE", kX == XIn::kQ8Shared ? kQ4sMinSliceShared : kQ4sMinSlice);
     static const int force_r = env_int("GEMMA3_Q4S_R", 0);
     static const bool u3 = !env_is("GEMMA3_Q4S_U", "2");
     const uintptr_t bits = reinterpret_cast<uintptr_t>(w) | uintptr_t(K / kQK * sizeof(TW));
