@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
-# One device call: the q-dot lane GEMV's tiling switches (matmul_gemv.cu launch_qlane:
-# GEMMA3_QLANE_MIN_SLICE, GEMMA3_QS_GQX_U, GEMMA3_Q4S_R) on bench_kernels rows, then the replayed
-# decode step of each model under each setting (two alternating rounds) and `gemma3 bench` of the
-# first model under each. Session 14: after the one-wave grid and the x prefetch lost, whether the
-# tiling itself has room.
+# One device call: an A/B (or sweep) of environment switches (session 14: the q-dot lane GEMV's
+# tiling, matmul_gemv.cu launch_qlane's GEMMA3_QLANE_MIN_SLICE / GEMMA3_QS_GQX_U / GEMMA3_Q4S_R;
+# the decode attention's last-split merge, GEMMA3_DECODE_MERGE). Builds the addon (sm_90a, with
+# bench_kernels), runs the tests asked for, the bench_kernels rows under each setting, then the
+# replayed decode step of each model under each setting (two alternating rounds) and
+# `gemma3 bench` of the first model under each.
 #   SWEEP: the settings, VAR=VALUE words (default below; BASE=1 is the defaults);
 #   ROWS: the bench_kernels --filter (default: the q4_0s rows whose x is rounded into g_qx);
-#   TESTS / TESTS_ENV: a vitest -t filter of native/test/ops.cuda.test.ts run first, under TESTS_ENV.
+#   TESTS / TESTS_ENV: a vitest -t filter of native/test/ops.cuda.test.ts run first, under TESTS_ENV;
+#   MODEL_TESTS=1: the model's parity and graph tests too (under TESTS_ENV).
 #   here: npx turbo run build && bash scripts/pack-dists.sh; device run, carry [".device",
-#   ".dists.tar"]:  bash scripts/device-run.sh scripts/gpu-qlane-sweep.sh [4b:q4_0 ...]
+#   ".dists.tar"]:  bash scripts/device-run.sh scripts/gpu-sweep.sh [4b:q4_0 ...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT="${OUT:-/tmp/gpu-qlane-sweep}"
+OUT="${OUT:-/tmp/gpu-sweep}"
 source scripts/device-env.sh
 start_call
 export CMAKE_CUDA_ARCHITECTURES=90a GEMMA3_BENCH=1
 build_addon
 echo "built at ${SECONDS}s"
 [ -z "${TESTS:-}" ] || run_tests sweep "${TESTS_ENV:-}" native/test/ops.cuda.test.ts -t "$TESTS"
+[ -z "${MODEL_TESTS:-}" ] || run_tests model "${TESTS_ENV:-}" packages/model/test/parity.test.ts \
+  packages/model/test/graph.test.ts native/test/pdl.cuda.test.ts
 bench=$(find native/build -name bench_kernels -type f -perm -u+x | head -1)
 rows="${ROWS:-K10240 N2560 q4_0s|K6912 N1152 q4_0s|K21504 N5376 q4_0s|K2560 N262208 q4_0s}"
 settings="${SWEEP:-BASE=1 GEMMA3_QLANE_MIN_SLICE=16 GEMMA3_QLANE_MIN_SLICE=64 GEMMA3_QS_GQX_U=2 GEMMA3_QS_GQX_U=3 GEMMA3_Q4S_R=4}"
