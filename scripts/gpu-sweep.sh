@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: an A/B (or sweep) of environment switches (session 14: the q-dot lane GEMV's
 # tiling, matmul_gemv.cu launch_qlane's GEMMA3_QLANE_MIN_SLICE / GEMMA3_QS_GQX_U / GEMMA3_Q4S_R;
-# the decode attention's last-split merge, GEMMA3_DECODE_MERGE). Builds the addon (sm_90a, with
+# the decode attention's last-split merge, GEMMA3_DECODE_MERGE, since removed). Builds the addon (sm_90a, with
 # bench_kernels), runs the tests asked for, the bench_kernels rows under each setting, then the
 # replayed decode step of each model under each setting (two alternating rounds) and
 # `gemma3 bench` of the first model under each.

@@ -6,9 +6,8 @@
 // 16-byte pieces (kVec elements per lane), streamed through a per-lane cp.async ring in shared
 // memory (kStages stages of kU keys per lane), and keeps its own online softmax state; the key
 // groups merge through shared memory. With several splits the CTA writes an unnormalized partial
-// (o, max, sum) per split and the last CTA of its group to finish merges the splits (a counter per
-// group, reset by that CTA; merge_as_last), or with GEMMA3_DECODE_MERGE=0 a combine kernel does;
-// with one split (no workspace, or a short context) the CTA writes the output directly.
+// (o, max, sum) per split and a combine kernel merges the splits; with one split (no workspace, or
+// a short context) the CTA writes the output directly.
 // fp8 e4m3 caches: a 16-byte load carries 16 elements, so a lane takes 16 of a row (key groups of
 // D / 16 lanes); k_scale is folded into q and v_scale into the partial o, so the loop is the same.
 // attention_decode_qkv (kQkv): the same kernel with qk_norm_rope's work as its prologue (below,
@@ -138,10 +137,6 @@ struct DecodeParams {
   int window;
   float v_scale;  // applied to the partial o (fp8 caches; 1 otherwise)
   bool pdl;       // launched with PDL: prefetch the first stages' K/V rows before pdl_wait
-  // With splits: one arrival counter per (sequence, grid row), zero between launches. The last
-  // split CTA of a group to write its partials merges the group's splits itself (no combine
-  // kernel) and puts the counter back to zero. Null: the combine kernel merges.
-  unsigned* merge_count;
 };
 
 // The prologue (attention_decode_qkv): what the kernel needs to make q and the new K/V rows from
@@ -206,55 +201,6 @@ struct PrologueSmem {
   __align__(16) T k[D];
   __align__(16) T v[D];
 };
-
-// The split kernel's end with p.merge_count: each CTA arrives on its group's counter after writing
-// its partials; the last to arrive (it sees splits - 1) resets the counter and merges the group's
-// nh heads over every split as decode_combine_wide_kernel does, out = sum_s w_s o_s / sum_s w_s
-// l_s with w_s = exp2(m_s - M), the splits summed in order (the combine spreads them over thread
-// groups: the same terms in another order). The partials are read from L2 (__ldcg): other CTAs
-// wrote them during this launch.
-template <typename T, int D, int kGh>
-__device__ __forceinline__ void merge_as_last(const DecodeParams& p, int b, int h0, int nh) {
-  __shared__ int is_last;
-  __threadfence();  // this thread's partials before the arrival
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    unsigned* c = p.merge_count + int64_t(b) * gridDim.y + blockIdx.y;
-    is_last = atomicAdd(c, 1u) == unsigned(p.splits - 1);
-    if (is_last) {
-      *c = 0u;  // every split of this launch has arrived; the next launch starts from zero
-      __threadfence();
-    }
-  }
-  __syncthreads();
-  if (!is_last) return;
-  const int S = p.splits;
-  for (int idx = threadIdx.x; idx < nh * (D / 4); idx += blockDim.x) {
-    const int hh = idx / (D / 4), d = (idx % (D / 4)) * 4;
-    const int64_t bh = int64_t(b) * p.num_qo_heads + h0 + hh;
-    const float* ml = p.ws_ml + bh * S * 2;
-    float mx = kNegInf;
-    for (int s = 0; s < S; ++s) mx = fmaxf(mx, __ldcg(ml + 2 * s));
-    float sum = 0.f;
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    const float* os = p.ws_o + bh * S * D + d;
-    for (int s = 0; s < S; ++s) {
-      const float2 m_l = __ldcg(reinterpret_cast<const float2*>(ml) + s);
-      const float w = mx == kNegInf ? 0.f : fast_exp2(m_l.x - mx);
-      sum = fmaf(w, m_l.y, sum);
-      const float4 v = __ldcg(reinterpret_cast<const float4*>(os + int64_t(s) * D));
-      acc.x = fmaf(w, v.x, acc.x);
-      acc.y = fmaf(w, v.y, acc.y);
-      acc.z = fmaf(w, v.z, acc.z);
-      acc.w = fmaf(w, v.w, acc.w);
-    }
-    T* o = static_cast<T*>(p.out) + bh * D + d;
-    o[0] = from_f32<T>(sum > 0.f ? acc.x / sum : 0.f);
-    o[1] = from_f32<T>(sum > 0.f ? acc.y / sum : 0.f);
-    o[2] = from_f32<T>(sum > 0.f ? acc.z / sum : 0.f);
-    o[3] = from_f32<T>(sum > 0.f ? acc.w / sum : 0.f);
-  }
-}
 
 // grid: (splits, num_kv_heads * head_chunks, batch); block: kThreads; dynamic shared memory
 // PipeCfg::kSmem.
@@ -705,7 +651,6 @@ __global__ void __launch_bounds__(kThreads)
       static_cast<T*>(p.out)[bh * D + d] = from_f32<T>(sum > 0.f ? acc / sum : 0.f);
     }
   }
-  if (p.ws_o != nullptr && p.merge_count != nullptr) merge_as_last<T, D, kGh>(p, b, h0, nh);
 }
 
 // Merges the splits of one (sequence, qo head) over a slice of up to 64 dims, the splits spread
@@ -842,37 +787,6 @@ void plan_pipe(const Plan& in, int64_t slots, int64_t keys_per_stage, DecodePara
   p->ws_ml = splits > 1 ? ws + in.batch * in.num_qo_heads * splits * in.head_dim : nullptr;
 }
 
-// The split kernel's merge counters on this device (merge_as_last): kMergeCounters zeroed words,
-// allocated on first use and kept for the process (captured graphs hold their address). *out is
-// null (the combine kernel merges) with GEMMA3_DECODE_MERGE=0, while the stream is capturing
-// before the first allocation (no allocation may join a capture), or when allocation failed.
-constexpr int64_t kMergeCounters = 1 << 16;
-
-Status merge_counters(int dev, cudaStream_t stream, unsigned** out) {
-  *out = nullptr;
-  static const bool on = !env_is("GEMMA3_DECODE_MERGE", "0");
-  static std::atomic<unsigned*> bufs[64];
-  if (!on || dev < 0 || dev >= 64) return Status::Ok();
-  unsigned* b = bufs[dev].load();
-  if (b == nullptr) {
-    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-    G3_CUDA_RETURN(cudaStreamIsCapturing(stream, &cap));
-    if (cap != cudaStreamCaptureStatusNone) return Status::Ok();
-    if (cudaMalloc(&b, kMergeCounters * sizeof(unsigned)) != cudaSuccess) {
-      (void)cudaGetLastError();  // out of memory: keep the combine kernel
-      return Status::Ok();
-    }
-    G3_CUDA_RETURN(cudaMemset(b, 0, kMergeCounters * sizeof(unsigned)));
-    unsigned* expected = nullptr;
-    if (!bufs[dev].compare_exchange_strong(expected, b)) {
-      (void)cudaFree(b);  // another thread got there first
-      b = expected;
-    }
-  }
-  *out = b;
-  return Status::Ok();
-}
-
 template <typename T>
 Status launch_combine_wide(const DecodeParams& p, int64_t batch, int64_t D, cudaStream_t stream) {
   const int64_t dims = std::min<int64_t>(D, 64);
@@ -931,13 +845,9 @@ Status launch_pipe(DecodeParams p, const Plan& in, cudaStream_t stream,
   // the first stages' rows are asked into L2 while the kernel before this one (in a decode layer,
   // the one that writes q and the new K/V rows, or with the prologue the QKV projection) finishes.
   p.pdl = pdl_enabled();
-  // Splits merged by their last CTA where the counters cover the grid, else by the combine kernel.
-  p.merge_count = nullptr;
-  if (p.splits > 1 && int64_t(grid.y) * grid.z <= kMergeCounters)
-    G3_RETURN_IF_ERROR(merge_counters(in.dev, stream, &p.merge_count));
   launch_pdl_if(p.pdl, kern, grid, dim3(kThreads), Pc::kSmem, stream, p, pro);
   G3_RETURN_IF_ERROR(check_launch("attention_decode"));
-  if (p.splits > 1 && p.merge_count == nullptr) {
+  if (p.splits > 1) {
     if (p.splits > kMaxSplits) return Status(StatusCode::kInternal, "attention_decode: splits");
     return launch_combine_wide<T>(p, in.batch, D, stream);
   }
