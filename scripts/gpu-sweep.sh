@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # One device call: an A/B (or sweep) of environment switches (session 14: the q-dot lane GEMV's
 # tiling, matmul_gemv.cu launch_qlane's GEMMA3_QLANE_MIN_SLICE / GEMMA3_QS_GQX_U / GEMMA3_Q4S_R;
-# the decode attention's last-split merge, GEMMA3_DECODE_MERGE, since removed). Builds the addon (sm_90a, with
-# bench_kernels), runs the tests asked for, the bench_kernels rows under each setting, then the
-# replayed decode step of each model under each setting (two alternating rounds) and
-# `gemma3 bench` of the first model under each.
+# the decode attention's last-split merge, GEMMA3_DECODE_MERGE, since removed). Builds the addon
+# (sm_90a, with bench_kernels), runs the tests asked for, the bench_kernels rows under each
+# setting, then the replayed decode step of each model under each setting (two alternating rounds)
+# and `gemma3 bench` of the first model under each.
 #   SWEEP: the settings, VAR=VALUE words (default below; BASE=1 is the defaults);
 #   ROWS: the bench_kernels --filter (default: the q4_0s rows whose x is rounded into g_qx);
 #   TESTS / TESTS_ENV: a vitest -t filter of native/test/ops.cuda.test.ts run first, under TESTS_ENV;
@@ -38,14 +38,16 @@ for spec in $specs; do
   for round in 1 2; do
     for set in $settings; do
       tag=${set//=/-}
-      (export "$set" && decode_step "$OUT/step-$stag-$tag-r$round" "$spec" --only replay)
+      (export "$set" && decode_step "$OUT/step-$stag-$tag-r$round" "$spec" --only replay &&
+        exit "$status") || status=1
       echo "step $stag $set r$round: $(grep -o '"median_us":[0-9.]*' "$OUT/step-$stag-$tag-r$round.json") (${SECONDS}s)"
     done
   done
 done
 first=${specs%% *}
 for set in $settings; do
-  (export "$set" && cli_bench "$OUT/bench-$(spec_tag "$first")-${set//=/-}" "$first")
+  (export "$set" && cli_bench "$OUT/bench-$(spec_tag "$first")-${set//=/-}" "$first" &&
+    exit "$status") || status=1
 done
 echo "done at ${SECONDS}s (status $status)"
 exit $status
