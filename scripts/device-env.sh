@@ -59,6 +59,21 @@ decode_step() {
   timeout 200 node tools/bench/decode-step.mjs "$(spec_config "$spec")" ${q:+--quantize $q} "$@" \
     >"$base.json" 2>"$base.err" || { status=1; tail -3 "$base.err"; }
 }
+# with_env VAR=VALUE HELPER ARGS...: one of the helpers here with one more environment variable,
+# in a subshell whose failure (its status) still sets status.
+with_env() {
+  (export "$1" && shift && "$@" && exit "$status") || status=1
+}
+# bench_rows BASE FILTER [bench_kernels args]: the bench_kernels rows matching FILTER (build_addon
+# with GEMMA3_BENCH=1 first), graph-timed, into BASE.json / .md / .log; prints the table's rows.
+bench_rows() {
+  local base=$1 filter=$2 bin
+  shift 2
+  bin=$(find native/build -name bench_kernels -type f -perm -u+x | head -1)
+  timeout 200 "$bin" --filter "$filter" --graph-below 1000 "$@" --json "$base.json" \
+    --md "$base.md" >"$base.log" 2>&1 || status=1
+  grep -E '^\|' "$base.md" | tail -n +3
+}
 # cli_bench BASE SPEC: `gemma3 bench` at batch 1 (decode only) into BASE.json / .txt; prints the rate.
 cli_bench() {
   local base=$1 spec=$2 q

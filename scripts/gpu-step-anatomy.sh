@@ -14,10 +14,7 @@ start_call
 export CMAKE_CUDA_ARCHITECTURES=90a GEMMA3_BENCH=1
 build_addon
 echo "built at ${SECONDS}s"
-bench=$(find native/build -name bench_kernels -type f -perm -u+x | head -1)
-timeout 200 "$bench" --filter "layer_chain${1:+|$1}" --graph-below 1000 --json "$OUT/bench.json" \
-  --md "$OUT/bench.md" >"$OUT/bench.log" 2>&1 || status=1
-grep -E '^\|' "$OUT/bench.md" | cut -d'|' -f2,3,5,6 | tail -n +3
+bench_rows "$OUT/bench" "layer_chain${1:+|$1}"
 for spec in 1b 4b 4b:q4_0; do
   tag=$(spec_tag "$spec")
   decode_step "$OUT/step-$tag" "$spec" --steps 100

@@ -22,32 +22,27 @@ echo "built at ${SECONDS}s"
 [ -z "${TESTS:-}" ] || run_tests sweep "${TESTS_ENV:-}" native/test/ops.cuda.test.ts -t "$TESTS"
 [ -z "${MODEL_TESTS:-}" ] || run_tests model "${TESTS_ENV:-}" packages/model/test/parity.test.ts \
   packages/model/test/graph.test.ts native/test/pdl.cuda.test.ts
-bench=$(find native/build -name bench_kernels -type f -perm -u+x | head -1)
 rows="${ROWS:-K10240 N2560 q4_0s|K6912 N1152 q4_0s|K21504 N5376 q4_0s|K2560 N262208 q4_0s}"
 settings="${SWEEP:-BASE=1 GEMMA3_QLANE_MIN_SLICE=16 GEMMA3_QLANE_MIN_SLICE=64 GEMMA3_QS_GQX_U=2 GEMMA3_QS_GQX_U=3 GEMMA3_Q4S_R=4}"
 specs="${*:-4b:q4_0}"
 for set in $settings; do
   tag=${set//=/-}
-  env "$set" timeout 120 "$bench" --filter "$rows" --graph-below 1000 --json "$OUT/rows-$tag.json" \
-    --md "$OUT/rows-$tag.md" >"$OUT/rows-$tag.log" 2>&1 || status=1
   echo "== $set (${SECONDS}s)"
-  grep -E '^\|' "$OUT/rows-$tag.md" | tail -n +3 | cut -d'|' -f2,3,4,5,8,9
+  with_env "$set" bench_rows "$OUT/rows-$tag" "$rows"
 done
 for spec in $specs; do
   stag=$(spec_tag "$spec")
   for round in 1 2; do
     for set in $settings; do
       tag=${set//=/-}
-      (export "$set" && decode_step "$OUT/step-$stag-$tag-r$round" "$spec" --only replay &&
-        exit "$status") || status=1
+      with_env "$set" decode_step "$OUT/step-$stag-$tag-r$round" "$spec" --only replay
       echo "step $stag $set r$round: $(grep -o '"median_us":[0-9.]*' "$OUT/step-$stag-$tag-r$round.json") (${SECONDS}s)"
     done
   done
 done
 first=${specs%% *}
 for set in $settings; do
-  (export "$set" && cli_bench "$OUT/bench-$(spec_tag "$first")-${set//=/-}" "$first" &&
-    exit "$status") || status=1
+  with_env "$set" cli_bench "$OUT/bench-$(spec_tag "$first")-${set//=/-}" "$first"
 done
 echo "done at ${SECONDS}s (status $status)"
 exit $status
