@@ -75,11 +75,12 @@ bench_rows() {
   grep -E '^\|' "$base.md" | tail -n +3
 }
 # cli_bench BASE SPEC: `gemma3 bench` at batch 1 (decode only) into BASE.json / .txt; prints the rate.
+# CLI_BENCH_ARGS: more of its arguments (e.g. "--prompt 16000 --tokens 64": decode at long context).
 cli_bench() {
   local base=$1 spec=$2 q
   q=$(spec_quant "$spec")
   timeout 200 node apps/cli/dist/cli.js bench --model "random:$(spec_config "$spec")" --device cuda \
-    --batch 1 --prefill 0 ${q:+--quantize $q} --json "$base.json" >"$base.txt" 2>&1 || status=1
+    --batch 1 --prefill 0 ${q:+--quantize $q} ${CLI_BENCH_ARGS:-} --json "$base.json" >"$base.txt" 2>&1 || status=1
   echo "$(basename "$base"): $(grep -E 'batch +1:' "$base.txt" | tr -s ' ' | head -1) (${SECONDS}s)"
 }
 # trace_step BASE SPEC: three replayed steps under the kernel tracer (build_tracer first); writes

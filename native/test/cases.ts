@@ -1395,7 +1395,9 @@ export function attentionCases(): Case[] {
     cases.push(decodeCase(d, [3000], 4, 1, 16, 16, 0, true, seed++, scaled)); // fp8, 512 keys/stage
     cases.push(decodeCase(d, [2600, 90], 8, 2, 256, 16, 0, true, seed++, scaled)); // fp8 D 256
     cases.push(decodeCase(d, [3000], 8, 1, 128, 16, 0, false, seed++)); // long, no workspace
-    cases.push(decodeCase(d, [20000], 4, 1, 256, 16, 0, true, seed++)); // 1B-like: at the 128-split cap
+    // 1B-like (one KV head): over 128 splits, merged in 32-dim slices (attention_decode.cu)
+    cases.push(decodeCase(d, [20000], 4, 1, 256, 16, 0, true, seed++));
+    cases.push(decodeCase(d, [9000, 7000], 2, 1, 128, 16, 0, true, seed++)); // the same, batch 2
     // Short contexts (the planner's one-split range: a CTA that streams at most 4 ring stages by
     // default takes the whole range even with a workspace, and writes the output without a
     // combine). Stages are 16 keys at D 256 in bf16 (8 in f32), so 64/65 keys sit on either side

@@ -41,8 +41,11 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kNegInf = -__builtin_huge_valf();
 constexpr int kThreads = 128;
 // Split planning; attention_decode_workspace_floats uses the same constants.
-constexpr int64_t kMaxSplits = 128;  // splits per sequence at most
+constexpr int64_t kMaxSplits = 512;  // splits per sequence at most (GEMMA3_DECODE_MAX_SPLITS)
 constexpr int64_t kMaxCtas = 2048;   // split CTAs at most (bounds the workspace by batch)
+// Above this many splits the combine merges slices of 32 dims, not 64 (twice the CTAs, so each
+// thread's walk over the splits stays as long as at 128).
+constexpr int64_t kCombineWideSplits = 128;
 
 // Keys per split at least: 16, or GEMMA3_DECODE_MIN_CHUNK = 16 / 32 / 64 (read once). Session 7,
 // H100, graph-timed, 64 -> 16: 128 keys 7.27 -> 4.64 µs (4B shape), 8.35 -> 5.27 (1B: one KV head,
@@ -57,12 +60,23 @@ int64_t min_chunk() {
   return v;
 }
 
+// Splits per sequence at most: kMaxSplits, or GEMMA3_DECODE_MAX_SPLITS = 16..512 (read once; A/Bs).
+// Session 15, H100: 128 capped the 1B's single KV head at batch 1 to 128 CTAs for 132 SMs (32K
+// keys at 36% of the copy rate); the cap now leaves the one-wave rule (plan_pipe) to decide.
+int64_t max_splits_cap() {
+  static const int64_t v = [] {
+    const long n = env_long("GEMMA3_DECODE_MAX_SPLITS");
+    return n >= 16 && n <= kMaxSplits ? int64_t(n) : kMaxSplits;
+  }();
+  return v;
+}
+
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 int64_t max_splits(int64_t batch, int64_t kv_len) {
   if (batch <= 0 || kv_len <= 0) return 1;
   return std::max<int64_t>(
-      1, std::min({ceil_div(kv_len, min_chunk()), kMaxSplits, ceil_div(kMaxCtas, batch)}));
+      1, std::min({ceil_div(kv_len, min_chunk()), max_splits_cap(), ceil_div(kMaxCtas, batch)}));
 }
 
 __device__ __forceinline__ float fast_exp2(float x) {  // ex2(-inf) = +0
@@ -653,10 +667,11 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Merges the splits of one (sequence, qo head) over a slice of up to 64 dims, the splits spread
-// over the CTA's threads (v1's combine walked them one after another in one thread per dim:
-// ~splits dependent L2 round trips). out = sum_s w_s o_s / sum_s w_s l_s, w_s = exp2(m_s - M).
-// grid: (batch * num_qo_heads, head_dim / min(head_dim, 64)); block: kCombineThreads.
+// Merges the splits of one (sequence, qo head) over a slice of `dims` dims (64, or 32 above
+// kCombineWideSplits splits; at most head_dim), the splits spread over the CTA's threads (v1's
+// combine walked them one after another in one thread per dim: ~splits dependent L2 round trips).
+// out = sum_s w_s o_s / sum_s w_s l_s, w_s = exp2(m_s - M).
+// grid: (batch * num_qo_heads, head_dim / dims); block: kCombineThreads.
 // ws_o must be 16-byte aligned (float4 loads); splits <= kMaxSplits.
 constexpr int kCombineThreads = 256;
 
@@ -677,7 +692,7 @@ __device__ __forceinline__ float block_reduce(float v, float* red, bool is_max) 
 template <typename T>
 __global__ void __launch_bounds__(kCombineThreads)
     decode_combine_wide_kernel(const float* ws_o, const float* ws_ml, T* out, int splits,
-                               int head_dim) {
+                               int head_dim, int dims) {
   // Launched early (programmatic dependent launch, pdl.cuh): wait for the split kernel's results.
   // Both no-ops for an ordinary launch; the trigger lets the step's next kernel be scheduled.
   pdl_trigger();
@@ -699,7 +714,7 @@ __global__ void __launch_bounds__(kCombineThreads)
   }
   const float sum = block_reduce(part, red, false);  // its barrier also publishes s_w
 
-  const int dims = min(head_dim, 64), lanes = dims / 4, groups = kCombineThreads / lanes;
+  const int lanes = dims / 4, groups = kCombineThreads / lanes;
   const int lane = tid % lanes, g = tid / lanes;
   const int d = blockIdx.y * dims + lane * 4;
   const float* os = ws_o + bh * splits * head_dim + d;
@@ -789,13 +804,13 @@ void plan_pipe(const Plan& in, int64_t slots, int64_t keys_per_stage, DecodePara
 
 template <typename T>
 Status launch_combine_wide(const DecodeParams& p, int64_t batch, int64_t D, cudaStream_t stream) {
-  const int64_t dims = std::min<int64_t>(D, 64);
+  const int64_t dims = std::min<int64_t>(D, p.splits > kCombineWideSplits ? 32 : 64);
   // Programmatic dependent launch (pdl.cuh): the combine is scheduled while the split kernel runs
   // and waits in-kernel, so the gap between the two launches is hidden.
   launch_pdl(decode_combine_wide_kernel<T>,
              dim3(unsigned(batch * p.num_qo_heads), unsigned(D / dims)), dim3(kCombineThreads), 0,
              stream, static_cast<const float*>(p.ws_o), static_cast<const float*>(p.ws_ml),
-             static_cast<T*>(p.out), p.splits, int(D));
+             static_cast<T*>(p.out), p.splits, int(D), int(dims));
   return check_launch("attention_decode (combine)");
 }
 
