@@ -8,7 +8,10 @@
 #   SWEEP: the settings, VAR=VALUE words (default below; BASE=1 is the defaults);
 #   ROWS: the bench_kernels --filter (default: the q4_0s rows whose x is rounded into g_qx);
 #   TESTS / TESTS_ENV: a vitest -t filter of native/test/ops.cuda.test.ts run first, under TESTS_ENV;
-#   MODEL_TESTS=1: the model's parity and graph tests too (under TESTS_ENV).
+#   MODEL_TESTS=1: the model's parity and graph tests too (under TESTS_ENV);
+#   STEP_VARIANTS: decode-step.mjs argument sets separated by ';', each timed as its own variant
+#     (e.g. "--capacity 32768;--prompt 16000 --capacity 32768"; default: one, with none);
+#   CLI_BENCH_ARGS: more `gemma3 bench` arguments (scripts/device-env.sh cli_bench).
 #   here: npx turbo run build && bash scripts/pack-dists.sh; device run, carry [".device",
 #   ".dists.tar"]:  bash scripts/device-run.sh scripts/gpu-sweep.sh [4b:q4_0 ...]
 set -uo pipefail
@@ -30,13 +33,19 @@ for set in $settings; do
   echo "== $set (${SECONDS}s)"
   with_env "$set" bench_rows "$OUT/rows-$tag" "$rows"
 done
+IFS=';' read -ra variants <<<"${STEP_VARIANTS:-}"
+[ "${#variants[@]}" -gt 0 ] || variants=("")
 for spec in $specs; do
-  stag=$(spec_tag "$spec")
-  for round in 1 2; do
-    for set in $settings; do
-      tag=${set//=/-}
-      with_env "$set" decode_step "$OUT/step-$stag-$tag-r$round" "$spec" --only replay
-      echo "step $stag $set r$round: $(grep -o '"median_us":[0-9.]*' "$OUT/step-$stag-$tag-r$round.json") (${SECONDS}s)"
+  for v in "${!variants[@]}"; do
+    stag=$(spec_tag "$spec")${variants[$v]:+-v$v}
+    [ -z "${variants[$v]}" ] || echo "== $spec variant $v: ${variants[$v]}"
+    for round in 1 2; do
+      for set in $settings; do
+        tag=${set//=/-}
+        # shellcheck disable=SC2086  # a variant is several words
+        with_env "$set" decode_step "$OUT/step-$stag-$tag-r$round" "$spec" --only replay ${variants[$v]}
+        echo "step $stag $set r$round: $(grep -o '"median_us":[0-9.]*' "$OUT/step-$stag-$tag-r$round.json") (${SECONDS}s)"
+      done
     done
   done
 done

@@ -11,6 +11,9 @@
 //            GEMMA3_ASYNC_DECODE=0's path without the scheduler);
 //   head     the final norm, the head GEMV, its f32 cast and the argmax alone, N times.
 // --only replay times just the replays (for a kernel trace: tools/trace/cupti_trace.cc).
+// --prompt N: an N-token prompt (default 16), so the step attends over ~N keys.
+// --capacity N: a cache of N tokens at least (decode attention plans its splits for the capacity,
+// so a large one is a server's short request in a long-context cache).
 // Prints one JSON line; docs/kernels.md (session 13) reads it against `gemma3 bench`.
 import { parseArgs } from "node:util";
 import { Device, Tensor, ops } from "@gemma3/native";
@@ -23,6 +26,8 @@ const { values, positionals } = parseArgs({
     quantize: { type: "string" },
     device: { type: "string", default: "cuda" },
     only: { type: "string" },
+    capacity: { type: "string", default: "0" },
+    prompt: { type: "string", default: "16" },
   },
 });
 const cfgPath = positionals[0];
@@ -36,9 +41,10 @@ const model = await randomTextModel(cfgPath, {
   device: values.device,
   ...(values.quantize ? { quantize: values.quantize } : {}),
 });
-const prompt = Array.from({ length: 16 }, (_, i) => 3 + ((i * 37) % 500));
+const prompt = Array.from({ length: Number(values.prompt) }, (_, i) => 3 + ((i * 37) % 500));
 const runs = 5;
-const seq = model.newCache(prompt.length + 2 + (3 * runs + 2) * N + 8);
+const capacity = Math.max(prompt.length + 2 + (3 * runs + 2) * N + 8, Number(values.capacity));
+const seq = model.newCache(capacity);
 model.forward(prompt, seq).dispose();
 for (let i = 0; i < 2; i++) model.forward([7], seq, { graph: true }).dispose();
 await device.synchronize();
@@ -57,7 +63,14 @@ async function time(fn) {
 }
 
 const graph = [...model.graphs.values()][0].graph; // private: the batch-1 decode graph
-const out = { config: cfgPath, quantize: values.quantize ?? null, steps: N, nodes: graph.nodes };
+const out = {
+  config: cfgPath,
+  quantize: values.quantize ?? null,
+  steps: N,
+  prompt: prompt.length,
+  capacity,
+  nodes: graph.nodes,
+};
 out.replay = await time(() => {
   for (let i = 0; i < N; i++) graph.launch();
 });
