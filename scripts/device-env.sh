@@ -59,10 +59,13 @@ decode_step() {
   timeout 200 node tools/bench/decode-step.mjs "$(spec_config "$spec")" ${q:+--quantize $q} "$@" \
     >"$base.json" 2>"$base.err" || { status=1; tail -3 "$base.err"; }
 }
-# with_env VAR=VALUE HELPER ARGS...: one of the helpers here with one more environment variable,
-# in a subshell whose failure (its status) still sets status.
+# with_env VAR=VALUE[,VAR=VALUE...] HELPER ARGS...: one of the helpers here with more environment
+# variables, in a subshell whose failure (its status) still sets status.
 with_env() {
-  (export "$1" && shift && "$@" && exit "$status") || status=1
+  (
+    IFS=, read -ra vars <<<"$1"
+    export "${vars[@]}" && shift && "$@" && exit "$status"
+  ) || status=1
 }
 # bench_rows BASE FILTER [bench_kernels args]: the bench_kernels rows matching FILTER (build_addon
 # with GEMMA3_BENCH=1 first), graph-timed, into BASE.json / .md / .log; prints the table's rows.

@@ -1195,6 +1195,8 @@ function decodeCase(
   seed: number,
   /** An fp8 e4m3 cache with these per-tensor scales (else a cache of dtype d). */
   fp8?: { kScale: number; vScale: number },
+  /** Plan the splits for this many keys (a cache's capacity) rather than the longest sequence. */
+  capacity = 0,
 ): Case {
   const batch = lens.length;
   const { numPages, kvIndptr, kvIndices } = scrambledPages(
@@ -1218,10 +1220,10 @@ function decodeCase(
   });
   const kvDtype: DTypeName = fp8 ? "fp8_e4m3" : d;
   const smScale = 1 / Math.sqrt(D);
-  const maxKv = Math.max(...lens);
+  const maxKv = Math.max(capacity, ...lens);
   const fp8Name = fp8 ? ` kv=fp8_e4m3 kScale=${fp8.kScale} vScale=${fp8.vScale}` : "";
   return {
-    name: `attentionDecode ${d}${fp8Name} lens=${lens.join(",")} Hq=${Hq} Hkv=${Hkv} D=${D} page=${pageSize} window=${window}${withWorkspace ? " split" : ""}`,
+    name: `attentionDecode ${d}${fp8Name} lens=${lens.join(",")} Hq=${Hq} Hkv=${Hkv} D=${D} page=${pageSize} window=${window}${withWorkspace ? " split" : ""}${capacity > 0 ? ` planned for ${capacity}` : ""}`,
     async run(dev) {
       const { q, kBytes, vBytes, kc, vc } = data();
       // Decode requires 16-byte-aligned q/k/v (16-byte vector loads): offset them by 16 only.
@@ -1398,6 +1400,11 @@ export function attentionCases(): Case[] {
     // 1B-like (one KV head): over 128 splits, merged in 32-dim slices (attention_decode.cu)
     cases.push(decodeCase(d, [20000], 4, 1, 256, 16, 0, true, seed++));
     cases.push(decodeCase(d, [9000, 7000], 2, 1, 128, 16, 0, true, seed++)); // the same, batch 2
+    // Splits planned for a long-context cache, sequences shorter than it: the chunk shrinks to
+    // the keys there are, the splits past them exit, the combine merges the rest.
+    cases.push(decodeCase(d, [700, 5], 4, 1, 256, 16, 0, true, seed++, undefined, 32768));
+    cases.push(decodeCase(d, [3000, 1], 8, 4, 256, 16, 0, true, seed++, undefined, 32768));
+    cases.push(decodeCase(d, [2000, 600], 4, 2, 128, 16, 512, true, seed++, undefined, 16384));
     // Short contexts (the planner's one-split range: a CTA that streams at most 4 ring stages by
     // default takes the whole range even with a workspace, and writes the output without a
     // combine). Stages are 16 keys at D 256 in bf16 (8 in f32), so 64/65 keys sit on either side

@@ -147,11 +147,40 @@ struct DecodeParams {
   uint32_t num_pages;  // min(num_pages, 2^31): uint32_t(page) < num_pages rejects negatives too
   int num_indices;     // entries of kv_indices (clamped to INT_MAX, as kv_indptr is int32)
   int chunk, splits;   // keys per split (of the visible range), number of splits
+  int min_chunk;       // keys a split at least (min_chunk()): the runtime chunk's floor
   float scale_log2;    // sm_scale * log2(e) * k_scale
   int window;
   float v_scale;  // applied to the partial o (fp8 caches; 1 otherwise)
   bool pdl;       // launched with PDL: prefetch the first stages' K/V rows before pdl_wait
 };
+
+// Sequence b's keys and its split chunk, as the split kernel and the combine both see them. The
+// keys: at most its pages hold; window keeps the last `window` of them; both kv_indptr entries
+// are clamped into [0, num_indices], so the page list stays inside kv_indices. The chunk: the
+// plan's (made for max_kv_len, e.g. a cache's capacity) shrunk to the keys the sequence has now,
+// in whole 16-key steps of at least min_chunk, so a long-context cache holding a short sequence
+// still spreads it over its splits (session 15: the plan's chunk left them idle). The last split
+// also takes keys past max_kv_len, so a kv_len above the bound still counts.
+struct SeqKeys {
+  int pg0, len, start, chunk, active;  // active: splits with keys (the rest are empty)
+};
+__device__ __forceinline__ SeqKeys seq_keys(const DecodeParams& p, int b) {
+  SeqKeys k;
+  const int ip0 = __ldg(p.kv_indptr + b), ip1 = __ldg(p.kv_indptr + b + 1);
+  const int kvl = __ldg(p.kv_len + b);
+  k.pg0 = min(max(ip0, 0), p.num_indices);
+  const int64_t npages = max(min(max(ip1, 0), p.num_indices) - k.pg0, 0);
+  k.len = int(min(int64_t(max(kvl, 0)), npages * p.page_size));
+  k.start = p.window > 0 ? max(0, k.len - p.window) : 0;
+  const int vis = k.len - k.start;
+  k.chunk = p.chunk;
+  if (p.splits > 1) {
+    const int want = (vis + p.splits - 1) / p.splits;
+    k.chunk = min(p.chunk, max(p.min_chunk, (want + 15) / 16 * 16));
+  }
+  k.active = k.chunk > 0 ? min(p.splits, max(1, (vis + k.chunk - 1) / k.chunk)) : 1;
+  return k;
+}
 
 // The prologue (attention_decode_qkv): what the kernel needs to make q and the new K/V rows from
 // the step's projection rows itself, as qk_norm_rope would (kernels.inc).
@@ -252,23 +281,19 @@ __global__ void __launch_bounds__(kThreads)
   const int nh = min(kGh, p.group - hc * kGh);
   const int tid = threadIdx.x, grp = tid / kTpk, tig = tid % kTpk;
 
-  // Sequence b's tokens: at most its pages hold; window keeps the last `window` of them. Both
-  // kv_indptr entries are clamped into [0, num_indices], so the page list stays inside kv_indices.
-  // The last split also takes keys past max_kv_len, so a kv_len above the bound still counts.
-  // kv_indptr, kv_len and (below) kv_indices are read before pdl_wait: the contract keeps them
-  // unwritten by the kernels of the step (the host uploads them before it), so when this grid is
-  // launched with PDL these loads overlap the tail of the kernel before it (which writes q and the
-  // new K/V rows). The three loads here are independent and go out together.
-  const int ip0 = __ldg(p.kv_indptr + b), ip1 = __ldg(p.kv_indptr + b + 1);
-  const int kvl = __ldg(p.kv_len + b);
-  const int pg0 = min(max(ip0, 0), p.num_indices);
-  const int64_t npages = max(min(max(ip1, 0), p.num_indices) - pg0, 0);
-  const int len = int(min(int64_t(max(kvl, 0)), npages * p.page_size));
-  const int start = p.window > 0 ? max(0, len - p.window) : 0;
-  const int64_t sb = int64_t(start) + int64_t(split) * p.chunk;
+  // Sequence b's keys and this split's range of them (seq_keys). kv_indptr, kv_len and (below)
+  // kv_indices are read before pdl_wait: the contract keeps them unwritten by the kernels of the
+  // step (the host uploads them before it), so when this grid is launched with PDL these loads
+  // overlap the tail of the kernel before it (which writes q and the new K/V rows). The three
+  // loads in seq_keys are independent and go out together.
+  const SeqKeys sk = seq_keys(p, b);
+  const int pg0 = sk.pg0, len = sk.len, start = sk.start, chunk = sk.chunk;
+  const int64_t sb = int64_t(start) + int64_t(split) * chunk;
   const int beg = int(sb < len ? sb : int64_t(len));
-  const int end =
-      split == p.splits - 1 ? len : int(sb + p.chunk < len ? sb + p.chunk : int64_t(len));
+  const int end = split == p.splits - 1 ? len : int(sb + chunk < len ? sb + chunk : int64_t(len));
+  // A split past the sequence's keys adds nothing and the combine reads only the first sk.active
+  // splits, so it ends here (split 0, which writes the prologue's outputs, always has keys).
+  if (split > 0 && split >= sk.active) return;
   const int n_iter = (end - beg + kKeys - 1) / kKeys;  // stages of kKeys keys
 
   const int64_t row_stride = int64_t(p.num_kv_heads) * D;  // elements per token slot
@@ -691,18 +716,21 @@ __device__ __forceinline__ float block_reduce(float v, float* red, bool is_max) 
 
 template <typename T>
 __global__ void __launch_bounds__(kCombineThreads)
-    decode_combine_wide_kernel(const float* ws_o, const float* ws_ml, T* out, int splits,
-                               int head_dim, int dims) {
+    decode_combine_wide_kernel(const DecodeParams p, int head_dim, int dims) {
   // Launched early (programmatic dependent launch, pdl.cuh): wait for the split kernel's results.
   // Both no-ops for an ordinary launch; the trigger lets the step's next kernel be scheduled.
   pdl_trigger();
+  // Only the splits with keys wrote partials (seq_keys; its inputs are the host's, read early).
+  const int64_t bh = blockIdx.x;
+  const int splits = seq_keys(p, int(bh / p.num_qo_heads)).active, stride = p.splits;
   pdl_wait();
+  const float* ws_o = p.ws_o;
+  T* out = static_cast<T*>(p.out);
   __shared__ float s_w[kMaxSplits];
   __shared__ float red[kCombineThreads / 32];
   __shared__ float4 s_acc[kCombineThreads];
-  const int64_t bh = blockIdx.x;
   const int tid = threadIdx.x;
-  const float* ml = ws_ml + bh * splits * 2;
+  const float* ml = p.ws_ml + bh * stride * 2;
   float mx = kNegInf;
   for (int s = tid; s < splits; s += kCombineThreads) mx = fmaxf(mx, ml[2 * s]);
   mx = block_reduce(mx, red, true);
@@ -717,7 +745,7 @@ __global__ void __launch_bounds__(kCombineThreads)
   const int lanes = dims / 4, groups = kCombineThreads / lanes;
   const int lane = tid % lanes, g = tid / lanes;
   const int d = blockIdx.y * dims + lane * 4;
-  const float* os = ws_o + bh * splits * head_dim + d;
+  const float* os = ws_o + bh * stride * head_dim + d;
   float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll 4
   for (int s = g; s < splits; s += groups) {
@@ -798,6 +826,10 @@ void plan_pipe(const Plan& in, int64_t slots, int64_t keys_per_stage, DecodePara
   }
   p->chunk = int(std::min<int64_t>(chunk, INT_MAX));
   p->splits = int(splits);
+  // GEMMA3_DECODE_PLAN_CHUNK=1 (A/Bs): every split keeps the plan's chunk (seq_keys shrinks it no
+  // further than this floor).
+  static const bool plan_chunk = env_is("GEMMA3_DECODE_PLAN_CHUNK", "1");
+  p->min_chunk = plan_chunk ? p->chunk : int(min_chunk());
   p->ws_o = splits > 1 ? ws : nullptr;
   p->ws_ml = splits > 1 ? ws + in.batch * in.num_qo_heads * splits * in.head_dim : nullptr;
 }
@@ -809,8 +841,7 @@ Status launch_combine_wide(const DecodeParams& p, int64_t batch, int64_t D, cuda
   // and waits in-kernel, so the gap between the two launches is hidden.
   launch_pdl(decode_combine_wide_kernel<T>,
              dim3(unsigned(batch * p.num_qo_heads), unsigned(D / dims)), dim3(kCombineThreads), 0,
-             stream, static_cast<const float*>(p.ws_o), static_cast<const float*>(p.ws_ml),
-             static_cast<T*>(p.out), p.splits, int(D), int(dims));
+             stream, p, int(D), int(dims));
   return check_launch("attention_decode (combine)");
 }
 
