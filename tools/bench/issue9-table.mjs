@@ -7,7 +7,7 @@
 // --cpu: the CPU row's JSON (packages/model/bench/cpu-decode.mjs --json), measured elsewhere (the
 // GPU machine is not the 2-core machine the row names).
 import { existsSync, readFileSync } from "node:fs";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 
 const { values, positionals } = parseArgs({
@@ -34,7 +34,7 @@ const hf = (n) => read(`hf-${n}.json`);
 const bench = read("bench.json");
 const graph32k = read("decode32k-graph.json");
 const torch = read("torch.json");
-const cpu = values.cpu ? read(values.cpu) : null;
+const cpu = values.cpu ? read(resolve(values.cpu)) : null;
 
 const fmt = (v, d = 1) =>
   v == null || !Number.isFinite(v)
