@@ -7,7 +7,9 @@
 // memory (kStages stages of kU keys per lane), and keeps its own online softmax state; the key
 // groups merge through shared memory. With several splits the CTA writes an unnormalized partial
 // (o, max, sum) per split and a combine kernel merges the splits; with one split (no workspace, or
-// a short context) the CTA writes the output directly.
+// a short context) the CTA writes the output directly. The host plans the split count for
+// max_kv_len (a captured graph's bound); each split's chunk follows the keys a sequence has when
+// the kernel runs (seq_keys), so splits past them exit and the combine skips them.
 // fp8 e4m3 caches: a 16-byte load carries 16 elements, so a lane takes 16 of a row (key groups of
 // D / 16 lanes); k_scale is folded into q and v_scale into the partial o, so the loop is the same.
 // attention_decode_qkv (kQkv): the same kernel with qk_norm_rope's work as its prologue (below,
