@@ -25,20 +25,22 @@ ngpu=$(nvidia-smi -L | wc -l)
 kernels() {
   GEMMA3_PREBUILT=1 CUDA_VISIBLE_DEVICES=$1 OUT="$OUT/kernels" timeout "$left" bash scripts/gpu-check.sh --bench-only \
     >"$OUT/kernels.log" 2>&1
-  echo "kernels: exit $? (${SECONDS}s)"
+  local rc=$?
+  echo "kernels: exit $rc (${SECONDS}s)"
+  return $rc
 }
 if [ "$ngpu" -ge 2 ]; then
   kernels 1 &
   pid=$!
 else
-  kernels 0
+  kernels 0 || status=1
 fi
 # HF peers start only while there is time for them and the rows after them.
 CUDA_VISIBLE_DEVICES=0 OUT="$OUT/e2e" HF_DEADLINE=$((left - 150)) timeout "$left" bash scripts/gpu-bench.sh \
   >"$OUT/e2e.log" 2>&1 || status=1
 echo "e2e: exit $status (${SECONDS}s)"
 grep -E "^hf |batch +[0-9]+:|prefill [0-9]+ tokens" "$OUT/e2e.log"
-[ -z "${pid:-}" ] || wait "$pid"
+[ -z "${pid:-}" ] || wait "$pid" || status=1
 cp "$OUT"/e2e/*.json "$OUT"/kernels/*.json "$OUT"/kernels/gpu.txt "$OUT/" 2>/dev/null
 node tools/bench/issue9-table.mjs "$OUT" | tee "$OUT/table.md"
 node tools/plot/decode-batch-plot.mjs "$OUT/ours-4b.json" "$OUT/hf-4b.json" "$OUT/decode-batch.svg" || true
