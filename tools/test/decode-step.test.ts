@@ -28,4 +28,21 @@ describe("decode-step.mjs", () => {
       expect(r[k].median_us).toBeGreaterThan(0);
     }
   });
+  it("takes a longer prompt and a larger cache (--prompt, --capacity)", () => {
+    const out = execFileSync(
+      process.execPath,
+      [
+        join(root, "tools/bench/decode-step.mjs"),
+        join(root, "packages/model/test/fixtures/tiny-1b/config.json"),
+        ...["--device", "cpu", "--steps", "1", "--only", "replay"],
+        ...["--prompt", "40", "--capacity", "512"],
+      ],
+      { encoding: "utf8" },
+    );
+    const r = JSON.parse(out.trim().split("\n").at(-1)!);
+    expect(r.prompt).toBe(40);
+    expect(r.capacity).toBe(512);
+    expect(r.replay.median_us).toBeGreaterThan(0);
+    expect(r.forward).toBeUndefined(); // --only replay
+  });
 });
