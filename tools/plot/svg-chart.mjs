@@ -31,7 +31,8 @@ const esc = (s) => String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;");
 const out = [
   `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="12">`,
   `<rect width="${W}" height="${H}" fill="white"/>`,
-  `<text x="${W / 2 - R / 2}" y="22" text-anchor="middle" font-size="14">${esc(spec.title)}</text>`,
+  // Centred on the whole width: a long title over the plot area alone would run off the left edge.
+  `<text x="${W / 2}" y="22" text-anchor="middle" font-size="14">${esc(spec.title)}</text>`,
 ];
 for (let i = 0; i <= 5; i++) {
   const y = (y1 * i) / 5;
