@@ -5,7 +5,8 @@
 # (sm_90a, with bench_kernels), runs the tests asked for, the bench_kernels rows under each
 # setting, then the replayed decode step of each model under each setting (two alternating rounds)
 # and `gemma3 bench` of the first model under each.
-#   SWEEP: the settings, VAR=VALUE words (default below; BASE=1 is the defaults);
+#   SWEEP: the settings, VAR=VALUE words, several variables as VAR=A,OTHER=B (default below;
+#     BASE=1 is the defaults);
 #   ROWS: the bench_kernels --filter (default: the q4_0s rows whose x is rounded into g_qx);
 #   TESTS / TESTS_ENV: a vitest -t filter of native/test/ops.cuda.test.ts run first, under TESTS_ENV;
 #   MODEL_TESTS=1: the model's parity and graph tests too (under TESTS_ENV);

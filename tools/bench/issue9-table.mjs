@@ -4,8 +4,8 @@
 // torch_peers.py JSON (torch.json). Prints markdown: each target, ours, the peer, and met / not met
 // with the share of the target. A file that is missing leaves its row's cells as "not run".
 //   node tools/bench/issue9-table.mjs DIR [--cpu CPU.json]
-// --cpu: the CPU row's JSON (packages/model/bench/cpu-decode.mjs --json), measured elsewhere (the
-// GPU machine is not the 2-core machine the row names).
+// --cpu: the CPU row's JSON (the line packages/model/bench/cpu-decode.mjs prints), measured
+// elsewhere (the GPU machine is not the 2-core machine the row names).
 import { existsSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
@@ -19,21 +19,26 @@ if (!dir) {
   console.error("usage: issue9-table.mjs DIR [--cpu CPU.json]");
   process.exit(2);
 }
-const read = (name) => {
-  const p = name.startsWith("/") ? name : join(dir, name);
-  if (!existsSync(p)) return null;
+/** The JSON at `path`, or null (missing, or a run cut short that wrote a partial line). */
+const read = (path) => {
+  if (!existsSync(path)) return null;
   try {
-    return JSON.parse(readFileSync(p, "utf8"));
+    return JSON.parse(readFileSync(path, "utf8"));
   } catch {
-    return null; // a run cut short writes nothing or a partial line
+    return null;
   }
 };
+const files = new Map();
+const at = (name) => {
+  if (!files.has(name)) files.set(name, read(join(dir, name)));
+  return files.get(name);
+};
 
-const ours = (n) => read(`ours-${n}.json`);
-const hf = (n) => read(`hf-${n}.json`);
-const bench = read("bench.json");
-const graph32k = read("decode32k-graph.json");
-const torch = read("torch.json");
+const ours = (n) => at(`ours-${n}.json`);
+const hf = (n) => at(`hf-${n}.json`);
+const bench = at("bench.json");
+const graph32k = at("decode32k-graph.json");
+const torch = at("torch.json");
 const cpu = values.cpu ? read(resolve(values.cpu)) : null;
 
 const fmt = (v, d = 1) =>
@@ -48,10 +53,16 @@ const status = (value, target) =>
       ? `**met** (${pct(value / target)})`
       : `not met (${pct(value / target)})`;
 
-const decodeAt = (r, batch) => r?.decode?.find((d) => d.batch === batch) ?? null;
-const hfAt = (r, batch) => r?.batches?.[String(batch)] ?? null;
 // The card's copy bandwidth (bench_kernels' memcpy_d2d row), the roofline every % here uses.
 const peakGbs = bench?.peak_gbs ?? 2990;
+/** "GB/s (% of the copy roofline)" of `bytes` moved in `us`. */
+const bandwidth = (bytes, us) => {
+  const gbs = bytes / (us * 1e3);
+  return `${fmt(gbs, 0)} GB/s (${pct(gbs / peakGbs)})`;
+};
+
+const decodeAt = (r, batch) => r?.decode?.find((d) => d.batch === batch) ?? null;
+const hfAt = (r, batch) => r?.batches?.[String(batch)] ?? null;
 
 const rows = [];
 const row = (what, peer, mine, target, st) => rows.push([what, peer, mine, target, st]);
@@ -117,9 +128,7 @@ for (const [name, label, target] of [
     (r) => r.name === "attention_decode" && r.shape.includes("kv_len32768") && !r.error,
   );
   const gbs = (r) => r.bytes / (r.median_us * 1e3);
-  const parts = rs.map(
-    (r) => `${r.shape.split(" kv_len")[0]}: ${fmt(gbs(r), 0)} GB/s (${pct(gbs(r) / peakGbs)})`,
-  );
+  const parts = rs.map((r) => `${r.shape.split(" kv_len")[0]}: ${bandwidth(r.bytes, r.median_us)}`);
   const worst = rs.length ? Math.min(...rs.map(gbs)) : null;
   row(
     "decode attention at 32K context",
@@ -145,15 +154,15 @@ for (const [name, label, target] of [
     d && roof ? status(d.per_request_tok_s, 0.8 * roof) : "not run",
   );
 }
-if (cpu) {
-  row(
-    "CPU (2 cores) 1B Q4_0 decode",
-    "—",
-    `**${fmt(cpu.fraction_of_roofline * 100)}%** of the copy roofline (${fmt(cpu.tok_s)} tok/s; ${fmt(cpu.ms_per_token)} ms a token, copy ${fmt(cpu.copy_GBs)} GB/s)`,
-    "≥ 50% of DRAM roofline",
-    status(cpu.fraction_of_roofline, 0.5),
-  );
-} else row("CPU (2 cores) 1B Q4_0 decode", "—", "not run", "≥ 50% of DRAM roofline", "not run");
+row(
+  "CPU (2 cores) 1B Q4_0 decode",
+  "—",
+  cpu
+    ? `**${fmt(cpu.fraction_of_roofline * 100)}%** of the copy roofline (${fmt(cpu.tok_s)} tok/s; ${fmt(cpu.ms_per_token)} ms a token, copy ${fmt(cpu.copy_GBs)} GB/s)`
+    : "not run",
+  "≥ 50% of DRAM roofline",
+  status(cpu?.fraction_of_roofline, 0.5),
+);
 
 const gpu = bench?.device?.name ?? ours("4b")?.device ?? "GPU";
 console.log(
@@ -185,18 +194,11 @@ if (bench) {
   console.log(`| shape | torch bf16 | ${formats.join(" | ")} |`);
   console.log(`|---|${"---:|".repeat(formats.length + 1)}`);
   for (const [label, name, shape] of shapes) {
-    const cell = (r) =>
-      r
-        ? `${fmt(r.bytes / (r.median_us * 1e3), 0)} (${pct(r.bytes / (r.median_us * 1e3) / peakGbs)})`
-        : "—";
-    const t = tgemv(shape);
-    const tb = t && name === "gemv" ? gemv(name, shape, "bf16")?.bytes : null;
-    const tcell =
-      t && tb
-        ? `${fmt(tb / (t.median_us * 1e3), 0)} (${pct(tb / (t.median_us * 1e3) / peakGbs)})`
-        : "—";
+    // torch's rows are plain GEMVs ("gemv"); bytes are the weights', as ours.
+    const cell = (r) => (r ? bandwidth(r.bytes, r.median_us).replace(" GB/s", "") : "—");
+    const t = name === "gemv" ? tgemv(shape) : null;
     console.log(
-      `| ${label} ${shape} | ${tcell} | ${formats.map((f) => cell(gemv(name, shape, f))).join(" | ")} |`,
+      `| ${label} ${shape} | ${cell(t)} | ${formats.map((f) => cell(gemv(name, shape, f))).join(" | ")} |`,
     );
   }
 }

@@ -60,7 +60,7 @@ put("torch.json", {
   rows: [
     { name: "attention_prefill", shape: attn, impl: "torch_sdpa_cudnn", median_us: 600 }, // 500 TFLOP/s
     { name: "attention_prefill", shape: attn, impl: "torch_sdpa_flash", median_us: 1200 },
-    { name: "gemv", shape: "M1 K2560 N10240", impl: "torch", median_us: 16 }, // 1,000 GB/s
+    { name: "gemv", shape: "M1 K2560 N10240", impl: "torch", median_us: 16, bytes: 16e6 }, // 1,000 GB/s
   ],
 });
 put("cpu.json", { fraction_of_roofline: 0.4, tok_s: 5, ms_per_token: 200, copy_GBs: 10 });
