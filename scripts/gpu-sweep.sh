@@ -12,7 +12,8 @@
 #   MODEL_TESTS=1: the model's parity and graph tests too (under TESTS_ENV);
 #   STEP_VARIANTS: decode-step.mjs argument sets separated by ';', each timed as its own variant
 #     (e.g. "--capacity 32768;--prompt 16000 --capacity 32768"; default: one, with none);
-#   CLI_BENCH_ARGS: more `gemma3 bench` arguments (scripts/device-env.sh cli_bench).
+#   CLI_BENCH_ARGS: more `gemma3 bench` arguments (scripts/device-env.sh cli_bench);
+#   ROWS_ONLY=1: the bench_kernels rows alone (no decode steps, no `gemma3 bench`).
 #   here: npx turbo run build && bash scripts/pack-dists.sh; device run, carry [".device",
 #   ".dists.tar"]:  bash scripts/device-run.sh scripts/gpu-sweep.sh [4b:q4_0 ...]
 set -uo pipefail
@@ -34,6 +35,10 @@ for set in $settings; do
   echo "== $set (${SECONDS}s)"
   with_env "$set" bench_rows "$OUT/rows-$tag" "$rows"
 done
+if [ -n "${ROWS_ONLY:-}" ]; then
+  echo "done at ${SECONDS}s (status $status)"
+  exit $status
+fi
 IFS=';' read -ra variants <<<"${STEP_VARIANTS:-}"
 [ "${#variants[@]}" -gt 0 ] || variants=("")
 for spec in $specs; do

@@ -21,6 +21,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/pdl.cuh"
 #include "runtime/dtype.h"
 #include "runtime/kquant.h"
 #include "runtime/status.h"
@@ -801,6 +802,72 @@ void run_memcpy(Ctx& c, Row& r, int64_t bytes) {
   finish(r, t, c.opt);
 }
 
+// A pure read of a buffer: the fastest one kernel moves a GEMV's weight bytes in this harness, the
+// size-matched floor a GEMV row is compared with (stream_read rows; issue 8). Grid-stride 16-byte
+// loads that skip L1 (as the GEMVs' W loads), kReadU in flight a thread, 4 CTAs of 256 an SM;
+// launched as the GEMVs are (PDL). It lets the next launch start only once its own loads are done:
+// triggered at the start, the next launch's CTAs (which fit beside these) read alongside it, and
+// where a row has one copy both read the same lines, one DRAM fetch serving two launches (session
+// 16 measured 194% of the copy rate that way). The XOR of what a thread read goes to *sink only if
+// it equals a value the random data never gives, so no load is optimised away.
+constexpr int kReadU = 4;
+__global__ void __launch_bounds__(256)
+    stream_read_kernel(const uint4* __restrict__ p, int64_t n, unsigned* sink) {
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  unsigned acc = 0;
+  for (; i + (kReadU - 1) * stride < n; i += kReadU * stride) {
+    uint4 v[kReadU];
+#pragma unroll
+    for (int u = 0; u < kReadU; ++u) {
+      asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+                   : "=r"(v[u].x), "=r"(v[u].y), "=r"(v[u].z), "=r"(v[u].w)
+                   : "l"(p + i + u * stride));
+    }
+#pragma unroll
+    for (int u = 0; u < kReadU; ++u) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+  }
+  for (; i < n; i += stride) {
+    const uint4 v = __ldg(p + i);
+    acc ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  gemma3::cuda::pdl_trigger();
+  gemma3::cuda::pdl_wait();
+  if (acc == 0x9e3779b9u) *sink = acc;
+}
+
+// stream_read of the bytes of the format-TW weight of an [N, K] GEMV (w_bytes), rotated over as
+// many copies as its GEMV row.
+template <typename TW>
+void run_stream_read(Ctx& c, Row& r, int64_t K, int64_t N) {
+  cudaStream_t s = c.stream;
+  const double wb = w_bytes<TW>(N, K);
+  r.bytes = wb;
+  r.unit = "GB/s";
+  r.impl = "stream_read";
+  const int copies = rotation_copies(wb);
+  r.copies = copies;
+  const int64_t n = int64_t(wb) / 16;  // whole 16-byte words (every row here is)
+  std::vector<DevBuf<uint4>> w(static_cast<size_t>(copies));
+  for (auto& wi : w) {
+    wi = DevBuf<uint4>(static_cast<size_t>(n));
+    fill_index_kernel<<<1024, 256, 0, s>>>(reinterpret_cast<int32_t*>(wi.p), 4 * n, 7, 1 << 30);
+    CK(cudaGetLastError());
+  }
+  DevBuf<unsigned> sink(1);
+  int dev = 0, sms = 0;
+  CK(cudaGetDevice(&dev));
+  CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const unsigned grid = unsigned(std::min<int64_t>(4 * sms, (n + 255) / 256));
+  Timing t = time_launches(
+      [&](int64_t i) {
+        CK(gemma3::cuda::launch_ex(gemma3::cuda::pdl_enabled(), 0, stream_read_kernel, dim3(grid),
+                                   dim3(256), 0, s, w[size_t(i % copies)].p, n, sink.p));
+      },
+      copies, c.opt, s);
+  finish(r, t, c.opt);
+}
+
 // ---------------------------------------------------------- grid barrier ----
 // What one grid-wide barrier costs (docs/kernels.md, session 6 "Next": a persistent decode-layer
 // kernel would put these where kernel boundaries are now). `rounds` barriers among `ctas` resident
@@ -881,6 +948,12 @@ std::string mkn(int64_t M, int64_t K, int64_t N) {
 }
 
 template <typename TW>
+void add_read(std::vector<Case>& cs, int64_t K, int64_t N) {
+  cs.push_back({"stream_read", mkn(1, K, N), wname<TW>(),
+                [=](Ctx& c, Row& r) { run_stream_read<TW>(c, r, K, N); }});
+}
+
+template <typename TW>
 void add_matmul(std::vector<Case>& cs, const char* name, int64_t M, int64_t K, int64_t N,
                 bool gelu = false) {
   cs.push_back({name, mkn(M, K, N), wname<TW>(),
@@ -891,6 +964,20 @@ std::vector<Case> all_cases() {
   std::vector<Case> cs;
   const int64_t kVocab4B = 262208;
   cs.push_back({"memcpy_d2d", "1GiB", "u8", [](Ctx& c, Row& r) { run_memcpy(c, r, 1ll << 30); }});
+  // Issue 8's GEMV shapes (4B / 27B up, gate/up, down; 4B logits): a pure read of each format's
+  // bytes, the size-matched floor of its gemv / gate_up_gelu rows.
+  for (auto& kn : {std::array<int64_t, 2>{2560, 10240},
+                   {2560, 20480},
+                   {10240, 2560},
+                   {5376, 21504},
+                   {5376, 43008},
+                   {21504, 5376},
+                   {2560, kVocab4B}}) {
+    add_read<bf16>(cs, kn[0], kn[1]);
+    add_read<fp8e4m3>(cs, kn[0], kn[1]);
+    add_read<block_q8_0s>(cs, kn[0], kn[1]);
+    add_read<block_q4_0s>(cs, kn[0], kn[1]);
+  }
   // 4B and 1B decode layers without attention (hidden, q width, kv width, intermediate).
   for (int per_sm : {1, 4})
     for (bool coop : {true, false})

@@ -412,6 +412,8 @@ export function matmulCases(): Case[] {
         [4, 5, 9856, false],
         [1, 3, 40960, true],
         [1, 65537, 64, false],
+        [1, 3001, 256, false], // M = 1, R = 4: the last group partial
+        [1, 7, 21504, true], // M = 1 with g_qx: few rows, each in K slices
         [19, 99, 64, false],
         [130, 65, 160, false],
       ]);
@@ -1908,6 +1910,8 @@ export function fusedCases(): Case[] {
     [2, 40, 5376, split], // x rounded once (g_qx), R = 2
     [5, 21, 96, split], // M bucket 8, 2-byte-aligned rows
     [1, 16500, 64, split], // N = 33000 > 32768: g_qx at short K
+    [1, 2999, 1024, split], // M = 1, R = 4, U = 3: the last group's second pair past the end
+    [1, 40, 10240, split], // M = 1 with g_qx (as the 27B gate/up, K > 4096)
     [1, 40, 256, ["q4_0", "q8_0", "q6_k"]], // GGUF blocks, K-quants: two launches
   ];
   for (const xd of ["f32", "bf16"] as const)
