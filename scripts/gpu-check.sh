@@ -54,6 +54,11 @@ if [ "$mode" != "--tests-only" ]; then
   bench=$(find native/build -name bench_kernels -type f -perm -u+x | head -1)
   echo "== our kernels ($bench)"
   "$bench" --commit "$commit" --json "$OUT/bench.json" --md "$OUT/bench.md" >"$OUT/bench.log" 2>&1 || status=1
+  # Issue 8's GEMV rows and their stream_read floors as decode runs them: replays of captured
+  # graphs (the default times launches over 20 µs with events, launch overhead included).
+  gemv_rows="M1 K2560 N10240 |M1 K2560 N20480 |M1 K10240 N2560 |M1 K5376 N21504 |M1 K5376 N43008 |M1 K21504 N5376 |M1 K2560 N262208 "
+  "$bench" --commit "$commit" --filter "$gemv_rows" --graph-below 1000 --json "$OUT/gemv-graph.json" \
+    --md "$OUT/gemv-graph.md" >>"$OUT/bench.log" 2>&1 || status=1
   # The 32K decode attention rows again as decode runs them: replays of captured graphs.
   "$bench" --commit "$commit" --filter kv_len32768 --graph-below 1000 --json "$OUT/decode32k-graph.json" \
     --md "$OUT/decode32k-graph.md" >>"$OUT/bench.log" 2>&1 || status=1

@@ -1,7 +1,7 @@
 // Issue 9's table from the files one device call writes (scripts/gpu-issue9.sh): `gemma3 bench`
-// JSON (ours-NAME.json), HF transformers JSON (hf-NAME.json), bench_kernels JSON (bench.json, and
-// decode32k-graph.json: the 32K decode attention rows graph-timed, as decode replays them) and
-// torch_peers.py JSON (torch.json). Prints markdown: each target, ours, the peer, and met / not met
+// JSON (ours-NAME.json), HF transformers JSON (hf-NAME.json), bench_kernels JSON (bench.json;
+// decode32k-graph.json and gemv-graph.json: the 32K decode attention rows and issue 8's GEMV rows
+// graph-timed, as decode replays them) and torch_peers.py JSON (torch.json). Prints markdown: each target, ours, the peer, and met / not met
 // with the share of the target. A file that is missing leaves its row's cells as "not run".
 //   node tools/bench/issue9-table.mjs DIR [--cpu CPU.json]
 // --cpu: the CPU row's JSON (the line packages/model/bench/cpu-decode.mjs prints), measured
@@ -38,6 +38,8 @@ const ours = (n) => at(`ours-${n}.json`);
 const hf = (n) => at(`hf-${n}.json`);
 const bench = at("bench.json");
 const graph32k = at("decode32k-graph.json");
+// Issue 8's GEMV rows graph-timed (gpu-check.sh), else bench.json's.
+const gemvGraph = at("gemv-graph.json");
 const torch = at("torch.json");
 const cpu = values.cpu ? read(resolve(values.cpu)) : null;
 
@@ -54,7 +56,7 @@ const status = (value, target) =>
       : `not met (${pct(value / target)})`;
 
 // The card's copy bandwidth (bench_kernels' memcpy_d2d row), the roofline every % here uses.
-const peakGbs = bench?.peak_gbs ?? 2990;
+const peakGbs = (bench ?? gemvGraph)?.peak_gbs ?? 2990;
 /** "GB/s (% of the copy roofline)" of `bytes` moved in `us`. */
 const bandwidth = (bytes, us) => {
   const gbs = bytes / (us * 1e3);
@@ -184,21 +186,30 @@ const shapes = [
 ];
 const formats = ["bf16", "fp8e4m3", "q8_0s", "q4_0s", "q8_0", "q4_0"];
 const gemv = (name, shape, dtype) =>
-  bench?.rows.find((r) => r.name === name && r.shape === shape && r.dtype === dtype && !r.error);
+  (gemvGraph ?? bench)?.rows.find(
+    (r) => r.name === name && r.shape === shape && r.dtype === dtype && !r.error,
+  );
 const tgemv = (shape) =>
   torch?.rows.find((r) => r.name === "gemv" && r.shape === shape && !r.error);
-if (bench) {
+// bench_kernels' pure read of the same bytes (stream_read): the size-matched floor.
+const readOf = (shape, dtype) => gemv("stream_read", shape, dtype);
+if (gemvGraph ?? bench) {
   console.log(
-    "\nGEMV, M = 1: effective GB/s of the bytes each format moves (% of the copy roofline)\n",
+    `\nGEMV, M = 1, ${gemvGraph ? "graph-timed" : "bench.json's timing"}: effective GB/s of the` +
+      " bytes each format moves (% of the copy roofline; read: a pure read of the same bytes," +
+      " stream_read, as a share of our time)\n",
   );
   console.log(`| shape | torch bf16 | ${formats.join(" | ")} |`);
   console.log(`|---|${"---:|".repeat(formats.length + 1)}`);
   for (const [label, name, shape] of shapes) {
     // torch's rows are plain GEMVs ("gemv"); bytes are the weights', as ours.
-    const cell = (r) => (r ? bandwidth(r.bytes, r.median_us).replace(" GB/s", "") : "—");
+    const cell = (r, floor) => {
+      if (!r) return "—";
+      const bw = bandwidth(r.bytes, r.median_us).replace(" GB/s", "");
+      return floor ? bw.replace(")", `; read ${pct(floor.median_us / r.median_us)})`) : bw;
+    };
     const t = name === "gemv" ? tgemv(shape) : null;
-    console.log(
-      `| ${label} ${shape} | ${cell(t)} | ${formats.map((f) => cell(gemv(name, shape, f))).join(" | ")} |`,
-    );
+    const ourCells = formats.map((f) => cell(gemv(name, shape, f), readOf(shape, f)));
+    console.log(`| ${label} ${shape} | ${cell(t)} | ${ourCells.join(" | ")} |`);
   }
 }
