@@ -1363,17 +1363,42 @@ Status launch_q(const TX* x, const TW* w, const float* w_scale, TX* y, int M, in
   return check_launch("matmul gemv_q_kernel");
 }
 
-// The lane-per-block q-dot GEMV (gemv_qlane_kernel). Its grid is one CTA per kWarps / S row groups:
-// S (K split over the warps of a CTA) doubles while the grid has fewer than 32 warps an SM and each
-// slice keeps at least min_slice blocks a row.
-// The K split (S) of the lane kernel at R rows a warp: S doubles while the grid has fewer than 32
-// warps an SM and each slice keeps at least min_slice blocks a row.
-Status qlane_slices(int64_t N, int R, int64_t K, int min_slice, int* S) {
+// Warps of the M = 1 split-layout lane kernel with x in g_qx that an SM holds at once (3 CTAs of 8
+// warps at its 80 registers; Nsight Compute, session 14): one wave of its grid.
+constexpr int kQlaneWaveWarps = 24;
+
+// The lane-per-block q-dot GEMV (gemv_qlane_kernel). Its grid is one CTA per kWarps / S row groups,
+// S the K split over the warps of a CTA. S doubles while the grid has fewer than 32 warps an SM and
+// each slice keeps at least min_slice blocks a row. one_wave (the split layouts at M = 1 with x in
+// g_qx): where one slice a row fills under half a wave, S also stops before the grid passes one
+// wave. The 4B down (1,280 row groups) then takes S = 2, one wave of 320 CTAs, not S = 4's 1.6
+// waves, each CTA of the second waiting for one of the first to finish before its loads start
+// (H100, session 16: 8.53 -> 7.32 µs q4_0s, 12.65 -> 11.17 q8_0s; the 4B q4_0 step 1,886 -> 1,846
+// µs). Grids one slice fills past half a wave (the 27B down and QKV, the logits) keep the first
+// rule: the cap was not measured there.
+constexpr int qlane_split(int64_t groups, int64_t nb, int64_t sms, int min_slice, bool one_wave) {
+  const int64_t wave = sms * kQlaneWaveWarps;
+  const bool cap = one_wave && 2 * groups < wave;
+  int S = 1;
+  while (S < kWarps && groups * S < sms * 32 && nb / (2 * S) >= min_slice &&
+         !(cap && 2 * S * groups > wave))
+    S *= 2;
+  return S;
+}
+// The model shapes on an H100 (132 SMs; x in g_qx, slices of >= 32 blocks), as measured.
+static_assert(qlane_split(1280, 320, 132, 32, true) == 2, "4B down at M = 1: one wave");
+static_assert(qlane_split(1280, 320, 132, 32, false) == 4, "4B down at M > 1: as before");
+static_assert(qlane_split(576, 216, 132, 32, true) == 4, "1B down: as before");
+static_assert(qlane_split(2688, 672, 132, 32, true) == 2, "27B down: as before");
+static_assert(qlane_split(4096, 168, 132, 32, true) == 2, "27B QKV: as before");
+
+// qlane_split on the current device for N rows at R rows a warp. GEMMA3_QLANE_ONE_WAVE=0 (read
+// once): no one-wave cap (the A/B).
+Status qlane_slices(int64_t N, int R, int64_t K, int min_slice, bool one_wave, int* S) {
+  static const bool cap_on = !env_is("GEMMA3_QLANE_ONE_WAVE", "0");
   int sms = 0;
   G3_RETURN_IF_ERROR(sm_count(&sms));
-  const int64_t groups = (N + R - 1) / R, nb = K / kQK;
-  *S = 1;
-  while (*S < kWarps && groups * *S < int64_t(sms) * 32 && nb / (2 * *S) >= min_slice) *S *= 2;
+  *S = qlane_split((N + R - 1) / R, K / kQK, sms, min_slice, one_wave && cap_on);
   return Status::Ok();
 }
 
@@ -1383,7 +1408,8 @@ Status launch_qlane_m(const TX* x, const TW* w, const float* w_scale, TX* y, int
                       int64_t K, int smem, int min_slice, cudaStream_t stream,
                       const GeluPairs<TX>& gp) {
   int S = 1;
-  G3_RETURN_IF_ERROR(qlane_slices(N, R, K, min_slice, &S));
+  const bool one_wave = kSplitW<TW> && kX == XIn::kQ8Global && M == 1;
+  G3_RETURN_IF_ERROR(qlane_slices(N, R, K, min_slice, one_wave, &S));
   const int64_t groups = (N + R - 1) / R;
   const int64_t per_block = kWarps / S;
   const int64_t blocks = (groups + per_block - 1) / per_block;
@@ -1452,7 +1478,7 @@ Status launch_qlane(const TX* x, const TW* w, const float* w_scale, TX* y, int M
       bool u3 = gqx_u == 3;
       if (kQ4 && gqx_u == 0 && M == 1 && a == 16) {
         int S = 1;
-        G3_RETURN_IF_ERROR(qlane_slices(N, 2, K, min_slice, &S));
+        G3_RETURN_IF_ERROR(qlane_slices(N, 2, K, min_slice, true, &S));  // as launch_qlane_m
         const int64_t slice = (K / kQK + S - 1) / S;  // blocks of a row's longest slice
         u3 = (slice + 63) / 64 > (slice + 95) / 96;
       }
