@@ -1391,6 +1391,7 @@ static_assert(qlane_split(1280, 320, 132, 32, false) == 4, "4B down at M > 1: as
 static_assert(qlane_split(576, 216, 132, 32, true) == 4, "1B down: as before");
 static_assert(qlane_split(2688, 672, 132, 32, true) == 2, "27B down: as before");
 static_assert(qlane_split(4096, 168, 132, 32, true) == 2, "27B QKV: as before");
+static_assert(qlane_split(131104, 80, 132, 32, true) == 1, "4B logits: as before");
 
 // qlane_split on the current device for N rows at R rows a warp. GEMMA3_QLANE_ONE_WAVE=0 (read
 // once): no one-wave cap (the A/B).
