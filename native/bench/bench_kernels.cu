@@ -851,8 +851,7 @@ void run_stream_read(Ctx& c, Row& r, int64_t K, int64_t N) {
   std::vector<DevBuf<uint4>> w(static_cast<size_t>(copies));
   for (auto& wi : w) {
     wi = DevBuf<uint4>(static_cast<size_t>(n));
-    fill_index_kernel<<<1024, 256, 0, s>>>(reinterpret_cast<int32_t*>(wi.p), 4 * n, 7, 1 << 30);
-    CK(cudaGetLastError());
+    fill_index(reinterpret_cast<int32_t*>(wi.p), 4 * n, 1 << 30, s);
   }
   DevBuf<unsigned> sink(1);
   int dev = 0, sms = 0;

@@ -40,6 +40,7 @@ const bench = at("bench.json");
 const graph32k = at("decode32k-graph.json");
 // Issue 8's GEMV rows graph-timed (gpu-check.sh), else bench.json's.
 const gemvGraph = at("gemv-graph.json");
+const gemvRows = gemvGraph ?? bench;
 const torch = at("torch.json");
 const cpu = values.cpu ? read(resolve(values.cpu)) : null;
 
@@ -186,14 +187,12 @@ const shapes = [
 ];
 const formats = ["bf16", "fp8e4m3", "q8_0s", "q4_0s", "q8_0", "q4_0"];
 const gemv = (name, shape, dtype) =>
-  (gemvGraph ?? bench)?.rows.find(
-    (r) => r.name === name && r.shape === shape && r.dtype === dtype && !r.error,
-  );
+  gemvRows?.rows.find((r) => r.name === name && r.shape === shape && r.dtype === dtype && !r.error);
 const tgemv = (shape) =>
   torch?.rows.find((r) => r.name === "gemv" && r.shape === shape && !r.error);
 // bench_kernels' pure read of the same bytes (stream_read): the size-matched floor.
 const readOf = (shape, dtype) => gemv("stream_read", shape, dtype);
-if (gemvGraph ?? bench) {
+if (gemvRows) {
   console.log(
     `\nGEMV, M = 1, ${gemvGraph ? "graph-timed" : "bench.json's timing"}: effective GB/s of the` +
       " bytes each format moves (% of the copy roofline; read: a pure read of the same bytes," +

@@ -1393,6 +1393,12 @@ static_assert(qlane_split(2688, 672, 132, 32, true) == 2, "27B down: as before")
 static_assert(qlane_split(4096, 168, 132, 32, true) == 2, "27B QKV: as before");
 static_assert(qlane_split(131104, 80, 132, 32, true) == 1, "4B logits: as before");
 
+// Where qlane_split's one-wave cap may apply: the split layouts at M = 1 with x in g_qx.
+template <typename TW, XIn kX>
+constexpr bool qlane_one_wave(int M) {
+  return kSplitW<TW> && kX == XIn::kQ8Global && M == 1;
+}
+
 // qlane_split on the current device for N rows at R rows a warp. GEMMA3_QLANE_ONE_WAVE=0 (read
 // once): no one-wave cap (the A/B).
 Status qlane_slices(int64_t N, int R, int64_t K, int min_slice, bool one_wave, int* S) {
@@ -1409,8 +1415,7 @@ Status launch_qlane_m(const TX* x, const TW* w, const float* w_scale, TX* y, int
                       int64_t K, int smem, int min_slice, cudaStream_t stream,
                       const GeluPairs<TX>& gp) {
   int S = 1;
-  const bool one_wave = kSplitW<TW> && kX == XIn::kQ8Global && M == 1;
-  G3_RETURN_IF_ERROR(qlane_slices(N, R, K, min_slice, one_wave, &S));
+  G3_RETURN_IF_ERROR(qlane_slices(N, R, K, min_slice, qlane_one_wave<TW, kX>(M), &S));
   const int64_t groups = (N + R - 1) / R;
   const int64_t per_block = kWarps / S;
   const int64_t blocks = (groups + per_block - 1) / per_block;
@@ -1479,7 +1484,7 @@ Status launch_qlane(const TX* x, const TW* w, const float* w_scale, TX* y, int M
       bool u3 = gqx_u == 3;
       if (kQ4 && gqx_u == 0 && M == 1 && a == 16) {
         int S = 1;
-        G3_RETURN_IF_ERROR(qlane_slices(N, 2, K, min_slice, true, &S));  // as launch_qlane_m
+        G3_RETURN_IF_ERROR(qlane_slices(N, 2, K, min_slice, qlane_one_wave<TW, kX>(M), &S));
         const int64_t slice = (K / kQK + S - 1) / S;  // blocks of a row's longest slice
         u3 = (slice + 63) / 64 > (slice + 95) / 96;
       }
