@@ -415,6 +415,7 @@ export function matmulCases(): Case[] {
         [1, 3001, 256, false], // M = 1, R = 4: the last group partial
         [1, 7, 21504, true], // M = 1 with g_qx: few rows, each in K slices
         [1, 1000, 10240, false], // M = 1 with g_qx, the K split held to one wave (4 on an H100)
+        [1, 9001, 256, false], // M = 1, x per CTA: R = 5 (one wave; R = 4 spills into a second)
         [19, 99, 64, false],
         [130, 65, 160, false],
       ]);

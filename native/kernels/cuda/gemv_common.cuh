@@ -43,11 +43,12 @@ __device__ __forceinline__ int64_t gemv_row(int64_t g, int r, int64_t N, int64_t
   if constexpr (!kGelu) {
     const int64_t n = g * R + r;
     return n < N ? n : N - 1;
+  } else {
+    static_assert(R % 2 == 0, "the epilogue pairs a group's rows");
+    constexpr int H = R / 2;
+    const int64_t f = g * H + r % H;
+    return (f < F ? f : F - 1) + (r < H ? 0 : F);
   }
-  static_assert(R % 2 == 0, "the epilogue pairs a group's rows");
-  constexpr int H = R / 2;
-  const int64_t f = g * H + r % H;
-  return (f < F ? f : F - 1) + (r < H ? 0 : F);
 }
 
 // The end of a GEMV whose row groups are split over S consecutive warps of the CTA (slices): each

@@ -56,6 +56,14 @@ __device__ __forceinline__ void prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
 
+// Asks L2 for `bytes` bytes at p (both multiples of 16) through the bulk copy engine: one
+// instruction a run, no registers, nothing waits for it (sm_90; elsewhere a no-op).
+__device__ __forceinline__ void prefetch_l2_bulk(const void* p, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+#endif
+}
+
 __device__ __forceinline__ float bf16_lo(uint32_t u) { return __uint_as_float(u << 16); }
 __device__ __forceinline__ float bf16_hi(uint32_t u) { return __uint_as_float(u & 0xffff0000u); }
 __device__ __forceinline__ float f16_bits_to_f32(uint32_t h) {
@@ -537,9 +545,8 @@ __device__ __forceinline__ int x_run_offset(int t) {
 // thread takes one run of 8 values (4 threads a block; kIn runs in flight per thread, loads first).
 // The block max of |x| bits and the sum of its int8 values are exact in any order, and d_x and
 // each q come from the same qdot:: functions as in quantize_x_q8_kernel: bit-identical to g_qx.
-template <typename TX, typename TW>
+template <typename TX, typename TW, int kIn = 4>
 __device__ __forceinline__ void quantize_x_shared(const TX* __restrict__ x, int blocks, char* sx) {
-  constexpr int kIn = 4;
   const int runs = blocks * 4;
   int2* const sds = reinterpret_cast<int2*>(sx + blocks * kQK);
 #pragma unroll 1
@@ -1005,6 +1012,16 @@ struct LaneRow<TW, kA, std::enable_if_t<kSplitW<TW>>> {
     for (int h = 0; h < kQ / 16; ++h) ld16_aligned<kA>(qs + int64_t(b) * kQ + 16 * h, wd + 4 * h);
     wd[L::kQsWords] = __ldg(d + b);
   }
+  // Blocks [b0, b1) of the row into L2: their quants (scales = false) or their scales, the run
+  // widened to 16-byte bounds (kA == 16: the row is a multiple of 16 bytes, so it stays inside).
+  __device__ __forceinline__ void prefetch(int b0, int b1, bool scales) const {
+    static_assert(kA == 16, "bulk prefetch runs are 16-byte aligned");
+    if (b1 <= b0) return;
+    if (!scales) return prefetch_l2_bulk(qs + int64_t(b0) * kQ, uint32_t(b1 - b0) * kQ);
+    const uintptr_t a = reinterpret_cast<uintptr_t>(d + b0) & ~uintptr_t(15);
+    const uintptr_t e = (reinterpret_cast<uintptr_t>(d + b1) + 15) & ~uintptr_t(15);
+    prefetch_l2_bulk(reinterpret_cast<const void*>(a), uint32_t(e - a));
+  }
   __device__ __forceinline__ void decode(const uint32_t (&wd)[L::kWords],
                                          uint32_t (&q)[L::kQsWords], float* dw) const {
     *dw = f16_bits_to_f32(wd[L::kQsWords]);
@@ -1050,20 +1067,30 @@ struct LaneTiling {
   static constexpr int U = MT <= 2 ? 2 : 1;
 };
 
+// L2 prefetch of W ahead of the register loads (split layouts with 16-byte rows; launch_qlane_m,
+// GEMMA3_QLANE_L2PF). self: while a warp loads one round of its slice, it asks L2 for the next.
+// next > 0: each warp also asks for the first round of the row group `next` groups on, the same
+// warp of the CTA one resident grid later, which starts on an SM when a CTA of this wave leaves it.
+struct LanePf {
+  int64_t next = 0;
+  int self = 0;
+};
+
 // Group g = (block, warp / S) owns rows [g R, g R + R) (rows past N clamped, results dropped);
 // slice s = warp % S takes blocks [s nb / S, (s + 1) nb / S) of each row, lane j blocks j, j + 32,
 // ... of the slice. x rounded to int8 blocks (identity layout) in g_qx or in the CTA's shared
 // memory (kQ8Shared: rounded by the CTA's prologue). Host guarantees nb * kBytes < 2^31. kA: the
 // split layouts' row alignment (16, 8 or 2; 0 for q8_0 / q4_0).
 template <typename TX, typename TW, int MT, XIn kX, int kA = 0, int R = LaneTiling<TW, MT>::R,
-          int U = LaneTiling<TW, MT>::U, bool kGelu = false>
-__global__ void __launch_bounds__(kThreads, 2)
+          int U = LaneTiling<TW, MT>::U, bool kGelu = false, bool kPf = false>
+__global__ void __launch_bounds__(kThreads, kPf&& kX == XIn::kQ8Global ? 3 : 2)
     gemv_qlane_kernel(const TX* __restrict__ x,           // x: [M, K], 16-byte aligned
                       const TW* __restrict__ w,           // w: [N, K/32] blocks, 2-byte aligned
                       const float* __restrict__ w_scale,  // w_scale: [N] or null
                       TX* __restrict__ y,                 // y: [M, N]
                       int M, int64_t N, int64_t K, int S,
-                      GeluPairs<TX> gp) {  // kGelu: the gated-MLP epilogue
+                      GeluPairs<TX> gp,  // kGelu: the gated-MLP epilogue
+                      LanePf pf) {
   static_assert(kX != XIn::kFloat, "q-dot only");
   using L = LaneFmt<TW>;
   constexpr int kW = L::kWords;
@@ -1096,15 +1123,35 @@ __global__ void __launch_bounds__(kThreads, 2)
       }
     }
   };
+  // Lanes [lane0, lane0 + 2 R) ask L2 for blocks [b0, b1) of group g's rows (lane0 + 2 r: row r's
+  // quants, lane0 + 2 r + 1: its scales).
+  auto prefetch_group = [&](int64_t g, int b0, int b1, int lane0) {
+    if constexpr (kPf) {
+      static_assert(kSplitW<TW> && kA == 16, "bulk prefetch: split layouts, 16-byte rows");
+      const int i = lane - lane0;
+      if (i >= 0 && i < 2 * R && b0 < b1 && g * R < N) {
+        LaneRow<TW, kA> row;
+        row.init(
+            reinterpret_cast<const char*>(w) + gemv_row<R, kGelu>(g, i >> 1, N, gp.F) * row_bytes,
+            nb, 0);
+        row.prefetch(b0, b1, i & 1);
+      }
+    }
+  };
   // PDL (pdl.cuh): W needs nothing from the kernel before, so the first round is on its way
   // while that kernel finishes; x (g_qx, or the x this CTA rounds) and y wait for it.
   const bool active = n0 < N;
   const int first = b_begin + lane;
   if (active) load_round(first);
+  if constexpr (kPf) {
+    if (pf.self && active) prefetch_group(group, b_begin + 32 * U, min(b_begin + 64 * U, b_end), 0);
+    if (pf.next != 0) prefetch_group(group + pf.next, b_begin, min(b_begin + 32 * U, b_end), 2 * R);
+  }
   pdl_wait();
   pdl_trigger();
   if constexpr (kX == XIn::kQ8Shared) {
-    quantize_x_shared<TX, block_q8_0>(x, M * nb, sx);  // identity run layout
+    // identity run layout; 2 runs a thread in flight where 5+ rows of W words are (registers)
+    quantize_x_shared<TX, block_q8_0, R >= 5 ? 2 : 4>(x, M * nb, sx);
     __syncthreads();
   }
   const int8_t* const xq = reinterpret_cast<const int8_t*>(kX == XIn::kQ8Shared ? sx : g_qx);
@@ -1117,7 +1164,13 @@ __global__ void __launch_bounds__(kThreads, 2)
     for (int r = 0; r < R; ++r) acc[m][r] = 0.f;
   if (active) {
     for (int b0 = first; b0 < b_end; b0 += 32 * U) {
-      if (b0 != first) load_round(b0);
+      if (b0 != first) {
+        load_round(b0);
+        if constexpr (kPf) {
+          const int next = b0 - lane + 32 * U;  // the next round's first block
+          if (pf.self) prefetch_group(group, next, min(next + 32 * U, b_end), 0);
+        }
+      }
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int b = b0 + 32 * u;
@@ -1409,6 +1462,31 @@ Status qlane_slices(int64_t N, int R, int64_t K, int min_slice, bool one_wave, i
   return Status::Ok();
 }
 
+// CTAs of `kernel` (kThreads threads, `smem` bytes of dynamic shared memory) resident at once on
+// the current device; `cache` (one per kernel, by smem in KB) holds them once known.
+template <typename Kernel>
+Status resident_ctas(Kernel kernel, int smem, std::atomic<int> (*cache)[kMaxDevices], int* out) {
+  int per_sm = 0, sms = 0;
+  G3_RETURN_IF_ERROR(cached_per_device(
+      cache[(smem + 1023) / 1024],
+      [&](int, int* c) {
+        G3_CUDA_RETURN(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+            c, kernel, kThreads, size_t((smem + 1023) / 1024 * 1024)));
+        return Status::Ok();
+      },
+      &per_sm));
+  G3_RETURN_IF_ERROR(sm_count(&sms));
+  *out = per_sm * sms;
+  return Status::Ok();
+}
+
+// GEMMA3_QLANE_L2PF (read once; the A/B of LanePf, M = 1 only): 0 or unset: none, 1: self, 2:
+// self and next, 3: next only.
+int qlane_l2pf_mode() {
+  static const int mode = env_int("GEMMA3_QLANE_L2PF", 0);
+  return mode;
+}
+
 template <typename TX, typename TW, int MT, XIn kX, int kA, int R = LaneTiling<TW, MT>::R,
           int U = LaneTiling<TW, MT>::U>
 Status launch_qlane_m(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N,
@@ -1420,16 +1498,61 @@ Status launch_qlane_m(const TX* x, const TW* w, const float* w_scale, TX* y, int
   const int64_t per_block = kWarps / S;
   const int64_t blocks = (groups + per_block - 1) / per_block;
   if (blocks > 0x7fffffff) return Status(StatusCode::kUnsupported, "matmul gemv: N too large");
+  constexpr int kSmemKb = 49;  // up to kLaneSharedXBytes of x
+  // kernel, or with GEMMA3_QLANE_L2PF its LanePf form pf_kernel (split layouts, 16-byte rows, M =
+  // 1)
+  auto launch = [&](auto kernel, auto pf_kernel, std::atomic<int>(*cache)[kMaxDevices],
+                    const char* what) {
+    const int mode = qlane_l2pf_mode();
+    if constexpr (kSplitW<TW> && kA == 16 && MT == 1) {
+      if (mode >= 1 && mode <= 3) {
+        LanePf pf;
+        pf.self = mode <= 2;
+        if (mode >= 2) {
+          int resident = 0;
+          G3_RETURN_IF_ERROR(resident_ctas(pf_kernel, smem, cache, &resident));
+          if (blocks > resident) pf.next = int64_t(resident) * per_block;
+        }
+        launch_pdl(pf_kernel, static_cast<unsigned>(blocks), kThreads, static_cast<size_t>(smem),
+                   stream, x, w, w_scale, y, M, N, K, S, gp, pf);
+        return check_launch(what);
+      }
+    }
+    launch_pdl(kernel, static_cast<unsigned>(blocks), kThreads, static_cast<size_t>(smem), stream,
+               x, w, w_scale, y, M, N, K, S, gp, LanePf{});
+    return check_launch(what);
+  };
+  constexpr bool kCanPf = kSplitW<TW> && kA == 16 && MT == 1;
   if constexpr (kSplitW<TW>) {  // the gated-MLP epilogue: split layouts only (gemv_pairs_ok)
     if (gp.F != 0) {
-      launch_pdl(gemv_qlane_kernel<TX, TW, MT, kX, kA, R, U, true>, static_cast<unsigned>(blocks),
-                 kThreads, static_cast<size_t>(smem), stream, x, w, w_scale, y, M, N, K, S, gp);
-      return check_launch("matmul gemv_qlane_kernel (gated-MLP epilogue)");
+      if constexpr (R % 2 == 0) {
+        static std::atomic<int> cache[kSmemKb][kMaxDevices];
+        return launch(gemv_qlane_kernel<TX, TW, MT, kX, kA, R, U, true>,
+                      gemv_qlane_kernel<TX, TW, MT, kX, kA, R, U, true, kCanPf>, cache,
+                      "matmul gemv_qlane_kernel (gated-MLP epilogue)");
+      }
+      return Status(StatusCode::kInternal, "matmul gemv: the gated-MLP epilogue pairs rows");
     }
   }
-  launch_pdl(gemv_qlane_kernel<TX, TW, MT, kX, kA, R, U>, static_cast<unsigned>(blocks), kThreads,
-             static_cast<size_t>(smem), stream, x, w, w_scale, y, M, N, K, S, gp);
-  return check_launch("matmul gemv_qlane_kernel");
+  static std::atomic<int> cache[kSmemKb][kMaxDevices];
+  return launch(gemv_qlane_kernel<TX, TW, MT, kX, kA, R, U>,
+                gemv_qlane_kernel<TX, TW, MT, kX, kA, R, U, false, kCanPf>, cache,
+                "matmul gemv_qlane_kernel");
+}
+
+// Waves of the M = 1 plain lane kernel at R rows a warp and U blocks in flight (16-byte rows): its
+// CTAs over those resident at once.
+template <typename TX, typename TW, XIn kX, int R, int U>
+Status qlane_waves(int64_t N, int64_t K, int smem, int min_slice, int64_t* out) {
+  static std::atomic<int> cache[49][kMaxDevices];
+  int S = 1, resident = 0;
+  G3_RETURN_IF_ERROR(qlane_slices(N, R, K, min_slice, qlane_one_wave<TW, kX>(1), &S));
+  G3_RETURN_IF_ERROR(
+      resident_ctas(gemv_qlane_kernel<TX, TW, 1, kX, 16, R, U>, smem, cache, &resident));
+  const int64_t per_block = kWarps / S;
+  const int64_t blocks = ((N + R - 1) / R + per_block - 1) / per_block;
+  *out = (blocks + resident - 1) / resident;
+  return Status::Ok();
 }
 
 // q4_0s lane-kernel tiling, measured on an H200 (session 8, graph-timed, M = 1; docs/kernels.md):
@@ -1495,9 +1618,19 @@ Status launch_qlane(const TX* x, const TW* w, const float* w_scale, TX* y, int M
     if constexpr (kQ4) {  // q8_0s: R = 2, U = 2 (LaneTiling), its 9-word blocks
       const int r = force_r == 2 || force_r == 4 ? force_r : kX == XIn::kQ8Shared ? 4 : 2;
       if constexpr (kX == XIn::kQ8Shared) {
-        if (M == 1 && r == 4 && a == 16 && u3)
+        if (M == 1 && r == 4 && a == 16 && u3) {
+          static const bool r5 = !env_is("GEMMA3_Q4S_R5", "0");
+          if (r5 && force_r == 0 && gp.F == 0) {
+            int64_t w4 = 0, w5 = 0;
+            G3_RETURN_IF_ERROR((qlane_waves<TX, TW, kX, 4, 3>(N, K, smem, min_slice, &w4)));
+            G3_RETURN_IF_ERROR((qlane_waves<TX, TW, kX, 5, 3>(N, K, smem, min_slice, &w5)));
+            if (w5 < w4)
+              return launch_qlane_m<TX, TW, 1, kX, 16, 5, 3>(x, w, w_scale, y, M, N, K, smem,
+                                                             min_slice, stream, gp);
+          }
           return launch_qlane_m<TX, TW, 1, kX, 16, 4, 3>(x, w, w_scale, y, M, N, K, smem, min_slice,
                                                          stream, gp);
+        }
       }
       if (M == 1 && r == 2 && a == 16)
         return launch_qlane_m<TX, TW, 1, kX, 16, 2>(x, w, w_scale, y, M, N, K, smem, min_slice,
