@@ -51,6 +51,20 @@ __device__ __forceinline__ int64_t gemv_row(int64_t g, int r, int64_t N, int64_t
   }
 }
 
+// The gated-MLP epilogue at odd R ("warp pairs"; the lane kernel at R = 5): the G = kWarps / S row
+// groups of a CTA (S <= 4, so G is even) pair across warps. Group j < G / 2 of CTA c reads the gate
+// rows f = f0 + r, f0 = (c G / 2 + j) R, and group j + G / 2 the up rows F + f of the same f, so
+// both halves of an output land in one CTA (store_pairs). Rows past F are clamped as gemv_row's.
+__device__ __forceinline__ int64_t gemv_pair_f0(int64_t g, int S, int R) {
+  const int G = kWarps / S, H = G / 2;
+  const int j = static_cast<int>(g % G);
+  return (g / G * H + j % H) * R;
+}
+__device__ __forceinline__ int64_t gemv_pair_row(int64_t f0, int r, bool up, int64_t F) {
+  const int64_t f = f0 + r;
+  return (f < F ? f : F - 1) + (up ? F : 0);
+}
+
 // The end of a GEMV whose row groups are split over S consecutive warps of the CTA (slices): each
 // warp sums its lanes' MT x R accumulators, then the group's first warp (s == 0) adds its S slices
 // in a fixed order (deterministic), scales by w_scale (null: none) and writes y rows [n0, n0 + R),
@@ -99,6 +113,39 @@ __device__ __forceinline__ void store_slices(const float (&acc)[MT][R],
       // matmul rounds gate and up to TX; gelu_mul reads them back as float.
       const float g = to_f32(from_f32<TX>(v)), u = to_f32(from_f32<TX>(up));
       gp.out[m * gp.F + f] = from_f32<TX>(gelu_mul_f32<TX>(g, u));
+    }
+  }
+}
+
+// store_slices for the warp pairs (gemv_pair_f0): the first slice of each gate group sums its S
+// slices and those of its up group (warp + G / 2 S) in the same fixed order as store_slices, and
+// writes out[m, f] = T(gelu_mul(T(gate), T(up))) for f in [f0, f0 + R): the bits of store_slices'
+// epilogue at even R. Called by every thread of the CTA (one barrier).
+template <typename TX, int MT, int R>
+__device__ __forceinline__ void store_pairs(const float (&acc)[MT][R],
+                                            float (&partial)[kWarps][MT * R], int s, int S,
+                                            int64_t f0, int M, const float* __restrict__ w_scale,
+                                            const GeluPairs<TX>& gp) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const float v = warp_sum(acc[m][r]);
+      if (lane == 0) partial[warp][m * R + r] = v;
+    }
+  __syncthreads();
+  const int H = kWarps / S / 2;
+  if (s == 0 && warp / S < H && lane < MT * R) {
+    const int m = lane / R;
+    const int64_t f = f0 + lane % R;
+    if (m < M && f < gp.F) {
+      float g = 0.f, u = 0.f;
+      for (int i = 0; i < S; ++i) g += partial[warp + i][lane];
+      for (int i = 0; i < S; ++i) u += partial[warp + H * S + i][lane];
+      if (w_scale != nullptr) g *= __ldg(w_scale + f), u *= __ldg(w_scale + gp.F + f);
+      gp.out[m * gp.F + f] =
+          from_f32<TX>(gelu_mul_f32<TX>(to_f32(from_f32<TX>(g)), to_f32(from_f32<TX>(u))));
     }
   }
 }

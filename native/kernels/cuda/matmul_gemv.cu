@@ -56,14 +56,6 @@ __device__ __forceinline__ void prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
 
-// Asks L2 for `bytes` bytes at p (both multiples of 16) through the bulk copy engine: one
-// instruction a run, no registers, nothing waits for it (sm_90; elsewhere a no-op).
-__device__ __forceinline__ void prefetch_l2_bulk(const void* p, uint32_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
-#endif
-}
-
 __device__ __forceinline__ float bf16_lo(uint32_t u) { return __uint_as_float(u << 16); }
 __device__ __forceinline__ float bf16_hi(uint32_t u) { return __uint_as_float(u & 0xffff0000u); }
 __device__ __forceinline__ float f16_bits_to_f32(uint32_t h) {
@@ -1012,16 +1004,6 @@ struct LaneRow<TW, kA, std::enable_if_t<kSplitW<TW>>> {
     for (int h = 0; h < kQ / 16; ++h) ld16_aligned<kA>(qs + int64_t(b) * kQ + 16 * h, wd + 4 * h);
     wd[L::kQsWords] = __ldg(d + b);
   }
-  // Blocks [b0, b1) of the row into L2: their quants (scales = false) or their scales, the run
-  // widened to 16-byte bounds (kA == 16: the row is a multiple of 16 bytes, so it stays inside).
-  __device__ __forceinline__ void prefetch(int b0, int b1, bool scales) const {
-    static_assert(kA == 16, "bulk prefetch runs are 16-byte aligned");
-    if (b1 <= b0) return;
-    if (!scales) return prefetch_l2_bulk(qs + int64_t(b0) * kQ, uint32_t(b1 - b0) * kQ);
-    const uintptr_t a = reinterpret_cast<uintptr_t>(d + b0) & ~uintptr_t(15);
-    const uintptr_t e = (reinterpret_cast<uintptr_t>(d + b1) + 15) & ~uintptr_t(15);
-    prefetch_l2_bulk(reinterpret_cast<const void*>(a), uint32_t(e - a));
-  }
   __device__ __forceinline__ void decode(const uint32_t (&wd)[L::kWords],
                                          uint32_t (&q)[L::kQsWords], float* dw) const {
     *dw = f16_bits_to_f32(wd[L::kQsWords]);
@@ -1067,30 +1049,20 @@ struct LaneTiling {
   static constexpr int U = MT <= 2 ? 2 : 1;
 };
 
-// L2 prefetch of W ahead of the register loads (split layouts with 16-byte rows; launch_qlane_m,
-// GEMMA3_QLANE_L2PF). self: while a warp loads one round of its slice, it asks L2 for the next.
-// next > 0: each warp also asks for the first round of the row group `next` groups on, the same
-// warp of the CTA one resident grid later, which starts on an SM when a CTA of this wave leaves it.
-struct LanePf {
-  int64_t next = 0;
-  int self = 0;
-};
-
 // Group g = (block, warp / S) owns rows [g R, g R + R) (rows past N clamped, results dropped);
 // slice s = warp % S takes blocks [s nb / S, (s + 1) nb / S) of each row, lane j blocks j, j + 32,
 // ... of the slice. x rounded to int8 blocks (identity layout) in g_qx or in the CTA's shared
 // memory (kQ8Shared: rounded by the CTA's prologue). Host guarantees nb * kBytes < 2^31. kA: the
 // split layouts' row alignment (16, 8 or 2; 0 for q8_0 / q4_0).
 template <typename TX, typename TW, int MT, XIn kX, int kA = 0, int R = LaneTiling<TW, MT>::R,
-          int U = LaneTiling<TW, MT>::U, bool kGelu = false, bool kPf = false>
-__global__ void __launch_bounds__(kThreads, kPf&& kX == XIn::kQ8Global ? 3 : 2)
+          int U = LaneTiling<TW, MT>::U, bool kGelu = false>
+__global__ void __launch_bounds__(kThreads, 2)
     gemv_qlane_kernel(const TX* __restrict__ x,           // x: [M, K], 16-byte aligned
                       const TW* __restrict__ w,           // w: [N, K/32] blocks, 2-byte aligned
                       const float* __restrict__ w_scale,  // w_scale: [N] or null
                       TX* __restrict__ y,                 // y: [M, N]
                       int M, int64_t N, int64_t K, int S,
-                      GeluPairs<TX> gp,  // kGelu: the gated-MLP epilogue
-                      LanePf pf) {
+                      GeluPairs<TX> gp) {  // kGelu: the gated-MLP epilogue
   static_assert(kX != XIn::kFloat, "q-dot only");
   using L = LaneFmt<TW>;
   constexpr int kW = L::kWords;
@@ -1104,13 +1076,21 @@ __global__ void __launch_bounds__(kThreads, kPf&& kX == XIn::kQ8Global ? 3 : 2)
   const int nb = static_cast<int>(K / kQK);
   const int b_begin = int(int64_t(s) * nb / S), b_end = int(int64_t(s + 1) * nb / S);
   const int64_t row_bytes = int64_t(nb) * L::kBytes;
+  // The gated epilogue at odd R pairs gate and up row groups across warps (gemv_pair_f0).
+  constexpr bool kPairs = kGelu && R % 2 == 1;
+  const int64_t f0 = kPairs ? gemv_pair_f0(group, S, R) : 0;
+  const bool up = kPairs && warp / S >= kWarps / S / 2;
 
   LaneRow<TW, kA> rows[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    rows[r].init(
-        reinterpret_cast<const char*>(w) + gemv_row<R, kGelu>(group, r, N, gp.F) * row_bytes, nb,
-        b_begin + lane);
+    int64_t n;
+    if constexpr (kPairs) {
+      n = gemv_pair_row(f0, r, up, gp.F);
+    } else {
+      n = gemv_row<R, kGelu>(group, r, N, gp.F);
+    }
+    rows[r].init(reinterpret_cast<const char*>(w) + n * row_bytes, nb, b_begin + lane);
   }
   uint32_t wd[U][R][kW];
   auto load_round = [&](int b0) {
@@ -1123,30 +1103,11 @@ __global__ void __launch_bounds__(kThreads, kPf&& kX == XIn::kQ8Global ? 3 : 2)
       }
     }
   };
-  // Lanes [lane0, lane0 + 2 R) ask L2 for blocks [b0, b1) of group g's rows (lane0 + 2 r: row r's
-  // quants, lane0 + 2 r + 1: its scales).
-  auto prefetch_group = [&](int64_t g, int b0, int b1, int lane0) {
-    if constexpr (kPf) {
-      static_assert(kSplitW<TW> && kA == 16, "bulk prefetch: split layouts, 16-byte rows");
-      const int i = lane - lane0;
-      if (i >= 0 && i < 2 * R && b0 < b1 && g * R < N) {
-        LaneRow<TW, kA> row;
-        row.init(
-            reinterpret_cast<const char*>(w) + gemv_row<R, kGelu>(g, i >> 1, N, gp.F) * row_bytes,
-            nb, 0);
-        row.prefetch(b0, b1, i & 1);
-      }
-    }
-  };
   // PDL (pdl.cuh): W needs nothing from the kernel before, so the first round is on its way
   // while that kernel finishes; x (g_qx, or the x this CTA rounds) and y wait for it.
-  const bool active = n0 < N;
+  const bool active = kPairs ? f0 < gp.F : n0 < N;
   const int first = b_begin + lane;
   if (active) load_round(first);
-  if constexpr (kPf) {
-    if (pf.self && active) prefetch_group(group, b_begin + 32 * U, min(b_begin + 64 * U, b_end), 0);
-    if (pf.next != 0) prefetch_group(group + pf.next, b_begin, min(b_begin + 32 * U, b_end), 2 * R);
-  }
   pdl_wait();
   pdl_trigger();
   if constexpr (kX == XIn::kQ8Shared) {
@@ -1164,13 +1125,7 @@ __global__ void __launch_bounds__(kThreads, kPf&& kX == XIn::kQ8Global ? 3 : 2)
     for (int r = 0; r < R; ++r) acc[m][r] = 0.f;
   if (active) {
     for (int b0 = first; b0 < b_end; b0 += 32 * U) {
-      if (b0 != first) {
-        load_round(b0);
-        if constexpr (kPf) {
-          const int next = b0 - lane + 32 * U;  // the next round's first block
-          if (pf.self) prefetch_group(group, next, min(next + 32 * U, b_end), 0);
-        }
-      }
+      if (b0 != first) load_round(b0);
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int b = b0 + 32 * u;
@@ -1203,7 +1158,11 @@ __global__ void __launch_bounds__(kThreads, kPf&& kX == XIn::kQ8Global ? 3 : 2)
     }
   }
 
-  store_slices<TX, MT, R, kGelu>(acc, partial, s, S, active, n0, M, N, w_scale, y, gp);
+  if constexpr (kPairs) {
+    store_pairs<TX, MT, R>(acc, partial, s, S, f0, M, w_scale, gp);
+  } else {
+    store_slices<TX, MT, R, kGelu>(acc, partial, s, S, active, n0, M, N, w_scale, y, gp);
+  }
 }
 
 // ---- fallback for shapes the vector path cannot take (K % chunk != 0, unaligned pointers) ----
@@ -1480,13 +1439,6 @@ Status resident_ctas(Kernel kernel, int smem, std::atomic<int> (*cache)[kMaxDevi
   return Status::Ok();
 }
 
-// GEMMA3_QLANE_L2PF (read once; the A/B of LanePf, M = 1 only): 0 or unset: none, 1: self, 2:
-// self and next, 3: next only.
-int qlane_l2pf_mode() {
-  static const int mode = env_int("GEMMA3_QLANE_L2PF", 0);
-  return mode;
-}
-
 template <typename TX, typename TW, int MT, XIn kX, int kA, int R = LaneTiling<TW, MT>::R,
           int U = LaneTiling<TW, MT>::U>
 Status launch_qlane_m(const TX* x, const TW* w, const float* w_scale, TX* y, int M, int64_t N,
@@ -1498,57 +1450,29 @@ Status launch_qlane_m(const TX* x, const TW* w, const float* w_scale, TX* y, int
   const int64_t per_block = kWarps / S;
   const int64_t blocks = (groups + per_block - 1) / per_block;
   if (blocks > 0x7fffffff) return Status(StatusCode::kUnsupported, "matmul gemv: N too large");
-  constexpr int kSmemKb = 49;  // up to kLaneSharedXBytes of x
-  // kernel, or with GEMMA3_QLANE_L2PF its LanePf form pf_kernel (split layouts, 16-byte rows, M =
-  // 1)
-  auto launch = [&](auto kernel, auto pf_kernel, std::atomic<int>(*cache)[kMaxDevices],
-                    const char* what) {
-    const int mode = qlane_l2pf_mode();
-    if constexpr (kSplitW<TW> && kA == 16 && MT == 1) {
-      if (mode >= 1 && mode <= 3) {
-        LanePf pf;
-        pf.self = mode <= 2;
-        if (mode >= 2) {
-          int resident = 0;
-          G3_RETURN_IF_ERROR(resident_ctas(pf_kernel, smem, cache, &resident));
-          if (blocks > resident) pf.next = int64_t(resident) * per_block;
-        }
-        launch_pdl(pf_kernel, static_cast<unsigned>(blocks), kThreads, static_cast<size_t>(smem),
-                   stream, x, w, w_scale, y, M, N, K, S, gp, pf);
-        return check_launch(what);
-      }
-    }
-    launch_pdl(kernel, static_cast<unsigned>(blocks), kThreads, static_cast<size_t>(smem), stream,
-               x, w, w_scale, y, M, N, K, S, gp, LanePf{});
-    return check_launch(what);
-  };
-  constexpr bool kCanPf = kSplitW<TW> && kA == 16 && MT == 1;
   if constexpr (kSplitW<TW>) {  // the gated-MLP epilogue: split layouts only (gemv_pairs_ok)
     if (gp.F != 0) {
-      if constexpr (R % 2 == 0) {
-        static std::atomic<int> cache[kSmemKb][kMaxDevices];
-        return launch(gemv_qlane_kernel<TX, TW, MT, kX, kA, R, U, true>,
-                      gemv_qlane_kernel<TX, TW, MT, kX, kA, R, U, true, kCanPf>, cache,
-                      "matmul gemv_qlane_kernel (gated-MLP epilogue)");
-      }
-      return Status(StatusCode::kInternal, "matmul gemv: the gated-MLP epilogue pairs rows");
+      if (R % 2 == 1 && S > kWarps / 2)  // warp pairs (gemv_pair_f0): an even group count a CTA
+        return Status(StatusCode::kInternal, "matmul gemv: gated warp pairs need S <= 4");
+      launch_pdl(gemv_qlane_kernel<TX, TW, MT, kX, kA, R, U, true>, static_cast<unsigned>(blocks),
+                 kThreads, static_cast<size_t>(smem), stream, x, w, w_scale, y, M, N, K, S, gp);
+      return check_launch("matmul gemv_qlane_kernel (gated-MLP epilogue)");
     }
   }
-  static std::atomic<int> cache[kSmemKb][kMaxDevices];
-  return launch(gemv_qlane_kernel<TX, TW, MT, kX, kA, R, U>,
-                gemv_qlane_kernel<TX, TW, MT, kX, kA, R, U, false, kCanPf>, cache,
-                "matmul gemv_qlane_kernel");
+  launch_pdl(gemv_qlane_kernel<TX, TW, MT, kX, kA, R, U>, static_cast<unsigned>(blocks), kThreads,
+             static_cast<size_t>(smem), stream, x, w, w_scale, y, M, N, K, S, gp);
+  return check_launch("matmul gemv_qlane_kernel");
 }
 
-// Waves of the M = 1 plain lane kernel at R rows a warp and U blocks in flight (16-byte rows): its
-// CTAs over those resident at once.
-template <typename TX, typename TW, XIn kX, int R, int U>
+// Waves of the M = 1 lane kernel (kGelu: its gated form) at R rows a warp and U blocks in flight
+// (16-byte rows): its CTAs over those resident at once.
+template <typename TX, typename TW, XIn kX, int R, int U, bool kGelu>
 Status qlane_waves(int64_t N, int64_t K, int smem, int min_slice, int64_t* out) {
   static std::atomic<int> cache[49][kMaxDevices];
   int S = 1, resident = 0;
   G3_RETURN_IF_ERROR(qlane_slices(N, R, K, min_slice, qlane_one_wave<TW, kX>(1), &S));
   G3_RETURN_IF_ERROR(
-      resident_ctas(gemv_qlane_kernel<TX, TW, 1, kX, 16, R, U>, smem, cache, &resident));
+      resident_ctas(gemv_qlane_kernel<TX, TW, 1, kX, 16, R, U, kGelu>, smem, cache, &resident));
   const int64_t per_block = kWarps / S;
   const int64_t blocks = ((N + R - 1) / R + per_block - 1) / per_block;
   *out = (blocks + resident - 1) / resident;
@@ -1620,11 +1544,19 @@ Status launch_qlane(const TX* x, const TW* w, const float* w_scale, TX* y, int M
       if constexpr (kX == XIn::kQ8Shared) {
         if (M == 1 && r == 4 && a == 16 && u3) {
           static const bool r5 = !env_is("GEMMA3_Q4S_R5", "0");
-          if (r5 && force_r == 0 && gp.F == 0) {
+          static const bool gated_r5 = !env_is("GEMMA3_Q4S_R5", "plain");
+          if (r5 && force_r == 0) {
             int64_t w4 = 0, w5 = 0;
-            G3_RETURN_IF_ERROR((qlane_waves<TX, TW, kX, 4, 3>(N, K, smem, min_slice, &w4)));
-            G3_RETURN_IF_ERROR((qlane_waves<TX, TW, kX, 5, 3>(N, K, smem, min_slice, &w5)));
-            if (w5 < w4)
+            if (gp.F == 0) {
+              G3_RETURN_IF_ERROR(
+                  (qlane_waves<TX, TW, kX, 4, 3, false>(N, K, smem, min_slice, &w4)));
+              G3_RETURN_IF_ERROR(
+                  (qlane_waves<TX, TW, kX, 5, 3, false>(N, K, smem, min_slice, &w5)));
+            } else {
+              G3_RETURN_IF_ERROR((qlane_waves<TX, TW, kX, 4, 3, true>(N, K, smem, min_slice, &w4)));
+              G3_RETURN_IF_ERROR((qlane_waves<TX, TW, kX, 5, 3, true>(N, K, smem, min_slice, &w5)));
+            }
+            if (w5 < w4 && (gp.F == 0 || gated_r5))
               return launch_qlane_m<TX, TW, 1, kX, 16, 5, 3>(x, w, w_scale, y, M, N, K, smem,
                                                              min_slice, stream, gp);
           }
