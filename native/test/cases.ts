@@ -1914,7 +1914,7 @@ export function fusedCases(): Case[] {
     [1, 16500, 64, split], // N = 33000 > 32768: g_qx at short K
     [1, 2999, 1024, split], // M = 1, R = 4, U = 3: the last group's second pair past the end
     [1, 40, 10240, split], // M = 1 with g_qx (as the 27B gate/up, K > 4096)
-    [1, 4501, 256, split], // q4_0s R = 5, gate and up in warp pairs (one wave on an H100, not two)
+    [1, 4501, 256, split], // GEMMA3_Q4S_R5=all: q4_0s R = 5, gate and up in warp pairs (H100)
     [1, 4501, 4096, split], // ... with K in 2 slices; the last pair past the end
     [1, 40, 256, ["q4_0", "q8_0", "q6_k"]], // GGUF blocks, K-quants: two launches
   ];

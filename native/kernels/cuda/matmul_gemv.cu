@@ -1479,6 +1479,18 @@ Status qlane_waves(int64_t N, int64_t K, int smem, int min_slice, int64_t* out) 
   return Status::Ok();
 }
 
+// Whether R = 5 (U = 3) takes fewer waves than R = 4 for this M = 1 q4_0s GEMV with x rounded per
+// CTA: both hold 128 registers (2 CTAs an SM), so where R = 4 spills its last few CTAs into one
+// more wave R = 5 can end a wave sooner.
+template <typename TX, typename TW, XIn kX, bool kGelu>
+Status qlane_r5_fewer_waves(int64_t N, int64_t K, int smem, int min_slice, bool* out) {
+  int64_t w4 = 0, w5 = 0;
+  G3_RETURN_IF_ERROR((qlane_waves<TX, TW, kX, 4, 3, kGelu>(N, K, smem, min_slice, &w4)));
+  G3_RETURN_IF_ERROR((qlane_waves<TX, TW, kX, 5, 3, kGelu>(N, K, smem, min_slice, &w5)));
+  *out = w5 < w4;
+  return Status::Ok();
+}
+
 // q4_0s lane-kernel tiling, measured on an H200 (session 8, graph-timed, M = 1; docs/kernels.md):
 // K slices of at least 32 blocks (every lane busy; 16 left half the lanes idle: the 4B O
 // projection 4.16 -> 2.30 µs, QKV 5.43 -> 3.71); at M = 1 R = 4 rows a warp where each CTA rounds x
@@ -1486,7 +1498,12 @@ Status qlane_waves(int64_t N, int64_t K, int smem, int min_slice, int64_t* out) 
 // rounds x), R = 2 where x is rounded once into g_qx (the 4B down 8.84 -> 7.91, 27B up 22.3 ->
 // 19.9, the 4B logits 126.8 -> 116.6 with g_qx); with R = 4 and 16-byte rows, U = 3 blocks a row
 // in flight (the 4B gate/up's 80-block rows in one round: 13.46 -> 11.97 µs, 4B q4_0 decode 494 ->
-// 511 tok/s on an H100; 128 registers, still 2 CTAs an SM). GEMMA3_QLANE_MIN_SLICE,
+// 511 tok/s on an H100; 128 registers, still 2 CTAs an SM). R = 5 (U = 3, also 128 registers)
+// where that takes fewer waves than R = 4 (qlane_r5_fewer_waves): the plain 4B up, 320 CTAs in
+// 1.2 waves -> 256 in one, 7.80 -> 6.53 µs on an H100 (session 17); no model runs that plain
+// shape. The gated form pairs gate and up across warps at odd R (gemv_pair_f0): its 4B gate/up
+// went 12.71 -> 12.04 µs, but the 4B q4_0 step 1838 -> 1882 µs (+2.4%) in the same call, so it is
+// opt-in (GEMMA3_Q4S_R5=all; =0: R = 4 everywhere). GEMMA3_QLANE_MIN_SLICE,
 // GEMMA3_Q4S_R (2 | 4), GEMMA3_Q4S_U (2 | 3) and GEMMA3_Q4S_FUSED_MAXK override them for A/Bs.
 // q8_0s (34-byte blocks, 9 words a block and row) keeps R = 2 and the same slices and x
 // placement; U = 3 at M = 1 where CTAs round x and rows are 16-byte aligned (the 4B gate/up 23.5 ->
@@ -1543,20 +1560,15 @@ Status launch_qlane(const TX* x, const TW* w, const float* w_scale, TX* y, int M
       const int r = force_r == 2 || force_r == 4 ? force_r : kX == XIn::kQ8Shared ? 4 : 2;
       if constexpr (kX == XIn::kQ8Shared) {
         if (M == 1 && r == 4 && a == 16 && u3) {
-          static const bool r5 = !env_is("GEMMA3_Q4S_R5", "0");
-          static const bool gated_r5 = !env_is("GEMMA3_Q4S_R5", "plain");
-          if (r5 && force_r == 0) {
-            int64_t w4 = 0, w5 = 0;
-            if (gp.F == 0) {
-              G3_RETURN_IF_ERROR(
-                  (qlane_waves<TX, TW, kX, 4, 3, false>(N, K, smem, min_slice, &w4)));
-              G3_RETURN_IF_ERROR(
-                  (qlane_waves<TX, TW, kX, 5, 3, false>(N, K, smem, min_slice, &w5)));
-            } else {
-              G3_RETURN_IF_ERROR((qlane_waves<TX, TW, kX, 4, 3, true>(N, K, smem, min_slice, &w4)));
-              G3_RETURN_IF_ERROR((qlane_waves<TX, TW, kX, 5, 3, true>(N, K, smem, min_slice, &w5)));
-            }
-            if (w5 < w4 && (gp.F == 0 || gated_r5))
+          static const int r5 =
+              env_is("GEMMA3_Q4S_R5", "0") ? 0 : (env_is("GEMMA3_Q4S_R5", "all") ? 2 : 1);
+          if (force_r == 0 && r5 > (gp.F == 0 ? 0 : 1)) {
+            bool fewer = false;
+            G3_RETURN_IF_ERROR(
+                gp.F == 0
+                    ? (qlane_r5_fewer_waves<TX, TW, kX, false>(N, K, smem, min_slice, &fewer))
+                    : (qlane_r5_fewer_waves<TX, TW, kX, true>(N, K, smem, min_slice, &fewer)));
+            if (fewer)
               return launch_qlane_m<TX, TW, 1, kX, 16, 5, 3>(x, w, w_scale, y, M, N, K, smem,
                                                              min_slice, stream, gp);
           }
