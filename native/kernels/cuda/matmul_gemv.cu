@@ -1062,8 +1062,7 @@ __global__ void __launch_bounds__(kThreads, 2)
                       const float* __restrict__ w_scale,  // w_scale: [N] or null
                       TX* __restrict__ y,                 // y: [M, N]
                       int M, int64_t N, int64_t K, int S,
-                      GeluPairs<TX> gp,  // kGelu: the gated-MLP epilogue
-                      int prewait) {     // 0: the first round waits for pdl_wait too
+                      GeluPairs<TX> gp) {  // kGelu: the gated-MLP epilogue
   static_assert(kX != XIn::kFloat, "q-dot only");
   using L = LaneFmt<TW>;
   constexpr int kW = L::kWords;
@@ -1108,9 +1107,8 @@ __global__ void __launch_bounds__(kThreads, 2)
   // while that kernel finishes; x (g_qx, or the x this CTA rounds) and y wait for it.
   const bool active = kPairs ? f0 < gp.F : n0 < N;
   const int first = b_begin + lane;
-  if (active && prewait) load_round(first);
+  if (active) load_round(first);
   pdl_wait();
-  if (active && !prewait) load_round(first);
   pdl_trigger();
   if constexpr (kX == XIn::kQ8Shared) {
     // identity run layout; 2 runs a thread in flight where 5+ rows of W words are (registers)
@@ -1452,25 +1450,17 @@ Status launch_qlane_m(const TX* x, const TW* w, const float* w_scale, TX* y, int
   const int64_t per_block = kWarps / S;
   const int64_t blocks = (groups + per_block - 1) / per_block;
   if (blocks > 0x7fffffff) return Status(StatusCode::kUnsupported, "matmul gemv: N too large");
-  // GEMMA3_QLANE_PREWAIT_OFF=gated | shared | all (read once; the A/B): the first round of W
-  // loads waits for pdl_wait in the gated form, in every kernel that rounds x per CTA, or in all.
-  static const int off = env_is("GEMMA3_QLANE_PREWAIT_OFF", "all")      ? 3
-                         : env_is("GEMMA3_QLANE_PREWAIT_OFF", "shared") ? 2
-                         : env_is("GEMMA3_QLANE_PREWAIT_OFF", "gated")  ? 1
-                                                                        : 0;
-  const int prewait = !(off == 3 || (off == 2 && kX == XIn::kQ8Shared) || (off == 1 && gp.F != 0));
   if constexpr (kSplitW<TW>) {  // the gated-MLP epilogue: split layouts only (gemv_pairs_ok)
     if (gp.F != 0) {
       if (R % 2 == 1 && S > kWarps / 2)  // warp pairs (gemv_pair_f0): an even group count a CTA
         return Status(StatusCode::kInternal, "matmul gemv: gated warp pairs need S <= 4");
       launch_pdl(gemv_qlane_kernel<TX, TW, MT, kX, kA, R, U, true>, static_cast<unsigned>(blocks),
-                 kThreads, static_cast<size_t>(smem), stream, x, w, w_scale, y, M, N, K, S, gp,
-                 prewait);
+                 kThreads, static_cast<size_t>(smem), stream, x, w, w_scale, y, M, N, K, S, gp);
       return check_launch("matmul gemv_qlane_kernel (gated-MLP epilogue)");
     }
   }
   launch_pdl(gemv_qlane_kernel<TX, TW, MT, kX, kA, R, U>, static_cast<unsigned>(blocks), kThreads,
-             static_cast<size_t>(smem), stream, x, w, w_scale, y, M, N, K, S, gp, prewait);
+             static_cast<size_t>(smem), stream, x, w, w_scale, y, M, N, K, S, gp);
   return check_launch("matmul gemv_qlane_kernel");
 }
 
