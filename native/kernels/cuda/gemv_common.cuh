@@ -65,6 +65,21 @@ __device__ __forceinline__ int64_t gemv_pair_row(int64_t f0, int r, bool up, int
   return (f < F ? f : F - 1) + (up ? F : 0);
 }
 
+// Each warp's MT x R sums of its lanes' accumulators into partial[warp], then a CTA barrier.
+template <int MT, int R>
+__device__ __forceinline__ void warp_partials(const float (&acc)[MT][R],
+                                              float (&partial)[kWarps][MT * R]) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const float v = warp_sum(acc[m][r]);
+      if (lane == 0) partial[warp][m * R + r] = v;
+    }
+  __syncthreads();
+}
+
 // The end of a GEMV whose row groups are split over S consecutive warps of the CTA (slices): each
 // warp sums its lanes' MT x R accumulators, then the group's first warp (s == 0) adds its S slices
 // in a fixed order (deterministic), scales by w_scale (null: none) and writes y rows [n0, n0 + R),
@@ -77,14 +92,7 @@ __device__ __forceinline__ void store_slices(const float (&acc)[MT][R],
                                              const float* __restrict__ w_scale, TX* __restrict__ y,
                                              const GeluPairs<TX>& gp = {}) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-#pragma unroll
-  for (int m = 0; m < MT; ++m)
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const float v = warp_sum(acc[m][r]);
-      if (lane == 0) partial[warp][m * R + r] = v;
-    }
-  __syncthreads();
+  warp_partials<MT, R>(acc, partial);
   if constexpr (!kGelu) {
     if (s == 0 && active && lane < MT * R) {
       const int m = lane / R, r = lane % R;
@@ -127,14 +135,7 @@ __device__ __forceinline__ void store_pairs(const float (&acc)[MT][R],
                                             int64_t f0, int M, const float* __restrict__ w_scale,
                                             const GeluPairs<TX>& gp) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-#pragma unroll
-  for (int m = 0; m < MT; ++m)
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      const float v = warp_sum(acc[m][r]);
-      if (lane == 0) partial[warp][m * R + r] = v;
-    }
-  __syncthreads();
+  warp_partials<MT, R>(acc, partial);
   const int H = kWarps / S / 2;
   if (s == 0 && warp / S < H && lane < MT * R) {
     const int m = lane / R;

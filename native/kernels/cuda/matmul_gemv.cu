@@ -1421,10 +1421,16 @@ Status qlane_slices(int64_t N, int R, int64_t K, int min_slice, bool one_wave, i
   return Status::Ok();
 }
 
+// The lane kernel's dynamic shared memory (x rounded per CTA) stays under 48 KB
+// (kLaneSharedXBytes).
+constexpr int kLaneSmemKb = 48;
+
 // CTAs of `kernel` (kThreads threads, `smem` bytes of dynamic shared memory) resident at once on
-// the current device; `cache` (one per kernel, by smem in KB) holds them once known.
+// the current device; `cache` (one per kernel, by smem in whole KB) holds them once known.
 template <typename Kernel>
 Status resident_ctas(Kernel kernel, int smem, std::atomic<int> (*cache)[kMaxDevices], int* out) {
+  if (smem < 0 || smem > (kLaneSmemKb << 10))
+    return Status(StatusCode::kInternal, "matmul gemv: lane kernel shared memory over 48 KB");
   int per_sm = 0, sms = 0;
   G3_RETURN_IF_ERROR(cached_per_device(
       cache[(smem + 1023) / 1024],
@@ -1468,7 +1474,7 @@ Status launch_qlane_m(const TX* x, const TW* w, const float* w_scale, TX* y, int
 // (16-byte rows): its CTAs over those resident at once.
 template <typename TX, typename TW, XIn kX, int R, int U, bool kGelu>
 Status qlane_waves(int64_t N, int64_t K, int smem, int min_slice, int64_t* out) {
-  static std::atomic<int> cache[49][kMaxDevices];
+  static std::atomic<int> cache[kLaneSmemKb + 1][kMaxDevices];
   int S = 1, resident = 0;
   G3_RETURN_IF_ERROR(qlane_slices(N, R, K, min_slice, qlane_one_wave<TW, kX>(1), &S));
   G3_RETURN_IF_ERROR(
@@ -1623,6 +1629,7 @@ constexpr int64_t kLaneFusedMaxK = 4096;
 // The q4_0s lane kernel's x in shared memory (M K / 32 blocks of kXBlockBytes) up to this many
 // bytes: under the 48 KB a CTA may take without opting in, beside its kWarps x 8 x 4-byte partials.
 constexpr int64_t kLaneSharedXBytes = 46 << 10;
+static_assert(kLaneSharedXBytes <= (kLaneSmemKb << 10), "resident_ctas' cache covers it");
 
 bool aligned(const void* p, uintptr_t a) { return (reinterpret_cast<uintptr_t>(p) & (a - 1)) == 0; }
 
