@@ -2,7 +2,8 @@
 // JSON (ours-NAME.json), HF transformers JSON (hf-NAME.json), bench_kernels JSON (bench.json;
 // decode32k-graph.json and gemv-graph.json: the 32K decode attention rows and issue 8's GEMV rows
 // graph-timed, as decode replays them) and torch_peers.py JSON (torch.json). Prints markdown: each
-// target, ours, the peer, and met / not met with the share of the target. A file that is missing leaves its row's cells as "not run".
+// target, ours, the peer, and met / not met with the share of the target. A file that is missing
+// leaves its row's cells as "not run".
 //   node tools/bench/issue9-table.mjs DIR [--cpu CPU.json]
 // --cpu: the CPU row's JSON (the line packages/model/bench/cpu-decode.mjs prints), measured
 // elsewhere (the GPU machine is not the 2-core machine the row names).

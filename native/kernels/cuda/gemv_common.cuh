@@ -65,6 +65,13 @@ __device__ __forceinline__ int64_t gemv_pair_row(int64_t f0, int r, bool up, int
   return (f < F ? f : F - 1) + (up ? F : 0);
 }
 
+// The gated epilogue's output from a gate and an up row's sums: matmul rounds both to TX, gelu_mul
+// reads them back as float and rounds its result to TX (the bits of those two launches).
+template <typename TX>
+__device__ __forceinline__ TX gated_out(float gate, float up) {
+  return from_f32<TX>(gelu_mul_f32<TX>(to_f32(from_f32<TX>(gate)), to_f32(from_f32<TX>(up))));
+}
+
 // Each warp's MT x R sums of its lanes' accumulators into partial[warp], then a CTA barrier.
 template <int MT, int R>
 __device__ __forceinline__ void warp_partials(const float (&acc)[MT][R],
@@ -117,11 +124,7 @@ __device__ __forceinline__ void store_slices(const float (&acc)[MT][R],
       if (w_scale != nullptr) v *= __ldg(w_scale + (r < H ? f : gp.F + f));
     }
     const float up = __shfl_down_sync(0xffffffffu, v, H);
-    if (mine && r < H) {
-      // matmul rounds gate and up to TX; gelu_mul reads them back as float.
-      const float g = to_f32(from_f32<TX>(v)), u = to_f32(from_f32<TX>(up));
-      gp.out[m * gp.F + f] = from_f32<TX>(gelu_mul_f32<TX>(g, u));
-    }
+    if (mine && r < H) gp.out[m * gp.F + f] = gated_out<TX>(v, up);
   }
 }
 
@@ -145,8 +148,7 @@ __device__ __forceinline__ void store_pairs(const float (&acc)[MT][R],
       for (int i = 0; i < S; ++i) g += partial[warp + i][lane];
       for (int i = 0; i < S; ++i) u += partial[warp + H * S + i][lane];
       if (w_scale != nullptr) g *= __ldg(w_scale + f), u *= __ldg(w_scale + gp.F + f);
-      gp.out[m * gp.F + f] =
-          from_f32<TX>(gelu_mul_f32<TX>(to_f32(from_f32<TX>(g)), to_f32(from_f32<TX>(u))));
+      gp.out[m * gp.F + f] = gated_out<TX>(g, u);
     }
   }
 }

@@ -1411,6 +1411,13 @@ constexpr bool qlane_one_wave(int M) {
   return kSplitW<TW> && kX == XIn::kQ8Global && M == 1;
 }
 
+// CTAs of the lane kernel's grid for N rows at R rows a warp, K split S ways (kWarps / S row
+// groups a CTA).
+constexpr int64_t qlane_ctas(int64_t N, int R, int S) {
+  const int64_t per_block = kWarps / S;
+  return ((N + R - 1) / R + per_block - 1) / per_block;
+}
+
 // qlane_split on the current device for N rows at R rows a warp. GEMMA3_QLANE_ONE_WAVE=0 (read
 // once): no one-wave cap (the A/B).
 Status qlane_slices(int64_t N, int R, int64_t K, int min_slice, bool one_wave, int* S) {
@@ -1452,9 +1459,7 @@ Status launch_qlane_m(const TX* x, const TW* w, const float* w_scale, TX* y, int
                       const GeluPairs<TX>& gp) {
   int S = 1;
   G3_RETURN_IF_ERROR(qlane_slices(N, R, K, min_slice, qlane_one_wave<TW, kX>(M), &S));
-  const int64_t groups = (N + R - 1) / R;
-  const int64_t per_block = kWarps / S;
-  const int64_t blocks = (groups + per_block - 1) / per_block;
+  const int64_t blocks = qlane_ctas(N, R, S);
   if (blocks > 0x7fffffff) return Status(StatusCode::kUnsupported, "matmul gemv: N too large");
   if constexpr (kSplitW<TW>) {  // the gated-MLP epilogue: split layouts only (gemv_pairs_ok)
     if (gp.F != 0) {
@@ -1479,9 +1484,7 @@ Status qlane_waves(int64_t N, int64_t K, int smem, int min_slice, int64_t* out) 
   G3_RETURN_IF_ERROR(qlane_slices(N, R, K, min_slice, qlane_one_wave<TW, kX>(1), &S));
   G3_RETURN_IF_ERROR(
       resident_ctas(gemv_qlane_kernel<TX, TW, 1, kX, 16, R, U, kGelu>, smem, cache, &resident));
-  const int64_t per_block = kWarps / S;
-  const int64_t blocks = ((N + R - 1) / R + per_block - 1) / per_block;
-  *out = (blocks + resident - 1) / resident;
+  *out = (qlane_ctas(N, R, S) + resident - 1) / resident;
   return Status::Ok();
 }
 
